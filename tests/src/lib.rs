@@ -1,0 +1,1 @@
+//! Test harness: disk building and QEMU.
