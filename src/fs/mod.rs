@@ -1,0 +1,194 @@
+//! Host filesystems. Each reader opens a path and returns a [`File`] whose [`ExtentList`] maps
+//! file offsets to sectors of the volume. That list is what the INT 13h engine uses to reach an
+//! image file's data, so it must be exact.
+//!
+//! Conventions shared by every reader:
+//! - A filesystem is opened over a `BlockDevice` that is the *volume* (a partition window);
+//!   extents are in volume-relative 512-byte sectors. `ExtentList::to_host(partition_start_lba)`
+//!   turns them into host-disk LBAs.
+//! - Paths use `/` or `\`, are absolute from the volume root, and match case-insensitively.
+//! - Corrupt structures are errors, never panics or endless loops.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::block::BlockError;
+
+/// One run of a file: `sectors` sectors of the file starting at file sector `file_sector` are
+/// stored contiguously starting at volume sector `lba`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub file_sector: u64,
+    pub lba: u64,
+    pub sectors: u64,
+}
+
+/// The runs of a file in file order, adjacent runs merged.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExtentList {
+    pub extents: Vec<Extent>,
+}
+
+impl ExtentList {
+    /// Append a run, merging it into the previous one when both are contiguous.
+    pub fn push(&mut self, lba: u64, sectors: u64) {
+        let file_sector = self.total_sectors();
+        if let Some(last) = self.extents.last_mut() {
+            if last.lba + last.sectors == lba {
+                last.sectors += sectors;
+                return;
+            }
+        }
+        self.extents.push(Extent { file_sector, lba, sectors });
+    }
+
+    pub fn total_sectors(&self) -> u64 {
+        self.extents.last().map(|e| e.file_sector + e.sectors).unwrap_or(0)
+    }
+
+    /// Volume sector holding file sector `file_sector`, and how many sectors follow it
+    /// contiguously (including itself). Binary search: the same cost for 1 or 10 000 runs.
+    pub fn lookup(&self, file_sector: u64) -> Option<(u64, u64)> {
+        let i = match self.extents.binary_search_by(|e| e.file_sector.cmp(&file_sector)) {
+            Ok(i) => i,
+            Err(0) => return None,
+            Err(i) => i - 1,
+        };
+        let e = &self.extents[i];
+        let into = file_sector - e.file_sector;
+        if into < e.sectors {
+            Some((e.lba + into, e.sectors - into))
+        } else {
+            None
+        }
+    }
+
+    /// The same runs shifted from volume sectors to host-disk LBAs.
+    pub fn to_host(&self, partition_start_lba: u64) -> ExtentList {
+        ExtentList {
+            extents: self
+                .extents
+                .iter()
+                .map(|e| Extent { lba: e.lba + partition_start_lba, ..*e })
+                .collect(),
+        }
+    }
+
+    /// True when every sector of `lba..lba+sectors` belongs to this file (DESIGN.md invariant 1).
+    pub fn contains_lbas(&self, lba: u64, sectors: u64) -> bool {
+        let mut need_start = lba;
+        let need_end = lba + sectors;
+        // Runs are few in practice and may be in any LBA order; walk until covered.
+        'outer: while need_start < need_end {
+            for e in &self.extents {
+                if e.lba <= need_start && need_start < e.lba + e.sectors {
+                    need_start = e.lba + e.sectors;
+                    continue 'outer;
+                }
+            }
+            return false;
+        }
+        true
+    }
+}
+
+/// What a directory entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Directory,
+}
+
+/// An open file: its size and where its bytes are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    /// The path as the directory entries spell it (original case).
+    pub path: String,
+    pub size_bytes: u64,
+    pub extents: ExtentList,
+}
+
+/// A name inside a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub size_bytes: u64,
+}
+
+/// Filesystem errors, each naming what it was looking at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FsError {
+    Block(BlockError),
+    /// Not this filesystem, or a boot sector/superblock that makes no sense.
+    NotRecognized(String),
+    NotFound { path: String },
+    NotADirectory { path: String },
+    IsADirectory { path: String },
+    /// The on-disk structures contradict each other (cycle, out-of-volume cluster, ...).
+    Corrupt(String),
+    /// A valid feature this reader will not handle (compressed NTFS file, ...).
+    Unsupported(String),
+    /// A metadata change this filesystem cannot make at boot.
+    ReadOnly(String),
+    NoSpace { needed_bytes: u64 },
+}
+
+impl From<BlockError> for FsError {
+    fn from(e: BlockError) -> Self {
+        FsError::Block(e)
+    }
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FsError::Block(e) => write!(f, "{}", e),
+            FsError::NotRecognized(s) => write!(f, "not a filesystem vboot reads: {}", s),
+            FsError::NotFound { path } => write!(f, "{} not found", path),
+            FsError::NotADirectory { path } => write!(f, "{} is not a directory", path),
+            FsError::IsADirectory { path } => write!(f, "{} is a directory, not a file", path),
+            FsError::Corrupt(s) => write!(f, "filesystem is damaged: {}", s),
+            FsError::Unsupported(s) => write!(f, "unsupported: {}", s),
+            FsError::ReadOnly(s) => write!(f, "{}", s),
+            FsError::NoSpace { needed_bytes } => {
+                write!(f, "not enough free space on the host filesystem ({} bytes needed)", needed_bytes)
+            }
+        }
+    }
+}
+
+/// Split a path on `/` and `\`, dropping empty parts and `.`.
+pub fn path_components(path: &str) -> impl Iterator<Item = &str> {
+    path.split(|c| c == '/' || c == '\\').filter(|p| !p.is_empty() && *p != ".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extent_list_merges_and_looks_up() {
+        let mut l = ExtentList::default();
+        l.push(100, 8);
+        l.push(108, 8); // contiguous: merged
+        l.push(50, 4);
+        assert_eq!(l.extents.len(), 2);
+        assert_eq!(l.total_sectors(), 20);
+        assert_eq!(l.lookup(0), Some((100, 16)));
+        assert_eq!(l.lookup(15), Some((115, 1)));
+        assert_eq!(l.lookup(16), Some((50, 4)));
+        assert_eq!(l.lookup(20), None);
+        assert!(l.contains_lbas(104, 12));
+        assert!(!l.contains_lbas(104, 13));
+        assert!(l.contains_lbas(50, 4));
+        assert_eq!(l.to_host(2048).lookup(16), Some((2098, 4)));
+    }
+
+    #[test]
+    fn path_split() {
+        let v: Vec<&str> = path_components("/boot\\grub//grub.cfg").collect();
+        assert_eq!(v, ["boot", "grub", "grub.cfg"]);
+    }
+}
