@@ -1,0 +1,196 @@
+//! Text console: VGA text mode mirrored on COM1, keys from the keyboard (INT 16h) and COM1, so
+//! vboot can be driven entirely over a serial line.
+
+use crate::bios::{self, BiosRegs};
+use core::fmt;
+use x86::io::{inb, outb};
+
+const VGA: *mut u16 = 0xB8000 as *mut u16;
+pub const COLUMNS: usize = 80;
+pub const ROWS: usize = 25;
+const COM1: u16 = 0x3F8;
+
+pub const ATTR_NORMAL: u8 = 0x07;
+pub const ATTR_HIGHLIGHT: u8 = 0x70;
+pub const ATTR_ERROR: u8 = 0x0C;
+
+pub struct Console {
+    row: usize,
+    col: usize,
+    pub attr: u8,
+    serial: bool,
+}
+
+pub static mut CONSOLE: Console = Console { row: 0, col: 0, attr: ATTR_NORMAL, serial: false };
+
+#[allow(static_mut_refs)]
+pub fn console() -> &'static mut Console {
+    // SAFETY: stage2 is single-threaded and runs with interrupts off in protected mode.
+    unsafe { &mut CONSOLE }
+}
+
+impl Console {
+    pub fn init(&mut self) {
+        unsafe {
+            outb(COM1 + 1, 0x00); // no interrupts: we poll
+            outb(COM1 + 3, 0x80); // divisor latch
+            outb(COM1, 0x01); // 115200 baud
+            outb(COM1 + 1, 0x00);
+            outb(COM1 + 3, 0x03); // 8N1
+            outb(COM1 + 2, 0xC7); // FIFO on
+            outb(COM1 + 4, 0x03);
+            // A missing UART reads back 0xFF from the line status register.
+            self.serial = inb(COM1 + 5) != 0xFF;
+        }
+        self.clear();
+    }
+
+    pub fn clear(&mut self) {
+        for i in 0..COLUMNS * ROWS {
+            unsafe { VGA.add(i).write_volatile(((ATTR_NORMAL as u16) << 8) | b' ' as u16) };
+        }
+        self.row = 0;
+        self.col = 0;
+        self.update_cursor();
+    }
+
+    fn serial_byte(&mut self, b: u8) {
+        if !self.serial {
+            return;
+        }
+        for _ in 0..100_000 {
+            if unsafe { inb(COM1 + 5) } & 0x20 != 0 {
+                break;
+            }
+        }
+        unsafe { outb(COM1, b) };
+    }
+
+    fn scroll(&mut self) {
+        unsafe {
+            core::ptr::copy(VGA.add(COLUMNS), VGA, COLUMNS * (ROWS - 1));
+            for c in 0..COLUMNS {
+                VGA.add(COLUMNS * (ROWS - 1) + c).write_volatile(((ATTR_NORMAL as u16) << 8) | b' ' as u16);
+            }
+        }
+        self.row = ROWS - 1;
+    }
+
+    pub fn put_byte(&mut self, b: u8) {
+        match b {
+            b'\n' => {
+                self.serial_byte(b'\r');
+                self.serial_byte(b'\n');
+                self.col = 0;
+                self.row += 1;
+            }
+            b'\r' => {
+                self.serial_byte(b'\r');
+                self.col = 0;
+            }
+            _ => {
+                self.serial_byte(b);
+                if self.col >= COLUMNS {
+                    self.col = 0;
+                    self.row += 1;
+                }
+                if self.row >= ROWS {
+                    self.scroll();
+                }
+                unsafe {
+                    VGA.add(self.row * COLUMNS + self.col).write_volatile(((self.attr as u16) << 8) | b as u16)
+                };
+                self.col += 1;
+            }
+        }
+        if self.row >= ROWS {
+            self.scroll();
+        }
+    }
+
+    fn update_cursor(&self) {
+        let pos = (self.row * COLUMNS + self.col.min(COLUMNS - 1)) as u16;
+        unsafe {
+            outb(0x3D4, 0x0F);
+            outb(0x3D5, pos as u8);
+            outb(0x3D4, 0x0E);
+            outb(0x3D5, (pos >> 8) as u8);
+        }
+    }
+
+    /// Raw bytes to the serial line only (ANSI sequences for a serial menu).
+    pub fn serial_write(&mut self, s: &str) {
+        for b in s.bytes() {
+            self.serial_byte(b);
+        }
+    }
+
+    /// One byte from COM1, if one is waiting.
+    pub fn serial_read(&mut self) -> Option<u8> {
+        if self.serial && unsafe { inb(COM1 + 5) } & 1 != 0 {
+            Some(unsafe { inb(COM1) })
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            // VGA shows code page 437; map anything outside ASCII to '?'.
+            self.put_byte(if b.is_ascii() { b } else { b'?' });
+        }
+        self.update_cursor();
+        Ok(())
+    }
+}
+
+/// A key, from either keyboard or serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// A byte as a terminal would send it (arrows arrive as ESC [ A ...).
+    Byte(u8),
+    Up,
+    Down,
+    Home,
+    End,
+    PageUp,
+    PageDown,
+}
+
+/// A key from the keyboard, if one is waiting (INT 16h AH=01h then AH=00h).
+pub fn keyboard_key() -> Option<Key> {
+    let mut r = BiosRegs { eax: 0x0100, ..Default::default() };
+    bios::call(0x16, &mut r);
+    if r.eflags & bios::FLAG_ZERO != 0 {
+        return None;
+    }
+    let mut r = BiosRegs { eax: 0x0000, ..Default::default() };
+    bios::call(0x16, &mut r);
+    let scan = (r.eax >> 8) as u8;
+    let ascii = r.eax as u8;
+    Some(match (ascii, scan) {
+        (0 | 0xE0, 0x48) => Key::Up,
+        (0 | 0xE0, 0x50) => Key::Down,
+        (0 | 0xE0, 0x47) => Key::Home,
+        (0 | 0xE0, 0x4F) => Key::End,
+        (0 | 0xE0, 0x49) => Key::PageUp,
+        (0 | 0xE0, 0x51) => Key::PageDown,
+        (a, _) => Key::Byte(a),
+    })
+}
+
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write;
+        let _ = write!($crate::console::console(), $($arg)*);
+    }};
+}
+
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => {{ $crate::print!($($arg)*); $crate::print!("\n"); }};
+}

@@ -1,0 +1,292 @@
+# stage2 entry and the real-mode edges: A20, the switch to 32-bit protected mode, and the thunk
+# that lets protected-mode Rust call the BIOS. Everything else is Rust.
+#
+# Segment selectors in our GDT:
+.set SEL_CODE32, 0x08
+.set SEL_DATA32, 0x10
+.set SEL_CODE16, 0x18
+.set SEL_DATA16, 0x20
+# The real-mode stack used while a BIOS call runs (below stage1's old home at 0x7C00).
+.set RM_STACK_TOP, 0x7C00
+
+.section .header, "awx"
+.code16
+.global _start16
+_start16:
+    jmp .Lentry16               # 2-byte short jump: the header below sits at offset 4
+    .byte 0, 0
+    .ascii "VBOOTST2"           # Stage2Header (src/install.rs), checked by stage1
+    .long __stage2_sectors
+    .ascii "0.1.0"
+    .fill 11, 1, 0
+
+.Lentry16:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $RM_STACK_TOP, %sp
+    ljmp $0, $.Lcs_ok
+.Lcs_ok:
+    mov %dl, boot_drive
+    mov %si, stage_patch_ptr
+    cld
+    sti
+    call enable_a20
+    mov %al, a20_enabled
+    cli
+    lgdtl gdt_descriptor
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $SEL_CODE32, $.Lpm_entry
+
+.section .text16, "awx"
+.code16
+# Returns AL = 1 if the A20 line is on. Tries the BIOS (INT 15h AX=2401h), then port 0x92.
+enable_a20:
+    call a20_is_on
+    jnz 1f
+    mov $0x2401, %ax
+    int $0x15
+    call a20_is_on
+    jnz 1f
+    in $0x92, %al
+    test $2, %al
+    jnz 2f
+    or $2, %al
+    and $0xFE, %al              # bit 0 would reset the machine
+    out %al, $0x92
+2:  call a20_is_on
+    jnz 1f
+    xor %al, %al
+    ret
+1:  mov $1, %al
+    ret
+
+# ZF clear (and AX != 0) when 0000:0500 and FFFF:0510 (= 0x100500) are different bytes.
+a20_is_on:
+    push %ds
+    push %es
+    push %bx
+    xor %ax, %ax
+    mov %ax, %ds
+    not %ax
+    mov %ax, %es
+    mov %ds:0x500, %bl
+    mov %es:0x510, %bh
+    movb $0x00, %ds:0x500
+    movb $0xFF, %es:0x510
+    cmpb $0xFF, %ds:0x500
+    mov %bh, %es:0x510
+    mov %bl, %ds:0x500
+    mov $0, %ax
+    je 1f
+    inc %ax
+1:  test %ax, %ax
+    pop %bx
+    pop %es
+    pop %ds
+    ret
+
+.code32
+.Lpm_entry:
+    mov $SEL_DATA32, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %ax, %ss
+    mov $stack_top, %esp
+    # QEMU zeroes RAM; real machines do not.
+    mov $_bss_start, %edi
+    mov $_bss_end, %ecx
+    sub %edi, %ecx
+    xor %eax, %eax
+    rep stosb
+    movzbl a20_enabled, %eax
+    push %eax
+    movzwl stage_patch_ptr, %eax
+    push %eax
+    movzbl boot_drive, %eax
+    push %eax
+    call stage2_main
+1:  cli
+    hlt
+    jmp 1b
+
+# void bios_call(uint32_t vector, struct BiosRegs *regs)
+# BiosRegs (src/bios.rs): eax ebx ecx edx esi edi ebp (u32 each), ds es (u16), eflags (u32).
+# The registers go in and come back through `thunk_regs`, which real mode can address.
+.global bios_call
+bios_call:
+    pushal
+    mov 36(%esp), %eax
+    mov %al, .Lint_vector       # patch the vector byte of the `int` below
+    mov 40(%esp), %esi
+    mov $thunk_regs, %edi
+    mov $9, %ecx
+    rep movsl
+    mov %esp, saved_esp
+    sgdt saved_gdt
+    sidt saved_idt
+    ljmp $SEL_CODE16, $.Lpm16
+
+.code16
+.Lpm16:
+    mov $SEL_DATA16, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %ax, %ss
+    mov %cr0, %eax
+    and $0xFFFFFFFE, %eax
+    mov %eax, %cr0
+    ljmp $0, $.Lreal
+.Lreal:
+    xor %ax, %ax
+    mov %ax, %ss
+    mov $RM_STACK_TOP, %sp
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %ax, %ds
+    lidt real_mode_idt
+    pushw thunk_regs+28
+    pushw thunk_regs+30
+    mov thunk_regs+0, %eax
+    mov thunk_regs+4, %ebx
+    mov thunk_regs+8, %ecx
+    mov thunk_regs+12, %edx
+    mov thunk_regs+16, %esi
+    mov thunk_regs+20, %edi
+    mov thunk_regs+24, %ebp
+    pop %es
+    pop %ds
+    sti
+    .byte 0xCD                  # int imm8
+.Lint_vector:
+    .byte 0x00
+    cli
+    pushfl
+    mov %eax, %cs:thunk_regs+0
+    mov %ebx, %cs:thunk_regs+4
+    mov %ecx, %cs:thunk_regs+8
+    mov %edx, %cs:thunk_regs+12
+    mov %esi, %cs:thunk_regs+16
+    mov %edi, %cs:thunk_regs+20
+    mov %ebp, %cs:thunk_regs+24
+    mov %ds, %cs:thunk_regs+28
+    mov %es, %cs:thunk_regs+30
+    popl %cs:thunk_regs+32
+    xor %ax, %ax
+    mov %ax, %ds
+    # Some BIOSes reload GDTR/IDTR; put ours back.
+    lgdtl saved_gdt
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $SEL_CODE32, $.Lback32
+
+.code32
+.Lback32:
+    mov $SEL_DATA32, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %ax, %ss
+    mov saved_esp, %esp
+    lidt saved_idt
+    mov 40(%esp), %edi
+    mov $thunk_regs, %esi
+    mov $9, %ecx
+    rep movsl
+    popal
+    ret
+
+# void real_mode_jump(uint32_t cs_ip, uint32_t dl)
+# Leave protected mode for good and jump to a real-mode far address with DL set, the way a BIOS
+# hands over a boot sector: segments 0, SP = 0x7C00, interrupts on.
+.global real_mode_jump
+real_mode_jump:
+    cli
+    mov 4(%esp), %eax
+    mov %eax, jump_target
+    mov 8(%esp), %eax
+    mov %al, jump_dl
+    ljmp $SEL_CODE16, $.Ljump16
+.code16
+.Ljump16:
+    mov $SEL_DATA16, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %cr0, %eax
+    and $0xFFFFFFFE, %eax
+    mov %eax, %cr0
+    ljmp $0, $.Ljump_real
+.Ljump_real:
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $0x7C00, %sp
+    lidt real_mode_idt
+    mov jump_dl, %dl
+    xor %eax, %eax
+    xor %ebx, %ebx
+    xor %ecx, %ecx
+    xor %esi, %esi
+    xor %edi, %edi
+    xor %ebp, %ebp
+    and $0xFF, %edx
+    sti
+    ljmp *jump_target
+
+.section .data16, "aw"
+.balign 8
+gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF    # 0x08 code32, flat 4 GiB
+    .quad 0x00CF92000000FFFF    # 0x10 data32, flat 4 GiB
+    .quad 0x00009A000000FFFF    # 0x18 code16, 64 KiB, base 0 (for the way down to real mode)
+    .quad 0x000092000000FFFF    # 0x20 data16, 64 KiB, base 0
+gdt_end:
+gdt_descriptor:
+    .word gdt_end - gdt - 1
+    .long gdt
+real_mode_idt:
+    .word 0x3FF
+    .long 0
+.balign 4
+.global thunk_regs
+thunk_regs:
+    .fill 36, 1, 0
+saved_esp:
+    .long 0
+saved_gdt:
+    .fill 6, 1, 0
+saved_idt:
+    .fill 6, 1, 0
+jump_target:
+    .long 0
+jump_dl:
+    .byte 0
+.global boot_drive
+boot_drive:
+    .byte 0
+a20_enabled:
+    .byte 0
+.balign 2
+stage_patch_ptr:
+    .word 0
+
+.section .bss
+.balign 16
+stack_bottom:
+    .skip 65536
+stack_top:

@@ -1,0 +1,149 @@
+//! vboot stage2: entered in real mode by stage1, switches to protected mode (entry.s) and runs
+//! `stage2_main`. A thin shell around the core library: it owns the hardware (console, BIOS
+//! disks, memory) and asks `vboot` for everything else.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod bios;
+mod console;
+mod disk;
+mod memmap;
+
+use linked_list_allocator::LockedHeap;
+use vboot::block::{BlockDevice, SECTOR_BYTES};
+use vboot::install::{InstallRecord, StagePatch};
+
+core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// The most heap stage2 takes, from the usable memory at 1 MiB.
+const HEAP_MAX_BYTES: u32 = 64 << 20;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[no_mangle]
+pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
+    console::console().init();
+    println!("vboot {} - boots operating systems from virtual disk files", VERSION);
+    if a20_ok == 0 {
+        fatal("the A20 line could not be enabled; memory above 1 MiB is unusable");
+    }
+
+    let map = memmap::read();
+    println!("Memory map ({}), conventional memory {} KiB:", map.source, memmap::conventional_kib());
+    for r in map.regions.iter() {
+        println!(
+            "  {:#011x} - {:#011x}  {:>8} KiB  {}",
+            r.base,
+            r.base + r.length,
+            r.length / 1024,
+            memmap::MemoryMap::kind_name(r.kind)
+        );
+    }
+    let Some((heap_base, heap_bytes)) = map.extended_at_1mib() else {
+        fatal("no usable memory at 1 MiB in the memory map");
+    };
+    let heap_bytes = heap_bytes.min(HEAP_MAX_BYTES);
+    if heap_bytes < (4 << 20) {
+        fatal("vboot needs at least 4 MiB of memory above 1 MiB");
+    }
+    // SAFETY: the range is usable RAM per the BIOS and nothing else in stage2 uses it.
+    unsafe { HEAP.lock().init(heap_base as *mut u8, heap_bytes as usize) };
+
+    let drive = drive as u8;
+    let count = disk::hard_disk_count();
+    println!("BIOS hard disks: {} (booted from {:#04x})", count, drive);
+    for n in 0..count.min(16) {
+        let d = 0x80 + n;
+        match disk::BiosDisk::probe(d) {
+            Some(bd) => {
+                let mib = bd.sectors * SECTOR_BYTES as u64 >> 20;
+                match bd.chs {
+                    Some(g) => println!(
+                        "  {:#04x}: {} sectors ({} MiB), {}, CHS {}/{}/{}",
+                        d,
+                        bd.sectors,
+                        mib,
+                        if bd.edd { "EDD" } else { "no EDD" },
+                        g.cylinders,
+                        g.heads,
+                        g.sectors_per_track
+                    ),
+                    None => println!("  {:#04x}: {} sectors ({} MiB), {}", d, bd.sectors, mib, if bd.edd { "EDD" } else { "no EDD" }),
+                }
+            }
+            None => println!("  {:#04x}: not answering", d),
+        }
+    }
+
+    let Some(mut boot_disk) = disk::BiosDisk::probe(drive) else {
+        fatal("the boot disk does not answer INT 13h");
+    };
+    let patch = read_patch(patch_ptr);
+    println!("stage2 loaded from LBA {} ({} sectors)", { patch.stage2_lba }, { patch.stage2_sectors });
+    let record = read_record(&mut boot_disk, &patch);
+    match &record {
+        Ok(r) => println!(
+            "Install record: grub.cfg partition {}",
+            if r.config_partition == 0 { alloc::string::String::from("auto") } else { alloc::format!("{}", r.config_partition) }
+        ),
+        Err(e) => println!("Install record: {} (using defaults)", e),
+    }
+
+    boot::run(&mut boot_disk, record.ok())
+}
+
+mod boot;
+
+fn read_patch(patch_ptr: u32) -> StagePatch {
+    let mut sector = [0u8; SECTOR_BYTES];
+    // stage1 is still at 0x7C00; patch_ptr points into it.
+    if (0x7C00..0x7E00).contains(&patch_ptr) {
+        bios::read_low(0x7C00, &mut sector);
+    }
+    StagePatch::read(&sector)
+}
+
+fn read_record(disk: &mut disk::BiosDisk, patch: &StagePatch) -> Result<InstallRecord, alloc::string::String> {
+    let lba = { patch.stage2_lba };
+    if lba < 2 {
+        return Err(alloc::string::String::from("stage2 sits too low for a record"));
+    }
+    let mut s = [0u8; SECTOR_BYTES];
+    disk.read_sectors(lba - 2, &mut s).map_err(|e| alloc::format!("{}", e))?;
+    InstallRecord::from_sector(&s).map_err(|e| alloc::format!("{}", e))
+}
+
+/// Show a message on both consoles, wait for a key, reboot. Never returns, never triple-faults.
+pub fn fatal(message: &str) -> ! {
+    console::console().attr = console::ATTR_ERROR;
+    println!("\nvboot: fatal error: {}", message);
+    console::console().attr = console::ATTR_NORMAL;
+    println!("Press any key to reboot.");
+    wait_key();
+    bios::reboot()
+}
+
+/// Block until a key arrives on the keyboard or serial line.
+pub fn wait_key() -> console::Key {
+    loop {
+        if let Some(k) = console::keyboard_key() {
+            return k;
+        }
+        if let Some(b) = console::console().serial_read() {
+            return console::Key::Byte(b);
+        }
+        bios::sleep_micros(10_000);
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::console().attr = console::ATTR_ERROR;
+    println!("\nvboot: internal error: {}", info);
+    fatal("this is a bug in vboot; please report the message above")
+}
