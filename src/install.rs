@@ -216,6 +216,306 @@ pub fn merge_stage1(
     out
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Planning an install: every check happens here, before anything is written.
+
+use crate::block::BlockDevice;
+use crate::part::{self, PartitionKind, PartitionTable, Scheme};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// What the user asked for.
+#[derive(Clone, Debug, Default)]
+pub struct InstallOptions {
+    /// GRUB partition number holding grub.cfg; `None` picks one.
+    pub config_partition: Option<u32>,
+    /// Overwrite a gap or BIOS boot partition that holds data that is not an earlier vboot.
+    pub force: bool,
+    /// Make stage1 load stage2 with CHS reads (AH=02h) even when the BIOS has extensions.
+    pub force_chs: bool,
+}
+
+/// One sector write of an install, in the order they must happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SectorWrite {
+    pub lba: u64,
+    pub bytes: Vec<u8>,
+    pub what: &'static str,
+}
+
+/// Everything an install will write, worked out and checked.
+#[derive(Clone, Debug)]
+pub struct InstallPlan {
+    pub scheme: Scheme,
+    pub record: InstallRecord,
+    /// True when an earlier vboot's saved sector 0 is kept (a reinstall or an upgrade).
+    pub keeps_saved_mbr: bool,
+    pub notes: Vec<String>,
+    /// Saved sector 0 and stage2 first, the record next, sector 0 last: an install cut short
+    /// leaves the old boot code in charge.
+    pub writes: Vec<SectorWrite>,
+}
+
+/// What a filesystem's first sectors look like.
+pub fn sniff_filesystem<D: BlockDevice>(disk: &mut D, start_lba: u64) -> Option<&'static str> {
+    let mut s = [0u8; SECTOR_BYTES * 3];
+    disk.read_sectors(start_lba, &mut s).ok()?;
+    if &s[3..11] == b"EXFAT   " {
+        return Some("exFAT");
+    }
+    if &s[3..11] == b"NTFS    " {
+        return Some("NTFS");
+    }
+    if s[510] == 0x55 && s[511] == 0xAA {
+        if &s[82..87] == b"FAT32" || &s[54..59] == b"FAT16" || &s[54..59] == b"FAT12" {
+            return Some("FAT");
+        }
+    }
+    if s[1024 + 56] == 0x53 && s[1024 + 57] == 0xEF {
+        return Some("ext2/3/4");
+    }
+    None
+}
+
+fn refuse(msg: String) -> Result<InstallPlan, String> {
+    Err(msg)
+}
+
+/// Is `lba..lba+sectors` blank or an earlier vboot? Returns the earlier record if there is one.
+fn inspect_area<D: BlockDevice>(
+    disk: &mut D,
+    lba: u64,
+    sectors: u64,
+) -> Result<(bool, Option<InstallRecord>), String> {
+    let mut first = [0u8; SECTOR_BYTES];
+    disk.read_sectors(lba, &mut first).map_err(|e| format!("cannot read sector {}: {}", lba, e))?;
+    if let Ok(r) = InstallRecord::from_sector(&first) {
+        return Ok((true, Some(r)));
+    }
+    let mut buf = alloc::vec![0u8; SECTOR_BYTES];
+    for l in lba..lba + sectors {
+        disk.read_sectors(l, &mut buf).map_err(|e| format!("cannot read sector {}: {}", l, e))?;
+        if buf.iter().any(|&b| b != 0) {
+            return Ok((false, None));
+        }
+    }
+    Ok((true, None))
+}
+
+/// Work out an install of `stage1` + `stage2` onto `disk`, or say why not.
+pub fn plan_install<D: BlockDevice>(
+    disk: &mut D,
+    stage1: &[u8; SECTOR_BYTES],
+    stage2: &[u8],
+    opts: &InstallOptions,
+) -> Result<InstallPlan, String> {
+    let header = Stage2Header::parse(stage2)
+        .ok_or_else(|| String::from("the stage2 image has no VBOOTST2 header; rebuild with `cargo xtask build`"))?;
+    let stage2_sectors = stage2.len().div_ceil(SECTOR_BYTES) as u64;
+    if stage2_sectors > u16::MAX as u64 {
+        return refuse(format!("stage2 is {} sectors; stage1 can load at most {}", stage2_sectors, u16::MAX));
+    }
+    let disk_sectors = disk.sector_count();
+    if disk_sectors < 2048 {
+        return refuse(format!(
+            "the target has {} sectors ({} KiB); that is not a partitioned disk",
+            disk_sectors,
+            disk_sectors / 2
+        ));
+    }
+    let mut sector0 = [0u8; SECTOR_BYTES];
+    disk.read_sectors(0, &mut sector0).map_err(|e| format!("cannot read sector 0: {}", e))?;
+    if sniff_filesystem(disk, 0).is_some() {
+        return refuse(String::from(
+            "sector 0 holds a filesystem boot sector: this is a partition or a superfloppy, not a \
+             partitioned disk; give the whole disk (for example /dev/sdb, not /dev/sdb1)",
+        ));
+    }
+    if sector0[510] != 0x55 || sector0[511] != 0xAA {
+        return refuse(String::from(
+            "the disk has no partition table (no 0x55AA in sector 0); partition it first \
+             (sfdisk, fdisk, sgdisk) and make a filesystem for grub.cfg",
+        ));
+    }
+    let table: PartitionTable = part::read_partitions(disk).map_err(|e| format!("{}", e))?;
+    let mut notes: Vec<String> = table.warnings.clone();
+
+    // Where the record, the saved sector 0 and stage2 go.
+    let needed = 2 + stage2_sectors;
+    let record_lba = match table.scheme {
+        Scheme::Mbr => {
+            let first_start = table.partitions.iter().map(|p| p.start_lba).min().unwrap_or(disk_sectors);
+            if 1 + needed > first_start {
+                return refuse(format!(
+                    "the gap after the MBR is too small: the first partition starts at sector {}, \
+                     and vboot needs sectors 1 to {} ({} KiB); move the first partition to 1 MiB \
+                     (sector 2048), as current partitioning tools do",
+                    first_start,
+                    needed,
+                    needed / 2 + 1
+                ));
+            }
+            1
+        }
+        Scheme::Gpt | Scheme::Hybrid => {
+            let bios_boot = table.partitions.iter().find(|p| {
+                matches!(&p.kind, PartitionKind::Gpt { type_guid, .. } if *type_guid == part::GPT_TYPE_BIOS_BOOT)
+            });
+            let Some(bb) = bios_boot else {
+                return refuse(String::from(
+                    "this GPT disk has no BIOS boot partition (type EF02, GUID \
+                     21686148-6449-6E6F-744E-656564454649) to hold stage2; create one of at least \
+                     1 MiB, e.g. `sgdisk -n 0:34:2047 -t 0:ef02 DISK`",
+                ));
+            };
+            if bb.sectors < needed {
+                return refuse(format!(
+                    "the BIOS boot partition {} has {} sectors; vboot needs {}",
+                    bb.number, bb.sectors, needed
+                ));
+            }
+            bb.start_lba
+        }
+    };
+    let stage2_lba = record_lba + 2;
+
+    let (clean, earlier) = inspect_area(disk, record_lba, needed)?;
+    if !clean {
+        if !opts.force {
+            return refuse(format!(
+                "sectors {} to {} hold data that is not vboot (another boot loader, or data of a \
+                 partitioning tool); nothing was written. Use --force to overwrite it",
+                record_lba,
+                record_lba + needed - 1
+            ));
+        }
+        notes.push(format!("overwriting foreign data in sectors {}..{} (--force)", record_lba, record_lba + needed - 1));
+    }
+
+    // Which partition holds grub.cfg.
+    let config_partition = match opts.config_partition {
+        Some(n) => {
+            let p = table.find(n).ok_or_else(|| {
+                let have: Vec<String> = table.partitions.iter().map(|p| format!("{}", p.number)).collect();
+                format!("there is no partition {}; this disk has {}", n, have.join(", "))
+            })?;
+            if p.is_extended() {
+                return refuse(format!("partition {} is an extended partition container, not a filesystem", n));
+            }
+            if sniff_filesystem(disk, p.start_lba).is_none() {
+                notes.push(format!("partition {} holds no filesystem vboot recognises yet", n));
+            }
+            n
+        }
+        None => {
+            let active = table.partitions.iter().find(|p| matches!(p.kind, PartitionKind::Mbr { active: true, .. }));
+            let mut chosen = active.map(|p| p.number);
+            if chosen.is_none() {
+                for p in table.partitions.iter().filter(|p| !p.is_extended()) {
+                    if sniff_filesystem(disk, p.start_lba).is_some() {
+                        chosen = Some(p.number);
+                        break;
+                    }
+                }
+            }
+            match chosen {
+                Some(n) => n,
+                None => {
+                    notes.push(String::from(
+                        "no active partition and no readable filesystem found; stage2 will search at boot",
+                    ));
+                    0
+                }
+            }
+        }
+    };
+
+    // The sector 0 to keep for uninstall and recover_mbr: an earlier vboot's saved copy wins.
+    let mut keeps_saved_mbr = false;
+    let saved_mbr: [u8; SECTOR_BYTES] = match earlier {
+        Some(r) if r.flags & RECORD_FLAG_SAVED_MBR != 0 && StagePatch::read(&sector0).is_vboot() => {
+            let mut s = [0u8; SECTOR_BYTES];
+            disk.read_sectors(r.saved_mbr_lba(), &mut s).map_err(|e| format!("cannot read the saved MBR: {}", e))?;
+            keeps_saved_mbr = true;
+            notes.push(String::from("vboot is already installed; keeping the sector 0 it saved"));
+            s
+        }
+        _ => sector0,
+    };
+
+    let mut version = [0u8; 16];
+    version.copy_from_slice(&header.version);
+    let record = InstallRecord {
+        stage2_lba,
+        stage2_sectors: stage2_sectors as u32,
+        config_partition,
+        flags: RECORD_FLAG_SAVED_MBR,
+        vboot_version: version,
+    };
+    let patch = StagePatch {
+        stage2_lba,
+        stage2_sectors: stage2_sectors as u16,
+        flags: if opts.force_chs { PATCH_FLAG_FORCE_CHS } else { 0 },
+        version: 1,
+        magic: STAGE1_PATCH_MAGIC,
+    };
+    let mut stage2_padded = stage2.to_vec();
+    stage2_padded.resize(stage2_sectors as usize * SECTOR_BYTES, 0);
+    let writes = alloc::vec![
+        SectorWrite { lba: record.saved_mbr_lba(), bytes: saved_mbr.to_vec(), what: "saved original sector 0" },
+        SectorWrite { lba: stage2_lba, bytes: stage2_padded, what: "stage2" },
+        SectorWrite { lba: record_lba, bytes: record.to_sector().to_vec(), what: "install record" },
+        SectorWrite { lba: 0, bytes: merge_stage1(stage1, &sector0, &patch).to_vec(), what: "stage1 in sector 0" },
+    ];
+    Ok(InstallPlan { scheme: table.scheme, record, keeps_saved_mbr, notes, writes })
+}
+
+/// What `uninstall` will write: the saved boot code back into sector 0 (keeping the current
+/// partition table), then zeros over the record, the saved copy and stage2.
+pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Vec<SectorWrite>), String> {
+    let (record, sector0) = read_installed(disk)?;
+    if record.flags & RECORD_FLAG_SAVED_MBR == 0 {
+        return Err(String::from("the install record has no saved sector 0 to put back"));
+    }
+    let mut saved = [0u8; SECTOR_BYTES];
+    disk.read_sectors(record.saved_mbr_lba(), &mut saved).map_err(|e| format!("cannot read the saved MBR: {}", e))?;
+    let restored = restore_boot_code(&saved, &sector0);
+    let clear = alloc::vec![0u8; (2 + record.stage2_sectors as usize) * SECTOR_BYTES];
+    Ok((
+        record,
+        alloc::vec![
+            SectorWrite { lba: 0, bytes: restored.to_vec(), what: "original boot code in sector 0" },
+            SectorWrite { lba: record.record_lba(), bytes: clear, what: "clear record, saved copy and stage2" },
+        ],
+    ))
+}
+
+/// The installed vboot's record and the current sector 0, or why there is none.
+pub fn read_installed<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, [u8; SECTOR_BYTES]), String> {
+    let mut sector0 = [0u8; SECTOR_BYTES];
+    disk.read_sectors(0, &mut sector0).map_err(|e| format!("cannot read sector 0: {}", e))?;
+    let patch = StagePatch::read(&sector0);
+    if !patch.is_vboot() {
+        return Err(String::from("vboot is not installed on this disk (sector 0 holds other boot code)"));
+    }
+    let stage2_lba = { patch.stage2_lba };
+    if stage2_lba < 3 || stage2_lba >= disk.sector_count() {
+        return Err(format!("vboot's stage1 points at sector {}, which cannot hold stage2", stage2_lba));
+    }
+    let mut s = [0u8; SECTOR_BYTES];
+    disk.read_sectors(stage2_lba - 2, &mut s).map_err(|e| format!("cannot read the install record: {}", e))?;
+    let record = InstallRecord::from_sector(&s).map_err(|e| format!("{} at sector {}", e, stage2_lba - 2))?;
+    if record.stage2_lba != stage2_lba {
+        return Err(format!(
+            "stage1 and the install record disagree about stage2 (sector {} vs {}); reinstall",
+            stage2_lba, record.stage2_lba
+        ));
+    }
+    Ok((record, sector0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,1 +1,84 @@
-fn main() {}
+//! `cargo xtask <command>`: everything that is more than one cargo call.
+//!
+//! - `build`  stage1 + stage2 (nightly, -Zbuild-std) into target/vboot/, host tools into
+//!            target/release/
+//! - `test`   installs what is missing, builds, then runs every test (host and QEMU)
+//! - `demo`   installs what is missing, builds, makes a host disk with images, installs vboot
+//!            with vboot-install and boots it in QEMU
+//! - `bench`  the yardsticks of DESIGN.md §6
+//! - `deps`   only install what is missing
+
+mod deps;
+mod demo;
+mod firmware;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo xtask <build|test|demo|bench|deps> [options]\n\
+         \n\
+         build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
+         test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
+         demo [--kvm] [--interactive]\n\
+                          build a host disk with images, install vboot on it, boot it in QEMU\n\
+         bench [--kvm]    measure size, memory and speed figures\n\
+         deps             install the toolchain component and Debian packages the tests need"
+    );
+    ExitCode::from(2)
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Run a command, failing with its name if it does not succeed.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{:?}", cmd);
+    let status = cmd.status().map_err(|e| format!("cannot start {}: {}", shown, e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{} failed with {}", shown, status))
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { return usage() };
+    let rest = &args[1..];
+    let result = match cmd.as_str() {
+        "build" => firmware::build_all().map(|_| ()),
+        "deps" => deps::ensure_all(),
+        "test" => test(rest),
+        "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),
+        "bench" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| bench(rest)),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {}", e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    deps::ensure_all()?;
+    firmware::build_all()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).args(["test", "--workspace", "--release"]).args(extra);
+    run(&mut cmd)
+}
+
+fn bench(extra: &[String]) -> Result<(), String> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args(["test", "--release", "-p", "vboot-tests", "--test", "bench", "--", "--ignored", "--nocapture", "--test-threads=1"]);
+    if extra.iter().any(|a| a == "--kvm") {
+        cmd.env("VBOOT_QEMU_ACCEL", "kvm");
+    }
+    run(&mut cmd)
+}

@@ -1,0 +1,61 @@
+//! Install what the build and the tests need on a fresh machine: the nightly's rust-src and the
+//! Debian packages. As root it installs them; otherwise it says which ones to install.
+
+use crate::run;
+use std::path::Path;
+use std::process::Command;
+
+/// (a file that shows the package is there, the Debian package providing it)
+pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("/usr/bin/qemu-system-i386", "qemu-system-x86"),
+    ("/usr/share/seabios/bios.bin", "seabios"),
+    ("/usr/bin/qemu-img", "qemu-utils"),
+    ("/usr/sbin/sfdisk", "fdisk"),
+    ("/usr/sbin/sgdisk", "gdisk"),
+    ("/usr/sbin/mkfs.fat", "dosfstools"),
+    ("/usr/bin/mcopy", "mtools"),
+    ("/usr/bin/objcopy", "binutils"),
+];
+
+pub fn ensure_all() -> Result<(), String> {
+    ensure_rust_src()?;
+    ensure_debian_packages()
+}
+
+fn ensure_rust_src() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .map_err(|e| format!("cannot run rustup: {}", e))?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the rust-src component to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn ensure_debian_packages() -> Result<(), String> {
+    let mut missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    if !is_root {
+        return Err(format!(
+            "missing Debian packages: {}; install them with: sudo apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        ));
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
