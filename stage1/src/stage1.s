@@ -1,7 +1,7 @@
 # vboot stage1: sector 0 of the host disk.
 #
 # Loads stage2 (StagePatch below: LBA + sector count, filled by vboot-install) to 0000:8000 and
-# jumps to it with DL = boot drive and SI -> the patch area. Assembly because 424 bytes must hold
+# jumps to it with DL = boot drive, BL = 1 if it used LBA reads (0: CHS), SI -> the patch area. Assembly because 424 bytes must hold
 # an LBA path, a CHS fallback and error reporting; everything else in vboot is Rust.
 #
 # Scratch memory at 0x600 (free: above the BDA, below our stack):
@@ -160,6 +160,7 @@ _start:
     mov $'S', %al
     jne .Lfail
     mov DRIVE, %dl
+    mov USE_LBA, %bl
     mov $patch_lba, %si
     ljmp $0, $(STAGE2_SEG * 16)
 

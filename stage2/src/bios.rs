@@ -44,6 +44,13 @@ extern "C" {
     fn bios_call(vector: u32, regs: *mut BiosRegs);
     fn real_mode_jump(cs_ip: u32, dl: u32) -> !;
     static boot_drive: u8;
+    #[link_name = "stage1_used_lba"]
+    static STAGE1_USED_LBA: u8;
+}
+
+/// Whether stage1 loaded us with INT 13h extensions (else CHS reads).
+pub fn stage1_used_lba() -> bool {
+    unsafe { core::ptr::read_volatile(&raw const STAGE1_USED_LBA) != 0 }
 }
 
 /// Run `int vector` in real mode with `regs`; they come back with the BIOS's results.

@@ -30,6 +30,7 @@ _start16:
     ljmp $0, $.Lcs_ok
 .Lcs_ok:
     mov %dl, boot_drive
+    mov %bl, stage1_used_lba
     mov %si, stage_patch_ptr
     cld
     sti
@@ -278,6 +279,9 @@ jump_dl:
     .byte 0
 .global boot_drive
 boot_drive:
+    .byte 0
+.global stage1_used_lba
+stage1_used_lba:
     .byte 0
 a20_enabled:
     .byte 0

@@ -84,7 +84,12 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         fatal("the boot disk does not answer INT 13h");
     };
     let patch = read_patch(patch_ptr);
-    println!("stage2 loaded from LBA {} ({} sectors)", { patch.stage2_lba }, { patch.stage2_sectors });
+    println!(
+        "stage2 loaded from LBA {} ({} sectors) by {} reads",
+        { patch.stage2_lba },
+        { patch.stage2_sectors },
+        if bios::stage1_used_lba() { "LBA" } else { "CHS" }
+    );
     let record = read_record(&mut boot_disk, &patch);
     match &record {
         Ok(r) => println!(

@@ -1,0 +1,111 @@
+//! Host disks as users make them: `sfdisk`/`sgdisk` partition tables, `mkfs.fat` + mtools
+//! filesystems, assembled into one image file with plain file writes (no loop mounts).
+
+use crate::{require_tool, sh};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const MIB: u64 = 1 << 20;
+
+/// A zero-filled (sparse) disk image of `size_mib` MiB.
+pub fn blank(path: &Path, size_mib: u64) {
+    let f = std::fs::File::create(path).expect("create disk image");
+    f.set_len(size_mib * MIB).expect("size disk image");
+}
+
+/// Partition `disk` with an sfdisk script (one partition per line, as `sfdisk` reads them).
+pub fn sfdisk(disk: &Path, script: &str) {
+    require_tool("sfdisk", "fdisk");
+    let mut child = Command::new("sfdisk")
+        .arg("-q")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sfdisk");
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sfdisk failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Run sgdisk with `args` on `disk`.
+pub fn sgdisk(disk: &Path, args: &[&str]) {
+    require_tool("sgdisk", "gdisk");
+    sh(Command::new("sgdisk").args(args).arg(disk));
+}
+
+/// A file to put on a FAT volume.
+pub struct FileSpec {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+impl FileSpec {
+    pub fn new(path: &str, bytes: impl Into<Vec<u8>>) -> FileSpec {
+        FileSpec { path: path.to_string(), bytes: bytes.into() }
+    }
+}
+
+/// Make a FAT volume image of `sectors` sectors (`fat_bits` 12, 16 or 32) holding `files`.
+pub fn fat_volume(image: &Path, sectors: u64, fat_bits: u32, files: &[FileSpec]) {
+    require_tool("mkfs.fat", "dosfstools");
+    require_tool("mcopy", "mtools");
+    let _ = std::fs::remove_file(image);
+    sh(Command::new("mkfs.fat")
+        .args(["-F", &fat_bits.to_string(), "-C"])
+        .arg(image)
+        .arg((sectors / 2).to_string()));
+    let staging = image.with_extension("files");
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut made_dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let parts: Vec<&str> = f.path.trim_start_matches('/').split('/').collect();
+        let mut dir = String::new();
+        for p in &parts[..parts.len() - 1] {
+            dir = format!("{}/{}", dir, p);
+            if made_dirs.insert(dir.clone()) {
+                sh(Command::new("mmd").arg("-i").arg(image).arg(format!("::{}", dir)).env("MTOOLS_SKIP_CHECK", "1"));
+            }
+        }
+        let local: PathBuf = staging.join(parts.join("_"));
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(&local, &f.bytes).unwrap();
+        sh(Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(image)
+            .arg(&local)
+            .arg(format!("::/{}", parts.join("/")))
+            .env("MTOOLS_SKIP_CHECK", "1"));
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+}
+
+/// Copy a partition image into `disk` at `start_lba`.
+pub fn write_at(disk: &Path, start_lba: u64, image: &Path) {
+    let bytes = std::fs::read(image).expect("read partition image");
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).expect("open disk");
+    f.seek(SeekFrom::Start(start_lba * 512)).unwrap();
+    f.write_all(&bytes).unwrap();
+}
+
+/// The usual test disk: MBR, one active FAT partition at 1 MiB filling the disk, with `files`:
+/// FAT32 from 64 MiB up (FAT32 needs 65525 clusters), FAT16 below.
+pub fn mbr_fat32_disk(dir: &crate::TempDir, size_mib: u64, files: &[FileSpec]) -> PathBuf {
+    let disk = dir.join("disk.img");
+    blank(&disk, size_mib);
+    sfdisk(&disk, "label: dos\nstart=2048, type=c, bootable\n");
+    let part = dir.join("part.img");
+    fat_volume(&part, size_mib * 2048 - 2048, if size_mib >= 64 { 32 } else { 16 }, files);
+    write_at(&disk, 2048, &part);
+    let _ = std::fs::remove_file(&part);
+    disk
+}
+
+/// SHA-256 of a file, by the system's sha256sum (an oracle we did not write).
+pub fn sha256(path: &Path) -> String {
+    let out = sh(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap_or_default().to_string()
+}

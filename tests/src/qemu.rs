@@ -1,0 +1,193 @@
+//! QEMU + SeaBIOS as the test machine. TCG by default (BIOS-heavy guests run far slower under
+//! KVM); `VBOOT_QEMU_ACCEL=kvm` switches. Disks on virtio-blk. Every run has a timeout; the
+//! guest talks over COM1 (our stdin/stdout) and may end QEMU through isa-debug-exit, where
+//! exit status 0 (a triple fault under -no-reboot) is never success.
+
+use crate::require_tool;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const SEABIOS: &str = "/usr/share/seabios/bios.bin";
+/// What a guest writes to port 0xF4 to say "pass": QEMU exits with (0x10 << 1) | 1.
+pub const EXIT_PASS: i32 = 33;
+pub const EXIT_FAIL: i32 = 35;
+
+#[derive(Clone)]
+pub struct Drive {
+    pub path: PathBuf,
+    /// QEMU `if=`: virtio, ide, floppy.
+    pub interface: &'static str,
+    pub media_cdrom: bool,
+}
+
+impl Drive {
+    pub fn virtio(path: &Path) -> Drive {
+        Drive { path: path.to_path_buf(), interface: "virtio", media_cdrom: false }
+    }
+}
+
+pub struct Config {
+    pub drives: Vec<Drive>,
+    pub memory_mib: u32,
+    pub extra: Vec<String>,
+    /// Mirror BIOS INT 10h text output to COM1 (SeaBIOS "sercon"), with no VGA card: for
+    /// messages printed through the BIOS, such as stage1's errors or a guest's own output.
+    pub sercon: bool,
+}
+
+impl Config {
+    pub fn disk(path: &Path) -> Config {
+        Config { drives: vec![Drive::virtio(path)], memory_mib: 128, extra: vec![], sercon: false }
+    }
+}
+
+pub struct Qemu {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    output: Arc<Mutex<Vec<u8>>>,
+    pub started: Instant,
+}
+
+fn accel() -> String {
+    std::env::var("VBOOT_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into())
+}
+
+impl Qemu {
+    pub fn boot_disk(path: &Path) -> Qemu {
+        Qemu::start(&Config::disk(path))
+    }
+
+    pub fn start(cfg: &Config) -> Qemu {
+        require_tool("qemu-system-i386", "qemu-system-x86");
+        assert!(Path::new(SEABIOS).exists(), "{} is missing: install the Debian package seabios", SEABIOS);
+        let mut cmd = Command::new("qemu-system-i386");
+        cmd.args(["-bios", SEABIOS, "-display", "none", "-nodefaults"]);
+        if cfg.sercon {
+            let port = std::env::temp_dir().join("vboot-sercon-port.bin");
+            std::fs::write(&port, 0x3F8u16.to_le_bytes()).expect("write sercon port file");
+            cmd.args(["-vga", "none", "-fw_cfg"]).arg(format!("name=etc/sercon-port,file={}", port.display()));
+        } else {
+            cmd.args(["-vga", "std"]);
+        }
+        cmd
+            .args(["-serial", "stdio", "-no-reboot", "-m", &cfg.memory_mib.to_string()])
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+            .args(["-accel", &accel()]);
+        for d in &cfg.drives {
+            let mut spec = format!("file={},format=raw,if={}", d.path.display(), d.interface);
+            if d.media_cdrom {
+                spec.push_str(",media=cdrom");
+            }
+            cmd.arg("-drive").arg(spec);
+        }
+        cmd.args(&cfg.extra);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start qemu-system-i386");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let out = Arc::clone(&output);
+            std::thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Qemu { child, stdin, output, started: Instant::now() }
+    }
+
+    /// Everything the guest printed so far, with ANSI escape sequences and CRs removed.
+    pub fn output(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(&self.output.lock().unwrap()))
+    }
+
+    /// Wait until the output contains `needle`. Panics with the whole output on timeout or exit.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            if out.contains(needle) {
+                return out;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                let out = self.output();
+                if out.contains(needle) {
+                    return out;
+                }
+                panic!("QEMU exited ({}) before printing {:?}; output:\n{}", status, needle, out);
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {:?} waiting for {:?}; output:\n{}", timeout, needle, out);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Type bytes on the serial line.
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(bytes).expect("write to QEMU");
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for QEMU to exit; `None` on timeout (QEMU is then killed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Remove ANSI escape sequences (CSI and two-byte ESC forms) and carriage returns.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                Some('[') => {
+                    while let Some(&n) = chars.peek() {
+                        chars.next();
+                        if ('@'..='~').contains(&n) {
+                            break;
+                        }
+                    }
+                }
+                Some(_) | None => {}
+            },
+            '\r' => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}

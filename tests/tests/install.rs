@@ -1,0 +1,185 @@
+//! vboot-install on disks made by sfdisk, sgdisk and fdisk: what it writes, what it keeps, and
+//! that every refusal writes nothing.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use vboot_tests::disk::{self, FileSpec};
+use vboot_tests::{require_tool, sh, vboot_install, TempDir};
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// An MBR disk whose sector 0 carries "someone else's" boot code, like a disk that had another
+/// boot loader, so that restoring it is visible.
+fn disk_with_foreign_boot_code(dir: &TempDir) -> std::path::PathBuf {
+    let disk = disk::mbr_fat32_disk(dir, 32, &[FileSpec::new("/grub.cfg", "")]);
+    let mut bytes = read(&disk);
+    for (i, b) in bytes[..440].iter_mut().enumerate() {
+        *b = (i * 7 + 3) as u8;
+    }
+    bytes[440..444].copy_from_slice(&0xCAFEBABEu32.to_le_bytes());
+    std::fs::write(&disk, bytes).unwrap();
+    disk
+}
+
+#[test]
+fn install_keeps_table_and_uninstall_restores_the_exact_disk() {
+    let dir = TempDir::new("inst-roundtrip");
+    let disk = disk_with_foreign_boot_code(&dir);
+    let before = read(&disk);
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    let after = read(&disk);
+    assert_eq!(&after[0x1B8..0x200], &before[0x1B8..0x200], "signature/partition table changed");
+    assert_ne!(&after[..0x1A8], &before[..0x1A8], "stage1 not written");
+    assert_eq!(&after[2 * 512..3 * 512], &before[..512], "original sector 0 not saved at LBA 2");
+    assert_eq!(&after[3 * 512 + 4..3 * 512 + 12], b"VBOOTST2");
+    assert_eq!(&after[2048 * 512..], &before[2048 * 512..], "install touched the partition");
+
+    let (ok, out) = vboot_install(&["status", disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    assert!(out.contains("vboot is installed") && out.contains("partition 1"), "{}", out);
+
+    // Reinstalling must keep the *original* saved sector 0, not save vboot's own stage1.
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    assert!(out.contains("keeping the sector 0 it saved"), "{}", out);
+
+    let (ok, out) = vboot_install(&["uninstall", disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    assert!(read(&disk) == before, "uninstall did not give back the exact original disk");
+    let (ok, out) = vboot_install(&["status", disk.to_str().unwrap()]);
+    assert!(!ok && out.contains("not installed"), "{}", out);
+}
+
+#[test]
+fn uninstall_keeps_a_partition_table_changed_after_install() {
+    let dir = TempDir::new("inst-newtable");
+    let disk = disk_with_foreign_boot_code(&dir);
+    let before = read(&disk);
+    assert!(vboot_install(&["install", disk.to_str().unwrap()]).0);
+    // The user adds a partition after installing.
+    disk::sfdisk(&disk, "label: dos\nstart=2048, size=40000, type=c, bootable\nstart=43008, type=83\n");
+    let table = read(&disk)[0x1BE..0x200].to_vec();
+    assert!(vboot_install(&["uninstall", disk.to_str().unwrap()]).0);
+    let after = read(&disk);
+    assert_eq!(&after[..0x1B8], &before[..0x1B8], "boot code not restored");
+    assert_eq!(&after[0x1BE..0x200], &table[..], "the new partition table was lost");
+}
+
+fn assert_refused(dir: &TempDir, disk: &Path, args: &[&str], expect: &str) {
+    let before = read(disk);
+    let mut all = vec!["install", disk.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (ok, out) = vboot_install(&all);
+    assert!(!ok, "install should have been refused; output:\n{}", out);
+    assert!(out.contains(expect), "message should mention {:?}:\n{}", expect, out);
+    assert!(read(disk) == before, "a refused install changed the disk");
+    let _ = dir;
+}
+
+#[test]
+fn refuses_a_gap_too_small() {
+    let dir = TempDir::new("inst-smallgap");
+    let disk = dir.join("disk.img");
+    disk::blank(&disk, 32);
+    disk::sfdisk(&disk, "label: dos\nstart=40, type=c, bootable\n");
+    assert_refused(&dir, &disk, &[], "gap after the MBR is too small");
+}
+
+#[test]
+fn refuses_foreign_data_in_the_gap_unless_forced() {
+    let dir = TempDir::new("inst-foreign");
+    let disk = disk::mbr_fat32_disk(&dir, 32, &[FileSpec::new("/grub.cfg", "")]);
+    let mut bytes = read(&disk);
+    bytes[20 * 512..20 * 512 + 16].copy_from_slice(b"OTHER LOADER....");
+    std::fs::write(&disk, &bytes).unwrap();
+    assert_refused(&dir, &disk, &[], "not vboot");
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap(), "--force"]);
+    assert!(ok, "{}", out);
+    assert!(out.contains("--force"), "{}", out);
+}
+
+#[test]
+fn refuses_gpt_without_bios_boot_partition() {
+    let dir = TempDir::new("inst-gpt-nobb");
+    let disk = dir.join("disk.img");
+    disk::blank(&disk, 32);
+    disk::sgdisk(&disk, &["-n", "1:2048:0", "-t", "1:0700"]);
+    assert_refused(&dir, &disk, &[], "no BIOS boot partition");
+}
+
+#[test]
+fn refuses_things_that_are_not_disks() {
+    let dir = TempDir::new("inst-notdisk");
+    // A bare FAT volume (a partition image, or /dev/sdb1 instead of /dev/sdb).
+    let vol = dir.join("vol.img");
+    disk::fat_volume(&vol, 65536, 32, &[]);
+    assert_refused(&dir, &vol, &[], "not a partitioned disk");
+    // A blank file with no partition table.
+    let blank = dir.join("blank.img");
+    disk::blank(&blank, 8);
+    assert_refused(&dir, &blank, &[], "no partition table");
+    // A small file that is not a whole number of sectors.
+    let odd = dir.join("odd.bin");
+    std::fs::write(&odd, vec![1u8; 1000]).unwrap();
+    assert_refused(&dir, &odd, &[], "not a whole number of 512-byte sectors");
+    // A directory and a missing path.
+    let (ok, out) = vboot_install(&["install", dir.path.to_str().unwrap()]);
+    assert!(!ok && out.contains("is a directory"), "{}", out);
+    let (ok, out) = vboot_install(&["install", dir.join("missing.img").to_str().unwrap()]);
+    assert!(!ok && out.contains("No such file"), "{}", out);
+}
+
+#[test]
+fn refuses_bad_options_and_missing_partitions() {
+    let dir = TempDir::new("inst-opts");
+    let disk = disk::mbr_fat32_disk(&dir, 32, &[FileSpec::new("/grub.cfg", "")]);
+    assert_refused(&dir, &disk, &["--partition", "3"], "there is no partition 3");
+    assert_refused(&dir, &disk, &["--partition", "0"], "numbered from 1");
+    assert_refused(&dir, &disk, &["--bogus"], "unknown option '--bogus'");
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let dir = TempDir::new("inst-dry");
+    let disk = disk::mbr_fat32_disk(&dir, 32, &[FileSpec::new("/grub.cfg", "")]);
+    let before = read(&disk);
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap(), "--dry-run"]);
+    assert!(ok && out.contains("would write"), "{}", out);
+    assert!(read(&disk) == before);
+}
+
+#[test]
+fn works_on_disks_made_by_fdisk_and_sgdisk() {
+    require_tool("fdisk", "fdisk");
+    let dir = TempDir::new("inst-fdisk");
+    let disk = dir.join("fdisk.img");
+    disk::blank(&disk, 32);
+    // fdisk's interactive dialogue: new primary partition 1 with defaults, type c, active, write.
+    let mut child = Command::new("fdisk")
+        .arg(&disk)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"o\nn\np\n1\n\n\nt\nc\na\nw\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = sh(Command::new("sfdisk").arg("--dump").arg(&disk));
+    assert!(out.contains("start=        2048") && out.contains("bootable"), "{}", out);
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+
+    let gpt = dir.join("gpt.img");
+    disk::blank(&gpt, 32);
+    disk::sgdisk(&gpt, &["-n", "1:0:+1M", "-t", "1:ef02", "-n", "2:0:0", "-t", "2:0700"]);
+    let (ok, out) = vboot_install(&["install", gpt.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    // GPT headers and entries are untouched: sgdisk still verifies the disk.
+    let verify = sh(Command::new("sgdisk").arg("-v").arg(&gpt));
+    assert!(verify.contains("No problems found"), "{}", verify);
+    assert!(vboot_install(&["uninstall", gpt.to_str().unwrap()]).0);
+}
