@@ -179,6 +179,8 @@ pub struct Submenu {
     pub line_number: usize,
 }
 
+// A menu holds a few dozen items built once; boxing entries would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MenuItem {
     Entry(Entry),
@@ -237,7 +239,7 @@ impl Config {
 
         let mut run = Run { notices: Vec::new() };
         let mut env = Env::preset();
-        let entries = run.items(&stmts, &mut env, 0)?;
+        let entries = run.items(&stmts, &mut env)?;
 
         let default = DefaultChoice::from_value(env.get("default"));
         let timeout_secs = match env.vars.get("timeout") {
@@ -697,7 +699,7 @@ impl Run {
         self.notices.push(Notice { line, message });
     }
 
-    fn items(&mut self, stmts: &[Stmt], env: &mut Env, depth: usize) -> Result<Vec<MenuItem>, ConfigError> {
+    fn items(&mut self, stmts: &[Stmt], env: &mut Env) -> Result<Vec<MenuItem>, ConfigError> {
         let mut items = Vec::new();
         for stmt in stmts {
             match stmt {
@@ -740,7 +742,7 @@ impl Run {
                         BlockKind::Submenu => {
                             // A submenu runs in its own variable context, as in GRUB.
                             let mut inner = env.clone();
-                            let sub = self.items(body, &mut inner, depth + 1)?;
+                            let sub = self.items(body, &mut inner)?;
                             items.push(MenuItem::Submenu(Submenu {
                                 title: header.title,
                                 id: header.id,

@@ -228,7 +228,7 @@ fn closest_option(key: &str) -> Option<&'static str> {
     let mut best: Option<(&'static str, usize)> = None;
     for name in VALUE_OPTIONS.iter().chain(FLAG_OPTIONS.iter()) {
         let d = edit_distance(&key, name);
-        if best.map_or(true, |(_, bd)| d < bd) {
+        if best.is_none_or(|(_, bd)| d < bd) {
             best = Some((name, d));
         }
     }
