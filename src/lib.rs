@@ -19,4 +19,5 @@ pub mod fs;
 pub mod image;
 pub mod int13;
 pub mod install;
+pub mod menu;
 pub mod part;
