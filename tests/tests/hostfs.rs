@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use vboot::block::{BlockDevice, FileDisk, MemDisk};
 use vboot::fs::exfat::ExfatVolume;
+use vboot::fs::ext::ExtVolume;
 use vboot::fs::{DirEntry, File, FileKind, FsError};
 
 // ---------------------------------------------------------------- harness
@@ -176,6 +177,7 @@ macro_rules! impl_volume {
     };
 }
 impl_volume!(ExfatVolume);
+impl_volume!(ExtVolume);
 
 /// Read a file's bytes straight from the image at the sectors its extent list names.
 fn bytes_at_extents(image: &[u8], file: &File) -> Vec<u8> {
@@ -474,4 +476,158 @@ fn exfat_survives_mutations() {
     mutation_loop("exFAT", bytes, 400, exfat_mutate, |d| {
         ExfatVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
     });
+}
+
+// ---------------------------------------------------------------- ext2/3/4
+
+/// Build an ext volume from `src` with `mkfs` options, then fragment a file on purpose: remove
+/// every other filler file and write a large file into the gaps with debugfs, which allocates
+/// from the free blocks in order (enough extents for a tree of depth 1). Directories get
+/// htree indexes from `e2fsck -D`.
+fn build_ext(dir: &Path, src: &Path, size_bytes: u64, mkfs_args: &[&str]) -> PathBuf {
+    need("mkfs.ext4", "e2fsprogs");
+    need("debugfs", "e2fsprogs");
+    need("e2fsck", "e2fsprogs");
+    let mut rng = Rng(4242);
+    for i in 0..40 {
+        std::fs::write(src.join(format!("filler{:02}.tmp", i)), rng.bytes(3000 + i * 700)).unwrap();
+    }
+    let img = dir.join("ext.img");
+    make_image(&img, size_bytes);
+    run(sbin("mkfs.ext4").args(["-q", "-F"]).args(mkfs_args).arg("-d").arg(src).arg(&img));
+    let frag_src = dir.join("frag.bin");
+    std::fs::write(&frag_src, rng.bytes(150_000)).unwrap();
+    let mut cmds = String::new();
+    for i in (0..40).step_by(2) {
+        let name = format!("filler{:02}.tmp", i);
+        cmds.push_str(&format!("rm /{}\n", name));
+        std::fs::remove_file(src.join(&name)).unwrap();
+    }
+    cmds.push_str(&format!("write {} /VMs/frag.bin\n", frag_src.display()));
+    std::fs::copy(&frag_src, src.join("VMs/frag.bin")).unwrap();
+    let cmd_file = dir.join("debugfs.cmd");
+    std::fs::write(&cmd_file, cmds).unwrap();
+    run(sbin("debugfs").arg("-w").arg("-f").arg(&cmd_file).arg(&img));
+    // -D rebuilds (and indexes) directories; exit status 1 means "changed", which is expected.
+    let st = sbin("e2fsck").args(["-f", "-y", "-D"]).arg(&img).output().unwrap();
+    assert!(st.status.code().map_or(false, |c| c <= 1), "e2fsck -fyD: {}", String::from_utf8_lossy(&st.stdout));
+    run(sbin("e2fsck").args(["-f", "-n"]).arg(&img));
+    img
+}
+
+fn ext_case(tag: &str, size_bytes: u64, mkfs_args: &[&str]) {
+    let t = TempDir::new(tag);
+    let src = t.path().join("src");
+    make_source_tree(&src, 600);
+    let img = build_ext(t.path(), &src, size_bytes, mkfs_args);
+    let mut vol = ExtVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
+    check_against_source(&mut vol, &img, &src);
+    let runs = vol.open_file("/VMs/frag.bin").unwrap().extents.extents.len();
+    assert!(runs > 4, "{}: frag.bin should be fragmented, is in {} runs", tag, runs);
+    let htree = run(sbin("debugfs").arg("-R").arg("htree /many").arg(&img).stderr(std::process::Stdio::null()));
+    assert!(htree.contains("Root node dump"), "{}: /many has no htree index:\n{}", tag, htree);
+    assert!(matches!(vol.create_file("/new.img", 4096), Err(FsError::ReadOnly(_))));
+    assert!(matches!(vol.grow_file("/VMs/big.img", 1 << 30), Err(FsError::ReadOnly(_))));
+}
+
+#[test]
+fn ext4_default_features() {
+    // 64bit, metadata_csum, flex_bg, extents, 4 KiB blocks.
+    ext_case("ext4", 96 << 20, &["-b", "4096", "-O", "64bit,metadata_csum"]);
+}
+
+#[test]
+fn ext4_without_csum_or_64bit_1k_blocks() {
+    ext_case("ext4-small", 64 << 20, &["-b", "1024", "-O", "^metadata_csum,^64bit"]);
+}
+
+#[test]
+fn ext4_without_extents_2k_blocks() {
+    ext_case("ext4-noext", 64 << 20, &["-b", "2048", "-O", "^extent,^64bit"]);
+}
+
+#[test]
+fn ext4_meta_bg() {
+    // Small groups and few inodes per group spread the files' inodes over more than one meta
+    // group (16 descriptors per 1 KiB block), so descriptors are found in both places.
+    ext_case("ext4-metabg", 48 << 20, &["-b", "1024", "-g", "1024", "-N", "1024", "-O", "meta_bg,^resize_inode"]);
+}
+
+#[test]
+fn ext2_and_ext3() {
+    ext_case("ext2", 64 << 20, &["-t", "ext2", "-b", "1024"]);
+    ext_case("ext3", 64 << 20, &["-t", "ext3", "-b", "4096"]);
+}
+
+#[test]
+fn ext4_sparse_and_unwritten_files_read_as_zeros_and_are_refused() {
+    need("mkfs.ext4", "e2fsprogs");
+    need("debugfs", "e2fsprogs");
+    let t = TempDir::new("ext-sparse");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut sparse = vec![0u8; 1 << 20];
+    sparse[600_000..600_005].copy_from_slice(b"hello");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(src.join("sparse.img")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.seek(SeekFrom::Start(600_000)).unwrap();
+        f.write_all(b"hello").unwrap();
+    }
+    std::fs::write(src.join("prealloc.img"), b"").unwrap();
+    let img = t.path().join("ext.img");
+    make_image(&img, 32 << 20);
+    run(sbin("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&src).arg(&img));
+    let cmd = t.path().join("cmd");
+    // Unwritten blocks over old data: fill the blocks first, so zeros can only come from the
+    // unwritten flag.
+    std::fs::write(&cmd, "fallocate /prealloc.img 0 63\nsif /prealloc.img size 200000\n").unwrap();
+    run(sbin("debugfs").arg("-w").arg("-f").arg(&cmd).arg(&img));
+    let extents = run(sbin("debugfs").arg("-R").arg("stat /prealloc.img").arg(&img).stderr(std::process::Stdio::null()));
+    assert!(extents.contains("[u]"), "debugfs did not make unwritten extents:\n{}", extents);
+    let mut bytes = std::fs::read(&img).unwrap();
+    // Scribble over the unwritten blocks on disk: they must still read as zeros.
+    let mut vol = ExtVolume::open(MemDisk::from_bytes(bytes.clone())).unwrap();
+    let block_bytes = vol.block_bytes() as usize;
+    let first_block: usize = extents
+        .split("):")
+        .nth(1)
+        .and_then(|s| s.split('-').next())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("an extent in debugfs stat output");
+    for b in &mut bytes[first_block * block_bytes..(first_block + 64) * block_bytes] {
+        *b = 0xA5;
+    }
+    vol = ExtVolume::open(MemDisk::from_bytes(bytes)).unwrap();
+    assert_eq!(vol.read_to_vec("/sparse.img", 1 << 30).unwrap(), sparse);
+    assert_eq!(vol.read_to_vec("/prealloc.img", 1 << 30).unwrap(), vec![0u8; 200_000]);
+    match vol.open_file("/sparse.img") {
+        Err(FsError::Unsupported(m)) => assert!(m.contains("sparse.img") && m.contains("sparse"), "{}", m),
+        other => panic!("a sparse file was accepted as an image: {:?}", other.map(|f| f.extents)),
+    }
+    match vol.open_file("/prealloc.img") {
+        Err(FsError::Unsupported(m)) => assert!(m.contains("prealloc.img") && m.contains("unwritten"), "{}", m),
+        other => panic!("an unwritten file was accepted as an image: {:?}", other.map(|f| f.extents)),
+    }
+}
+
+fn ext_mutate(img: &mut Vec<u8>, rng: &mut Rng) {
+    // Superblock, group descriptors, bitmaps, inode tables and the first directory blocks all
+    // sit in the first megabytes of a small volume with flex_bg.
+    flip_bytes(img, rng, &[(1024, 2048), (2048, 64 * 1024), (64 * 1024, 3 << 20)]);
+}
+
+#[test]
+fn ext_survives_mutations() {
+    for (tag, args) in [("ext4", &["-b", "1024"][..]), ("ext2", &["-t", "ext2", "-b", "1024"][..])] {
+        let t = TempDir::new(tag);
+        let src = t.path().join("src");
+        make_source_tree(&src, 60);
+        let img = build_ext(t.path(), &src, 32 << 20, args);
+        let bytes = std::fs::read(&img).unwrap();
+        mutation_loop(tag, bytes, 300, ext_mutate, |d| {
+            ExtVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+        });
+    }
 }
