@@ -15,6 +15,9 @@ use core::fmt;
 
 use crate::block::BlockError;
 
+pub mod exfat;
+pub mod ext;
+
 /// One run of a file: `sectors` sectors of the file starting at file sector `file_sector` are
 /// stored contiguously starting at volume sector `lba`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

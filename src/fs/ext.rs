@@ -1,0 +1,770 @@
+//! ext2/ext3/ext4 reader: superblock, group descriptors (32- and 64-byte, meta_bg), inodes,
+//! extent trees of any depth, indirect blocks, and linear or htree directories.
+//!
+//! Directories are scanned linearly even when they carry an htree index: the index blocks
+//! look like blocks holding one empty entry, and the leaves are ordinary entry blocks.
+//! metadata_csum is accepted without verifying the checksums.
+//!
+//! vboot never changes ext metadata: creating or growing a file is done from the OS.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
+use crate::block::{BlockDevice, SECTOR_BYTES};
+
+const SUPERBLOCK_OFFSET: u64 = 1024;
+const MAGIC: u16 = 0xEF53;
+const ROOT_INODE: u32 = 2;
+
+const INCOMPAT_COMPRESSION: u32 = 0x1;
+const INCOMPAT_FILETYPE: u32 = 0x2;
+const INCOMPAT_RECOVER: u32 = 0x4;
+const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
+const INCOMPAT_META_BG: u32 = 0x10;
+const INCOMPAT_EXTENTS: u32 = 0x40;
+const INCOMPAT_64BIT: u32 = 0x80;
+const INCOMPAT_MMP: u32 = 0x100;
+const INCOMPAT_FLEX_BG: u32 = 0x200;
+const INCOMPAT_EA_INODE: u32 = 0x400;
+const INCOMPAT_DIRDATA: u32 = 0x1000;
+const INCOMPAT_CSUM_SEED: u32 = 0x2000;
+const INCOMPAT_LARGEDIR: u32 = 0x4000;
+const INCOMPAT_INLINE_DATA: u32 = 0x8000;
+const INCOMPAT_ENCRYPT: u32 = 0x10000;
+const INCOMPAT_CASEFOLD: u32 = 0x20000;
+/// Features whose on-disk layout this reader understands (or that do not change it).
+const INCOMPAT_UNDERSTOOD: u32 = INCOMPAT_FILETYPE
+    | INCOMPAT_RECOVER
+    | INCOMPAT_META_BG
+    | INCOMPAT_EXTENTS
+    | INCOMPAT_64BIT
+    | INCOMPAT_MMP
+    | INCOMPAT_FLEX_BG
+    | INCOMPAT_EA_INODE
+    | INCOMPAT_CSUM_SEED
+    | INCOMPAT_LARGEDIR
+    | INCOMPAT_INLINE_DATA
+    | INCOMPAT_ENCRYPT
+    | INCOMPAT_CASEFOLD;
+const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+
+const MODE_TYPE_MASK: u16 = 0xF000;
+const MODE_DIR: u16 = 0x4000;
+const MODE_FILE: u16 = 0x8000;
+const MODE_SYMLINK: u16 = 0xA000;
+const FLAG_COMPRESSED: u32 = 0x4;
+const FLAG_ENCRYPTED: u32 = 0x800;
+const FLAG_EXTENTS: u32 = 0x8_0000;
+const FLAG_INLINE_DATA: u32 = 0x1000_0000;
+
+const EXTENT_MAGIC: u16 = 0xF30A;
+/// Linux limits extent trees to depth 5; anything deeper is damage.
+const MAX_EXTENT_DEPTH: u16 = 5;
+/// Bound on tree blocks read for one file, so damaged trees cannot make us walk forever.
+const MAX_MAP_NODES: u32 = 1 << 20;
+/// An ee_len above this marks an unwritten (preallocated) extent.
+const EXTENT_INIT_MAX: u16 = 32768;
+
+fn le16(b: &[u8], off: usize) -> u16 {
+    b.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).unwrap_or(0)
+}
+fn le32(b: &[u8], off: usize) -> u32 {
+    b.get(off..off + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]])).unwrap_or(0)
+}
+
+fn corrupt(msg: String) -> FsError {
+    FsError::Corrupt(format!("ext: {}", msg))
+}
+
+fn read_only_message() -> FsError {
+    FsError::ReadOnly(
+        "ext2/3/4: vboot does not change ext metadata at boot; create, grow or rename the file \
+         from the host OS (for example with vdisk on Linux)"
+            .into(),
+    )
+}
+
+/// Where a run of file blocks lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Piece {
+    Data { block: u64, blocks: u64 },
+    /// Never written: a hole in a sparse file.
+    Hole { blocks: u64 },
+    /// Allocated but unwritten (fallocate): reads as zeros whatever the blocks hold.
+    Unwritten { blocks: u64 },
+}
+
+impl Piece {
+    fn blocks(&self) -> u64 {
+        match *self {
+            Piece::Data { blocks, .. } | Piece::Hole { blocks } | Piece::Unwritten { blocks } => blocks,
+        }
+    }
+}
+
+fn push_piece(pieces: &mut Vec<Piece>, p: Piece) {
+    if p.blocks() == 0 {
+        return;
+    }
+    if let Some(last) = pieces.last_mut() {
+        match (last, p) {
+            (Piece::Data { block, blocks }, Piece::Data { block: b2, blocks: n2 }) if *block + *blocks == b2 => {
+                *blocks += n2;
+                return;
+            }
+            (Piece::Hole { blocks }, Piece::Hole { blocks: n2 }) => {
+                *blocks += n2;
+                return;
+            }
+            (Piece::Unwritten { blocks }, Piece::Unwritten { blocks: n2 }) => {
+                *blocks += n2;
+                return;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(p);
+}
+
+#[derive(Clone, Debug)]
+struct Inode {
+    number: u32,
+    mode: u16,
+    flags: u32,
+    size_bytes: u64,
+    i_block: [u8; 60],
+}
+
+impl Inode {
+    fn kind(&self) -> u16 {
+        self.mode & MODE_TYPE_MASK
+    }
+}
+
+pub struct ExtVolume<D: BlockDevice> {
+    dev: D,
+    block_bytes: u64,
+    blocks_count: u64,
+    first_data_block: u64,
+    blocks_per_group: u64,
+    inodes_per_group: u64,
+    inodes_count: u64,
+    inode_bytes: u64,
+    desc_bytes: u64,
+    group_count: u64,
+    incompat: u32,
+    ro_compat: u32,
+    first_meta_bg: u64,
+}
+
+impl<D: BlockDevice> ExtVolume<D> {
+    pub fn open(mut dev: D) -> Result<Self, FsError> {
+        let mut sb = [0u8; 1024];
+        read_bytes(&mut dev, SUPERBLOCK_OFFSET, &mut sb)?;
+        if le16(&sb, 56) != MAGIC {
+            return Err(FsError::NotRecognized("no ext2/3/4 superblock magic".into()));
+        }
+        let log_block = le32(&sb, 24);
+        if log_block > 6 {
+            return Err(corrupt(format!("block size 1024 << {} is impossible", log_block)));
+        }
+        let block_bytes = 1024u64 << log_block;
+        let incompat = le32(&sb, 96);
+        let ro_compat = le32(&sb, 100);
+        if incompat & INCOMPAT_JOURNAL_DEV != 0 {
+            return Err(FsError::NotRecognized("this is an external ext journal, not a filesystem".into()));
+        }
+        if incompat & INCOMPAT_COMPRESSION != 0 {
+            return Err(FsError::Unsupported("ext: compressed filesystems (e2compr) are not read".into()));
+        }
+        if incompat & INCOMPAT_DIRDATA != 0 {
+            return Err(FsError::Unsupported("ext: the dirdata feature (Lustre) is not read".into()));
+        }
+        if incompat & !INCOMPAT_UNDERSTOOD != 0 {
+            return Err(FsError::Unsupported(format!(
+                "ext: unknown incompatible features {:#x}",
+                incompat & !INCOMPAT_UNDERSTOOD
+            )));
+        }
+        let is_64bit = incompat & INCOMPAT_64BIT != 0;
+        let mut blocks_count = le32(&sb, 4) as u64;
+        if is_64bit {
+            blocks_count |= (le32(&sb, 0x150) as u64) << 32;
+        }
+        let rev = le32(&sb, 76);
+        let inode_bytes = if rev == 0 { 128 } else { le16(&sb, 88) as u64 };
+        let desc_bytes = if is_64bit { le16(&sb, 254) as u64 } else { 32 };
+        let first_data_block = le32(&sb, 20) as u64;
+        let blocks_per_group = le32(&sb, 32) as u64;
+        let inodes_per_group = le32(&sb, 40) as u64;
+        let inodes_count = le32(&sb, 0) as u64;
+        let dev_bytes = dev.sector_count() * SECTOR_BYTES as u64;
+        if blocks_count.checked_mul(block_bytes).map_or(true, |b| b > dev_bytes) {
+            return Err(corrupt(format!(
+                "the filesystem has {} blocks of {} bytes, more than the partition holds",
+                blocks_count, block_bytes
+            )));
+        }
+        let bits_per_block = block_bytes * 8;
+        if blocks_per_group == 0
+            || blocks_per_group > bits_per_block
+            || inodes_per_group == 0
+            || inodes_per_group > bits_per_block
+            || !(128..=block_bytes).contains(&inode_bytes)
+            || !inode_bytes.is_power_of_two()
+            || (is_64bit && (desc_bytes < 64 || desc_bytes > block_bytes || !desc_bytes.is_power_of_two()))
+            || first_data_block >= blocks_count
+            || first_data_block > 1
+        {
+            return Err(corrupt("superblock geometry is inconsistent".into()));
+        }
+        let group_count = (blocks_count - first_data_block + blocks_per_group - 1) / blocks_per_group;
+        if inodes_count > group_count * inodes_per_group || inodes_count < ROOT_INODE as u64 {
+            return Err(corrupt("superblock inode count is inconsistent".into()));
+        }
+        Ok(ExtVolume {
+            dev,
+            block_bytes,
+            blocks_count,
+            first_data_block,
+            blocks_per_group,
+            inodes_per_group,
+            inodes_count,
+            inode_bytes,
+            desc_bytes,
+            group_count,
+            incompat,
+            ro_compat,
+            first_meta_bg: le32(&sb, 0x104) as u64,
+        })
+    }
+
+    pub fn into_inner(self) -> D {
+        self.dev
+    }
+
+    pub fn block_bytes(&self) -> u64 {
+        self.block_bytes
+    }
+
+    fn group_has_superblock(&self, group: u64) -> bool {
+        if self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || group <= 1 {
+            return true;
+        }
+        [3u64, 5, 7].iter().any(|&base| {
+            let mut p = base;
+            while p < group {
+                p *= base;
+            }
+            p == group
+        })
+    }
+
+    fn descriptor_offset(&self, group: u64) -> u64 {
+        let per_block = self.block_bytes / self.desc_bytes;
+        let meta_group = group / per_block;
+        let block = if self.incompat & INCOMPAT_META_BG != 0 && meta_group >= self.first_meta_bg {
+            // meta_bg: each meta group's descriptors sit in its own first group.
+            let first = meta_group * per_block;
+            self.first_data_block
+                + first * self.blocks_per_group
+                + if self.group_has_superblock(first) { 1 } else { 0 }
+        } else {
+            self.first_data_block + 1 + meta_group
+        };
+        block * self.block_bytes + (group % per_block) * self.desc_bytes
+    }
+
+    fn read_inode(&mut self, number: u32) -> Result<Inode, FsError> {
+        if number == 0 || number as u64 > self.inodes_count {
+            return Err(corrupt(format!("inode number {} is out of range", number)));
+        }
+        let index = number as u64 - 1;
+        let group = index / self.inodes_per_group;
+        if group >= self.group_count {
+            return Err(corrupt(format!("inode {} lies in group {} past the last group", number, group)));
+        }
+        let mut desc = [0u8; 64];
+        let desc_len = self.desc_bytes.min(64) as usize;
+        let desc_offset = self.descriptor_offset(group);
+        read_bytes(&mut self.dev, desc_offset, &mut desc[..desc_len])?;
+        let mut table = le32(&desc, 8) as u64;
+        if self.desc_bytes >= 64 {
+            table |= (le32(&desc, 0x28) as u64) << 32;
+        }
+        let table_blocks = (self.inodes_per_group * self.inode_bytes + self.block_bytes - 1) / self.block_bytes;
+        if table == 0 || table.saturating_add(table_blocks) > self.blocks_count {
+            return Err(corrupt(format!("group {} has its inode table outside the filesystem", group)));
+        }
+        let offset = table * self.block_bytes + (index % self.inodes_per_group) * self.inode_bytes;
+        let mut raw = [0u8; 128];
+        read_bytes(&mut self.dev, offset, &mut raw)?;
+        let mode = le16(&raw, 0);
+        let mut size_bytes = le32(&raw, 4) as u64;
+        // i_size_high is the directory ACL on old revisions; only trust it for files, and for
+        // directories when large directories are enabled.
+        if mode & MODE_TYPE_MASK == MODE_FILE || self.incompat & INCOMPAT_LARGEDIR != 0 {
+            size_bytes |= (le32(&raw, 0x6C) as u64) << 32;
+        }
+        let mut i_block = [0u8; 60];
+        i_block.copy_from_slice(&raw[0x28..0x28 + 60]);
+        Ok(Inode { number, mode, flags: le32(&raw, 0x20), size_bytes, i_block })
+    }
+
+    fn read_block(&mut self, block: u64, buf: &mut [u8]) -> Result<(), FsError> {
+        if block == 0 || block >= self.blocks_count {
+            return Err(corrupt(format!("block {} is outside the filesystem", block)));
+        }
+        read_bytes(&mut self.dev, block * self.block_bytes, buf)
+    }
+
+    /// Where each block of the inode's data lives, in file order, covering exactly its size.
+    fn map_inode(&mut self, inode: &Inode) -> Result<Vec<Piece>, FsError> {
+        if inode.flags & FLAG_INLINE_DATA != 0 {
+            return Err(FsError::Unsupported(format!(
+                "ext: inode {} keeps its data inside the inode (inline_data)",
+                inode.number
+            )));
+        }
+        let blocks = (inode.size_bytes + self.block_bytes - 1) / self.block_bytes;
+        let mut pieces = Vec::new();
+        let mut budget = if inode.flags & FLAG_EXTENTS != 0 {
+            MAX_MAP_NODES
+        } else {
+            self.blocks_count.min(u32::MAX as u64) as u32
+        };
+        if inode.flags & FLAG_EXTENTS != 0 {
+            let mut extents: Vec<(u64, u64, u64, bool)> = Vec::new();
+            self.walk_extent_node(&inode.i_block, None, &mut extents, &mut budget)?;
+            extents.sort_by_key(|e| e.0);
+            let mut next = 0u64;
+            for (logical, physical, len, unwritten) in extents {
+                if logical >= blocks {
+                    break; // preallocated past the end of the file
+                }
+                if logical < next {
+                    return Err(corrupt(format!("inode {} has overlapping extents", inode.number)));
+                }
+                push_piece(&mut pieces, Piece::Hole { blocks: logical - next });
+                let len = len.min(blocks - logical);
+                push_piece(
+                    &mut pieces,
+                    if unwritten { Piece::Unwritten { blocks: len } } else { Piece::Data { block: physical, blocks: len } },
+                );
+                next = logical + len;
+            }
+            push_piece(&mut pieces, Piece::Hole { blocks: blocks - next });
+        } else {
+            let mut left = blocks;
+            for i in 0..15 {
+                if left == 0 {
+                    break;
+                }
+                let ptr = le32(&inode.i_block, 4 * i) as u64;
+                let level = if i < 12 { 0 } else { i as u32 - 11 };
+                self.walk_indirect(ptr, level, &mut left, &mut pieces, &mut budget)?;
+            }
+            if left != 0 {
+                return Err(corrupt(format!("inode {} is larger than its block map can address", inode.number)));
+            }
+        }
+        Ok(pieces)
+    }
+
+    fn walk_extent_node(
+        &mut self,
+        node: &[u8],
+        depth_expected: Option<u16>,
+        out: &mut Vec<(u64, u64, u64, bool)>,
+        budget: &mut u32,
+    ) -> Result<(), FsError> {
+        let entries = le16(node, 2) as usize;
+        let depth = le16(node, 6);
+        if le16(node, 0) != EXTENT_MAGIC
+            || entries > le16(node, 4) as usize
+            || 12 + 12 * entries > node.len()
+            || depth > MAX_EXTENT_DEPTH
+            || depth_expected.map_or(false, |d| d != depth)
+        {
+            return Err(corrupt("an extent tree node has a bad header".into()));
+        }
+        for k in 0..entries {
+            let e = &node[12 + 12 * k..24 + 12 * k];
+            let logical = le32(e, 0) as u64;
+            if depth > 0 {
+                let child = le32(e, 4) as u64 | (le16(e, 8) as u64) << 32;
+                *budget = budget
+                    .checked_sub(1)
+                    .ok_or_else(|| corrupt("an extent tree is too large".into()))?;
+                let mut buf = vec![0u8; self.block_bytes as usize];
+                self.read_block(child, &mut buf)?;
+                self.walk_extent_node(&buf, Some(depth - 1), out, budget)?;
+            } else {
+                let raw_len = le16(e, 4);
+                let (len, unwritten) =
+                    if raw_len > EXTENT_INIT_MAX { (raw_len - EXTENT_INIT_MAX, true) } else { (raw_len, false) };
+                let physical = (le16(e, 6) as u64) << 32 | le32(e, 8) as u64;
+                if len == 0 || physical == 0 || physical + len as u64 > self.blocks_count {
+                    return Err(corrupt(format!(
+                        "an extent of {} blocks at block {} lies outside the filesystem",
+                        len, physical
+                    )));
+                }
+                out.push((logical, physical, len as u64, unwritten));
+                if out.len() > MAX_MAP_NODES as usize {
+                    return Err(corrupt("an extent tree is too large".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Map up to `*left` blocks below an indirect pointer of `level` (0 = a data block).
+    fn walk_indirect(
+        &mut self,
+        ptr: u64,
+        level: u32,
+        left: &mut u64,
+        pieces: &mut Vec<Piece>,
+        budget: &mut u32,
+    ) -> Result<(), FsError> {
+        let per_block = self.block_bytes / 4;
+        let span = per_block.pow(level);
+        if ptr == 0 {
+            let n = span.min(*left);
+            push_piece(pieces, Piece::Hole { blocks: n });
+            *left -= n;
+            return Ok(());
+        }
+        if ptr >= self.blocks_count {
+            return Err(corrupt(format!("block pointer {} is outside the filesystem", ptr)));
+        }
+        if level == 0 {
+            // A file cannot own more blocks than the filesystem has; past that the map loops.
+            *budget = budget.checked_sub(1).ok_or_else(|| corrupt("a block map is too large".into()))?;
+            push_piece(pieces, Piece::Data { block: ptr, blocks: 1 });
+            *left -= 1;
+            return Ok(());
+        }
+        *budget = budget.checked_sub(1).ok_or_else(|| corrupt("a block map is too large".into()))?;
+        let mut buf = vec![0u8; self.block_bytes as usize];
+        self.read_block(ptr, &mut buf)?;
+        for k in 0..per_block as usize {
+            if *left == 0 {
+                break;
+            }
+            self.walk_indirect(le32(&buf, 4 * k) as u64, level - 1, left, pieces, budget)?;
+        }
+        Ok(())
+    }
+
+    /// Entries of a directory: (name, inode, file type from the entry or 0).
+    fn read_dir(&mut self, dir: &Inode) -> Result<Vec<(String, u32, u8)>, FsError> {
+        let dev_bytes = self.blocks_count * self.block_bytes;
+        if dir.size_bytes > dev_bytes {
+            return Err(corrupt(format!("directory inode {} is larger than the filesystem", dir.number)));
+        }
+        let pieces = self.map_inode(dir)?;
+        let has_type = self.incompat & INCOMPAT_FILETYPE != 0;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; self.block_bytes as usize];
+        for p in pieces {
+            let Piece::Data { block, blocks } = p else { continue };
+            for b in block..block + blocks {
+                self.read_block(b, &mut buf)?;
+                let mut off = 0usize;
+                while off + 8 <= buf.len() {
+                    let ino = le32(&buf, off);
+                    let rec_len = le16(&buf, off + 4) as usize;
+                    let (name_len, ftype) =
+                        if has_type { (buf[off + 6] as usize, buf[off + 7]) } else { (le16(&buf, off + 6) as usize, 0) };
+                    if rec_len < 8 || rec_len % 4 != 0 || off + rec_len > buf.len() || 8 + name_len > rec_len {
+                        return Err(corrupt(format!(
+                            "directory inode {} has a bad entry in block {}",
+                            dir.number, b
+                        )));
+                    }
+                    if ino != 0 && name_len > 0 {
+                        let name = String::from_utf8_lossy(&buf[off + 8..off + 8 + name_len]).into_owned();
+                        out.push((name, ino, ftype));
+                    }
+                    off += rec_len;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn lookup(&mut self, path: &str) -> Result<(Inode, String), FsError> {
+        let mut cur = self.read_inode(ROOT_INODE)?;
+        let mut spelled = String::new();
+        for comp in path_components(path) {
+            match cur.kind() {
+                MODE_DIR => {}
+                MODE_SYMLINK => {
+                    return Err(FsError::Unsupported(format!("ext: {} is a symbolic link; vboot does not follow links", spelled)))
+                }
+                _ => return Err(FsError::NotADirectory { path: spelled }),
+            }
+            let entries = self.read_dir(&cur)?;
+            // ext names are case-sensitive: an exact match wins, else the first one that
+            // differs only in case.
+            let lower = comp.to_lowercase();
+            let hit = entries
+                .iter()
+                .find(|e| e.0 == comp)
+                .or_else(|| entries.iter().find(|e| e.0.to_lowercase() == lower))
+                .filter(|e| e.0 != "." && e.0 != "..");
+            spelled.push('/');
+            match hit {
+                Some((name, ino, _)) => {
+                    spelled.push_str(name);
+                    cur = self.read_inode(*ino)?;
+                }
+                None => {
+                    spelled.push_str(comp);
+                    return Err(FsError::NotFound { path: spelled });
+                }
+            }
+        }
+        if spelled.is_empty() {
+            spelled.push('/');
+        }
+        Ok((cur, spelled))
+    }
+
+    fn file_inode(&mut self, path: &str) -> Result<(Inode, String), FsError> {
+        let (inode, spelled) = self.lookup(path)?;
+        match inode.kind() {
+            MODE_FILE => {}
+            MODE_DIR => return Err(FsError::IsADirectory { path: spelled }),
+            _ => {
+                return Err(FsError::Unsupported(format!(
+                    "ext: {} is not a regular file (a link or a device)",
+                    spelled
+                )))
+            }
+        }
+        if inode.flags & FLAG_ENCRYPTED != 0 {
+            return Err(FsError::Unsupported(format!("ext: {} is encrypted (fscrypt)", spelled)));
+        }
+        if inode.flags & FLAG_COMPRESSED != 0 {
+            return Err(FsError::Unsupported(format!("ext: {} is compressed", spelled)));
+        }
+        Ok((inode, spelled))
+    }
+
+    /// Open a file for use as a disk image: its exact sectors. Holes and unwritten extents are
+    /// refused, because they read as zeros whatever the sectors hold, and a write there would be
+    /// lost to the OS.
+    pub fn open_file(&mut self, path: &str) -> Result<File, FsError> {
+        let (inode, spelled) = self.file_inode(path)?;
+        if inode.flags & FLAG_INLINE_DATA != 0 {
+            return Err(FsError::Unsupported(format!(
+                "ext: {} is stored inside its inode (inline_data) and has no sectors of its own",
+                spelled
+            )));
+        }
+        let pieces = self.map_inode(&inode)?;
+        let sectors_per_block = self.block_bytes / SECTOR_BYTES as u64;
+        let mut left = (inode.size_bytes + SECTOR_BYTES as u64 - 1) / SECTOR_BYTES as u64;
+        let mut extents = ExtentList::default();
+        for p in pieces {
+            match p {
+                Piece::Data { block, blocks } => {
+                    let sectors = (blocks * sectors_per_block).min(left);
+                    extents.push(block * sectors_per_block, sectors);
+                    left -= sectors;
+                }
+                Piece::Hole { .. } => {
+                    return Err(FsError::Unsupported(format!(
+                        "ext: {} is sparse (has holes); write it out in full from the host OS \
+                         (for example `cp --sparse=never`) before using it as a disk",
+                        spelled
+                    )))
+                }
+                Piece::Unwritten { .. } => {
+                    return Err(FsError::Unsupported(format!(
+                        "ext: {} has unwritten (preallocated) extents that read as zeros; write \
+                         it out in full from the host OS before using it as a disk",
+                        spelled
+                    )))
+                }
+            }
+        }
+        Ok(File { path: spelled, size_bytes: inode.size_bytes, extents })
+    }
+
+    pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
+        let (dir, spelled) = self.lookup(path)?;
+        if dir.kind() != MODE_DIR {
+            return Err(FsError::NotADirectory { path: spelled });
+        }
+        let mut out = Vec::new();
+        for (name, ino, _) in self.read_dir(&dir)? {
+            if name == "." || name == ".." {
+                continue;
+            }
+            let inode = self.read_inode(ino)?;
+            let kind = match inode.kind() {
+                MODE_DIR => FileKind::Directory,
+                MODE_FILE => FileKind::File,
+                _ => continue, // links and devices are not files vboot can use
+            };
+            let size_bytes = if kind == FileKind::File { inode.size_bytes } else { 0 };
+            out.push(DirEntry { name, kind, size_bytes });
+        }
+        Ok(out)
+    }
+
+    pub fn read_file(&mut self, file: &File, offset_bytes: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        read_via_extents(&mut self.dev, file, offset_bytes, buf)
+    }
+
+    /// A whole file (up to `max_bytes`); holes and unwritten extents read as zeros.
+    pub fn read_to_vec(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FsError> {
+        let (inode, spelled) = self.file_inode(path)?;
+        if inode.size_bytes > max_bytes {
+            return Err(FsError::Unsupported(format!(
+                "{} is {} bytes, more than the {} expected",
+                spelled, inode.size_bytes, max_bytes
+            )));
+        }
+        let size = inode.size_bytes as usize;
+        if inode.flags & FLAG_INLINE_DATA != 0 {
+            // The first 60 bytes live in i_block; longer files continue in an extended
+            // attribute, which this reader does not parse.
+            return match inode.i_block.get(..size) {
+                Some(b) => Ok(b.to_vec()),
+                None => Err(FsError::Unsupported(format!(
+                    "ext: {} keeps more than 60 bytes inline (in an extended attribute)",
+                    spelled
+                ))),
+            };
+        }
+        let pieces = self.map_inode(&inode)?;
+        let mut out = vec![0u8; size];
+        let mut pos = 0usize;
+        let mut block_buf = vec![0u8; self.block_bytes as usize];
+        for p in pieces {
+            let n_bytes = p.blocks().saturating_mul(self.block_bytes);
+            match p {
+                Piece::Data { block, blocks } => {
+                    for b in block..block + blocks {
+                        if pos >= size {
+                            break;
+                        }
+                        self.read_block(b, &mut block_buf)?;
+                        let take = (size - pos).min(block_buf.len());
+                        out[pos..pos + take].copy_from_slice(&block_buf[..take]);
+                        pos += take;
+                    }
+                }
+                Piece::Hole { .. } | Piece::Unwritten { .. } => {
+                    pos = (pos as u64).saturating_add(n_bytes).min(size as u64) as usize;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Metadata changes are refused: see the module documentation.
+    pub fn create_file(&mut self, _path: &str, _size_bytes: u64) -> Result<File, FsError> {
+        Err(read_only_message())
+    }
+    pub fn grow_file(&mut self, _path: &str, _new_size_bytes: u64) -> Result<File, FsError> {
+        Err(read_only_message())
+    }
+    pub fn truncate_file(&mut self, _path: &str, _new_size_bytes: u64) -> Result<File, FsError> {
+        Err(read_only_message())
+    }
+    pub fn delete_file(&mut self, _path: &str) -> Result<(), FsError> {
+        Err(read_only_message())
+    }
+    pub fn rename(&mut self, _from: &str, _to: &str) -> Result<(), FsError> {
+        Err(read_only_message())
+    }
+}
+
+/// Read `buf.len()` bytes at byte `offset` of the device, whatever their alignment.
+fn read_bytes<D: BlockDevice>(dev: &mut D, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
+    let first = offset / SECTOR_BYTES as u64;
+    let skip = (offset % SECTOR_BYTES as u64) as usize;
+    let sectors = (skip + buf.len() + SECTOR_BYTES - 1) / SECTOR_BYTES;
+    if skip == 0 && buf.len() % SECTOR_BYTES == 0 {
+        dev.read_sectors(first, buf)?;
+        return Ok(());
+    }
+    let mut tmp = vec![0u8; sectors * SECTOR_BYTES];
+    dev.read_sectors(first, &mut tmp)?;
+    buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
+    Ok(())
+}
+
+/// Copy file bytes through an extent list, reading whole sectors and coalescing contiguous runs.
+fn read_via_extents<D: BlockDevice>(
+    dev: &mut D,
+    file: &File,
+    offset_bytes: u64,
+    buf: &mut [u8],
+) -> Result<usize, FsError> {
+    if offset_bytes >= file.size_bytes {
+        return Ok(0);
+    }
+    let want = (buf.len() as u64).min(file.size_bytes - offset_bytes) as usize;
+    let mut done = 0usize;
+    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
+    while done < want {
+        let pos = offset_bytes + done as u64;
+        let sector = pos / SECTOR_BYTES as u64;
+        let skip = (pos % SECTOR_BYTES as u64) as usize;
+        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
+            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
+        })?;
+        let need_sectors = ((skip + (want - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
+        let n = run.min(need_sectors).min(64);
+        let bytes = n as usize * SECTOR_BYTES;
+        dev.read_sectors(lba, &mut chunk[..bytes])?;
+        let take = (bytes - skip).min(want - done);
+        buf[done..done + take].copy_from_slice(&chunk[skip..skip + take]);
+        done += take;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn pieces_merge_by_kind() {
+        let mut v = Vec::new();
+        push_piece(&mut v, Piece::Data { block: 10, blocks: 2 });
+        push_piece(&mut v, Piece::Data { block: 12, blocks: 3 });
+        push_piece(&mut v, Piece::Hole { blocks: 0 });
+        push_piece(&mut v, Piece::Hole { blocks: 4 });
+        push_piece(&mut v, Piece::Hole { blocks: 1 });
+        push_piece(&mut v, Piece::Data { block: 20, blocks: 1 });
+        assert_eq!(
+            v,
+            [Piece::Data { block: 10, blocks: 5 }, Piece::Hole { blocks: 5 }, Piece::Data { block: 20, blocks: 1 }]
+        );
+    }
+
+    #[test]
+    fn zeros_are_not_ext() {
+        let d = crate::block::MemDisk::zeroed(16);
+        assert!(matches!(ExtVolume::open(d), Err(FsError::NotRecognized(_))));
+    }
+
+    #[test]
+    fn refuses_metadata_writes_with_a_message() {
+        // A hand-made minimal superblock is not needed: the refusal does not read the disk.
+        let msg = read_only_message().to_string();
+        assert!(msg.contains("host OS"), "{}", msg);
+    }
+}
