@@ -15,6 +15,8 @@ use core::fmt;
 
 use crate::block::BlockError;
 
+pub mod fat;
+
 /// One run of a file: `sectors` sectors of the file starting at file sector `file_sector` are
 /// stored contiguously starting at volume sector `lba`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
