@@ -17,6 +17,8 @@ use crate::block::BlockError;
 
 pub mod exfat;
 pub mod ext;
+pub mod fat;
+pub mod volume;
 
 /// One run of a file: `sectors` sectors of the file starting at file sector `file_sector` are
 /// stored contiguously starting at volume sector `lba`.

@@ -1,0 +1,121 @@
+//! One type over every host filesystem vboot reads: recognise the volume, then open files on it
+//! the same way whatever it is.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::exfat::ExfatVolume;
+use super::ext::ExtVolume;
+use super::fat::FatVolume;
+use super::{DirEntry, File, FsError};
+use crate::block::{BlockDevice, SECTOR_BYTES};
+
+/// Which filesystem a volume holds, told from its first sectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    Fat,
+    Exfat,
+    Ntfs,
+    Ext,
+}
+
+impl FsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Fat => "FAT",
+            FsKind::Exfat => "exFAT",
+            FsKind::Ntfs => "NTFS",
+            FsKind::Ext => "ext2/3/4",
+        }
+    }
+}
+
+/// Recognise the filesystem on `dev` by its signatures; `None` when it is none of ours.
+pub fn sniff<D: BlockDevice>(dev: &mut D) -> Option<FsKind> {
+    let mut s = [0u8; SECTOR_BYTES * 3];
+    if dev.sector_count() < 3 || dev.read_sectors(0, &mut s).is_err() {
+        return None;
+    }
+    if &s[3..11] == b"EXFAT   " {
+        return Some(FsKind::Exfat);
+    }
+    if &s[3..11] == b"NTFS    " {
+        return Some(FsKind::Ntfs);
+    }
+    let bps = u16::from_le_bytes([s[11], s[12]]);
+    if s[510] == 0x55 && s[511] == 0xAA && matches!(bps, 512 | 1024 | 2048 | 4096) && s[13] != 0 {
+        return Some(FsKind::Fat);
+    }
+    if s[1024 + 56] == 0x53 && s[1024 + 57] == 0xEF {
+        return Some(FsKind::Ext);
+    }
+    None
+}
+
+pub enum Volume<D: BlockDevice> {
+    Fat(FatVolume<D>),
+    Exfat(ExfatVolume<D>),
+    Ext(ExtVolume<D>),
+}
+
+impl<D: BlockDevice> Volume<D> {
+    pub fn open(mut dev: D) -> Result<Volume<D>, FsError> {
+        match sniff(&mut dev) {
+            Some(FsKind::Fat) => Ok(Volume::Fat(FatVolume::open(dev)?)),
+            Some(FsKind::Exfat) => Ok(Volume::Exfat(ExfatVolume::open(dev)?)),
+            Some(FsKind::Ext) => Ok(Volume::Ext(ExtVolume::open(dev)?)),
+            Some(FsKind::Ntfs) => Err(FsError::Unsupported(String::from("NTFS volumes are not readable yet"))),
+            None => Err(FsError::NotRecognized(String::from(
+                "no FAT, exFAT, NTFS or ext2/3/4 signature in the first sectors",
+            ))),
+        }
+    }
+
+    pub fn kind(&self) -> FsKind {
+        match self {
+            Volume::Fat(_) => FsKind::Fat,
+            Volume::Exfat(_) => FsKind::Exfat,
+            Volume::Ext(_) => FsKind::Ext,
+        }
+    }
+
+    pub fn open_file(&mut self, path: &str) -> Result<File, FsError> {
+        match self {
+            Volume::Fat(v) => v.open_file(path),
+            Volume::Exfat(v) => v.open_file(path),
+            Volume::Ext(v) => v.open_file(path),
+        }
+    }
+
+    pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
+        match self {
+            Volume::Fat(v) => v.list_dir(path),
+            Volume::Exfat(v) => v.list_dir(path),
+            Volume::Ext(v) => v.list_dir(path),
+        }
+    }
+
+    pub fn read_file(&mut self, file: &File, offset_bytes: u64, buf: &mut [u8]) -> Result<usize, FsError> {
+        match self {
+            Volume::Fat(v) => v.read_file(file, offset_bytes, buf),
+            Volume::Exfat(v) => v.read_file(file, offset_bytes, buf),
+            Volume::Ext(v) => v.read_file(file, offset_bytes, buf),
+        }
+    }
+
+    pub fn read_to_vec(&mut self, path: &str, max_bytes: u64) -> Result<Vec<u8>, FsError> {
+        match self {
+            Volume::Fat(v) => v.read_to_vec(path, max_bytes),
+            Volume::Exfat(v) => v.read_to_vec(path, max_bytes),
+            Volume::Ext(v) => v.read_to_vec(path, max_bytes),
+        }
+    }
+
+    pub fn into_inner(self) -> D {
+        match self {
+            Volume::Fat(v) => v.into_inner(),
+            Volume::Exfat(v) => v.into_inner(),
+            Volume::Ext(v) => v.into_inner(),
+        }
+    }
+}
