@@ -1,0 +1,300 @@
+//! Cylinder/head/sector geometry: register encoding, CHS <-> LBA, and picking a geometry.
+
+/// INT 13h CHS calls address at most 1024 cylinders (10 bits).
+pub const MAX_BIOS_CYLINDERS: u32 = 1024;
+/// 256 heads break MS-DOS up to Windows 95, so 255 is the ceiling.
+pub const MAX_HEADS: u32 = 255;
+/// CL[5:0]: sectors are 1-based, so 63 is the most a track can have.
+pub const MAX_SECTORS_PER_TRACK: u32 = 63;
+/// Above this many sectors AH=48h must clear its "CHS fields valid" flag (EDD-4).
+pub const EDD_CHS_VALID_LIMIT_SECTORS: u64 = 15_482_880;
+/// The geometry used when an image brings none of its own (LBA-assist, as iPXE and fdisk).
+pub const DEFAULT_HEADS: u32 = 255;
+pub const DEFAULT_SECTORS_PER_TRACK: u32 = 63;
+
+/// A geometry as counts (not maxima). `cylinders` may exceed 1024; CHS calls see only the first
+/// 1024 of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chs {
+    pub cylinders: u32,
+    pub heads: u32,
+    pub sectors_per_track: u32,
+}
+
+/// One CHS address as the registers carry it: sector is 1-based.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChsAddress {
+    pub cylinder: u16,
+    pub head: u8,
+    pub sector: u8,
+}
+
+impl ChsAddress {
+    /// Decode CH (cylinder bits 7:0), CL (cylinder bits 9:8 in 7:6, sector in 5:0) and DH (head).
+    pub fn from_regs(cx: u16, dh: u8) -> Self {
+        let ch = (cx >> 8) as u8;
+        let cl = cx as u8;
+        ChsAddress {
+            cylinder: ch as u16 | (((cl & 0xC0) as u16) << 2),
+            head: dh,
+            sector: cl & 0x3F,
+        }
+    }
+    /// Encode into (CX, DH). Cylinder bits above 9 are dropped, as the registers cannot hold them.
+    pub fn to_regs(&self) -> (u16, u8) {
+        let ch = self.cylinder as u8;
+        let cl = (((self.cylinder >> 2) & 0xC0) as u8) | (self.sector & 0x3F);
+        (((ch as u16) << 8) | cl as u16, self.head)
+    }
+}
+
+impl Chs {
+    /// Whether INT 13h CHS calls can express this geometry at all.
+    pub fn is_bios_usable(&self) -> bool {
+        self.cylinders >= 1
+            && (1..=MAX_HEADS).contains(&self.heads)
+            && (1..=MAX_SECTORS_PER_TRACK).contains(&self.sectors_per_track)
+    }
+
+    fn sectors_per_cylinder(&self) -> u64 {
+        self.heads as u64 * self.sectors_per_track as u64
+    }
+
+    /// `heads` x `sectors_per_track` with as many cylinders as fit in `total_sectors` (at least
+    /// one, so a disk smaller than a cylinder still answers AH=08h).
+    pub fn with_heads_spt(total_sectors: u64, heads: u32, sectors_per_track: u32) -> Chs {
+        let per_cyl = (heads as u64 * sectors_per_track as u64).max(1);
+        let cylinders = u32::try_from(total_sectors / per_cyl).unwrap_or(u32::MAX).max(1);
+        Chs { cylinders, heads, sectors_per_track }
+    }
+
+    /// The geometry the guest sees: the image's own when INT 13h can express it, else 255/63.
+    pub fn for_disk(total_sectors: u64, image: Option<Chs>) -> Chs {
+        match image {
+            Some(g) if g.is_bios_usable() => g,
+            _ => Chs::with_heads_spt(total_sectors, DEFAULT_HEADS, DEFAULT_SECTORS_PER_TRACK),
+        }
+    }
+
+    /// Cylinders reachable through CHS calls.
+    pub fn bios_cylinders(&self) -> u32 {
+        self.cylinders.min(MAX_BIOS_CYLINDERS)
+    }
+
+    /// Sectors reachable through CHS calls (the disk itself may be smaller or larger).
+    pub fn addressable_sectors(&self) -> u64 {
+        self.bios_cylinders() as u64 * self.sectors_per_cylinder()
+    }
+
+    /// LBA of a CHS address, or `None` if the address lies outside this geometry (sector 0,
+    /// sector past the track, head past the last, cylinder past the CHS-addressable ones).
+    pub fn to_lba(&self, a: ChsAddress) -> Option<u64> {
+        if a.sector == 0
+            || a.sector as u32 > self.sectors_per_track
+            || a.head as u32 >= self.heads
+            || a.cylinder as u32 >= self.bios_cylinders()
+        {
+            return None;
+        }
+        Some(
+            (a.cylinder as u64 * self.heads as u64 + a.head as u64) * self.sectors_per_track as u64
+                + (a.sector as u64 - 1),
+        )
+    }
+
+    /// CHS address of an LBA, or `None` past the CHS-addressable area.
+    pub fn from_lba(&self, lba: u64) -> Option<ChsAddress> {
+        if !self.is_bios_usable() || lba >= self.addressable_sectors() {
+            return None;
+        }
+        let spt = self.sectors_per_track as u64;
+        let sector = (lba % spt) as u8 + 1;
+        let track = lba / spt;
+        let head = (track % self.heads as u64) as u8;
+        let cylinder = (track / self.heads as u64) as u16;
+        Some(ChsAddress { cylinder, head, sector })
+    }
+
+    /// AH=08h answer: (CX, DH) holding the last cylinder index (clamped to 1023), the sectors per
+    /// track and the last head index. Cylinder count - 1, as memdisk and iPXE report it.
+    pub fn max_address_regs(&self) -> (u16, u8) {
+        let last = ChsAddress {
+            cylinder: (self.bios_cylinders().max(1) - 1) as u16,
+            head: (self.heads.clamp(1, 256) - 1) as u8,
+            sector: self.sectors_per_track.min(MAX_SECTORS_PER_TRACK) as u8,
+        };
+        last.to_regs()
+    }
+}
+
+/// Heads and sectors per track implied by an MBR's partition entries (largest end head + 1,
+/// largest end sector), the way DOS FDISK and iPXE read them. `None` without a 55AA signature,
+/// without a used entry, or when the numbers do not make a geometry INT 13h can express.
+pub fn geometry_from_mbr(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
+    if sector0.get(510..512)? != [0x55, 0xAA] {
+        return None;
+    }
+    let mut max_head = 0u32;
+    let mut max_sector = 0u32;
+    let mut used = false;
+    for i in 0..4 {
+        let e = sector0.get(0x1BE + 16 * i..0x1BE + 16 * (i + 1))?;
+        if e[4] == 0 {
+            continue;
+        }
+        used = true;
+        max_head = max_head.max(e[5] as u32);
+        max_sector = max_sector.max((e[6] & 0x3F) as u32);
+    }
+    if !used {
+        return None;
+    }
+    let g = Chs::with_heads_spt(total_sectors, max_head + 1, max_sector);
+    if g.is_bios_usable() {
+        Some(g)
+    } else {
+        None
+    }
+}
+
+/// A standard floppy format, recognised by the image's exact size (bios-reference.md §5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloppyFormat {
+    pub bytes: u64,
+    pub geometry: Chs,
+    /// AH=08h BL drive type.
+    pub drive_type: u8,
+}
+
+const fn ff(bytes: u64, cylinders: u32, heads: u32, spt: u32, drive_type: u8) -> FloppyFormat {
+    FloppyFormat { bytes, geometry: Chs { cylinders, heads, sectors_per_track: spt }, drive_type }
+}
+
+pub const FLOPPY_FORMATS: [FloppyFormat; 9] = [
+    ff(163_840, 40, 1, 8, 0x01),
+    ff(184_320, 40, 1, 9, 0x01),
+    ff(327_680, 40, 2, 8, 0x01),
+    ff(368_640, 40, 2, 9, 0x01),
+    ff(737_280, 80, 2, 9, 0x03),
+    ff(1_228_800, 80, 2, 15, 0x02),
+    ff(1_474_560, 80, 2, 18, 0x04),
+    ff(1_720_320, 80, 2, 21, 0x04),
+    ff(2_949_120, 80, 2, 36, 0x06),
+];
+
+impl FloppyFormat {
+    pub fn from_size(bytes: u64) -> Option<FloppyFormat> {
+        FLOPPY_FORMATS.iter().copied().find(|f| f.bytes == bytes)
+    }
+}
+
+/// An 11-byte diskette parameter table (INT 1Eh target) for `sectors_per_track`, with the
+/// values a 3.5" drive's BIOS table carries. DOS boot sectors copy it and patch the spt byte.
+pub fn diskette_parameter_table(sectors_per_track: u8) -> [u8; 11] {
+    [0xDF, 0x02, 0x25, 0x02, sectors_per_track, 0x1B, 0xFF, 0x6C, 0xF6, 0x0F, 0x08]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_encoding_round_trips_10_bit_cylinders() {
+        let a = ChsAddress { cylinder: 1023, head: 254, sector: 63 };
+        let (cx, dh) = a.to_regs();
+        assert_eq!(cx, 0xFFFF);
+        assert_eq!(dh, 254);
+        assert_eq!(ChsAddress::from_regs(cx, dh), a);
+        let b = ChsAddress { cylinder: 0x155, head: 3, sector: 1 };
+        let (cx, _) = b.to_regs();
+        assert_eq!(cx, 0x5541);
+        assert_eq!(ChsAddress::from_regs(cx, 3), b);
+    }
+
+    #[test]
+    fn lba_round_trip_over_the_whole_addressable_area_edges() {
+        let g = Chs { cylinders: 2000, heads: 16, sectors_per_track: 63 };
+        let last = g.addressable_sectors() - 1;
+        assert_eq!(g.addressable_sectors(), 1024 * 16 * 63);
+        for lba in [0, 1, 62, 63, 1007, 1008, 123_456, last] {
+            let a = g.from_lba(lba).unwrap();
+            assert_eq!(g.to_lba(a), Some(lba), "lba {}", lba);
+            let (cx, dh) = a.to_regs();
+            assert_eq!(g.to_lba(ChsAddress::from_regs(cx, dh)), Some(lba));
+        }
+        assert_eq!(g.from_lba(last), Some(ChsAddress { cylinder: 1023, head: 15, sector: 63 }));
+        assert_eq!(g.from_lba(last + 1), None);
+    }
+
+    #[test]
+    fn every_lba_of_a_small_geometry_round_trips() {
+        let g = Chs { cylinders: 7, heads: 3, sectors_per_track: 5 };
+        for lba in 0..g.addressable_sectors() {
+            assert_eq!(g.to_lba(g.from_lba(lba).unwrap()), Some(lba));
+        }
+    }
+
+    #[test]
+    fn to_lba_refuses_addresses_outside_the_geometry() {
+        let g = Chs { cylinders: 10, heads: 4, sectors_per_track: 17 };
+        let ok = ChsAddress { cylinder: 9, head: 3, sector: 17 };
+        assert_eq!(g.to_lba(ok), Some(10 * 4 * 17 - 1));
+        assert_eq!(g.to_lba(ChsAddress { sector: 0, ..ok }), None);
+        assert_eq!(g.to_lba(ChsAddress { sector: 18, ..ok }), None);
+        assert_eq!(g.to_lba(ChsAddress { head: 4, ..ok }), None);
+        assert_eq!(g.to_lba(ChsAddress { cylinder: 10, ..ok }), None);
+    }
+
+    #[test]
+    fn default_geometry_is_255_63_and_clamps_at_1024_cylinders() {
+        let g = Chs::for_disk(100 * 16065 + 7, None);
+        assert_eq!(g, Chs { cylinders: 100, heads: 255, sectors_per_track: 63 });
+        assert_eq!(g.max_address_regs(), (ChsAddress { cylinder: 99, head: 254, sector: 63 }).to_regs());
+        let big = Chs::for_disk(20_000_000_000 / 512, None);
+        assert!(big.cylinders > 1024);
+        assert_eq!(big.max_address_regs(), (0xFFFF, 254));
+        assert_eq!(big.addressable_sectors(), 16_450_560);
+        let tiny = Chs::for_disk(100, None);
+        assert_eq!(tiny.cylinders, 1);
+    }
+
+    #[test]
+    fn image_geometry_is_used_only_when_int13_can_express_it() {
+        let vhd_small = Chs { cylinders: 520, heads: 16, sectors_per_track: 63 };
+        assert_eq!(Chs::for_disk(520 * 16 * 63, Some(vhd_small)), vhd_small);
+        // Large VHD footers say 65535/16/255: spt 255 is not expressible in CL.
+        let vhd_big = Chs { cylinders: 65535, heads: 16, sectors_per_track: 255 };
+        assert_eq!(Chs::for_disk(300_000_000, Some(vhd_big)).heads, 255);
+        assert_eq!(Chs::for_disk(300_000_000, Some(vhd_big)).sectors_per_track, 63);
+    }
+
+    #[test]
+    fn mbr_end_chs_gives_heads_and_spt() {
+        let mut mbr = [0u8; 512];
+        mbr[510] = 0x55;
+        mbr[511] = 0xAA;
+        assert_eq!(geometry_from_mbr(&mbr, 10_000), None);
+        let e = &mut mbr[0x1BE..0x1CE];
+        e[4] = 0x06;
+        e[5] = 15; // end head
+        e[6] = 0x80 | 32; // end sector 32, cylinder bits
+        let g = geometry_from_mbr(&mbr, 100_000).unwrap();
+        assert_eq!((g.heads, g.sectors_per_track, g.cylinders), (16, 32, 195));
+        mbr[0x1BE + 5] = 0xFF; // 256 heads: refused
+        assert_eq!(geometry_from_mbr(&mbr, 100_000), None);
+    }
+
+    #[test]
+    fn floppy_formats_by_size() {
+        let f = FloppyFormat::from_size(1_474_560).unwrap();
+        assert_eq!(f.geometry, Chs { cylinders: 80, heads: 2, sectors_per_track: 18 });
+        assert_eq!(f.drive_type, 4);
+        assert_eq!(FloppyFormat::from_size(2_949_120).unwrap().drive_type, 6);
+        assert_eq!(FloppyFormat::from_size(1_474_561), None);
+        for f in FLOPPY_FORMATS {
+            let g = f.geometry;
+            assert_eq!(g.cylinders as u64 * g.heads as u64 * g.sectors_per_track as u64 * 512, f.bytes);
+        }
+        assert_eq!(diskette_parameter_table(18)[4], 18);
+    }
+}
