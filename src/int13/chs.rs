@@ -127,34 +127,48 @@ impl Chs {
     }
 }
 
-/// Heads and sectors per track implied by an MBR's partition entries (largest end head + 1,
-/// largest end sector), the way DOS FDISK and iPXE read them. `None` without a 55AA signature,
-/// without a used entry, or when the numbers do not make a geometry INT 13h can express.
+/// The geometry an MBR's partition entries were written with, as DOS FDISK and Win9x boot code
+/// will compare it with AH=08h. Each used entry pairs a CHS address with an LBA at its start and
+/// end; the geometry is the one that makes every pair agree (largest sectors per track, then
+/// largest head count, first: 255/63 when it fits). Pairs on cylinder 1023 are skipped, as
+/// tools write 1023/254/63 for "beyond CHS". `None` without a 55AA signature, without a usable
+/// pair, or when no geometry INT 13h can express fits them all.
 pub fn geometry_from_mbr(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
     if sector0.get(510..512)? != [0x55, 0xAA] {
         return None;
     }
-    let mut max_head = 0u32;
-    let mut max_sector = 0u32;
-    let mut used = false;
+    // At most two (CHS, LBA) pairs per entry.
+    let mut pairs: [(ChsAddress, u64); 8] = [(ChsAddress { cylinder: 0, head: 0, sector: 0 }, 0); 8];
+    let mut n = 0;
     for i in 0..4 {
         let e = sector0.get(0x1BE + 16 * i..0x1BE + 16 * (i + 1))?;
-        if e[4] == 0 {
+        let start_lba = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64;
+        let sectors = u32::from_le_bytes([e[12], e[13], e[14], e[15]]) as u64;
+        if e[4] == 0 || sectors == 0 {
             continue;
         }
-        used = true;
-        max_head = max_head.max(e[5] as u32);
-        max_sector = max_sector.max((e[6] & 0x3F) as u32);
+        let start = ChsAddress::from_regs(u16::from_le_bytes([e[2], e[3]]), e[1]);
+        let end = ChsAddress::from_regs(u16::from_le_bytes([e[6], e[7]]), e[5]);
+        for (a, lba) in [(start, start_lba), (end, start_lba + sectors - 1)] {
+            if a.cylinder < 1023 && a.sector != 0 {
+                pairs[n] = (a, lba);
+                n += 1;
+            }
+        }
     }
-    if !used {
+    let pairs = &pairs[..n];
+    if pairs.is_empty() {
         return None;
     }
-    let g = Chs::with_heads_spt(total_sectors, max_head + 1, max_sector);
-    if g.is_bios_usable() {
-        Some(g)
-    } else {
-        None
+    for spt in (1..=MAX_SECTORS_PER_TRACK).rev() {
+        for heads in (1..=MAX_HEADS).rev() {
+            let g = Chs { cylinders: MAX_BIOS_CYLINDERS, heads, sectors_per_track: spt };
+            if pairs.iter().all(|&(a, lba)| g.to_lba(a) == Some(lba)) {
+                return Some(Chs::with_heads_spt(total_sectors, heads, spt));
+            }
+        }
     }
+    None
 }
 
 /// A standard floppy format, recognised by the image's exact size (bios-reference.md §5).
@@ -268,20 +282,45 @@ mod tests {
         assert_eq!(Chs::for_disk(300_000_000, Some(vhd_big)).sectors_per_track, 63);
     }
 
+    fn put_entry(mbr: &mut [u8; 512], i: usize, g: Chs, start_lba: u64, sectors: u64) {
+        let enc = |lba: u64| {
+            let a = g.from_lba(lba).unwrap_or(ChsAddress { cylinder: 1023, head: 254, sector: 63 });
+            let (cx, dh) = a.to_regs();
+            [dh, cx as u8, (cx >> 8) as u8]
+        };
+        let e = &mut mbr[0x1BE + 16 * i..0x1BE + 16 * (i + 1)];
+        e[1..4].copy_from_slice(&enc(start_lba));
+        e[4] = 0x06;
+        e[5..8].copy_from_slice(&enc(start_lba + sectors - 1));
+        e[8..12].copy_from_slice(&(start_lba as u32).to_le_bytes());
+        e[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+    }
+
     #[test]
-    fn mbr_end_chs_gives_heads_and_spt() {
+    fn mbr_chs_lba_pairs_give_the_geometry() {
         let mut mbr = [0u8; 512];
         mbr[510] = 0x55;
         mbr[511] = 0xAA;
         assert_eq!(geometry_from_mbr(&mbr, 10_000), None);
-        let e = &mut mbr[0x1BE..0x1CE];
-        e[4] = 0x06;
-        e[5] = 15; // end head
-        e[6] = 0x80 | 32; // end sector 32, cylinder bits
+        // DOS-era: cylinder-aligned partitions on 16 heads / 32 sectors.
+        let dos = Chs { cylinders: 1024, heads: 16, sectors_per_track: 32 };
+        put_entry(&mut mbr, 0, dos, 32, 16 * 32 * 100 - 32);
         let g = geometry_from_mbr(&mbr, 100_000).unwrap();
         assert_eq!((g.heads, g.sectors_per_track, g.cylinders), (16, 32, 195));
-        mbr[0x1BE + 5] = 0xFF; // 256 heads: refused
-        assert_eq!(geometry_from_mbr(&mbr, 100_000), None);
+        // Modern 1 MiB alignment on 255/63: ends are not on cylinder boundaries.
+        let mut mbr2 = [0u8; 512];
+        mbr2[510] = 0x55;
+        mbr2[511] = 0xAA;
+        let lba_assist = Chs { cylinders: 1024, heads: 255, sectors_per_track: 63 };
+        put_entry(&mut mbr2, 0, lba_assist, 2048, 100_000);
+        put_entry(&mut mbr2, 1, lba_assist, 102_400, 1_000_000);
+        // Beyond CHS: 1023/254/63 is skipped.
+        put_entry(&mut mbr2, 2, lba_assist, 17_000_000, 1_000_000);
+        let g = geometry_from_mbr(&mbr2, 20_000_000).unwrap();
+        assert_eq!((g.heads, g.sectors_per_track), (255, 63));
+        // Pairs no geometry can satisfy.
+        mbr2[0x1BE + 8] ^= 1;
+        assert_eq!(geometry_from_mbr(&mbr2, 20_000_000), None);
     }
 
     #[test]

@@ -94,6 +94,7 @@ fn floppy(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> 
         0x02 => chs_access(drive, regs, mem, Op::Read),
         0x03 => chs_access(drive, regs, mem, Op::Write),
         0x04 => chs_access(drive, regs, mem, Op::Verify),
+        0x05 => format_track(drive, regs),
         0x08 => {
             let (cx, dh) = drive.geometry.max_address_regs();
             regs.set_ax(0);
@@ -110,6 +111,8 @@ fn floppy(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> 
         0x15 => Ok(0x02),
         // An image never changes under the guest.
         0x16 => Ok(0),
+        // Set DASD type for format: the image's format is fixed, nothing to set.
+        0x17 => Ok(0),
         // Set media type for format: DOS FORMAT asks for the table of the format it wants.
         0x18 => {
             let asked = ChsAddress::from_regs(regs.cx(), 0);
@@ -207,6 +210,44 @@ fn set_hardware_configuration(regs: &mut Regs) -> Answer {
         return Err(Status::INVALID);
     }
     regs.set_al(0);
+    Ok(0)
+}
+
+/// Guest memory that reads as one repeated byte: the source of a formatted track.
+struct FillByte(u8);
+
+impl GuestMemory for FillByte {
+    fn read(&mut self, _: u64, buf: &mut [u8]) -> Result<(), super::memory::MemoryError> {
+        buf.fill(self.0);
+        Ok(())
+    }
+    fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), super::memory::MemoryError> {
+        Err(super::memory::MemoryError { linear, bytes: buf.len() })
+    }
+}
+
+/// Byte a freshly formatted floppy sector holds (DPT fill byte).
+const FORMAT_FILL_BYTE: u8 = 0xF6;
+
+/// AH=05h on a floppy: DOS FORMAT rewrites every track. The image's format cannot change, so
+/// only a track of the image's own sectors-per-track is accepted; it is filled with F6h.
+fn format_track(drive: &mut Drive<'_>, regs: &mut Regs) -> Answer {
+    let g = drive.geometry;
+    if regs.al() as u32 != g.sectors_per_track {
+        return Err(Status::INVALID_FORMAT_SECTORS);
+    }
+    let track = ChsAddress::from_regs(regs.cx() & 0xFFC0 | 1, regs.dh());
+    let lba = g.to_lba(track).ok_or(Status::INVALID)?;
+    if lba + g.sectors_per_track as u64 > drive.disk.block_count() {
+        return Err(Status::SECTOR_NOT_FOUND);
+    }
+    if drive.disk.read_only() {
+        return Err(Status::WRITE_PROTECTED);
+    }
+    drive
+        .disk
+        .write(lba, g.sectors_per_track, &mut FillByte(FORMAT_FILL_BYTE), 0)
+        .map_err(|e| e.status)?;
     Ok(0)
 }
 

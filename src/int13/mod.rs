@@ -57,6 +57,7 @@ impl Status {
     /// Data boundary error: a seg:off transfer above 64 KiB, or a buffer we cannot reach.
     pub const BOUNDARY_ERROR: Status = Status(0x09);
     pub const UNSUPPORTED_MEDIA: Status = Status(0x0C);
+    pub const INVALID_FORMAT_SECTORS: Status = Status(0x0D);
     pub const WRITE_FAULT: Status = Status(0xCC);
 }
 
@@ -71,6 +72,7 @@ impl fmt::Display for Status {
             Status::MEDIA_CHANGED => "media changed",
             Status::BOUNDARY_ERROR => "buffer crosses a 64 KiB boundary or cannot be reached",
             Status::UNSUPPORTED_MEDIA => "unsupported track or media type",
+            Status::INVALID_FORMAT_SECTORS => "invalid number of sectors on format",
             Status::WRITE_FAULT => "write fault",
             _ => "BIOS disk error",
         };

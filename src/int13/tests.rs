@@ -1133,6 +1133,50 @@ fn floppy_set_media_type_for_format() {
 }
 
 #[test]
+fn floppy_format_track_fills_it_with_f6h() {
+    let disk = pattern_disk(2880);
+    let mut set = floppy_set(disk.clone());
+    let mut m = machine();
+    let mut r = regs(0x05, 0x00);
+    r.set_al(18);
+    let (cx, dh) = ChsAddress { cylinder: 40, head: 1, sector: 0 }.to_regs();
+    r.set_cx(cx);
+    r.set_dh(dh);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    let track_lba = (40 * 2 + 1) * 18;
+    r.set_ah(0x02);
+    r.set_al(19);
+    r.set_cx(cx | 1);
+    r.es = (BUF >> 4) as u16;
+    r.set_bx(0);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert!(mem_bytes(&m, BUF, 18 * 512).iter().all(|&b| b == 0xF6));
+    assert_eq!(mem_bytes(&m, BUF + 18 * 512, 512), &sector_of(&disk, track_lba + 18)[..]);
+    // A track of another format, or past the last cylinder, is refused.
+    let mut r = regs(0x05, 0x00);
+    r.set_al(9);
+    call(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::INVALID_FORMAT_SECTORS);
+    let mut r = regs(0x05, 0x00);
+    r.set_al(18);
+    let (cx, dh) = ChsAddress { cylinder: 80, head: 0, sector: 0 }.to_regs();
+    r.set_cx(cx);
+    r.set_dh(dh);
+    call(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::INVALID);
+    // Read-only image.
+    let f = FloppyFormat::from_size(1_474_560).unwrap();
+    let mut ro = DriveSet::new();
+    ro.add(0x00, floppy_kind(4), block_disk(MemDisk::zeroed(2880), Some(f.geometry), true)).unwrap();
+    let mut r = regs(0x05, 0x00);
+    r.set_al(18);
+    call(&mut ro, &mut r, &mut m);
+    assert_err(&r, Status::WRITE_PROTECTED);
+}
+
+#[test]
 fn every_floppy_function_preserves_non_output_registers() {
     let mut set = floppy_set(pattern_disk(2880));
     let mut m = machine();
