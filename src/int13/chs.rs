@@ -171,6 +171,59 @@ pub fn geometry_from_mbr(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
     None
 }
 
+/// Heads and sectors per track from the FAT BPB of an unpartitioned image, accepted only when
+/// it really looks like one (memdisk's rules: jump E9h/EBh, media F0h or F8h+, 512-byte sectors,
+/// boot signature 29h and a "FAT" type string). Heads must also be at most 255.
+pub fn geometry_from_bpb(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
+    let b = sector0.get(..512)?;
+    if b[0] != 0xE9 && b[0] != 0xEB {
+        return None;
+    }
+    let bytes_per_sector = u16::from_le_bytes([b[0x0B], b[0x0C]]);
+    let media = b[0x15];
+    let spt = u16::from_le_bytes([b[0x18], b[0x19]]) as u32;
+    let heads = u16::from_le_bytes([b[0x1A], b[0x1B]]) as u32;
+    if bytes_per_sector != 512 || !(media == 0xF0 || media >= 0xF8) {
+        return None;
+    }
+    // Extended BPB: at 24h on FAT12/16, at 40h on FAT32.
+    let fat16_ebpb = b[0x26] == 0x29 && &b[0x36..0x39] == b"FAT";
+    let fat32_ebpb = b[0x42] == 0x29 && &b[0x52..0x55] == b"FAT";
+    if !fat16_ebpb && !fat32_ebpb {
+        return None;
+    }
+    let g = Chs::with_heads_spt(total_sectors, heads, spt);
+    if g.is_bios_usable() {
+        Some(g)
+    } else {
+        None
+    }
+}
+
+/// The geometry sector 0 of a hard-disk image implies: its FAT BPB if it is an unpartitioned
+/// volume, else its partition table (bios-reference.md §1.5, steps 3 and 4).
+pub fn geometry_from_sector0(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
+    geometry_from_bpb(sector0, total_sectors).or_else(|| geometry_from_mbr(sector0, total_sectors))
+}
+
+/// A floppy geometry for an image of `sectors` sectors that is not a standard size: memdisk's
+/// search for cylinders 40-255 (80 and up first), 2 or 1 heads and fewer than 63 sectors per
+/// track whose product is exactly the size.
+pub fn floppy_geometry_by_search(sectors: u64) -> Option<Chs> {
+    for cylinders in (80..=255u32).chain(40..80) {
+        for heads in [2u32, 1] {
+            let per_cyl = cylinders as u64 * heads as u64;
+            if sectors % per_cyl == 0 {
+                let spt = sectors / per_cyl;
+                if (1..63).contains(&spt) {
+                    return Some(Chs { cylinders, heads, sectors_per_track: spt as u32 });
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A standard floppy format, recognised by the image's exact size (bios-reference.md §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FloppyFormat {
@@ -321,6 +374,35 @@ mod tests {
         // Pairs no geometry can satisfy.
         mbr2[0x1BE + 8] ^= 1;
         assert_eq!(geometry_from_mbr(&mbr2, 20_000_000), None);
+    }
+
+    #[test]
+    fn bpb_geometry_of_an_unpartitioned_fat_image() {
+        let mut b = [0u8; 512];
+        b[0] = 0xEB;
+        b[0x0B..0x0D].copy_from_slice(&512u16.to_le_bytes());
+        b[0x15] = 0xF8;
+        b[0x18..0x1A].copy_from_slice(&32u16.to_le_bytes());
+        b[0x1A..0x1C].copy_from_slice(&64u16.to_le_bytes());
+        assert_eq!(geometry_from_bpb(&b, 1_000_000), None, "no boot signature");
+        b[0x26] = 0x29;
+        b[0x36..0x39].copy_from_slice(b"FAT");
+        let g = geometry_from_bpb(&b, 1_000_000).unwrap();
+        assert_eq!((g.heads, g.sectors_per_track, g.cylinders), (64, 32, 488));
+        assert_eq!(geometry_from_sector0(&b, 1_000_000), Some(g));
+        b[0x15] = 0x12;
+        assert_eq!(geometry_from_bpb(&b, 1_000_000), None, "bad media byte");
+        b[0x15] = 0xF0;
+        b[0x1A..0x1C].copy_from_slice(&256u16.to_le_bytes());
+        assert_eq!(geometry_from_bpb(&b, 1_000_000), None, "256 heads");
+    }
+
+    #[test]
+    fn odd_floppy_sizes_are_searched() {
+        // 1.72M (82/2/21) is not in the table.
+        assert_eq!(FloppyFormat::from_size(82 * 2 * 21 * 512), None);
+        assert_eq!(floppy_geometry_by_search(82 * 2 * 21), Some(Chs { cylinders: 82, heads: 2, sectors_per_track: 21 }));
+        assert_eq!(floppy_geometry_by_search(7), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The emulated drives, their numbers, and how the real drives' numbers move around them.
 
-use super::chs::Chs;
+use super::chs::{floppy_geometry_by_search, geometry_from_sector0, Chs, FloppyFormat};
+use super::memory::VecMemory;
 use super::disk::EmulatedDisk;
 use super::memory::{bda, GuestMemory};
 use super::regs::Regs;
@@ -75,6 +76,13 @@ impl DriveKind {
     }
 }
 
+/// The geometry a hard-disk image's sector 0 implies; a sector that cannot be read implies none.
+fn sector0_geometry(disk: &mut Box<dyn EmulatedDisk + '_>) -> Option<Chs> {
+    let mut scratch = VecMemory::zeroed(512);
+    disk.read(0, 1, &mut scratch, 0).ok()?;
+    geometry_from_sector0(&scratch.bytes, disk.block_count())
+}
+
 /// One emulated drive.
 pub struct Drive<'d> {
     pub number: u8,
@@ -90,6 +98,7 @@ pub enum DriveSetError {
     WrongClass { number: u8, kind: DriveClass },
     BlockSize { number: u8, expected_bytes: u32, disk_bytes: u32 },
     EmptyDisk { number: u8 },
+    FloppyGeometry { number: u8, sectors: u64 },
 }
 
 impl fmt::Display for DriveSetError {
@@ -111,6 +120,12 @@ impl fmt::Display for DriveSetError {
             DriveSetError::EmptyDisk { number } => {
                 write!(f, "the image for drive {:02X}h holds no whole block", number)
             }
+            DriveSetError::FloppyGeometry { number, sectors } => write!(
+                f,
+                "floppy image for drive {:02X}h has {} sectors, which is no floppy geometry; \
+                 use a standard size such as 1474560 bytes",
+                number, sectors
+            ),
         }
     }
 }
@@ -129,9 +144,11 @@ impl<'d> DriveSet<'d> {
         DriveSet::default()
     }
 
-    /// Adds an emulated drive. Its CHS geometry is the image's own when INT 13h can express it,
-    /// else 255 heads / 63 sectors (floppies should come with their format's geometry).
-    pub fn add(&mut self, number: u8, kind: DriveKind, disk: Box<dyn EmulatedDisk + 'd>)
+    /// Adds an emulated drive. Its CHS geometry, in order: the image's own ([`EmulatedDisk::geometry`])
+    /// when INT 13h can express it; for a hard disk, what its sector 0 implies (FAT BPB or
+    /// partition table), else 255 heads / 63 sectors; for a floppy, the standard format of its
+    /// size, else memdisk's search, else the drive is refused.
+    pub fn add(&mut self, number: u8, kind: DriveKind, mut disk: Box<dyn EmulatedDisk + 'd>)
         -> Result<(), DriveSetError> {
         if self.index_of(number).is_some() {
             return Err(DriveSetError::NumberInUse { number });
@@ -149,7 +166,20 @@ impl<'d> DriveSet<'d> {
         if disk.block_count() == 0 {
             return Err(DriveSetError::EmptyDisk { number });
         }
-        let geometry = Chs::for_disk(disk.block_count(), disk.geometry());
+        let geometry = match kind {
+            DriveKind::HardDisk => {
+                let image = disk.geometry().filter(Chs::is_bios_usable);
+                Chs::for_disk(disk.block_count(), image.or_else(|| sector0_geometry(&mut disk)))
+            }
+            DriveKind::Floppy { .. } => disk
+                .geometry()
+                .filter(Chs::is_bios_usable)
+                .or_else(|| FloppyFormat::from_size(disk.block_count() * 512).map(|f| f.geometry))
+                .or_else(|| floppy_geometry_by_search(disk.block_count()))
+                .ok_or(DriveSetError::FloppyGeometry { number, sectors: disk.block_count() })?,
+            // CDs have no CHS; the value is never used.
+            DriveKind::Cdrom { .. } => Chs::for_disk(disk.block_count(), None),
+        };
         self.drives.push(Drive { number, kind, geometry, disk });
         Ok(())
     }

@@ -1332,3 +1332,46 @@ fn every_cd_function_preserves_non_output_registers() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Geometry chosen at DriveSet::add
+
+#[test]
+fn hard_disk_geometry_comes_from_the_partition_table_without_an_image_geometry() {
+    // A DOS-era MBR: one partition from cylinder 0 head 1 to the end of cylinder 99, 16/32.
+    let g = Chs { cylinders: 100, heads: 16, sectors_per_track: 32 };
+    let mut disk = MemDisk::zeroed(100 * 16 * 32);
+    let mbr = &mut disk.bytes[..512];
+    let (scx, sdh) = g.from_lba(32).unwrap().to_regs();
+    let (ecx, edh) = g.from_lba(100 * 16 * 32 - 1).unwrap().to_regs();
+    mbr[0x1BE + 1..0x1BE + 4].copy_from_slice(&[sdh, scx as u8, (scx >> 8) as u8]);
+    mbr[0x1BE + 4] = 0x06;
+    mbr[0x1BE + 5..0x1BE + 8].copy_from_slice(&[edh, ecx as u8, (ecx >> 8) as u8]);
+    mbr[0x1BE + 8..0x1BE + 12].copy_from_slice(&32u32.to_le_bytes());
+    mbr[0x1BE + 12..0x1BE + 16].copy_from_slice(&(100u32 * 16 * 32 - 32).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    let mut set = hdd_set(block_disk(disk.clone(), None, false));
+    assert_eq!(set.drives()[0].geometry, g);
+    let mut m = machine();
+    let mut r = regs(0x08, 0x80);
+    call(&mut set, &mut r, &mut m);
+    assert_eq!(ChsAddress::from_regs(r.cx(), r.dh()), ChsAddress { cylinder: 99, head: 15, sector: 32 });
+    // The image's own geometry wins over the partition table.
+    let own = Chs { cylinders: 50, heads: 32, sectors_per_track: 32 };
+    let set = hdd_set(block_disk(disk, Some(own), false));
+    assert_eq!(set.drives()[0].geometry, own);
+}
+
+#[test]
+fn floppy_geometry_by_size_search_or_refusal() {
+    let mut set = DriveSet::new();
+    set.add(0x00, floppy_kind(4), block_disk(MemDisk::zeroed(2880), None, false)).unwrap();
+    assert_eq!(set.drives()[0].geometry, FLOPPY_144);
+    set.add(0x01, floppy_kind(0x10), block_disk(MemDisk::zeroed(82 * 2 * 21), None, false)).unwrap();
+    assert_eq!(set.drives()[1].geometry, Chs { cylinders: 82, heads: 2, sectors_per_track: 21 });
+    assert_eq!(
+        set.add(0x02, floppy_kind(4), block_disk(MemDisk::zeroed(7), None, false)).err(),
+        Some(DriveSetError::FloppyGeometry { number: 0x02, sectors: 7 })
+    );
+}
