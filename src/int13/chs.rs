@@ -213,7 +213,7 @@ pub fn floppy_geometry_by_search(sectors: u64) -> Option<Chs> {
     for cylinders in (80..=255u32).chain(40..80) {
         for heads in [2u32, 1] {
             let per_cyl = cylinders as u64 * heads as u64;
-            if sectors % per_cyl == 0 {
+            if sectors.is_multiple_of(per_cyl) {
                 let spt = sectors / per_cyl;
                 if (1..63).contains(&spt) {
                     return Some(Chs { cylinders, heads, sectors_per_track: spt as u32 });
