@@ -198,10 +198,7 @@ impl DriveParameters {
             0x1A..=0x1D => PARAMS_EDD1_BYTES,
             _ => PARAMS_EDD2_BYTES,
         };
-        let mut out = DriveParameters { size_bytes: returned, ..*self }.to_bytes();
-        if returned == PARAMS_EDD1_BYTES {
-            out[0x1A..].fill(0);
-        }
+        let out = DriveParameters { size_bytes: returned, ..*self }.to_bytes();
         mem.write(buffer_linear, &out[..returned as usize]).map_err(|_| Status::INVALID)?;
         if caller_bytes >= PARAMS_EDD2_BYTES + 2 {
             mem.write(buffer_linear + PARAMS_DPI_KEY_OFFSET, &[0, 0]).map_err(|_| Status::INVALID)?;

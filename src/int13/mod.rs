@@ -21,6 +21,17 @@
 //! "AH != 0" (AH=41h answers AH=30h and AH=15h answers AH=03h, both with CF=0); only the
 //! registers a function defines as outputs change; the last-status byte (0040:0074, or 0040:0041
 //! for floppies) is written after every call on an emulated drive.
+//!
+//! Where the reference implementations disagree (bios-reference.md §1.8), we answer:
+//! - AH=08h hard disk: last cylinder = C - 1 (memdisk, iPXE), clamped to 1023; DL = 0040:0075;
+//!   ES:DI untouched. AH=15h: CX:DX = exact size clipped to FFFFFFFFh, consistent with C - 1.
+//! - Requests past the end of the disk: 04h (sector not found). An extended request transfers
+//!   the part inside the disk and writes the count done into the packet; a CHS request is
+//!   refused whole (AL = 0).
+//! - AH=41h: AH=30h, CX=000Dh (fixed-disk access, EDD, 64-bit packets), BX=55AAh required
+//!   (memdisk). AH=48h returns at most the 1Eh-byte form with DPTE FFFF:FFFF and no device path.
+//! - Floppies: AH=15h = 02h (change line, memdisk), AH=16h = unchanged, no EDD at all.
+//! - AH=16h on a hard disk answers "unchanged" (lbacache asks), AH=09h/4Eh succeed.
 
 pub mod chs;
 pub mod disk;
