@@ -1,0 +1,330 @@
+//! The INT 13h functions for each kind of emulated drive. Each returns `Ok(ah)` (CF=0, AH=ah)
+//! or `Err(status)` (CF=1, AH=status) and changes only the registers it defines as outputs.
+
+use super::chs::ChsAddress;
+use super::drives::{Drive, DriveKind, ElToritoBoot};
+use super::edd::{self, DiskAddressPacket, DriveParameters};
+use super::memory::{bda, GuestMemory};
+use super::regs::Regs;
+use super::Status;
+
+type Answer = Result<u8, Status>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    Verify,
+}
+
+pub(super) fn call(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    match drive.kind {
+        DriveKind::HardDisk => hard_disk(drive, regs, mem),
+        DriveKind::Floppy { .. } => floppy(drive, regs, mem),
+        DriveKind::Cdrom { boot } => cdrom(drive, boot, regs, mem),
+    }
+}
+
+fn hard_disk(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    match regs.ah() {
+        // Reset: nothing to reset in a file. The real controllers are not reset for us; a guest
+        // that resets 81h+ reaches them through pass-through.
+        0x00 => Ok(0),
+        0x01 => last_status(mem, false),
+        0x02 => chs_access(drive, regs, mem, Op::Read),
+        0x03 => chs_access(drive, regs, mem, Op::Write),
+        0x04 => chs_access(drive, regs, mem, Op::Verify),
+        0x08 => {
+            let (cx, dh) = drive.geometry.max_address_regs();
+            regs.set_ax(0);
+            regs.set_cx(cx);
+            regs.set_dh(dh);
+            regs.set_dl(bda::hard_disk_count(mem));
+            Ok(0)
+        }
+        // Initialise / seek / alternate reset / test ready / recalibrate / diagnostic: a file
+        // has no heads to move, so these succeed.
+        0x09 | 0x0C | 0x0D | 0x10 | 0x11 | 0x14 => Ok(0),
+        0x15 => {
+            let sectors = drive.disk.block_count().min(u32::MAX as u64) as u32;
+            regs.set_cx((sectors >> 16) as u16);
+            regs.set_dx(sectors as u16);
+            Ok(0x03)
+        }
+        // A fixed disk's media never changes; lbacache-style callers want "unchanged".
+        0x16 => Ok(0),
+        0x41 => edd_installation_check(regs),
+        0x42 => extended_access(drive, regs, mem, Op::Read),
+        0x43 => extended_access(drive, regs, mem, Op::Write),
+        0x44 => extended_access(drive, regs, mem, Op::Verify),
+        0x47 => extended_seek(drive, regs, mem),
+        0x48 => {
+            let total = drive.disk.block_count();
+            let g = drive.geometry;
+            let mut flags = edd::INFO_DMA_TRANSPARENT;
+            if total <= super::chs::EDD_CHS_VALID_LIMIT_SECTORS {
+                flags |= edd::INFO_CHS_VALID;
+            }
+            DriveParameters {
+                size_bytes: 0,
+                info_flags: flags,
+                cylinders: g.cylinders,
+                heads: g.heads,
+                sectors_per_track: g.sectors_per_track,
+                total_sectors: total,
+                bytes_per_sector: 512,
+                dpte: edd::DPTE_NONE,
+            }
+            .write_to(mem, regs.ds_si_linear())?;
+            Ok(0)
+        }
+        0x4E => set_hardware_configuration(regs),
+        _ => Err(Status::INVALID),
+    }
+}
+
+fn floppy(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    let DriveKind::Floppy { drive_type, parameter_table } = drive.kind else {
+        return Err(Status::INVALID);
+    };
+    match regs.ah() {
+        // Never cascades into a floppy controller that may not exist.
+        0x00 => Ok(0),
+        0x01 => last_status(mem, true),
+        0x02 => chs_access(drive, regs, mem, Op::Read),
+        0x03 => chs_access(drive, regs, mem, Op::Write),
+        0x04 => chs_access(drive, regs, mem, Op::Verify),
+        0x05 => format_track(drive, regs),
+        0x08 => {
+            let (cx, dh) = drive.geometry.max_address_regs();
+            regs.set_ax(0);
+            regs.set_bx(drive_type as u16);
+            regs.set_cx(cx);
+            regs.set_dh(dh);
+            regs.set_dl(bda::floppy_count(mem));
+            regs.es = parameter_table.segment;
+            regs.set_di(parameter_table.offset);
+            Ok(0)
+        }
+        // Floppy with change line; CX:DX are left alone (setting them sends Win98SE's DOS into
+        // a reset loop, memdisk notes).
+        0x15 => Ok(0x02),
+        // An image never changes under the guest.
+        0x16 => Ok(0),
+        // Set DASD type for format: the image's format is fixed, nothing to set.
+        0x17 => Ok(0),
+        // Set media type for format: DOS FORMAT asks for the table of the format it wants.
+        0x18 => {
+            let asked = ChsAddress::from_regs(regs.cx(), 0);
+            let g = drive.geometry;
+            if asked.cylinder as u32 + 1 != g.bios_cylinders() || asked.sector as u32 != g.sectors_per_track {
+                return Err(Status::UNSUPPORTED_MEDIA);
+            }
+            regs.es = parameter_table.segment;
+            regs.set_di(parameter_table.offset);
+            Ok(0)
+        }
+        // No EDD on floppies: ELTORITO.SYS-style drivers take a floppy with extended reads for
+        // a CD. The hard-disk-only functions are refused too.
+        _ => Err(Status::INVALID),
+    }
+}
+
+fn cdrom(drive: &mut Drive<'_>, boot: ElToritoBoot, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    match regs.ah() {
+        0x00 | 0x0D | 0x10 | 0x11 | 0x14 => Ok(0),
+        0x01 => last_status(mem, false),
+        0x41 => edd_installation_check(regs),
+        0x42 => extended_access(drive, regs, mem, Op::Read),
+        0x43 => Err(Status::WRITE_PROTECTED),
+        0x44 => extended_access(drive, regs, mem, Op::Verify),
+        0x47 => extended_seek(drive, regs, mem),
+        0x48 => {
+            DriveParameters {
+                size_bytes: 0,
+                info_flags: edd::INFO_DMA_TRANSPARENT
+                    | edd::INFO_REMOVABLE
+                    | edd::INFO_CHANGE_LINE
+                    | edd::INFO_LOCKABLE
+                    | edd::INFO_GEOMETRY_IS_MAXIMUM,
+                cylinders: u32::MAX,
+                heads: u32::MAX,
+                sectors_per_track: u32::MAX,
+                total_sectors: drive.disk.block_count(),
+                bytes_per_sector: 2048,
+                dpte: edd::DPTE_NONE,
+            }
+            .write_to(mem, regs.ds_si_linear())?;
+            Ok(0)
+        }
+        0x4B => match regs.al() {
+            // Status, or terminate: there is no emulation to end for a no-emulation CD, so
+            // both answer the packet and the drive stays.
+            0x00 | 0x01 => {
+                let packet = specification_packet(drive.number, boot);
+                mem.write(regs.ds_si_linear(), &packet).map_err(|_| Status::INVALID)?;
+                Ok(0)
+            }
+            _ => Err(Status::INVALID),
+        },
+        0x4E => set_hardware_configuration(regs),
+        // CHS on 2048-byte media (02h-05h, 08h) and everything else.
+        _ => Err(Status::INVALID),
+    }
+}
+
+/// AX=4B01h specification packet, 13h bytes (bios-reference.md §3.4).
+pub(super) fn specification_packet(drive_number: u8, boot: ElToritoBoot) -> [u8; 0x13] {
+    let mut p = [0u8; 0x13];
+    p[0] = 0x13;
+    p[1] = 0x00; // no emulation
+    p[2] = drive_number;
+    p[3] = 0; // controller index
+    p[4..8].copy_from_slice(&boot.load_rba.to_le_bytes());
+    // 08h device spec, 0Ah cache segment: 0.
+    p[0x0C..0x0E].copy_from_slice(&boot.load_segment.to_le_bytes());
+    p[0x0E..0x10].copy_from_slice(&boot.load_sectors.to_le_bytes());
+    // 10h-12h CHS: emulation modes only.
+    p
+}
+
+fn last_status(mem: &mut dyn GuestMemory, floppy: bool) -> Answer {
+    match bda::last_status(mem, floppy) {
+        0 => Ok(0),
+        s => Err(Status(s)),
+    }
+}
+
+fn edd_installation_check(regs: &mut Regs) -> Answer {
+    if regs.bx() != 0x55AA {
+        return Err(Status::INVALID);
+    }
+    regs.set_bx(0xAA55);
+    regs.set_cx(edd::EDD_SUBSETS);
+    Ok(edd::EDD_VERSION_3_0)
+}
+
+/// AH=4Eh: there is no hardware to configure; EDD-4 sub-functions 0-6 succeed with AL=0.
+fn set_hardware_configuration(regs: &mut Regs) -> Answer {
+    if regs.al() > 6 {
+        return Err(Status::INVALID);
+    }
+    regs.set_al(0);
+    Ok(0)
+}
+
+/// Guest memory that reads as one repeated byte: the source of a formatted track.
+struct FillByte(u8);
+
+impl GuestMemory for FillByte {
+    fn read(&mut self, _: u64, buf: &mut [u8]) -> Result<(), super::memory::MemoryError> {
+        buf.fill(self.0);
+        Ok(())
+    }
+    fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), super::memory::MemoryError> {
+        Err(super::memory::MemoryError { linear, bytes: buf.len() })
+    }
+}
+
+/// Byte a freshly formatted floppy sector holds (DPT fill byte).
+const FORMAT_FILL_BYTE: u8 = 0xF6;
+
+/// AH=05h on a floppy: DOS FORMAT rewrites every track. The image's format cannot change, so
+/// only a track of the image's own sectors-per-track is accepted; it is filled with F6h.
+fn format_track(drive: &mut Drive<'_>, regs: &mut Regs) -> Answer {
+    let g = drive.geometry;
+    if regs.al() as u32 != g.sectors_per_track {
+        return Err(Status::INVALID_FORMAT_SECTORS);
+    }
+    let track = ChsAddress::from_regs(regs.cx() & 0xFFC0 | 1, regs.dh());
+    let lba = g.to_lba(track).ok_or(Status::INVALID)?;
+    if lba + g.sectors_per_track as u64 > drive.disk.block_count() {
+        return Err(Status::SECTOR_NOT_FOUND);
+    }
+    if drive.disk.read_only() {
+        return Err(Status::WRITE_PROTECTED);
+    }
+    drive
+        .disk
+        .write(lba, g.sectors_per_track, &mut FillByte(FORMAT_FILL_BYTE), 0)
+        .map_err(|e| e.status)?;
+    Ok(0)
+}
+
+/// AH=02h/03h/04h. AL = sectors done on return, also on failure.
+fn chs_access(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory, op: Op) -> Answer {
+    let count = regs.al();
+    regs.set_al(0);
+    let addr = ChsAddress::from_regs(regs.cx(), regs.dh());
+    // SeaBIOS's limits: 1-128 sectors (64 KiB), sectors are 1-based.
+    if count == 0 || count > 128 || addr.sector == 0 {
+        return Err(Status::INVALID);
+    }
+    // A start outside the geometry (head, sector, or cylinder past the CHS-addressable area).
+    let lba = drive.geometry.to_lba(addr).ok_or(Status::INVALID)?;
+    // Multi-track requests continue linearly, but never past what CHS can address or past the
+    // disk; those are refused whole.
+    let limit = drive.geometry.addressable_sectors().min(drive.disk.block_count());
+    match lba.checked_add(count as u64) {
+        Some(end) if end <= limit => {}
+        _ => return Err(Status::SECTOR_NOT_FOUND),
+    }
+    let result = match op {
+        Op::Read => drive.disk.read(lba, count as u32, mem, regs.es_bx_linear()),
+        Op::Write if drive.disk.read_only() => return Err(Status::WRITE_PROTECTED),
+        Op::Write => drive.disk.write(lba, count as u32, mem, regs.es_bx_linear()),
+        Op::Verify => Ok(()),
+    };
+    match result {
+        Ok(()) => {
+            regs.set_al(count);
+            Ok(0)
+        }
+        Err(e) => {
+            regs.set_al(e.done_blocks.min(count as u32) as u8);
+            Err(e.status)
+        }
+    }
+}
+
+/// AH=42h/43h/44h. The part of the request inside the disk is transferred; if the request runs
+/// past the end, or the disk fails, the packet's count says how many blocks were done.
+fn extended_access(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory, op: Op) -> Answer {
+    let packet_linear = regs.ds_si_linear();
+    let dap = DiskAddressPacket::read(mem, packet_linear)?;
+    let req = dap.request(packet_linear, drive.disk.block_bytes())?;
+    if req.count == 0 {
+        return Ok(0);
+    }
+    if op == Op::Write && drive.disk.read_only() {
+        req.write_back_count(mem, 0);
+        return Err(Status::WRITE_PROTECTED);
+    }
+    let total = drive.disk.block_count();
+    let in_range = total.saturating_sub(req.lba).min(req.count as u64) as u32;
+    let result = match op {
+        Op::Read => drive.disk.read(req.lba, in_range, mem, req.buffer_linear),
+        Op::Write => drive.disk.write(req.lba, in_range, mem, req.buffer_linear),
+        Op::Verify => Ok(()),
+    };
+    if let Err(e) = result {
+        req.write_back_count(mem, e.done_blocks.min(in_range));
+        return Err(e.status);
+    }
+    if in_range < req.count {
+        req.write_back_count(mem, in_range);
+        return Err(Status::SECTOR_NOT_FOUND);
+    }
+    Ok(0)
+}
+
+/// AH=47h: nothing moves; only the address is checked.
+fn extended_seek(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    let packet_linear = regs.ds_si_linear();
+    let dap = DiskAddressPacket::read(mem, packet_linear)?;
+    let req = dap.request(packet_linear, drive.disk.block_bytes())?;
+    if req.lba >= drive.disk.block_count() {
+        return Err(Status::SECTOR_NOT_FOUND);
+    }
+    Ok(0)
+}

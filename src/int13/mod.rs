@@ -1,0 +1,136 @@
+//! INT 13h semantics as a pure function: registers and guest memory in, registers and guest
+//! memory out, over a set of emulated drives (bios-reference.md §1, §2, §3.4-3.6, §5).
+//!
+//! The resident engine is a thin shell around [`handle`]:
+//!
+//! ```text
+//! fill Regs from the real-mode frame
+//! match handle(&mut drives, &mut regs, &mut mem) {
+//!     Outcome::Handled => {}
+//!     Outcome::PassThrough { dl } => {
+//!         let before = regs;
+//!         regs.set_dl(dl);                 // the BIOS's own number for that drive
+//!         call the saved INT 13h vector with regs;
+//!         drives.fixup_after_chain(&before, &mut regs, &mut mem);
+//!     }
+//! }
+//! write Regs back, CF into the caller's saved FLAGS
+//! ```
+//!
+//! Return discipline (bios-reference.md §1.1): CF comes from the function's result, never from
+//! "AH != 0" (AH=41h answers AH=30h and AH=15h answers AH=03h, both with CF=0); only the
+//! registers a function defines as outputs change; the last-status byte (0040:0074, or 0040:0041
+//! for floppies) is written after every call on an emulated drive.
+//!
+//! Where the reference implementations disagree (bios-reference.md §1.8), we answer:
+//! - AH=08h hard disk: last cylinder = C - 1 (memdisk, iPXE), clamped to 1023; DL = 0040:0075;
+//!   ES:DI untouched. AH=15h: CX:DX = exact size clipped to FFFFFFFFh, consistent with C - 1.
+//! - Requests past the end of the disk: 04h (sector not found). An extended request transfers
+//!   the part inside the disk and writes the count done into the packet; a CHS request is
+//!   refused whole (AL = 0).
+//! - AH=41h: AH=30h, CX=000Dh (fixed-disk access, EDD, 64-bit packets), BX=55AAh required
+//!   (memdisk). AH=48h returns at most the 1Eh-byte form with DPTE FFFF:FFFF and no device path.
+//! - Floppies: AH=15h = 02h (change line, memdisk), AH=16h = unchanged, no EDD at all.
+//! - AH=16h on a hard disk answers "unchanged" (lbacache asks), AH=09h/4Eh succeed.
+
+pub mod chs;
+pub mod disk;
+mod drives;
+pub mod edd;
+mod functions;
+pub mod memory;
+pub mod regs;
+
+#[cfg(test)]
+mod tests;
+
+use core::fmt;
+
+pub use chs::{Chs, ChsAddress, FloppyFormat};
+pub use disk::{BlockDisk, DiskError, EmulatedDisk};
+pub use drives::{Drive, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
+pub use memory::{bda, linear, GuestMemory, MemoryError, VecMemory};
+pub use regs::Regs;
+
+/// An INT 13h status code: AH on return, and the byte kept at 0040:0074 / 0040:0041.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status(pub u8);
+
+impl Status {
+    pub const SUCCESS: Status = Status(0x00);
+    /// Invalid function or parameter.
+    pub const INVALID: Status = Status(0x01);
+    pub const ADDRESS_MARK_NOT_FOUND: Status = Status(0x02);
+    pub const WRITE_PROTECTED: Status = Status(0x03);
+    /// Sector not found: our answer for a request past the end of the disk.
+    pub const SECTOR_NOT_FOUND: Status = Status(0x04);
+    pub const MEDIA_CHANGED: Status = Status(0x06);
+    /// Data boundary error: a seg:off transfer above 64 KiB, or a buffer we cannot reach.
+    pub const BOUNDARY_ERROR: Status = Status(0x09);
+    pub const UNSUPPORTED_MEDIA: Status = Status(0x0C);
+    pub const INVALID_FORMAT_SECTORS: Status = Status(0x0D);
+    pub const WRITE_FAULT: Status = Status(0xCC);
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match *self {
+            Status::SUCCESS => "success",
+            Status::INVALID => "invalid function or parameter",
+            Status::ADDRESS_MARK_NOT_FOUND => "address mark not found",
+            Status::WRITE_PROTECTED => "disk is write-protected",
+            Status::SECTOR_NOT_FOUND => "sector not found (past the end of the disk, or a read error)",
+            Status::MEDIA_CHANGED => "media changed",
+            Status::BOUNDARY_ERROR => "buffer crosses a 64 KiB boundary or cannot be reached",
+            Status::UNSUPPORTED_MEDIA => "unsupported track or media type",
+            Status::INVALID_FORMAT_SECTORS => "invalid number of sectors on format",
+            Status::WRITE_FAULT => "write fault",
+            _ => "BIOS disk error",
+        };
+        write!(f, "INT 13h status {:02X}h: {}", self.0, what)
+    }
+}
+
+/// What the engine must do after [`handle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call was for an emulated drive and `regs`/memory hold its answer.
+    Handled,
+    /// The call is for a real drive: chain to the saved vector with DL = `dl` (the BIOS's own
+    /// number for the drive the guest named), then call [`DriveSet::fixup_after_chain`].
+    PassThrough { dl: u8 },
+}
+
+/// Serve one INT 13h call.
+pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Outcome {
+    drives.reassert_bda_counts(mem);
+    let dl = regs.dl();
+    let index = match drives.index_of(dl) {
+        Some(i) => i,
+        // AX=4B0xh with DL=7Fh means "any emulation"; a CD we serve must answer it, or the BIOS
+        // answers with its own, unrelated state.
+        None if regs.ah() == 0x4B && dl == 0x7F => match drives.first_cdrom() {
+            Some(i) => i,
+            None => return Outcome::PassThrough { dl },
+        },
+        None => return Outcome::PassThrough { dl: drives.bios_number(dl) },
+    };
+    let Some(drive) = drives.drive_mut(index) else {
+        return Outcome::PassThrough { dl };
+    };
+    let floppy = matches!(drive.kind, DriveKind::Floppy { .. });
+    let result = functions::call(drive, regs, mem);
+    match result {
+        Ok(ah) => {
+            regs.set_ah(ah);
+            regs.set_cf(false);
+            bda::set_last_status(mem, floppy, Status::SUCCESS.0);
+        }
+        Err(status) => {
+            regs.set_ah(status.0);
+            regs.set_cf(true);
+            bda::set_last_status(mem, floppy, status.0);
+        }
+    }
+    Outcome::Handled
+}
