@@ -711,6 +711,11 @@ impl Run {
                     let name = args.first().map(|s| s.as_str()).unwrap_or("");
                     if name == "vboot" {
                         self.note(*line, "`vboot` outside a menuentry does nothing; skipped".into());
+                    } else if name == "source" || name == "configfile" {
+                        self.note(
+                            *line,
+                            format!("`{}` not followed: vboot reads only this grub.cfg", args.join(" ")),
+                        );
                     } else {
                         self.note(*line, format!("`{}` is a GRUB command vboot does not run; skipped", name));
                     }
@@ -723,12 +728,10 @@ impl Run {
                     };
                     let mut message =
                         format!("{} skipped: vboot does not run conditions, loops or functions", what);
-                    if *entries > 0 {
-                        message.push_str(&format!(
-                            "; the {} menu entr{} inside are not shown",
-                            entries,
-                            if *entries == 1 { "y" } else { "ies" }
-                        ));
+                    match entries {
+                        0 => {}
+                        1 => message.push_str("; the menu entry inside is not shown"),
+                        n => message.push_str(&format!("; the {} menu entries inside are not shown", n)),
                     }
                     self.note(*line, message);
                 }
@@ -1043,7 +1046,7 @@ mod tests {
         assert_eq!(
             msgs,
             vec![
-                "grub.cfg line 1: `if` block (lines 1-7) skipped: vboot does not run conditions, loops or functions; the 1 menu entry inside are not shown",
+                "grub.cfg line 1: `if` block (lines 1-7) skipped: vboot does not run conditions, loops or functions; the menu entry inside is not shown",
                 "grub.cfg line 8: `function` definition skipped: vboot does not run conditions, loops or functions",
                 "grub.cfg line 11: `for` loop (lines 11-11) skipped: vboot does not run conditions, loops or functions",
                 "grub.cfg line 12: `while` loop (lines 12-14) skipped: vboot does not run conditions, loops or functions",
@@ -1053,12 +1056,13 @@ mod tests {
 
     #[test]
     fn commands_outside_and_inside_entries() {
-        let c = parse("insmod part_msdos\nvboot harddisk=/a.vhd\nmenuentry E {\n insmod ntfs\n if a; then\n b\n fi\n linux /vmlinuz\n}\n");
+        let c = parse("insmod part_msdos\nvboot harddisk=/a.vhd\nsource /x.cfg\nmenuentry E {\n insmod ntfs\n if a; then\n b\n fi\n linux /vmlinuz\n}\n");
         assert_eq!(
             c.notices,
             vec![
                 Notice { line: 1, message: "`insmod` is a GRUB command vboot does not run; skipped".into() },
                 Notice { line: 2, message: "`vboot` outside a menuentry does nothing; skipped".into() },
+                Notice { line: 3, message: "`source /x.cfg` not followed: vboot reads only this grub.cfg".into() },
             ]
         );
         let e = entry(&c, &[0]);
@@ -1070,9 +1074,9 @@ mod tests {
         assert_eq!(
             e.skipped,
             vec![
-                Notice { line: 4, message: "`insmod` skipped: vboot runs only the vboot line".into() },
-                Notice { line: 5, message: "`if` block skipped: vboot does not run conditions or loops".into() },
-                Notice { line: 8, message: "`linux` skipped: vboot runs only the vboot line".into() },
+                Notice { line: 5, message: "`insmod` skipped: vboot runs only the vboot line".into() },
+                Notice { line: 6, message: "`if` block skipped: vboot does not run conditions or loops".into() },
+                Notice { line: 9, message: "`linux` skipped: vboot runs only the vboot line".into() },
             ]
         );
         assert_eq!(e.lines, vec!["insmod ntfs", "if a; then", "b", "fi", "linux /vmlinuz"]);
