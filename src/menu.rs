@@ -530,6 +530,35 @@ fn fit(text: &str, width: usize) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(width).collect()
 }
 
+/// Break text into lines of at most `width` characters, at blanks where possible, so long
+/// error messages stay readable instead of being cut off.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let clean: Vec<char> = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if width == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut rest: &[char] = &clean;
+    let mut first = true;
+    while rest.len() > width {
+        let cut = match rest[..=width].iter().rposition(|c| *c == ' ') {
+            Some(0) | None => width,
+            Some(i) => i,
+        };
+        out.push(rest[..cut].iter().collect::<String>().trim_end().to_string());
+        rest = &rest[cut..];
+        // Continuation lines start at the next word, not at the blank that ended the last.
+        while rest.first() == Some(&' ') {
+            rest = &rest[1..];
+        }
+        first = false;
+    }
+    if first || !rest.is_empty() {
+        out.push(rest.iter().collect());
+    }
+    out
+}
+
 fn separator(width: usize, label: &str) -> String {
     if label.is_empty() || width < label.len() + 8 {
         return "-".repeat(width);
@@ -635,11 +664,12 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
             if lines.is_empty() {
                 lines.push(String::from("Entry"));
             }
+            let body: Vec<String> = body.iter().flat_map(|l| wrap(l, width)).collect();
             let max_scroll = body.len().saturating_sub(list_rows);
             let top = state.entry_scroll.min(max_scroll);
             lines.push(separator(width, if top > 0 { "more above" } else { "" }));
             for l in body.iter().skip(top).take(list_rows) {
-                lines.push(fit(l, width));
+                lines.push(l.clone());
             }
             while lines.len() < HEADER_ROWS + list_rows {
                 lines.push(String::new());
@@ -658,6 +688,47 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
         highlight_row = None;
     }
     Frame { lines, highlight_row }
+}
+
+/// A full screen of text: a title, a separator, the body lines (cut to fit) and a footer at
+/// the bottom. For the screens around the menu: the summary shown before booting, a grub.cfg
+/// syntax error, a boot that failed.
+pub fn render_message(title: &str, body: &[String], footer: &str, width: usize, height: usize) -> Frame {
+    let mut lines = vec![fit(title, width), separator(width, "")];
+    let room = height.saturating_sub(lines.len() + 1);
+    lines.extend(body.iter().flat_map(|l| wrap(l, width)).take(room));
+    lines.truncate(height.saturating_sub(1));
+    while lines.len() + 1 < height {
+        lines.push(String::new());
+    }
+    if height > 0 {
+        lines.push(fit(footer, width));
+    }
+    Frame { lines, highlight_row: None }
+}
+
+/// What is about to happen, for the screen shown before booting the entry at `path`: its
+/// options in words and the commands of its body that vboot skipped. `Err` carries the lines
+/// explaining why it cannot boot.
+pub fn boot_summary(config: &Config, path: &[usize]) -> Result<Vec<String>, Vec<String>> {
+    let entry = match config.entry(path) {
+        Some(e) => e,
+        None => return Err(vec!["This menu item is not an entry that can boot.".to_string()]),
+    };
+    let mut lines = vec![format!("Booting '{}'", entry.title), String::new()];
+    let notes = entry.skipped.iter().map(|n| format!("Note: line {}: {}", n.line, n.message));
+    match entry.boot_options() {
+        Ok(o) => {
+            lines.extend(o.describe().into_iter().map(|d| format!("  {}", d)));
+            lines.extend(notes);
+            Ok(lines)
+        }
+        Err(problem) => {
+            lines.push(format!("Cannot boot: {}", problem));
+            lines.extend(notes);
+            Err(lines)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -949,6 +1020,58 @@ mod tests {
         assert_eq!(f.lines[1], format!("--- more above {}", "-".repeat(65)));
         assert_eq!(f.lines[8], "Note: line 2: `insmod` skipped: vboot runs only the vboot line");
         assert_eq!(f.lines[9], "-".repeat(80));
+    }
+
+    #[test]
+    fn message_screens() {
+        let f = render_message("grub.cfg error", &["grub.cfg line 3: unterminated single quote".into()], "Press a key", 30, 6);
+        assert_eq!(
+            f.lines,
+            vec!["grub.cfg error", &"-".repeat(30), "grub.cfg line 3: unterminated", "single quote", "", "Press a key"]
+        );
+        let long: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let f = render_message("t", &long, "f", 10, 5);
+        assert_eq!(f.lines, vec!["t", "----------", "0", "1", "f"]);
+        assert_eq!(render_message("t", &long, "f", 10, 1).lines, vec!["f"]);
+        assert!(render_message("t", &long, "f", 10, 0).lines.is_empty());
+    }
+
+    #[test]
+    fn wrapping() {
+        assert_eq!(wrap("", 10), vec![""]);
+        assert_eq!(wrap("abc def ghi", 7), vec!["abc def", "ghi"]);
+        assert_eq!(wrap("abc  def", 4), vec!["abc", "def"]);
+        assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
+        assert_eq!(wrap("a\tb", 10), vec!["a b"]);
+        assert!(wrap("x", 0).is_empty());
+        for (text, w) in [("one two three four five", 5), ("   lead", 3), ("a b c", 1)] {
+            assert!(wrap(text, w).iter().all(|l| l.chars().count() <= w), "{:?}", wrap(text, w));
+        }
+    }
+
+    #[test]
+    fn boot_summaries() {
+        let c = cfg(FOUR);
+        assert_eq!(
+            boot_summary(&c, &[1]),
+            Ok(vec![
+                "Booting 'B'".to_string(),
+                String::new(),
+                "  CD-ROM (BIOS drive 0xE0): /b.iso".into(),
+                "  boot from: cdrom (default)".into(),
+            ])
+        );
+        assert_eq!(
+            boot_summary(&c, &[3]),
+            Err(vec![
+                "Booting 'D'".to_string(),
+                String::new(),
+                "Cannot boot: menu entry 'D' has no vboot line, so there is nothing to boot".into(),
+                "Note: line 8: `insmod` skipped: vboot runs only the vboot line".into(),
+            ])
+        );
+        assert!(boot_summary(&c, &[2]).is_err());
+        assert!(boot_summary(&c, &[9]).is_err());
     }
 
     fn decode(bytes: &[u8]) -> Vec<Event> {

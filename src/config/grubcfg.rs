@@ -477,7 +477,10 @@ impl<'t> Parser<'t> {
     }
 
     fn statement(&mut self, words: Vec<Word>, depth: usize) -> Result<Stmt, ConfigError> {
-        let first = &words[0];
+        let first = match words.first() {
+            Some(w) => w,
+            None => return Ok(Stmt::Command { words, line: 0 }),
+        };
         let line = first.line;
         if depth >= MAX_DEPTH {
             return Err(Self::error(line, first.column, "blocks nested too deeply".into()));
@@ -528,7 +531,7 @@ impl<'t> Parser<'t> {
         let raw = self.src.get(open.end..close_start).unwrap_or("").to_string();
         match block {
             None => Ok(Stmt::Skipped { keyword: keyword.into(), line, end_line: line, entries: count_blocks(&body) }),
-            Some(kind) => Ok(Stmt::Block { kind, args: words[1..].to_vec(), line, body, raw }),
+            Some(kind) => Ok(Stmt::Block { kind, args: words.get(1..).unwrap_or(&[]).to_vec(), line, body, raw }),
         }
     }
 }
@@ -643,7 +646,7 @@ impl Env {
         };
         match args.first().map(|s| s.as_str()) {
             Some("set") => {
-                for a in &args[1..] {
+                for a in args.get(1..).unwrap_or(&[]) {
                     // `set name` without `=` prints the value in GRUB; nothing to do here.
                     if let Some((name, value)) = a.split_once('=') {
                         if is_name(name) {
@@ -654,7 +657,7 @@ impl Env {
                 true
             }
             Some("unset") => {
-                for a in &args[1..] {
+                for a in args.get(1..).unwrap_or(&[]) {
                     self.vars.remove(a.as_str());
                 }
                 true
@@ -845,7 +848,7 @@ impl Run {
                             }
                             (Some(_), _) => {}
                             (None, _) => {
-                                vboot = Some(VbootOptions::parse(&args[1..]));
+                                vboot = Some(VbootOptions::parse(args.get(1..).unwrap_or(&[])));
                                 vboot_line = Some(*line);
                             }
                         }
