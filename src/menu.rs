@@ -225,7 +225,11 @@ impl MenuState {
         let after = before.saturating_sub(ms);
         if after > 0 {
             self.countdown_ms = Some(after);
-            return if before.div_ceil(1000) != after.div_ceil(1000) { Outcome::Redraw } else { Outcome::None };
+            return if before.div_ceil(1000) != after.div_ceil(1000) {
+                Outcome::Redraw
+            } else {
+                Outcome::None
+            };
         }
         self.countdown_ms = None;
         let path = match self.default_path.clone() {
@@ -367,7 +371,10 @@ enum DecodeState {
     Escape,
     /// `ESC [`, with the first numeric parameter so far; later parameters are modifiers
     /// (Ctrl, Shift) and are not kept.
-    Csi { number: u16, first_done: bool },
+    Csi {
+        number: u16,
+        first_done: bool,
+    },
     /// `ESC O`
     Ss3,
 }
@@ -572,11 +579,7 @@ fn countdown_line(config: &Config, state: &MenuState, style_hint: &str) -> Strin
     match state.countdown_secs() {
         None => String::new(),
         Some(secs) => {
-            let title = state
-                .default_path()
-                .and_then(|p| config.item(p))
-                .map(|i| i.title())
-                .unwrap_or("");
+            let title = state.default_path().and_then(|p| config.item(p)).map(|i| i.title()).unwrap_or("");
             format!("Booting '{}' in {} s. {}", title, secs, style_hint)
         }
     }
@@ -642,7 +645,14 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
             match config.entry(path) {
                 None => body.push("(this entry no longer exists)".to_string()),
                 Some(e) => {
-                    lines.push(fit(&format!("Entry {}: {}", path.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join("."), e.title), width));
+                    lines.push(fit(
+                        &format!(
+                            "Entry {}: {}",
+                            path.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join("."),
+                            e.title
+                        ),
+                        width,
+                    ));
                     for l in &e.lines {
                         body.push(format!("    {}", l));
                     }
@@ -1024,10 +1034,23 @@ mod tests {
 
     #[test]
     fn message_screens() {
-        let f = render_message("grub.cfg error", &["grub.cfg line 3: unterminated single quote".into()], "Press a key", 30, 6);
+        let f = render_message(
+            "grub.cfg error",
+            &["grub.cfg line 3: unterminated single quote".into()],
+            "Press a key",
+            30,
+            6,
+        );
         assert_eq!(
             f.lines,
-            vec!["grub.cfg error", &"-".repeat(30), "grub.cfg line 3: unterminated", "single quote", "", "Press a key"]
+            vec![
+                "grub.cfg error",
+                &"-".repeat(30),
+                "grub.cfg line 3: unterminated",
+                "single quote",
+                "",
+                "Press a key"
+            ]
         );
         let long: Vec<String> = (0..10).map(|i| i.to_string()).collect();
         let f = render_message("t", &long, "f", 10, 5);
@@ -1074,6 +1097,47 @@ mod tests {
         assert!(boot_summary(&c, &[9]).is_err());
     }
 
+    /// Random bytes through the decoder into the menu, rendering after each outcome: no
+    /// panic, every frame the requested size, and the selection always inside its menu.
+    #[test]
+    fn random_input_never_panics() {
+        let c = cfg(&format!("set timeout=3\nset timeout_style=countdown\n{}", FOUR));
+        let mut seed: u32 = 0xdead_beef;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        const BYTES: &[u8] = b"\x1b[AB~5;0123456789eOHF\r\nx\x7f";
+        for _ in 0..200 {
+            let mut m = MenuState::new(&c);
+            let mut d = KeyDecoder::new();
+            let mut events = Vec::new();
+            for _ in 0..50 {
+                let r = next();
+                if r % 7 == 0 {
+                    events.push(Event::Tick(r % 2000));
+                } else if r % 11 == 0 {
+                    d.flush(&mut events);
+                } else {
+                    d.feed(BYTES[(r as usize >> 8) % BYTES.len()], &mut events);
+                }
+            }
+            for e in events {
+                let outcome = m.handle(&c, e);
+                if let Outcome::Boot(path) = &outcome {
+                    assert!(c.entry(path).is_some(), "boot of a non-entry {:?}", path);
+                    m.back_to_menu();
+                }
+                let len = c.items_at(m.submenu_path()).map(|i| i.len()).unwrap();
+                assert!(m.selected() < len);
+                let f = render(&c, &m, 40, 8);
+                assert_eq!(f.lines.len(), 8);
+            }
+        }
+    }
+
     fn decode(bytes: &[u8]) -> Vec<Event> {
         let mut d = KeyDecoder::new();
         let mut out = Vec::new();
@@ -1089,7 +1153,10 @@ mod tests {
         use Event::*;
         assert_eq!(decode(b"\x1b[A\x1b[B\x1b[C\x1b[D"), vec![Up, Down, Right, Left]);
         assert_eq!(decode(b"\x1bOA\x1bOB\x1bOH\x1bOF\x1bOM"), vec![Up, Down, Home, End, Enter]);
-        assert_eq!(decode(b"\x1b[H\x1b[F\x1b[1~\x1b[4~\x1b[5~\x1b[6~\x1b[7~\x1b[8~\x1b[3~"), vec![Home, End, Home, End, PageUp, PageDown, Home, End, AnyKey]);
+        assert_eq!(
+            decode(b"\x1b[H\x1b[F\x1b[1~\x1b[4~\x1b[5~\x1b[6~\x1b[7~\x1b[8~\x1b[3~"),
+            vec![Home, End, Home, End, PageUp, PageDown, Home, End, AnyKey]
+        );
         assert_eq!(decode(b"\x1b[1;5A\x1b[5;2~"), vec![Up, PageUp]);
         assert_eq!(decode(b"\r\n\r\n\nx"), vec![Enter, Enter, Enter, AnyKey]);
         assert_eq!(decode(b"\n\r"), vec![Enter, Enter]);

@@ -5,9 +5,7 @@
 
 use std::path::PathBuf;
 
-use vboot::config::{
-    BootDevice, Config, DefaultChoice, Entry, MenuItem, Notice, TimeoutStyle, VbootOptions,
-};
+use vboot::config::{BootDevice, Config, DefaultChoice, Entry, MenuItem, Notice, TimeoutStyle, VbootOptions};
 use vboot::menu::{render, Event, KeyDecoder, MenuState, Outcome};
 
 fn corpus(name: &str) -> Config {
@@ -143,10 +141,16 @@ fn debian12_generated() {
         vec![
             skip_notice(121, "load_video"),
             skip_notice(122, "insmod"),
-            Notice { line: 123, message: "`if` block skipped: vboot does not run conditions or loops".into() },
+            Notice {
+                line: 123,
+                message: "`if` block skipped: vboot does not run conditions or loops".into()
+            },
             skip_notice(124, "insmod"),
             skip_notice(125, "insmod"),
-            Notice { line: 127, message: "`if` block skipped: vboot does not run conditions or loops".into() },
+            Notice {
+                line: 127,
+                message: "`if` block skipped: vboot does not run conditions or loops".into()
+            },
             skip_notice(132, "echo"),
             skip_notice(133, "linux"),
             skip_notice(134, "echo"),
@@ -189,7 +193,10 @@ fn ubuntu2204_generated() {
         ]
     );
     // Ubuntu hides the menu with timeout=0 inside an `if`; skipped, so the menu shows and waits.
-    assert_eq!((c.default.clone(), c.timeout_secs, c.timeout_style), (DefaultChoice::Unset, None, TimeoutStyle::Menu));
+    assert_eq!(
+        (c.default.clone(), c.timeout_secs, c.timeout_style),
+        (DefaultChoice::Unset, None, TimeoutStyle::Menu)
+    );
     assert_eq!(
         notices(&c),
         vec![
@@ -269,7 +276,10 @@ fn vboot_handwritten() {
     assert_eq!(imm.harddisk.as_ref().unwrap().path, "/vboot/win7-child1.vhd");
 
     let live = options(&c, &[4]);
-    assert_eq!((live.boot, live.cdrom.as_ref().unwrap().to_string()), (Some(BootDevice::Cdrom), "/iso/ubuntu-22.04.iso".into()));
+    assert_eq!(
+        (live.boot, live.cdrom.as_ref().unwrap().to_string()),
+        (Some(BootDevice::Cdrom), "/iso/ubuntu-22.04.iso".into())
+    );
 
     let dos = options(&c, &[5]);
     assert_eq!(dos.boot, Some(BootDevice::Floppy));
@@ -385,9 +395,13 @@ fn grub_features_vboot_skips() {
             command(5, "terminal_input"),
             command(6, "terminal_output"),
             function(7),
-            format!("grub.cfg line 10: `for` loop (lines 10-12) {}; the menu entry inside is not shown", SKIPPED_TAIL),
+            format!(
+                "grub.cfg line 10: `for` loop (lines 10-12) {}; the menu entry inside is not shown",
+                SKIPPED_TAIL
+            ),
             if_block(13, 13),
-            "grub.cfg line 14: `configfile /other.cfg` not followed: vboot reads only this grub.cfg".to_string(),
+            "grub.cfg line 14: `configfile /other.cfg` not followed: vboot reads only this grub.cfg"
+                .to_string(),
             format!("grub.cfg line 18: `while` loop (lines 18-18) {}", SKIPPED_TAIL),
             command(20, "save_env"),
             command(21, "load_env"),
@@ -407,7 +421,13 @@ fn submenus_and_path_default() {
     let c = corpus("submenus-defaults.cfg");
     assert_eq!(
         outline(&c.entries),
-        vec!["Main [main]", "+ Tools [tools]", "  Memtest [memtest]", "  + More tools", "    Partition editor"]
+        vec![
+            "Main [main]",
+            "+ Tools [tools]",
+            "  Memtest [memtest]",
+            "  + More tools",
+            "    Partition editor"
+        ]
     );
     assert_eq!(c.default, DefaultChoice::Path(vec!["tools".into(), "memtest".into()]));
     assert_eq!(c.resolve_default(), Some(vec![1, 0]));
@@ -421,16 +441,32 @@ fn submenus_and_path_default() {
 #[test]
 fn malformed_configs_are_errors_with_lines() {
     let cases: &[(&str, &str, usize)] = &[
-        ("set timeout=5\nmenuentry 'XP {\n  vboot harddisk=/xp.vhd\n}\n", "grub.cfg line 2: unterminated single quote", 11),
-        ("menuentry \"XP\" {\n vboot harddisk=\"/xp.vhd\n}\n", "grub.cfg line 2: unterminated double quote", 17),
+        (
+            "set timeout=5\nmenuentry 'XP {\n  vboot harddisk=/xp.vhd\n}\n",
+            "grub.cfg line 2: unterminated single quote",
+            11,
+        ),
+        (
+            "menuentry \"XP\" {\n vboot harddisk=\"/xp.vhd\n}\n",
+            "grub.cfg line 2: unterminated double quote",
+            17,
+        ),
         (
             "set timeout=5\n\nmenuentry XP {\n  vboot harddisk=/xp.vhd\n\nmenuentry Y {\n}\n",
             "grub.cfg line 3: missing `}`: the menuentry opened here is never closed",
             1,
         ),
-        ("set timeout=5\n{\n  vboot harddisk=/xp.vhd\n}\n", "grub.cfg line 2: `{` without menuentry, submenu or function before it", 1),
+        (
+            "set timeout=5\n{\n  vboot harddisk=/xp.vhd\n}\n",
+            "grub.cfg line 2: `{` without menuentry, submenu or function before it",
+            1,
+        ),
         ("menuentry A {}\n}\n", "grub.cfg line 2: `}` without an open `{`", 1),
-        ("submenu S {\n menuentry A { }\n", "grub.cfg line 1: missing `}`: the submenu opened here is never closed", 1),
+        (
+            "submenu S {\n menuentry A { }\n",
+            "grub.cfg line 1: missing `}`: the submenu opened here is never closed",
+            1,
+        ),
         ("if [ a ]; then\n menuentry A { }\n", "grub.cfg line 1: `if` has no matching `fi`", 1),
         ("for i in 1; do\n echo\n", "grub.cfg line 1: `for` has no matching `done`", 1),
     ];
@@ -456,18 +492,39 @@ fn option_refusals_through_grub_cfg() {
         ("vboot cdrom=/a.iso boot=floppy", "`boot=floppy`: there is no floppy= to boot from"),
         ("vboot cdrom=/a.iso boot=harddisk", "`boot=harddisk`: there is no harddisk= to boot from"),
         ("vboot harddisk=/a.vhd boot=network", "`boot=network`: boot= takes harddisk, cdrom or floppy"),
-        ("vboot harddisk=/a.vhd restore take_snapshot=/s.vhd", "`restore` cannot be combined with take_snapshot="),
+        (
+            "vboot harddisk=/a.vhd restore take_snapshot=/s.vhd",
+            "`restore` cannot be combined with take_snapshot=",
+        ),
         ("vboot pause immutable", "`vboot`: nothing to boot"),
-        ("vboot harddisk=/a.vhd boot_entry=1", "`boot_entry=1`: boot_entry= only applies together with take_snapshot="),
-        ("vboot harddisk=/a.vhd new_menu_entry='Snap 2'", "`new_menu_entry=Snap 2`: new_menu_entry= only applies together with take_snapshot="),
+        (
+            "vboot harddisk=/a.vhd boot_entry=1",
+            "`boot_entry=1`: boot_entry= only applies together with take_snapshot=",
+        ),
+        (
+            "vboot harddisk=/a.vhd new_menu_entry='Snap 2'",
+            "`new_menu_entry=Snap 2`: new_menu_entry= only applies together with take_snapshot=",
+        ),
         ("vboot harddisk=/a.vhd config_file=/grub.cfg", "`config_file=/grub.cfg`: config_file= only applies"),
-        ("vboot harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=first", "`boot_entry=first`: boot_entry= takes a menu index"),
-        ("vboot harddisk=(hd0,0)/a.vhd", "`harddisk=(hd0,0)/a.vhd`: bad path `(hd0,0)/a.vhd`: `(hd0,0)`: GRUB numbers partitions from 1"),
+        (
+            "vboot harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=first",
+            "`boot_entry=first`: boot_entry= takes a menu index",
+        ),
+        (
+            "vboot harddisk=(hd0,0)/a.vhd",
+            "`harddisk=(hd0,0)/a.vhd`: bad path `(hd0,0)/a.vhd`: `(hd0,0)`: GRUB numbers partitions from 1",
+        ),
         ("vboot 'cdrom=(hd0,1'", "`cdrom=(hd0,1`: bad path `(hd0,1`: the device has no closing `)`"),
         ("vboot floppy=(foo)/a.img", "`floppy=(foo)/a.img`: bad path `(foo)/a.img`: unknown device `(foo)`"),
         ("vboot harddisk=xp.vhd", "`harddisk=xp.vhd`: bad path `xp.vhd`: a relative path needs a device"),
-        ("vboot cdrom=/a.iso take_snapshot=/s.vhd", "`take_snapshot=/s.vhd`: take_snapshot works on the hard-disk image"),
-        ("vboot harddisk=/a.vhd\n vboot cdrom=/b.iso", "`vboot`: this entry already has a vboot line (line 3); keep one"),
+        (
+            "vboot cdrom=/a.iso take_snapshot=/s.vhd",
+            "`take_snapshot=/s.vhd`: take_snapshot works on the hard-disk image",
+        ),
+        (
+            "vboot harddisk=/a.vhd\n vboot cdrom=/b.iso",
+            "`vboot`: this entry already has a vboot line (line 3); keep one",
+        ),
     ];
     for (body, needle) in cases {
         let text = format!("set v=/a.vhd\nmenuentry T {{\n {}\n}}\n", body);
