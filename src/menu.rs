@@ -10,13 +10,21 @@
 //! let mut outcome = menu.start(&config);          // timeout=0: Boot at once
 //! loop {
 //!     match outcome {
-//!         Outcome::Redraw | Outcome::ShowEntry(_) => print(render(&config, &menu, 80, 25)),
-//!         Outcome::Boot(path) => { try to boot; on error show it, then menu.back_to_menu() }
+//!         Outcome::Redraw | Outcome::ShowEntry(_) => print(render(&config, &menu, 80, 25).lines),
+//!         Outcome::Boot(path) => {
+//!             show boot_summary(&config, &path) with render_message; on Err or a failed boot,
+//!             show the message, wait for a key, then outcome = menu.back_to_menu()
+//!         }
 //!         Outcome::None => {}
 //!     }
 //!     outcome = menu.handle(&config, next_event());  // keys, or Tick(ms) every ~100 ms
 //! }
 //! ```
+//!
+//! Keys: Up/Down/Home/End/PgUp/PgDn move; Enter boots an entry or opens a submenu; Right opens
+//! a submenu; Esc, Left or Backspace go back up; digit n boots (or opens) item n of the current
+//! menu, 0 meaning 10; `e` shows the entry's lines and parsed options, where Enter boots and
+//! any other key returns. The first key stops the countdown (and shows a hidden menu).
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -241,9 +249,7 @@ impl MenuState {
             Some(MenuItem::Submenu(_)) => {
                 // A submenu cannot boot; open it and wait for a choice.
                 self.visible = true;
-                self.submenu_path = path;
-                self.selected = 0;
-                self.scroll_top = 0;
+                self.open_submenu(path);
                 Outcome::Redraw
             }
             None => {
@@ -251,6 +257,17 @@ impl MenuState {
                 Outcome::Redraw
             }
         }
+    }
+
+    /// Enter a submenu; on the way to the default, highlight the next step towards it.
+    fn open_submenu(&mut self, path: Vec<usize>) {
+        self.selected = match &self.default_path {
+            Some(d) if d.len() > path.len() && d.starts_with(&path) => d[path.len()],
+            _ => 0,
+        };
+        self.submenu_path = path;
+        self.scroll_top = 0;
+        self.keep_selection_visible();
     }
 
     fn select(&mut self, index: usize) -> Outcome {
@@ -267,9 +284,7 @@ impl MenuState {
         match config.item(&path) {
             Some(MenuItem::Entry(_)) => Outcome::Boot(path),
             Some(MenuItem::Submenu(_)) => {
-                self.submenu_path = path;
-                self.selected = 0;
-                self.scroll_top = 0;
+                self.open_submenu(path);
                 Outcome::Redraw
             }
             None => Outcome::None,
@@ -876,6 +891,10 @@ mod tests {
         assert_eq!(m.selected(), 2);
         assert_eq!(m.submenu_path(), &[] as &[usize]);
         assert_eq!(m.handle(&c, Event::Tick(1000)), Outcome::Boot(vec![2, 1]));
+        // Opening the submenu by hand highlights the default inside it.
+        let mut m = MenuState::new(&c);
+        assert_eq!(m.handle(&c, Event::Enter), Outcome::Redraw);
+        assert_eq!((m.submenu_path(), m.selected()), (&[2][..], 1));
 
         // A default naming the submenu itself opens it when the time is up.
         let c = cfg(&format!("set timeout=1\nset default=S\n{}", FOUR));
