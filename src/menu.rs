@@ -10,13 +10,21 @@
 //! let mut outcome = menu.start(&config);          // timeout=0: Boot at once
 //! loop {
 //!     match outcome {
-//!         Outcome::Redraw | Outcome::ShowEntry(_) => print(render(&config, &menu, 80, 25)),
-//!         Outcome::Boot(path) => { try to boot; on error show it, then menu.back_to_menu() }
+//!         Outcome::Redraw | Outcome::ShowEntry(_) => print(render(&config, &menu, 80, 25).lines),
+//!         Outcome::Boot(path) => {
+//!             show boot_summary(&config, &path) with render_message; on Err or a failed boot,
+//!             show the message, wait for a key, then outcome = menu.back_to_menu()
+//!         }
 //!         Outcome::None => {}
 //!     }
 //!     outcome = menu.handle(&config, next_event());  // keys, or Tick(ms) every ~100 ms
 //! }
 //! ```
+//!
+//! Keys: Up/Down/Home/End/PgUp/PgDn move; Enter boots an entry or opens a submenu; Right opens
+//! a submenu; Esc, Left or Backspace go back up; digit n boots (or opens) item n of the current
+//! menu, 0 meaning 10; `e` shows the entry's lines and parsed options, where Enter boots and
+//! any other key returns. The first key stops the countdown (and shows a hidden menu).
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -225,7 +233,11 @@ impl MenuState {
         let after = before.saturating_sub(ms);
         if after > 0 {
             self.countdown_ms = Some(after);
-            return if before.div_ceil(1000) != after.div_ceil(1000) { Outcome::Redraw } else { Outcome::None };
+            return if before.div_ceil(1000) != after.div_ceil(1000) {
+                Outcome::Redraw
+            } else {
+                Outcome::None
+            };
         }
         self.countdown_ms = None;
         let path = match self.default_path.clone() {
@@ -237,9 +249,7 @@ impl MenuState {
             Some(MenuItem::Submenu(_)) => {
                 // A submenu cannot boot; open it and wait for a choice.
                 self.visible = true;
-                self.submenu_path = path;
-                self.selected = 0;
-                self.scroll_top = 0;
+                self.open_submenu(path);
                 Outcome::Redraw
             }
             None => {
@@ -247,6 +257,17 @@ impl MenuState {
                 Outcome::Redraw
             }
         }
+    }
+
+    /// Enter a submenu; on the way to the default, highlight the next step towards it.
+    fn open_submenu(&mut self, path: Vec<usize>) {
+        self.selected = match &self.default_path {
+            Some(d) if d.len() > path.len() && d.starts_with(&path) => d[path.len()],
+            _ => 0,
+        };
+        self.submenu_path = path;
+        self.scroll_top = 0;
+        self.keep_selection_visible();
     }
 
     fn select(&mut self, index: usize) -> Outcome {
@@ -263,9 +284,7 @@ impl MenuState {
         match config.item(&path) {
             Some(MenuItem::Entry(_)) => Outcome::Boot(path),
             Some(MenuItem::Submenu(_)) => {
-                self.submenu_path = path;
-                self.selected = 0;
-                self.scroll_top = 0;
+                self.open_submenu(path);
                 Outcome::Redraw
             }
             None => Outcome::None,
@@ -367,7 +386,10 @@ enum DecodeState {
     Escape,
     /// `ESC [`, with the first numeric parameter so far; later parameters are modifiers
     /// (Ctrl, Shift) and are not kept.
-    Csi { number: u16, first_done: bool },
+    Csi {
+        number: u16,
+        first_done: bool,
+    },
     /// `ESC O`
     Ss3,
 }
@@ -530,6 +552,35 @@ fn fit(text: &str, width: usize) -> String {
     text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(width).collect()
 }
 
+/// Break text into lines of at most `width` characters, at blanks where possible, so long
+/// error messages stay readable instead of being cut off.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let clean: Vec<char> = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if width == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut rest: &[char] = &clean;
+    let mut first = true;
+    while rest.len() > width {
+        let cut = match rest[..=width].iter().rposition(|c| *c == ' ') {
+            Some(0) | None => width,
+            Some(i) => i,
+        };
+        out.push(rest[..cut].iter().collect::<String>().trim_end().to_string());
+        rest = &rest[cut..];
+        // Continuation lines start at the next word, not at the blank that ended the last.
+        while rest.first() == Some(&' ') {
+            rest = &rest[1..];
+        }
+        first = false;
+    }
+    if first || !rest.is_empty() {
+        out.push(rest.iter().collect());
+    }
+    out
+}
+
 fn separator(width: usize, label: &str) -> String {
     if label.is_empty() || width < label.len() + 8 {
         return "-".repeat(width);
@@ -543,11 +594,7 @@ fn countdown_line(config: &Config, state: &MenuState, style_hint: &str) -> Strin
     match state.countdown_secs() {
         None => String::new(),
         Some(secs) => {
-            let title = state
-                .default_path()
-                .and_then(|p| config.item(p))
-                .map(|i| i.title())
-                .unwrap_or("");
+            let title = state.default_path().and_then(|p| config.item(p)).map(|i| i.title()).unwrap_or("");
             format!("Booting '{}' in {} s. {}", title, secs, style_hint)
         }
     }
@@ -613,7 +660,14 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
             match config.entry(path) {
                 None => body.push("(this entry no longer exists)".to_string()),
                 Some(e) => {
-                    lines.push(fit(&format!("Entry {}: {}", path.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join("."), e.title), width));
+                    lines.push(fit(
+                        &format!(
+                            "Entry {}: {}",
+                            path.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join("."),
+                            e.title
+                        ),
+                        width,
+                    ));
                     for l in &e.lines {
                         body.push(format!("    {}", l));
                     }
@@ -635,11 +689,12 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
             if lines.is_empty() {
                 lines.push(String::from("Entry"));
             }
+            let body: Vec<String> = body.iter().flat_map(|l| wrap(l, width)).collect();
             let max_scroll = body.len().saturating_sub(list_rows);
             let top = state.entry_scroll.min(max_scroll);
             lines.push(separator(width, if top > 0 { "more above" } else { "" }));
             for l in body.iter().skip(top).take(list_rows) {
-                lines.push(fit(l, width));
+                lines.push(l.clone());
             }
             while lines.len() < HEADER_ROWS + list_rows {
                 lines.push(String::new());
@@ -658,6 +713,47 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
         highlight_row = None;
     }
     Frame { lines, highlight_row }
+}
+
+/// A full screen of text: a title, a separator, the body lines (cut to fit) and a footer at
+/// the bottom. For the screens around the menu: the summary shown before booting, a grub.cfg
+/// syntax error, a boot that failed.
+pub fn render_message(title: &str, body: &[String], footer: &str, width: usize, height: usize) -> Frame {
+    let mut lines = vec![fit(title, width), separator(width, "")];
+    let room = height.saturating_sub(lines.len() + 1);
+    lines.extend(body.iter().flat_map(|l| wrap(l, width)).take(room));
+    lines.truncate(height.saturating_sub(1));
+    while lines.len() + 1 < height {
+        lines.push(String::new());
+    }
+    if height > 0 {
+        lines.push(fit(footer, width));
+    }
+    Frame { lines, highlight_row: None }
+}
+
+/// What is about to happen, for the screen shown before booting the entry at `path`: its
+/// options in words and the commands of its body that vboot skipped. `Err` carries the lines
+/// explaining why it cannot boot.
+pub fn boot_summary(config: &Config, path: &[usize]) -> Result<Vec<String>, Vec<String>> {
+    let entry = match config.entry(path) {
+        Some(e) => e,
+        None => return Err(vec!["This menu item is not an entry that can boot.".to_string()]),
+    };
+    let mut lines = vec![format!("Booting '{}'", entry.title), String::new()];
+    let notes = entry.skipped.iter().map(|n| format!("Note: line {}: {}", n.line, n.message));
+    match entry.boot_options() {
+        Ok(o) => {
+            lines.extend(o.describe().into_iter().map(|d| format!("  {}", d)));
+            lines.extend(notes);
+            Ok(lines)
+        }
+        Err(problem) => {
+            lines.push(format!("Cannot boot: {}", problem));
+            lines.extend(notes);
+            Err(lines)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -795,6 +891,10 @@ mod tests {
         assert_eq!(m.selected(), 2);
         assert_eq!(m.submenu_path(), &[] as &[usize]);
         assert_eq!(m.handle(&c, Event::Tick(1000)), Outcome::Boot(vec![2, 1]));
+        // Opening the submenu by hand highlights the default inside it.
+        let mut m = MenuState::new(&c);
+        assert_eq!(m.handle(&c, Event::Enter), Outcome::Redraw);
+        assert_eq!((m.submenu_path(), m.selected()), (&[2][..], 1));
 
         // A default naming the submenu itself opens it when the time is up.
         let c = cfg(&format!("set timeout=1\nset default=S\n{}", FOUR));
@@ -951,6 +1051,112 @@ mod tests {
         assert_eq!(f.lines[9], "-".repeat(80));
     }
 
+    #[test]
+    fn message_screens() {
+        let f = render_message(
+            "grub.cfg error",
+            &["grub.cfg line 3: unterminated single quote".into()],
+            "Press a key",
+            30,
+            6,
+        );
+        assert_eq!(
+            f.lines,
+            vec![
+                "grub.cfg error",
+                &"-".repeat(30),
+                "grub.cfg line 3: unterminated",
+                "single quote",
+                "",
+                "Press a key"
+            ]
+        );
+        let long: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+        let f = render_message("t", &long, "f", 10, 5);
+        assert_eq!(f.lines, vec!["t", "----------", "0", "1", "f"]);
+        assert_eq!(render_message("t", &long, "f", 10, 1).lines, vec!["f"]);
+        assert!(render_message("t", &long, "f", 10, 0).lines.is_empty());
+    }
+
+    #[test]
+    fn wrapping() {
+        assert_eq!(wrap("", 10), vec![""]);
+        assert_eq!(wrap("abc def ghi", 7), vec!["abc def", "ghi"]);
+        assert_eq!(wrap("abc  def", 4), vec!["abc", "def"]);
+        assert_eq!(wrap("abcdefghij", 4), vec!["abcd", "efgh", "ij"]);
+        assert_eq!(wrap("a\tb", 10), vec!["a b"]);
+        assert!(wrap("x", 0).is_empty());
+        for (text, w) in [("one two three four five", 5), ("   lead", 3), ("a b c", 1)] {
+            assert!(wrap(text, w).iter().all(|l| l.chars().count() <= w), "{:?}", wrap(text, w));
+        }
+    }
+
+    #[test]
+    fn boot_summaries() {
+        let c = cfg(FOUR);
+        assert_eq!(
+            boot_summary(&c, &[1]),
+            Ok(vec![
+                "Booting 'B'".to_string(),
+                String::new(),
+                "  CD-ROM (BIOS drive 0xE0): /b.iso".into(),
+                "  boot from: cdrom (default)".into(),
+            ])
+        );
+        assert_eq!(
+            boot_summary(&c, &[3]),
+            Err(vec![
+                "Booting 'D'".to_string(),
+                String::new(),
+                "Cannot boot: menu entry 'D' has no vboot line, so there is nothing to boot".into(),
+                "Note: line 8: `insmod` skipped: vboot runs only the vboot line".into(),
+            ])
+        );
+        assert!(boot_summary(&c, &[2]).is_err());
+        assert!(boot_summary(&c, &[9]).is_err());
+    }
+
+    /// Random bytes through the decoder into the menu, rendering after each outcome: no
+    /// panic, every frame the requested size, and the selection always inside its menu.
+    #[test]
+    fn random_input_never_panics() {
+        let c = cfg(&format!("set timeout=3\nset timeout_style=countdown\n{}", FOUR));
+        let mut seed: u32 = 0xdead_beef;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        const BYTES: &[u8] = b"\x1b[AB~5;0123456789eOHF\r\nx\x7f";
+        for _ in 0..200 {
+            let mut m = MenuState::new(&c);
+            let mut d = KeyDecoder::new();
+            let mut events = Vec::new();
+            for _ in 0..50 {
+                let r = next();
+                if r % 7 == 0 {
+                    events.push(Event::Tick(r % 2000));
+                } else if r % 11 == 0 {
+                    d.flush(&mut events);
+                } else {
+                    d.feed(BYTES[(r as usize >> 8) % BYTES.len()], &mut events);
+                }
+            }
+            for e in events {
+                let outcome = m.handle(&c, e);
+                if let Outcome::Boot(path) = &outcome {
+                    assert!(c.entry(path).is_some(), "boot of a non-entry {:?}", path);
+                    m.back_to_menu();
+                }
+                let len = c.items_at(m.submenu_path()).map(|i| i.len()).unwrap();
+                assert!(m.selected() < len);
+                let f = render(&c, &m, 40, 8);
+                assert_eq!(f.lines.len(), 8);
+            }
+        }
+    }
+
     fn decode(bytes: &[u8]) -> Vec<Event> {
         let mut d = KeyDecoder::new();
         let mut out = Vec::new();
@@ -966,7 +1172,10 @@ mod tests {
         use Event::*;
         assert_eq!(decode(b"\x1b[A\x1b[B\x1b[C\x1b[D"), vec![Up, Down, Right, Left]);
         assert_eq!(decode(b"\x1bOA\x1bOB\x1bOH\x1bOF\x1bOM"), vec![Up, Down, Home, End, Enter]);
-        assert_eq!(decode(b"\x1b[H\x1b[F\x1b[1~\x1b[4~\x1b[5~\x1b[6~\x1b[7~\x1b[8~\x1b[3~"), vec![Home, End, Home, End, PageUp, PageDown, Home, End, AnyKey]);
+        assert_eq!(
+            decode(b"\x1b[H\x1b[F\x1b[1~\x1b[4~\x1b[5~\x1b[6~\x1b[7~\x1b[8~\x1b[3~"),
+            vec![Home, End, Home, End, PageUp, PageDown, Home, End, AnyKey]
+        );
         assert_eq!(decode(b"\x1b[1;5A\x1b[5;2~"), vec![Up, PageUp]);
         assert_eq!(decode(b"\r\n\r\n\nx"), vec![Enter, Enter, Enter, AnyKey]);
         assert_eq!(decode(b"\n\r"), vec![Enter, Enter]);

@@ -146,11 +146,9 @@ pub enum EntryProblem {
 impl fmt::Display for EntryProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EntryProblem::NoVbootLine { title } => write!(
-                f,
-                "menu entry '{}' has no vboot line, so there is nothing to boot",
-                title
-            ),
+            EntryProblem::NoVbootLine { title } => {
+                write!(f, "menu entry '{}' has no vboot line, so there is nothing to boot", title)
+            }
             EntryProblem::Options { line, error } => write!(f, "grub.cfg line {}: {}", line, error),
         }
     }
@@ -368,19 +366,40 @@ enum BlockKind {
 
 #[derive(Debug)]
 enum Stmt {
-    Command { words: Vec<Word>, line: usize },
-    Block { kind: BlockKind, args: Vec<Word>, line: usize, body: Vec<Stmt>, raw: String },
+    Command {
+        words: Vec<Word>,
+        line: usize,
+    },
+    Block {
+        kind: BlockKind,
+        args: Vec<Word>,
+        line: usize,
+        body: Vec<Stmt>,
+        raw: String,
+    },
     /// `if ... fi` and friends; `entries` counts the menu blocks inside, for the notice.
-    Skipped { keyword: String, line: usize, end_line: usize, entries: usize },
+    Skipped {
+        keyword: String,
+        line: usize,
+        end_line: usize,
+        entries: usize,
+    },
 }
 
 #[derive(Clone, Copy)]
 enum End<'k> {
     Eof,
     /// The `}` of a block opened at `line` by `what`.
-    Brace { what: &'k str, line: usize },
+    Brace {
+        what: &'k str,
+        line: usize,
+    },
     /// A command starting with `keyword` closes the construct `opener` began at `line`.
-    Keyword { keyword: &'k str, opener: &'k str, line: usize },
+    Keyword {
+        keyword: &'k str,
+        opener: &'k str,
+        line: usize,
+    },
 }
 
 struct Parser<'t> {
@@ -393,7 +412,9 @@ fn count_blocks(stmts: &[Stmt]) -> usize {
     stmts
         .iter()
         .map(|s| match s {
-            Stmt::Block { body, kind, .. } => 1 + if *kind == BlockKind::Submenu { count_blocks(body) } else { 0 },
+            Stmt::Block { body, kind, .. } => {
+                1 + if *kind == BlockKind::Submenu { count_blocks(body) } else { 0 }
+            }
             Stmt::Skipped { entries, .. } => *entries,
             Stmt::Command { .. } => 0,
         })
@@ -425,11 +446,9 @@ impl<'t> Parser<'t> {
                             1,
                             format!("missing `}}`: the {} opened here is never closed", what),
                         )),
-                        End::Keyword { keyword, opener, line } => Err(Self::error(
-                            line,
-                            1,
-                            format!("`{}` has no matching `{}`", opener, keyword),
-                        )),
+                        End::Keyword { keyword, opener, line } => {
+                            Err(Self::error(line, 1, format!("`{}` has no matching `{}`", opener, keyword)))
+                        }
                     };
                 }
             };
@@ -456,9 +475,11 @@ impl<'t> Parser<'t> {
                         self.pos += 1;
                     }
                     // `then`, `else`, `elif`, `do` introduce the command after them.
-                    while words.first().and_then(|w| w.keyword()).is_some_and(|k| {
-                        matches!(k, "then" | "else" | "elif" | "do")
-                    }) {
+                    while words
+                        .first()
+                        .and_then(|w| w.keyword())
+                        .is_some_and(|k| matches!(k, "then" | "else" | "elif" | "do"))
+                    {
                         words.remove(0);
                     }
                     let first = match words.first() {
@@ -477,7 +498,10 @@ impl<'t> Parser<'t> {
     }
 
     fn statement(&mut self, words: Vec<Word>, depth: usize) -> Result<Stmt, ConfigError> {
-        let first = &words[0];
+        let first = match words.first() {
+            Some(w) => w,
+            None => return Ok(Stmt::Command { words, line: 0 }),
+        };
         let line = first.line;
         if depth >= MAX_DEPTH {
             return Err(Self::error(line, first.column, "blocks nested too deeply".into()));
@@ -491,7 +515,12 @@ impl<'t> Parser<'t> {
         if let Some(closing) = closing {
             let (body, (end_line, _)) =
                 self.list(End::Keyword { keyword: closing, opener: keyword, line }, depth + 1)?;
-            return Ok(Stmt::Skipped { keyword: keyword.into(), line, end_line, entries: count_blocks(&body) });
+            return Ok(Stmt::Skipped {
+                keyword: keyword.into(),
+                line,
+                end_line,
+                entries: count_blocks(&body),
+            });
         }
         let block = match keyword {
             "menuentry" => Some(BlockKind::Menuentry),
@@ -502,7 +531,10 @@ impl<'t> Parser<'t> {
                     return Err(Self::error(
                         *line,
                         *column,
-                        format!("`{{` after `{}`: only menuentry, submenu and function take a block", keyword_or_text(first)),
+                        format!(
+                            "`{{` after `{}`: only menuentry, submenu and function take a block",
+                            keyword_or_text(first)
+                        ),
                     ));
                 }
                 return Ok(Stmt::Command { words, line });
@@ -516,19 +548,22 @@ impl<'t> Parser<'t> {
         let open = match self.tokens.get(look) {
             Some(t @ Token { kind: TokenKind::LBrace, .. }) => t,
             _ => {
-                return Err(Self::error(
-                    line,
-                    first.column,
-                    format!("`{}` has no `{{ ... }}` body", keyword),
-                ))
+                return Err(Self::error(line, first.column, format!("`{}` has no `{{ ... }}` body", keyword)))
             }
         };
         self.pos = look + 1;
         let (body, (_, close_start)) = self.list(End::Brace { what: keyword, line }, depth + 1)?;
         let raw = self.src.get(open.end..close_start).unwrap_or("").to_string();
         match block {
-            None => Ok(Stmt::Skipped { keyword: keyword.into(), line, end_line: line, entries: count_blocks(&body) }),
-            Some(kind) => Ok(Stmt::Block { kind, args: words[1..].to_vec(), line, body, raw }),
+            None => Ok(Stmt::Skipped {
+                keyword: keyword.into(),
+                line,
+                end_line: line,
+                entries: count_blocks(&body),
+            }),
+            Some(kind) => {
+                Ok(Stmt::Block { kind, args: words.get(1..).unwrap_or(&[]).to_vec(), line, body, raw })
+            }
         }
     }
 }
@@ -643,7 +678,7 @@ impl Env {
         };
         match args.first().map(|s| s.as_str()) {
             Some("set") => {
-                for a in &args[1..] {
+                for a in args.get(1..).unwrap_or(&[]) {
                     // `set name` without `=` prints the value in GRUB; nothing to do here.
                     if let Some((name, value)) = a.split_once('=') {
                         if is_name(name) {
@@ -654,7 +689,7 @@ impl Env {
                 true
             }
             Some("unset") => {
-                for a in &args[1..] {
+                for a in args.get(1..).unwrap_or(&[]) {
                     self.vars.remove(a.as_str());
                 }
                 true
@@ -711,6 +746,11 @@ impl Run {
                     let name = args.first().map(|s| s.as_str()).unwrap_or("");
                     if name == "vboot" {
                         self.note(*line, "`vboot` outside a menuentry does nothing; skipped".into());
+                    } else if name == "source" || name == "configfile" {
+                        self.note(
+                            *line,
+                            format!("`{}` not followed: vboot reads only this grub.cfg", args.join(" ")),
+                        );
                     } else {
                         self.note(*line, format!("`{}` is a GRUB command vboot does not run; skipped", name));
                     }
@@ -723,12 +763,10 @@ impl Run {
                     };
                     let mut message =
                         format!("{} skipped: vboot does not run conditions, loops or functions", what);
-                    if *entries > 0 {
-                        message.push_str(&format!(
-                            "; the {} menu entr{} inside are not shown",
-                            entries,
-                            if *entries == 1 { "y" } else { "ies" }
-                        ));
+                    match entries {
+                        0 => {}
+                        1 => message.push_str("; the menu entry inside is not shown"),
+                        n => message.push_str(&format!("; the {} menu entries inside are not shown", n)),
                     }
                     self.note(*line, message);
                 }
@@ -842,7 +880,7 @@ impl Run {
                             }
                             (Some(_), _) => {}
                             (None, _) => {
-                                vboot = Some(VbootOptions::parse(&args[1..]));
+                                vboot = Some(VbootOptions::parse(args.get(1..).unwrap_or(&[])));
                                 vboot_line = Some(*line);
                             }
                         }
@@ -1013,7 +1051,10 @@ mod tests {
         assert_eq!(c.default_path(), Some(vec![0]));
         assert_eq!(
             c.notices,
-            vec![Notice { line: 1, message: "default `7` matches no menu entry; the first entry is the default".into() }]
+            vec![Notice {
+                line: 1,
+                message: "default `7` matches no menu entry; the first entry is the default".into()
+            }]
         );
         assert_eq!(parse(cfg).resolve_default(), None);
         assert_eq!(parse(cfg).default_path(), Some(vec![0]));
@@ -1043,7 +1084,7 @@ mod tests {
         assert_eq!(
             msgs,
             vec![
-                "grub.cfg line 1: `if` block (lines 1-7) skipped: vboot does not run conditions, loops or functions; the 1 menu entry inside are not shown",
+                "grub.cfg line 1: `if` block (lines 1-7) skipped: vboot does not run conditions, loops or functions; the menu entry inside is not shown",
                 "grub.cfg line 8: `function` definition skipped: vboot does not run conditions, loops or functions",
                 "grub.cfg line 11: `for` loop (lines 11-11) skipped: vboot does not run conditions, loops or functions",
                 "grub.cfg line 12: `while` loop (lines 12-14) skipped: vboot does not run conditions, loops or functions",
@@ -1053,12 +1094,16 @@ mod tests {
 
     #[test]
     fn commands_outside_and_inside_entries() {
-        let c = parse("insmod part_msdos\nvboot harddisk=/a.vhd\nmenuentry E {\n insmod ntfs\n if a; then\n b\n fi\n linux /vmlinuz\n}\n");
+        let c = parse("insmod part_msdos\nvboot harddisk=/a.vhd\nsource /x.cfg\nmenuentry E {\n insmod ntfs\n if a; then\n b\n fi\n linux /vmlinuz\n}\n");
         assert_eq!(
             c.notices,
             vec![
                 Notice { line: 1, message: "`insmod` is a GRUB command vboot does not run; skipped".into() },
                 Notice { line: 2, message: "`vboot` outside a menuentry does nothing; skipped".into() },
+                Notice {
+                    line: 3,
+                    message: "`source /x.cfg` not followed: vboot reads only this grub.cfg".into()
+                },
             ]
         );
         let e = entry(&c, &[0]);
@@ -1070,9 +1115,12 @@ mod tests {
         assert_eq!(
             e.skipped,
             vec![
-                Notice { line: 4, message: "`insmod` skipped: vboot runs only the vboot line".into() },
-                Notice { line: 5, message: "`if` block skipped: vboot does not run conditions or loops".into() },
-                Notice { line: 8, message: "`linux` skipped: vboot runs only the vboot line".into() },
+                Notice { line: 5, message: "`insmod` skipped: vboot runs only the vboot line".into() },
+                Notice {
+                    line: 6,
+                    message: "`if` block skipped: vboot does not run conditions or loops".into()
+                },
+                Notice { line: 9, message: "`linux` skipped: vboot runs only the vboot line".into() },
             ]
         );
         assert_eq!(e.lines, vec!["insmod ntfs", "if a; then", "b", "fi", "linux /vmlinuz"]);
@@ -1108,7 +1156,10 @@ mod tests {
         assert_eq!(entry(&c, &[0, 0]).boot_options().unwrap().floppy.as_ref().unwrap().path, "/t.img");
         assert_eq!(entry(&c, &[0, 1, 0]).title, "D");
         // The submenu's variables do not leak out.
-        assert_eq!(entry(&c, &[1]).boot_options().unwrap_err().to_string().contains("floppy="), true);
+        assert_eq!(
+            entry(&c, &[1]).boot_options().unwrap_err().to_string(),
+            "grub.cfg line 6: vboot option `floppy=` needs a value: write floppy=PATH"
+        );
         assert_eq!(c.items_at(&[0, 1]).map(|i| i.len()), Some(1));
         assert_eq!(c.items_at(&[1]), None);
         assert_eq!(c.item(&[5]), None);
@@ -1144,7 +1195,10 @@ mod tests {
         let e = err("set a=1\n{\n}\n");
         assert_eq!(e.to_string(), "grub.cfg line 2: `{` without menuentry, submenu or function before it");
         let e = err("echo hi {\n}\n");
-        assert_eq!(e.to_string(), "grub.cfg line 1: `{` after `echo`: only menuentry, submenu and function take a block");
+        assert_eq!(
+            e.to_string(),
+            "grub.cfg line 1: `{` after `echo`: only menuentry, submenu and function take a block"
+        );
         let e = err("menuentry x\nset a=b\n");
         assert_eq!(e.to_string(), "grub.cfg line 1: `menuentry` has no `{ ... }` body");
         let e = err("}\n");
@@ -1155,6 +1209,70 @@ mod tests {
         assert_eq!(e.to_string(), "grub.cfg line 1: `menuentry` has no title");
         let e = err("submenu s {\n menuentry a {\n}\n");
         assert_eq!(e.to_string(), "grub.cfg line 1: missing `}`: the submenu opened here is never closed");
+    }
+
+    /// Random soups of grub.cfg fragments: every one parses or is refused, none panics.
+    #[test]
+    fn random_fragments_never_panic() {
+        const FRAGMENTS: [&str; 26] = [
+            "menuentry",
+            "submenu",
+            "{",
+            "}",
+            "'",
+            "\"",
+            "\\",
+            "$",
+            "${",
+            "}",
+            "if",
+            "fi",
+            "then",
+            "for",
+            "done",
+            "function",
+            "\n",
+            ";",
+            " ",
+            "set default=",
+            "vboot",
+            " harddisk=(hd0,",
+            ")/a",
+            "#",
+            "\r\n",
+            "é",
+        ];
+        let mut seed: u32 = 0x1234_5678;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..3000 {
+            let len = next() % 40;
+            let mut text = String::new();
+            for _ in 0..len {
+                text.push_str(FRAGMENTS[(next() as usize) % FRAGMENTS.len()]);
+            }
+            let parsed = Config::parse(&text);
+            if parsed.is_ok() {
+                accepted += 1
+            } else {
+                refused += 1
+            }
+            if let Ok(c) = parsed {
+                let _ = c.resolve_default();
+                for item in &c.entries {
+                    if let MenuItem::Entry(e) = item {
+                        let _ = e.boot_options().map_err(|p| p.to_string());
+                    }
+                }
+            }
+        }
+        // Both paths were exercised, or the soup says nothing.
+        assert!(accepted > 100 && refused > 100, "{} accepted, {} refused", accepted, refused);
     }
 
     #[test]

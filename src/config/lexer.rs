@@ -348,7 +348,14 @@ mod tests {
         assert_eq!(
             shape(r#"$a${b}x"$c-${d}" '$e' \$f $ $1"#),
             vec![
-                Ok(vec![var("a", false), var("b", false), lit("x", false), var("c", true), lit("-", true), var("d", true)]),
+                Ok(vec![
+                    var("a", false),
+                    var("b", false),
+                    lit("x", false),
+                    var("c", true),
+                    lit("-", true),
+                    var("d", true)
+                ]),
                 Ok(vec![lit("$e", true)]),
                 Ok(vec![lit("$f", false)]),
                 Ok(vec![lit("$", false)]),

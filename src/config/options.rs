@@ -87,26 +87,42 @@ pub struct OptionError {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptionErrorKind {
-    Unknown { suggestion: Option<&'static str> },
+    Unknown {
+        suggestion: Option<&'static str>,
+    },
     /// `harddisk=` or `harddisk` with nothing to go with it.
-    MissingValue { option: &'static str },
+    MissingValue {
+        option: &'static str,
+    },
     /// `pause=1`: the option is a flag.
-    ValueOnFlag { option: &'static str },
-    Duplicate { option: &'static str },
+    ValueOnFlag {
+        option: &'static str,
+    },
+    Duplicate {
+        option: &'static str,
+    },
     BadBootValue,
     /// `boot=cdrom` without `cdrom=` (and the same for the other devices).
-    BootWithoutDevice { device: BootDevice },
+    BootWithoutDevice {
+        device: BootDevice,
+    },
     RestoreWithSnapshot,
     /// Nothing to boot: no harddisk=, cdrom= or floppy=. `word` is "vboot" or `floppy_b=...`.
     NoDevice,
     /// `boot_entry=` etc. without `take_snapshot=`.
-    NeedsSnapshot { option: &'static str },
+    NeedsSnapshot {
+        option: &'static str,
+    },
     /// `take_snapshot=` etc. without `harddisk=`.
-    NeedsHarddisk { option: &'static str },
+    NeedsHarddisk {
+        option: &'static str,
+    },
     NotANumber,
     BadPath(PathError),
     /// A second `vboot` line in the same entry.
-    SecondVbootLine { first_line: usize },
+    SecondVbootLine {
+        first_line: usize,
+    },
 }
 
 impl fmt::Display for OptionError {
@@ -116,17 +132,18 @@ impl fmt::Display for OptionError {
             OptionErrorKind::Unknown { suggestion: Some(s) } => {
                 write!(f, "unknown vboot option `{}` (did you mean `{}`?)", w, s)
             }
-            OptionErrorKind::Unknown { suggestion: None } => write!(
-                f,
-                "unknown vboot option `{}`; the options are {}",
-                w,
-                KNOWN_LIST
-            ),
+            OptionErrorKind::Unknown { suggestion: None } => {
+                write!(f, "unknown vboot option `{}`; the options are {}", w, KNOWN_LIST)
+            }
             OptionErrorKind::MissingValue { option } => {
                 write!(f, "vboot option `{}` needs a value: write {}={}", w, option, placeholder(option))
             }
             OptionErrorKind::ValueOnFlag { option } => {
-                write!(f, "vboot option `{}`: `{}` is a flag and takes no value; write just {}", w, option, option)
+                write!(
+                    f,
+                    "vboot option `{}`: `{}` is a flag and takes no value; write just {}",
+                    w, option, option
+                )
             }
             OptionErrorKind::Duplicate { option } => {
                 write!(f, "vboot option `{}`: `{}` is given twice", w, option)
@@ -147,30 +164,22 @@ impl fmt::Display for OptionError {
                  differencing image, take_snapshot adds one",
                 w
             ),
-            OptionErrorKind::NoDevice => write!(
-                f,
-                "`{}`: nothing to boot; name an image with harddisk=, cdrom= or floppy=",
-                w
-            ),
-            OptionErrorKind::NeedsSnapshot { option } => write!(
-                f,
-                "vboot option `{}`: {}= only applies together with take_snapshot=",
-                w, option
-            ),
-            OptionErrorKind::NeedsHarddisk { option } => write!(
-                f,
-                "vboot option `{}`: {} works on the hard-disk image; add harddisk=PATH",
-                w, option
-            ),
+            OptionErrorKind::NoDevice => {
+                write!(f, "`{}`: nothing to boot; name an image with harddisk=, cdrom= or floppy=", w)
+            }
+            OptionErrorKind::NeedsSnapshot { option } => {
+                write!(f, "vboot option `{}`: {}= only applies together with take_snapshot=", w, option)
+            }
+            OptionErrorKind::NeedsHarddisk { option } => {
+                write!(f, "vboot option `{}`: {} works on the hard-disk image; add harddisk=PATH", w, option)
+            }
             OptionErrorKind::NotANumber => {
                 write!(f, "vboot option `{}`: boot_entry= takes a menu index (0, 1, 2 ...)", w)
             }
             OptionErrorKind::BadPath(e) => write!(f, "vboot option `{}`: {}", w, e),
-            OptionErrorKind::SecondVbootLine { first_line } => write!(
-                f,
-                "`{}`: this entry already has a vboot line (line {}); keep one",
-                w, first_line
-            ),
+            OptionErrorKind::SecondVbootLine { first_line } => {
+                write!(f, "`{}`: this entry already has a vboot line (line {}); keep one", w, first_line)
+            }
         }
     }
 }
@@ -221,7 +230,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 fn closest_option(key: &str) -> Option<&'static str> {
     let key = key.to_ascii_lowercase().replace('-', "_");
     // An abbreviation (`cd`, `recover`...) is a typo of the one name it starts.
-    let mut prefixed = VALUE_OPTIONS.iter().chain(FLAG_OPTIONS.iter()).filter(|n| key.len() >= 2 && n.starts_with(&key[..]));
+    let mut prefixed =
+        VALUE_OPTIONS.iter().chain(FLAG_OPTIONS.iter()).filter(|n| key.len() >= 2 && n.starts_with(&key[..]));
     if let (Some(name), None) = (prefixed.next(), prefixed.next()) {
         return Some(name);
     }
@@ -500,14 +510,18 @@ mod tests {
         assert_eq!(ok("cdrom=/b.iso floppy=/c.img").boot, Some(BootDevice::Cdrom));
         assert_eq!(ok("floppy=/c.img floppy_b=/d.img").boot, Some(BootDevice::Floppy));
         assert_eq!(ok("recover_mbr").boot, None);
-        assert_eq!(ok("harddisk=/a.vhd restore").restore, true);
+        assert!(ok("harddisk=/a.vhd restore").restore);
         assert_eq!(ok("boot=floppy floppy=/c.img harddisk=/a.vhd").boot, Some(BootDevice::Floppy));
     }
 
     #[test]
     fn value_with_spaces_and_equals() {
-        let o = VbootOptions::parse(&["harddisk=/My Images/xp.vhd", "take_snapshot=/s.vhd", "new_menu_entry=XP = snapshot 2"])
-            .unwrap();
+        let o = VbootOptions::parse(&[
+            "harddisk=/My Images/xp.vhd",
+            "take_snapshot=/s.vhd",
+            "new_menu_entry=XP = snapshot 2",
+        ])
+        .unwrap();
         assert_eq!(o.harddisk.unwrap().path, "/My Images/xp.vhd");
         assert_eq!(o.new_menu_entry.as_deref(), Some("XP = snapshot 2"));
     }
@@ -589,7 +603,11 @@ mod tests {
     fn numbers() {
         refused("harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=two", "boot_entry=two", "menu index");
         refused("harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=-1", "boot_entry=-1", "menu index");
-        refused("harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=99999999999", "boot_entry=99999999999", "menu index");
+        refused(
+            "harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=99999999999",
+            "boot_entry=99999999999",
+            "menu index",
+        );
         assert_eq!(ok("harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=0").boot_entry, Some(0));
     }
 

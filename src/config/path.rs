@@ -69,16 +69,19 @@ impl GrubPath {
             return Err(err(text, "the path is empty"));
         }
         let (disk, partition, rest) = if let Some(after_paren) = text.strip_prefix('(') {
-            let close = after_paren.find(')').ok_or_else(|| {
-                err(text, "the device has no closing `)`; write it as (hd0,1)/file")
-            })?;
+            let close = after_paren
+                .find(')')
+                .ok_or_else(|| err(text, "the device has no closing `)`; write it as (hd0,1)/file"))?;
             let device = &after_paren[..close];
             let rest = &after_paren[close + 1..];
             let (disk, partition) = parse_device(text, device)?;
             if rest.is_empty() {
                 return Err(err(
                     text,
-                    format!("`({})` names a device but no file; add the path, as in ({})/file.vhd", device, device),
+                    format!(
+                        "`({})` names a device but no file; add the path, as in ({})/file.vhd",
+                        device, device
+                    ),
                 ));
             }
             if !rest.starts_with('/') && !rest.starts_with('\\') {
@@ -160,10 +163,7 @@ fn parse_device(text: &str, device: &str) -> Result<(u32, Option<PartitionRef>),
                 (p, None)
             };
             let number = parse_u32(digits).ok_or_else(|| {
-                err(
-                    text,
-                    format!("`({})`: partition `{}` is not a number, msdosN or gptN", device, p),
-                )
+                err(text, format!("`({})`: partition `{}` is not a number, msdosN or gptN", device, p))
             })?;
             if number == 0 {
                 return Err(err(
