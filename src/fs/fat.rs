@@ -337,7 +337,7 @@ fn short_name(entry: &[u8]) -> String {
 pub fn lfn_checksum(short: &[u8; 11]) -> u8 {
     short
         .iter()
-        .fold(0u8, |sum, &b| (sum >> 1 | sum << 7).wrapping_add(b))
+        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
 }
 
 /// Offsets of the 13 UTF-16 units inside an LFN entry.
@@ -1336,6 +1336,24 @@ mod tests {
             v.open_file("/dir/../../././readme.txt").unwrap().path,
             "/readme.txt"
         );
+    }
+
+    #[test]
+    fn full_fixed_root_refuses_new_entries() {
+        let mut b = Builder::new();
+        for i in 0..223u32 {
+            let mut name = *b"F       BIN";
+            name[1..4].copy_from_slice(format!("{:03}", i).as_bytes());
+            b.entry(&name, 0x20, 0, 0);
+        }
+        let mut v = b.open();
+        // One slot left: an 8.3 upper-case name fits, a long name (2 slots) does not.
+        v.create_file("/LAST.BIN").unwrap();
+        match v.create_file("/Another long name.bin") {
+            Err(FsError::Unsupported(m)) => assert!(m.contains("root directory is full"), "{}", m),
+            other => panic!("{:?}", other.map(|f| f.path)),
+        }
+        assert_eq!(v.list_dir("/").unwrap().len(), 224);
     }
 
     #[test]
