@@ -20,7 +20,7 @@ use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
 mod write;
-pub use write::FatTimestamp;
+pub use write::{check_long_name, FatTimestamp, MAX_FILE_BYTES};
 
 const SECTOR: u64 = SECTOR_BYTES as u64;
 
