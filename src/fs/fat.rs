@@ -19,6 +19,9 @@ use alloc::vec::Vec;
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
+mod write;
+pub use write::{check_long_name, FatTimestamp, MAX_FILE_BYTES};
+
 const SECTOR: u64 = SECTOR_BYTES as u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +84,15 @@ struct Geometry {
     cluster_sectors: u64,
     /// First sector of the FAT the reader uses.
     fat_start: u64,
+    /// First sector of FAT number 0 (the copies follow each other).
+    fat0_start: u64,
     /// Device sectors in one FAT.
     fat_sectors: u64,
+    fat_count: u8,
+    /// Writes go to every FAT, unless FAT32 mirroring is off (then only to the active one).
+    mirrored: bool,
+    /// FAT32: the FSInfo sector (free-cluster count and allocation hint).
+    fsinfo_lba: Option<u64>,
     /// FAT12/16: the fixed root directory region.
     root_dir_start: u64,
     root_dir_sectors: u64,
@@ -223,12 +233,12 @@ fn parse_boot_sector(bs: &[u8; SECTOR_BYTES], device_sectors: u64) -> Result<Geo
         if active >= fat_count {
             return Err(not_fat("the active FAT does not exist"));
         }
-        (le32(bs, 44), active, 71usize)
+        (le32(bs, 44), Some(active), 71usize)
     } else {
         if root_entries == 0 {
             return Err(not_fat("a FAT12/16 volume with no root directory entries"));
         }
-        (0, 0, 43usize)
+        (0, None, 43usize)
     };
     let fat_bits_needed = match fat_type {
         FatType::Fat12 => (cluster_count64 + 2) * 12,
@@ -259,11 +269,20 @@ fn parse_boot_sector(bs: &[u8; SECTOR_BYTES], device_sectors: u64) -> Result<Geo
     } else {
         None
     };
+    let fsinfo = le16(bs, 48) as u64;
+    let fsinfo_lba = match active_fat {
+        Some(_) if fsinfo != 0 && fsinfo < reserved => Some(fsinfo * scale),
+        _ => None,
+    };
     let geometry = Geometry {
         fat_type,
         cluster_sectors: sectors_per_cluster * scale,
-        fat_start: (reserved + active_fat as u64 * fat_size) * scale,
+        fat_start: (reserved + active_fat.unwrap_or(0) as u64 * fat_size) * scale,
+        fat0_start: reserved * scale,
         fat_sectors: fat_size * scale,
+        fat_count,
+        mirrored: le16(bs, 40) & 0x80 == 0 || active_fat.is_none(),
+        fsinfo_lba,
         root_dir_start: (reserved + fat_count as u64 * fat_size) * scale,
         root_dir_sectors: root_dir_sectors * scale,
         root_cluster,
@@ -318,7 +337,7 @@ fn short_name(entry: &[u8]) -> String {
 pub fn lfn_checksum(short: &[u8; 11]) -> u8 {
     short
         .iter()
-        .fold(0u8, |sum, &b| (sum >> 1 | sum << 7).wrapping_add(b))
+        .fold(0u8, |sum, &b| sum.rotate_right(1).wrapping_add(b))
 }
 
 /// Offsets of the 13 UTF-16 units inside an LFN entry.
@@ -341,6 +360,12 @@ struct RawEntry {
     attr: u8,
     first_cluster: u32,
     size_bytes: u32,
+    /// The short entry as stored.
+    raw: [u8; DIR_ENTRY_BYTES],
+    /// Slot (32-byte index in its directory) of the short entry, and of the first LFN entry
+    /// belonging to it (equal when there is no long name).
+    slot: usize,
+    first_slot: usize,
 }
 
 impl RawEntry {
@@ -357,6 +382,8 @@ struct LfnState {
     expect: u8,
     checksum: u8,
     active: bool,
+    /// Slot of the first entry of the sequence.
+    start_slot: usize,
 }
 
 impl LfnState {
@@ -366,7 +393,7 @@ impl LfnState {
         self.units.clear();
     }
 
-    fn feed(&mut self, e: &[u8]) {
+    fn feed(&mut self, e: &[u8], slot: usize) {
         let ord = e[0];
         let seq = ord & 0x1F;
         if ord & 0x40 != 0 {
@@ -378,6 +405,7 @@ impl LfnState {
             self.active = true;
             self.expect = seq;
             self.checksum = e[13];
+            self.start_slot = slot;
         } else if !self.active || seq != self.expect || e[13] != self.checksum {
             self.reset();
             return;
@@ -391,8 +419,9 @@ impl LfnState {
         self.expect = seq - 1;
     }
 
-    /// The long name if a complete sequence belongs to the short entry `short`.
-    fn take(&mut self, short: &[u8]) -> Option<String> {
+    /// The long name and its first slot if a complete sequence belongs to the short entry
+    /// `short`.
+    fn take(&mut self, short: &[u8]) -> Option<(String, usize)> {
         let complete = self.active && self.expect == 0;
         let mut name11 = [0u8; 11];
         name11.copy_from_slice(&short[0..11]);
@@ -409,7 +438,7 @@ impl LfnState {
             if name.is_empty() {
                 None
             } else {
-                Some(name)
+                Some((name, self.start_slot))
             }
         } else {
             None
@@ -425,7 +454,7 @@ fn parse_dir(bytes: &[u8], fat_type: FatType) -> (Vec<RawEntry>, Option<String>)
     let mut out = Vec::new();
     let mut label = None;
     let mut lfn = LfnState::default();
-    for e in bytes.chunks_exact(DIR_ENTRY_BYTES) {
+    for (slot, e) in bytes.chunks_exact(DIR_ENTRY_BYTES).enumerate() {
         match e[0] {
             0x00 => break,
             0xE5 => {
@@ -436,7 +465,7 @@ fn parse_dir(bytes: &[u8], fat_type: FatType) -> (Vec<RawEntry>, Option<String>)
         }
         let attr = e[11];
         if attr & 0x3F == ATTR_LONG_NAME {
-            lfn.feed(e);
+            lfn.feed(e, slot);
             continue;
         }
         if attr & ATTR_VOLUME_ID != 0 {
@@ -459,12 +488,18 @@ fn parse_dir(bytes: &[u8], fat_type: FatType) -> (Vec<RawEntry>, Option<String>)
         } else {
             0
         };
+        let mut raw = [0u8; DIR_ENTRY_BYTES];
+        raw.copy_from_slice(e);
+        let (name, first_slot) = long.unwrap_or_else(|| (short.clone(), slot));
         out.push(RawEntry {
-            name: long.unwrap_or_else(|| short.clone()),
+            name,
             short_name: short,
             attr,
             first_cluster: hi | le16(e, 26) as u32,
             size_bytes: le32(e, 28),
+            raw,
+            slot,
+            first_slot,
         });
     }
     (out, label)
@@ -477,14 +512,32 @@ enum DirRef {
     Clusters(u32),
 }
 
+/// A directory's bytes and the volume sectors they came from (directory sector -> LBA).
+struct DirData {
+    bytes: Vec<u8>,
+    runs: ExtentList,
+}
+
+/// A path looked up: its entry (None for the root), its spelling on disk, and its parent.
+struct Resolved {
+    entry: Option<RawEntry>,
+    spelled: String,
+    parent: DirRef,
+    parent_path: String,
+}
+
 /// A FAT12/16/32 volume over a device that is the volume (sector 0 = boot sector).
 pub struct FatVolume<D: BlockDevice> {
     dev: D,
     geo: Geometry,
     label: Option<String>,
-    /// FAT sectors cached: first sector (volume-relative) and bytes.
+    /// FAT sectors cached: first sector (FAT-relative) and bytes.
     fat_cache_start: u64,
     fat_cache: Vec<u8>,
+    /// Bit n set: cached sector n was changed and must be written to the FATs.
+    fat_cache_dirty: u64,
+    /// Timestamp written into directory entries the volume creates or changes.
+    clock: write::FatTimestamp,
 }
 
 impl<D: BlockDevice> FatVolume<D> {
@@ -499,13 +552,15 @@ impl<D: BlockDevice> FatVolume<D> {
             label: None,
             fat_cache_start: 0,
             fat_cache: Vec::new(),
+            fat_cache_dirty: 0,
+            clock: write::FatTimestamp::default(),
         };
         // The label Windows shows is the root directory's volume entry; the boot sector copy is
         // the fallback. A damaged root directory is reported when a path is used, not here.
         let root_label = vol
-            .read_dir_bytes(vol.root_ref(), "/")
+            .load_dir(vol.root_ref(), "/")
             .ok()
-            .and_then(|b| parse_dir(&b, vol.geo.fat_type).1);
+            .and_then(|d| parse_dir(&d.bytes, vol.geo.fat_type).1);
         vol.label = root_label.or_else(|| vol.geo.bpb_label.clone());
         Ok(vol)
     }
@@ -548,8 +603,19 @@ impl<D: BlockDevice> FatVolume<D> {
                 offset
             )));
         }
+        self.load_fat_sector(sector)?;
+        let at = (offset - self.fat_cache_start * SECTOR) as usize;
+        self.fat_cache
+            .get(at)
+            .copied()
+            .ok_or_else(|| FsError::Corrupt(String::from("FAT cache miss")))
+    }
+
+    /// Make sure FAT sector `sector` (FAT-relative) is in the cache.
+    fn load_fat_sector(&mut self, sector: u64) -> Result<(), FsError> {
         let cached_sectors = self.fat_cache.len() as u64 / SECTOR;
         if sector < self.fat_cache_start || sector >= self.fat_cache_start + cached_sectors {
+            self.flush_fat()?;
             let start = sector - sector % FAT_CACHE_SECTORS;
             let count = FAT_CACHE_SECTORS.min(self.geo.fat_sectors - start);
             self.fat_cache.resize((count * SECTOR) as usize, 0);
@@ -562,11 +628,31 @@ impl<D: BlockDevice> FatVolume<D> {
             }
             self.fat_cache_start = start;
         }
-        let at = (offset - self.fat_cache_start * SECTOR) as usize;
-        self.fat_cache
-            .get(at)
-            .copied()
-            .ok_or_else(|| FsError::Corrupt(String::from("FAT cache miss")))
+        Ok(())
+    }
+
+    /// Write changed FAT sectors to every FAT copy (only the active one when FAT32 mirroring is
+    /// off).
+    fn flush_fat(&mut self) -> Result<(), FsError> {
+        for bit in 0..64u64 {
+            if self.fat_cache_dirty & (1 << bit) == 0 {
+                continue;
+            }
+            let at = (bit * SECTOR) as usize;
+            let Some(data) = self.fat_cache.get(at..at + SECTOR_BYTES) else {
+                continue;
+            };
+            for copy in 0..self.geo.fat_count as u64 {
+                let copy_start = self.geo.fat0_start + copy * self.geo.fat_sectors;
+                if !self.geo.mirrored && copy_start != self.geo.fat_start {
+                    continue;
+                }
+                self.dev
+                    .write_sectors(copy_start + self.fat_cache_start + bit, data)?;
+            }
+            self.fat_cache_dirty &= !(1 << bit);
+        }
+        Ok(())
     }
 
     /// The FAT entry of `cluster` (FAT32: the low 28 bits).
@@ -686,8 +772,8 @@ impl<D: BlockDevice> FatVolume<D> {
         Ok((runs, walked))
     }
 
-    /// All bytes of a directory.
-    fn read_dir_bytes(&mut self, dir: DirRef, what: &str) -> Result<Vec<u8>, FsError> {
+    /// All bytes of a directory, and where they are.
+    fn load_dir(&mut self, dir: DirRef, what: &str) -> Result<DirData, FsError> {
         let (runs, total_sectors) = match dir {
             DirRef::FixedRoot => {
                 let mut l = ExtentList::default();
@@ -710,12 +796,12 @@ impl<D: BlockDevice> FatVolume<D> {
             })?;
             self.dev.read_sectors(e.lba, dst)?;
         }
-        Ok(bytes)
+        Ok(DirData { bytes, runs })
     }
 
     fn read_dir(&mut self, dir: DirRef, what: &str) -> Result<Vec<RawEntry>, FsError> {
-        let bytes = self.read_dir_bytes(dir, what)?;
-        Ok(parse_dir(&bytes, self.geo.fat_type).0)
+        let data = self.load_dir(dir, what)?;
+        Ok(parse_dir(&data.bytes, self.geo.fat_type).0)
     }
 
     fn dir_ref_of(&self, entry: &RawEntry) -> DirRef {
@@ -727,9 +813,8 @@ impl<D: BlockDevice> FatVolume<D> {
         }
     }
 
-    /// Resolve `path`. Returns the entry (None for the root itself) and the path as spelled on
-    /// disk.
-    fn resolve(&mut self, path: &str) -> Result<(Option<RawEntry>, String), FsError> {
+    /// Resolve `path`.
+    fn resolve(&mut self, path: &str) -> Result<Resolved, FsError> {
         // Stack of (directory, entry that names it) from the root down.
         let mut stack: Vec<RawEntry> = Vec::new();
         let mut parts = path_components(path).peekable();
@@ -772,12 +857,22 @@ impl<D: BlockDevice> FatVolume<D> {
             }
         }
         let spelled = dir_path(&stack);
-        Ok((stack.pop(), spelled))
+        let entry = stack.pop();
+        let parent = match stack.last() {
+            Some(e) => self.dir_ref_of(e),
+            None => self.root_ref(),
+        };
+        Ok(Resolved {
+            entry,
+            spelled,
+            parent,
+            parent_path: dir_path(&stack),
+        })
     }
 
     /// Open a file and compute its extent list.
     pub fn open_file(&mut self, path: &str) -> Result<File, FsError> {
-        let (entry, spelled) = self.resolve(path)?;
+        let Resolved { entry, spelled, .. } = self.resolve(path)?;
         let entry = match entry {
             Some(e) if !e.is_dir() => e,
             _ => return Err(FsError::IsADirectory { path: spelled }),
@@ -819,7 +914,7 @@ impl<D: BlockDevice> FatVolume<D> {
 
     /// The entries of a directory (without `.`, `..`, deleted entries and volume labels).
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
-        let (entry, spelled) = self.resolve(path)?;
+        let Resolved { entry, spelled, .. } = self.resolve(path)?;
         let dir = match &entry {
             None => self.root_ref(),
             Some(e) if e.is_dir() => self.dir_ref_of(e),
@@ -1244,6 +1339,24 @@ mod tests {
     }
 
     #[test]
+    fn full_fixed_root_refuses_new_entries() {
+        let mut b = Builder::new();
+        for i in 0..223u32 {
+            let mut name = *b"F       BIN";
+            name[1..4].copy_from_slice(format!("{:03}", i).as_bytes());
+            b.entry(&name, 0x20, 0, 0);
+        }
+        let mut v = b.open();
+        // One slot left: an 8.3 upper-case name fits, a long name (2 slots) does not.
+        v.create_file("/LAST.BIN").unwrap();
+        match v.create_file("/Another long name.bin") {
+            Err(FsError::Unsupported(m)) => assert!(m.contains("root directory is full"), "{}", m),
+            other => panic!("{:?}", other.map(|f| f.path)),
+        }
+        assert_eq!(v.list_dir("/").unwrap().len(), 224);
+    }
+
+    #[test]
     fn bad_boot_sectors_are_not_recognized() {
         let reason = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut b = Builder::new();
@@ -1313,6 +1426,14 @@ mod tests {
                 d.bytes[at] = r as u8;
             }
             if let Ok(mut v) = FatVolume::open(d) {
+                // Metadata writes on a damaged volume: errors, never panics or hangs.
+                if round % 2 == 0 {
+                    let _ = v.set_len("/A long file name.bin", 5000, true);
+                    let _ = v.create_file("/sub/new file.txt");
+                    let _ = v.rename("/A long file name.bin", "/sub/moved.bin");
+                    let _ = v.delete("/sub/moved.bin");
+                    let _ = v.create_dir("/sub/dir");
+                }
                 for p in ["/A long file name.bin", "/sub", "/sub/x", "/"] {
                     if let Ok(f) = v.open_file(p) {
                         let mut buf = vec![0u8; 4096];

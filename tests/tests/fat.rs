@@ -532,3 +532,325 @@ fn non_fat_volumes_are_not_recognized() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metadata writes: after every scenario fsck.fat finds nothing to fix and mtools reads back
+// exactly what vboot wrote.
+
+/// `fsck.fat -n` must find nothing to fix (it exits 1 and says "Leaving filesystem unchanged"
+/// when it would change something).
+fn assert_fsck_clean(image: &Path, after: &str) {
+    let out = Command::new("fsck.fat")
+        .args(["-n", image.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run fsck.fat ({}): install the Debian package `dosfstools`",
+                e
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("Leaving filesystem unchanged"),
+        "fsck.fat after {}:\n{}",
+        after,
+        text
+    );
+}
+
+/// The bytes of `path` as mtools reads them.
+fn mtools_read(image: &Path, path: &str) -> Vec<u8> {
+    let dst = Temp::path("mcopy-out");
+    mtool(
+        "mcopy",
+        &[
+            "-n",
+            "-i",
+            image.to_str().unwrap(),
+            &format!("::{}", path),
+            dst.to_str().unwrap(),
+        ],
+    );
+    let bytes = std::fs::read(&dst).unwrap();
+    let _ = std::fs::remove_file(&dst);
+    bytes
+}
+
+/// Names in a directory as `mdir -b` lists them (full long names, directories end in '/').
+fn mtools_list(image: &Path, dir: &str) -> BTreeSet<String> {
+    let out = mtool(
+        "mdir",
+        &["-b", "-i", image.to_str().unwrap(), &format!("::{}", dir)],
+    );
+    out.lines()
+        .map(|l| l.trim_start_matches("::").to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn mtools_exists(image: &Path, path: &str) -> bool {
+    Command::new("mdir")
+        .args(["-b", "-i", image.to_str().unwrap(), &format!("::{}", path)])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .expect("mdir (Debian package `mtools`)")
+        .status
+        .success()
+}
+
+fn open_rw(image: &Path) -> FatVolume<FileDisk> {
+    FatVolume::open(FileDisk::open(image, true).unwrap()).unwrap()
+}
+
+fn write_scenarios(bits: u32, megabytes: u64, extra_mkfs: &[&str]) {
+    let img = Temp::image(&format!("fatw{}", bits), megabytes << 20);
+    let bits_s = bits.to_string();
+    let mut args = vec!["-F", bits_s.as_str()];
+    args.extend_from_slice(extra_mkfs);
+    args.push(img.s());
+    run("mkfs.fat", "dosfstools", &args);
+    let cluster_bytes = {
+        let bs = read_image(&img.0, 0, 512);
+        u16::from_le_bytes([bs[11], bs[12]]) as u64 * bs[13] as u64
+    };
+    // Some existing content, and holes, so allocation has to work around things.
+    let mut filler = Filler::new(&img.0, 0);
+    filler.mkdir("/images");
+    filler.put("/images/base.vhd", 50_000);
+    for i in 0..6 {
+        filler.put(&format!("/images/tmp{}", i), (cluster_bytes * 3) as usize);
+    }
+    for i in (0..6).step_by(2) {
+        filler.delete(&format!("/images/tmp{}", i));
+    }
+    filler.forget_next_free_hint();
+    let tree = std::mem::take(&mut filler.tree);
+    drop(filler);
+    assert_fsck_clean(&img.0, "mtools filled the volume");
+    let now = vboot::fs::fat::FatTimestamp {
+        year: 2026,
+        month: 11,
+        day: 26,
+        hour: 14,
+        minute: 5,
+        second: 8,
+    };
+
+    // 1. Create a file with a long name.
+    let snap = "/images/Snapshot of base (2026-11-26).vhd";
+    {
+        let mut vol = open_rw(&img.0);
+        vol.set_clock(now);
+        let f = vol.create_file(snap).unwrap();
+        assert_eq!(f.size_bytes, 0);
+        assert!(f.extents.extents.is_empty());
+        assert!(matches!(
+            vol.create_file("/images/SNAPSHOT OF BASE (2026-11-26).VHD"),
+            Err(FsError::Unsupported(_))
+        ));
+        assert!(matches!(
+            vol.create_file("/nodir/x"),
+            Err(FsError::NotFound { .. })
+        ));
+        assert!(vol.create_file("/images/bad:name").is_err());
+    }
+    assert_fsck_clean(&img.0, "create");
+    assert!(
+        mtools_list(&img.0, "/images").contains(snap),
+        "{:?}",
+        mtools_list(&img.0, "/images")
+    );
+    assert_eq!(mtools_read(&img.0, snap), Vec::<u8>::new());
+
+    // 2. Grow it (zero-filled), write through the extents, and grow again without zeroing.
+    let first_bytes = content(1000, 300_000);
+    {
+        let mut vol = open_rw(&img.0);
+        let f = vol.set_len(snap, 300_000, true).unwrap();
+        assert_eq!(f.size_bytes, 300_000);
+        assert_eq!(vol.read_to_vec(snap, u64::MAX).unwrap(), vec![0u8; 300_000]);
+        vol.write_file(&f, 0, &first_bytes).unwrap();
+        assert!(
+            vol.write_file(&f, 299_999, &[1, 2]).is_err(),
+            "write past the end"
+        );
+    }
+    assert_fsck_clean(&img.0, "grow to 300000");
+    assert!(mtools_read(&img.0, snap) == first_bytes);
+    let big = content(1001, 1_000_003);
+    {
+        let mut vol = open_rw(&img.0);
+        let f = vol.set_len(snap, big.len() as u64, false).unwrap();
+        // The new clusters went where there was room, and the extents say so.
+        let expected = mshowfat_runs(
+            img.s(),
+            snap,
+            &bpb(&read_image(&img.0, 0, 512)),
+            big.len() as u64,
+        );
+        assert_eq!(f.extents, expected);
+        assert!(
+            read_through_extents(&img.0, &f.extents, 300_000) == first_bytes,
+            "old bytes kept"
+        );
+        vol.write_file(&f, 0, &big).unwrap();
+    }
+    assert_fsck_clean(&img.0, "grow to 1000003");
+    assert!(mtools_read(&img.0, snap) == big);
+
+    // 3. Grow by less than a cluster with zero fill: the tail of the last cluster is zeroed.
+    {
+        let mut vol = open_rw(&img.0);
+        let f = vol.set_len(snap, big.len() as u64 + 10, true).unwrap();
+        let back = vol.read_to_vec(snap, u64::MAX).unwrap();
+        assert!(back[..big.len()] == big[..]);
+        assert_eq!(&back[big.len()..], &[0u8; 10]);
+        assert_eq!(
+            f.extents.total_sectors(),
+            (big.len() as u64 + 10).div_ceil(512)
+        );
+    }
+    assert_fsck_clean(&img.0, "grow inside the last cluster");
+
+    // 4. Truncate, then truncate to zero.
+    {
+        let mut vol = open_rw(&img.0);
+        let f = vol.set_len(snap, 5000, false).unwrap();
+        assert_eq!(f.extents.total_sectors(), 10);
+    }
+    assert_fsck_clean(&img.0, "truncate to 5000");
+    assert!(mtools_read(&img.0, snap) == big[..5000]);
+    {
+        let mut vol = open_rw(&img.0);
+        vol.set_len(snap, 0, false).unwrap();
+    }
+    assert_fsck_clean(&img.0, "truncate to 0");
+    assert_eq!(mtools_read(&img.0, snap), Vec::<u8>::new());
+
+    // 5. Directories: nested creation, enough long names to need more directory clusters.
+    let many_dir = "/VMs/Windows XP/Snapshots";
+    {
+        let mut vol = open_rw(&img.0);
+        vol.set_clock(now);
+        vol.create_dir("/VMs").unwrap();
+        vol.create_dir("/VMs/Windows XP").unwrap();
+        vol.create_dir(many_dir).unwrap();
+        for i in 0..40 {
+            let p = format!("{}/Snapshot number {:02} of the XP disk.vhd", many_dir, i);
+            vol.create_file(&p).unwrap();
+            let f = vol.set_len(&p, 700 + i * 13, false).unwrap();
+            vol.write_file(&f, 0, &content(i, (700 + i * 13) as usize))
+                .unwrap();
+        }
+    }
+    assert_fsck_clean(&img.0, "create_dir and 40 files");
+    let listed = mtools_list(&img.0, many_dir);
+    assert_eq!(listed.len(), 40);
+    for i in 0..40u64 {
+        let p = format!("{}/Snapshot number {:02} of the XP disk.vhd", many_dir, i);
+        assert!(listed.contains(&p), "{} missing from {:?}", p, listed);
+        assert!(mtools_read(&img.0, &p) == content(i, (700 + i * 13) as usize));
+    }
+
+    // 6. Rename: in place with a new long name, a change of case, and moves across directories
+    // (a directory's `..` must follow it: fsck.fat checks that).
+    let moved = "/VMs/Windows XP/xp-child.vhd";
+    {
+        let mut vol = open_rw(&img.0);
+        let f = vol.set_len(snap, 4096, false).unwrap();
+        vol.write_file(&f, 0, &big[..4096]).unwrap();
+        vol.rename(snap, "/images/renamed snapshot.vhd").unwrap();
+        vol.rename(
+            "/images/renamed snapshot.vhd",
+            "/images/RENAMED Snapshot.vhd",
+        )
+        .unwrap();
+        vol.rename("/images/renamed snapshot.vhd", moved).unwrap();
+        vol.rename("/VMs/Windows XP/Snapshots", "/images/Old Snapshots")
+            .unwrap();
+        assert!(
+            vol.rename("/VMs", "/VMs/Windows XP/inside").is_err(),
+            "a directory into itself"
+        );
+        assert!(
+            vol.rename("/images/base.vhd", "/images/tmp1").is_err(),
+            "onto an existing name"
+        );
+    }
+    assert_fsck_clean(&img.0, "renames");
+    assert!(!mtools_exists(&img.0, snap));
+    assert!(mtools_read(&img.0, moved) == big[..4096]);
+    assert!(mtools_list(&img.0, "/VMs/Windows XP").contains(moved));
+    assert_eq!(mtools_list(&img.0, "/images/Old Snapshots").len(), 40);
+    {
+        let mut vol = open_rw(&img.0);
+        assert_eq!(
+            vol.open_file("/vms/windows xp/XP-CHILD.VHD").unwrap().path,
+            moved
+        );
+        vol.rename("/images/RENAMED Snapshot.vhd", "/x")
+            .unwrap_err();
+    }
+
+    // 7. Delete files and (empty) directories.
+    {
+        let mut vol = open_rw(&img.0);
+        assert!(vol.delete("/images/Old Snapshots").is_err(), "not empty");
+        let names: Vec<String> = vol
+            .list_dir("/images/Old Snapshots")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        for n in names {
+            vol.delete(&format!("/images/Old Snapshots/{}", n)).unwrap();
+        }
+        vol.delete("/images/Old Snapshots").unwrap();
+        vol.delete(moved).unwrap();
+        assert!(matches!(
+            vol.open_file(moved),
+            Err(FsError::NotFound { .. })
+        ));
+    }
+    assert_fsck_clean(&img.0, "deletes");
+    assert!(!mtools_exists(&img.0, "/images/Old Snapshots"));
+    assert!(!mtools_exists(&img.0, moved));
+    // What mtools put there is untouched.
+    for (p, bytes) in &tree.files {
+        assert!(mtools_read(&img.0, p) == *bytes, "{} changed", p);
+    }
+
+    // 8. Asking for more than the free space fails cleanly.
+    {
+        let mut vol = open_rw(&img.0);
+        vol.create_file("/too big.bin").unwrap();
+        let free_bytes = (megabytes << 20) + 1;
+        let r = vol.set_len("/too big.bin", free_bytes.min(0xFFFF_FFFF), false);
+        assert!(
+            matches!(r, Err(FsError::NoSpace { .. })),
+            "{:?}",
+            r.map(|f| f.size_bytes)
+        );
+    }
+    assert_fsck_clean(&img.0, "a failed grow");
+}
+
+#[test]
+fn fat12_metadata_writes() {
+    write_scenarios(12, 8, &[]);
+}
+
+#[test]
+fn fat16_metadata_writes() {
+    write_scenarios(16, 24, &["-s", "1"]);
+}
+
+#[test]
+fn fat32_metadata_writes() {
+    write_scenarios(32, 48, &[]);
+}
