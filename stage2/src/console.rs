@@ -146,21 +146,8 @@ impl fmt::Write for Console {
     }
 }
 
-/// A key, from either keyboard or serial.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Key {
-    /// A byte as a terminal would send it (arrows arrive as ESC [ A ...).
-    Byte(u8),
-    Up,
-    Down,
-    Home,
-    End,
-    PageUp,
-    PageDown,
-}
-
-/// A key from the keyboard, if one is waiting (INT 16h AH=01h then AH=00h).
-pub fn keyboard_key() -> Option<Key> {
+/// A key from the keyboard as (scan code, ASCII), if one is waiting (INT 16h AH=01h, AH=00h).
+pub fn keyboard_key() -> Option<(u8, u8)> {
     let mut r = BiosRegs { eax: 0x0100, ..Default::default() };
     bios::call(0x16, &mut r);
     if r.eflags & bios::FLAG_ZERO != 0 {
@@ -168,17 +155,36 @@ pub fn keyboard_key() -> Option<Key> {
     }
     let mut r = BiosRegs { eax: 0x0000, ..Default::default() };
     bios::call(0x16, &mut r);
-    let scan = (r.eax >> 8) as u8;
-    let ascii = r.eax as u8;
-    Some(match (ascii, scan) {
-        (0 | 0xE0, 0x48) => Key::Up,
-        (0 | 0xE0, 0x50) => Key::Down,
-        (0 | 0xE0, 0x47) => Key::Home,
-        (0 | 0xE0, 0x4F) => Key::End,
-        (0 | 0xE0, 0x49) => Key::PageUp,
-        (0 | 0xE0, 0x51) => Key::PageDown,
-        (a, _) => Key::Byte(a),
-    })
+    Some(((r.eax >> 8) as u8, r.eax as u8))
+}
+
+impl Console {
+    /// Replace the whole screen with `lines`, row `highlight` in inverse video. On the serial
+    /// line: clear, home, the lines, with ANSI inverse video for the highlight.
+    pub fn draw_screen(&mut self, lines: &[alloc::string::String], highlight: Option<usize>) {
+        for row in 0..ROWS {
+            let text = lines.get(row).map(|s| s.as_bytes()).unwrap_or(&[]);
+            let attr = if highlight == Some(row) { ATTR_HIGHLIGHT } else { ATTR_NORMAL };
+            for col in 0..COLUMNS {
+                let b = text.get(col).copied().filter(|b| b.is_ascii()).unwrap_or(b' ');
+                unsafe { VGA.add(row * COLUMNS + col).write_volatile(((attr as u16) << 8) | b as u16) };
+            }
+        }
+        self.row = ROWS - 1;
+        self.col = 0;
+        self.serial_write("\x1b[2J\x1b[H");
+        for (row, line) in lines.iter().enumerate() {
+            if highlight == Some(row) {
+                self.serial_write("\x1b[7m");
+                self.serial_write(line);
+                self.serial_write("\x1b[0m");
+            } else {
+                self.serial_write(line.trim_end());
+            }
+            self.serial_write("\r\n");
+        }
+        self.update_cursor();
+    }
 }
 
 #[macro_export]

@@ -16,12 +16,20 @@ use vboot::block::{BlockDevice, SECTOR_BYTES};
 use vboot::install::{InstallRecord, StagePatch};
 
 core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
+core::arch::global_asm!(include_str!("stub.s"), options(att_syntax));
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
 /// The most heap stage2 takes, from the usable memory at 1 MiB.
 const HEAP_MAX_BYTES: u32 = 64 << 20;
+
+static mut HEAP_END: u32 = 0;
+
+/// First byte above stage2's heap: the resident engine must go above it.
+pub fn heap_end() -> u32 {
+    unsafe { HEAP_END }
+}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -47,12 +55,14 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     let Some((heap_base, heap_bytes)) = map.extended_at_1mib() else {
         fatal("no usable memory at 1 MiB in the memory map");
     };
-    let heap_bytes = heap_bytes.min(HEAP_MAX_BYTES);
+    // At most half the range: the top stays free for the resident engine.
+    let heap_bytes = heap_bytes.min(HEAP_MAX_BYTES).min(heap_bytes / 2);
     if heap_bytes < (4 << 20) {
         fatal("vboot needs at least 4 MiB of memory above 1 MiB");
     }
     // SAFETY: the range is usable RAM per the BIOS and nothing else in stage2 uses it.
     unsafe { HEAP.lock().init(heap_base as *mut u8, heap_bytes as usize) };
+    unsafe { HEAP_END = heap_base + heap_bytes };
 
     let drive = drive as u8;
     let count = disk::hard_disk_count();
@@ -103,6 +113,8 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
 }
 
 mod boot;
+mod recover;
+mod resident;
 
 fn read_patch(patch_ptr: u32) -> StagePatch {
     let mut sector = [0u8; SECTOR_BYTES];
@@ -133,14 +145,14 @@ pub fn fatal(message: &str) -> ! {
     bios::reboot()
 }
 
-/// Block until a key arrives on the keyboard or serial line.
-pub fn wait_key() -> console::Key {
+/// Block until a key arrives on the keyboard or the serial line; returns its ASCII byte.
+pub fn wait_key() -> u8 {
     loop {
-        if let Some(k) = console::keyboard_key() {
-            return k;
+        if let Some((_, ascii)) = console::keyboard_key() {
+            return ascii;
         }
         if let Some(b) = console::console().serial_read() {
-            return console::Key::Byte(b);
+            return b;
         }
         bios::sleep_micros(10_000);
     }

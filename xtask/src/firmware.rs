@@ -27,10 +27,17 @@ const INHERITED: &[&str] = &[
 ];
 
 fn nightly_build(crate_dir: &Path) -> Result<(), String> {
+    nightly_build_with(crate_dir, &[])
+}
+
+fn nightly_build_with(crate_dir: &Path, env: &[(&str, &str)]) -> Result<(), String> {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "build", "--release", "--quiet"]).current_dir(crate_dir);
     for v in INHERITED {
         cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     run(&mut cmd)
 }
@@ -45,7 +52,14 @@ pub fn build_firmware() -> Result<Artifacts, String> {
     let out_dir = root.join("target/vboot");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
 
-    nightly_build(&root.join("stage2"))?;
+    // The resident engine first: stage2 embeds it (stripped: symbols are no use at boot).
+    nightly_build(&root.join("stage2/engine"))?;
+    let engine_elf = out_dir.join("engine.elf");
+    run(Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(root.join("stage2/engine/target/engine-target/release/engine"))
+        .arg(&engine_elf))?;
+    nightly_build_with(&root.join("stage2"), &[("VBOOT_ENGINE_ELF", engine_elf.to_str().unwrap_or_default())])?;
     let mut stage2 = flatten(
         &root.join("stage2/target/x86-32-target/release/stage2"),
         &out_dir.join("stage2.bin"),

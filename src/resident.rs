@@ -1,0 +1,287 @@
+//! What stage2 hands the resident engine, and the memory map the guest will see.
+//!
+//! stage2 resolves files (filesystems, partitions) and works out the memory layout; the engine,
+//! once relocated to high memory, rebuilds its drives from this plan in its own heap. The plan is
+//! a flat little-endian byte string so the two separately built binaries share no Rust layout.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::fs::{Extent, ExtentList};
+
+pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN01";
+
+/// One E820 entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct E820Entry {
+    pub base: u64,
+    pub length: u64,
+    pub kind: u32,
+}
+
+pub const E820_USABLE: u32 = 1;
+pub const E820_RESERVED: u32 = 2;
+
+/// Which kind of drive the guest sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlannedKind {
+    HardDisk = 0,
+    Floppy = 1,
+    Cdrom = 2,
+}
+
+/// One file of a drive's image (one layer of a differencing chain, or the only one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedLayer {
+    /// 0 = raw.
+    pub format: u8,
+    pub size_bytes: u64,
+    /// Host-disk LBAs of the file's bytes.
+    pub extents: ExtentList,
+    /// The file's path, for messages.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedDrive {
+    /// The number the guest uses (0x80, 0x00, 0xE0 ...).
+    pub number: u8,
+    pub kind: PlannedKind,
+    pub read_only: bool,
+    /// The BIOS's own number for the host disk holding the files (before any renumbering).
+    pub host_drive: u8,
+    /// Leaf first.
+    pub layers: Vec<PlannedLayer>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The memory map the guest gets from E820 (vboot's own ranges already reserved).
+    pub memory_map: Vec<E820Entry>,
+    pub drives: Vec<PlannedDrive>,
+}
+
+struct Writer(Vec<u8>);
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v)
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes())
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes())
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let s = self.b.get(self.at..self.at.checked_add(n).ok_or("plan too long")?).ok_or("plan truncated")?;
+        self.at += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, &'static str> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let s = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn count(&mut self, max: u32) -> Result<usize, &'static str> {
+        let n = self.u32()?;
+        if n > max {
+            return Err("plan count out of range");
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Plan {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        w.0.extend_from_slice(&PLAN_MAGIC);
+        w.u32(self.memory_map.len() as u32);
+        for e in &self.memory_map {
+            w.u64(e.base);
+            w.u64(e.length);
+            w.u32(e.kind);
+        }
+        w.u32(self.drives.len() as u32);
+        for d in &self.drives {
+            w.u8(d.number);
+            w.u8(d.kind as u8);
+            w.u8(d.read_only as u8);
+            w.u8(d.host_drive);
+            w.u32(d.layers.len() as u32);
+            for l in &d.layers {
+                w.u8(l.format);
+                w.u64(l.size_bytes);
+                w.bytes(l.path.as_bytes());
+                w.u32(l.extents.extents.len() as u32);
+                for e in &l.extents.extents {
+                    w.u64(e.file_sector);
+                    w.u64(e.lba);
+                    w.u64(e.sectors);
+                }
+            }
+        }
+        w.0
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Plan, &'static str> {
+        let mut r = Reader { b, at: 0 };
+        if r.take(8)? != PLAN_MAGIC {
+            return Err("no plan magic");
+        }
+        let mut plan = Plan::default();
+        for _ in 0..r.count(1024)? {
+            plan.memory_map.push(E820Entry { base: r.u64()?, length: r.u64()?, kind: r.u32()? });
+        }
+        for _ in 0..r.count(16)? {
+            let number = r.u8()?;
+            let kind = match r.u8()? {
+                0 => PlannedKind::HardDisk,
+                1 => PlannedKind::Floppy,
+                2 => PlannedKind::Cdrom,
+                _ => return Err("bad drive kind"),
+            };
+            let read_only = r.u8()? != 0;
+            let host_drive = r.u8()?;
+            let mut layers = Vec::new();
+            for _ in 0..r.count(1 << 16)? {
+                let format = r.u8()?;
+                let size_bytes = r.u64()?;
+                let n = r.count(4096)?;
+                let path = String::from_utf8_lossy(r.take(n)?).into_owned();
+                let mut extents = ExtentList::default();
+                for _ in 0..r.count(1 << 24)? {
+                    extents.extents.push(Extent { file_sector: r.u64()?, lba: r.u64()?, sectors: r.u64()? });
+                }
+                layers.push(PlannedLayer { format, size_bytes, extents, path });
+            }
+            plan.drives.push(PlannedDrive { number, kind, read_only, host_drive, layers });
+        }
+        Ok(plan)
+    }
+}
+
+/// The map with `base..base+length` marked reserved, splitting usable entries it overlaps.
+pub fn reserve(map: &[E820Entry], base: u64, length: u64) -> Vec<E820Entry> {
+    let end = base + length;
+    let mut out = Vec::new();
+    for e in map {
+        let e_end = e.base + e.length;
+        if e.kind != E820_USABLE || e_end <= base || e.base >= end {
+            out.push(*e);
+            continue;
+        }
+        if e.base < base {
+            out.push(E820Entry { base: e.base, length: base - e.base, kind: e.kind });
+        }
+        let r_start = e.base.max(base);
+        let r_end = e_end.min(end);
+        out.push(E820Entry { base: r_start, length: r_end - r_start, kind: E820_RESERVED });
+        if e_end > end {
+            out.push(E820Entry { base: end, length: e_end - end, kind: e.kind });
+        }
+    }
+    out.sort_by_key(|e| e.base);
+    out
+}
+
+/// INT 15h AX=E801h answers from a map: (KiB between 1 MiB and 16 MiB, 64 KiB blocks from
+/// 16 MiB up to the first hole). Both stop at the first non-usable byte, as old BIOSes do.
+pub fn e801_values(map: &[E820Entry]) -> (u16, u16) {
+    let contiguous_end = |from: u64| -> u64 {
+        let mut end = from;
+        loop {
+            let next = map.iter().find(|e| e.kind == E820_USABLE && e.base <= end && e.base + e.length > end);
+            match next {
+                Some(e) => end = e.base + e.length,
+                None => return end,
+            }
+        }
+    };
+    let end = contiguous_end(0x10_0000);
+    let below16 = (end.min(0x100_0000).saturating_sub(0x10_0000) / 1024).min(0x3C00) as u16;
+    let above16 = if end > 0x100_0000 { ((end.min(0xFFFF_FFFF) - 0x100_0000) / 0x1_0000).min(0xFFFF) as u16 } else { 0 };
+    (below16, above16)
+}
+
+/// INT 15h AH=88h: KiB of contiguous memory above 1 MiB, at most 0xFFFF (SeaBIOS caps at 63 MiB).
+pub fn ah88_value(map: &[E820Entry]) -> u16 {
+    let (below16, above16) = e801_values(map);
+    let kib = below16 as u32 + if below16 as u32 == 0x3C00 { above16 as u32 * 64 } else { 0 };
+    kib.min(0xFC00) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_map() -> Vec<E820Entry> {
+        alloc::vec![
+            E820Entry { base: 0, length: 0x9FC00, kind: 1 },
+            E820Entry { base: 0x9FC00, length: 0x400, kind: 2 },
+            E820Entry { base: 0xF0000, length: 0x10000, kind: 2 },
+            E820Entry { base: 0x10_0000, length: 0x7EE_D000, kind: 1 },
+        ]
+    }
+
+    #[test]
+    fn reserve_splits_and_sorts() {
+        let m = reserve(&qemu_map(), 0x7000000, 0xFED000);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[3], E820Entry { base: 0x10_0000, length: 0x7000000 - 0x10_0000, kind: 1 });
+        assert_eq!(m[4], E820Entry { base: 0x7000000, length: 0xFED000, kind: 2 });
+        let low = reserve(&qemu_map(), 0x9EC00, 0x1000);
+        assert_eq!(low[0], E820Entry { base: 0, length: 0x9EC00, kind: 1 });
+        assert_eq!(low[1], E820Entry { base: 0x9EC00, length: 0x1000, kind: 2 });
+    }
+
+    #[test]
+    fn e801_and_88_follow_the_reserved_top() {
+        let m = reserve(&qemu_map(), 0x7000000, 0xFED000);
+        assert_eq!(e801_values(&m), (0x3C00, ((0x7000000 - 0x100_0000) / 0x10000) as u16));
+        assert_eq!(ah88_value(&m), 0xFC00);
+        let small = reserve(&qemu_map(), 0x80_0000, 0x100_0000);
+        assert_eq!(e801_values(&small), (0x1C00, 0));
+        assert_eq!(ah88_value(&small), 0x1C00);
+    }
+
+    #[test]
+    fn plan_round_trip_and_truncation() {
+        let mut ext = ExtentList::default();
+        ext.push(4096, 100);
+        ext.push(9000, 28);
+        let plan = Plan {
+            memory_map: qemu_map(),
+            drives: alloc::vec![PlannedDrive {
+                number: 0x80,
+                kind: PlannedKind::HardDisk,
+                read_only: false,
+                host_drive: 0x80,
+                layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext, path: "/dos.img".into() }],
+            }],
+        };
+        let b = plan.to_bytes();
+        assert_eq!(Plan::from_bytes(&b), Ok(plan));
+        for cut in [0, 7, 20, b.len() - 1] {
+            assert!(Plan::from_bytes(&b[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! vboot's resident engine. stage2 copies it to the top of usable RAM (hidden from the guest
+//! through E820/E801/88h), relocates it, calls `engine_init` with the plan, and hooks INT 13h
+//! and INT 15h to the real-mode stub, which enters `engine_dispatch` for every call that needs
+//! it. A thin shell: the INT 13h semantics are `vboot::int13`, this crate supplies guest memory,
+//! host-disk I/O through the original BIOS, and the memory map.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod hostdisk;
+mod stub;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use linked_list_allocator::LockedHeap;
+use vboot::int13::{self, DriveKind, DriveSet, GuestMemory, MemoryError, Regs};
+use vboot::resident::{ah88_value, e801_values, E820Entry, Plan, PlannedKind};
+
+use crate::stub::{Stub, Vector};
+
+core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+extern "C" {
+    fn engine_pm_entry();
+    fn engine_pm_resume();
+}
+
+/// What stage2 reads at the start of the loaded image. Function pointers are relocated with the
+/// rest of the image, so stage2 can call and hook them directly.
+#[repr(C)]
+pub struct EngineHeader {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub init: extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32,
+    pub pm_entry: unsafe extern "C" fn(),
+    pub pm_resume: unsafe extern "C" fn(),
+}
+
+#[link_section = ".engine_header"]
+#[no_mangle]
+#[used]
+pub static engine_header: EngineHeader = EngineHeader {
+    magic: *b"VBENGINE",
+    version: 1,
+    init: engine_init,
+    pm_entry: engine_pm_entry,
+    pm_resume: engine_pm_resume,
+};
+
+struct State {
+    drives: DriveSet<'static>,
+    memory_map: Vec<E820Entry>,
+}
+
+static mut STATE: Option<State> = None;
+
+#[allow(static_mut_refs)]
+fn state() -> &'static mut State {
+    // SAFETY: single-threaded; set once by engine_init before INT 13h is hooked.
+    unsafe { STATE.as_mut().unwrap_or_else(|| panic!("engine used before engine_init")) }
+}
+
+/// Guest memory: the engine runs with flat segments, so linear addresses are pointers.
+pub struct FlatMemory;
+
+impl GuestMemory for FlatMemory {
+    fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        if linear.checked_add(buf.len() as u64).is_none_or(|end| end > 0x1_0000_0000) {
+            return Err(MemoryError { linear, bytes: buf.len() });
+        }
+        unsafe { core::ptr::copy_nonoverlapping(linear as usize as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+    fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        if linear.checked_add(buf.len() as u64).is_none_or(|end| end > 0x1_0000_0000) {
+            return Err(MemoryError { linear, bytes: buf.len() });
+        }
+        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), linear as usize as *mut u8, buf.len()) };
+        Ok(())
+    }
+}
+
+struct MessageBuf<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for MessageBuf<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Set up the drives from stage2's plan. Returns 0, or the length of an error message written
+/// to `msg`.
+extern "C" fn engine_init(
+    plan: *const u8,
+    plan_len: u32,
+    heap: *mut u8,
+    heap_len: u32,
+    stub_linear: u32,
+    msg: *mut u8,
+    msg_cap: u32,
+) -> u32 {
+    let mut out = MessageBuf { buf: unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) }, len: 0 };
+    unsafe { HEAP.lock().init(heap, heap_len as usize) };
+    let bytes = unsafe { core::slice::from_raw_parts(plan, plan_len as usize) };
+    let plan = match Plan::from_bytes(bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = write!(out, "engine: bad plan: {}", e);
+            return out.len as u32;
+        }
+    };
+    let stub = Stub { linear: stub_linear };
+    let mut drives = DriveSet::new();
+    for d in &plan.drives {
+        let disk = match hostdisk::RawFile::new(stub, d) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = write!(out, "{}", e);
+                return out.len as u32;
+            }
+        };
+        let kind = match d.kind {
+            PlannedKind::HardDisk => DriveKind::HardDisk,
+            _ => {
+                let _ = write!(out, "drive {:#04x}: only hard disks are emulated so far", d.number);
+                return out.len as u32;
+            }
+        };
+        if let Err(e) = drives.add(d.number, kind, Box::new(disk)) {
+            let _ = write!(out, "{}", e);
+            return out.len as u32;
+        }
+    }
+    drives.install_bda_counts(&mut FlatMemory);
+    unsafe { STATE = Some(State { drives, memory_map: plan.memory_map }) };
+    0
+}
+
+/// Called by the stub (through engine_pm_entry) for every INT 13h and the INT 15h memory calls.
+#[no_mangle]
+extern "C" fn engine_dispatch(stub_linear: u32) {
+    let stub = Stub { linear: stub_linear };
+    let mut regs = stub.frame();
+    let st = state();
+    match stub.vector() {
+        0x13 => int13_call(st, stub, &mut regs),
+        0x15 => int15_call(st, stub, &mut regs),
+        _ => {}
+    }
+    stub.set_frame(&regs);
+}
+
+fn int13_call(st: &mut State, stub: Stub, regs: &mut Regs) {
+    let mut mem = FlatMemory;
+    st.drives.reassert_bda_counts(&mut mem);
+    if let int13::Outcome::PassThrough { dl } = int13::handle(&mut st.drives, regs, &mut mem) {
+        let before = *regs;
+        regs.set_dl(dl);
+        stub.call_bios(Vector::Int13, regs);
+        let flags = regs.flags;
+        st.drives.fixup_after_chain(&before, regs, &mut mem);
+        regs.flags = (before.flags & !1) | (flags & 1);
+    }
+}
+
+const SMAP: u32 = 0x534D_4150;
+
+/// The memory calls answered from the map stage2 computed, with vboot's ranges reserved.
+fn int15_call(st: &mut State, stub: Stub, regs: &mut Regs) {
+    let map = &st.memory_map;
+    if regs.eax == 0xE820 {
+        let index = regs.ebx as usize;
+        if regs.edx != SMAP || regs.ecx < 20 || index >= map.len() {
+            regs.eax = (regs.eax & 0xFFFF_00FF) | 0x8600;
+            regs.flags |= 1;
+            return;
+        }
+        let e = map[index];
+        let mut entry = [0u8; 24];
+        entry[0..8].copy_from_slice(&e.base.to_le_bytes());
+        entry[8..16].copy_from_slice(&e.length.to_le_bytes());
+        entry[16..20].copy_from_slice(&e.kind.to_le_bytes());
+        entry[20..24].copy_from_slice(&1u32.to_le_bytes());
+        let size = if regs.ecx >= 24 { 24 } else { 20 };
+        let dest = int13::linear(regs.es, regs.di());
+        if FlatMemory.write(dest, &entry[..size]).is_err() {
+            regs.flags |= 1;
+            return;
+        }
+        regs.eax = SMAP;
+        regs.ecx = size as u32;
+        regs.ebx = if index + 1 < map.len() { (index + 1) as u32 } else { 0 };
+        regs.flags &= !1;
+        return;
+    }
+    if regs.ax() == 0xE801 {
+        let (below16, above16) = e801_values(map);
+        regs.set_ax(below16);
+        regs.set_cx(below16);
+        regs.set_bx(above16);
+        regs.set_dx(above16);
+        regs.flags &= !1;
+        return;
+    }
+    if regs.ah() == 0x88 {
+        regs.set_ax(ah88_value(map));
+        regs.flags &= !1;
+        return;
+    }
+    stub.call_bios(Vector::Int15, regs);
+}
+
+/// A bug in the engine: say so on COM1 and stop; the guest cannot go on without its disk.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    struct Com1;
+    impl Write for Com1 {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            for b in s.bytes() {
+                unsafe {
+                    for _ in 0..100_000 {
+                        let lsr: u8;
+                        core::arch::asm!("in al, dx", out("al") lsr, in("dx") 0x3FDu16);
+                        if lsr & 0x20 != 0 {
+                            break;
+                        }
+                    }
+                    core::arch::asm!("out dx, al", in("dx") 0x3F8u16, in("al") b);
+                }
+            }
+            Ok(())
+        }
+    }
+    let _ = write!(Com1, "\r\nvboot engine: internal error: {}\r\nThe machine is stopped.\r\n", info);
+    loop {
+        unsafe { core::arch::asm!("cli; hlt") };
+    }
+}

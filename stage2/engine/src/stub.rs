@@ -1,0 +1,75 @@
+//! The real-mode stub as the engine sees it: a block of low memory at a known linear address,
+//! with fields at fixed offsets (stage2/src/stub.s), and the way back to the original BIOS.
+
+use vboot::int13::Regs;
+
+pub const S_BOUNCE_OFF: u32 = 0x0E;
+pub const S_OLD13: u32 = 0x10;
+pub const S_OLD15: u32 = 0x14;
+pub const S_BIOS_TARGET: u32 = 0x84;
+pub const S_FRAME: u32 = 0x88;
+pub const S_VECTOR: u32 = 0xAC;
+pub const S_BREGS: u32 = 0xB0;
+pub const S_DAP: u32 = 0xE0;
+pub const BOUNCE_BYTES: u32 = 1024;
+
+extern "C" {
+    fn engine_bios_call(stub_linear: u32);
+}
+
+#[derive(Clone, Copy)]
+pub struct Stub {
+    pub linear: u32,
+}
+
+/// Which original vector to call.
+#[derive(Clone, Copy)]
+pub enum Vector {
+    Int13,
+    Int15,
+}
+
+impl Stub {
+    pub fn ptr<T>(&self, offset: u32) -> *mut T {
+        (self.linear + offset) as *mut T
+    }
+
+    pub fn read_u16(&self, offset: u32) -> u16 {
+        unsafe { core::ptr::read_volatile(self.ptr::<u16>(offset)) }
+    }
+
+    pub fn frame(&self) -> Regs {
+        unsafe { core::ptr::read_volatile(self.ptr::<Regs>(S_FRAME)) }
+    }
+
+    pub fn set_frame(&self, regs: &Regs) {
+        unsafe { core::ptr::write_volatile(self.ptr::<Regs>(S_FRAME), *regs) }
+    }
+
+    pub fn vector(&self) -> u16 {
+        self.read_u16(S_VECTOR)
+    }
+
+    pub fn bounce_linear(&self) -> u32 {
+        self.linear + self.read_u16(S_BOUNCE_OFF) as u32
+    }
+
+    pub fn dap_linear(&self) -> u32 {
+        self.linear + S_DAP
+    }
+
+    /// Run the original INT 13h or INT 15h in real mode with `regs`; results come back in them.
+    pub fn call_bios(&self, vector: Vector, regs: &mut Regs) {
+        let from = match vector {
+            Vector::Int13 => S_OLD13,
+            Vector::Int15 => S_OLD15,
+        };
+        unsafe {
+            let target: u32 = core::ptr::read_volatile(self.ptr::<u32>(from));
+            core::ptr::write_volatile(self.ptr::<u32>(S_BIOS_TARGET), target);
+            core::ptr::write_volatile(self.ptr::<Regs>(S_BREGS), *regs);
+            engine_bios_call(self.linear);
+            *regs = core::ptr::read_volatile(self.ptr::<Regs>(S_BREGS));
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `recover_mbr`: put back the boot code vboot-install saved, then boot it.
+
+use alloc::format;
+use alloc::string::String;
+
+use crate::disk::BiosDisk;
+use crate::println;
+use vboot::block::{BlockDevice, SECTOR_BYTES};
+use vboot::install;
+
+pub fn recover_mbr(disk: &mut BiosDisk) -> Result<(), String> {
+    let (record, current) = install::read_installed(disk)?;
+    if record.flags & install::RECORD_FLAG_SAVED_MBR == 0 {
+        return Err(String::from("the install record has no saved sector 0 to put back"));
+    }
+    let mut saved = [0u8; SECTOR_BYTES];
+    disk.read_sectors(record.saved_mbr_lba(), &mut saved).map_err(|e| format!("reading the saved MBR: {}", e))?;
+    let restored = install::restore_boot_code(&saved, &current);
+    println!("recover_mbr: sector 0 of disk {:#04x} will get back the boot code saved when vboot", disk.drive);
+    println!("was installed (LBA {}); the current partition table and disk signature are kept.", record.saved_mbr_lba());
+    println!("vboot will then no longer start from this disk. Continue? [y/N]");
+    let key = crate::wait_key();
+    if key != b'y' && key != b'Y' {
+        return Err(String::from("recover_mbr cancelled; nothing was written"));
+    }
+    disk.write_sectors(0, &restored).map_err(|e| format!("writing sector 0: {}", e))?;
+    let mut check = [0u8; SECTOR_BYTES];
+    disk.read_sectors(0, &mut check).map_err(|e| format!("reading sector 0 back: {}", e))?;
+    if check != restored {
+        return Err(String::from("sector 0 did not read back as written"));
+    }
+    println!("The original boot code is back in sector 0.");
+    if restored[510] != 0x55 || restored[511] != 0xAA {
+        return Err(String::from("the restored sector 0 has no boot signature; there is nothing to boot"));
+    }
+    crate::resident::start_guest(&restored, disk.drive)
+}

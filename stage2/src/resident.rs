@@ -1,0 +1,310 @@
+//! Going resident: put the engine at the top of RAM and the stub at the top of conventional
+//! memory, hide both (E820 type 2, 0040:0013 lowered), hook INT 13h and INT 15h, and hand the
+//! machine to the guest's boot sector.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::boot::Loaded;
+use crate::disk::BiosDisk;
+use crate::{bios, memmap, println};
+use vboot::config::VbootOptions;
+use vboot::fs::File;
+use vboot::part::PartitionTable;
+use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedKind, PlannedLayer};
+
+static ENGINE_ELF: &[u8] = include_bytes!(env!("VBOOT_ENGINE_ELF"));
+
+extern "C" {
+    static stub_start: u8;
+    static stub_image_end: u8;
+    static stub_end: u8;
+}
+
+// Field offsets in the stub (stage2/src/stub.s).
+const S_INT13_OFF: u32 = 0x08;
+const S_INT15_OFF: u32 = 0x0A;
+const S_OLD13: u32 = 0x10;
+const S_OLD15: u32 = 0x14;
+const S_PM_ENTRY: u32 = 0x18;
+const S_PM_RESUME: u32 = 0x20;
+const S_RM_BACK: u32 = 0x38;
+const S_RM_BIOS: u32 = 0x3C;
+const S_GDT_DESC: u32 = 0x40;
+const S_GDT: u32 = 0x48;
+const S_ENGINE_ESP: u32 = 0x70;
+const S_RM_SP: u32 = 0x74;
+const S_SAVED_IDT: u32 = 0x7C;
+const SEL_CODE32: u16 = 0x08;
+
+const ENGINE_STACK_BYTES: u32 = 64 << 10;
+const ENGINE_HEAP_BYTES: u32 = 4 << 20;
+
+/// What stage2 reads at the start of the relocated engine (engine/src/main.rs EngineHeader).
+#[repr(C)]
+struct EngineHeader {
+    magic: [u8; 8],
+    version: u32,
+    init: extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32,
+    pm_entry: u32,
+    pm_resume: u32,
+}
+
+unsafe fn put<T>(linear: u32, v: T) {
+    core::ptr::write_unaligned(linear as *mut T, v)
+}
+unsafe fn get<T: Copy>(linear: u32) -> T {
+    core::ptr::read_unaligned(linear as *const T)
+}
+
+fn gdt_set_base(entry_linear: u32, base: u32) {
+    unsafe {
+        put::<u16>(entry_linear + 2, base as u16);
+        put::<u8>(entry_linear + 4, (base >> 16) as u8);
+        put::<u8>(entry_linear + 7, (base >> 24) as u8);
+    }
+}
+
+/// Refuse what this version cannot do yet, with the reason, before anything is changed.
+fn check_supported(opts: &VbootOptions) -> Result<(), String> {
+    let later = |what: &str| Err(format!("{} is not supported by this version of vboot yet", what));
+    if opts.cdrom.is_some() {
+        return later("cdrom= (ISO images)");
+    }
+    if opts.floppy.is_some() || opts.floppy_b.is_some() {
+        return later("floppy= / floppy_b= (floppy images)");
+    }
+    if opts.take_snapshot.is_some() {
+        return later("take_snapshot=");
+    }
+    if opts.restore {
+        return later("restore");
+    }
+    if opts.immutable {
+        return later("immutable");
+    }
+    Ok(())
+}
+
+/// Read `sectors` sectors of an image file at `file_sector` through its extents.
+fn read_file_sectors(disk: &mut BiosDisk, start_lba: u64, file: &File, file_sector: u64, buf: &mut [u8]) -> Result<(), String> {
+    use vboot::block::BlockDevice;
+    for (i, chunk) in buf.chunks_mut(512).enumerate() {
+        let (lba, _) = file
+            .extents
+            .lookup(file_sector + i as u64)
+            .ok_or_else(|| format!("{}: sector {} is outside the file", file.path, file_sector + i as u64))?;
+        disk.read_sectors(start_lba + lba, chunk).map_err(|e| format!("{}: {}", file.path, e))?;
+    }
+    Ok(())
+}
+
+/// What a file's first and last sectors say about its format.
+fn image_format(disk: &mut BiosDisk, start_lba: u64, file: &File) -> Result<Option<&'static str>, String> {
+    let sectors = file.size_bytes / 512;
+    if sectors == 0 {
+        return Ok(None);
+    }
+    let mut first = [0u8; 512];
+    read_file_sectors(disk, start_lba, file, 0, &mut first)?;
+    let mut last = [0u8; 512];
+    read_file_sectors(disk, start_lba, file, sectors - 1, &mut last)?;
+    Ok(if &last[0..8] == b"conectix" || &first[0..8] == b"conectix" {
+        Some("VHD")
+    } else if &first[0..4] == b"KDMV" || first.starts_with(b"# Disk DescriptorFile") {
+        Some("VMDK")
+    } else if first[0x40..0x44] == [0x7F, 0x10, 0xDA, 0xBE] {
+        Some("VDI")
+    } else if &first[0..8] == b"vhdxfile" {
+        Some("VHDX")
+    } else if &first[0..4] == b"QFI\xfb" {
+        Some("QCOW2")
+    } else {
+        None
+    })
+}
+
+pub fn boot(
+    disk: &mut BiosDisk,
+    table: &PartitionTable,
+    _loaded: &Loaded,
+    opts: &VbootOptions,
+    files: Vec<(&'static str, u32, File)>,
+) -> Result<(), String> {
+    if opts.recover_mbr {
+        return crate::recover::recover_mbr(disk);
+    }
+    check_supported(opts)?;
+    let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
+        return Err(String::from("this entry names no hard-disk image to boot"));
+    };
+    let part = table.find(part_number).ok_or("partition vanished")?;
+    if file.size_bytes % 512 != 0 {
+        return Err(format!(
+            "{} is {} bytes, not a whole number of 512-byte sectors, so it cannot be a raw disk image",
+            file.path, file.size_bytes
+        ));
+    }
+    if file.size_bytes == 0 {
+        return Err(format!("{} is empty", file.path));
+    }
+    if let Some(fmt) = image_format(disk, part.start_lba, &file)? {
+        return Err(format!("{} is a {} image; this version of vboot boots raw images only", file.path, fmt));
+    }
+
+    let drive = PlannedDrive {
+        number: 0x80,
+        kind: PlannedKind::HardDisk,
+        read_only: false,
+        host_drive: disk.drive,
+        layers: alloc::vec![PlannedLayer {
+            format: 0,
+            size_bytes: file.size_bytes,
+            extents: file.extents.to_host(part.start_lba),
+            path: file.path.clone(),
+        }],
+    };
+    go_resident(alloc::vec![drive])?;
+
+    // Through the hook from here on: drive 0x80 is the image.
+    let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
+    let mut sector = [0u8; 512];
+    use vboot::block::BlockDevice;
+    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
+    if sector[510] != 0x55 || sector[511] != 0xAA {
+        return Err(format!(
+            "{} has no boot signature (55AA) in its first sector: it is not a bootable disk image \
+             (an empty or unpartitioned image?)",
+            file.path
+        ));
+    }
+    println!("Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})", crate::disk::hard_disk_count(), disk.drive + 1);
+    if opts.pause {
+        println!("Paused before starting the guest. Press any key to boot.");
+        crate::wait_key();
+    }
+    start_guest(&sector, 0x80)
+}
+
+/// Put the boot sector at 0000:7C00 and jump to it in real mode, as a BIOS would.
+pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
+    println!("Starting the guest.");
+    bios::write_low(0x7C00, sector);
+    // Leave the BIOS cursor below our text, so the guest's output does not overwrite it.
+    let mut r = bios::BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
+    bios::call(0x10, &mut r);
+    bios::jump_real_mode(0, 0x7C00, drive)
+}
+
+/// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
+/// image.
+fn go_resident(drives: Vec<PlannedDrive>) -> Result<(), String> {
+    let image_bytes = vboot::elf::image_bytes(ENGINE_ELF)?;
+    let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
+
+    // The stub: top of conventional memory.
+    let (stub_src, stub_copy, stub_total) = {
+        let s = &raw const stub_start as u32;
+        (s, &raw const stub_image_end as u32 - s, &raw const stub_end as u32 - s)
+    };
+    let stub_kib = stub_total.div_ceil(1024);
+    let base_kib = memmap::conventional_kib() as u32;
+    if base_kib < 64 + stub_kib {
+        return Err(format!("conventional memory is only {} KiB", base_kib));
+    }
+    let new_kib = base_kib - stub_kib;
+    let stub_linear = new_kib * 1024;
+    let stub_seg = (stub_linear >> 4) as u16;
+
+    // The engine: top of the highest usable range below 4 GiB, clear of stage2's heap.
+    let map = memmap::read();
+    let mut e820: Vec<E820Entry> =
+        map.regions.iter().map(|r| E820Entry { base: r.base, length: r.length, kind: r.kind }).collect();
+    e820.sort_by_key(|e| e.base);
+    let mut plan = Plan { memory_map: Vec::new(), drives };
+    // The plan's own size depends on the map it carries; size it with the final entry count.
+    let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
+    let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + ENGINE_HEAP_BYTES + 0xFFFF) & !0xFFFF;
+    let heap_end = crate::heap_end();
+    let region = e820
+        .iter()
+        .filter(|e| e.kind == plan_mod::E820_USABLE && e.base >= 0x10_0000)
+        .filter_map(|e| {
+            let end = (e.base + e.length).min(0xFFFF_0000);
+            let base = end.checked_sub(total as u64)? & !0xFFFF;
+            (base >= e.base && base >= heap_end as u64).then_some(base)
+        })
+        .max()
+        .ok_or_else(|| format!("no room for the resident engine ({} KiB) in memory above stage2", total / 1024))?
+        as u32;
+
+    let mut guest_map = plan_mod::reserve(&e820, region as u64, total as u64);
+    guest_map = plan_mod::reserve(&guest_map, stub_linear as u64, (stub_kib * 1024) as u64);
+    plan.memory_map = guest_map;
+    let plan_bytes = plan.to_bytes();
+    if plan_bytes.len() as u32 > ((plan_estimate + 0xFFF) & !0xFFF) {
+        return Err(String::from("internal: the plan outgrew its room"));
+    }
+
+    // Copy and relocate the engine; the plan goes after its stack.
+    let dest = unsafe { core::slice::from_raw_parts_mut(region as *mut u8, image_bytes as usize) };
+    vboot::elf::load_relocated(ENGINE_ELF, dest, region)?;
+    let header: &EngineHeader = unsafe { &*(region as *const EngineHeader) };
+    if &header.magic != b"VBENGINE" {
+        return Err(String::from("internal: the embedded engine has no header"));
+    }
+    let stack_top = region + image_bytes + ENGINE_STACK_BYTES;
+    let plan_at = stack_top;
+    let heap_at = plan_at + ((plan_estimate + 0xFFF) & !0xFFF);
+    unsafe { core::ptr::copy_nonoverlapping(plan_bytes.as_ptr(), plan_at as *mut u8, plan_bytes.len()) };
+
+    // Copy the stub and fill in its addresses.
+    unsafe {
+        core::ptr::copy_nonoverlapping(stub_src as *const u8, stub_linear as *mut u8, stub_copy as usize);
+        core::ptr::write_bytes((stub_linear + stub_copy) as *mut u8, 0, (stub_total - stub_copy) as usize);
+        put::<u32>(stub_linear + S_OLD13, get::<u32>(0x13 * 4));
+        put::<u32>(stub_linear + S_OLD15, get::<u32>(0x15 * 4));
+        put::<u32>(stub_linear + S_PM_ENTRY, header.pm_entry);
+        put::<u16>(stub_linear + S_PM_ENTRY + 4, SEL_CODE32);
+        put::<u32>(stub_linear + S_PM_RESUME, header.pm_resume);
+        put::<u16>(stub_linear + S_PM_RESUME + 4, SEL_CODE32);
+        put::<u16>(stub_linear + S_RM_BACK + 2, stub_seg);
+        put::<u16>(stub_linear + S_RM_BIOS + 2, stub_seg);
+        put::<u32>(stub_linear + S_GDT_DESC + 2, stub_linear + S_GDT);
+        put::<u32>(stub_linear + S_ENGINE_ESP, stack_top);
+        // engine_init may call the BIOS before any guest interrupt has set these: the stub's
+        // own stack top and the real-mode IVT.
+        put::<u16>(stub_linear + S_RM_SP, (stub_total - 16) as u16);
+        put::<u16>(stub_linear + S_SAVED_IDT, 0x3FF);
+        put::<u32>(stub_linear + S_SAVED_IDT + 2, 0);
+    }
+    gdt_set_base(stub_linear + S_GDT + 0x18, stub_linear);
+    gdt_set_base(stub_linear + S_GDT + 0x20, stub_linear);
+
+    let mut msg = [0u8; 256];
+    let heap_len = region + total - heap_at;
+    let n = (header.init)(plan_bytes.as_ptr(), plan_bytes.len() as u32, heap_at as *mut u8, heap_len, stub_linear, msg.as_mut_ptr(), msg.len() as u32);
+    if n != 0 {
+        return Err(String::from_utf8_lossy(&msg[..n as usize]).into_owned());
+    }
+
+    // Hook. Interrupts are off in protected mode, so nothing sees a half-written vector.
+    unsafe {
+        let int13_off: u16 = get(stub_linear + S_INT13_OFF);
+        let int15_off: u16 = get(stub_linear + S_INT15_OFF);
+        put::<u32>(0x13 * 4, ((stub_seg as u32) << 16) | int13_off as u32);
+        put::<u32>(0x15 * 4, ((stub_seg as u32) << 16) | int15_off as u32);
+        put::<u16>(0x413, new_kib as u16);
+    }
+    println!(
+        "Resident: stub {} KiB at {:04x}:0000 (conventional memory {} -> {} KiB), engine {} KiB at {:#x}",
+        stub_kib,
+        stub_seg,
+        base_kib,
+        new_kib,
+        total / 1024,
+        region
+    );
+    Ok(())
+}

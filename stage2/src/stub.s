@@ -1,0 +1,263 @@
+# The resident real-mode stub: the guest's INT 13h and INT 15h land here. It is copied by
+# stage2 to the top of conventional memory (0040:0013 lowered by its size) and runs at
+# STUB_SEG:0000, so every reference is an offset from stub_start, through CS.
+#
+# It saves the caller's registers, switches to its own stack, enters 32-bit protected mode and
+# calls the engine (relocated to high memory); the engine may come back here to call the
+# original BIOS vectors in real mode; at the end the stub restores the caller's registers,
+# copies CF into the caller's saved FLAGS and IRETs. Field offsets are shared with
+# stage2/src/resident.rs and stage2/engine/src/stub.rs: change them together.
+
+.set S_INT13_OFF,     0x08
+.set S_INT15_OFF,     0x0A
+.set S_TOTAL_BYTES,   0x0C
+.set S_BOUNCE_OFF,    0x0E
+.set S_OLD13,         0x10
+.set S_OLD15,         0x14
+.set S_PM_ENTRY,      0x18
+.set S_PM_RESUME,     0x20
+.set S_BACK16,        0x28
+.set S_BIOS16,        0x30
+.set S_RM_BACK,       0x38
+.set S_RM_BIOS,       0x3C
+.set S_GDT_DESC,      0x40
+.set S_GDT,           0x48
+.set S_ENGINE_ESP,    0x70
+.set S_RM_SP,         0x74
+.set S_BUSY,          0x76
+.set S_GUEST_SS,      0x78
+.set S_GUEST_SP,      0x7A
+.set S_SAVED_IDT,     0x7C
+.set S_BIOS_TARGET,   0x84
+.set S_FRAME,         0x88
+.set S_VECTOR,        0xAC
+.set S_GUEST_FS,      0xAE
+.set S_BREGS,         0xB0
+.set S_ENGINE_SAVED_ESP, 0xD4
+.set S_GUEST_GS,      0xD8
+.set S_CALLS,         0xDC
+.set S_DAP,           0xE0
+.set S_CODE,          0x100
+
+# Offsets inside a register block (vboot::int13::Regs layout).
+.set R_EAX, 0
+.set R_EBX, 4
+.set R_ECX, 8
+.set R_EDX, 12
+.set R_ESI, 16
+.set R_EDI, 20
+.set R_EBP, 24
+.set R_DS,  28
+.set R_ES,  30
+.set R_FLAGS, 32
+
+.set SEL_CODE32, 0x08
+.set SEL_DATA32, 0x10
+.set SEL_CODE16, 0x18
+.set SEL_DATA16, 0x20
+
+# Bounce buffer and stack follow the code (see stub_end).
+.set BOUNCE_BYTES, 1024
+.set STACK_BYTES,  1024
+
+.section .stub, "a"
+.code16
+.global stub_start
+.global stub_end
+.global stub_image_end
+stub_start:
+    .ascii "VBSTUB01"
+    .word int13_entry - stub_start
+    .word int15_entry - stub_start
+    .word stub_end - stub_start
+    .word stub_image_end - stub_start
+    .fill S_PM_ENTRY - S_OLD13, 1, 0                  # old vectors: stage2 fills
+    .fill S_BACK16 - S_PM_ENTRY, 1, 0                 # engine entry points: stage2 fills
+    .long back16 - stub_start
+    .word SEL_CODE16, 0
+    .long bios16 - stub_start
+    .word SEL_CODE16, 0
+    .word rm_back - stub_start, 0                     # segment: stage2 fills
+    .word rm_bios - stub_start, 0
+    .word S_GDT + 5 * 8 - S_GDT - 1                   # GDT limit; base: stage2 fills
+    .long 0
+    .word 0
+    .quad 0
+    .quad 0x00CF9A000000FFFF                          # 0x08 code32 flat
+    .quad 0x00CF92000000FFFF                          # 0x10 data32 flat
+    .quad 0x00009A000000FFFF                          # 0x18 code16, base = stub: stage2 fills
+    .quad 0x000092000000FFFF                          # 0x20 data16, base = stub: stage2 fills
+    .fill S_CODE - S_ENGINE_ESP, 1, 0
+
+int13_entry:
+    cli
+    cmpb $0, %cs:S_BUSY
+    jne 1f
+    movw $0x13, %cs:S_VECTOR
+    jmp common_entry
+1:  ljmp *%cs:S_OLD13
+
+# Only the memory-size calls go to the engine; everything else (4Fh from the keyboard IRQ, 86h
+# waits ...) chains at once and never leaves real mode.
+int15_entry:
+    cmp $0xE820, %eax
+    je 2f
+    cmp $0xE801, %ax
+    je 2f
+    cmp $0x88, %ah
+    je 2f
+3:  ljmp *%cs:S_OLD15
+2:  cli
+    cmpb $0, %cs:S_BUSY
+    jne 3b
+    movw $0x15, %cs:S_VECTOR
+
+common_entry:
+    movb $1, %cs:S_BUSY
+    incl %cs:S_CALLS
+    mov %eax, %cs:S_FRAME+R_EAX
+    mov %ebx, %cs:S_FRAME+R_EBX
+    mov %ecx, %cs:S_FRAME+R_ECX
+    mov %edx, %cs:S_FRAME+R_EDX
+    mov %esi, %cs:S_FRAME+R_ESI
+    mov %edi, %cs:S_FRAME+R_EDI
+    mov %ebp, %cs:S_FRAME+R_EBP
+    mov %ds, %cs:S_FRAME+R_DS
+    mov %es, %cs:S_FRAME+R_ES
+    mov %fs, %cs:S_GUEST_FS
+    mov %gs, %cs:S_GUEST_GS
+    mov %ss, %cs:S_GUEST_SS
+    mov %sp, %cs:S_GUEST_SP
+    mov %sp, %bp
+    mov %ss:4(%bp), %ax                     # the caller's FLAGS, pushed by INT
+    mov %ax, %cs:S_FRAME+R_FLAGS
+    mov %cs, %ax
+    mov %ax, %ss
+    mov $(stub_end - stub_start), %sp       # private stack: the top of the stub
+    call enter_engine
+    mov %cs:S_GUEST_SS, %ax
+    mov %ax, %ss
+    mov %cs:S_GUEST_SP, %sp
+    mov %sp, %bp
+    mov %ss:4(%bp), %ax
+    and $0xFFFE, %ax
+    mov %cs:S_FRAME+R_FLAGS, %bx
+    and $1, %bx
+    or %bx, %ax
+    mov %ax, %ss:4(%bp)                     # CF into the FLAGS IRET restores
+    mov %cs:S_GUEST_FS, %fs
+    mov %cs:S_GUEST_GS, %gs
+    mov %cs:S_FRAME+R_DS, %ds
+    mov %cs:S_FRAME+R_ES, %es
+    mov %cs:S_FRAME+R_EAX, %eax
+    mov %cs:S_FRAME+R_EBX, %ebx
+    mov %cs:S_FRAME+R_ECX, %ecx
+    mov %cs:S_FRAME+R_EDX, %edx
+    mov %cs:S_FRAME+R_ESI, %esi
+    mov %cs:S_FRAME+R_EDI, %edi
+    mov %cs:S_FRAME+R_EBP, %ebp
+    movb $0, %cs:S_BUSY
+    iret
+
+enter_engine:
+    mov %sp, %cs:S_RM_SP
+    sidt %cs:S_SAVED_IDT
+    # The engine lives above 1 MiB: make sure A20 is on (port 92h; bit 0 would reset).
+    in $0x92, %al
+    test $2, %al
+    jnz 1f
+    or $2, %al
+    and $0xFE, %al
+    out %al, $0x92
+1:  lgdtl %cs:S_GDT_DESC
+    mov %cs, %si
+    movzwl %si, %esi
+    shl $4, %esi                            # ESI = the stub's linear address, for the engine
+    mov %cs:S_ENGINE_ESP, %ebx
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl *%cs:S_PM_ENTRY
+
+# The engine is done: 16-bit protected mode (CS base = stub) -> real mode -> back to the caller
+# of enter_engine.
+back16:
+    mov $SEL_DATA16, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %cr0, %eax
+    and $0xFFFFFFFE, %eax
+    mov %eax, %cr0
+    ljmp *%cs:S_RM_BACK
+rm_back:
+    mov %cs, %ax
+    mov %ax, %ss
+    mov %ax, %ds
+    mov %ax, %es
+    mov %cs:S_RM_SP, %sp
+    lidt %cs:S_SAVED_IDT
+    ret
+
+# The engine wants the original BIOS: registers are in S_BREGS, the vector in S_BIOS_TARGET.
+bios16:
+    mov $SEL_DATA16, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov %cr0, %eax
+    and $0xFFFFFFFE, %eax
+    mov %eax, %cr0
+    ljmp *%cs:S_RM_BIOS
+rm_bios:
+    mov %cs, %ax
+    mov %ax, %ss
+    mov %cs:S_RM_SP, %sp
+    lidt %cs:S_SAVED_IDT
+    xor %ax, %ax
+    mov %ax, %fs
+    mov %ax, %gs
+    pushw %cs:S_BREGS+R_DS
+    pushw %cs:S_BREGS+R_ES
+    mov %cs:S_BREGS+R_EAX, %eax
+    mov %cs:S_BREGS+R_EBX, %ebx
+    mov %cs:S_BREGS+R_ECX, %ecx
+    mov %cs:S_BREGS+R_EDX, %edx
+    mov %cs:S_BREGS+R_ESI, %esi
+    mov %cs:S_BREGS+R_EDI, %edi
+    mov %cs:S_BREGS+R_EBP, %ebp
+    pop %es
+    pop %ds
+    # What INT does: FLAGS (IF clear, as the guest's INT left it), then a far call.
+    pushf
+    lcall *%cs:S_BIOS_TARGET
+    cli
+    mov %eax, %cs:S_BREGS+R_EAX
+    mov %ebx, %cs:S_BREGS+R_EBX
+    mov %ecx, %cs:S_BREGS+R_ECX
+    mov %edx, %cs:S_BREGS+R_EDX
+    mov %esi, %cs:S_BREGS+R_ESI
+    mov %edi, %cs:S_BREGS+R_EDI
+    mov %ebp, %cs:S_BREGS+R_EBP
+    mov %ds, %cs:S_BREGS+R_DS
+    mov %es, %cs:S_BREGS+R_ES
+    pushf
+    popw %cs:S_BREGS+R_FLAGS
+    lgdtl %cs:S_GDT_DESC
+    mov %cs, %si
+    movzwl %si, %esi
+    shl $4, %esi
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl *%cs:S_PM_RESUME
+
+    .balign 16
+stub_image_end:
+    # Not part of the copied bytes' contents: the bounce buffer and the stack, zeroed by stage2.
+    .fill BOUNCE_BYTES + STACK_BYTES, 1, 0
+stub_end:
