@@ -1,0 +1,218 @@
+//! Guest programs for the QEMU tests: systems that boot from a virtual disk and use INT 13h the
+//! way real guests do. Each is first proven against SeaBIOS serving the image natively, so that
+//! when vboot later serves the same image from a file, any difference is vboot's.
+//!
+//! - The guest probe (tests/guest-probe/probe.s): checks every INT 13h answer itself.
+//! - GRUB 2 from Debian's `grub-pc-bin`, hashing a file inside the guest.
+//! - SYSLINUX booting a Debian Linux kernel with a busybox initramfs.
+//!
+//! # Probe disk layout
+//!
+//! | LBA | contents |
+//! |---|---|
+//! | 0 | probe boot sector (loaded by the BIOS to 0000:7C00) |
+//! | 1 | [`ProbeConfig`] sector, loaded by the probe to 0000:7E00 |
+//! | 2 ..= 15 | probe body ([`PROBE_BODY_SECTORS`]), at 0000:8000 |
+//! | 16 .. [`PROBE_PATTERN_START_LBA`] | pattern too (unused by the probe) |
+//! | the rest | [`pattern_sector`] of each LBA |
+//!
+//! # Configuration sector (LBA 1), little-endian
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0x00 | 8 | magic `VBPROBE1` |
+//! | 0x08 | u32 | total sectors the disk must report (AH=48h) |
+//! | 0x0C | u32 | flags: [`FLAG_EXACT_15H`], [`FLAG_OOR_COUNT_ZERO`], [`FLAG_CYLINDERS_C1`] |
+//! | 0x10 | u32 | first LBA carrying the pattern (>= 16) |
+//! | 0x14 | u32 | number of boundaries (<= 8) |
+//! | 0x18 | u32 | number of writes (<= 8) |
+//! | 0x1C | u32 | reserved, 0 |
+//! | 0x20 | 8 x u32 | boundary LBAs X: the probe reads across X-1/X with 2, 4 and 127-sector reads, by AH=42h and (when in the CHS range) AH=02h; pattern_start + 64 <= X <= total - 64 |
+//! | 0x40 | 8 x (u32 lba, u32 sectors) | writes of 1..=16 sectors: [`written_sector`] contents, even entries by AH=43h, odd ones by AH=03h when CHS reaches them; each read back by AH=42h and AH=02h |
+//!
+//! Everything is in 32-bit LBAs: probe disks stay below 2 TiB.
+
+use crate::{require_tool, sh};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const SECTOR_BYTES: usize = 512;
+pub const PROBE_CONFIG_LBA: u64 = 1;
+pub const PROBE_BODY_SECTORS: u64 = 14;
+/// Sectors the built probe occupies from LBA 0: boot sector, config, body.
+pub const PROBE_SECTORS: u64 = 2 + PROBE_BODY_SECTORS;
+/// Where the verified pattern starts by default: after the probe, with room to spare.
+pub const PROBE_PATTERN_START_LBA: u32 = 64;
+pub const PROBE_MAX_BOUNDARIES: usize = 8;
+pub const PROBE_MAX_WRITES: usize = 8;
+pub const PROBE_MAX_WRITE_SECTORS: u32 = 16;
+
+/// AH=15h must return the exact sector count (memdisk/iPXE style). Without it the probe also
+/// accepts SeaBIOS's answer, the CHS size that AH=08h describes.
+pub const FLAG_EXACT_15H: u32 = 1;
+/// AH=42h starting past the end must rewrite the DAP count to 0 (SeaBIOS leaves it alone).
+pub const FLAG_OOR_COUNT_ZERO: u32 = 2;
+/// AH=08h's last cylinder must be C-1 (memdisk/iPXE), not SeaBIOS's C-2.
+pub const FLAG_CYLINDERS_C1: u32 = 4;
+
+const PATTERN_TAG: &[u8; 8] = b"VBPATTRN";
+const WRITTEN_TAG: &[u8; 8] = b"VBWRITE1";
+const CONFIG_MAGIC: &[u8; 8] = b"VBPROBE1";
+
+/// The probe's final lines.
+pub const PROBE_PASS: &str = "PROBE PASS";
+pub const PROBE_FAIL: &str = "PROBE FAIL";
+
+fn tagged_sector(lba: u64, tag: &[u8; 8], filler_xor: u8) -> [u8; SECTOR_BYTES] {
+    let mut s = [0u8; SECTOR_BYTES];
+    s[0..8].copy_from_slice(&lba.to_le_bytes());
+    s[8..16].copy_from_slice(tag);
+    for (i, b) in s.iter_mut().enumerate().take(508).skip(16) {
+        *b = (i as u8) ^ (lba as u8) ^ filler_xor;
+    }
+    s[508..512].copy_from_slice(&(lba as u32).to_le_bytes());
+    s
+}
+
+/// What the host puts in sector `lba`: LBA as u64 LE, "VBPATTRN", filler, LBA as u32 LE.
+pub fn pattern_sector(lba: u64) -> [u8; SECTOR_BYTES] {
+    tagged_sector(lba, PATTERN_TAG, 0)
+}
+
+/// What the probe writes to sector `lba`: the same shape with the tag "VBWRITE1".
+pub fn written_sector(lba: u64) -> [u8; SECTOR_BYTES] {
+    tagged_sector(lba, WRITTEN_TAG, 0xFF)
+}
+
+/// A raw disk of `sectors` sectors, each holding [`pattern_sector`].
+pub fn make_pattern_disk(path: &Path, sectors: u64) {
+    let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {}", path.display(), e));
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    for lba in 0..sectors {
+        w.write_all(&pattern_sector(lba)).expect("write pattern disk");
+    }
+    w.flush().expect("write pattern disk");
+}
+
+/// A write the probe makes: `sectors` sectors from `lba`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeWrite {
+    pub lba: u32,
+    pub sectors: u32,
+}
+
+/// What the host tells the probe (LBA 1; layout in the module documentation).
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub total_sectors: u32,
+    pub flags: u32,
+    pub pattern_start_lba: u32,
+    pub boundaries_lba: Vec<u32>,
+    pub writes: Vec<ProbeWrite>,
+}
+
+impl ProbeConfig {
+    /// For a disk of `total_sectors`, no boundaries or writes, SeaBIOS-tolerant flags.
+    pub fn new(total_sectors: u64) -> ProbeConfig {
+        let total_sectors = u32::try_from(total_sectors).expect("probe disks stay below 2 TiB");
+        ProbeConfig {
+            total_sectors,
+            flags: 0,
+            pattern_start_lba: PROBE_PATTERN_START_LBA,
+            boundaries_lba: vec![],
+            writes: vec![],
+        }
+    }
+
+    pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
+        assert!(self.boundaries_lba.len() <= PROBE_MAX_BOUNDARIES, "at most {} boundaries", PROBE_MAX_BOUNDARIES);
+        assert!(self.writes.len() <= PROBE_MAX_WRITES, "at most {} writes", PROBE_MAX_WRITES);
+        assert!(self.pattern_start_lba as u64 >= PROBE_SECTORS, "the pattern must start after the probe");
+        let mut s = [0u8; SECTOR_BYTES];
+        s[0..8].copy_from_slice(CONFIG_MAGIC);
+        let mut put = |off: usize, v: u32| s[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        put(0x08, self.total_sectors);
+        put(0x0C, self.flags);
+        put(0x10, self.pattern_start_lba);
+        put(0x14, self.boundaries_lba.len() as u32);
+        put(0x18, self.writes.len() as u32);
+        for (i, b) in self.boundaries_lba.iter().enumerate() {
+            put(0x20 + 4 * i, *b);
+        }
+        for (i, w) in self.writes.iter().enumerate() {
+            put(0x40 + 8 * i, w.lba);
+            put(0x44 + 8 * i, w.sectors);
+        }
+        s
+    }
+
+    fn is_written(&self, lba: u64) -> bool {
+        self.writes.iter().any(|w| lba >= w.lba as u64 && lba < w.lba as u64 + w.sectors as u64)
+    }
+}
+
+/// Assemble tests/guest-probe/probe.s into `out`/probe.bin (GNU as + ld from binutils) and
+/// return its path. The image is [`PROBE_SECTORS`] sectors: boot sector, placeholder config,
+/// body.
+pub fn build_probe(out: &Path) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    std::fs::create_dir_all(out).expect("create probe build dir");
+    let src = crate::workspace_root().join("tests/guest-probe/probe.s");
+    let obj = out.join("probe.o");
+    let bin = out.join("probe.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
+    sh(Command::new("ld")
+        .args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"])
+        .arg(&bin)
+        .arg(&obj));
+    let len = std::fs::metadata(&bin).expect("probe.bin").len();
+    assert_eq!(len, PROBE_SECTORS * SECTOR_BYTES as u64, "probe.bin has an unexpected size");
+    bin
+}
+
+/// Put the probe (`probe_bin` from [`build_probe`]) and `cfg` at the start of `disk`.
+pub fn install_probe(disk: &Path, probe_bin: &Path, cfg: &ProbeConfig) {
+    use std::io::{Seek, SeekFrom};
+    let mut image = std::fs::read(probe_bin).expect("read probe.bin");
+    let cfg_at = PROBE_CONFIG_LBA as usize * SECTOR_BYTES;
+    image[cfg_at..cfg_at + SECTOR_BYTES].copy_from_slice(&cfg.to_sector());
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).expect("open probe disk");
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(&image).expect("write probe");
+}
+
+/// A pattern disk of `cfg.total_sectors` sectors at `path` with the probe installed.
+pub fn make_probe_disk(path: &Path, probe_bin: &Path, cfg: &ProbeConfig) {
+    make_pattern_disk(path, cfg.total_sectors as u64);
+    install_probe(path, probe_bin, cfg);
+}
+
+/// After a probe run: every sector from the pattern start holds [`written_sector`] if the
+/// config wrote it, else [`pattern_sector`]; so the writes landed where asked and nowhere else.
+pub fn check_probe_disk(disk: &Path, cfg: &ProbeConfig) -> Result<(), String> {
+    let bytes = std::fs::read(disk).map_err(|e| format!("read {}: {}", disk.display(), e))?;
+    let want_len = cfg.total_sectors as usize * SECTOR_BYTES;
+    if bytes.len() != want_len {
+        return Err(format!("disk is {} bytes, want {}", bytes.len(), want_len));
+    }
+    let mut wrong = Vec::new();
+    for lba in cfg.pattern_start_lba as u64..cfg.total_sectors as u64 {
+        let at = lba as usize * SECTOR_BYTES;
+        let got = &bytes[at..at + SECTOR_BYTES];
+        let (want, what) =
+            if cfg.is_written(lba) { (written_sector(lba), "written") } else { (pattern_sector(lba), "pattern") };
+        if got != want {
+            wrong.push(format!("LBA {} should hold the {} sector", lba, what));
+            if wrong.len() >= 10 {
+                break;
+            }
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("\n"))
+    }
+}

@@ -1,0 +1,116 @@
+//! Each guest booted with its image attached natively (SeaBIOS serves INT 13h), so that when
+//! vboot serves the same images later, any difference is vboot's.
+
+use std::time::Duration;
+use vboot_tests::guests::{self, ProbeConfig, ProbeWrite};
+use vboot_tests::qemu::{Config, Drive, Qemu, EXIT_PASS};
+use vboot_tests::TempDir;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Boot the probe from `drive`, require PROBE PASS and exit status 33, then check the writes.
+fn run_probe(dir: &TempDir, cfg: &ProbeConfig, interface: &'static str) -> String {
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let disk = dir.join("probe-disk.img");
+    guests::make_probe_disk(&disk, &probe, cfg);
+    let mut q = Qemu::start(&Config {
+        drives: vec![Drive { path: disk.clone(), interface, media_cdrom: false }],
+        memory_mib: 64,
+        extra: vec![],
+        sercon: false,
+    });
+    let status = q.wait_exit(PROBE_TIMEOUT);
+    let out = q.output();
+    assert!(out.contains(guests::PROBE_PASS), "the probe did not pass (exit {:?}):\n{}", status, out);
+    assert_eq!(status, Some(EXIT_PASS), "the probe printed PASS but QEMU exited with {:?}:\n{}", status, out);
+    println!("{}", out);
+    if let Err(e) = guests::check_probe_disk(&disk, cfg) {
+        panic!("the image file does not hold the probe's writes:\n{}\nprobe output:\n{}", e, out);
+    }
+    out
+}
+
+fn probe_config(total_sectors: u64) -> ProbeConfig {
+    let mut cfg = ProbeConfig::new(total_sectors);
+    let total = total_sectors as u32;
+    cfg.boundaries_lba = vec![1000, total / 3, total / 3 + 1, total - 100];
+    cfg.writes = vec![
+        ProbeWrite { lba: 100, sectors: 1 },
+        ProbeWrite { lba: 200, sectors: 3 },
+        ProbeWrite { lba: total / 2 + 7, sectors: 16 },
+        ProbeWrite { lba: total / 3 - 2, sectors: 4 },
+        ProbeWrite { lba: total - 1, sectors: 1 },
+    ];
+    cfg
+}
+
+#[test]
+fn probe_passes_on_a_native_virtio_disk() {
+    let dir = TempDir::new("guest-probe-virtio");
+    // 200 MiB: over 255 cylinders at 16 heads, so CHS reads use CL bits 7:6.
+    let out = run_probe(&dir, &probe_config(200 * 2048), "virtio");
+    assert!(out.contains("ok writes with read-back"), "{}", out);
+}
+
+#[test]
+fn probe_passes_on_a_native_ide_disk() {
+    let dir = TempDir::new("guest-probe-ide");
+    run_probe(&dir, &probe_config(64 * 2048), "ide");
+}
+
+#[test]
+fn probe_passes_on_a_disk_that_is_not_a_whole_number_of_cylinders() {
+    let dir = TempDir::new("guest-probe-odd");
+    // 150 cylinders of 16 heads x 63 sectors, and 37 sectors more that only LBA reaches.
+    let total = 16 * 63 * 150 + 37;
+    let out = run_probe(&dir, &probe_config(total), "virtio");
+    assert!(out.contains(&format!("48h: sectors {:08X}", total)), "{}", out);
+}
+
+/// The probe must notice a read that returns the wrong sector, as a mis-mapped fragment would.
+#[test]
+fn probe_fails_when_a_sector_next_to_a_boundary_holds_the_wrong_data() {
+    let dir = TempDir::new("guest-probe-wrong");
+    let cfg = probe_config(32 * 2048);
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let disk = dir.join("probe-disk.img");
+    guests::make_probe_disk(&disk, &probe, &cfg);
+    let boundary = cfg.boundaries_lba[1] as u64;
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.seek(SeekFrom::Start(boundary * 512)).unwrap();
+        f.write_all(&guests::pattern_sector(boundary + 1)).unwrap();
+    }
+    let mut q = Qemu::start(&Config::disk(&disk));
+    let status = q.wait_exit(PROBE_TIMEOUT);
+    let out = q.output();
+    assert!(
+        out.contains("PROBE FAIL: reads across the host's boundaries: a sector read does not start with its own LBA"),
+        "{}",
+        out
+    );
+    assert_eq!(status, Some(vboot_tests::qemu::EXIT_FAIL), "{}", out);
+}
+
+/// The host-side check finds writes that did not land, and stray writes.
+#[test]
+fn check_probe_disk_reports_missing_and_stray_writes() {
+    let dir = TempDir::new("guest-probe-check");
+    let disk = dir.join("d.img");
+    let mut cfg = ProbeConfig::new(256);
+    cfg.writes = vec![ProbeWrite { lba: 100, sectors: 2 }];
+    guests::make_pattern_disk(&disk, 256);
+    let err = guests::check_probe_disk(&disk, &cfg).unwrap_err();
+    assert!(err.contains("LBA 100 should hold the written sector"), "{}", err);
+    let mut bytes = std::fs::read(&disk).unwrap();
+    for lba in [100u64, 101, 150] {
+        bytes[lba as usize * 512..][..512].copy_from_slice(&guests::written_sector(lba));
+    }
+    std::fs::write(&disk, &bytes).unwrap();
+    let err = guests::check_probe_disk(&disk, &cfg).unwrap_err();
+    assert_eq!(err, "LBA 150 should hold the pattern sector");
+    bytes[150 * 512..][..512].copy_from_slice(&guests::pattern_sector(150));
+    std::fs::write(&disk, &bytes).unwrap();
+    guests::check_probe_disk(&disk, &cfg).unwrap();
+}
