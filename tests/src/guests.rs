@@ -216,3 +216,102 @@ pub fn check_probe_disk(disk: &Path, cfg: &ProbeConfig) -> Result<(), String> {
         Err(wrong.join("\n"))
     }
 }
+
+// ---- GRUB 2 ---------------------------------------------------------------------------------
+
+/// Deterministic bytes that do not compress or repeat, so a misplaced sector changes the hash.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
+/// GRUB's lines: before the hash, after a successful hash.
+pub const GRUB_START: &str = "VBOOT-GRUB-START";
+pub const GRUB_HASHED: &str = "VBOOT-GRUB-HASHED";
+
+/// A raw disk with Debian's GRUB 2 installed by hand: boot.img in the MBR, core.img from LBA 1,
+/// and an active FAT16 partition at 1 MiB holding /boot/grub/grub.cfg and /payload.bin
+/// (`payload_bytes` of pseudo-random data). GRUB prints `VBOOT-GRUB-START`, the payload's
+/// SHA-256 (`hashsum`), `VBOOT-GRUB-HASHED` and ends QEMU with exit status 33 (`outb 0xf4 0x10`);
+/// on a hashing error it ends with 35. Returns (image, the payload's SHA-256 by sha256sum).
+pub fn build_grub_guest(dir: &Path, payload_bytes: usize) -> (PathBuf, String) {
+    require_tool("grub-mkimage", "grub-common");
+    let boot_img = Path::new(GRUB_DIR).join("boot.img");
+    assert!(boot_img.exists(), "{} is missing: install the Debian package grub-pc-bin", boot_img.display());
+    std::fs::create_dir_all(dir).expect("create guest dir");
+
+    let core = dir.join("core.img");
+    sh(Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-d", GRUB_DIR, "-p", "(hd0,msdos1)/boot/grub", "-o"])
+        .arg(&core)
+        .args([
+            "biosdisk", "part_msdos", "fat", "normal", "configfile", "hashsum", "gcry_sha256", "crypto", "serial",
+            "terminal", "echo", "iorw", "test",
+        ]));
+    let core_bytes = std::fs::read(&core).expect("read core.img");
+    let part_start_lba: u64 = 2048;
+    assert!(
+        (core_bytes.len() as u64).div_ceil(512) < part_start_lba,
+        "core.img ({} bytes) does not fit before the partition",
+        core_bytes.len()
+    );
+
+    let payload = pseudo_random_bytes(payload_bytes, 0x5EED_0000 ^ payload_bytes as u64);
+    let payload_path = dir.join("payload.bin");
+    std::fs::write(&payload_path, &payload).expect("write payload");
+    let sha = crate::disk::sha256(&payload_path);
+
+    let cfg = format!(
+        "serial --unit=0 --speed=115200\n\
+         terminal_input serial\n\
+         terminal_output serial\n\
+         echo {start}\n\
+         if hashsum --hash sha256 (hd0,msdos1)/payload.bin; then\n\
+         \x20 echo {hashed}\n\
+         \x20 outb 0xf4 0x10\n\
+         fi\n\
+         echo VBOOT-GRUB-HASH-FAILED\n\
+         outb 0xf4 0x11\n",
+        start = GRUB_START,
+        hashed = GRUB_HASHED
+    );
+
+    let disk_mib = (payload_bytes as u64 / crate::disk::MIB * 2 + 16).max(32);
+    let disk = dir.join("grub-guest.img");
+    crate::disk::blank(&disk, disk_mib);
+    crate::disk::sfdisk(&disk, &format!("label: dos\nstart={}, type=6, bootable\n", part_start_lba));
+    let part = dir.join("grub-part.img");
+    crate::disk::fat_volume(
+        &part,
+        disk_mib * 2048 - part_start_lba,
+        16,
+        &[
+            crate::disk::FileSpec::new("/boot/grub/grub.cfg", cfg),
+            crate::disk::FileSpec::new("/payload.bin", payload),
+        ],
+    );
+    crate::disk::write_at(&disk, part_start_lba, &part);
+    let _ = std::fs::remove_file(&part);
+
+    // boot.img's code and data up to the disk signature, with core.img's LBA at 0x5C; the
+    // partition table sfdisk wrote stays.
+    let boot = std::fs::read(&boot_img).expect("read boot.img");
+    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
+    mbr[..440].copy_from_slice(&boot[..440]);
+    mbr[0x5C..0x64].copy_from_slice(&1u64.to_le_bytes());
+    let mbr_path = dir.join("grub-mbr.bin");
+    std::fs::write(&mbr_path, &mbr).unwrap();
+    crate::disk::write_at(&disk, 0, &mbr_path);
+    crate::disk::write_at(&disk, 1, &core);
+    (disk, sha)
+}

@@ -114,3 +114,17 @@ fn check_probe_disk_reports_missing_and_stray_writes() {
     std::fs::write(&disk, &bytes).unwrap();
     guests::check_probe_disk(&disk, &cfg).unwrap();
 }
+
+#[test]
+fn grub_hashes_a_multi_megabyte_file_like_the_host() {
+    let dir = TempDir::new("guest-grub");
+    let (image, sha) = guests::build_grub_guest(&dir.path, 6 * 1024 * 1024 + 1234);
+    let mut q = Qemu::start(&Config::disk(&image));
+    let status = q.wait_exit(Duration::from_secs(120));
+    let out = q.output();
+    println!("{}", out);
+    assert!(out.contains(guests::GRUB_START), "GRUB did not run its grub.cfg:\n{}", out);
+    assert!(out.contains(&sha), "GRUB's SHA-256 of the payload is not the host's {}:\n{}", sha, out);
+    assert!(out.contains(guests::GRUB_HASHED), "{}", out);
+    assert_eq!(status, Some(EXIT_PASS), "{}", out);
+}
