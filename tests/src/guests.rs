@@ -315,3 +315,158 @@ pub fn build_grub_guest(dir: &Path, payload_bytes: usize) -> (PathBuf, String) {
     crate::disk::write_at(&disk, 1, &core);
     (disk, sha)
 }
+
+// ---- SYSLINUX + Linux -----------------------------------------------------------------------
+
+/// What the Linux guest's /init prints on the serial console before `poweroff -f`.
+pub const LINUX_OK: &str = "VBOOT-GUEST-LINUX-OK";
+
+/// Downloaded kernels live here, so repeated test runs do not download again.
+pub fn guest_cache_dir() -> PathBuf {
+    let dir = crate::workspace_root().join("target/guest-cache");
+    std::fs::create_dir_all(&dir).expect("create target/guest-cache");
+    dir
+}
+
+/// A Debian amd64 kernel (bzImage), from the cache or from `apt-get download` of the package
+/// `linux-image-amd64` depends on. Panics with what to do when it cannot be had: a test that
+/// needs it must fail, not skip. It is a 64-bit kernel: boot it with qemu-system-x86_64.
+pub fn debian_kernel() -> PathBuf {
+    let cache = guest_cache_dir();
+    let cached_deb = || -> Option<PathBuf> {
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(&cache)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("linux-image-") && name.ends_with("_amd64.deb")
+            })
+            .collect();
+        debs.sort();
+        debs.pop()
+    };
+    let deb = match cached_deb() {
+        Some(deb) => deb,
+        None => {
+            require_tool("apt-get", "apt");
+            let deps = sh(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
+            let package = deps
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Depends: "))
+                .find(|p| p.starts_with("linux-image-"))
+                .unwrap_or_else(|| panic!("apt-cache depends linux-image-amd64 names no kernel package:\n{}", deps))
+                .to_string();
+            let out = Command::new("apt-get").args(["download", &package]).current_dir(&cache).output();
+            let ok = out.as_ref().map(|o| o.status.success()).unwrap_or(false);
+            assert!(
+                ok,
+                "cannot download the Debian kernel package {} into {} (needs the Debian package \
+                 archive; run `apt-get update` first, or put a linux-image-*_amd64.deb there): {:?}",
+                package,
+                cache.display(),
+                out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            );
+            cached_deb().unwrap_or_else(|| panic!("apt-get download {} left no .deb in {}", package, cache.display()))
+        }
+    };
+    let stem = deb.file_stem().and_then(|s| s.to_str()).expect("deb name").to_string();
+    let vmlinuz = cache.join(format!("{}.vmlinuz", stem));
+    if !vmlinuz.exists() {
+        require_tool("dpkg-deb", "dpkg");
+        let unpack = cache.join(format!("{}.unpack", stem));
+        let _ = std::fs::remove_dir_all(&unpack);
+        std::fs::create_dir_all(&unpack).unwrap();
+        sh(Command::new("sh").arg("-c").arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+            deb.display(),
+            unpack.display()
+        )));
+        let found = std::fs::read_dir(unpack.join("boot"))
+            .expect("unpacked boot/")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+            .unwrap_or_else(|| panic!("{} holds no /boot/vmlinuz-*", deb.display()));
+        // Rename into place last, so an interrupted run never leaves a truncated kernel cached.
+        let tmp = cache.join(format!("{}.vmlinuz.tmp", stem));
+        std::fs::copy(&found, &tmp).expect("copy vmlinuz");
+        std::fs::rename(&tmp, &vmlinuz).expect("cache vmlinuz");
+        let _ = std::fs::remove_dir_all(&unpack);
+    }
+    vmlinuz
+}
+
+/// An uncompressed newc initramfs with busybox-static whose /init prints [`LINUX_OK`] on the
+/// serial console, then ends QEMU with status 33 by writing 0x10 to isa-debug-exit's port 0xF4
+/// through /dev/port (a triple fault or panic under -no-reboot ends with 0, so 0 proves
+/// nothing), and powers off if that port is absent.
+pub fn busybox_initramfs(out: &Path) -> PathBuf {
+    require_tool("cpio", "cpio");
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.exists(), "/bin/busybox is missing: install the Debian package busybox-static");
+    let root = out.with_extension("root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mkdir -p /dev /proc\n\
+         /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         echo {ok} > /dev/ttyS0\n\
+         echo {ok}\n\
+         /bin/busybox printf '\\020' | /bin/busybox dd of=/dev/port bs=1 seek=244 2>/dev/null\n\
+         /bin/busybox poweroff -f\n",
+        ok = LINUX_OK
+    );
+    std::fs::write(root.join("init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_abs = std::path::absolute(out).expect("absolute initramfs path");
+    sh(Command::new("sh")
+        .arg("-c")
+        .arg(format!("find . | cpio -o -H newc --quiet > '{}'", out_abs.display()))
+        .current_dir(&root));
+    let _ = std::fs::remove_dir_all(&root);
+    out.to_path_buf()
+}
+
+/// A raw disk: SYSLINUX's mbr.bin, an active FAT16 partition at 1 MiB with ldlinux.sys
+/// (`syslinux --install`), a Debian kernel and [`busybox_initramfs`]. Linux prints
+/// [`LINUX_OK`] on ttyS0 and ends QEMU with exit status 33. The kernel is 64-bit: boot with qemu-system-x86_64.
+pub fn build_syslinux_linux_guest(dir: &Path) -> PathBuf {
+    require_tool("syslinux", "syslinux");
+    let mbr_bin = Path::new("/usr/lib/syslinux/mbr/mbr.bin");
+    assert!(mbr_bin.exists(), "{} is missing: install the Debian package syslinux-common", mbr_bin.display());
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let kernel = debian_kernel();
+    let initrd = busybox_initramfs(&dir.join("initrd.img"));
+    let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n";
+
+    let disk_mib: u64 = 48;
+    let part_start_lba: u64 = 2048;
+    let disk = dir.join("syslinux-guest.img");
+    crate::disk::blank(&disk, disk_mib);
+    crate::disk::sfdisk(&disk, &format!("label: dos\nstart={}, type=6, bootable\n", part_start_lba));
+    let part = dir.join("syslinux-part.img");
+    crate::disk::fat_volume(
+        &part,
+        disk_mib * 2048 - part_start_lba,
+        16,
+        &[
+            crate::disk::FileSpec::new("/vmlinuz", std::fs::read(&kernel).expect("read kernel")),
+            crate::disk::FileSpec::new("/initrd.img", std::fs::read(&initrd).expect("read initramfs")),
+            crate::disk::FileSpec::new("/syslinux.cfg", cfg),
+        ],
+    );
+    sh(Command::new("syslinux").arg("--install").arg(&part));
+    crate::disk::write_at(&disk, part_start_lba, &part);
+    let _ = std::fs::remove_file(&part);
+
+    let code = std::fs::read(mbr_bin).expect("read mbr.bin");
+    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
+    mbr[..440].copy_from_slice(&code[..440]);
+    let mbr_path = dir.join("syslinux-mbr.bin");
+    std::fs::write(&mbr_path, &mbr).unwrap();
+    crate::disk::write_at(&disk, 0, &mbr_path);
+    disk
+}

@@ -128,3 +128,48 @@ fn grub_hashes_a_multi_megabyte_file_like_the_host() {
     assert!(out.contains(guests::GRUB_HASHED), "{}", out);
     assert_eq!(status, Some(EXIT_PASS), "{}", out);
 }
+
+/// Boot `image` on virtio with qemu-system-x86_64 (the Debian kernel is 64-bit and the
+/// harness's Qemu runs qemu-system-i386); returns (exit status, serial output).
+fn boot_x86_64(image: &std::path::Path, timeout: Duration) -> (Option<i32>, String) {
+    use std::process::{Command, Stdio};
+    vboot_tests::require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let log = image.with_extension("serial.log");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-bios", vboot_tests::qemu::SEABIOS, "-display", "none", "-nodefaults", "-vga", "std"])
+        .args(["-no-reboot", "-m", "256", "-accel", "tcg"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", image.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = vboot_tests::qemu::strip_ansi(&String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()));
+    (status, out)
+}
+
+#[test]
+fn syslinux_boots_a_debian_kernel_whose_initramfs_prints_its_line() {
+    let dir = TempDir::new("guest-linux");
+    let image = guests::build_syslinux_linux_guest(&dir.path);
+    let (status, out) = boot_x86_64(&image, Duration::from_secs(120));
+    println!("{}", out);
+    assert!(out.contains(guests::LINUX_OK), "Linux did not print {} (exit {:?}):\n{}", guests::LINUX_OK, status, out);
+    assert_eq!(status, Some(EXIT_PASS), "/init should end QEMU through isa-debug-exit:\n{}", out);
+}
