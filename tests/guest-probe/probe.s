@@ -304,7 +304,8 @@ ext_call:
     mov byte ptr [dap + 1], 0
     mov cx, [io_count]
     mov [dap + 2], cx
-    mov word ptr [dap + 4], 0
+    mov cx, [io_off]
+    mov [dap + 4], cx
     mov cx, [io_seg]
     mov [dap + 6], cx
     mov ecx, [io_lba]
@@ -358,6 +359,8 @@ chs_call:
     mov cx, [io_seg]
     mov es, cx
     mov ebx, SENT_EBX & 0xFFFF0000
+    mov bx, [io_off]
+    mov [saved_ebx], ebx
     mov ecx, SENT_ECX
     mov cx, [chs_cx]
     mov [saved_ecx], ecx
@@ -373,7 +376,7 @@ chs_call:
     mov [io_done], al
     mov byte ptr [io_done + 1], 0
     pushf
-    cmp ebx, SENT_EBX & 0xFFFF0000
+    cmp ebx, [saved_ebx]
     jne .Lchs_clobbered
     cmp ecx, [saved_ecx]
     jne .Lchs_clobbered
@@ -415,11 +418,24 @@ lba_to_chs:
     mov [chs_cx], ah
     ret
 
-# Check io_count sectors at io_seg:0000 hold the sectors io_lba.. with the tag at [cur_tag].
+# Zero the io_count sectors at io_seg:io_off, so that a read that transfers nothing cannot
+# pass on what an earlier read left there.
+clear_buffer:
+    push es
+    mov es, [io_seg]
+    mov di, [io_off]
+    movzx ecx, word ptr [io_count]
+    shl ecx, 7
+    xor eax, eax
+    rep stosd
+    pop es
+    ret
+
+# Check io_count sectors at io_seg:io_off hold the sectors io_lba.. with the tag at [cur_tag].
 verify:
     push es
     mov es, [io_seg]
-    xor di, di
+    mov di, [io_off]
     mov eax, [io_lba]
     mov cx, [io_count]
     mov si, [cur_tag]
@@ -465,6 +481,7 @@ verify:
 
 # Read io_count sectors from io_lba with AH=42h and verify them.
 lba_read_verify:
+    call clear_buffer
     call read_lba
     mov eax, [io_lba]
     mov [want], eax
@@ -481,6 +498,7 @@ lba_read_verify:
 
 # The same through AH=02h (io_lba + io_count must lie within chs_sectors).
 chs_read_verify:
+    call clear_buffer
     call lba_to_chs
     call read_chs
     mov eax, [io_lba]
@@ -818,6 +836,21 @@ body_main:
 .Lno_tail127:
     call step_ok
 
+    STEP "reads into buffers with other segment:offset forms"
+    mov word ptr [io_count], 4
+    mov word ptr [io_seg], READ_SEG - 0x10
+    mov word ptr [io_off], 0x0105
+    mov eax, [CFG_PATTERN_START]
+    add eax, 8
+    mov [io_lba], eax
+    call lba_read_verify
+    mov word ptr [io_seg], READ_SEG + 0x801
+    mov word ptr [io_off], 0x0003
+    call chs_read_verify
+    mov word ptr [io_seg], READ_SEG
+    mov word ptr [io_off], 0
+    call step_ok
+
     STEP "CHS reads at start, middle and end of the CHS range"
     mov word ptr [io_count], 1
     mov eax, [CFG_PATTERN_START]
@@ -1101,6 +1134,7 @@ edd_buf:    .space 0x1E
 io_lba:     .long 0
 io_count:   .word 0
 io_seg:     .word READ_SEG
+io_off:     .word 0
 io_done:    .word 0
 io_status:  .byte 0
 chs_dh:     .byte 0
@@ -1113,6 +1147,7 @@ got:        .long 0
 saved_ecx:  .long 0
 saved_edx:  .long 0
 saved_esi:  .long 0
+saved_ebx:  .long 0
 total:      .long 0
 chs_sectors: .long 0
 sectors_per_cylinder: .long 0

@@ -173,3 +173,27 @@ fn syslinux_boots_a_debian_kernel_whose_initramfs_prints_its_line() {
     assert!(out.contains(guests::LINUX_OK), "Linux did not print {} (exit {:?}):\n{}", guests::LINUX_OK, status, out);
     assert_eq!(status, Some(EXIT_PASS), "/init should end QEMU through isa-debug-exit:\n{}", out);
 }
+
+/// The strict flags (for emulators that answer like memdisk and iPXE) reject SeaBIOS's own
+/// answers, so each of them really checks something.
+#[test]
+fn probe_strict_flags_reject_seabios_answers() {
+    let cases = [
+        (guests::FLAG_EXACT_15H, "PROBE FAIL: AH=15h disk type: CX:DX is not the disk's sector count"),
+        (guests::FLAG_CYLINDERS_C1, "PROBE FAIL: AH=08h geometry: the CHS geometry leaves too many sectors out"),
+        (guests::FLAG_OOR_COUNT_ZERO, "PROBE FAIL: AH=42h past the end of the disk fails: the DAP block count was not rewritten to 0"),
+    ];
+    for (flag, failure) in cases {
+        let dir = TempDir::new("guest-probe-strict");
+        let mut cfg = probe_config(8 * 2048);
+        cfg.flags = flag;
+        let probe = guests::build_probe(&dir.join("probe-build"));
+        let disk = dir.join("probe-disk.img");
+        guests::make_probe_disk(&disk, &probe, &cfg);
+        let mut q = Qemu::start(&Config::disk(&disk));
+        let status = q.wait_exit(PROBE_TIMEOUT);
+        let out = q.output();
+        assert!(out.contains(failure), "flag {}: want {:?}:\n{}", flag, failure, out);
+        assert_eq!(status, Some(vboot_tests::qemu::EXIT_FAIL), "{}", out);
+    }
+}
