@@ -332,6 +332,9 @@ pub fn guest_cache_dir() -> PathBuf {
 /// `linux-image-amd64` depends on. Panics with what to do when it cannot be had: a test that
 /// needs it must fail, not skip. It is a 64-bit kernel: boot it with qemu-system-x86_64.
 pub fn debian_kernel() -> PathBuf {
+    // Tests of one binary run in parallel; one download and one unpack at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let cache = guest_cache_dir();
     let cached_deb = || -> Option<PathBuf> {
         let mut debs: Vec<PathBuf> = std::fs::read_dir(&cache)
@@ -373,7 +376,7 @@ pub fn debian_kernel() -> PathBuf {
     let vmlinuz = cache.join(format!("{}.vmlinuz", stem));
     if !vmlinuz.exists() {
         require_tool("dpkg-deb", "dpkg");
-        let unpack = cache.join(format!("{}.unpack", stem));
+        let unpack = cache.join(format!("{}.unpack-{}", stem, std::process::id()));
         let _ = std::fs::remove_dir_all(&unpack);
         std::fs::create_dir_all(&unpack).unwrap();
         sh(Command::new("sh").arg("-c").arg(format!(
@@ -387,7 +390,7 @@ pub fn debian_kernel() -> PathBuf {
             .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
             .unwrap_or_else(|| panic!("{} holds no /boot/vmlinuz-*", deb.display()));
         // Rename into place last, so an interrupted run never leaves a truncated kernel cached.
-        let tmp = cache.join(format!("{}.vmlinuz.tmp", stem));
+        let tmp = cache.join(format!("{}.vmlinuz.tmp-{}", stem, std::process::id()));
         std::fs::copy(&found, &tmp).expect("copy vmlinuz");
         std::fs::rename(&tmp, &vmlinuz).expect("cache vmlinuz");
         let _ = std::fs::remove_dir_all(&unpack);
