@@ -2,6 +2,7 @@
 //! `vboot-install`, boot QEMU + SeaBIOS with a timeout, read the serial console and type into it.
 
 pub mod disk;
+pub mod guests;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};

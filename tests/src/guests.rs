@@ -1,0 +1,475 @@
+//! Guest programs for the QEMU tests: systems that boot from a virtual disk and use INT 13h the
+//! way real guests do. Each is first proven against SeaBIOS serving the image natively, so that
+//! when vboot later serves the same image from a file, any difference is vboot's.
+//!
+//! - The guest probe (tests/guest-probe/probe.s): checks every INT 13h answer itself.
+//! - GRUB 2 from Debian's `grub-pc-bin`, hashing a file inside the guest.
+//! - SYSLINUX booting a Debian Linux kernel with a busybox initramfs.
+//!
+//! # Probe disk layout
+//!
+//! | LBA | contents |
+//! |---|---|
+//! | 0 | probe boot sector (loaded by the BIOS to 0000:7C00) |
+//! | 1 | [`ProbeConfig`] sector, loaded by the probe to 0000:7E00 |
+//! | 2 ..= 15 | probe body ([`PROBE_BODY_SECTORS`]), at 0000:8000 |
+//! | 16 .. [`PROBE_PATTERN_START_LBA`] | pattern too (unused by the probe) |
+//! | the rest | [`pattern_sector`] of each LBA |
+//!
+//! # Configuration sector (LBA 1), little-endian
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0x00 | 8 | magic `VBPROBE1` |
+//! | 0x08 | u32 | total sectors the disk must report (AH=48h) |
+//! | 0x0C | u32 | flags: [`FLAG_EXACT_15H`], [`FLAG_OOR_COUNT_ZERO`], [`FLAG_CYLINDERS_C1`] |
+//! | 0x10 | u32 | first LBA carrying the pattern (>= 16) |
+//! | 0x14 | u32 | number of boundaries (<= 8) |
+//! | 0x18 | u32 | number of writes (<= 8) |
+//! | 0x1C | u32 | reserved, 0 |
+//! | 0x20 | 8 x u32 | boundary LBAs X: the probe reads across X-1/X with 2, 4 and 127-sector reads, by AH=42h and (when in the CHS range) AH=02h; pattern_start + 64 <= X <= total - 64 |
+//! | 0x40 | 8 x (u32 lba, u32 sectors) | writes of 1..=16 sectors: [`written_sector`] contents, even entries by AH=43h, odd ones by AH=03h when CHS reaches them; each read back by AH=42h and AH=02h |
+//!
+//! Everything is in 32-bit LBAs: probe disks stay below 2 TiB.
+
+use crate::{require_tool, sh};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const SECTOR_BYTES: usize = 512;
+pub const PROBE_CONFIG_LBA: u64 = 1;
+pub const PROBE_BODY_SECTORS: u64 = 14;
+/// Sectors the built probe occupies from LBA 0: boot sector, config, body.
+pub const PROBE_SECTORS: u64 = 2 + PROBE_BODY_SECTORS;
+/// Where the verified pattern starts by default: after the probe, with room to spare.
+pub const PROBE_PATTERN_START_LBA: u32 = 64;
+pub const PROBE_MAX_BOUNDARIES: usize = 8;
+pub const PROBE_MAX_WRITES: usize = 8;
+pub const PROBE_MAX_WRITE_SECTORS: u32 = 16;
+
+/// AH=15h must return the exact sector count (memdisk/iPXE style). Without it the probe also
+/// accepts SeaBIOS's answer, the CHS size that AH=08h describes.
+pub const FLAG_EXACT_15H: u32 = 1;
+/// AH=42h starting past the end must rewrite the DAP count to 0 (SeaBIOS leaves it alone).
+pub const FLAG_OOR_COUNT_ZERO: u32 = 2;
+/// AH=08h's last cylinder must be C-1 (memdisk/iPXE), not SeaBIOS's C-2.
+pub const FLAG_CYLINDERS_C1: u32 = 4;
+
+const PATTERN_TAG: &[u8; 8] = b"VBPATTRN";
+const WRITTEN_TAG: &[u8; 8] = b"VBWRITE1";
+const CONFIG_MAGIC: &[u8; 8] = b"VBPROBE1";
+
+/// The probe's final lines.
+pub const PROBE_PASS: &str = "PROBE PASS";
+pub const PROBE_FAIL: &str = "PROBE FAIL";
+
+fn tagged_sector(lba: u64, tag: &[u8; 8], filler_xor: u8) -> [u8; SECTOR_BYTES] {
+    let mut s = [0u8; SECTOR_BYTES];
+    s[0..8].copy_from_slice(&lba.to_le_bytes());
+    s[8..16].copy_from_slice(tag);
+    for (i, b) in s.iter_mut().enumerate().take(508).skip(16) {
+        *b = (i as u8) ^ (lba as u8) ^ filler_xor;
+    }
+    s[508..512].copy_from_slice(&(lba as u32).to_le_bytes());
+    s
+}
+
+/// What the host puts in sector `lba`: LBA as u64 LE, "VBPATTRN", filler, LBA as u32 LE.
+pub fn pattern_sector(lba: u64) -> [u8; SECTOR_BYTES] {
+    tagged_sector(lba, PATTERN_TAG, 0)
+}
+
+/// What the probe writes to sector `lba`: the same shape with the tag "VBWRITE1".
+pub fn written_sector(lba: u64) -> [u8; SECTOR_BYTES] {
+    tagged_sector(lba, WRITTEN_TAG, 0xFF)
+}
+
+/// A raw disk of `sectors` sectors, each holding [`pattern_sector`].
+pub fn make_pattern_disk(path: &Path, sectors: u64) {
+    let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {}", path.display(), e));
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    for lba in 0..sectors {
+        w.write_all(&pattern_sector(lba)).expect("write pattern disk");
+    }
+    w.flush().expect("write pattern disk");
+}
+
+/// A write the probe makes: `sectors` sectors from `lba`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeWrite {
+    pub lba: u32,
+    pub sectors: u32,
+}
+
+/// What the host tells the probe (LBA 1; layout in the module documentation).
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    pub total_sectors: u32,
+    pub flags: u32,
+    pub pattern_start_lba: u32,
+    pub boundaries_lba: Vec<u32>,
+    pub writes: Vec<ProbeWrite>,
+}
+
+impl ProbeConfig {
+    /// For a disk of `total_sectors`, no boundaries or writes, SeaBIOS-tolerant flags.
+    pub fn new(total_sectors: u64) -> ProbeConfig {
+        let total_sectors = u32::try_from(total_sectors).expect("probe disks stay below 2 TiB");
+        ProbeConfig {
+            total_sectors,
+            flags: 0,
+            pattern_start_lba: PROBE_PATTERN_START_LBA,
+            boundaries_lba: vec![],
+            writes: vec![],
+        }
+    }
+
+    pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
+        assert!(self.boundaries_lba.len() <= PROBE_MAX_BOUNDARIES, "at most {} boundaries", PROBE_MAX_BOUNDARIES);
+        assert!(self.writes.len() <= PROBE_MAX_WRITES, "at most {} writes", PROBE_MAX_WRITES);
+        assert!(self.pattern_start_lba as u64 >= PROBE_SECTORS, "the pattern must start after the probe");
+        let mut s = [0u8; SECTOR_BYTES];
+        s[0..8].copy_from_slice(CONFIG_MAGIC);
+        let mut put = |off: usize, v: u32| s[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        put(0x08, self.total_sectors);
+        put(0x0C, self.flags);
+        put(0x10, self.pattern_start_lba);
+        put(0x14, self.boundaries_lba.len() as u32);
+        put(0x18, self.writes.len() as u32);
+        for (i, b) in self.boundaries_lba.iter().enumerate() {
+            put(0x20 + 4 * i, *b);
+        }
+        for (i, w) in self.writes.iter().enumerate() {
+            put(0x40 + 8 * i, w.lba);
+            put(0x44 + 8 * i, w.sectors);
+        }
+        s
+    }
+
+    fn is_written(&self, lba: u64) -> bool {
+        self.writes.iter().any(|w| lba >= w.lba as u64 && lba < w.lba as u64 + w.sectors as u64)
+    }
+}
+
+/// Assemble tests/guest-probe/probe.s into `out`/probe.bin (GNU as + ld from binutils) and
+/// return its path. The image is [`PROBE_SECTORS`] sectors: boot sector, placeholder config,
+/// body.
+pub fn build_probe(out: &Path) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    std::fs::create_dir_all(out).expect("create probe build dir");
+    let src = crate::workspace_root().join("tests/guest-probe/probe.s");
+    let obj = out.join("probe.o");
+    let bin = out.join("probe.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
+    sh(Command::new("ld")
+        .args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"])
+        .arg(&bin)
+        .arg(&obj));
+    let len = std::fs::metadata(&bin).expect("probe.bin").len();
+    assert_eq!(len, PROBE_SECTORS * SECTOR_BYTES as u64, "probe.bin has an unexpected size");
+    bin
+}
+
+/// Put the probe (`probe_bin` from [`build_probe`]) and `cfg` at the start of `disk`.
+pub fn install_probe(disk: &Path, probe_bin: &Path, cfg: &ProbeConfig) {
+    use std::io::{Seek, SeekFrom};
+    let mut image = std::fs::read(probe_bin).expect("read probe.bin");
+    let cfg_at = PROBE_CONFIG_LBA as usize * SECTOR_BYTES;
+    image[cfg_at..cfg_at + SECTOR_BYTES].copy_from_slice(&cfg.to_sector());
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).expect("open probe disk");
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(&image).expect("write probe");
+}
+
+/// A pattern disk of `cfg.total_sectors` sectors at `path` with the probe installed.
+pub fn make_probe_disk(path: &Path, probe_bin: &Path, cfg: &ProbeConfig) {
+    make_pattern_disk(path, cfg.total_sectors as u64);
+    install_probe(path, probe_bin, cfg);
+}
+
+/// After a probe run: every sector from the pattern start holds [`written_sector`] if the
+/// config wrote it, else [`pattern_sector`]; so the writes landed where asked and nowhere else.
+pub fn check_probe_disk(disk: &Path, cfg: &ProbeConfig) -> Result<(), String> {
+    let bytes = std::fs::read(disk).map_err(|e| format!("read {}: {}", disk.display(), e))?;
+    let want_len = cfg.total_sectors as usize * SECTOR_BYTES;
+    if bytes.len() != want_len {
+        return Err(format!("disk is {} bytes, want {}", bytes.len(), want_len));
+    }
+    let mut wrong = Vec::new();
+    for lba in cfg.pattern_start_lba as u64..cfg.total_sectors as u64 {
+        let at = lba as usize * SECTOR_BYTES;
+        let got = &bytes[at..at + SECTOR_BYTES];
+        let (want, what) =
+            if cfg.is_written(lba) { (written_sector(lba), "written") } else { (pattern_sector(lba), "pattern") };
+        if got != want {
+            wrong.push(format!("LBA {} should hold the {} sector", lba, what));
+            if wrong.len() >= 10 {
+                break;
+            }
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("\n"))
+    }
+}
+
+// ---- GRUB 2 ---------------------------------------------------------------------------------
+
+/// Deterministic bytes that do not compress or repeat, so a misplaced sector changes the hash.
+pub fn pseudo_random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
+/// GRUB's lines: before the hash, after a successful hash.
+pub const GRUB_START: &str = "VBOOT-GRUB-START";
+pub const GRUB_HASHED: &str = "VBOOT-GRUB-HASHED";
+
+/// A raw disk with Debian's GRUB 2 installed by hand: boot.img in the MBR, core.img from LBA 1,
+/// and an active FAT16 partition at 1 MiB holding /boot/grub/grub.cfg and /payload.bin
+/// (`payload_bytes` of pseudo-random data). GRUB prints `VBOOT-GRUB-START`, the payload's
+/// SHA-256 (`hashsum`), `VBOOT-GRUB-HASHED` and ends QEMU with exit status 33 (`outb 0xf4 0x10`);
+/// on a hashing error it ends with 35. Returns (image, the payload's SHA-256 by sha256sum).
+pub fn build_grub_guest(dir: &Path, payload_bytes: usize) -> (PathBuf, String) {
+    require_tool("grub-mkimage", "grub-common");
+    let boot_img = Path::new(GRUB_DIR).join("boot.img");
+    assert!(boot_img.exists(), "{} is missing: install the Debian package grub-pc-bin", boot_img.display());
+    std::fs::create_dir_all(dir).expect("create guest dir");
+
+    let core = dir.join("core.img");
+    sh(Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-d", GRUB_DIR, "-p", "(hd0,msdos1)/boot/grub", "-o"])
+        .arg(&core)
+        .args([
+            "biosdisk", "part_msdos", "fat", "normal", "configfile", "hashsum", "gcry_sha256", "crypto", "serial",
+            "terminal", "echo", "iorw", "test",
+        ]));
+    let core_bytes = std::fs::read(&core).expect("read core.img");
+    let part_start_lba: u64 = 2048;
+    assert!(
+        (core_bytes.len() as u64).div_ceil(512) < part_start_lba,
+        "core.img ({} bytes) does not fit before the partition",
+        core_bytes.len()
+    );
+
+    let payload = pseudo_random_bytes(payload_bytes, 0x5EED_0000 ^ payload_bytes as u64);
+    let payload_path = dir.join("payload.bin");
+    std::fs::write(&payload_path, &payload).expect("write payload");
+    let sha = crate::disk::sha256(&payload_path);
+
+    let cfg = format!(
+        "serial --unit=0 --speed=115200\n\
+         terminal_input serial\n\
+         terminal_output serial\n\
+         echo {start}\n\
+         if hashsum --hash sha256 (hd0,msdos1)/payload.bin; then\n\
+         \x20 echo {hashed}\n\
+         \x20 outb 0xf4 0x10\n\
+         fi\n\
+         echo VBOOT-GRUB-HASH-FAILED\n\
+         outb 0xf4 0x11\n",
+        start = GRUB_START,
+        hashed = GRUB_HASHED
+    );
+
+    let disk_mib = (payload_bytes as u64 / crate::disk::MIB * 2 + 16).max(32);
+    let disk = dir.join("grub-guest.img");
+    crate::disk::blank(&disk, disk_mib);
+    crate::disk::sfdisk(&disk, &format!("label: dos\nstart={}, type=6, bootable\n", part_start_lba));
+    let part = dir.join("grub-part.img");
+    crate::disk::fat_volume(
+        &part,
+        disk_mib * 2048 - part_start_lba,
+        16,
+        &[
+            crate::disk::FileSpec::new("/boot/grub/grub.cfg", cfg),
+            crate::disk::FileSpec::new("/payload.bin", payload),
+        ],
+    );
+    crate::disk::write_at(&disk, part_start_lba, &part);
+    let _ = std::fs::remove_file(&part);
+
+    // boot.img's code and data up to the disk signature, with core.img's LBA at 0x5C; the
+    // partition table sfdisk wrote stays.
+    let boot = std::fs::read(&boot_img).expect("read boot.img");
+    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
+    mbr[..440].copy_from_slice(&boot[..440]);
+    mbr[0x5C..0x64].copy_from_slice(&1u64.to_le_bytes());
+    let mbr_path = dir.join("grub-mbr.bin");
+    std::fs::write(&mbr_path, &mbr).unwrap();
+    crate::disk::write_at(&disk, 0, &mbr_path);
+    crate::disk::write_at(&disk, 1, &core);
+    (disk, sha)
+}
+
+// ---- SYSLINUX + Linux -----------------------------------------------------------------------
+
+/// What the Linux guest's /init prints on the serial console before `poweroff -f`.
+pub const LINUX_OK: &str = "VBOOT-GUEST-LINUX-OK";
+
+/// Downloaded kernels live here, so repeated test runs do not download again.
+pub fn guest_cache_dir() -> PathBuf {
+    let dir = crate::workspace_root().join("target/guest-cache");
+    std::fs::create_dir_all(&dir).expect("create target/guest-cache");
+    dir
+}
+
+/// A Debian amd64 kernel (bzImage), from the cache or from `apt-get download` of the package
+/// `linux-image-amd64` depends on. Panics with what to do when it cannot be had: a test that
+/// needs it must fail, not skip. It is a 64-bit kernel: boot it with qemu-system-x86_64.
+pub fn debian_kernel() -> PathBuf {
+    // Tests of one binary run in parallel; one download and one unpack at a time.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = guest_cache_dir();
+    let cached_deb = || -> Option<PathBuf> {
+        let mut debs: Vec<PathBuf> = std::fs::read_dir(&cache)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("linux-image-") && name.ends_with("_amd64.deb")
+            })
+            .collect();
+        debs.sort();
+        debs.pop()
+    };
+    let deb = match cached_deb() {
+        Some(deb) => deb,
+        None => {
+            require_tool("apt-get", "apt");
+            let deps = sh(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
+            let package = deps
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Depends: "))
+                .find(|p| p.starts_with("linux-image-"))
+                .unwrap_or_else(|| panic!("apt-cache depends linux-image-amd64 names no kernel package:\n{}", deps))
+                .to_string();
+            let out = Command::new("apt-get").args(["download", &package]).current_dir(&cache).output();
+            let ok = out.as_ref().map(|o| o.status.success()).unwrap_or(false);
+            assert!(
+                ok,
+                "cannot download the Debian kernel package {} into {} (needs the Debian package \
+                 archive; run `apt-get update` first, or put a linux-image-*_amd64.deb there): {:?}",
+                package,
+                cache.display(),
+                out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            );
+            cached_deb().unwrap_or_else(|| panic!("apt-get download {} left no .deb in {}", package, cache.display()))
+        }
+    };
+    let stem = deb.file_stem().and_then(|s| s.to_str()).expect("deb name").to_string();
+    let vmlinuz = cache.join(format!("{}.vmlinuz", stem));
+    if !vmlinuz.exists() {
+        require_tool("dpkg-deb", "dpkg");
+        let unpack = cache.join(format!("{}.unpack-{}", stem, std::process::id()));
+        let _ = std::fs::remove_dir_all(&unpack);
+        std::fs::create_dir_all(&unpack).unwrap();
+        sh(Command::new("sh").arg("-c").arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' --wildcards './boot/vmlinuz-*'",
+            deb.display(),
+            unpack.display()
+        )));
+        let found = std::fs::read_dir(unpack.join("boot"))
+            .expect("unpacked boot/")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+            .unwrap_or_else(|| panic!("{} holds no /boot/vmlinuz-*", deb.display()));
+        // Rename into place last, so an interrupted run never leaves a truncated kernel cached.
+        let tmp = cache.join(format!("{}.vmlinuz.tmp-{}", stem, std::process::id()));
+        std::fs::copy(&found, &tmp).expect("copy vmlinuz");
+        std::fs::rename(&tmp, &vmlinuz).expect("cache vmlinuz");
+        let _ = std::fs::remove_dir_all(&unpack);
+    }
+    vmlinuz
+}
+
+/// An uncompressed newc initramfs with busybox-static whose /init prints [`LINUX_OK`] on the
+/// serial console, then ends QEMU with status 33 by writing 0x10 to isa-debug-exit's port 0xF4
+/// through /dev/port (a triple fault or panic under -no-reboot ends with 0, so 0 proves
+/// nothing), and powers off if that port is absent.
+pub fn busybox_initramfs(out: &Path) -> PathBuf {
+    require_tool("cpio", "cpio");
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.exists(), "/bin/busybox is missing: install the Debian package busybox-static");
+    let root = out.with_extension("root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mkdir -p /dev /proc\n\
+         /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         echo {ok} > /dev/ttyS0\n\
+         echo {ok}\n\
+         /bin/busybox printf '\\020' | /bin/busybox dd of=/dev/port bs=1 seek=244 2>/dev/null\n\
+         /bin/busybox poweroff -f\n",
+        ok = LINUX_OK
+    );
+    std::fs::write(root.join("init"), init).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(root.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_abs = std::path::absolute(out).expect("absolute initramfs path");
+    sh(Command::new("sh")
+        .arg("-c")
+        .arg(format!("find . | cpio -o -H newc --quiet > '{}'", out_abs.display()))
+        .current_dir(&root));
+    let _ = std::fs::remove_dir_all(&root);
+    out.to_path_buf()
+}
+
+/// A raw disk: SYSLINUX's mbr.bin, an active FAT16 partition at 1 MiB with ldlinux.sys
+/// (`syslinux --install`), a Debian kernel and [`busybox_initramfs`]. Linux prints
+/// [`LINUX_OK`] on ttyS0 and ends QEMU with exit status 33. The kernel is 64-bit: boot with qemu-system-x86_64.
+pub fn build_syslinux_linux_guest(dir: &Path) -> PathBuf {
+    require_tool("syslinux", "syslinux");
+    let mbr_bin = Path::new("/usr/lib/syslinux/mbr/mbr.bin");
+    assert!(mbr_bin.exists(), "{} is missing: install the Debian package syslinux-common", mbr_bin.display());
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let kernel = debian_kernel();
+    let initrd = busybox_initramfs(&dir.join("initrd.img"));
+    let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n";
+
+    let disk_mib: u64 = 48;
+    let part_start_lba: u64 = 2048;
+    let disk = dir.join("syslinux-guest.img");
+    crate::disk::blank(&disk, disk_mib);
+    crate::disk::sfdisk(&disk, &format!("label: dos\nstart={}, type=6, bootable\n", part_start_lba));
+    let part = dir.join("syslinux-part.img");
+    crate::disk::fat_volume(
+        &part,
+        disk_mib * 2048 - part_start_lba,
+        16,
+        &[
+            crate::disk::FileSpec::new("/vmlinuz", std::fs::read(&kernel).expect("read kernel")),
+            crate::disk::FileSpec::new("/initrd.img", std::fs::read(&initrd).expect("read initramfs")),
+            crate::disk::FileSpec::new("/syslinux.cfg", cfg),
+        ],
+    );
+    sh(Command::new("syslinux").arg("--install").arg(&part));
+    crate::disk::write_at(&disk, part_start_lba, &part);
+    let _ = std::fs::remove_file(&part);
+
+    let code = std::fs::read(mbr_bin).expect("read mbr.bin");
+    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
+    mbr[..440].copy_from_slice(&code[..440]);
+    let mbr_path = dir.join("syslinux-mbr.bin");
+    std::fs::write(&mbr_path, &mbr).unwrap();
+    crate::disk::write_at(&disk, 0, &mbr_path);
+    disk
+}
