@@ -17,6 +17,7 @@ use crate::block::BlockError;
 
 pub mod exfat;
 pub mod ext;
+pub mod ntfs;
 
 /// One run of a file: `sectors` sectors of the file starting at file sector `file_sector` are
 /// stored contiguously starting at volume sector `lba`.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use vboot::block::{BlockDevice, FileDisk, MemDisk};
 use vboot::fs::exfat::ExfatVolume;
 use vboot::fs::ext::ExtVolume;
+use vboot::fs::ntfs::NtfsVolume;
 use vboot::fs::{DirEntry, File, FileKind, FsError};
 
 // ---------------------------------------------------------------- harness
@@ -178,6 +179,7 @@ macro_rules! impl_volume {
 }
 impl_volume!(ExfatVolume);
 impl_volume!(ExtVolume);
+impl_volume!(NtfsVolume);
 
 /// Read a file's bytes straight from the image at the sectors its extent list names.
 fn bytes_at_extents(image: &[u8], file: &File) -> Vec<u8> {
@@ -199,10 +201,29 @@ fn bytes_at_extents(image: &[u8], file: &File) -> Vec<u8> {
 
 /// Compare every file and directory listing of the volume with the source tree.
 fn check_against_source(vol: &mut dyn Volume, image_path: &Path, src: &Path) {
+    check_against_source_with(vol, image_path, src, false, &[])
+}
+
+/// `resident_ok`: small files may be stored inside metadata (NTFS) and then have no extents;
+/// `open_file` must say so, and `read_to_vec` must still return them. `extra`: names the
+/// volume has beyond the source tree (checked by the caller).
+fn check_against_source_with(vol: &mut dyn Volume, image_path: &Path, src: &Path, resident_ok: bool, extra: &[&str]) {
     let image = std::fs::read(image_path).unwrap();
     let (files, dirs) = walk(src);
     for path in &files {
         let want = std::fs::read(src.join(&path[1..])).unwrap();
+        if resident_ok && want.len() < 1024 {
+            match vol.open_file(path) {
+                Err(FsError::Unsupported(m)) => assert!(m.contains("resident") && m.contains(path.as_str()), "{}", m),
+                Err(e) => panic!("open_file({}): {}", path, e),
+                Ok(f) => assert!(bytes_at_extents(&image, &f) == want, "{}: bytes at the extents differ", path),
+            }
+            let v = vol.read_to_vec(path, 1 << 30).unwrap_or_else(|e| panic!("read_to_vec({}): {}", path, e));
+            assert!(v == want, "{}: read_to_vec differs", path);
+            let v = vol.read_to_vec(&path.to_uppercase(), 1 << 30).unwrap();
+            assert!(v == want, "{}: read_to_vec of the upper-case path differs", path);
+            continue;
+        }
         let f = vol.open_file(path).unwrap_or_else(|e| panic!("open_file({}): {}", path, e));
         assert_eq!(f.size_bytes, want.len() as u64, "{}: size", path);
         assert_eq!(f.path, *path, "the returned path spells the name as stored");
@@ -232,7 +253,7 @@ fn check_against_source(vol: &mut dyn Volume, image_path: &Path, src: &Path) {
             .list_dir(dir)
             .unwrap_or_else(|e| panic!("list_dir({}): {}", dir, e))
             .into_iter()
-            .filter(|e| e.name != "lost+found" && e.name != "." && e.name != "..")
+            .filter(|e| e.name != "lost+found" && e.name != "." && e.name != ".." && !extra.contains(&e.name.as_str()))
             .map(|e| (e.name, e.kind == FileKind::Directory))
             .collect();
         let want: BTreeSet<(String, bool)> = std::fs::read_dir(src.join(dir.trim_start_matches('/')))
@@ -630,4 +651,164 @@ fn ext_survives_mutations() {
             ExtVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
         });
     }
+}
+
+// ---------------------------------------------------------------- NTFS
+
+struct FuseMount {
+    dir: PathBuf,
+}
+
+impl FuseMount {
+    fn ntfs(img: &Path, dir: &Path, opts: &str) -> FuseMount {
+        need("ntfs-3g", "ntfs-3g");
+        need("fusermount", "fuse3");
+        std::fs::create_dir_all(dir).unwrap();
+        run(Command::new(sbin_path("ntfs-3g")).args(["-o", opts]).arg(img).arg(dir));
+        FuseMount { dir: dir.to_path_buf() }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount").arg("-u").arg(&self.dir).status();
+    }
+}
+
+/// Build an NTFS volume from `src` through an ntfs-3g mount: the source tree, a file written
+/// into the holes left by deleting every other small file (so its runs overflow the MFT
+/// record into an attribute list), an 8.3 name, a compressed file and a sparse file.
+fn build_ntfs(dir: &Path, src: &Path, size_bytes: u64, mkntfs_args: &[&str]) -> PathBuf {
+    need("mkntfs", "ntfs-3g");
+    need("ntfsinfo", "ntfs-3g");
+    need("setfattr", "attr");
+    let img = dir.join("ntfs.img");
+    make_image(&img, size_bytes);
+    run(sbin("mkntfs").args(["-F", "-Q"]).args(mkntfs_args).arg(&img));
+    {
+        let m = FuseMount::ntfs(&img, &dir.join("mnt"), "compression");
+        let mnt = &m.dir;
+        run(Command::new("cp").arg("-r").arg(format!("{}/.", src.display())).arg(mnt));
+        std::fs::create_dir_all(mnt.join("holes")).unwrap();
+        let mut rng = Rng(99);
+        for i in 0..800 {
+            std::fs::write(mnt.join(format!("holes/h{:03}", i)), rng.bytes(4096)).unwrap();
+        }
+        run(Command::new(sbin_path("setfattr"))
+            .args(["-n", "system.ntfs_dos_name", "-v", "DISKIM~1.VHD"])
+            .arg(mnt.join("VMs/Disk Image With A Rather Long Name (copy 2).vhd")));
+        // Files created in a directory with the compressed attribute are compressed.
+        std::fs::create_dir_all(mnt.join("special/comp")).unwrap();
+        run(Command::new(sbin_path("setfattr"))
+            .args(["-h", "-v", "0x00000810", "-n", "system.ntfs_attrib_be"])
+            .arg(mnt.join("special/comp")));
+        std::fs::write(mnt.join("special/comp/c.txt"), "compress me ".repeat(20000)).unwrap();
+        let f = std::fs::File::create(mnt.join("special/sparse.img")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(b"in the middle", 700_000).unwrap();
+        drop(f);
+        // Fill the free space, so the next file can only go into the holes.
+        {
+            use std::io::Write;
+            let mut fill = std::fs::File::create(mnt.join("fill.tmp")).unwrap();
+            for chunk in [1usize << 20, 65536, 4096, 512] {
+                let buf = vec![0x5Au8; chunk];
+                while fill.write_all(&buf).and_then(|_| fill.sync_all()).is_ok() {}
+            }
+        }
+        for i in (0..800).step_by(2) {
+            std::fs::remove_file(mnt.join(format!("holes/h{:03}", i))).unwrap();
+        }
+        let frag = rng.bytes(300 * 4096 + 1234);
+        std::fs::write(mnt.join("VMs/frag.bin"), &frag).unwrap();
+        std::fs::write(src.join("VMs/frag.bin"), &frag).unwrap();
+        // Named streams (ntfs-3g stores user xattrs as such) overflow the MFT record, which
+        // moves attributes to extension records behind an $ATTRIBUTE_LIST.
+        for k in 0..40 {
+            run(Command::new(sbin_path("setfattr"))
+                .args(["-n", &format!("user.stream{:02}", k), "-v", &"x".repeat(100)])
+                .arg(mnt.join("VMs/frag.bin")));
+        }
+        std::fs::create_dir_all(src.join("holes")).unwrap();
+        for i in (1..800).step_by(2) {
+            let n = format!("holes/h{:03}", i);
+            std::fs::copy(mnt.join(&n), src.join(&n)).unwrap();
+        }
+        std::fs::remove_file(mnt.join("fill.tmp")).unwrap();
+    }
+    img
+}
+
+#[test]
+fn ntfs_reads_every_file_like_the_source() {
+    for (tag, args) in [("4k", &["-c", "4096"][..]), ("512", &["-c", "512"][..]), ("64k", &["-c", "65536"][..])] {
+        let t = TempDir::new(&format!("ntfs-{}", tag));
+        let src = t.path().join("src");
+        make_source_tree(&src, 600);
+        let img = build_ntfs(t.path(), &src, 96 << 20, args);
+        let mut vol = NtfsVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
+        check_against_source_with(&mut vol, &img, &src, true, &["special"]);
+        check_ntfs_specials(&mut vol, &img, tag);
+    }
+}
+
+fn check_ntfs_specials(vol: &mut NtfsVolume<FileDisk>, img: &Path, tag: &str) {
+    let mut listed: Vec<String> = vol.list_dir("/special").unwrap().into_iter().map(|e| e.name).collect();
+    listed.sort();
+    assert_eq!(listed, ["comp", "sparse.img"]);
+    // Compressed and sparse files: refused as images with a reason; sparse still readable.
+    // NTFS compresses only with clusters of 4 KiB or less; with larger ones the file is plain.
+    if tag == "64k" {
+        let plain = vol.read_to_vec("/special/comp/c.txt", 1 << 20).unwrap();
+        assert!(plain == "compress me ".repeat(20000).into_bytes());
+    } else {
+        match vol.open_file("/special/comp/c.txt") {
+            Err(FsError::Unsupported(m)) => assert!(m.contains("c.txt") && m.contains("compressed"), "{}", m),
+            other => panic!("{}: a compressed file was accepted: {:?}", tag, other.map(|f| f.extents)),
+        }
+        assert!(matches!(vol.read_to_vec("/special/comp/c.txt", 1 << 20), Err(FsError::Unsupported(_))));
+    }
+    match vol.open_file("/special/sparse.img") {
+        Err(FsError::Unsupported(m)) => assert!(m.contains("sparse.img") && m.contains("sparse"), "{}", m),
+        other => panic!("{}: a sparse file was accepted: {:?}", tag, other.map(|f| f.extents)),
+    }
+    let mut want = vec![0u8; 1 << 20];
+    want[700_000..700_013].copy_from_slice(b"in the middle");
+    assert!(vol.read_to_vec("/special/sparse.img", 1 << 30).unwrap() == want, "{}: sparse read", tag);
+
+    // 8.3 name: found, and spelled with the long name.
+    let by_dos = vol.open_file("/vms/diskim~1.vhd").unwrap();
+    let by_long = vol.open_file("/VMs/Disk Image With A Rather Long Name (copy 2).vhd").unwrap();
+    assert_eq!(by_dos.extents, by_long.extents);
+    assert_eq!(by_dos.path, by_long.path);
+
+    let frag = vol.open_file("/VMs/frag.bin").unwrap();
+    // (With 64 KiB clusters ntfs-3g keeps free space in reserve that the filler cannot reach.)
+    assert!(tag == "64k" || frag.extents.extents.len() > 15, "{}: frag.bin is in only {} runs", tag, frag.extents.extents.len());
+    let info = run(sbin("ntfsinfo").args(["-F", "/VMs/frag.bin"]).arg(img).stderr(std::process::Stdio::null()));
+    assert!(info.contains("$ATTRIBUTE_LIST"), "{}: frag.bin has no attribute list:\n{}", tag, info);
+
+    assert!(matches!(vol.create_file("/new.img", 4096), Err(FsError::ReadOnly(m)) if m.contains("host OS")));
+    assert!(matches!(vol.grow_file("/VMs/big.img", 1 << 30), Err(FsError::ReadOnly(_))));
+}
+
+fn ntfs_mutate(img: &mut Vec<u8>, rng: &mut Rng) {
+    let cluster = u16::from_le_bytes([img[11], img[12]]) as usize * img[13] as usize;
+    let mft = u64::from_le_bytes(img[0x30..0x38].try_into().unwrap()) as usize * cluster;
+    let len = img.len();
+    flip_bytes(img, rng, &[(0, 512), (mft, mft + 64 * 1024), (mft, mft + 2 << 20), (0, len)]);
+}
+
+#[test]
+fn ntfs_survives_mutations() {
+    let t = TempDir::new("ntfs-mut");
+    let src = t.path().join("src");
+    make_source_tree(&src, 100);
+    let img = build_ntfs(t.path(), &src, 40 << 20, &["-c", "4096"]);
+    let bytes = std::fs::read(&img).unwrap();
+    assert!(NtfsVolume::open(MemDisk::from_bytes(bytes.clone())).is_ok());
+    mutation_loop("NTFS", bytes, 300, ntfs_mutate, |d| {
+        NtfsVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+    });
 }
