@@ -40,6 +40,10 @@ fn le64(b: &[u8], off: usize) -> u64 {
         .unwrap_or(0)
 }
 
+fn too_big(path: &str, bytes: u64) -> FsError {
+    FsError::Unsupported(format!("{} is {} bytes, too large to hold in memory", path, bytes))
+}
+
 fn corrupt(msg: String) -> FsError {
     FsError::Corrupt(format!("exFAT: {}", msg))
 }
@@ -500,10 +504,11 @@ impl<D: BlockDevice> ExfatVolume<D> {
         }
         let extents = self.extents_of(&r)?;
         let file = File { path: spelled, size_bytes: r.data_bytes, extents };
+        let size = usize::try_from(r.data_bytes).map_err(|_| too_big(&file.path, r.data_bytes))?;
         let mut out = vec![0u8; r.valid_bytes.min(r.data_bytes) as usize];
         let n = read_via_extents(&mut self.dev, &file, 0, &mut out)?;
         out.truncate(n);
-        out.resize(r.data_bytes as usize, 0);
+        out.resize(size, 0);
         Ok(out)
     }
 }

@@ -633,7 +633,9 @@ impl<D: BlockDevice> ExtVolume<D> {
                 spelled, inode.size_bytes, max_bytes
             )));
         }
-        let size = inode.size_bytes as usize;
+        let size = usize::try_from(inode.size_bytes).map_err(|_| {
+            FsError::Unsupported(format!("{} is {} bytes, too large to hold in memory", spelled, inode.size_bytes))
+        })?;
         if inode.flags & FLAG_INLINE_DATA != 0 {
             // The first 60 bytes live in i_block; longer files continue in an extended
             // attribute, which this reader does not parse.

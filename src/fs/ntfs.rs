@@ -554,7 +554,10 @@ impl<D: BlockDevice> NtfsVolume<D> {
                         what, data_bytes, max_bytes
                     )));
                 }
-                let mut v = vec![0u8; data_bytes as usize];
+                let size = usize::try_from(data_bytes).map_err(|_| {
+                    FsError::Unsupported(format!("{} is {} bytes, too large to hold in memory", what, data_bytes))
+                })?;
+                let mut v = vec![0u8; size];
                 let valid = initialized_bytes as usize;
                 self.read_runs(&runs, 0, &mut v[..valid])?;
                 Ok(v)

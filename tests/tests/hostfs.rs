@@ -750,7 +750,40 @@ fn ntfs_reads_every_file_like_the_source() {
         let mut vol = NtfsVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
         check_against_source_with(&mut vol, &img, &src, true, &["special"]);
         check_ntfs_specials(&mut vol, &img, tag);
+        check_ntfs_encrypted_flag(&img, tag);
     }
+}
+
+/// ntfs-3g cannot make EFS files, so set the encrypted flag on big.img's $DATA attribute by hand.
+fn check_ntfs_encrypted_flag(img: &Path, tag: &str) {
+    let info = run(sbin("ntfsinfo").args(["-F", "/VMs/big.img"]).arg(img).stderr(std::process::Stdio::null()));
+    let record: usize = info
+        .split("Dumping Inode ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("ntfsinfo names the inode");
+    let mut bytes = std::fs::read(img).unwrap();
+    let cluster = u16::from_le_bytes([bytes[11], bytes[12]]) as usize * bytes[13] as usize;
+    let mft = u64::from_le_bytes(bytes[0x30..0x38].try_into().unwrap()) as usize * cluster;
+    let rec = mft + record * 1024;
+    assert_eq!(&bytes[rec..rec + 4], b"FILE", "{}: record {} is not where a contiguous MFT puts it", tag, record);
+    let mut off = rec + u16::from_le_bytes([bytes[rec + 0x14], bytes[rec + 0x15]]) as usize;
+    loop {
+        let kind = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap());
+        assert_ne!(kind, 0xFFFF_FFFF, "{}: no $DATA attribute in record {}", tag, record);
+        if kind == 0x80 && bytes[off + 9] == 0 {
+            bytes[off + 13] |= 0x40;
+            break;
+        }
+        off += u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
+    }
+    let mut vol = NtfsVolume::open(MemDisk::from_bytes(bytes)).unwrap();
+    match vol.open_file("/VMs/big.img") {
+        Err(FsError::Unsupported(m)) => assert!(m.contains("big.img") && m.contains("encrypted"), "{}", m),
+        other => panic!("{}: an encrypted file was accepted: {:?}", tag, other.map(|f| f.extents)),
+    }
+    assert!(matches!(vol.read_to_vec("/VMs/big.img", 1 << 30), Err(FsError::Unsupported(_))));
 }
 
 fn check_ntfs_specials(vol: &mut NtfsVolume<FileDisk>, img: &Path, tag: &str) {
