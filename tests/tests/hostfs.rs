@@ -267,8 +267,9 @@ fn check_against_source_with(vol: &mut dyn Volume, image_path: &Path, src: &Path
     }
     assert!(matches!(vol.open_file("/no/such/file"), Err(FsError::NotFound { .. })));
     assert!(matches!(vol.open_file("/VMs"), Err(FsError::IsADirectory { .. })));
-    assert!(matches!(vol.list_dir("/one.bin"), Err(FsError::NotADirectory { .. })));
-    assert!(vol.open_file("/one.bin/x").is_err());
+    let a_file = &files[0];
+    assert!(matches!(vol.list_dir(a_file), Err(FsError::NotADirectory { .. })));
+    assert!(vol.open_file(&format!("{}/x", a_file)).is_err());
 }
 
 /// Walk a (possibly damaged) volume: list every directory, read every file. Only panics and
@@ -844,4 +845,145 @@ fn ntfs_survives_mutations() {
     mutation_loop("NTFS", bytes, 300, ntfs_mutate, |d| {
         NtfsVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
     });
+}
+
+// ---------------------------------------------------------------- exFAT metadata writes
+
+/// Mount an exFAT image through exfat-fuse on a loop device for the duration of `f`.
+fn with_exfat_mount<T>(img: &Path, mnt: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    need("mount.exfat-fuse", "exfat-fuse");
+    let loopdev = run(sbin("losetup").args(["-f", "--show"]).arg(img)).trim().to_string();
+    std::fs::create_dir_all(mnt).unwrap();
+    let mounted = Command::new(sbin_path("mount.exfat-fuse")).arg(&loopdev).arg(mnt).status();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(mounted.as_ref().map(|s| s.success()).unwrap_or(false), "mount.exfat-fuse failed");
+        f(mnt)
+    }));
+    let _ = Command::new("fusermount").arg("-u").arg(mnt).status();
+    run(sbin("losetup").arg("-d").arg(&loopdev));
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn model_of(src: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    walk(src).0.into_iter().map(|p| {
+        let data = std::fs::read(src.join(&p[1..])).unwrap();
+        (p, data)
+    }).collect()
+}
+
+fn check_model(vol: &mut ExfatVolume<FileDisk>, model: &std::collections::BTreeMap<String, Vec<u8>>, step: &str) {
+    for (path, want) in model {
+        let got = vol.read_to_vec(path, 1 << 30).unwrap_or_else(|e| panic!("after {}: {}: {}", step, path, e));
+        assert!(got == *want, "after {}: {} differs ({} vs {} bytes)", step, path, got.len(), want.len());
+    }
+}
+
+#[test]
+fn exfat_metadata_writes_keep_the_volume_clean() {
+    need("fsck.exfat", "exfatprogs");
+    need("diff", "diffutils");
+    let t = TempDir::new("exfat-write");
+    let src = t.path().join("src");
+    make_source_tree(&src, 40);
+    let img = build_exfat(t.path(), &src, 32 << 20, Some("4K"));
+    let mut model = model_of(&src);
+    let mut vol = ExfatVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
+    let mut rng = Rng(5150);
+
+    // Create with a long name, write inside it, grow it while the next clusters are free.
+    let snap = "/VMs/Snapshot 2024-01-01 of the Windows 10 disk (long name).vhd";
+    let f = vol.create_file(snap, 1_000_000).unwrap();
+    assert_eq!(f.path, snap);
+    assert_eq!(f.extents.extents.len(), 1, "a new file on a roomy volume is contiguous");
+    assert_eq!(vol.read_to_vec(snap, 1 << 30).unwrap(), vec![0u8; 1_000_000]);
+    let data = rng.bytes(12345);
+    assert_eq!(vol.write_file(&f, 1000, &data).unwrap(), data.len());
+    assert!(vol.write_file(&f, 999_999, &[1, 2]).is_err(), "writes past the end are refused");
+    let mut want = vec![0u8; 1_000_000];
+    want[1000..1000 + data.len()].copy_from_slice(&data);
+    want.resize(3_000_000, 0);
+    vol.grow_file(snap, 3_000_000).unwrap();
+    model.insert(snap.to_string(), want);
+    check_model(&mut vol, &model, "create+grow");
+    assert!(matches!(vol.create_file(snap, 10), Err(FsError::Unsupported(m)) if m.contains("already exists")));
+    assert!(vol.create_file("/VMs/bad:name", 10).is_err());
+    assert!(matches!(vol.create_file("/nodir/x", 10), Err(FsError::NotFound { .. })));
+
+    // Truncate, delete, rename across directories and by case only.
+    vol.truncate_file("/VMs/big.img", 1_000_001).unwrap();
+    model.get_mut("/VMs/big.img").unwrap().truncate(1_000_001);
+    vol.delete_file("/odd-size.bin").unwrap();
+    model.remove("/odd-size.bin");
+    assert!(matches!(vol.open_file("/odd-size.bin"), Err(FsError::NotFound { .. })));
+    vol.rename("/one.bin", "/VMs/ONE renamed with a name long enough for three entries.bin").unwrap();
+    let v = model.remove("/one.bin").unwrap();
+    model.insert("/VMs/ONE renamed with a name long enough for three entries.bin".into(), v);
+    vol.rename("/empty.txt", "/EMPTY.TXT").unwrap();
+    let v = model.remove("/empty.txt").unwrap();
+    model.insert("/EMPTY.TXT".into(), v);
+    assert!(vol.rename("/boot/grub/grub.cfg", "/VMs/big.img").is_err(), "rename onto an existing name");
+    check_model(&mut vol, &model, "truncate/delete/rename");
+
+    // Enough new names to grow a directory by several clusters.
+    for i in 0..150 {
+        let p = format!("/level0/grown file number {:03} with a long name.txt", i);
+        let content = format!("{} ", i).repeat(i * 7).into_bytes();
+        let f = vol.create_file(&p, content.len() as u64).unwrap();
+        vol.write_file(&f, 0, &content).unwrap();
+        model.insert(p, content);
+    }
+    check_model(&mut vol, &model, "directory growth");
+
+
+    // Fill all but 160 KiB, make that tail into alternating 8 KiB files and holes, then make
+    // files that can only use FAT chains through the holes.
+    let free = vol.free_bytes().unwrap();
+    vol.create_file("/fill.bin", free - 20 * 8192).unwrap();
+    for i in 0..20 {
+        vol.create_file(&format!("/hole{:02}", i), 8192).unwrap();
+    }
+    assert_eq!(vol.free_bytes().unwrap(), 0);
+    for i in (0..20).step_by(2) {
+        vol.delete_file(&format!("/hole{:02}", i)).unwrap();
+    }
+    for i in (1..20).step_by(2) {
+        model.insert(format!("/hole{:02}", i), vec![0u8; 8192]);
+    }
+    assert!(matches!(vol.create_file("/too-big.bin", 20 * 8192), Err(FsError::NoSpace { .. })));
+    let frag_data = rng.bytes(40_000);
+    let f = vol.create_file("/frag.bin", 40_000).unwrap();
+    assert!(f.extents.extents.len() >= 5, "frag.bin should be scattered over the holes");
+    vol.write_file(&f, 0, &frag_data).unwrap();
+    // The snapshot's next clusters are taken now: growing it must switch it to a FAT chain.
+    assert_eq!(vol.open_file(snap).unwrap().extents.extents.len(), 1);
+    vol.grow_file(snap, 3_004_000).unwrap();
+    model.get_mut(snap).unwrap().resize(3_004_000, 0);
+    assert!(vol.open_file(snap).unwrap().extents.extents.len() > 1);
+    vol.grow_file("/frag.bin", 48_000).unwrap();
+    vol.truncate_file("/frag.bin", 20_000).unwrap();
+    let mut frag_want = frag_data;
+    frag_want.truncate(20_000);
+    model.insert("/frag.bin".into(), frag_want);
+    vol.delete_file("/fill.bin").unwrap();
+    vol.truncate_file("/VMs/Disk Image With A Rather Long Name (copy 2).vhd", 0).unwrap();
+    model.insert("/VMs/Disk Image With A Rather Long Name (copy 2).vhd".into(), Vec::new());
+    check_model(&mut vol, &model, "fragmented allocation");
+    drop(vol);
+
+    // The tools agree: fsck is clean, and exfat-fuse sees exactly the model.
+    run(sbin("fsck.exfat").arg("-n").arg(&img));
+    let expect = t.path().join("expect");
+    for (p, data) in &model {
+        let dst = expect.join(&p[1..]);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::write(dst, data).unwrap();
+    }
+    for d in walk(&src).1 {
+        std::fs::create_dir_all(expect.join(d.trim_start_matches('/'))).unwrap();
+    }
+    with_exfat_mount(&img, &t.path().join("mnt2"), |mnt| {
+        run(Command::new("diff").arg("-r").arg(&expect).arg(mnt));
+    });
+    let mut vol = ExfatVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
+    check_against_source(&mut vol, &img, &expect);
 }
