@@ -304,14 +304,14 @@ fn exercise(vol: &mut dyn Volume) {
     let _ = vol.read_to_vec("/boot/grub/grub.cfg", 1 << 20);
 }
 
-/// Run `rounds` mutations of `image`, each in its own watchdog window. `mutate` changes a copy;
-/// `open` builds a volume over it.
+/// Run `rounds` mutations of `image` under a watchdog. `mutate` changes a copy; `one_round`
+/// opens and uses a volume over it.
 fn mutation_loop(
     name: &str,
     image: Vec<u8>,
     rounds: u32,
     mutate: fn(&mut Vec<u8>, &mut Rng),
-    open: fn(MemDisk) -> Option<Box<dyn Volume + Send>>,
+    one_round: fn(MemDisk),
 ) {
     let (tx, rx) = mpsc::channel::<u32>();
     let name_owned = name.to_string();
@@ -320,9 +320,7 @@ fn mutation_loop(
         for round in 0..rounds {
             let mut img = image.clone();
             mutate(&mut img, &mut rng);
-            if let Some(mut vol) = open(MemDisk::from_bytes(img)) {
-                exercise(vol.as_mut());
-            }
+            one_round(MemDisk::from_bytes(img));
             tx.send(round).unwrap();
         }
         drop(name_owned);
@@ -495,8 +493,25 @@ fn exfat_survives_mutations() {
     make_source_tree(&src, 40);
     let img = build_exfat(t.path(), &src, 24 << 20, Some("4K"));
     let bytes = std::fs::read(&img).unwrap();
-    mutation_loop("exFAT", bytes, 400, exfat_mutate, |d| {
-        ExfatVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+    mutation_loop("exFAT", bytes.clone(), 400, exfat_mutate, |d| {
+        if let Ok(mut v) = ExfatVolume::open(d) {
+            exercise(&mut v);
+        }
+    });
+    // Metadata writes on a damaged volume: errors, never panics or hangs.
+    mutation_loop("exFAT writes", bytes, 200, exfat_mutate, |d| {
+        if let Ok(mut v) = ExfatVolume::open(d) {
+            let _ = v.create_file("/VMs/new snapshot.vhd", 50_000);
+            let _ = v.grow_file("/VMs/new snapshot.vhd", 90_000);
+            let _ = v.grow_file("/boot/grub/grub.cfg", 9_000);
+            let _ = v.truncate_file("/VMs/big.img", 10_000);
+            let _ = v.delete_file("/one.bin");
+            let _ = v.rename("/odd-size.bin", "/VMs/odd renamed.bin");
+            for i in 0..30 {
+                let _ = v.create_file(&format!("/many/another file {}", i), 100);
+            }
+            exercise(&mut v);
+        }
     });
 }
 
@@ -649,7 +664,9 @@ fn ext_survives_mutations() {
         let img = build_ext(t.path(), &src, 32 << 20, args);
         let bytes = std::fs::read(&img).unwrap();
         mutation_loop(tag, bytes, 300, ext_mutate, |d| {
-            ExtVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+            if let Ok(mut v) = ExtVolume::open(d) {
+                exercise(&mut v);
+            }
         });
     }
 }
@@ -843,7 +860,9 @@ fn ntfs_survives_mutations() {
     let bytes = std::fs::read(&img).unwrap();
     assert!(NtfsVolume::open(MemDisk::from_bytes(bytes.clone())).is_ok());
     mutation_loop("NTFS", bytes, 300, ntfs_mutate, |d| {
-        NtfsVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+        if let Ok(mut v) = NtfsVolume::open(d) {
+            exercise(&mut v);
+        }
     });
 }
 
