@@ -979,7 +979,7 @@ impl<D: BlockDevice> ExfatVolume<D> {
         let zeros = vec![0u8; ZERO_CHUNK_BYTES];
         let mut pos = start;
         while pos < end {
-            let n = ((end - pos) as usize).min(zeros.len());
+            let n = (end - pos).min(zeros.len() as u64) as usize;
             write_via_extents(&mut self.dev, file, pos, &zeros[..n])?;
             pos += n as u64;
         }

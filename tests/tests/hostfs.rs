@@ -204,7 +204,8 @@ fn check_against_source(vol: &mut dyn Volume, image_path: &Path, src: &Path) {
     check_against_source_with(vol, image_path, src, false, &[])
 }
 
-/// `resident_ok`: small files may be stored inside metadata (NTFS) and then have no extents;
+/// `resident_ok`: small files may be stored inside metadata (NTFS, ext4 inline_data) and then
+/// have no extents;
 /// `open_file` must say so, and `read_to_vec` must still return them. `extra`: names the
 /// volume has beyond the source tree (checked by the caller).
 fn check_against_source_with(vol: &mut dyn Volume, image_path: &Path, src: &Path, resident_ok: bool, extra: &[&str]) {
@@ -214,7 +215,9 @@ fn check_against_source_with(vol: &mut dyn Volume, image_path: &Path, src: &Path
         let want = std::fs::read(src.join(&path[1..])).unwrap();
         if resident_ok && want.len() < 1024 {
             match vol.open_file(path) {
-                Err(FsError::Unsupported(m)) => assert!(m.contains("resident") && m.contains(path.as_str()), "{}", m),
+                Err(FsError::Unsupported(m)) => {
+                    assert!((m.contains("resident") || m.contains("inline")) && m.contains(path.as_str()), "{}", m)
+                }
                 Err(e) => panic!("open_file({}): {}", path, e),
                 Ok(f) => assert!(bytes_at_extents(&image, &f) == want, "{}: bytes at the extents differ", path),
             }
@@ -553,12 +556,16 @@ fn build_ext(dir: &Path, src: &Path, size_bytes: u64, mkfs_args: &[&str]) -> Pat
 }
 
 fn ext_case(tag: &str, size_bytes: u64, mkfs_args: &[&str]) {
+    ext_case_with(tag, size_bytes, mkfs_args, false)
+}
+
+fn ext_case_with(tag: &str, size_bytes: u64, mkfs_args: &[&str], inline: bool) {
     let t = TempDir::new(tag);
     let src = t.path().join("src");
     make_source_tree(&src, 600);
     let img = build_ext(t.path(), &src, size_bytes, mkfs_args);
     let mut vol = ExtVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
-    check_against_source(&mut vol, &img, &src);
+    check_against_source_with(&mut vol, &img, &src, inline, &[]);
     let runs = vol.open_file("/VMs/frag.bin").unwrap().extents.extents.len();
     assert!(runs > 4, "{}: frag.bin should be fragmented, is in {} runs", tag, runs);
     let htree = run(sbin("debugfs").arg("-R").arg("htree /many").arg(&img).stderr(std::process::Stdio::null()));
@@ -581,6 +588,23 @@ fn ext4_without_csum_or_64bit_1k_blocks() {
 #[test]
 fn ext4_without_extents_2k_blocks() {
     ext_case("ext4-noext", 64 << 20, &["-b", "2048", "-O", "^extent,^64bit"]);
+}
+
+#[test]
+fn ext4_inline_data() {
+    // Small files and directories live inside their inodes (i_block plus system.data).
+    ext_case_with("ext4-inline", 64 << 20, &["-b", "4096", "-I", "512", "-O", "inline_data"], true);
+    let t = TempDir::new("ext-inline-check");
+    let src = t.path().join("src");
+    make_source_tree(&src, 3);
+    let img = t.path().join("i.img");
+    make_image(&img, 32 << 20);
+    run(sbin("mkfs.ext4").args(["-q", "-F", "-I", "512", "-O", "inline_data", "-d"]).arg(&src).arg(&img));
+    let stat = run(sbin("debugfs").arg("-R").arg("stat /boot/grub/grub.cfg").arg(&img).stderr(std::process::Stdio::null()));
+    assert!(stat.contains("Size of inline data"), "grub.cfg is not inline:\n{}", stat);
+    let deepest = "/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9";
+    let stat = run(sbin("debugfs").arg("-R").arg(format!("stat {}", deepest)).arg(&img).stderr(std::process::Stdio::null()));
+    assert!(stat.contains("Size of inline data"), "{} is not inline:\n{}", deepest, stat);
 }
 
 #[test]
