@@ -901,6 +901,12 @@ impl<D: BlockDevice> NtfsVolume<D> {
         self.read_stream(&rec, ATTR_DATA, &[], &spelled, max_bytes)
     }
 
+    /// Write `buf` at `offset_bytes` inside the file's existing extents (no metadata change).
+    /// Writes past the end of the file are refused.
+    pub fn write_file(&mut self, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
+        write_via_extents(&mut self.dev, file, offset_bytes, buf)
+    }
+
     /// Metadata changes are refused: see the module documentation.
     pub fn create_file(&mut self, _path: &str, _size_bytes: u64) -> Result<File, FsError> {
         Err(read_only_message())
@@ -932,6 +938,38 @@ fn size_from_clusters_field(v: i8, cluster_bytes: u64) -> Option<u64> {
             None
         }
     }
+}
+
+/// Write file bytes through an extent list; partial sectors are read, patched and rewritten.
+fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
+    let end = offset_bytes.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+    if end > file.size_bytes {
+        return Err(FsError::Unsupported(format!(
+            "{}: a write up to byte {} would pass the end of the file ({} bytes)",
+            file.path, end, file.size_bytes
+        )));
+    }
+    let mut done = 0usize;
+    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
+    while done < buf.len() {
+        let pos = offset_bytes + done as u64;
+        let sector = pos / SECTOR_BYTES as u64;
+        let skip = (pos % SECTOR_BYTES as u64) as usize;
+        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
+            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
+        })?;
+        let need_sectors = ((skip + (buf.len() - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
+        let n = run.min(need_sectors).min(64);
+        let bytes = n as usize * SECTOR_BYTES;
+        let take = (bytes - skip).min(buf.len() - done);
+        if skip != 0 || take < bytes {
+            dev.read_sectors(lba, &mut chunk[..bytes])?;
+        }
+        chunk[skip..skip + take].copy_from_slice(&buf[done..done + take]);
+        dev.write_sectors(lba, &chunk[..bytes])?;
+        done += take;
+    }
+    Ok(done)
 }
 
 /// Read `buf.len()` bytes at byte `offset` of the device, whatever their alignment.

@@ -1030,3 +1030,56 @@ fn exfat_metadata_writes_keep_the_volume_clean() {
     let mut vol = ExfatVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
     check_against_source(&mut vol, &img, &expect);
 }
+
+// ---------------------------------------------------------------- writes inside extents
+
+/// Patch a file through its extent list at unaligned offsets; return the expected content.
+fn patch_through_extents(
+    write: &mut dyn FnMut(&File, u64, &[u8]) -> Result<usize, FsError>,
+    f: &File,
+    mut want: Vec<u8>,
+) -> Vec<u8> {
+    let mut rng = Rng(31337);
+    let size = want.len() as u64;
+    for (off, len) in [(0u64, 512usize), (777, 5000), (size - 1000, 1000), (size / 2 + 3, 70_000)] {
+        let data = rng.bytes(len);
+        assert_eq!(write(f, off, &data).unwrap(), len);
+        want[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+    assert!(write(f, size - 10, &[0u8; 11]).is_err(), "a write past the end must be refused");
+    want
+}
+
+#[test]
+fn ext4_writes_inside_extents_are_seen_by_debugfs() {
+    let t = TempDir::new("ext-write");
+    let src = t.path().join("src");
+    make_source_tree(&src, 5);
+    let img = build_ext(t.path(), &src, 32 << 20, &["-b", "1024"]);
+    let before = std::fs::read(src.join("VMs/frag.bin")).unwrap();
+    let mut vol = ExtVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
+    let f = vol.open_file("/VMs/frag.bin").unwrap();
+    let want = patch_through_extents(&mut |f, o, b| vol.write_file(f, o, b), &f, before);
+    drop(vol);
+    let out = t.path().join("dumped");
+    run(sbin("debugfs").arg("-R").arg(format!("dump /VMs/frag.bin {}", out.display())).arg(&img));
+    assert!(std::fs::read(&out).unwrap() == want, "debugfs reads different bytes");
+    run(sbin("e2fsck").args(["-f", "-n"]).arg(&img));
+}
+
+#[test]
+fn ntfs_writes_inside_extents_are_seen_by_ntfscat() {
+    need("ntfscat", "ntfs-3g");
+    let t = TempDir::new("ntfs-write");
+    let src = t.path().join("src");
+    make_source_tree(&src, 5);
+    let img = build_ntfs(t.path(), &src, 40 << 20, &["-c", "4096"]);
+    let before = std::fs::read(src.join("VMs/frag.bin")).unwrap();
+    let mut vol = NtfsVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
+    let f = vol.open_file("/VMs/frag.bin").unwrap();
+    let want = patch_through_extents(&mut |f, o, b| vol.write_file(f, o, b), &f, before);
+    drop(vol);
+    let out = Command::new(sbin_path("ntfscat")).arg(&img).arg("/VMs/frag.bin").output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == want, "ntfscat reads different bytes");
+}
