@@ -60,6 +60,9 @@ const FLAG_ENCRYPTED: u32 = 0x800;
 const FLAG_EXTENTS: u32 = 0x8_0000;
 const FLAG_INLINE_DATA: u32 = 0x1000_0000;
 
+const XATTR_MAGIC: u32 = 0xEA02_0000;
+const XATTR_INDEX_SYSTEM: u8 = 7;
+
 const EXTENT_MAGIC: u16 = 0xF30A;
 /// Linux limits extent trees to depth 5; anything deeper is damage.
 const MAX_EXTENT_DEPTH: u16 = 5;
@@ -278,7 +281,8 @@ impl<D: BlockDevice> ExtVolume<D> {
         block * self.block_bytes + (group % per_block) * self.desc_bytes
     }
 
-    fn read_inode(&mut self, number: u32) -> Result<Inode, FsError> {
+    /// Byte offset of an inode on the volume, from its group's descriptor.
+    fn inode_offset(&mut self, number: u32) -> Result<u64, FsError> {
         if number == 0 || number as u64 > self.inodes_count {
             return Err(corrupt(format!("inode number {} is out of range", number)));
         }
@@ -299,7 +303,11 @@ impl<D: BlockDevice> ExtVolume<D> {
         if table == 0 || table.saturating_add(table_blocks) > self.blocks_count {
             return Err(corrupt(format!("group {} has its inode table outside the filesystem", group)));
         }
-        let offset = table * self.block_bytes + (index % self.inodes_per_group) * self.inode_bytes;
+        Ok(table * self.block_bytes + (index % self.inodes_per_group) * self.inode_bytes)
+    }
+
+    fn read_inode(&mut self, number: u32) -> Result<Inode, FsError> {
+        let offset = self.inode_offset(number)?;
         let mut raw = [0u8; 128];
         read_bytes(&mut self.dev, offset, &mut raw)?;
         let mode = le16(&raw, 0);
@@ -462,40 +470,74 @@ impl<D: BlockDevice> ExtVolume<D> {
     }
 
     /// Entries of a directory: (name, inode, file type from the entry or 0).
+    /// Entries of a directory: (name, inode, file type from the entry or 0).
     fn read_dir(&mut self, dir: &Inode) -> Result<Vec<(String, u32, u8)>, FsError> {
         let dev_bytes = self.blocks_count * self.block_bytes;
         if dir.size_bytes > dev_bytes {
             return Err(corrupt(format!("directory inode {} is larger than the filesystem", dir.number)));
         }
-        let pieces = self.map_inode(dir)?;
         let has_type = self.incompat & INCOMPAT_FILETYPE != 0;
         let mut out = Vec::new();
+        if dir.flags & FLAG_INLINE_DATA != 0 {
+            // i_block starts with the parent's inode number; entries follow, and continue in
+            // the system.data attribute.
+            let extra = self.inline_xattr(dir)?;
+            parse_dir_entries(&dir.i_block[4..], has_type, dir.number, &mut out)?;
+            parse_dir_entries(&extra, has_type, dir.number, &mut out)?;
+            return Ok(out);
+        }
+        let pieces = self.map_inode(dir)?;
         let mut buf = vec![0u8; self.block_bytes as usize];
         for p in pieces {
             let Piece::Data { block, blocks } = p else { continue };
             for b in block..block + blocks {
                 self.read_block(b, &mut buf)?;
-                let mut off = 0usize;
-                while off + 8 <= buf.len() {
-                    let ino = le32(&buf, off);
-                    let rec_len = le16(&buf, off + 4) as usize;
-                    let (name_len, ftype) =
-                        if has_type { (buf[off + 6] as usize, buf[off + 7]) } else { (le16(&buf, off + 6) as usize, 0) };
-                    if rec_len < 8 || rec_len % 4 != 0 || off + rec_len > buf.len() || 8 + name_len > rec_len {
-                        return Err(corrupt(format!(
-                            "directory inode {} has a bad entry in block {}",
-                            dir.number, b
-                        )));
-                    }
-                    if ino != 0 && name_len > 0 {
-                        let name = String::from_utf8_lossy(&buf[off + 8..off + 8 + name_len]).into_owned();
-                        out.push((name, ino, ftype));
-                    }
-                    off += rec_len;
-                }
+                parse_dir_entries(&buf, has_type, dir.number, &mut out)?;
             }
         }
         Ok(out)
+    }
+
+    /// The value of the in-inode extended attribute system.data, where inline_data keeps what
+    /// does not fit in i_block (empty when absent).
+    fn inline_xattr(&mut self, inode: &Inode) -> Result<Vec<u8>, FsError> {
+        if self.inode_bytes <= 128 {
+            return Ok(Vec::new());
+        }
+        let mut raw = vec![0u8; self.inode_bytes as usize];
+        let offset = self.inode_offset(inode.number)?;
+        read_bytes(&mut self.dev, offset, &mut raw)?;
+        let header = 128 + le16(&raw, 128) as usize;
+        if le32(&raw, header) != XATTR_MAGIC {
+            return Ok(Vec::new());
+        }
+        let entries = header + 4;
+        let mut off = entries;
+        // Each entry takes at least 16 bytes, which bounds the walk.
+        while off + 16 <= raw.len() && le32(&raw, off) != 0 {
+            let name_len = raw[off] as usize;
+            let index = raw[off + 1];
+            let value_off = le16(&raw, off + 2) as usize;
+            let value_inode = le32(&raw, off + 4);
+            let value_len = le32(&raw, off + 8) as usize;
+            let name = raw
+                .get(off + 16..off + 16 + name_len)
+                .ok_or_else(|| corrupt(format!("inode {}: extended attribute name out of bounds", inode.number)))?;
+            if index == XATTR_INDEX_SYSTEM && name == b"data" {
+                if value_inode != 0 {
+                    return Err(FsError::Unsupported(format!(
+                        "ext: inode {} keeps inline data in a separate inode",
+                        inode.number
+                    )));
+                }
+                return raw
+                    .get(entries + value_off..entries + value_off + value_len)
+                    .map(|v| v.to_vec())
+                    .ok_or_else(|| corrupt(format!("inode {}: inline data out of bounds", inode.number)));
+            }
+            off += (16 + name_len + 3) & !3;
+        }
+        Ok(Vec::new())
     }
 
     fn lookup(&mut self, path: &str) -> Result<(Inode, String), FsError> {
@@ -564,7 +606,7 @@ impl<D: BlockDevice> ExtVolume<D> {
         let (inode, spelled) = self.file_inode(path)?;
         if inode.flags & FLAG_INLINE_DATA != 0 {
             return Err(FsError::Unsupported(format!(
-                "ext: {} is stored inside its inode (inline_data) and has no sectors of its own",
+                "ext: {} is stored inside its inode (inline data, like NTFS resident files) and has no sectors of its own",
                 spelled
             )));
         }
@@ -633,17 +675,18 @@ impl<D: BlockDevice> ExtVolume<D> {
                 spelled, inode.size_bytes, max_bytes
             )));
         }
-        let size = inode.size_bytes as usize;
+        let size = usize::try_from(inode.size_bytes).map_err(|_| {
+            FsError::Unsupported(format!("{} is {} bytes, too large to hold in memory", spelled, inode.size_bytes))
+        })?;
         if inode.flags & FLAG_INLINE_DATA != 0 {
-            // The first 60 bytes live in i_block; longer files continue in an extended
-            // attribute, which this reader does not parse.
-            return match inode.i_block.get(..size) {
-                Some(b) => Ok(b.to_vec()),
-                None => Err(FsError::Unsupported(format!(
-                    "ext: {} keeps more than 60 bytes inline (in an extended attribute)",
-                    spelled
-                ))),
-            };
+            // The first 60 bytes live in i_block, the rest in the system.data attribute.
+            let mut data = inode.i_block.to_vec();
+            data.extend_from_slice(&self.inline_xattr(&inode)?);
+            data.truncate(size);
+            if data.len() != size {
+                return Err(corrupt(format!("{}: inline data is shorter than the file", spelled)));
+            }
+            return Ok(data);
         }
         let pieces = self.map_inode(&inode)?;
         let mut out = vec![0u8; size];
@@ -671,6 +714,12 @@ impl<D: BlockDevice> ExtVolume<D> {
         Ok(out)
     }
 
+    /// Write `buf` at `offset_bytes` inside the file's existing extents (no metadata change).
+    /// Writes past the end of the file are refused.
+    pub fn write_file(&mut self, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
+        write_via_extents(&mut self.dev, file, offset_bytes, buf)
+    }
+
     /// Metadata changes are refused: see the module documentation.
     pub fn create_file(&mut self, _path: &str, _size_bytes: u64) -> Result<File, FsError> {
         Err(read_only_message())
@@ -687,6 +736,57 @@ impl<D: BlockDevice> ExtVolume<D> {
     pub fn rename(&mut self, _from: &str, _to: &str) -> Result<(), FsError> {
         Err(read_only_message())
     }
+}
+
+/// Append the live entries of one directory block (or inline region) to `out`.
+fn parse_dir_entries(buf: &[u8], has_type: bool, dir: u32, out: &mut Vec<(String, u32, u8)>) -> Result<(), FsError> {
+    let mut off = 0usize;
+    while off + 8 <= buf.len() {
+        let ino = le32(buf, off);
+        let rec_len = le16(buf, off + 4) as usize;
+        let (name_len, ftype) =
+            if has_type { (buf[off + 6] as usize, buf[off + 7]) } else { (le16(buf, off + 6) as usize, 0) };
+        if rec_len < 8 || rec_len % 4 != 0 || off + rec_len > buf.len() || 8 + name_len > rec_len {
+            return Err(corrupt(format!("directory inode {} has a malformed entry", dir)));
+        }
+        if ino != 0 && name_len > 0 {
+            out.push((String::from_utf8_lossy(&buf[off + 8..off + 8 + name_len]).into_owned(), ino, ftype));
+        }
+        off += rec_len;
+    }
+    Ok(())
+}
+
+/// Write file bytes through an extent list; partial sectors are read, patched and rewritten.
+fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
+    let end = offset_bytes.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+    if end > file.size_bytes {
+        return Err(FsError::Unsupported(format!(
+            "{}: a write up to byte {} would pass the end of the file ({} bytes)",
+            file.path, end, file.size_bytes
+        )));
+    }
+    let mut done = 0usize;
+    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
+    while done < buf.len() {
+        let pos = offset_bytes + done as u64;
+        let sector = pos / SECTOR_BYTES as u64;
+        let skip = (pos % SECTOR_BYTES as u64) as usize;
+        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
+            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
+        })?;
+        let need_sectors = ((skip + (buf.len() - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
+        let n = run.min(need_sectors).min(64);
+        let bytes = n as usize * SECTOR_BYTES;
+        let take = (bytes - skip).min(buf.len() - done);
+        if skip != 0 || take < bytes {
+            dev.read_sectors(lba, &mut chunk[..bytes])?;
+        }
+        chunk[skip..skip + take].copy_from_slice(&buf[done..done + take]);
+        dev.write_sectors(lba, &chunk[..bytes])?;
+        done += take;
+    }
+    Ok(done)
 }
 
 /// Read `buf.len()` bytes at byte `offset` of the device, whatever their alignment.

@@ -18,6 +18,7 @@ use crate::block::BlockError;
 pub mod exfat;
 pub mod ext;
 pub mod fat;
+pub mod ntfs;
 pub mod volume;
 
 /// One run of a file: `sectors` sectors of the file starting at file sector `file_sector` are

@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use super::exfat::ExfatVolume;
 use super::ext::ExtVolume;
 use super::fat::FatVolume;
+use super::ntfs::NtfsVolume;
 use super::{DirEntry, File, FsError};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
@@ -56,6 +57,7 @@ pub enum Volume<D: BlockDevice> {
     Fat(FatVolume<D>),
     Exfat(ExfatVolume<D>),
     Ext(ExtVolume<D>),
+    Ntfs(NtfsVolume<D>),
 }
 
 impl<D: BlockDevice> Volume<D> {
@@ -64,7 +66,7 @@ impl<D: BlockDevice> Volume<D> {
             Some(FsKind::Fat) => Ok(Volume::Fat(FatVolume::open(dev)?)),
             Some(FsKind::Exfat) => Ok(Volume::Exfat(ExfatVolume::open(dev)?)),
             Some(FsKind::Ext) => Ok(Volume::Ext(ExtVolume::open(dev)?)),
-            Some(FsKind::Ntfs) => Err(FsError::Unsupported(String::from("NTFS volumes are not readable yet"))),
+            Some(FsKind::Ntfs) => Ok(Volume::Ntfs(NtfsVolume::open(dev)?)),
             None => Err(FsError::NotRecognized(String::from(
                 "no FAT, exFAT, NTFS or ext2/3/4 signature in the first sectors",
             ))),
@@ -76,6 +78,7 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Fat(_) => FsKind::Fat,
             Volume::Exfat(_) => FsKind::Exfat,
             Volume::Ext(_) => FsKind::Ext,
+            Volume::Ntfs(_) => FsKind::Ntfs,
         }
     }
 
@@ -84,6 +87,7 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Fat(v) => v.open_file(path),
             Volume::Exfat(v) => v.open_file(path),
             Volume::Ext(v) => v.open_file(path),
+            Volume::Ntfs(v) => v.open_file(path),
         }
     }
 
@@ -92,6 +96,7 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Fat(v) => v.list_dir(path),
             Volume::Exfat(v) => v.list_dir(path),
             Volume::Ext(v) => v.list_dir(path),
+            Volume::Ntfs(v) => v.list_dir(path),
         }
     }
 
@@ -100,6 +105,7 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Fat(v) => v.read_file(file, offset_bytes, buf),
             Volume::Exfat(v) => v.read_file(file, offset_bytes, buf),
             Volume::Ext(v) => v.read_file(file, offset_bytes, buf),
+            Volume::Ntfs(v) => v.read_file(file, offset_bytes, buf),
         }
     }
 
@@ -108,6 +114,7 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Fat(v) => v.read_to_vec(path, max_bytes),
             Volume::Exfat(v) => v.read_to_vec(path, max_bytes),
             Volume::Ext(v) => v.read_to_vec(path, max_bytes),
+            Volume::Ntfs(v) => v.read_to_vec(path, max_bytes),
         }
     }
 
@@ -116,6 +123,7 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Fat(v) => v.into_inner(),
             Volume::Exfat(v) => v.into_inner(),
             Volume::Ext(v) => v.into_inner(),
+            Volume::Ntfs(v) => v.into_inner(),
         }
     }
 }

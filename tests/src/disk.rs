@@ -109,3 +109,75 @@ pub fn sha256(path: &Path) -> String {
     let out = sh(Command::new("sha256sum").arg(path));
     out.split_whitespace().next().unwrap_or_default().to_string()
 }
+
+/// Copy `bytes` to `path` on the FAT volume `image` so that the file is split into at least
+/// `pieces` runs: fill the free space with hole-sized files separated by one-cluster spacers,
+/// delete the hole files, then copy. (On FAT32 the FSInfo "next free" hint is cleared first, as a
+/// disk checker would, or mtools would append after the last allocation instead of filling holes.)
+pub fn put_fragmented(image: &Path, path: &str, bytes: &[u8], pieces: usize) {
+    let dir = image.with_extension("frag");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hole = (bytes.len() / pieces).max(512);
+    let local = |name: &str, len: usize| {
+        let p = dir.join(name);
+        std::fs::write(&p, vec![0xA5u8; len]).unwrap();
+        p
+    };
+    let mcopy = |src: &Path, dst: &str| {
+        sh(Command::new("mcopy").arg("-o").arg("-i").arg(image).arg(src).arg(format!("::{}", dst)).env("MTOOLS_SKIP_CHECK", "1"));
+    };
+    let hole_file = local("hole", hole);
+    let spacer = local("spacer", 4096);
+    for i in 0..pieces {
+        mcopy(&hole_file, &format!("/hole{}", i));
+        mcopy(&spacer, &format!("/spacer{}", i));
+    }
+    for i in 0..pieces {
+        sh(Command::new("mdel").arg("-i").arg(image).arg(format!("::/hole{}", i)).env("MTOOLS_SKIP_CHECK", "1"));
+    }
+    forget_fat32_next_free(image);
+    let src = dir.join("payload");
+    std::fs::write(&src, bytes).unwrap();
+    mcopy(&src, path);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn forget_fat32_next_free(image: &Path) {
+    let bs = std::fs::read(image).map(|b| b[..512].to_vec()).unwrap();
+    if u16::from_le_bytes([bs[22], bs[23]]) != 0 {
+        return; // not FAT32
+    }
+    let bytes_per_sector = u16::from_le_bytes([bs[11], bs[12]]) as u64;
+    let fsinfo = u16::from_le_bytes([bs[48], bs[49]]) as u64;
+    let mut f = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    f.seek(SeekFrom::Start(fsinfo * bytes_per_sector + 492)).unwrap();
+    f.write_all(&[0xFF; 4]).unwrap();
+}
+
+/// The extent list of `path` on the FAT volume image, read by vboot's own FAT reader (which the
+/// FAT tests check against mtools' `mshowfat`).
+pub fn fat_extents(image: &Path, path: &str) -> vboot::fs::ExtentList {
+    let dev = vboot::block::FileDisk::open(image, false).unwrap();
+    let mut vol = vboot::fs::fat::FatVolume::open(dev).unwrap();
+    vol.open_file(path).unwrap().extents
+}
+
+/// Copy a file out of a FAT volume image with mtools.
+pub fn fat_get(image: &Path, path: &str, out: &Path) {
+    sh(Command::new("mcopy").arg("-o").arg("-i").arg(image).arg(format!("::{}", path)).arg(out).env("MTOOLS_SKIP_CHECK", "1"));
+}
+
+/// A host disk image holding a FAT partition image at 1 MiB, as [`mbr_fat32_disk`] lays it out.
+pub fn disk_from_partition(dir: &crate::TempDir, part: &Path, size_mib: u64) -> PathBuf {
+    let disk = dir.join("disk.img");
+    blank(&disk, size_mib);
+    sfdisk(&disk, "label: dos\nstart=2048, type=c, bootable\n");
+    write_at(&disk, 2048, part);
+    disk
+}
+
+/// Bytes of the partition at 1 MiB (`sectors` long) read back out of a disk image.
+pub fn partition_of(disk: &Path, sectors: u64, out: &Path) {
+    let bytes = std::fs::read(disk).unwrap();
+    std::fs::write(out, &bytes[2048 * 512..(2048 + sectors as usize) * 512]).unwrap();
+}

@@ -473,3 +473,26 @@ pub fn build_syslinux_linux_guest(dir: &Path) -> PathBuf {
     crate::disk::write_at(&disk, 0, &mbr_path);
     disk
 }
+
+/// A one-sector guest that prints `message` (and CR LF) over serial and exits QEMU with 33,
+/// in a raw image of `sectors` sectors. Used where what matters is which image booted.
+pub fn hello_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let build = dir.join(format!("{}-build", name));
+    std::fs::create_dir_all(&build).unwrap();
+    let obj = build.join("hello.o");
+    let bin = build.join("hello.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/hello.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let mut sector = std::fs::read(&bin).unwrap();
+    assert_eq!(sector.len(), 512);
+    let text = format!("{}\r\n", message);
+    assert!(text.len() < 0xFE);
+    sector[0x100..0x100 + text.len()].copy_from_slice(text.as_bytes());
+    let img = dir.join(format!("{}.img", name));
+    let mut bytes = vec![0u8; (sectors as usize) * SECTOR_BYTES];
+    bytes[..512].copy_from_slice(&sector);
+    std::fs::write(&img, bytes).unwrap();
+    img
+}

@@ -102,3 +102,51 @@ pub fn vboot_install(args: &[&str]) -> (bool, String) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
+
+/// A host disk with vboot installed: MBR, one FAT32 partition at 1 MiB holding
+/// `/boot/grub/grub.cfg` and the given images (each split into `pieces` fragments).
+pub struct Host {
+    pub disk: PathBuf,
+    pub part: PathBuf,
+    pub part_sectors: u64,
+}
+
+/// An image to put on the host partition: its path there, the local file, and how many
+/// fragments to split it into (1 = contiguous).
+pub struct HostImage<'a> {
+    pub path: &'a str,
+    pub file: &'a Path,
+    pub pieces: usize,
+}
+
+pub fn vboot_host(dir: &TempDir, size_mib: u64, grub_cfg: &str, images: &[HostImage]) -> Host {
+    let part = dir.join("host-part.img");
+    let part_sectors = size_mib * 2048 - 2048;
+    disk::fat_volume(&part, part_sectors, 32, &[disk::FileSpec::new("/boot/grub/grub.cfg", grub_cfg)]);
+    for im in images {
+        let bytes = std::fs::read(im.file).expect("read image");
+        if im.pieces > 1 {
+            disk::put_fragmented(&part, im.path, &bytes, im.pieces);
+        } else {
+            sh(Command::new("mcopy")
+                .arg("-o")
+                .arg("-i")
+                .arg(&part)
+                .arg(im.file)
+                .arg(format!("::{}", im.path))
+                .env("MTOOLS_SKIP_CHECK", "1"));
+        }
+    }
+    let disk = disk::disk_from_partition(dir, &part, size_mib);
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap()]);
+    assert!(ok, "vboot-install failed:\n{}", out);
+    Host { disk, part, part_sectors }
+}
+
+impl Host {
+    /// The partition as it is now inside the disk (after a boot wrote to it), as an image file.
+    pub fn current_partition(&self, out: &Path) -> PathBuf {
+        disk::partition_of(&self.disk, self.part_sectors, out);
+        out.to_path_buf()
+    }
+}

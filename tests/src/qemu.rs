@@ -36,11 +36,13 @@ pub struct Config {
     /// Mirror BIOS INT 10h text output to COM1 (SeaBIOS "sercon"), with no VGA card: for
     /// messages printed through the BIOS, such as stage1's errors or a guest's own output.
     pub sercon: bool,
+    /// Run qemu-system-x86_64 (a 64-bit guest kernel) instead of qemu-system-i386.
+    pub x86_64: bool,
 }
 
 impl Config {
     pub fn disk(path: &Path) -> Config {
-        Config { drives: vec![Drive::virtio(path)], memory_mib: 128, extra: vec![], sercon: false }
+        Config { drives: vec![Drive::virtio(path)], memory_mib: 128, extra: vec![], sercon: false, x86_64: false }
     }
 }
 
@@ -61,9 +63,10 @@ impl Qemu {
     }
 
     pub fn start(cfg: &Config) -> Qemu {
-        require_tool("qemu-system-i386", "qemu-system-x86");
+        let program = if cfg.x86_64 { "qemu-system-x86_64" } else { "qemu-system-i386" };
+        require_tool(program, "qemu-system-x86");
         assert!(Path::new(SEABIOS).exists(), "{} is missing: install the Debian package seabios", SEABIOS);
-        let mut cmd = Command::new("qemu-system-i386");
+        let mut cmd = Command::new(program);
         cmd.args(["-bios", SEABIOS, "-display", "none", "-nodefaults"]);
         if cfg.sercon {
             let port = std::env::temp_dir().join("vboot-sercon-port.bin");
@@ -127,6 +130,37 @@ impl Qemu {
             }
             if Instant::now() > deadline {
                 panic!("timed out after {:?} waiting for {:?}; output:\n{}", timeout, needle, out);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Where the output ends now: pass it to [`Qemu::expect_from`] to wait for text that comes
+    /// after this point.
+    pub fn mark(&self) -> usize {
+        self.output().len()
+    }
+
+    /// Like [`Qemu::expect`], but only output after `mark` counts. Returns that output.
+    pub fn expect_from(&mut self, mark: usize, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.output();
+            let tail = out.get(mark..).unwrap_or("");
+            if tail.contains(needle) {
+                return tail.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                let out = self.output();
+                let tail = out.get(mark..).unwrap_or("").to_string();
+                if tail.contains(needle) {
+                    return tail;
+                }
+                panic!("QEMU exited ({}) before printing {:?}; output after the mark:\n{}", status, needle, tail);
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {:?} waiting for {:?}; output after the mark:\n{}", timeout, needle, tail);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -18,6 +18,7 @@ fn run_probe(dir: &TempDir, cfg: &ProbeConfig, interface: &'static str) -> Strin
         memory_mib: 64,
         extra: vec![],
         sercon: false,
+        x86_64: false,
     });
     let status = q.wait_exit(PROBE_TIMEOUT);
     let out = q.output();

@@ -16,6 +16,7 @@ use std::time::Duration;
 use vboot::block::{BlockDevice, FileDisk, MemDisk};
 use vboot::fs::exfat::ExfatVolume;
 use vboot::fs::ext::ExtVolume;
+use vboot::fs::ntfs::NtfsVolume;
 use vboot::fs::{DirEntry, File, FileKind, FsError};
 
 // ---------------------------------------------------------------- harness
@@ -178,6 +179,7 @@ macro_rules! impl_volume {
 }
 impl_volume!(ExfatVolume);
 impl_volume!(ExtVolume);
+impl_volume!(NtfsVolume);
 
 /// Read a file's bytes straight from the image at the sectors its extent list names.
 fn bytes_at_extents(image: &[u8], file: &File) -> Vec<u8> {
@@ -199,10 +201,32 @@ fn bytes_at_extents(image: &[u8], file: &File) -> Vec<u8> {
 
 /// Compare every file and directory listing of the volume with the source tree.
 fn check_against_source(vol: &mut dyn Volume, image_path: &Path, src: &Path) {
+    check_against_source_with(vol, image_path, src, false, &[])
+}
+
+/// `resident_ok`: small files may be stored inside metadata (NTFS, ext4 inline_data) and then
+/// have no extents;
+/// `open_file` must say so, and `read_to_vec` must still return them. `extra`: names the
+/// volume has beyond the source tree (checked by the caller).
+fn check_against_source_with(vol: &mut dyn Volume, image_path: &Path, src: &Path, resident_ok: bool, extra: &[&str]) {
     let image = std::fs::read(image_path).unwrap();
     let (files, dirs) = walk(src);
     for path in &files {
         let want = std::fs::read(src.join(&path[1..])).unwrap();
+        if resident_ok && want.len() < 1024 {
+            match vol.open_file(path) {
+                Err(FsError::Unsupported(m)) => {
+                    assert!((m.contains("resident") || m.contains("inline")) && m.contains(path.as_str()), "{}", m)
+                }
+                Err(e) => panic!("open_file({}): {}", path, e),
+                Ok(f) => assert!(bytes_at_extents(&image, &f) == want, "{}: bytes at the extents differ", path),
+            }
+            let v = vol.read_to_vec(path, 1 << 30).unwrap_or_else(|e| panic!("read_to_vec({}): {}", path, e));
+            assert!(v == want, "{}: read_to_vec differs", path);
+            let v = vol.read_to_vec(&path.to_uppercase(), 1 << 30).unwrap();
+            assert!(v == want, "{}: read_to_vec of the upper-case path differs", path);
+            continue;
+        }
         let f = vol.open_file(path).unwrap_or_else(|e| panic!("open_file({}): {}", path, e));
         assert_eq!(f.size_bytes, want.len() as u64, "{}: size", path);
         assert_eq!(f.path, *path, "the returned path spells the name as stored");
@@ -232,7 +256,7 @@ fn check_against_source(vol: &mut dyn Volume, image_path: &Path, src: &Path) {
             .list_dir(dir)
             .unwrap_or_else(|e| panic!("list_dir({}): {}", dir, e))
             .into_iter()
-            .filter(|e| e.name != "lost+found" && e.name != "." && e.name != "..")
+            .filter(|e| e.name != "lost+found" && e.name != "." && e.name != ".." && !extra.contains(&e.name.as_str()))
             .map(|e| (e.name, e.kind == FileKind::Directory))
             .collect();
         let want: BTreeSet<(String, bool)> = std::fs::read_dir(src.join(dir.trim_start_matches('/')))
@@ -246,8 +270,9 @@ fn check_against_source(vol: &mut dyn Volume, image_path: &Path, src: &Path) {
     }
     assert!(matches!(vol.open_file("/no/such/file"), Err(FsError::NotFound { .. })));
     assert!(matches!(vol.open_file("/VMs"), Err(FsError::IsADirectory { .. })));
-    assert!(matches!(vol.list_dir("/one.bin"), Err(FsError::NotADirectory { .. })));
-    assert!(vol.open_file("/one.bin/x").is_err());
+    let a_file = &files[0];
+    assert!(matches!(vol.list_dir(a_file), Err(FsError::NotADirectory { .. })));
+    assert!(vol.open_file(&format!("{}/x", a_file)).is_err());
 }
 
 /// Walk a (possibly damaged) volume: list every directory, read every file. Only panics and
@@ -282,14 +307,14 @@ fn exercise(vol: &mut dyn Volume) {
     let _ = vol.read_to_vec("/boot/grub/grub.cfg", 1 << 20);
 }
 
-/// Run `rounds` mutations of `image`, each in its own watchdog window. `mutate` changes a copy;
-/// `open` builds a volume over it.
+/// Run `rounds` mutations of `image` under a watchdog. `mutate` changes a copy; `one_round`
+/// opens and uses a volume over it.
 fn mutation_loop(
     name: &str,
     image: Vec<u8>,
     rounds: u32,
     mutate: fn(&mut Vec<u8>, &mut Rng),
-    open: fn(MemDisk) -> Option<Box<dyn Volume + Send>>,
+    one_round: fn(MemDisk),
 ) {
     let (tx, rx) = mpsc::channel::<u32>();
     let name_owned = name.to_string();
@@ -298,9 +323,7 @@ fn mutation_loop(
         for round in 0..rounds {
             let mut img = image.clone();
             mutate(&mut img, &mut rng);
-            if let Some(mut vol) = open(MemDisk::from_bytes(img)) {
-                exercise(vol.as_mut());
-            }
+            one_round(MemDisk::from_bytes(img));
             tx.send(round).unwrap();
         }
         drop(name_owned);
@@ -473,8 +496,25 @@ fn exfat_survives_mutations() {
     make_source_tree(&src, 40);
     let img = build_exfat(t.path(), &src, 24 << 20, Some("4K"));
     let bytes = std::fs::read(&img).unwrap();
-    mutation_loop("exFAT", bytes, 400, exfat_mutate, |d| {
-        ExfatVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+    mutation_loop("exFAT", bytes.clone(), 400, exfat_mutate, |d| {
+        if let Ok(mut v) = ExfatVolume::open(d) {
+            exercise(&mut v);
+        }
+    });
+    // Metadata writes on a damaged volume: errors, never panics or hangs.
+    mutation_loop("exFAT writes", bytes, 200, exfat_mutate, |d| {
+        if let Ok(mut v) = ExfatVolume::open(d) {
+            let _ = v.create_file("/VMs/new snapshot.vhd", 50_000);
+            let _ = v.grow_file("/VMs/new snapshot.vhd", 90_000);
+            let _ = v.grow_file("/boot/grub/grub.cfg", 9_000);
+            let _ = v.truncate_file("/VMs/big.img", 10_000);
+            let _ = v.delete_file("/one.bin");
+            let _ = v.rename("/odd-size.bin", "/VMs/odd renamed.bin");
+            for i in 0..30 {
+                let _ = v.create_file(&format!("/many/another file {}", i), 100);
+            }
+            exercise(&mut v);
+        }
     });
 }
 
@@ -516,12 +556,16 @@ fn build_ext(dir: &Path, src: &Path, size_bytes: u64, mkfs_args: &[&str]) -> Pat
 }
 
 fn ext_case(tag: &str, size_bytes: u64, mkfs_args: &[&str]) {
+    ext_case_with(tag, size_bytes, mkfs_args, false)
+}
+
+fn ext_case_with(tag: &str, size_bytes: u64, mkfs_args: &[&str], inline: bool) {
     let t = TempDir::new(tag);
     let src = t.path().join("src");
     make_source_tree(&src, 600);
     let img = build_ext(t.path(), &src, size_bytes, mkfs_args);
     let mut vol = ExtVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
-    check_against_source(&mut vol, &img, &src);
+    check_against_source_with(&mut vol, &img, &src, inline, &[]);
     let runs = vol.open_file("/VMs/frag.bin").unwrap().extents.extents.len();
     assert!(runs > 4, "{}: frag.bin should be fragmented, is in {} runs", tag, runs);
     let htree = run(sbin("debugfs").arg("-R").arg("htree /many").arg(&img).stderr(std::process::Stdio::null()));
@@ -544,6 +588,23 @@ fn ext4_without_csum_or_64bit_1k_blocks() {
 #[test]
 fn ext4_without_extents_2k_blocks() {
     ext_case("ext4-noext", 64 << 20, &["-b", "2048", "-O", "^extent,^64bit"]);
+}
+
+#[test]
+fn ext4_inline_data() {
+    // Small files and directories live inside their inodes (i_block plus system.data).
+    ext_case_with("ext4-inline", 64 << 20, &["-b", "4096", "-I", "512", "-O", "inline_data"], true);
+    let t = TempDir::new("ext-inline-check");
+    let src = t.path().join("src");
+    make_source_tree(&src, 3);
+    let img = t.path().join("i.img");
+    make_image(&img, 32 << 20);
+    run(sbin("mkfs.ext4").args(["-q", "-F", "-I", "512", "-O", "inline_data", "-d"]).arg(&src).arg(&img));
+    let stat = run(sbin("debugfs").arg("-R").arg("stat /boot/grub/grub.cfg").arg(&img).stderr(std::process::Stdio::null()));
+    assert!(stat.contains("Size of inline data"), "grub.cfg is not inline:\n{}", stat);
+    let deepest = "/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9";
+    let stat = run(sbin("debugfs").arg("-R").arg(format!("stat {}", deepest)).arg(&img).stderr(std::process::Stdio::null()));
+    assert!(stat.contains("Size of inline data"), "{} is not inline:\n{}", deepest, stat);
 }
 
 #[test]
@@ -627,7 +688,398 @@ fn ext_survives_mutations() {
         let img = build_ext(t.path(), &src, 32 << 20, args);
         let bytes = std::fs::read(&img).unwrap();
         mutation_loop(tag, bytes, 300, ext_mutate, |d| {
-            ExtVolume::open(d).ok().map(|v| Box::new(v) as Box<dyn Volume + Send>)
+            if let Ok(mut v) = ExtVolume::open(d) {
+                exercise(&mut v);
+            }
         });
     }
+}
+
+// ---------------------------------------------------------------- NTFS
+
+struct FuseMount {
+    dir: PathBuf,
+}
+
+impl FuseMount {
+    fn ntfs(img: &Path, dir: &Path, opts: &str) -> FuseMount {
+        need("ntfs-3g", "ntfs-3g");
+        need("fusermount", "fuse3");
+        std::fs::create_dir_all(dir).unwrap();
+        run(Command::new(sbin_path("ntfs-3g")).args(["-o", opts]).arg(img).arg(dir));
+        FuseMount { dir: dir.to_path_buf() }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount").arg("-u").arg(&self.dir).status();
+    }
+}
+
+/// Build an NTFS volume from `src` through an ntfs-3g mount: the source tree, a file written
+/// into the holes left by deleting every other small file (so its runs overflow the MFT
+/// record into an attribute list), an 8.3 name, a compressed file and a sparse file.
+fn build_ntfs(dir: &Path, src: &Path, size_bytes: u64, mkntfs_args: &[&str]) -> PathBuf {
+    need("mkntfs", "ntfs-3g");
+    need("ntfsinfo", "ntfs-3g");
+    need("setfattr", "attr");
+    let img = dir.join("ntfs.img");
+    make_image(&img, size_bytes);
+    run(sbin("mkntfs").args(["-F", "-Q"]).args(mkntfs_args).arg(&img));
+    {
+        let m = FuseMount::ntfs(&img, &dir.join("mnt"), "compression");
+        let mnt = &m.dir;
+        run(Command::new("cp").arg("-r").arg(format!("{}/.", src.display())).arg(mnt));
+        std::fs::create_dir_all(mnt.join("holes")).unwrap();
+        let mut rng = Rng(99);
+        for i in 0..800 {
+            std::fs::write(mnt.join(format!("holes/h{:03}", i)), rng.bytes(4096)).unwrap();
+        }
+        run(Command::new(sbin_path("setfattr"))
+            .args(["-n", "system.ntfs_dos_name", "-v", "DISKIM~1.VHD"])
+            .arg(mnt.join("VMs/Disk Image With A Rather Long Name (copy 2).vhd")));
+        // Files created in a directory with the compressed attribute are compressed.
+        std::fs::create_dir_all(mnt.join("special/comp")).unwrap();
+        run(Command::new(sbin_path("setfattr"))
+            .args(["-h", "-v", "0x00000810", "-n", "system.ntfs_attrib_be"])
+            .arg(mnt.join("special/comp")));
+        std::fs::write(mnt.join("special/comp/c.txt"), "compress me ".repeat(20000)).unwrap();
+        let f = std::fs::File::create(mnt.join("special/sparse.img")).unwrap();
+        f.set_len(1 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_at(b"in the middle", 700_000).unwrap();
+        drop(f);
+        // Fill the free space, so the next file can only go into the holes.
+        {
+            use std::io::Write;
+            let mut fill = std::fs::File::create(mnt.join("fill.tmp")).unwrap();
+            for chunk in [1usize << 20, 65536, 4096, 512] {
+                let buf = vec![0x5Au8; chunk];
+                while fill.write_all(&buf).and_then(|_| fill.sync_all()).is_ok() {}
+            }
+        }
+        for i in (0..800).step_by(2) {
+            std::fs::remove_file(mnt.join(format!("holes/h{:03}", i))).unwrap();
+        }
+        let frag = rng.bytes(300 * 4096 + 1234);
+        std::fs::write(mnt.join("VMs/frag.bin"), &frag).unwrap();
+        std::fs::write(src.join("VMs/frag.bin"), &frag).unwrap();
+        // Named streams (ntfs-3g stores user xattrs as such) overflow the MFT record, which
+        // moves attributes to extension records behind an $ATTRIBUTE_LIST.
+        for k in 0..40 {
+            run(Command::new(sbin_path("setfattr"))
+                .args(["-n", &format!("user.stream{:02}", k), "-v", &"x".repeat(100)])
+                .arg(mnt.join("VMs/frag.bin")));
+        }
+        std::fs::create_dir_all(src.join("holes")).unwrap();
+        for i in (1..800).step_by(2) {
+            let n = format!("holes/h{:03}", i);
+            std::fs::copy(mnt.join(&n), src.join(&n)).unwrap();
+        }
+        std::fs::remove_file(mnt.join("fill.tmp")).unwrap();
+    }
+    img
+}
+
+#[test]
+fn ntfs_reads_every_file_like_the_source() {
+    for (tag, args) in [("4k", &["-c", "4096"][..]), ("512", &["-c", "512"][..]), ("64k", &["-c", "65536"][..])] {
+        let t = TempDir::new(&format!("ntfs-{}", tag));
+        let src = t.path().join("src");
+        make_source_tree(&src, 600);
+        let img = build_ntfs(t.path(), &src, 96 << 20, args);
+        let mut vol = NtfsVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
+        check_against_source_with(&mut vol, &img, &src, true, &["special"]);
+        check_ntfs_specials(&mut vol, &img, tag);
+        check_ntfs_encrypted_flag(&img, tag);
+    }
+}
+
+/// ntfs-3g cannot make EFS files, so set the encrypted flag on big.img's $DATA attribute by hand.
+fn check_ntfs_encrypted_flag(img: &Path, tag: &str) {
+    let info = run(sbin("ntfsinfo").args(["-F", "/VMs/big.img"]).arg(img).stderr(std::process::Stdio::null()));
+    let record: usize = info
+        .split("Dumping Inode ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("ntfsinfo names the inode");
+    let mut bytes = std::fs::read(img).unwrap();
+    let cluster = u16::from_le_bytes([bytes[11], bytes[12]]) as usize * bytes[13] as usize;
+    let mft = u64::from_le_bytes(bytes[0x30..0x38].try_into().unwrap()) as usize * cluster;
+    let rec = mft + record * 1024;
+    assert_eq!(&bytes[rec..rec + 4], b"FILE", "{}: record {} is not where a contiguous MFT puts it", tag, record);
+    let mut off = rec + u16::from_le_bytes([bytes[rec + 0x14], bytes[rec + 0x15]]) as usize;
+    loop {
+        let kind = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap());
+        assert_ne!(kind, 0xFFFF_FFFF, "{}: no $DATA attribute in record {}", tag, record);
+        if kind == 0x80 && bytes[off + 9] == 0 {
+            bytes[off + 13] |= 0x40;
+            break;
+        }
+        off += u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
+    }
+    let mut vol = NtfsVolume::open(MemDisk::from_bytes(bytes)).unwrap();
+    match vol.open_file("/VMs/big.img") {
+        Err(FsError::Unsupported(m)) => assert!(m.contains("big.img") && m.contains("encrypted"), "{}", m),
+        other => panic!("{}: an encrypted file was accepted: {:?}", tag, other.map(|f| f.extents)),
+    }
+    assert!(matches!(vol.read_to_vec("/VMs/big.img", 1 << 30), Err(FsError::Unsupported(_))));
+}
+
+fn check_ntfs_specials(vol: &mut NtfsVolume<FileDisk>, img: &Path, tag: &str) {
+    let mut listed: Vec<String> = vol.list_dir("/special").unwrap().into_iter().map(|e| e.name).collect();
+    listed.sort();
+    assert_eq!(listed, ["comp", "sparse.img"]);
+    // Compressed and sparse files: refused as images with a reason; sparse still readable.
+    // NTFS compresses only with clusters of 4 KiB or less; with larger ones the file is plain.
+    if tag == "64k" {
+        let plain = vol.read_to_vec("/special/comp/c.txt", 1 << 20).unwrap();
+        assert!(plain == "compress me ".repeat(20000).into_bytes());
+    } else {
+        match vol.open_file("/special/comp/c.txt") {
+            Err(FsError::Unsupported(m)) => assert!(m.contains("c.txt") && m.contains("compressed"), "{}", m),
+            other => panic!("{}: a compressed file was accepted: {:?}", tag, other.map(|f| f.extents)),
+        }
+        assert!(matches!(vol.read_to_vec("/special/comp/c.txt", 1 << 20), Err(FsError::Unsupported(_))));
+    }
+    match vol.open_file("/special/sparse.img") {
+        Err(FsError::Unsupported(m)) => assert!(m.contains("sparse.img") && m.contains("sparse"), "{}", m),
+        other => panic!("{}: a sparse file was accepted: {:?}", tag, other.map(|f| f.extents)),
+    }
+    let mut want = vec![0u8; 1 << 20];
+    want[700_000..700_013].copy_from_slice(b"in the middle");
+    assert!(vol.read_to_vec("/special/sparse.img", 1 << 30).unwrap() == want, "{}: sparse read", tag);
+
+    // 8.3 name: found, and spelled with the long name.
+    let by_dos = vol.open_file("/vms/diskim~1.vhd").unwrap();
+    let by_long = vol.open_file("/VMs/Disk Image With A Rather Long Name (copy 2).vhd").unwrap();
+    assert_eq!(by_dos.extents, by_long.extents);
+    assert_eq!(by_dos.path, by_long.path);
+
+    let frag = vol.open_file("/VMs/frag.bin").unwrap();
+    // (With 64 KiB clusters ntfs-3g keeps free space in reserve that the filler cannot reach.)
+    assert!(tag == "64k" || frag.extents.extents.len() > 15, "{}: frag.bin is in only {} runs", tag, frag.extents.extents.len());
+    let info = run(sbin("ntfsinfo").args(["-F", "/VMs/frag.bin"]).arg(img).stderr(std::process::Stdio::null()));
+    assert!(info.contains("$ATTRIBUTE_LIST"), "{}: frag.bin has no attribute list:\n{}", tag, info);
+
+    assert!(matches!(vol.create_file("/new.img", 4096), Err(FsError::ReadOnly(m)) if m.contains("host OS")));
+    assert!(matches!(vol.grow_file("/VMs/big.img", 1 << 30), Err(FsError::ReadOnly(_))));
+}
+
+fn ntfs_mutate(img: &mut Vec<u8>, rng: &mut Rng) {
+    let cluster = u16::from_le_bytes([img[11], img[12]]) as usize * img[13] as usize;
+    let mft = u64::from_le_bytes(img[0x30..0x38].try_into().unwrap()) as usize * cluster;
+    let len = img.len();
+    flip_bytes(img, rng, &[(0, 512), (mft, mft + 64 * 1024), (mft, mft + 2 << 20), (0, len)]);
+}
+
+#[test]
+fn ntfs_survives_mutations() {
+    let t = TempDir::new("ntfs-mut");
+    let src = t.path().join("src");
+    make_source_tree(&src, 100);
+    let img = build_ntfs(t.path(), &src, 40 << 20, &["-c", "4096"]);
+    let bytes = std::fs::read(&img).unwrap();
+    assert!(NtfsVolume::open(MemDisk::from_bytes(bytes.clone())).is_ok());
+    mutation_loop("NTFS", bytes, 300, ntfs_mutate, |d| {
+        if let Ok(mut v) = NtfsVolume::open(d) {
+            exercise(&mut v);
+        }
+    });
+}
+
+// ---------------------------------------------------------------- exFAT metadata writes
+
+/// Mount an exFAT image through exfat-fuse on a loop device for the duration of `f`.
+fn with_exfat_mount<T>(img: &Path, mnt: &Path, f: impl FnOnce(&Path) -> T) -> T {
+    need("mount.exfat-fuse", "exfat-fuse");
+    let loopdev = run(sbin("losetup").args(["-f", "--show"]).arg(img)).trim().to_string();
+    std::fs::create_dir_all(mnt).unwrap();
+    let mounted = Command::new(sbin_path("mount.exfat-fuse")).arg(&loopdev).arg(mnt).status();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(mounted.as_ref().map(|s| s.success()).unwrap_or(false), "mount.exfat-fuse failed");
+        f(mnt)
+    }));
+    let _ = Command::new("fusermount").arg("-u").arg(mnt).status();
+    run(sbin("losetup").arg("-d").arg(&loopdev));
+    result.unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn model_of(src: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    walk(src).0.into_iter().map(|p| {
+        let data = std::fs::read(src.join(&p[1..])).unwrap();
+        (p, data)
+    }).collect()
+}
+
+fn check_model(vol: &mut ExfatVolume<FileDisk>, model: &std::collections::BTreeMap<String, Vec<u8>>, step: &str) {
+    for (path, want) in model {
+        let got = vol.read_to_vec(path, 1 << 30).unwrap_or_else(|e| panic!("after {}: {}: {}", step, path, e));
+        assert!(got == *want, "after {}: {} differs ({} vs {} bytes)", step, path, got.len(), want.len());
+    }
+}
+
+#[test]
+fn exfat_metadata_writes_keep_the_volume_clean() {
+    need("fsck.exfat", "exfatprogs");
+    need("diff", "diffutils");
+    let t = TempDir::new("exfat-write");
+    let src = t.path().join("src");
+    make_source_tree(&src, 40);
+    let img = build_exfat(t.path(), &src, 32 << 20, Some("4K"));
+    let mut model = model_of(&src);
+    let mut vol = ExfatVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
+    let mut rng = Rng(5150);
+
+    // Create with a long name, write inside it, grow it while the next clusters are free.
+    let snap = "/VMs/Snapshot 2024-01-01 of the Windows 10 disk (long name).vhd";
+    let f = vol.create_file(snap, 1_000_000).unwrap();
+    assert_eq!(f.path, snap);
+    assert_eq!(f.extents.extents.len(), 1, "a new file on a roomy volume is contiguous");
+    assert_eq!(vol.read_to_vec(snap, 1 << 30).unwrap(), vec![0u8; 1_000_000]);
+    let data = rng.bytes(12345);
+    assert_eq!(vol.write_file(&f, 1000, &data).unwrap(), data.len());
+    assert!(vol.write_file(&f, 999_999, &[1, 2]).is_err(), "writes past the end are refused");
+    let mut want = vec![0u8; 1_000_000];
+    want[1000..1000 + data.len()].copy_from_slice(&data);
+    want.resize(3_000_000, 0);
+    vol.grow_file(snap, 3_000_000).unwrap();
+    model.insert(snap.to_string(), want);
+    check_model(&mut vol, &model, "create+grow");
+    assert!(matches!(vol.create_file(snap, 10), Err(FsError::Unsupported(m)) if m.contains("already exists")));
+    assert!(vol.create_file("/VMs/bad:name", 10).is_err());
+    assert!(matches!(vol.create_file("/nodir/x", 10), Err(FsError::NotFound { .. })));
+
+    // Truncate, delete, rename across directories and by case only.
+    vol.truncate_file("/VMs/big.img", 1_000_001).unwrap();
+    model.get_mut("/VMs/big.img").unwrap().truncate(1_000_001);
+    vol.delete_file("/odd-size.bin").unwrap();
+    model.remove("/odd-size.bin");
+    assert!(matches!(vol.open_file("/odd-size.bin"), Err(FsError::NotFound { .. })));
+    vol.rename("/one.bin", "/VMs/ONE renamed with a name long enough for three entries.bin").unwrap();
+    let v = model.remove("/one.bin").unwrap();
+    model.insert("/VMs/ONE renamed with a name long enough for three entries.bin".into(), v);
+    vol.rename("/empty.txt", "/EMPTY.TXT").unwrap();
+    let v = model.remove("/empty.txt").unwrap();
+    model.insert("/EMPTY.TXT".into(), v);
+    assert!(vol.rename("/boot/grub/grub.cfg", "/VMs/big.img").is_err(), "rename onto an existing name");
+    check_model(&mut vol, &model, "truncate/delete/rename");
+
+    // Enough new names to grow a directory by several clusters.
+    for i in 0..150 {
+        let p = format!("/level0/grown file number {:03} with a long name.txt", i);
+        let content = format!("{} ", i).repeat(i * 7).into_bytes();
+        let f = vol.create_file(&p, content.len() as u64).unwrap();
+        vol.write_file(&f, 0, &content).unwrap();
+        model.insert(p, content);
+    }
+    check_model(&mut vol, &model, "directory growth");
+
+
+    // Fill all but 160 KiB, make that tail into alternating 8 KiB files and holes, then make
+    // files that can only use FAT chains through the holes.
+    let free = vol.free_bytes().unwrap();
+    vol.create_file("/fill.bin", free - 20 * 8192).unwrap();
+    for i in 0..20 {
+        vol.create_file(&format!("/hole{:02}", i), 8192).unwrap();
+    }
+    assert_eq!(vol.free_bytes().unwrap(), 0);
+    for i in (0..20).step_by(2) {
+        vol.delete_file(&format!("/hole{:02}", i)).unwrap();
+    }
+    for i in (1..20).step_by(2) {
+        model.insert(format!("/hole{:02}", i), vec![0u8; 8192]);
+    }
+    assert!(matches!(vol.create_file("/too-big.bin", 20 * 8192), Err(FsError::NoSpace { .. })));
+    let frag_data = rng.bytes(40_000);
+    let f = vol.create_file("/frag.bin", 40_000).unwrap();
+    assert!(f.extents.extents.len() >= 5, "frag.bin should be scattered over the holes");
+    vol.write_file(&f, 0, &frag_data).unwrap();
+    // The snapshot's next clusters are taken now: growing it must switch it to a FAT chain.
+    assert_eq!(vol.open_file(snap).unwrap().extents.extents.len(), 1);
+    vol.grow_file(snap, 3_004_000).unwrap();
+    model.get_mut(snap).unwrap().resize(3_004_000, 0);
+    assert!(vol.open_file(snap).unwrap().extents.extents.len() > 1);
+    vol.grow_file("/frag.bin", 48_000).unwrap();
+    vol.truncate_file("/frag.bin", 20_000).unwrap();
+    let mut frag_want = frag_data;
+    frag_want.truncate(20_000);
+    model.insert("/frag.bin".into(), frag_want);
+    vol.delete_file("/fill.bin").unwrap();
+    vol.truncate_file("/VMs/Disk Image With A Rather Long Name (copy 2).vhd", 0).unwrap();
+    model.insert("/VMs/Disk Image With A Rather Long Name (copy 2).vhd".into(), Vec::new());
+    check_model(&mut vol, &model, "fragmented allocation");
+    drop(vol);
+
+    // The tools agree: fsck is clean, and exfat-fuse sees exactly the model.
+    run(sbin("fsck.exfat").arg("-n").arg(&img));
+    let expect = t.path().join("expect");
+    for (p, data) in &model {
+        let dst = expect.join(&p[1..]);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::write(dst, data).unwrap();
+    }
+    for d in walk(&src).1 {
+        std::fs::create_dir_all(expect.join(d.trim_start_matches('/'))).unwrap();
+    }
+    with_exfat_mount(&img, &t.path().join("mnt2"), |mnt| {
+        run(Command::new("diff").arg("-r").arg(&expect).arg(mnt));
+    });
+    let mut vol = ExfatVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
+    check_against_source(&mut vol, &img, &expect);
+}
+
+// ---------------------------------------------------------------- writes inside extents
+
+/// Patch a file through its extent list at unaligned offsets; return the expected content.
+fn patch_through_extents(
+    write: &mut dyn FnMut(&File, u64, &[u8]) -> Result<usize, FsError>,
+    f: &File,
+    mut want: Vec<u8>,
+) -> Vec<u8> {
+    let mut rng = Rng(31337);
+    let size = want.len() as u64;
+    for (off, len) in [(0u64, 512usize), (777, 5000), (size - 1000, 1000), (size / 2 + 3, 70_000)] {
+        let data = rng.bytes(len);
+        assert_eq!(write(f, off, &data).unwrap(), len);
+        want[off as usize..off as usize + len].copy_from_slice(&data);
+    }
+    assert!(write(f, size - 10, &[0u8; 11]).is_err(), "a write past the end must be refused");
+    want
+}
+
+#[test]
+fn ext4_writes_inside_extents_are_seen_by_debugfs() {
+    let t = TempDir::new("ext-write");
+    let src = t.path().join("src");
+    make_source_tree(&src, 5);
+    let img = build_ext(t.path(), &src, 32 << 20, &["-b", "1024"]);
+    let before = std::fs::read(src.join("VMs/frag.bin")).unwrap();
+    let mut vol = ExtVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
+    let f = vol.open_file("/VMs/frag.bin").unwrap();
+    let want = patch_through_extents(&mut |f, o, b| vol.write_file(f, o, b), &f, before);
+    drop(vol);
+    let out = t.path().join("dumped");
+    run(sbin("debugfs").arg("-R").arg(format!("dump /VMs/frag.bin {}", out.display())).arg(&img));
+    assert!(std::fs::read(&out).unwrap() == want, "debugfs reads different bytes");
+    run(sbin("e2fsck").args(["-f", "-n"]).arg(&img));
+}
+
+#[test]
+fn ntfs_writes_inside_extents_are_seen_by_ntfscat() {
+    need("ntfscat", "ntfs-3g");
+    let t = TempDir::new("ntfs-write");
+    let src = t.path().join("src");
+    make_source_tree(&src, 5);
+    let img = build_ntfs(t.path(), &src, 40 << 20, &["-c", "4096"]);
+    let before = std::fs::read(src.join("VMs/frag.bin")).unwrap();
+    let mut vol = NtfsVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
+    let f = vol.open_file("/VMs/frag.bin").unwrap();
+    let want = patch_through_extents(&mut |f, o, b| vol.write_file(f, o, b), &f, before);
+    drop(vol);
+    let out = Command::new(sbin_path("ntfscat")).arg(&img).arg("/VMs/frag.bin").output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == want, "ntfscat reads different bytes");
 }

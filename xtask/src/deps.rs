@@ -15,6 +15,21 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/mkfs.fat", "dosfstools"),
     ("/usr/bin/mcopy", "mtools"),
     ("/usr/bin/objcopy", "binutils"),
+    ("/usr/bin/as", "binutils"),
+    ("/usr/sbin/fsck.fat", "dosfstools"),
+    ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
+    ("/usr/bin/grub-mkimage", "grub-common"),
+    ("/usr/bin/syslinux", "syslinux"),
+    ("/usr/lib/syslinux/mbr/mbr.bin", "syslinux-common"),
+    ("/bin/busybox", "busybox-static"),
+    ("/usr/bin/cpio", "cpio"),
+    ("/usr/sbin/mkfs.ext4", "e2fsprogs"),
+    ("/usr/sbin/mkfs.exfat", "exfatprogs"),
+    ("/usr/sbin/fsck.exfat", "exfatprogs"),
+    ("/usr/sbin/mkntfs", "ntfs-3g"),
+    ("/sbin/mount.exfat-fuse", "exfat-fuse"),
+    ("/usr/bin/fusermount3", "fuse3"),
+    ("/usr/bin/sha256sum", "coreutils"),
 ];
 
 pub fn ensure_all() -> Result<(), String> {
@@ -40,6 +55,7 @@ fn ensure_debian_packages() -> Result<(), String> {
         .filter(|(path, _)| !Path::new(path).exists())
         .map(|(_, pkg)| *pkg)
         .collect();
+    missing.sort();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
