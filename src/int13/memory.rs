@@ -28,6 +28,12 @@ impl core::fmt::Display for MemoryError {
 pub trait GuestMemory {
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), MemoryError>;
     fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), MemoryError>;
+    /// True when `linear` addresses are the machine's physical memory, so a disk may transfer
+    /// straight into them (BIOS DMA). A scratch memory (a sector read for geometry probing, a
+    /// test's vector) says false, and disks must go through `write`.
+    fn is_physical(&self) -> bool {
+        false
+    }
 }
 
 impl<T: GuestMemory + ?Sized> GuestMemory for &mut T {
@@ -36,6 +42,9 @@ impl<T: GuestMemory + ?Sized> GuestMemory for &mut T {
     }
     fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), MemoryError> {
         (**self).write(linear, buf)
+    }
+    fn is_physical(&self) -> bool {
+        (**self).is_physical()
     }
 }
 

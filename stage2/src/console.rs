@@ -58,7 +58,9 @@ impl Console {
         if !self.serial {
             return;
         }
-        for _ in 0..100_000 {
+        // A real UART sends a byte in under 100 us at 115200 baud; an emulated one may take
+        // longer when its host side is busy. Never overwrite a byte still waiting to go.
+        for _ in 0..5_000_000 {
             if unsafe { inb(COM1 + 5) } & 0x20 != 0 {
                 break;
             }

@@ -26,7 +26,7 @@ _start16:
     mov %ax, %ds
     mov %ax, %es
     mov %ax, %ss
-    mov $RM_STACK_TOP, %sp
+    mov $RM_STACK_TOP, %esp             # all 32 bits: BIOS C code addresses the stack through ESP
     ljmp $0, $.Lcs_ok
 .Lcs_ok:
     mov %dl, boot_drive
@@ -149,7 +149,7 @@ bios_call:
 .Lreal:
     xor %ax, %ax
     mov %ax, %ss
-    mov $RM_STACK_TOP, %sp
+    mov $RM_STACK_TOP, %esp             # all 32 bits: BIOS C code addresses the stack through ESP
     mov %ax, %fs
     mov %ax, %gs
     mov %ax, %ds
@@ -235,7 +235,7 @@ real_mode_jump:
     mov %ax, %ss
     mov %ax, %fs
     mov %ax, %gs
-    mov $0x7C00, %sp
+    mov $0x7C00, %esp
     lidt real_mode_idt
     mov jump_dl, %dl
     xor %eax, %eax

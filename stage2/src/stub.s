@@ -35,6 +35,7 @@
 .set S_BREGS,         0xB0
 .set S_ENGINE_SAVED_ESP, 0xD4
 .set S_GUEST_GS,      0xD8
+.set S_GUEST_ESP_HI,  0xDA
 .set S_CALLS,         0xDC
 .set S_DAP,           0xE0
 .set S_CODE,          0x100
@@ -128,16 +129,23 @@ common_entry:
     mov %gs, %cs:S_GUEST_GS
     mov %ss, %cs:S_GUEST_SS
     mov %sp, %cs:S_GUEST_SP
+    mov %esp, %eax
+    shr $16, %eax
+    mov %ax, %cs:S_GUEST_ESP_HI
     mov %sp, %bp
     mov %ss:4(%bp), %ax                     # the caller's FLAGS, pushed by INT
     mov %ax, %cs:S_FRAME+R_FLAGS
     mov %cs, %ax
     mov %ax, %ss
-    mov $(stub_end - stub_start), %sp       # private stack: the top of the stub
+    # Private stack at the top of the stub. All 32 bits of ESP: BIOS code compiled from C uses
+    # ESP-based addressing even in real mode, so stale high bits would send it astray.
+    mov $(stub_end - stub_start), %esp
     call enter_engine
     mov %cs:S_GUEST_SS, %ax
     mov %ax, %ss
-    mov %cs:S_GUEST_SP, %sp
+    mov %cs:S_GUEST_ESP_HI, %sp
+    shl $16, %esp
+    mov %cs:S_GUEST_SP, %sp                 # the caller's whole ESP, high bits included
     mov %sp, %bp
     mov %ss:4(%bp), %ax
     and $0xFFFE, %ax
@@ -197,7 +205,7 @@ rm_back:
     mov %ax, %ss
     mov %ax, %ds
     mov %ax, %es
-    mov %cs:S_RM_SP, %sp
+    movzwl %cs:S_RM_SP, %esp
     lidt %cs:S_SAVED_IDT
     ret
 
@@ -216,7 +224,7 @@ bios16:
 rm_bios:
     mov %cs, %ax
     mov %ax, %ss
-    mov %cs:S_RM_SP, %sp
+    movzwl %cs:S_RM_SP, %esp                # the engine's stack address must not leak in
     lidt %cs:S_SAVED_IDT
     xor %ax, %ax
     mov %ax, %fs

@@ -14,16 +14,30 @@ _start:
 1:  lodsb
     test %al, %al
     jz 2f
+    mov %al, %bl
+    call wait_uart
+    mov %bl, %al
     mov $0x3f8, %dx
     out %al, %dx
     mov $0xe9, %dx
     out %al, %dx
     jmp 1b
-2:  mov $0x10, %al
+2:  call wait_uart                      # let the last byte leave before QEMU exits
+    mov $0x10, %al
     mov $0xf4, %dx
     out %al, %dx
 3:  hlt
     jmp 3b
+
+# Wait (bounded) until the UART's transmitter is empty, so no byte overwrites the previous one.
+wait_uart:
+    mov $0xffff, %cx
+    mov $0x3fd, %dx
+4:  in %dx, %al
+    test $0x40, %al
+    jnz 5f
+    loop 4b
+5:  ret
 .org 0x100
 message:
     .fill 0xFE, 1, 0

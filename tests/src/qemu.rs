@@ -48,8 +48,10 @@ impl Config {
 
 pub struct Qemu {
     child: Child,
+    monitor: PathBuf,
     stdin: Option<ChildStdin>,
     output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
     pub started: Instant,
 }
 
@@ -87,12 +89,23 @@ impl Qemu {
             cmd.arg("-drive").arg(spec);
         }
         cmd.args(&cfg.extra);
+        // Debugging aid: extra QEMU arguments for every run, e.g. "-d int,cpu_reset -D /tmp/q.log".
+        if let Ok(extra) = std::env::var("VBOOT_QEMU_EXTRA") {
+            cmd.args(extra.split_whitespace());
+        }
+        // A monitor socket, so a hung guest's CPU state can be shown when a test times out.
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let monitor = std::env::temp_dir().join(format!("vboot-qemu-{}-{}.mon", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_file(&monitor);
+        cmd.arg("-monitor").arg(format!("unix:{},server,nowait", monitor.display()));
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start qemu-system-i386");
         let output = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
         for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
             let out = Arc::clone(&output);
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 let mut pipe = pipe;
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buf) {
@@ -101,10 +114,35 @@ impl Qemu {
                     }
                     out.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-            });
+            }));
         }
         let stdin = child.stdin.take();
-        Qemu { child, stdin, output, started: Instant::now() }
+        Qemu { child, monitor, stdin, output, readers, started: Instant::now() }
+    }
+
+    /// After QEMU exited: wait until everything it wrote has been read.
+    fn drain(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+
+    /// Ask the QEMU monitor for the CPU registers (for the message of a test that timed out).
+    pub fn cpu_state(&self) -> String {
+        use std::os::unix::net::UnixStream;
+        let Ok(mut sock) = UnixStream::connect(&self.monitor) else { return String::from("(no monitor)") };
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = sock.write_all(b"info registers\nxp /32xb 0x7c00\nxp /8xh 0x7bf0\nxp /2xh 0x20\nxp /1xb 0x81a3\nxp /32xb 0x9f070\nxp /8xh 0x9f088\n");
+        std::thread::sleep(Duration::from_millis(500));
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = sock.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+        }
+        strip_ansi(&String::from_utf8_lossy(&all))
     }
 
     /// Everything the guest printed so far, with ANSI escape sequences and CRs removed.
@@ -121,7 +159,7 @@ impl Qemu {
                 return out;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                self.drain();
                 let out = self.output();
                 if out.contains(needle) {
                     return out;
@@ -129,7 +167,7 @@ impl Qemu {
                 panic!("QEMU exited ({}) before printing {:?}; output:\n{}", status, needle, out);
             }
             if Instant::now() > deadline {
-                panic!("timed out after {:?} waiting for {:?}; output:\n{}", timeout, needle, out);
+                panic!("timed out after {:?} waiting for {:?}; output:\n{}\nCPU:\n{}", timeout, needle, out, self.cpu_state());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -151,7 +189,7 @@ impl Qemu {
                 return tail.to_string();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                self.drain();
                 let out = self.output();
                 let tail = out.get(mark..).unwrap_or("").to_string();
                 if tail.contains(needle) {
@@ -178,7 +216,7 @@ impl Qemu {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(50));
+                self.drain();
                 return Some(status.code().unwrap_or(-1));
             }
             if Instant::now() > deadline {
@@ -193,12 +231,14 @@ impl Qemu {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.drain();
     }
 }
 
 impl Drop for Qemu {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(&self.monitor);
     }
 }
 

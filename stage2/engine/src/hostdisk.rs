@@ -76,7 +76,10 @@ impl RawFile {
                 self.extents.lookup(lba + done as u64).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
             let want = run.min((count - done) as u64).min(MAX_SECTORS_PER_CALL);
             let linear = buf_linear + done as u64 * 512;
-            let direct = linear + want * 512 <= 0x10_0000;
+            // Straight into the guest's buffer only when it is real memory below 1 MiB; a scratch
+            // memory (engine_init's geometry probe reads sector 0 into one) goes through the bounce
+            // buffer, or the BIOS would write into whatever physical address it names.
+            let direct = mem.is_physical() && linear + want * 512 <= 0x10_0000;
             let n = if direct { want } else { want.min((BOUNCE_BYTES / 512) as u64) };
             let bytes = (n * 512) as usize;
             if write && !self.extents.contains_lbas(host_lba, n) {

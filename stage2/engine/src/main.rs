@@ -83,6 +83,9 @@ impl GuestMemory for FlatMemory {
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), linear as usize as *mut u8, buf.len()) };
         Ok(())
     }
+    fn is_physical(&self) -> bool {
+        true
+    }
 }
 
 struct MessageBuf<'a> {
