@@ -1,0 +1,344 @@
+//! Image formats against oracles: qemu-img/qemu-io (Debian qemu-utils) make and fill images in
+//! every variant, `qemu-img convert -O raw` says what they contain, and we must read the same.
+//! VHD differencing chains (which qemu cannot read) are checked with libvhdi (python3-libvhdi).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
+use vboot::image::disk::Source;
+use vboot::image::{Disk, ImageError};
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!("vboot-img-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tool(cmd: &str, package: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {} ({}): install the Debian package {}", cmd, e, package));
+    assert!(out.status.success(), "{} {:?} failed: {}{}", cmd, args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    tool("qemu-img", "qemu-utils", args)
+}
+
+fn qemu_io(fmt: &str, img: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(img);
+    tool("qemu-io", "qemu-utils", &args);
+}
+
+/// The whole virtual disk as qemu sees it.
+fn qemu_raw(fmt: &str, img: &str, dir: &TempDir) -> Vec<u8> {
+    let out = dir.path("oracle.raw");
+    let _ = std::fs::remove_file(&out);
+    qemu_img(&["convert", "-f", fmt, "-O", "raw", img, &out]);
+    let v = std::fs::read(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    v
+}
+
+fn open(path: &str) -> Result<Disk, ImageError> {
+    let (layers, warnings) = open_chain(path, &mut StdLocator::default(), &ChainOptions::default())?;
+    Disk::new(layers, warnings)
+}
+
+fn open_rw(path: &str) -> Disk {
+    let (layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: true }, &ChainOptions::default()).unwrap();
+    Disk::new(layers, warnings).unwrap()
+}
+
+fn read_all(d: &mut Disk) -> Vec<u8> {
+    let mut v = vec![0u8; (d.sectors() * 512) as usize];
+    // Odd-sized chunks so reads cross block and grain boundaries at many offsets.
+    let chunk = 1000 * 512;
+    let mut at = 0usize;
+    while at < v.len() {
+        let n = chunk.min(v.len() - at);
+        d.read((at / 512) as u64, &mut v[at..at + n]).unwrap();
+        at += n;
+    }
+    v
+}
+
+fn assert_same(ours: &[u8], oracle: &[u8], what: &str) {
+    assert_eq!(ours.len(), oracle.len(), "{}: virtual size differs from qemu's", what);
+    if let Some(i) = ours.iter().zip(oracle).position(|(a, b)| a != b) {
+        panic!("{}: first difference at byte {} (sector {}): ours {:#04x}, qemu {:#04x}", what, i, i / 512, ours[i], oracle[i]);
+    }
+}
+
+const PATTERN: &[&str] = &[
+    "write -P 0x11 0 4k",
+    "write -P 0x22 1m 64k",
+    "write -P 0x33 2044k 8k", // crosses a 2 MiB VHD block boundary
+    "write -P 0x44 5000k 3k",
+    "write -P 0x55 31m 1m",
+    "write -P 0x66 63m 512",
+];
+
+fn roundtrip(fmt: &str, create: &[&str], tag: &str) {
+    let dir = TempDir::new(tag);
+    let img = dir.path(&format!("img.{}", if fmt == "vpc" { "vhd" } else { fmt }));
+    let mut args = vec!["create", "-q", "-f", fmt];
+    args.extend_from_slice(create);
+    args.push(&img);
+    args.push("64M");
+    qemu_img(&args);
+    qemu_io(fmt, &img, PATTERN);
+    let oracle = qemu_raw(fmt, &img, &dir);
+    let mut d = open(&img).unwrap();
+    assert_same(&read_all(&mut d), &oracle, tag);
+}
+
+#[test]
+fn raw_matches_qemu() {
+    roundtrip("raw", &[], "raw");
+}
+
+#[test]
+fn vhd_fixed_matches_qemu() {
+    roundtrip("vpc", &["-o", "subformat=fixed"], "vhd-fixed");
+    roundtrip("vpc", &["-o", "subformat=fixed,force_size=on"], "vhd-fixed-exact");
+}
+
+#[test]
+fn vhd_dynamic_matches_qemu() {
+    roundtrip("vpc", &["-o", "subformat=dynamic"], "vhd-dynamic");
+    roundtrip("vpc", &["-o", "subformat=dynamic,force_size=on"], "vhd-dynamic-exact");
+}
+
+#[test]
+fn vhd_virtual_size_follows_creator_rules() {
+    let dir = TempDir::new("vhd-size");
+    for (req, opts, want) in [("100M", "subformat=dynamic", 104_865_792u64), ("1G", "subformat=dynamic", 1_073_995_776), ("100M", "subformat=dynamic,force_size=on", 104_857_600)] {
+        let img = dir.path("s.vhd");
+        let _ = std::fs::remove_file(&img);
+        qemu_img(&["create", "-q", "-f", "vpc", "-o", opts, &img, req]);
+        let d = open(&img).unwrap();
+        assert_eq!(d.sectors() * 512, want, "{} {}", req, opts);
+    }
+}
+
+#[test]
+fn vhd_map_offsets_match_qemu_map() {
+    // qemu-img map gives the file offset of each allocated range: the same numbers must come
+    // out of our flattened map.
+    let dir = TempDir::new("vhd-map");
+    let img = dir.path("m.vhd");
+    qemu_img(&["create", "-q", "-f", "vpc", "-o", "subformat=dynamic", &img, "100M"]);
+    qemu_io("vpc", &img, &["write -P 0x77 6m 4k", "write -P 0x78 0 512"]);
+    let json = qemu_img(&["map", "--output=json", "-f", "vpc", &img]);
+    let d = open(&img).unwrap();
+    let mut checked = 0;
+    for line in json.lines().filter(|l| l.contains("\"offset\"")) {
+        let field = |k: &str| -> u64 {
+            let at = line.find(&format!("\"{}\": ", k)).unwrap() + k.len() + 4;
+            line[at..].split(|c| c == ',' || c == '}').next().unwrap().trim().parse().unwrap()
+        };
+        let (start, offset) = (field("start"), field("offset"));
+        let run = d.lookup(start / 512).unwrap();
+        match run.source {
+            Source::Data { offset_bytes, .. } => assert_eq!(offset_bytes + (start / 512 - run.start_sector) * 512, offset, "virtual byte {}", start),
+            other => panic!("virtual byte {}: qemu has data at file offset {}, we have {:?}", start, offset, other),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "qemu-img map listed {} allocated ranges: {}", checked, json);
+}
+
+#[test]
+fn vmdk_monolithic_sparse_matches_qemu() {
+    roundtrip("vmdk", &["-o", "subformat=monolithicSparse"], "vmdk-sparse");
+    roundtrip("vmdk", &["-o", "subformat=monolithicSparse,zeroed_grain=on"], "vmdk-sparse-zg");
+}
+
+#[test]
+fn vmdk_monolithic_flat_matches_qemu() {
+    roundtrip("vmdk", &["-o", "subformat=monolithicFlat"], "vmdk-flat");
+}
+
+#[test]
+fn vmdk_stream_optimized_matches_qemu() {
+    let dir = TempDir::new("vmdk-stream");
+    let raw = dir.path("in.raw");
+    qemu_img(&["create", "-q", "-f", "raw", &raw, "64M"]);
+    qemu_io("raw", &raw, PATTERN);
+    let img = dir.path("so.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", &raw, &img]);
+    let oracle = qemu_raw("vmdk", &img, &dir);
+    let mut d = open(&img).unwrap();
+    assert_same(&read_all(&mut d), &oracle, "streamOptimized");
+    assert!(matches!(d.write(0, &[0u8; 512]), Err(ImageError::ReadOnly { .. })), "streamOptimized must refuse writes");
+}
+
+/// Compare selected byte ranges of a large image (reading all of a multi-GiB disk is too slow).
+fn compare_ranges(fmt: &str, img: &str, dir: &TempDir, ranges: &[(u64, u64)]) {
+    let oracle_path = dir.path("oracle.raw");
+    let _ = std::fs::remove_file(&oracle_path);
+    qemu_img(&["convert", "-f", fmt, "-O", "raw", img, &oracle_path]);
+    let mut d = open(img).unwrap();
+    let size = std::fs::metadata(&oracle_path).unwrap().len();
+    assert_eq!(d.sectors() * 512, size, "virtual size");
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(&oracle_path).unwrap();
+    for &(start, len) in ranges {
+        let mut want = vec![0u8; len as usize];
+        f.seek(SeekFrom::Start(start)).unwrap();
+        f.read_exact(&mut want).unwrap();
+        let mut got = vec![0u8; len as usize];
+        d.read(start / 512, &mut got).unwrap();
+        assert_same(&got, &want, &format!("{} bytes {}..{}", img, start, start + len));
+    }
+}
+
+fn two_gb(subformat: &str, tag: &str) {
+    let dir = TempDir::new(tag);
+    let img = dir.path("t.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-o", &format!("subformat={}", subformat), &img, "4200M"]);
+    let gib2 = 2048u64 << 20;
+    qemu_io("vmdk", &img, &["write -P 0x21 0 64k", &format!("write -P 0x22 {} 2m", gib2 - (1 << 20)), &format!("write -P 0x23 {} 4k", 4200u64 * (1 << 20) - 4096)]);
+    let listing: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(listing.len() >= 4, "expected a descriptor and 3 extent files, got {:?}", listing);
+    let end = 4200u64 << 20;
+    compare_ranges("vmdk", &img, &dir, &[(0, 1 << 20), (gib2 - (2 << 20), 4 << 20), (end - (1 << 20), 1 << 20), (2 * gib2 - 4096, 8192)]);
+}
+
+#[test]
+fn vmdk_two_gb_sparse_matches_qemu() {
+    two_gb("twoGbMaxExtentSparse", "vmdk-2gs");
+}
+
+#[test]
+fn vmdk_two_gb_flat_matches_qemu() {
+    two_gb("twoGbMaxExtentFlat", "vmdk-2gf");
+}
+
+#[test]
+fn vmdk_vmfs_descriptor_matches_qemu() {
+    let dir = TempDir::new("vmdk-vmfs");
+    let img = dir.path("v.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", &img, "64M"]);
+    qemu_io("vmdk", &img, PATTERN);
+    // qemu cannot create vmfs; turn the flat descriptor into one (qemu's parser wants exact
+    // `key="value"` lines), take the oracle, then rewrite it with CRLF, blanks around `=`,
+    // comments and NUL padding, which our lenient parser must read the same.
+    let text = std::fs::read_to_string(&img).unwrap();
+    let rewrite = |lenient: bool| {
+        let mut out = String::new();
+        for line in text.trim_end_matches('\0').lines() {
+            let l = if line.starts_with("createType") {
+                if lenient { "  createType = \"vmfs\"   # ESX thick".to_string() } else { "createType=\"vmfs\"".to_string() }
+            } else if line.starts_with("RW ") {
+                let sectors = line.split_whitespace().nth(1).unwrap();
+                format!("RW {} VMFS \"v-flat.vmdk\"", sectors)
+            } else {
+                line.to_string()
+            };
+            out.push_str(&l);
+            out.push_str(if lenient { "\r\n" } else { "\n" });
+        }
+        if lenient {
+            out.push_str("\0\0\0\0garbage after NUL");
+        }
+        out
+    };
+    std::fs::write(&img, rewrite(false)).unwrap();
+    let oracle = qemu_raw("vmdk", &img, &dir);
+    std::fs::write(&img, rewrite(true)).unwrap();
+    let mut d = open(&img).unwrap();
+    assert_same(&read_all(&mut d), &oracle, "vmfs");
+}
+
+#[test]
+fn vdi_dynamic_and_static_match_qemu() {
+    roundtrip("vdi", &[], "vdi-dynamic");
+    roundtrip("vdi", &["-o", "static=on"], "vdi-static");
+}
+
+#[test]
+fn vmdk_child_chain_from_qemu_matches_qemu() {
+    let dir = TempDir::new("vmdk-chain");
+    let base = dir.path("base.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
+    qemu_io("vmdk", &base, PATTERN);
+    // Relative backing name, stored verbatim; middle layer is split sparse.
+    let mid = dir.path("mid.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "-b", "base.vmdk", "-F", "vmdk", &mid]);
+    qemu_io("vmdk", &mid, &["write -P 0xA1 1m 4k", "write -P 0xA2 31m 64k"]);
+    let leaf = dir.path("leaf.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-b", &mid, "-F", "vmdk", &leaf]);
+    qemu_io("vmdk", &leaf, &["write -P 0xB1 1m 512", "write -P 0xB2 40m 70k"]);
+    let oracle = qemu_raw("vmdk", &leaf, &dir);
+    let mut d = open(&leaf).unwrap();
+    assert_eq!(d.layers().len(), 3);
+    assert_same(&read_all(&mut d), &oracle, "vmdk chain");
+}
+
+#[test]
+fn vmdk_child_with_changed_parent_is_refused() {
+    let dir = TempDir::new("vmdk-cid");
+    let base = dir.path("base.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
+    let leaf = dir.path("leaf.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", &leaf]);
+    // Writing the base changes its CID: the child no longer matches.
+    qemu_io("vmdk", &base, &["write -P 0x01 0 512"]);
+    match open(&leaf) {
+        Err(ImageError::ParentMismatch { image, detail, .. }) => {
+            assert!(image.ends_with("leaf.vmdk"), "{}", image);
+            assert!(detail.contains("CID"), "{}", detail);
+        }
+        Err(e) => panic!("expected a CID mismatch, got: {}", e),
+        Ok(_) => panic!("a child whose parent changed must not open"),
+    }
+}
+
+#[test]
+fn missing_parent_error_names_image_and_places() {
+    let dir = TempDir::new("vmdk-missing");
+    let base = dir.path("base.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
+    let leaf = dir.path("leaf.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", &leaf]);
+    std::fs::rename(&base, dir.path("elsewhere.vmdk")).unwrap();
+    let e = match open(&leaf) {
+        Err(e) => e,
+        Ok(_) => panic!("opened a chain whose parent is gone"),
+    };
+    let msg = e.to_string();
+    assert!(matches!(e, ImageError::ParentNotFound { .. }), "{}", msg);
+    assert!(msg.contains("leaf.vmdk") && msg.contains(&base) && msg.contains("not found"), "{}", msg);
+    // parent_dir= finds it under another directory when the name matches.
+    let other = TempDir::new("vmdk-missing-pd");
+    std::fs::rename(dir.path("elsewhere.vmdk"), other.path("base.vmdk")).unwrap();
+    let opts = ChainOptions { parent_dir: Some(other.0.to_string_lossy().into_owned()), ..Default::default() };
+    let (layers, _) = open_chain(&leaf, &mut StdLocator::default(), &opts).unwrap();
+    assert_eq!(layers.len(), 2);
+}
+
+#[allow(dead_code)]
+fn exists(p: &str) -> bool {
+    Path::new(p).exists()
+}
