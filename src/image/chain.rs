@@ -253,6 +253,7 @@ pub fn open_chain(leaf_path: &str, locator: &mut dyn ParentLocator, opts: &Chain
         let child_path = paths.last().cloned().unwrap_or_default();
         let child_dir = dirname(&child_path);
         let mut candidates = candidate_paths(&link, &child_dir, opts);
+        let mut tried = Vec::new();
         if child.format() == Format::Vdi {
             let mut dirs = Vec::new();
             if let Some(d) = &opts.parent_dir {
@@ -260,7 +261,10 @@ pub fn open_chain(leaf_path: &str, locator: &mut dyn ParentLocator, opts: &Chain
             }
             dirs.push(child_dir.clone());
             for d in dirs {
-                for n in locator.list_dir(&d) {
+                let names = locator.list_dir(&d);
+                let vdis = names.iter().filter(|n| n.to_ascii_lowercase().ends_with(".vdi")).count();
+                tried.push(alloc::format!("directory {}: {} .vdi file(s) compared by UUID", d, vdis));
+                for n in names {
                     if n.to_ascii_lowercase().ends_with(".vdi") {
                         let p = join(&d, &n);
                         if !candidates.contains(&p) {
@@ -275,7 +279,6 @@ pub fn open_chain(leaf_path: &str, locator: &mut dyn ParentLocator, opts: &Chain
             Format::Vmdk => alloc::format!("a VMDK with CID {:08x}", link.cid.unwrap_or(0)),
             _ => alloc::format!("a VDI with UUID {}", link.uuid.map(|u| hex16(&u)).unwrap_or_default()),
         };
-        let mut tried = Vec::new();
         let mut mismatch = None;
         let mut found = None;
         for cand in candidates {

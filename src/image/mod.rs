@@ -575,3 +575,6 @@ pub fn random_uuid(seed: &mut u64) -> [u8; 16] {
     u[8] = (u[8] & 0x3F) | 0x80;
     u
 }
+
+#[cfg(test)]
+mod tests;

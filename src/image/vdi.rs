@@ -226,9 +226,18 @@ impl Layer for VdiImage {
         }
         let block = sector / self.block_sectors;
         let sib = sector % self.block_sectors;
-        let run = (self.block_sectors - sib).min(self.virtual_sectors - sector);
         let diff = self.header.image_type == TYPE_DIFF || self.header.image_type == TYPE_UNDO;
-        let m = match self.map.get(block as usize).copied().unwrap_or(BLOCK_FREE) {
+        let entry = self.map.get(block as usize).copied().unwrap_or(BLOCK_FREE);
+        let mut next = block + 1;
+        while let Some(&w) = self.map.get(next as usize) {
+            let same = if entry >= BLOCK_ZERO { w == entry } else { self.header.block_extra == 0 && w as u64 == entry as u64 + (next - block) };
+            if !same {
+                break;
+            }
+            next += 1;
+        }
+        let run = (next * self.block_sectors - sector).min(self.virtual_sectors - sector);
+        let m = match entry {
             BLOCK_FREE if diff => Mapping::Parent,
             BLOCK_FREE | BLOCK_ZERO => Mapping::Zero,
             slot => Mapping::Data { file: 0, offset_bytes: self.block_offset(slot) + sib * SECTOR_BYTES },

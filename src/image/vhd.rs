@@ -652,7 +652,12 @@ impl Layer for VhdImage {
         let entry = self.bat.get(block as usize).copied().unwrap_or(UNALLOCATED);
         let diff = self.footer.disk_type == DISK_DIFFERENCING;
         if entry == UNALLOCATED {
-            return Ok((if diff { Mapping::Parent } else { Mapping::Zero }, left_in_block));
+            let mut next = block + 1;
+            while self.bat.get(next as usize) == Some(&UNALLOCATED) {
+                next += 1;
+            }
+            let run = (next * self.block_sectors - sector).min(self.virtual_sectors - sector);
+            return Ok((if diff { Mapping::Parent } else { Mapping::Zero }, run));
         }
         let data_off = entry as u64 * SECTOR_BYTES + self.bitmap_bytes + sib * SECTOR_BYTES;
         if !diff {

@@ -234,11 +234,49 @@ fn parse_extent_line(line: &str) -> Option<ExtentLine> {
     Some(ExtentLine { access, sectors, kind, file_name, offset_sectors })
 }
 
+const NO_TABLE: u32 = u32::MAX;
+
+/// Grain tables of one extent, indexed by grain number.
+struct GrainTables {
+    gtes: u64,
+    /// Per directory entry: index into `tables`, or NO_TABLE.
+    index: Vec<u32>,
+    tables: Vec<Vec<u32>>,
+}
+
+impl GrainTables {
+    fn get(&self, g: u64) -> u32 {
+        let gdi = (g / self.gtes) as usize;
+        match self.index.get(gdi) {
+            Some(&t) if t != NO_TABLE => self.tables.get(t as usize).and_then(|t| t.get((g % self.gtes) as usize)).copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    fn has_table(&self, g: u64) -> bool {
+        self.index.get((g / self.gtes) as usize).map_or(false, |&t| t != NO_TABLE)
+    }
+    fn set(&mut self, g: u64, v: u32) {
+        let gdi = (g / self.gtes) as usize;
+        let Some(slot) = self.index.get_mut(gdi) else { return };
+        if *slot == NO_TABLE {
+            *slot = self.tables.len() as u32;
+            self.tables.push(vec![0; self.gtes as usize]);
+        }
+        let t = *slot as usize;
+        if let Some(e) = self.tables.get_mut(t).and_then(|t| t.get_mut((g % self.gtes) as usize)) {
+            *e = v;
+        }
+    }
+    fn allocated(&self) -> usize {
+        self.tables.iter().map(|t| t.iter().filter(|&&v| v > 1).count()).sum()
+    }
+}
+
 /// A hosted sparse extent's tables.
 struct Sparse {
     header: SparseHeader,
     /// Grain sector per grain of the extent (0 = unallocated, 1 = zeroed when enabled).
-    grains: Vec<u32>,
+    grains: GrainTables,
     gd: Vec<u32>,
     rgd: Vec<u32>,
     /// First sector after everything in use: where the next grain or table goes.
@@ -306,7 +344,7 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
         (Err(_), Some(rgd)) => rgd.clone(),
         (Err(e), None) => return Err(e),
     };
-    let mut table = vec![0u32; grains as usize];
+    let mut table = GrainTables { gtes, index: vec![NO_TABLE; gd.len()], tables: Vec::new() };
     let mut gt_raw = vec![0u8; (gtes * 4) as usize];
     let mut next_free = header.overhead.max(header.descriptor_offset + header.descriptor_size).max(1);
     let gt_sectors = (gtes * 4).div_ceil(SECTOR_BYTES);
@@ -317,8 +355,15 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
             }
         }
     }
+    // Tables shared by several directory entries (only in damaged files) are read once, so
+    // memory stays bounded by the file size.
+    let mut by_sector: alloc::collections::BTreeMap<u32, u32> = alloc::collections::BTreeMap::new();
     for (gdi, &gt_sector) in gd.iter().enumerate() {
         if gt_sector == 0 {
+            continue;
+        }
+        if let Some(&idx) = by_sector.get(&gt_sector) {
+            table.index[gdi] = idx;
             continue;
         }
         let at = gt_sector as u64 * SECTOR_BYTES;
@@ -326,29 +371,24 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
             return Err(ImageError::corrupt(&name, alloc::format!("grain table {} at sector {} lies past the end of the file", gdi, gt_sector)));
         }
         file.read_at(at, &mut gt_raw)?;
-        for i in 0..gtes as usize {
-            let g = gdi * gtes as usize + i;
-            if let Some(slot) = table.get_mut(g) {
-                let v = le_u32(&gt_raw, i * 4);
-                *slot = v;
-            }
-        }
+        let t: Vec<u32> = (0..gtes as usize).map(|i| le_u32(&gt_raw, i * 4)).collect();
+        let idx = table.tables.len() as u32;
+        table.tables.push(t);
+        table.index[gdi] = idx;
+        by_sector.insert(gt_sector, idx);
     }
     let compressed = header.flags & FLAG_COMPRESSED != 0;
-    for (g, &v) in table.iter().enumerate() {
-        if v == 0 || (v == 1 && header.flags & FLAG_ZEROED_GRAIN != 0) {
-            continue;
-        }
-        let at = v as u64 * SECTOR_BYTES;
-        let need = if compressed { 12 } else { gs * SECTOR_BYTES };
-        if at + need > len && !(at < len && !compressed && (g as u64 + 1) * gs > capacity) {
-            // qemu's check: a grain whose start lies past EOF is corrupt.
-            if at >= len || !compressed {
-                return Err(ImageError::corrupt(&name, alloc::format!("grain {} points at sector {}, past the end of the file ({} bytes)", g, v, len)));
+    for t in table.tables.iter() {
+        for &v in t.iter() {
+            if v == 0 || (v == 1 && header.flags & FLAG_ZEROED_GRAIN != 0) {
+                continue;
             }
-        }
-        if !compressed {
-            next_free = next_free.max(v as u64 + gs);
+            if v as u64 * SECTOR_BYTES >= len {
+                return Err(ImageError::corrupt(&name, alloc::format!("a grain points at sector {}, past the end of the file ({} bytes)", v, len)));
+            }
+            if !compressed {
+                next_free = next_free.max(v as u64 + gs);
+            }
         }
     }
     Ok(Sparse { header, grains: table, gd, rgd: redundant.unwrap_or_default(), next_free_sector: next_free })
@@ -554,8 +594,28 @@ impl Layer for VmdkImage {
                 let gs = sparse.header.grain_size;
                 let g = into / gs;
                 let in_grain = into % gs;
-                let run = (gs - in_grain).min(left);
-                let v = sparse.grains.get(g as usize).copied().unwrap_or(0);
+                let v = sparse.grains.get(g);
+                // Extend the run over following grains that map the same way (unallocated,
+                // zeroed, or allocated back to back), so flattening a big sparse extent costs
+                // one step per run rather than per grain.
+                let total_grains = e.sectors.div_ceil(gs);
+                let compressed = sparse.header.flags & FLAG_COMPRESSED != 0;
+                let mut next = g + 1;
+                while next < total_grains {
+                    let w = sparse.grains.get(next);
+                    let same = if v <= 1 { w == v } else { !compressed && w as u64 == v as u64 + (next - g) * gs };
+                    if !same {
+                        break;
+                    }
+                    if v == 0 && !sparse.grains.has_table(next) {
+                        // Skip the rest of a missing table at once.
+                        let gtes = sparse.header.num_gtes_per_gt as u64;
+                        next = ((next / gtes) + 1) * gtes;
+                        continue;
+                    }
+                    next += 1;
+                }
+                let run = ((next.min(total_grains) - g) * gs - in_grain).min(left);
                 if v == 0 {
                     (if has_parent { Mapping::Parent } else { Mapping::Zero }, run)
                 } else if v == 1 && sparse.header.flags & FLAG_ZEROED_GRAIN != 0 {
@@ -634,7 +694,7 @@ impl Layer for VmdkImage {
                     sparse.header.version,
                     sparse.header.flags,
                     sparse.header.grain_size,
-                    sparse.grains.iter().filter(|&&g| g > 1).count()
+                    sparse.grains.allocated()
                 ),
             };
             d.push(("extent".to_string(), alloc::format!("sectors {}..{}: {}", e.start_sector, e.start_sector + e.sectors, what)));
@@ -715,7 +775,7 @@ impl Layer for VmdkImage {
                     let n = (gs - in_grain).min(extent_sectors - into).min(sectors - done);
                     let chunk = &buf[(done * SECTOR_BYTES) as usize..((done + n) * SECTOR_BYTES) as usize];
                     let fidx = *file as usize;
-                    let v = sparse.grains.get(g as usize).copied().unwrap_or(0);
+                    let v = sparse.grains.get(g);
                     let zeroed = v == 1 && sparse.header.flags & FLAG_ZEROED_GRAIN != 0;
                     if v != 0 && !zeroed {
                         self.files[fidx].write_at((v as u64 + in_grain) * SECTOR_BYTES, chunk)?;
@@ -775,9 +835,7 @@ impl Layer for VmdkImage {
                             }
                             f.flush()?;
                         }
-                        if let Some(slot) = sparse.grains.get_mut(g as usize) {
-                            *slot = grain_no;
-                        }
+                        sparse.grains.set(g, grain_no);
                         sparse.next_free_sector = grain_sector + gs;
                     }
                     done += n;
