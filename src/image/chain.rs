@@ -236,7 +236,8 @@ fn open_at(locator: &mut dyn ParentLocator, path: &str) -> Option<Result<Box<dyn
 pub fn open_chain(leaf_path: &str, locator: &mut dyn ParentLocator, opts: &ChainOptions) -> Result<(Vec<Box<dyn Layer>>, Vec<String>), ImageError> {
     let leaf_file = locator.open_leaf(leaf_path)?;
     let leaf_dir = dirname(leaf_path);
-    let leaf = open_layer(leaf_file, &mut |name: &str| locator.open(&join(&leaf_dir, name)))?;
+    // The leaf's extent files (VMDK) are opened like the leaf, so flat extents can be written.
+    let leaf = open_layer(leaf_file, &mut |name: &str| locator.open_leaf(&join(&leaf_dir, name)).ok())?;
     let mut layers: Vec<Box<dyn Layer>> = alloc::vec![leaf];
     let mut seen: Vec<String> = alloc::vec![locator.canonical(leaf_path)];
     let mut paths: Vec<String> = alloc::vec![leaf_path.to_string()];
