@@ -460,12 +460,13 @@ impl VhdImage {
         if self.footer.disk_type == DISK_DIFFERENCING {
             for l in h.locators.iter() {
                 if l.platform_code != 0 {
-                    let space = (l.data_space as u64).max(l.data_length as u64);
-                    // PlatformDataSpace holds bytes in practice, sectors per the spec: take the larger reading that fits.
-                    let end_bytes = l.data_offset.saturating_add(space);
-                    let end_sectors = l.data_offset.saturating_add((l.data_space as u64).saturating_mul(512));
-                    let end = if end_sectors <= self.footer_offset { end_sectors.max(end_bytes) } else { end_bytes };
-                    next = next.max(end.div_ceil(SECTOR_BYTES) * SECTOR_BYTES);
+                    // PlatformDataSpace is bytes in practice and sectors per the spec; only the
+                    // DataLength bytes matter, so reserve whichever reading covers them.
+                    let space = if l.data_space >= l.data_length { l.data_space as u64 } else { (l.data_space as u64).saturating_mul(512) };
+                    let end = l.data_offset.saturating_add(space.max(l.data_length as u64));
+                    if end <= self.footer_offset {
+                        next = next.max(end.div_ceil(SECTOR_BYTES) * SECTOR_BYTES);
+                    }
                 }
             }
         }
