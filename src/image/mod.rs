@@ -524,6 +524,53 @@ pub fn hex16(u: &[u8; 16]) -> String {
     s
 }
 
+/// Bytes moved per step when a new block or grain is filled, so that a write at boot needs a
+/// bounded buffer whatever the block size.
+const FILL_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// Write a newly allocated unit (VHD block, VDI block, VMDK grain) of `unit_bytes` at
+/// `at_bytes`: `data` lands at `data_off` inside it; the rest is copied from the layers below
+/// (`parent`, given the virtual sector of the unit's part, for formats without a per-sector
+/// bitmap) or zero. Only the first `valid_bytes` of the unit exist on the virtual disk (the last
+/// unit of an odd-sized disk); the tail is zero.
+pub(crate) fn write_new_unit(
+    file: &mut dyn ImageFile,
+    at_bytes: u64,
+    unit_bytes: u64,
+    valid_bytes: u64,
+    first_sector: u64,
+    data_off: u64,
+    data: &[u8],
+    mut parent: Option<&mut dyn FnMut(u64, &mut [u8]) -> Result<(), ImageError>>,
+) -> Result<(), ImageError> {
+    let mut buf = alloc::vec![0u8; FILL_CHUNK_BYTES.min(unit_bytes) as usize];
+    let data_end = data_off + data.len() as u64;
+    let mut off = 0u64;
+    while off < unit_bytes {
+        let n = FILL_CHUNK_BYTES.min(unit_bytes - off);
+        let chunk = &mut buf[..n as usize];
+        chunk.fill(0);
+        let covered = off >= data_off && off + n <= data_end;
+        if !covered {
+            if let Some(p) = parent.as_mut() {
+                let valid = valid_bytes.saturating_sub(off).min(n);
+                if valid > 0 {
+                    p(first_sector + off / SECTOR_BYTES, &mut chunk[..valid as usize])?;
+                }
+            }
+        }
+        // Overlay the part of `data` inside this chunk.
+        let a = off.max(data_off);
+        let b = (off + n).min(data_end);
+        if a < b {
+            chunk[(a - off) as usize..(b - off) as usize].copy_from_slice(&data[(a - data_off) as usize..(b - data_off) as usize]);
+        }
+        file.write_at(at_bytes + off, chunk)?;
+        off += n;
+    }
+    Ok(())
+}
+
 /// Read a table of `count` u32 values at `offset_bytes` in big- or little-endian.
 pub(crate) fn read_u32_table(
     file: &mut dyn ImageFile,

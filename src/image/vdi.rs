@@ -348,18 +348,13 @@ impl Layer for VdiImage {
                 if end > self.file.len_bytes() && !self.file.can_grow() {
                     return Err(ImageError::NoSlack { image: name, needed_bytes: block_bytes + self.header.block_extra as u64 });
                 }
-                let mut data = vec![0u8; block_bytes as usize];
                 let block_first = block * self.block_sectors;
-                let block_len = self.block_sectors.min(self.virtual_sectors - block_first);
-                if entry == BLOCK_FREE && diff {
-                    parent(block_first, &mut data[..(block_len * SECTOR_BYTES) as usize])?;
-                }
-                let at = (sib * SECTOR_BYTES) as usize;
-                data[at..at + chunk.len()].copy_from_slice(chunk);
+                let valid = self.block_sectors.min(self.virtual_sectors - block_first) * SECTOR_BYTES;
                 if self.header.block_extra != 0 {
                     self.file.write_at(start - self.header.block_extra as u64, &vec![0u8; self.header.block_extra as usize])?;
                 }
-                self.file.write_at(start, &data)?;
+                let copy_from_parent = entry == BLOCK_FREE && diff;
+                super::write_new_unit(&mut *self.file, start, block_bytes, valid, block_first, sib * SECTOR_BYTES, chunk, if copy_from_parent { Some(&mut *parent) } else { None })?;
                 self.file.flush()?;
                 self.file.write_at(off::BLOCKS_ALLOCATED as u64, &(slot + 1).to_le_bytes())?;
                 self.file.flush()?;

@@ -576,10 +576,9 @@ impl VhdImage {
                 self.file.flush()?;
                 self.footer_offset = end;
             }
-            let mut data = vec![0u8; block_bytes as usize];
-            let from = (sib * SECTOR_BYTES) as usize;
-            data[from..from + buf.len()].copy_from_slice(buf);
-            self.file.write_at(at + self.bitmap_bytes, &data)?;
+            // The whole block is written (zeros around the data) so that bytes left in the
+            // slack or an old footer never become visible through bitmap-less readers.
+            super::write_new_unit(&mut *self.file, at + self.bitmap_bytes, block_bytes, block_bytes, 0, sib * SECTOR_BYTES, buf, None)?;
             self.file.flush()?;
             let mut bitmap = vec![0u8; self.bitmap_bytes as usize];
             set_bits(&mut bitmap, sib, sectors);

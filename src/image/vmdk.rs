@@ -325,6 +325,10 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
     if gs == 0 || !gs.is_power_of_two() || gs > 0x20_0000 {
         return Err(ImageError::corrupt(&name, alloc::format!("grain size {} sectors is not a power of two up to 1 GiB", gs)));
     }
+    if header.flags & FLAG_COMPRESSED != 0 && gs > 32768 {
+        // A compressed grain is inflated whole into memory: keep that bounded (16 MiB).
+        return Err(ImageError::unsupported(&name, alloc::format!("compressed grains of {} sectors (at most 32768 are read)", gs)));
+    }
     let gtes = header.num_gtes_per_gt as u64;
     if gtes == 0 || gtes > 4096 {
         return Err(ImageError::corrupt(&name, alloc::format!("{} grain table entries per table", gtes)));
@@ -794,15 +798,10 @@ impl Layer for VmdkImage {
                         }
                         let grain_sector = at_sector + table_sectors;
                         let grain_no = u32::try_from(grain_sector).map_err(|_| ImageError::unsupported(&name, "sparse extents cannot exceed 2 TiB"))?;
-                        let mut data = vec![0u8; grain_bytes as usize];
                         let grain_virtual = extent_start + g * gs;
-                        let grain_len = gs.min(extent_sectors - g * gs);
-                        if v == 0 && has_parent {
-                            parent(grain_virtual, &mut data[..(grain_len * SECTOR_BYTES) as usize])?;
-                        }
-                        let at = (in_grain * SECTOR_BYTES) as usize;
-                        data[at..at + chunk.len()].copy_from_slice(chunk);
-                        f.write_at(grain_sector * SECTOR_BYTES, &data)?;
+                        let valid = gs.min(extent_sectors - g * gs) * SECTOR_BYTES;
+                        let copy_from_parent = v == 0 && has_parent;
+                        super::write_new_unit(&mut **f, grain_sector * SECTOR_BYTES, grain_bytes, valid, grain_virtual, in_grain * SECTOR_BYTES, chunk, if copy_from_parent { Some(&mut *parent) } else { None })?;
                         f.flush()?;
                         let entry = (g % gtes) * 4;
                         if missing_gt {
