@@ -542,3 +542,105 @@ fn vhd_parent_uuid_mismatch_is_an_error_naming_both() {
         Ok(_) => panic!("opened a child over the wrong parent"),
     }
 }
+
+/// Build a VHD chain of `depth` layers over a 256 MiB disk holding 64 chunks of 1 MiB (chunk i
+/// at i*4 MiB), spread round-robin over the layers so every depth holds the same data.
+fn bench_chain(dir: &TempDir, depth: usize) -> String {
+    let mut paths = Vec::new();
+    for i in 0..depth {
+        let p = dir.path(&format!("d{}-{}.vhd", depth, i));
+        let o = CreateOptions { size_bytes: 256 << 20, exact_size: true, ..opts(0) };
+        create_at(&p, Variant::VhdDynamic, &o, paths.last().map(|s: &String| s.as_str())).unwrap();
+        paths.push(p);
+    }
+    for (i, p) in paths.iter().enumerate() {
+        let mut d = open_rw(p);
+        for chunk in (0..64usize).filter(|c| c % depth == i) {
+            d.write((chunk as u64) * 8192, &vec![chunk as u8 + 1; 1 << 20]).unwrap();
+        }
+    }
+    paths.pop().unwrap()
+}
+
+/// Benchmark (runs as a test; `--nocapture` shows the numbers): lookups per second and read
+/// throughput at depth 1, 8 and 64 as ratios to depth 1, and the open time of 64 GiB images.
+#[test]
+fn bench_depth_ratios_and_open_time() {
+    use std::time::Instant;
+    let dir = TempDir::new("bench");
+    let mut disks = Vec::new();
+    for depth in [1usize, 8, 64] {
+        let leaf = bench_chain(&dir, depth);
+        let t = Instant::now();
+        let d = open(&leaf).unwrap();
+        let open_s = t.elapsed().as_secs_f64();
+        assert_eq!(d.layers().len(), depth);
+        disks.push((depth, d, open_s));
+    }
+    // The machine is shared: alternate the depths over several rounds and keep each one's best.
+    let mut best = vec![(0f64, 0f64); disks.len()];
+    let mut buf = vec![0u8; 1 << 20];
+    for _round in 0..5 {
+        for (i, (_, d, _)) in disks.iter_mut().enumerate() {
+            // Lookups: pseudo-random sectors, one binary search each.
+            let n = 500_000u64;
+            let mut x = 0x9E37_79B9u64;
+            let mut hits = 0u64;
+            let t = Instant::now();
+            for _ in 0..n {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                if let Some(r) = d.lookup((x >> 20) % d.sectors()) {
+                    hits += r.sectors.min(1);
+                }
+            }
+            let lookups_per_s = n as f64 / t.elapsed().as_secs_f64();
+            assert_eq!(hits, n);
+            // Throughput: the whole disk in 1 MiB reads.
+            let t = Instant::now();
+            for s in (0..d.sectors()).step_by(2048) {
+                d.read(s, &mut buf).unwrap();
+                if s % 8192 == 0 {
+                    assert_eq!(buf[0], (s / 8192) as u8 + 1);
+                }
+            }
+            let mib_per_s = 256.0 / t.elapsed().as_secs_f64();
+            best[i].0 = best[i].0.max(lookups_per_s);
+            best[i].1 = best[i].1.max(mib_per_s);
+        }
+    }
+    let results: Vec<(usize, f64, f64, f64, usize)> = disks.iter().zip(&best).map(|((depth, d, o), (l, r))| (*depth, *l, *r, *o, d.runs().len())).collect();
+    let (_, l1, r1, _, _) = results[0];
+    for (depth, l, r, o, runs) in &results {
+        eprintln!(
+            "depth {:>2}: {:>12.0} lookups/s (x{:.2} of depth 1), {:>8.1} MiB/s read (x{:.2}), open {:.3} s, {} map runs",
+            depth,
+            l,
+            l / l1,
+            r,
+            r / r1,
+            o,
+            runs
+        );
+    }
+    // The flattened map makes a lookup independent of depth: same data, same number of runs.
+    let (_, l64, _, _, runs64) = results[2];
+    assert_eq!(runs64, results[0].4, "the map of the same content should have the same runs at any depth");
+    assert!(l64 / l1 > 0.5, "lookups at depth 64 are {:.2} of depth 1", l64 / l1);
+
+    for (variant, name) in [(Variant::VhdDynamic, "big.vhd"), (Variant::VdiDynamic, "big.vdi"), (Variant::VmdkMonolithicSparse, "big.vmdk")] {
+        let p = dir.path(name);
+        create_at(&p, variant, &CreateOptions { size_bytes: 64 << 30, ..opts(0) }, None).unwrap();
+        {
+            let mut d = open_rw(&p);
+            d.write(0, &[1u8; 4096]).unwrap();
+            d.write((64u64 << 30) / 512 - 8, &[2u8; 4096]).unwrap();
+        }
+        let t = Instant::now();
+        let d = open(&p).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("open 64 GiB {:?}: {:.3} s, {} map runs", variant, secs, d.runs().len());
+        // data, zeros, data, (zeros up to a CHS-rounded end)
+        assert!(d.runs().len() <= 4, "{:?}: {} runs", variant, d.runs().len());
+        std::fs::remove_file(&p).unwrap();
+    }
+}
