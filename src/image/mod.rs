@@ -435,6 +435,13 @@ pub trait Layer {
         let _ = (sector, buf, parent);
         Err(ImageError::ReadOnly { image: self.name().to_string(), detail: alloc::format!("writing {} {} images is not implemented", self.format().as_str(), self.variant()) })
     }
+    /// Record `parent` (the identity of this image's parent as it is now) as the expected
+    /// parent: VHD parent time stamp, VMDK parentCID, VDI parent modification UUID. Used after
+    /// the parent was changed on purpose (merge, repair).
+    fn relink_parent(&mut self, parent: &Identity) -> Result<(), ImageError> {
+        let _ = parent;
+        Err(ImageError::unsupported(self.name(), "relinking this kind of image"))
+    }
     /// Bytes of reserved slack still available for new blocks.
     fn slack_bytes(&self) -> u64 {
         0

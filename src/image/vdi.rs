@@ -260,6 +260,20 @@ impl Layer for VdiImage {
         }
         self.file.read_at(offset_bytes, buf)
     }
+    fn relink_parent(&mut self, parent: &Identity) -> Result<(), ImageError> {
+        if self.parent_link().is_none() {
+            return Err(ImageError::Invalid { detail: alloc::format!("{} has no parent to relink", self.name()) });
+        }
+        if let Some(u) = parent.uuid {
+            self.file.write_at(off::UUID_LINKAGE as u64, &u)?;
+            self.header.uuid_linkage = u;
+        }
+        if let Some(u) = parent.modify_uuid {
+            self.file.write_at(off::UUID_PARENT_MODIFY as u64, &u)?;
+            self.header.uuid_parent_modify = u;
+        }
+        self.file.flush()
+    }
     fn allocation_unit_sectors(&self) -> u64 {
         self.block_sectors
     }

@@ -772,6 +772,32 @@ impl Layer for VhdImage {
         }
         Ok(())
     }
+    fn relink_parent(&mut self, parent: &Identity) -> Result<(), ImageError> {
+        let name = self.name().to_string();
+        if self.footer.disk_type != DISK_DIFFERENCING {
+            return Err(ImageError::Invalid { detail: alloc::format!("{} has no parent to relink", name) });
+        }
+        let hoff = self.footer.data_offset;
+        let h = self.header.as_mut().ok_or_else(|| ImageError::corrupt(&name, "no dynamic header"))?;
+        if let Some(u) = parent.uuid {
+            h.parent_uuid = u;
+        }
+        if let Some(t) = parent.timestamp {
+            h.parent_timestamp = t;
+        }
+        let bytes = h.to_bytes();
+        self.file.write_at(hoff, &bytes)?;
+        self.file.flush()
+    }
+    fn allocation_unit_sectors(&self) -> u64 {
+        // A new block of a dynamic disk reads as data whole; a differencing block only where
+        // its bitmap says so, which the written sectors cover.
+        if self.footer.disk_type == DISK_DYNAMIC {
+            self.block_sectors.max(1)
+        } else {
+            1
+        }
+    }
     fn slack_bytes(&self) -> u64 {
         if self.footer.disk_type == DISK_FIXED {
             0

@@ -509,59 +509,68 @@ impl VmdkImage {
         self.extents.iter().any(|e| matches!(&e.kind, ExtentKind::Sparse { sparse, .. } if sparse.header.flags & FLAG_COMPRESSED != 0))
     }
 
-    /// Change the CID in place before the first modification (disk-formats.md §3.7).
-    fn bump_cid(&mut self, seed: u64) -> Result<(), ImageError> {
-        if self.cid_updated || self.descriptor_text.is_empty() {
-            self.cid_updated = true;
-            return Ok(());
-        }
+    /// Rewrite the hexadecimal value of descriptor key `key` (case-insensitive) in place and
+    /// flush. An 8-digit value is replaced byte for byte, so nothing else in the file moves.
+    fn set_descriptor_hex(&mut self, key: &str, value: u32) -> Result<(), ImageError> {
+        let name = self.name().to_string();
         let mut text = self.descriptor_text.clone();
         let end = text.iter().position(|&c| c == 0).unwrap_or(text.len());
-        let mut s = seed;
-        let mut r = [0u8; 4];
-        super::random_bytes(&mut s, &mut r);
-        let mut new_cid = u32::from_le_bytes(r);
-        if Some(new_cid) == self.descriptor.cid || new_cid == NO_PARENT_CID {
-            new_cid ^= 0x5A5A_0001;
-        }
-        let hex = alloc::format!("{:08x}", new_cid);
-        // Find the `CID` key at a line start (not parentCID).
+        let hex = alloc::format!("{:08x}", value);
         let mut pos = 0usize;
         let mut found = None;
         while pos < end {
             let line_end = text[pos..end].iter().position(|&c| c == b'\n').map_or(end, |p| pos + p);
             let line = &text[pos..line_end];
-            let trimmed_start = line.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(line.len());
-            let l = &line[trimmed_start..];
-            if l.len() >= 3 && l[..3].eq_ignore_ascii_case(b"cid") {
-                if let Some(eq) = l.iter().position(|&c| c == b'=') {
-                    let vstart = pos + trimmed_start + eq + 1;
+            let lead = line.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(line.len());
+            let l = &line[lead..];
+            if l.len() > key.len() && l[..key.len()].eq_ignore_ascii_case(key.as_bytes()) {
+                let after = &l[key.len()..];
+                let blanks = after.iter().take_while(|c| **c == b' ' || **c == b'\t').count();
+                if after.get(blanks) == Some(&b'=') {
+                    let vstart = pos + lead + key.len() + blanks + 1;
                     let vtext = &text[vstart..line_end];
-                    let lead = vtext.iter().position(|c| !c.is_ascii_whitespace() && *c != b'"').unwrap_or(0);
-                    let digits = vtext[lead..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
-                    found = Some((vstart + lead, digits));
+                    let skip = vtext.iter().take_while(|c| c.is_ascii_whitespace() || **c == b'"').count();
+                    let digits = vtext[skip..].iter().take_while(|c| c.is_ascii_hexdigit()).count();
+                    found = Some((vstart + skip, digits));
                     break;
                 }
             }
             pos = line_end + 1;
         }
-        let (at, digits) = found.ok_or_else(|| ImageError::corrupt(&self.files[0].name().to_string(), "descriptor has no CID line to update"))?;
-        if digits != 8 {
-            // Keep everything else in place: only rewrite when the value has the canonical width.
+        let (at, digits) = found.ok_or_else(|| ImageError::corrupt(&name, alloc::format!("descriptor has no {} line to update", key)))?;
+        if digits == 8 {
+            text[at..at + 8].copy_from_slice(hex.as_bytes());
+        } else {
             let new: Vec<u8> = text[..at].iter().chain(hex.as_bytes()).chain(text[at + digits..end].iter()).copied().collect();
             if new.len() as u64 > self.descriptor_at.2 {
-                return Err(ImageError::NoSlack { image: self.files[0].name().to_string(), needed_bytes: new.len() as u64 });
+                return Err(ImageError::NoSlack { image: name, needed_bytes: new.len() as u64 });
             }
             text = new;
             text.resize(self.descriptor_at.2 as usize, 0);
-        } else {
-            text[at..at + 8].copy_from_slice(hex.as_bytes());
         }
         let (fidx, off_bytes, _) = self.descriptor_at;
-        let f = self.files.get_mut(fidx as usize).ok_or_else(|| ImageError::corrupt("vmdk", "descriptor file missing"))?;
+        let f = self.files.get_mut(fidx as usize).ok_or_else(|| ImageError::corrupt(&name, "descriptor file missing"))?;
         f.write_at(off_bytes, &text)?;
         f.flush()?;
         self.descriptor_text = text;
+        Ok(())
+    }
+
+    /// Change the CID before the first modification (disk-formats.md §3.7), so a child made
+    /// from the old content can tell.
+    fn bump_cid(&mut self, seed: u64) -> Result<(), ImageError> {
+        if self.cid_updated || self.descriptor_text.is_empty() {
+            self.cid_updated = true;
+            return Ok(());
+        }
+        let mut s = seed;
+        let mut r = [0u8; 4];
+        super::random_bytes(&mut s, &mut r);
+        let mut new_cid = u32::from_le_bytes(r);
+        if Some(new_cid) == self.descriptor.cid || new_cid >= 0xFFFF_FFFE {
+            new_cid ^= 0x5A5A_0001;
+        }
+        self.set_descriptor_hex("CID", new_cid)?;
         self.descriptor.cid = Some(new_cid);
         self.cid_updated = true;
         Ok(())
@@ -663,6 +672,15 @@ impl Layer for VmdkImage {
         let n = plain.len().min(out.len());
         out[..n].copy_from_slice(&plain[..n]);
         out[n..].fill(0);
+        Ok(())
+    }
+    fn relink_parent(&mut self, parent: &Identity) -> Result<(), ImageError> {
+        let cid = parent.cid.ok_or_else(|| ImageError::corrupt(self.name(), "the new parent has no CID"))?;
+        if !self.descriptor.has_parent() {
+            return Err(ImageError::Invalid { detail: alloc::format!("{} has no parent to relink", self.name()) });
+        }
+        self.set_descriptor_hex("parentCID", cid)?;
+        self.descriptor.parent_cid = Some(cid);
         Ok(())
     }
     fn allocation_unit_sectors(&self) -> u64 {

@@ -243,3 +243,47 @@ fn reserve_and_trim_slack() {
     let e = err(&["reserve", &flat, "1M"]);
     assert!(e.contains("no allocation tables"), "{}", e);
 }
+
+fn read_chain(path: &str) -> Vec<u8> {
+    use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
+    let (layers, _) = open_chain(path, &mut StdLocator::default(), &ChainOptions::default()).unwrap();
+    let mut d = vboot::image::Disk::new(layers, Vec::new()).unwrap();
+    let mut v = vec![0u8; (d.sectors() * 512) as usize];
+    d.read(0, &mut v).unwrap();
+    v
+}
+
+#[test]
+fn merge_folds_a_child_into_its_parent() {
+    use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
+    let dir = TempDir::new("merge");
+    for (ext, fmt) in [("vhd", "vpc"), ("vdi", "vdi"), ("vmdk", "vmdk")] {
+        let base = dir.path(&format!("base.{}", ext));
+        let child = dir.path(&format!("child.{}", ext));
+        ok(&["create", &base, "--size", "16M"]);
+        qemu_io(fmt, &base, &["write -P 0x11 0 3m", "write -P 0x12 8m 1m"]);
+        ok(&["snapshot", &base, &child]);
+        {
+            let (layers, _) = open_chain(&child, &mut StdLocator { writable_leaf: true }, &ChainOptions::default()).unwrap();
+            let mut d = vboot::image::Disk::new(layers, Vec::new()).unwrap();
+            d.write(100, &vec![0x21; 512 * 3]).unwrap();
+            d.write(5000, &vec![0x22; 512 * 700]).unwrap();
+            d.write(30000, &vec![0x23; 512]).unwrap();
+        }
+        let before = read_chain(&child);
+        let out = vdisk(&["merge", &child]);
+        assert!(out.status.success(), "{}: {}", ext, String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("100%"), "progress shown");
+        assert!(read_chain(&base) == before, "{}: the parent now holds the child's content", ext);
+        assert!(read_chain(&child) == before, "{}: the child still reads the same and opens strictly", ext);
+        if fmt != "vpc" {
+            qemu_img(&["check", "-f", fmt, &base]);
+        }
+        let raw = dir.path("m.raw");
+        let _ = std::fs::remove_file(&raw);
+        qemu_img(&["convert", "-f", fmt, "-O", "raw", &base, &raw]);
+        assert!(std::fs::read(&raw).unwrap() == before, "{}: qemu reads the merged parent the same", ext);
+    }
+    let e = err(&["merge", &dir.path("base.vhd")]);
+    assert!(e.contains("not a differencing image"), "{}", e);
+}

@@ -26,9 +26,11 @@ commands:
   map FILE [--json] [--parent-dir DIR]       virtual sector ranges -> layer and file offset
   snapshot IMAGE NEW [--reserve SIZE]        make NEW a differencing child of IMAGE
   convert SOURCE TARGET [--format VARIANT] [--reserve SIZE]   copy the chain's content
+  merge CHILD [--parent-dir DIR]             fold CHILD's data into its parent (re-run if interrupted)
   reserve FILE SIZE                          add SIZE bytes of write slack to a sparse image
   trim FILE                                  remove unused slack from a sparse image
 
+--lenient-cid: open VMDK children whose parent's CID changed (warn instead of refusing).
 SIZE: bytes, or a number with K, M, G or T (binary units), e.g. 64M.
 ";
 
@@ -43,7 +45,7 @@ struct Args {
     options: Vec<(String, Option<String>)>,
 }
 
-const FLAGS: &[&str] = &["json", "exact-size", "help"];
+const FLAGS: &[&str] = &["json", "exact-size", "help", "lenient-cid"];
 
 impl Args {
     fn parse(raw: &[String]) -> Result<Args, String> {
@@ -112,7 +114,7 @@ fn now_unix() -> u64 {
 }
 
 fn chain_options(args: &Args) -> ChainOptions {
-    ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), ..Default::default() }
+    ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: args.flag("lenient-cid") }
 }
 
 fn open_disk(path: &str, args: &Args, writable: bool) -> Result<Disk, ImageError> {
@@ -243,7 +245,7 @@ fn layer_json(l: &dyn Layer) -> String {
 }
 
 fn cmd_info(args: &Args) -> Result<(), String> {
-    args.check_known(&["json", "parent-dir"])?;
+    args.check_known(&["json", "parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
     let d = open_disk(path, args, false).map_err(|e| e.to_string())?;
     let allocated: u64 = d.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
@@ -282,7 +284,7 @@ fn cmd_info(args: &Args) -> Result<(), String> {
 }
 
 fn cmd_check(args: &Args) -> Result<bool, String> {
-    args.check_known(&["parent-dir"])?;
+    args.check_known(&["parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
     let mut d = match open_disk(path, args, false) {
         Ok(d) => d,
@@ -320,7 +322,7 @@ fn cmd_check(args: &Args) -> Result<bool, String> {
 }
 
 fn cmd_map(args: &Args) -> Result<(), String> {
-    args.check_known(&["json", "parent-dir"])?;
+    args.check_known(&["json", "parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
     let d = open_disk(path, args, false).map_err(|e| e.to_string())?;
     let json = args.flag("json");
@@ -464,6 +466,90 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Fold a child into its parent. Copying is idempotent and the child keeps all its data until
+/// the end, so the chain reads the same at every instant; after an interruption the same
+/// command finishes the job. Last, the child is relinked to the changed parent (VHD time
+/// stamp, VMDK parentCID), so it stays usable; deleting it drops the snapshot.
+fn cmd_merge(args: &Args) -> Result<(), String> {
+    args.check_known(&["parent-dir"])?;
+    let child = args.positional(1, "CHILD")?;
+    // The parent's CID changes with its first write (VMDK): an interrupted merge must reopen.
+    let lenient = ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: true };
+    let (layers, warnings) = open_chain(child, &mut StdLocator::default(), &lenient).map_err(|e| e.to_string())?;
+    for w in &warnings {
+        eprintln!("warning: {}", w);
+    }
+    let mut child_disk = Disk::new(layers, Vec::new()).map_err(|e| e.to_string())?;
+    if child_disk.layers().len() < 2 {
+        return Err(format!("{} is not a differencing image: there is nothing to merge into", child));
+    }
+    let parent_path = child_disk.layers()[1].name().to_string();
+    // Ranges the child decides itself (its data, and explicit zeros that hide the parent).
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    {
+        let l = &mut child_disk.layers_mut()[0];
+        let total = l.virtual_sectors();
+        let mut s = 0;
+        while s < total {
+            let (m, run) = l.map(s).map_err(|e| e.to_string())?;
+            let n = run.max(1).min(total - s);
+            if m != vboot::image::Mapping::Parent {
+                match ranges.last_mut() {
+                    Some(last) if last.0 + last.1 == s => last.1 += n,
+                    _ => ranges.push((s, n)),
+                }
+            }
+            s += n;
+        }
+    }
+    let mut parent_disk = open_disk(&parent_path, &Args { positional: vec![], options: vec![("parent-dir".into(), args.get("parent-dir").map(|s| s.to_string()))] }, true)
+        .map_err(|e| format!("cannot open the parent {} for writing: {}", parent_path, e))?;
+    let last = ranges.last().map(|r| r.0 + r.1).unwrap_or(0);
+    if last > parent_disk.sectors() {
+        return Err(format!("{} has data past the end of its parent {} ({} sectors)", child, parent_path, parent_disk.sectors()));
+    }
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let mut done = 0u64;
+    let chunk = 2048u64;
+    let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
+    let mut shown = u64::MAX;
+    for (start, len) in ranges {
+        let mut s = start;
+        while s < start + len {
+            let n = chunk.min(start + len - s);
+            let b = &mut buf[..(n * SECTOR_BYTES) as usize];
+            child_disk.read(s, b).map_err(|e| e.to_string())?;
+            parent_disk.write(s, b).map_err(|e| format!("writing into {} failed: {} (nothing is lost: {} still holds its data; run the merge again)", parent_path, e, child))?;
+            s += n;
+            done += n;
+            let pct = done * 100 / total.max(1);
+            if pct != shown {
+                let bar = "#".repeat((pct / 4) as usize);
+                eprint!("\rmerging [{:<25}] {:>3}%", bar, pct);
+                shown = pct;
+            }
+        }
+    }
+    eprintln!();
+    drop(parent_disk);
+    drop(child_disk);
+    // Relink the child to what its parent is now.
+    let (players, _) = open_chain(&parent_path, &mut StdLocator::default(), &lenient).map_err(|e| e.to_string())?;
+    let pid = players[0].identity();
+    drop(players);
+    let (mut clayers, _) = open_chain(child, &mut StdLocator { writable_leaf: true }, &lenient).map_err(|e| e.to_string())?;
+    match clayers[0].relink_parent(&pid) {
+        Ok(()) => {}
+        Err(vboot::image::ImageError::Unsupported { .. }) => {}
+        Err(e) => return Err(format!("merged, but relinking {} failed: {}", child, e)),
+    }
+    drop(clayers);
+    open_disk(child, &Args { positional: vec![], options: vec![] }, false).map_err(|e| format!("merged, but {} does not reopen: {}", child, e))?;
+    println!("merged {} ({} sectors) into {}", child, total, parent_path);
+    println!("{} still reads the same; delete it to drop the snapshot. Other children of {} (if any) no longer match it.", child, parent_path);
+    Ok(())
+}
+
 /// Add or remove slack at the end of a sparse leaf. VHD keeps its footer at the end: when
 /// growing, the footer is written at the new end first (a valid footer at EOF at every
 /// instant); when shrinking, the footer is written at its new place, then the file is cut.
@@ -550,6 +636,7 @@ fn main() -> ExitCode {
         "map" => cmd_map(&args),
         "snapshot" => cmd_snapshot(&args),
         "convert" => cmd_convert(&args),
+        "merge" => cmd_merge(&args),
         "reserve" => (|| {
             args.check_known(&[])?;
             let path = args.positional(1, "FILE")?;
