@@ -9,10 +9,16 @@
 //! the same for a chain of depth 1 or 64: `log2(runs)` comparisons, where `runs` counts the
 //! distinct pieces of the *result*, not the layers.
 //!
+//! Ranges whose mapping needs an extra read (the bitmap of an allocated VHD differencing block)
+//! are left as [`Source::Pending`] at open and resolved on first use: a read resolves what it
+//! touches, [`Disk::resolve_all`] everything. So opening costs one table read per layer, not one
+//! bitmap read per allocated block, and a resolved lookup is still one binary search.
+//!
 //! Writes go to the leaf. After a write the runs covering the written allocation units are
 //! rebuilt and spliced in, so the map stays exact.
 
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -26,6 +32,9 @@ pub enum Source {
     Zero,
     /// `offset_bytes` is the file offset of the run's first sector; the rest follow contiguously.
     Data { layer: u16, file: u16, offset_bytes: u64 },
+    /// Not resolved yet: layer `layer` (and possibly those below it) decides, after reading a
+    /// bitmap.
+    Pending { layer: u16 },
     /// Sectors inside one compressed grain.
     Compressed { layer: u16, file: u16, marker_offset_bytes: u64, grain_start_sector: u64, grain_sectors: u32 },
 }
@@ -52,6 +61,7 @@ impl Run {
                 l1 == l2 && f1 == f2 && o1 + self.sectors * SECTOR_BYTES == o2
             }
             (Source::Compressed { layer: l1, marker_offset_bytes: m1, .. }, Source::Compressed { layer: l2, marker_offset_bytes: m2, .. }) => l1 == l2 && m1 == m2,
+            (Source::Pending { layer: l1 }, Source::Pending { layer: l2 }) => l1 == l2,
             _ => false,
         }
     }
@@ -61,6 +71,9 @@ impl Run {
 pub struct Disk {
     layers: Vec<Box<dyn Layer>>,
     runs: Vec<Run>,
+    /// Deferred runs resolved so far. The main list never changes on resolution, so resolving
+    /// costs no reshuffling and a lookup stays two binary searches at most.
+    resolved: Resolved,
     sectors: u64,
     grain_cache: Option<(u16, u64, Vec<u8>)>,
     /// Non-fatal findings of the chain walk (timestamp mismatch, size difference).
@@ -68,14 +81,15 @@ pub struct Disk {
     pub read_only: bool,
 }
 
-/// Map `start..end` through `layers` top-down into `out` (unsorted).
-fn flatten(layers: &mut [Box<dyn Layer>], start: u64, end: u64, out: &mut Vec<Run>) -> Result<(), ImageError> {
+/// Map `start..end` through `layers` top-down into `out` (unsorted). With `defer`, ranges that
+/// need a bitmap read become `Pending` runs; layer numbers are offset by `first_layer`.
+fn flatten(layers: &mut [Box<dyn Layer>], first_layer: u16, start: u64, end: u64, defer: bool, out: &mut Vec<Run>) -> Result<(), ImageError> {
     let mut pending: Vec<(u64, u64)> = vec![(start, end)];
     for (li, layer) in layers.iter_mut().enumerate() {
         if pending.is_empty() {
             break;
         }
-        let layer_no = li as u16;
+        let layer_no = first_layer + li as u16;
         let layer_sectors = layer.virtual_sectors();
         let mut next: Vec<(u64, u64)> = Vec::new();
         for (s, e) in pending {
@@ -85,6 +99,14 @@ fn flatten(layers: &mut [Box<dyn Layer>], start: u64, end: u64, out: &mut Vec<Ru
                     // A child larger than its parent: nothing below to fall through to.
                     out.push(Run { start_sector: cur, sectors: e - cur, source: Source::Zero });
                     break;
+                }
+                if defer {
+                    if let Some(run) = layer.map_deferred(cur)? {
+                        let n = run.max(1).min(e - cur);
+                        out.push(Run { start_sector: cur, sectors: n, source: Source::Pending { layer: layer_no } });
+                        cur += n;
+                        continue;
+                    }
                 }
                 let (m, run) = layer.map(cur)?;
                 let n = run.max(1).min(e - cur);
@@ -132,55 +154,78 @@ fn sort_and_merge(mut runs: Vec<Run>) -> Vec<Run> {
 fn read_below(layers: &mut [Box<dyn Layer>], sector: u64, buf: &mut [u8]) -> Result<(), ImageError> {
     let sectors = buf.len() as u64 / SECTOR_BYTES;
     let mut runs = Vec::new();
-    flatten(layers, sector, sector + sectors, &mut runs)?;
+    flatten(layers, 0, sector, sector + sectors, false, &mut runs)?;
     let runs = sort_and_merge(runs);
     let mut cache = None;
-    read_runs(layers, &runs, sector, buf, &mut cache)
+    read_runs(layers, &runs, &BTreeMap::new(), sector, buf, &mut cache)
+}
+
+/// Resolved contents of deferred runs, keyed by the pending run's start: (its end, runs).
+type Resolved = BTreeMap<u64, (u64, Vec<Run>)>;
+
+/// The run holding `sector` in a sorted run list.
+fn find(runs: &[Run], sector: u64) -> Option<&Run> {
+    let i = match runs.binary_search_by(|r| r.start_sector.cmp(&sector)) {
+        Ok(i) => i,
+        Err(0) => return None,
+        Err(i) => i - 1,
+    };
+    runs.get(i).filter(|r| sector < r.end())
 }
 
 fn read_runs(
     layers: &mut [Box<dyn Layer>],
     runs: &[Run],
+    resolved: &Resolved,
     lba: u64,
     buf: &mut [u8],
     grain_cache: &mut Option<(u16, u64, Vec<u8>)>,
 ) -> Result<(), ImageError> {
     let sectors = buf.len() as u64 / SECTOR_BYTES;
     let mut done = 0u64;
-    let mut idx = match runs.binary_search_by(|r| r.start_sector.cmp(&lba)) {
-        Ok(i) => i,
-        Err(i) => i.saturating_sub(1),
-    };
     while done < sectors {
         let cur = lba + done;
-        while runs.get(idx).map_or(false, |r| r.end() <= cur) {
-            idx += 1;
+        let mut run = *find(runs, cur).ok_or_else(|| ImageError::corrupt("disk", "map does not cover the request"))?;
+        if let Source::Pending { .. } = run.source {
+            let outer_end = run.end();
+            let sub = match resolved.get(&run.start_sector) {
+                Some((end, sub)) if *end == outer_end => sub,
+                _ => return Err(ImageError::corrupt("disk", "internal: read of an unresolved range")),
+            };
+            let inner = *find(sub, cur).ok_or_else(|| ImageError::corrupt("disk", "resolved range does not cover the request"))?;
+            run = Run { start_sector: inner.start_sector, sectors: inner.end().min(outer_end) - inner.start_sector, source: inner.source };
         }
-        let run = *runs.get(idx).ok_or_else(|| ImageError::corrupt("disk", "map does not cover the request"))?;
         let n = (run.end() - cur).min(sectors - done);
-        let into = cur - run.start_sector;
         let out = &mut buf[(done * SECTOR_BYTES) as usize..((done + n) * SECTOR_BYTES) as usize];
-        match run.source {
-            Source::Zero => out.fill(0),
-            Source::Data { layer, file, offset_bytes } => {
-                let l = layers.get_mut(layer as usize).ok_or_else(|| ImageError::corrupt("disk", "layer index out of range"))?;
-                l.read_file(file, offset_bytes + into * SECTOR_BYTES, out)?;
-            }
-            Source::Compressed { layer, file, marker_offset_bytes, grain_start_sector, grain_sectors } => {
-                let hit = matches!(grain_cache, Some((l, m, _)) if *l == layer && *m == marker_offset_bytes);
-                if !hit {
-                    let l = layers.get_mut(layer as usize).ok_or_else(|| ImageError::corrupt("disk", "layer index out of range"))?;
-                    let mut g = vec![0u8; grain_sectors as usize * SECTOR_BYTES as usize];
-                    l.read_grain(file, marker_offset_bytes, &mut g)?;
-                    *grain_cache = Some((layer, marker_offset_bytes, g));
-                }
-                let g = grain_cache.as_ref().map(|c| c.2.as_slice()).unwrap_or(&[]);
-                let from = ((cur - grain_start_sector) * SECTOR_BYTES) as usize;
-                let src = g.get(from..from + out.len()).ok_or_else(|| ImageError::corrupt("disk", "read past a compressed grain"))?;
-                out.copy_from_slice(src);
-            }
-        }
+        read_segment(layers, &run, cur, out, grain_cache)?;
         done += n;
+    }
+    Ok(())
+}
+
+/// Read `out` (starting at virtual sector `cur`, inside `run`).
+fn read_segment(layers: &mut [Box<dyn Layer>], run: &Run, cur: u64, out: &mut [u8], grain_cache: &mut Option<(u16, u64, Vec<u8>)>) -> Result<(), ImageError> {
+    let into = cur - run.start_sector;
+    match run.source {
+        Source::Zero => out.fill(0),
+        Source::Pending { .. } => return Err(ImageError::corrupt("disk", "internal: nested unresolved range")),
+        Source::Data { layer, file, offset_bytes } => {
+            let l = layers.get_mut(layer as usize).ok_or_else(|| ImageError::corrupt("disk", "layer index out of range"))?;
+            l.read_file(file, offset_bytes + into * SECTOR_BYTES, out)?;
+        }
+        Source::Compressed { layer, file, marker_offset_bytes, grain_start_sector, grain_sectors } => {
+            let hit = matches!(grain_cache, Some((l, m, _)) if *l == layer && *m == marker_offset_bytes);
+            if !hit {
+                let l = layers.get_mut(layer as usize).ok_or_else(|| ImageError::corrupt("disk", "layer index out of range"))?;
+                let mut g = vec![0u8; grain_sectors as usize * SECTOR_BYTES as usize];
+                l.read_grain(file, marker_offset_bytes, &mut g)?;
+                *grain_cache = Some((layer, marker_offset_bytes, g));
+            }
+            let g = grain_cache.as_ref().map(|c| c.2.as_slice()).unwrap_or(&[]);
+            let from = ((cur - grain_start_sector) * SECTOR_BYTES) as usize;
+            let src = g.get(from..from + out.len()).ok_or_else(|| ImageError::corrupt("disk", "read past a compressed grain"))?;
+            out.copy_from_slice(src);
+        }
     }
     Ok(())
 }
@@ -191,8 +236,8 @@ impl Disk {
         let leaf = layers.first().ok_or(ImageError::Invalid { detail: "an image chain needs at least one image".into() })?;
         let sectors = leaf.virtual_sectors();
         let mut runs = Vec::new();
-        flatten(&mut layers, 0, sectors, &mut runs)?;
-        Ok(Disk { layers, runs: sort_and_merge(runs), sectors, grain_cache: None, warnings, read_only: false })
+        flatten(&mut layers, 0, 0, sectors, true, &mut runs)?;
+        Ok(Disk { layers, runs: sort_and_merge(runs), resolved: BTreeMap::new(), sectors, grain_cache: None, warnings, read_only: false })
     }
 
     pub fn sectors(&self) -> u64 {
@@ -209,14 +254,61 @@ impl Disk {
         &self.runs
     }
 
-    /// The run holding `sector`: one binary search.
-    pub fn lookup(&self, sector: u64) -> Option<&Run> {
-        let i = match self.runs.binary_search_by(|r| r.start_sector.cmp(&sector)) {
+    /// Resolve every deferred range and fold the results into the main list (for `vdisk map`,
+    /// or to take all bitmap reads up front).
+    pub fn resolve_all(&mut self) -> Result<(), ImageError> {
+        let mut runs = Vec::new();
+        flatten(&mut self.layers, 0, 0, self.sectors, false, &mut runs)?;
+        self.runs = sort_and_merge(runs);
+        self.resolved.clear();
+        Ok(())
+    }
+
+    /// Resolve the deferred ranges that overlap `a..b`.
+    pub fn resolve(&mut self, a: u64, b: u64) -> Result<(), ImageError> {
+        let mut i = match self.runs.binary_search_by(|r| r.start_sector.cmp(&a)) {
             Ok(i) => i,
-            Err(0) => return None,
-            Err(i) => i - 1,
+            Err(i) => i.saturating_sub(1),
         };
-        self.runs.get(i).filter(|r| sector < r.end())
+        while let Some(r) = self.runs.get(i).copied() {
+            if r.start_sector >= b {
+                break;
+            }
+            i += 1;
+            let layer = match r.source {
+                Source::Pending { layer } if r.end() > a => layer,
+                _ => continue,
+            };
+            if matches!(self.resolved.get(&r.start_sector), Some((end, _)) if *end == r.end()) {
+                continue;
+            }
+            let mut fresh = Vec::new();
+            let below = self.layers.get_mut(layer as usize..).ok_or_else(|| ImageError::corrupt("disk", "layer index out of range"))?;
+            flatten(below, layer, r.start_sector, r.end(), false, &mut fresh)?;
+            self.resolved.insert(r.start_sector, (r.end(), sort_and_merge(fresh)));
+        }
+        Ok(())
+    }
+
+    /// The run holding `sector`, resolved if it was deferred (the piece of the resolution that
+    /// holds `sector`).
+    pub fn lookup_resolved(&mut self, sector: u64) -> Result<Option<Run>, ImageError> {
+        self.resolve(sector, sector + 1)?;
+        let run = match self.lookup(sector) {
+            Some(r) => *r,
+            None => return Ok(None),
+        };
+        if let Source::Pending { .. } = run.source {
+            let sub = self.resolved.get(&run.start_sector).map(|(_, v)| v.as_slice()).unwrap_or(&[]);
+            return Ok(find(sub, sector).map(|i| Run { start_sector: i.start_sector, sectors: i.end().min(run.end()) - i.start_sector, source: i.source }));
+        }
+        Ok(Some(run))
+    }
+
+    /// The run holding `sector`: one binary search. It may be [`Source::Pending`]; use
+    /// [`Disk::lookup_resolved`] to settle it.
+    pub fn lookup(&self, sector: u64) -> Option<&Run> {
+        find(&self.runs, sector)
     }
 
     fn check(&self, lba: u64, bytes: usize) -> Result<u64, ImageError> {
@@ -232,8 +324,9 @@ impl Disk {
     }
 
     pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        self.check(lba, buf.len())?;
-        read_runs(&mut self.layers, &self.runs, lba, buf, &mut self.grain_cache)
+        let n = self.check(lba, buf.len())?;
+        self.resolve(lba, lba + n)?;
+        read_runs(&mut self.layers, &self.runs, &self.resolved, lba, buf, &mut self.grain_cache)
     }
 
     pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), ImageError> {
@@ -257,7 +350,18 @@ impl Disk {
     /// Rebuild the runs of `a..b` and splice them in.
     fn refresh(&mut self, a: u64, b: u64) -> Result<(), ImageError> {
         let mut fresh = Vec::new();
-        flatten(&mut self.layers, a, b, &mut fresh)?;
+        flatten(&mut self.layers, 0, a, b, false, &mut fresh)?;
+        self.splice(a, b, fresh);
+        Ok(())
+    }
+
+    /// Replace the runs of `a..b` with `fresh` (which covers exactly `a..b`).
+    fn splice(&mut self, a: u64, b: u64, fresh: Vec<Run>) {
+        // Resolutions of deferred runs cut by the splice no longer match their runs.
+        let stale: Vec<u64> = self.resolved.iter().filter(|(start, (end, _))| **start < b && *end > a).map(|(s, _)| *s).collect();
+        for k in stale {
+            self.resolved.remove(&k);
+        }
         let mut out: Vec<Run> = Vec::with_capacity(self.runs.len() + fresh.len() + 2);
         for r in self.runs.iter() {
             if r.end() <= a || r.start_sector >= b {
@@ -278,7 +382,6 @@ impl Disk {
         }
         out.extend(fresh);
         self.runs = sort_and_merge(out);
-        Ok(())
     }
 }
 

@@ -399,6 +399,14 @@ pub trait Layer {
     /// Mapping of `sector` and how many sectors from it on map the same way (at least 1,
     /// never past the end of the disk; Data runs are contiguous in the file).
     fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError>;
+    /// When mapping `sector` would need an extra read (a VHD differencing block's bitmap),
+    /// return how many sectors that read would settle, without reading; `None` when `map` is
+    /// cheap. The chain map defers such ranges until they are first used, so opening a large
+    /// chain does not read one bitmap per allocated block.
+    fn map_deferred(&mut self, sector: u64) -> Result<Option<u64>, ImageError> {
+        let _ = sector;
+        Ok(None)
+    }
     /// Read from the layer's file number `file` (0 for single-file formats).
     fn read_file(&mut self, file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError>;
     /// Inflate the compressed grain whose marker is at `marker_offset_bytes` into `out`

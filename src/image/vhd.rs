@@ -671,6 +671,17 @@ impl Layer for VhdImage {
         }
         Ok((if present { Mapping::Data { file: 0, offset_bytes: data_off } } else { Mapping::Parent }, run))
     }
+    fn map_deferred(&mut self, sector: u64) -> Result<Option<u64>, ImageError> {
+        if self.footer.disk_type != DISK_DIFFERENCING || sector >= self.virtual_sectors {
+            return Ok(None);
+        }
+        let block = sector / self.block_sectors;
+        if self.bat.get(block as usize).copied().unwrap_or(UNALLOCATED) == UNALLOCATED {
+            return Ok(None);
+        }
+        let left_in_block = (self.block_sectors - sector % self.block_sectors).min(self.virtual_sectors - sector);
+        Ok(Some(left_in_block))
+    }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         self.file.read_at(offset_bytes, buf)
     }

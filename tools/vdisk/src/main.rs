@@ -247,7 +247,8 @@ fn layer_json(l: &dyn Layer) -> String {
 fn cmd_info(args: &Args) -> Result<(), String> {
     args.check_known(&["json", "parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
-    let d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+    let mut d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+    d.resolve_all().map_err(|e| e.to_string())?;
     let allocated: u64 = d.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
     if args.flag("json") {
         let layers: Vec<String> = d.layers().iter().map(|l| layer_json(&**l)).collect();
@@ -305,6 +306,10 @@ fn cmd_check(args: &Args) -> Result<bool, String> {
         }
     }
     // Every mapped range must be readable (tables point inside the files).
+    if let Err(e) = d.resolve_all() {
+        println!("{}: {}", path, e);
+        problems += 1;
+    }
     let runs: Vec<_> = d.runs().to_vec();
     let mut buf = vec![0u8; 512];
     for r in runs.iter().filter(|r| !matches!(r.source, Source::Zero)) {
@@ -324,7 +329,8 @@ fn cmd_check(args: &Args) -> Result<bool, String> {
 fn cmd_map(args: &Args) -> Result<(), String> {
     args.check_known(&["json", "parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
-    let d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+    let mut d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+    d.resolve_all().map_err(|e| e.to_string())?;
     let json = args.flag("json");
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -339,6 +345,7 @@ fn cmd_map(args: &Args) -> Result<(), String> {
             Source::Zero => (None, None, String::new(), "zero"),
             Source::Data { layer, offset_bytes, .. } => (Some(layer), Some(offset_bytes), d.layers()[layer as usize].name().to_string(), "data"),
             Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), Some(marker_offset_bytes), d.layers()[layer as usize].name().to_string(), "compressed"),
+            Source::Pending { layer } => (Some(layer), None, d.layers()[layer as usize].name().to_string(), "unresolved"),
         };
         let _ = if json {
             writeln!(
@@ -400,6 +407,7 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
         None => variant_from_extension(target).ok_or_else(|| format!("cannot tell the format from the name {}; give --format", target))?,
     };
     let mut src = open_disk(source, args, false).map_err(|e| e.to_string())?;
+    src.resolve_all().map_err(|e| e.to_string())?;
     let size = src.sectors() * SECTOR_BYTES;
     // Exact: the target must have the source's size (VHD would otherwise round to CHS).
     let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: true, seed: seed(), now_unix: now_unix() };
