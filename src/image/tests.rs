@@ -436,3 +436,33 @@ fn vhd_footer_fallback_to_copy_and_checksum() {
     let e = fs.disk("/v/a.vhd").err().unwrap().to_string();
     assert!(e.contains("/v/a.vhd") && e.contains("checksum"), "{}", e);
 }
+
+#[test]
+fn vhd_parent_by_drive_letter_path_and_parent_dir() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/vm/base.vhd", Variant::VhdDynamic, 4 << 20, 0, None);
+    {
+        let mut d = fs.disk("/vm/base.vhd").unwrap();
+        d.write(3, &pattern(7, 512)).unwrap();
+    }
+    // A child made on Windows: W2ru points nowhere useful, W2ku is `C:\vm\base.vhd`.
+    let (layers, _) = open_chain("/vm/base.vhd", &mut fs, &ChainOptions::default()).unwrap();
+    let info = ParentInfo { relative_path: "..\\elsewhere\\base-old.vhd".into(), absolute_path: "C:\\vm\\base.vhd".into(), ..parent_info(&*layers[0], "", "") };
+    drop(layers);
+    let mut f = fs.file("/snaps/child.vhd");
+    let opts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: 5, now_unix: 1_700_000_000 };
+    create(Variant::VhdDynamic, &mut f, "child.vhd", &opts, Some(&info), &mut |_n: &str| Err(ImageError::Invalid { detail: "no".into() })).unwrap();
+    let mut d = fs.disk("/snaps/child.vhd").unwrap();
+    assert_eq!(d.layers()[1].name(), "/vm/base.vhd");
+    let mut b = vec![0u8; 512];
+    d.read(3, &mut b).unwrap();
+    assert_eq!(b, pattern(7, 512));
+    // Moved somewhere the stored paths do not reach: parent_dir= finds it by name.
+    let bytes = fs.files.remove("/vm/base.vhd").unwrap();
+    fs.files.insert("/images/base.vhd".into(), bytes);
+    let e = fs.disk("/snaps/child.vhd").err().unwrap().to_string();
+    assert!(e.contains("/vm/base.vhd: not found") && e.contains("/snaps/base.vhd: not found") && e.contains("/elsewhere/base-old.vhd"), "{}", e);
+    fs.opts.parent_dir = Some("/images".into());
+    let d = fs.disk("/snaps/child.vhd").unwrap();
+    assert_eq!(d.layers()[1].name(), "/images/base.vhd");
+}
