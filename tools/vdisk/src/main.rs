@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
+use vboot::image::chain::{open_chain, ChainOptions, ParentLocator, StdLocator};
 use vboot::image::create::{create_at, CreateOptions, Variant};
 use vboot::image::disk::Source;
 use vboot::image::{Disk, Format, ImageError, Layer, SECTOR_BYTES};
@@ -247,7 +247,27 @@ fn layer_json(l: &dyn Layer) -> String {
 fn cmd_info(args: &Args) -> Result<(), String> {
     args.check_known(&["json", "parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
-    let mut d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+    let mut d = match open_disk(path, args, false) {
+        Ok(d) => d,
+        Err(e) => {
+            // Still show what the image itself says (its parent paths help find the parent).
+            if let Some(f) = StdLocator::default().open(path) {
+                let dir = vboot::image::chain::dirname(path);
+                if let Ok(l) = vboot::image::open_layer(f, &mut |n: &str| StdLocator::default().open(&vboot::image::chain::join(&dir, n))) {
+                    if args.flag("json") {
+                        println!("{{\"file\": {}, \"error\": {}, \"layers\": [{}]}}", json_str(path), json_str(&e.to_string()), layer_json(&*l));
+                    } else {
+                        println!("image:          {}", path);
+                        println!("format:         {} {}", l.format().as_str(), l.variant());
+                        for (k, v) in l.details() {
+                            println!("    {:<22} {}", k, v);
+                        }
+                    }
+                }
+            }
+            return Err(e.to_string());
+        }
+    };
     d.resolve_all().map_err(|e| e.to_string())?;
     let allocated: u64 = d.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
     if args.flag("json") {
