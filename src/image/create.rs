@@ -472,6 +472,52 @@ fn create_vmdk(
     Ok(made)
 }
 
+/// An ImageFile that only records how long the file would become (dry runs).
+struct Measure {
+    len: u64,
+}
+
+impl ImageFile for Measure {
+    fn len_bytes(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        let _ = offset_bytes;
+        buf.fill(0);
+        Ok(())
+    }
+    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
+        self.len = self.len.max(offset_bytes + buf.len() as u64);
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        "(measure)"
+    }
+    fn can_grow(&self) -> bool {
+        true
+    }
+}
+
+/// Create a single-file image inside an existing file that cannot grow (the boot-time
+/// `take_snapshot=`: the file was made beforehand, its extents are fixed), turning all the
+/// space after the metadata into write slack. Fails if the file is too small.
+pub fn create_filling(variant: Variant, file: &mut dyn ImageFile, base_name: &str, opts: &CreateOptions, parent: Option<&ParentInfo>) -> Result<(), ImageError> {
+    let mut no_extents = |_: &str| -> Result<Box<dyn ImageFile>, ImageError> { Err(invalid("only single-file images can be made in place")) };
+    let mut m = Measure { len: 0 };
+    let dry = CreateOptions { reserve_bytes: 0, ..opts.clone() };
+    create(variant, &mut m, base_name, &dry, parent, &mut no_extents)?;
+    let have = file.len_bytes();
+    if have < m.len {
+        return Err(ImageError::NoSlack { image: file.name().to_string(), needed_bytes: m.len });
+    }
+    if variant == Variant::VhdFixed || variant == Variant::VdiFixed || variant == Variant::Raw {
+        return create(variant, file, base_name, &dry, parent, &mut no_extents).map(|_| ());
+    }
+    let filled = CreateOptions { reserve_bytes: (have - m.len) / SECTOR_BYTES * SECTOR_BYTES, ..opts.clone() };
+    create(variant, file, base_name, &filled, parent, &mut no_extents)?;
+    Ok(())
+}
+
 /// The parent facts a child needs, taken from an open layer.
 pub fn parent_info(layer: &dyn super::Layer, relative_path: &str, absolute_path: &str) -> ParentInfo {
     ParentInfo {

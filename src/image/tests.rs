@@ -466,3 +466,37 @@ fn vhd_parent_by_drive_letter_path_and_parent_dir() {
     let d = fs.disk("/snaps/child.vhd").unwrap();
     assert_eq!(d.layers()[1].name(), "/images/base.vhd");
 }
+
+#[test]
+fn snapshot_into_a_preallocated_file_at_boot() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    for (v, ext) in [(Variant::VhdDynamic, "vhd"), (Variant::VdiDynamic, "vdi"), (Variant::VmdkMonolithicSparse, "vmdk")] {
+        let base = alloc::format!("/b/base.{}", ext);
+        fs.make(&base, v, 8 << 20, 0, None);
+        let (layers, _) = open_chain(&base, &mut fs, &ChainOptions::default()).unwrap();
+        let info = parent_info(&*layers[0], &alloc::format!("base.{}", ext), &base);
+        drop(layers);
+        // A file of 4 MiB made by the file system beforehand; it cannot grow.
+        let child = alloc::format!("/b/snap.{}", ext);
+        fs.files.insert(child.clone(), Rc::new(RefCell::new(vec![0xEEu8; 4 << 20])));
+        let mut f = Shared { name: child.clone(), bytes: fs.files[&child].clone(), can_grow: false };
+        let opts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: 3, now_unix: 1_700_000_000 };
+        create::create_filling(v, &mut f, "snap", &opts, Some(&info)).unwrap();
+        assert_eq!(fs.files[&child].borrow().len(), 4 << 20);
+        fs.can_grow = false;
+        let mut d = fs.disk(&child).unwrap();
+        assert_eq!(d.layers().len(), 2, "{:?}", v);
+        assert!(d.layers()[0].slack_bytes() > (1 << 20), "{:?}: {}", v, d.layers()[0].slack_bytes());
+        d.write(0, &pattern(1, 4096)).unwrap();
+        let mut b = vec![0u8; 4096];
+        d.read(0, &mut b).unwrap();
+        assert_eq!(b, pattern(1, 4096));
+        assert!(d.layers_mut()[0].check().is_empty(), "{:?}", v);
+        fs.can_grow = true;
+        // Too small a file is refused before anything is written.
+        let tiny = Rc::new(RefCell::new(vec![0xEEu8; 512]));
+        let mut f = Shared { name: "tiny".into(), bytes: tiny.clone(), can_grow: false };
+        assert!(matches!(create::create_filling(v, &mut f, "tiny", &opts, Some(&info)), Err(ImageError::NoSlack { .. })));
+        assert!(tiny.borrow().iter().all(|&b| b == 0xEE));
+    }
+}
