@@ -347,6 +347,18 @@ impl Disk {
         result
     }
 
+    /// Empty the leaf (it must be a differencing image): the disk reads as its parent again.
+    pub fn discard_leaf(&mut self) -> Result<(), ImageError> {
+        let leaf = self.layers.first_mut().ok_or(ImageError::Invalid { detail: "empty chain".into() })?;
+        leaf.discard_all()?;
+        self.grain_cache = None;
+        let mut runs = Vec::new();
+        flatten(&mut self.layers, 0, 0, self.sectors, true, &mut runs)?;
+        self.runs = sort_and_merge(runs);
+        self.resolved.clear();
+        Ok(())
+    }
+
     /// Rebuild the runs of `a..b` and splice them in.
     fn refresh(&mut self, a: u64, b: u64) -> Result<(), ImageError> {
         let mut fresh = Vec::new();

@@ -450,6 +450,12 @@ pub trait Layer {
         let _ = parent;
         Err(ImageError::unsupported(self.name(), "relinking this kind of image"))
     }
+    /// Empty a differencing image back to "everything comes from the parent" (the boot-time
+    /// `restore`). Only tables change; the space of the dropped blocks becomes slack again.
+    /// The order keeps the image valid after each write (tables before counters).
+    fn discard_all(&mut self) -> Result<(), ImageError> {
+        Err(ImageError::unsupported(self.name(), "emptying this kind of image"))
+    }
     /// Bytes of reserved slack still available for new blocks.
     fn slack_bytes(&self) -> u64 {
         0

@@ -500,3 +500,48 @@ fn snapshot_into_a_preallocated_file_at_boot() {
         assert!(tiny.borrow().iter().all(|&b| b == 0xEE));
     }
 }
+
+#[test]
+fn restore_empties_the_leaf_and_reuses_its_space() {
+    for &(v, ext) in &[(Variant::VhdDynamic, "vhd"), (Variant::VdiDynamic, "vdi"), (Variant::VmdkMonolithicSparse, "vmdk")] {
+        let mut fs = MemFs { can_grow: true, ..Default::default() };
+        let base = alloc::format!("/r/base.{}", ext);
+        let leaf = alloc::format!("/r/leaf.{}", ext);
+        fs.make(&base, v, 8 << 20, 0, None);
+        let mut model;
+        {
+            let mut d = fs.disk(&base).unwrap();
+            model = vec![0u8; (d.sectors() * 512) as usize];
+            apply(&mut d, &mut model, 0);
+        }
+        let reserve = match v {
+            Variant::VhdDynamic => 2 * ((2 << 20) + 512),
+            Variant::VdiDynamic => 2 << 20,
+            _ => 128 << 10,
+        };
+        fs.make(&leaf, v, 0, reserve, Some(&base));
+        fs.can_grow = false;
+        let len = fs.files[&leaf].borrow().len();
+        let mut d = fs.disk(&leaf).unwrap();
+        d.write(1, &pattern(40, 512)).unwrap();
+        d.write(8000, &pattern(41, 512)).unwrap();
+        assert_eq!(d.layers()[0].slack_bytes(), 0, "{:?}", v);
+        d.discard_leaf().unwrap();
+        assert!(read_all(&mut d) == model, "{:?}: reads as the parent again", v);
+        assert_eq!(d.layers()[0].slack_bytes(), reserve, "{:?}: the space is free again", v);
+        // And it can be written again within the same file.
+        d.write(9000, &pattern(42, 512)).unwrap();
+        drop(d);
+        assert_eq!(fs.files[&leaf].borrow().len(), len);
+        let mut d = fs.disk(&leaf).unwrap();
+        let mut b = vec![0u8; 512];
+        d.read(9000, &mut b).unwrap();
+        assert_eq!(b, pattern(42, 512));
+        d.read(1, &mut b).unwrap();
+        assert_eq!(&b[..], &model[512..1024]);
+        assert!(d.layers_mut()[0].check().is_empty(), "{:?}", v);
+        let mut b = fs.disk(&base).unwrap();
+        assert!(matches!(b.discard_leaf(), Err(ImageError::Invalid { .. })), "a base image is never emptied");
+        fs.can_grow = true;
+    }
+}

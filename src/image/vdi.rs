@@ -383,6 +383,23 @@ impl Layer for VdiImage {
         }
         Ok(())
     }
+    fn discard_all(&mut self) -> Result<(), ImageError> {
+        if self.parent_link().is_none() {
+            return Err(ImageError::Invalid { detail: alloc::format!("{} is not a differencing image; emptying it would lose data", self.name()) });
+        }
+        // Map first, count last: a crash in between leaves a count that is too high, which
+        // only leaks slots (disk-formats.md §4.6).
+        let raw: Vec<u8> = BLOCK_FREE.to_le_bytes().iter().copied().cycle().take(self.map.len() * 4).collect();
+        for (i, chunk) in raw.chunks(512).enumerate() {
+            self.file.write_at(self.header.off_blocks as u64 + i as u64 * 512, chunk)?;
+        }
+        self.file.flush()?;
+        self.map.iter_mut().for_each(|e| *e = BLOCK_FREE);
+        self.file.write_at(off::BLOCKS_ALLOCATED as u64, &0u32.to_le_bytes())?;
+        self.file.flush()?;
+        self.header.blocks_allocated = 0;
+        Ok(())
+    }
     fn slack_bytes(&self) -> u64 {
         self.file.len_bytes().saturating_sub(self.data_end())
     }

@@ -809,6 +809,36 @@ impl Layer for VhdImage {
             1
         }
     }
+    fn discard_all(&mut self) -> Result<(), ImageError> {
+        if self.footer.disk_type != DISK_DIFFERENCING {
+            return Err(ImageError::Invalid { detail: alloc::format!("{} is not a differencing image; emptying it would lose data", self.name()) });
+        }
+        let table = self.header.as_ref().map(|h| h.table_offset).unwrap_or(0);
+        let mut raw = vec![0xFFu8; self.bat.len() * 4];
+        // Blocks are dropped front to back, one BAT sector at a time; a crash leaves a
+        // partly emptied but consistent image.
+        for (i, chunk) in raw.chunks_mut(512).enumerate() {
+            self.file.write_at(table + i as u64 * 512, chunk)?;
+        }
+        self.file.flush()?;
+        raw.clear();
+        self.bat.iter_mut().for_each(|e| *e = UNALLOCATED);
+        self.bitmap_cache = None;
+        // Everything after the metadata is free again.
+        let allocated_end = self.next_free_bytes;
+        let h = self.header.clone().ok_or_else(|| ImageError::corrupt(self.file.name(), "no dynamic header"))?;
+        let bat_end = h.table_offset + (h.max_table_entries as u64 * 4).div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+        let mut next = (self.footer.data_offset + DYN_HEADER_BYTES as u64).max(bat_end);
+        for l in h.locators.iter().filter(|l| l.platform_code != 0) {
+            let space = if l.data_space >= l.data_length { l.data_space as u64 } else { (l.data_space as u64).saturating_mul(512) };
+            let end = l.data_offset.saturating_add(space.max(l.data_length as u64));
+            if end <= self.footer_offset {
+                next = next.max(end.div_ceil(SECTOR_BYTES) * SECTOR_BYTES);
+            }
+        }
+        self.next_free_bytes = next.min(allocated_end);
+        Ok(())
+    }
     fn slack_bytes(&self) -> u64 {
         if self.footer.disk_type == DISK_FIXED {
             0

@@ -281,6 +281,8 @@ struct Sparse {
     rgd: Vec<u32>,
     /// First sector after everything in use: where the next grain or table goes.
     next_free_sector: u64,
+    /// First sector after the header, descriptor and tables (where grains may start).
+    meta_end_sector: u64,
 }
 
 enum ExtentKind {
@@ -394,6 +396,7 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
         table.index[gdi] = idx;
         by_sector.insert(gt_sector, idx);
     }
+    let meta_end = next_free;
     let compressed = header.flags & FLAG_COMPRESSED != 0;
     for t in table.tables.iter() {
         for &v in t.iter() {
@@ -408,7 +411,7 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
             }
         }
     }
-    Ok(Sparse { header, grains: table, gd, rgd: redundant.unwrap_or_default(), next_free_sector: next_free })
+    Ok(Sparse { header, grains: table, gd, rgd: redundant.unwrap_or_default(), next_free_sector: next_free, meta_end_sector: meta_end })
 }
 
 impl VmdkImage {
@@ -870,6 +873,35 @@ impl Layer for VmdkImage {
                     }
                     done += n;
                 }
+            }
+        }
+        Ok(())
+    }
+    fn discard_all(&mut self) -> Result<(), ImageError> {
+        let name = self.name().to_string();
+        if !self.descriptor.has_parent() {
+            return Err(ImageError::Invalid { detail: alloc::format!("{} is not a differencing image; emptying it would lose data", name) });
+        }
+        if self.is_stream_optimized() {
+            return Err(ImageError::ReadOnly { image: name, detail: "streamOptimized images are read-only".into() });
+        }
+        let seed = self.virtual_sectors ^ 0xD15C_A4D0 ^ self.descriptor.cid.unwrap_or(0) as u64;
+        self.bump_cid(seed)?;
+        for e in self.extents.iter_mut() {
+            if let ExtentKind::Sparse { file, sparse } = &mut e.kind {
+                let f = self.files.get_mut(*file as usize).ok_or_else(|| ImageError::corrupt(&name, "extent file missing"))?;
+                let gtes = sparse.header.num_gtes_per_gt as u64;
+                let zero = vec![0u8; (gtes * 4) as usize];
+                for dir in [&sparse.gd, &sparse.rgd] {
+                    for &gt in dir.iter().filter(|&&g| g != 0) {
+                        f.write_at(gt as u64 * SECTOR_BYTES, &zero)?;
+                    }
+                }
+                f.flush()?;
+                for t in sparse.grains.tables.iter_mut() {
+                    t.iter_mut().for_each(|v| *v = 0);
+                }
+                sparse.next_free_sector = sparse.meta_end_sector;
             }
         }
         Ok(())

@@ -287,3 +287,37 @@ fn merge_folds_a_child_into_its_parent() {
     let e = err(&["merge", &dir.path("base.vhd")]);
     assert!(e.contains("not a differencing image"), "{}", e);
 }
+
+#[test]
+fn restore_empties_a_snapshot() {
+    let dir = TempDir::new("restore");
+    for (ext, fmt) in [("vhd", "vpc"), ("vdi", "vdi"), ("vmdk", "vmdk")] {
+        let base = dir.path(&format!("base.{}", ext));
+        let child = dir.path(&format!("child.{}", ext));
+        ok(&["create", &base, "--size", "16M"]);
+        qemu_io(fmt, &base, &["write -P 0x11 0 3m"]);
+        ok(&["snapshot", &base, &child, "--reserve", "4M"]);
+        let before = read_chain(&child);
+        {
+            use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
+            let (layers, _) = open_chain(&child, &mut StdLocator { writable_leaf: true }, &ChainOptions::default()).unwrap();
+            let mut d = vboot::image::Disk::new(layers, Vec::new()).unwrap();
+            d.write(100, &vec![0x21; 512 * 3]).unwrap();
+        }
+        assert!(read_chain(&child) != before);
+        let len = std::fs::metadata(&child).unwrap().len();
+        let out = ok(&["restore", &child]);
+        assert!(out.contains("emptied"), "{}", out);
+        assert!(read_chain(&child) == before, "{}", ext);
+        assert_eq!(std::fs::metadata(&child).unwrap().len(), len);
+        if fmt == "vmdk" {
+            qemu_img(&["check", "-f", "vmdk", &child]);
+            let raw = dir.path("r.raw");
+            let _ = std::fs::remove_file(&raw);
+            qemu_img(&["convert", "-f", "vmdk", "-O", "raw", &child, &raw]);
+            assert!(std::fs::read(&raw).unwrap() == before);
+        }
+    }
+    let e = err(&["restore", &dir.path("base.vdi")]);
+    assert!(e.contains("not a differencing image"), "{}", e);
+}

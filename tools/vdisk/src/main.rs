@@ -27,6 +27,7 @@ commands:
   snapshot IMAGE NEW [--reserve SIZE]        make NEW a differencing child of IMAGE
   convert SOURCE TARGET [--format VARIANT] [--reserve SIZE]   copy the chain's content
   merge CHILD [--parent-dir DIR]             fold CHILD's data into its parent (re-run if interrupted)
+  restore CHILD [--parent-dir DIR]           empty a differencing image: it reads as its parent again
   reserve FILE SIZE                          add SIZE bytes of write slack to a sparse image
   trim FILE                                  remove unused slack from a sparse image
 
@@ -665,6 +666,14 @@ fn main() -> ExitCode {
         "snapshot" => cmd_snapshot(&args),
         "convert" => cmd_convert(&args),
         "merge" => cmd_merge(&args),
+        "restore" => (|| {
+            args.check_known(&["parent-dir", "lenient-cid"])?;
+            let path = args.positional(1, "CHILD")?;
+            let mut d = open_disk(path, &args, true).map_err(|e| e.to_string())?;
+            d.discard_leaf().map_err(|e| e.to_string())?;
+            println!("{}: emptied; it reads as {} again ({} of slack free)", path, d.layers().get(1).map(|l| l.name()).unwrap_or("its parent"), human_bytes(d.layers()[0].slack_bytes()));
+            Ok(())
+        })(),
         "reserve" => (|| {
             args.check_known(&[])?;
             let path = args.positional(1, "FILE")?;
