@@ -545,3 +545,30 @@ fn restore_empties_the_leaf_and_reuses_its_space() {
         fs.can_grow = true;
     }
 }
+
+#[test]
+fn vmdk_write_allocates_a_missing_grain_table() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/g/a.vmdk", Variant::VmdkMonolithicSparse, 64 << 20, 0, None);
+    {
+        // Drop grain table 1 (sectors 65536..131071) from both directories, as a
+        // streamOptimized-style or sparse-GT writer would leave it.
+        let mut b = fs.files["/g/a.vmdk"].borrow_mut();
+        let gd = u64::from_le_bytes(b[56..64].try_into().unwrap()) as usize * 512;
+        let rgd = u64::from_le_bytes(b[48..56].try_into().unwrap()) as usize * 512;
+        b[gd + 4..gd + 8].fill(0);
+        b[rgd + 4..rgd + 8].fill(0);
+    }
+    let mut d = fs.disk("/g/a.vmdk").unwrap();
+    let mut model = vec![0u8; (d.sectors() * 512) as usize];
+    for &(s, n, seed) in &[(70000u64, 3usize, 1u8), (70001, 1, 2), (131071, 1, 3), (5, 2, 4)] {
+        let data = pattern(seed, n * 512);
+        d.write(s, &data).unwrap();
+        model[(s * 512) as usize..(s * 512) as usize + data.len()].copy_from_slice(&data);
+    }
+    assert!(read_all(&mut d) == model);
+    drop(d);
+    let mut d = fs.disk("/g/a.vmdk").unwrap();
+    assert!(read_all(&mut d) == model);
+    assert_eq!(d.layers_mut()[0].check(), Vec::<String>::new());
+}

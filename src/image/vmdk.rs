@@ -748,6 +748,27 @@ impl Layer for VmdkImage {
                     Some(f) => f,
                     None => continue,
                 };
+                let compressed = sparse.header.flags & FLAG_COMPRESSED != 0;
+                if !compressed {
+                    let zero_flag = sparse.header.flags & FLAG_ZEROED_GRAIN != 0;
+                    let gs = sparse.header.grain_size;
+                    let gt_sectors = (sparse.header.num_gtes_per_gt as u64 * 4).div_ceil(SECTOR_BYTES);
+                    // Every grain and every table as (start sector, sectors): none may overlap.
+                    let mut spans: Vec<(u64, u64)> = sparse.grains.tables.iter().flat_map(|t| t.iter().copied()).filter(|&v| v > 1 || (v == 1 && !zero_flag)).map(|v| (v as u64, gs)).collect();
+                    spans.extend(sparse.gd.iter().chain(sparse.rgd.iter()).filter(|&&g| g != 0).map(|&g| (g as u64, gt_sectors)));
+                    spans.sort_unstable();
+                    for w in spans.windows(2) {
+                        if w[0].0 + w[0].1 > w[1].0 {
+                            problems.push(alloc::format!("{}: data at sectors {} and {} overlap", f.name(), w[0].0, w[1].0));
+                        }
+                    }
+                    let first_grain = sparse.grains.tables.iter().flat_map(|t| t.iter().copied()).filter(|&v| v > 1).min();
+                    if let Some(first) = first_grain {
+                        if (first as u64) < sparse.header.overhead {
+                            problems.push(alloc::format!("{}: a grain at sector {} lies inside the metadata area (overHead {} sectors)", f.name(), first, sparse.header.overhead));
+                        }
+                    }
+                }
                 if !sparse.rgd.is_empty() {
                     let gtes = sparse.header.num_gtes_per_gt as usize;
                     let mut a = vec![0u8; gtes * 4];

@@ -649,3 +649,30 @@ fn bench_depth_ratios_and_open_time() {
         std::fs::remove_file(&p).unwrap();
     }
 }
+
+#[test]
+fn vmdk_grain_table_we_allocate_passes_qemu_check() {
+    let dir = TempDir::new("vmdk-newgt");
+    let img = dir.path("g.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", &img, "64M"]);
+    {
+        // Remove grain table 1 from both directories.
+        let mut b = std::fs::read(&img).unwrap();
+        let gd = u64::from_le_bytes(b[56..64].try_into().unwrap()) as usize * 512;
+        let rgd = u64::from_le_bytes(b[48..56].try_into().unwrap()) as usize * 512;
+        b[gd + 4..gd + 8].fill(0);
+        b[rgd + 4..rgd + 8].fill(0);
+        std::fs::write(&img, b).unwrap();
+    }
+    {
+        let mut d = open_rw(&img);
+        d.write(70000, &vec![0x7E; 512 * 5]).unwrap();
+        d.write(10, &vec![0x7F; 512]).unwrap();
+    }
+    qemu_img(&["check", "-f", "vmdk", &img]);
+    let oracle = qemu_raw("vmdk", &img, &dir);
+    assert!(oracle[70000 * 512..70005 * 512].iter().all(|&b| b == 0x7E));
+    assert!(oracle[10 * 512..11 * 512].iter().all(|&b| b == 0x7F));
+    let mut d = open(&img).unwrap();
+    assert_same(&read_all(&mut d), &oracle, "new grain table");
+}
