@@ -2,7 +2,7 @@
 //!
 //! The layering, from the bytes up:
 //! - [`ImageFile`]: one file of an image, addressed in bytes. At boot it is an extent list on the
-//!   host disk; on the host it is a `std::fs::File` ([`StdFile`]); in unit tests a `Vec`
+//!   host disk; on the host it is a `std::fs::File` (`StdFile`, feature `std`); in unit tests a `Vec`
 //!   ([`MemFile`]). Nothing below knows which.
 //! - [`Layer`]: one image of a chain (one VHD, or one VMDK with all its extent files). It
 //!   answers "where is virtual sector N in *this* image": file data, zeros, compressed grain, or
@@ -12,6 +12,17 @@
 //!   open time, so the cost of a lookup does not depend on the depth of the chain.
 //!
 //! Every error names the image file it is about ([`ImageError`]).
+//!
+//! Writing (DESIGN.md §4): writes go into the leaf through [`disk::Disk::write`]. A boot-time
+//! file never grows, so new blocks/grains are placed only in *slack* reserved at the end of the
+//! file when it was made (`create::CreateOptions::reserve_bytes`, `vdisk reserve`); without
+//! slack the write fails with [`ImageError::NoSlack`]. Host files may grow instead. Each format
+//! module documents where its slack sits and the order of its metadata writes (data, then
+//! bitmap, then table entry, then header counters, with a flush between steps). VMDK grains and
+//! VDI blocks have no per-sector bitmap, so the part of a new unit the write does not cover is
+//! copied from the layers below. [`create::create_filling`] makes a child inside an existing,
+//! preallocated file (boot-time `take_snapshot=`), and [`disk::Disk::discard_leaf`] empties a
+//! differencing leaf (`restore`).
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};

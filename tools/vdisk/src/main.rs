@@ -599,6 +599,9 @@ fn resize_slack(path: &str, add: Option<u64>) -> Result<(), String> {
         Format::Raw => false,
     };
     if !sparse {
+        if variant == "twoGbMaxExtentSparse" {
+            return Err(format!("{} is split into several extent files; give --reserve when creating it (the slack goes to the last extent)", path));
+        }
         return Err(format!("{} is a {} {} image: it has no allocation tables, so it needs no slack", path, format.as_str(), variant));
     }
     drop(d);
