@@ -343,7 +343,7 @@ fn mutated_images_never_panic() {
         }
         let pristine = fs.files["/f/x.vdi"].borrow().clone();
         let len = pristine.len();
-        for round in 0..300 {
+        for round in 0..400 {
             let mut m = pristine.clone();
             let hits = 1 + next(&mut state) % 8;
             for _ in 0..hits {

@@ -98,6 +98,13 @@ impl SparseHeader {
         if h.version == 0 || h.version > 3 {
             return Err(ImageError::unsupported(name, alloc::format!("sparse extent version {}", h.version)));
         }
+        // Offsets and sizes in sectors are multiplied by 512 and added: keep them far from
+        // overflow (2^40 sectors = 512 TiB, beyond any real extent).
+        const MAX_SECTORS: u64 = 1 << 40;
+        let offsets = [h.capacity, h.descriptor_offset, h.descriptor_size, h.rgd_offset, h.overhead, h.grain_size];
+        if offsets.iter().any(|&v| v > MAX_SECTORS) || (h.gd_offset != GD_AT_END && h.gd_offset > MAX_SECTORS) {
+            return Err(ImageError::corrupt(name, "sparse header offsets or sizes are impossibly large"));
+        }
         if h.flags & FLAG_NEWLINE_TEST != 0 && b[off::SINGLE_END_LINE..off::DOUBLE_END_LINE2 + 1] != *b"\n \r\n" {
             return Err(ImageError::corrupt(name, "newline test bytes are damaged (file transferred in text mode?)"));
         }
