@@ -203,12 +203,17 @@ fn convert_keeps_the_content() {
     let src = dir.path("src.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", &src, "64M"]);
     qemu_io("vmdk", &src, &["write -P 0x5A 1m 300k", "write -P 0xA5 40m 4k"]);
-    for (target, fmt) in [("t.vhd", "vpc"), ("t.vdi", "vdi"), ("t2.vmdk", "vmdk"), ("t.img", "raw")] {
+    for (target, fmt, variant) in [("t.vhd", "vpc", None), ("t.vdi", "vdi", None), ("t2.vmdk", "vmdk", None), ("t.img", "raw", None), ("t3.vmdk", "vmdk", Some("vmdk-twoGbMaxExtentSparse")), ("t4.vmdk", "vmdk", Some("vmdk-monolithicFlat"))] {
         let t = dir.path(target);
-        ok(&["convert", &src, &t]);
+        match variant {
+            Some(v) => ok(&["convert", &src, &t, "--format", v]),
+            None => ok(&["convert", &src, &t]),
+        };
         let cmp = Command::new("qemu-img").args(["compare", "-f", "vmdk", "-F", fmt, &src, &t]).output().expect("qemu-img (Debian qemu-utils)");
         assert!(cmp.status.success(), "{}: {}{}", target, String::from_utf8_lossy(&cmp.stdout), String::from_utf8_lossy(&cmp.stderr));
     }
+    let left: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.starts_with('.')).collect();
+    assert!(left.is_empty(), "temporary files left: {:?}", left);
 }
 
 #[test]

@@ -432,28 +432,35 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
     let size = src.sectors() * SECTOR_BYTES;
     // Exact: the target must have the source's size (VHD would otherwise round to CHS).
     let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: true, seed: seed(), now_unix: now_unix() };
-    // Build under a temporary name so a failure never leaves a half-converted TARGET.
-    let tmp_name = {
-        let p = std::path::Path::new(target);
-        let base = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        p.with_file_name(format!(".{}.converting", base)).to_string_lossy().into_owned()
-    };
-    if std::path::Path::new(target).exists() {
+    // Build everything in a private directory next to TARGET and move it into place at the
+    // end (extent files first, the main file last), so a failure or a crash never leaves a
+    // half-converted TARGET.
+    let target_path = std::path::Path::new(target);
+    if target_path.exists() {
         return Err(format!("{} already exists; not overwriting it", target));
     }
-    let _ = std::fs::remove_file(&tmp_name);
-    let extra = create_at(&tmp_name, variant, &opts, None).map_err(|e| e.to_string())?;
-    let cleanup = |extra: &[String]| {
-        let _ = std::fs::remove_file(&tmp_name);
-        let dir = std::path::Path::new(&tmp_name).parent().map(|p| p.to_path_buf()).unwrap_or_default();
-        for e in extra {
-            let _ = std::fs::remove_file(dir.join(e));
+    let target_dir = target_path.parent().map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p }).unwrap_or(std::path::Path::new("."));
+    let base = target_path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| format!("{} has no file name", target))?;
+    let work = target_dir.join(format!(".vdisk-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir(&work).map_err(|e| format!("cannot create {}: {}", work.display(), e))?;
+    let tmp_name = work.join(&base).to_string_lossy().into_owned();
+    let extra = match create_at(&tmp_name, variant, &opts, None) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e.to_string());
         }
     };
-    if !extra.is_empty() {
-        cleanup(&extra);
-        return Err("convert writes single-file targets only (raw, vhd-*, vdi-*, vmdk-monolithicSparse)".into());
+    for e in &extra {
+        if target_dir.join(e).exists() {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(format!("{} already exists; not overwriting it", target_dir.join(e).display()));
+        }
     }
+    let cleanup = |_: &[String]| {
+        let _ = std::fs::remove_dir_all(&work);
+    };
     let result = (|| -> Result<(), String> {
         let mut dst = open_disk(&tmp_name, args, true).map_err(|e| e.to_string())?;
         if dst.sectors() != src.sectors() {
@@ -490,7 +497,11 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
         cleanup(&[]);
         return Err(e);
     }
+    for e in &extra {
+        std::fs::rename(work.join(e), target_dir.join(e)).map_err(|err| format!("cannot move {} into place: {}", e, err))?;
+    }
     std::fs::rename(&tmp_name, target).map_err(|e| format!("cannot rename {} to {}: {}", tmp_name, target, e))?;
+    let _ = std::fs::remove_dir_all(&work);
     println!("converted {} -> {} ({})", source, target, Variant::NAMES.iter().find(|n| Variant::parse(n) == Some(variant)).unwrap_or(&"?"));
     Ok(())
 }
