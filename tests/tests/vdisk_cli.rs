@@ -326,3 +326,26 @@ fn restore_empties_a_snapshot() {
     let e = err(&["restore", &dir.path("base.vdi")]);
     assert!(e.contains("not a differencing image"), "{}", e);
 }
+
+#[test]
+fn relink_after_qemu_commit() {
+    // qemu-img commit changes the base's CID and leaves the child's parentCID stale.
+    let dir = TempDir::new("relink");
+    let base = dir.path("base.vmdk");
+    let child = dir.path("child.vmdk");
+    ok(&["create", &base, "--size", "16M"]);
+    ok(&["snapshot", &base, &child]);
+    qemu_io("vmdk", &child, &["write -P 0x44 1m 64k"]);
+    qemu_img(&["commit", "-f", "vmdk", &child]);
+    let e = err(&["info", &child]);
+    assert!(e.contains("CID"), "{}", e);
+    ok(&["info", "--lenient-cid", &child]);
+    let out = ok(&["relink", &child]);
+    assert!(out.contains("now expects"), "{}", out);
+    ok(&["info", &child]);
+    let raw = dir.path("c.raw");
+    qemu_img(&["convert", "-f", "vmdk", "-O", "raw", &child, &raw]);
+    let bytes = std::fs::read(&raw).unwrap();
+    assert!(bytes[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x44));
+    assert!(read_chain(&child) == bytes);
+}

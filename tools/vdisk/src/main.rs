@@ -28,6 +28,8 @@ commands:
   convert SOURCE TARGET [--format VARIANT] [--reserve SIZE]   copy the chain's content
   merge CHILD [--parent-dir DIR]             fold CHILD's data into its parent (re-run if interrupted)
   restore CHILD [--parent-dir DIR]           empty a differencing image: it reads as its parent again
+  relink CHILD [--parent-dir DIR]            accept the parent as it is now (VHD time stamp, VMDK
+                                             parentCID, VDI parent modification UUID)
   reserve FILE SIZE                          add SIZE bytes of write slack to a sparse image
   trim FILE                                  remove unused slack from a sparse image
 
@@ -680,6 +682,25 @@ fn main() -> ExitCode {
         "snapshot" => cmd_snapshot(&args),
         "convert" => cmd_convert(&args),
         "merge" => cmd_merge(&args),
+        "relink" => (|| {
+            args.check_known(&["parent-dir"])?;
+            let path = args.positional(1, "CHILD")?;
+            let lenient = ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: true };
+            let (mut layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: true }, &lenient).map_err(|e| e.to_string())?;
+            for w in &warnings {
+                eprintln!("was: {}", w);
+            }
+            if layers.len() < 2 {
+                return Err(format!("{} is not a differencing image", path));
+            }
+            let pid = layers[1].identity();
+            let parent = layers[1].name().to_string();
+            layers[0].relink_parent(&pid).map_err(|e| e.to_string())?;
+            drop(layers);
+            open_disk(path, &Args { positional: vec![], options: vec![] }, false).map_err(|e| format!("relinked, but {} still does not open: {}", path, e))?;
+            println!("{} now expects {} as it is now", path, parent);
+            Ok(())
+        })(),
         "restore" => (|| {
             args.check_known(&["parent-dir", "lenient-cid"])?;
             let path = args.positional(1, "CHILD")?;
