@@ -407,6 +407,11 @@ pub trait Layer {
     /// The image's main file name (descriptor for multi-file VMDK).
     fn name(&self) -> &str;
     fn virtual_sectors(&self) -> u64;
+    /// Names of the layer's files in the order of `Mapping::Data::file` (the boot engine maps
+    /// each to its extent list on the host disk).
+    fn file_names(&self) -> Vec<String> {
+        alloc::vec![self.name().to_string()]
+    }
     /// Mapping of `sector` and how many sectors from it on map the same way (at least 1,
     /// never past the end of the disk; Data runs are contiguous in the file).
     fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError>;

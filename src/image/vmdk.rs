@@ -617,6 +617,9 @@ impl Layer for VmdkImage {
     fn virtual_sectors(&self) -> u64 {
         self.virtual_sectors
     }
+    fn file_names(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.name().to_string()).collect()
+    }
     fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError> {
         let i = self.extent_index(sector).ok_or_else(|| ImageError::OutOfRange { image: self.name().to_string(), sector, sectors: 1, disk_sectors: self.virtual_sectors })?;
         let has_parent = self.descriptor.has_parent();

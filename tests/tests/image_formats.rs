@@ -251,6 +251,9 @@ fn two_gb(subformat: &str, tag: &str) {
     qemu_io("vmdk", &img, &["write -P 0x21 0 64k", &format!("write -P 0x22 {} 2m", gib2 - (1 << 20)), &format!("write -P 0x23 {} 4k", 2100u64 * (1 << 20) - 4096)]);
     let listing: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(listing.len() >= 3, "expected a descriptor and 2 extent files, got {:?}", listing);
+    let names = open(&img).unwrap().layers()[0].file_names();
+    assert_eq!(names.len(), 3, "descriptor + 2 extents: {:?}", names);
+    assert!(names[1].ends_with("t-s001.vmdk") || names[1].ends_with("t-f001.vmdk"), "{:?}", names);
     let end = 2100u64 << 20;
     compare_ranges("vmdk", &img, &dir, &[(0, 1 << 20), (gib2 - (2 << 20), 4 << 20), (end - (1 << 20), 1 << 20)]);
 }
