@@ -1,0 +1,65 @@
+//! Raw images: virtual sector N is file bytes N*512.. . The virtual size is the file size
+//! rounded down to whole sectors (a trailing partial sector is not addressable).
+
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use super::{Format, Identity, ImageError, ImageFile, Layer, Mapping, ParentLink, SECTOR_BYTES};
+
+pub struct RawImage {
+    file: Box<dyn ImageFile>,
+    sectors: u64,
+}
+
+impl RawImage {
+    pub fn open(file: Box<dyn ImageFile>) -> Result<Self, ImageError> {
+        let sectors = file.len_bytes() / SECTOR_BYTES;
+        Ok(RawImage { file, sectors })
+    }
+}
+
+impl Layer for RawImage {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+    fn variant(&self) -> String {
+        "raw".to_string()
+    }
+    fn name(&self) -> &str {
+        self.file.name()
+    }
+    fn virtual_sectors(&self) -> u64 {
+        self.sectors
+    }
+    fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError> {
+        if sector >= self.sectors {
+            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors: 1, disk_sectors: self.sectors });
+        }
+        Ok((Mapping::Data { file: 0, offset_bytes: sector * SECTOR_BYTES }, self.sectors - sector))
+    }
+    fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        self.file.read_at(offset_bytes, buf)
+    }
+    fn identity(&self) -> Identity {
+        Identity::default()
+    }
+    fn parent_link(&self) -> Option<ParentLink> {
+        None
+    }
+    fn write(
+        &mut self,
+        sector: u64,
+        buf: &[u8],
+        _parent: &mut dyn FnMut(u64, &mut [u8]) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
+        let sectors = buf.len() as u64 / SECTOR_BYTES;
+        if sector.checked_add(sectors).map_or(true, |e| e > self.sectors) {
+            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors, disk_sectors: self.sectors });
+        }
+        self.file.write_at(sector * SECTOR_BYTES, buf)
+    }
+    fn details(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,574 @@
+//! Host tests of the image layer over in-memory files: create, write, read back, chains,
+//! cycles, missing slack, and mutated headers (no panics on damaged input).
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+
+use super::chain::{open_chain, ChainOptions, ParentLocator};
+use super::create::{create, parent_info, CreateOptions, ParentInfo, Variant};
+use super::*;
+
+/// A file whose bytes stay visible to the test after the image code is done with it.
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    bytes: Rc<RefCell<Vec<u8>>>,
+    can_grow: bool,
+}
+
+impl ImageFile for Shared {
+    fn len_bytes(&self) -> u64 {
+        self.bytes.borrow().len() as u64
+    }
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        let b = self.bytes.borrow();
+        let s = offset_bytes as usize;
+        match b.get(s..s + buf.len()) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: "past end".into() }),
+        }
+    }
+    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
+        let mut b = self.bytes.borrow_mut();
+        let end = offset_bytes as usize + buf.len();
+        if end > b.len() {
+            if !self.can_grow {
+                return Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: "cannot grow".into() });
+            }
+            b.resize(end, 0);
+        }
+        b[offset_bytes as usize..end].copy_from_slice(buf);
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn can_grow(&self) -> bool {
+        self.can_grow
+    }
+}
+
+#[derive(Default)]
+struct MemFs {
+    files: BTreeMap<String, Rc<RefCell<Vec<u8>>>>,
+    /// Files may grow (host) or not (boot).
+    can_grow: bool,
+    opts: ChainOptions,
+}
+
+impl MemFs {
+    fn file(&mut self, path: &str) -> Shared {
+        let bytes = self.files.entry(path.to_string()).or_default().clone();
+        Shared { name: path.to_string(), bytes, can_grow: true }
+    }
+    fn make(&mut self, path: &str, variant: Variant, size: u64, reserve: u64, parent: Option<&str>) {
+        let pinfo: Option<ParentInfo> = parent.map(|p| {
+            let opts = self.opts.clone();
+            let (layers, _) = open_chain(p, self, &opts).unwrap();
+            parent_info(&*layers[0], chain::basename(p), p)
+        });
+        let mut f = self.file(path);
+        let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: false, seed: path.len() as u64 * 7919 + size, now_unix: 1_700_000_000 };
+        let dir = chain::dirname(path);
+        let files = &mut self.files;
+        create(variant, &mut f, chain::basename(path), &opts, pinfo.as_ref(), &mut |n: &str| {
+            let bytes = files.entry(chain::join(&dir, n)).or_default().clone();
+            Ok(Box::new(Shared { name: n.to_string(), bytes, can_grow: true }) as Box<dyn ImageFile>)
+        })
+        .unwrap();
+    }
+    fn disk(&mut self, path: &str) -> Result<Disk, ImageError> {
+        let opts = self.opts.clone();
+        self.disk_opts(path, &opts)
+    }
+    fn disk_opts(&mut self, path: &str, opts: &ChainOptions) -> Result<Disk, ImageError> {
+        let (layers, warnings) = open_chain(path, self, opts)?;
+        Disk::new(layers, warnings)
+    }
+}
+
+impl ParentLocator for MemFs {
+    fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
+        let bytes = self.files.get(&chain::normalize(path))?.clone();
+        Some(Box::new(Shared { name: chain::normalize(path), bytes, can_grow: self.can_grow }))
+    }
+    fn list_dir(&mut self, dir: &str) -> Vec<String> {
+        let d = chain::normalize(dir);
+        self.files.keys().filter(|k| chain::dirname(k) == d).map(|k| chain::basename(k).to_string()).collect()
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
+
+fn read_all(d: &mut Disk) -> Vec<u8> {
+    let mut v = vec![0u8; (d.sectors() * 512) as usize];
+    d.read(0, &mut v).unwrap();
+    v
+}
+
+/// Writes at awkward places: unaligned to blocks, crossing block/grain boundaries.
+const WRITES: &[(u64, usize, u8)] = &[(0, 1, 1), (127, 3, 2), (4095, 2, 3), (4096 + 100, 300, 4), (8000, 200, 5), (16383, 1, 6)];
+
+fn apply(d: &mut Disk, model: &mut [u8], seed_off: u8) {
+    for &(s, n, seed) in WRITES {
+        if (s + n as u64) > d.sectors() {
+            continue;
+        }
+        let data = pattern(seed.wrapping_add(seed_off), n * 512);
+        d.write(s, &data).unwrap();
+        model[(s * 512) as usize..(s * 512) as usize + data.len()].copy_from_slice(&data);
+    }
+}
+
+const WRITABLE: &[Variant] = &[Variant::Raw, Variant::VhdFixed, Variant::VhdDynamic, Variant::VdiDynamic, Variant::VdiFixed, Variant::VmdkMonolithicSparse, Variant::VmdkMonolithicFlat, Variant::VmdkTwoGbSparse];
+
+#[test]
+fn create_write_reopen_every_variant() {
+    for &v in WRITABLE {
+        let mut fs = MemFs { can_grow: true, ..Default::default() };
+        fs.make("/img/a.img", v, 8 << 20, 4 << 20, None);
+        let mut d = fs.disk("/img/a.img").unwrap();
+        let size = (d.sectors() * 512) as usize;
+        assert!(size >= 8 << 20, "{:?}: size {}", v, size);
+        let mut model = vec![0u8; size];
+        assert_eq!(read_all(&mut d), model, "{:?}: a new image reads as zeros", v);
+        apply(&mut d, &mut model, 0);
+        assert!(read_all(&mut d) == model, "{:?}: read after write", v);
+        // Overwrite inside already allocated blocks.
+        apply(&mut d, &mut model, 50);
+        drop(d);
+        let mut d = fs.disk("/img/a.img").unwrap();
+        assert!(read_all(&mut d) == model, "{:?}: read after reopen", v);
+        for l in d.layers_mut() {
+            assert_eq!(l.check(), Vec::<String>::new(), "{:?}: check", v);
+        }
+    }
+}
+
+#[test]
+fn writes_at_boot_use_only_reserved_slack() {
+    for &v in &[Variant::VhdDynamic, Variant::VdiDynamic, Variant::VmdkMonolithicSparse] {
+        let mut fs = MemFs::default();
+        // Room for exactly one more block/grain of each format.
+        let reserve = match v {
+            Variant::VhdDynamic => (2 << 20) + 512,
+            Variant::VdiDynamic => 1 << 20,
+            _ => 64 << 10,
+        };
+        fs.make("/a", v, 16 << 20, reserve, None);
+        let len_before = fs.files["/a"].borrow().len();
+        fs.can_grow = false;
+        let mut d = fs.disk("/a").unwrap();
+        assert_eq!(d.layers()[0].slack_bytes(), reserve, "{:?}", v);
+        d.write(10, &pattern(1, 512)).unwrap();
+        assert_eq!(d.layers()[0].slack_bytes(), 0, "{:?}", v);
+        // Same block again: fine.
+        d.write(11, &pattern(2, 512)).unwrap();
+        // A block far away needs a new allocation: no slack left.
+        match d.write(20000, &pattern(3, 512)) {
+            Err(ImageError::NoSlack { image, .. }) => assert_eq!(image, "/a"),
+            other => panic!("{:?}: expected NoSlack, got {:?}", v, other.err()),
+        }
+        assert_eq!(fs.files["/a"].borrow().len(), len_before, "{:?}: file length must not change at boot", v);
+        let mut buf = vec![0u8; 1024];
+        d.read(10, &mut buf).unwrap();
+        assert_eq!(&buf[..512], &pattern(1, 512)[..]);
+        assert_eq!(&buf[512..], &pattern(2, 512)[..]);
+        let mut z = vec![1u8; 512];
+        d.read(20000, &mut z).unwrap();
+        assert!(z.iter().all(|&b| b == 0), "{:?}: the failed write left nothing behind", v);
+        drop(d);
+        let mut d = fs.disk("/a").unwrap();
+        assert!(d.layers_mut()[0].check().is_empty(), "{:?}", v);
+    }
+}
+
+#[test]
+fn differencing_chains_in_all_three_formats() {
+    for &(v, ext) in &[(Variant::VhdDynamic, "vhd"), (Variant::VdiDynamic, "vdi"), (Variant::VmdkMonolithicSparse, "vmdk")] {
+        let mut fs = MemFs { can_grow: true, ..Default::default() };
+        let base = alloc::format!("/vm/base.{}", ext);
+        let mid = alloc::format!("/vm/snap/mid.{}", ext);
+        let leaf = alloc::format!("/vm/snap/leaf.{}", ext);
+        fs.make(&base, v, 8 << 20, 0, None);
+        let mut model;
+        {
+            let mut d = fs.disk(&base).unwrap();
+            model = vec![0u8; (d.sectors() * 512) as usize];
+            apply(&mut d, &mut model, 0);
+        }
+        let base_bytes = fs.files[&base].borrow().clone();
+        // VDI stores no path: its parent is searched by UUID in parent_dir and next to the child.
+        let opts = ChainOptions { parent_dir: Some("/vm".into()), ..Default::default() };
+        fs.opts = opts.clone();
+        fs.make(&mid, v, 0, 0, Some(&base));
+        if v == Variant::VdiDynamic {
+            fs.opts = ChainOptions::default();
+            assert!(matches!(fs.disk(&mid), Err(ImageError::ParentNotFound { .. })));
+            fs.opts = opts.clone();
+        }
+        {
+            let mut d = fs.disk_opts(&mid, &opts).unwrap();
+            assert_eq!(d.layers().len(), 2, "{:?}", v);
+            assert!(read_all(&mut d) == model, "{:?}: a fresh child reads as its parent", v);
+            // Partial writes into blocks the parent has data in: copy-on-write must keep the rest.
+            d.write(128, &pattern(90, 512)).unwrap();
+            model[128 * 512..129 * 512].copy_from_slice(&pattern(90, 512));
+            d.write(4096 + 50, &pattern(91, 1024)).unwrap();
+            model[(4096 + 50) * 512..(4096 + 52) * 512].copy_from_slice(&pattern(91, 1024));
+            assert!(read_all(&mut d) == model, "{:?}: mid after writes", v);
+        }
+        fs.make(&leaf, v, 0, 0, Some(&mid));
+        let mut d = fs.disk_opts(&leaf, &opts).unwrap();
+        assert_eq!(d.layers().len(), 3, "{:?}", v);
+        assert!(read_all(&mut d) == model, "{:?}: leaf", v);
+        d.write(0, &pattern(92, 512 * 3)).unwrap();
+        model[..512 * 3].copy_from_slice(&pattern(92, 512 * 3));
+        assert!(read_all(&mut d) == model, "{:?}: leaf after write", v);
+        drop(d);
+        assert!(*fs.files[&base].borrow() == base_bytes, "{:?}: the base was not touched", v);
+        let mut d = fs.disk_opts(&leaf, &opts).unwrap();
+        assert!(read_all(&mut d) == model, "{:?}: leaf reopened", v);
+    }
+}
+
+#[test]
+fn vdi_parent_found_by_uuid_under_another_name() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/p/base.vdi", Variant::VdiDynamic, 4 << 20, 0, None);
+    fs.make("/p/{1234}.vdi", Variant::VdiDynamic, 0, 0, Some("/p/base.vdi"));
+    // Decoys with the wrong UUID in the same directory.
+    fs.make("/p/aaa.vdi", Variant::VdiDynamic, 4 << 20, 0, None);
+    let bytes = fs.files.remove("/p/base.vdi").unwrap();
+    fs.files.insert("/p/renamed.vdi".into(), bytes);
+    let d = fs.disk("/p/{1234}.vdi").unwrap();
+    assert_eq!(d.layers()[1].name(), "/p/renamed.vdi");
+    // Gone entirely: the error names the child, the UUID and where it looked.
+    fs.files.remove("/p/renamed.vdi");
+    let e = fs.disk("/p/{1234}.vdi").err().unwrap().to_string();
+    assert!(e.contains("{1234}.vdi") && e.contains("UUID") && e.contains("/p/aaa.vdi"), "{}", e);
+}
+
+#[test]
+fn cycles_are_detected() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/c/a.vdi", Variant::VdiDynamic, 4 << 20, 0, None);
+    fs.make("/c/b.vdi", Variant::VdiDynamic, 0, 0, Some("/c/a.vdi"));
+    // Turn a into a child of b: a -> b -> a.
+    let b_uuid = { fs.files["/c/b.vdi"].borrow()[vdi::off::UUID_CREATE..vdi::off::UUID_CREATE + 16].to_vec() };
+    {
+        let mut a = fs.files["/c/a.vdi"].borrow_mut();
+        a[vdi::off::IMAGE_TYPE..vdi::off::IMAGE_TYPE + 4].copy_from_slice(&vdi::TYPE_DIFF.to_le_bytes());
+        a[vdi::off::UUID_LINKAGE..vdi::off::UUID_LINKAGE + 16].copy_from_slice(&b_uuid);
+    }
+    match fs.disk("/c/b.vdi") {
+        Err(ImageError::Cycle { chain, .. }) => assert!(chain.len() >= 2, "{:?}", chain),
+        other => panic!("expected a cycle, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn deep_chain_lookup_does_not_grow_with_depth() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/d/0.vhd", Variant::VhdDynamic, 64 << 20, 0, None);
+    let mut model = vec![0u8; 0];
+    for i in 1..=64u64 {
+        let p = alloc::format!("/d/{}.vhd", i - 1);
+        let c = alloc::format!("/d/{}.vhd", i);
+        fs.make(&c, Variant::VhdDynamic, 0, 0, Some(&p));
+        let mut d = fs.disk(&c).unwrap();
+        if model.is_empty() {
+            model = vec![0u8; (d.sectors() * 512) as usize];
+        }
+        // Every layer owns one sector somewhere else.
+        let s = i * 997;
+        let data = pattern(i as u8, 512);
+        d.write(s, &data).unwrap();
+        model[(s * 512) as usize..(s * 512 + 512) as usize].copy_from_slice(&data);
+    }
+    let mut d = fs.disk("/d/64.vhd").unwrap();
+    assert_eq!(d.layers().len(), 65);
+    // Opening read no bitmaps: allocated differencing blocks are deferred.
+    assert!(d.runs().iter().any(|r| matches!(r.source, disk::Source::Pending { .. })));
+    assert!(read_all(&mut d) == model);
+    match d.lookup_resolved(5 * 997).unwrap().unwrap().source {
+        disk::Source::Data { layer, .. } => assert_eq!(layer, 64 - 5),
+        other => panic!("{:?}", other),
+    }
+    d.resolve_all().unwrap();
+    assert!(read_all(&mut d) == model);
+    // The map is the result, not the chain: 64 data sectors separated by zero runs.
+    assert!(d.runs().len() <= 2 * 64 + 1, "{} runs", d.runs().len());
+    match d.lookup(5 * 997).unwrap().source {
+        disk::Source::Data { layer, .. } => assert_eq!(layer, 64 - 5),
+        other => panic!("{:?}", other),
+    }
+}
+
+/// xorshift for reproducible mutations.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn mutated_images_never_panic() {
+    let mut state = 0x1234_5678_9ABC_DEF1u64;
+    for &v in &[Variant::VhdDynamic, Variant::VhdFixed, Variant::VdiDynamic, Variant::VmdkMonolithicSparse] {
+        let mut fs = MemFs { can_grow: true, ..Default::default() };
+        fs.make("/f/base.vdi", v, 4 << 20, 0, None);
+        {
+            let mut d = fs.disk("/f/base.vdi").unwrap();
+            let mut model = vec![0u8; (d.sectors() * 512) as usize];
+            apply(&mut d, &mut model, 0);
+        }
+        let child = if v == Variant::VhdFixed { Variant::VhdDynamic } else { v };
+        fs.make("/f/x.vdi", child, 0, 0, Some("/f/base.vdi"));
+        {
+            let mut d = fs.disk("/f/x.vdi").unwrap();
+            let mut model = vec![0u8; (d.sectors() * 512) as usize];
+            apply(&mut d, &mut model, 9);
+        }
+        let pristine = fs.files["/f/x.vdi"].borrow().clone();
+        let len = pristine.len();
+        for round in 0..400 {
+            let mut m = pristine.clone();
+            let hits = 1 + next(&mut state) % 8;
+            for _ in 0..hits {
+                // Aim at the metadata: the first 8 KiB and the last sector hold every header.
+                let r = next(&mut state);
+                let pos = if r % 3 == 0 { len - 1 - (r as usize >> 8) % 512 } else { (r as usize >> 8) % 8192.min(len) };
+                let val = match next(&mut state) % 4 {
+                    0 => 0xFF,
+                    1 => 0,
+                    _ => next(&mut state) as u8,
+                };
+                m[pos] = val;
+            }
+            *fs.files["/f/x.vdi"].borrow_mut() = m;
+            if let Ok(mut d) = fs.disk("/f/x.vdi") {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut s = 0;
+                while s < d.sectors() {
+                    let n = (d.sectors() - s).min(128);
+                    let _ = d.read(s, &mut buf[..(n * 512) as usize]);
+                    s += n;
+                }
+                if round % 10 == 0 {
+                    let _ = d.write(next(&mut state) % d.sectors(), &[0xAB; 512]);
+                }
+                for l in d.layers_mut() {
+                    let _ = l.check();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn vhd_geometry_vectors() {
+    // disk-formats.md §2.7 table.
+    assert_eq!(vhd::chs_for_size(1 << 20), (30, 4, 17));
+    assert_eq!(vhd::chs_for_size(100 << 20), (1003, 12, 17));
+    assert_eq!(vhd::chs_for_size(1 << 30), (2080, 16, 63));
+    assert_eq!(vhd::chs_for_size(32 << 30), (16448, 16, 255));
+    assert_eq!(vhd::chs_for_size(128 << 30), (65535, 16, 255));
+    assert_eq!(vhd::chs_round_up(1 << 20).0, 1_079_296);
+    assert_eq!(vhd::chs_round_up(100 << 20).0, 104_865_792);
+    assert_eq!(vhd::chs_round_up(1 << 30).0, 1_073_995_776);
+    assert_eq!(vhd::chs_round_up(32 << 30).0, 34_361_303_040);
+}
+
+#[test]
+fn descriptor_parsing_is_lenient() {
+    let text = b"# Disk DescriptorFile\r\nversion=1\r\n  CID = 1a2b3c4d \r\nparentCID=ffffffff\r\ncreateType = \"twoGbMaxExtentSparse\"\r\n# Extent description\r\nRW 4192256 SPARSE \"my disk-s001.vmdk\"\r\nrdonly 2048 FLAT \"with space.vmdk\" 17 extra fields here\r\nNOACCESS 100 ZERO\r\n\0\0garbage CID=00000000";
+    let d = vmdk::Descriptor::parse(text, "t").unwrap();
+    assert_eq!(d.cid, Some(0x1a2b3c4d));
+    assert!(!d.has_parent());
+    assert_eq!(d.extents.len(), 3);
+    assert_eq!(d.extents[0].file_name.as_deref(), Some("my disk-s001.vmdk"));
+    assert_eq!(d.extents[1].offset_sectors, 17);
+    assert_eq!(d.extents[1].access, "RDONLY");
+    assert_eq!(d.extents[2].kind, "ZERO");
+}
+
+#[test]
+fn vhd_parent_name_both_endiannesses() {
+    let mut raw = [0u8; 512];
+    for (i, u) in "base.vhd".encode_utf16().enumerate() {
+        raw[i * 2..i * 2 + 2].copy_from_slice(&u.to_be_bytes());
+    }
+    assert_eq!(vhd::decode_parent_name(&raw), "base.vhd");
+    let mut raw = [0u8; 512];
+    for (i, u) in "base.vhd".encode_utf16().enumerate() {
+        raw[i * 2..i * 2 + 2].copy_from_slice(&u.to_le_bytes());
+    }
+    assert_eq!(vhd::decode_parent_name(&raw), "base.vhd");
+}
+
+#[test]
+fn vhd_footer_fallback_to_copy_and_checksum() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/v/a.vhd", Variant::VhdDynamic, 4 << 20, 0, None);
+    {
+        let mut b = fs.files["/v/a.vhd"].borrow_mut();
+        let n = b.len();
+        b[n - 512 + 70] ^= 0xFF; // break the end footer's checksum
+    }
+    let d = fs.disk("/v/a.vhd").unwrap();
+    assert!(d.layers()[0].details().iter().any(|(k, v)| k == "warning" && v.contains("copy at offset 0")));
+    {
+        let mut b = fs.files["/v/a.vhd"].borrow_mut();
+        b[70] ^= 0xFF;
+    }
+    let e = fs.disk("/v/a.vhd").err().unwrap().to_string();
+    assert!(e.contains("/v/a.vhd") && e.contains("checksum"), "{}", e);
+}
+
+#[test]
+fn vhd_parent_by_drive_letter_path_and_parent_dir() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/vm/base.vhd", Variant::VhdDynamic, 4 << 20, 0, None);
+    {
+        let mut d = fs.disk("/vm/base.vhd").unwrap();
+        d.write(3, &pattern(7, 512)).unwrap();
+    }
+    // A child made on Windows: W2ru points nowhere useful, W2ku is `C:\vm\base.vhd`.
+    let (layers, _) = open_chain("/vm/base.vhd", &mut fs, &ChainOptions::default()).unwrap();
+    let info = ParentInfo { relative_path: "..\\elsewhere\\base-old.vhd".into(), absolute_path: "C:\\vm\\base.vhd".into(), ..parent_info(&*layers[0], "", "") };
+    drop(layers);
+    let mut f = fs.file("/snaps/child.vhd");
+    let opts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: 5, now_unix: 1_700_000_000 };
+    create(Variant::VhdDynamic, &mut f, "child.vhd", &opts, Some(&info), &mut |_n: &str| Err(ImageError::Invalid { detail: "no".into() })).unwrap();
+    let mut d = fs.disk("/snaps/child.vhd").unwrap();
+    assert_eq!(d.layers()[1].name(), "/vm/base.vhd");
+    let mut b = vec![0u8; 512];
+    d.read(3, &mut b).unwrap();
+    assert_eq!(b, pattern(7, 512));
+    // Moved somewhere the stored paths do not reach: parent_dir= finds it by name.
+    let bytes = fs.files.remove("/vm/base.vhd").unwrap();
+    fs.files.insert("/images/base.vhd".into(), bytes);
+    let e = fs.disk("/snaps/child.vhd").err().unwrap().to_string();
+    assert!(e.contains("/vm/base.vhd: not found") && e.contains("/snaps/base.vhd: not found") && e.contains("/elsewhere/base-old.vhd"), "{}", e);
+    fs.opts.parent_dir = Some("/images".into());
+    let d = fs.disk("/snaps/child.vhd").unwrap();
+    assert_eq!(d.layers()[1].name(), "/images/base.vhd");
+}
+
+#[test]
+fn snapshot_into_a_preallocated_file_at_boot() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    for (v, ext) in [(Variant::VhdDynamic, "vhd"), (Variant::VdiDynamic, "vdi"), (Variant::VmdkMonolithicSparse, "vmdk")] {
+        let base = alloc::format!("/b/base.{}", ext);
+        fs.make(&base, v, 8 << 20, 0, None);
+        let (layers, _) = open_chain(&base, &mut fs, &ChainOptions::default()).unwrap();
+        let info = parent_info(&*layers[0], &alloc::format!("base.{}", ext), &base);
+        drop(layers);
+        // A file of 4 MiB made by the file system beforehand; it cannot grow.
+        let child = alloc::format!("/b/snap.{}", ext);
+        fs.files.insert(child.clone(), Rc::new(RefCell::new(vec![0xEEu8; 4 << 20])));
+        let mut f = Shared { name: child.clone(), bytes: fs.files[&child].clone(), can_grow: false };
+        let opts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: 3, now_unix: 1_700_000_000 };
+        create::create_filling(v, &mut f, "snap", &opts, Some(&info)).unwrap();
+        assert_eq!(fs.files[&child].borrow().len(), 4 << 20);
+        fs.can_grow = false;
+        let mut d = fs.disk(&child).unwrap();
+        assert_eq!(d.layers().len(), 2, "{:?}", v);
+        assert!(d.layers()[0].slack_bytes() > (1 << 20), "{:?}: {}", v, d.layers()[0].slack_bytes());
+        d.write(0, &pattern(1, 4096)).unwrap();
+        let mut b = vec![0u8; 4096];
+        d.read(0, &mut b).unwrap();
+        assert_eq!(b, pattern(1, 4096));
+        assert!(d.layers_mut()[0].check().is_empty(), "{:?}", v);
+        fs.can_grow = true;
+        // Too small a file is refused before anything is written.
+        let tiny = Rc::new(RefCell::new(vec![0xEEu8; 512]));
+        let mut f = Shared { name: "tiny".into(), bytes: tiny.clone(), can_grow: false };
+        assert!(matches!(create::create_filling(v, &mut f, "tiny", &opts, Some(&info)), Err(ImageError::NoSlack { .. })));
+        assert!(tiny.borrow().iter().all(|&b| b == 0xEE));
+    }
+}
+
+#[test]
+fn restore_empties_the_leaf_and_reuses_its_space() {
+    for &(v, ext) in &[(Variant::VhdDynamic, "vhd"), (Variant::VdiDynamic, "vdi"), (Variant::VmdkMonolithicSparse, "vmdk")] {
+        let mut fs = MemFs { can_grow: true, ..Default::default() };
+        let base = alloc::format!("/r/base.{}", ext);
+        let leaf = alloc::format!("/r/leaf.{}", ext);
+        fs.make(&base, v, 8 << 20, 0, None);
+        let mut model;
+        {
+            let mut d = fs.disk(&base).unwrap();
+            model = vec![0u8; (d.sectors() * 512) as usize];
+            apply(&mut d, &mut model, 0);
+        }
+        let reserve = match v {
+            Variant::VhdDynamic => 2 * ((2 << 20) + 512),
+            Variant::VdiDynamic => 2 << 20,
+            _ => 128 << 10,
+        };
+        fs.make(&leaf, v, 0, reserve, Some(&base));
+        fs.can_grow = false;
+        let len = fs.files[&leaf].borrow().len();
+        let mut d = fs.disk(&leaf).unwrap();
+        d.write(1, &pattern(40, 512)).unwrap();
+        d.write(8000, &pattern(41, 512)).unwrap();
+        assert_eq!(d.layers()[0].slack_bytes(), 0, "{:?}", v);
+        d.discard_leaf().unwrap();
+        assert!(read_all(&mut d) == model, "{:?}: reads as the parent again", v);
+        assert_eq!(d.layers()[0].slack_bytes(), reserve, "{:?}: the space is free again", v);
+        // And it can be written again within the same file.
+        d.write(9000, &pattern(42, 512)).unwrap();
+        drop(d);
+        assert_eq!(fs.files[&leaf].borrow().len(), len);
+        let mut d = fs.disk(&leaf).unwrap();
+        let mut b = vec![0u8; 512];
+        d.read(9000, &mut b).unwrap();
+        assert_eq!(b, pattern(42, 512));
+        d.read(1, &mut b).unwrap();
+        assert_eq!(&b[..], &model[512..1024]);
+        assert!(d.layers_mut()[0].check().is_empty(), "{:?}", v);
+        let mut b = fs.disk(&base).unwrap();
+        assert!(matches!(b.discard_leaf(), Err(ImageError::Invalid { .. })), "a base image is never emptied");
+        fs.can_grow = true;
+    }
+}
+
+#[test]
+fn vmdk_write_allocates_a_missing_grain_table() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/g/a.vmdk", Variant::VmdkMonolithicSparse, 64 << 20, 0, None);
+    {
+        // Drop grain table 1 (sectors 65536..131071) from both directories, as a
+        // streamOptimized-style or sparse-GT writer would leave it.
+        let mut b = fs.files["/g/a.vmdk"].borrow_mut();
+        let gd = u64::from_le_bytes(b[56..64].try_into().unwrap()) as usize * 512;
+        let rgd = u64::from_le_bytes(b[48..56].try_into().unwrap()) as usize * 512;
+        b[gd + 4..gd + 8].fill(0);
+        b[rgd + 4..rgd + 8].fill(0);
+    }
+    let mut d = fs.disk("/g/a.vmdk").unwrap();
+    let mut model = vec![0u8; (d.sectors() * 512) as usize];
+    for &(s, n, seed) in &[(70000u64, 3usize, 1u8), (70001, 1, 2), (131071, 1, 3), (5, 2, 4)] {
+        let data = pattern(seed, n * 512);
+        d.write(s, &data).unwrap();
+        model[(s * 512) as usize..(s * 512) as usize + data.len()].copy_from_slice(&data);
+    }
+    assert!(read_all(&mut d) == model);
+    drop(d);
+    let mut d = fs.disk("/g/a.vmdk").unwrap();
+    assert!(read_all(&mut d) == model);
+    assert_eq!(d.layers_mut()[0].check(), Vec::<String>::new());
+}

@@ -1,0 +1,728 @@
+//! vdisk: create, inspect, check, map, snapshot and convert virtual disk images (raw, VHD,
+//! VMDK, VDI) and their differencing chains, and add or remove write slack.
+//!
+//! Every command that writes either builds the new file under a temporary name and renames it
+//! at the end (create, snapshot, convert) or orders its writes so that the image is valid after
+//! each one (reserve, trim).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use vboot::image::chain::{open_chain, ChainOptions, ParentLocator, StdLocator};
+use vboot::image::create::{create_at, CreateOptions, Variant};
+use vboot::image::disk::Source;
+use vboot::image::{Disk, Format, ImageError, Layer, SECTOR_BYTES};
+
+const USAGE: &str = "\
+usage: vdisk <command> [options]
+
+commands:
+  create FILE [--format VARIANT] [--size SIZE] [--parent PARENT] [--reserve SIZE] [--exact-size]
+        VARIANT: raw, vhd-fixed, vhd-dynamic, vmdk-monolithicSparse, vmdk-monolithicFlat,
+        vmdk-twoGbMaxExtentSparse, vmdk-twoGbMaxExtentFlat, vmdk-vmfs, vdi-dynamic, vdi-fixed
+        (default: from the extension; with --parent, the parent's format and size)
+  info FILE [--json] [--parent-dir DIR]      describe the image and its whole chain
+  check FILE [--parent-dir DIR]              verify structures; exit 1 if problems are found
+  map FILE [--json] [--parent-dir DIR]       virtual sector ranges -> layer and file offset
+  snapshot IMAGE NEW [--reserve SIZE]        make NEW a differencing child of IMAGE
+  convert SOURCE TARGET [--format VARIANT] [--reserve SIZE]   copy the chain's content
+  merge CHILD [--parent-dir DIR]             fold CHILD's data into its parent (re-run if interrupted)
+  restore CHILD [--parent-dir DIR]           empty a differencing image: it reads as its parent again
+  relink CHILD [--parent-dir DIR]            accept the parent as it is now (VHD time stamp, VMDK
+                                             parentCID, VDI parent modification UUID)
+  reserve FILE SIZE                          add SIZE bytes of write slack to a sparse image
+  trim FILE                                  remove unused slack from a sparse image
+
+--lenient-cid: open VMDK children whose parent's CID changed (warn instead of refusing).
+SIZE: bytes, or a number with K, M, G or T (binary units), e.g. 64M.
+";
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("vdisk: {}", msg);
+    ExitCode::from(2)
+}
+
+/// Parsed command line: positional arguments and `--key value` / `--flag` options.
+struct Args {
+    positional: Vec<String>,
+    options: Vec<(String, Option<String>)>,
+}
+
+const FLAGS: &[&str] = &["json", "exact-size", "help", "lenient-cid"];
+
+impl Args {
+    fn parse(raw: &[String]) -> Result<Args, String> {
+        let mut positional = Vec::new();
+        let mut options = Vec::new();
+        let mut i = 0;
+        while i < raw.len() {
+            let a = &raw[i];
+            if let Some(name) = a.strip_prefix("--") {
+                if let Some((k, v)) = name.split_once('=') {
+                    options.push((k.to_string(), Some(v.to_string())));
+                } else if FLAGS.contains(&name) {
+                    options.push((name.to_string(), None));
+                } else {
+                    let v = raw.get(i + 1).ok_or_else(|| format!("option --{} needs a value", name))?;
+                    options.push((name.to_string(), Some(v.clone())));
+                    i += 1;
+                }
+            } else {
+                positional.push(a.clone());
+            }
+            i += 1;
+        }
+        Ok(Args { positional, options })
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.options.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+    }
+    fn flag(&self, key: &str) -> bool {
+        self.options.iter().any(|(k, _)| k == key)
+    }
+    fn check_known(&self, known: &[&str]) -> Result<(), String> {
+        for (k, _) in &self.options {
+            if !known.contains(&k.as_str()) {
+                return Err(format!("unknown option --{} for this command", k));
+            }
+        }
+        Ok(())
+    }
+    fn positional(&self, n: usize, what: &str) -> Result<&str, String> {
+        self.positional.get(n).map(|s| s.as_str()).ok_or_else(|| format!("missing {}", what))
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        Some('B') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("`{}` is not a size (use bytes or K/M/G/T)", s))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size `{}` is too large", s))
+}
+
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn chain_options(args: &Args) -> ChainOptions {
+    ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: args.flag("lenient-cid") }
+}
+
+fn open_disk(path: &str, args: &Args, writable: bool) -> Result<Disk, ImageError> {
+    let (layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: writable }, &chain_options(args))?;
+    Disk::new(layers, warnings)
+}
+
+fn variant_from_extension(path: &str) -> Option<Variant> {
+    let lower = path.to_ascii_lowercase();
+    let ext = lower.rsplit('.').next()?;
+    Some(match ext {
+        "vhd" => Variant::VhdDynamic,
+        "vmdk" => Variant::VmdkMonolithicSparse,
+        "vdi" => Variant::VdiDynamic,
+        "img" | "raw" | "bin" => Variant::Raw,
+        _ => return None,
+    })
+}
+
+/// The variant a child of a `format` image is.
+fn child_variant(format: Format) -> Result<Variant, String> {
+    match format {
+        Format::Vhd => Ok(Variant::VhdDynamic),
+        Format::Vmdk => Ok(Variant::VmdkMonolithicSparse),
+        Format::Vdi => Ok(Variant::VdiDynamic),
+        Format::Raw => Err("raw images cannot have differencing children; convert it to VHD, VMDK or VDI first".into()),
+    }
+}
+
+fn cmd_create(args: &Args) -> Result<(), String> {
+    args.check_known(&["format", "size", "parent", "reserve", "exact-size", "parent-dir"])?;
+    let path = args.positional(1, "FILE to create")?;
+    let parent = args.get("parent");
+    let reserve = args.get("reserve").map(parse_size).transpose()?.unwrap_or(0);
+    let variant = match args.get("format") {
+        Some(f) => Variant::parse(f).ok_or_else(|| format!("unknown format `{}`; one of: {}", f, Variant::NAMES.join(", ")))?,
+        None => match parent {
+            Some(p) => {
+                let d = open_disk(p, args, false).map_err(|e| e.to_string())?;
+                let v = child_variant(d.layers()[0].format())?;
+                if let Some(by_name) = variant_from_extension(path) {
+                    if by_name.format() != v.format() {
+                        return Err(format!("{} is named like a {} image, but a child of {} must be {}", path, by_name.format().as_str(), p, v.format().as_str()));
+                    }
+                }
+                v
+            }
+            None => variant_from_extension(path).ok_or_else(|| format!("cannot tell the format from the name {}; give --format", path))?,
+        },
+    };
+    let size = match (args.get("size"), parent) {
+        (Some(_), Some(_)) => return Err("--size cannot be combined with --parent: a child has its parent's size".into()),
+        (Some(s), None) => parse_size(s)?,
+        (None, Some(_)) => 0,
+        (None, None) => return Err("--size is required (e.g. --size 64M)".into()),
+    };
+    if parent.is_none() && (size == 0 || size % SECTOR_BYTES != 0) {
+        return Err(format!("the size must be a positive multiple of 512 bytes, not {}", size));
+    }
+    let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: args.flag("exact-size"), seed: seed(), now_unix: now_unix() };
+    let extra = create_at(path, variant, &opts, parent).map_err(|e| e.to_string())?;
+    let d = open_disk(path, args, false).map_err(|e| format!("created {}, but it does not open: {}", path, e))?;
+    println!("created {} ({} {}, {} bytes{})", path, d.layers()[0].format().as_str(), d.layers()[0].variant(), d.sectors() * SECTOR_BYTES, if parent.is_some() { ", differencing" } else { "" });
+    for e in extra {
+        println!("  extent file {}", e);
+    }
+    Ok(())
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut whole = b;
+    let mut rem = 0;
+    while whole >= 1024 && unit < UNITS.len() - 1 {
+        rem = whole % 1024;
+        whole /= 1024;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{} B", b)
+    } else {
+        format!("{}.{} {}", whole, rem * 10 / 1024, UNITS[unit])
+    }
+}
+
+fn layer_json(l: &dyn Layer) -> String {
+    let mut fields = vec![
+        format!("\"file\": {}", json_str(l.name())),
+        format!("\"format\": {}", json_str(l.format().as_str())),
+        format!("\"variant\": {}", json_str(&l.variant())),
+        format!("\"virtual_size_bytes\": {}", l.virtual_sectors() * SECTOR_BYTES),
+        format!("\"differencing\": {}", l.parent_link().is_some()),
+    ];
+    let mut details: Vec<(String, Vec<String>)> = Vec::new();
+    for (k, v) in l.details() {
+        match details.iter_mut().find(|(dk, _)| *dk == k) {
+            Some((_, vs)) => vs.push(v),
+            None => details.push((k, vec![v])),
+        }
+    }
+    for (k, vs) in details {
+        let value = if vs.len() == 1 && !["extent", "warning", "parent_path"].contains(&k.as_str()) {
+            json_str(&vs[0])
+        } else {
+            format!("[{}]", vs.iter().map(|v| json_str(v)).collect::<Vec<_>>().join(", "))
+        };
+        fields.push(format!("{}: {}", json_str(&k), value));
+    }
+    format!("{{{}}}", fields.join(", "))
+}
+
+fn cmd_info(args: &Args) -> Result<(), String> {
+    args.check_known(&["json", "parent-dir", "lenient-cid"])?;
+    let path = args.positional(1, "FILE")?;
+    let mut d = match open_disk(path, args, false) {
+        Ok(d) => d,
+        Err(e) => {
+            // Still show what the image itself says (its parent paths help find the parent).
+            if let Some(f) = StdLocator::default().open(path) {
+                let dir = vboot::image::chain::dirname(path);
+                if let Ok(l) = vboot::image::open_layer(f, &mut |n: &str| StdLocator::default().open(&vboot::image::chain::join(&dir, n))) {
+                    if args.flag("json") {
+                        println!("{{\"file\": {}, \"error\": {}, \"layers\": [{}]}}", json_str(path), json_str(&e.to_string()), layer_json(&*l));
+                    } else {
+                        println!("image:          {}", path);
+                        println!("format:         {} {}", l.format().as_str(), l.variant());
+                        for (k, v) in l.details() {
+                            println!("    {:<22} {}", k, v);
+                        }
+                    }
+                }
+            }
+            return Err(e.to_string());
+        }
+    };
+    d.resolve_all().map_err(|e| e.to_string())?;
+    let allocated: u64 = d.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
+    if args.flag("json") {
+        let layers: Vec<String> = d.layers().iter().map(|l| layer_json(&**l)).collect();
+        let warnings: Vec<String> = d.warnings.iter().map(|w| json_str(w)).collect();
+        println!(
+            "{{\"file\": {}, \"virtual_size_bytes\": {}, \"chain_depth\": {}, \"data_bytes\": {}, \"map_runs\": {}, \"layers\": [{}], \"warnings\": [{}]}}",
+            json_str(path),
+            d.sectors() * SECTOR_BYTES,
+            d.layers().len(),
+            allocated * SECTOR_BYTES,
+            d.runs().len(),
+            layers.join(", "),
+            warnings.join(", ")
+        );
+        return Ok(());
+    }
+    let leaf = &d.layers()[0];
+    println!("image:          {}", path);
+    println!("format:         {} {}", leaf.format().as_str(), leaf.variant());
+    println!("virtual size:   {} ({} bytes, {} sectors)", human_bytes(d.sectors() * SECTOR_BYTES), d.sectors() * SECTOR_BYTES, d.sectors());
+    println!("data in chain:  {} (the rest reads as zeros)", human_bytes(allocated * SECTOR_BYTES));
+    println!("chain depth:    {}", d.layers().len());
+    for (i, l) in d.layers().iter().enumerate() {
+        let role = if i == 0 { "leaf" } else if i + 1 == d.layers().len() { "base" } else { "parent" };
+        println!("layer {} ({}): {} [{} {}]", i, role, l.name(), l.format().as_str(), l.variant());
+        for (k, v) in l.details() {
+            println!("    {:<22} {}", k, v);
+        }
+    }
+    for w in &d.warnings {
+        println!("warning: {}", w);
+    }
+    Ok(())
+}
+
+fn cmd_check(args: &Args) -> Result<bool, String> {
+    args.check_known(&["parent-dir", "lenient-cid"])?;
+    let path = args.positional(1, "FILE")?;
+    let mut d = match open_disk(path, args, false) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("{}: cannot be opened: {}", path, e);
+            return Ok(false);
+        }
+    };
+    let mut problems = 0;
+    for w in d.warnings.clone() {
+        println!("warning: {}", w);
+    }
+    let names: Vec<String> = d.layers().iter().map(|l| l.name().to_string()).collect();
+    for (i, l) in d.layers_mut().iter_mut().enumerate() {
+        for p in l.check() {
+            println!("{}: {}", names[i], p);
+            problems += 1;
+        }
+    }
+    // Every mapped range must be readable (tables point inside the files).
+    if let Err(e) = d.resolve_all() {
+        println!("{}: {}", path, e);
+        problems += 1;
+    }
+    let runs: Vec<_> = d.runs().to_vec();
+    let mut buf = vec![0u8; 512];
+    for r in runs.iter().filter(|r| !matches!(r.source, Source::Zero)) {
+        for s in [r.start_sector, r.start_sector + r.sectors - 1] {
+            if let Err(e) = d.read(s, &mut buf) {
+                println!("sector {}: {}", s, e);
+                problems += 1;
+            }
+        }
+    }
+    if problems == 0 {
+        println!("{}: no problems found ({} layer(s), {} map runs)", path, d.layers().len(), runs.len());
+    }
+    Ok(problems == 0)
+}
+
+fn cmd_map(args: &Args) -> Result<(), String> {
+    args.check_known(&["json", "parent-dir", "lenient-cid"])?;
+    let path = args.positional(1, "FILE")?;
+    let mut d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+    d.resolve_all().map_err(|e| e.to_string())?;
+    let json = args.flag("json");
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    if json {
+        let _ = writeln!(out, "[");
+    } else {
+        let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", "start_sector", "sectors", "layer", "file_offset", "file");
+    }
+    let n = d.runs().len();
+    for (i, r) in d.runs().iter().enumerate() {
+        let (layer, offset, file, kind) = match r.source {
+            Source::Zero => (None, None, String::new(), "zero"),
+            Source::Data { layer, offset_bytes, .. } => (Some(layer), Some(offset_bytes), d.layers()[layer as usize].name().to_string(), "data"),
+            Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), Some(marker_offset_bytes), d.layers()[layer as usize].name().to_string(), "compressed"),
+            Source::Pending { layer } => (Some(layer), None, d.layers()[layer as usize].name().to_string(), "unresolved"),
+        };
+        let _ = if json {
+            writeln!(
+                out,
+                "  {{\"start_sector\": {}, \"sectors\": {}, \"kind\": \"{}\", \"layer\": {}, \"file\": {}, \"offset_bytes\": {}}}{}",
+                r.start_sector,
+                r.sectors,
+                kind,
+                layer.map(|l| l.to_string()).unwrap_or_else(|| "null".into()),
+                if file.is_empty() { "null".into() } else { json_str(&file) },
+                offset.map(|o| o.to_string()).unwrap_or_else(|| "null".into()),
+                if i + 1 < n { "," } else { "" }
+            )
+        } else {
+            writeln!(
+                out,
+                "{:>14} {:>14}  {:<6} {:<12} {}",
+                r.start_sector,
+                r.sectors,
+                layer.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                match (kind, offset) {
+                    ("zero", _) => "zeros".to_string(),
+                    ("compressed", Some(o)) => format!("z@{}", o),
+                    (_, Some(o)) => o.to_string(),
+                    _ => "-".into(),
+                },
+                file
+            )
+        };
+    }
+    if json {
+        let _ = writeln!(out, "]");
+    }
+    Ok(())
+}
+
+fn cmd_snapshot(args: &Args) -> Result<(), String> {
+    args.check_known(&["reserve", "parent-dir"])?;
+    let image = args.positional(1, "IMAGE")?;
+    let new = args.positional(2, "NEW child file")?;
+    let reserve = args.get("reserve").map(parse_size).transpose()?.unwrap_or(0);
+    let d = open_disk(image, args, false).map_err(|e| e.to_string())?;
+    let variant = child_variant(d.layers()[0].format())?;
+    drop(d);
+    let opts = CreateOptions { size_bytes: 0, reserve_bytes: reserve, exact_size: false, seed: seed(), now_unix: now_unix() };
+    create_at(new, variant, &opts, Some(image)).map_err(|e| e.to_string())?;
+    let d = open_disk(new, args, false).map_err(|e| format!("created {}, but it does not open: {}", new, e))?;
+    println!("created {} as a child of {} (chain depth {})", new, image, d.layers().len());
+    Ok(())
+}
+
+fn cmd_convert(args: &Args) -> Result<(), String> {
+    args.check_known(&["format", "reserve", "parent-dir", "exact-size"])?;
+    let source = args.positional(1, "SOURCE")?;
+    let target = args.positional(2, "TARGET")?;
+    let reserve = args.get("reserve").map(parse_size).transpose()?.unwrap_or(0);
+    let variant = match args.get("format") {
+        Some(f) => Variant::parse(f).ok_or_else(|| format!("unknown format `{}`; one of: {}", f, Variant::NAMES.join(", ")))?,
+        None => variant_from_extension(target).ok_or_else(|| format!("cannot tell the format from the name {}; give --format", target))?,
+    };
+    let mut src = open_disk(source, args, false).map_err(|e| e.to_string())?;
+    src.resolve_all().map_err(|e| e.to_string())?;
+    let size = src.sectors() * SECTOR_BYTES;
+    // Exact: the target must have the source's size (VHD would otherwise round to CHS).
+    let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: true, seed: seed(), now_unix: now_unix() };
+    // Build everything in a private directory next to TARGET and move it into place at the
+    // end (extent files first, the main file last), so a failure or a crash never leaves a
+    // half-converted TARGET.
+    let target_path = std::path::Path::new(target);
+    if target_path.exists() {
+        return Err(format!("{} already exists; not overwriting it", target));
+    }
+    let target_dir = target_path.parent().map(|p| if p.as_os_str().is_empty() { std::path::Path::new(".") } else { p }).unwrap_or(std::path::Path::new("."));
+    let base = target_path.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| format!("{} has no file name", target))?;
+    let work = target_dir.join(format!(".vdisk-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir(&work).map_err(|e| format!("cannot create {}: {}", work.display(), e))?;
+    let tmp_name = work.join(&base).to_string_lossy().into_owned();
+    let extra = match create_at(&tmp_name, variant, &opts, None) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e.to_string());
+        }
+    };
+    for e in &extra {
+        if target_dir.join(e).exists() {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(format!("{} already exists; not overwriting it", target_dir.join(e).display()));
+        }
+    }
+    let cleanup = |_: &[String]| {
+        let _ = std::fs::remove_dir_all(&work);
+    };
+    let result = (|| -> Result<(), String> {
+        let mut dst = open_disk(&tmp_name, args, true).map_err(|e| e.to_string())?;
+        if dst.sectors() != src.sectors() {
+            return Err(format!("the target would have {} sectors instead of {}", dst.sectors(), src.sectors()));
+        }
+        let runs: Vec<_> = src.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).copied().collect();
+        let total: u64 = runs.iter().map(|r| r.sectors).sum();
+        let mut done = 0u64;
+        let chunk = 2048u64;
+        let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
+        let mut last_pct = u64::MAX;
+        for r in runs {
+            let mut s = r.start_sector;
+            while s < r.start_sector + r.sectors {
+                let n = chunk.min(r.start_sector + r.sectors - s);
+                let b = &mut buf[..(n * SECTOR_BYTES) as usize];
+                src.read(s, b).map_err(|e| e.to_string())?;
+                if b.iter().any(|&x| x != 0) {
+                    dst.write(s, b).map_err(|e| e.to_string())?;
+                }
+                s += n;
+                done += n;
+                let pct = done * 100 / total.max(1);
+                if pct != last_pct {
+                    eprint!("\rconverting: {:>3}%", pct);
+                    last_pct = pct;
+                }
+            }
+        }
+        eprintln!();
+        Ok(())
+    })();
+    if let Err(e) = result {
+        cleanup(&[]);
+        return Err(e);
+    }
+    for e in &extra {
+        std::fs::rename(work.join(e), target_dir.join(e)).map_err(|err| format!("cannot move {} into place: {}", e, err))?;
+    }
+    std::fs::rename(&tmp_name, target).map_err(|e| format!("cannot rename {} to {}: {}", tmp_name, target, e))?;
+    let _ = std::fs::remove_dir_all(&work);
+    println!("converted {} -> {} ({})", source, target, Variant::NAMES.iter().find(|n| Variant::parse(n) == Some(variant)).unwrap_or(&"?"));
+    Ok(())
+}
+
+/// Fold a child into its parent. Copying is idempotent and the child keeps all its data until
+/// the end, so the chain reads the same at every instant; after an interruption the same
+/// command finishes the job. Last, the child is relinked to the changed parent (VHD time
+/// stamp, VMDK parentCID), so it stays usable; deleting it drops the snapshot.
+fn cmd_merge(args: &Args) -> Result<(), String> {
+    args.check_known(&["parent-dir"])?;
+    let child = args.positional(1, "CHILD")?;
+    // The parent's CID changes with its first write (VMDK): an interrupted merge must reopen.
+    let lenient = ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: true };
+    let (layers, warnings) = open_chain(child, &mut StdLocator::default(), &lenient).map_err(|e| e.to_string())?;
+    for w in &warnings {
+        eprintln!("warning: {}", w);
+    }
+    let mut child_disk = Disk::new(layers, Vec::new()).map_err(|e| e.to_string())?;
+    if child_disk.layers().len() < 2 {
+        return Err(format!("{} is not a differencing image: there is nothing to merge into", child));
+    }
+    let parent_path = child_disk.layers()[1].name().to_string();
+    // Ranges the child decides itself (its data, and explicit zeros that hide the parent).
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    {
+        let l = &mut child_disk.layers_mut()[0];
+        let total = l.virtual_sectors();
+        let mut s = 0;
+        while s < total {
+            let (m, run) = l.map(s).map_err(|e| e.to_string())?;
+            let n = run.max(1).min(total - s);
+            if m != vboot::image::Mapping::Parent {
+                match ranges.last_mut() {
+                    Some(last) if last.0 + last.1 == s => last.1 += n,
+                    _ => ranges.push((s, n)),
+                }
+            }
+            s += n;
+        }
+    }
+    let mut parent_disk = open_disk(&parent_path, &Args { positional: vec![], options: vec![("parent-dir".into(), args.get("parent-dir").map(|s| s.to_string()))] }, true)
+        .map_err(|e| format!("cannot open the parent {} for writing: {}", parent_path, e))?;
+    let last = ranges.last().map(|r| r.0 + r.1).unwrap_or(0);
+    if last > parent_disk.sectors() {
+        return Err(format!("{} has data past the end of its parent {} ({} sectors)", child, parent_path, parent_disk.sectors()));
+    }
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let mut done = 0u64;
+    let chunk = 2048u64;
+    let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
+    let mut shown = u64::MAX;
+    for (start, len) in ranges {
+        let mut s = start;
+        while s < start + len {
+            let n = chunk.min(start + len - s);
+            let b = &mut buf[..(n * SECTOR_BYTES) as usize];
+            child_disk.read(s, b).map_err(|e| e.to_string())?;
+            parent_disk.write(s, b).map_err(|e| format!("writing into {} failed: {} (nothing is lost: {} still holds its data; run the merge again)", parent_path, e, child))?;
+            s += n;
+            done += n;
+            let pct = done * 100 / total.max(1);
+            if pct != shown {
+                let bar = "#".repeat((pct / 4) as usize);
+                eprint!("\rmerging [{:<25}] {:>3}%", bar, pct);
+                shown = pct;
+            }
+        }
+    }
+    eprintln!();
+    drop(parent_disk);
+    drop(child_disk);
+    // Relink the child to what its parent is now.
+    let (players, _) = open_chain(&parent_path, &mut StdLocator::default(), &lenient).map_err(|e| e.to_string())?;
+    let pid = players[0].identity();
+    drop(players);
+    let (mut clayers, _) = open_chain(child, &mut StdLocator { writable_leaf: true }, &lenient).map_err(|e| e.to_string())?;
+    match clayers[0].relink_parent(&pid) {
+        Ok(()) => {}
+        Err(vboot::image::ImageError::Unsupported { .. }) => {}
+        Err(e) => return Err(format!("merged, but relinking {} failed: {}", child, e)),
+    }
+    drop(clayers);
+    open_disk(child, &Args { positional: vec![], options: vec![] }, false).map_err(|e| format!("merged, but {} does not reopen: {}", child, e))?;
+    println!("merged {} ({} sectors) into {}", child, total, parent_path);
+    println!("{} still reads the same; delete it to drop the snapshot. Other children of {} (if any) no longer match it.", child, parent_path);
+    Ok(())
+}
+
+/// Add or remove slack at the end of a sparse leaf. VHD keeps its footer at the end: when
+/// growing, the footer is written at the new end first (a valid footer at EOF at every
+/// instant); when shrinking, the footer is written at its new place, then the file is cut.
+fn resize_slack(path: &str, add: Option<u64>) -> Result<(), String> {
+    let args = Args { positional: vec![], options: vec![] };
+    let d = open_disk(path, &args, false).map_err(|e| e.to_string())?;
+    let leaf = &d.layers()[0];
+    let format = leaf.format();
+    let variant = leaf.variant();
+    let slack = leaf.slack_bytes();
+    if d.layers()[0].name() != path {
+        return Err("internal: leaf name mismatch".into());
+    }
+    let sparse = match format {
+        Format::Vhd => variant != "fixed",
+        Format::Vdi => variant != "fixed",
+        Format::Vmdk => variant == "monolithicSparse",
+        Format::Raw => false,
+    };
+    if !sparse {
+        if variant == "twoGbMaxExtentSparse" {
+            return Err(format!("{} is split into several extent files; give --reserve when creating it (the slack goes to the last extent)", path));
+        }
+        return Err(format!("{} is a {} {} image: it has no allocation tables, so it needs no slack", path, format.as_str(), variant));
+    }
+    drop(d);
+    let io = |e: std::io::Error| format!("{}: {}", path, e);
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    use std::io::{Read, Seek, SeekFrom};
+    let (new_len, trailer) = match add {
+        Some(bytes) => {
+            let bytes = bytes.div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
+            (len + bytes, bytes)
+        }
+        None => (len - slack, slack),
+    };
+    if format == Format::Vhd {
+        let mut footer = vec![0u8; 512];
+        f.seek(SeekFrom::Start(len - 512)).map_err(io)?;
+        f.read_exact(&mut footer).map_err(io)?;
+        f.seek(SeekFrom::Start(new_len - 512)).map_err(io)?;
+        f.write_all(&footer).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        if add.is_some() {
+            // The old footer becomes slack: zero it.
+            f.seek(SeekFrom::Start(len - 512)).map_err(io)?;
+            f.write_all(&[0u8; 512]).map_err(io)?;
+        }
+    }
+    f.set_len(new_len).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    let d = open_disk(path, &args, false).map_err(|e| format!("{} no longer opens after the change: {}", path, e))?;
+    match add {
+        Some(_) => println!("{}: added {} of slack (now {})", path, human_bytes(trailer), human_bytes(d.layers()[0].slack_bytes())),
+        None => println!("{}: removed {} of slack", path, human_bytes(trailer)),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let args = match Args::parse(&raw) {
+        Ok(a) => a,
+        Err(e) => return fail(format!("{}\n\n{}", e, USAGE)),
+    };
+    let cmd = match args.positional.first() {
+        Some(c) => c.as_str(),
+        None => {
+            eprint!("{}", USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    if args.flag("help") || cmd == "help" {
+        print!("{}", USAGE);
+        return ExitCode::SUCCESS;
+    }
+    let r = match cmd {
+        "create" => cmd_create(&args),
+        "info" => cmd_info(&args),
+        "check" => match cmd_check(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        "map" => cmd_map(&args),
+        "snapshot" => cmd_snapshot(&args),
+        "convert" => cmd_convert(&args),
+        "merge" => cmd_merge(&args),
+        "relink" => (|| {
+            args.check_known(&["parent-dir"])?;
+            let path = args.positional(1, "CHILD")?;
+            let lenient = ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: true };
+            let (mut layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: true }, &lenient).map_err(|e| e.to_string())?;
+            for w in &warnings {
+                eprintln!("was: {}", w);
+            }
+            if layers.len() < 2 {
+                return Err(format!("{} is not a differencing image", path));
+            }
+            let pid = layers[1].identity();
+            let parent = layers[1].name().to_string();
+            layers[0].relink_parent(&pid).map_err(|e| e.to_string())?;
+            drop(layers);
+            open_disk(path, &Args { positional: vec![], options: vec![] }, false).map_err(|e| format!("relinked, but {} still does not open: {}", path, e))?;
+            println!("{} now expects {} as it is now", path, parent);
+            Ok(())
+        })(),
+        "restore" => (|| {
+            args.check_known(&["parent-dir", "lenient-cid"])?;
+            let path = args.positional(1, "CHILD")?;
+            let mut d = open_disk(path, &args, true).map_err(|e| e.to_string())?;
+            d.discard_leaf().map_err(|e| e.to_string())?;
+            println!("{}: emptied; it reads as {} again ({} of slack free)", path, d.layers().get(1).map(|l| l.name()).unwrap_or("its parent"), human_bytes(d.layers()[0].slack_bytes()));
+            Ok(())
+        })(),
+        "reserve" => (|| {
+            args.check_known(&[])?;
+            let path = args.positional(1, "FILE")?;
+            let size = parse_size(args.positional(2, "SIZE")?)?;
+            resize_slack(path, Some(size))
+        })(),
+        "trim" => (|| {
+            args.check_known(&[])?;
+            resize_slack(args.positional(1, "FILE")?, None)
+        })(),
+        other => Err(format!("unknown command `{}`\n\n{}", other, USAGE)),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
