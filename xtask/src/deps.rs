@@ -30,6 +30,11 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/sbin/mount.exfat-fuse", "exfat-fuse"),
     ("/usr/bin/fusermount3", "fuse3"),
     ("/usr/bin/sha256sum", "coreutils"),
+    ("/usr/bin/setfattr", "attr"),
+    ("/usr/bin/vhdiinfo", "libvhdi-utils"),
+    ("/usr/lib/python3/dist-packages/pyvhdi.cpython-311-x86_64-linux-gnu.so", "python3-libvhdi"),
+    ("/usr/bin/python3", "python3"),
+    ("/usr/lib/python3/dist-packages/VMDKstream.py", "python3-vmdkstream"),
 ];
 
 pub fn ensure_all() -> Result<(), String> {
