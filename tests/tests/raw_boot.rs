@@ -1,0 +1,209 @@
+//! Booting raw images through the resident INT 13h engine (issue 4): the guest probe on a
+//! fragmented image file, real guests no one here wrote (GRUB 2, SYSLINUX + Linux), `pause`,
+//! `recover_mbr`, and images vboot must refuse.
+
+use std::process::Command;
+use std::time::Duration;
+use vboot_tests::guests::{self, ProbeConfig, ProbeWrite};
+use vboot_tests::qemu::{Config, Qemu, EXIT_PASS};
+use vboot_tests::{disk, sh, vboot_host, HostImage, TempDir};
+
+const T: Duration = Duration::from_secs(90);
+
+fn boot_cfg(line: &str) -> String {
+    format!("set timeout=0\nmenuentry 'guest' {{\n    vboot {}\n}}\n", line)
+}
+
+/// Sectors of the host disk that belong to `path` on the partition at LBA 2048.
+fn host_lbas(part: &std::path::Path, path: &str) -> std::collections::HashSet<u64> {
+    let ext = disk::fat_extents(part, path);
+    ext.extents.iter().flat_map(|e| (e.lba..e.lba + e.sectors).map(|l| l + 2048)).collect()
+}
+
+#[test]
+fn probe_passes_on_a_fragmented_raw_image_and_its_writes_land_in_the_file() {
+    let dir = TempDir::new("raw-probe");
+    let total: u64 = 24 * 2048;
+    let mut cfg = ProbeConfig::new(total);
+    // vboot answers like memdisk and iPXE: the strict checks apply.
+    cfg.flags = guests::FLAG_EXACT_15H | guests::FLAG_CYLINDERS_C1 | guests::FLAG_OOR_COUNT_ZERO;
+    cfg.writes = vec![
+        ProbeWrite { lba: 100, sectors: 1 },
+        ProbeWrite { lba: 5000, sectors: 16 },
+        ProbeWrite { lba: (total / 2) as u32 + 7, sectors: 9 },
+        ProbeWrite { lba: total as u32 - 1, sectors: 1 },
+    ];
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let image = dir.join("probe.img");
+    guests::make_probe_disk(&image, &probe, &cfg);
+    let host = vboot_host(&dir, 80, &boot_cfg("harddisk=/images/probe.img"), &[]);
+    // Put the image on the partition in pieces, then tell the probe where the seams are.
+    let part = dir.join("host-part.img");
+    sh(Command::new("mmd").arg("-i").arg(&part).arg("::/images").env("MTOOLS_SKIP_CHECK", "1"));
+    disk::put_fragmented(&part, "/images/probe.img", &std::fs::read(&image).unwrap(), 6);
+    let ext = disk::fat_extents(&part, "/images/probe.img");
+    assert!(ext.extents.len() >= 5, "the image should be fragmented: {:?}", ext.extents);
+    cfg.boundaries_lba = ext
+        .extents
+        .iter()
+        .skip(1)
+        .map(|e| e.file_sector as u32)
+        .filter(|&l| l > guests::PROBE_PATTERN_START_LBA + 2 && l < total as u32 - 2)
+        .take(guests::PROBE_MAX_BOUNDARIES)
+        .collect();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let (lba, _) = ext.lookup(guests::PROBE_CONFIG_LBA).unwrap();
+        let mut f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        f.seek(SeekFrom::Start(lba * 512)).unwrap();
+        f.write_all(&cfg.to_sector()).unwrap();
+    }
+    disk::write_at(&host.disk, 2048, &part);
+    let before = std::fs::read(&host.disk).unwrap();
+    let image_lbas = host_lbas(&part, "/images/probe.img");
+
+    let mut q = Qemu::boot_disk(&host.disk);
+    let status = q.wait_exit(T);
+    let out = q.output();
+    assert!(out.contains(guests::PROBE_PASS), "probe failed (exit {:?}):\n{}", status, out);
+    assert_eq!(status, Some(EXIT_PASS), "{}", out);
+    assert!(out.contains("hard disks: 2 (the real disk is now 0x81)"), "{}", out);
+    assert!(out.contains("conventional memory 639 -> 636 KiB"), "{}", out);
+
+    // The writes are in the file, and nothing outside the file changed on the host disk
+    // (DESIGN.md invariant 1), down to the byte.
+    let after = std::fs::read(&host.disk).unwrap();
+    for lba in 0..(after.len() / 512) as u64 {
+        if !image_lbas.contains(&lba) {
+            let r = lba as usize * 512..lba as usize * 512 + 512;
+            assert!(before[r.clone()] == after[r], "host sector {} outside the image changed", lba);
+        }
+    }
+    let part_now = host.current_partition(&dir.join("part-after.img"));
+    let back = dir.join("probe-after.img");
+    disk::fat_get(&part_now, "/images/probe.img", &back);
+    guests::check_probe_disk(&back, &cfg).unwrap_or_else(|e| panic!("{}\n{}", e, out));
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
+    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+}
+
+#[test]
+fn grub2_inside_a_raw_image_hashes_a_file_through_the_hook() {
+    let dir = TempDir::new("raw-grub");
+    let (image, sha) = guests::build_grub_guest(&dir.path, 6 << 20);
+    let host = vboot_host(&dir, 96, &boot_cfg("harddisk=(hd0,msdos1)/grub-guest.img"), &[HostImage {
+        path: "/grub-guest.img",
+        file: &image,
+        pieces: 4,
+    }]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    let out = q.expect(guests::GRUB_HASHED, T);
+    assert!(out.contains(&sha), "GRUB printed a different hash than sha256sum ({}):\n{}", sha, out);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS));
+}
+
+#[test]
+fn syslinux_and_linux_boot_from_a_raw_image() {
+    let dir = TempDir::new("raw-linux");
+    let image = guests::build_syslinux_linux_guest(&dir.path);
+    let host = vboot_host(&dir, 160, &boot_cfg("harddisk=/linux.img"), &[HostImage { path: "/linux.img", file: &image, pieces: 3 }]);
+    let mut cfg = Config::disk(&host.disk);
+    cfg.x86_64 = true;
+    cfg.memory_mib = 256;
+    let mut q = Qemu::start(&cfg);
+    q.expect(guests::LINUX_OK, Duration::from_secs(180));
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+#[test]
+fn pause_waits_for_a_key_before_the_guest_starts() {
+    let dir = TempDir::new("raw-pause");
+    let hello = guests::hello_guest(&dir.path, "hello", "GUEST-HELLO", 2048);
+    let host = vboot_host(&dir, 64, &boot_cfg("harddisk=/hello.img pause"), &[HostImage { path: "/hello.img", file: &hello, pieces: 1 }]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("Press any key to boot.", T);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!q.output().contains("GUEST-HELLO"), "the guest started without the key");
+    q.send(b" ");
+    q.expect("GUEST-HELLO", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS));
+}
+
+#[test]
+fn images_that_cannot_be_booted_are_refused_with_a_reason() {
+    let dir = TempDir::new("raw-refuse");
+    let odd = dir.join("odd.img");
+    std::fs::write(&odd, vec![0u8; 5000]).unwrap();
+    let blank = dir.join("blank.img");
+    std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+    let vhd = dir.join("disk.vhd");
+    sh(Command::new("qemu-img").args(["create", "-q", "-f", "vpc", "-o", "subformat=fixed"]).arg(&vhd).arg("4M"));
+    let cfg = "set timeout=-1\n\
+        menuentry 'odd' {\n vboot harddisk=/odd.img\n}\n\
+        menuentry 'blank' {\n vboot harddisk=/blank.img\n}\n\
+        menuentry 'vhd' {\n vboot harddisk=/disk.vhd\n}\n\
+        menuentry 'iso' {\n vboot cdrom=/blank.img\n}\n";
+    let host = vboot_host(&dir, 64, cfg, &[
+        HostImage { path: "/odd.img", file: &odd, pieces: 1 },
+        HostImage { path: "/blank.img", file: &blank, pieces: 1 },
+        HostImage { path: "/disk.vhd", file: &vhd, pieces: 1 },
+    ]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("4. iso", T);
+    for (key, message) in [
+        (b"1", "/odd.img is 5000 bytes, not a whole number of 512-byte sectors"),
+        (b"3", "/disk.vhd is a VHD image"),
+        (b"4", "cdrom= (ISO images) is not supported by this version of vboot yet"),
+        (b"2", "/blank.img has no boot signature (55AA)"),
+    ] {
+        let mark = q.mark();
+        q.send(key);
+        let out = q.expect_from(mark, "Press any key to return to the menu.", T);
+        assert!(out.contains(message), "expected {:?}:\n{}", message, out);
+        let mark = q.mark();
+        q.send(b" ");
+        q.expect_from(mark, "4. iso", T);
+    }
+}
+
+/// `recover_mbr` puts back the sector 0 vboot-install saved (here: a boot sector that prints a
+/// line) and boots it; `n` at the question writes nothing.
+#[test]
+fn recover_mbr_restores_and_boots_the_saved_boot_code() {
+    let dir = TempDir::new("raw-recover");
+    let original = guests::hello_guest(&dir.path, "orig", "ORIGINAL-MBR", 1);
+    let cfg = "set timeout=-1\nmenuentry 'Recover' {\n vboot recover_mbr\n}\n";
+    let part = dir.join("host-part.img");
+    disk::fat_volume(&part, 64 * 2048 - 2048, 32, &[disk::FileSpec::new("/boot/grub/grub.cfg", cfg)]);
+    let host_disk = disk::disk_from_partition(&dir, &part, 64);
+    // The disk's own boot code before vboot: the hello sector's first 440 bytes.
+    {
+        let code = std::fs::read(&original).unwrap();
+        let mut bytes = std::fs::read(&host_disk).unwrap();
+        bytes[..440].copy_from_slice(&code[..440]);
+        std::fs::write(&host_disk, bytes).unwrap();
+    }
+    let before = std::fs::read(&host_disk).unwrap()[..512].to_vec();
+    let (ok, out) = vboot_tests::vboot_install(&["install", host_disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    let installed = std::fs::read(&host_disk).unwrap()[..512].to_vec();
+
+    let mut q = Qemu::boot_disk(&host_disk);
+    q.expect("1. Recover", T);
+    q.send(b"1");
+    q.expect("Continue? [y/N]", T);
+    let mark = q.mark();
+    q.send(b"n");
+    q.expect_from(mark, "recover_mbr cancelled; nothing was written", T);
+    q.kill();
+    assert_eq!(std::fs::read(&host_disk).unwrap()[..512], installed[..], "cancelling wrote sector 0");
+
+    let mut q = Qemu::boot_disk(&host_disk);
+    q.expect("1. Recover", T);
+    q.send(b"1");
+    q.expect("Continue? [y/N]", T);
+    q.send(b"y");
+    q.expect("ORIGINAL-MBR", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS));
+    assert_eq!(std::fs::read(&host_disk).unwrap()[..512], before[..], "sector 0 is not the original");
+}
