@@ -496,3 +496,24 @@ pub fn hello_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathB
     std::fs::write(&img, bytes).unwrap();
     img
 }
+
+/// A guest that reads its whole boot disk with AH=42h (127 sectors a call), between the lines
+/// READ-START and READ-END, then exits QEMU with 33; in a raw image of `sectors` sectors filled
+/// with the probe pattern. Used by the benchmarks.
+pub fn reader_guest(dir: &Path, sectors: u64) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let build = dir.join("reader-build");
+    std::fs::create_dir_all(&build).unwrap();
+    let obj = build.join("reader.o");
+    let bin = build.join("reader.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/reader.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let img = dir.join("reader.img");
+    make_pattern_disk(&img, sectors);
+    let code = std::fs::read(&bin).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    use std::io::Write;
+    f.write_all(&code).unwrap();
+    img
+}

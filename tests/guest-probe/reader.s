@@ -1,0 +1,98 @@
+# Benchmark guest: print READ-START, read the whole boot disk with INT 13h AH=42h (127 sectors
+# per call into 1000:0000), print READ-END (or READ-FAIL), end QEMU with the pass code.
+.code16
+.global _start
+_start:
+    cli
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %ss
+    mov $0x7c00, %sp
+    sti
+    cld
+    mov %dl, drive
+    mov $msg_start, %si
+    call puts
+    # Sector count from AH=48h.
+    movw $0x1A, params
+    mov $params, %si
+    mov $0x48, %ah
+    mov drive, %dl
+    int $0x13
+    jc fail
+    mov params+16, %eax
+    mov %eax, remaining
+    movl $0, lba
+1:  mov remaining, %eax
+    test %eax, %eax
+    jz done
+    mov $127, %ecx
+    cmp %ecx, %eax
+    jae 2f
+    mov %eax, %ecx
+2:  mov %cx, dap_count
+    mov lba, %eax
+    mov %eax, dap_lba
+    mov $dap, %si
+    mov $0x42, %ah
+    mov drive, %dl
+    int $0x13
+    jc fail
+    movzwl dap_count, %eax
+    add %eax, lba
+    sub %eax, remaining
+    jmp 1b
+done:
+    mov $msg_end, %si
+    call puts
+    mov $0x10, %al
+    jmp exit
+fail:
+    mov $msg_fail, %si
+    call puts
+    mov $0x11, %al
+exit:
+    mov $0xf4, %dx
+    out %al, %dx
+3:  hlt
+    jmp 3b
+
+puts:
+    lodsb
+    test %al, %al
+    jz 5f
+    mov %al, %bl
+    mov $0x3fd, %dx
+    mov $0xffff, %cx
+4:  in %dx, %al
+    test $0x20, %al
+    loopz 4b
+    mov %bl, %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    jmp puts
+5:  mov $0x3fd, %dx
+    mov $0xffff, %cx
+6:  in %dx, %al
+    test $0x40, %al
+    loopz 6b
+    ret
+
+msg_start: .asciz "READ-START\r\n"
+msg_end:   .asciz "READ-END\r\n"
+msg_fail:  .asciz "READ-FAIL\r\n"
+.balign 4
+dap:
+    .byte 0x10, 0
+dap_count:
+    .word 0
+    .word 0, 0x1000
+dap_lba:
+    .long 0, 0
+drive: .byte 0
+.balign 4
+lba: .long 0
+remaining: .long 0
+params: .fill 0x1A, 1, 0
+.org 510
+.byte 0x55, 0xaa

@@ -1,0 +1,103 @@
+//! Benchmarks, not tests: `cargo xtask bench` runs them (they are #[ignore]d in `cargo test`).
+//! Figures are ratios measured in one run, absolute times only beside their baseline; the
+//! results go to target/bench.md for the README.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+use vboot_tests::qemu::{Config, Qemu, EXIT_PASS};
+use vboot_tests::{guests, vboot_host, workspace_root, HostImage, TempDir};
+
+const T: Duration = Duration::from_secs(300);
+
+/// Seconds between READ-START and READ-END as the host sees them on the serial line.
+fn timed_read(cfg: &Config) -> (f64, String) {
+    let mut q = Qemu::start(cfg);
+    q.expect("READ-START", T);
+    let start = Instant::now();
+    let out = q.expect("READ-END", T);
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", out);
+    (secs, out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+#[test]
+#[ignore]
+fn bench_all() {
+    let dir = TempDir::new("bench");
+    let mut report = String::new();
+    let accel = std::env::var("VBOOT_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into());
+    writeln!(report, "Measured with QEMU {} (accelerator {}), SeaBIOS, disks on virtio-blk.\n", qemu_version(), accel).unwrap();
+
+    // Sizes.
+    let stage1 = std::fs::read(workspace_root().join("target/vboot/stage1.bin")).unwrap();
+    let stage2 = std::fs::metadata(workspace_root().join("target/vboot/stage2.bin")).unwrap().len();
+    let code = stage1[..0x1A8].iter().rposition(|&b| b != 0).map(|p| p + 1).unwrap_or(0);
+    writeln!(report, "| what | figure |\n|---|---|").unwrap();
+    writeln!(report, "| stage1 code | {} of 424 bytes (0x000-0x1A7; patch area 0x1A8-0x1B7) |", code).unwrap();
+    writeln!(report, "| stage2.bin (with the embedded engine) | {} bytes ({} KiB, {} sectors) |", stage2, stage2 / 1024, stage2 / 512).unwrap();
+
+    // Read throughput: the same 64 MiB image read natively and through the hook.
+    let sectors = 64 * 2048;
+    let image = guests::reader_guest(&dir.path, sectors);
+    let host = vboot_host(
+        &dir,
+        160,
+        "set timeout=0\nmenuentry 'reader' {\n vboot harddisk=/reader.img\n}\n",
+        &[HostImage { path: "/reader.img", file: &image, pieces: 8 }],
+    );
+    let mut native = Vec::new();
+    let mut hooked = Vec::new();
+    let mut conv = String::new();
+    for _ in 0..3 {
+        native.push(timed_read(&Config::disk(&image)).0);
+        let (t, out) = timed_read(&Config::disk(&host.disk));
+        hooked.push(t);
+        if let Some(line) = out.lines().find(|l| l.contains("conventional memory") && l.contains("->")) {
+            conv = line.trim().to_string();
+        }
+    }
+    let (n, h) = (median(native), median(hooked));
+    writeln!(report, "| read 64 MiB, native virtio disk (baseline) | {:.2} s |", n).unwrap();
+    writeln!(report, "| read 64 MiB through vboot (raw image in 8 fragments on FAT32) | {:.2} s |", h).unwrap();
+    writeln!(report, "| hook / native throughput | **{:.2}** |", n / h).unwrap();
+    writeln!(report, "| memory taken | {} |", conv).unwrap();
+
+    // Time from the first stage2 line to the guest's first line (timeout=0), against the time
+    // from QEMU start to the same guest's first line when booted natively.
+    let hello = guests::hello_guest(&dir.path, "hello", "GUEST-HELLO", 2048);
+    let dir2 = TempDir::new("bench-boot");
+    let host2 = vboot_host(
+        &dir2,
+        64,
+        "set timeout=0\nmenuentry 'hello' {\n vboot harddisk=/hello.img\n}\n",
+        &[HostImage { path: "/hello.img", file: &hello, pieces: 1 }],
+    );
+    let mut to_guest = Vec::new();
+    let mut native_boot = Vec::new();
+    for _ in 0..3 {
+        let mut q = Qemu::boot_disk(&host2.disk);
+        q.expect("vboot 0.1.0", T);
+        let s = Instant::now();
+        q.expect("GUEST-HELLO", T);
+        to_guest.push(s.elapsed().as_secs_f64());
+        let mut q = Qemu::boot_disk(&hello);
+        let s = Instant::now();
+        q.expect("GUEST-HELLO", T);
+        native_boot.push(s.elapsed().as_secs_f64());
+    }
+    writeln!(report, "| QEMU start to the guest's first line, native (baseline) | {:.2} s |", median(native_boot)).unwrap();
+    writeln!(report, "| stage2 banner to the guest's first line (timeout=0) | {:.2} s |", median(to_guest)).unwrap();
+
+    println!("{}", report);
+    std::fs::write(workspace_root().join("target/bench.md"), &report).unwrap();
+}
+
+fn qemu_version() -> String {
+    let out = std::process::Command::new("qemu-system-i386").arg("--version").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").replace("QEMU emulator version ", "")
+}
