@@ -43,7 +43,6 @@ impl BiosRegs {
 extern "C" {
     fn bios_call(vector: u32, regs: *mut BiosRegs);
     fn real_mode_jump(cs_ip: u32, dl: u32) -> !;
-    static boot_drive: u8;
     #[link_name = "stage1_used_lba"]
     static STAGE1_USED_LBA: u8;
 }
@@ -63,11 +62,6 @@ pub fn call(vector: u8, regs: &mut BiosRegs) {
 /// Leave for real mode and jump to `segment:offset` with DL = `drive`. Does not return.
 pub fn jump_real_mode(segment: u16, offset: u16, drive: u8) -> ! {
     unsafe { real_mode_jump(((segment as u32) << 16) | offset as u32, drive as u32) }
-}
-
-/// The drive stage1 was loaded from.
-pub fn boot_drive_number() -> u8 {
-    unsafe { core::ptr::read_volatile(&raw const boot_drive) }
 }
 
 /// Segment:offset for a linear address below 1 MiB.

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use crate::console::{self, COLUMNS, ROWS};
 use crate::disk::BiosDisk;
-use crate::{bios, print, println};
+use crate::{bios, println};
 use vboot::block::Window;
 use vboot::config::{Config, GrubPath, VbootOptions};
 use vboot::fs::volume::{self, Volume};
@@ -282,7 +282,3 @@ fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, opts
     crate::resident::boot(disk, table, loaded, opts, files)
 }
 
-#[allow(dead_code)]
-fn unused() {
-    print!("");
-}

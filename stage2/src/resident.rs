@@ -128,7 +128,7 @@ fn image_format(disk: &mut BiosDisk, start_lba: u64, file: &File) -> Result<Opti
 pub fn boot(
     disk: &mut BiosDisk,
     table: &PartitionTable,
-    _loaded: &Loaded,
+    loaded: &Loaded,
     opts: &VbootOptions,
     files: Vec<(&'static str, u32, File)>,
 ) -> Result<(), String> {
@@ -136,6 +136,7 @@ pub fn boot(
         return crate::recover::recover_mbr(disk);
     }
     check_supported(opts)?;
+    println!("(grub.cfg: (hd0,{}){})", loaded.partition, loaded.path);
     let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };

@@ -228,6 +228,20 @@ impl Qemu {
         }
     }
 
+    /// The exit status if QEMU has exited (all its output read), else `None` at once.
+    pub fn try_exit(&mut self) -> Option<i32> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.drain();
+                Some(status.code().unwrap_or(-1))
+            }
+            _ => {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            }
+        }
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -5,6 +5,7 @@ use crate::{root, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(dead_code)] // the paths, for callers that want them; `build` only needs the files
 pub struct Artifacts {
     pub stage1: PathBuf,
     pub stage2: PathBuf,
