@@ -11,6 +11,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
+use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
 const ENTRY_BYTES: usize = 32;
@@ -1219,38 +1220,6 @@ fn utf16_to_string(units: &[u16]) -> String {
     char::decode_utf16(units.iter().copied()).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect()
 }
 
-/// Write file bytes through an extent list; partial sectors are read, patched and rewritten.
-fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
-    let end = offset_bytes.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
-    if end > file.size_bytes {
-        return Err(FsError::Unsupported(format!(
-            "{}: a write up to byte {} would pass the end of the file ({} bytes)",
-            file.path, end, file.size_bytes
-        )));
-    }
-    let mut done = 0usize;
-    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
-    while done < buf.len() {
-        let pos = offset_bytes + done as u64;
-        let sector = pos / SECTOR_BYTES as u64;
-        let skip = (pos % SECTOR_BYTES as u64) as usize;
-        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
-            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
-        })?;
-        let need_sectors = ((skip + (buf.len() - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
-        let n = run.min(need_sectors).min(64);
-        let bytes = n as usize * SECTOR_BYTES;
-        let take = (bytes - skip).min(buf.len() - done);
-        if skip != 0 || take < bytes {
-            dev.read_sectors(lba, &mut chunk[..bytes])?;
-        }
-        chunk[skip..skip + take].copy_from_slice(&buf[done..done + take]);
-        dev.write_sectors(lba, &chunk[..bytes])?;
-        done += take;
-    }
-    Ok(done)
-}
-
 /// Expand the up-case table: a run `FFFF n` stands for `n` characters that map to themselves.
 fn expand_upcase(raw: &[u8]) -> Vec<u16> {
     let mut out: Vec<u16> = Vec::with_capacity(65536);
@@ -1335,37 +1304,6 @@ fn parse_entry_sets(data: &[u8]) -> Result<Vec<Record>, FsError> {
         i += set.len();
     }
     Ok(out)
-}
-
-/// Copy file bytes through an extent list, reading whole sectors and coalescing contiguous runs.
-fn read_via_extents<D: BlockDevice>(
-    dev: &mut D,
-    file: &File,
-    offset_bytes: u64,
-    buf: &mut [u8],
-) -> Result<usize, FsError> {
-    if offset_bytes >= file.size_bytes {
-        return Ok(0);
-    }
-    let want = (buf.len() as u64).min(file.size_bytes - offset_bytes) as usize;
-    let mut done = 0usize;
-    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
-    while done < want {
-        let pos = offset_bytes + done as u64;
-        let sector = pos / SECTOR_BYTES as u64;
-        let skip = (pos % SECTOR_BYTES as u64) as usize;
-        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
-            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
-        })?;
-        let need_sectors = ((skip + (want - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
-        let n = run.min(need_sectors).min(64);
-        let bytes = n as usize * SECTOR_BYTES;
-        dev.read_sectors(lba, &mut chunk[..bytes])?;
-        let take = (bytes - skip).min(want - done);
-        buf[done..done + take].copy_from_slice(&chunk[skip..skip + take]);
-        done += take;
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::block::BlockError;
+use crate::block::{BlockDevice, BlockError, SECTOR_BYTES};
+use alloc::{format, vec};
 
 pub mod exfat;
 pub mod ext;
@@ -168,6 +169,71 @@ impl fmt::Display for FsError {
 /// Split a path on `/` and `\`, dropping empty parts and `.`.
 pub fn path_components(path: &str) -> impl Iterator<Item = &str> {
     path.split(|c| c == '/' || c == '\\').filter(|p| !p.is_empty() && *p != ".")
+}
+
+// Byte access to a file through its extent list, shared by the readers.
+
+/// Copy file bytes through an extent list, reading whole sectors and coalescing contiguous runs.
+pub fn read_via_extents<D: BlockDevice>(
+    dev: &mut D,
+    file: &File,
+    offset_bytes: u64,
+    buf: &mut [u8],
+) -> Result<usize, FsError> {
+    if offset_bytes >= file.size_bytes {
+        return Ok(0);
+    }
+    let want = (buf.len() as u64).min(file.size_bytes - offset_bytes) as usize;
+    let mut done = 0usize;
+    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
+    while done < want {
+        let pos = offset_bytes + done as u64;
+        let sector = pos / SECTOR_BYTES as u64;
+        let skip = (pos % SECTOR_BYTES as u64) as usize;
+        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
+            FsError::Corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
+        })?;
+        let need_sectors = ((skip + (want - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
+        let n = run.min(need_sectors).min(64);
+        let bytes = n as usize * SECTOR_BYTES;
+        dev.read_sectors(lba, &mut chunk[..bytes])?;
+        let take = (bytes - skip).min(want - done);
+        buf[done..done + take].copy_from_slice(&chunk[skip..skip + take]);
+        done += take;
+    }
+    Ok(done)
+}
+
+/// Write file bytes through an extent list; partial sectors are read, patched and rewritten.
+pub fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
+    let end = offset_bytes.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
+    if end > file.size_bytes {
+        return Err(FsError::Unsupported(format!(
+            "{}: a write up to byte {} would pass the end of the file ({} bytes)",
+            file.path, end, file.size_bytes
+        )));
+    }
+    let mut done = 0usize;
+    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
+    while done < buf.len() {
+        let pos = offset_bytes + done as u64;
+        let sector = pos / SECTOR_BYTES as u64;
+        let skip = (pos % SECTOR_BYTES as u64) as usize;
+        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
+            FsError::Corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
+        })?;
+        let need_sectors = ((skip + (buf.len() - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
+        let n = run.min(need_sectors).min(64);
+        let bytes = n as usize * SECTOR_BYTES;
+        let take = (bytes - skip).min(buf.len() - done);
+        if skip != 0 || take < bytes {
+            dev.read_sectors(lba, &mut chunk[..bytes])?;
+        }
+        chunk[skip..skip + take].copy_from_slice(&buf[done..done + take]);
+        dev.write_sectors(lba, &chunk[..bytes])?;
+        done += take;
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

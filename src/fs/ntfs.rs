@@ -14,6 +14,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
+use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
 const ATTR_ATTRIBUTE_LIST: u32 = 0x20;
@@ -940,38 +941,6 @@ fn size_from_clusters_field(v: i8, cluster_bytes: u64) -> Option<u64> {
     }
 }
 
-/// Write file bytes through an extent list; partial sectors are read, patched and rewritten.
-fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes: u64, buf: &[u8]) -> Result<usize, FsError> {
-    let end = offset_bytes.checked_add(buf.len() as u64).unwrap_or(u64::MAX);
-    if end > file.size_bytes {
-        return Err(FsError::Unsupported(format!(
-            "{}: a write up to byte {} would pass the end of the file ({} bytes)",
-            file.path, end, file.size_bytes
-        )));
-    }
-    let mut done = 0usize;
-    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
-    while done < buf.len() {
-        let pos = offset_bytes + done as u64;
-        let sector = pos / SECTOR_BYTES as u64;
-        let skip = (pos % SECTOR_BYTES as u64) as usize;
-        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
-            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
-        })?;
-        let need_sectors = ((skip + (buf.len() - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
-        let n = run.min(need_sectors).min(64);
-        let bytes = n as usize * SECTOR_BYTES;
-        let take = (bytes - skip).min(buf.len() - done);
-        if skip != 0 || take < bytes {
-            dev.read_sectors(lba, &mut chunk[..bytes])?;
-        }
-        chunk[skip..skip + take].copy_from_slice(&buf[done..done + take]);
-        dev.write_sectors(lba, &chunk[..bytes])?;
-        done += take;
-    }
-    Ok(done)
-}
-
 /// Read `buf.len()` bytes at byte `offset` of the device, whatever their alignment.
 fn read_bytes<D: BlockDevice>(dev: &mut D, offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
     let first = offset / SECTOR_BYTES as u64;
@@ -985,37 +954,6 @@ fn read_bytes<D: BlockDevice>(dev: &mut D, offset: u64, buf: &mut [u8]) -> Resul
     dev.read_sectors(first, &mut tmp)?;
     buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
     Ok(())
-}
-
-/// Copy file bytes through an extent list, reading whole sectors and coalescing contiguous runs.
-fn read_via_extents<D: BlockDevice>(
-    dev: &mut D,
-    file: &File,
-    offset_bytes: u64,
-    buf: &mut [u8],
-) -> Result<usize, FsError> {
-    if offset_bytes >= file.size_bytes {
-        return Ok(0);
-    }
-    let want = (buf.len() as u64).min(file.size_bytes - offset_bytes) as usize;
-    let mut done = 0usize;
-    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
-    while done < want {
-        let pos = offset_bytes + done as u64;
-        let sector = pos / SECTOR_BYTES as u64;
-        let skip = (pos % SECTOR_BYTES as u64) as usize;
-        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
-            corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
-        })?;
-        let need_sectors = ((skip + (want - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
-        let n = run.min(need_sectors).min(64);
-        let bytes = n as usize * SECTOR_BYTES;
-        dev.read_sectors(lba, &mut chunk[..bytes])?;
-        let take = (bytes - skip).min(want - done);
-        buf[done..done + take].copy_from_slice(&chunk[skip..skip + take]);
-        done += take;
-    }
-    Ok(done)
 }
 
 #[cfg(test)]
