@@ -414,6 +414,8 @@ pub fn busybox_initramfs(out: &Path) -> PathBuf {
         "#!/bin/busybox sh\n\
          /bin/busybox mkdir -p /dev /proc\n\
          /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox sed 's/^/IOMEM /' /proc/iomem > /dev/ttyS0\n\
          echo {ok} > /dev/ttyS0\n\
          echo {ok}\n\
          /bin/busybox printf '\\020' | /bin/busybox dd of=/dev/port bs=1 seek=244 2>/dev/null\n\

@@ -111,8 +111,30 @@ fn syslinux_and_linux_boot_from_a_raw_image() {
     cfg.x86_64 = true;
     cfg.memory_mib = 256;
     let mut q = Qemu::start(&cfg);
-    q.expect(guests::LINUX_OK, Duration::from_secs(180));
-    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+    let out = q.expect(guests::LINUX_OK, Duration::from_secs(180));
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", out);
+    // The kernel built its memory map from vboot's INT 15h E820 answers: the stub (top 3 KiB of
+    // conventional memory) and the engine (at the top of RAM) are not System RAM.
+    let resident = out
+        .lines()
+        .find(|l| l.starts_with("Resident: "))
+        .unwrap_or_else(|| panic!("no Resident line:\n{}", out));
+    let engine_at = u64::from_str_radix(resident.rsplit("at 0x").next().unwrap().trim(), 16).unwrap();
+    let ram: Vec<(u64, u64)> = out
+        .lines()
+        .filter(|l| l.starts_with("IOMEM ") && l.ends_with(": System RAM"))
+        .filter_map(|l| {
+            let range = l.trim_start_matches("IOMEM ").split(' ').next()?;
+            let (a, b) = range.split_once('-')?;
+            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+        })
+        .collect();
+    assert!(!ram.is_empty(), "no System RAM lines from /proc/iomem:\n{}", out);
+    assert!(ram.contains(&(0x1000, 0x9efff)), "conventional memory should end at 636 KiB: {:x?}", ram);
+    for (a, b) in &ram {
+        assert!(*b < engine_at || *a > engine_at, "the engine at {:#x} is inside System RAM {:#x}-{:#x}", engine_at, a, b);
+        assert!(*b < 0x9f000 || *a > 0x9fbff, "the stub is inside System RAM {:#x}-{:#x}", a, b);
+    }
 }
 
 #[test]

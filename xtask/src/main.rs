@@ -74,6 +74,10 @@ fn test(extra: &[String]) -> Result<(), String> {
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {
+    // The image layer on the host: lookups and reads at chain depth 1, 8 and 64.
+    run(Command::new("cargo").current_dir(root()).args([
+        "test", "--release", "-p", "vboot-tests", "--test", "image_formats", "bench_depth", "--", "--ignored", "--nocapture",
+    ]))?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root())
         .args(["test", "--release", "-p", "vboot-tests", "--test", "bench", "--", "--ignored", "--nocapture", "--test-threads=1"]);
