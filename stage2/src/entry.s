@@ -294,3 +294,54 @@ stage_patch_ptr:
 stack_bottom:
     .skip 65536
 stack_top:
+
+# CPU exceptions in protected mode: each stub pushes a dummy error code where the CPU pushes
+# none, then the vector, and lands in `cpu_exception` (Rust), which reports and waits for a key,
+# instead of the triple fault an empty IDT would give.
+.section .text
+.code32
+.macro EXC_NOERR n
+exc_\n:
+    push $0
+    push $\n
+    jmp exc_common
+.endm
+.macro EXC_ERR n
+exc_\n:
+    push $\n
+    jmp exc_common
+.endm
+EXC_NOERR 0
+EXC_NOERR 1
+EXC_NOERR 2
+EXC_NOERR 3
+EXC_NOERR 4
+EXC_NOERR 5
+EXC_NOERR 6
+EXC_NOERR 7
+EXC_ERR 8
+EXC_NOERR 9
+EXC_ERR 10
+EXC_ERR 11
+EXC_ERR 12
+EXC_ERR 13
+EXC_ERR 14
+EXC_NOERR 15
+EXC_NOERR 16
+EXC_ERR 17
+EXC_NOERR 18
+EXC_NOERR 19
+exc_common:
+    cld
+    push %esp
+    call cpu_exception
+1:  cli
+    hlt
+    jmp 1b
+
+.section .rodata
+.balign 4
+.global exception_stubs
+exception_stubs:
+    .long exc_0, exc_1, exc_2, exc_3, exc_4, exc_5, exc_6, exc_7, exc_8, exc_9
+    .long exc_10, exc_11, exc_12, exc_13, exc_14, exc_15, exc_16, exc_17, exc_18, exc_19

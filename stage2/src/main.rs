@@ -33,9 +33,59 @@ pub fn heap_end() -> u32 {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Protected-mode IDT: the first 20 vectors (CPU exceptions) go to `cpu_exception`.
+static mut IDT: [u64; 20] = [0; 20];
+
+extern "C" {
+    static exception_stubs: [u32; 20];
+}
+
+fn install_idt() {
+    unsafe {
+        for (i, &handler) in (*&raw const exception_stubs).iter().enumerate() {
+            // 32-bit interrupt gate, present, DPL 0, selector 0x08 (flat code).
+            IDT[i] = (handler as u64 & 0xFFFF)
+                | (0x08u64 << 16)
+                | (0x8Eu64 << 40)
+                | ((handler as u64 >> 16) << 48);
+        }
+        let pointer: [u16; 3] = [(20 * 8 - 1) as u16, (&raw const IDT as u32) as u16, ((&raw const IDT as u32) >> 16) as u16];
+        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack));
+    }
+}
+
+/// What the exception stubs push, lowest address first.
+#[repr(C)]
+pub struct ExceptionFrame {
+    vector: u32,
+    error_code: u32,
+    eip: u32,
+    cs: u32,
+    eflags: u32,
+}
+
+#[no_mangle]
+extern "C" fn cpu_exception(frame: &ExceptionFrame) -> ! {
+    // No allocation here: the exception may come before the heap exists.
+    console::console().attr = console::ATTR_ERROR;
+    println!(
+        "\nvboot: CPU exception {} (error code {:#x}) at EIP {:#010x}, CS {:#x}, EFLAGS {:#x}",
+        frame.vector,
+        frame.error_code,
+        frame.eip,
+        frame.cs,
+        frame.eflags
+    );
+    fatal("this is a bug in vboot; please report the line above")
+}
+
 #[no_mangle]
 pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
+    install_idt();
     console::console().init();
+    if option_env!("VBOOT_TEST_EXCEPTION").is_some() {
+        unsafe { core::arch::asm!("ud2") };
+    }
     println!("vboot {} - boots operating systems from virtual disk files", VERSION);
     if a20_ok == 0 {
         fatal("the A20 line could not be enabled; memory above 1 MiB is unusable");
