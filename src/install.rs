@@ -112,6 +112,8 @@ pub struct InstallRecord {
     /// Bit 0: the original sector 0 is saved at `stage2_lba - 1`.
     pub flags: u32,
     pub vboot_version: [u8; 16],
+    /// Sectors of the engine blob right after stage2 (0: none).
+    pub engine_sectors: u32,
 }
 
 pub const RECORD_FLAG_SAVED_MBR: u32 = 1;
@@ -142,7 +144,8 @@ impl core::fmt::Display for RecordError {
 
 impl InstallRecord {
     // Layout: magic 0..8, version 8..12, stage2_lba 12..20, stage2_sectors 20..24,
-    // config_partition 24..28, flags 28..32, vboot_version 32..48, crc32 of 0..508 at 508..512.
+    // config_partition 24..28, flags 28..32, vboot_version 32..48, engine_sectors 48..52,
+    // crc32 of 0..508 at 508..512.
     pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
         let mut s = [0u8; SECTOR_BYTES];
         s[0..8].copy_from_slice(&RECORD_MAGIC);
@@ -152,6 +155,7 @@ impl InstallRecord {
         s[24..28].copy_from_slice(&self.config_partition.to_le_bytes());
         s[28..32].copy_from_slice(&self.flags.to_le_bytes());
         s[32..48].copy_from_slice(&self.vboot_version);
+        s[48..52].copy_from_slice(&self.engine_sectors.to_le_bytes());
         let crc = crc32(&s[..508]);
         s[508..].copy_from_slice(&crc.to_le_bytes());
         s
@@ -181,6 +185,7 @@ impl InstallRecord {
             config_partition: le32(24),
             flags: le32(28),
             vboot_version,
+            engine_sectors: le32(48),
         })
     }
 
@@ -190,6 +195,37 @@ impl InstallRecord {
     pub fn saved_mbr_lba(&self) -> u64 {
         self.stage2_lba - 1
     }
+}
+
+/// Magic of the resident engine's blob, which the installer writes right after stage2.
+pub const ENGINE_MAGIC: [u8; 8] = *b"VBENGBLB";
+
+/// The engine as it sits on disk: one header sector (magic, ELF length, CRC-32 of the ELF),
+/// then the stripped ELF, padded to whole sectors. stage2 finds it at `stage2_lba +
+/// stage2_sectors`, loads it only when it boots an image, checks it and relocates it.
+pub fn engine_blob(elf: &[u8]) -> alloc::vec::Vec<u8> {
+    let mut out = alloc::vec![0u8; SECTOR_BYTES];
+    out[0..8].copy_from_slice(&ENGINE_MAGIC);
+    out[8..12].copy_from_slice(&(elf.len() as u32).to_le_bytes());
+    out[12..16].copy_from_slice(&crc32(elf).to_le_bytes());
+    out.extend_from_slice(elf);
+    out.resize(out.len().div_ceil(SECTOR_BYTES) * SECTOR_BYTES, 0);
+    out
+}
+
+/// From an engine blob's first sector: the ELF length and its CRC-32.
+pub fn engine_blob_header(sector: &[u8; SECTOR_BYTES]) -> Option<(u32, u32)> {
+    if sector[0..8] != ENGINE_MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([sector[8], sector[9], sector[10], sector[11]]);
+    let crc = u32::from_le_bytes([sector[12], sector[13], sector[14], sector[15]]);
+    (len > 0 && len < 16 << 20).then_some((len, crc))
+}
+
+/// Sectors an engine blob of an ELF of `elf_bytes` takes.
+pub fn engine_blob_sectors(elf_bytes: u32) -> u64 {
+    1 + (elf_bytes as u64).div_ceil(SECTOR_BYTES as u64)
 }
 
 /// Sector 0 as it should be after putting `original` back while keeping what the user has changed
@@ -309,6 +345,7 @@ pub fn plan_install<D: BlockDevice>(
     disk: &mut D,
     stage1: &[u8; SECTOR_BYTES],
     stage2: &[u8],
+    engine_blob: &[u8],
     opts: &InstallOptions,
 ) -> Result<InstallPlan, String> {
     let header = Stage2Header::parse(stage2)
@@ -342,8 +379,14 @@ pub fn plan_install<D: BlockDevice>(
     let table: PartitionTable = part::read_partitions(disk).map_err(|e| format!("{}", e))?;
     let mut notes: Vec<String> = table.warnings.clone();
 
-    // Where the record, the saved sector 0 and stage2 go.
-    let needed = 2 + stage2_sectors;
+    let mut blob_head = [0u8; SECTOR_BYTES];
+    blob_head.copy_from_slice(engine_blob.get(..SECTOR_BYTES).ok_or("the engine blob is empty")?);
+    if engine_blob_header(&blob_head).is_none() || engine_blob.len() % SECTOR_BYTES != 0 {
+        return Err(String::from("engine.bin is not a vboot engine blob; rebuild with `cargo xtask build`"));
+    }
+    let engine_sectors = (engine_blob.len() / SECTOR_BYTES) as u64;
+    // Where the record, the saved sector 0, stage2 and the engine go.
+    let needed = 2 + stage2_sectors + engine_sectors;
     let record_lba = match table.scheme {
         Scheme::Mbr => {
             let first_start = table.partitions.iter().map(|p| p.start_lba).min().unwrap_or(disk_sectors);
@@ -453,6 +496,7 @@ pub fn plan_install<D: BlockDevice>(
         config_partition,
         flags: RECORD_FLAG_SAVED_MBR,
         vboot_version: version,
+        engine_sectors: engine_sectors as u32,
     };
     let patch = StagePatch {
         stage2_lba,
@@ -466,6 +510,7 @@ pub fn plan_install<D: BlockDevice>(
     let writes = alloc::vec![
         SectorWrite { lba: record.saved_mbr_lba(), bytes: saved_mbr.to_vec(), what: "saved original sector 0" },
         SectorWrite { lba: stage2_lba, bytes: stage2_padded, what: "stage2" },
+        SectorWrite { lba: stage2_lba + stage2_sectors, bytes: engine_blob.to_vec(), what: "resident engine" },
         SectorWrite { lba: record_lba, bytes: record.to_sector().to_vec(), what: "install record" },
         SectorWrite { lba: 0, bytes: merge_stage1(stage1, &sector0, &patch).to_vec(), what: "stage1 in sector 0" },
     ];
@@ -482,12 +527,12 @@ pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Ve
     let mut saved = [0u8; SECTOR_BYTES];
     disk.read_sectors(record.saved_mbr_lba(), &mut saved).map_err(|e| format!("cannot read the saved MBR: {}", e))?;
     let restored = restore_boot_code(&saved, &sector0);
-    let clear = alloc::vec![0u8; (2 + record.stage2_sectors as usize) * SECTOR_BYTES];
+    let clear = alloc::vec![0u8; (2 + record.stage2_sectors as usize + record.engine_sectors as usize) * SECTOR_BYTES];
     Ok((
         record,
         alloc::vec![
             SectorWrite { lba: 0, bytes: restored.to_vec(), what: "original boot code in sector 0" },
-            SectorWrite { lba: record.record_lba(), bytes: clear, what: "clear record, saved copy and stage2" },
+            SectorWrite { lba: record.record_lba(), bytes: clear, what: "clear record, saved copy, stage2 and engine" },
         ],
     ))
 }
@@ -528,6 +573,7 @@ mod tests {
             config_partition: 1,
             flags: RECORD_FLAG_SAVED_MBR,
             vboot_version: *b"0.1.0\0\0\0\0\0\0\0\0\0\0\0",
+            engine_sectors: 420,
         };
         let mut s = r.to_sector();
         assert_eq!(InstallRecord::from_sector(&s), Ok(r));

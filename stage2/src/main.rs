@@ -150,6 +150,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         { patch.stage2_sectors },
         if bios::stage1_used_lba() { "LBA" } else { "CHS" }
     );
+    unsafe { resident::ENGINE_LBA = { patch.stage2_lba } + { patch.stage2_sectors } as u64 };
     let record = read_record(&mut boot_disk, &patch);
     match &record {
         Ok(r) => println!(

@@ -14,7 +14,34 @@ use vboot::fs::File;
 use vboot::part::PartitionTable;
 use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedKind, PlannedLayer};
 
-static ENGINE_ELF: &[u8] = include_bytes!(env!("VBOOT_ENGINE_ELF"));
+/// Where the engine blob is on the boot disk: right after stage2 (set by stage2_main).
+pub static mut ENGINE_LBA: u64 = 0;
+
+/// Read the engine blob that vboot-install wrote after stage2, and check it.
+fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
+    use vboot::block::BlockDevice;
+    let lba = unsafe { ENGINE_LBA };
+    let mut head = [0u8; 512];
+    disk.read_sectors(lba, &mut head).map_err(|e| format!("reading the resident engine at sector {}: {}", lba, e))?;
+    let (len, crc) = vboot::install::engine_blob_header(&head).ok_or_else(|| {
+        format!(
+            "no resident engine after stage2 (sector {}): install vboot with vboot-install, or dd \
+             target/vboot/engine.bin right after stage2.bin",
+            lba
+        )
+    })?;
+    let mut elf = alloc::vec![0u8; (len as usize).div_ceil(512) * 512];
+    disk.read_sectors(lba + 1, &mut elf).map_err(|e| format!("reading the resident engine: {}", e))?;
+    elf.truncate(len as usize);
+    let computed = vboot::crc32::crc32(&elf);
+    if computed != crc {
+        return Err(format!(
+            "the resident engine on disk is damaged (CRC-32 {:#010x}, expected {:#010x}); reinstall vboot",
+            computed, crc
+        ));
+    }
+    Ok(elf)
+}
 
 extern "C" {
     static stub_start: u8;
@@ -166,7 +193,8 @@ pub fn boot(
             path: file.path.clone(),
         }],
     };
-    go_resident(alloc::vec![drive])?;
+    let engine = load_engine(disk)?;
+    go_resident(&engine, alloc::vec![drive])?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -200,8 +228,8 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
-fn go_resident(drives: Vec<PlannedDrive>) -> Result<(), String> {
-    let image_bytes = vboot::elf::image_bytes(ENGINE_ELF)?;
+fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>) -> Result<(), String> {
+    let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
     // The stub: top of conventional memory.
@@ -250,7 +278,7 @@ fn go_resident(drives: Vec<PlannedDrive>) -> Result<(), String> {
 
     // Copy and relocate the engine; the plan goes after its stack.
     let dest = unsafe { core::slice::from_raw_parts_mut(region as *mut u8, image_bytes as usize) };
-    vboot::elf::load_relocated(ENGINE_ELF, dest, region)?;
+    vboot::elf::load_relocated(engine_elf, dest, region)?;
     let header: &EngineHeader = unsafe { &*(region as *const EngineHeader) };
     if &header.magic != b"VBENGINE" {
         return Err(String::from("internal: the embedded engine has no header"));

@@ -60,7 +60,9 @@ pub fn build_firmware() -> Result<Artifacts, String> {
         .arg("--strip-all")
         .arg(root.join("stage2/engine/target/engine-target/release/engine"))
         .arg(&engine_elf))?;
-    nightly_build_with(&root.join("stage2"), &[("VBOOT_ENGINE_ELF", engine_elf.to_str().unwrap_or_default())])?;
+    let elf = std::fs::read(&engine_elf).map_err(|e| e.to_string())?;
+    std::fs::write(out_dir.join("engine.bin"), vboot::install::engine_blob(&elf)).map_err(|e| e.to_string())?;
+    nightly_build(&root.join("stage2"))?;
     let mut stage2 = flatten(
         &root.join("stage2/target/x86-32-target/release/stage2"),
         &out_dir.join("stage2.bin"),
@@ -95,7 +97,11 @@ pub fn build_firmware() -> Result<Artifacts, String> {
     patch.write(&mut sector);
     std::fs::write(out_dir.join("stage1.bin"), sector).map_err(|e| e.to_string())?;
 
-    eprintln!("xtask: target/vboot/stage1.bin 512 bytes, target/vboot/stage2.bin {} bytes", stage2.len());
+    eprintln!(
+        "xtask: target/vboot/stage1.bin 512 bytes, target/vboot/stage2.bin {} bytes, target/vboot/engine.bin {} bytes",
+        stage2.len(),
+        vboot::install::engine_blob_sectors(elf.len() as u32) * 512
+    );
     Ok(Artifacts { stage1: out_dir.join("stage1.bin"), stage2: out_dir.join("stage2.bin") })
 }
 

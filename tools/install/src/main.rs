@@ -23,7 +23,7 @@ install      write stage1 into sector 0 (keeping the disk signature and partitio
                   with a filesystem vboot reads
   --force         overwrite data in the gap or BIOS boot partition that is not an earlier vboot
   --force-chs     make stage1 load stage2 with CHS reads, for BIOSes with broken extensions
-  --stage-dir DIR where stage1.bin and stage2.bin are (default: ../vboot next to this program,
+  --stage-dir DIR where stage1.bin, stage2.bin and engine.bin are (default: ../vboot next to this program,
                   i.e. target/vboot, or $VBOOT_STAGE_DIR)
   --dry-run       check and show what would be written, write nothing
 uninstall    put back the sector 0 saved at install time (keeping the current partition table)
@@ -151,6 +151,7 @@ fn run(args: &[String]) -> Result<(), String> {
             };
             let stage1 = read("stage1.bin")?;
             let stage2 = read("stage2.bin")?;
+            let engine = read("engine.bin")?;
             let stage1: [u8; SECTOR_BYTES] = stage1
                 .try_into()
                 .map_err(|_| "stage1.bin must be exactly 512 bytes".to_string())?;
@@ -158,7 +159,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 return Err("stage1.bin is not vboot's stage1 (no patch area)".into());
             }
             let mut disk = open_disk(&a.disk, !a.dry_run)?;
-            let plan = install::plan_install(&mut disk, &stage1, &stage2, &a.opts)?;
+            let plan = install::plan_install(&mut disk, &stage1, &stage2, &engine, &a.opts)?;
             println!("Installing vboot on {} ({:?} partition table)", a.disk.display(), plan.scheme);
             for n in &plan.notes {
                 println!("  note: {}", n);
@@ -201,6 +202,7 @@ fn status(path: &Path) -> Result<(), String> {
     println!("{}: vboot is installed", path.display());
     println!("  version:          {}", core::str::from_utf8(&record.vboot_version).unwrap_or("?").trim_end_matches('\0'));
     println!("  stage2:           LBA {}, {} sectors", record.stage2_lba, record.stage2_sectors);
+    println!("  engine:           LBA {}, {} sectors", record.stage2_lba + record.stage2_sectors as u64, record.engine_sectors);
     match header {
         Some(h) if h.sectors == record.stage2_sectors => println!("  stage2 header:    ok, version {}", h.version_str()),
         Some(h) => println!("  stage2 header:    says {} sectors, record says {}", h.sectors, record.stage2_sectors),
