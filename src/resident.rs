@@ -59,6 +59,8 @@ pub struct Plan {
     /// The memory map the guest gets from E820 (vboot's own ranges already reserved).
     pub memory_map: Vec<E820Entry>,
     pub drives: Vec<PlannedDrive>,
+    /// `parent_dir=` of the entry, as a path on the image's partition.
+    pub parent_dir: Option<String>,
 }
 
 struct Writer(Vec<u8>);
@@ -139,6 +141,13 @@ impl Plan {
                 }
             }
         }
+        match &self.parent_dir {
+            Some(d) => {
+                w.u8(1);
+                w.bytes(d.as_bytes());
+            }
+            None => w.u8(0),
+        }
         w.0
     }
 
@@ -174,6 +183,10 @@ impl Plan {
                 layers.push(PlannedLayer { format, size_bytes, extents, path });
             }
             plan.drives.push(PlannedDrive { number, kind, read_only, host_drive, layers });
+        }
+        if r.u8()? == 1 {
+            let n = r.count(4096)?;
+            plan.parent_dir = Some(String::from_utf8_lossy(r.take(n)?).into_owned());
         }
         Ok(plan)
     }
@@ -277,6 +290,7 @@ mod tests {
                 host_drive: 0x80,
                 layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext, path: "/dos.img".into() }],
             }],
+            parent_dir: Some("/vms/base".into()),
         };
         let b = plan.to_bytes();
         assert_eq!(Plan::from_bytes(&b), Ok(plan));

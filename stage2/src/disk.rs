@@ -13,6 +13,7 @@ pub struct Chs {
     pub sectors_per_track: u32,
 }
 
+#[derive(Clone)]
 pub struct BiosDisk {
     pub drive: u8,
     pub sectors: u64,

@@ -9,6 +9,7 @@ extern crate alloc;
 mod bios;
 mod console;
 mod disk;
+mod images;
 mod memmap;
 
 use linked_list_allocator::LockedHeap;

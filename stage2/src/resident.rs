@@ -168,33 +168,56 @@ pub fn boot(
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
     let part = table.find(part_number).ok_or("partition vanished")?;
-    if file.size_bytes % 512 != 0 {
+    if file.size_bytes == 0 {
+        return Err(format!("{} is empty", file.path));
+    }
+    if let Some(fmt @ ("VHDX" | "QCOW2")) = image_format(disk, part.start_lba, &file)? {
+        return Err(format!("{} is a {} image; vboot boots raw, VHD, VMDK and VDI images", file.path, fmt));
+    }
+    // Walk the chain from the leaf up, on the image's partition, as the engine will again.
+    let parent_dir = match &opts.parent_dir {
+        Some(p) if p.disk.is_none() || (p.disk == Some(0) && p.partition.map(|x| x.number) == Some(part_number)) => {
+            Some(p.path.clone())
+        }
+        Some(p) => return Err(format!("parent_dir={}: it must be on the image's partition (hd0,{})", p, part_number)),
+        None => None,
+    };
+    let mut locator =
+        crate::images::FsLocator { disk: disk.clone(), start_lba: part.start_lba, sectors: part.sectors, opened: Vec::new() };
+    let chain_opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
+    let (layers, warnings) = vboot::image::open_chain(&file.path, &mut locator, &chain_opts).map_err(|e| format!("{}", e))?;
+    for w in &warnings {
+        println!("  warning: {}", w);
+    }
+    let raw = layers.len() == 1 && layers[0].format() == vboot::image::Format::Raw;
+    for (i, l) in layers.iter().enumerate() {
+        println!(
+            "  {} {}: {} ({} sectors)",
+            if i == 0 { "image" } else { "parent" },
+            l.name(),
+            if raw { String::from("raw") } else { format!("{} {}", l.format().as_str(), l.variant()) },
+            l.virtual_sectors()
+        );
+    }
+    drop(layers);
+    if raw && file.size_bytes % 512 != 0 {
         return Err(format!(
             "{} is {} bytes, not a whole number of 512-byte sectors, so it cannot be a raw disk image",
             file.path, file.size_bytes
         ));
     }
-    if file.size_bytes == 0 {
-        return Err(format!("{} is empty", file.path));
-    }
-    if let Some(fmt) = image_format(disk, part.start_lba, &file)? {
-        return Err(format!("{} is a {} image; this version of vboot boots raw images only", file.path, fmt));
-    }
-
-    let drive = PlannedDrive {
-        number: 0x80,
-        kind: PlannedKind::HardDisk,
-        read_only: false,
-        host_drive: disk.drive,
-        layers: alloc::vec![PlannedLayer {
-            format: 0,
-            size_bytes: file.size_bytes,
-            extents: file.extents.to_host(part.start_lba),
-            path: file.path.clone(),
-        }],
+    let files: Vec<PlannedLayer> = if raw {
+        alloc::vec![PlannedLayer { format: 0, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
+    } else {
+        locator
+            .opened
+            .iter()
+            .map(|(path, f)| PlannedLayer { format: 1, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba), path: path.clone() })
+            .collect()
     };
+    let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files };
     let engine = load_engine(disk)?;
-    go_resident(&engine, alloc::vec![drive])?;
+    go_resident(&engine, alloc::vec![drive], parent_dir)?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -228,7 +251,7 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
-fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>) -> Result<(), String> {
+fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>) -> Result<(), String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
@@ -251,7 +274,7 @@ fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>) -> Result<(), Strin
     let mut e820: Vec<E820Entry> =
         map.regions.iter().map(|r| E820Entry { base: r.base, length: r.length, kind: r.kind }).collect();
     e820.sort_by_key(|e| e.base);
-    let mut plan = Plan { memory_map: Vec::new(), drives };
+    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
     let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + ENGINE_HEAP_BYTES + 0xFFFF) & !0xFFFF;

@@ -158,23 +158,23 @@ fn images_that_cannot_be_booted_are_refused_with_a_reason() {
     std::fs::write(&odd, vec![0u8; 5000]).unwrap();
     let blank = dir.join("blank.img");
     std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
-    let vhd = dir.join("disk.vhd");
-    sh(Command::new("qemu-img").args(["create", "-q", "-f", "vpc", "-o", "subformat=fixed"]).arg(&vhd).arg("4M"));
+    let vhd = dir.join("disk.vhdx");
+    sh(Command::new("qemu-img").args(["create", "-q", "-f", "vhdx"]).arg(&vhd).arg("4M"));
     let cfg = "set timeout=-1\n\
         menuentry 'odd' {\n vboot harddisk=/odd.img\n}\n\
         menuentry 'blank' {\n vboot harddisk=/blank.img\n}\n\
-        menuentry 'vhd' {\n vboot harddisk=/disk.vhd\n}\n\
+        menuentry 'vhdx' {\n vboot harddisk=/disk.vhdx\n}\n\
         menuentry 'iso' {\n vboot cdrom=/blank.img\n}\n";
     let host = vboot_host(&dir, 64, cfg, &[
         HostImage { path: "/odd.img", file: &odd, pieces: 1 },
         HostImage { path: "/blank.img", file: &blank, pieces: 1 },
-        HostImage { path: "/disk.vhd", file: &vhd, pieces: 1 },
+        HostImage { path: "/disk.vhdx", file: &vhd, pieces: 1 },
     ]);
     let mut q = Qemu::boot_disk(&host.disk);
     q.expect("4. iso", T);
     for (key, message) in [
         (b"1", "/odd.img is 5000 bytes, not a whole number of 512-byte sectors"),
-        (b"3", "/disk.vhd is a VHD image"),
+        (b"3", "/disk.vhdx is a VHDX image; vboot boots raw, VHD, VMDK and VDI images"),
         (b"4", "cdrom= (ISO images) is not supported by this version of vboot yet"),
         (b"2", "/blank.img has no boot signature (55AA)"),
     ] {

@@ -14,35 +14,20 @@ use crate::stub::{Stub, Vector, BOUNCE_BYTES};
 /// At most this many sectors per AH=42h call (EDD's limit, and 127 * 512 + 15 fits a segment).
 const MAX_SECTORS_PER_CALL: u64 = 127;
 
-pub struct RawFile {
-    stub: Stub,
-    host_drive: u8,
-    extents: ExtentList,
-    sectors: u64,
-    read_only: bool,
+/// The host disk, through the original INT 13h.
+#[derive(Clone, Copy)]
+pub struct HostIo {
+    pub stub: Stub,
+    pub host_drive: u8,
 }
 
-impl RawFile {
-    pub fn new(stub: Stub, d: &PlannedDrive) -> Result<RawFile, String> {
-        let layer = d.layers.first().ok_or_else(|| format!("drive {:#04x} has no image", d.number))?;
-        if d.layers.len() != 1 || layer.format != 0 {
-            return Err(format!("{}: only raw images are served by this engine", layer.path));
-        }
-        if layer.size_bytes % 512 != 0 {
-            return Err(format!(
-                "{} is {} bytes, not a whole number of 512-byte sectors",
-                layer.path, layer.size_bytes
-            ));
-        }
-        let sectors = layer.size_bytes / 512;
-        if layer.extents.total_sectors() < sectors {
-            return Err(format!("{}: its extent list covers less than the file", layer.path));
-        }
-        Ok(RawFile { stub, host_drive: d.host_drive, extents: layer.extents.clone(), sectors, read_only: d.read_only })
+impl HostIo {
+    pub fn bounce_sectors(&self) -> u64 {
+        (BOUNCE_BYTES / 512) as u64
     }
 
     /// One AH=42h/43h call on the host disk into `buf_linear` (below 1 MiB).
-    fn host_io(&self, write: bool, host_lba: u64, sectors: u64, buf_linear: u32) -> Result<(), Status> {
+    fn call(&self, write: bool, host_lba: u64, sectors: u64, buf_linear: u32) -> Result<(), Status> {
         let mut dap = [0u8; 16];
         dap[0] = 0x10;
         dap[2..4].copy_from_slice(&(sectors as u16).to_le_bytes());
@@ -68,35 +53,111 @@ impl RawFile {
         Ok(())
     }
 
+    /// Host sectors into engine memory, through the bounce buffer.
+    pub fn read_host(&self, host_lba: u64, buf: &mut [u8]) -> Result<(), Status> {
+        let bounce = self.stub.bounce_linear();
+        for (i, chunk) in buf.chunks_mut(BOUNCE_BYTES as usize).enumerate() {
+            let n = chunk.len().div_ceil(512) as u64;
+            self.call(false, host_lba + i as u64 * self.bounce_sectors(), n, bounce)?;
+            unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, chunk.as_mut_ptr(), chunk.len()) };
+        }
+        Ok(())
+    }
+
+    /// Engine memory to host sectors, through the bounce buffer. Callers check DESIGN.md
+    /// invariant 1 first.
+    pub fn write_host(&self, host_lba: u64, buf: &[u8]) -> Result<(), Status> {
+        let bounce = self.stub.bounce_linear();
+        for (i, chunk) in buf.chunks(BOUNCE_BYTES as usize).enumerate() {
+            unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), bounce as *mut u8, chunk.len()) };
+            let n = chunk.len().div_ceil(512) as u64;
+            self.call(true, host_lba + i as u64 * self.bounce_sectors(), n, bounce)?;
+        }
+        Ok(())
+    }
+
+    /// `sectors` contiguous host sectors into guest memory at `linear`: straight into the
+    /// guest's buffer when it is real memory below 1 MiB, else through the bounce buffer (a
+    /// scratch memory, such as engine_init's geometry probe, must never be DMA'd into).
+    pub fn read_to_guest(&self, host_lba: u64, sectors: u64, mem: &mut dyn GuestMemory, linear: u64) -> Result<(), Status> {
+        let mut done = 0u64;
+        while done < sectors {
+            let at = linear + done * 512;
+            let want = (sectors - done).min(MAX_SECTORS_PER_CALL);
+            if mem.is_physical() && at + want * 512 <= 0x10_0000 {
+                self.call(false, host_lba + done, want, at as u32)?;
+                done += want;
+            } else {
+                let n = want.min(self.bounce_sectors());
+                let mut tmp = [0u8; BOUNCE_BYTES as usize];
+                self.read_host(host_lba + done, &mut tmp[..n as usize * 512])?;
+                mem.write(at, &tmp[..n as usize * 512]).map_err(|_| Status::BOUNDARY_ERROR)?;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Guest memory at `linear` to `sectors` contiguous host sectors.
+    pub fn write_from_guest(&self, host_lba: u64, sectors: u64, mem: &mut dyn GuestMemory, linear: u64) -> Result<(), Status> {
+        let mut done = 0u64;
+        while done < sectors {
+            let at = linear + done * 512;
+            let want = (sectors - done).min(MAX_SECTORS_PER_CALL);
+            if mem.is_physical() && at + want * 512 <= 0x10_0000 {
+                self.call(true, host_lba + done, want, at as u32)?;
+                done += want;
+            } else {
+                let n = want.min(self.bounce_sectors());
+                let mut tmp = [0u8; BOUNCE_BYTES as usize];
+                mem.read(at, &mut tmp[..n as usize * 512]).map_err(|_| Status::BOUNDARY_ERROR)?;
+                self.write_host(host_lba + done, &tmp[..n as usize * 512])?;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct RawFile {
+    io: HostIo,
+    extents: ExtentList,
+    sectors: u64,
+    read_only: bool,
+}
+
+impl RawFile {
+    pub fn new(io: HostIo, d: &PlannedDrive) -> Result<RawFile, String> {
+        let layer = d.layers.first().ok_or_else(|| format!("drive {:#04x} has no image", d.number))?;
+        if layer.size_bytes % 512 != 0 {
+            return Err(format!(
+                "{} is {} bytes, not a whole number of 512-byte sectors",
+                layer.path, layer.size_bytes
+            ));
+        }
+        let sectors = layer.size_bytes / 512;
+        if layer.extents.total_sectors() < sectors {
+            return Err(format!("{}: its extent list covers less than the file", layer.path));
+        }
+        Ok(RawFile { io, extents: layer.extents.clone(), sectors, read_only: d.read_only })
+    }
+
     fn transfer(&mut self, write: bool, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64) -> Result<(), DiskError> {
         let mut done: u32 = 0;
         let fail = |done: u32, status: Status| DiskError { done_blocks: done, status };
         while done < count {
             let (host_lba, run) =
                 self.extents.lookup(lba + done as u64).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
-            let want = run.min((count - done) as u64).min(MAX_SECTORS_PER_CALL);
+            let n = run.min((count - done) as u64).min(MAX_SECTORS_PER_CALL);
             let linear = buf_linear + done as u64 * 512;
-            // Straight into the guest's buffer only when it is real memory below 1 MiB; a scratch
-            // memory (engine_init's geometry probe reads sector 0 into one) goes through the bounce
-            // buffer, or the BIOS would write into whatever physical address it names.
-            let direct = mem.is_physical() && linear + want * 512 <= 0x10_0000;
-            let n = if direct { want } else { want.min((BOUNCE_BYTES / 512) as u64) };
-            let bytes = (n * 512) as usize;
-            if write && !self.extents.contains_lbas(host_lba, n) {
-                // DESIGN.md invariant 1: never write a host sector outside the image file.
-                return Err(fail(done, Status::WRITE_FAULT));
-            }
-            let target = if direct { linear as u32 } else { self.stub.bounce_linear() };
-            if write && !direct {
-                let mut tmp = [0u8; BOUNCE_BYTES as usize];
-                mem.read(linear, &mut tmp[..bytes]).map_err(|_| fail(done, Status::BOUNDARY_ERROR))?;
-                unsafe { core::ptr::copy_nonoverlapping(tmp.as_ptr(), target as *mut u8, bytes) };
-            }
-            self.host_io(write, host_lba, n, target).map_err(|s| fail(done, s))?;
-            if !write && !direct {
-                let mut tmp = [0u8; BOUNCE_BYTES as usize];
-                unsafe { core::ptr::copy_nonoverlapping(target as *const u8, tmp.as_mut_ptr(), bytes) };
-                mem.write(linear, &tmp[..bytes]).map_err(|_| fail(done, Status::BOUNDARY_ERROR))?;
+            if write {
+                if !self.extents.contains_lbas(host_lba, n) {
+                    // DESIGN.md invariant 1: never write a host sector outside the image file.
+                    return Err(fail(done, Status::WRITE_FAULT));
+                }
+                self.io.write_from_guest(host_lba, n, mem, linear).map_err(|s| fail(done, s))?;
+            } else {
+                self.io.read_to_guest(host_lba, n, mem, linear).map_err(|s| fail(done, s))?;
             }
             done += n as u32;
         }

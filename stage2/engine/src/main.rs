@@ -8,10 +8,12 @@
 
 extern crate alloc;
 
+mod chain;
 mod hostdisk;
 mod stub;
 
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use linked_list_allocator::LockedHeap;
@@ -129,7 +131,15 @@ extern "C" fn engine_init(
     let stub = Stub { linear: stub_linear };
     let mut drives = DriveSet::new();
     for d in &plan.drives {
-        let disk = match hostdisk::RawFile::new(stub, d) {
+        let io = hostdisk::HostIo { stub, host_drive: d.host_drive };
+        // One raw file: the direct path. Anything else is a chain for the image layer.
+        let raw = d.layers.len() == 1 && d.layers[0].format == 0;
+        let disk: Result<Box<dyn vboot::int13::EmulatedDisk>, String> = if raw {
+            hostdisk::RawFile::new(io, d).map(|f| Box::new(f) as Box<dyn vboot::int13::EmulatedDisk>)
+        } else {
+            chain::ChainDisk::open(io, d, plan.parent_dir.clone()).map(|f| Box::new(f) as Box<dyn vboot::int13::EmulatedDisk>)
+        };
+        let disk = match disk {
             Ok(f) => f,
             Err(e) => {
                 let _ = write!(out, "{}", e);
@@ -143,7 +153,7 @@ extern "C" fn engine_init(
                 return out.len as u32;
             }
         };
-        if let Err(e) = drives.add(d.number, kind, Box::new(disk)) {
+        if let Err(e) = drives.add(d.number, kind, disk) {
             let _ = write!(out, "{}", e);
             return out.len as u32;
         }

@@ -1,0 +1,88 @@
+//! Opening a hard-disk image and its parents on the host filesystem, before going resident:
+//! the core library's chain walker, with a locator that reads files through the BIOS.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::disk::BiosDisk;
+use vboot::block::{BlockDevice, Window};
+use vboot::fs::volume::Volume;
+use vboot::fs::{File, FileKind};
+use vboot::image::{ImageError, ImageFile, ParentLocator};
+
+/// A file on the boot disk, read through its extent list (stage2 never writes images).
+pub struct VolumeFile {
+    disk: BiosDisk,
+    start_lba: u64,
+    file: File,
+}
+
+impl ImageFile for VolumeFile {
+    fn len_bytes(&self) -> u64 {
+        self.file.size_bytes
+    }
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        let name = self.file.path.clone();
+        let io = |detail: String| ImageError::Io { image: name.clone(), offset_bytes, detail };
+        let mut done = 0usize;
+        let mut sector = [0u8; 512];
+        while done < buf.len() {
+            let pos = offset_bytes + done as u64;
+            let (lba, run) = self.file.extents.lookup(pos / 512).ok_or_else(|| io("past the end of the file".into()))?;
+            let skip = (pos % 512) as usize;
+            if skip == 0 && buf.len() - done >= 512 {
+                let n = (((buf.len() - done) / 512) as u64).min(run).min(48) as usize;
+                self.disk
+                    .read_sectors(self.start_lba + lba, &mut buf[done..done + n * 512])
+                    .map_err(|e| io(format!("{}", e)))?;
+                done += n * 512;
+            } else {
+                self.disk.read_sectors(self.start_lba + lba, &mut sector).map_err(|e| io(format!("{}", e)))?;
+                let take = (512 - skip).min(buf.len() - done);
+                buf[done..done + take].copy_from_slice(&sector[skip..skip + take]);
+                done += take;
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&mut self, offset_bytes: u64, _buf: &[u8]) -> Result<(), ImageError> {
+        Err(ImageError::ReadOnly { image: self.file.path.clone(), detail: format!("stage2 only reads (offset {})", offset_bytes) })
+    }
+    fn name(&self) -> &str {
+        &self.file.path
+    }
+}
+
+/// Finds images by path on one partition of the boot disk, and remembers what it opened.
+pub struct FsLocator {
+    pub disk: BiosDisk,
+    pub start_lba: u64,
+    pub sectors: u64,
+    /// Every file opened, in order (the leaf first), with the path it was asked for.
+    pub opened: Vec<(String, File)>,
+}
+
+impl FsLocator {
+    fn volume(&self) -> Option<Volume<Window<BiosDisk>>> {
+        Volume::open(Window { inner: self.disk.clone(), start_lba: self.start_lba, sectors: self.sectors }).ok()
+    }
+}
+
+impl ParentLocator for FsLocator {
+    fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
+        let mut vol = self.volume()?;
+        let file = vol.open_file(path).ok()?;
+        if !self.opened.iter().any(|(p, _)| p == path) {
+            self.opened.push((path.to_string(), file.clone()));
+        }
+        Some(Box::new(VolumeFile { disk: self.disk.clone(), start_lba: self.start_lba, file }))
+    }
+    fn list_dir(&mut self, dir: &str) -> Vec<String> {
+        let Some(mut vol) = self.volume() else { return Vec::new() };
+        vol.list_dir(dir)
+            .map(|v| v.into_iter().filter(|e| e.kind == FileKind::File).map(|e| e.name).collect())
+            .unwrap_or_default()
+    }
+}
