@@ -67,6 +67,38 @@ fn bench_all() {
     writeln!(report, "| hook / native throughput | **{:.2}** |", n / h).unwrap();
     writeln!(report, "| memory taken | {} |", conv).unwrap();
 
+    // The same data as a VHD dynamic image, alone and under 7 and 63 empty differencing children:
+    // reads fall through the chain.
+    let vhd_dir = TempDir::new("bench-vhd");
+    let base = vhd_dir.join("d0.vhd");
+    vboot_tests::sh(std::process::Command::new("qemu-img").args(["convert", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"]).arg(&image).arg(&base));
+    let vdisk = vboot_tests::artifacts().vdisk;
+    let mut files: Vec<(String, std::path::PathBuf)> = vec![("d0.vhd".into(), base.clone())];
+    for i in 1..64 {
+        let child = vhd_dir.join(&format!("d{}.vhd", i));
+        vboot_tests::sh(std::process::Command::new(&vdisk).arg("snapshot").arg(&files[i - 1].1).arg(&child));
+        files.push((format!("d{}.vhd", i), child));
+    }
+    let mut depth_times = Vec::new();
+    for depth in [1usize, 8, 64] {
+        let leaf = &files[depth - 1].0;
+        let d = TempDir::new("bench-chain");
+        let names: Vec<String> = files[..depth].iter().map(|(n, _)| format!("/{}", n)).collect();
+        let imgs: Vec<HostImage> =
+            files[..depth].iter().zip(&names).map(|((_, p), n)| HostImage { path: n, file: p, pieces: 1 }).collect();
+        let host = vboot_host(&d, 200, &format!("set timeout=0\nmenuentry 'chain' {{\n vboot harddisk=/{}\n}}\n", leaf), &imgs);
+        let mut t = Vec::new();
+        for _ in 0..3 {
+            t.push(timed_read(&Config::disk(&host.disk)).0);
+        }
+        depth_times.push((depth, median(t)));
+    }
+    let d1 = depth_times[0].1;
+    writeln!(report, "| read 64 MiB through vboot, VHD dynamic, depth 1 | {:.2} s (native / this: {:.2}) |", d1, n / d1).unwrap();
+    for (depth, t) in &depth_times[1..] {
+        writeln!(report, "| read 64 MiB through vboot, VHD chain of depth {} | {:.2} s (depth 1 / this: **{:.2}**) |", depth, t, d1 / t).unwrap();
+    }
+
     // Time from the first stage2 line to the guest's first line (timeout=0), against the time
     // from QEMU start to the same guest's first line when booted natively.
     let hello = guests::hello_guest(&dir.path, "hello", "GUEST-HELLO", 2048);
