@@ -61,6 +61,8 @@ pub struct Plan {
     pub drives: Vec<PlannedDrive>,
     /// `parent_dir=` of the entry, as a path on the image's partition.
     pub parent_dir: Option<String>,
+    /// `restore`: empty the leaf differencing image of drive 0x80 before the guest starts.
+    pub restore: bool,
 }
 
 struct Writer(Vec<u8>);
@@ -148,6 +150,7 @@ impl Plan {
             }
             None => w.u8(0),
         }
+        w.u8(self.restore as u8);
         w.0
     }
 
@@ -188,6 +191,7 @@ impl Plan {
             let n = r.count(4096)?;
             plan.parent_dir = Some(String::from_utf8_lossy(r.take(n)?).into_owned());
         }
+        plan.restore = r.u8()? != 0;
         Ok(plan)
     }
 }
@@ -291,6 +295,7 @@ mod tests {
                 layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext, path: "/dos.img".into() }],
             }],
             parent_dir: Some("/vms/base".into()),
+            restore: true,
         };
         let b = plan.to_bytes();
         assert_eq!(Plan::from_bytes(&b), Ok(plan));

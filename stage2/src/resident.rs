@@ -105,9 +105,6 @@ fn check_supported(opts: &VbootOptions) -> Result<(), String> {
     if opts.take_snapshot.is_some() {
         return later("take_snapshot=");
     }
-    if opts.restore {
-        return later("restore");
-    }
     if opts.immutable {
         return later("immutable");
     }
@@ -199,6 +196,15 @@ pub fn boot(
             l.virtual_sectors()
         );
     }
+    if opts.restore && layers.len() < 2 {
+        return Err(format!(
+            "restore: {} is not a differencing image (it has no parent), so there is nothing to restore it to",
+            file.path
+        ));
+    }
+    if opts.restore {
+        println!("  restore: {} will be emptied; the disk reads as its parent again", file.path);
+    }
     drop(layers);
     if raw && file.size_bytes % 512 != 0 {
         return Err(format!(
@@ -217,7 +223,7 @@ pub fn boot(
     };
     let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files };
     let engine = load_engine(disk)?;
-    go_resident(&engine, alloc::vec![drive], parent_dir)?;
+    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore)?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -251,7 +257,7 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
-fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>) -> Result<(), String> {
+fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool) -> Result<(), String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
@@ -274,7 +280,7 @@ fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<
     let mut e820: Vec<E820Entry> =
         map.regions.iter().map(|r| E820Entry { base: r.base, length: r.length, kind: r.kind }).collect();
     e820.sort_by_key(|e| e.base);
-    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir };
+    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
     let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + ENGINE_HEAP_BYTES + 0xFFFF) & !0xFFFF;

@@ -22,7 +22,13 @@ fn probe_config(total: u64) -> ProbeConfig {
 }
 
 fn boot_and_check(dir: &TempDir, images: &[(&str, &std::path::Path)], leaf: &str) -> String {
-    let cfg_text = format!("set timeout=0\nmenuentry 'image' {{\n    vboot harddisk=/vm/{}\n}}\n", leaf);
+    boot_with(dir, images, &format!("harddisk=/vm/{}", leaf))
+}
+
+/// Boot the probe from a host disk whose only entry has the vboot line `vboot_args`, require
+/// PROBE PASS, and copy the images back out of the host disk.
+fn boot_with(dir: &TempDir, images: &[(&str, &std::path::Path)], vboot_args: &str) -> String {
+    let cfg_text = format!("set timeout=0\nmenuentry 'image' {{\n    vboot {}\n}}\n", vboot_args);
     let host = vboot_host(dir, 96, &cfg_text, &[]);
     sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
     for (name, file) in images {
@@ -113,4 +119,46 @@ fn a_differencing_child_reads_its_parent_and_takes_the_writes() {
     guests::check_probe_disk(&back, &cfg).unwrap_or_else(|e| panic!("{}\n{}", e, out));
     let check = Command::new("qemu-img").arg("check").arg(&child).output().unwrap();
     assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
+}
+
+/// `restore` empties the child before the guest starts: data written into the child on the host
+/// (with qemu-io) is gone, the probe sees the parent's pattern there, and afterwards qemu-img
+/// finds child and parent identical. On an image without a parent it is refused.
+#[test]
+fn restore_empties_the_child_and_is_refused_on_a_base_image() {
+    let dir = TempDir::new("img-restore");
+    let total = 16 * 2048;
+    let mut cfg = probe_config(total);
+    cfg.writes = vec![];
+    cfg.boundaries_lba = vec![2048, 2100, 2175];
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let raw = dir.join("probe.img");
+    guests::make_probe_disk(&raw, &probe, &cfg);
+    let base = dir.join("base.vmdk");
+    sh(Command::new("qemu-img").args(["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse"]).arg(&raw).arg(&base));
+    let child = dir.join("child.vmdk");
+    sh(Command::new(vboot_tests::artifacts().vdisk).arg("snapshot").arg(&base).arg(&child).args(["--reserve", "4M"]));
+    sh(Command::new("qemu-io").args(["-f", "vmdk", "-c", "write -P 0x55 1M 64k"]).arg(&child));
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        Command::new("qemu-img").args(["compare", "-q"]).arg(a).arg(b).status().unwrap().success()
+    };
+    assert!(!same(&base, &child), "qemu-io should have changed the child");
+    let base_before = std::fs::read(&base).unwrap();
+    let out = boot_with(&dir, &[("base.vmdk", &base), ("child.vmdk", &child)], "harddisk=/vm/child.vmdk restore");
+    assert!(out.contains("restore: /vm/child.vmdk will be emptied"), "{}", out);
+    assert!(same(&base, &child), "after restore the child still differs from its parent");
+    assert!(std::fs::read(&base).unwrap() == base_before, "restore changed the parent");
+    let check = Command::new("qemu-img").arg("check").arg(&child).output().unwrap();
+    assert!(check.status.success(), "qemu-img check: {}", String::from_utf8_lossy(&check.stdout));
+
+    // On the base image itself: a message and back to the menu.
+    let d2 = TempDir::new("img-restore-base");
+    let cfg_text = "set timeout=0\nmenuentry 'image' {\n    vboot harddisk=/vm/base.vmdk restore\n}\n";
+    let host = vboot_host(&d2, 96, cfg_text, &[]);
+    sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    disk::put_fragmented(&host.part, "/vm/base.vmdk", &std::fs::read(&base).unwrap(), 1);
+    disk::write_at(&host.disk, 2048, &host.part);
+    let mut q = Qemu::boot_disk(&host.disk);
+    let out = q.expect("Press any key to return to the menu.", T);
+    assert!(out.contains("is not a differencing image (it has no parent)"), "{}", out);
 }

@@ -159,6 +159,14 @@ impl ChainDisk {
         let sectors = disk.sectors();
         Ok(ChainDisk { disk, io, files: table, sectors, read_only: d.read_only })
     }
+
+    /// `restore`: empty the leaf, so the disk reads as its parent again.
+    pub fn restore(&mut self) -> Result<(), String> {
+        if self.disk.layers().len() < 2 {
+            return Err(String::from("restore: the image is not a differencing image; there is nothing to go back to"));
+        }
+        self.disk.discard_leaf().map_err(|e| format!("restore: {}", e))
+    }
 }
 
 impl EmulatedDisk for ChainDisk {

@@ -137,7 +137,12 @@ extern "C" fn engine_init(
         let disk: Result<Box<dyn vboot::int13::EmulatedDisk>, String> = if raw {
             hostdisk::RawFile::new(io, d).map(|f| Box::new(f) as Box<dyn vboot::int13::EmulatedDisk>)
         } else {
-            chain::ChainDisk::open(io, d, plan.parent_dir.clone()).map(|f| Box::new(f) as Box<dyn vboot::int13::EmulatedDisk>)
+            chain::ChainDisk::open(io, d, plan.parent_dir.clone()).and_then(|mut f| {
+                if plan.restore && d.number == 0x80 {
+                    f.restore()?;
+                }
+                Ok(Box::new(f) as Box<dyn vboot::int13::EmulatedDisk>)
+            })
         };
         let disk = match disk {
             Ok(f) => f,
