@@ -63,6 +63,8 @@ pub struct Plan {
     pub parent_dir: Option<String>,
     /// `restore`: empty the leaf differencing image of drive 0x80 before the guest starts.
     pub restore: bool,
+    /// `immutable`: every write goes to a RAM overlay in the engine's heap; the images never change.
+    pub immutable: bool,
 }
 
 struct Writer(Vec<u8>);
@@ -151,6 +153,7 @@ impl Plan {
             None => w.u8(0),
         }
         w.u8(self.restore as u8);
+        w.u8(self.immutable as u8);
         w.0
     }
 
@@ -192,6 +195,7 @@ impl Plan {
             plan.parent_dir = Some(String::from_utf8_lossy(r.take(n)?).into_owned());
         }
         plan.restore = r.u8()? != 0;
+        plan.immutable = r.u8()? != 0;
         Ok(plan)
     }
 }
@@ -296,6 +300,7 @@ mod tests {
             }],
             parent_dir: Some("/vms/base".into()),
             restore: true,
+            immutable: true,
         };
         let b = plan.to_bytes();
         assert_eq!(Plan::from_bytes(&b), Ok(plan));

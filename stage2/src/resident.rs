@@ -67,6 +67,8 @@ const SEL_CODE32: u16 = 0x08;
 
 const ENGINE_STACK_BYTES: u32 = 64 << 10;
 const ENGINE_HEAP_BYTES: u32 = 4 << 20;
+/// With `immutable`, the engine's heap also holds the RAM overlay.
+const IMMUTABLE_HEAP_BYTES: u32 = 64 << 20;
 
 /// What stage2 reads at the start of the relocated engine (engine/src/main.rs EngineHeader).
 #[repr(C)]
@@ -104,9 +106,6 @@ fn check_supported(opts: &VbootOptions) -> Result<(), String> {
     }
     if opts.take_snapshot.is_some() {
         return later("take_snapshot=");
-    }
-    if opts.immutable {
-        return later("immutable");
     }
     Ok(())
 }
@@ -223,7 +222,10 @@ pub fn boot(
     };
     let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files };
     let engine = load_engine(disk)?;
-    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore)?;
+    if opts.immutable {
+        println!("  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot", IMMUTABLE_HEAP_BYTES >> 20);
+    }
+    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable)?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -257,7 +259,7 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
-fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool) -> Result<(), String> {
+fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool, immutable: bool) -> Result<(), String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
@@ -280,10 +282,10 @@ fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<
     let mut e820: Vec<E820Entry> =
         map.regions.iter().map(|r| E820Entry { base: r.base, length: r.length, kind: r.kind }).collect();
     e820.sort_by_key(|e| e.base);
-    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore };
+    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore, immutable };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
-    let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + ENGINE_HEAP_BYTES + 0xFFFF) & !0xFFFF;
+    let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + if immutable { IMMUTABLE_HEAP_BYTES } else { ENGINE_HEAP_BYTES } + 0xFFFF) & !0xFFFF;
     let heap_end = crate::heap_end();
     let region = e820
         .iter()

@@ -35,7 +35,9 @@ fn boot_with(dir: &TempDir, images: &[(&str, &std::path::Path)], vboot_args: &st
         disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(file).unwrap(), 3);
     }
     disk::write_at(&host.disk, 2048, &host.part);
-    let mut q = Qemu::boot_disk(&host.disk);
+    let mut qcfg = vboot_tests::qemu::Config::disk(&host.disk);
+    qcfg.memory_mib = 256;
+    let mut q = Qemu::start(&qcfg);
     let status = q.wait_exit(T);
     let out = q.output();
     assert!(out.contains(guests::PROBE_PASS), "probe failed (exit {:?}):\n{}", status, out);
@@ -161,4 +163,30 @@ fn restore_empties_the_child_and_is_refused_on_a_base_image() {
     let mut q = Qemu::boot_disk(&host.disk);
     let out = q.expect("Press any key to return to the menu.", T);
     assert!(out.contains("is not a differencing image (it has no parent)"), "{}", out);
+}
+
+/// `immutable`: the probe's writes are visible during the boot (it reads them back), and the
+/// image files, a raw one and a VHD chain, are byte-identical afterwards.
+#[test]
+fn immutable_keeps_the_writes_in_ram_and_the_images_unchanged() {
+    let dir = TempDir::new("img-immutable");
+    let total = 16 * 2048;
+    let cfg = probe_config(total);
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let raw = dir.join("probe.img");
+    guests::make_probe_disk(&raw, &probe, &cfg);
+    let before = std::fs::read(&raw).unwrap();
+    let out = boot_with(&dir, &[("probe.img", &raw)], "harddisk=/vm/probe.img immutable");
+    assert!(out.contains("immutable: writes go to a RAM overlay"), "{}", out);
+    assert!(out.contains("ok writes with read-back"), "{}", out);
+    assert!(std::fs::read(&raw).unwrap() == before, "immutable: the raw image changed");
+
+    let base = dir.join("base.vhd");
+    sh(Command::new("qemu-img").args(["convert", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"]).arg(&raw).arg(&base));
+    let child = dir.join("child.vhd");
+    sh(Command::new(vboot_tests::artifacts().vdisk).arg("snapshot").arg(&base).arg(&child));
+    let (b0, c0) = (std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap());
+    let d2 = TempDir::new("img-immutable-chain");
+    boot_with(&d2, &[("base.vhd", &base), ("child.vhd", &child)], "harddisk=/vm/child.vhd immutable");
+    assert!(std::fs::read(&base).unwrap() == b0 && std::fs::read(&child).unwrap() == c0, "immutable: the chain changed");
 }

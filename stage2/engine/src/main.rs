@@ -10,6 +10,7 @@ extern crate alloc;
 
 mod chain;
 mod hostdisk;
+mod overlay;
 mod stub;
 
 use alloc::boxed::Box;
@@ -158,6 +159,8 @@ extern "C" fn engine_init(
                 return out.len as u32;
             }
         };
+        let disk: Box<dyn vboot::int13::EmulatedDisk> =
+            if plan.immutable { Box::new(overlay::RamOverlay::new(disk, heap_len as usize)) } else { disk };
         if let Err(e) = drives.add(d.number, kind, disk) {
             let _ = write!(out, "{}", e);
             return out.len as u32;
