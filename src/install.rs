@@ -294,27 +294,6 @@ pub struct InstallPlan {
     pub writes: Vec<SectorWrite>,
 }
 
-/// What a filesystem's first sectors look like.
-pub fn sniff_filesystem<D: BlockDevice>(disk: &mut D, start_lba: u64) -> Option<&'static str> {
-    let mut s = [0u8; SECTOR_BYTES * 3];
-    disk.read_sectors(start_lba, &mut s).ok()?;
-    if &s[3..11] == b"EXFAT   " {
-        return Some("exFAT");
-    }
-    if &s[3..11] == b"NTFS    " {
-        return Some("NTFS");
-    }
-    if s[510] == 0x55 && s[511] == 0xAA {
-        if &s[82..87] == b"FAT32" || &s[54..59] == b"FAT16" || &s[54..59] == b"FAT12" {
-            return Some("FAT");
-        }
-    }
-    if s[1024 + 56] == 0x53 && s[1024 + 57] == 0xEF {
-        return Some("ext2/3/4");
-    }
-    None
-}
-
 fn refuse(msg: String) -> Result<InstallPlan, String> {
     Err(msg)
 }
@@ -364,7 +343,7 @@ pub fn plan_install<D: BlockDevice>(
     }
     let mut sector0 = [0u8; SECTOR_BYTES];
     disk.read_sectors(0, &mut sector0).map_err(|e| format!("cannot read sector 0: {}", e))?;
-    if sniff_filesystem(disk, 0).is_some() {
+    if crate::fs::volume::sniff_at(disk, 0).is_some() {
         return refuse(String::from(
             "sector 0 holds a filesystem boot sector: this is a partition or a superfloppy, not a \
              partitioned disk; give the whole disk (for example /dev/sdb, not /dev/sdb1)",
@@ -447,7 +426,7 @@ pub fn plan_install<D: BlockDevice>(
             if p.is_extended() {
                 return refuse(format!("partition {} is an extended partition container, not a filesystem", n));
             }
-            if sniff_filesystem(disk, p.start_lba).is_none() {
+            if crate::fs::volume::sniff_at(disk, p.start_lba).is_none() {
                 notes.push(format!("partition {} holds no filesystem vboot recognises yet", n));
             }
             n
@@ -457,7 +436,7 @@ pub fn plan_install<D: BlockDevice>(
             let mut chosen = active.map(|p| p.number);
             if chosen.is_none() {
                 for p in table.partitions.iter().filter(|p| !p.is_extended()) {
-                    if sniff_filesystem(disk, p.start_lba).is_some() {
+                    if crate::fs::volume::sniff_at(disk, p.start_lba).is_some() {
                         chosen = Some(p.number);
                         break;
                     }
@@ -517,16 +496,22 @@ pub fn plan_install<D: BlockDevice>(
     Ok(InstallPlan { scheme: table.scheme, record, keeps_saved_mbr, notes, writes })
 }
 
-/// What `uninstall` will write: the saved boot code back into sector 0 (keeping the current
-/// partition table), then zeros over the record, the saved copy and stage2.
-pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Vec<SectorWrite>), String> {
+/// The sector 0 `uninstall` and `recover_mbr` put back: the boot code vboot-install saved, with
+/// the partition table and disk signature the disk has now.
+pub fn saved_boot_code<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, [u8; SECTOR_BYTES]), String> {
     let (record, sector0) = read_installed(disk)?;
     if record.flags & RECORD_FLAG_SAVED_MBR == 0 {
         return Err(String::from("the install record has no saved sector 0 to put back"));
     }
     let mut saved = [0u8; SECTOR_BYTES];
     disk.read_sectors(record.saved_mbr_lba(), &mut saved).map_err(|e| format!("cannot read the saved MBR: {}", e))?;
-    let restored = restore_boot_code(&saved, &sector0);
+    Ok((record, restore_boot_code(&saved, &sector0)))
+}
+
+/// What `uninstall` will write: the saved boot code back into sector 0 (keeping the current
+/// partition table), then zeros over the record, the saved copy, stage2 and the engine.
+pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Vec<SectorWrite>), String> {
+    let (record, restored) = saved_boot_code(disk)?;
     let clear = alloc::vec![0u8; (2 + record.stage2_sectors as usize + record.engine_sectors as usize) * SECTOR_BYTES];
     Ok((
         record,

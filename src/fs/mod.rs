@@ -82,21 +82,35 @@ impl ExtentList {
         }
     }
 
-    /// True when every sector of `lba..lba+sectors` belongs to this file (DESIGN.md invariant 1).
-    pub fn contains_lbas(&self, lba: u64, sectors: u64) -> bool {
-        let mut need_start = lba;
-        let need_end = lba + sectors;
-        // Runs are few in practice and may be in any LBA order; walk until covered.
-        'outer: while need_start < need_end {
-            for e in &self.extents {
-                if e.lba <= need_start && need_start < e.lba + e.sectors {
-                    need_start = e.lba + e.sectors;
-                    continue 'outer;
-                }
+    /// The file's sectors as LBA ranges, sorted, for the write check of DESIGN.md invariant 1.
+    pub fn lba_index(&self) -> LbaIndex {
+        let mut ranges: Vec<(u64, u64)> = self.extents.iter().map(|e| (e.lba, e.lba + e.sectors)).collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
             }
-            return false;
         }
-        true
+        LbaIndex { ranges: merged }
+    }
+}
+
+/// Which host sectors belong to a file, built once (at boot) so that the check on every write
+/// is a binary search, whatever the number of fragments.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbaIndex {
+    /// Half-open `start..end` LBA ranges, sorted and merged.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl LbaIndex {
+    /// True when every sector of `lba..lba+sectors` belongs to the file (DESIGN.md invariant 1).
+    pub fn contains(&self, lba: u64, sectors: u64) -> bool {
+        let Some(end) = lba.checked_add(sectors) else { return false };
+        let i = self.ranges.partition_point(|r| r.0 <= lba);
+        i > 0 && end <= self.ranges[i - 1].1
     }
 }
 
@@ -252,9 +266,12 @@ mod tests {
         assert_eq!(l.lookup(15), Some((115, 1)));
         assert_eq!(l.lookup(16), Some((50, 4)));
         assert_eq!(l.lookup(20), None);
-        assert!(l.contains_lbas(104, 12));
-        assert!(!l.contains_lbas(104, 13));
-        assert!(l.contains_lbas(50, 4));
+        let index = l.lba_index();
+        assert!(index.contains(104, 12));
+        assert!(!index.contains(104, 13));
+        assert!(index.contains(50, 4));
+        assert!(!index.contains(49, 1));
+        assert!(!index.contains(54, 1));
         assert_eq!(l.to_host(2048).lookup(16), Some((2098, 4)));
     }
 

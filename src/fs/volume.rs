@@ -43,14 +43,35 @@ pub fn sniff<D: BlockDevice>(dev: &mut D) -> Option<FsKind> {
     if &s[3..11] == b"NTFS    " {
         return Some(FsKind::Ntfs);
     }
-    let bps = u16::from_le_bytes([s[11], s[12]]);
-    if s[510] == 0x55 && s[511] == 0xAA && matches!(bps, 512 | 1024 | 2048 | 4096) && s[13] != 0 {
+    if fat_bpb_plausible(&s[..SECTOR_BYTES]) {
         return Some(FsKind::Fat);
     }
     if s[1024 + 56] == 0x53 && s[1024 + 57] == 0xEF {
         return Some(FsKind::Ext);
     }
     None
+}
+
+/// A FAT boot sector by its structure (the "FAT16"/"FAT32" labels are only informational):
+/// sector size, cluster size, reserved sectors and FAT count all within what FAT allows. Strict
+/// enough that an MBR's boot code is not taken for one.
+fn fat_bpb_plausible(s: &[u8]) -> bool {
+    let bytes_per_sector = u16::from_le_bytes([s[11], s[12]]);
+    let sectors_per_cluster = s[13];
+    let reserved_sectors = u16::from_le_bytes([s[14], s[15]]);
+    let fats = s[16];
+    s[510] == 0x55
+        && s[511] == 0xAA
+        && matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
+        && sectors_per_cluster.is_power_of_two()
+        && reserved_sectors > 0
+        && (1..=2).contains(&fats)
+}
+
+/// [`sniff`] for the volume that starts at `start_lba` of `disk`.
+pub fn sniff_at<D: BlockDevice>(disk: &mut D, start_lba: u64) -> Option<FsKind> {
+    let sectors = disk.sector_count().saturating_sub(start_lba);
+    sniff(&mut crate::block::Window { inner: disk, start_lba, sectors })
 }
 
 pub enum Volume<D: BlockDevice> {

@@ -66,6 +66,8 @@ pub enum ImageError {
     OutOfRange { image: String, sector: u64, sectors: u64, disk_sectors: u64 },
     /// Bad input from the user (size, option).
     Invalid { detail: String },
+    /// A disk image of a format vboot does not read (VHDX, QCOW2).
+    ForeignFormat { image: String, format: &'static str },
 }
 
 impl ImageError {
@@ -120,6 +122,9 @@ impl fmt::Display for ImageError {
                 disk_sectors
             ),
             ImageError::Invalid { detail } => write!(f, "{}", detail),
+            ImageError::ForeignFormat { image, format } => {
+                write!(f, "{} is a {} image; vboot boots raw, VHD, VMDK and VDI images", image, format)
+            }
         }
     }
 }
@@ -335,6 +340,11 @@ pub fn probe(file: &mut dyn ImageFile) -> Result<Format, ImageError> {
     file.read_at(0, &mut head[..n])?;
     if head.starts_with(b"conectix") {
         return Ok(Format::Vhd);
+    }
+    for (magic, format) in [(&b"vhdxfile"[..], "VHDX"), (&b"QFI\xfb"[..], "QCOW2")] {
+        if head.starts_with(magic) {
+            return Err(ImageError::ForeignFormat { image: file.name().to_string(), format });
+        }
     }
     if head.starts_with(b"KDMV") || head.starts_with(b"COWD") {
         return Ok(Format::Vmdk);

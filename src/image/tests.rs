@@ -572,3 +572,18 @@ fn vmdk_write_allocates_a_missing_grain_table() {
     assert!(read_all(&mut d) == model);
     assert_eq!(d.layers_mut()[0].check(), Vec::<String>::new());
 }
+
+#[test]
+fn vhdx_and_qcow2_are_named_not_taken_for_raw() {
+    for (magic, format) in [(&b"vhdxfile"[..], "VHDX"), (&b"QFI\xfb\0\0\0\x03"[..], "QCOW2")] {
+        let mut bytes = alloc::vec![0u8; 4096];
+        bytes[..magic.len()].copy_from_slice(magic);
+        let mut f = MemFile::new("/vm/x.img", bytes);
+        let e = probe(&mut f).unwrap_err();
+        assert_eq!(e, ImageError::ForeignFormat { image: "/vm/x.img".into(), format });
+        assert_eq!(
+            alloc::format!("{}", e),
+            alloc::format!("/vm/x.img is a {} image; vboot boots raw, VHD, VMDK and VDI images", format)
+        );
+    }
+}

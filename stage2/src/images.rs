@@ -60,7 +60,8 @@ pub struct FsLocator {
     pub disk: BiosDisk,
     pub start_lba: u64,
     pub sectors: u64,
-    /// Every file opened, in order (the leaf first), with the path it was asked for.
+    /// Every file opened, in order (the leaf first, already opened by the menu), with the path it
+    /// was asked for; asking again does not walk the filesystem again.
     pub opened: Vec<(String, File)>,
 }
 
@@ -72,11 +73,14 @@ impl FsLocator {
 
 impl ParentLocator for FsLocator {
     fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
-        let mut vol = self.volume()?;
-        let file = vol.open_file(path).ok()?;
-        if !self.opened.iter().any(|(p, _)| p == path) {
-            self.opened.push((path.to_string(), file.clone()));
-        }
+        let file = match self.opened.iter().find(|(p, _)| p == path) {
+            Some((_, f)) => f.clone(),
+            None => {
+                let file = self.volume()?.open_file(path).ok()?;
+                self.opened.push((path.to_string(), file.clone()));
+                file
+            }
+        };
         Some(Box::new(VolumeFile { disk: self.disk.clone(), start_lba: self.start_lba, file }))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {

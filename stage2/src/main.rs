@@ -13,8 +13,8 @@ mod images;
 mod memmap;
 
 use linked_list_allocator::LockedHeap;
-use vboot::block::{BlockDevice, SECTOR_BYTES};
-use vboot::install::{InstallRecord, StagePatch};
+use vboot::block::SECTOR_BYTES;
+use vboot::install::StagePatch;
 
 core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
 core::arch::global_asm!(include_str!("stub.s"), options(att_syntax));
@@ -152,7 +152,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         if bios::stage1_used_lba() { "LBA" } else { "CHS" }
     );
     unsafe { resident::ENGINE_LBA = { patch.stage2_lba } + { patch.stage2_sectors } as u64 };
-    let record = read_record(&mut boot_disk, &patch);
+    let record = vboot::install::read_installed(&mut boot_disk).map(|(r, _)| r);
     match &record {
         Ok(r) => println!(
             "Install record: grub.cfg partition {}",
@@ -175,16 +175,6 @@ fn read_patch(patch_ptr: u32) -> StagePatch {
         bios::read_low(0x7C00, &mut sector);
     }
     StagePatch::read(&sector)
-}
-
-fn read_record(disk: &mut disk::BiosDisk, patch: &StagePatch) -> Result<InstallRecord, alloc::string::String> {
-    let lba = { patch.stage2_lba };
-    if lba < 2 {
-        return Err(alloc::string::String::from("stage2 sits too low for a record"));
-    }
-    let mut s = [0u8; SECTOR_BYTES];
-    disk.read_sectors(lba - 2, &mut s).map_err(|e| alloc::format!("{}", e))?;
-    InstallRecord::from_sector(&s).map_err(|e| alloc::format!("{}", e))
 }
 
 /// Show a message on both consoles, wait for a key, reboot. Never returns, never triple-faults.

@@ -9,13 +9,7 @@ use vboot::block::{BlockDevice, SECTOR_BYTES};
 use vboot::install;
 
 pub fn recover_mbr(disk: &mut BiosDisk) -> Result<(), String> {
-    let (record, current) = install::read_installed(disk)?;
-    if record.flags & install::RECORD_FLAG_SAVED_MBR == 0 {
-        return Err(String::from("the install record has no saved sector 0 to put back"));
-    }
-    let mut saved = [0u8; SECTOR_BYTES];
-    disk.read_sectors(record.saved_mbr_lba(), &mut saved).map_err(|e| format!("reading the saved MBR: {}", e))?;
-    let restored = install::restore_boot_code(&saved, &current);
+    let (record, restored) = install::saved_boot_code(disk)?;
     println!("recover_mbr: sector 0 of disk {:#04x} will get back the boot code saved when vboot", disk.drive);
     println!("was installed (LBA {}); the current partition table and disk signature are kept.", record.saved_mbr_lba());
     println!("vboot will then no longer start from this disk. Continue? [y/N]");

@@ -110,44 +110,6 @@ fn check_supported(opts: &VbootOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// Read `sectors` sectors of an image file at `file_sector` through its extents.
-fn read_file_sectors(disk: &mut BiosDisk, start_lba: u64, file: &File, file_sector: u64, buf: &mut [u8]) -> Result<(), String> {
-    use vboot::block::BlockDevice;
-    for (i, chunk) in buf.chunks_mut(512).enumerate() {
-        let (lba, _) = file
-            .extents
-            .lookup(file_sector + i as u64)
-            .ok_or_else(|| format!("{}: sector {} is outside the file", file.path, file_sector + i as u64))?;
-        disk.read_sectors(start_lba + lba, chunk).map_err(|e| format!("{}: {}", file.path, e))?;
-    }
-    Ok(())
-}
-
-/// What a file's first and last sectors say about its format.
-fn image_format(disk: &mut BiosDisk, start_lba: u64, file: &File) -> Result<Option<&'static str>, String> {
-    let sectors = file.size_bytes / 512;
-    if sectors == 0 {
-        return Ok(None);
-    }
-    let mut first = [0u8; 512];
-    read_file_sectors(disk, start_lba, file, 0, &mut first)?;
-    let mut last = [0u8; 512];
-    read_file_sectors(disk, start_lba, file, sectors - 1, &mut last)?;
-    Ok(if &last[0..8] == b"conectix" || &first[0..8] == b"conectix" {
-        Some("VHD")
-    } else if &first[0..4] == b"KDMV" || first.starts_with(b"# Disk DescriptorFile") {
-        Some("VMDK")
-    } else if first[0x40..0x44] == [0x7F, 0x10, 0xDA, 0xBE] {
-        Some("VDI")
-    } else if &first[0..8] == b"vhdxfile" {
-        Some("VHDX")
-    } else if &first[0..4] == b"QFI\xfb" {
-        Some("QCOW2")
-    } else {
-        None
-    })
-}
-
 pub fn boot(
     disk: &mut BiosDisk,
     table: &PartitionTable,
@@ -167,9 +129,6 @@ pub fn boot(
     if file.size_bytes == 0 {
         return Err(format!("{} is empty", file.path));
     }
-    if let Some(fmt @ ("VHDX" | "QCOW2")) = image_format(disk, part.start_lba, &file)? {
-        return Err(format!("{} is a {} image; vboot boots raw, VHD, VMDK and VDI images", file.path, fmt));
-    }
     // Walk the chain from the leaf up, on the image's partition, as the engine will again.
     let parent_dir = match &opts.parent_dir {
         Some(p) if p.disk.is_none() || (p.disk == Some(0) && p.partition.map(|x| x.number) == Some(part_number)) => {
@@ -179,7 +138,7 @@ pub fn boot(
         None => None,
     };
     let mut locator =
-        crate::images::FsLocator { disk: disk.clone(), start_lba: part.start_lba, sectors: part.sectors, opened: Vec::new() };
+        crate::images::FsLocator { disk: disk.clone(), start_lba: part.start_lba, sectors: part.sectors, opened: alloc::vec![(file.path.clone(), file.clone())] };
     let chain_opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
     let (layers, warnings) = vboot::image::open_chain(&file.path, &mut locator, &chain_opts).map_err(|e| format!("{}", e))?;
     for w in &warnings {

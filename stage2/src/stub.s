@@ -52,6 +52,27 @@
 .set R_ES,  30
 .set R_FLAGS, 32
 
+# The seven general registers to and from a register block (vboot::int13::Regs layout), through
+# CS because DS belongs to the caller.
+.macro SAVE_GPRS block
+    mov %eax, %cs:\block+R_EAX
+    mov %ebx, %cs:\block+R_EBX
+    mov %ecx, %cs:\block+R_ECX
+    mov %edx, %cs:\block+R_EDX
+    mov %esi, %cs:\block+R_ESI
+    mov %edi, %cs:\block+R_EDI
+    mov %ebp, %cs:\block+R_EBP
+.endm
+.macro LOAD_GPRS block
+    mov %cs:\block+R_EAX, %eax
+    mov %cs:\block+R_EBX, %ebx
+    mov %cs:\block+R_ECX, %ecx
+    mov %cs:\block+R_EDX, %edx
+    mov %cs:\block+R_ESI, %esi
+    mov %cs:\block+R_EDI, %edi
+    mov %cs:\block+R_EBP, %ebp
+.endm
+
 .set SEL_CODE32, 0x08
 .set SEL_DATA32, 0x10
 .set SEL_CODE16, 0x18
@@ -116,13 +137,7 @@ int15_entry:
 common_entry:
     movb $1, %cs:S_BUSY
     incl %cs:S_CALLS
-    mov %eax, %cs:S_FRAME+R_EAX
-    mov %ebx, %cs:S_FRAME+R_EBX
-    mov %ecx, %cs:S_FRAME+R_ECX
-    mov %edx, %cs:S_FRAME+R_EDX
-    mov %esi, %cs:S_FRAME+R_ESI
-    mov %edi, %cs:S_FRAME+R_EDI
-    mov %ebp, %cs:S_FRAME+R_EBP
+    SAVE_GPRS S_FRAME
     mov %ds, %cs:S_FRAME+R_DS
     mov %es, %cs:S_FRAME+R_ES
     mov %fs, %cs:S_GUEST_FS
@@ -157,13 +172,7 @@ common_entry:
     mov %cs:S_GUEST_GS, %gs
     mov %cs:S_FRAME+R_DS, %ds
     mov %cs:S_FRAME+R_ES, %es
-    mov %cs:S_FRAME+R_EAX, %eax
-    mov %cs:S_FRAME+R_EBX, %ebx
-    mov %cs:S_FRAME+R_ECX, %ecx
-    mov %cs:S_FRAME+R_EDX, %edx
-    mov %cs:S_FRAME+R_ESI, %esi
-    mov %cs:S_FRAME+R_EDI, %edi
-    mov %cs:S_FRAME+R_EBP, %ebp
+    LOAD_GPRS S_FRAME
     movb $0, %cs:S_BUSY
     iret
 
@@ -231,26 +240,14 @@ rm_bios:
     mov %ax, %gs
     pushw %cs:S_BREGS+R_DS
     pushw %cs:S_BREGS+R_ES
-    mov %cs:S_BREGS+R_EAX, %eax
-    mov %cs:S_BREGS+R_EBX, %ebx
-    mov %cs:S_BREGS+R_ECX, %ecx
-    mov %cs:S_BREGS+R_EDX, %edx
-    mov %cs:S_BREGS+R_ESI, %esi
-    mov %cs:S_BREGS+R_EDI, %edi
-    mov %cs:S_BREGS+R_EBP, %ebp
+    LOAD_GPRS S_BREGS
     pop %es
     pop %ds
     # What INT does: FLAGS (IF clear, as the guest's INT left it), then a far call.
     pushf
     lcall *%cs:S_BIOS_TARGET
     cli
-    mov %eax, %cs:S_BREGS+R_EAX
-    mov %ebx, %cs:S_BREGS+R_EBX
-    mov %ecx, %cs:S_BREGS+R_ECX
-    mov %edx, %cs:S_BREGS+R_EDX
-    mov %esi, %cs:S_BREGS+R_ESI
-    mov %edi, %cs:S_BREGS+R_EDI
-    mov %ebp, %cs:S_BREGS+R_EBP
+    SAVE_GPRS S_BREGS
     mov %ds, %cs:S_BREGS+R_DS
     mov %es, %cs:S_BREGS+R_ES
     pushf

@@ -94,12 +94,9 @@ pub fn write_at(disk: &Path, start_lba: u64, image: &Path) {
 /// The usual test disk: MBR, one active FAT partition at 1 MiB filling the disk, with `files`:
 /// FAT32 from 64 MiB up (FAT32 needs 65525 clusters), FAT16 below.
 pub fn mbr_fat32_disk(dir: &crate::TempDir, size_mib: u64, files: &[FileSpec]) -> PathBuf {
-    let disk = dir.join("disk.img");
-    blank(&disk, size_mib);
-    sfdisk(&disk, "label: dos\nstart=2048, type=c, bootable\n");
     let part = dir.join("part.img");
     fat_volume(&part, size_mib * 2048 - 2048, if size_mib >= 64 { 32 } else { 16 }, files);
-    write_at(&disk, 2048, &part);
+    let disk = disk_from_partition(dir, &part, size_mib);
     let _ = std::fs::remove_file(&part);
     disk
 }

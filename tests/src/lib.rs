@@ -67,6 +67,10 @@ impl TempDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+    /// `join` as a string, for command-line arguments.
+    pub fn file(&self, name: &str) -> String {
+        self.path.join(name).to_string_lossy().into_owned()
+    }
 }
 
 impl Drop for TempDir {
@@ -149,4 +153,43 @@ impl Host {
         disk::partition_of(&self.disk, self.part_sectors, out);
         out.to_path_buf()
     }
+}
+
+/// Run an oracle tool with `args`; panics with its output (or the package to install) on failure.
+pub fn tool(cmd: &str, package: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({}): install the Debian package {}", cmd, e, package));
+    assert!(
+        out.status.success(),
+        "{} {:?} failed: {}{}",
+        cmd,
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn qemu_img(args: &[&str]) -> String {
+    tool("qemu-img", "qemu-utils", args)
+}
+
+/// Run qemu-io commands (`-c` each) on an image of format `fmt`.
+pub fn qemu_io(fmt: &str, img: &str, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push(img);
+    tool("qemu-io", "qemu-utils", &args);
+}
+
+/// The vdisk binary `cargo xtask build` made.
+pub fn vdisk_bin() -> PathBuf {
+    let p = workspace_root().join("target/release/vdisk");
+    assert!(p.exists(), "{} is missing: run `cargo xtask test` (it builds the tools first)", p.display());
+    p
 }

@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -18,54 +17,9 @@ use vboot::fs::exfat::ExfatVolume;
 use vboot::fs::ext::ExtVolume;
 use vboot::fs::ntfs::NtfsVolume;
 use vboot::fs::{DirEntry, File, FileKind, FsError};
+use vboot_tests::{require_tool as need, sh as run, TempDir};
 
 // ---------------------------------------------------------------- harness
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "vboot-hostfs-{}-{}-{}",
-            tag,
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Fail (never skip) when a tool is missing, naming the Debian package that provides it.
-fn need(tool: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    assert!(found, "`{}` is missing: install the Debian package `{}`", tool, package);
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {:?}: {}", cmd, e));
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}\n{}",
-        cmd,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn sbin(tool: &str) -> Command {
     for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
@@ -446,8 +400,8 @@ fn exfat_source(dir: &Path) -> PathBuf {
 fn exfat_reads_every_file_like_the_source() {
     for (size, cluster) in [(64u64 << 20, None), (48 << 20, Some("512")), (80 << 20, Some("64K"))] {
         let t = TempDir::new("exfat");
-        let src = exfat_source(t.path());
-        let img = build_exfat(t.path(), &src, size, cluster);
+        let src = exfat_source(&t.path);
+        let img = build_exfat(&t.path, &src, size, cluster);
         let mut vol = ExfatVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
         check_against_source(&mut vol, &img, &src);
         let runs = vol.open_file("/VMs/frag-a.bin").unwrap().extents.extents.len();
@@ -459,7 +413,7 @@ fn exfat_reads_every_file_like_the_source() {
 fn exfat_rejects_a_bad_boot_checksum_and_foreign_volumes() {
     let t = TempDir::new("exfat-bad");
     need("mkfs.exfat", "exfatprogs");
-    let img = t.path().join("x.img");
+    let img = &t.path.join("x.img");
     make_image(&img, 16 << 20);
     run(sbin("mkfs.exfat").arg(&img));
     let mut bytes = std::fs::read(&img).unwrap();
@@ -492,9 +446,9 @@ fn exfat_mutate(img: &mut Vec<u8>, rng: &mut Rng) {
 #[test]
 fn exfat_survives_mutations() {
     let t = TempDir::new("exfat-mut");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 40);
-    let img = build_exfat(t.path(), &src, 24 << 20, Some("4K"));
+    let img = build_exfat(&t.path, &src, 24 << 20, Some("4K"));
     let bytes = std::fs::read(&img).unwrap();
     mutation_loop("exFAT", bytes.clone(), 400, exfat_mutate, |d| {
         if let Ok(mut v) = ExfatVolume::open(d) {
@@ -561,9 +515,9 @@ fn ext_case(tag: &str, size_bytes: u64, mkfs_args: &[&str]) {
 
 fn ext_case_with(tag: &str, size_bytes: u64, mkfs_args: &[&str], inline: bool) {
     let t = TempDir::new(tag);
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 600);
-    let img = build_ext(t.path(), &src, size_bytes, mkfs_args);
+    let img = build_ext(&t.path, &src, size_bytes, mkfs_args);
     let mut vol = ExtVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
     check_against_source_with(&mut vol, &img, &src, inline, &[]);
     let runs = vol.open_file("/VMs/frag.bin").unwrap().extents.extents.len();
@@ -595,9 +549,9 @@ fn ext4_inline_data() {
     // Small files and directories live inside their inodes (i_block plus system.data).
     ext_case_with("ext4-inline", 64 << 20, &["-b", "4096", "-I", "512", "-O", "inline_data"], true);
     let t = TempDir::new("ext-inline-check");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 3);
-    let img = t.path().join("i.img");
+    let img = &t.path.join("i.img");
     make_image(&img, 32 << 20);
     run(sbin("mkfs.ext4").args(["-q", "-F", "-I", "512", "-O", "inline_data", "-d"]).arg(&src).arg(&img));
     let stat = run(sbin("debugfs").arg("-R").arg("stat /boot/grub/grub.cfg").arg(&img).stderr(std::process::Stdio::null()));
@@ -625,7 +579,7 @@ fn ext4_sparse_and_unwritten_files_read_as_zeros_and_are_refused() {
     need("mkfs.ext4", "e2fsprogs");
     need("debugfs", "e2fsprogs");
     let t = TempDir::new("ext-sparse");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let mut sparse = vec![0u8; 1 << 20];
     sparse[600_000..600_005].copy_from_slice(b"hello");
@@ -637,10 +591,10 @@ fn ext4_sparse_and_unwritten_files_read_as_zeros_and_are_refused() {
         f.write_all(b"hello").unwrap();
     }
     std::fs::write(src.join("prealloc.img"), b"").unwrap();
-    let img = t.path().join("ext.img");
+    let img = &t.path.join("ext.img");
     make_image(&img, 32 << 20);
     run(sbin("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&src).arg(&img));
-    let cmd = t.path().join("cmd");
+    let cmd = &t.path.join("cmd");
     // Unwritten blocks over old data: fill the blocks first, so zeros can only come from the
     // unwritten flag.
     std::fs::write(&cmd, "fallocate /prealloc.img 0 63\nsif /prealloc.img size 200000\n").unwrap();
@@ -683,9 +637,9 @@ fn ext_mutate(img: &mut Vec<u8>, rng: &mut Rng) {
 fn ext_survives_mutations() {
     for (tag, args) in [("ext4", &["-b", "1024"][..]), ("ext2", &["-t", "ext2", "-b", "1024"][..])] {
         let t = TempDir::new(tag);
-        let src = t.path().join("src");
+        let src = &t.path.join("src");
         make_source_tree(&src, 60);
-        let img = build_ext(t.path(), &src, 32 << 20, args);
+        let img = build_ext(&t.path, &src, 32 << 20, args);
         let bytes = std::fs::read(&img).unwrap();
         mutation_loop(tag, bytes, 300, ext_mutate, |d| {
             if let Ok(mut v) = ExtVolume::open(d) {
@@ -786,9 +740,9 @@ fn build_ntfs(dir: &Path, src: &Path, size_bytes: u64, mkntfs_args: &[&str]) -> 
 fn ntfs_reads_every_file_like_the_source() {
     for (tag, args) in [("4k", &["-c", "4096"][..]), ("512", &["-c", "512"][..]), ("64k", &["-c", "65536"][..])] {
         let t = TempDir::new(&format!("ntfs-{}", tag));
-        let src = t.path().join("src");
+        let src = &t.path.join("src");
         make_source_tree(&src, 600);
-        let img = build_ntfs(t.path(), &src, 96 << 20, args);
+        let img = build_ntfs(&t.path, &src, 96 << 20, args);
         let mut vol = NtfsVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
         check_against_source_with(&mut vol, &img, &src, true, &["special"]);
         check_ntfs_specials(&mut vol, &img, tag);
@@ -878,9 +832,9 @@ fn ntfs_mutate(img: &mut Vec<u8>, rng: &mut Rng) {
 #[test]
 fn ntfs_survives_mutations() {
     let t = TempDir::new("ntfs-mut");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 100);
-    let img = build_ntfs(t.path(), &src, 40 << 20, &["-c", "4096"]);
+    let img = build_ntfs(&t.path, &src, 40 << 20, &["-c", "4096"]);
     let bytes = std::fs::read(&img).unwrap();
     assert!(NtfsVolume::open(MemDisk::from_bytes(bytes.clone())).is_ok());
     mutation_loop("NTFS", bytes, 300, ntfs_mutate, |d| {
@@ -926,9 +880,9 @@ fn exfat_metadata_writes_keep_the_volume_clean() {
     need("fsck.exfat", "exfatprogs");
     need("diff", "diffutils");
     let t = TempDir::new("exfat-write");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 40);
-    let img = build_exfat(t.path(), &src, 32 << 20, Some("4K"));
+    let img = build_exfat(&t.path, &src, 32 << 20, Some("4K"));
     let mut model = model_of(&src);
     let mut vol = ExfatVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
     let mut rng = Rng(5150);
@@ -1015,7 +969,7 @@ fn exfat_metadata_writes_keep_the_volume_clean() {
 
     // The tools agree: fsck is clean, and exfat-fuse sees exactly the model.
     run(sbin("fsck.exfat").arg("-n").arg(&img));
-    let expect = t.path().join("expect");
+    let expect = &t.path.join("expect");
     for (p, data) in &model {
         let dst = expect.join(&p[1..]);
         std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
@@ -1024,7 +978,7 @@ fn exfat_metadata_writes_keep_the_volume_clean() {
     for d in walk(&src).1 {
         std::fs::create_dir_all(expect.join(d.trim_start_matches('/'))).unwrap();
     }
-    with_exfat_mount(&img, &t.path().join("mnt2"), |mnt| {
+    with_exfat_mount(&img, &&t.path.join("mnt2"), |mnt| {
         run(Command::new("diff").arg("-r").arg(&expect).arg(mnt));
     });
     let mut vol = ExfatVolume::open(FileDisk::open(&img, false).unwrap()).unwrap();
@@ -1053,15 +1007,15 @@ fn patch_through_extents(
 #[test]
 fn ext4_writes_inside_extents_are_seen_by_debugfs() {
     let t = TempDir::new("ext-write");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 5);
-    let img = build_ext(t.path(), &src, 32 << 20, &["-b", "1024"]);
+    let img = build_ext(&t.path, &src, 32 << 20, &["-b", "1024"]);
     let before = std::fs::read(src.join("VMs/frag.bin")).unwrap();
     let mut vol = ExtVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
     let f = vol.open_file("/VMs/frag.bin").unwrap();
     let want = patch_through_extents(&mut |f, o, b| vol.write_file(f, o, b), &f, before);
     drop(vol);
-    let out = t.path().join("dumped");
+    let out = &t.path.join("dumped");
     run(sbin("debugfs").arg("-R").arg(format!("dump /VMs/frag.bin {}", out.display())).arg(&img));
     assert!(std::fs::read(&out).unwrap() == want, "debugfs reads different bytes");
     run(sbin("e2fsck").args(["-f", "-n"]).arg(&img));
@@ -1071,9 +1025,9 @@ fn ext4_writes_inside_extents_are_seen_by_debugfs() {
 fn ntfs_writes_inside_extents_are_seen_by_ntfscat() {
     need("ntfscat", "ntfs-3g");
     let t = TempDir::new("ntfs-write");
-    let src = t.path().join("src");
+    let src = &t.path.join("src");
     make_source_tree(&src, 5);
-    let img = build_ntfs(t.path(), &src, 40 << 20, &["-c", "4096"]);
+    let img = build_ntfs(&t.path, &src, 40 << 20, &["-c", "4096"]);
     let before = std::fs::read(src.join("VMs/frag.bin")).unwrap();
     let mut vol = NtfsVolume::open(FileDisk::open(&img, true).unwrap()).unwrap();
     let f = vol.open_file("/VMs/frag.bin").unwrap();

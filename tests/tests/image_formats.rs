@@ -2,7 +2,8 @@
 //! every variant, `qemu-img convert -O raw` says what they contain, and we must read the same.
 //! VHD differencing chains (which qemu cannot read) are checked with libvhdi (python3-libvhdi).
 
-use std::path::{Path, PathBuf};
+use vboot_tests::{qemu_img, qemu_io, tool, TempDir};
+use std::path::Path;
 use std::process::Command;
 
 use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
@@ -10,53 +11,9 @@ use vboot::image::disk::Source;
 use vboot::image::create::{create_at, CreateOptions, Variant};
 use vboot::image::{Disk, ImageError};
 
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("vboot-img-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("VBOOT_KEEP_TEMP").is_some() {
-            eprintln!("kept {}", self.0.display());
-            return;
-        }
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tool(cmd: &str, package: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {} ({}): install the Debian package {}", cmd, e, package));
-    assert!(out.status.success(), "{} {:?} failed: {}{}", cmd, args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn qemu_img(args: &[&str]) -> String {
-    tool("qemu-img", "qemu-utils", args)
-}
-
-fn qemu_io(fmt: &str, img: &str, cmds: &[&str]) {
-    let mut args = vec!["-f", fmt];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(img);
-    tool("qemu-io", "qemu-utils", &args);
-}
-
 /// The whole virtual disk as qemu sees it.
 fn qemu_raw(fmt: &str, img: &str, dir: &TempDir) -> Vec<u8> {
-    let out = dir.path("oracle.raw");
+    let out = dir.file("oracle.raw");
     let _ = std::fs::remove_file(&out);
     qemu_img(&["convert", "-f", fmt, "-O", "raw", img, &out]);
     let v = std::fs::read(&out).unwrap();
@@ -108,7 +65,7 @@ const PATTERN: &[&str] = &[
 
 fn roundtrip(fmt: &str, create: &[&str], tag: &str) {
     let dir = TempDir::new(tag);
-    let img = dir.path(&format!("img.{}", if fmt == "vpc" { "vhd" } else { fmt }));
+    let img = dir.file(&format!("img.{}", if fmt == "vpc" { "vhd" } else { fmt }));
     let mut args = vec!["create", "-q", "-f", fmt];
     args.extend_from_slice(create);
     args.push(&img);
@@ -141,7 +98,7 @@ fn vhd_dynamic_matches_qemu() {
 fn vhd_virtual_size_follows_creator_rules() {
     let dir = TempDir::new("vhd-size");
     for (req, opts, want) in [("100M", "subformat=dynamic", 104_865_792u64), ("1G", "subformat=dynamic", 1_073_995_776), ("100M", "subformat=dynamic,force_size=on", 104_857_600)] {
-        let img = dir.path("s.vhd");
+        let img = dir.file("s.vhd");
         let _ = std::fs::remove_file(&img);
         qemu_img(&["create", "-q", "-f", "vpc", "-o", opts, &img, req]);
         let d = open(&img).unwrap();
@@ -154,7 +111,7 @@ fn vhd_map_offsets_match_qemu_map() {
     // qemu-img map gives the file offset of each allocated range: the same numbers must come
     // out of our flattened map.
     let dir = TempDir::new("vhd-map");
-    let img = dir.path("m.vhd");
+    let img = dir.file("m.vhd");
     qemu_img(&["create", "-q", "-f", "vpc", "-o", "subformat=dynamic", &img, "100M"]);
     qemu_io("vpc", &img, &["write -P 0x77 6m 4k", "write -P 0x78 0 512"]);
     let json = qemu_img(&["map", "--output=json", "-f", "vpc", &img]);
@@ -190,10 +147,10 @@ fn vmdk_monolithic_flat_matches_qemu() {
 #[test]
 fn vmdk_stream_optimized_matches_qemu() {
     let dir = TempDir::new("vmdk-stream");
-    let raw = dir.path("in.raw");
+    let raw = dir.file("in.raw");
     qemu_img(&["create", "-q", "-f", "raw", &raw, "64M"]);
     qemu_io("raw", &raw, PATTERN);
-    let img = dir.path("so.vmdk");
+    let img = dir.file("so.vmdk");
     qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", &raw, &img]);
     let oracle = qemu_raw("vmdk", &img, &dir);
     let mut d = open(&img).unwrap();
@@ -206,10 +163,10 @@ fn vmdk_stream_optimized_vmware_style_matches_qemu() {
     // VMDKstream (Debian python3-vmdkstream) writes what VMware does: grain directory at the
     // end (gdOffset = -1), a footer header, markers and an end-of-stream marker.
     let dir = TempDir::new("vmdk-vmdkstream");
-    let raw = dir.path("in.raw");
+    let raw = dir.file("in.raw");
     qemu_img(&["create", "-q", "-f", "raw", &raw, "64M"]);
     qemu_io("raw", &raw, PATTERN);
-    let img = dir.path("so.vmdk");
+    let img = dir.file("so.vmdk");
     let script = format!("import VMDKstream\nVMDKstream.convert_to_stream({:?}, {:?})", raw, img);
     let r = Command::new("/usr/bin/python3").arg("-c").arg(&script).output().expect("cannot run /usr/bin/python3 (Debian python3)");
     assert!(r.status.success(), "VMDKstream failed (install the Debian package python3-vmdkstream): {}", String::from_utf8_lossy(&r.stderr));
@@ -225,7 +182,7 @@ fn vmdk_stream_optimized_vmware_style_matches_qemu() {
 
 /// Compare selected byte ranges of a large image (reading all of a multi-GiB disk is too slow).
 fn compare_ranges(fmt: &str, img: &str, dir: &TempDir, ranges: &[(u64, u64)]) {
-    let oracle_path = dir.path("oracle.raw");
+    let oracle_path = dir.file("oracle.raw");
     let _ = std::fs::remove_file(&oracle_path);
     qemu_img(&["convert", "-f", fmt, "-O", "raw", img, &oracle_path]);
     let mut d = open(img).unwrap();
@@ -245,11 +202,11 @@ fn compare_ranges(fmt: &str, img: &str, dir: &TempDir, ranges: &[(u64, u64)]) {
 
 fn two_gb(subformat: &str, tag: &str) {
     let dir = TempDir::new(tag);
-    let img = dir.path("t.vmdk");
+    let img = dir.file("t.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", "-o", &format!("subformat={}", subformat), &img, "2100M"]);
     let gib2 = 2048u64 << 20;
     qemu_io("vmdk", &img, &["write -P 0x21 0 64k", &format!("write -P 0x22 {} 2m", gib2 - (1 << 20)), &format!("write -P 0x23 {} 4k", 2100u64 * (1 << 20) - 4096)]);
-    let listing: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let listing: Vec<String> = std::fs::read_dir(&dir.path).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(listing.len() >= 3, "expected a descriptor and 2 extent files, got {:?}", listing);
     let names = open(&img).unwrap().layers()[0].file_names();
     assert_eq!(names.len(), 3, "descriptor + 2 extents: {:?}", names);
@@ -271,7 +228,7 @@ fn vmdk_two_gb_flat_matches_qemu() {
 #[test]
 fn vmdk_vmfs_descriptor_matches_qemu() {
     let dir = TempDir::new("vmdk-vmfs");
-    let img = dir.path("v.vmdk");
+    let img = dir.file("v.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat", &img, "64M"]);
     qemu_io("vmdk", &img, PATTERN);
     // qemu cannot create vmfs; turn the flat descriptor into one (qemu's parser wants exact
@@ -313,14 +270,14 @@ fn vdi_dynamic_and_static_match_qemu() {
 #[test]
 fn vmdk_child_chain_from_qemu_matches_qemu() {
     let dir = TempDir::new("vmdk-chain");
-    let base = dir.path("base.vmdk");
+    let base = dir.file("base.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
     qemu_io("vmdk", &base, PATTERN);
     // Relative backing name, stored verbatim; middle layer is split sparse.
-    let mid = dir.path("mid.vmdk");
+    let mid = dir.file("mid.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "-b", "base.vmdk", "-F", "vmdk", &mid]);
     qemu_io("vmdk", &mid, &["write -P 0xA1 1m 4k", "write -P 0xA2 31m 64k"]);
-    let leaf = dir.path("leaf.vmdk");
+    let leaf = dir.file("leaf.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", "-b", &mid, "-F", "vmdk", &leaf]);
     qemu_io("vmdk", &leaf, &["write -P 0xB1 1m 512", "write -P 0xB2 40m 70k"]);
     let oracle = qemu_raw("vmdk", &leaf, &dir);
@@ -332,9 +289,9 @@ fn vmdk_child_chain_from_qemu_matches_qemu() {
 #[test]
 fn vmdk_child_with_changed_parent_is_refused() {
     let dir = TempDir::new("vmdk-cid");
-    let base = dir.path("base.vmdk");
+    let base = dir.file("base.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
-    let leaf = dir.path("leaf.vmdk");
+    let leaf = dir.file("leaf.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", &leaf]);
     // Writing the base changes its CID: the child no longer matches.
     qemu_io("vmdk", &base, &["write -P 0x01 0 512"]);
@@ -351,11 +308,11 @@ fn vmdk_child_with_changed_parent_is_refused() {
 #[test]
 fn missing_parent_error_names_image_and_places() {
     let dir = TempDir::new("vmdk-missing");
-    let base = dir.path("base.vmdk");
+    let base = dir.file("base.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
-    let leaf = dir.path("leaf.vmdk");
+    let leaf = dir.file("leaf.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", &leaf]);
-    std::fs::rename(&base, dir.path("elsewhere.vmdk")).unwrap();
+    std::fs::rename(&base, dir.file("elsewhere.vmdk")).unwrap();
     let e = match open(&leaf) {
         Err(e) => e,
         Ok(_) => panic!("opened a chain whose parent is gone"),
@@ -365,8 +322,8 @@ fn missing_parent_error_names_image_and_places() {
     assert!(msg.contains("leaf.vmdk") && msg.contains(&base) && msg.contains("not found"), "{}", msg);
     // parent_dir= finds it under another directory when the name matches.
     let other = TempDir::new("vmdk-missing-pd");
-    std::fs::rename(dir.path("elsewhere.vmdk"), other.path("base.vmdk")).unwrap();
-    let opts = ChainOptions { parent_dir: Some(other.0.to_string_lossy().into_owned()), ..Default::default() };
+    std::fs::rename(dir.file("elsewhere.vmdk"), other.file("base.vmdk")).unwrap();
+    let opts = ChainOptions { parent_dir: Some(other.path.to_string_lossy().into_owned()), ..Default::default() };
     let (layers, _) = open_chain(&leaf, &mut StdLocator::default(), &opts).unwrap();
     assert_eq!(layers.len(), 2);
 }
@@ -400,7 +357,7 @@ fn images_we_write_pass_qemu_check_and_read_the_same_through_qemu() {
         (Variant::VmdkVmfs, "vmdk", true),
     ] {
         let dir = TempDir::new("ours");
-        let img = dir.path("ours.img");
+        let img = dir.file("ours.img");
         create_at(&img, variant, &opts(8 << 20), None).unwrap();
         if check {
             qemu_img(&["check", "-f", fmt, &img]);
@@ -431,11 +388,11 @@ fn images_we_write_pass_qemu_check_and_read_the_same_through_qemu() {
 #[test]
 fn vmdk_child_we_make_on_a_qemu_parent_reads_the_same_through_qemu() {
     let dir = TempDir::new("vmdk-ourchild");
-    let base = dir.path("base.vmdk");
+    let base = dir.file("base.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", &base, "64M"]);
     qemu_io("vmdk", &base, PATTERN);
-    std::fs::create_dir(dir.0.join("snaps")).unwrap();
-    let child = dir.path("snaps/child.vmdk");
+    std::fs::create_dir(dir.path.join("snaps")).unwrap();
+    let child = dir.file("snaps/child.vmdk");
     create_at(&child, Variant::VmdkMonolithicSparse, &opts(1 << 20), Some(&base)).unwrap();
     {
         let mut d = open_rw(&child);
@@ -452,7 +409,7 @@ fn vmdk_child_we_make_on_a_qemu_parent_reads_the_same_through_qemu() {
 
 /// Read a VHD chain (leaf first) through libvhdi; returns the whole disk.
 fn pyvhdi_read(chain: &[&str], dir: &TempDir) -> Vec<u8> {
-    let out = dir.path("pyvhdi.raw");
+    let out = dir.file("pyvhdi.raw");
     let script = format!(
         r#"
 import pyvhdi
@@ -487,11 +444,11 @@ with open({out:?}, "wb") as o:
 #[test]
 fn vhd_chains_we_make_read_the_same_through_libvhdi() {
     let dir = TempDir::new("vhd-chain");
-    let base = dir.path("base.vhd");
+    let base = dir.file("base.vhd");
     qemu_img(&["create", "-q", "-f", "vpc", "-o", "subformat=dynamic", &base, "64M"]);
     qemu_io("vpc", &base, PATTERN);
-    std::fs::create_dir(dir.0.join("snap")).unwrap();
-    let mid = dir.path("snap/mid.vhd");
+    std::fs::create_dir(dir.path.join("snap")).unwrap();
+    let mid = dir.file("snap/mid.vhd");
     create_at(&mid, Variant::VhdDynamic, &opts(0), Some(&base)).unwrap();
     // libvhdi 20210425 (Debian 12) decodes VHD sector bitmaps without masking the bit
     // (`byte >> (7 - i)`), so every sector after a set bit *in the same byte* looks present.
@@ -503,7 +460,7 @@ fn vhd_chains_we_make_read_the_same_through_libvhdi() {
             d.write(s, &vec![b; n * 512]).unwrap();
         }
     }
-    let leaf = dir.path("snap/leaf.vhd");
+    let leaf = dir.file("snap/leaf.vhd");
     create_at(&leaf, Variant::VhdDynamic, &opts(4 << 20), Some(&mid)).unwrap();
     {
         let mut d = open_rw(&leaf);
@@ -521,21 +478,21 @@ fn vhd_chains_we_make_read_the_same_through_libvhdi() {
     // Moving the whole tree keeps it openable: the relative locator (W2ru) is tried first.
     let moved = TempDir::new("vhd-chain-moved");
     for f in ["base.vhd", "snap/mid.vhd", "snap/leaf.vhd"] {
-        if let Some(p) = Path::new(&moved.path(f)).parent() {
+        if let Some(p) = Path::new(&moved.file(f)).parent() {
             std::fs::create_dir_all(p).unwrap();
         }
-        std::fs::rename(dir.path(f), moved.path(f)).unwrap();
+        std::fs::rename(dir.file(f), moved.file(f)).unwrap();
     }
-    let mut d = open(&moved.path("snap/leaf.vhd")).unwrap();
+    let mut d = open(&moved.file("snap/leaf.vhd")).unwrap();
     assert_same(&read_all(&mut d), &theirs, "moved chain");
 }
 
 #[test]
 fn vhd_parent_uuid_mismatch_is_an_error_naming_both() {
     let dir = TempDir::new("vhd-uuid");
-    let base = dir.path("base.vhd");
+    let base = dir.file("base.vhd");
     create_at(&base, Variant::VhdDynamic, &opts(0), None).unwrap();
-    let child = dir.path("child.vhd");
+    let child = dir.file("child.vhd");
     create_at(&child, Variant::VhdDynamic, &opts(0), Some(&base)).unwrap();
     std::fs::remove_file(&base).unwrap();
     // Another image under the parent's name.
@@ -554,7 +511,7 @@ fn vhd_parent_uuid_mismatch_is_an_error_naming_both() {
 fn bench_chain(dir: &TempDir, depth: usize) -> String {
     let mut paths = Vec::new();
     for i in 0..depth {
-        let p = dir.path(&format!("d{}-{}.vhd", depth, i));
+        let p = dir.file(&format!("d{}-{}.vhd", depth, i));
         let o = CreateOptions { size_bytes: 256 << 20, exact_size: true, ..opts(0) };
         create_at(&p, Variant::VhdDynamic, &o, paths.last().map(|s: &String| s.as_str())).unwrap();
         paths.push(p);
@@ -638,7 +595,7 @@ fn bench_depth_ratios_and_open_time() {
     assert!(l64 / l1 > 0.5, "lookups at depth 64 are {:.2} of depth 1", l64 / l1);
 
     for (variant, name) in [(Variant::VhdDynamic, "big.vhd"), (Variant::VdiDynamic, "big.vdi"), (Variant::VmdkMonolithicSparse, "big.vmdk")] {
-        let p = dir.path(name);
+        let p = dir.file(name);
         create_at(&p, variant, &CreateOptions { size_bytes: 64 << 30, ..opts(0) }, None).unwrap();
         {
             let mut d = open_rw(&p);
@@ -658,7 +615,7 @@ fn bench_depth_ratios_and_open_time() {
 #[test]
 fn vmdk_grain_table_we_allocate_passes_qemu_check() {
     let dir = TempDir::new("vmdk-newgt");
-    let img = dir.path("g.vmdk");
+    let img = dir.file("g.vmdk");
     qemu_img(&["create", "-q", "-f", "vmdk", &img, "64M"]);
     {
         // Remove grain table 1 from both directories.

@@ -229,3 +229,51 @@ fn recover_mbr_restores_and_boots_the_saved_boot_code() {
     assert_eq!(q.wait_exit(T), Some(EXIT_PASS));
     assert_eq!(std::fs::read(&host_disk).unwrap()[..512], before[..], "sector 0 is not the original");
 }
+
+/// Host partitions that are not FAT: the same path from grub.cfg to the image's extents, on
+/// ext4 (made with `mkfs.ext4 -d`) and NTFS (made with `mkntfs`, filled with `ntfscp`).
+#[test]
+fn images_boot_from_ext4_and_ntfs_host_partitions() {
+    for fs in ["ext4", "ntfs"] {
+        let dir = TempDir::new(&format!("raw-host-{}", fs));
+        let hello = guests::hello_guest(&dir.path, "hello", &format!("GUEST-ON-{}", fs.to_uppercase()), 2048);
+        // Filled, not zeros: mkfs.ext4 -d would store zero blocks as holes, and a sparse file is
+        // refused as a disk (it has no sectors of its own to write to).
+        let mut bytes = std::fs::read(&hello).unwrap();
+        bytes[512..].fill(0xF6);
+        std::fs::write(&hello, bytes).unwrap();
+        let cfg = "set timeout=0\nmenuentry 'guest' {\n    vboot harddisk=/hello.img\n}\n";
+        let part = dir.join("part.img");
+        let sectors: u64 = 63 * 2048;
+        match fs {
+            "ext4" => {
+                vboot_tests::require_tool("mkfs.ext4", "e2fsprogs");
+                let src = dir.join("src");
+                std::fs::create_dir_all(src.join("boot/grub")).unwrap();
+                std::fs::write(src.join("boot/grub/grub.cfg"), cfg).unwrap();
+                std::fs::copy(&hello, src.join("hello.img")).unwrap();
+                sh(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&src).arg(&part).arg(format!("{}k", sectors / 2)));
+            }
+            _ => {
+                vboot_tests::require_tool("mkntfs", "ntfs-3g");
+                vboot_tests::require_tool("ntfscp", "ntfs-3g");
+                disk::blank(&part, sectors / 2048);
+                sh(Command::new("mkntfs").args(["-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63"]).arg(&part));
+                let cfg_file = dir.join("grub.cfg");
+                std::fs::write(&cfg_file, cfg).unwrap();
+                sh(Command::new("ntfscp").arg("-f").arg(&part).arg(&cfg_file).arg("/grub.cfg"));
+                sh(Command::new("ntfscp").arg("-f").arg(&part).arg(&hello).arg("/hello.img"));
+            }
+        }
+        let host = dir.join("disk.img");
+        disk::blank(&host, 64);
+        disk::sfdisk(&host, &format!("label: dos\nstart=2048, type={}, bootable\n", if fs == "ext4" { "83" } else { "7" }));
+        disk::write_at(&host, 2048, &part);
+        let (ok, out) = vboot_tests::vboot_install(&["install", host.to_str().unwrap()]);
+        assert!(ok, "{}", out);
+        let mut q = Qemu::boot_disk(&host);
+        let out = q.expect(&format!("GUEST-ON-{}", fs.to_uppercase()), T);
+        assert!(out.contains(if fs == "ext4" { "ext2/3/4)" } else { "NTFS)" }), "grub.cfg not read from {}:\n{}", fs, out);
+        assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", out);
+    }
+}

@@ -2,14 +2,8 @@
 //! into flat binaries in target/vboot/, then the host tools with stable.
 
 use crate::{root, run};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-#[allow(dead_code)] // the paths, for callers that want them; `build` only needs the files
-pub struct Artifacts {
-    pub stage1: PathBuf,
-    pub stage2: PathBuf,
-}
 
 /// Variables the outer (stable) cargo sets that would make the nested nightly build use the
 /// wrong compiler or flags.
@@ -48,7 +42,7 @@ fn flatten(elf: &Path, out: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(out).map_err(|e| format!("{}: {}", out.display(), e))
 }
 
-pub fn build_firmware() -> Result<Artifacts, String> {
+pub fn build_firmware() -> Result<(), String> {
     let root = root();
     let out_dir = root.join("target/vboot");
     std::fs::create_dir_all(&out_dir).map_err(|e| e.to_string())?;
@@ -102,11 +96,10 @@ pub fn build_firmware() -> Result<Artifacts, String> {
         stage2.len(),
         vboot::install::engine_blob_sectors(elf.len() as u32) * 512
     );
-    Ok(Artifacts { stage1: out_dir.join("stage1.bin"), stage2: out_dir.join("stage2.bin") })
+    Ok(())
 }
 
-pub fn build_all() -> Result<Artifacts, String> {
-    let a = build_firmware()?;
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
-    Ok(a)
+pub fn build_all() -> Result<(), String> {
+    build_firmware()?;
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--quiet", "--workspace", "--bins"]))
 }

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let Some(cmd) = args.first() else { return usage() };
     let rest = &args[1..];
     let result = match cmd.as_str() {
-        "build" => firmware::build_all().map(|_| ()),
+        "build" => firmware::build_all(),
         "deps" => deps::ensure_all(),
         "test" => test(rest),
         "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),

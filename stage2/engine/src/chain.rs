@@ -11,13 +11,14 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
-use vboot::fs::ExtentList;
+use vboot::fs::{ExtentList, LbaIndex};
 use vboot::image::disk::Source;
 use vboot::image::{chain, open_chain, ChainOptions, Disk, ImageError, ImageFile, ParentLocator};
 use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Status};
 use vboot::resident::PlannedDrive;
 
 use crate::hostdisk::HostIo;
+use crate::stub::BOUNCE_BYTES;
 
 /// One file of the chain, read and written in place through its extents.
 pub struct ExtentFile {
@@ -25,6 +26,7 @@ pub struct ExtentFile {
     name: String,
     size_bytes: u64,
     extents: ExtentList,
+    lbas: LbaIndex,
 }
 
 impl ExtentFile {
@@ -56,8 +58,9 @@ impl ImageFile for ExtentFile {
             let (lba, run) = self.lba_of(pos / 512)?;
             let skip = (pos % 512) as usize;
             let want = ((skip + buf.len() - done).div_ceil(512) as u64).min(run).min(self.io.bounce_sectors());
-            let mut tmp = vec![0u8; want as usize * 512];
-            self.io.read_host(lba, &mut tmp).map_err(|s| self.io_err(pos, s))?;
+            let mut bounce = [0u8; BOUNCE_BYTES as usize];
+            let tmp = &mut bounce[..want as usize * 512];
+            self.io.read_host(lba, tmp).map_err(|s| self.io_err(pos, s))?;
             let take = (tmp.len() - skip).min(buf.len() - done);
             buf[done..done + take].copy_from_slice(&tmp[skip..skip + take]);
             done += take;
@@ -81,7 +84,7 @@ impl ImageFile for ExtentFile {
             }
             sector[skip..skip + take].copy_from_slice(&buf[done..done + take]);
             // DESIGN.md invariant 1: the sector is the file's own.
-            if !self.extents.contains_lbas(lba, 1) {
+            if !self.lbas.contains(lba, 1) {
                 return Err(self.io_err(pos, Status::WRITE_FAULT));
             }
             self.io.write_host(lba, &sector).map_err(|s| self.io_err(pos, s))?;
@@ -111,7 +114,7 @@ impl PlanLocator {
 impl ParentLocator for PlanLocator {
     fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
         let (name, size, extents) = self.find(path)?.clone();
-        Some(Box::new(ExtentFile { io: self.io, name, size_bytes: size, extents }))
+        Some(Box::new(ExtentFile { io: self.io, name, size_bytes: size, lbas: extents.lba_index(), extents }))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
         let dir = chain::normalize(dir).to_ascii_lowercase();
@@ -206,7 +209,7 @@ impl EmulatedDisk for ChainDisk {
                         .ok_or(fail(Status::SECTOR_NOT_FOUND))?;
                     let (host, contiguous) = ext.lookup(offset_bytes / 512 + into).ok_or(fail(Status::SECTOR_NOT_FOUND))?;
                     let n = n.min(contiguous);
-                    self.io.read_to_guest(host, n, mem, linear).map_err(fail)?;
+                    self.io.guest_io(false, host, n, mem, linear).map_err(fail)?;
                     done += n;
                 }
                 Source::Zero => {

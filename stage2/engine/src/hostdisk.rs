@@ -5,7 +5,7 @@
 
 use alloc::format;
 use alloc::string::String;
-use vboot::fs::ExtentList;
+use vboot::fs::{ExtentList, LbaIndex};
 use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Regs, Status};
 use vboot::resident::PlannedDrive;
 
@@ -76,44 +76,30 @@ impl HostIo {
         Ok(())
     }
 
-    /// `sectors` contiguous host sectors into guest memory at `linear`: straight into the
-    /// guest's buffer when it is real memory below 1 MiB, else through the bounce buffer (a
-    /// scratch memory, such as engine_init's geometry probe, must never be DMA'd into).
-    pub fn read_to_guest(&self, host_lba: u64, sectors: u64, mem: &mut dyn GuestMemory, linear: u64) -> Result<(), Status> {
+    /// `sectors` contiguous host sectors to or from guest memory at `linear`: straight into or
+    /// out of the guest's buffer when it is real memory below 1 MiB, else through the bounce
+    /// buffer (a scratch memory, such as engine_init's geometry probe, must never be DMA'd into).
+    pub fn guest_io(&self, write: bool, host_lba: u64, sectors: u64, mem: &mut dyn GuestMemory, linear: u64) -> Result<(), Status> {
         let mut done = 0u64;
         while done < sectors {
             let at = linear + done * 512;
             let want = (sectors - done).min(MAX_SECTORS_PER_CALL);
             if mem.is_physical() && at + want * 512 <= 0x10_0000 {
-                self.call(false, host_lba + done, want, at as u32)?;
+                self.call(write, host_lba + done, want, at as u32)?;
                 done += want;
-            } else {
-                let n = want.min(self.bounce_sectors());
-                let mut tmp = [0u8; BOUNCE_BYTES as usize];
-                self.read_host(host_lba + done, &mut tmp[..n as usize * 512])?;
-                mem.write(at, &tmp[..n as usize * 512]).map_err(|_| Status::BOUNDARY_ERROR)?;
-                done += n;
+                continue;
             }
-        }
-        Ok(())
-    }
-
-    /// Guest memory at `linear` to `sectors` contiguous host sectors.
-    pub fn write_from_guest(&self, host_lba: u64, sectors: u64, mem: &mut dyn GuestMemory, linear: u64) -> Result<(), Status> {
-        let mut done = 0u64;
-        while done < sectors {
-            let at = linear + done * 512;
-            let want = (sectors - done).min(MAX_SECTORS_PER_CALL);
-            if mem.is_physical() && at + want * 512 <= 0x10_0000 {
-                self.call(true, host_lba + done, want, at as u32)?;
-                done += want;
+            let n = want.min(self.bounce_sectors());
+            let mut tmp = [0u8; BOUNCE_BYTES as usize];
+            let bytes = &mut tmp[..n as usize * 512];
+            if write {
+                mem.read(at, bytes).map_err(|_| Status::BOUNDARY_ERROR)?;
+                self.write_host(host_lba + done, bytes)?;
             } else {
-                let n = want.min(self.bounce_sectors());
-                let mut tmp = [0u8; BOUNCE_BYTES as usize];
-                mem.read(at, &mut tmp[..n as usize * 512]).map_err(|_| Status::BOUNDARY_ERROR)?;
-                self.write_host(host_lba + done, &tmp[..n as usize * 512])?;
-                done += n;
+                self.read_host(host_lba + done, bytes)?;
+                mem.write(at, bytes).map_err(|_| Status::BOUNDARY_ERROR)?;
             }
+            done += n;
         }
         Ok(())
     }
@@ -122,6 +108,8 @@ impl HostIo {
 pub struct RawFile {
     io: HostIo,
     extents: ExtentList,
+    /// The file's host sectors, for the write check (built once here, not per write).
+    lbas: LbaIndex,
     sectors: u64,
     read_only: bool,
 }
@@ -139,7 +127,7 @@ impl RawFile {
         if layer.extents.total_sectors() < sectors {
             return Err(format!("{}: its extent list covers less than the file", layer.path));
         }
-        Ok(RawFile { io, extents: layer.extents.clone(), sectors, read_only: d.read_only })
+        Ok(RawFile { io, lbas: layer.extents.lba_index(), extents: layer.extents.clone(), sectors, read_only: d.read_only })
     }
 
     fn transfer(&mut self, write: bool, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64) -> Result<(), DiskError> {
@@ -150,15 +138,11 @@ impl RawFile {
                 self.extents.lookup(lba + done as u64).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
             let n = run.min((count - done) as u64).min(MAX_SECTORS_PER_CALL);
             let linear = buf_linear + done as u64 * 512;
-            if write {
-                if !self.extents.contains_lbas(host_lba, n) {
-                    // DESIGN.md invariant 1: never write a host sector outside the image file.
-                    return Err(fail(done, Status::WRITE_FAULT));
-                }
-                self.io.write_from_guest(host_lba, n, mem, linear).map_err(|s| fail(done, s))?;
-            } else {
-                self.io.read_to_guest(host_lba, n, mem, linear).map_err(|s| fail(done, s))?;
+            // DESIGN.md invariant 1: never write a host sector outside the image file.
+            if write && !self.lbas.contains(host_lba, n) {
+                return Err(fail(done, Status::WRITE_FAULT));
             }
+            self.io.guest_io(write, host_lba, n, mem, linear).map_err(|s| fail(done, s))?;
             done += n as u32;
         }
         Ok(())
