@@ -8,6 +8,8 @@
 .set SEL_DATA16, 0x20
 # The real-mode stack used while a BIOS call runs (below stage1's old home at 0x7C00).
 .set RM_STACK_TOP, 0x7C00
+# stage2's protected-mode stack: 1 MiB to 1 MiB + 64 KiB (main.rs keeps its heap above it).
+.set PM_STACK_TOP, 0x110000
 
 .section .header, "awx"
 .code16
@@ -99,7 +101,9 @@ a20_is_on:
     mov %ax, %fs
     mov %ax, %gs
     mov %ax, %ss
-    mov $stack_top, %esp
+    # The protected-mode stack lives at 1 MiB (PM_STACK_TOP), not in .bss: every byte below
+    # 0x80000 is needed for stage2's code, and RAM at 1 MiB exists on anything that runs us.
+    mov $PM_STACK_TOP, %esp
     # QEMU zeroes RAM; real machines do not.
     mov $_bss_start, %edi
     mov $_bss_end, %ecx
@@ -289,11 +293,6 @@ a20_enabled:
 stage_patch_ptr:
     .word 0
 
-.section .bss
-.balign 16
-stack_bottom:
-    .skip 65536
-stack_top:
 
 # CPU exceptions in protected mode: each stub pushes a dummy error code where the CPU pushes
 # none, then the vector, and lands in `cpu_exception` (Rust), which reports and waits for a key,

@@ -22,6 +22,9 @@ core::arch::global_asm!(include_str!("stub.s"), options(att_syntax));
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
+/// stage2's protected-mode stack, at 1 MiB (entry.s sets ESP to 1 MiB + this).
+const PM_STACK_BYTES: u32 = 64 << 10;
+
 /// The most heap stage2 takes, from the usable memory at 1 MiB.
 const HEAP_MAX_BYTES: u32 = 64 << 20;
 
@@ -103,9 +106,12 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
             memmap::MemoryMap::kind_name(r.kind)
         );
     }
-    let Some((heap_base, heap_bytes)) = map.extended_at_1mib() else {
+    let Some((ext_base, ext_bytes)) = map.extended_at_1mib() else {
         fatal("no usable memory at 1 MiB in the memory map");
     };
+    // The protected-mode stack occupies the first 64 KiB at 1 MiB (entry.s, PM_STACK_TOP).
+    let heap_base = ext_base + PM_STACK_BYTES;
+    let heap_bytes = ext_bytes.saturating_sub(PM_STACK_BYTES);
     // At most half the range: the top stays free for the resident engine.
     let heap_bytes = heap_bytes.min(HEAP_MAX_BYTES).min(heap_bytes / 2);
     if heap_bytes < (4 << 20) {
