@@ -6,6 +6,7 @@
 //! - [`options`]: the `vboot` line of an entry as typed [`VbootOptions`]; each entry keeps its
 //!   own parse result, so one bad line does not hide the rest of the menu.
 //! - [`path`]: GRUB path syntax, `(hd0,msdos5)/dir/file`.
+//! - [`rewrite`]: the grub.cfg edit `take_snapshot=` makes (one line changed or one entry added).
 //!
 //! ```text
 //! let config = Config::parse_bytes(&grub_cfg_bytes)?;
@@ -18,6 +19,7 @@ pub mod grubcfg;
 mod lexer;
 pub mod options;
 pub mod path;
+pub mod rewrite;
 
 pub use grubcfg::{
     Config, ConfigError, DefaultChoice, Entry, EntryProblem, MenuItem, Notice, Submenu, TimeoutStyle,

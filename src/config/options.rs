@@ -3,7 +3,7 @@
 //! ```text
 //! vboot harddisk=PATH cdrom=PATH floppy=PATH floppy_b=PATH boot=harddisk|cdrom|floppy
 //!       parent_dir=DIR take_snapshot=PATH boot_entry=INDEX config_file=PATH
-//!       new_menu_entry=TITLE restore immutable recover_mbr pause
+//!       new_menu_entry=TITLE reserve=SIZE restore immutable recover_mbr pause
 //! ```
 //!
 //! The parser takes the words after `vboot` once grub.cfg quoting and `$var` expansion are done,
@@ -18,7 +18,10 @@
 //!   `harddisk=`; `restore` and `take_snapshot=` exclude each other (one throws the child away,
 //!   the other adds one).
 //! - `boot_entry=`, `config_file=` and `new_menu_entry=` say how to rewrite grub.cfg after a
-//!   snapshot, so they need `take_snapshot=`.
+//!   snapshot, so they need `take_snapshot=`. `boot_entry=` (point an existing entry at the
+//!   snapshot) and `new_menu_entry=` (add an entry for it) exclude each other.
+//! - `reserve=SIZE` (bytes, or with a K, M or G suffix) is the write slack a sparse hard-disk
+//!   image gets before boot (vboot's own extension); it needs `harddisk=`.
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -66,12 +69,15 @@ pub struct VbootOptions {
     pub parent_dir: Option<GrubPath>,
     /// Before booting, create a differencing child of the hard-disk image here and boot it.
     pub take_snapshot: Option<GrubPath>,
-    /// Menu index (GRUB's, from 0) to make the default in the rewritten grub.cfg.
+    /// Menu index (GRUB's, top level, from 0) of the entry the rewritten grub.cfg points at the
+    /// new snapshot.
     pub boot_entry: Option<u32>,
     /// The grub.cfg to rewrite after a snapshot.
     pub config_file: Option<GrubPath>,
     /// Title of the menu entry to add for the new snapshot.
     pub new_menu_entry: Option<String>,
+    /// Write slack the leaf of a sparse hard-disk image must have before boot (`reserve=`).
+    pub reserve_bytes: Option<u64>,
     pub restore: bool,
     pub immutable: bool,
     pub recover_mbr: bool,
@@ -118,6 +124,10 @@ pub enum OptionErrorKind {
         option: &'static str,
     },
     NotANumber,
+    /// `reserve=` with something that is not a size.
+    BadSize,
+    /// `boot_entry=` together with `new_menu_entry=`.
+    EntryAndNewEntry,
     BadPath(PathError),
     /// A second `vboot` line in the same entry.
     SecondVbootLine {
@@ -176,6 +186,15 @@ impl fmt::Display for OptionError {
             OptionErrorKind::NotANumber => {
                 write!(f, "vboot option `{}`: boot_entry= takes a menu index (0, 1, 2 ...)", w)
             }
+            OptionErrorKind::BadSize => {
+                write!(f, "vboot option `{}`: reserve= takes a size in bytes, or with K, M or G (reserve=256M)", w)
+            }
+            OptionErrorKind::EntryAndNewEntry => write!(
+                f,
+                "vboot option `{}`: give either boot_entry= (point an existing entry at the snapshot) or \
+                 new_menu_entry= (add an entry for it), not both",
+                w
+            ),
             OptionErrorKind::BadPath(e) => write!(f, "vboot option `{}`: {}", w, e),
             OptionErrorKind::SecondVbootLine { first_line } => {
                 write!(f, "`{}`: this entry already has a vboot line (line {}); keep one", w, first_line)
@@ -190,11 +209,12 @@ fn placeholder(option: &str) -> &'static str {
         "parent_dir" => "DIR",
         "boot_entry" => "INDEX",
         "new_menu_entry" => "TITLE",
+        "reserve" => "SIZE",
         _ => "PATH",
     }
 }
 
-const VALUE_OPTIONS: [&str; 10] = [
+const VALUE_OPTIONS: [&str; 11] = [
     "harddisk",
     "cdrom",
     "floppy",
@@ -205,10 +225,11 @@ const VALUE_OPTIONS: [&str; 10] = [
     "boot_entry",
     "config_file",
     "new_menu_entry",
+    "reserve",
 ];
 const FLAG_OPTIONS: [&str; 4] = ["restore", "immutable", "recover_mbr", "pause"];
 const KNOWN_LIST: &str = "harddisk=, cdrom=, floppy=, floppy_b=, boot=, parent_dir=, take_snapshot=, \
-                          boot_entry=, config_file=, new_menu_entry=, restore, immutable, recover_mbr, pause";
+                          boot_entry=, config_file=, new_menu_entry=, reserve=, restore, immutable, recover_mbr, pause";
 
 /// Edit distance (insert, delete, substitute), for "did you mean". Names are short, so the
 /// quadratic table is a few hundred cells.
@@ -264,8 +285,24 @@ fn spelled(name: &'static str) -> &'static str {
         "boot_entry" => "boot_entry=",
         "config_file" => "config_file=",
         "new_menu_entry" => "new_menu_entry=",
+        "reserve" => "reserve=",
         other => other,
     }
+}
+
+/// `4096`, `64K`, `256M`, `2G` (binary multiples; lower case too).
+pub fn parse_size(value: &str) -> Option<u64> {
+    let (digits, shift) = match value.as_bytes().last()? {
+        b'k' | b'K' => (&value[..value.len() - 1], 10),
+        b'm' | b'M' => (&value[..value.len() - 1], 20),
+        b'g' | b'G' => (&value[..value.len() - 1], 30),
+        _ => (value, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift)
 }
 
 fn fail(word: &str, kind: OptionErrorKind) -> OptionError {
@@ -287,6 +324,7 @@ impl VbootOptions {
             boot_entry: None,
             config_file: None,
             new_menu_entry: None,
+            reserve_bytes: None,
             restore: false,
             immutable: false,
             recover_mbr: false,
@@ -341,6 +379,7 @@ impl VbootOptions {
                 "take_snapshot" => o.take_snapshot = Some(path(value, true)?),
                 "config_file" => o.config_file = Some(path(value, true)?),
                 "new_menu_entry" => o.new_menu_entry = Some(value.to_string()),
+                "reserve" => o.reserve_bytes = Some(parse_size(value).ok_or_else(|| fail(word, OptionErrorKind::BadSize))?),
                 "boot_entry" => {
                     let n = if value.bytes().all(|b| b.is_ascii_digit()) { value.parse().ok() } else { None };
                     o.boot_entry = Some(n.ok_or_else(|| fail(word, OptionErrorKind::NotANumber))?);
@@ -385,7 +424,7 @@ impl VbootOptions {
             return Err(fail(word_of("restore"), OptionErrorKind::RestoreWithSnapshot));
         }
         if o.harddisk.is_none() {
-            for name in ["take_snapshot", "restore", "parent_dir"] {
+            for name in ["take_snapshot", "restore", "parent_dir", "reserve"] {
                 if seen.iter().any(|(n, _)| *n == name) {
                     return Err(fail(word_of(name), OptionErrorKind::NeedsHarddisk { option: name }));
                 }
@@ -397,6 +436,9 @@ impl VbootOptions {
                     return Err(fail(word_of(name), OptionErrorKind::NeedsSnapshot { option: name }));
                 }
             }
+        }
+        if o.boot_entry.is_some() && o.new_menu_entry.is_some() {
+            return Err(fail(word_of("new_menu_entry"), OptionErrorKind::EntryAndNewEntry));
         }
         Ok(o)
     }
@@ -433,7 +475,10 @@ impl VbootOptions {
             lines.push(format!("new menu entry: {}", t));
         }
         if let Some(n) = self.boot_entry {
-            lines.push(format!("new default entry: {}", n));
+            lines.push(format!("then menu entry {} boots the snapshot", n));
+        }
+        if let Some(b) = self.reserve_bytes {
+            lines.push(format!("write slack for the image: {} KiB", b / 1024));
         }
         let flags: [(bool, &str); 4] = [
             (self.restore, "restore: discard the changes in the differencing image"),
@@ -480,7 +525,7 @@ mod tests {
     #[test]
     fn full_line() {
         let o = ok("harddisk=(hd0,1)/xp.vhd cdrom=/iso/x.iso floppy=/f.img floppy_b=(hd0,msdos5)/b.img \
-                    boot=cdrom parent_dir=/parents/ take_snapshot=/snap/s1.vhd boot_entry=3 \
+                    boot=cdrom parent_dir=/parents/ take_snapshot=/snap/s1.vhd reserve=64M \
                     config_file=/boot/grub/grub.cfg new_menu_entry=Snap immutable pause recover_mbr");
         assert_eq!(o.harddisk.as_ref().unwrap().to_string(), "(hd0,1)/xp.vhd");
         assert_eq!(o.cdrom.as_ref().unwrap().path, "/iso/x.iso");
@@ -493,7 +538,7 @@ mod tests {
         assert!(o.boot_explicit);
         assert_eq!(o.parent_dir.as_ref().unwrap().path, "/parents/");
         assert_eq!(o.take_snapshot.as_ref().unwrap().path, "/snap/s1.vhd");
-        assert_eq!(o.boot_entry, Some(3));
+        assert_eq!(o.reserve_bytes, Some(64 << 20));
         assert_eq!(o.config_file.as_ref().unwrap().path, "/boot/grub/grub.cfg");
         assert_eq!(o.new_menu_entry.as_deref(), Some("Snap"));
         assert!(o.immutable && o.pause && o.recover_mbr && !o.restore);
@@ -609,6 +654,19 @@ mod tests {
             "menu index",
         );
         assert_eq!(ok("harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=0").boot_entry, Some(0));
+        assert_eq!(ok("harddisk=/a.vhd reserve=256M").reserve_bytes, Some(256 << 20));
+        assert_eq!(ok("harddisk=/a.vhd reserve=0").reserve_bytes, Some(0));
+        assert_eq!(ok("harddisk=/a.vhd reserve=3g").reserve_bytes, Some(3 << 30));
+        assert_eq!(ok("harddisk=/a.vhd reserve=4096").reserve_bytes, Some(4096));
+        for bad in ["reserve=M", "reserve=1T", "reserve=-5M", "reserve=1.5G", "reserve=99999999999999999999"] {
+            refused(&format!("harddisk=/a.vhd {}", bad), bad, "reserve= takes a size");
+        }
+        refused("cdrom=/a.iso reserve=1M", "reserve=1M", "works on the hard-disk image");
+        refused(
+            "harddisk=/a.vhd take_snapshot=/s.vhd boot_entry=1 new_menu_entry=S",
+            "new_menu_entry=S",
+            "either boot_entry=",
+        );
     }
 
     #[test]

@@ -255,17 +255,17 @@ fn vboot_handwritten() {
     assert_eq!(snap.take_snapshot.as_ref().unwrap().to_string(), "(hd0,msdos1)/vboot/win7-child2.vhd");
     assert_eq!(snap.config_file.as_ref().unwrap().to_string(), "/boot/grub/grub.cfg");
     assert_eq!(snap.new_menu_entry.as_deref(), Some("Windows 7 (child 2)"));
-    assert_eq!(snap.boot_entry, Some(2));
+    assert_eq!(snap.boot_entry, None);
     assert!(!snap.restore && !snap.immutable && !snap.pause && !snap.recover_mbr);
     let e = entry(&c, &[1]);
     assert_eq!(e.vboot_line, Some(12));
     assert_eq!(
         e.lines,
         vec![
-            "# take a new snapshot at every boot and make it the default",
+            "# take a snapshot and add a menu entry for it",
             "vboot harddisk=${images}/win7-child1.vhd parent_dir=${images} \\",
             "take_snapshot=${images}/win7-child2.vhd \\",
-            "config_file=/boot/grub/grub.cfg new_menu_entry=\"Windows 7 (child 2)\" boot_entry=2",
+            "config_file=/boot/grub/grub.cfg new_menu_entry=\"Windows 7 (child 2)\"",
         ]
     );
 
