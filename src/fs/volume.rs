@@ -139,6 +139,70 @@ impl<D: BlockDevice> Volume<D> {
         }
     }
 
+    // Writes, made before the guest starts (DESIGN.md §4 invariant 2). FAT and exFAT take them;
+    // NTFS and ext refuse them with a message that says so.
+
+    /// Create a file of `size_bytes` at `path` (its directory must exist, the name must be new).
+    /// On FAT the new bytes are whatever the clusters held (the image layer writes what it
+    /// reads); exFAT zeroes them (its valid-data length must cover the file).
+    pub fn create_file(&mut self, path: &str, size_bytes: u64) -> Result<File, FsError> {
+        match self {
+            Volume::Fat(v) => {
+                v.create_file(path)?;
+                v.set_len(path, size_bytes, false)
+            }
+            Volume::Exfat(v) => v.create_file(path, size_bytes),
+            Volume::Ext(v) => v.create_file(path, size_bytes),
+            Volume::Ntfs(v) => v.create_file(path, size_bytes),
+        }
+    }
+
+    /// Grow the file at `path` to `new_size_bytes` (never shrinks it). Same fill as
+    /// [`Volume::create_file`].
+    pub fn grow_file(&mut self, path: &str, new_size_bytes: u64) -> Result<File, FsError> {
+        match self {
+            Volume::Fat(v) => {
+                let f = v.open_file(path)?;
+                if new_size_bytes < f.size_bytes {
+                    return Err(FsError::Unsupported(alloc::format!("{} is {} bytes; growing it to {} would shrink it", path, f.size_bytes, new_size_bytes)));
+                }
+                v.set_len(path, new_size_bytes, false)
+            }
+            Volume::Exfat(v) => v.grow_file(path, new_size_bytes),
+            Volume::Ext(v) => v.grow_file(path, new_size_bytes),
+            Volume::Ntfs(v) => v.grow_file(path, new_size_bytes),
+        }
+    }
+
+    /// Write `data` inside the file's current size (no metadata change).
+    pub fn write_file(&mut self, file: &File, offset_bytes: u64, data: &[u8]) -> Result<usize, FsError> {
+        match self {
+            Volume::Fat(v) => v.write_file(file, offset_bytes, data).map(|()| data.len()),
+            Volume::Exfat(v) => v.write_file(file, offset_bytes, data),
+            Volume::Ext(v) => v.write_file(file, offset_bytes, data),
+            Volume::Ntfs(v) => v.write_file(file, offset_bytes, data),
+        }
+    }
+
+    /// Rename `from` to `to`; `to` must not exist.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), FsError> {
+        match self {
+            Volume::Fat(v) => v.rename(from, to),
+            Volume::Exfat(v) => v.rename(from, to),
+            Volume::Ext(v) => v.rename(from, to),
+            Volume::Ntfs(v) => v.rename(from, to),
+        }
+    }
+
+    pub fn delete_file(&mut self, path: &str) -> Result<(), FsError> {
+        match self {
+            Volume::Fat(v) => v.delete(path),
+            Volume::Exfat(v) => v.delete_file(path),
+            Volume::Ext(v) => v.delete_file(path),
+            Volume::Ntfs(v) => v.delete_file(path),
+        }
+    }
+
     pub fn into_inner(self) -> D {
         match self {
             Volume::Fat(v) => v.into_inner(),

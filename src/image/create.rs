@@ -514,8 +514,41 @@ pub fn create_filling(variant: Variant, file: &mut dyn ImageFile, base_name: &st
         return create(variant, file, base_name, &dry, parent, &mut no_extents).map(|_| ());
     }
     let filled = CreateOptions { reserve_bytes: (have - m.len) / SECTOR_BYTES * SECTOR_BYTES, ..opts.clone() };
-    create(variant, file, base_name, &filled, parent, &mut no_extents)?;
+    // The slack need not hold zeros (every allocation writes its whole block or grain), so the
+    // zeros `create` writes there are skipped: at boot they would cost a write of the whole slack.
+    let trailer = if variant.format() == Format::Vhd { SECTOR_BYTES } else { 0 };
+    let mut skipping = SlackZerosSkipped { inner: file, from: m.len - trailer, to: have - trailer };
+    create(variant, &mut skipping, base_name, &filled, parent, &mut no_extents)?;
     Ok(())
+}
+
+/// Passes writes through, except all-zero writes that lie wholly in `from..to`.
+struct SlackZerosSkipped<'a> {
+    inner: &'a mut dyn ImageFile,
+    from: u64,
+    to: u64,
+}
+
+impl ImageFile for SlackZerosSkipped<'_> {
+    fn len_bytes(&self) -> u64 {
+        self.inner.len_bytes()
+    }
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        self.inner.read_at(offset_bytes, buf)
+    }
+    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
+        let end = offset_bytes + buf.len() as u64;
+        if offset_bytes >= self.from && end <= self.to && buf.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        self.inner.write_at(offset_bytes, buf)
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn flush(&mut self) -> Result<(), ImageError> {
+        self.inner.flush()
+    }
 }
 
 /// The parent facts a child needs, taken from an open layer.

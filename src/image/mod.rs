@@ -33,6 +33,7 @@ pub mod chain;
 pub mod create;
 pub mod disk;
 pub mod raw;
+pub mod slack;
 pub mod vdi;
 pub mod vhd;
 pub mod vmdk;

@@ -1,0 +1,135 @@
+//! Write slack at boot (DESIGN.md §4 invariant 2): before the guest starts, stage2 makes sure the
+//! leaf of a sparse image has room for new blocks, by growing the file on the host filesystem
+//! and then moving the format's trailer (the VHD footer) to the new end. The engine then
+//! allocates inside that room and never changes filesystem metadata.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+
+use super::{Format, ImageError, ImageFile, Layer, SECTOR_BYTES};
+
+/// Why `layer` cannot take new blocks in slack added at the end of its file, or `Ok` when it can.
+pub fn growable(layer: &dyn Layer) -> Result<(), String> {
+    let variant = layer.variant();
+    let sparse = match layer.format() {
+        Format::Vhd | Format::Vdi => variant != "fixed",
+        Format::Vmdk => variant == "monolithicSparse",
+        Format::Raw => false,
+    };
+    if sparse {
+        return Ok(());
+    }
+    if variant == "twoGbMaxExtentSparse" {
+        return Err(format!("{} is split into several extent files; vboot grows only single-file images", layer.name()));
+    }
+    Err(format!("{} is a {} {} image: every sector already has its place, so it needs no slack", layer.name(), layer.format().as_str(), variant))
+}
+
+/// Write slack a leaf should have before boot: what was asked for, but never more than the
+/// sectors that could still be allocated (the whole virtual disk, plus a block of rounding).
+pub fn wanted_bytes(layer: &dyn Layer, asked_bytes: u64) -> u64 {
+    let cap = layer.virtual_sectors() * SECTOR_BYTES + (2 << 20);
+    asked_bytes.min(cap).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
+}
+
+/// The file of a `format` image grew from `old_len_bytes` to its current length (the new bytes
+/// hold anything): put the trailer where readers look for it. For VHD the footer is copied to the
+/// new end and flushed before the old copy is zeroed, so a valid footer is at the end of the file
+/// from the moment it is written (until then readers use the copy at offset 0).
+pub fn after_growth(file: &mut dyn ImageFile, format: Format, old_len_bytes: u64) -> Result<(), ImageError> {
+    let new_len = file.len_bytes();
+    if format != Format::Vhd || new_len == old_len_bytes {
+        return Ok(());
+    }
+    if new_len < old_len_bytes || old_len_bytes < 512 {
+        return Err(ImageError::corrupt(file.name(), format!("file length went from {} to {} bytes", old_len_bytes, new_len)));
+    }
+    let mut footer = vec![0u8; 512];
+    file.read_at(old_len_bytes - 512, &mut footer)?;
+    file.write_at(new_len - 512, &footer)?;
+    file.flush()?;
+    file.write_at(old_len_bytes - 512, &[0u8; 512])?;
+    file.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::create::{create, CreateOptions, Variant};
+    use crate::image::{open_layer, MemFile};
+    use alloc::boxed::Box;
+
+    fn make(variant: Variant, reserve: u64) -> MemFile {
+        let mut f = MemFile::new("/a.img", alloc::vec::Vec::new());
+        let opts = CreateOptions { size_bytes: 64 << 20, reserve_bytes: reserve, exact_size: false, seed: 7, now_unix: 0 };
+        create(variant, &mut f, "a.img", &opts, None, &mut |_: &str| -> Result<Box<dyn ImageFile>, ImageError> { Err(ImageError::Invalid { detail: "one file".into() }) }).unwrap();
+        f
+    }
+
+    fn layer(f: &MemFile) -> Box<dyn Layer> {
+        open_layer(Box::new(f.clone()), &mut |_| None).unwrap()
+    }
+
+    #[test]
+    fn growing_adds_exactly_the_new_bytes_as_slack_in_every_sparse_format() {
+        for v in [Variant::VhdDynamic, Variant::VdiDynamic, Variant::VmdkMonolithicSparse] {
+            let mut f = make(v, 0);
+            let l = layer(&f);
+            assert!(growable(&*l).is_ok(), "{:?}", v);
+            let before = l.slack_bytes();
+            let old = f.bytes.len() as u64;
+            // The filesystem hands back garbage in the new clusters.
+            f.bytes.resize(old as usize + (3 << 20), 0xA5);
+            f.fixed_len = true;
+            after_growth(&mut f, v.format(), old).unwrap();
+            let l = layer(&f);
+            assert_eq!(l.slack_bytes(), before + (3 << 20), "{:?}", v);
+            if v == Variant::VhdDynamic {
+                assert_eq!(&f.bytes[old as usize - 512..old as usize], &[0u8; 512][..], "old footer zeroed");
+            }
+        }
+    }
+
+    #[test]
+    fn a_child_made_in_place_over_garbage_reads_as_its_parent_and_takes_writes() {
+        use crate::image::create::{create_filling, parent_info};
+        for v in [Variant::VhdDynamic, Variant::VdiDynamic, Variant::VmdkMonolithicSparse] {
+            let parent = make(v, 0);
+            let pl = layer(&parent);
+            let info = parent_info(&*pl, "a.img", "/a.img");
+            let mut child = MemFile::new("/c.img", alloc::vec![0x5Au8; 8 << 20]);
+            child.fixed_len = true;
+            let opts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: 9, now_unix: 0 };
+            create_filling(v, &mut child, "c.img", &opts, Some(&info)).unwrap();
+            assert_eq!(child.bytes.len(), 8 << 20, "{:?}: the file did not grow", v);
+            let cl = layer(&child);
+            assert!(cl.slack_bytes() > (6 << 20), "{:?}: slack {}", v, cl.slack_bytes());
+            let mut disk = crate::image::disk::Disk::new(alloc::vec![cl, layer(&parent)], alloc::vec::Vec::new()).unwrap();
+            let mut buf = alloc::vec![0xFFu8; 4096];
+            disk.read(1000, &mut buf).unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "{:?}: garbage in the slack showed through", v);
+            disk.write(1001, &[7u8; 512]).unwrap();
+            disk.read(1000, &mut buf).unwrap();
+            assert!(buf[..512].iter().all(|&b| b == 0) && buf[512..1024].iter().all(|&b| b == 7) && buf[1024..].iter().all(|&b| b == 0), "{:?}", v);
+        }
+    }
+
+    #[test]
+    fn fixed_and_flat_images_need_no_slack() {
+        for v in [Variant::VhdFixed, Variant::VdiFixed, Variant::Raw] {
+            let f = make(v, 0);
+            let e = growable(&*layer(&f)).unwrap_err();
+            assert!(e.contains("needs no slack"), "{:?}: {}", v, e);
+        }
+    }
+
+    #[test]
+    fn wanted_is_capped_by_the_virtual_size() {
+        let f = make(Variant::VhdDynamic, 0);
+        let l = layer(&f);
+        assert_eq!(wanted_bytes(&*l, 1 << 20), 1 << 20);
+        assert_eq!(wanted_bytes(&*l, 1 << 40), l.virtual_sectors() * 512 + (2 << 20));
+        assert_eq!(wanted_bytes(&*l, 1000), 1024);
+    }
+}
