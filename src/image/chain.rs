@@ -95,6 +95,20 @@ fn has_drive_letter(p: &str) -> bool {
     b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
 }
 
+/// `target` (absolute, `/`-separated) as a path relative to directory `dir` (absolute), for the
+/// parent link a new child stores. Components compare without case, as on FAT and exFAT.
+pub fn relative_to(dir: &str, target: &str) -> String {
+    let a: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+    let b: Vec<&str> = target.split('/').filter(|c| !c.is_empty()).collect();
+    let common = a.iter().zip(b.iter()).take_while(|(x, y)| x.eq_ignore_ascii_case(y)).count();
+    let mut parts: Vec<&str> = Vec::new();
+    for _ in common..a.len() {
+        parts.push("..");
+    }
+    parts.extend_from_slice(&b[common..]);
+    parts.join("/")
+}
+
 pub fn is_absolute(p: &str) -> bool {
     p.starts_with('/') || p.starts_with('\\') || has_drive_letter(p)
 }
@@ -379,6 +393,14 @@ pub use host::StdLocator;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_for_new_children() {
+        assert_eq!(relative_to("/vm", "/vm/xp.vhd"), "xp.vhd");
+        assert_eq!(relative_to("/VM/snaps", "/vm/xp.vhd"), "../xp.vhd");
+        assert_eq!(relative_to("/", "/base/a.vdi"), "base/a.vdi");
+        assert_eq!(relative_to("/a/b", "/c/d.vmdk"), "../../c/d.vmdk");
+    }
 
     #[test]
     fn paths() {

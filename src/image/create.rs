@@ -501,6 +501,15 @@ impl ImageFile for Measure {
 /// Create a single-file image inside an existing file that cannot grow (the boot-time
 /// `take_snapshot=`: the file was made beforehand, its extents are fixed), turning all the
 /// space after the metadata into write slack. Fails if the file is too small.
+/// Bytes a single-file image takes with no slack: the smallest file [`create_filling`] accepts.
+pub fn metadata_bytes(variant: Variant, base_name: &str, opts: &CreateOptions, parent: Option<&ParentInfo>) -> Result<u64, ImageError> {
+    let mut no_extents = |_: &str| -> Result<Box<dyn ImageFile>, ImageError> { Err(invalid("only single-file images can be made in place")) };
+    let mut m = Measure { len: 0 };
+    let dry = CreateOptions { reserve_bytes: 0, ..opts.clone() };
+    create(variant, &mut m, base_name, &dry, parent, &mut no_extents)?;
+    Ok(m.len)
+}
+
 pub fn create_filling(variant: Variant, file: &mut dyn ImageFile, base_name: &str, opts: &CreateOptions, parent: Option<&ParentInfo>) -> Result<(), ImageError> {
     let mut no_extents = |_: &str| -> Result<Box<dyn ImageFile>, ImageError> { Err(invalid("only single-file images can be made in place")) };
     let mut m = Measure { len: 0 };

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use crate::console::{self, COLUMNS, ROWS};
 use crate::disk::BiosDisk;
-use crate::{bios, println};
+use crate::{bios, prepare, println};
 use vboot::block::Window;
 use vboot::config::{Config, GrubPath, VbootOptions};
 use vboot::fs::volume::{self, Volume};
@@ -87,12 +87,14 @@ fn list_partitions(disk: &mut BiosDisk) -> Result<PartitionTable, String> {
 }
 
 /// A partition of the boot disk as a block device.
-fn partition_window<'a>(disk: &'a mut BiosDisk, table: &PartitionTable, number: u32) -> Result<Window<&'a mut BiosDisk>, String> {
+/// (A clone of the disk, so that every volume in stage2 is a `Volume<Window<BiosDisk>>`: one copy
+/// of the filesystem code, not one per borrow type.)
+pub fn partition_window(disk: &BiosDisk, table: &PartitionTable, number: u32) -> Result<Window<BiosDisk>, String> {
     let p = table.find(number).ok_or_else(|| {
         let have: Vec<String> = table.partitions.iter().map(|p| format!("{}", p.number)).collect();
         format!("partition (hd0,{}) does not exist; the boot disk has {}", number, if have.is_empty() { String::from("none") } else { have.join(", ") })
     })?;
-    Ok(Window { inner: disk, start_lba: p.start_lba, sectors: p.sectors })
+    Ok(Window { inner: disk.clone(), start_lba: p.start_lba, sectors: p.sectors })
 }
 
 fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&InstallRecord>) -> Result<Loaded, String> {
@@ -131,7 +133,15 @@ fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&Inst
                     let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}: {}", number, path, e))?;
                     return Ok(Loaded { partition: number, path, config });
                 }
-                Err(vboot::fs::FsError::NotFound { .. }) => {}
+                Err(vboot::fs::FsError::NotFound { .. }) => {
+                    // A grub.cfg rewrite cut off between its two renames leaves only NAME.new,
+                    // complete (prepare.rs, replace_file).
+                    if let Ok(bytes) = vol.read_to_vec(&format!("{}.new", path), CONFIG_MAX_BYTES) {
+                        println!("Reading (hd0,{}){}.new: {} is missing (an interrupted rewrite)", number, path, path);
+                        let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}.new: {}", number, path, e))?;
+                        return Ok(Loaded { partition: number, path, config });
+                    }
+                }
                 Err(e) => tried.push(format!("(hd0,{}){}: {}", number, path, e)),
             }
         }
@@ -140,7 +150,7 @@ fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&Inst
     Err(format!("no grub.cfg found. Looked in:\n  {}", tried.join("\n  ")))
 }
 
-fn show_error(message: &str) {
+pub fn show_error(message: &str) {
     console::console().attr = console::ATTR_ERROR;
     println!("\nvboot: {}", message);
     console::console().attr = console::ATTR_NORMAL;
@@ -197,7 +207,7 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded) {
                         entry
                             .boot_options()
                             .map_err(|e| format!("{}", e))
-                            .and_then(|opts| boot_entry(disk, table, loaded, opts))
+                            .and_then(|opts| boot_entry(disk, table, loaded, &path, opts))
                     }
                 };
                 if let Err(e) = result {
@@ -267,7 +277,7 @@ pub fn open_image_file(
     Ok((number, file))
 }
 
-fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, opts: &VbootOptions) -> Result<(), String> {
+fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted: &[usize], opts: &VbootOptions) -> Result<(), String> {
     for line in opts.describe() {
         println!("  {}", line);
     }
@@ -279,6 +289,22 @@ fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, opts
             files.push((what, number, f));
         }
     }
-    crate::resident::boot(disk, table, loaded, opts, files)
+    // Host filesystem changes for the hard-disk image happen here, before going resident.
+    let mut opts = opts.clone();
+    if let Some(i) = files.iter().position(|(what, _, _)| *what == "hard disk") {
+        if !opts.recover_mbr {
+            let (what, partition, file) = files.remove(i);
+            let image = prepare::HostFile { partition, file };
+            let image = prepare::take_snapshot(disk, table, loaded, booted, &opts, image)?;
+            let image = match prepare::ensure_slack(disk, table, &opts, image)? {
+                prepare::SlackOutcome::Ready(image) => image,
+                prepare::SlackOutcome::RamOverlay(image) => {
+                    opts.immutable = true;
+                    image
+                }
+            };
+            files.insert(i, (what, image.partition, image.file));
+        }
+    }
+    crate::resident::boot(disk, table, loaded, &opts, files)
 }
-

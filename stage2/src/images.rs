@@ -12,11 +12,20 @@ use vboot::fs::volume::Volume;
 use vboot::fs::{File, FileKind};
 use vboot::image::{ImageError, ImageFile, ParentLocator};
 
-/// A file on the boot disk, read through its extent list (stage2 never writes images).
+/// A file on the boot disk, read (and, for the changes made before boot, written) through its
+/// extent list. Writes stay inside the file: its length and extents never change here.
 pub struct VolumeFile {
     disk: BiosDisk,
     start_lba: u64,
     file: File,
+    writable: bool,
+}
+
+impl VolumeFile {
+    /// A file stage2 may write into (take_snapshot=, growing write slack).
+    pub fn writable(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
+        VolumeFile { disk, start_lba, file, writable: true }
+    }
 }
 
 impl ImageFile for VolumeFile {
@@ -47,8 +56,15 @@ impl ImageFile for VolumeFile {
         }
         Ok(())
     }
-    fn write_at(&mut self, offset_bytes: u64, _buf: &[u8]) -> Result<(), ImageError> {
-        Err(ImageError::ReadOnly { image: self.file.path.clone(), detail: format!("stage2 only reads (offset {})", offset_bytes) })
+    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
+        if !self.writable {
+            return Err(ImageError::ReadOnly { image: self.file.path.clone(), detail: format!("opened for reading (offset {})", offset_bytes) });
+        }
+        let sectors = self.disk.sectors.saturating_sub(self.start_lba);
+        let mut dev = Window { inner: &mut self.disk, start_lba: self.start_lba, sectors };
+        vboot::fs::write_via_extents(&mut dev, &self.file, offset_bytes, buf)
+            .map(|_| ())
+            .map_err(|e| ImageError::Io { image: self.file.path.clone(), offset_bytes, detail: format!("{}", e) })
     }
     fn name(&self) -> &str {
         &self.file.path
@@ -81,7 +97,7 @@ impl ParentLocator for FsLocator {
                 file
             }
         };
-        Some(Box::new(VolumeFile { disk: self.disk.clone(), start_lba: self.start_lba, file }))
+        Some(Box::new(VolumeFile { disk: self.disk.clone(), start_lba: self.start_lba, file, writable: false }))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
         let Some(mut vol) = self.volume() else { return Vec::new() };

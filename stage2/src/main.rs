@@ -11,6 +11,7 @@ mod console;
 mod disk;
 mod images;
 mod memmap;
+mod prepare;
 
 use linked_list_allocator::LockedHeap;
 use vboot::block::SECTOR_BYTES;

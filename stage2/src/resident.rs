@@ -104,9 +104,6 @@ fn check_supported(opts: &VbootOptions) -> Result<(), String> {
     if opts.floppy.is_some() || opts.floppy_b.is_some() {
         return later("floppy= / floppy_b= (floppy images)");
     }
-    if opts.take_snapshot.is_some() {
-        return later("take_snapshot=");
-    }
     Ok(())
 }
 

@@ -1,0 +1,354 @@
+//! Changes to the host filesystem made before the guest starts (DESIGN.md §4 invariant 2: never
+//! from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, and growing the leaf's write
+//! slack. Everything is checked before the first write; every write goes through the core
+//! library's FAT/exFAT code.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::boot::Loaded;
+use crate::disk::BiosDisk;
+use crate::images::{FsLocator, VolumeFile};
+use crate::println;
+use vboot::block::Window;
+use vboot::config::rewrite::{rewrite_for_snapshot, SnapshotTarget};
+use vboot::config::{GrubPath, PartitionRef, VbootOptions};
+use vboot::fs::volume::Volume;
+use vboot::fs::{File, FsError};
+use vboot::image::create::{self, CreateOptions, Variant};
+use vboot::image::slack::{self, SlackNeed};
+use vboot::image::{chain, Format, Layer};
+use vboot::part::PartitionTable;
+
+/// Write slack a sparse leaf gets before boot when the entry has no `reserve=`.
+pub const DEFAULT_RESERVE_BYTES: u64 = 256 << 20;
+/// Largest file FAT can hold, rounded down to whole sectors.
+const FAT_MAX_FILE_BYTES: u64 = 0xFFFF_FE00;
+
+/// A file of the image's partition, ready to be opened by the chain walker.
+pub struct HostFile {
+    pub partition: u32,
+    pub file: File,
+}
+
+fn volume(disk: &BiosDisk, table: &PartitionTable, partition: u32) -> Result<Volume<Window<BiosDisk>>, String> {
+    let win = crate::boot::partition_window(disk, table, partition)?;
+    Volume::open(win).map_err(|e| format!("(hd0,{}): {}", partition, e))
+}
+
+fn locator(disk: &BiosDisk, table: &PartitionTable, partition: u32, leaf: &File) -> Result<FsLocator, String> {
+    let p = table.find(partition).ok_or_else(|| format!("partition (hd0,{}) vanished", partition))?;
+    Ok(FsLocator { disk: disk.clone(), start_lba: p.start_lba, sectors: p.sectors, opened: alloc::vec![(leaf.path.clone(), leaf.clone())] })
+}
+
+fn open_chain(loc: &mut FsLocator, leaf: &str, parent_dir: &Option<String>) -> Result<Vec<Box<dyn Layer>>, String> {
+    let opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
+    vboot::image::open_chain(leaf, loc, &opts).map(|(layers, _)| layers).map_err(|e| format!("{}", e))
+}
+
+/// A partition-less path means the grub.cfg partition; make it explicit when it is written into
+/// a file on another partition.
+fn as_seen_from(path: &GrubPath, path_partition: u32, file_partition: u32) -> GrubPath {
+    if path.partition.is_none() && path_partition != file_partition {
+        GrubPath { disk: Some(0), partition: Some(PartitionRef { number: path_partition, scheme_hint: None }), path: path.path.clone() }
+    } else {
+        path.clone()
+    }
+}
+
+/// The variant of a new differencing child of `leaf`: its own format, sparse.
+fn child_variant(leaf: &dyn Layer) -> Result<Variant, String> {
+    match leaf.format() {
+        Format::Vhd => Ok(Variant::VhdDynamic),
+        Format::Vdi => Ok(Variant::VdiDynamic),
+        Format::Vmdk => Ok(Variant::VmdkMonolithicSparse),
+        Format::Raw => Err(format!(
+            "take_snapshot=: {} is a raw image, which cannot have differencing children; convert it to VHD, VMDK or VDI first (vdisk convert)",
+            leaf.name()
+        )),
+    }
+}
+
+/// Seconds since 1970 from the RTC, for the new image's time stamps (0 when the RTC is unset).
+fn rtc_unix_seconds() -> u64 {
+    let bcd = |b: u32| ((b >> 4) & 0xF) * 10 + (b & 0xF);
+    let mut t = crate::bios::BiosRegs { eax: 0x0200, ..Default::default() };
+    crate::bios::call(0x1A, &mut t);
+    let mut d = crate::bios::BiosRegs { eax: 0x0400, ..Default::default() };
+    crate::bios::call(0x1A, &mut d);
+    let year = bcd(d.ecx >> 8 & 0xFF) * 100 + bcd(d.ecx & 0xFF);
+    let (month, day) = (bcd(d.edx >> 8 & 0xFF), bcd(d.edx & 0xFF));
+    if !(1980..2100).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return 0;
+    }
+    // Days from 1970-01-01 (civil-from-days, Howard Hinnant's algorithm in reverse).
+    let (y, m) = if month <= 2 { (year as i64 - 1, month as i64 + 9) } else { (year as i64, month as i64 - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    let secs = bcd(t.ecx >> 8 & 0xFF) as i64 * 3600 + bcd(t.ecx & 0xFF) as i64 * 60 + bcd(t.edx >> 8 & 0xFF) as i64;
+    (days * 86400 + secs).max(0) as u64
+}
+
+/// What `take_snapshot=` will write into grub.cfg, worked out before anything is written.
+struct ConfigEdit {
+    partition: u32,
+    path: String,
+    new_text: String,
+}
+
+fn plan_config_edit(
+    disk: &mut BiosDisk,
+    table: &PartitionTable,
+    loaded: &Loaded,
+    booted: &[usize],
+    opts: &VbootOptions,
+    child: &GrubPath,
+    child_partition: u32,
+) -> Result<Option<ConfigEdit>, String> {
+    if opts.config_file.is_none() && opts.boot_entry.is_none() && opts.new_menu_entry.is_none() {
+        return Ok(None);
+    }
+    let (partition, path) = match &opts.config_file {
+        Some(p) => {
+            if p.disk.is_some_and(|d| d != 0) {
+                return Err(format!("config_file={}: only files on the boot disk (hd0) can be rewritten", p));
+            }
+            (p.partition.map(|x| x.number).unwrap_or(loaded.partition), p.path.clone())
+        }
+        None => (loaded.partition, loaded.path.to_string()),
+    };
+    let same_file = partition == loaded.partition && path.eq_ignore_ascii_case(loaded.path);
+    let target = match (opts.boot_entry, &opts.new_menu_entry) {
+        (Some(n), _) => SnapshotTarget::Entry(alloc::vec![n as usize]),
+        (None, Some(title)) => SnapshotTarget::NewEntry { title: title.clone(), template: opts.clone() },
+        (None, None) if same_file => SnapshotTarget::Entry(booted.to_vec()),
+        (None, None) => {
+            return Err(format!(
+                "config_file=(hd0,{}){} is not the grub.cfg this menu came from: say which of its entries boots the snapshot with boot_entry=N, or add one with new_menu_entry=TITLE",
+                partition, path
+            ))
+        }
+    };
+    let mut vol = volume(disk, table, partition)?;
+    let text = vol.read_to_vec(&path, 1 << 20).map_err(|e| format!("config_file (hd0,{}){}: {}", partition, path, e))?;
+    let text = String::from_utf8(text).map_err(|_| format!("(hd0,{}){} is not UTF-8 text; vboot will not rewrite it", partition, path))?;
+    let child_here = as_seen_from(child, child_partition, partition);
+    let new_text = rewrite_for_snapshot(&text, &target, &child_here).map_err(|e| format!("(hd0,{}){}: {}", partition, path, e))?;
+    Ok(Some(ConfigEdit { partition, path, new_text }))
+}
+
+/// Replace a file's contents so that a power cut leaves the old or the new contents, never a
+/// mix: the new text goes into `NAME.new` first (read back and compared), then `NAME` becomes
+/// `NAME.old`, `NAME.new` becomes `NAME`, and `NAME.old` is deleted. If the cut falls between
+/// the two renames, stage2 reads `NAME.new` (boot.rs, load_config).
+fn replace_file(vol: &mut Volume<Window<BiosDisk>>, path: &str, bytes: &[u8]) -> Result<(), String> {
+    let new = format!("{}.new", path);
+    let old = format!("{}.old", path);
+    let fail = |what: &str, e: FsError| format!("rewriting {}: {}: {}", path, what, e);
+    // Finish a rewrite that was cut off between its two renames.
+    if let Err(FsError::NotFound { .. }) = vol.open_file(path) {
+        vol.rename(&new, path).map_err(|e| fail("finishing an interrupted rewrite", e))?;
+    }
+    for leftover in [&new, &old] {
+        match vol.delete_file(leftover) {
+            Ok(()) | Err(FsError::NotFound { .. }) => {}
+            Err(e) => return Err(fail("removing a leftover", e)),
+        }
+    }
+    let f = vol.create_file(&new, bytes.len() as u64).map_err(|e| fail("creating the new copy", e))?;
+    vol.write_file(&f, 0, bytes).map_err(|e| fail("writing the new copy", e))?;
+    let back = vol.read_to_vec(&new, bytes.len() as u64 + 1).map_err(|e| fail("reading the new copy back", e))?;
+    if back != bytes {
+        return Err(format!("rewriting {}: the new copy {} does not read back as written; the old file is unchanged", path, new));
+    }
+    vol.rename(path, &old).map_err(|e| fail("moving the old file aside", e))?;
+    vol.rename(&new, path).map_err(|e| fail("putting the new file in place", e))?;
+    vol.delete_file(&old).map_err(|e| fail("removing the old copy", e))
+}
+
+/// `take_snapshot=`: make a differencing child of the image's leaf at the given path, in the
+/// leaf's format, with write slack; rewrite grub.cfg as the options say. Returns the child, the
+/// new leaf to boot.
+pub fn take_snapshot(
+    disk: &mut BiosDisk,
+    table: &PartitionTable,
+    loaded: &Loaded,
+    booted: &[usize],
+    opts: &VbootOptions,
+    image: HostFile,
+) -> Result<HostFile, String> {
+    let Some(snap) = &opts.take_snapshot else { return Ok(image) };
+    if snap.disk.is_some_and(|d| d != 0) {
+        return Err(format!("take_snapshot={}: the snapshot must be on the boot disk (hd0)", snap));
+    }
+    let snap_partition = snap.partition.map(|p| p.number).unwrap_or(loaded.partition);
+    if snap_partition != image.partition {
+        return Err(format!(
+            "take_snapshot={}: the snapshot must be on the image's partition (hd0,{}), next to its parents",
+            snap, image.partition
+        ));
+    }
+    let parent_dir = opts.parent_dir.as_ref().map(|p| p.path.clone());
+
+    // Check everything before the first write.
+    let mut loc = locator(disk, table, image.partition, &image.file)?;
+    let layers = open_chain(&mut loc, &image.file.path, &parent_dir)?;
+    let leaf = &*layers[0];
+    let variant = child_variant(leaf)?;
+    {
+        let mut vol = volume(disk, table, image.partition)?;
+        match vol.open_file(&snap.path) {
+            Err(FsError::NotFound { .. }) => {}
+            Ok(_) => {
+                return Err(format!(
+                    "take_snapshot: {} already exists on (hd0,{}); delete it or choose another name (was this snapshot taken already?)",
+                    snap.path, image.partition
+                ))
+            }
+            Err(e) => return Err(format!("take_snapshot={}: {}", snap, e)),
+        }
+        if matches!(vol, Volume::Ext(_) | Volume::Ntfs(_)) {
+            return Err(format!(
+                "take_snapshot: (hd0,{}) is {}, which vboot does not write to; keep images that take snapshots on FAT or exFAT",
+                image.partition,
+                vol.kind().name()
+            ));
+        }
+    }
+    let child_dir = chain::dirname(&snap.path);
+    let relative = chain::relative_to(&child_dir, &image.file.path);
+    let info = create::parent_info(leaf, &relative, &image.file.path);
+    let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
+    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: rtc_unix_seconds() ^ crate::bios::ticks() as u64 ^ 0x5EED_CAFE, now_unix: rtc_unix_seconds() };
+    let base_name = chain::basename(&snap.path).to_string();
+    let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("take_snapshot: {}", e))?;
+    let size = meta + slack::wanted_bytes(leaf, reserve);
+    drop(layers);
+    let edit = plan_config_edit(disk, table, loaded, booted, opts, snap, snap_partition)?;
+
+    // The child file, then the image inside it.
+    let start_lba = table.find(image.partition).map(|p| p.start_lba).unwrap_or(0);
+    let file = {
+        let mut vol = volume(disk, table, image.partition)?;
+        vol.create_file(&snap.path, size).map_err(|e| format!("take_snapshot: creating {} ({} KiB): {}", snap.path, size / 1024, e))?
+    };
+    let mut vf = VolumeFile::writable(disk.clone(), start_lba, file.clone());
+    let made = create::create_filling(variant, &mut vf, &base_name, &copts, Some(&info)).map_err(|e| format!("{}", e));
+    // The new chain must open, with the old leaf as the child's parent.
+    let check = made.and_then(|_| {
+        let mut loc = locator(disk, table, image.partition, &file)?;
+        let layers = open_chain(&mut loc, &file.path, &parent_dir)?;
+        match layers.get(1) {
+            Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
+            _ => Err(String::from("the new image does not link to its parent")),
+        }
+    });
+    if let Err(e) = check {
+        let cleanup = volume(disk, table, image.partition).and_then(|mut v| v.delete_file(&snap.path).map_err(|e| format!("{}", e)));
+        return Err(format!(
+            "take_snapshot: making {} failed: {}{}",
+            snap.path,
+            e,
+            match cleanup {
+                Ok(()) => String::from(" (the file was removed again)"),
+                Err(c) => format!(" (and removing it failed: {}; delete it by hand)", c),
+            }
+        ));
+    }
+    println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, (size - meta) >> 20);
+    if let Some(edit) = edit {
+        let mut vol = volume(disk, table, edit.partition)?;
+        replace_file(&mut vol, &edit.path, edit.new_text.as_bytes())
+            .map_err(|e| format!("{} (the snapshot {} was made; grub.cfg may still point at the old image)", e, snap.path))?;
+        println!("  grub.cfg: (hd0,{}){} rewritten to boot {}", edit.partition, edit.path, snap);
+    }
+    Ok(HostFile { partition: image.partition, file })
+}
+
+/// What `ensure_slack` decided.
+pub enum SlackOutcome {
+    /// Boot as asked (the image has its slack, or needs none).
+    Ready(HostFile),
+    /// The user chose to boot with writes in a RAM overlay.
+    RamOverlay(HostFile),
+}
+
+/// Make sure the leaf of a sparse image has write slack before boot: grow the file on FAT and
+/// exFAT; where it cannot grow and has none, ask whether to boot with writes in RAM.
+pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: HostFile) -> Result<SlackOutcome, String> {
+    if opts.immutable {
+        return Ok(SlackOutcome::Ready(image));
+    }
+    let parent_dir = opts.parent_dir.as_ref().map(|p| p.path.clone());
+    let mut loc = locator(disk, table, image.partition, &image.file)?;
+    let layers = open_chain(&mut loc, &image.file.path, &parent_dir)?;
+    let leaf = &*layers[0];
+    let format = leaf.format();
+    let have = leaf.slack_bytes();
+    let want = slack::wanted_bytes(leaf, opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES));
+    let why_not = match slack::slack_need(leaf) {
+        SlackNeed::None => return Ok(SlackOutcome::Ready(image)),
+        SlackNeed::Growable if have >= want => return Ok(SlackOutcome::Ready(image)),
+        SlackNeed::Growable => None,
+        SlackNeed::NotGrowable(e) => Some(e),
+    };
+    drop(layers);
+    let why_not = match why_not {
+        Some(e) => e,
+        None => match grow(disk, table, &image, format, want - have) {
+            Ok(file) => {
+                println!("  write slack: {} grown by {} KiB for new blocks", image.file.path, (want - have) / 1024);
+                return Ok(SlackOutcome::Ready(HostFile { partition: image.partition, file }));
+            }
+            Err(e) => e,
+        },
+    };
+    if have > 0 {
+        println!("  write slack: {}; booting with the {} KiB the image has", why_not, have / 1024);
+        return Ok(SlackOutcome::Ready(image));
+    }
+    crate::boot::show_error(&format!(
+        "{} has no room for new blocks, and it cannot be made: {}.\n\
+         Writes to parts of the disk not written before would fail.",
+        image.file.path, why_not
+    ));
+    println!("Press R to boot with writes kept in RAM (lost at power-off), any other key to go back.");
+    match crate::wait_key() {
+        b'r' | b'R' => {
+            println!("  writes go to a RAM overlay; the image is not changed");
+            Ok(SlackOutcome::RamOverlay(image))
+        }
+        _ => Err(String::from("not booted: the image has no write slack")),
+    }
+}
+
+/// Grow the leaf by `add_bytes` on FAT or exFAT, then move its trailer. Returns the file with its
+/// new extents.
+fn grow(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, format: Format, add_bytes: u64) -> Result<File, String> {
+    let path = &image.file.path;
+    let old_len = image.file.size_bytes;
+    let file = {
+        let mut vol = volume(disk, table, image.partition)?;
+        let mut new_len = old_len + add_bytes;
+        if matches!(vol, Volume::Fat(_)) {
+            new_len = new_len.min(FAT_MAX_FILE_BYTES);
+            if new_len <= old_len {
+                return Err(format!("{} is already as large as a FAT file can be", path));
+            }
+        }
+        match vol.grow_file(path, new_len) {
+            Ok(f) => f,
+            Err(FsError::NoSpace { .. }) => return Err(format!("(hd0,{}) has no room for {} more KiB", image.partition, add_bytes / 1024)),
+            Err(e) => return Err(format!("{}", e)),
+        }
+    };
+    let start_lba = table.find(image.partition).map(|p| p.start_lba).unwrap_or(0);
+    let mut vf = VolumeFile::writable(disk.clone(), start_lba, file.clone());
+    slack::after_growth(&mut vf, format, old_len).map_err(|e| format!("{}", e))?;
+    Ok(file)
+}
