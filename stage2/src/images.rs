@@ -19,6 +19,13 @@ pub struct VolumeFile {
     file: File,
 }
 
+impl VolumeFile {
+    /// `file` on the partition starting at `start_lba` of `disk`.
+    pub fn new(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
+        VolumeFile { disk, start_lba, file }
+    }
+}
+
 impl ImageFile for VolumeFile {
     fn len_bytes(&self) -> u64 {
         self.file.size_bytes

@@ -38,6 +38,7 @@
 .set S_GUEST_ESP_HI,  0xDA
 .set S_CALLS,         0xDC
 .set S_DAP,           0xE0
+.set S_DISKETTE_TABLE, 0xF0                           # 16 bytes: the engine's INT 1Eh table
 .set S_CODE,          0x100
 
 # Offsets inside a register block (vboot::int13::Regs layout).
@@ -260,6 +261,32 @@ rm_bios:
     or $1, %eax
     mov %eax, %cr0
     ljmpl *%cs:S_PM_RESUME
+
+# Starting a CD's no-emulation boot image. The image may cover stage2 once it is at its load
+# segment, so stage2 leaves it at 0000:1000 (its bounce buffer), fills the three fields below
+# and real_mode_jumps here (DL = boot drive, segments 0, SP = 7C00h); this copy runs from the
+# hidden stub, which no boot image reaches.
+.global stub_guest_start
+stub_guest_start:
+    cld
+    mov %cs:(guest_dst_segment - stub_start), %es
+    mov %cs:(guest_bytes - stub_start), %cx
+    mov $0x0100, %si
+    mov %si, %ds
+    xor %si, %si
+    xor %di, %di
+    rep movsb
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    xor %si, %si
+    xor %di, %di
+    ljmp *%cs:(guest_target - stub_start)
+.global stub_guest_params
+stub_guest_params:
+guest_dst_segment: .word 0
+guest_bytes:       .word 0
+guest_target:      .word 0, 0
 
     .balign 16
 stub_image_end:
