@@ -12,7 +12,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::bios::{self, BiosRegs, BOUNCE_ADDR, BOUNCE_BYTES, DAP_ADDR};
+use crate::bios::{self, BiosRegs, DAP_ADDR};
 use crate::disk::BiosDisk;
 use crate::images::VolumeFile;
 use crate::println;
@@ -187,44 +187,58 @@ fn start_from_drive(drive: u8, what: &str, pause: bool) -> Result<(), String> {
     start_guest(&sector, drive)
 }
 
-/// A no-emulation boot image: read through the hook from the CD into the bounce buffer, then
-/// the stub copies it to its load segment and jumps there (it may cover stage2 itself).
+extern "C" {
+    static _bss_end: u8;
+}
+
+/// CD blocks per AH=42h call (32 KiB: well inside a segment).
+const BLOCKS_PER_READ: u32 = 16;
+
+/// A no-emulation boot image: read through the hook from the CD into free conventional memory
+/// (above stage2, or at its load address when that is above stage2 already), then the stub
+/// copies it to its load segment and jumps there: the image may cover stage2 itself.
 fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Result<(), String> {
     let bytes = image.sector_count as u32 * 512;
-    if bytes as usize > BOUNCE_BYTES {
-        return Err(format!(
-            "the CD's boot image asks the BIOS to load {} sectors; vboot loads at most {} (boot \
-             loaders such as ISOLINUX and GRUB need 4: make the ISO with -boot-load-size 4)",
-            image.sector_count,
-            BOUNCE_BYTES / 512
-        ));
-    }
     let dest = image.load_segment() as u32 * 16;
-    let buffer_end = BOUNCE_ADDR + BOUNCE_BYTES as u32;
-    // Real-mode stack of the hand-over below 7C00h: the image may not reach into it from below.
-    if dest < buffer_end + 0xC00 || dest + bytes > stub_linear {
+    let free_start = ((&raw const _bss_end as u32) + 0xF) & !0xF;
+    // The image is read in whole CD blocks, so up to 1536 bytes more than it asks land after it.
+    let read_bytes = bytes.div_ceil(CD_BLOCK_BYTES as u32) * CD_BLOCK_BYTES as u32;
+    let source = free_start.max(dest);
+    if dest < 0x500 || dest + bytes > stub_linear || source + read_bytes > stub_linear {
         return Err(format!(
-            "the CD's boot image wants load segment {:04x} ({} bytes), which vboot cannot serve \
-             (it must lie between 0000:7C00 and {:04x}:0000)",
+            "the CD's boot image wants {} sectors at load segment {:04x}, which does not fit the \
+             conventional memory vboot can hand over ({:04x}:0000 to {:04x}:0000 for the image, \
+             {} KiB to stage it above vboot's own code)",
+            image.sector_count,
             image.load_segment(),
-            bytes,
-            stub_linear >> 4
+            0x50,
+            stub_linear >> 4,
+            stub_linear.saturating_sub(free_start.max(dest)) / 1024
         ));
     }
-    let blocks = bytes.div_ceil(CD_BLOCK_BYTES as u32);
-    let mut dap = [0u8; 16];
-    dap[0] = 0x10;
-    dap[2..4].copy_from_slice(&(blocks as u16).to_le_bytes());
-    let (seg, off) = bios::seg_off(BOUNCE_ADDR);
-    dap[4..6].copy_from_slice(&off.to_le_bytes());
-    dap[6..8].copy_from_slice(&seg.to_le_bytes());
-    dap[8..16].copy_from_slice(&(image.load_rba as u64).to_le_bytes());
-    bios::write_low(DAP_ADDR, &dap);
-    let (dseg, doff) = bios::seg_off(DAP_ADDR);
-    let mut r = BiosRegs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
-    bios::call(0x13, &mut r);
-    if r.carry() {
-        return Err(format!("reading the CD's boot image (block {}): INT 13h status {:02X}h", image.load_rba, r.ah()));
+    let blocks = read_bytes / CD_BLOCK_BYTES as u32;
+    let mut done = 0u32;
+    while done < blocks {
+        let n = (blocks - done).min(BLOCKS_PER_READ);
+        let mut dap = [0u8; 16];
+        dap[0] = 0x10;
+        dap[2..4].copy_from_slice(&(n as u16).to_le_bytes());
+        let (seg, off) = bios::seg_off(source + done * CD_BLOCK_BYTES as u32);
+        dap[4..6].copy_from_slice(&off.to_le_bytes());
+        dap[6..8].copy_from_slice(&seg.to_le_bytes());
+        dap[8..16].copy_from_slice(&((image.load_rba + done) as u64).to_le_bytes());
+        bios::write_low(DAP_ADDR, &dap);
+        let (dseg, doff) = bios::seg_off(DAP_ADDR);
+        let mut r = BiosRegs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
+        bios::call(0x13, &mut r);
+        if r.carry() {
+            return Err(format!(
+                "reading the CD's boot image (block {}): INT 13h status {:02X}h",
+                image.load_rba + done,
+                r.ah()
+            ));
+        }
+        done += n;
     }
     println!("Boot image read from the CD (drive {:02x}h)", CD_DRIVE);
     pause_if_asked(pause);
@@ -232,10 +246,11 @@ fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Resul
     // SeaBIOS's form of the entry point: 0000:7C00 when the load address fits a segment.
     let (cs, ip) = if dest <= 0xFFFF { (0u16, dest as u16) } else { (image.load_segment(), 0u16) };
     let params = stub_linear + params_off;
-    bios::write_low(params, &image.load_segment().to_le_bytes());
-    bios::write_low(params + 2, &(bytes as u16).to_le_bytes());
-    bios::write_low(params + 4, &ip.to_le_bytes());
-    bios::write_low(params + 6, &cs.to_le_bytes());
+    bios::write_low(params, &((source >> 4) as u16).to_le_bytes());
+    bios::write_low(params + 2, &image.load_segment().to_le_bytes());
+    bios::write_low(params + 4, &(bytes.div_ceil(16) as u16).to_le_bytes());
+    bios::write_low(params + 6, &ip.to_le_bytes());
+    bios::write_low(params + 8, &cs.to_le_bytes());
     println!("Starting the guest.");
     let mut r = BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
     bios::call(0x10, &mut r);

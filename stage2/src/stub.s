@@ -262,30 +262,49 @@ rm_bios:
     mov %eax, %cr0
     ljmpl *%cs:S_PM_RESUME
 
-# Starting a CD's no-emulation boot image. The image may cover stage2 once it is at its load
-# segment, so stage2 leaves it at 0000:1000 (its bounce buffer), fills the three fields below
-# and real_mode_jumps here (DL = boot drive, segments 0, SP = 7C00h); this copy runs from the
-# hidden stub, which no boot image reaches.
+# Starting a CD's no-emulation boot image. Once at its load segment the image may cover stage2,
+# so stage2 reads it into free conventional memory at or above that address, fills the fields
+# below and real_mode_jumps here (DL = boot drive, segments 0, SP = 7C00h). The copy runs from
+# the hidden stub, which no boot image reaches, with interrupts off (the image may cover the
+# stack), forward in 32 KiB steps: the source never lies below the destination.
 .global stub_guest_start
 stub_guest_start:
+    cli
     cld
+    mov %cs:(guest_src_segment - stub_start), %ds
     mov %cs:(guest_dst_segment - stub_start), %es
-    mov %cs:(guest_bytes - stub_start), %cx
-    mov $0x0100, %si
-    mov %si, %ds
+    mov %cs:(guest_paragraphs - stub_start), %bx
+1:  mov %bx, %cx
+    cmp $0x800, %cx
+    jbe 2f
+    mov $0x800, %cx
+2:  sub %cx, %bx
+    shl $3, %cx                                       # paragraphs to words
     xor %si, %si
     xor %di, %di
-    rep movsb
+    rep movsw
+    mov %ds, %ax
+    add $0x800, %ax
+    mov %ax, %ds
+    mov %es, %ax
+    add $0x800, %ax
+    mov %ax, %es
+    test %bx, %bx
+    jnz 1b
     xor %ax, %ax
     mov %ax, %ds
     mov %ax, %es
+    xor %bx, %bx
+    xor %cx, %cx
     xor %si, %si
     xor %di, %di
+    sti
     ljmp *%cs:(guest_target - stub_start)
 .global stub_guest_params
 stub_guest_params:
+guest_src_segment: .word 0
 guest_dst_segment: .word 0
-guest_bytes:       .word 0
+guest_paragraphs:  .word 0
 guest_target:      .word 0, 0
 
     .balign 16

@@ -596,8 +596,9 @@ pub const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 
 /// An ISOLINUX CD (Debian's isolinux.bin and ldlinux.c32, no-emulation, boot-info table) whose
 /// config turns on the serial console and boots `/hello.bs` from the ISO, which prints `message`
-/// and ends QEMU with 33.
-pub fn isolinux_iso(dir: &Path, name: &str, message: &str) -> PathBuf {
+/// and ends QEMU with 33. The catalog asks the BIOS to load 4 sectors (`-boot-load-size 4`),
+/// or with `load_whole` all of isolinux.bin (xorriso's default), which covers 0000:8000 on.
+pub fn isolinux_iso(dir: &Path, name: &str, message: &str, load_whole: bool) -> PathBuf {
     assert!(Path::new(ISOLINUX_BIN).exists(), "{} is missing: install the Debian package isolinux", ISOLINUX_BIN);
     assert!(Path::new(LDLINUX_C32).exists(), "{} is missing: install the Debian package syslinux-common", LDLINUX_C32);
     let tree = dir.join(format!("{}-tree", name));
@@ -608,11 +609,11 @@ pub fn isolinux_iso(dir: &Path, name: &str, message: &str) -> PathBuf {
     let cfg = "SERIAL 0 115200\nDEFAULT hello\nPROMPT 0\nTIMEOUT 0\nLABEL hello\n  KERNEL /hello.bs\n";
     std::fs::write(tree.join("isolinux/isolinux.cfg"), cfg).unwrap();
     std::fs::write(tree.join("hello.bs"), hello_boot_sector(dir, &format!("{}-hello", name), message)).unwrap();
-    make_iso(
-        &tree,
-        &dir.join(format!("{}.iso", name)),
-        &["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"],
-    )
+    let mut args = vec!["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-info-table"];
+    if !load_whole {
+        args.extend(["-boot-load-size", "4"]);
+    }
+    make_iso(&tree, &dir.join(format!("{}.iso", name)), &args)
 }
 
 /// A GRUB rescue CD from `grub-mkrescue` (i386-pc, no-emulation El Torito) holding `files` and

@@ -28,11 +28,29 @@ fn boot_expecting(host_disk: &std::path::Path, lines: &[&str]) -> String {
 #[test]
 fn isolinux_cd_boots_and_reads_its_files_through_the_hook() {
     let dir = TempDir::new("cd-isolinux");
-    let iso = guests::isolinux_iso(&dir.path, "isolinux", "GUEST-FROM-ISOLINUX");
+    let iso = guests::isolinux_iso(&dir.path, "isolinux", "GUEST-FROM-ISOLINUX", false);
     let host = vboot_host(&dir, 64, &boot_cfg("cdrom=/isolinux.iso"), &[HostImage { path: "/isolinux.iso", file: &iso, pieces: 4 }]);
     let out = boot_expecting(&host.disk, &["no emulation", "ISOLINUX 6.04", "GUEST-FROM-ISOLINUX"]);
     // ISOLINUX found its own drive through AX=4B01h; it complains when it has to search.
     assert!(!out.contains("Image checksum error") && !out.contains("No boot info table"), "{}", out);
+}
+
+/// A catalog that asks for all of isolinux.bin (about 80 sectors from 0000:7C00): the image
+/// covers stage2's own code, so the stub copies it into place at the last moment.
+#[test]
+fn isolinux_cd_whose_boot_image_covers_stage2_boots() {
+    let dir = TempDir::new("cd-isolinux-whole");
+    let iso = guests::isolinux_iso(&dir.path, "whole", "GUEST-FROM-WHOLE-ISOLINUX", true);
+    let host = vboot_host(&dir, 64, &boot_cfg("cdrom=/whole.iso"), &[HostImage { path: "/whole.iso", file: &iso, pieces: 2 }]);
+    let out = boot_expecting(&host.disk, &["ISOLINUX 6.04", "GUEST-FROM-WHOLE-ISOLINUX"]);
+    let sectors: u32 = out
+        .lines()
+        .find_map(|l| l.split("no emulation, CD block ").nth(1))
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|s| s.strip_suffix(" sectors"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no El Torito line:\n{}", out));
+    assert!(0x7C00 + sectors * 512 > 0x8000 + 16 * 1024, "the image should cover stage2: {} sectors", sectors);
 }
 
 /// GRUB's rescue CD hashes a file in the ISO through the hook (2048-byte reads from E0h).
@@ -135,7 +153,7 @@ fn floppy_check_guest_passes_with_every_device_attached_and_its_write_lands_in_t
     let dir = TempDir::new("floppy-check");
     let floppy = guests::floppy_check_guest(&dir.path);
     let hello = guests::hello_guest(&dir.path, "hd-hello", "WRONG-DEVICE-BOOTED", 2048);
-    let iso = guests::isolinux_iso(&dir.path, "side", "WRONG-DEVICE-BOOTED");
+    let iso = guests::isolinux_iso(&dir.path, "side", "WRONG-DEVICE-BOOTED", false);
     let host = vboot_host(&dir, 64, &boot_cfg("harddisk=/hd.img cdrom=/side.iso floppy=/check.img boot=floppy"), &[
         HostImage { path: "/hd.img", file: &hello, pieces: 1 },
         HostImage { path: "/side.iso", file: &iso, pieces: 1 },
@@ -198,4 +216,73 @@ fn bad_floppies_and_isos_are_refused_with_a_reason() {
     q.send(b"4");
     q.expect("GUEST-HELLO-WITH-PLAIN-CD", T);
     assert_eq!(q.wait_exit(T), Some(EXIT_PASS));
+}
+
+/// The core library's El Torito reader against xorriso's own report of the catalog, for ISOs
+/// xorriso made in every emulation mode (host only, no QEMU).
+#[test]
+fn eltorito_reader_agrees_with_xorriso_report() {
+    use std::process::Command;
+    use vboot::eltorito::{self, Emulation, CD_BLOCK_BYTES};
+    let dir = TempDir::new("eltorito-oracle");
+    let floppy = dir.join("fd.img");
+    std::fs::write(&floppy, vec![0xF6u8; 1_474_560]).unwrap();
+    let hd = guests::hello_guest(&dir.path, "hd", "X", 4096);
+    disk::sfdisk(&hd, "label: dos\nstart=64, type=6, bootable\n");
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::copy(&floppy, tree.join("fd.img")).unwrap();
+    std::fs::copy(&hd, tree.join("hd.img")).unwrap();
+    std::fs::write(tree.join("loader.bin"), vec![0x90u8; 6000]).unwrap();
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("noemul", vec!["-b", "loader.bin", "-c", "boot.cat", "-no-emul-boot", "-boot-load-size", "4"]),
+        // xorriso's default load size: the whole file, in 512-byte sectors rounded up to 4.
+        ("noemul-whole", vec!["-b", "loader.bin", "-c", "boot.cat", "-no-emul-boot"]),
+        ("floppy", vec!["-b", "fd.img", "-c", "boot.cat"]),
+        ("harddisk", vec!["-hard-disk-boot", "-b", "hd.img", "-c", "boot.cat"]),
+    ];
+    for (name, args) in cases {
+        let iso = guests::make_iso(&tree, &dir.join(&format!("{}.iso", name)), &args);
+        let report = String::from_utf8_lossy(
+            &Command::new("xorriso").arg("-indev").arg(&iso).args(["-report_el_torito", "plain"]).output().unwrap().stdout,
+        )
+        .into_owned();
+        // "El Torito boot img :   1  BIOS  y   none  0x0000  0x00      4          34"
+        let line = report.lines().find(|l| l.starts_with("El Torito boot img")).unwrap_or_else(|| panic!("{}", report));
+        let f: Vec<&str> = line.split(':').nth(1).unwrap().split_whitespace().collect();
+        let (emul, seg, size, lba) = (f[3], u16::from_str_radix(f[4].trim_start_matches("0x"), 16).unwrap(), f[6].parse::<u16>().unwrap(), f[7].parse::<u32>().unwrap());
+        let bytes = std::fs::read(&iso).unwrap();
+        let mut reader = |lba: u64, buf: &mut [u8; CD_BLOCK_BYTES]| -> Result<(), String> {
+            let at = lba as usize * CD_BLOCK_BYTES;
+            buf.copy_from_slice(bytes.get(at..at + CD_BLOCK_BYTES).ok_or("short")?);
+            Ok(())
+        };
+        let image = eltorito::boot_image(&mut reader, bytes.len() as u64).unwrap_or_else(|e| panic!("{}: {}", name, e));
+        let want_emulation = match emul {
+            "none" => Emulation::NoEmulation,
+            "fd1.4" => Emulation::Floppy { bytes: 1_474_560 },
+            "hd" => Emulation::HardDisk,
+            other => panic!("unexpected emulation {} in {}", other, report),
+        };
+        assert_eq!(image.emulation, want_emulation, "{}: {}", name, report);
+        assert_eq!((image.catalog_load_segment, image.sector_count, image.load_rba), (seg, size, lba), "{}: {}", name, report);
+        // The boot image's first bytes are where the reader says.
+        let first = image.first_file_sector() as usize * 512;
+        let source = match emul {
+            "none" => vec![0x90u8; 512],
+            "fd1.4" => vec![0xF6u8; 512],
+            _ => std::fs::read(&hd).unwrap()[..512].to_vec(),
+        };
+        assert_eq!(&bytes[first..first + 512], &source[..], "{}: boot image not at block {}", name, image.load_rba);
+    }
+    // Without -b there is no boot record: not bootable, but still an ISO.
+    let plain = guests::make_iso(&tree, &dir.join("plain.iso"), &[]);
+    let bytes = std::fs::read(&plain).unwrap();
+    let mut reader = |lba: u64, buf: &mut [u8; CD_BLOCK_BYTES]| -> Result<(), String> {
+        let at = lba as usize * CD_BLOCK_BYTES;
+        buf.copy_from_slice(bytes.get(at..at + CD_BLOCK_BYTES).ok_or("short")?);
+        Ok(())
+    };
+    assert_eq!(eltorito::check_iso(&mut reader, bytes.len() as u64), Ok(()));
+    assert_eq!(eltorito::boot_image(&mut reader, bytes.len() as u64), Err(eltorito::ElToritoError::NoBootRecord));
 }
