@@ -286,3 +286,40 @@ fn eltorito_reader_agrees_with_xorriso_report() {
     assert_eq!(eltorito::check_iso(&mut reader, bytes.len() as u64), Ok(()));
     assert_eq!(eltorito::boot_image(&mut reader, bytes.len() as u64), Err(eltorito::ElToritoError::NoBootRecord));
 }
+
+/// `cdrom=`, `floppy=` and `floppy_b=` together with `boot=cdrom`: GRUB from the CD sees both
+/// floppies, (fd0) = drive 00h and (fd1) = drive 01h, and hashes a file on each FAT12 image.
+#[test]
+fn cd_booted_with_two_floppies_reads_both() {
+    let dir = TempDir::new("cd-with-floppies");
+    let mut wants = Vec::new();
+    let mut floppies = Vec::new();
+    for (name, seed, kib) in [("a", 0xAAAAu64, 1440u64), ("b", 0xBBBB, 720)] {
+        let payload = pseudo_random_bytes(300 << 10, seed);
+        let local = dir.join(&format!("{}.bin", name));
+        std::fs::write(&local, &payload).unwrap();
+        wants.push(disk::sha256(&local));
+        let img = dir.join(&format!("{}.img", name));
+        disk::fat_volume(&img, kib * 2, 12, &[disk::FileSpec::new(&format!("/{}.bin", name), payload)]);
+        floppies.push(img);
+    }
+    let script = "echo VBOOT-GRUB-START\n\
+        if hashsum --hash sha256 (fd0)/a.bin; then\n\
+        \x20 if hashsum --hash sha256 (fd1)/b.bin; then\n\
+        \x20   echo VBOOT-GRUB-HASHED-FLOPPIES\n\
+        \x20   outb 0xf4 0x10\n\
+        \x20 fi\n\
+        fi\n\
+        ls\n\
+        echo VBOOT-GRUB-HASH-FAILED\noutb 0xf4 0x11";
+    let iso = guests::grub_rescue_iso(&dir.path, "rescue-fd", script, &[]);
+    let host = vboot_host(&dir, 96, &boot_cfg("cdrom=/rescue-fd.iso floppy=/a.img floppy_b=/b.img boot=cdrom"), &[
+        HostImage { path: "/rescue-fd.iso", file: &iso, pieces: 1 },
+        HostImage { path: "/a.img", file: &floppies[0], pieces: 2 },
+        HostImage { path: "/b.img", file: &floppies[1], pieces: 2 },
+    ]);
+    let out = boot_expecting(&host.disk, &["drive 00h, 80 cylinders, 2 heads, 18 sectors", "drive 01h, 80 cylinders, 2 heads, 9 sectors", "VBOOT-GRUB-HASHED-FLOPPIES"]);
+    for want in &wants {
+        assert!(out.contains(want.as_str()), "hash {} missing:\n{}", want, out);
+    }
+}
