@@ -265,14 +265,16 @@ impl<'d> DriveSet<'d> {
     }
 
     /// Raise 0040:0075 by the emulated hard disks and the equipment word by the emulated
-    /// floppies (at most 4). Call once, when hooking INT 13h.
+    /// floppies (at least up to the highest emulated floppy number, at most 4). Call once, when hooking INT 13h.
     pub fn install_bda_counts(&mut self, mem: &mut dyn GuestMemory) {
         let hdd = bda::hard_disk_count(mem).saturating_add(self.emulated_in_class(DriveClass::HardDisk));
         bda::set_hard_disk_count(mem, hdd);
         self.hard_disks_expected = Some(hdd);
         let emulated_fdd = self.emulated_in_class(DriveClass::Floppy);
         if emulated_fdd > 0 {
-            let fdd = bda::floppy_count(mem).saturating_add(emulated_fdd).min(4);
+            // B: alone (drive 01h) still needs a count of two to be seen.
+            let highest = self.drives.iter().filter(|d| d.kind.class() == DriveClass::Floppy).map(|d| d.number + 1).max().unwrap_or(0);
+            let fdd = bda::floppy_count(mem).saturating_add(emulated_fdd).max(highest).min(4);
             bda::set_floppy_count(mem, fdd);
             self.floppies_expected = Some(fdd);
         }

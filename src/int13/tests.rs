@@ -1474,3 +1474,20 @@ fn floppy_equipment_word_counts_emulated_floppies_and_keeps_other_bits() {
     assert_eq!((r.bl(), r.dl()), (0x03, 2), "720K type, two floppies");
     assert_eq!(ChsAddress::from_regs(r.cx(), r.dh()), ChsAddress { cylinder: 79, head: 1, sector: 9 });
 }
+
+#[test]
+fn floppy_b_alone_is_counted_as_the_second_drive() {
+    let f = FloppyFormat::from_size(1_474_560).unwrap();
+    let mut set = DriveSet::new();
+    set.add(0x01, floppy_kind(f.drive_type), block_disk(pattern_disk(2880), Some(f.geometry), false)).unwrap();
+    let mut m = machine();
+    set.install_bda_counts(&mut m);
+    assert_eq!(bda::floppy_count(&mut m), 2);
+    let mut r = regs(0x08, 0x01);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(r.dl(), 2);
+    // Drive 00h is not ours: it goes to the BIOS unchanged.
+    let mut r = regs(0x02, 0x00);
+    assert_eq!(call(&mut set, &mut r, &mut m), Outcome::PassThrough { dl: 0x00 });
+}

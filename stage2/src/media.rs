@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `cdrom=` ISO | E0h, 2048-byte blocks |
 //! | its boot image, with `boot=cdrom` in floppy / hard-disk emulation | 00h / 80h (the part of the ISO it occupies) |
-//! | `floppy=`, `floppy_b=` | the next floppy numbers (00h, 01h; 01h, 02h after an emulated floppy) |
+//! | `floppy=`, `floppy_b=` | 00h and 01h (01h and 02h after an emulated floppy), B: even without A: |
 //! | `harddisk=` | 80h, or 81h after an emulated hard disk |
 
 use alloc::format;
@@ -41,7 +41,8 @@ pub fn boot(
     let boot_device = opts.boot.unwrap_or(BootDevice::Harddisk);
     let mut drives: Vec<PlannedDrive> = Vec::new();
     let mut cd_boot: Option<BootImage> = None;
-    let mut next_floppy = 0u8;
+    // A: is 00h, or 01h when the CD's boot image is an emulated floppy; B: the one after A:.
+    let mut floppy_a = 0u8;
 
     // The CD first: booted in an emulation mode, its image takes 00h or 80h.
     for (_, part_number, file) in files.iter().filter(|(what, _, _)| *what == "CD-ROM") {
@@ -81,7 +82,7 @@ pub fn boot(
                 Emulation::NoEmulation => {}
                 Emulation::Floppy { bytes } => {
                     drives.push(emulated(0x00, PlannedKind::Floppy, bytes / 512, "floppy emulation"));
-                    next_floppy = 1;
+                    floppy_a = 1;
                 }
                 Emulation::HardDisk => {
                     let mut mbr = [0u8; 512];
@@ -107,21 +108,21 @@ pub fn boot(
     for (what, part_number, file) in files.iter().filter(|(what, _, _)| what.starts_with("floppy")) {
         let part = table.find(*part_number).ok_or("partition vanished")?;
         let option = if *what == "floppy" { "floppy=" } else { "floppy_b=" };
+        let number = if *what == "floppy" { floppy_a } else { floppy_a + 1 };
         let format = FloppyFormat::for_image(&file.path, file.size_bytes).map_err(|e| format!("{}{}", option, e))?;
         let g = format.geometry;
         println!(
             "  {} {}: drive {:02x}h, {} cylinders, {} heads, {} sectors per track",
-            option, file.path, next_floppy, g.cylinders, g.heads, g.sectors_per_track
+            option, file.path, number, g.cylinders, g.heads, g.sectors_per_track
         );
         drives.push(PlannedDrive {
-            number: next_floppy,
+            number,
             kind: PlannedKind::Floppy,
             read_only: false,
             host_drive: disk.drive,
             layers: raw_layer(file.size_bytes, file.extents.to_host(part.start_lba), file.path.clone()),
             eltorito: None,
         });
-        next_floppy += 1;
     }
 
     let mut parent_dir = None;

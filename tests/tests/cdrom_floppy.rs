@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 use vboot_tests::guests::{self, pseudo_random_bytes};
-use vboot_tests::qemu::{Qemu, EXIT_PASS};
+use vboot_tests::qemu::{Config, Qemu, EXIT_PASS};
 use vboot_tests::{disk, vboot_host, HostImage, TempDir};
 
 const T: Duration = Duration::from_secs(120);
@@ -15,7 +15,11 @@ fn boot_cfg(line: &str) -> String {
 
 /// Boot the host disk and wait for the guest to end QEMU with "pass"; returns the output.
 fn boot_expecting(host_disk: &std::path::Path, lines: &[&str]) -> String {
-    let mut q = Qemu::boot_disk(host_disk);
+    boot_expecting_with(&Config::disk(host_disk), lines)
+}
+
+fn boot_expecting_with(cfg: &Config, lines: &[&str]) -> String {
+    let mut q = Qemu::start(cfg);
     let status = q.wait_exit(T);
     let out = q.output();
     for l in lines {
@@ -322,4 +326,21 @@ fn cd_booted_with_two_floppies_reads_both() {
     for want in &wants {
         assert!(out.contains(want.as_str()), "hash {} missing:\n{}", want, out);
     }
+}
+
+/// `immutable` on a floppy: the check guest reads its write back (from the RAM overlay) and
+/// the image file stays byte-identical.
+#[test]
+fn immutable_floppy_keeps_the_write_in_ram() {
+    let dir = TempDir::new("floppy-immutable");
+    let floppy = guests::floppy_check_guest(&dir.path);
+    let host = vboot_host(&dir, 64, &boot_cfg("floppy=/check.img immutable"), &[HostImage { path: "/check.img", file: &floppy, pieces: 2 }]);
+    // The overlay's heap needs RAM above stage2's.
+    let mut cfg = Config::disk(&host.disk);
+    cfg.memory_mib = 256;
+    boot_expecting_with(&cfg, &[guests::FLOPPY_PASS]);
+    let part = host.current_partition(&dir.join("part-after.img"));
+    let back = dir.join("check-after.img");
+    disk::fat_get(&part, "/check.img", &back);
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&floppy).unwrap(), "the floppy image changed under immutable");
 }

@@ -173,7 +173,8 @@ extern "C" fn engine_init(
             drives.set_cd_emulation(CdEmulation { drive: d.number, boot });
         }
         let disk: Box<dyn vboot::int13::EmulatedDisk> =
-            if plan.immutable { Box::new(overlay::RamOverlay::new(disk, heap_len as usize)) } else { disk };
+            // CDs and CD boot images are read-only already (and a CD's blocks are not 512 bytes).
+            if plan.immutable && !d.read_only { Box::new(overlay::RamOverlay::new(disk, heap_len as usize)) } else { disk };
         if let Err(e) = drives.add(d.number, kind, disk) {
             let _ = write!(out, "{}", e);
             return out.len as u32;
