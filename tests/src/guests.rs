@@ -616,6 +616,27 @@ pub fn isolinux_iso(dir: &Path, name: &str, message: &str, load_whole: bool) -> 
     make_iso(&tree, &dir.join(format!("{}.iso", name)), &args)
 }
 
+/// An ISOLINUX CD that boots Debian's kernel with [`busybox_initramfs`] (no emulation, 4
+/// sectors): Linux prints [`LINUX_OK`] on ttyS0 and ends QEMU with 33. The kernel is 64-bit:
+/// boot with qemu-system-x86_64.
+pub fn isolinux_linux_iso(dir: &Path) -> PathBuf {
+    let kernel = debian_kernel();
+    let tree = dir.join("linux-cd-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("isolinux")).unwrap();
+    std::fs::copy(ISOLINUX_BIN, tree.join("isolinux/isolinux.bin")).unwrap();
+    std::fs::copy(LDLINUX_C32, tree.join("isolinux/ldlinux.c32")).unwrap();
+    std::fs::copy(&kernel, tree.join("vmlinuz")).unwrap();
+    busybox_initramfs(&tree.join("initrd.img"));
+    let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n";
+    std::fs::write(tree.join("isolinux/isolinux.cfg"), cfg).unwrap();
+    make_iso(
+        &tree,
+        &dir.join("linux.iso"),
+        &["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"],
+    )
+}
+
 /// A GRUB rescue CD from `grub-mkrescue` (i386-pc, no-emulation El Torito) holding `files` and
 /// a /boot/grub/grub.cfg that sets up the serial console and then runs `script`.
 pub fn grub_rescue_iso(dir: &Path, name: &str, script: &str, files: &[(&str, &[u8])]) -> PathBuf {

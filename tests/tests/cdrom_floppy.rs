@@ -39,6 +39,22 @@ fn isolinux_cd_boots_and_reads_its_files_through_the_hook() {
     assert!(!out.contains("Image checksum error") && !out.contains("No boot info table"), "{}", out);
 }
 
+/// ISOLINUX loads Debian's kernel and an initramfs (about 10 MiB) from the ISO through the hook,
+/// and Linux starts.
+#[test]
+fn isolinux_cd_boots_linux() {
+    let dir = TempDir::new("cd-linux");
+    let iso = guests::isolinux_linux_iso(&dir.path);
+    let host = vboot_host(&dir, 128, &boot_cfg("cdrom=/linux.iso"), &[HostImage { path: "/linux.iso", file: &iso, pieces: 3 }]);
+    let mut cfg = Config::disk(&host.disk);
+    cfg.x86_64 = true;
+    cfg.memory_mib = 256;
+    let mut q = Qemu::start(&cfg);
+    let out = q.expect(guests::LINUX_OK, Duration::from_secs(180));
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", out);
+    assert!(out.contains("ISOLINUX 6.04"), "{}", out);
+}
+
 /// A catalog that asks for all of isolinux.bin (about 80 sectors from 0000:7C00): the image
 /// covers stage2's own code, so the stub copies it into place at the last moment.
 #[test]
@@ -128,7 +144,7 @@ fn floppy_emulation_cd_boots_its_floppy_image_at_00h() {
 }
 
 /// An ISO whose boot image is a partitioned hard disk (El Torito hard-disk emulation): its boot
-/// sector runs from drive 80h.
+/// sector runs from drive 80h, and the entry's own hard-disk image becomes 81h.
 #[test]
 fn hard_disk_emulation_cd_boots_its_disk_image_at_80h() {
     let dir = TempDir::new("cd-hd-emu");
@@ -138,8 +154,14 @@ fn hard_disk_emulation_cd_boots_its_disk_image_at_80h() {
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::copy(&hd, tree.join("hd.img")).unwrap();
     let iso = guests::make_iso(&tree, &dir.join("hd-emu.iso"), &["-hard-disk-boot", "-b", "hd.img", "-c", "boot.cat"]);
-    let host = vboot_host(&dir, 64, &boot_cfg("cdrom=/hd-emu.iso"), &[HostImage { path: "/hd-emu.iso", file: &iso, pieces: 1 }]);
-    boot_expecting(&host.disk, &["hard-disk emulation (drive 80h)", "GUEST-FROM-EMULATED-HARD-DISK"]);
+    // A hard-disk image beside it moves to 81h.
+    let other = guests::hello_guest(&dir.path, "other", "WRONG-DEVICE-BOOTED", 2048);
+    let host = vboot_host(&dir, 64, &boot_cfg("harddisk=/other.img cdrom=/hd-emu.iso boot=cdrom"), &[
+        HostImage { path: "/hd-emu.iso", file: &iso, pieces: 1 },
+        HostImage { path: "/other.img", file: &other, pieces: 1 },
+    ]);
+    let out = boot_expecting(&host.disk, &["hard-disk emulation (drive 80h)", "harddisk=/other.img is drive 81h", "GUEST-FROM-EMULATED-HARD-DISK"]);
+    assert!(!out.contains("WRONG-DEVICE-BOOTED"), "{}", out);
 }
 
 #[test]
