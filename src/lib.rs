@@ -16,6 +16,7 @@ pub mod block;
 pub mod config;
 pub mod crc32;
 pub mod elf;
+pub mod eltorito;
 pub mod fs;
 pub mod image;
 pub mod int13;

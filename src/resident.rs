@@ -8,6 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::fs::{Extent, ExtentList};
+use crate::int13::ElToritoBoot;
 
 pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN01";
 
@@ -52,6 +53,9 @@ pub struct PlannedDrive {
     pub host_drive: u8,
     /// Leaf first.
     pub layers: Vec<PlannedLayer>,
+    /// A CD (0xE0): its El Torito boot facts for AX=4B01h. A floppy or hard disk: set when the
+    /// drive is the CD's emulated boot image (its layer is that part of the ISO).
+    pub eltorito: Option<ElToritoBoot>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -144,6 +148,16 @@ impl Plan {
                     w.u64(e.sectors);
                 }
             }
+            match d.eltorito {
+                Some(b) => {
+                    w.u8(1);
+                    w.u8(b.media);
+                    w.u32(b.load_rba);
+                    w.u32(b.load_segment as u32);
+                    w.u32(b.load_sectors as u32);
+                }
+                None => w.u8(0),
+            }
         }
         match &self.parent_dir {
             Some(d) => {
@@ -188,7 +202,16 @@ impl Plan {
                 }
                 layers.push(PlannedLayer { format, size_bytes, extents, path });
             }
-            plan.drives.push(PlannedDrive { number, kind, read_only, host_drive, layers });
+            let eltorito = match r.u8()? {
+                0 => None,
+                _ => Some(ElToritoBoot {
+                    media: r.u8()?,
+                    load_rba: r.u32()?,
+                    load_segment: r.u32()? as u16,
+                    load_sectors: r.u32()? as u16,
+                }),
+            };
+            plan.drives.push(PlannedDrive { number, kind, read_only, host_drive, layers, eltorito });
         }
         if r.u8()? == 1 {
             let n = r.count(4096)?;
@@ -291,13 +314,24 @@ mod tests {
         ext.push(9000, 28);
         let plan = Plan {
             memory_map: qemu_map(),
-            drives: alloc::vec![PlannedDrive {
-                number: 0x80,
-                kind: PlannedKind::HardDisk,
-                read_only: false,
-                host_drive: 0x80,
-                layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext, path: "/dos.img".into() }],
-            }],
+            drives: alloc::vec![
+                PlannedDrive {
+                    number: 0x80,
+                    kind: PlannedKind::HardDisk,
+                    read_only: false,
+                    host_drive: 0x80,
+                    layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext.clone(), path: "/dos.img".into() }],
+                    eltorito: None,
+                },
+                PlannedDrive {
+                    number: 0xE0,
+                    kind: PlannedKind::Cdrom,
+                    read_only: true,
+                    host_drive: 0x80,
+                    layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext, path: "/x.iso".into() }],
+                    eltorito: Some(ElToritoBoot { media: 2, load_rba: 0x1234_5678, load_segment: 0x7C0, load_sectors: 4 }),
+                },
+            ],
             parent_dir: Some("/vms/base".into()),
             restore: true,
             immutable: true,

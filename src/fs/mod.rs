@@ -82,6 +82,21 @@ impl ExtentList {
         }
     }
 
+    /// File sectors `first_sector..first_sector + sectors` as a file of their own (a boot image
+    /// inside an ISO). Stops early where the file has no more sectors.
+    pub fn slice(&self, first_sector: u64, sectors: u64) -> ExtentList {
+        let mut out = ExtentList::default();
+        let mut at = first_sector;
+        let end = first_sector.saturating_add(sectors);
+        while at < end {
+            let Some((lba, run)) = self.lookup(at) else { break };
+            let n = run.min(end - at);
+            out.push(lba, n);
+            at += n;
+        }
+        out
+    }
+
     /// The file's sectors as LBA ranges, sorted, for the write check of DESIGN.md invariant 1.
     pub fn lba_index(&self) -> LbaIndex {
         let mut ranges: Vec<(u64, u64)> = self.extents.iter().map(|e| (e.lba, e.lba + e.sectors)).collect();
@@ -253,6 +268,22 @@ pub fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extent_list_slice_spans_fragments() {
+        let mut l = ExtentList::default();
+        l.push(100, 8);
+        l.push(500, 8);
+        l.push(900, 8);
+        let s = l.slice(6, 12);
+        assert_eq!(s.total_sectors(), 12);
+        assert_eq!(s.lookup(0), Some((106, 2)));
+        assert_eq!(s.lookup(2), Some((500, 8)));
+        assert_eq!(s.lookup(10), Some((900, 2)));
+        assert_eq!(s.lookup(12), None);
+        assert_eq!(l.slice(20, 100).total_sectors(), 4, "stops at the end of the file");
+        assert_eq!(l.slice(30, 1).total_sectors(), 0);
+    }
 
     #[test]
     fn extent_list_merges_and_looks_up() {

@@ -253,6 +253,18 @@ impl FloppyFormat {
     pub fn from_size(bytes: u64) -> Option<FloppyFormat> {
         FLOPPY_FORMATS.iter().copied().find(|f| f.bytes == bytes)
     }
+
+    /// The format of a `floppy=` image, or a message listing the sizes that are floppies.
+    pub fn for_image(path: &str, bytes: u64) -> Result<FloppyFormat, alloc::string::String> {
+        FloppyFormat::from_size(bytes).ok_or_else(|| {
+            alloc::format!(
+                "{} is {} bytes, which is no floppy size. A floppy image must be exactly one of: \
+                 160K (163840), 180K (184320), 320K (327680), 360K (368640), 720K (737280), \
+                 1.2M (1228800), 1.44M (1474560), 1.68M DMF (1720320) or 2.88M (2949120) bytes",
+                path, bytes
+            )
+        })
+    }
 }
 
 /// An 11-byte diskette parameter table (INT 1Eh target) for `sectors_per_track`, with the
@@ -417,5 +429,8 @@ mod tests {
             assert_eq!(g.cylinders as u64 * g.heads as u64 * g.sectors_per_track as u64 * 512, f.bytes);
         }
         assert_eq!(diskette_parameter_table(18)[4], 18);
+        let msg = FloppyFormat::for_image("/a.img", 1_000_000).unwrap_err();
+        assert!(msg.contains("/a.img is 1000000 bytes") && msg.contains("1474560") && msg.contains("2949120"), "{}", msg);
+        assert_eq!(FloppyFormat::for_image("/a.img", 1_720_320).unwrap().geometry.sectors_per_track, 21);
     }
 }

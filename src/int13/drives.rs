@@ -19,6 +19,8 @@ pub struct FarPtr {
 /// What the El Torito boot catalog said, reported back by AX=4B01h (bios-reference.md §3.4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ElToritoBoot {
+    /// Catalog media type, bits 3:0: 0 no emulation, 1-3 floppy (1.2M, 1.44M, 2.88M), 4 hard disk.
+    pub media: u8,
     /// CD LBA of the boot image; isolinux uses it when there is no boot-info table.
     pub load_rba: u32,
     /// Segment the image was loaded at (0 in the catalog means 07C0h).
@@ -83,6 +85,15 @@ fn sector0_geometry(disk: &mut Box<dyn EmulatedDisk + '_>) -> Option<Chs> {
     geometry_from_sector0(&scratch.bytes, disk.block_count())
 }
 
+/// A floppy- or hard-disk-emulation boot image from a CD: the drive it is mapped to answers
+/// AX=4B00h/4B01h with its own specification packet, and 4B00h ends the emulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CdEmulation {
+    /// 00h or 80h.
+    pub drive: u8,
+    pub boot: ElToritoBoot,
+}
+
 /// One emulated drive.
 pub struct Drive<'d> {
     pub number: u8,
@@ -137,6 +148,8 @@ pub struct DriveSet<'d> {
     /// Counts written by [`DriveSet::install_bda_counts`]; `None` before that.
     hard_disks_expected: Option<u8>,
     floppies_expected: Option<u8>,
+    /// The CD boot image being emulated, until the guest ends the emulation (AX=4B00h).
+    emulation: Option<CdEmulation>,
 }
 
 impl<'d> DriveSet<'d> {
@@ -184,6 +197,37 @@ impl<'d> DriveSet<'d> {
         Ok(())
     }
 
+    /// Marks an added floppy (00h) or hard disk (80h) as the emulated boot image of a CD.
+    pub fn set_cd_emulation(&mut self, emulation: CdEmulation) {
+        self.emulation = Some(emulation);
+    }
+
+    pub fn cd_emulation(&self) -> Option<CdEmulation> {
+        self.emulation
+    }
+
+    /// AX=4B00h on the emulated drive: it disappears, the real drives of its class move back
+    /// down and the BDA count goes down by one (bios-reference.md §3.4).
+    pub(crate) fn end_cd_emulation(&mut self, mem: &mut dyn GuestMemory) {
+        let Some(e) = self.emulation.take() else { return };
+        let Some(i) = self.index_of(e.drive) else { return };
+        let class = self.drives[i].kind.class();
+        self.drives.remove(i);
+        match class {
+            DriveClass::HardDisk => {
+                let n = bda::hard_disk_count(mem).saturating_sub(1);
+                bda::set_hard_disk_count(mem, n);
+                self.hard_disks_expected = self.hard_disks_expected.map(|_| n);
+            }
+            DriveClass::Floppy => {
+                let n = bda::floppy_count(mem).saturating_sub(1);
+                bda::set_floppy_count(mem, n);
+                self.floppies_expected = self.floppies_expected.map(|_| n);
+            }
+            DriveClass::Cdrom => {}
+        }
+    }
+
     pub fn drives(&self) -> &[Drive<'d>] {
         &self.drives
     }
@@ -221,14 +265,16 @@ impl<'d> DriveSet<'d> {
     }
 
     /// Raise 0040:0075 by the emulated hard disks and the equipment word by the emulated
-    /// floppies (at most 4). Call once, when hooking INT 13h.
+    /// floppies (at least up to the highest emulated floppy number, at most 4). Call once, when hooking INT 13h.
     pub fn install_bda_counts(&mut self, mem: &mut dyn GuestMemory) {
         let hdd = bda::hard_disk_count(mem).saturating_add(self.emulated_in_class(DriveClass::HardDisk));
         bda::set_hard_disk_count(mem, hdd);
         self.hard_disks_expected = Some(hdd);
         let emulated_fdd = self.emulated_in_class(DriveClass::Floppy);
         if emulated_fdd > 0 {
-            let fdd = bda::floppy_count(mem).saturating_add(emulated_fdd).min(4);
+            // B: alone (drive 01h) still needs a count of two to be seen.
+            let highest = self.drives.iter().filter(|d| d.kind.class() == DriveClass::Floppy).map(|d| d.number + 1).max().unwrap_or(0);
+            let fdd = bda::floppy_count(mem).saturating_add(emulated_fdd).max(highest).min(4);
             bda::set_floppy_count(mem, fdd);
             self.floppies_expected = Some(fdd);
         }

@@ -2,7 +2,7 @@
 //! or `Err(status)` (CF=1, AH=status) and changes only the registers it defines as outputs.
 
 use super::chs::ChsAddress;
-use super::drives::{Drive, DriveKind, ElToritoBoot};
+use super::drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, ElToritoBoot};
 use super::edd::{self, DiskAddressPacket, DriveParameters};
 use super::memory::{bda, GuestMemory};
 use super::regs::Regs;
@@ -173,11 +173,34 @@ fn cdrom(drive: &mut Drive<'_>, boot: ElToritoBoot, regs: &mut Regs, mem: &mut d
     }
 }
 
+/// AX=4B00h/4B01h for the drive a CD boot image is emulated on: the packet with its media type,
+/// drive number and CHS maxima; 4B00h then ends the emulation.
+pub(super) fn emulation_status(drives: &mut DriveSet<'_>, e: CdEmulation, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    let al = regs.al();
+    if al > 1 {
+        return Err(Status::INVALID);
+    }
+    let geometry = drives.drives().iter().find(|d| d.number == e.drive).map(|d| d.geometry);
+    let mut packet = specification_packet(e.drive, e.boot);
+    if let Some(g) = geometry {
+        let (cx, dh) = g.max_address_regs();
+        packet[0x10] = (cx >> 8) as u8;
+        packet[0x11] = cx as u8;
+        packet[0x12] = dh;
+    }
+    mem.write(regs.ds_si_linear(), &packet).map_err(|_| Status::INVALID)?;
+    if al == 0 {
+        drives.end_cd_emulation(mem);
+    }
+    Ok(0)
+}
+
 /// AX=4B01h specification packet, 13h bytes (bios-reference.md §3.4).
 pub(super) fn specification_packet(drive_number: u8, boot: ElToritoBoot) -> [u8; 0x13] {
     let mut p = [0u8; 0x13];
     p[0] = 0x13;
-    p[1] = 0x00; // no emulation
+    // The CD's own drive (E0h) is always "no emulation"; an emulated drive reports its media.
+    p[1] = if DriveClass::of(drive_number) == DriveClass::Cdrom { 0 } else { boot.media };
     p[2] = drive_number;
     p[3] = 0; // controller index
     p[4..8].copy_from_slice(&boot.load_rba.to_le_bytes());

@@ -48,7 +48,7 @@ use core::fmt;
 
 pub use chs::{Chs, ChsAddress, FloppyFormat};
 pub use disk::{BlockDisk, DiskError, EmulatedDisk};
-pub use drives::{Drive, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
+pub use drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 pub use memory::{bda, linear, GuestMemory, MemoryError, VecMemory};
 pub use regs::Regs;
 
@@ -105,6 +105,14 @@ pub enum Outcome {
 pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Outcome {
     drives.reassert_bda_counts(mem);
     let dl = regs.dl();
+    if regs.ah() == 0x4B {
+        if let Some(e) = drives.cd_emulation().filter(|e| dl == e.drive || dl == 0x7F) {
+            let result = functions::emulation_status(drives, e, regs, mem);
+            let floppy = DriveClass::of(e.drive) == DriveClass::Floppy;
+            finish(regs, mem, floppy, result);
+            return Outcome::Handled;
+        }
+    }
     let index = match drives.index_of(dl) {
         Some(i) => i,
         // AX=4B0xh with DL=7Fh means "any emulation"; a CD we serve must answer it, or the BIOS
@@ -120,6 +128,11 @@ pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMem
     };
     let floppy = matches!(drive.kind, DriveKind::Floppy { .. });
     let result = functions::call(drive, regs, mem);
+    finish(regs, mem, floppy, result);
+    Outcome::Handled
+}
+
+fn finish(regs: &mut Regs, mem: &mut dyn GuestMemory, floppy: bool, result: Result<u8, Status>) {
     match result {
         Ok(ah) => {
             regs.set_ah(ah);
@@ -132,5 +145,4 @@ pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMem
             bda::set_last_status(mem, floppy, status.0);
         }
     }
-    Outcome::Handled
 }

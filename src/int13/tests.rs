@@ -3,7 +3,7 @@
 
 use super::chs::{Chs, ChsAddress, FloppyFormat};
 use super::disk::{BlockDisk, DiskError, EmulatedDisk};
-use super::drives::{DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
+use super::drives::{CdEmulation, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 use super::memory::{bda, linear, GuestMemory, VecMemory};
 use super::regs::Regs;
 use super::{handle, Outcome, Status};
@@ -1194,7 +1194,7 @@ fn every_floppy_function_preserves_non_output_registers() {
 // ---------------------------------------------------------------------------------------------
 // CD (no emulation)
 
-const BOOT: ElToritoBoot = ElToritoBoot { load_rba: 0x1234, load_segment: 0x07C0, load_sectors: 4 };
+const BOOT: ElToritoBoot = ElToritoBoot { media: 0, load_rba: 0x1234, load_segment: 0x07C0, load_sectors: 4 };
 
 fn cd_kind() -> DriveKind {
     DriveKind::Cdrom { boot: BOOT }
@@ -1374,4 +1374,120 @@ fn floppy_geometry_by_size_search_or_refusal() {
         set.add(0x02, floppy_kind(4), block_disk(MemDisk::zeroed(7), None, false)).err(),
         Some(DriveSetError::FloppyGeometry { number: 0x02, sectors: 7 })
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// CD boot images in floppy or hard-disk emulation
+
+const FLOPPY_EMULATION: ElToritoBoot = ElToritoBoot { media: 2, load_rba: 40, load_segment: 0, load_sectors: 1 };
+
+#[test]
+fn floppy_emulation_answers_4bh_and_terminate_removes_the_drive() {
+    let mut set = floppy_set(pattern_disk(2880));
+    set.add(0xE0, cd_kind(), Box::new(BlockDisk::new(pattern_disk(4 * 40), 2048, None, true).unwrap())).unwrap();
+    set.set_cd_emulation(CdEmulation { drive: 0x00, boot: FLOPPY_EMULATION });
+    let mut m = machine();
+    set.install_bda_counts(&mut m);
+    assert_eq!(bda::floppy_count(&mut m), 1);
+    for dl in [0x00u8, 0x7F] {
+        m.write(DAP, &[0xAA; 0x20]).unwrap();
+        let mut r = regs(0x4B, dl);
+        r.set_al(0x01);
+        r.ds = (DAP >> 4) as u16;
+        r.set_si(0);
+        assert_eq!(call(&mut set, &mut r, &mut m), Outcome::Handled);
+        assert_ok(&r, 0);
+        let p = mem_bytes(&m, DAP, 0x14);
+        assert_eq!(&p[..4], &[0x13, 0x02, 0x00, 0x00], "size, media 1.44M, drive 00h, controller");
+        assert_eq!(u32::from_le_bytes(p[4..8].try_into().unwrap()), 40);
+        assert_eq!(u16::from_le_bytes([p[0x0E], p[0x0F]]), 1);
+        assert_eq!(ChsAddress::from_regs(u16::from_le_bytes([p[0x11], p[0x10]]), p[0x12]), ChsAddress { cylinder: 79, head: 1, sector: 18 });
+        assert_eq!(p[0x13], 0xAA);
+    }
+    // The CD itself still says "no emulation" for its own number.
+    let mut r = regs(0x4B, 0xE0);
+    r.set_al(0x01);
+    r.ds = (DAP >> 4) as u16;
+    r.set_si(0);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(mem_bytes(&m, DAP, 3), &[0x13, 0x00, 0xE0]);
+    // Terminate: the packet once more, then drive 00h is the BIOS's again and the count drops.
+    let mut r = regs(0x4B, 0x00);
+    r.set_al(0x00);
+    r.ds = (DAP >> 4) as u16;
+    r.set_si(0);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(mem_bytes(&m, DAP, 3), &[0x13, 0x02, 0x00]);
+    assert_eq!(bda::floppy_count(&mut m), 0);
+    let mut r = chs_regs(0x02, 1, ChsAddress { cylinder: 0, head: 0, sector: 1 });
+    r.set_dl(0x00);
+    assert_eq!(call(&mut set, &mut r, &mut m), Outcome::PassThrough { dl: 0x00 });
+    // The ISO stays reachable.
+    let mut r = ext_regs(0x42, 0xE0);
+    put_dap(&mut m, &mut r, 1, 0x1000, 0, 0);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    // No emulation left: 4Bh with DL=00h is not ours any more.
+    let mut r = regs(0x4B, 0x00);
+    r.set_al(0x01);
+    assert_eq!(call(&mut set, &mut r, &mut m), Outcome::PassThrough { dl: 0x00 });
+    let mut r = regs(0x4B, 0x00);
+    r.set_al(0x02);
+    let _ = call(&mut set, &mut r, &mut m);
+}
+
+#[test]
+fn hard_disk_emulation_terminate_moves_the_real_disks_back() {
+    let mut set = hdd_set(block_disk(pattern_disk(4000), None, false));
+    set.set_cd_emulation(CdEmulation { drive: 0x80, boot: ElToritoBoot { media: 4, ..FLOPPY_EMULATION } });
+    let mut m = machine();
+    set.install_bda_counts(&mut m);
+    assert_eq!(bda::hard_disk_count(&mut m), 2);
+    assert_eq!(set.bios_number(0x81), 0x80);
+    let mut r = regs(0x4B, 0x80);
+    r.set_al(0x00);
+    r.ds = (DAP >> 4) as u16;
+    r.set_si(0);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(mem_bytes(&m, DAP, 3), &[0x13, 0x04, 0x80]);
+    assert_eq!(bda::hard_disk_count(&mut m), 1);
+    set.reassert_bda_counts(&mut m);
+    assert_eq!(bda::hard_disk_count(&mut m), 1, "the lowered count is not raised back");
+    assert_eq!(set.bios_number(0x80), 0x80);
+}
+
+#[test]
+fn floppy_equipment_word_counts_emulated_floppies_and_keeps_other_bits() {
+    let mut set = floppy_set(pattern_disk(2880));
+    let f = FloppyFormat::from_size(737_280).unwrap();
+    set.add(0x01, floppy_kind(f.drive_type), block_disk(pattern_disk(1440), Some(f.geometry), false)).unwrap();
+    let mut m = machine();
+    m.bytes[bda::EQUIPMENT_WORD as usize] = 0x2C; // no floppy, other bits set
+    set.install_bda_counts(&mut m);
+    assert_eq!(m.bytes[bda::EQUIPMENT_WORD as usize], 0x2C | 0x41, "bit 0, and bits 7:6 = 2 - 1");
+    let mut r = regs(0x08, 0x01);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!((r.bl(), r.dl()), (0x03, 2), "720K type, two floppies");
+    assert_eq!(ChsAddress::from_regs(r.cx(), r.dh()), ChsAddress { cylinder: 79, head: 1, sector: 9 });
+}
+
+#[test]
+fn floppy_b_alone_is_counted_as_the_second_drive() {
+    let f = FloppyFormat::from_size(1_474_560).unwrap();
+    let mut set = DriveSet::new();
+    set.add(0x01, floppy_kind(f.drive_type), block_disk(pattern_disk(2880), Some(f.geometry), false)).unwrap();
+    let mut m = machine();
+    set.install_bda_counts(&mut m);
+    assert_eq!(bda::floppy_count(&mut m), 2);
+    let mut r = regs(0x08, 0x01);
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(r.dl(), 2);
+    // Drive 00h is not ours: it goes to the BIOS unchanged.
+    let mut r = regs(0x02, 0x00);
+    assert_eq!(call(&mut set, &mut r, &mut m), Outcome::PassThrough { dl: 0x00 });
 }

@@ -26,6 +26,11 @@ impl VolumeFile {
     pub fn writable(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
         VolumeFile { disk, start_lba, file, writable: true }
     }
+
+    /// `file` on the partition starting at `start_lba` of `disk`, for reading.
+    pub fn new(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
+        VolumeFile { disk, start_lba, file, writable: false }
+    }
 }
 
 impl ImageFile for VolumeFile {
@@ -97,7 +102,7 @@ impl ParentLocator for FsLocator {
                 file
             }
         };
-        Some(Box::new(VolumeFile { disk: self.disk.clone(), start_lba: self.start_lba, file, writable: false }))
+        Some(Box::new(VolumeFile::new(self.disk.clone(), self.start_lba, file)))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
         let Some(mut vol) = self.volume() else { return Vec::new() };

@@ -173,6 +173,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
 
 mod boot;
 mod recover;
+mod media;
 mod resident;
 
 fn read_patch(patch_ptr: u32) -> StagePatch {

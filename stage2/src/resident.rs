@@ -18,7 +18,7 @@ use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedKi
 pub static mut ENGINE_LBA: u64 = 0;
 
 /// Read the engine blob that vboot-install wrote after stage2, and check it.
-fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
+pub(crate) fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
     use vboot::block::BlockDevice;
     let lba = unsafe { ENGINE_LBA };
     let mut head = [0u8; 512];
@@ -47,6 +47,15 @@ extern "C" {
     static stub_start: u8;
     static stub_image_end: u8;
     static stub_end: u8;
+    static stub_guest_start: u8;
+    static stub_guest_params: u8;
+}
+
+/// Where the resident stub's copy-and-jump routine and its parameters are, for a stub at
+/// `stub_linear` (stage2/src/stub.s `stub_guest_start`).
+pub fn stub_guest_start_offsets() -> (u32, u32) {
+    let s = &raw const stub_start as u32;
+    (&raw const stub_guest_start as u32 - s, &raw const stub_guest_params as u32 - s)
 }
 
 // Field offsets in the stub (stage2/src/stub.s).
@@ -95,18 +104,6 @@ fn gdt_set_base(entry_linear: u32, base: u32) {
     }
 }
 
-/// Refuse what this version cannot do yet, with the reason, before anything is changed.
-fn check_supported(opts: &VbootOptions) -> Result<(), String> {
-    let later = |what: &str| Err(format!("{} is not supported by this version of vboot yet", what));
-    if opts.cdrom.is_some() {
-        return later("cdrom= (ISO images)");
-    }
-    if opts.floppy.is_some() || opts.floppy_b.is_some() {
-        return later("floppy= / floppy_b= (floppy images)");
-    }
-    Ok(())
-}
-
 pub fn boot(
     disk: &mut BiosDisk,
     table: &PartitionTable,
@@ -117,11 +114,49 @@ pub fn boot(
     if opts.recover_mbr {
         return crate::recover::recover_mbr(disk);
     }
-    check_supported(opts)?;
     println!("(grub.cfg: (hd0,{}){})", loaded.partition, loaded.path);
+    if files.iter().any(|(what, _, _)| *what != "hard disk") {
+        return crate::media::boot(disk, table, opts, files);
+    }
     let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
+    let (drive, parent_dir) = plan_hard_disk(disk, table, opts, part_number, &file)?;
+    let engine = load_engine(disk)?;
+    if opts.immutable {
+        println!("  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot", IMMUTABLE_HEAP_BYTES >> 20);
+    }
+    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable)?;
+
+    // Through the hook from here on: drive 0x80 is the image.
+    let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
+    let mut sector = [0u8; 512];
+    use vboot::block::BlockDevice;
+    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
+    if sector[510] != 0x55 || sector[511] != 0xAA {
+        return Err(format!(
+            "{} has no boot signature (55AA) in its first sector: it is not a bootable disk image \
+             (an empty or unpartitioned image?)",
+            file.path
+        ));
+    }
+    println!("Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})", crate::disk::hard_disk_count(), disk.drive + 1);
+    if opts.pause {
+        println!("Paused before starting the guest. Press any key to boot.");
+        crate::wait_key();
+    }
+    start_guest(&sector, 0x80)
+}
+
+/// The hard-disk image of an entry (and its differencing chain) as drive 0x80 of the plan, with
+/// the `parent_dir=` the engine must use.
+pub(crate) fn plan_hard_disk(
+    disk: &mut BiosDisk,
+    table: &PartitionTable,
+    opts: &VbootOptions,
+    part_number: u32,
+    file: &File,
+) -> Result<(PlannedDrive, Option<String>), String> {
     let part = table.find(part_number).ok_or("partition vanished")?;
     if file.size_bytes == 0 {
         return Err(format!("{} is empty", file.path));
@@ -176,31 +211,8 @@ pub fn boot(
             .map(|(path, f)| PlannedLayer { format: 1, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba), path: path.clone() })
             .collect()
     };
-    let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files };
-    let engine = load_engine(disk)?;
-    if opts.immutable {
-        println!("  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot", IMMUTABLE_HEAP_BYTES >> 20);
-    }
-    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable)?;
-
-    // Through the hook from here on: drive 0x80 is the image.
-    let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
-    let mut sector = [0u8; 512];
-    use vboot::block::BlockDevice;
-    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
-    if sector[510] != 0x55 || sector[511] != 0xAA {
-        return Err(format!(
-            "{} has no boot signature (55AA) in its first sector: it is not a bootable disk image \
-             (an empty or unpartitioned image?)",
-            file.path
-        ));
-    }
-    println!("Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})", crate::disk::hard_disk_count(), disk.drive + 1);
-    if opts.pause {
-        println!("Paused before starting the guest. Press any key to boot.");
-        crate::wait_key();
-    }
-    start_guest(&sector, 0x80)
+    let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files, eltorito: None };
+    Ok((drive, parent_dir))
 }
 
 /// Put the boot sector at 0000:7C00 and jump to it in real mode, as a BIOS would.
@@ -215,7 +227,8 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
-fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool, immutable: bool) -> Result<(), String> {
+/// Returns the stub's linear address.
+pub(crate) fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool, immutable: bool) -> Result<u32, String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
@@ -322,5 +335,5 @@ fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<
         total / 1024,
         region
     );
-    Ok(())
+    Ok(stub_linear)
 }

@@ -38,6 +38,7 @@
 .set S_GUEST_ESP_HI,  0xDA
 .set S_CALLS,         0xDC
 .set S_DAP,           0xE0
+.set S_DISKETTE_TABLE, 0xF0                           # 16 bytes: the engine's INT 1Eh table
 .set S_CODE,          0x100
 
 # Offsets inside a register block (vboot::int13::Regs layout).
@@ -260,6 +261,51 @@ rm_bios:
     or $1, %eax
     mov %eax, %cr0
     ljmpl *%cs:S_PM_RESUME
+
+# Starting a CD's no-emulation boot image. Once at its load segment the image may cover stage2,
+# so stage2 reads it into free conventional memory at or above that address, fills the fields
+# below and real_mode_jumps here (DL = boot drive, segments 0, SP = 7C00h). The copy runs from
+# the hidden stub, which no boot image reaches, with interrupts off (the image may cover the
+# stack), forward in 32 KiB steps: the source never lies below the destination.
+.global stub_guest_start
+stub_guest_start:
+    cli
+    cld
+    mov %cs:(guest_src_segment - stub_start), %ds
+    mov %cs:(guest_dst_segment - stub_start), %es
+    mov %cs:(guest_paragraphs - stub_start), %bx
+1:  mov %bx, %cx
+    cmp $0x800, %cx
+    jbe 2f
+    mov $0x800, %cx
+2:  sub %cx, %bx
+    shl $3, %cx                                       # paragraphs to words
+    xor %si, %si
+    xor %di, %di
+    rep movsw
+    mov %ds, %ax
+    add $0x800, %ax
+    mov %ax, %ds
+    mov %es, %ax
+    add $0x800, %ax
+    mov %ax, %es
+    test %bx, %bx
+    jnz 1b
+    xor %ax, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    xor %bx, %bx
+    xor %cx, %cx
+    xor %si, %si
+    xor %di, %di
+    sti
+    ljmp *%cs:(guest_target - stub_start)
+.global stub_guest_params
+stub_guest_params:
+guest_src_segment: .word 0
+guest_dst_segment: .word 0
+guest_paragraphs:  .word 0
+guest_target:      .word 0, 0
 
     .balign 16
 stub_image_end:

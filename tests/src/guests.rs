@@ -519,3 +519,145 @@ pub fn reader_guest(dir: &Path, sectors: u64) -> PathBuf {
     f.write_all(&code).unwrap();
     img
 }
+
+// ---- CDs and floppies -----------------------------------------------------------------------
+
+/// What the floppy check guest prints when every step passed.
+pub const FLOPPY_PASS: &str = "FLOPPY PASS";
+pub const FLOPPY_144_BYTES: u64 = 1_474_560;
+/// LBA the floppy check guest writes (the last sector of a 1.44M floppy), and what it writes.
+pub const FLOPPY_WRITE_LBA: u64 = 2879;
+pub const FLOPPY_WRITE_MARKER: &[u8; 16] = b"VBFLOPPY-WRITTEN";
+
+/// A 1.44M floppy whose boot sector is tests/guest-probe/floppy.s and whose other sectors hold
+/// [`pattern_sector`]: the guest checks the floppy answers of INT 13h (steps listed in floppy.s)
+/// and writes [`FLOPPY_WRITE_MARKER`] to [`FLOPPY_WRITE_LBA`].
+pub fn floppy_check_guest(dir: &Path) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let build = dir.join("floppy-check-build");
+    std::fs::create_dir_all(&build).unwrap();
+    let obj = build.join("floppy.o");
+    let bin = build.join("floppy.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/floppy.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let code = std::fs::read(&bin).unwrap();
+    assert_eq!(code.len(), 512, "floppy.s must assemble to one sector");
+    let img = dir.join("floppy-check.img");
+    make_pattern_disk(&img, FLOPPY_144_BYTES / 512);
+    let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all(&code).unwrap();
+    img
+}
+
+/// The boot sector of [`hello_guest`] alone (512 bytes), for loaders that boot a file holding
+/// a boot sector (SYSLINUX `KERNEL x.bs`).
+pub fn hello_boot_sector(dir: &Path, name: &str, message: &str) -> Vec<u8> {
+    let img = hello_guest(dir, name, message, 1);
+    std::fs::read(img).unwrap()
+}
+
+/// A FAT12 1.44M floppy with SYSLINUX (`syslinux --install`) whose config turns on the serial
+/// console (SYSLINUX prints its banner there) and boots `/hello.bs`, a boot sector that prints
+/// `message` and ends QEMU with 33: so `message` proves SYSLINUX read its config and a file.
+pub fn syslinux_floppy(dir: &Path, name: &str, message: &str) -> PathBuf {
+    require_tool("syslinux", "syslinux");
+    require_tool("mkfs.fat", "dosfstools");
+    let img = dir.join(format!("{}.img", name));
+    let _ = std::fs::remove_file(&img);
+    sh(Command::new("mkfs.fat").args(["-C", "-F", "12", "-n", "VBOOTFD"]).arg(&img).arg("1440"));
+    sh(Command::new("syslinux").arg("--install").arg(&img));
+    let cfg = "SERIAL 0 115200\nDEFAULT hello\nPROMPT 0\nTIMEOUT 0\nLABEL hello\n  KERNEL /hello.bs\n";
+    let cfg_path = dir.join(format!("{}-syslinux.cfg", name));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let hello = dir.join(format!("{}-hello.bs", name));
+    std::fs::write(&hello, hello_boot_sector(dir, &format!("{}-hello", name), message)).unwrap();
+    for (src, dst) in [(&cfg_path, "::/syslinux.cfg"), (&hello, "::/hello.bs")] {
+        sh(Command::new("mcopy").arg("-o").arg("-i").arg(&img).arg(src).arg(dst).env("MTOOLS_SKIP_CHECK", "1"));
+    }
+    img
+}
+
+/// `xorriso -as mkisofs` over the directory `tree` into `iso`, with `boot_args` (the El
+/// Torito options).
+pub fn make_iso(tree: &Path, iso: &Path, boot_args: &[&str]) -> PathBuf {
+    require_tool("xorriso", "xorriso");
+    let _ = std::fs::remove_file(iso);
+    sh(Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-R", "-J", "-V", "VBOOTCD", "-o"])
+        .arg(iso)
+        .args(boot_args)
+        .arg(tree));
+    iso.to_path_buf()
+}
+
+pub const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
+pub const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+
+/// An ISOLINUX CD (Debian's isolinux.bin and ldlinux.c32, no-emulation, boot-info table) whose
+/// config turns on the serial console and boots `/hello.bs` from the ISO, which prints `message`
+/// and ends QEMU with 33. The catalog asks the BIOS to load 4 sectors (`-boot-load-size 4`),
+/// or with `load_whole` all of isolinux.bin (xorriso's default), which covers 0000:8000 on.
+pub fn isolinux_iso(dir: &Path, name: &str, message: &str, load_whole: bool) -> PathBuf {
+    assert!(Path::new(ISOLINUX_BIN).exists(), "{} is missing: install the Debian package isolinux", ISOLINUX_BIN);
+    assert!(Path::new(LDLINUX_C32).exists(), "{} is missing: install the Debian package syslinux-common", LDLINUX_C32);
+    let tree = dir.join(format!("{}-tree", name));
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("isolinux")).unwrap();
+    std::fs::copy(ISOLINUX_BIN, tree.join("isolinux/isolinux.bin")).unwrap();
+    std::fs::copy(LDLINUX_C32, tree.join("isolinux/ldlinux.c32")).unwrap();
+    let cfg = "SERIAL 0 115200\nDEFAULT hello\nPROMPT 0\nTIMEOUT 0\nLABEL hello\n  KERNEL /hello.bs\n";
+    std::fs::write(tree.join("isolinux/isolinux.cfg"), cfg).unwrap();
+    std::fs::write(tree.join("hello.bs"), hello_boot_sector(dir, &format!("{}-hello", name), message)).unwrap();
+    let mut args = vec!["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-info-table"];
+    if !load_whole {
+        args.extend(["-boot-load-size", "4"]);
+    }
+    make_iso(&tree, &dir.join(format!("{}.iso", name)), &args)
+}
+
+/// An ISOLINUX CD that boots Debian's kernel with [`busybox_initramfs`] (no emulation, 4
+/// sectors): Linux prints [`LINUX_OK`] on ttyS0 and ends QEMU with 33. The kernel is 64-bit:
+/// boot with qemu-system-x86_64.
+pub fn isolinux_linux_iso(dir: &Path) -> PathBuf {
+    let kernel = debian_kernel();
+    let tree = dir.join("linux-cd-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("isolinux")).unwrap();
+    std::fs::copy(ISOLINUX_BIN, tree.join("isolinux/isolinux.bin")).unwrap();
+    std::fs::copy(LDLINUX_C32, tree.join("isolinux/ldlinux.c32")).unwrap();
+    std::fs::copy(&kernel, tree.join("vmlinuz")).unwrap();
+    busybox_initramfs(&tree.join("initrd.img"));
+    let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n";
+    std::fs::write(tree.join("isolinux/isolinux.cfg"), cfg).unwrap();
+    make_iso(
+        &tree,
+        &dir.join("linux.iso"),
+        &["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"],
+    )
+}
+
+/// A GRUB rescue CD from `grub-mkrescue` (i386-pc, no-emulation El Torito) holding `files` and
+/// a /boot/grub/grub.cfg that sets up the serial console and then runs `script`.
+pub fn grub_rescue_iso(dir: &Path, name: &str, script: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    require_tool("grub-mkrescue", "grub-common");
+    require_tool("xorriso", "xorriso");
+    require_tool("mformat", "mtools");
+    let tree = dir.join(format!("{}-tree", name));
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("boot/grub")).unwrap();
+    let cfg = format!("serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n{}\n", script);
+    std::fs::write(tree.join("boot/grub/grub.cfg"), cfg).unwrap();
+    for (path, bytes) in files {
+        let p = tree.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let iso = dir.join(format!("{}.iso", name));
+    let _ = std::fs::remove_file(&iso);
+    sh(Command::new("grub-mkrescue")
+        .args(["-d", GRUB_DIR, "-o"])
+        .arg(&iso)
+        .arg(&tree));
+    iso
+}

@@ -175,7 +175,7 @@ fn images_that_cannot_be_booted_are_refused_with_a_reason() {
     for (key, message) in [
         (b"1", "/odd.img is 5000 bytes, not a whole number of 512-byte sectors"),
         (b"3", "/disk.vhdx is a VHDX image; vboot boots raw, VHD, VMDK and VDI images"),
-        (b"4", "cdrom= (ISO images) is not supported by this version of vboot yet"),
+        (b"4", "cdrom=/blank.img: it is not an ISO 9660 CD image"),
         (b"2", "/blank.img has no boot signature (55AA)"),
     ] {
         let mark = q.mark();

@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::String;
 use vboot::fs::{ExtentList, LbaIndex};
 use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Regs, Status};
-use vboot::resident::PlannedDrive;
+use vboot::resident::{PlannedDrive, PlannedKind};
 
 use crate::stub::{Stub, Vector, BOUNCE_BYTES};
 
@@ -112,25 +112,48 @@ pub struct RawFile {
     lbas: LbaIndex,
     sectors: u64,
     read_only: bool,
+    /// 512-byte sectors per block the guest addresses: 1, or 4 for a CD's 2048-byte blocks.
+    sectors_per_block: u64,
 }
 
 impl RawFile {
     pub fn new(io: HostIo, d: &PlannedDrive) -> Result<RawFile, String> {
         let layer = d.layers.first().ok_or_else(|| format!("drive {:#04x} has no image", d.number))?;
-        if layer.size_bytes % 512 != 0 {
+        let sectors_per_block = if d.kind == PlannedKind::Cdrom { 4 } else { 1 };
+        let block_bytes = 512 * sectors_per_block;
+        // A CD image may end in a partial block (it is never addressed); a disk may not.
+        if sectors_per_block == 1 && layer.size_bytes % 512 != 0 {
             return Err(format!(
                 "{} is {} bytes, not a whole number of 512-byte sectors",
                 layer.path, layer.size_bytes
             ));
         }
-        let sectors = layer.size_bytes / 512;
+        let sectors = layer.size_bytes / block_bytes * sectors_per_block;
+        if sectors == 0 {
+            return Err(format!("{} holds no whole {}-byte block", layer.path, block_bytes));
+        }
         if layer.extents.total_sectors() < sectors {
             return Err(format!("{}: its extent list covers less than the file", layer.path));
         }
-        Ok(RawFile { io, lbas: layer.extents.lba_index(), extents: layer.extents.clone(), sectors, read_only: d.read_only })
+        Ok(RawFile {
+            io,
+            lbas: layer.extents.lba_index(),
+            extents: layer.extents.clone(),
+            sectors,
+            read_only: d.read_only,
+            sectors_per_block,
+        })
     }
 
+    /// `count` guest blocks from block `lba`, in 512-byte sectors underneath.
     fn transfer(&mut self, write: bool, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64) -> Result<(), DiskError> {
+        let spb = self.sectors_per_block;
+        self.transfer_sectors(write, lba * spb, count as u64 * spb, mem, buf_linear)
+            .map_err(|e| DiskError { done_blocks: (e.done_blocks as u64 / spb) as u32, status: e.status })
+    }
+
+    fn transfer_sectors(&mut self, write: bool, lba: u64, count: u64, mem: &mut dyn GuestMemory, buf_linear: u64) -> Result<(), DiskError> {
+        let count = u32::try_from(count).map_err(|_| DiskError { done_blocks: 0, status: Status::INVALID })?;
         let mut done: u32 = 0;
         let fail = |done: u32, status: Status| DiskError { done_blocks: done, status };
         while done < count {
@@ -151,10 +174,10 @@ impl RawFile {
 
 impl EmulatedDisk for RawFile {
     fn block_count(&self) -> u64 {
-        self.sectors
+        self.sectors / self.sectors_per_block
     }
     fn block_bytes(&self) -> u32 {
-        512
+        512 * self.sectors_per_block as u32
     }
     fn geometry(&self) -> Option<Chs> {
         None

@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 use linked_list_allocator::LockedHeap;
-use vboot::int13::{self, DriveKind, DriveSet, GuestMemory, MemoryError, Regs};
+use vboot::int13::{self, CdEmulation, DriveKind, DriveSet, FloppyFormat, GuestMemory, MemoryError, Regs};
 use vboot::resident::{ah88_value, e801_values, E820Entry, Plan, PlannedKind};
 
 use crate::stub::{Stub, Vector};
@@ -131,6 +131,8 @@ extern "C" fn engine_init(
     };
     let stub = Stub { linear: stub_linear };
     let mut drives = DriveSet::new();
+    // Sectors per track of the first emulated floppy: the INT 1Eh table is written for it.
+    let mut diskette_table: Option<u8> = None;
     for d in &plan.drives {
         let io = hostdisk::HostIo { stub, host_drive: d.host_drive };
         // One raw file: the direct path. Anything else is a chain for the image layer.
@@ -154,17 +156,34 @@ extern "C" fn engine_init(
         };
         let kind = match d.kind {
             PlannedKind::HardDisk => DriveKind::HardDisk,
-            _ => {
-                let _ = write!(out, "drive {:#04x}: only hard disks are emulated so far", d.number);
-                return out.len as u32;
+            PlannedKind::Floppy => {
+                let bytes = disk.block_count() * 512;
+                let Some(format) = FloppyFormat::from_size(bytes) else {
+                    let _ = write!(out, "drive {:#04x}: {} bytes is no floppy size", d.number, bytes);
+                    return out.len as u32;
+                };
+                if diskette_table.is_none() {
+                    diskette_table = Some(format.geometry.sectors_per_track as u8);
+                }
+                DriveKind::Floppy { drive_type: format.drive_type, parameter_table: stub.diskette_table() }
             }
+            PlannedKind::Cdrom => DriveKind::Cdrom { boot: d.eltorito.unwrap_or_default() },
         };
+        if let (Some(boot), PlannedKind::HardDisk | PlannedKind::Floppy) = (d.eltorito, d.kind) {
+            drives.set_cd_emulation(CdEmulation { drive: d.number, boot });
+        }
         let disk: Box<dyn vboot::int13::EmulatedDisk> =
-            if plan.immutable { Box::new(overlay::RamOverlay::new(disk, heap_len as usize)) } else { disk };
+            // CDs and CD boot images are read-only already (and a CD's blocks are not 512 bytes).
+            if plan.immutable && !d.read_only { Box::new(overlay::RamOverlay::new(disk, heap_len as usize)) } else { disk };
         if let Err(e) = drives.add(d.number, kind, disk) {
             let _ = write!(out, "{}", e);
             return out.len as u32;
         }
+    }
+    if let Some(spt) = diskette_table {
+        // DOS boot sectors copy the INT 1Eh table and patch its sectors-per-track byte; the
+        // table lives in the hidden stub, so it survives the guest.
+        stub.install_diskette_table(&vboot::int13::chs::diskette_parameter_table(spt));
     }
     drives.install_bda_counts(&mut FlatMemory);
     unsafe { STATE = Some(State { drives, memory_map: plan.memory_map }) };

@@ -11,6 +11,8 @@ pub const S_FRAME: u32 = 0x88;
 pub const S_VECTOR: u32 = 0xAC;
 pub const S_BREGS: u32 = 0xB0;
 pub const S_DAP: u32 = 0xE0;
+/// 16 bytes: the diskette parameter table INT 1Eh and floppy AH=08h point at.
+pub const S_DISKETTE_TABLE: u32 = 0xF0;
 pub const BOUNCE_BYTES: u32 = 1024;
 
 extern "C" {
@@ -32,6 +34,20 @@ pub enum Vector {
 impl Stub {
     pub fn ptr<T>(&self, offset: u32) -> *mut T {
         (self.linear + offset) as *mut T
+    }
+
+    /// Where the floppy parameter table is, as the guest addresses it.
+    pub fn diskette_table(&self) -> vboot::int13::FarPtr {
+        vboot::int13::FarPtr { segment: (self.linear >> 4) as u16, offset: S_DISKETTE_TABLE as u16 }
+    }
+
+    /// Writes the diskette parameter table into the stub and points INT 1Eh at it.
+    pub fn install_diskette_table(&self, table: &[u8; 11]) {
+        let at = self.diskette_table();
+        unsafe {
+            core::ptr::copy_nonoverlapping(table.as_ptr(), self.ptr::<u8>(S_DISKETTE_TABLE), table.len());
+            core::ptr::write_volatile((0x1E * 4) as *mut u32, ((at.segment as u32) << 16) | at.offset as u32);
+        }
     }
 
     pub fn read_u16(&self, offset: u32) -> u16 {

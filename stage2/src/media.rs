@@ -1,0 +1,259 @@
+//! Entries with a CD (`cdrom=`) or floppies (`floppy=`, `floppy_b=`), alone or beside the hard
+//! disk: every image becomes a drive of the plan, and `boot=` picks which one starts.
+//!
+//! | image | drive |
+//! |---|---|
+//! | `cdrom=` ISO | E0h, 2048-byte blocks |
+//! | its boot image, with `boot=cdrom` in floppy / hard-disk emulation | 00h / 80h (the part of the ISO it occupies) |
+//! | `floppy=`, `floppy_b=` | 00h and 01h (01h and 02h after an emulated floppy), B: even without A: |
+//! | `harddisk=` | 80h, or 81h after an emulated hard disk |
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::bios::{self, BiosRegs, DAP_ADDR};
+use crate::disk::BiosDisk;
+use crate::images::VolumeFile;
+use crate::println;
+use crate::resident::{go_resident, load_engine, plan_hard_disk, start_guest, stub_guest_start_offsets};
+use vboot::config::{BootDevice, VbootOptions};
+use vboot::eltorito::{self, BootImage, Emulation, CD_BLOCK_BYTES};
+use vboot::fs::File;
+use vboot::image::ImageFile;
+use vboot::int13::FloppyFormat;
+use vboot::part::PartitionTable;
+use vboot::resident::{PlannedDrive, PlannedKind, PlannedLayer};
+
+/// The number the emulated CD gets (bios-reference.md §3.2).
+pub const CD_DRIVE: u8 = 0xE0;
+
+fn raw_layer(size_bytes: u64, extents: vboot::fs::ExtentList, path: String) -> Vec<PlannedLayer> {
+    alloc::vec![PlannedLayer { format: 0, size_bytes, extents, path }]
+}
+
+pub fn boot(
+    disk: &mut BiosDisk,
+    table: &PartitionTable,
+    opts: &VbootOptions,
+    files: Vec<(&'static str, u32, File)>,
+) -> Result<(), String> {
+    let boot_device = opts.boot.unwrap_or(BootDevice::Harddisk);
+    let mut drives: Vec<PlannedDrive> = Vec::new();
+    let mut cd_boot: Option<BootImage> = None;
+    // A: is 00h, or 01h when the CD's boot image is an emulated floppy; B: the one after A:.
+    let mut floppy_a = 0u8;
+
+    // The CD first: booted in an emulation mode, its image takes 00h or 80h.
+    for (_, part_number, file) in files.iter().filter(|(what, _, _)| *what == "CD-ROM") {
+        let part = table.find(*part_number).ok_or("partition vanished")?;
+        let mut iso = VolumeFile::new(disk.clone(), part.start_lba, file.clone());
+        let mut reader = |lba: u64, buf: &mut [u8; CD_BLOCK_BYTES]| {
+            iso.read_at(lba * CD_BLOCK_BYTES as u64, buf).map_err(|e| format!("{}", e))
+        };
+        let size = file.size_bytes;
+        eltorito::check_iso(&mut reader, size).map_err(|e| format!("cdrom={}: {}", file.path, e))?;
+        let extents = file.extents.to_host(part.start_lba);
+        let mut eltorito_facts = None;
+        if boot_device == BootDevice::Cdrom {
+            let image = eltorito::boot_image(&mut reader, size).map_err(|e| format!("cdrom={}: {}", file.path, e))?;
+            let first = image.first_file_sector();
+            let mode = match image.emulation {
+                Emulation::NoEmulation => String::from("no emulation"),
+                Emulation::Floppy { bytes } => format!("{} KiB floppy emulation (drive 00h)", bytes / 1024),
+                Emulation::HardDisk => String::from("hard-disk emulation (drive 80h)"),
+            };
+            println!(
+                "  El Torito boot image: {}, CD block {}, {} sectors, load segment {:04x}",
+                mode,
+                image.load_rba,
+                image.sector_count,
+                image.load_segment()
+            );
+            let emulated = |number: u8, kind: PlannedKind, sectors: u64, what: &str| PlannedDrive {
+                number,
+                kind,
+                read_only: true,
+                host_drive: disk.drive,
+                layers: raw_layer(sectors * 512, extents.slice(first, sectors), format!("{} ({})", file.path, what)),
+                eltorito: Some(image.eltorito_boot()),
+            };
+            match image.emulation {
+                Emulation::NoEmulation => {}
+                Emulation::Floppy { bytes } => {
+                    drives.push(emulated(0x00, PlannedKind::Floppy, bytes / 512, "floppy emulation"));
+                    floppy_a = 1;
+                }
+                Emulation::HardDisk => {
+                    let mut mbr = [0u8; 512];
+                    iso.read_at(first * 512, &mut mbr).map_err(|e| format!("cdrom={}: {}", file.path, e))?;
+                    let sectors = eltorito::hard_disk_image_sectors(&mbr, size / 512 - first)
+                        .map_err(|e| format!("cdrom={}: {}", file.path, e))?;
+                    drives.push(emulated(0x80, PlannedKind::HardDisk, sectors, "hard-disk emulation"));
+                }
+            }
+            cd_boot = Some(image);
+            eltorito_facts = Some(image.eltorito_boot());
+        }
+        drives.push(PlannedDrive {
+            number: CD_DRIVE,
+            kind: PlannedKind::Cdrom,
+            read_only: true,
+            host_drive: disk.drive,
+            layers: raw_layer(size, extents, file.path.clone()),
+            eltorito: eltorito_facts,
+        });
+    }
+
+    for (what, part_number, file) in files.iter().filter(|(what, _, _)| what.starts_with("floppy")) {
+        let part = table.find(*part_number).ok_or("partition vanished")?;
+        let option = if *what == "floppy" { "floppy=" } else { "floppy_b=" };
+        let number = if *what == "floppy" { floppy_a } else { floppy_a + 1 };
+        let format = FloppyFormat::for_image(&file.path, file.size_bytes).map_err(|e| format!("{}{}", option, e))?;
+        let g = format.geometry;
+        println!(
+            "  {} {}: drive {:02x}h, {} cylinders, {} heads, {} sectors per track",
+            option, file.path, number, g.cylinders, g.heads, g.sectors_per_track
+        );
+        drives.push(PlannedDrive {
+            number,
+            kind: PlannedKind::Floppy,
+            read_only: false,
+            host_drive: disk.drive,
+            layers: raw_layer(file.size_bytes, file.extents.to_host(part.start_lba), file.path.clone()),
+            eltorito: None,
+        });
+    }
+
+    let mut parent_dir = None;
+    if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
+        let (mut drive, dir) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+        if drives.iter().any(|d| d.number == 0x80) {
+            if opts.restore {
+                return Err(String::from(
+                    "restore cannot be combined with a CD booted in hard-disk emulation (the hard-disk image is not drive 80h then)",
+                ));
+            }
+            drive.number = 0x81;
+            println!("  harddisk={} is drive 81h (the CD's boot image is 80h)", file.path);
+        }
+        parent_dir = dir;
+        drives.push(drive);
+    }
+
+    let engine = load_engine(disk)?;
+    if opts.immutable {
+        println!("  immutable: writes go to a RAM overlay and are gone at the next boot");
+    }
+    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, opts.immutable)?;
+
+    // Through the hook from here on.
+    match (boot_device, cd_boot) {
+        (BootDevice::Cdrom, Some(image)) => match image.emulation {
+            Emulation::NoEmulation => start_no_emulation(stub_linear, &image, opts.pause),
+            Emulation::Floppy { .. } => start_from_drive(0x00, "the CD's floppy-emulation image", opts.pause),
+            Emulation::HardDisk => start_from_drive(0x80, "the CD's hard-disk-emulation image", opts.pause),
+        },
+        (BootDevice::Cdrom, None) => Err(String::from("boot=cdrom needs cdrom=")),
+        (BootDevice::Floppy, _) => start_from_drive(0x00, "the floppy image", opts.pause),
+        (BootDevice::Harddisk, _) => start_from_drive(0x80, "the hard-disk image", opts.pause),
+    }
+}
+
+fn pause_if_asked(pause: bool) {
+    if pause {
+        println!("Paused before starting the guest. Press any key to boot.");
+        crate::wait_key();
+    }
+}
+
+/// Read sector 0 of an emulated drive through the hook and start it at 0000:7C00.
+fn start_from_drive(drive: u8, what: &str, pause: bool) -> Result<(), String> {
+    use vboot::block::BlockDevice;
+    let mut guest = BiosDisk::probe(drive).ok_or_else(|| format!("the emulated drive {:02x}h does not answer", drive))?;
+    let mut sector = [0u8; 512];
+    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the boot sector of {}: {}", what, e))?;
+    // A hard disk needs 55AA, as a BIOS checks it; old floppies may lack it, but an empty
+    // sector boots nothing.
+    let signed = sector[510] == 0x55 && sector[511] == 0xAA;
+    if (drive >= 0x80 && !signed) || sector.iter().all(|&b| b == 0) {
+        return Err(format!(
+            "{} has no boot code in its first sector ({}): it is not bootable",
+            what,
+            if signed { "it is empty" } else { "no 55AA signature" }
+        ));
+    }
+    println!("Guest boot sector loaded from drive {:02x}h", drive);
+    pause_if_asked(pause);
+    start_guest(&sector, drive)
+}
+
+extern "C" {
+    static _bss_end: u8;
+}
+
+/// CD blocks per AH=42h call (32 KiB: well inside a segment).
+const BLOCKS_PER_READ: u32 = 16;
+
+/// A no-emulation boot image: read through the hook from the CD into free conventional memory
+/// (above stage2, or at its load address when that is above stage2 already), then the stub
+/// copies it to its load segment and jumps there: the image may cover stage2 itself.
+fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Result<(), String> {
+    let bytes = image.sector_count as u32 * 512;
+    let dest = image.load_segment() as u32 * 16;
+    let free_start = ((&raw const _bss_end as u32) + 0xF) & !0xF;
+    // The image is read in whole CD blocks, so up to 1536 bytes more than it asks land after it.
+    let read_bytes = bytes.div_ceil(CD_BLOCK_BYTES as u32) * CD_BLOCK_BYTES as u32;
+    let source = free_start.max(dest);
+    if dest < 0x500 || dest + bytes > stub_linear || source + read_bytes > stub_linear {
+        return Err(format!(
+            "the CD's boot image wants {} sectors at load segment {:04x}, which does not fit the \
+             conventional memory vboot can hand over ({:04x}:0000 to {:04x}:0000 for the image, \
+             {} KiB to stage it above vboot's own code)",
+            image.sector_count,
+            image.load_segment(),
+            0x50,
+            stub_linear >> 4,
+            stub_linear.saturating_sub(free_start.max(dest)) / 1024
+        ));
+    }
+    let blocks = read_bytes / CD_BLOCK_BYTES as u32;
+    let mut done = 0u32;
+    while done < blocks {
+        let n = (blocks - done).min(BLOCKS_PER_READ);
+        let mut dap = [0u8; 16];
+        dap[0] = 0x10;
+        dap[2..4].copy_from_slice(&(n as u16).to_le_bytes());
+        let (seg, off) = bios::seg_off(source + done * CD_BLOCK_BYTES as u32);
+        dap[4..6].copy_from_slice(&off.to_le_bytes());
+        dap[6..8].copy_from_slice(&seg.to_le_bytes());
+        dap[8..16].copy_from_slice(&((image.load_rba + done) as u64).to_le_bytes());
+        bios::write_low(DAP_ADDR, &dap);
+        let (dseg, doff) = bios::seg_off(DAP_ADDR);
+        let mut r = BiosRegs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
+        bios::call(0x13, &mut r);
+        if r.carry() {
+            return Err(format!(
+                "reading the CD's boot image (block {}): INT 13h status {:02X}h",
+                image.load_rba + done,
+                r.ah()
+            ));
+        }
+        done += n;
+    }
+    println!("Boot image read from the CD (drive {:02x}h)", CD_DRIVE);
+    pause_if_asked(pause);
+    let (code_off, params_off) = stub_guest_start_offsets();
+    // SeaBIOS's form of the entry point: 0000:7C00 when the load address fits a segment.
+    let (cs, ip) = if dest <= 0xFFFF { (0u16, dest as u16) } else { (image.load_segment(), 0u16) };
+    let params = stub_linear + params_off;
+    bios::write_low(params, &((source >> 4) as u16).to_le_bytes());
+    bios::write_low(params + 2, &image.load_segment().to_le_bytes());
+    bios::write_low(params + 4, &(bytes.div_ceil(16) as u16).to_le_bytes());
+    bios::write_low(params + 6, &ip.to_le_bytes());
+    bios::write_low(params + 8, &cs.to_le_bytes());
+    println!("Starting the guest.");
+    let mut r = BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
+    bios::call(0x10, &mut r);
+    bios::jump_real_mode((stub_linear >> 4) as u16, code_off as u16, CD_DRIVE)
+}
