@@ -135,7 +135,12 @@ fn plan_config_edit(
         }
     };
     let mut vol = volume(disk, table, partition)?;
-    let text = vol.read_to_vec(&path, 1 << 20).map_err(|e| format!("config_file (hd0,{}){}: {}", partition, path, e))?;
+    // After an interrupted rewrite only NAME.new is there (replace_file puts it back in place).
+    let text = match vol.read_to_vec(&path, 1 << 20) {
+        Err(FsError::NotFound { .. }) => vol.read_to_vec(&format!("{}.new", path), 1 << 20),
+        other => other,
+    }
+    .map_err(|e| format!("config_file (hd0,{}){}: {}", partition, path, e))?;
     let text = String::from_utf8(text).map_err(|_| format!("(hd0,{}){} is not UTF-8 text; vboot will not rewrite it", partition, path))?;
     let child_here = as_seen_from(child, child_partition, partition);
     let new_text = rewrite_for_snapshot(&text, &target, &child_here).map_err(|e| format!("(hd0,{}){}: {}", partition, path, e))?;

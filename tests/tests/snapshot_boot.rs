@@ -284,3 +284,85 @@ fn without_slack_on_ntfs_the_ram_overlay_is_offered() {
     assert!(out.contains("image /vm/child.vdi") || out.contains("image /child.vdi"), "{}", out);
     assert!(std::fs::read(&host).unwrap() == before, "the host disk changed");
 }
+
+/// Put files into a fresh exFAT volume image with the core library's exFAT writer (fsck.exfat
+/// checks the result), and read them back the same way.
+fn exfat_put(img: &Path, path: &str, bytes: &[u8]) {
+    let dev = vboot::block::FileDisk::open(img, true).unwrap();
+    let mut vol = vboot::fs::exfat::ExfatVolume::open(dev).unwrap();
+    let f = vol.create_file(path, bytes.len() as u64).unwrap();
+    vol.write_file(&f, 0, bytes).unwrap();
+}
+
+fn exfat_get(img: &Path, path: &str) -> Vec<u8> {
+    let dev = vboot::block::FileDisk::open(img, false).unwrap();
+    let mut vol = vboot::fs::exfat::ExfatVolume::open(dev).unwrap();
+    vol.read_to_vec(path, 1 << 30).unwrap()
+}
+
+fn fsck_exfat(img: &Path, after: &str) {
+    let tool = ["/usr/sbin/fsck.exfat", "/sbin/fsck.exfat"].into_iter().find(|p| Path::new(p).exists()).expect("fsck.exfat (exfatprogs)");
+    let out = Command::new(tool).arg("-n").arg(img).output().unwrap();
+    assert!(out.status.success(), "fsck.exfat after {}: {}{}", after, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// On an exFAT host: take_snapshot= makes the child and rewrites grub.cfg, the child takes the
+/// probe's writes, and fsck.exfat finds the volume clean.
+#[test]
+fn take_snapshot_on_an_exfat_host() {
+    let dir = TempDir::new("snap-exfat");
+    let (base, cfg) = probe_image(&dir, "vmdk", "subformat=monolithicSparse", "base.vmdk");
+    let base_bytes = std::fs::read(&base).unwrap();
+    let grub = "set default=1\nset timeout=0\nmenuentry 'A' {\n    vboot harddisk=/base.vmdk\n}\nmenuentry 'A: snapshot' {\n    vboot harddisk=/base.vmdk take_snapshot=/s1.vmdk boot_entry=0 reserve=2M\n}\n";
+    let part = dir.join("part.img");
+    disk::blank(&part, 63);
+    let mkfs = ["/usr/sbin/mkfs.exfat", "/sbin/mkfs.exfat"].into_iter().find(|p| Path::new(p).exists()).expect("mkfs.exfat (exfatprogs)");
+    sh(Command::new(mkfs).arg(&part));
+    exfat_put(&part, "/grub.cfg", grub.as_bytes());
+    exfat_put(&part, "/base.vmdk", &base_bytes);
+    fsck_exfat(&part, "filling");
+    let host = dir.join("disk.img");
+    disk::blank(&host, 64);
+    disk::sfdisk(&host, "label: dos\nstart=2048, type=7, bootable\n");
+    disk::write_at(&host, 2048, &part);
+    let (ok, out) = vboot_tests::vboot_install(&["install", host.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    let mut qcfg = vboot_tests::qemu::Config::disk(&host);
+    qcfg.memory_mib = 256;
+    let mut q = Qemu::start(&qcfg);
+    let out = pass(&mut q);
+    assert!(out.contains("snapshot: /s1.vmdk made"), "{}", out);
+    disk::partition_of(&host, 63 * 2048, &part);
+    fsck_exfat(&part, "the boot");
+    assert!(exfat_get(&part, "/base.vmdk") == base_bytes, "the parent changed");
+    assert_eq!(String::from_utf8(exfat_get(&part, "/grub.cfg")).unwrap(), grub.replace("vboot harddisk=/base.vmdk\n", "vboot harddisk=/s1.vmdk\n"));
+    let child = dir.join("s1.vmdk");
+    std::fs::write(&child, exfat_get(&part, "/s1.vmdk")).unwrap();
+    qemu_img_check(&child);
+    check_chain(&child, &cfg, false);
+}
+
+/// A grub.cfg rewrite cut off between its two renames leaves only grub.cfg.new: the menu is read
+/// from it, and the next rewrite first puts it back in place.
+#[test]
+fn an_interrupted_grub_cfg_rewrite_is_finished() {
+    let dir = TempDir::new("snap-interrupted");
+    let (base, _) = probe_image(&dir, "vmdk", "subformat=monolithicSparse", "base.vmdk");
+    let grub = "set timeout=0\nmenuentry 'snap' {\n    vboot harddisk=/vm/base.vmdk take_snapshot=/vm/s1.vmdk new_menu_entry=S1 reserve=1M\n}\n";
+    let host = host_with(&dir, grub, &[("base.vmdk", &base)]);
+    // As if the power went out after `grub.cfg` -> `grub.cfg.old` and before the second rename.
+    let run = |args: &[&str]| {
+        sh(Command::new(args[0]).args(&args[1..]).env("MTOOLS_SKIP_CHECK", "1"));
+    };
+    let p = host.part.to_str().unwrap();
+    run(&["mren", "-i", p, "::/boot/grub/grub.cfg", "::/boot/grub/grub.cfg.new"]);
+    disk::write_at(&host.disk, 2048, &host.part);
+    let mut q = qemu(&host);
+    let out = pass(&mut q);
+    assert!(out.contains("Reading (hd0,1)/boot/grub/grub.cfg.new: /boot/grub/grub.cfg is missing (an interrupted rewrite)"), "{}", out);
+    let part = partition_after(&host, &dir, "boot");
+    let cfg_now = String::from_utf8(get(&part, "/boot/grub/grub.cfg", &dir.join("grub.cfg"))).unwrap();
+    assert_eq!(cfg_now, format!("{}menuentry S1 {{\n    vboot harddisk=/vm/s1.vmdk\n}}\n", grub));
+    let listing = list(&part, "/boot/grub");
+    assert!(!listing.contains(".new") && !listing.contains(".old"), "leftovers: {}", listing);
+}
