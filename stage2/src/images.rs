@@ -97,7 +97,15 @@ impl ParentLocator for FsLocator {
         let file = match self.opened.iter().find(|(p, _)| p == path) {
             Some((_, f)) => f.clone(),
             None => {
-                let file = self.volume()?.open_file(path).ok()?;
+                let file = match self.volume()?.open_file(path) {
+                    Ok(f) => f,
+                    Err(vboot::fs::FsError::NotFound { .. }) => return None,
+                    Err(e) => {
+                        // The chain's message will say "not found"; say why it could not be used.
+                        crate::println!("  {}: {}", path, e);
+                        return None;
+                    }
+                };
                 self.opened.push((path.to_string(), file.clone()));
                 file
             }
