@@ -242,8 +242,8 @@ fn write_slack_is_grown_before_boot_on_fat() {
 fn without_slack_on_ntfs_the_ram_overlay_is_offered() {
     let dir = TempDir::new("slack-ntfs");
     let (base, _) = probe_image(&dir, "vdi", "static=off", "base.vdi");
-    // Every block allocated except the ones the probe writes would need: use a child instead,
-    // which has no blocks at all and no slack.
+    // The base has every block allocated; its child has no blocks and no slack, so each of the
+    // probe's writes needs a new block.
     let child = dir.join("child.vdi");
     sh(Command::new(vboot_tests::artifacts().vdisk).arg("snapshot").arg(&base).arg(&child));
     let grub = "set timeout=-1\nmenuentry 'child' {\n    vboot harddisk=/child.vdi\n}\n";
