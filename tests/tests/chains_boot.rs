@@ -1,0 +1,386 @@
+//! Issue 7, boot side: every VHD, VMDK and VDI variant as the boot disk, chains of depth 1 to 64
+//! mixing allocated and unallocated blocks, a tree of two children, writes into a child's slack
+//! read back on the next boot, and broken chains (missing parent, wrong identity, cycle).
+//!
+//! Oracles: qemu-img/qemu-io make the images and read them back where qemu reads the format
+//! (it reads no VHD or VDI differencing image: there the test's own model of the data, and
+//! `vdisk check`, judge); `fsck.fat -n` checks the host partition after every scenario.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use vboot_tests::guests::{self, ChainConfig, ProbeConfig, ProbeWrite, WriteRun};
+use vboot_tests::qemu::{Qemu, EXIT_PASS};
+use vboot_tests::{disk, sh, vboot_host, Host, TempDir};
+
+const T: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+
+// ---- a host disk booted several times ---------------------------------------------------------
+
+/// A host disk with images under /vm and a grub.cfg, booted as often as a test needs. Images
+/// are put in 2 fragments each.
+struct Rig {
+    dir: TempDir,
+    host: Host,
+    names: Vec<String>,
+    /// The last menu entry's title: once it is on screen, the menu reads keys.
+    last_title: String,
+}
+
+impl Rig {
+    fn new(tag: &str, size_mib: u64, grub_cfg: &str, images: &[(&str, &Path)]) -> Rig {
+        let dir = TempDir::new(tag);
+        let host = vboot_host(&dir, size_mib, grub_cfg, &[]);
+        sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+        for (name, file) in images {
+            disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(file).unwrap(), 2);
+        }
+        disk::write_at(&host.disk, 2048, &host.part);
+        let last_title = grub_cfg.rsplit("menuentry '").next().and_then(|t| t.split('\'').next()).unwrap_or("").to_string();
+        Rig { dir, host, names: images.iter().map(|(n, _)| n.to_string()).collect(), last_title }
+    }
+
+    fn start(&self) -> Qemu {
+        let mut cfg = vboot_tests::qemu::Config::disk(&self.host.disk);
+        cfg.memory_mib = 256;
+        Qemu::start(&cfg)
+    }
+
+    /// Boot the only (or default) entry and wait for the guest to end QEMU with the pass code.
+    fn boot_pass(&self, needle: &str) -> String {
+        let mut q = self.start();
+        let status = q.wait_exit(T);
+        let out = q.output();
+        assert!(out.contains(needle), "no {:?} (exit {:?}):\n{}", needle, status, out);
+        assert_eq!(status, Some(EXIT_PASS), "{}", out);
+        out
+    }
+
+    /// Boot menu entry `digit` (the menu waits: timeout=-1) and wait for the pass code.
+    fn boot_entry(&self, digit: u8, needle: &str) -> String {
+        let mut q = self.start();
+        q.expect(&self.last_title, T);
+        std::thread::sleep(Duration::from_millis(200));
+        let mark = q.mark();
+        q.send(&[b'0' + digit]);
+        let status = q.wait_exit(T);
+        let out = q.output();
+        let tail = out.get(mark..).unwrap_or("").to_string();
+        assert!(tail.contains(needle), "entry {}: no {:?} (exit {:?}):\n{}", digit, needle, status, tail);
+        assert_eq!(status, Some(EXIT_PASS), "{}", tail);
+        tail
+    }
+
+    /// The images as the host disk holds them now, copied into `out/` under their own names (so
+    /// relative parent links still resolve there), after `fsck.fat -n` passed on the partition.
+    fn pull(&self) -> PathBuf {
+        let part = self.host.current_partition(&self.dir.join("part-now.img"));
+        fsck_clean(&part);
+        let out = self.dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        for n in &self.names {
+            disk::fat_get(&part, &format!("/vm/{}", n), &out.join(n));
+        }
+        out
+    }
+}
+
+fn fsck_clean(part: &Path) {
+    let fsck = Command::new("fsck.fat").arg("-n").arg(part).output().expect("run fsck.fat (dosfstools)");
+    assert!(
+        fsck.status.success(),
+        "fsck.fat -n finds the host partition damaged:\n{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}
+
+/// A grub.cfg that waits in the menu, one entry per (title, vboot arguments).
+fn menu(entries: &[(&str, String)]) -> String {
+    let mut s = String::from("set timeout=-1\n");
+    for (title, args) in entries {
+        s.push_str(&format!("menuentry '{}' {{\n    vboot {}\n}}\n", title, args));
+    }
+    s
+}
+
+fn qemu_img(args: &[&str], files: &[&Path]) {
+    sh(Command::new("qemu-img").args(args).args(files));
+}
+
+/// `qemu-img convert` to raw: what qemu reads in the image (and its chain).
+fn qemu_raw(image: &Path, sectors: u64) -> Vec<u8> {
+    let out = image.with_extension("qemu.raw");
+    qemu_img(&["convert", "-O", "raw"], &[image, &out]);
+    let mut v = std::fs::read(&out).unwrap();
+    // qemu counts a fixed VHD's footer in its virtual size; vboot does not.
+    v.truncate(sectors as usize * 512);
+    let _ = std::fs::remove_file(&out);
+    v
+}
+
+/// `vdisk convert` to raw, for the chains qemu cannot read (VHD and VDI differencing images).
+fn vdisk_raw(image: &Path) -> Vec<u8> {
+    let out = image.with_extension("vdisk.raw");
+    let _ = std::fs::remove_file(&out);
+    sh(Command::new(vdisk()).arg("convert").arg(image).arg(&out).args(["--format", "raw"]));
+    let v = std::fs::read(&out).unwrap();
+    let _ = std::fs::remove_file(&out);
+    v
+}
+
+fn vdisk() -> PathBuf {
+    vboot_tests::vdisk_bin()
+}
+
+fn vdisk_check(image: &Path) {
+    let out = Command::new(vdisk()).arg("check").arg(image).output().unwrap();
+    assert!(
+        out.status.success(),
+        "vdisk check {}: {}{}",
+        image.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn qemu_check(image: &Path) {
+    let out = Command::new("qemu-img").arg("check").arg(image).output().unwrap();
+    assert!(out.status.success(), "qemu-img check {}: {}", image.display(), String::from_utf8_lossy(&out.stdout));
+}
+
+fn snapshot(parent: &Path, child: &Path, reserve: &str) {
+    sh(Command::new(vdisk()).arg("snapshot").arg(parent).arg(child).args(["--reserve", reserve]));
+}
+
+fn check_raw(got: &[u8], cfg: &ProbeConfig, what: &str) {
+    let tmp = std::env::temp_dir().join(format!("vboot-chains-{}-{}.raw", std::process::id(), what.replace('/', "_")));
+    std::fs::write(&tmp, got).unwrap();
+    let r = guests::check_probe_disk(&tmp, cfg);
+    let _ = std::fs::remove_file(&tmp);
+    r.unwrap_or_else(|e| panic!("{}: {}", what, e));
+}
+
+// ---- 1. every format and variant as the boot disk ---------------------------------------------
+
+const PROBE_SECTORS: u64 = 16 * 2048;
+
+fn probe_config() -> ProbeConfig {
+    let total = PROBE_SECTORS;
+    let mut cfg = ProbeConfig::new(total);
+    cfg.flags = guests::FLAG_EXACT_15H | guests::FLAG_CYLINDERS_C1 | guests::FLAG_OOR_COUNT_ZERO;
+    cfg.boundaries_lba = vec![4095, 4096, 8192, (total / 2) as u32 + 1];
+    cfg.writes = vec![
+        ProbeWrite { lba: 100, sectors: 1 },
+        ProbeWrite { lba: 5000, sectors: 16 },
+        ProbeWrite { lba: total as u32 - 1, sectors: 1 },
+    ];
+    cfg
+}
+
+/// A VMDK of several extents, as VMware splits a disk into 2 GiB pieces (here 4 MiB pieces, so
+/// that more than one extent is crossed): `name`.vmdk describing `name`-s00N.vmdk (each a hosted
+/// sparse extent made by qemu-img) or `name`-f00N.vmdk (flat). Returns every file.
+fn split_vmdk(dir: &Path, raw: &[u8], name: &str, sparse: bool) -> Vec<(String, PathBuf)> {
+    let piece_bytes = 4 * MIB as usize;
+    let mut files = vec![(format!("{}.vmdk", name), dir.join(format!("{}.vmdk", name)))];
+    let mut extents = String::new();
+    for (i, piece) in raw.chunks(piece_bytes).enumerate() {
+        let ext = format!("{}-{}{:03}.vmdk", name, if sparse { "s" } else { "f" }, i + 1);
+        let path = dir.join(&ext);
+        if sparse {
+            let tmp = dir.join(format!("{}.piece", ext));
+            std::fs::write(&tmp, piece).unwrap();
+            qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse"], &[&tmp, &path]);
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            std::fs::write(&path, piece).unwrap();
+        }
+        extents.push_str(&format!(
+            "RW {} {} \"{}\"{}\n",
+            piece.len() / 512,
+            if sparse { "SPARSE" } else { "FLAT" },
+            ext,
+            if sparse { "" } else { " 0" }
+        ));
+        files.push((ext, path));
+    }
+    let descriptor = format!(
+        "# Disk DescriptorFile\nversion=1\nCID=5e1f0c2a\nparentCID=ffffffff\ncreateType=\"{}\"\n\n\
+         # Extent description\n{}\n# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"4\"\n\
+         ddb.geometry.cylinders = \"16\"\nddb.geometry.heads = \"16\"\nddb.geometry.sectors = \"63\"\n\
+         ddb.adapterType = \"ide\"\n",
+        if sparse { "twoGbMaxExtentSparse" } else { "twoGbMaxExtentFlat" },
+        extents
+    );
+    std::fs::write(&files[0].1, descriptor).unwrap();
+    files
+}
+
+/// How the test reads an image back after the boot.
+#[derive(Clone, Copy, PartialEq)]
+enum Oracle {
+    /// qemu reads the format (and its chain): qemu-img convert and qemu-img check.
+    Qemu,
+    /// qemu does not read it (VHD and VDI differencing images): vdisk convert.
+    Vdisk,
+}
+
+struct Variant {
+    title: &'static str,
+    /// Every file, leaf first.
+    files: Vec<(String, PathBuf)>,
+    /// Files that must not change (the parents).
+    unchanged: Vec<String>,
+    /// What stage2 must print about the leaf ("image /vm/x: vhd dynamic").
+    shown: &'static str,
+    oracle: Oracle,
+}
+
+fn make_variants(dir: &Path, raw_path: &Path, vhd_vdi: bool) -> Vec<Variant> {
+    let raw = std::fs::read(raw_path).unwrap();
+    let p = |n: &str| dir.join(n);
+    let conv = |fmt: &str, opts: &str, name: &str| {
+        qemu_img(&["convert", "-O", fmt, "-o", opts], &[raw_path, &p(name)]);
+        (name.to_string(), p(name))
+    };
+    let one = |title, file: (String, PathBuf), shown, oracle| Variant { title, files: vec![file], unchanged: vec![], shown, oracle };
+
+    if !vhd_vdi {
+        return vmdk_variants(dir, raw_path, &raw);
+    }
+    let mut vhd_vdi = vec![
+        one("VHD fixed", conv("vpc", "subformat=fixed,force_size=on", "fixed.vhd"), "vhd fixed", Oracle::Qemu),
+        one("VHD dynamic", conv("vpc", "subformat=dynamic,force_size=on", "dynamic.vhd"), "vhd dynamic", Oracle::Qemu),
+    ];
+    let base = conv("vpc", "subformat=dynamic,force_size=on", "vbase.vhd");
+    snapshot(&base.1, &p("vchild.vhd"), "8M");
+    vhd_vdi.push(Variant {
+        title: "VHD differencing",
+        files: vec![("vchild.vhd".into(), p("vchild.vhd")), base],
+        unchanged: vec!["vbase.vhd".into()],
+        shown: "vhd differencing",
+        oracle: Oracle::Vdisk,
+    });
+    vhd_vdi.push(one("VDI dynamic", conv("vdi", "static=off", "dynamic.vdi"), "vdi dynamic", Oracle::Qemu));
+    vhd_vdi.push(one("VDI fixed", conv("vdi", "static=on", "fixed.vdi"), "vdi fixed", Oracle::Qemu));
+    let base = conv("vdi", "static=off", "dbase.vdi");
+    snapshot(&base.1, &p("dchild.vdi"), "4M");
+    vhd_vdi.push(Variant {
+        title: "VDI differencing",
+        files: vec![("dchild.vdi".into(), p("dchild.vdi")), base],
+        unchanged: vec!["dbase.vdi".into()],
+        shown: "vdi differencing",
+        oracle: Oracle::Vdisk,
+    });
+    vhd_vdi
+}
+
+fn vmdk_variants(dir: &Path, raw_path: &Path, raw: &[u8]) -> Vec<Variant> {
+    let p = |n: &str| dir.join(n);
+    let conv = |fmt: &str, opts: &str, name: &str| {
+        qemu_img(&["convert", "-O", fmt, "-o", opts], &[raw_path, &p(name)]);
+        (name.to_string(), p(name))
+    };
+    let one = |title, file: (String, PathBuf), shown, oracle| Variant { title, files: vec![file], unchanged: vec![], shown, oracle };
+    let mut vmdk = vec![one("VMDK monolithicSparse", conv("vmdk", "subformat=monolithicSparse", "sparse.vmdk"), "vmdk monolithicSparse", Oracle::Qemu)];
+    conv("vmdk", "subformat=monolithicFlat", "flat.vmdk");
+    vmdk.push(Variant {
+        title: "VMDK monolithicFlat",
+        files: vec![("flat.vmdk".into(), p("flat.vmdk")), ("flat-flat.vmdk".into(), p("flat-flat.vmdk"))],
+        unchanged: vec![],
+        shown: "vmdk monolithicFlat",
+        oracle: Oracle::Qemu,
+    });
+    vmdk.push(Variant {
+        title: "VMDK twoGbMaxExtentSparse",
+        files: split_vmdk(dir, raw, "gsparse", true),
+        unchanged: vec![],
+        shown: "vmdk twoGbMaxExtentSparse",
+        oracle: Oracle::Qemu,
+    });
+    vmdk.push(Variant {
+        title: "VMDK twoGbMaxExtentFlat",
+        files: split_vmdk(dir, raw, "gflat", false),
+        unchanged: vec![],
+        shown: "vmdk twoGbMaxExtentFlat",
+        oracle: Oracle::Qemu,
+    });
+    // A child made by qemu-img (no slack), given slack by `vdisk reserve`.
+    let base = conv("vmdk", "subformat=monolithicSparse", "mbase.vmdk");
+    qemu_img(&["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", "mbase.vmdk"], &[&p("mchild.vmdk")]);
+    sh(Command::new(vdisk()).arg("reserve").arg(p("mchild.vmdk")).arg("1M"));
+    vmdk.push(Variant {
+        title: "VMDK differencing",
+        files: vec![("mchild.vmdk".into(), p("mchild.vmdk")), base],
+        unchanged: vec!["mbase.vmdk".into()],
+        shown: "vmdk monolithicSparse",
+        oracle: Oracle::Qemu,
+    });
+    vmdk
+}
+
+/// Boot each variant from its own menu entry on one shared host disk, then check every image.
+fn boot_variants(tag: &str, variants: &[Variant], cfg: &ProbeConfig) {
+    let entries: Vec<(&str, String)> = variants.iter().map(|v| (v.title, format!("harddisk=/vm/{}", v.files[0].0))).collect();
+    let all: Vec<(&str, &Path)> = variants.iter().flat_map(|v| v.files.iter().map(|(n, p)| (n.as_str(), p.as_path()))).collect();
+    let total_bytes: u64 = all.iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum();
+    let rig = Rig::new(tag, total_bytes / MIB * 3 / 2 + 48, &menu(&entries), &all);
+    let before: Vec<(String, Vec<u8>)> =
+        all.iter().map(|(n, p)| (n.to_string(), std::fs::read(p).unwrap())).collect();
+    for (i, v) in variants.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let out = rig.boot_entry(i as u8 + 1, guests::PROBE_PASS);
+        eprintln!("{}: booted in {:.1} s", v.title, started.elapsed().as_secs_f64());
+        let shown = format!("image /vm/{}: {}", v.files[0].0, v.shown);
+        assert!(out.contains(&shown), "{}: stage2 should show {:?}:\n{}", v.title, shown, out);
+    }
+    let out = rig.pull();
+    for v in variants {
+        let leaf = out.join(&v.files[0].0);
+        let got = match v.oracle {
+            Oracle::Qemu => {
+                qemu_check_if_it_can(&leaf);
+                qemu_raw(&leaf, PROBE_SECTORS)
+            }
+            Oracle::Vdisk => vdisk_raw(&leaf),
+        };
+        vdisk_check(&leaf);
+        check_raw(&got, cfg, v.title);
+        for n in &v.unchanged {
+            let was = &before.iter().find(|(b, _)| b == n).unwrap().1;
+            assert!(&std::fs::read(out.join(n)).unwrap() == was, "{}: the parent {} changed", v.title, n);
+        }
+    }
+}
+
+/// qemu-img check knows VMDK and VDI, not VHD.
+fn qemu_check_if_it_can(image: &Path) {
+    if image.extension().and_then(|e| e.to_str()) != Some("vhd") {
+        qemu_check(image);
+    }
+}
+
+#[test]
+fn every_vhd_and_vdi_variant_boots_the_probe_and_takes_its_writes() {
+    let dir = TempDir::new("chains-vhdvdi-src");
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let cfg = probe_config();
+    let raw = dir.join("probe.img");
+    guests::make_probe_disk(&raw, &probe, &cfg);
+    let vhd_vdi = make_variants(&dir.path, &raw, true);
+    boot_variants("chains-vhdvdi", &vhd_vdi, &cfg);
+}
+
+#[test]
+fn every_vmdk_variant_boots_the_probe_and_takes_its_writes() {
+    let dir = TempDir::new("chains-vmdk-src");
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let cfg = probe_config();
+    let raw = dir.join("probe.img");
+    guests::make_probe_disk(&raw, &probe, &cfg);
+    let vmdk = make_variants(&dir.path, &raw, false);
+    boot_variants("chains-vmdk", &vmdk, &cfg);
+}
+
