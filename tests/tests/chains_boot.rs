@@ -384,3 +384,134 @@ fn every_vmdk_variant_boots_the_probe_and_takes_its_writes() {
     boot_variants("chains-vmdk", &vmdk, &cfg);
 }
 
+
+// ---- 2. chains of depth 1, 2, 8 and 64 --------------------------------------------------------
+
+const CHAIN_SECTORS: u64 = 8 * 2048;
+
+/// A raw disk of `sectors` with the chain guest at LBA 0 (configuration `cfg`) and zeros after.
+fn chain_guest_raw(dir: &Path, sectors: u64, cfg: &ChainConfig) -> (PathBuf, Vec<u8>) {
+    let code = guests::build_chain_guest(&dir.join("chainer-build"));
+    let mut raw = vec![0u8; sectors as usize * 512];
+    let head = guests::chain_guest_sectors(&code, cfg);
+    raw[..head.len()].copy_from_slice(&head);
+    let path = dir.join("chain-guest.img");
+    std::fs::write(&path, &raw).unwrap();
+    (path, raw)
+}
+
+/// What layer `i` of a test chain writes: (byte offset, bytes, fill byte). Layers overwrite parts
+/// of each other, partial grains and blocks included; the last MiB is never written, so reads
+/// there fall through every layer to unallocated space in the base.
+fn layer_writes(i: u64) -> Vec<(u64, u64, u8)> {
+    let fill = (i % 250 + 1) as u8;
+    let a = 4096 + (i * 37 % 48) * 64 * 1024 + (i % 3) * 512;
+    let b = 2 * MIB + (i * 11 % 24) * 32 * 1024;
+    vec![(a, 3 * 1024 + (i % 5) * 20 * 1024, fill), (b, 512 * (1 + i % 7), fill ^ 0x80)]
+}
+
+/// The guest's hashes (one pass) against `want`, with the output in the message.
+fn assert_hashes(out: &str, pass: usize, want: &[u8], what: &str) {
+    let passes = guests::hash_passes(out);
+    let got = passes.get(pass).unwrap_or_else(|| panic!("{}: no hash pass {} in the output:\n{}", what, pass, out));
+    guests::compare_hashes(got, want).unwrap_or_else(|e| panic!("{}: {}", what, e));
+}
+
+/// VMDK chains made by qemu-img and written into by qemu-io (the base has unallocated grains,
+/// each layer writes its own pattern over part of the ones below). The depth-d chain is the
+/// first d files of one 64-deep chain, booted from four menu entries on one host disk; the
+/// guest's hash of the whole disk must match qemu-img convert of the leaf, and no file changes.
+#[test]
+fn vmdk_chains_of_depth_1_2_8_and_64_read_as_qemu_reads_them() {
+    let dir = TempDir::new("chains-depth-src");
+    let (raw, _) = chain_guest_raw(&dir.path, CHAIN_SECTORS, &ChainConfig::hash_only());
+    let name = |i: u64| format!("l{}.vmdk", i);
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for i in 0..64u64 {
+        let path = dir.join(&name(i));
+        if i == 0 {
+            qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse"], &[&raw, &path]);
+        } else {
+            qemu_img(&["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", &name(i - 1)], &[&path]);
+        }
+        let cmds: Vec<String> = layer_writes(i).iter().map(|(off, len, fill)| format!("write -q -P {} {} {}", fill, off, len)).collect();
+        let cmds: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
+        vboot_tests::qemu_io("vmdk", path.to_str().unwrap(), &cmds);
+        files.push((name(i), path));
+    }
+    let depths = [1usize, 2, 8, 64];
+    let entries: Vec<(&str, String)> =
+        depths.iter().map(|d| ("depth", format!("harddisk=/vm/{}", name(*d as u64 - 1)))).collect();
+    let images: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    let rig = Rig::new("chains-depth", 64, &menu(&entries), &images);
+    for (k, d) in depths.iter().enumerate() {
+        let out = rig.boot_entry(k as u8 + 1, guests::CHAIN_PASS);
+        assert_eq!(out.matches("\n  parent /vm/").count(), d - 1, "depth {}: stage2 should list {} parents:\n{}", d, d - 1, out);
+        let want = qemu_raw(&files[d - 1].1, CHAIN_SECTORS);
+        assert_hashes(&out, 0, &want, &format!("VMDK chain of depth {}", d));
+    }
+    let out = rig.pull();
+    for (n, p) in &files {
+        assert!(std::fs::read(out.join(n)).unwrap() == std::fs::read(p).unwrap(), "{} changed during a read-only boot", n);
+    }
+}
+
+/// Write `writes` into the leaf of the chain at `leaf` with the image library (qemu does not
+/// write VHD or VDI differencing images), and into `model`, the raw disk the chain must read as.
+fn write_through_library(leaf: &Path, writes: &[(u64, u64, u8)], model: &mut [u8]) {
+    use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
+    let (layers, _) = open_chain(leaf.to_str().unwrap(), &mut StdLocator { writable_leaf: true }, &ChainOptions::default())
+        .unwrap_or_else(|e| panic!("open {}: {}", leaf.display(), e));
+    let mut disk = vboot::image::Disk::new(layers, vec![]).unwrap();
+    for (off, len, fill) in writes {
+        // Whole sectors: read, patch, write back.
+        let first = off / 512;
+        let last = (off + len).div_ceil(512);
+        let mut buf = vec![0u8; ((last - first) * 512) as usize];
+        disk.read(first, &mut buf).unwrap();
+        let at = (off - first * 512) as usize;
+        buf[at..at + *len as usize].fill(*fill);
+        disk.write(first, &buf).unwrap_or_else(|e| panic!("write into {}: {}", leaf.display(), e));
+        model[*off as usize..(*off + *len) as usize].fill(*fill);
+    }
+}
+
+/// VHD and VDI chains of depth 8 (vdisk snapshot; each layer written through the image
+/// library): the guest's hash must match the test's own model of the data.
+#[test]
+fn vhd_and_vdi_chains_of_depth_8_read_as_written() {
+    let dir = TempDir::new("chains-vhdvdi-depth-src");
+    let (raw, base_model) = chain_guest_raw(&dir.path, CHAIN_SECTORS, &ChainConfig::hash_only());
+    let mut entries = Vec::new();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut models = Vec::new();
+    for (fmt, opts, ext) in [("vpc", "subformat=dynamic,force_size=on", "vhd"), ("vdi", "static=off", "vdi")] {
+        let mut model = base_model.clone();
+        for i in 0..8u64 {
+            let n = format!("c{}.{}", i, ext);
+            let path = dir.join(&n);
+            if i == 0 {
+                qemu_img(&["convert", "-O", fmt, "-o", opts], &[&raw, &path]);
+            } else {
+                snapshot(&files.last().unwrap().1, &path, "0");
+            }
+            // The base keeps its unallocated blocks beyond 2 MiB: only the children write there.
+            let writes: Vec<(u64, u64, u8)> = layer_writes(i).into_iter().filter(|w| i > 0 || w.0 < 2 * MIB).collect();
+            write_through_library(&path, &writes, &mut model);
+            files.push((n, path));
+        }
+        entries.push((ext, format!("harddisk=/vm/c7.{}", ext)));
+        models.push(model);
+    }
+    let images: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    let rig = Rig::new("chains-vhdvdi-depth", 64, &menu(&entries), &images);
+    for (k, model) in models.iter().enumerate() {
+        let out = rig.boot_entry(k as u8 + 1, guests::CHAIN_PASS);
+        assert_eq!(out.matches("\n  parent /vm/").count(), 7, "{}", out);
+        assert_hashes(&out, 0, model, entries[k].0);
+    }
+    let out = rig.pull();
+    for (n, _) in &files {
+        vdisk_check(&out.join(n));
+    }
+}
