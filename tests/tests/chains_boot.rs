@@ -527,3 +527,141 @@ fn vhd_tree_children_see_only_their_own_writes_across_boots() {
 fn vdi_tree_children_see_only_their_own_writes_across_boots() {
     tree("vdi", "static=off", "vdi");
 }
+
+// ---- streamOptimized: read-only at boot ------------------------------------------------------
+
+/// A streamOptimized VMDK boots and reads like any other (compressed grains inflated in the
+/// engine), but it cannot take writes: the guest's write fails with BIOS status 03h (write
+/// protected), nothing is written, and the image is unchanged byte for byte.
+#[test]
+fn stream_optimized_vmdk_boots_read_only_and_refuses_writes_with_status_03() {
+    let dir = TempDir::new("chains-stream-src");
+    let cfg = ChainConfig {
+        flags: guests::CHAIN_HASH_BEFORE,
+        tag: 0x57AE_A400,
+        runs: vec![WriteRun { lba: 3000, writes: 1, stride: 1, sectors: 1 }],
+    };
+    let (raw, _) = chain_guest_raw(&dir.path, CHAIN_SECTORS, &cfg);
+    // Data to inflate: the probe pattern in the second MiB.
+    let mut bytes = std::fs::read(&raw).unwrap();
+    for lba in 2048..4096u64 {
+        bytes[lba as usize * 512..(lba as usize + 1) * 512].copy_from_slice(&guests::pattern_sector(lba));
+    }
+    std::fs::write(&raw, &bytes).unwrap();
+    let img = dir.join("stream.vmdk");
+    qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=streamOptimized"], &[&raw, &img]);
+    let rig = Rig::new("chains-stream", 48, &menu(&[("stream", "harddisk=/vm/stream.vmdk".to_string())]), &[("stream.vmdk", &img)]);
+    let mut q = rig.start();
+    q.expect(&rig.last_title, T);
+    q.send(b"1");
+    let status = q.wait_exit(T);
+    let out = q.output();
+    assert!(out.contains("image /vm/stream.vmdk: vmdk streamOptimized"), "{}", out);
+    assert_hashes(&out, 0, &bytes, "streamOptimized");
+    assert!(out.contains("CHAIN-FAIL 00000003 at 00000BB8"), "the write should fail with status 03h:\n{}", out);
+    assert_eq!(status, Some(vboot_tests::qemu::EXIT_FAIL), "{}", out);
+    let back = rig.pull();
+    assert!(std::fs::read(back.join("stream.vmdk")).unwrap() == std::fs::read(&img).unwrap(), "the streamOptimized image changed");
+}
+
+// ---- 5. broken chains --------------------------------------------------------------------------
+
+/// Replace the `CID`/`parentCID` lines and add a `parentFileNameHint` in a VMDK descriptor file.
+fn set_vmdk_parent(descriptor: &Path, parent_cid: &str, hint: &str) {
+    let text = std::fs::read_to_string(descriptor).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("parentCID=") {
+            out.push_str(&format!("parentCID={}\nparentFileNameHint=\"{}\"\n", parent_cid, hint));
+        } else if !line.starts_with("parentFileNameHint=") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(descriptor, out).unwrap();
+}
+
+fn vmdk_cid(descriptor: &Path) -> String {
+    let text = std::fs::read_to_string(descriptor).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("CID=")).expect("CID line").trim().to_string()
+}
+
+/// A missing parent, a parent with another UUID (VHD, VDI), a VMDK parent whose CID changed,
+/// and a cycle of two VMDKs: each entry gives an error screen naming the file, and a key leads
+/// back to the menu; the last entry still boots. One QEMU run walks through all of them.
+#[test]
+fn broken_chains_give_an_error_screen_naming_the_file_and_return_to_the_menu() {
+    let dir = TempDir::new("chains-broken-src");
+    let hello = guests::hello_guest(&dir.path, "hello", "GUEST-HELLO", 2048);
+    let p = |n: &str| dir.join(n);
+    let mut images: Vec<(String, PathBuf)> = vec![("hello.img".into(), hello.clone())];
+
+    // A child whose parent is not on the partition.
+    qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse"], &[&hello, &p("lost.vmdk")]);
+    qemu_img(&["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", "lost.vmdk"], &[&p("orphan.vmdk")]);
+    images.push(("orphan.vmdk".into(), p("orphan.vmdk")));
+
+    // VHD and VDI children whose parent was replaced by another image of the same content.
+    for (fmt, opts, ext) in [("vpc", "subformat=dynamic,force_size=on", "vhd"), ("vdi", "static=off", "vdi")] {
+        let base = p(&format!("base.{}", ext));
+        qemu_img(&["convert", "-O", fmt, "-o", opts], &[&hello, &base]);
+        let child = p(&format!("child.{}", ext));
+        snapshot(&base, &child, "1M");
+        std::fs::remove_file(&base).unwrap();
+        qemu_img(&["convert", "-O", fmt, "-o", opts], &[&hello, &base]);
+        images.push((format!("child.{}", ext), child));
+        images.push((format!("base.{}", ext), base));
+    }
+
+    // A VMDK child whose parent was written after it was made (qemu gives the parent a new CID).
+    qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse"], &[&hello, &p("mbase.vmdk")]);
+    qemu_img(&["create", "-q", "-f", "vmdk", "-F", "vmdk", "-b", "mbase.vmdk"], &[&p("mchild.vmdk")]);
+    vboot_tests::qemu_io("vmdk", p("mbase.vmdk").to_str().unwrap(), &["write -q -P 7 64k 4k"]);
+    images.push(("mchild.vmdk".into(), p("mchild.vmdk")));
+    images.push(("mbase.vmdk".into(), p("mbase.vmdk")));
+
+    // Two VMDKs, each the other's parent.
+    qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=twoGbMaxExtentSparse"], &[&hello, &p("ca.vmdk")]);
+    qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=twoGbMaxExtentSparse", "-F", "vmdk", "-b", "ca.vmdk"], &[&p("cb.vmdk")]);
+    set_vmdk_parent(&p("ca.vmdk"), &vmdk_cid(&p("cb.vmdk")), "cb.vmdk");
+    for n in ["ca.vmdk", "ca-s001.vmdk", "cb.vmdk", "cb-s001.vmdk"] {
+        images.push((n.into(), p(n)));
+    }
+
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("missing parent", "orphan.vmdk", &["/vm/orphan.vmdk: parent image not found", "/vm/lost.vmdk: not found"]),
+        ("VHD parent with another UUID", "child.vhd", &["/vm/child.vhd: parent image not found", "/vm/base.vhd: its Unique Id is"]),
+        ("VDI parent with another UUID", "child.vdi", &["/vm/child.vdi: parent image not found", "/vm/base.vdi: its UUID"]),
+        ("VMDK parent with another CID", "mchild.vmdk", &["/vm/mchild.vmdk: parent /vm/mbase.vmdk is not the image it was made from: its CID is"]),
+        ("a cycle", "cb.vmdk", &["the parent chain loops back to an image already in it", "/vm/ca.vmdk", "/vm/cb.vmdk"]),
+    ];
+    let mut entries: Vec<(&str, String)> = cases.iter().map(|(t, leaf, _)| (*t, format!("harddisk=/vm/{}", leaf))).collect();
+    entries.push(("a good entry", "harddisk=/vm/hello.img".to_string()));
+    let list: Vec<(&str, &Path)> = images.iter().map(|(n, p)| (n.as_str(), p.as_path())).collect();
+    let rig = Rig::new("chains-broken", 64, &menu(&entries), &list);
+    let before: Vec<Vec<u8>> = images.iter().map(|(_, p)| std::fs::read(p).unwrap()).collect();
+
+    let mut q = rig.start();
+    q.expect(&rig.last_title, T);
+    for (i, (title, _, needles)) in cases.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(200));
+        let mark = q.mark();
+        q.send(&[b'1' + i as u8]);
+        let screen = q.expect_from(mark, "Press any key to return to the menu.", T);
+        for n in *needles {
+            assert!(screen.contains(n), "{}: the error screen should say {:?}:\n{}", title, n, screen);
+        }
+        assert!(!screen.contains("Starting the guest"), "{}: booted anyway:\n{}", title, screen);
+        let mark = q.mark();
+        q.send(b" ");
+        q.expect_from(mark, &rig.last_title, T);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    q.send(b"6");
+    q.expect("GUEST-HELLO", T);
+    assert_eq!(q.wait_exit(T), Some(vboot_tests::qemu::EXIT_PASS), "{}", q.output());
+    let back = rig.pull();
+    for ((n, _), b) in images.iter().zip(&before) {
+        assert!(&std::fs::read(back.join(n)).unwrap() == b, "{} changed", n);
+    }
+}
