@@ -10,7 +10,7 @@ use std::time::Duration;
 pub const T: Duration = Duration::from_secs(120);
 
 /// A host disk with images under /vm and a grub.cfg, booted as often as a test needs. Images
-/// are put in 2 fragments each.
+/// of 1 MiB and more are put in 2 fragments each, smaller ones in one piece.
 pub struct Rig {
     pub dir: TempDir,
     pub host: Host,
@@ -25,7 +25,12 @@ impl Rig {
         let host = vboot_host(&dir, size_mib, grub_cfg, &[]);
         sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
         for (name, file) in images {
-            disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(file).unwrap(), 2);
+            let bytes = std::fs::read(file).unwrap();
+            if bytes.len() >= 1 << 20 {
+                disk::put_fragmented(&host.part, &format!("/vm/{}", name), &bytes, 2);
+            } else {
+                sh(Command::new("mcopy").arg("-o").arg("-i").arg(&host.part).arg(file).arg(format!("::/vm/{}", name)).env("MTOOLS_SKIP_CHECK", "1"));
+            }
         }
         disk::write_at(&host.disk, 2048, &host.part);
         let last_title = grub_cfg.rsplit("menuentry '").next().and_then(|t| t.split('\'').next()).unwrap_or("").to_string();

@@ -16,13 +16,13 @@ use vboot_tests::rig::Rig;
 use vboot_tests::{sh, TempDir};
 
 const T: Duration = Duration::from_secs(180);
-const SECTORS: u64 = 16 * 2048;
+const SECTORS: u64 = 8 * 2048;
 const KILLS_PER_FORMAT: usize = 3;
 
-/// 200 writes of 2 sectors, 160 sectors apart: a new VMDK grain every write, a new VHD block
+/// 60 writes of 2 sectors, 270 sectors apart: a new VMDK grain every write, a new VHD block
 /// (2 MiB) or VDI block (1 MiB) every few, over the whole disk.
 fn config() -> ChainConfig {
-    ChainConfig { flags: 0, tag: 0x5AFE_C0DE, runs: vec![WriteRun { lba: 64, writes: 200, stride: 160, sectors: 2 }] }
+    ChainConfig { flags: 0, tag: 0x5AFE_C0DE, runs: vec![WriteRun { lba: 64, writes: 60, stride: 270, sectors: 2 }] }
 }
 
 fn seed() -> u64 {
@@ -122,7 +122,7 @@ fn crash(fmt: &str, opts: &str, ext: &str) {
     let parent = dir.join(&format!("parent.{}", ext));
     sh(Command::new("qemu-img").args(["convert", "-O", fmt, "-o", opts]).arg(&raw_path).arg(&parent));
     let child = dir.join(&format!("child.{}", ext));
-    sh(Command::new(vdisk()).arg("snapshot").arg(&parent).arg(&child).args(["--reserve", "20M"]));
+    sh(Command::new(vdisk()).arg("snapshot").arg(&parent).arg(&child).args(["--reserve", "12M"]));
     let grub_cfg = format!("set timeout=0\nmenuentry 'child' {{\n    vboot harddisk=/vm/child.{}\n}}\n", ext);
     let names = [format!("parent.{}", ext), format!("child.{}", ext)];
     let images: Vec<(&str, &Path)> = vec![(&names[0], &parent), (&names[1], &child)];
