@@ -3,6 +3,8 @@
 //! when vboot later serves the same image from a file, any difference is vboot's.
 //!
 //! - The guest probe (tests/guest-probe/probe.s): checks every INT 13h answer itself.
+//! - The chain guest (tests/guest-probe/chainer.s): hashes its whole disk (FNV-1a per 64-sector
+//!   chunk, compared with the host's reading of the image) and writes runs of sectors.
 //! - GRUB 2 from Debian's `grub-pc-bin`, hashing a file inside the guest.
 //! - SYSLINUX booting a Debian Linux kernel with a busybox initramfs.
 //!
