@@ -8,7 +8,9 @@
 //! grow (host tools). The block is written whole, with the sectors the write does not cover
 //! copied from the layers below (VDI has no per-sector bitmap). Order (disk-formats.md §4.6):
 //! block data -> header with the new count -> map entry, flushing between, so a crash leaks a
-//! slot at worst and never lets two map entries share one.
+//! slot at worst and never lets two map entries share one. A new block takes the slot after the
+//! highest one the map uses, so a slot leaked that way is taken again by the next allocation (and
+//! `check` reports a count above the map's as a leak, not as damage).
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -195,6 +197,11 @@ impl VdiImage {
         self.header.off_data as u64 + slot as u64 * stride + self.header.block_extra as u64
     }
 
+    /// Where the next new block goes: after the highest slot the map uses.
+    fn next_slot(&self) -> u32 {
+        self.map.iter().filter(|&&e| e < BLOCK_ZERO).map(|&e| e + 1).max().unwrap_or(0)
+    }
+
     /// File end of the allocated data area: where slot `blocks_allocated` starts.
     fn data_end(&self) -> u64 {
         self.block_offset(self.header.blocks_allocated) - self.header.block_extra as u64
@@ -324,7 +331,9 @@ impl Layer for VdiImage {
                 None => {}
             }
         }
-        if count != self.header.blocks_allocated {
+        // A count above what the map uses is a leak, not damage: a crash between the count and
+        // the map entry leaves one (disk-formats.md §4.6), and the next allocation reuses it.
+        if count > self.header.blocks_allocated {
             problems.push(alloc::format!("header says {} blocks are allocated, the map uses {}", self.header.blocks_allocated, count));
         }
         if self.header.uuid_create == [0; 16] {
@@ -355,7 +364,9 @@ impl Layer for VdiImage {
             if entry < BLOCK_ZERO {
                 self.file.write_at(self.block_offset(entry) + sib * SECTOR_BYTES, chunk)?;
             } else {
-                let slot = self.header.blocks_allocated;
+                // The slot after the highest one in use: slots an interrupted allocation
+                // counted but never mapped (a leak) are taken again rather than lost.
+                let slot = self.next_slot();
                 let block_bytes = self.header.block_bytes as u64;
                 let start = self.block_offset(slot);
                 let end = start + block_bytes;
@@ -370,9 +381,11 @@ impl Layer for VdiImage {
                 let copy_from_parent = entry == BLOCK_FREE && diff;
                 super::write_new_unit(&mut *self.file, start, block_bytes, valid, block_first, sib * SECTOR_BYTES, chunk, if copy_from_parent { Some(&mut *parent) } else { None })?;
                 self.file.flush()?;
-                self.file.write_at(off::BLOCKS_ALLOCATED as u64, &(slot + 1).to_le_bytes())?;
-                self.file.flush()?;
-                self.header.blocks_allocated = slot + 1;
+                if slot + 1 > self.header.blocks_allocated {
+                    self.file.write_at(off::BLOCKS_ALLOCATED as u64, &(slot + 1).to_le_bytes())?;
+                    self.file.flush()?;
+                    self.header.blocks_allocated = slot + 1;
+                }
                 self.file.write_at(self.header.off_blocks as u64 + block * 4, &slot.to_le_bytes())?;
                 self.file.flush()?;
                 if let Some(e) = self.map.get_mut(block as usize) {

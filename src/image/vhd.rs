@@ -13,10 +13,10 @@
 //! Writing and slack (DESIGN.md §4): the footer always stays at the end of the file and never
 //! moves at boot. Reserved slack is zero-filled space between the end of the last block and the
 //! footer (readers allow padding there). A new block is placed at the first free byte after the
-//! metadata and the existing blocks; the write order is: block data (for a dynamic disk the whole
-//! block, zero filled, so stale bytes never become visible to readers that ignore the bitmap;
-//! for a differencing disk only the sectors written, the bitmap sends the rest to the parent)
-//! -> bitmap -> BAT entry, with a flush after each.
+//! metadata and the existing blocks; the write order is: block data -> bitmap -> BAT entry, with
+//! a flush after each. In a dynamic image the whole block is written, zero filled, so stale bytes
+//! never become visible (its blocks are read whole); in a differencing image only the sectors
+//! written, since the bitmap sends the others to the parent.
 //! A crash leaves at worst an unreferenced block that the next allocation reuses. When there is
 //! no slack and the file may grow (host tools), the new footer is written at the new end first
 //! (so a valid footer is at EOF at every instant), then the block over the old footer, then the
@@ -578,16 +578,15 @@ impl VhdImage {
                 self.file.flush()?;
                 self.footer_offset = end;
             }
-            if self.footer.disk_type == DISK_DYNAMIC {
-                // The whole block is written (zeros around the data) so that bytes left in the
-                // slack or an old footer never become visible through readers that ignore the
-                // bitmap of a dynamic disk (qemu).
-                super::write_new_unit(&mut *self.file, at + self.bitmap_bytes, block_bytes, block_bytes, 0, sib * SECTOR_BYTES, buf, None)?;
-            } else {
-                // Differencing: a sector whose bitmap bit is clear comes from the parent, so
-                // only the data is written. At boot this saves a 2 MiB write per new block,
-                // which through the engine's 1 KiB bounce buffer is 2048 BIOS calls.
+            if self.footer.disk_type == DISK_DIFFERENCING {
+                // Only the sectors written: the bitmap sends every other sector of the block to
+                // the parent, so whatever the slack holds there is never read. (Zero-filling a
+                // 2 MiB block costs seconds at boot, where each host write is a BIOS call.)
                 self.file.write_at(at + self.bitmap_bytes + sib * SECTOR_BYTES, buf)?;
+            } else {
+                // A dynamic image's allocated block is read whole (bitmap-less, as qemu reads
+                // it), so it is written whole: zeros around the data, never stale slack bytes.
+                super::write_new_unit(&mut *self.file, at + self.bitmap_bytes, block_bytes, block_bytes, 0, sib * SECTOR_BYTES, buf, None)?;
             }
             self.file.flush()?;
             let mut bitmap = vec![0u8; self.bitmap_bytes as usize];

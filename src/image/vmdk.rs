@@ -783,17 +783,24 @@ impl Layer for VmdkImage {
                     let gtes = sparse.header.num_gtes_per_gt as usize;
                     let mut a = vec![0u8; gtes * 4];
                     let mut b = vec![0u8; gtes * 4];
+                    // The primary entry is written first, then its redundant copy: a crash in
+                    // between leaves the copy empty where the primary is set. That lag is the
+                    // state an interrupted update leaves (reads use the primary); anything else
+                    // that differs is damage.
                     for (i, (&p, &r)) in sparse.gd.iter().zip(sparse.rgd.iter()).enumerate() {
-                        if (p == 0) != (r == 0) {
-                            problems.push(alloc::format!("{}: grain directory entry {} present in only one of the two directories", f.name(), i));
+                        if p == 0 && r != 0 {
+                            problems.push(alloc::format!("{}: grain directory entry {} is only in the redundant directory", f.name(), i));
                             continue;
                         }
-                        if p == 0 {
+                        if p == 0 || r == 0 {
                             continue;
                         }
                         if f.read_at(p as u64 * SECTOR_BYTES, &mut a).is_err() || f.read_at(r as u64 * SECTOR_BYTES, &mut b).is_err() {
                             problems.push(alloc::format!("{}: grain table {} unreadable", f.name(), i));
-                        } else if a != b {
+                            continue;
+                        }
+                        let differs = a.chunks(4).zip(b.chunks(4)).any(|(x, y)| x != y && y != [0u8; 4]);
+                        if differs {
                             problems.push(alloc::format!("{}: grain table {} differs from its redundant copy", f.name(), i));
                         }
                     }

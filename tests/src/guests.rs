@@ -3,6 +3,8 @@
 //! when vboot later serves the same image from a file, any difference is vboot's.
 //!
 //! - The guest probe (tests/guest-probe/probe.s): checks every INT 13h answer itself.
+//! - The chain guest (tests/guest-probe/chainer.s): hashes its whole disk (FNV-1a per 64-sector
+//!   chunk, compared with the host's reading of the image) and writes runs of sectors.
 //! - GRUB 2 from Debian's `grub-pc-bin`, hashing a file inside the guest.
 //! - SYSLINUX booting a Debian Linux kernel with a busybox initramfs.
 //!
@@ -518,6 +520,165 @@ pub fn reader_guest(dir: &Path, sectors: u64) -> PathBuf {
     use std::io::Write;
     f.write_all(&code).unwrap();
     img
+}
+
+// ---- The chain guest (tests/guest-probe/chainer.s) -------------------------------------------
+
+/// Sectors the chain guest occupies from LBA 0: boot sector, configuration, two code sectors.
+pub const CHAIN_GUEST_SECTORS: u64 = 4;
+pub const CHAIN_CONFIG_LBA: u64 = 1;
+/// The guest hashes its disk in chunks of this many sectors (the last chunk may be shorter).
+pub const CHAIN_CHUNK_SECTORS: usize = 64;
+/// Hash the whole disk before the writes / after them.
+pub const CHAIN_HASH_BEFORE: u32 = 1;
+pub const CHAIN_HASH_AFTER: u32 = 2;
+pub const CHAIN_PASS: &str = "CHAIN-PASS";
+pub const CHAIN_MAX_RUNS: usize = 16;
+
+/// `writes` writes of `sectors` sectors each, the first at `lba`, each `stride` sectors after the
+/// one before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteRun {
+    pub lba: u32,
+    pub writes: u32,
+    pub stride: u32,
+    pub sectors: u32,
+}
+
+/// What the chain guest does (its LBA 1; layout in chainer.s).
+#[derive(Clone, Debug)]
+pub struct ChainConfig {
+    pub flags: u32,
+    pub tag: u32,
+    pub runs: Vec<WriteRun>,
+}
+
+impl ChainConfig {
+    /// Hash the disk once, write nothing.
+    pub fn hash_only() -> ChainConfig {
+        ChainConfig { flags: CHAIN_HASH_BEFORE, tag: 0, runs: vec![] }
+    }
+
+    pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
+        assert!(self.runs.len() <= CHAIN_MAX_RUNS, "at most {} write runs", CHAIN_MAX_RUNS);
+        let mut s = [0u8; SECTOR_BYTES];
+        s[0..8].copy_from_slice(b"VBCHAIN1");
+        let mut put = |off: usize, v: u32| s[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        put(0x08, self.flags);
+        put(0x0C, self.runs.len() as u32);
+        put(0x10, self.tag);
+        for (i, r) in self.runs.iter().enumerate() {
+            assert!((1..=64).contains(&r.sectors), "1 to 64 sectors per write");
+            assert!(r.lba as u64 >= CHAIN_GUEST_SECTORS, "a write run must not overwrite the guest");
+            put(0x20 + 16 * i, r.lba);
+            put(0x24 + 16 * i, r.writes);
+            put(0x28 + 16 * i, r.stride);
+            put(0x2C + 16 * i, r.sectors);
+        }
+        s
+    }
+
+    /// Every sector the guest writes, in the order it writes them.
+    pub fn written_lbas(&self) -> Vec<u64> {
+        let mut v = Vec::new();
+        for r in &self.runs {
+            for k in 0..r.writes as u64 {
+                let first = r.lba as u64 + k * r.stride as u64;
+                v.extend(first..first + r.sectors as u64);
+            }
+        }
+        v
+    }
+
+    /// What the disk holds after the guest's writes: `raw` with them applied.
+    pub fn apply(&self, raw: &mut [u8]) {
+        for lba in self.written_lbas() {
+            let at = lba as usize * SECTOR_BYTES;
+            raw[at..at + SECTOR_BYTES].copy_from_slice(&chain_written_sector(lba, self.tag));
+        }
+    }
+}
+
+/// What the chain guest writes into sector `lba` with `tag` (chainer.s).
+pub fn chain_written_sector(lba: u64, tag: u32) -> [u8; SECTOR_BYTES] {
+    let mut s = [0u8; SECTOR_BYTES];
+    let mut v = (lba as u32).wrapping_mul(0x9E37_79B1) ^ tag;
+    for i in 0..128 {
+        s[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        v = v.wrapping_add(0x0100_0193);
+    }
+    s
+}
+
+/// Assemble chainer.s: [`CHAIN_GUEST_SECTORS`] sectors, with an empty configuration sector.
+pub fn build_chain_guest(out: &Path) -> Vec<u8> {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    std::fs::create_dir_all(out).expect("create chain guest build dir");
+    let obj = out.join("chainer.o");
+    let bin = out.join("chainer.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/chainer.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let code = std::fs::read(&bin).expect("read chainer.bin");
+    assert_eq!(code.len() as u64, CHAIN_GUEST_SECTORS * SECTOR_BYTES as u64, "chainer.bin has an unexpected size");
+    code
+}
+
+/// The guest's first sectors with `cfg` as its configuration: write them at LBA 0.
+pub fn chain_guest_sectors(code: &[u8], cfg: &ChainConfig) -> Vec<u8> {
+    let mut v = code.to_vec();
+    let at = CHAIN_CONFIG_LBA as usize * SECTOR_BYTES;
+    v[at..at + SECTOR_BYTES].copy_from_slice(&cfg.to_sector());
+    v
+}
+
+/// FNV-1a 32-bit of each [`CHAIN_CHUNK_SECTORS`]-sector chunk of `raw`, as the guest computes it.
+pub fn chunk_hashes(raw: &[u8]) -> Vec<u32> {
+    raw.chunks(CHAIN_CHUNK_SECTORS * SECTOR_BYTES)
+        .map(|c| c.iter().fold(0x811C_9DC5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193)))
+        .collect()
+}
+
+/// The hash passes in the guest's output, in order.
+pub fn hash_passes(output: &str) -> Vec<Vec<u32>> {
+    let mut passes = Vec::new();
+    let mut cur: Option<Vec<u32>> = None;
+    for line in output.lines().map(str::trim) {
+        match line {
+            "HASH-BEGIN" => cur = Some(Vec::new()),
+            "HASH-END" => passes.extend(cur.take()),
+            _ => {
+                if let Some(c) = cur.as_mut() {
+                    if let Ok(h) = u32::from_str_radix(line, 16) {
+                        c.push(h);
+                    }
+                }
+            }
+        }
+    }
+    passes
+}
+
+/// Compare a hash pass with the expected disk; the error names the first chunks that differ
+/// (as sector ranges).
+pub fn compare_hashes(got: &[u32], want_raw: &[u8]) -> Result<(), String> {
+    let want = chunk_hashes(want_raw);
+    if got.len() != want.len() {
+        return Err(format!("the guest hashed {} chunks, the disk has {}", got.len(), want.len()));
+    }
+    let bad: Vec<String> = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(_, (g, w))| g != w)
+        .take(8)
+        .map(|(i, _)| format!("sectors {}..{}", i * CHAIN_CHUNK_SECTORS, (i + 1) * CHAIN_CHUNK_SECTORS))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the guest read other data than expected in {}", bad.join(", ")))
+    }
 }
 
 // ---- CDs and floppies -----------------------------------------------------------------------

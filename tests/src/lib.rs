@@ -4,6 +4,7 @@
 pub mod disk;
 pub mod guests;
 pub mod qemu;
+pub mod rig;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -135,3 +135,69 @@ fn qemu_version() -> String {
     let out = std::process::Command::new("qemu-system-i386").arg("--version").output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").replace("QEMU emulator version ", "")
 }
+
+/// Guest read throughput through the hook for each format and at chain depth 1, 8 and 64 (the
+/// same 64 MiB of data in the base, under 0, 7 or 63 empty differencing children made by
+/// `vdisk snapshot`), as ratios against the native disk, measured alternately with it. One host disk
+/// per format holds the 64-deep chain; its menu boots the depth-1, -8 and -64 leaves.
+#[test]
+#[ignore]
+fn bench_formats() {
+    let dir = TempDir::new("bench-formats");
+    let sectors = 64 * 2048;
+    let image = guests::reader_guest(&dir.path, sectors);
+    let native = median((0..3).map(|_| timed_read(&Config::disk(&image)).0).collect());
+    let vdisk = vboot_tests::artifacts().vdisk;
+    let mut report = String::new();
+    writeln!(report, "Guest reads 64 MiB with AH=42h; figures are native time / time through vboot (1.00 = native speed). Native: {:.2} s.\n", native).unwrap();
+    writeln!(report, "| format | depth 1 | depth 8 | depth 64 |\n|---|---|---|---|").unwrap();
+    for (title, fmt, opts, ext) in [
+        ("VHD fixed", "vpc", "subformat=fixed,force_size=on", "vhd"),
+        ("VHD dynamic", "vpc", "subformat=dynamic,force_size=on", "vhd"),
+        ("VMDK monolithicSparse", "vmdk", "subformat=monolithicSparse", "vmdk"),
+        ("VMDK monolithicFlat", "vmdk", "subformat=monolithicFlat", "vmdk"),
+        ("VDI dynamic", "vdi", "static=off", "vdi"),
+    ] {
+        let d = TempDir::new("bench-format");
+        let base = d.join(&format!("d0.{}", ext));
+        vboot_tests::sh(std::process::Command::new("qemu-img").args(["convert", "-O", fmt, "-o", opts]).arg(&image).arg(&base));
+        let mut files: Vec<(String, std::path::PathBuf)> = vec![(format!("d0.{}", ext), base.clone())];
+        if fmt == "vmdk" && opts.contains("Flat") {
+            files.push(("d0-flat.vmdk".into(), d.join("d0-flat.vmdk")));
+        }
+        for i in 1..64 {
+            let child = d.join(&format!("d{}.{}", i, ext));
+            let parent = d.join(&format!("d{}.{}", i - 1, ext));
+            vboot_tests::sh(std::process::Command::new(&vdisk).arg("snapshot").arg(&parent).arg(&child));
+            files.push((format!("d{}.{}", i, ext), child));
+        }
+        let names: Vec<String> = files.iter().map(|(n, _)| format!("/{}", n)).collect();
+        let imgs: Vec<HostImage> = files.iter().zip(&names).map(|((_, p), n)| HostImage { path: n, file: p, pieces: 1 }).collect();
+        let cfg = [1, 8, 64].iter().fold(String::from("set timeout=-1\n"), |s, depth| {
+            s + &format!("menuentry 'depth {}' {{\n vboot harddisk=/d{}.{}\n}}\n", depth, depth - 1, ext)
+        });
+        let host = vboot_host(&d, 200, &cfg, &imgs);
+        let mut row = format!("| {} |", title);
+        for (k, _) in [1, 8, 64].iter().enumerate() {
+            // Native and hooked runs alternate, so a change of load on the machine hits both.
+            let mut t = Vec::new();
+            let mut n = Vec::new();
+            for _ in 0..3 {
+                n.push(timed_read(&Config::disk(&image)).0);
+                let mut q = Qemu::start(&Config::disk(&host.disk));
+                q.expect("depth 64", T);
+                std::thread::sleep(Duration::from_millis(200));
+                q.send(&[b'1' + k as u8]);
+                q.expect("READ-START", T);
+                let start = Instant::now();
+                let out = q.expect("READ-END", T);
+                t.push(start.elapsed().as_secs_f64());
+                assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", out);
+            }
+            row.push_str(&format!(" {:.2} |", median(n) / median(t)));
+        }
+        writeln!(report, "{}", row).unwrap();
+    }
+    println!("{}", report);
+    std::fs::write(workspace_root().join("target/bench-formats.md"), &report).unwrap();
+}

@@ -75,8 +75,21 @@ impl ImageFile for ExtentFile {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset_bytes + done as u64;
-            let (lba, _) = self.lba_of(pos / 512)?;
+            let (lba, run) = self.lba_of(pos / 512)?;
             let skip = (pos % 512) as usize;
+            let whole = ((buf.len() - done) / 512) as u64;
+            if skip == 0 && whole > 0 {
+                // Whole sectors go out as one transfer per extent run (each BIOS call costs far
+                // more than the bytes it carries: new blocks are written 1 MiB at a time).
+                let n = whole.min(run);
+                if !self.lbas.contains(lba, n) {
+                    return Err(self.io_err(pos, Status::WRITE_FAULT));
+                }
+                let bytes = n as usize * 512;
+                self.io.write_host(lba, &buf[done..done + bytes]).map_err(|s| self.io_err(pos, s))?;
+                done += bytes;
+                continue;
+            }
             let take = (512 - skip).min(buf.len() - done);
             let mut sector = [0u8; 512];
             if skip != 0 || take != 512 {
