@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 
-use super::{Format, ImageError, ImageFile, Layer, SECTOR_BYTES};
+use super::{Format, ImageError, ImageFile, Layer, Mapping, SECTOR_BYTES};
 
 /// Whether a leaf needs write slack for new blocks, and whether slack can be added at the end of
 /// its file.
@@ -28,7 +28,9 @@ pub fn slack_need(layer: &dyn Layer) -> SlackNeed {
         Format::Vhd | Format::Vdi if variant == "fixed" => SlackNeed::None,
         Format::Vhd | Format::Vdi => SlackNeed::Growable,
         Format::Vmdk if variant == "monolithicSparse" => SlackNeed::Growable,
-        Format::Vmdk if variant.contains("Sparse") || variant.contains("stream") => SlackNeed::NotGrowable(format!(
+        // Compressed grains are never rewritten at boot: the engine refuses writes to it.
+        Format::Vmdk if variant.contains("stream") => SlackNeed::None,
+        Format::Vmdk if variant.contains("Sparse") => SlackNeed::NotGrowable(format!(
             "{} is a VMDK {} image; vboot adds slack only to monolithicSparse files",
             layer.name(),
             variant
@@ -37,10 +39,35 @@ pub fn slack_need(layer: &dyn Layer) -> SlackNeed {
     }
 }
 
-/// Write slack a leaf should have before boot: what was asked for, but never more than the
-/// sectors that could still be allocated (the whole virtual disk, plus a block of rounding).
-pub fn wanted_bytes(layer: &dyn Layer, asked_bytes: u64) -> u64 {
-    let cap = layer.virtual_sectors() * SECTOR_BYTES + (2 << 20);
+/// Bytes of `layer`'s virtual disk that a write would have to allocate (not stored in the layer
+/// itself). An allocated VHD differencing block counts as stored without its bitmap being read.
+pub fn unallocated_bytes(layer: &mut dyn Layer) -> Result<u64, ImageError> {
+    let total = layer.virtual_sectors();
+    let mut sector = 0u64;
+    let mut unallocated = 0u64;
+    while sector < total {
+        if let Some(n) = layer.map_deferred(sector)? {
+            sector += n.max(1);
+            continue;
+        }
+        let (mapping, n) = layer.map(sector)?;
+        let n = n.max(1).min(total - sector);
+        if matches!(mapping, Mapping::Parent | Mapping::Zero) {
+            unallocated += n;
+        }
+        sector += n;
+    }
+    Ok(unallocated * SECTOR_BYTES)
+}
+
+/// Write slack a leaf should have before boot: what was asked for, but never more than its
+/// unallocated space needs (with room for per-block metadata), so a fully allocated image is
+/// left alone.
+pub fn wanted_bytes(asked_bytes: u64, unallocated_bytes: u64) -> u64 {
+    if unallocated_bytes == 0 {
+        return 0;
+    }
+    let cap = unallocated_bytes + unallocated_bytes / 1024 + (64 << 10);
     asked_bytes.min(cap).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
 }
 
@@ -139,11 +166,30 @@ mod tests {
     }
 
     #[test]
-    fn wanted_is_capped_by_the_virtual_size() {
-        let f = make(Variant::VhdDynamic, 0);
-        let l = layer(&f);
-        assert_eq!(wanted_bytes(&*l, 1 << 20), 1 << 20);
-        assert_eq!(wanted_bytes(&*l, 1 << 40), l.virtual_sectors() * 512 + (2 << 20));
-        assert_eq!(wanted_bytes(&*l, 1000), 1024);
+    fn wanted_follows_what_is_left_to_allocate() {
+        for v in [Variant::VhdDynamic, Variant::VdiDynamic, Variant::VmdkMonolithicSparse] {
+            let mut l = layer(&make(v, 80 << 20));
+            let virt = l.virtual_sectors() * 512;
+            assert_eq!(unallocated_bytes(&mut *l).unwrap(), virt, "{:?}", v);
+            // Write the first half, then the rest: what is left to allocate shrinks to nothing.
+            let mut disk = crate::image::disk::Disk::new(alloc::vec![l], alloc::vec::Vec::new()).unwrap();
+            let sectors = disk.sectors();
+            let chunk = alloc::vec![1u8; 128 * 512];
+            let mut at = 0;
+            while at < sectors {
+                let n = (sectors - at).min(128) as usize;
+                disk.write(at, &chunk[..n * 512]).unwrap();
+                at += n as u64;
+                if at == 128 * 256 {
+                    let left = unallocated_bytes(&mut *disk.layers_mut()[0]).unwrap();
+                    assert!(left < virt && left >= virt - (16 << 20) - (2 << 20), "{:?}: {} of {}", v, left, virt);
+                }
+            }
+            assert_eq!(unallocated_bytes(&mut *disk.layers_mut()[0]).unwrap(), 0, "{:?}", v);
+        }
+        assert_eq!(wanted_bytes(1 << 30, 0), 0);
+        assert_eq!(wanted_bytes(1 << 20, 64 << 20), 1 << 20);
+        assert_eq!(wanted_bytes(1 << 30, 64 << 20), (64 << 20) + (64 << 10) + (64 << 10));
+        assert_eq!(wanted_bytes(1000, 1 << 20), 1024);
     }
 }

@@ -232,7 +232,8 @@ pub fn take_snapshot(
     let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: rtc_unix_seconds() ^ crate::bios::ticks() as u64 ^ 0x5EED_CAFE, now_unix: rtc_unix_seconds() };
     let base_name = chain::basename(&snap.path).to_string();
     let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("take_snapshot: {}", e))?;
-    let size = meta + slack::wanted_bytes(leaf, reserve);
+    // The child starts empty: all of the virtual disk is left to allocate.
+    let size = meta + slack::wanted_bytes(reserve, leaf.virtual_sectors() * 512);
     drop(layers);
     let edit = plan_config_edit(disk, table, loaded, booted, opts, snap, snap_partition)?;
 
@@ -291,13 +292,21 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
     }
     let parent_dir = opts.parent_dir.as_ref().map(|p| p.path.clone());
     let mut loc = locator(disk, table, image.partition, &image.file)?;
-    let layers = open_chain(&mut loc, &image.file.path, &parent_dir)?;
-    let leaf = &*layers[0];
+    let mut layers = open_chain(&mut loc, &image.file.path, &parent_dir)?;
+    let leaf = &mut *layers[0];
     let format = leaf.format();
     let have = leaf.slack_bytes();
-    let want = slack::wanted_bytes(leaf, opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES));
+    let asked = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
+    // A fully allocated image needs no slack, however much was asked for.
+    let left = if asked > have && slack::slack_need(leaf) != SlackNeed::None {
+        slack::unallocated_bytes(leaf).map_err(|e| format!("{}", e))?
+    } else {
+        0
+    };
+    let want = slack::wanted_bytes(asked, left);
     let why_not = match slack::slack_need(leaf) {
         SlackNeed::None => return Ok(SlackOutcome::Ready(image)),
+        _ if want == 0 => return Ok(SlackOutcome::Ready(image)),
         SlackNeed::Growable if have >= want => return Ok(SlackOutcome::Ready(image)),
         SlackNeed::Growable => None,
         SlackNeed::NotGrowable(e) => Some(e),
