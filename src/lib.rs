@@ -17,6 +17,7 @@ pub mod config;
 pub mod crc32;
 pub mod elf;
 pub mod fs;
+pub mod handoff;
 pub mod image;
 pub mod int13;
 pub mod install;
