@@ -86,7 +86,10 @@ pub struct RawDrive {
     pub virtual_sectors: u64,
     pub overlay_base: u64,
     pub overlay_length: u64,
-    pub zero1: [u8; 24],
+    /// `parent_dir=` of the entry (on the host partition): offset and length of a path, 0 if none.
+    pub parent_dir_offset: u32,
+    pub parent_dir_bytes: u32,
+    pub zero1: [u8; 16],
 }
 const_assert_eq!(size_of::<RawDrive>(), 128);
 
@@ -224,6 +227,8 @@ pub struct Drive {
     pub filesystem: Filesystem,
     /// Physical base and length of the memory holding the RAM overlay (immutable mode), if any.
     pub overlay: Option<(u64, u64)>,
+    /// `parent_dir=`: where parents of the chain are also looked for, on the host partition.
+    pub parent_dir: Option<String>,
     /// Leaf first.
     pub layers: Vec<Layer>,
 }
@@ -352,6 +357,8 @@ mod d {
     pub const VIRTUAL_SECTORS: usize = 80;
     pub const OVERLAY_BASE: usize = 88;
     pub const OVERLAY_LENGTH: usize = 96;
+    pub const PARENT_DIR_OFFSET: usize = 104;
+    pub const PARENT_DIR_BYTES: usize = 108;
 }
 mod l {
     pub const FORMAT: usize = 0;
@@ -372,7 +379,8 @@ impl Table {
         let layers_at = drives_at + self.drives.len() * DRIVE_BYTES;
         let extents_at = layers_at + layer_total * LAYER_BYTES;
         let paths_at = extents_at + extent_total * EXTENT_BYTES;
-        let path_total: usize = self.drives.iter().flat_map(|d| &d.layers).map(|l| l.path.len() + 1).sum();
+        let path_total: usize = self.drives.iter().flat_map(|d| &d.layers).map(|l| l.path.len() + 1).sum::<usize>()
+            + self.drives.iter().filter_map(|d| d.parent_dir.as_ref()).map(|p| p.len() + 1).sum::<usize>();
         let length = (paths_at + path_total).div_ceil(16) * 16;
         let mut b = alloc::vec![0u8; length];
 
@@ -414,6 +422,12 @@ impl Table {
             let (ob, ol) = drive.overlay.unwrap_or((0, 0));
             put_u64(&mut b, r + d::OVERLAY_BASE, ob);
             put_u64(&mut b, r + d::OVERLAY_LENGTH, ol);
+            if let Some(p) = &drive.parent_dir {
+                put_u32(&mut b, r + d::PARENT_DIR_OFFSET, path_at as u32);
+                put_u32(&mut b, r + d::PARENT_DIR_BYTES, p.len() as u32);
+                b[path_at..path_at + p.len()].copy_from_slice(p.as_bytes());
+                path_at += p.len() + 1;
+            }
             for layer in &drive.layers {
                 let r = layer_at;
                 b[r + l::FORMAT] = layer.format as u8;
@@ -552,8 +566,16 @@ impl Table {
                 },
                 filesystem: decode(code(d::FILESYSTEM), Filesystem::from_code, Filesystem::WHAT, i)?,
                 overlay: (overlay != (0, 0)).then_some(overlay),
+                parent_dir: None,
                 layers: Vec::new(),
             };
+            let (pd_at, pd_len) = (get_u32(b, r + d::PARENT_DIR_OFFSET) as usize, get_u32(b, r + d::PARENT_DIR_BYTES) as usize);
+            if pd_at != 0 {
+                within(&format!("drive {} parent_dir", i), pd_at, pd_len)?;
+                let p = core::str::from_utf8(&b[pd_at..pd_at + pd_len])
+                    .map_err(|_| HandoffError::BadField(format!("drive {}: parent_dir is not UTF-8", i)))?;
+                drive.parent_dir = Some(String::from(p));
+            }
             if drive.partition.start_lba.saturating_add(drive.partition.sectors) > drive.host.sectors {
                 return bad(format!(
                     "drive {}: partition {} ({} sectors at {}) ends past the host disk ({} sectors)",

@@ -21,6 +21,7 @@ fn sample() -> Table {
             partition: HostPartition { number: 2, start_lba: 4096, sectors: 500_000, type_byte: 0, guid: [9; 16] },
             filesystem: Filesystem::Ext,
             overlay: None,
+            parent_dir: Some("/parents".to_string()),
             layers: vec![
                 Layer {
                     format: LayerFormat::Vhd,
@@ -142,6 +143,10 @@ fn every_corruption_is_refused_with_its_message() {
     let n = b.len();
     b[n - 20] ^= 0x01;
     assert!(refused(&b).contains("CRC-32"));
+    let mut b = good.clone();
+    let n = b.len();
+    b[n - 30] ^= 0x01;
+    assert!(refused(&b).contains("CRC-32"));
 
     // Found somewhere else than it says.
     assert!(Table::parse(&good, AT + 4096).unwrap_err().to_string().contains("stale"));
@@ -185,6 +190,9 @@ fn bad_fields_are_refused_even_when_checksums_match() {
     check(&|b| put_u64(b, e + 8, u64::MAX - 1), "outside partition 2");
     let path_at = get_u32(&good, layer + l::PATH_OFFSET) as usize;
     check(&|b| b[path_at] = 0xFF, "not UTF-8");
+    check(&|b| put_u32(b, r + d::PARENT_DIR_BYTES, 5000), "parent_dir");
+    let pd_at = get_u32(&good, r + d::PARENT_DIR_OFFSET) as usize;
+    check(&|b| b[pd_at + 1] = 0xC3, "parent_dir is not UTF-8");
 }
 
 #[test]

@@ -163,6 +163,9 @@ pub fn boot(
     if opts.restore {
         println!("  restore: {} will be emptied; the disk reads as its parent again", file.path);
     }
+    let formats: Vec<(String, vboot::handoff::LayerFormat)> =
+        layers.iter().map(|l| (String::from(l.name()), vboot::handoff::LayerFormat::from_image(l.format()))).collect();
+    let virtual_sectors = layers[0].virtual_sectors();
     drop(layers);
     if raw && file.size_bytes % 512 != 0 {
         return Err(format!(
@@ -180,11 +183,30 @@ pub fn boot(
             .collect()
     };
     let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files };
+    let handoff = {
+        use vboot::handoff::{Drive, DriveKind, Table, WriteMode};
+        let (host, partition, filesystem) = crate::handoff::describe_host(disk, table, part);
+        let (boot_id, boot_time_unix) = crate::handoff::boot_stamp();
+        let write_mode = if opts.immutable { WriteMode::Immutable } else { WriteMode::Normal };
+        let record = Drive {
+            bios_number: drive.number,
+            kind: DriveKind::HardDisk,
+            write_mode,
+            virtual_sectors,
+            host,
+            partition,
+            filesystem,
+            overlay: None,
+            parent_dir: parent_dir.clone(),
+            layers: crate::handoff::layers(&drive.layers, &formats),
+        };
+        Table { boot_id, boot_time_unix, drives: alloc::vec![record], ..Default::default() }
+    };
     let engine = load_engine(disk)?;
     if opts.immutable {
         println!("  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot", IMMUTABLE_HEAP_BYTES >> 20);
     }
-    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable)?;
+    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, handoff)?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -218,7 +240,14 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
-fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool, immutable: bool) -> Result<(), String> {
+fn go_resident(
+    engine_elf: &[u8],
+    drives: Vec<PlannedDrive>,
+    parent_dir: Option<String>,
+    restore: bool,
+    immutable: bool,
+    mut handoff: vboot::handoff::Table,
+) -> Result<(), String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
@@ -244,7 +273,9 @@ fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<
     let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore, immutable };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
-    let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + if immutable { IMMUTABLE_HEAP_BYTES } else { ENGINE_HEAP_BYTES } + 0xFFFF) & !0xFFFF;
+    // The hand-off table goes at the end of the engine's range, on a 4 KiB boundary.
+    let handoff_room = (handoff.to_bytes().len() as u32 + 0xFFF) & !0xFFF;
+    let total = (handoff_room + image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + if immutable { IMMUTABLE_HEAP_BYTES } else { ENGINE_HEAP_BYTES } + 0xFFFF) & !0xFFFF;
     let heap_end = crate::heap_end();
     let region = e820
         .iter()
@@ -301,8 +332,16 @@ fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<
     gdt_set_base(stub_linear + S_GDT + 0x18, stub_linear);
     gdt_set_base(stub_linear + S_GDT + 0x20, stub_linear);
 
+    let handoff_at = region + total - handoff_room;
+    let heap_len = handoff_at - heap_at;
+    if immutable {
+        // The RAM overlay lives somewhere in the engine's heap (its layout is the engine's own).
+        handoff.drives.iter_mut().for_each(|d| d.overlay = Some((heap_at as u64, heap_len as u64)));
+    }
+    let int13_entry = stub_linear + unsafe { get::<u16>(stub_linear + S_INT13_OFF) } as u32;
+    crate::handoff::place(&mut handoff, handoff_at, handoff_room, (region as u64, total as u64), int13_entry, unsafe { get::<u32>(0x13 * 4) })?;
+
     let mut msg = [0u8; 256];
-    let heap_len = region + total - heap_at;
     let n = (header.init)(plan_bytes.as_ptr(), plan_bytes.len() as u32, heap_at as *mut u8, heap_len, stub_linear, msg.as_mut_ptr(), msg.len() as u32);
     if n != 0 {
         return Err(String::from_utf8_lossy(&msg[..n as usize]).into_owned());
