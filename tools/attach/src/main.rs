@@ -233,6 +233,14 @@ fn attach(o: Options) -> Result<(), String> {
             drop(ours);
             return wait_ready(&device, pid);
         }
+        // The server must not hold the caller's stdout: `dev=$(vboot-attach)` waits for it to
+        // close. Messages still go to stderr.
+        if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
+            }
+        }
         unsafe { libc::setsid() };
     }
     // The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
