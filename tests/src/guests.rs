@@ -577,11 +577,19 @@ pub const ATTACH_BIG_FILE: &str = "/BIG.TXT";
 pub const ATTACH_BIG_BYTES: usize = 3 << 20;
 
 /// [`build_syslinux_linux_guest_with`] whose initramfs runs `vboot-attach` (target/vboot/,
-/// from `cargo xtask build`): it loads virtio_blk, nbd and vfat from the Debian kernel package,
-/// attaches drive 0x80 on /dev/nbd0, mounts its first partition, checks [`ATTACH_FILE`], writes
-/// [`ATTACH_NEW_FILE`] and [`ATTACH_BIG_FILE`], unmounts, mounts again to read it back, detaches, and prints
-/// [`ATTACH_OK`]. Each step prints `STEP ...`; a failed step prints `ATTACH-FAILED: ...` and the
-/// guest ends at once. Either way QEMU ends with status 33, so read the output.
+/// from `cargo xtask build`) the way a user would, with modules from the Debian kernel package:
+/// 1. without the host disk's driver (virtio_blk not loaded yet): refused, "did not appear";
+/// 2. `--info` prints the table;
+/// 3. with the host partition mounted read-write: refused;
+/// 4. attaches drive 0x80 on /dev/nbd0, mounts its first partition (vfat), checks
+///    [`ATTACH_FILE`], writes [`ATTACH_NEW_FILE`] and [`ATTACH_BIG_FILE`], unmounts, mounts
+///    again to read the new file back, unmounts, detaches;
+/// 5. `--drive 0x81`: refused;
+/// 6. one byte of the table changed through /dev/mem: refused as damaged; restored: accepted;
+/// 7. the boot ID in the INT 13h hook zeroed (as when the table is left from an earlier boot):
+///    refused as stale.
+/// Each step prints `STEP ...`; a failed step prints `ATTACH-FAILED: ...` and the guest ends at
+/// once. At the end it prints [`ATTACH_OK`]. Either way QEMU ends with status 33: read the output.
 pub fn build_attach_guest(dir: &Path) -> PathBuf {
     let attach = crate::workspace_root().join("target/vboot/vboot-attach");
     assert!(attach.exists(), "{} is missing: run `cargo xtask build`", attach.display());
@@ -590,30 +598,44 @@ pub fn build_attach_guest(dir: &Path) -> PathBuf {
     let mut load = String::new();
     for m in &modules {
         let name = m.file_name().unwrap().to_str().unwrap().to_string();
+        files.push((format!("/lib/modules/{}", name), m.clone()));
+        if name == "virtio_blk.ko" {
+            continue; // step 1 runs without it
+        }
         let args = if name == "nbd.ko" { " nbds_max=2 max_part=8" } else { "" };
         load.push_str(&format!("insmod /lib/modules/{}{} || fail \"insmod {}\"\n", name, args, name));
-        files.push((format!("/lib/modules/{}", name), m.clone()));
     }
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
-mkdir -p /dev /proc /sys /mnt
+mkdir -p /dev /proc /sys /mnt /host
 mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 exec > /dev/ttyS0 2>&1
 finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
 fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
 echo "STEP modules"
 {load}
+echo "STEP no-disk"
+vboot-attach --timeout 1 && fail "attached without the host disk's driver"
+insmod /lib/modules/virtio_blk.ko || fail "insmod virtio_blk.ko"
 echo "STEP info"
-vboot-attach --info || fail "vboot-attach --info"
+info=$(vboot-attach --info) || fail "vboot-attach --info"
+echo "$info"
+table=$(echo "$info" | sed -n 's/.*table at \(0x[0-9a-f]*\) .*/\1/p')
+hook=$(echo "$info" | sed -n 's/.*INT 13h hook at \(0x[0-9a-f]*\),.*/\1/p')
+echo "STEP mounted"
+wait_block /dev/vda1 || fail "no /dev/vda1"
+mount -t vfat /dev/vda1 /host || fail "mount the host partition"
+vboot-attach --timeout 5 && fail "attached while the host partition is mounted read-write"
+umount /host || fail "umount the host partition"
 echo "STEP attach"
 dev=$(vboot-attach --timeout 20) || fail "vboot-attach"
 echo "ATTACHED $dev"
-i=0; while [ ! -b ${{dev}}p1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
-[ -b ${{dev}}p1 ] || fail "no ${{dev}}p1"
+wait_block ${{dev}}p1 || fail "no ${{dev}}p1"
 echo "STEP mount"
 mount -t vfat ${{dev}}p1 /mnt || fail "mount ${{dev}}p1"
 got=$(cat /mnt{file})
@@ -624,11 +646,21 @@ yes vboot | head -c {big_bytes} > /mnt{big_file} || fail "write {big_file}"
 umount /mnt || fail umount
 mount -t vfat ${{dev}}p1 /mnt || fail "mount again"
 [ "$(cat /mnt{new_file})" = "{new_text}" ] || fail "the new file after a remount"
+echo "REREAD-OK"
 umount /mnt || fail "umount again"
 echo "STEP detach"
 vboot-attach --detach $dev || fail "vboot-attach --detach"
-echo "STEP refusals"
+echo "STEP other-drive"
 vboot-attach --drive 0x81 && fail "drive 0x81 was accepted"
+echo "STEP damaged"
+dd if=/dev/mem of=/orig bs=1 skip=$((table + 96)) count=1 2>/dev/null || fail "read /dev/mem"
+printf '\201' | dd of=/dev/mem bs=1 seek=$((table + 96)) conv=notrunc 2>/dev/null || fail "write /dev/mem"
+vboot-attach --info && fail "a damaged table was accepted"
+dd if=/orig of=/dev/mem bs=1 seek=$((table + 96)) conv=notrunc 2>/dev/null || fail "restore /dev/mem"
+vboot-attach --info > /dev/null || fail "the restored table was refused"
+echo "STEP stale"
+dd if=/dev/zero of=/dev/mem bs=1 seek=$((hook + 31)) count=8 conv=notrunc 2>/dev/null || fail "write /dev/mem"
+vboot-attach --info && fail "a stale table was accepted"
 echo "{ok}"
 finish
 "#,

@@ -1,10 +1,11 @@
-//! The hand-off table and `vboot-attach` (issue 9): Linux, booted by SYSLINUX from inside a
-//! dynamic VHD that vboot serves, finds vboot's table through /dev/mem, serves the same VHD on
-//! /dev/nbd0 with the core library, mounts the guest's partition, reads a file the host put there
-//! and writes a new one. The host then reads the new file out of the VHD with qemu-img and mtools,
-//! and vdisk's check, libvhdi and fsck.fat find the VHD and the guest's filesystem clean. The same guest booted natively (no vboot) is refused.
+//! The hand-off table and `vboot-attach` (issue 9). Linux, booted by SYSLINUX from inside an image
+//! that vboot serves, finds vboot's table through /dev/mem, serves the same image on /dev/nbd0
+//! with the core library, mounts the guest's partition, reads a file the host put there and writes
+//! new ones (`guests::build_attach_guest` lists every step, refusals included). The host then
+//! reads the new files out of the image with qemu-img and mtools; qemu-img check (VDI, VMDK) or
+//! vdisk check and libvhdi (VHD, which qemu-img cannot check), and fsck.fat, find it clean.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use vboot_tests::guests::{self, ATTACH_BIG_BYTES, ATTACH_BIG_FILE, ATTACH_FILE, ATTACH_FILE_TEXT, ATTACH_NEW_FILE, ATTACH_NEW_TEXT, ATTACH_OK};
@@ -29,59 +30,151 @@ fn file_in_raw(raw: &Path, path: &str) -> String {
     sh(Command::new("mtype").arg("-i").arg(format!("{}@@1M", raw.display())).arg(format!("::{}", path)).env("MTOOLS_SKIP_CHECK", "1"))
 }
 
-/// The write slack `vdisk info` reports for a sparse image.
+/// The write slack `vdisk info` reports for a sparse image (the leaf's, for a chain).
 fn slack_bytes(image: &Path) -> u64 {
     let out = sh(Command::new(vdisk_bin()).arg("info").arg("--json").arg(image));
     let at = out.find("\"slack_bytes\": \"").expect("slack_bytes in vdisk info") + "\"slack_bytes\": \"".len();
     out[at..].split('"').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn linux_attaches_a_dynamic_vhd_and_its_writes_land_in_the_file() {
-    let dir = TempDir::new("attach-vhd");
-    let raw = guests::build_attach_guest(&dir.path);
-    let vhd = dir.join("guest.vhd");
-    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), vhd.to_str().unwrap()]);
-    // Slack for the blocks Linux's writes allocate (DESIGN.md 4.3: nothing grows at boot).
-    sh(Command::new(vdisk_bin()).arg("reserve").arg(&vhd).arg("8M"));
-    let slack_before = slack_bytes(&vhd);
-    let cfg = "set timeout=0\nmenuentry 'linux in a VHD' {\n    vboot harddisk=/guest.vhd\n}\n";
-    let host = vboot_host(&dir, 160, cfg, &[HostImage { path: "/guest.vhd", file: &vhd, pieces: 3 }]);
+fn structure_check(image: &Path, format: &str) {
+    let check = if format == "vpc" {
+        // qemu-img has no check for VHD: vdisk's structural check, and libvhdi must open it.
+        let info = Command::new("vhdiinfo").arg(image).output().expect("vhdiinfo (libvhdi-utils)");
+        assert!(info.status.success(), "vhdiinfo: {}{}", String::from_utf8_lossy(&info.stdout), String::from_utf8_lossy(&info.stderr));
+        Command::new(vdisk_bin()).arg("check").arg(image).output().unwrap()
+    } else {
+        Command::new("qemu-img").arg("check").arg(image).output().unwrap()
+    };
+    assert!(check.status.success(), "check of {}: {}{}", image.display(), String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+}
 
-    let out = run_guest(&host.disk);
+/// Every step of the guest passed, each refusal with its message.
+fn assert_guest_steps(out: &str, write_mode: &str) {
+    // What the tool said, for the log (shown with --nocapture or on failure).
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.contains("hand-off") || l.starts_with("drive ")) {
+        eprintln!("guest: {}", l);
+    }
     assert!(!out.contains("ATTACH-FAILED"), "{}", out);
     assert!(out.contains(ATTACH_OK), "{}", out);
-    // --info showed the table stage2 published.
+    assert!(out.contains("did not appear within 1 s"), "no refusal without the host disk's driver:\n{}", out);
     assert!(out.contains("vboot hand-off table at 0x"), "{}", out);
-    assert!(out.contains("layer VHD /guest.vhd"), "{}", out);
-    assert!(out.contains("writes normal"), "{}", out);
-    assert!(out.contains("READ-OK"), "{}", out);
-    assert!(out.contains("ATTACHED /dev/nbd0"), "{}", out);
+    assert!(out.contains(&format!("writes {}", write_mode)), "{}", out);
+    assert!(out.contains("is mounted read-write on /host"), "no refusal with the host partition mounted:\n{}", out);
+    assert!(out.contains("ATTACHED /dev/nbd0") && out.contains("READ-OK") && out.contains("REREAD-OK"), "{}", out);
     assert!(out.contains("/dev/nbd0 detached"), "{}", out);
     assert!(out.contains("the hand-off table has no drive 0x81"), "{}", out);
+    assert!(out.contains("the table is damaged"), "no refusal of a damaged table:\n{}", out);
+    assert!(out.contains("hand-off table is stale") && out.contains("boot ID"), "no refusal of a stale table:\n{}", out);
+}
 
-    // The VHD as the host disk holds it now.
+/// Boot `images` (leaf first, in /vm/ on the host partition) with `vboot_args`, run the attach
+/// guest, give the images back as the host disk holds them afterwards.
+fn boot_attach(dir: &TempDir, images: &[(&str, &Path)], vboot_args: &str) -> (String, Vec<PathBuf>) {
+    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot {}\n}}\n", vboot_args);
+    let host = vboot_host(dir, 160, &cfg, &[]);
+    sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    for (name, file) in images {
+        disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(file).unwrap(), 3);
+    }
+    disk::write_at(&host.disk, 2048, &host.part);
+    let out = run_guest(&host.disk);
     let part_now = host.current_partition(&dir.join("part-after.img"));
-    let vhd_after = dir.join("guest-after.vhd");
-    disk::fat_get(&part_now, "/guest.vhd", &vhd_after);
-    // qemu-img has no check for VHD: vdisk's structural check, and libvhdi must open it.
-    let check = Command::new(vdisk_bin()).arg("check").arg(&vhd_after).output().unwrap();
-    assert!(check.status.success(), "vdisk check: {}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    let info = Command::new("vhdiinfo").arg(&vhd_after).output().expect("vhdiinfo (libvhdi-utils)");
-    assert!(info.status.success(), "vhdiinfo: {}{}", String::from_utf8_lossy(&info.stdout), String::from_utf8_lossy(&info.stderr));
+    let after = images
+        .iter()
+        .map(|(name, _)| {
+            let p = dir.join(&format!("after-{}", name));
+            disk::fat_get(&part_now, &format!("/vm/{}", name), &p);
+            p
+        })
+        .collect();
+    (out, after)
+}
+
+/// The guest's files, read from the image (the leaf of a chain) by qemu-img and mtools; fsck.fat
+/// on the guest's partition.
+fn check_guest_files(dir: &TempDir, image: &Path) {
     let raw_after = dir.join("guest-after.raw");
-    qemu_img(&["convert", "-O", "raw", vhd_after.to_str().unwrap(), raw_after.to_str().unwrap()]);
+    qemu_img(&["convert", "-O", "raw", image.to_str().unwrap(), raw_after.to_str().unwrap()]);
     assert_eq!(file_in_raw(&raw_after, ATTACH_NEW_FILE), ATTACH_NEW_TEXT);
     assert_eq!(file_in_raw(&raw_after, ATTACH_FILE), ATTACH_FILE_TEXT);
     let big = file_in_raw(&raw_after, ATTACH_BIG_FILE);
     assert_eq!(big.len(), ATTACH_BIG_BYTES);
     assert!(big.as_bytes().chunks(6).all(|c| c == &b"vboot\n"[..c.len()]), "{} differs from what the guest wrote", ATTACH_BIG_FILE);
-    // The big file needed new blocks: they came out of the slack, as at boot.
-    let slack_after = slack_bytes(&vhd_after);
-    assert!(slack_after < slack_before, "no block was allocated from the slack ({} -> {} bytes)", slack_before, slack_after);
-    disk::partition_of(&raw_after, 48 * 2048 - 2048, &dir.join("guest-part.img"));
-    let fsck = Command::new("fsck.fat").arg("-n").arg(dir.join("guest-part.img")).output().unwrap();
+    let part = dir.join("guest-part.img");
+    disk::partition_of(&raw_after, 48 * 2048 - 2048, &part);
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part).output().unwrap();
     assert!(fsck.status.success(), "fsck.fat -n on the guest's partition: {}", String::from_utf8_lossy(&fsck.stdout));
+}
+
+/// The attach guest converted to `format` (qemu-img's name, with `options`) plus 8 MiB of slack.
+fn guest_image(dir: &TempDir, format: &str, options: &str, name: &str) -> PathBuf {
+    let raw = guests::build_attach_guest(&dir.path);
+    let image = dir.join(name);
+    let mut args = vec!["convert", "-f", "raw", "-O", format];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    args.extend([raw.to_str().unwrap(), image.to_str().unwrap()]);
+    qemu_img(&args);
+    // Slack for the blocks Linux's writes allocate (DESIGN.md 4.3: nothing grows a file here).
+    sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("8M"));
+    image
+}
+
+fn attach_round_trip(tag: &str, format: &str, options: &str, name: &str) {
+    let dir = TempDir::new(tag);
+    let image = guest_image(&dir, format, options, name);
+    let slack_before = slack_bytes(&image);
+    let (out, after) = boot_attach(&dir, &[(name, &image)], &format!("harddisk=/vm/{}", name));
+    assert_guest_steps(&out, "normal");
+    assert!(out.contains(&format!("/vm/{} ", name)), "the table names the image:\n{}", out);
+    structure_check(&after[0], format);
+    check_guest_files(&dir, &after[0]);
+    // The big file needed new blocks: they came out of the slack, as at boot.
+    let slack_after = slack_bytes(&after[0]);
+    assert!(slack_after < slack_before, "no block was allocated from the slack ({} -> {} bytes)", slack_before, slack_after);
+}
+
+#[test]
+fn linux_attaches_a_dynamic_vhd_and_its_writes_land_in_the_file() {
+    attach_round_trip("attach-vhd", "vpc", "subformat=dynamic", "guest.vhd");
+}
+
+#[test]
+fn linux_attaches_a_dynamic_vdi() {
+    attach_round_trip("attach-vdi", "vdi", "", "guest.vdi");
+}
+
+#[test]
+fn linux_attaches_a_vmdk_chain_and_writes_go_into_the_child() {
+    let dir = TempDir::new("attach-vmdk-chain");
+    let base = guest_image(&dir, "vmdk", "subformat=monolithicSparse", "base.vmdk");
+    let child = dir.join("child.vmdk");
+    sh(Command::new(vdisk_bin()).arg("snapshot").arg(&base).arg(&child).args(["--reserve", "8M"]));
+    let base_sha = disk::sha256(&base);
+    let (out, after) = boot_attach(&dir, &[("child.vmdk", &child), ("base.vmdk", &base)], "harddisk=/vm/child.vmdk");
+    assert_guest_steps(&out, "normal");
+    assert!(out.contains("layer VMDK /vm/child.vmdk") && out.contains("layer VMDK /vm/base.vmdk"), "{}", out);
+    assert_eq!(disk::sha256(&after[1]), base_sha, "the parent changed");
+    // qemu-img follows the child's parentFileNameHint, relative to the child.
+    std::fs::copy(&after[1], dir.join("base.vmdk")).unwrap();
+    let leaf = dir.join("child.vmdk");
+    std::fs::copy(&after[0], &leaf).unwrap();
+    structure_check(&leaf, "vmdk");
+    check_guest_files(&dir, &leaf);
+}
+
+#[test]
+fn immutable_writes_stay_in_ram_and_the_image_is_unchanged() {
+    let dir = TempDir::new("attach-immutable");
+    let image = guest_image(&dir, "vpc", "subformat=dynamic", "guest.vhd");
+    let sha = disk::sha256(&image);
+    let (out, after) = boot_attach(&dir, &[("guest.vhd", &image)], "harddisk=/vm/guest.vhd immutable");
+    // The guest's own checks passed: the writes read back after a remount, from RAM.
+    assert_guest_steps(&out, "immutable");
+    assert!(out.contains("immutable: writes stay in RAM"), "{}", out);
+    assert_eq!(disk::sha256(&after[0]), sha, "an immutable image changed");
 }
 
 #[test]
