@@ -580,7 +580,7 @@ pub const ATTACH_BIG_BYTES: usize = 3 << 20;
 /// from `cargo xtask build`) the way a user would, with modules from the Debian kernel package:
 /// 1. without the host disk's driver (virtio_blk not loaded yet): refused, "did not appear";
 /// 2. `--info` prints the table;
-/// 3. with the host partition mounted read-write: refused;
+/// 3. with the host partition (`/dev/<host_partition>`, FAT) mounted read-write: refused;
 /// 4. attaches drive 0x80 on /dev/nbd0, mounts its first partition (vfat), checks
 ///    [`ATTACH_FILE`], writes [`ATTACH_NEW_FILE`] and [`ATTACH_BIG_FILE`], unmounts, mounts
 ///    again to read the new file back, unmounts, detaches;
@@ -590,7 +590,7 @@ pub const ATTACH_BIG_BYTES: usize = 3 << 20;
 ///    refused as stale.
 /// Each step prints `STEP ...`; a failed step prints `ATTACH-FAILED: ...` and the guest ends at
 /// once. At the end it prints [`ATTACH_OK`]. Either way QEMU ends with status 33: read the output.
-pub fn build_attach_guest(dir: &Path) -> PathBuf {
+pub fn build_attach_guest(dir: &Path, host_partition: &str) -> PathBuf {
     let attach = crate::workspace_root().join("target/vboot/vboot-attach");
     assert!(attach.exists(), "{} is missing: run `cargo xtask build`", attach.display());
     let modules = debian_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"]);
@@ -628,8 +628,8 @@ echo "$info"
 table=$(echo "$info" | sed -n 's/.*table at \(0x[0-9a-f]*\) .*/\1/p')
 hook=$(echo "$info" | sed -n 's/.*INT 13h hook at \(0x[0-9a-f]*\),.*/\1/p')
 echo "STEP mounted"
-wait_block /dev/vda1 || fail "no /dev/vda1"
-mount -t vfat /dev/vda1 /host || fail "mount the host partition"
+wait_block /dev/{host_partition} || fail "no /dev/{host_partition}"
+mount -t vfat /dev/{host_partition} /host || fail "mount the host partition"
 vboot-attach --timeout 5 && fail "attached while the host partition is mounted read-write"
 umount /host || fail "umount the host partition"
 echo "STEP attach"
@@ -665,6 +665,7 @@ echo "{ok}"
 finish
 "#,
         load = load,
+        host_partition = host_partition,
         file = ATTACH_FILE,
         text = ATTACH_FILE_TEXT,
         new_file = ATTACH_NEW_FILE,

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 use vboot_tests::guests::{self, ATTACH_BIG_BYTES, ATTACH_BIG_FILE, ATTACH_FILE, ATTACH_FILE_TEXT, ATTACH_NEW_FILE, ATTACH_NEW_TEXT, ATTACH_OK};
 use vboot_tests::qemu::{Config, Qemu, EXIT_PASS};
-use vboot_tests::{disk, qemu_img, sh, vboot_host, vdisk_bin, HostImage, TempDir};
+use vboot_tests::{disk, qemu_img, sh, vboot_host, vdisk_bin, TempDir};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -108,8 +108,8 @@ fn check_guest_files(dir: &TempDir, image: &Path) {
 }
 
 /// The attach guest converted to `format` (qemu-img's name, with `options`) plus 8 MiB of slack.
-fn guest_image(dir: &TempDir, format: &str, options: &str, name: &str) -> PathBuf {
-    let raw = guests::build_attach_guest(&dir.path);
+fn guest_image(dir: &TempDir, format: &str, options: &str, name: &str, host_partition: &str) -> PathBuf {
+    let raw = guests::build_attach_guest(&dir.path, host_partition);
     let image = dir.join(name);
     let mut args = vec!["convert", "-f", "raw", "-O", format];
     if !options.is_empty() {
@@ -124,7 +124,7 @@ fn guest_image(dir: &TempDir, format: &str, options: &str, name: &str) -> PathBu
 
 fn attach_round_trip(tag: &str, format: &str, options: &str, name: &str) {
     let dir = TempDir::new(tag);
-    let image = guest_image(&dir, format, options, name);
+    let image = guest_image(&dir, format, options, name, "vda1");
     let slack_before = slack_bytes(&image);
     let (out, after) = boot_attach(&dir, &[(name, &image)], &format!("harddisk=/vm/{}", name));
     assert_guest_steps(&out, "normal");
@@ -149,7 +149,7 @@ fn linux_attaches_a_dynamic_vdi() {
 #[test]
 fn linux_attaches_a_vmdk_chain_and_writes_go_into_the_child() {
     let dir = TempDir::new("attach-vmdk-chain");
-    let base = guest_image(&dir, "vmdk", "subformat=monolithicSparse", "base.vmdk");
+    let base = guest_image(&dir, "vmdk", "subformat=monolithicSparse", "base.vmdk", "vda1");
     let child = dir.join("child.vmdk");
     sh(Command::new(vdisk_bin()).arg("snapshot").arg(&base).arg(&child).args(["--reserve", "8M"]));
     let base_sha = disk::sha256(&base);
@@ -168,7 +168,7 @@ fn linux_attaches_a_vmdk_chain_and_writes_go_into_the_child() {
 #[test]
 fn immutable_writes_stay_in_ram_and_the_image_is_unchanged() {
     let dir = TempDir::new("attach-immutable");
-    let image = guest_image(&dir, "vpc", "subformat=dynamic", "guest.vhd");
+    let image = guest_image(&dir, "vpc", "subformat=dynamic", "guest.vhd", "vda1");
     let sha = disk::sha256(&image);
     let (out, after) = boot_attach(&dir, &[("guest.vhd", &image)], "harddisk=/vm/guest.vhd immutable");
     // The guest's own checks passed: the writes read back after a remount, from RAM.
@@ -180,8 +180,36 @@ fn immutable_writes_stay_in_ram_and_the_image_is_unchanged() {
 #[test]
 fn without_vboot_there_is_no_table_to_attach() {
     let dir = TempDir::new("attach-native");
-    let raw = guests::build_attach_guest(&dir.path);
+    let raw = guests::build_attach_guest(&dir.path, "vda1");
     let out = run_guest(&raw);
     assert!(out.contains("ATTACH-FAILED: vboot-attach --info"), "{}", out);
     assert!(out.contains("no vboot hand-off table") && out.contains("this boot did not go through vboot"), "{}", out);
+}
+
+#[test]
+fn linux_finds_a_gpt_host_disk_by_its_guid() {
+    let dir = TempDir::new("attach-gpt");
+    let image = guest_image(&dir, "vpc", "subformat=dynamic", "guest.vhd", "vda2");
+    // A GPT host: BIOS boot partition for vboot, the images on partition 2 (FAT32).
+    let host = dir.join("gpt-host.img");
+    disk::blank(&host, 160);
+    disk::sgdisk(&host, &["-a", "1", "-n", "1:34:2047", "-t", "1:ef02", "-n", "2:2048:0", "-t", "2:0700"]);
+    let sectors = 160 * 2048 - 34 - 2048 + 1;
+    let part = dir.join("p2.img");
+    let cfg = "set timeout=0\nmenuentry 'linux in an image' {\n    vboot harddisk=/vm/guest.vhd\n}\n";
+    disk::fat_volume(&part, sectors, 32, &[disk::FileSpec::new("/boot/grub/grub.cfg", cfg)]);
+    sh(Command::new("mmd").arg("-i").arg(&part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    disk::put_fragmented(&part, "/vm/guest.vhd", &std::fs::read(&image).unwrap(), 3);
+    disk::write_at(&host, 2048, &part);
+    let (ok, msg) = vboot_tests::vboot_install(&["install", host.to_str().unwrap()]);
+    assert!(ok, "{}", msg);
+    let out = run_guest(&host);
+    assert_guest_steps(&out, "normal");
+    assert!(out.contains("host disk GPT ") && out.contains("partition 2 ("), "{}", out);
+    let part_now = dir.join("p2-after.img");
+    disk::partition_of(&host, sectors, &part_now);
+    let after = dir.join("after-guest.vhd");
+    disk::fat_get(&part_now, "/vm/guest.vhd", &after);
+    structure_check(&after, "vpc");
+    check_guest_files(&dir, &after);
 }
