@@ -581,12 +581,15 @@ pub const ATTACH_BIG_BYTES: usize = 3 << 20;
 /// 1. without the host disk's driver (virtio_blk not loaded yet): refused, "did not appear";
 /// 2. `--info` prints the table;
 /// 3. with the host partition (`/dev/<host_partition>`, FAT) mounted read-write: refused;
-/// 4. attaches drive 0x80 on /dev/nbd0, mounts its first partition (vfat), checks
+/// 4. the initramfs-tools local-top script (tools/attach/initramfs-tools, with stand-ins for
+///    /scripts/functions and nbd from `modprobe`) attaches it for `root=/dev/nbd0p1`; the file
+///    reads back; detached;
+/// 5. attaches drive 0x80 on /dev/nbd0, mounts its first partition (vfat), checks
 ///    [`ATTACH_FILE`], writes [`ATTACH_NEW_FILE`] and [`ATTACH_BIG_FILE`], unmounts, mounts
 ///    again to read the new file back, unmounts, detaches;
-/// 5. `--drive 0x81`: refused;
-/// 6. one byte of the table changed through /dev/mem: refused as damaged; restored: accepted;
-/// 7. the boot ID in the INT 13h hook zeroed (as when the table is left from an earlier boot):
+/// 6. `--drive 0x81`: refused;
+/// 7. one byte of the table changed through /dev/mem: refused as damaged; restored: accepted;
+/// 8. the boot ID in the INT 13h hook zeroed (as when the table is left from an earlier boot):
 ///    refused as stale.
 /// Each step prints `STEP ...`; a failed step prints `ATTACH-FAILED: ...` and the guest ends at
 /// once. At the end it prints [`ATTACH_OK`]. Either way QEMU ends with status 33: read the output.
@@ -594,22 +597,23 @@ pub fn build_attach_guest(dir: &Path, host_partition: &str) -> PathBuf {
     let attach = crate::workspace_root().join("target/vboot/vboot-attach");
     assert!(attach.exists(), "{} is missing: run `cargo xtask build`", attach.display());
     let modules = debian_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"]);
-    let mut files: Vec<(String, PathBuf)> = vec![("/bin/vboot-attach".into(), attach)];
+    let local_top = crate::workspace_root().join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach");
+    let mut files: Vec<(String, PathBuf)> =
+        vec![("/bin/vboot-attach".into(), attach.clone()), ("/sbin/vboot-attach".into(), attach), ("/scripts/local-top/vboot-attach".into(), local_top)];
     let mut load = String::new();
     for m in &modules {
         let name = m.file_name().unwrap().to_str().unwrap().to_string();
         files.push((format!("/lib/modules/{}", name), m.clone()));
-        if name == "virtio_blk.ko" {
-            continue; // step 1 runs without it
+        if name == "virtio_blk.ko" || name == "nbd.ko" {
+            continue; // step 1 runs without virtio_blk; the initramfs-tools script loads nbd
         }
-        let args = if name == "nbd.ko" { " nbds_max=2 max_part=8" } else { "" };
-        load.push_str(&format!("insmod /lib/modules/{}{} || fail \"insmod {}\"\n", name, args, name));
+        load.push_str(&format!("insmod /lib/modules/{} || fail \"insmod {}\"\n", name, name));
     }
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
-mkdir -p /dev /proc /sys /mnt /host
+mkdir -p /dev /proc /sys /mnt /host /scripts
 mount -t devtmpfs devtmpfs /dev
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -632,9 +636,26 @@ wait_block /dev/{host_partition} || fail "no /dev/{host_partition}"
 mount -t vfat /dev/{host_partition} /host || fail "mount the host partition"
 vboot-attach --timeout 5 && fail "attached while the host partition is mounted read-write"
 umount /host || fail "umount the host partition"
+echo "STEP initramfs-tools"
+mkdir -p /lib/modules/$(uname -r)/kernel/drivers/block
+cp /lib/modules/nbd.ko /lib/modules/$(uname -r)/kernel/drivers/block/ && depmod || fail "depmod"
+cat > /scripts/functions <<'END'
+log_begin_msg() {{ echo "Begin: $*"; }}
+log_end_msg() {{ echo "Done."; }}
+panic() {{ echo "panic: $*"; exit 1; }}
+wait_for_udev() {{ :; }}
+END
+ROOT=/dev/nbd0p1 sh /scripts/local-top/vboot-attach || fail "the initramfs-tools local-top script"
+wait_block /dev/nbd0p1 || fail "no /dev/nbd0p1 after the local-top script"
+mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1"
+[ "$(cat /mnt{file})" = "{text}" ] || fail "read through the local-top script's device"
+umount /mnt
+vboot-attach --detach /dev/nbd0 || fail "detach after the local-top script"
+echo "LOCAL-TOP-OK"
 echo "STEP attach"
 dev=$(vboot-attach --timeout 20) || fail "vboot-attach"
 echo "ATTACHED $dev"
+echo "SERVER $(tr '\0' ' ' < /proc/$(cat /sys/block/nbd0/pid)/cmdline)"
 wait_block ${{dev}}p1 || fail "no ${{dev}}p1"
 echo "STEP mount"
 mount -t vfat ${{dev}}p1 /mnt || fail "mount ${{dev}}p1"

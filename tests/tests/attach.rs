@@ -61,8 +61,11 @@ fn assert_guest_steps(out: &str, write_mode: &str) {
     assert!(out.contains("vboot hand-off table at 0x"), "{}", out);
     assert!(out.contains(&format!("writes {}", write_mode)), "{}", out);
     assert!(out.contains("is mounted read-write on /host"), "no refusal with the host partition mounted:\n{}", out);
+    assert!(out.contains("Begin: Attaching the vboot disk 0x80") && out.contains("LOCAL-TOP-OK"), "{}", out);
     assert!(out.contains("ATTACHED /dev/nbd0") && out.contains("READ-OK") && out.contains("REREAD-OK"), "{}", out);
     assert!(out.contains("/dev/nbd0 detached"), "{}", out);
+    // systemd spares root storage daemons named '@...' at shutdown.
+    assert!(out.contains("SERVER @vboot-attach --timeout 20"), "{}", out);
     assert!(out.contains("the hand-off table has no drive 0x81"), "{}", out);
     assert!(out.contains("the table is damaged"), "no refusal of a damaged table:\n{}", out);
     assert!(out.contains("hand-off table is stale") && out.contains("boot ID"), "no refusal of a stale table:\n{}", out);

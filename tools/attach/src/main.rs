@@ -55,7 +55,10 @@ fn main() -> ExitCode {
             [dev] => detach(dev),
             _ => Err(format!("--detach takes one device, as in --detach /dev/nbd0\n{}", USAGE)),
         },
-        _ => parse_options(&args).and_then(attach),
+        _ => parse_options(&args).and_then(|o| {
+            become_root_storage_daemon(&args);
+            attach(o)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +67,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The server holds the root filesystem when `root=` is on the NBD device, so systemd must not kill
+/// it at shutdown: it spares processes whose argv[0] starts with '@' (systemd.io
+/// ROOT_STORAGE_DAEMONS). Re-run ourselves under that name; if that fails, go on as we are.
+fn become_root_storage_daemon(args: &[String]) {
+    use std::os::unix::process::CommandExt;
+    if std::env::args().next().is_some_and(|a| a.starts_with('@')) {
+        return;
+    }
+    let err = std::process::Command::new("/proc/self/exe").arg0("@vboot-attach").args(args).exec();
+    eprintln!("vboot-attach: warning: cannot re-run as @vboot-attach ({}); systemd may stop the server at shutdown", err);
 }
 
 fn parse_options(args: &[String]) -> Result<Options, String> {
