@@ -70,20 +70,17 @@ fn sys_u64(p: PathBuf) -> Option<u64> {
     fs::read_to_string(p).ok()?.trim().parse().ok()
 }
 
-/// Whether the disk `name` (in /sys/block) is the host disk the table describes.
-fn matches(name: &str, host: &HostDisk) -> Result<bool, String> {
-    if sys_u64(Path::new("/sys/block").join(name).join("size")) != Some(host.sectors) {
-        return Ok(false);
-    }
+/// Whether the disk `name` (in /sys/block) carries the host disk's identity (MBR signature or GPT
+/// disk GUID), and whether its size is the one the BIOS reported.
+fn matches(name: &str, host: &HostDisk) -> (bool, bool) {
+    let size_ok = sys_u64(Path::new("/sys/block").join(name).join("size")) == Some(host.sectors);
     let dev = Path::new("/dev").join(name);
-    let Some(s0) = read_sector(&dev, 0) else { return Ok(false) };
-    match host.scheme {
-        HostScheme::Mbr => Ok(s0[510] == 0x55 && s0[511] == 0xAA && u32::from_le_bytes(s0[0x1B8..0x1BC].try_into().unwrap()) == host.mbr_signature),
-        HostScheme::Gpt => {
-            let Some(h) = read_sector(&dev, 1) else { return Ok(false) };
-            Ok(&h[..8] == b"EFI PART" && h[56..72] == host.disk_guid)
-        }
-    }
+    let Some(s0) = read_sector(&dev, 0) else { return (false, size_ok) };
+    let id_ok = match host.scheme {
+        HostScheme::Mbr => s0[510] == 0x55 && s0[511] == 0xAA && u32::from_le_bytes(s0[0x1B8..0x1BC].try_into().unwrap()) == host.mbr_signature,
+        HostScheme::Gpt => read_sector(&dev, 1).is_some_and(|h| &h[..8] == b"EFI PART" && h[56..72] == host.disk_guid),
+    };
+    (id_ok, size_ok)
 }
 
 fn partition_of(name: &str, part: &HostPartition) -> Option<String> {
@@ -98,15 +95,26 @@ fn partition_of(name: &str, part: &HostPartition) -> Option<String> {
 pub fn find_host_disk(host: &HostDisk, part: &HostPartition, timeout: Duration) -> Result<Found, String> {
     let start = Instant::now();
     loop {
-        let mut hits = Vec::new();
+        // Identity and size first; a BIOS may report a slightly different size (a host
+        // protected area, a USB bridge), so the identity alone will do if it is unique.
+        let (mut hits, mut id_only) = (Vec::new(), Vec::new());
         for e in fs::read_dir("/sys/block").map_err(|e| format!("/sys/block: {}", e))?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if ["nbd", "loop", "ram", "zram", "dm-", "sr"].iter().any(|p| name.starts_with(p)) {
                 continue;
             }
-            if matches(&name, host)? {
-                hits.push(name);
+            match matches(&name, host) {
+                (true, true) => hits.push(name),
+                (true, false) => id_only.push(name),
+                _ => {}
             }
+        }
+        if hits.is_empty() && id_only.len() == 1 && !(host.scheme == HostScheme::Mbr && host.mbr_signature == 0) {
+            eprintln!(
+                "vboot-attach: warning: /dev/{} has the host disk's identity but not the size the BIOS reported ({} sectors); using it",
+                id_only[0], host.sectors
+            );
+            hits = id_only;
         }
         match hits.len() {
             1 => {
