@@ -730,6 +730,19 @@ pub fn check_reserved(table: &Table, length: u64, reserved: &[(u64, u64)]) -> Re
     )))
 }
 
+/// A table written more than a day after the kernel started (`kernel_boot_unix`, Linux's `btime`)
+/// cannot be this boot's. A day of slack: the RTC may keep local time rather than UTC, and the
+/// menu may wait. A table without a time (0) passes.
+pub fn check_boot_time(table: &Table, kernel_boot_unix: u64) -> Result<(), HandoffError> {
+    if table.boot_time_unix != 0 && table.boot_time_unix > kernel_boot_unix.saturating_add(86400) {
+        return Err(HandoffError::Stale(format!(
+            "it was written at Unix time {}, more than a day after this kernel started ({})",
+            table.boot_time_unix, kernel_boot_unix
+        )));
+    }
+    Ok(())
+}
+
 /// Unix seconds from the CMOS real-time clock's fields (binary, not BCD), read as UTC.
 pub fn unix_seconds(year: u32, month: u32, day: u32, hour: u32, minute: u32, second: u32) -> Option<u64> {
     if !(1970..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {

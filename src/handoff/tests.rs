@@ -315,3 +315,15 @@ fn rtc_to_unix() {
     assert_eq!(unix_seconds(1969, 12, 31, 0, 0, 0), None);
     assert_eq!(unix_seconds(2020, 13, 1, 0, 0, 0), None);
 }
+
+#[test]
+fn boot_time_check() {
+    let mut t = sample();
+    let kernel = t.boot_time_unix + 30;
+    assert!(check_boot_time(&t, kernel).is_ok());
+    assert!(check_boot_time(&t, t.boot_time_unix - 3600).is_ok(), "an RTC in local time, ahead of UTC");
+    let e = check_boot_time(&t, t.boot_time_unix - 2 * 86400).unwrap_err().to_string();
+    assert!(e.contains("stale") && e.contains("more than a day after"), "{}", e);
+    t.boot_time_unix = 0;
+    assert!(check_boot_time(&t, 1).is_ok(), "no time recorded");
+}

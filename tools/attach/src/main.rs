@@ -116,21 +116,12 @@ fn read_table() -> Result<Table, String> {
     })?;
     let reserved = host::reserved_ranges()?;
     let table = handoff::locate(&mut host::phys_reader(&mem), &reserved).map_err(|e| e.to_string())?;
-    if table.boot_time_unix != 0 {
-        // The kernel's boot time, from the same clock (the RTC, read as UTC).
-        let btime = std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok())));
-        if let Some(btime) = btime {
-            // A clock set to local time moves by up to 14 hours; a table written more than a day
-            // after the kernel started cannot be this boot's.
-            if table.boot_time_unix > btime + 86400 {
-                return Err(format!(
-                    "hand-off table is stale: written at Unix time {}, a day after this kernel started ({})",
-                    table.boot_time_unix, btime
-                ));
-            }
-        }
+    // The kernel's boot time, from the same clock (the RTC).
+    let btime = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok())));
+    if let Some(btime) = btime {
+        handoff::check_boot_time(&table, btime).map_err(|e| e.to_string())?;
     }
     Ok(table)
 }
