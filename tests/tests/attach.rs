@@ -216,3 +216,143 @@ fn linux_finds_a_gpt_host_disk_by_its_guid() {
     structure_check(&after, "vpc");
     check_guest_files(&dir, &after);
 }
+
+/// Unmounts on the way out, whatever happens.
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The demo of issue 9 (not part of `cargo xtask test`: it downloads Debian with debootstrap and
+/// boots a whole system under TCG; run it with `cargo xtask demo-debian`): Debian bookworm
+/// installed in a dynamic VHD, with vboot-attach and its initramfs-tools hook in its initramfs,
+/// booted through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, writes a
+/// file and powers off through systemd; the host finds the file in the VHD and e2fsck finds the
+/// root filesystem clean.
+#[test]
+#[ignore]
+fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
+    vboot_tests::require_tool("debootstrap", "debootstrap");
+    let started = std::time::Instant::now();
+    let dir = TempDir::new("attach-debian");
+    let cache = guests::guest_cache_dir();
+    let tarball = cache.join("debian-bookworm-rootfs.tar");
+    if !tarball.exists() {
+        let tmp = cache.join(format!("debian-rootfs-{}", std::process::id()));
+        sh(Command::new("debootstrap")
+            .args(["--variant=minbase", "--include=linux-image-amd64,initramfs-tools,systemd-sysv,udev,kmod,e2fsprogs", "bookworm"])
+            .arg(&tmp)
+            .arg("http://deb.debian.org/debian"));
+        sh(Command::new("tar").arg("-C").arg(&tmp).arg("-cf").arg(tarball.with_extension("tmp")).arg("."));
+        std::fs::rename(tarball.with_extension("tmp"), &tarball).unwrap();
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    eprintln!("demo: root filesystem ready after {:?}", started.elapsed());
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(&root).unwrap();
+    sh(Command::new("tar").arg("-C").arg(&root).arg("-xf").arg(&tarball));
+
+    // vboot-attach and its initramfs-tools hook, as a user installs them.
+    let ws = vboot_tests::workspace_root();
+    let install = |from: &Path, to: &str| {
+        let to = root.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap();
+        sh(Command::new("chmod").arg("755").arg(&to));
+    };
+    install(&ws.join("target/vboot/vboot-attach"), "usr/local/sbin/vboot-attach");
+    install(&ws.join("tools/attach/initramfs-tools/hooks/vboot-attach"), "etc/initramfs-tools/hooks/vboot-attach");
+    install(&ws.join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach"), "etc/initramfs-tools/scripts/local-top/vboot-attach");
+    std::fs::write(root.join("etc/fstab"), "/dev/nbd0p2 / ext4 errors=remount-ro 0 1\n").unwrap();
+    std::fs::write(root.join("etc/hostname"), "vboot-debian\n").unwrap();
+    sh(Command::new("chroot").arg(&root).args(["passwd", "-d", "root"]));
+    {
+        sh(Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")));
+        let _proc = Mounted(root.join("proc"));
+        sh(Command::new("chroot").arg(&root).args(["update-initramfs", "-u", "-k", "all"]));
+    }
+    let boot_file = |prefix: &str| {
+        std::fs::read_dir(root.join("boot"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no /boot/{}*", prefix))
+    };
+    let (vmlinuz, initrd) = (boot_file("vmlinuz-"), boot_file("initrd.img-"));
+    let listing = sh(Command::new("sh").arg("-c").arg(format!("zcat -f '{}' | cpio -t 2>/dev/null || true", initrd.display())));
+    eprintln!("demo: initramfs has vboot-attach: {}", listing.contains("sbin/vboot-attach"));
+
+    // The guest disk: SYSLINUX on a FAT16 /boot at 1 MiB, the root filesystem (ext4) after it.
+    let boot_mib = 128u64;
+    let root_mib = 1400u64;
+    let raw = dir.join("debian.img");
+    disk::blank(&raw, 1 + boot_mib + root_mib);
+    disk::sfdisk(&raw, &format!("label: dos\nstart=2048, size={}, type=6, bootable\nstart={}, type=83\n", boot_mib * 2048, 2048 + boot_mib * 2048));
+    let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND root=/dev/nbd0p2 vboot.attach=1 console=ttyS0 panic=-1\n";
+    let p1 = dir.join("p1.img");
+    disk::fat_volume(
+        &p1,
+        boot_mib * 2048,
+        16,
+        &[
+            disk::FileSpec::new("/vmlinuz", std::fs::read(&vmlinuz).unwrap()),
+            disk::FileSpec::new("/initrd.img", std::fs::read(&initrd).unwrap()),
+            disk::FileSpec::new("/syslinux.cfg", cfg),
+        ],
+    );
+    sh(Command::new("syslinux").arg("--install").arg(&p1));
+    disk::write_at(&raw, 2048, &p1);
+    let p2 = dir.join("p2.img");
+    sh(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&root).arg(&p2).arg(format!("{}M", root_mib)));
+    disk::write_at(&raw, 2048 + boot_mib * 2048, &p2);
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&p2);
+    let mbr_code = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").unwrap();
+    let mut mbr = std::fs::read(&raw).unwrap()[..512].to_vec();
+    mbr[..440].copy_from_slice(&mbr_code[..440]);
+    std::fs::write(dir.join("mbr.bin"), &mbr).unwrap();
+    disk::write_at(&raw, 0, &dir.join("mbr.bin"));
+    let vhd = dir.join("debian.vhd");
+    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), vhd.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&raw);
+    sh(Command::new(vdisk_bin()).arg("reserve").arg(&vhd).arg("128M"));
+    eprintln!("demo: VHD ready ({} MiB) after {:?}", std::fs::metadata(&vhd).unwrap().len() >> 20, started.elapsed());
+
+    let cfg = "set timeout=0\nmenuentry 'Debian in a VHD' {\n    vboot harddisk=/debian.vhd\n}\n";
+    let host = vboot_host(&dir, 2048, cfg, &[vboot_tests::HostImage { path: "/debian.vhd", file: &vhd, pieces: 3 }]);
+    let _ = std::fs::remove_file(&vhd);
+    let mut qcfg = Config::disk(&host.disk);
+    qcfg.x86_64 = true;
+    qcfg.memory_mib = 1024;
+    let boot_at = std::time::Instant::now();
+    let mut q = Qemu::start(&qcfg);
+    q.expect("vboot-debian login:", Duration::from_secs(900));
+    eprintln!("demo: login prompt {:?} after QEMU started", boot_at.elapsed());
+    let mark = q.mark();
+    q.send(b"root\n");
+    q.expect_from(mark, "#", Duration::from_secs(120));
+    q.send(b"findmnt / ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    let status = q.wait_exit(Duration::from_secs(300));
+    let out = q.output();
+    eprintln!("demo: QEMU ended with {:?} {:?} after it started", status, boot_at.elapsed());
+    assert!(out.contains("/dev/nbd0p2"), "the root filesystem is not on the NBD device:\n{}", out);
+
+    // The host reads the file out of the VHD; the root filesystem is clean.
+    let part_now = host.current_partition(&dir.join("host-part-after.img"));
+    let vhd_after = dir.join("debian-after.vhd");
+    disk::fat_get(&part_now, "/debian.vhd", &vhd_after);
+    let _ = std::fs::remove_file(&part_now);
+    let raw_after = dir.join("debian-after.img");
+    qemu_img(&["convert", "-O", "raw", vhd_after.to_str().unwrap(), raw_after.to_str().unwrap()]);
+    let bytes = std::fs::read(&raw_after).unwrap();
+    let from = ((2048 + boot_mib * 2048) * 512) as usize;
+    std::fs::write(&p2, &bytes[from..from + (root_mib << 20) as usize]).unwrap();
+    drop(bytes);
+    let cat = sh(Command::new("debugfs").arg("-R").arg("cat /root/hello.txt").arg(&p2));
+    assert!(cat.contains("debian-was-here"), "{}", cat);
+    let fsck = Command::new("e2fsck").args(["-f", "-n"]).arg(&p2).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck -f -n: {}", String::from_utf8_lossy(&fsck.stdout));
+    eprintln!("demo: done in {:?}", started.elapsed());
+}
