@@ -118,6 +118,6 @@ pub fn build_attach_static() -> Result<(), String> {
     run(&mut cmd)?;
     let built = root().join("target").join(triple).join("release/vboot-attach");
     let out = root().join("target/vboot/vboot-attach");
-    std::fs::copy(&built, &out).map_err(|e| format!("{} -> {}: {}", built.display(), out.display(), e))?;
-    Ok(())
+    // Stripped: it goes into every initramfs (2.0 MiB with symbols, 1.7 MiB without).
+    run(Command::new("objcopy").arg("--strip-all").arg(&built).arg(&out))
 }
