@@ -657,6 +657,15 @@ dev=$(vboot-attach --timeout 20) || fail "vboot-attach"
 echo "ATTACHED $dev"
 echo "SERVER $(tr '\0' ' ' < /proc/$(cat /sys/block/nbd0/pid)/cmdline)"
 wait_block ${{dev}}p1 || fail "no ${{dev}}p1"
+n=$(($(cat /sys/block/${{dev#/dev/}}/size) / 2048))
+read t0 rest < /proc/uptime
+dd if=/dev/vda of=/dev/null bs=1M count=$n 2>/dev/null || fail "read /dev/vda"
+read t1 rest < /proc/uptime
+echo "READ-NATIVE mib=$n from=$t0 to=$t1"
+read t0 rest < /proc/uptime
+dd if=$dev of=/dev/null bs=1M 2>/dev/null || fail "read all of $dev"
+read t1 rest < /proc/uptime
+echo "READ-ALL sectors=$(cat /sys/block/${{dev#/dev/}}/size) from=$t0 to=$t1"
 echo "STEP mount"
 mount -t vfat ${{dev}}p1 /mnt || fail "mount ${{dev}}p1"
 got=$(cat /mnt{file})

@@ -52,7 +52,7 @@ fn structure_check(image: &Path, format: &str) {
 /// Every step of the guest passed, each refusal with its message.
 fn assert_guest_steps(out: &str, write_mode: &str) {
     // What the tool said, for the log (shown with --nocapture or on failure).
-    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.contains("hand-off") || l.starts_with("drive ")) {
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.starts_with("READ-") || l.contains("vboot-attach") || l.contains("hand-off") || l.starts_with("drive ")) {
         eprintln!("guest: {}", l);
     }
     assert!(!out.contains("ATTACH-FAILED"), "{}", out);
