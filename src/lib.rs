@@ -18,6 +18,7 @@ pub mod crc32;
 pub mod elf;
 pub mod eltorito;
 pub mod fs;
+pub mod handoff;
 pub mod image;
 pub mod int13;
 pub mod install;

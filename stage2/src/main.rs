@@ -9,6 +9,7 @@ extern crate alloc;
 mod bios;
 mod console;
 mod disk;
+mod handoff;
 mod images;
 mod memmap;
 mod prepare;

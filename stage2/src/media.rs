@@ -126,8 +126,11 @@ pub fn boot(
     }
 
     let mut parent_dir = None;
+    // The hand-off table describes the hard-disk image (CDs and floppies have no OS-side driver
+    // yet).
+    let mut records = Vec::new();
     if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
-        let (mut drive, dir) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+        let (mut drive, dir, mut record) = plan_hard_disk(disk, table, opts, *part_number, file)?;
         if drives.iter().any(|d| d.number == 0x80) {
             if opts.restore {
                 return Err(String::from(
@@ -137,6 +140,8 @@ pub fn boot(
             drive.number = 0x81;
             println!("  harddisk={} is drive 81h (the CD's boot image is 80h)", file.path);
         }
+        record.bios_number = drive.number;
+        records.push(record);
         parent_dir = dir;
         drives.push(drive);
     }
@@ -145,7 +150,7 @@ pub fn boot(
     if opts.immutable {
         println!("  immutable: writes go to a RAM overlay and are gone at the next boot");
     }
-    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, opts.immutable)?;
+    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, opts.immutable, crate::resident::handoff_table(records))?;
 
     // Through the hook from here on.
     match (boot_device, cd_boot) {

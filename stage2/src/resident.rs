@@ -121,12 +121,12 @@ pub fn boot(
     let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
-    let (drive, parent_dir) = plan_hard_disk(disk, table, opts, part_number, &file)?;
+    let (drive, parent_dir, record) = plan_hard_disk(disk, table, opts, part_number, &file)?;
     let engine = load_engine(disk)?;
     if opts.immutable {
         println!("  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot", IMMUTABLE_HEAP_BYTES >> 20);
     }
-    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable)?;
+    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, handoff_table(alloc::vec![record]))?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -148,15 +148,21 @@ pub fn boot(
     start_guest(&sector, 0x80)
 }
 
+/// The hand-off table for this boot, with the drive records of the emulated drives.
+pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handoff::Table {
+    let (boot_id, boot_time_unix) = crate::handoff::boot_stamp();
+    vboot::handoff::Table { boot_id, boot_time_unix, drives, ..Default::default() }
+}
+
 /// The hard-disk image of an entry (and its differencing chain) as drive 0x80 of the plan, with
-/// the `parent_dir=` the engine must use.
+/// the `parent_dir=` the engine must use and its hand-off table record.
 pub(crate) fn plan_hard_disk(
     disk: &mut BiosDisk,
     table: &PartitionTable,
     opts: &VbootOptions,
     part_number: u32,
     file: &File,
-) -> Result<(PlannedDrive, Option<String>), String> {
+) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive), String> {
     let part = table.find(part_number).ok_or("partition vanished")?;
     if file.size_bytes == 0 {
         return Err(format!("{} is empty", file.path));
@@ -195,6 +201,9 @@ pub(crate) fn plan_hard_disk(
     if opts.restore {
         println!("  restore: {} will be emptied; the disk reads as its parent again", file.path);
     }
+    let formats: Vec<(String, vboot::handoff::LayerFormat)> =
+        layers.iter().map(|l| (String::from(l.name()), vboot::handoff::LayerFormat::from_image(l.format()))).collect();
+    let virtual_sectors = layers[0].virtual_sectors();
     drop(layers);
     if raw && file.size_bytes % 512 != 0 {
         return Err(format!(
@@ -212,7 +221,30 @@ pub(crate) fn plan_hard_disk(
             .collect()
     };
     let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files, eltorito: None };
-    Ok((drive, parent_dir))
+    let record = {
+        use vboot::handoff::{Drive, DriveKind, WriteMode};
+        let (host, partition, filesystem) = crate::handoff::describe_host(disk, table, part);
+        let write_mode = if opts.immutable {
+            WriteMode::Immutable
+        } else if opts.take_snapshot.is_some() {
+            WriteMode::Snapshot
+        } else {
+            WriteMode::Normal
+        };
+        Drive {
+            bios_number: drive.number,
+            kind: DriveKind::HardDisk,
+            write_mode,
+            virtual_sectors,
+            host,
+            partition,
+            filesystem,
+            overlay: None,
+            parent_dir: parent_dir.clone(),
+            layers: crate::handoff::layers(&drive.layers, &formats),
+        }
+    };
+    Ok((drive, parent_dir, record))
 }
 
 /// Put the boot sector at 0000:7C00 and jump to it in real mode, as a BIOS would.
@@ -228,7 +260,14 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the
 /// image.
 /// Returns the stub's linear address.
-pub(crate) fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_dir: Option<String>, restore: bool, immutable: bool) -> Result<u32, String> {
+pub(crate) fn go_resident(
+    engine_elf: &[u8],
+    drives: Vec<PlannedDrive>,
+    parent_dir: Option<String>,
+    restore: bool,
+    immutable: bool,
+    mut handoff: vboot::handoff::Table,
+) -> Result<u32, String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
@@ -254,7 +293,9 @@ pub(crate) fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_d
     let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore, immutable };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
-    let total = (image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + if immutable { IMMUTABLE_HEAP_BYTES } else { ENGINE_HEAP_BYTES } + 0xFFFF) & !0xFFFF;
+    // The hand-off table goes at the end of the engine's range, on a 4 KiB boundary.
+    let handoff_room = (handoff.to_bytes().len() as u32 + 0xFFF) & !0xFFF;
+    let total = (handoff_room + image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + if immutable { IMMUTABLE_HEAP_BYTES } else { ENGINE_HEAP_BYTES } + 0xFFFF) & !0xFFFF;
     let heap_end = crate::heap_end();
     let region = e820
         .iter()
@@ -311,8 +352,16 @@ pub(crate) fn go_resident(engine_elf: &[u8], drives: Vec<PlannedDrive>, parent_d
     gdt_set_base(stub_linear + S_GDT + 0x18, stub_linear);
     gdt_set_base(stub_linear + S_GDT + 0x20, stub_linear);
 
+    let handoff_at = region + total - handoff_room;
+    let heap_len = handoff_at - heap_at;
+    if immutable {
+        // The RAM overlay lives somewhere in the engine's heap (its layout is the engine's own).
+        handoff.drives.iter_mut().for_each(|d| d.overlay = Some((heap_at as u64, heap_len as u64)));
+    }
+    let int13_entry = stub_linear + unsafe { get::<u16>(stub_linear + S_INT13_OFF) } as u32;
+    crate::handoff::place(&mut handoff, handoff_at, handoff_room, (region as u64, total as u64), int13_entry, unsafe { get::<u32>(0x13 * 4) })?;
+
     let mut msg = [0u8; 256];
-    let heap_len = region + total - heap_at;
     let n = (header.init)(plan_bytes.as_ptr(), plan_bytes.len() as u32, heap_at as *mut u8, heap_len, stub_linear, msg.as_mut_ptr(), msg.len() as u32);
     if n != 0 {
         return Err(String::from_utf8_lossy(&msg[..n as usize]).into_owned());

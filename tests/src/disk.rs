@@ -37,6 +37,7 @@ pub fn sgdisk(disk: &Path, args: &[&str]) {
 }
 
 /// A file to put on a FAT volume.
+#[derive(Clone)]
 pub struct FileSpec {
     pub path: String,
     pub bytes: Vec<u8>,

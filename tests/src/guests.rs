@@ -405,13 +405,6 @@ pub fn debian_kernel() -> PathBuf {
 /// through /dev/port (a triple fault or panic under -no-reboot ends with 0, so 0 proves
 /// nothing), and powers off if that port is absent.
 pub fn busybox_initramfs(out: &Path) -> PathBuf {
-    require_tool("cpio", "cpio");
-    let busybox = Path::new("/bin/busybox");
-    assert!(busybox.exists(), "/bin/busybox is missing: install the Debian package busybox-static");
-    let root = out.with_extension("root");
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
     let init = format!(
         "#!/bin/busybox sh\n\
          /bin/busybox mkdir -p /dev /proc\n\
@@ -424,10 +417,29 @@ pub fn busybox_initramfs(out: &Path) -> PathBuf {
          /bin/busybox poweroff -f\n",
         ok = LINUX_OK
     );
+    busybox_initramfs_with(out, &init, &[])
+}
+
+/// An uncompressed newc initramfs with busybox-static at /bin/busybox, `init` as /init, and
+/// `files` (path inside, host file) copied in with mode 0755.
+pub fn busybox_initramfs_with(out: &Path, init: &str, files: &[(&str, &Path)]) -> PathBuf {
+    require_tool("cpio", "cpio");
+    let busybox = Path::new("/bin/busybox");
+    assert!(busybox.exists(), "/bin/busybox is missing: install the Debian package busybox-static");
+    let root = out.with_extension("root");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
     std::fs::write(root.join("init"), init).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(root.join("bin/busybox"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (inside, from) in files {
+        let to = root.join(inside.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("copy {} into the initramfs: {}", from.display(), e));
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let out_abs = std::path::absolute(out).expect("absolute initramfs path");
     sh(Command::new("sh")
         .arg("-c")
@@ -437,16 +449,94 @@ pub fn busybox_initramfs(out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
+/// Kernel modules from the cached Debian kernel package: `names` and what they depend on (the
+/// `depends=` of each module's .modinfo), in an order `insmod` can load them. Cached in
+/// target/guest-cache/modules-<package>/.
+pub fn debian_modules(names: &[&str]) -> Vec<PathBuf> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let kernel = debian_kernel();
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let stem = kernel.file_stem().and_then(|s| s.to_str()).unwrap().to_string();
+    let deb = kernel.with_file_name(format!("{}.deb", stem));
+    let dir = guest_cache_dir().join(format!("modules-{}", stem));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listing = sh(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    let path_of = |name: &str| -> String {
+        let file = format!("/{}.ko", name);
+        let alt = format!("/{}.ko", name.replace('_', "-"));
+        listing
+            .lines()
+            .filter_map(|l| l.split_whitespace().last())
+            .find(|p| p.ends_with(&file) || p.ends_with(&alt))
+            .unwrap_or_else(|| panic!("{} has no module {}", deb.display(), name))
+            .to_string()
+    };
+    let local = |name: &str| dir.join(format!("{}.ko", name));
+    let extract = |names: &[String]| {
+        let missing: Vec<String> = names.iter().filter(|n| !local(n).exists()).map(|n| path_of(n)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let tmp = dir.join(format!("unpack-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let list: Vec<String> = missing.iter().map(|m| format!("'{}'", m)).collect();
+        sh(Command::new("sh").arg("-c").arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' {}",
+            deb.display(),
+            tmp.display(),
+            list.join(" ")
+        )));
+        for m in &missing {
+            let name = Path::new(m).file_name().unwrap().to_str().unwrap().replace('-', "_");
+            std::fs::rename(tmp.join(m), dir.join(name)).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+    };
+    let depends = |name: &str| -> Vec<String> {
+        let bytes = std::fs::read(local(name)).unwrap();
+        let at = bytes.windows(8).position(|w| w == b"depends=").map(|a| a + 8);
+        match at {
+            Some(a) => {
+                let end = bytes[a..].iter().position(|&b| b == 0).unwrap_or(0);
+                String::from_utf8_lossy(&bytes[a..a + end]).split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")).collect()
+            }
+            None => Vec::new(),
+        }
+    };
+    // Depth-first: dependencies before the module.
+    fn visit(n: &str, extract: &dyn Fn(&[String]), depends: &dyn Fn(&str) -> Vec<String>, order: &mut Vec<String>) {
+        if order.iter().any(|o| o == n) {
+            return;
+        }
+        extract(&[n.to_string()]);
+        for d in depends(n) {
+            visit(&d, extract, depends, order);
+        }
+        order.push(n.to_string());
+    }
+    let mut order = Vec::new();
+    for n in names {
+        visit(n, &extract, &depends, &mut order);
+    }
+    order.iter().map(|n| local(n)).collect()
+}
+
 /// A raw disk: SYSLINUX's mbr.bin, an active FAT16 partition at 1 MiB with ldlinux.sys
 /// (`syslinux --install`), a Debian kernel and [`busybox_initramfs`]. Linux prints
 /// [`LINUX_OK`] on ttyS0 and ends QEMU with exit status 33. The kernel is 64-bit: boot with qemu-system-x86_64.
 pub fn build_syslinux_linux_guest(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let initrd = busybox_initramfs(&dir.join("initrd.img"));
+    build_syslinux_linux_guest_with(dir, &initrd, &[])
+}
+
+/// [`build_syslinux_linux_guest`] with another initramfs and more files on the guest's partition.
+pub fn build_syslinux_linux_guest_with(dir: &Path, initrd: &Path, extra: &[crate::disk::FileSpec]) -> PathBuf {
     require_tool("syslinux", "syslinux");
     let mbr_bin = Path::new("/usr/lib/syslinux/mbr/mbr.bin");
     assert!(mbr_bin.exists(), "{} is missing: install the Debian package syslinux-common", mbr_bin.display());
     std::fs::create_dir_all(dir).expect("create guest dir");
     let kernel = debian_kernel();
-    let initrd = busybox_initramfs(&dir.join("initrd.img"));
     let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n";
 
     let disk_mib: u64 = 48;
@@ -455,16 +545,13 @@ pub fn build_syslinux_linux_guest(dir: &Path) -> PathBuf {
     crate::disk::blank(&disk, disk_mib);
     crate::disk::sfdisk(&disk, &format!("label: dos\nstart={}, type=6, bootable\n", part_start_lba));
     let part = dir.join("syslinux-part.img");
-    crate::disk::fat_volume(
-        &part,
-        disk_mib * 2048 - part_start_lba,
-        16,
-        &[
-            crate::disk::FileSpec::new("/vmlinuz", std::fs::read(&kernel).expect("read kernel")),
-            crate::disk::FileSpec::new("/initrd.img", std::fs::read(&initrd).expect("read initramfs")),
-            crate::disk::FileSpec::new("/syslinux.cfg", cfg),
-        ],
-    );
+    let mut files = vec![
+        crate::disk::FileSpec::new("/vmlinuz", std::fs::read(&kernel).expect("read kernel")),
+        crate::disk::FileSpec::new("/initrd.img", std::fs::read(initrd).expect("read initramfs")),
+        crate::disk::FileSpec::new("/syslinux.cfg", cfg),
+    ];
+    files.extend(extra.iter().cloned());
+    crate::disk::fat_volume(&part, disk_mib * 2048 - part_start_lba, 16, &files);
     sh(Command::new("syslinux").arg("--install").arg(&part));
     crate::disk::write_at(&disk, part_start_lba, &part);
     let _ = std::fs::remove_file(&part);
@@ -476,6 +563,153 @@ pub fn build_syslinux_linux_guest(dir: &Path) -> PathBuf {
     std::fs::write(&mbr_path, &mbr).unwrap();
     crate::disk::write_at(&disk, 0, &mbr_path);
     disk
+}
+
+/// What the attach guest's /init prints when every step passed.
+pub const ATTACH_OK: &str = "VBOOT-ATTACH-OK";
+/// The file the attach guest reads, and its content.
+pub const ATTACH_FILE: &str = "/HELLO.TXT";
+pub const ATTACH_FILE_TEXT: &str = "hello from the host, read through /dev/nbd0";
+/// The file the attach guest writes, and its content.
+pub const ATTACH_NEW_FILE: &str = "/NEW.TXT";
+pub const ATTACH_NEW_TEXT: &str = "written by Linux through vboot-attach";
+/// A bigger file the attach guest writes ("vboot\n" repeated), so that new VHD blocks are
+/// allocated in the image's slack.
+pub const ATTACH_BIG_FILE: &str = "/BIG.TXT";
+pub const ATTACH_BIG_BYTES: usize = 3 << 20;
+
+/// [`build_syslinux_linux_guest_with`] whose initramfs runs `vboot-attach` (target/vboot/,
+/// from `cargo xtask build`) the way a user would, with modules from the Debian kernel package:
+/// 1. without the host disk's driver (virtio_blk not loaded yet): refused, "did not appear";
+/// 2. `--info` prints the table;
+/// 3. with the host partition (`/dev/<host_partition>`, FAT) mounted read-write: refused;
+/// 4. the initramfs-tools local-top script (tools/attach/initramfs-tools, with stand-ins for
+///    /scripts/functions and nbd from `modprobe`) attaches it for `root=/dev/nbd0p1`; the file
+///    reads back; detached;
+/// 5. attaches drive 0x80 on /dev/nbd0, mounts its first partition (vfat), checks
+///    [`ATTACH_FILE`], writes [`ATTACH_NEW_FILE`] and [`ATTACH_BIG_FILE`], unmounts, mounts
+///    again to read the new file back, unmounts, detaches;
+/// 6. `--drive 0x81`: refused;
+/// 7. one byte of the table changed through /dev/mem: refused as damaged; restored: accepted;
+/// 8. the boot ID in the INT 13h hook zeroed (as when the table is left from an earlier boot):
+///    refused as stale.
+/// Each step prints `STEP ...`; a failed step prints `ATTACH-FAILED: ...` and the guest ends at
+/// once. At the end it prints [`ATTACH_OK`]. Either way QEMU ends with status 33: read the output.
+pub fn build_attach_guest(dir: &Path, host_partition: &str) -> PathBuf {
+    let attach = crate::workspace_root().join("target/vboot/vboot-attach");
+    assert!(attach.exists(), "{} is missing: run `cargo xtask build`", attach.display());
+    let modules = debian_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"]);
+    let local_top = crate::workspace_root().join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach");
+    let mut files: Vec<(String, PathBuf)> =
+        vec![("/bin/vboot-attach".into(), attach.clone()), ("/sbin/vboot-attach".into(), attach), ("/scripts/local-top/vboot-attach".into(), local_top)];
+    let mut load = String::new();
+    for m in &modules {
+        let name = m.file_name().unwrap().to_str().unwrap().to_string();
+        files.push((format!("/lib/modules/{}", name), m.clone()));
+        if name == "virtio_blk.ko" || name == "nbd.ko" {
+            continue; // step 1 runs without virtio_blk; the initramfs-tools script loads nbd
+        }
+        load.push_str(&format!("insmod /lib/modules/{} || fail \"insmod {}\"\n", name, name));
+    }
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys /mnt /host /scripts
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
+fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+echo "STEP modules"
+{load}
+echo "STEP no-disk"
+vboot-attach --timeout 1 && fail "attached without the host disk's driver"
+insmod /lib/modules/virtio_blk.ko || fail "insmod virtio_blk.ko"
+echo "STEP info"
+info=$(vboot-attach --info) || fail "vboot-attach --info"
+echo "$info"
+table=$(echo "$info" | sed -n 's/.*table at \(0x[0-9a-f]*\) .*/\1/p')
+hook=$(echo "$info" | sed -n 's/.*INT 13h hook at \(0x[0-9a-f]*\),.*/\1/p')
+echo "STEP mounted"
+wait_block /dev/{host_partition} || fail "no /dev/{host_partition}"
+mount -t vfat /dev/{host_partition} /host || fail "mount the host partition"
+vboot-attach --timeout 5 && fail "attached while the host partition is mounted read-write"
+umount /host || fail "umount the host partition"
+echo "STEP initramfs-tools"
+mkdir -p /lib/modules/$(uname -r)/kernel/drivers/block
+cp /lib/modules/nbd.ko /lib/modules/$(uname -r)/kernel/drivers/block/ && depmod || fail "depmod"
+cat > /scripts/functions <<'END'
+log_begin_msg() {{ echo "Begin: $*"; }}
+log_end_msg() {{ echo "Done."; }}
+panic() {{ echo "panic: $*"; exit 1; }}
+wait_for_udev() {{ :; }}
+END
+ROOT=/dev/nbd0p1 sh /scripts/local-top/vboot-attach || fail "the initramfs-tools local-top script"
+wait_block /dev/nbd0p1 || fail "no /dev/nbd0p1 after the local-top script"
+mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1"
+[ "$(cat /mnt{file})" = "{text}" ] || fail "read through the local-top script's device"
+umount /mnt
+vboot-attach --detach /dev/nbd0 || fail "detach after the local-top script"
+echo "LOCAL-TOP-OK"
+echo "STEP attach"
+dev=$(vboot-attach --timeout 20) || fail "vboot-attach"
+echo "ATTACHED $dev"
+echo "SERVER $(tr '\0' ' ' < /proc/$(cat /sys/block/nbd0/pid)/cmdline)"
+wait_block ${{dev}}p1 || fail "no ${{dev}}p1"
+n=$(($(cat /sys/block/${{dev#/dev/}}/size) / 2048))
+read t0 rest < /proc/uptime
+dd if=/dev/vda of=/dev/null bs=1M count=$n 2>/dev/null || fail "read /dev/vda"
+read t1 rest < /proc/uptime
+echo "READ-NATIVE mib=$n from=$t0 to=$t1"
+read t0 rest < /proc/uptime
+dd if=$dev of=/dev/null bs=1M 2>/dev/null || fail "read all of $dev"
+read t1 rest < /proc/uptime
+echo "READ-ALL sectors=$(cat /sys/block/${{dev#/dev/}}/size) from=$t0 to=$t1"
+echo "STEP mount"
+mount -t vfat ${{dev}}p1 /mnt || fail "mount ${{dev}}p1"
+got=$(cat /mnt{file})
+[ "$got" = "{text}" ] || fail "read back: $got"
+echo "READ-OK"
+echo -n "{new_text}" > /mnt{new_file} || fail "write {new_file}"
+yes vboot | head -c {big_bytes} > /mnt{big_file} || fail "write {big_file}"
+umount /mnt || fail umount
+mount -t vfat ${{dev}}p1 /mnt || fail "mount again"
+[ "$(cat /mnt{new_file})" = "{new_text}" ] || fail "the new file after a remount"
+echo "REREAD-OK"
+umount /mnt || fail "umount again"
+echo "STEP detach"
+vboot-attach --detach $dev || fail "vboot-attach --detach"
+echo "STEP other-drive"
+vboot-attach --drive 0x81 && fail "drive 0x81 was accepted"
+echo "STEP damaged"
+dd if=/dev/mem of=/orig bs=1 skip=$((table + 96)) count=1 2>/dev/null || fail "read /dev/mem"
+printf '\201' | dd of=/dev/mem bs=1 seek=$((table + 96)) conv=notrunc 2>/dev/null || fail "write /dev/mem"
+vboot-attach --info && fail "a damaged table was accepted"
+dd if=/orig of=/dev/mem bs=1 seek=$((table + 96)) conv=notrunc 2>/dev/null || fail "restore /dev/mem"
+vboot-attach --info > /dev/null || fail "the restored table was refused"
+echo "STEP stale"
+dd if=/dev/zero of=/dev/mem bs=1 seek=$((hook + 31)) count=8 conv=notrunc 2>/dev/null || fail "write /dev/mem"
+vboot-attach --info && fail "a stale table was accepted"
+echo "{ok}"
+finish
+"#,
+        load = load,
+        host_partition = host_partition,
+        file = ATTACH_FILE,
+        text = ATTACH_FILE_TEXT,
+        new_file = ATTACH_NEW_FILE,
+        new_text = ATTACH_NEW_TEXT,
+        big_file = ATTACH_BIG_FILE,
+        big_bytes = ATTACH_BIG_BYTES,
+        ok = ATTACH_OK
+    );
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
+    let initrd = busybox_initramfs_with(&dir.join("attach-initrd.img"), &init, &refs);
+    build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)])
 }
 
 /// A one-sector guest that prints `message` (and CR LF) over serial and exits QEMU with 33,

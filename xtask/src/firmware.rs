@@ -101,5 +101,23 @@ pub fn build_firmware() -> Result<(), String> {
 
 pub fn build_all() -> Result<(), String> {
     build_firmware()?;
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--quiet", "--workspace", "--bins"]))
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
+    build_attach_static()
+}
+
+/// `vboot-attach` runs in an initramfs with no C library: link it statically (glibc static-pie;
+/// there is no musl target here). An explicit --target keeps the flag away from build scripts
+/// and proc macros, and from the rest of the workspace. Result: target/vboot/vboot-attach.
+pub fn build_attach_static() -> Result<(), String> {
+    let triple = "x86_64-unknown-linux-gnu";
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args(["build", "--release", "--quiet", "-p", "vboot-attach", "--target", triple])
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    run(&mut cmd)?;
+    let built = root().join("target").join(triple).join("release/vboot-attach");
+    let out = root().join("target/vboot/vboot-attach");
+    // Stripped: it goes into every initramfs (2.0 MiB with symbols, 1.7 MiB without).
+    run(Command::new("objcopy").arg("--strip-all").arg(&built).arg(&out))
 }

@@ -6,6 +6,7 @@
 //! - `demo`   installs what is missing, builds, makes a host disk with images, installs vboot
 //!            with vboot-install and boots it in QEMU
 //! - `bench`  the yardsticks of DESIGN.md §6
+//! - `demo-debian` a whole Debian in a VHD, root on vboot-attach's NBD device (issue 9)
 //! - `deps`   only install what is missing
 
 mod deps;
@@ -17,13 +18,15 @@ use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|test|demo|bench|deps> [options]\n\
+        "usage: cargo xtask <build|test|demo|demo-debian|bench|deps> [options]\n\
          \n\
          build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
          demo [--kvm] [--interactive]\n\
                           build a host disk with images, install vboot on it, boot it in QEMU\n\
          bench [--kvm]    measure size, memory and speed figures\n\
+         demo-debian      debootstrap Debian into a VHD, boot it through vboot with root on\n\
+                          vboot-attach's /dev/nbd0 (as root; downloads Debian; ~3 min)\n\
          deps             install the toolchain component and Debian packages the tests need"
     );
     ExitCode::from(2)
@@ -54,6 +57,11 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),
         "bench" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| bench(rest)),
+        "demo-debian" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| {
+            run(Command::new("cargo").current_dir(root()).args([
+                "test", "--release", "-p", "vboot-tests", "--test", "attach", "debian_installed_in_a_vhd", "--", "--ignored", "--nocapture",
+            ]))
+        }),
         _ => return usage(),
     };
     match result {

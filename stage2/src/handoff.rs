@@ -1,0 +1,100 @@
+//! The hand-off table (`vboot::handoff`, `docs/handoff-table.md`): what stage2 knows about the host
+//! disk and partition, the boot's ID and time, and placing the table in the engine's reserved
+//! range with its address in the stub's safe-hook header.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::bios::{self, BiosRegs};
+use crate::disk::BiosDisk;
+use vboot::block::Window;
+use vboot::handoff::{self, Filesystem, HostDisk, HostPartition, HostScheme, Layer, LayerFormat, SafeHook, Table};
+use vboot::image::chain;
+use vboot::part::{Partition, PartitionKind, PartitionTable, Scheme};
+use vboot::resident::PlannedLayer;
+
+/// The host disk and partition holding the image files, as a reader finds them again.
+pub fn describe_host(disk: &mut BiosDisk, table: &PartitionTable, part: &Partition) -> (HostDisk, HostPartition, Filesystem) {
+    let scheme = if table.scheme == Scheme::Gpt { HostScheme::Gpt } else { HostScheme::Mbr };
+    let host = HostDisk {
+        bios_drive: disk.drive,
+        scheme,
+        mbr_signature: table.mbr_signature,
+        disk_guid: table.disk_guid.unwrap_or([0; 16]),
+        sectors: disk.sectors,
+    };
+    let (type_byte, guid) = match &part.kind {
+        PartitionKind::Mbr { type_byte, .. } => (*type_byte, [0; 16]),
+        PartitionKind::Gpt { unique_guid, .. } => (0, *unique_guid),
+    };
+    let partition = HostPartition { number: part.number, start_lba: part.start_lba, sectors: part.sectors, type_byte, guid };
+    let mut win = Window { inner: disk, start_lba: part.start_lba, sectors: part.sectors };
+    let fs = vboot::fs::volume::sniff(&mut win).map(Filesystem::from).unwrap_or(Filesystem::Unknown);
+    (host, partition, fs)
+}
+
+/// The table's layers from the plan's files; `formats` names the format of each file of the chain
+/// (by path), the leaf's format covers the rest (VMDK extent files).
+pub fn layers(planned: &[PlannedLayer], formats: &[(String, LayerFormat)]) -> Vec<Layer> {
+    let leaf = formats.first().map(|f| f.1).unwrap_or(LayerFormat::Raw);
+    planned
+        .iter()
+        .map(|p| {
+            let want = chain::normalize(&p.path).to_ascii_lowercase();
+            let format = formats.iter().find(|(n, _)| chain::normalize(n).to_ascii_lowercase() == want).map(|f| f.1).unwrap_or(leaf);
+            Layer { format, size_bytes: p.size_bytes, path: p.path.clone(), extents: p.extents.extents.clone() }
+        })
+        .collect()
+}
+
+fn bcd(v: u8) -> u32 {
+    (v >> 4) as u32 * 10 + (v & 0xF) as u32
+}
+
+/// A boot ID (time-stamp counter mixed with the clock) and the RTC time in Unix seconds (0 when
+/// the BIOS does not answer).
+pub fn boot_stamp() -> (u64, u64) {
+    let mut t = BiosRegs { eax: 0x0200, ..Default::default() };
+    bios::call(0x1A, &mut t);
+    let mut d = BiosRegs { eax: 0x0400, ..Default::default() };
+    bios::call(0x1A, &mut d);
+    let unix = if t.carry() || d.carry() {
+        0
+    } else {
+        let b = |r: u32, shift: u32| bcd((r >> shift) as u8);
+        handoff::unix_seconds(b(d.ecx, 8) * 100 + b(d.ecx, 0), b(d.edx, 8), b(d.edx, 0), b(t.ecx, 8), b(t.ecx, 0), b(t.edx, 8))
+            .unwrap_or(0)
+    };
+    // SAFETY: RDTSC exists on every CPU that runs stage2 (i686).
+    let tsc = unsafe { core::arch::x86::_rdtsc() };
+    let mut id = tsc ^ unix.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
+    // One round of splitmix64, so two boots close in time differ in every bit.
+    id = (id ^ (id >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    id = (id ^ (id >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (id ^ (id >> 31), unix)
+}
+
+/// Write the table at `at` (inside the reserved range `reserved`) and point the stub's safe-hook
+/// header (at `hook`, the INT 13h entry) at it. The signature goes last, so a half-written table
+/// never looks like one.
+pub fn place(table: &mut Table, at: u32, room: u32, reserved: (u64, u64), hook: u32, prev_int13: u32) -> Result<(), String> {
+    table.table_address = at as u64;
+    table.reserved_base = reserved.0;
+    table.reserved_length = reserved.1;
+    table.safe_hook_address = hook;
+    let bytes = table.to_bytes();
+    if bytes.len() as u32 > room {
+        return Err(String::from("internal: the hand-off table outgrew its room"));
+    }
+    unsafe {
+        core::ptr::write_bytes(at as *mut u8, 0, room as usize);
+        core::ptr::copy_nonoverlapping(bytes[8..].as_ptr(), (at + 8) as *mut u8, bytes.len() - 8);
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, 8);
+        let header = core::slice::from_raw_parts_mut(hook as *mut u8, handoff::HOOK_BYTES);
+        if SafeHook::parse(header).map(|h| h.vendor) != Some(handoff::HOOK_VENDOR) {
+            return Err(String::from("internal: the stub's INT 13h entry has no safe-hook header"));
+        }
+        SafeHook::fill(header, prev_int13, at, table.boot_id);
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+#!/bin/bash
+# dracut module: give Linux back the disk vboot emulated at boot (see docs/handoff-table.md).
+# Install: copy this directory to /usr/lib/dracut/modules.d/90vboot-attach/, the binary to
+# /usr/local/sbin/vboot-attach, then `dracut -f --add vboot-attach`.
+check() {
+	require_binaries vboot-attach || return 1
+	return 255 # only when asked for with --add
+}
+depends() {
+	return 0
+}
+installkernel() {
+	instmods nbd
+}
+install() {
+	inst_binary "$(command -v vboot-attach)" /sbin/vboot-attach
+	# After udev has settled, before the root device is waited for (initqueue/finished).
+	inst_hook initqueue/settled 50 "$moddir/vboot-attach.sh"
+}

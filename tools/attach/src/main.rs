@@ -1,0 +1,324 @@
+//! vboot-attach: give an operating system back the disk vboot emulated at boot.
+//!
+//! Once Linux runs its own disk drivers it no longer calls INT 13h, so the disk vboot made out
+//! of an image file would vanish. This tool, run from an initramfs, reads vboot's hand-off table
+//! (`docs/handoff-table.md`) through /dev/mem, finds the host disk by its identity, and serves the
+//! virtual disk as /dev/nbdN through the kernel's NBD driver, with the same core library the
+//! resident engine uses.
+
+mod host;
+mod nbd;
+mod vdisk;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::{AsRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use vboot::handoff::{self, Table};
+
+const USAGE: &str = "usage:
+  vboot-attach [--drive N] [--device /dev/nbdN] [--timeout SECONDS] [--read-only] [--foreground]
+      find vboot's hand-off table, the host disk, and serve drive N (default 0x80) on /dev/nbdN
+      (default: the first free one); prints the device name
+  vboot-attach --info
+      print the hand-off table and exit
+  vboot-attach --detach /dev/nbdN
+      flush and stop serving /dev/nbdN";
+
+struct Options {
+    drive: u8,
+    device: Option<String>,
+    timeout: Duration,
+    read_only: bool,
+    foreground: bool,
+}
+
+fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("--help") | Some("-h") => {
+            println!("{}", USAGE);
+            Ok(())
+        }
+        Some("--info") if args.len() == 1 => read_table().map(|t| print_table(&t)),
+        Some("--detach") => match &args[1..] {
+            [dev] => detach(dev),
+            _ => Err(format!("--detach takes one device, as in --detach /dev/nbd0\n{}", USAGE)),
+        },
+        _ => parse_options(&args).and_then(|o| {
+            become_root_storage_daemon(&args);
+            attach(o)
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vboot-attach: {}", e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The server holds the root filesystem when `root=` is on the NBD device, so systemd must not kill
+/// it at shutdown: it spares processes whose argv[0] starts with '@' (systemd.io
+/// ROOT_STORAGE_DAEMONS). Re-run ourselves under that name; if that fails, go on as we are.
+fn become_root_storage_daemon(args: &[String]) {
+    use std::os::unix::process::CommandExt;
+    if std::env::args().next().is_some_and(|a| a.starts_with('@')) {
+        return;
+    }
+    let err = std::process::Command::new("/proc/self/exe").arg0("@vboot-attach").args(args).exec();
+    eprintln!("vboot-attach: warning: cannot re-run as @vboot-attach ({}); systemd may stop the server at shutdown", err);
+}
+
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut o = Options { drive: 0x80, device: None, timeout: Duration::from_secs(30), read_only: false, foreground: false };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{} needs a value\n{}", name, USAGE));
+        match a.as_str() {
+            "--drive" => {
+                let v = value("--drive")?;
+                o.drive = parse_number(&v).filter(|&n| n <= 0xFF).ok_or_else(|| format!("--drive {}: not a BIOS drive number (0x80, 128 ...)", v))? as u8;
+            }
+            "--device" => {
+                let v = value("--device")?;
+                if !v.starts_with("/dev/nbd") {
+                    return Err(format!("--device {}: must be an NBD device, /dev/nbdN", v));
+                }
+                o.device = Some(v);
+            }
+            "--timeout" => {
+                let v = value("--timeout")?;
+                o.timeout = Duration::from_secs(parse_number(&v).ok_or_else(|| format!("--timeout {}: not a number of seconds", v))?);
+            }
+            "--read-only" => o.read_only = true,
+            "--foreground" => o.foreground = true,
+            other => return Err(format!("unknown option {}\n{}", other, USAGE)),
+        }
+    }
+    Ok(o)
+}
+
+fn read_table() -> Result<Table, String> {
+    let mem = File::open("/dev/mem").map_err(|e| {
+        format!("cannot open /dev/mem ({}): run as root, with a kernel that has /dev/mem and no lockdown", e)
+    })?;
+    let reserved = host::reserved_ranges()?;
+    let table = handoff::locate(&mut host::phys_reader(&mem), &reserved).map_err(|e| e.to_string())?;
+    // The kernel's boot time, from the same clock (the RTC).
+    let btime = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<u64>().ok())));
+    if let Some(btime) = btime {
+        handoff::check_boot_time(&table, btime).map_err(|e| e.to_string())?;
+    }
+    Ok(table)
+}
+
+fn print_table(t: &Table) {
+    println!(
+        "vboot hand-off table at {:#x} (reserved {:#x}+{:#x}), INT 13h hook at {:#x}, boot ID {:016x}, written at Unix time {}",
+        t.table_address, t.reserved_base, t.reserved_length, t.safe_hook_address, t.boot_id, t.boot_time_unix
+    );
+    for d in &t.drives {
+        let id = match d.host.scheme {
+            handoff::HostScheme::Mbr => format!("MBR signature {:08x}", d.host.mbr_signature),
+            handoff::HostScheme::Gpt => format!("GPT {}", vboot::part::format_guid(&d.host.disk_guid)),
+        };
+        println!(
+            "drive {:#04x} {} {} sectors, writes {}: host disk {} ({} sectors, BIOS {:#04x}), partition {} ({} sectors at {}, {})",
+            d.bios_number,
+            d.kind.as_str(),
+            d.virtual_sectors,
+            d.write_mode.as_str(),
+            id,
+            d.host.sectors,
+            d.host.bios_drive,
+            d.partition.number,
+            d.partition.sectors,
+            d.partition.start_lba,
+            d.filesystem.as_str()
+        );
+        if let Some((b, l)) = d.overlay {
+            println!("  RAM overlay in {:#x}+{:#x}", b, l);
+        }
+        for l in &d.layers {
+            println!("  layer {} {} {} bytes in {} extent(s)", l.format.as_str(), l.path, l.size_bytes, l.extents.len());
+        }
+    }
+}
+
+fn free_nbd() -> Result<String, String> {
+    for n in 0..64 {
+        let sys = format!("/sys/block/nbd{}", n);
+        if !Path::new(&sys).exists() {
+            break;
+        }
+        let size = std::fs::read_to_string(format!("{}/size", sys)).unwrap_or_default();
+        if !Path::new(&format!("{}/pid", sys)).exists() && size.trim() == "0" {
+            return Ok(format!("/dev/nbd{}", n));
+        }
+    }
+    Err(String::from("no free /dev/nbdN: load the nbd module (modprobe nbd max_part=8)"))
+}
+
+fn attach(o: Options) -> Result<(), String> {
+    let table = read_table()?;
+    let drive = table.drives.iter().find(|d| d.bios_number == o.drive).ok_or_else(|| {
+        let have: Vec<String> = table.drives.iter().map(|d| format!("{:#04x}", d.bios_number)).collect();
+        format!("the hand-off table has no drive {:#04x} (it has {})", o.drive, have.join(", "))
+    })?;
+    let found = host::find_host_disk(&drive.host, &drive.partition, o.timeout)?;
+    let part_name = found.partition.clone().ok_or_else(|| {
+        format!(
+            "{} has no partition at sector {} of {} sectors (partition {} at boot): the partition table changed?",
+            found.dev.display(),
+            drive.partition.start_lba,
+            drive.partition.sectors,
+            drive.partition.number
+        )
+    })?;
+    for name in [&part_name, &found.name] {
+        if let Some(at) = host::mounted_read_write(name) {
+            return Err(format!(
+                "/dev/{} is mounted read-write on {}: writing the image under a mounted filesystem would corrupt it; \
+                 unmount it or remount it read-only first",
+                name, at
+            ));
+        }
+    }
+    let immutable = drive.write_mode == handoff::WriteMode::Immutable;
+    let writable = !o.read_only && !immutable;
+    let host_file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(&found.dev)
+        .map_err(|e| format!("opening {}: {}", found.dev.display(), e))?;
+    let mut disk = vdisk::VirtualDisk::open(drive, host_file, o.read_only)?;
+    eprintln!("vboot-attach: drive {:#04x} on {} partition {}: {}", drive.bios_number, found.dev.display(), part_name, disk.description);
+
+    let device = match o.device {
+        Some(d) => d,
+        None => free_nbd()?,
+    };
+    let nbd = OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?;
+    let fd = nbd.as_raw_fd();
+    let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
+    let sectors = nbd::Backend::size_bytes(&disk) / 512;
+    let mut flags = nbd::FLAG_HAS_FLAGS | nbd::FLAG_SEND_FLUSH;
+    if o.read_only {
+        flags |= nbd::FLAG_READ_ONLY;
+    }
+    let setup = || -> std::io::Result<()> {
+        nbd::ioctl(fd, nbd::NBD_SET_BLKSIZE, 512)?;
+        nbd::ioctl(fd, nbd::NBD_SET_SIZE_BLOCKS, sectors)?;
+        nbd::ioctl(fd, nbd::NBD_SET_FLAGS, flags)?;
+        nbd::ioctl(fd, nbd::NBD_SET_SOCK, theirs.as_raw_fd() as u64)?;
+        Ok(())
+    };
+    setup().map_err(|e| format!("setting up {}: {} (is it in use?)", device, e))?;
+
+    if !o.foreground {
+        // SAFETY: no other thread runs yet; the child carries on with the same descriptors.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if pid > 0 {
+            drop(ours);
+            return wait_ready(&device, pid);
+        }
+        // The server must not hold the caller's stdout: `dev=$(vboot-attach)` waits for it to
+        // close. Messages still go to stderr.
+        if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
+            }
+        }
+        unsafe { libc::setsid() };
+    }
+    // The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
+    let theirs_fd = theirs.into_raw_fd();
+    let kernel = std::thread::spawn(move || {
+        let r = nbd::ioctl(fd, nbd::NBD_DO_IT, 0);
+        let _ = nbd::ioctl(fd, nbd::NBD_CLEAR_QUE, 0);
+        let _ = nbd::ioctl(fd, nbd::NBD_CLEAR_SOCK, 0);
+        unsafe { libc::close(theirs_fd) };
+        r
+    });
+    let result = nbd::serve(&mut ours, &mut disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    drop(ours);
+    let _ = kernel.join();
+    drop(nbd);
+    match result {
+        Ok(stats) => {
+            eprintln!(
+                "vboot-attach: {} detached ({} reads, {} writes, {} flushes, {} errors)",
+                device, stats.reads, stats.writes, stats.flushes, stats.errors
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("{}: {}", device, e)),
+    }
+}
+
+/// In the parent: wait until the kernel serves the device, make it read the partition table,
+/// print the device name.
+fn wait_ready(device: &str, child: i32) -> Result<(), String> {
+    let name = device.trim_start_matches("/dev/");
+    let start = Instant::now();
+    while !Path::new(&format!("/sys/block/{}/pid", name)).exists() {
+        let mut status = 0;
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
+            return Err(format!("the server for {} stopped before the device came up", device));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("{} did not come up within 10 s", device));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Opening the device makes the kernel scan its partitions (max_part); BLKRRPART asks again.
+    if let Ok(f) = File::open(device) {
+        let _ = nbd::ioctl(f.as_raw_fd(), nbd::BLKRRPART, 0);
+    }
+    println!("{}", device);
+    Ok(())
+}
+
+fn detach(device: &str) -> Result<(), String> {
+    let name = device.trim_start_matches("/dev/");
+    let pid_path = format!("/sys/block/{}/pid", name);
+    let pid = std::fs::read_to_string(&pid_path).map_err(|_| format!("{} is not attached (no {})", device, pid_path))?;
+    let pid = pid.trim().to_string();
+    let f = File::open(device).map_err(|e| format!("opening {}: {}", device, e))?;
+    // Write back what the page cache holds for the device, then ask the kernel to disconnect:
+    // it sends NBD_CMD_DISC after the requests in flight, and the server flushes and stops.
+    f.sync_all().map_err(|e| format!("flushing {}: {}", device, e))?;
+    nbd::ioctl(f.as_raw_fd(), nbd::NBD_DISCONNECT, 0).map_err(|e| format!("disconnecting {}: {}", device, e))?;
+    drop(f);
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{}", pid)).exists() && !zombie(&pid) {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("the server of {} (pid {}) did not stop within 30 s", device, pid));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("{} detached", device);
+    Ok(())
+}
+
+fn zombie(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid)).map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(true)
+}
