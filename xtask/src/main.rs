@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         "bench" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| bench(rest)),
         "demo-debian" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| {
             run(Command::new("cargo").current_dir(root()).args([
-                "test", "--release", "-p", "vboot-tests", "--test", "attach", "debian_installed_in_a_vhd", "--", "--ignored", "--nocapture",
+                "test", "--release", "-p", "vboot-tests", "--test", "attach", "debian_installed_in_a_vhd", "--", "--nocapture",
             ]))
         }),
         _ => return usage(),
