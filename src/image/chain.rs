@@ -95,6 +95,28 @@ fn has_drive_letter(p: &str) -> bool {
     b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':'
 }
 
+/// For locators that know their files by path instead of walking a filesystem (the engine's and
+/// vboot-attach's, over the files stage2 handed over): the entry of `files` whose path (`path_of`)
+/// is `path`, compared normalized and without case, as on FAT.
+pub fn find_listed<'a, T>(files: &'a [T], path: &str, path_of: fn(&T) -> &str) -> Option<&'a T> {
+    let want = normalize(path).to_ascii_lowercase();
+    files.iter().find(|f| normalize(path_of(f)).to_ascii_lowercase() == want)
+}
+
+/// The names of the entries of `files` that lie directly in directory `dir` (see [`find_listed`]).
+pub fn list_listed<T>(files: &[T], dir: &str, path_of: fn(&T) -> &str) -> Vec<String> {
+    let dir = normalize(dir).to_ascii_lowercase();
+    files
+        .iter()
+        .filter_map(|f| {
+            let n = normalize(path_of(f));
+            let (d, name) = n.rsplit_once('/')?;
+            let d = if d.is_empty() { String::from("/") } else { d.to_ascii_lowercase() };
+            (d == dir).then(|| String::from(name))
+        })
+        .collect()
+}
+
 /// `target` (absolute, `/`-separated) as a path relative to directory `dir` (absolute), for the
 /// parent link a new child stores. Components compare without case, as on FAT and exFAT.
 pub fn relative_to(dir: &str, target: &str) -> String {
@@ -393,6 +415,19 @@ pub use host::StdLocator;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_files_are_found_without_case_and_listed_by_directory() {
+        let files = alloc::vec![String::from("/VM/Base.vhd"), String::from("/vm/./snap.vhd"), String::from("/top.vhd")];
+        fn p(f: &String) -> &str {
+            f
+        }
+        assert_eq!(find_listed(&files, "/vm/base.VHD", p), Some(&files[0]));
+        assert_eq!(find_listed(&files, "/vm/x/../snap.vhd", p), Some(&files[1]));
+        assert_eq!(find_listed(&files, "/vm/none.vhd", p), None);
+        assert_eq!(list_listed(&files, "/vm", p), alloc::vec!["Base.vhd", "snap.vhd"]);
+        assert_eq!(list_listed(&files, "/", p), alloc::vec!["top.vhd"]);
+    }
 
     #[test]
     fn relative_paths_for_new_children() {

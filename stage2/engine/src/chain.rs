@@ -8,7 +8,7 @@
 
 use alloc::boxed::Box;
 use alloc::format;
-use alloc::string::{String, ToString};
+use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 use vboot::fs::{ExtentList, LbaIndex};
@@ -119,8 +119,7 @@ struct PlanLocator {
 
 impl PlanLocator {
     fn find(&self, path: &str) -> Option<&(String, u64, ExtentList)> {
-        let want = chain::normalize(path).to_ascii_lowercase();
-        self.files.iter().find(|(p, _, _)| chain::normalize(p).to_ascii_lowercase() == want)
+        chain::find_listed(&self.files, path, |(p, _, _)| p.as_str())
     }
 }
 
@@ -130,16 +129,7 @@ impl ParentLocator for PlanLocator {
         Some(Box::new(ExtentFile { io: self.io, name, size_bytes: size, lbas: extents.lba_index(), extents }))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
-        let dir = chain::normalize(dir).to_ascii_lowercase();
-        self.files
-            .iter()
-            .filter_map(|(p, _, _)| {
-                let n = chain::normalize(p);
-                let (d, f) = n.rsplit_once('/')?;
-                let d = if d.is_empty() { "/".to_string() } else { d.to_ascii_lowercase() };
-                (d == dir).then(|| f.to_string())
-            })
-            .collect()
+        chain::list_listed(&self.files, dir, |(p, _, _)| p.as_str())
     }
 }
 

@@ -98,8 +98,7 @@ struct TableLocator {
 
 impl TableLocator {
     fn find(&self, path: &str) -> Option<&(String, u64, ExtentList)> {
-        let want = chain::normalize(path).to_ascii_lowercase();
-        self.files.iter().find(|(p, _, _)| chain::normalize(p).to_ascii_lowercase() == want)
+        chain::find_listed(&self.files, path, |(p, _, _)| p.as_str())
     }
 }
 
@@ -109,16 +108,7 @@ impl ParentLocator for TableLocator {
         Some(Box::new(ExtentFile { host: self.host.clone(), name, size_bytes, lbas: extents.lba_index(), extents, writable: self.writable }))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
-        let dir = chain::normalize(dir).to_ascii_lowercase();
-        self.files
-            .iter()
-            .filter_map(|(p, _, _)| {
-                let n = chain::normalize(p);
-                let (d, f) = n.rsplit_once('/')?;
-                let d = if d.is_empty() { "/".to_string() } else { d.to_ascii_lowercase() };
-                (d == dir).then(|| f.to_string())
-            })
-            .collect()
+        chain::list_listed(&self.files, dir, |(p, _, _)| p.as_str())
     }
 }
 
