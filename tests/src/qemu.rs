@@ -204,6 +204,20 @@ impl Qemu {
         }
     }
 
+    /// At the menu (whose line `menu_line` is on screen), press each key of `cases` and check that
+    /// the error screen it leads to says the message, then press a key to go back to the menu.
+    pub fn expect_refusals(&mut self, menu_line: &str, cases: &[(&[u8], &str)], timeout: Duration) {
+        for (key, message) in cases {
+            let mark = self.mark();
+            self.send(key);
+            let out = self.expect_from(mark, "Press any key to return to the menu.", timeout);
+            assert!(out.contains(message), "expected {:?}:\n{}", message, out);
+            let mark = self.mark();
+            self.send(b" ");
+            self.expect_from(mark, menu_line, timeout);
+        }
+    }
+
     /// Type bytes on the serial line.
     pub fn send(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin");

@@ -172,20 +172,16 @@ fn images_that_cannot_be_booted_are_refused_with_a_reason() {
     ]);
     let mut q = Qemu::boot_disk(&host.disk);
     q.expect("4. iso", T);
-    for (key, message) in [
-        (b"1", "/odd.img is 5000 bytes, not a whole number of 512-byte sectors"),
-        (b"3", "/disk.vhdx is a VHDX image; vboot boots raw, VHD, VMDK and VDI images"),
-        (b"4", "cdrom=/blank.img: it is not an ISO 9660 CD image"),
-        (b"2", "/blank.img has no boot signature (55AA)"),
-    ] {
-        let mark = q.mark();
-        q.send(key);
-        let out = q.expect_from(mark, "Press any key to return to the menu.", T);
-        assert!(out.contains(message), "expected {:?}:\n{}", message, out);
-        let mark = q.mark();
-        q.send(b" ");
-        q.expect_from(mark, "4. iso", T);
-    }
+    q.expect_refusals(
+        "4. iso",
+        &[
+            (&b"1"[..], "/odd.img is 5000 bytes, not a whole number of 512-byte sectors"),
+            (&b"3"[..], "/disk.vhdx is a VHDX image; vboot boots raw, VHD, VMDK and VDI images"),
+            (&b"4"[..], "cdrom=/blank.img: it is not an ISO 9660 CD image"),
+            (&b"2"[..], "/blank.img has no boot signature (55AA)"),
+        ],
+        T,
+    );
 }
 
 /// `recover_mbr` puts back the sector 0 vboot-install saved (here: a boot sector that prints a
