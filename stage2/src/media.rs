@@ -28,6 +28,30 @@ use vboot::resident::{PlannedDrive, PlannedKind, PlannedLayer};
 /// The number the emulated CD gets (bios-reference.md §3.2).
 pub const CD_DRIVE: u8 = 0xE0;
 
+/// The hand-off table record of a CD, floppy or emulated boot image (one raw file, or a slice of
+/// the ISO for an emulated boot image).
+fn raw_file_record(disk: &mut BiosDisk, table: &PartitionTable, part: &vboot::part::Partition, drive: &PlannedDrive, opts: &VbootOptions) -> vboot::handoff::Drive {
+    use vboot::handoff::{Drive, DriveKind, WriteMode};
+    let (host, partition, filesystem) = crate::handoff::describe_host(disk, table, part);
+    let kind = match drive.kind {
+        PlannedKind::Cdrom => DriveKind::Cdrom,
+        PlannedKind::Floppy => DriveKind::Floppy,
+        PlannedKind::HardDisk => DriveKind::HardDisk,
+    };
+    Drive {
+        bios_number: drive.number,
+        kind,
+        write_mode: if opts.immutable && !drive.read_only { WriteMode::Immutable } else { WriteMode::Normal },
+        virtual_sectors: drive.layers.first().map(|l| l.size_bytes / 512).unwrap_or(0),
+        host,
+        partition,
+        filesystem,
+        overlay: None,
+        parent_dir: None,
+        layers: crate::handoff::layers(&drive.layers, &[]),
+    }
+}
+
 fn raw_layer(size_bytes: u64, extents: vboot::fs::ExtentList, path: String) -> Vec<PlannedLayer> {
     alloc::vec![PlannedLayer { format: 0, size_bytes, extents, path }]
 }
@@ -43,6 +67,8 @@ pub fn boot(
     let mut cd_boot: Option<BootImage> = None;
     // A: is 00h, or 01h when the CD's boot image is an emulated floppy; B: the one after A:.
     let mut floppy_a = 0u8;
+    // The partition each drive's file is on, in the order of `drives` (for the hand-off table).
+    let mut drive_partitions: Vec<u32> = Vec::new();
 
     // The CD first: booted in an emulation mode, its image takes 00h or 80h.
     for (_, part_number, file) in files.iter().filter(|(what, _, _)| *what == "CD-ROM") {
@@ -82,6 +108,7 @@ pub fn boot(
                 Emulation::NoEmulation => {}
                 Emulation::Floppy { bytes } => {
                     drives.push(emulated(0x00, PlannedKind::Floppy, bytes / 512, "floppy emulation"));
+                    drive_partitions.push(*part_number);
                     floppy_a = 1;
                 }
                 Emulation::HardDisk => {
@@ -90,6 +117,7 @@ pub fn boot(
                     let sectors = eltorito::hard_disk_image_sectors(&mbr, size / 512 - first)
                         .map_err(|e| format!("cdrom={}: {}", file.path, e))?;
                     drives.push(emulated(0x80, PlannedKind::HardDisk, sectors, "hard-disk emulation"));
+                    drive_partitions.push(*part_number);
                 }
             }
             cd_boot = Some(image);
@@ -103,6 +131,7 @@ pub fn boot(
             layers: raw_layer(size, extents, file.path.clone()),
             eltorito: eltorito_facts,
         });
+        drive_partitions.push(*part_number);
     }
 
     for (what, part_number, file) in files.iter().filter(|(what, _, _)| what.starts_with("floppy")) {
@@ -123,12 +152,16 @@ pub fn boot(
             layers: raw_layer(file.size_bytes, file.extents.to_host(part.start_lba), file.path.clone()),
             eltorito: None,
         });
+        drive_partitions.push(*part_number);
     }
 
     let mut parent_dir = None;
-    // The hand-off table describes the hard-disk image (CDs and floppies have no OS-side driver
-    // yet).
+    // The hand-off table describes every emulated drive.
     let mut records = Vec::new();
+    for (drive, part_number) in drives.iter().zip(drive_partitions.iter()) {
+        let part = table.find(*part_number).ok_or("partition vanished")?;
+        records.push(raw_file_record(disk, table, part, drive, opts));
+    }
     if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
         let (mut drive, dir, mut record) = plan_hard_disk(disk, table, opts, *part_number, file)?;
         if drives.iter().any(|d| d.number == 0x80) {
