@@ -133,6 +133,15 @@ impl fmt::Display for ImageError {
 #[cfg(feature = "std")]
 impl std::error::Error for ImageError {}
 
+/// `sectors` from `sector` must lie inside a disk of `disk_sectors` (each format's `map` and
+/// `write` check their arguments with this).
+pub(crate) fn check_range(image: &str, sector: u64, sectors: u64, disk_sectors: u64) -> Result<(), ImageError> {
+    if sector.checked_add(sectors).map_or(true, |e| e > disk_sectors) {
+        return Err(ImageError::OutOfRange { image: image.into(), sector, sectors, disk_sectors });
+    }
+    Ok(())
+}
+
 /// One file of an image, addressed in bytes.
 pub trait ImageFile {
     fn len_bytes(&self) -> u64;

@@ -33,9 +33,7 @@ impl Layer for RawImage {
         self.sectors
     }
     fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError> {
-        if sector >= self.sectors {
-            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors: 1, disk_sectors: self.sectors });
-        }
+        super::check_range(self.name(), sector, 1, self.sectors)?;
         Ok((Mapping::Data { file: 0, offset_bytes: sector * SECTOR_BYTES }, self.sectors - sector))
     }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
@@ -54,9 +52,7 @@ impl Layer for RawImage {
         _parent: &mut dyn FnMut(u64, &mut [u8]) -> Result<(), ImageError>,
     ) -> Result<(), ImageError> {
         let sectors = buf.len() as u64 / SECTOR_BYTES;
-        if sector.checked_add(sectors).map_or(true, |e| e > self.sectors) {
-            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors, disk_sectors: self.sectors });
-        }
+        super::check_range(self.name(), sector, sectors, self.sectors)?;
         self.file.write_at(sector * SECTOR_BYTES, buf)
     }
     fn details(&self) -> Vec<(String, String)> {

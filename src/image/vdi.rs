@@ -228,9 +228,7 @@ impl Layer for VdiImage {
         self.virtual_sectors
     }
     fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError> {
-        if sector >= self.virtual_sectors {
-            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors: 1, disk_sectors: self.virtual_sectors });
-        }
+        super::check_range(self.name(), sector, 1, self.virtual_sectors)?;
         let block = sector / self.block_sectors;
         let sib = sector % self.block_sectors;
         let diff = self.header.image_type == TYPE_DIFF || self.header.image_type == TYPE_UNDO;
@@ -349,9 +347,7 @@ impl Layer for VdiImage {
     ) -> Result<(), ImageError> {
         let name = self.name().to_string();
         let sectors = buf.len() as u64 / SECTOR_BYTES;
-        if sector.checked_add(sectors).map_or(true, |e| e > self.virtual_sectors) {
-            return Err(ImageError::OutOfRange { image: name, sector, sectors, disk_sectors: self.virtual_sectors });
-        }
+        super::check_range(&name, sector, sectors, self.virtual_sectors)?;
         let diff = self.header.image_type == TYPE_DIFF || self.header.image_type == TYPE_UNDO;
         let mut done = 0u64;
         while done < sectors {

@@ -649,9 +649,7 @@ impl Layer for VhdImage {
         self.virtual_sectors
     }
     fn map(&mut self, sector: u64) -> Result<(Mapping, u64), ImageError> {
-        if sector >= self.virtual_sectors {
-            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors: 1, disk_sectors: self.virtual_sectors });
-        }
+        super::check_range(self.name(), sector, 1, self.virtual_sectors)?;
         if self.footer.disk_type == DISK_FIXED {
             return Ok((Mapping::Data { file: 0, offset_bytes: sector * SECTOR_BYTES }, self.virtual_sectors - sector));
         }
@@ -774,9 +772,7 @@ impl Layer for VhdImage {
         _parent: &mut dyn FnMut(u64, &mut [u8]) -> Result<(), ImageError>,
     ) -> Result<(), ImageError> {
         let sectors = buf.len() as u64 / SECTOR_BYTES;
-        if sector.checked_add(sectors).map_or(true, |e| e > self.virtual_sectors) {
-            return Err(ImageError::OutOfRange { image: self.name().to_string(), sector, sectors, disk_sectors: self.virtual_sectors });
-        }
+        super::check_range(self.name(), sector, sectors, self.virtual_sectors)?;
         if self.footer.disk_type == DISK_FIXED {
             return self.file.write_at(sector * SECTOR_BYTES, buf);
         }

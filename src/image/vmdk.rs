@@ -817,9 +817,7 @@ impl Layer for VmdkImage {
     ) -> Result<(), ImageError> {
         let name = self.name().to_string();
         let sectors = buf.len() as u64 / SECTOR_BYTES;
-        if sector.checked_add(sectors).map_or(true, |e| e > self.virtual_sectors) {
-            return Err(ImageError::OutOfRange { image: name, sector, sectors, disk_sectors: self.virtual_sectors });
-        }
+        super::check_range(&name, sector, sectors, self.virtual_sectors)?;
         if self.is_stream_optimized() {
             return Err(ImageError::ReadOnly { image: name, detail: "streamOptimized images are read-only; convert it first".into() });
         }
