@@ -106,7 +106,7 @@ fn retarget_entry(text: &str, path: &[usize], child: &GrubPath) -> Result<String
     let out = lines.join("\n");
     let check = Config::parse(&out).map_err(|e| format!("the rewritten grub.cfg would not parse: {}", e))?;
     match check.entry(path).and_then(|e| e.vboot.clone()) {
-        Some(Ok(o)) if o.harddisk.as_ref() == Some(child) => Ok(out),
+        Some(Ok(o)) if o == snapshot_successor(&options, child) => Ok(out),
         _ => Err(String::from("the rewritten entry would not be read back as written")),
     }
 }
@@ -129,7 +129,7 @@ pub fn snapshot_successor(options: &VbootOptions, child: &GrubPath) -> VbootOpti
 /// A `vboot` command line that parses back to `o`.
 pub fn vboot_line(o: &VbootOptions) -> String {
     let mut words: Vec<String> = alloc::vec![String::from("vboot")];
-    let paths: [(&str, &Option<GrubPath>); 8] = [
+    let paths: [(&str, &Option<GrubPath>); 7] = [
         ("harddisk", &o.harddisk),
         ("cdrom", &o.cdrom),
         ("floppy", &o.floppy),
@@ -137,7 +137,6 @@ pub fn vboot_line(o: &VbootOptions) -> String {
         ("parent_dir", &o.parent_dir),
         ("take_snapshot", &o.take_snapshot),
         ("config_file", &o.config_file),
-        ("", &None),
     ];
     for (name, p) in paths {
         if let Some(p) = p {
@@ -155,12 +154,23 @@ pub fn vboot_line(o: &VbootOptions) -> String {
     if let Some(t) = &o.new_menu_entry {
         words.push(quote_word(&format!("new_menu_entry={}", t)));
     }
+    if let Some(bytes) = o.reserve_bytes {
+        words.push(format!("reserve={}", size_word(bytes)));
+    }
     for (on, flag) in [(o.restore, "restore"), (o.immutable, "immutable"), (o.recover_mbr, "recover_mbr"), (o.pause, "pause")] {
         if on {
             words.push(flag.to_string());
         }
     }
     words.join(" ")
+}
+
+/// A size as `reserve=` takes it, with the largest suffix that divides it (`256M`, `4096`).
+fn size_word(bytes: u64) -> String {
+    match [(30, "G"), (20, "M"), (10, "K")].iter().find(|(shift, _)| bytes != 0 && bytes % (1u64 << shift) == 0) {
+        Some((shift, suffix)) => format!("{}{}", bytes >> shift, suffix),
+        None => format!("{}", bytes),
+    }
 }
 
 /// One GRUB word: as is when it holds nothing special, else in single quotes (which GRUB takes
@@ -258,6 +268,10 @@ submenu 'More' {\n  menuentry 'Inner' {\n    vboot harddisk=(hd0,2)/a.vmdk immut
             "harddisk=/a.vhd take_snapshot=/b.vhd boot_entry=3",
             "recover_mbr",
             "harddisk=/a.vhd restore",
+            "harddisk=/a.vhd reserve=256M pause",
+            "harddisk=/a.vhd reserve=0",
+            "harddisk=/a.vhd reserve=1000",
+            "harddisk=/a.vhd reserve=3G",
         ] {
             let words: Vec<&str> = line.split(' ').collect();
             let o = VbootOptions::parse(&words).unwrap();
