@@ -129,6 +129,7 @@ fn crash(fmt: &str, opts: &str, ext: &str) {
     let total_writes = cfg.runs[0].writes as usize;
 
     let mut last_rig = None;
+    let mut interrupted = 0;
     for kill in 0..KILLS_PER_FORMAT {
         let rig = Rig::new(&format!("crash-{}", ext), 96, &grub_cfg, &images);
         // Kill after the k-th completed write has been reported (plus however far the guest gets
@@ -154,6 +155,9 @@ fn crash(fmt: &str, opts: &str, ext: &str) {
         assert!(!out.contains("CHAIN-FAIL") && out.contains("CHAIN-START"), "{}: the guest failed before the kill:\n{}", what, out);
         let completed = completed_writes(&out);
         eprintln!("{}: killed with {} writes reported", what, completed.len());
+        if completed.len() < total_writes {
+            interrupted += 1;
+        }
         let back = rig.pull();
         assert!(std::fs::read(back.join(&names[0])).unwrap() == std::fs::read(&parent).unwrap(), "{}: the parent changed", what);
         let leaf = back.join(&names[1]);
@@ -161,6 +165,8 @@ fn crash(fmt: &str, opts: &str, ext: &str) {
         check_content(&chain_raw(&leaf, ext), &parent_data, &cfg, &completed, &what);
         last_rig = Some(rig);
     }
+
+    assert!(interrupted > 0, "{}: no kill landed before the guest's last write: the crash test tested nothing", ext);
 
     // The crashed child boots again and takes every write (its orphaned allocations reused).
     let rig = last_rig.unwrap();

@@ -130,39 +130,15 @@ fn grub_hashes_a_multi_megabyte_file_like_the_host() {
     assert_eq!(status, Some(EXIT_PASS), "{}", out);
 }
 
-/// Boot `image` on virtio with qemu-system-x86_64 (the Debian kernel is 64-bit and the
-/// harness's Qemu runs qemu-system-i386); returns (exit status, serial output).
+/// Boot `image` on virtio with qemu-system-x86_64 (the Debian kernel is 64-bit); returns (exit
+/// status, serial output).
 fn boot_x86_64(image: &std::path::Path, timeout: Duration) -> (Option<i32>, String) {
-    use std::process::{Command, Stdio};
-    vboot_tests::require_tool("qemu-system-x86_64", "qemu-system-x86");
-    let log = image.with_extension("serial.log");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-bios", vboot_tests::qemu::SEABIOS, "-display", "none", "-nodefaults", "-vga", "std"])
-        .args(["-no-reboot", "-m", "256", "-accel", "tcg"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", image.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu-system-x86_64");
-    let deadline = std::time::Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            break s.code();
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = vboot_tests::qemu::strip_ansi(&String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()));
-    (status, out)
+    let mut cfg = vboot_tests::qemu::Config::disk(image);
+    cfg.x86_64 = true;
+    cfg.memory_mib = 256;
+    let mut q = Qemu::start(&cfg);
+    let status = q.wait_exit(timeout);
+    (status, q.output())
 }
 
 #[test]

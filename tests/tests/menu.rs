@@ -141,6 +141,7 @@ fn errors_are_shown_and_lead_back_to_the_menu() {
     q.send(b"4");
     let out = q.expect_from(mark, "Press any key to return to the menu.", T);
     assert!(out.contains("has no vboot line, so there is nothing to boot"), "{}", out);
+    let mark = q.mark();
     q.send(b" ");
     q.expect_from(mark, "Plain GRUB entry", T);
     q.send(b"2");
@@ -162,5 +163,5 @@ fn bad_vboot_options_are_refused_with_the_word() {
     let host = menu_host(&dir, "set timeout=0\nmenuentry 'Typo' {\n  vboot hardisk=/one.img pause\n}\n");
     let mut q = Qemu::boot_disk(&host.disk);
     let out = q.expect("Press any key to return to the menu.", T);
-    assert!(out.contains("hardisk=/one.img") && out.contains("harddisk="), "{}", out);
+    assert!(out.contains("`hardisk=/one.img`") && out.contains("did you mean `harddisk=`?"), "{}", out);
 }
