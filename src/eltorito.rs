@@ -252,15 +252,15 @@ pub fn hard_disk_image_sectors(mbr: &[u8], sectors_left_in_file: u64) -> Result<
             reason: String::from("is a hard-disk image without an MBR signature (55AA)"),
         });
     }
-    let mut end = 0u64;
-    for i in 0..4 {
-        let e = &mbr[0x1BE + 16 * i..0x1BE + 16 * (i + 1)];
-        let start = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64;
-        let sectors = u32::from_le_bytes([e[12], e[13], e[14], e[15]]) as u64;
-        if e[4] != 0 && sectors != 0 {
-            end = end.max(start + sectors);
-        }
-    }
+    let sector: &[u8; 512] = mbr.get(..512).and_then(|s| s.try_into().ok()).ok_or_else(|| ElToritoError::BadBootImage {
+        reason: String::from("is a hard-disk image shorter than one sector"),
+    })?;
+    let end = crate::part::mbr_slots(sector)
+        .iter()
+        .filter(|e| e.type_byte != 0 && e.sectors != 0)
+        .map(|e| e.start_lba as u64 + e.sectors as u64)
+        .max()
+        .unwrap_or(0);
     if end == 0 {
         return Err(ElToritoError::BadBootImage {
             reason: String::from("is a hard-disk image whose MBR holds no partition"),

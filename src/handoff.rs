@@ -22,8 +22,6 @@ use crate::fs::Extent;
 
 pub const SIGNATURE: [u8; 8] = *b"VBHANDOF";
 pub const VERSION: u16 = 1;
-/// Tables are placed on a 4 KiB boundary.
-pub const ALIGN_BYTES: u64 = 4096;
 /// No reader accepts a table longer than this.
 pub const MAX_TABLE_BYTES: u32 = 16 << 20;
 pub const MAX_DRIVES: u16 = 16;

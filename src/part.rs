@@ -531,11 +531,11 @@ const MAX_GPT_ENTRIES_BYTES: u64 = 1 << 20;
 
 /// One 16-byte slot of an MBR or EBR.
 #[derive(Clone, Copy, Debug)]
-struct MbrSlot {
-    status: u8,
-    type_byte: u8,
-    start_lba: u32,
-    sectors: u32,
+pub(crate) struct MbrSlot {
+    pub(crate) status: u8,
+    pub(crate) type_byte: u8,
+    pub(crate) start_lba: u32,
+    pub(crate) sectors: u32,
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -567,7 +567,7 @@ const MBR_SLOTS_OFFSET: usize = 446;
 const MBR_SIGNATURE_OFFSET: usize = 510;
 const MBR_DISK_SIGNATURE_OFFSET: usize = 440;
 
-fn mbr_slots(sector: &[u8; SECTOR_BYTES]) -> [MbrSlot; 4] {
+pub(crate) fn mbr_slots(sector: &[u8; SECTOR_BYTES]) -> [MbrSlot; 4] {
     let slot = |i: usize| {
         let at = MBR_SLOTS_OFFSET + i * 16;
         MbrSlot {

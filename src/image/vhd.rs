@@ -544,10 +544,6 @@ impl VhdImage {
         Ok(self.bitmap_cache.as_ref().map(|c| c.1.as_slice()).unwrap_or(&[]))
     }
 
-    pub fn block_size_bytes(&self) -> u64 {
-        self.block_sectors * SECTOR_BYTES
-    }
-
     fn write_bat_entry(&mut self, block: u32, value: u32) -> Result<(), ImageError> {
         let table = self.header.as_ref().map(|h| h.table_offset).unwrap_or(0);
         self.file.write_at(table + block as u64 * 4, &value.to_be_bytes())?;
@@ -819,14 +815,13 @@ impl Layer for VhdImage {
             return Err(ImageError::Invalid { detail: alloc::format!("{} is not a differencing image; emptying it would lose data", self.name()) });
         }
         let table = self.header.as_ref().map(|h| h.table_offset).unwrap_or(0);
-        let mut raw = vec![0xFFu8; self.bat.len() * 4];
+        let raw = vec![0xFFu8; self.bat.len() * 4];
         // Blocks are dropped front to back, one BAT sector at a time; a crash leaves a
         // partly emptied but consistent image.
-        for (i, chunk) in raw.chunks_mut(512).enumerate() {
+        for (i, chunk) in raw.chunks(512).enumerate() {
             self.file.write_at(table + i as u64 * 512, chunk)?;
         }
         self.file.flush()?;
-        raw.clear();
         self.bat.iter_mut().for_each(|e| *e = UNALLOCATED);
         self.bitmap_cache = None;
         // Everything after the metadata is free again.

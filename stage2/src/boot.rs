@@ -9,7 +9,7 @@ use crate::disk::BiosDisk;
 use crate::{bios, prepare, println};
 use vboot::block::Window;
 use vboot::config::{Config, GrubPath, VbootOptions};
-use vboot::fs::volume::{self, Volume};
+use vboot::fs::volume::Volume;
 use vboot::fs::File;
 use vboot::install::InstallRecord;
 use vboot::menu::{self, Event, KeyDecoder, MenuState, Outcome};
@@ -114,13 +114,13 @@ fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&Inst
     };
     let mut tried: Vec<String> = Vec::new();
     for number in candidates {
-        let mut win = partition_window(disk, table, number)?;
-        if volume::sniff(&mut win).is_none() {
-            tried.push(format!("(hd0,{}): no filesystem vboot reads", number));
-            continue;
-        }
+        let win = partition_window(disk, table, number)?;
         let mut vol = match Volume::open(win) {
             Ok(v) => v,
+            Err(vboot::fs::FsError::NotRecognized(_)) => {
+                tried.push(format!("(hd0,{}): no filesystem vboot reads", number));
+                continue;
+            }
             Err(e) => {
                 tried.push(format!("(hd0,{}): {}", number, e));
                 continue;
@@ -294,13 +294,17 @@ fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, boot
     if let Some(i) = files.iter().position(|(what, _, _)| *what == "hard disk") {
         if !opts.recover_mbr {
             let (what, partition, file) = files.remove(i);
-            let image = prepare::HostFile { partition, file };
-            let image = prepare::take_snapshot(disk, table, loaded, booted, &opts, image)?;
-            let image = match prepare::ensure_slack(disk, table, &opts, image)? {
-                prepare::SlackOutcome::Ready(image) => image,
-                prepare::SlackOutcome::RamOverlay(image) => {
-                    opts.immutable = true;
-                    image
+            let image = prepare::HostFile::new(partition, file);
+            let image = if opts.take_snapshot.is_some() {
+                // The new child was made with its write slack.
+                prepare::take_snapshot(disk, table, loaded, booted, &opts, image)?
+            } else {
+                match prepare::ensure_slack(disk, table, &opts, image)? {
+                    prepare::SlackOutcome::Ready(image) => image,
+                    prepare::SlackOutcome::RamOverlay(image) => {
+                        opts.immutable = true;
+                        image
+                    }
                 }
             };
             files.insert(i, (what, image.partition, image.file));

@@ -40,8 +40,7 @@ pub fn layers(planned: &[PlannedLayer], formats: &[(String, LayerFormat)]) -> Ve
     planned
         .iter()
         .map(|p| {
-            let want = chain::normalize(&p.path).to_ascii_lowercase();
-            let format = formats.iter().find(|(n, _)| chain::normalize(n).to_ascii_lowercase() == want).map(|f| f.1).unwrap_or(leaf);
+            let format = chain::find_listed(formats, &p.path, |(n, _)| n.as_str()).map(|f| f.1).unwrap_or(leaf);
             Layer { format, size_bytes: p.size_bytes, path: p.path.clone(), extents: p.extents.extents.clone() }
         })
         .collect()
@@ -67,11 +66,11 @@ pub fn boot_stamp() -> (u64, u64) {
     };
     // SAFETY: RDTSC exists on every CPU that runs stage2 (i686).
     let tsc = unsafe { core::arch::x86::_rdtsc() };
-    let mut id = tsc ^ unix.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
-    // One round of splitmix64, so two boots close in time differ in every bit.
-    id = (id ^ (id >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    id = (id ^ (id >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (id ^ (id >> 31), unix)
+    // Mixed (splitmix64), so two boots close in time differ in every bit.
+    let mut seed = tsc ^ unix.rotate_left(32);
+    let mut id = [0u8; 8];
+    vboot::image::random_bytes(&mut seed, &mut id);
+    (u64::from_le_bytes(id), unix)
 }
 
 /// Write the table at `at` (inside the reserved range `reserved`) and point the stub's safe-hook

@@ -10,7 +10,9 @@ use crate::disk::BiosDisk;
 use vboot::block::{BlockDevice, Window};
 use vboot::fs::volume::Volume;
 use vboot::fs::{File, FileKind};
-use vboot::image::{ImageError, ImageFile, ParentLocator};
+use vboot::config::VbootOptions;
+use vboot::image::{ImageError, ImageFile, Layer, ParentLocator};
+use vboot::part::Partition;
 
 /// A file on the boot disk, read (and, for the changes made before boot, written) through its
 /// extent list. Writes stay inside the file: its length and extents never change here.
@@ -84,11 +86,47 @@ pub struct FsLocator {
     /// Every file opened, in order (the leaf first, already opened by the menu), with the path it
     /// was asked for; asking again does not walk the filesystem again.
     pub opened: Vec<(String, File)>,
+    /// The partition's filesystem, opened at the first lookup and kept for the rest of the walk.
+    volume: Option<Volume<Window<BiosDisk>>>,
 }
 
 impl FsLocator {
-    fn volume(&self) -> Option<Volume<Window<BiosDisk>>> {
-        Volume::open(Window { inner: self.disk.clone(), start_lba: self.start_lba, sectors: self.sectors }).ok()
+    /// Files on partition `part` of `disk`; `known` (the leaf first) are not looked up again.
+    pub fn new(disk: &BiosDisk, part: &Partition, known: Vec<(String, File)>) -> FsLocator {
+        FsLocator { disk: disk.clone(), start_lba: part.start_lba, sectors: part.sectors, opened: known, volume: None }
+    }
+
+    fn volume(&mut self) -> Option<&mut Volume<Window<BiosDisk>>> {
+        if self.volume.is_none() {
+            self.volume = Volume::open(Window { inner: self.disk.clone(), start_lba: self.start_lba, sectors: self.sectors }).ok();
+        }
+        self.volume.as_mut()
+    }
+
+    /// Walk the chain from `leaf` (one of the known files), with `parent_dir=`.
+    pub fn open_chain(&mut self, leaf: &str, parent_dir: &Option<String>) -> Result<(Vec<Box<dyn Layer>>, Vec<String>), String> {
+        let opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
+        vboot::image::open_chain(leaf, self, &opts).map_err(|e| format!("{}", e))
+    }
+
+    /// The files the chain `layers` is made of, in chain order: not the candidates the walk
+    /// opened and turned down.
+    pub fn chain_files(&self, layers: &[Box<dyn Layer>]) -> Vec<(String, File)> {
+        layers
+            .iter()
+            .flat_map(|l| l.file_names())
+            .filter_map(|name| vboot::image::chain::find_listed(&self.opened, &name, |(p, _)| p.as_str()).cloned())
+            .collect()
+    }
+}
+
+/// The directory of `parent_dir=` on the image's partition `image_partition`; refused when it
+/// names another partition (the chain must live on one).
+pub fn parent_dir_on(opts: &VbootOptions, image_partition: u32) -> Result<Option<String>, String> {
+    match &opts.parent_dir {
+        Some(p) if p.disk.is_none() || (p.disk == Some(0) && p.partition.map(|x| x.number) == Some(image_partition)) => Ok(Some(p.path.clone())),
+        Some(p) => Err(format!("parent_dir={}: it must be on the image's partition (hd0,{})", p, image_partition)),
+        None => Ok(None),
     }
 }
 
@@ -113,7 +151,7 @@ impl ParentLocator for FsLocator {
         Some(Box::new(VolumeFile::new(self.disk.clone(), self.start_lba, file)))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
-        let Some(mut vol) = self.volume() else { return Vec::new() };
+        let Some(vol) = self.volume() else { return Vec::new() };
         vol.list_dir(dir)
             .map(|v| v.into_iter().filter(|e| e.kind == FileKind::File).map(|e| e.name).collect())
             .unwrap_or_default()

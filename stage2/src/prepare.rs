@@ -27,10 +27,18 @@ pub const DEFAULT_RESERVE_BYTES: u64 = 256 << 20;
 /// Largest file FAT can hold, rounded down to whole sectors.
 const FAT_MAX_FILE_BYTES: u64 = 0xFFFF_FE00;
 
-/// A file of the image's partition, ready to be opened by the chain walker.
+/// The image's leaf on its partition, and the files of its chain found so far (the leaf first),
+/// so that later walks of the chain do not look them up on the filesystem again.
 pub struct HostFile {
     pub partition: u32,
     pub file: File,
+    pub known: Vec<(String, File)>,
+}
+
+impl HostFile {
+    pub fn new(partition: u32, file: File) -> HostFile {
+        HostFile { partition, known: alloc::vec![(file.path.clone(), file.clone())], file }
+    }
 }
 
 fn volume(disk: &BiosDisk, table: &PartitionTable, partition: u32) -> Result<Volume<Window<BiosDisk>>, String> {
@@ -38,14 +46,12 @@ fn volume(disk: &BiosDisk, table: &PartitionTable, partition: u32) -> Result<Vol
     Volume::open(win).map_err(|e| format!("(hd0,{}): {}", partition, e))
 }
 
-fn locator(disk: &BiosDisk, table: &PartitionTable, partition: u32, leaf: &File) -> Result<FsLocator, String> {
-    let p = table.find(partition).ok_or_else(|| format!("partition (hd0,{}) vanished", partition))?;
-    Ok(FsLocator { disk: disk.clone(), start_lba: p.start_lba, sectors: p.sectors, opened: alloc::vec![(leaf.path.clone(), leaf.clone())] })
-}
-
-fn open_chain(loc: &mut FsLocator, leaf: &str, parent_dir: &Option<String>) -> Result<Vec<Box<dyn Layer>>, String> {
-    let opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
-    vboot::image::open_chain(leaf, loc, &opts).map(|(layers, _)| layers).map_err(|e| format!("{}", e))
+/// The chain of `image` (its known files first), walked on its partition.
+fn open_chain(disk: &BiosDisk, table: &PartitionTable, image: &HostFile, parent_dir: &Option<String>) -> Result<(FsLocator, Vec<Box<dyn Layer>>), String> {
+    let p = table.find(image.partition).ok_or_else(|| format!("partition (hd0,{}) vanished", image.partition))?;
+    let mut loc = FsLocator::new(disk, p, image.known.clone());
+    let (layers, _) = loc.open_chain(&image.file.path, parent_dir)?;
+    Ok((loc, layers))
 }
 
 /// A partition-less path means the grub.cfg partition; make it explicit when it is written into
@@ -69,29 +75,6 @@ fn child_variant(leaf: &dyn Layer) -> Result<Variant, String> {
             leaf.name()
         )),
     }
-}
-
-/// Seconds since 1970 from the RTC, for the new image's time stamps (0 when the RTC is unset).
-fn rtc_unix_seconds() -> u64 {
-    let bcd = |b: u32| ((b >> 4) & 0xF) * 10 + (b & 0xF);
-    let mut t = crate::bios::BiosRegs { eax: 0x0200, ..Default::default() };
-    crate::bios::call(0x1A, &mut t);
-    let mut d = crate::bios::BiosRegs { eax: 0x0400, ..Default::default() };
-    crate::bios::call(0x1A, &mut d);
-    let year = bcd(d.ecx >> 8 & 0xFF) * 100 + bcd(d.ecx & 0xFF);
-    let (month, day) = (bcd(d.edx >> 8 & 0xFF), bcd(d.edx & 0xFF));
-    if !(1980..2100).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return 0;
-    }
-    // Days from 1970-01-01 (civil-from-days, Howard Hinnant's algorithm in reverse).
-    let (y, m) = if month <= 2 { (year as i64 - 1, month as i64 + 9) } else { (year as i64, month as i64 - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + day as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    let secs = bcd(t.ecx >> 8 & 0xFF) as i64 * 3600 + bcd(t.ecx & 0xFF) as i64 * 60 + bcd(t.edx >> 8 & 0xFF) as i64;
-    (days * 86400 + secs).max(0) as u64
 }
 
 /// What `take_snapshot=` will write into grub.cfg, worked out before anything is written.
@@ -198,11 +181,10 @@ pub fn take_snapshot(
             snap, image.partition
         ));
     }
-    let parent_dir = opts.parent_dir.as_ref().map(|p| p.path.clone());
-
     // Check everything before the first write.
-    let mut loc = locator(disk, table, image.partition, &image.file)?;
-    let layers = open_chain(&mut loc, &image.file.path, &parent_dir)?;
+    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
+    let (loc, layers) = open_chain(disk, table, &image, &parent_dir)?;
+    let chain_files = loc.chain_files(&layers);
     let leaf = &*layers[0];
     let variant = child_variant(leaf)?;
     {
@@ -229,7 +211,8 @@ pub fn take_snapshot(
     let relative = chain::relative_to(&child_dir, &image.file.path);
     let info = create::parent_info(leaf, &relative, &image.file.path);
     let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
-    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: rtc_unix_seconds() ^ crate::bios::ticks() as u64 ^ 0x5EED_CAFE, now_unix: rtc_unix_seconds() };
+    let (stamp, now_unix) = crate::handoff::boot_stamp();
+    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: stamp, now_unix };
     let base_name = chain::basename(&snap.path).to_string();
     let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("take_snapshot: {}", e))?;
     // The child starts empty: all of the virtual disk is left to allocate.
@@ -246,9 +229,10 @@ pub fn take_snapshot(
     let mut vf = VolumeFile::writable(disk.clone(), start_lba, file.clone());
     let made = create::create_filling(variant, &mut vf, &base_name, &copts, Some(&info)).map_err(|e| format!("{}", e));
     // The new chain must open, with the old leaf as the child's parent.
+    let mut child = HostFile::new(image.partition, file.clone());
+    child.known.extend(chain_files);
     let check = made.and_then(|_| {
-        let mut loc = locator(disk, table, image.partition, &file)?;
-        let layers = open_chain(&mut loc, &file.path, &parent_dir)?;
+        let (_, layers) = open_chain(disk, table, &child, &parent_dir)?;
         match layers.get(1) {
             Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
             _ => Err(String::from("the new image does not link to its parent")),
@@ -273,7 +257,7 @@ pub fn take_snapshot(
             .map_err(|e| format!("{} (the snapshot {} was made; grub.cfg may still point at the old image)", e, snap.path))?;
         println!("  grub.cfg: (hd0,{}){} rewritten to boot {}", edit.partition, edit.path, snap);
     }
-    Ok(HostFile { partition: image.partition, file })
+    Ok(child)
 }
 
 /// What `ensure_slack` decided.
@@ -290,21 +274,22 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
     if opts.immutable {
         return Ok(SlackOutcome::Ready(image));
     }
-    let parent_dir = opts.parent_dir.as_ref().map(|p| p.path.clone());
-    let mut loc = locator(disk, table, image.partition, &image.file)?;
-    let mut layers = open_chain(&mut loc, &image.file.path, &parent_dir)?;
+    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
+    let (loc, mut layers) = open_chain(disk, table, &image, &parent_dir)?;
+    let mut known = loc.chain_files(&layers);
     let leaf = &mut *layers[0];
     let format = leaf.format();
     let have = leaf.slack_bytes();
     let asked = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
     // A fully allocated image needs no slack, however much was asked for.
-    let left = if asked > have && slack::slack_need(leaf) != SlackNeed::None {
+    let need = slack::slack_need(leaf);
+    let left = if asked > have && need != SlackNeed::None {
         slack::unallocated_bytes(leaf).map_err(|e| format!("{}", e))?
     } else {
         0
     };
     let want = slack::wanted_bytes(asked, left);
-    let why_not = match slack::slack_need(leaf) {
+    let why_not = match need {
         SlackNeed::None => return Ok(SlackOutcome::Ready(image)),
         _ if want == 0 => return Ok(SlackOutcome::Ready(image)),
         SlackNeed::Growable if have >= want => return Ok(SlackOutcome::Ready(image)),
@@ -317,7 +302,9 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
         None => match grow(disk, table, &image, format, want - have) {
             Ok(file) => {
                 println!("  write slack: {} grown by {} KiB for new blocks", image.file.path, (want - have) / 1024);
-                return Ok(SlackOutcome::Ready(HostFile { partition: image.partition, file }));
+                // The leaf's extents changed; its parents' did not.
+                known[0] = (file.path.clone(), file.clone());
+                return Ok(SlackOutcome::Ready(HostFile { partition: image.partition, file, known }));
             }
             Err(e) => e,
         },

@@ -168,17 +168,9 @@ pub(crate) fn plan_hard_disk(
         return Err(format!("{} is empty", file.path));
     }
     // Walk the chain from the leaf up, on the image's partition, as the engine will again.
-    let parent_dir = match &opts.parent_dir {
-        Some(p) if p.disk.is_none() || (p.disk == Some(0) && p.partition.map(|x| x.number) == Some(part_number)) => {
-            Some(p.path.clone())
-        }
-        Some(p) => return Err(format!("parent_dir={}: it must be on the image's partition (hd0,{})", p, part_number)),
-        None => None,
-    };
-    let mut locator =
-        crate::images::FsLocator { disk: disk.clone(), start_lba: part.start_lba, sectors: part.sectors, opened: alloc::vec![(file.path.clone(), file.clone())] };
-    let chain_opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
-    let (layers, warnings) = vboot::image::open_chain(&file.path, &mut locator, &chain_opts).map_err(|e| format!("{}", e))?;
+    let parent_dir = crate::images::parent_dir_on(opts, part_number)?;
+    let mut locator = crate::images::FsLocator::new(disk, part, alloc::vec![(file.path.clone(), file.clone())]);
+    let (layers, warnings) = locator.open_chain(&file.path, &parent_dir)?;
     for w in &warnings {
         println!("  warning: {}", w);
     }
@@ -204,6 +196,7 @@ pub(crate) fn plan_hard_disk(
     let formats: Vec<(String, vboot::handoff::LayerFormat)> =
         layers.iter().map(|l| (String::from(l.name()), vboot::handoff::LayerFormat::from_image(l.format()))).collect();
     let virtual_sectors = layers[0].virtual_sectors();
+    let chain_files = locator.chain_files(&layers);
     drop(layers);
     if raw && file.size_bytes % 512 != 0 {
         return Err(format!(
@@ -214,8 +207,7 @@ pub(crate) fn plan_hard_disk(
     let files: Vec<PlannedLayer> = if raw {
         alloc::vec![PlannedLayer { format: 0, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
     } else {
-        locator
-            .opened
+        chain_files
             .iter()
             .map(|(path, f)| PlannedLayer { format: 1, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba), path: path.clone() })
             .collect()
