@@ -369,3 +369,51 @@ fn an_interrupted_grub_cfg_rewrite_is_finished() {
     let listing = list(&part, "/boot/grub");
     assert!(!listing.contains(".new") && !listing.contains(".old"), "leftovers: {}", listing);
 }
+
+/// parent_dir=: a child whose stored parent path does not resolve (its parent lives in another
+/// directory) boots when parent_dir= names that directory, is refused without it, and a
+/// parent_dir= on another partition is refused before anything is written.
+#[test]
+fn parent_dir_finds_a_parent_the_stored_path_misses() {
+    let dir = TempDir::new("parent-dir");
+    let (base, cfg) = probe_image(&dir, "vmdk", "subformat=monolithicSparse", "base.vmdk");
+    let child = dir.join("c.vmdk");
+    // Made next to its parent: the child stores "base.vmdk", which is not in /vm/kids.
+    sh(Command::new(vboot_tests::artifacts().vdisk).arg("snapshot").arg(&base).arg(&child).args(["--reserve", "4M"]));
+    let grub = "set timeout=-1\n\
+menuentry 'with parent_dir' {\n    vboot harddisk=/vm/kids/c.vmdk parent_dir=/vm/parents\n}\n\
+menuentry 'without' {\n    vboot harddisk=/vm/kids/c.vmdk\n}\n\
+menuentry 'elsewhere' {\n    vboot harddisk=/vm/kids/c.vmdk parent_dir=(hd0,2)/vm/parents\n}\n";
+    let host = vboot_host(&dir, 96, grub, &[]);
+    for d in ["::/vm", "::/vm/parents", "::/vm/kids"] {
+        sh(Command::new("mmd").arg("-i").arg(&host.part).arg(d).env("MTOOLS_SKIP_CHECK", "1"));
+    }
+    disk::put_fragmented(&host.part, "/vm/parents/base.vmdk", &std::fs::read(&base).unwrap(), 2);
+    disk::put_fragmented(&host.part, "/vm/kids/c.vmdk", &std::fs::read(&child).unwrap(), 2);
+    disk::write_at(&host.disk, 2048, &host.part);
+    let before = std::fs::read(&host.disk).unwrap();
+    let mut q = qemu(&host);
+    q.expect("3. elsewhere", T);
+    q.expect_refusals(
+        "3. elsewhere",
+        &[
+            (&b"2"[..], "/vm/kids/c.vmdk: parent image not found"),
+            (&b"3"[..], "parent_dir=(hd0,2)/vm/parents: it must be on the image's partition (hd0,1)"),
+        ],
+        T,
+    );
+    q.kill();
+    assert!(std::fs::read(&host.disk).unwrap() == before, "a refused entry changed the disk");
+
+    let mut q = qemu(&host);
+    q.expect("3. elsewhere", T);
+    q.send(b"1");
+    let out = pass(&mut q);
+    assert!(out.contains("parent /vm/parents/base.vmdk"), "{}", out);
+    let part = partition_after(&host, &dir, "boot");
+    assert!(get(&part, "/vm/parents/base.vmdk", &dir.join("base-after.vmdk")) == std::fs::read(&base).unwrap(), "the parent changed");
+    get(&part, "/vm/kids/c.vmdk", &child);
+    qemu_img_check(&child);
+    // qemu follows the stored hint "base.vmdk" next to the child: here it is.
+    check_chain(&child, &cfg, false);
+}
