@@ -189,6 +189,18 @@ pub fn qemu_io(fmt: &str, img: &str, cmds: &[&str]) {
 }
 
 /// The vdisk binary `cargo xtask build` made.
+/// `vdisk check IMAGE` must pass (`context` goes into the failure message).
+pub fn vdisk_check(image: &Path, context: &str) {
+    let out = Command::new(vdisk_bin()).arg("check").arg(image).output().unwrap();
+    assert!(out.status.success(), "{}vdisk check {}: {}{}", context, image.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// `qemu-img check IMAGE` must pass (for the formats qemu reads: not VHD or VDI children).
+pub fn qemu_img_check(image: &Path, context: &str) {
+    let out = Command::new("qemu-img").arg("check").arg(image).output().unwrap();
+    assert!(out.status.success(), "{}qemu-img check {}: {}{}", context, image.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn vdisk_bin() -> PathBuf {
     let p = workspace_root().join("target/release/vdisk");
     assert!(p.exists(), "{} is missing: run `cargo xtask test` (it builds the tools first)", p.display());

@@ -45,22 +45,6 @@ fn vdisk() -> PathBuf {
     vboot_tests::vdisk_bin()
 }
 
-fn vdisk_check(image: &Path) {
-    let out = Command::new(vdisk()).arg("check").arg(image).output().unwrap();
-    assert!(
-        out.status.success(),
-        "vdisk check {}: {}{}",
-        image.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn qemu_check(image: &Path) {
-    let out = Command::new("qemu-img").arg("check").arg(image).output().unwrap();
-    assert!(out.status.success(), "qemu-img check {}: {}", image.display(), String::from_utf8_lossy(&out.stdout));
-}
-
 fn snapshot(parent: &Path, child: &Path, reserve: &str) {
     sh(Command::new(vdisk()).arg("snapshot").arg(parent).arg(child).args(["--reserve", reserve]));
 }
@@ -257,7 +241,7 @@ fn boot_variants(tag: &str, variants: &[Variant], cfg: &ProbeConfig) {
             }
             Oracle::Vdisk => vdisk_raw(&leaf),
         };
-        vdisk_check(&leaf);
+        vboot_tests::vdisk_check(&leaf, "");
         check_raw(&got, cfg, v.title);
         for n in &v.unchanged {
             let was = &before.iter().find(|(b, _)| b == n).unwrap().1;
@@ -269,7 +253,7 @@ fn boot_variants(tag: &str, variants: &[Variant], cfg: &ProbeConfig) {
 /// qemu-img check knows VMDK and VDI, not VHD.
 fn qemu_check_if_it_can(image: &Path) {
     if image.extension().and_then(|e| e.to_str()) != Some("vhd") {
-        qemu_check(image);
+        vboot_tests::qemu_img_check(image, "");
     }
 }
 
@@ -424,7 +408,7 @@ fn vhd_and_vdi_chains_of_depth_8_read_as_written() {
     }
     let out = rig.pull();
     for (n, _) in &files {
-        vdisk_check(&out.join(n));
+        vboot_tests::vdisk_check(&out.join(n), "");
     }
 }
 
@@ -503,9 +487,9 @@ fn tree(fmt: &str, opts: &str, ext: &str) {
     assert!(std::fs::read(out.join(&files[0].0)).unwrap() == std::fs::read(&parent).unwrap(), "{}: the parent changed", ext);
     for (k, (n, _)) in files[1..].iter().enumerate() {
         let leaf = out.join(n);
-        vdisk_check(&leaf);
+        vboot_tests::vdisk_check(&leaf, "");
         let got = if ext == "vmdk" {
-            qemu_check(&leaf);
+            vboot_tests::qemu_img_check(&leaf, "");
             qemu_raw(&leaf, CHAIN_SECTORS)
         } else {
             vdisk_raw(&leaf)

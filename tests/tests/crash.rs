@@ -57,11 +57,10 @@ fn chain_raw(leaf: &Path, ext: &str) -> Vec<u8> {
 }
 
 fn checks_pass(leaf: &Path, ext: &str, seed: u64) {
-    let out = Command::new(vdisk()).arg("check").arg(leaf).output().unwrap();
-    assert!(out.status.success(), "seed {}: vdisk check {}: {}{}", seed, leaf.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let context = format!("seed {}: ", seed);
+    vboot_tests::vdisk_check(leaf, &context);
     if ext == "vmdk" {
-        let out = Command::new("qemu-img").arg("check").arg(leaf).output().unwrap();
-        assert!(out.status.success(), "seed {}: qemu-img check {}: {}", seed, leaf.display(), String::from_utf8_lossy(&out.stdout));
+        vboot_tests::qemu_img_check(leaf, &context);
     }
 }
 

@@ -75,16 +75,6 @@ fn list(part: &Path, dir: &str) -> String {
     sh(Command::new("mdir").args(["-b", "-i"]).arg(part).arg(format!("::{}", dir)).env("MTOOLS_SKIP_CHECK", "1"))
 }
 
-fn qemu_img_check(image: &Path) {
-    let check = Command::new("qemu-img").arg("check").arg(image).output().unwrap();
-    assert!(check.status.success(), "qemu-img check {}: {}{}", image.display(), String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-}
-
-fn vdisk_check(image: &Path) {
-    let out = Command::new(vboot_tests::artifacts().vdisk).arg("check").arg(image).output().unwrap();
-    assert!(out.status.success(), "vdisk check {}: {}{}", image.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
 /// The chain at `leaf` read through qemu-img (VMDK) or vdisk (VHD, VDI) as a raw disk, checked
 /// against the probe's pattern and writes.
 fn check_chain(leaf: &Path, cfg: &ProbeConfig, via_vdisk: bool) {
@@ -123,7 +113,7 @@ menuentry 'XP: take a snapshot' {\n    vboot harddisk=/vm/base.vmdk take_snapsho
     assert!(!listing.contains(".new") && !listing.contains(".old"), "leftovers of the rewrite: {}", listing);
     let child = dir.join("s1.vmdk");
     get(&part, "/vm/s1.vmdk", &child);
-    qemu_img_check(&child);
+    vboot_tests::qemu_img_check(&child, "");
     check_chain(&child, &cfg, false);
 
     // Boot 2: the default is still the snapshot entry, whose file now exists.
@@ -141,7 +131,7 @@ menuentry 'XP: take a snapshot' {\n    vboot harddisk=/vm/base.vmdk take_snapsho
     let part = partition_after(&host, &dir, "boot2");
     assert!(get(&part, "/vm/base.vmdk", &dir.join("base-after2.vmdk")) == base_bytes, "the parent changed");
     get(&part, "/vm/s1.vmdk", &child);
-    qemu_img_check(&child);
+    vboot_tests::qemu_img_check(&child, "");
     check_chain(&child, &cfg, false);
 }
 
@@ -168,7 +158,7 @@ fn take_snapshot_with_new_menu_entry_appends_an_entry_for_the_child() {
     let child = dir.join("snaps/day1.vhd");
     std::fs::create_dir_all(dir.join("snaps")).unwrap();
     get(&part, "/vm/snaps/day1.vhd", &child);
-    vdisk_check(&child);
+    vboot_tests::vdisk_check(&child, "");
     check_chain(&child, &cfg, true);
 
     // The new entry (index 1) boots the child.
@@ -231,7 +221,7 @@ fn write_slack_is_grown_before_boot_on_fat() {
     let part = partition_after(&host, &dir, "boot");
     get(&part, "/vm/child.vmdk", &child);
     assert_eq!(std::fs::metadata(&child).unwrap().len(), child_len + (3 << 20));
-    qemu_img_check(&child);
+    vboot_tests::qemu_img_check(&child, "");
     check_chain(&child, &cfg, false);
 }
 
@@ -341,7 +331,7 @@ fn take_snapshot_on_an_exfat_host() {
     );
     let child = dir.join("s1.vmdk");
     std::fs::write(&child, exfat_get(&part, "/s1.vmdk")).unwrap();
-    qemu_img_check(&child);
+    vboot_tests::qemu_img_check(&child, "");
     check_chain(&child, &cfg, false);
 }
 
@@ -413,7 +403,7 @@ menuentry 'elsewhere' {\n    vboot harddisk=/vm/kids/c.vmdk parent_dir=(hd0,2)/v
     let part = partition_after(&host, &dir, "boot");
     assert!(get(&part, "/vm/parents/base.vmdk", &dir.join("base-after.vmdk")) == std::fs::read(&base).unwrap(), "the parent changed");
     get(&part, "/vm/kids/c.vmdk", &child);
-    qemu_img_check(&child);
+    vboot_tests::qemu_img_check(&child, "");
     // qemu follows the stored hint "base.vmdk" next to the child: here it is.
     check_chain(&child, &cfg, false);
 }
