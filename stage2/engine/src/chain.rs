@@ -140,7 +140,14 @@ pub struct ChainDisk {
     files: Vec<Vec<ExtentList>>,
     sectors: u64,
     read_only: bool,
+    /// Room for the largest transfer that goes through `image::Disk` (zeros, compressed grains,
+    /// writes), allocated once here instead of on every INT 13h call.
+    scratch: Vec<u8>,
 }
+
+/// Sectors a request is split into when it goes through `image::Disk` instead of straight to
+/// the host disk.
+const SCRATCH_SECTORS: u64 = 127;
 
 impl ChainDisk {
     pub fn open(io: HostIo, d: &PlannedDrive, parent_dir: Option<String>) -> Result<ChainDisk, String> {
@@ -163,7 +170,7 @@ impl ChainDisk {
             table.push(per);
         }
         let sectors = disk.sectors();
-        Ok(ChainDisk { disk, io, files: table, sectors, read_only: d.read_only })
+        Ok(ChainDisk { disk, io, files: table, sectors, read_only: d.read_only, scratch: vec![0u8; SCRATCH_SECTORS as usize * 512] })
     }
 
     /// `restore`: empty the leaf, so the disk reads as its parent again.
@@ -201,7 +208,7 @@ impl EmulatedDisk for ChainDisk {
                 .map_err(|_| fail(Status::SECTOR_NOT_FOUND))?
                 .ok_or(fail(Status::SECTOR_NOT_FOUND))?;
             let into = sector - run.start_sector;
-            let n = (run.sectors - into).min(count - done).min(127);
+            let n = (run.sectors - into).min(count - done).min(SCRATCH_SECTORS);
             let linear = buf_linear + done * 512;
             match run.source {
                 Source::Data { layer, file, offset_bytes } if offset_bytes % 512 == 0 => {
@@ -216,14 +223,15 @@ impl EmulatedDisk for ChainDisk {
                     done += n;
                 }
                 Source::Zero => {
-                    let zeros = vec![0u8; n as usize * 512];
-                    mem.write(linear, &zeros).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
+                    let zeros = &mut self.scratch[..n as usize * 512];
+                    zeros.fill(0);
+                    mem.write(linear, zeros).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
                     done += n;
                 }
                 _ => {
-                    let mut tmp = vec![0u8; n as usize * 512];
-                    self.disk.read(sector, &mut tmp).map_err(|_| fail(Status::SECTOR_NOT_FOUND))?;
-                    mem.write(linear, &tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
+                    let tmp = &mut self.scratch[..n as usize * 512];
+                    self.disk.read(sector, tmp).map_err(|_| fail(Status::SECTOR_NOT_FOUND))?;
+                    mem.write(linear, tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
                     done += n;
                 }
             }
@@ -238,13 +246,13 @@ impl EmulatedDisk for ChainDisk {
         let mut done = 0u64;
         let count = count as u64;
         while done < count {
-            let n = (count - done).min(64);
-            let mut tmp = vec![0u8; n as usize * 512];
+            let n = (count - done).min(SCRATCH_SECTORS);
+            let tmp = &mut self.scratch[..n as usize * 512];
             let fail = |s: Status| DiskError { done_blocks: done as u32, status: s };
-            mem.read(buf_linear + done * 512, &mut tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
+            mem.read(buf_linear + done * 512, tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
             // New blocks (VHD), grains (VMDK) or blocks (VDI) are allocated here, inside the slack
             // the file already owns, in DESIGN.md §4.3's order; no slack is a write fault.
-            self.disk.write(lba + done, &tmp).map_err(|e| match e {
+            self.disk.write(lba + done, tmp).map_err(|e| match e {
                 ImageError::ReadOnly { .. } => fail(Status::WRITE_PROTECTED),
                 _ => fail(Status::WRITE_FAULT),
             })?;
