@@ -223,6 +223,25 @@ impl Plan {
     }
 }
 
+/// Heap the resident engine starts with, whatever it serves: per-disk transfer buffers (64 KiB
+/// each), messages, and room for the allocator's fragmentation.
+pub const ENGINE_BASE_HEAP_BYTES: u64 = 1 << 20;
+/// The RAM overlay of `immutable`: writes the guest makes are kept in this much heap at most.
+pub const IMMUTABLE_OVERLAY_BYTES: u64 = 64 << 20;
+
+/// The heap the resident engine needs (docs/memory.md): the fixed part, the tables and caches of
+/// every image chain it opens (`chain_bytes`, from `image::disk::chain_memory_bytes` on the same
+/// chains), a quarter more for the allocator's headers and fragmentation, the plan's extent
+/// lists (`plan_bytes`: the engine keeps them in a few forms: as parsed, per open file and as a
+/// sorted index), and the RAM overlay with `immutable`.
+pub fn engine_heap_bytes(chain_bytes: u64, plan_bytes: u64, immutable: bool) -> u64 {
+    let overlay = if immutable { IMMUTABLE_OVERLAY_BYTES } else { 0 };
+    ENGINE_BASE_HEAP_BYTES
+        .saturating_add(chain_bytes.saturating_add(chain_bytes / 4))
+        .saturating_add(plan_bytes.saturating_mul(6))
+        .saturating_add(overlay)
+}
+
 /// The map with `base..base+length` marked reserved, splitting usable entries it overlaps.
 pub fn reserve(map: &[E820Entry], base: u64, length: u64) -> Vec<E820Entry> {
     let end = base + length;

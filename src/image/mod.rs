@@ -29,6 +29,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
+mod cache;
 pub mod chain;
 pub mod create;
 pub mod disk;
@@ -69,6 +70,8 @@ pub enum ImageError {
     Invalid { detail: String },
     /// A disk image of a format vboot does not read (VHDX, QCOW2).
     ForeignFormat { image: String, format: &'static str },
+    /// The image's tables need more memory than there is (`what` says which table).
+    NoMemory { image: String, what: &'static str, bytes: u64 },
 }
 
 impl ImageError {
@@ -126,6 +129,13 @@ impl fmt::Display for ImageError {
             ImageError::ForeignFormat { image, format } => {
                 write!(f, "{} is a {} image; vboot boots raw, VHD, VMDK and VDI images", image, format)
             }
+            ImageError::NoMemory { image, what, bytes } => write!(
+                f,
+                "{}: not enough memory for {} ({} KiB); a machine with more RAM can open it",
+                image,
+                what,
+                bytes.div_ceil(1024)
+            ),
         }
     }
 }
@@ -496,6 +506,13 @@ pub trait Layer {
     fn slack_bytes(&self) -> u64 {
         0
     }
+    /// The most heap this layer holds while it is used: its top-level table plus its caches at
+    /// their fullest (docs/memory.md). Fixed at open; reads and writes never take more.
+    fn memory_bytes(&self) -> u64;
+    /// Bytes of the largest compressed grain a read may inflate (0 without compression).
+    fn compressed_grain_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// Open one image (without its parents). `open_other` opens further files of the same image
@@ -628,33 +645,53 @@ pub(crate) fn write_new_unit(
     Ok(())
 }
 
-/// Read a table of `count` u32 values at `offset_bytes` in big- or little-endian.
+/// Make room for `additional` more elements in `v`, or say which table of `image` did not fit.
+/// Tables sized by an image's header are allocated this way, so a huge (or damaged) header is an
+/// error the user reads, not an allocation failure that stops the machine.
+pub(crate) fn try_reserve<T>(v: &mut Vec<T>, additional: usize, image: &str, what: &'static str) -> Result<(), ImageError> {
+    v.try_reserve_exact(additional).map_err(|_| ImageError::NoMemory {
+        image: image.to_string(),
+        what,
+        bytes: (additional as u64).saturating_mul(core::mem::size_of::<T>() as u64),
+    })
+}
+
+/// Read a table of `count` u32 values at `offset_bytes` in big- or little-endian. The table is
+/// read 16 KiB at a time straight into its vector, so the peak is the table itself.
 pub(crate) fn read_u32_table(
     file: &mut dyn ImageFile,
     offset_bytes: u64,
     count: usize,
     big_endian: bool,
+    what: &'static str,
 ) -> Result<Vec<u32>, ImageError> {
-    let bytes_len = count.checked_mul(4).ok_or_else(|| ImageError::corrupt(file.name(), "table too large"))?;
-    if offset_bytes.checked_add(bytes_len as u64).map_or(true, |e| e > file.len_bytes()) {
+    let bytes_len = (count as u64).checked_mul(4).ok_or_else(|| ImageError::corrupt(file.name(), "table too large"))?;
+    if offset_bytes.checked_add(bytes_len).map_or(true, |e| e > file.len_bytes()) {
         return Err(ImageError::corrupt(
             file.name(),
             alloc::format!("table of {} entries at byte {} reaches past the end of the file ({} bytes)", count, offset_bytes, file.len_bytes()),
         ));
     }
-    let mut raw = alloc::vec![0u8; bytes_len];
-    file.read_at(offset_bytes, &mut raw)?;
-    Ok(raw
-        .chunks_exact(4)
-        .map(|c| {
+    let mut out: Vec<u32> = Vec::new();
+    try_reserve(&mut out, count, file.name(), what)?;
+    let mut chunk = [0u8; 16 * 1024];
+    let mut at = offset_bytes;
+    let mut left = bytes_len as usize;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        file.read_at(at, &mut chunk[..n])?;
+        out.extend(chunk[..n].chunks_exact(4).map(|c| {
             let a = [c[0], c[1], c[2], c[3]];
             if big_endian {
                 u32::from_be_bytes(a)
             } else {
                 u32::from_le_bytes(a)
             }
-        })
-        .collect())
+        }));
+        at += n as u64;
+        left -= n;
+    }
+    Ok(out)
 }
 
 /// Pseudo-random bytes for UUIDs and CIDs: the caller provides entropy (host: time + pid;

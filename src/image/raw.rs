@@ -20,6 +20,9 @@ impl RawImage {
 }
 
 impl Layer for RawImage {
+    fn memory_bytes(&self) -> u64 {
+        core::mem::size_of::<Self>() as u64
+    }
     fn format(&self) -> Format {
         Format::Raw
     }

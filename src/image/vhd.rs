@@ -29,6 +29,7 @@ use alloc::vec::Vec;
 
 use static_assertions::const_assert_eq;
 
+use super::cache::PieceCache;
 use super::{be_u16, be_u32, be_u64, bytes16, hex16, put, read_u32_table, Format, Identity, ImageError, ImageFile, Layer, Mapping, ParentLink, SECTOR_BYTES};
 
 pub const FOOTER_BYTES: usize = 512;
@@ -370,7 +371,8 @@ pub struct VhdImage {
     /// First byte after all metadata and blocks: where the next block goes.
     next_free_bytes: u64,
     warnings: Vec<String>,
-    bitmap_cache: Option<(u32, Vec<u8>)>,
+    /// Block bitmaps read so far (a fixed number of them: see BITMAP_CACHE_BYTES).
+    bitmaps: Option<PieceCache<u8>>,
     parent_paths: Vec<String>,
 }
 
@@ -422,7 +424,7 @@ impl VhdImage {
             virtual_sectors,
             next_free_bytes: 0,
             warnings,
-            bitmap_cache: None,
+            bitmaps: None,
             parent_paths: Vec::new(),
         };
         match img.footer.disk_type {
@@ -456,7 +458,9 @@ impl VhdImage {
         if (h.max_table_entries as u64) < needed {
             return Err(ImageError::corrupt(&name, alloc::format!("BAT has {} entries but the disk size needs {}", h.max_table_entries, needed)));
         }
-        self.bat = read_u32_table(&mut *self.file, h.table_offset, h.max_table_entries as usize, true)?;
+        self.bat = read_u32_table(&mut *self.file, h.table_offset, h.max_table_entries as usize, true, "the VHD block allocation table")?;
+        let slots = (BITMAP_CACHE_BYTES / self.bitmap_bytes).clamp(1, BITMAP_CACHE_SLOTS);
+        self.bitmaps = Some(PieceCache::new(slots as usize, self.bitmap_bytes as usize, &name, "VHD block bitmaps")?);
         let bat_end = h.table_offset + (h.max_table_entries as u64 * 4).div_ceil(SECTOR_BYTES) * SECTOR_BYTES;
         let mut next = (hoff + DYN_HEADER_BYTES as u64).max(bat_end);
         if self.footer.disk_type == DISK_DIFFERENCING {
@@ -535,13 +539,15 @@ impl VhdImage {
         out
     }
 
-    fn bitmap(&mut self, block: u32, bat_entry: u32) -> Result<&[u8], ImageError> {
-        if self.bitmap_cache.as_ref().map(|c| c.0) != Some(block) {
-            let mut b = vec![0u8; self.bitmap_bytes as usize];
-            self.file.read_at(bat_entry as u64 * SECTOR_BYTES, &mut b)?;
-            self.bitmap_cache = Some((block, b));
+    fn bitmap(&mut self, block: u32, bat_entry: u32) -> Result<&mut [u8], ImageError> {
+        let name = self.file.name().to_string();
+        let cache = self.bitmaps.as_mut().ok_or_else(|| ImageError::corrupt(&name, "block bitmap of a fixed disk"))?;
+        if cache.get(block as u64).is_none() {
+            let (slot, piece) = cache.slot_for(block as u64);
+            self.file.read_at(bat_entry as u64 * SECTOR_BYTES, piece)?;
+            cache.commit(slot, block as u64);
         }
-        Ok(self.bitmap_cache.as_ref().map(|c| c.1.as_slice()).unwrap_or(&[]))
+        cache.get_mut(block as u64).ok_or_else(|| ImageError::corrupt(&name, "block bitmap cache"))
     }
 
     fn write_bat_entry(&mut self, block: u32, value: u32) -> Result<(), ImageError> {
@@ -592,18 +598,26 @@ impl VhdImage {
             let sector_no = u32::try_from(at / SECTOR_BYTES).map_err(|_| ImageError::unsupported(&name, "VHD files cannot exceed 2 TiB"))?;
             self.write_bat_entry(block, sector_no)?;
             self.next_free_bytes = end;
-            self.bitmap_cache = None;
+            if let Some(c) = self.bitmaps.as_mut() {
+                c.forget(block as u64);
+            }
         } else {
             let base = entry as u64 * SECTOR_BYTES;
             self.file.write_at(base + self.bitmap_bytes + sib * SECTOR_BYTES, buf)?;
             self.file.flush()?;
-            let mut bitmap = self.bitmap(block, entry)?.to_vec();
-            let before = bitmap.clone();
-            set_bits(&mut bitmap, sib, sectors);
-            if bitmap != before {
-                self.file.write_at(base, &bitmap)?;
-                self.file.flush()?;
-                self.bitmap_cache = Some((block, bitmap));
+            let bitmap = self.bitmap(block, entry)?;
+            if !all_set(bitmap, sib, sectors) {
+                set_bits(bitmap, sib, sectors);
+                // Written from the cached piece itself: no copy of the bitmap. If the write
+                // fails, the cached piece says more than the file: forget it.
+                let result = self.file.write_at(base, self.bitmaps.as_ref().and_then(|c| c.get(block as u64)).unwrap_or(&[]));
+                let result = result.and_then(|_| self.file.flush());
+                if result.is_err() {
+                    if let Some(c) = self.bitmaps.as_mut() {
+                        c.forget(block as u64);
+                    }
+                }
+                result?;
             }
         }
         Ok(())
@@ -622,11 +636,24 @@ fn set_bits(bitmap: &mut [u8], first: u64, count: u64) {
     }
 }
 
+fn all_set(bitmap: &[u8], first: u64, count: u64) -> bool {
+    (first..first + count).all(|s| bit(bitmap, s))
+}
+
+/// Bitmaps kept per image: at most this many bytes of them, and at most BITMAP_CACHE_SLOTS.
+const BITMAP_CACHE_BYTES: u64 = 64 * 1024;
+const BITMAP_CACHE_SLOTS: u64 = 32;
+/// How far ahead `map` looks for unallocated blocks that continue a run.
+const MAP_SCAN_BLOCKS: u64 = 4096;
+
 fn bit(bitmap: &[u8], s: u64) -> bool {
     bitmap.get((s / 8) as usize).map_or(false, |b| b & (0x80 >> (s % 8)) != 0)
 }
 
 impl Layer for VhdImage {
+    fn memory_bytes(&self) -> u64 {
+        (self.bat.capacity() * 4) as u64 + self.bitmaps.as_ref().map_or(0, |c| c.bytes()) + core::mem::size_of::<Self>() as u64
+    }
     fn format(&self) -> Format {
         Format::Vhd
     }
@@ -656,7 +683,8 @@ impl Layer for VhdImage {
         let diff = self.footer.disk_type == DISK_DIFFERENCING;
         if entry == UNALLOCATED {
             let mut next = block + 1;
-            while self.bat.get(next as usize) == Some(&UNALLOCATED) {
+            let scan_end = block.saturating_add(MAP_SCAN_BLOCKS);
+            while next < scan_end && self.bat.get(next as usize) == Some(&UNALLOCATED) {
                 next += 1;
             }
             let run = (next * self.block_sectors - sector).min(self.virtual_sectors - sector);
@@ -815,15 +843,21 @@ impl Layer for VhdImage {
             return Err(ImageError::Invalid { detail: alloc::format!("{} is not a differencing image; emptying it would lose data", self.name()) });
         }
         let table = self.header.as_ref().map(|h| h.table_offset).unwrap_or(0);
-        let raw = vec![0xFFu8; self.bat.len() * 4];
-        // Blocks are dropped front to back, one BAT sector at a time; a crash leaves a
-        // partly emptied but consistent image.
-        for (i, chunk) in raw.chunks(512).enumerate() {
-            self.file.write_at(table + i as u64 * 512, chunk)?;
+        // Blocks are dropped front to back, 16 KiB of BAT at a time from one fixed buffer; a
+        // crash leaves a partly emptied but consistent image.
+        let free = [0xFFu8; 16 * 1024];
+        let total = self.bat.len() * 4;
+        let mut at = 0usize;
+        while at < total {
+            let n = (total - at).min(free.len());
+            self.file.write_at(table + at as u64, &free[..n])?;
+            at += n;
         }
         self.file.flush()?;
         self.bat.iter_mut().for_each(|e| *e = UNALLOCATED);
-        self.bitmap_cache = None;
+        if let Some(c) = self.bitmaps.as_mut() {
+            c.clear();
+        }
         // Everything after the metadata is free again.
         let allocated_end = self.next_free_bytes;
         let h = self.header.clone().ok_or_else(|| ImageError::corrupt(self.file.name(), "no dynamic header"))?;

@@ -25,6 +25,7 @@ use alloc::vec::Vec;
 
 use static_assertions::const_assert_eq;
 
+use super::cache::PieceCache;
 use super::{le_u16, le_u32, le_u64, put, read_u32_table, Format, Identity, ImageError, ImageFile, Layer, Mapping, ParentLink, SECTOR_BYTES};
 
 pub const SPARSE_MAGIC: &[u8; 4] = b"KDMV";
@@ -241,56 +242,87 @@ fn parse_extent_line(line: &str) -> Option<ExtentLine> {
     Some(ExtentLine { access, sectors, kind, file_name, offset_sectors })
 }
 
-const NO_TABLE: u32 = u32::MAX;
-
-/// Grain tables of one extent, indexed by grain number.
-struct GrainTables {
-    gtes: u64,
-    /// Per directory entry: index into `tables`, or NO_TABLE.
-    index: Vec<u32>,
-    tables: Vec<Vec<u32>>,
-}
-
-impl GrainTables {
-    fn get(&self, g: u64) -> u32 {
-        let gdi = (g / self.gtes) as usize;
-        match self.index.get(gdi) {
-            Some(&t) if t != NO_TABLE => self.tables.get(t as usize).and_then(|t| t.get((g % self.gtes) as usize)).copied().unwrap_or(0),
-            _ => 0,
-        }
-    }
-    fn has_table(&self, g: u64) -> bool {
-        self.index.get((g / self.gtes) as usize).map_or(false, |&t| t != NO_TABLE)
-    }
-    fn set(&mut self, g: u64, v: u32) {
-        let gdi = (g / self.gtes) as usize;
-        let Some(slot) = self.index.get_mut(gdi) else { return };
-        if *slot == NO_TABLE {
-            *slot = self.tables.len() as u32;
-            self.tables.push(vec![0; self.gtes as usize]);
-        }
-        let t = *slot as usize;
-        if let Some(e) = self.tables.get_mut(t).and_then(|t| t.get_mut((g % self.gtes) as usize)) {
-            *e = v;
-        }
-    }
-    fn allocated(&self) -> usize {
-        self.tables.iter().map(|t| t.iter().filter(|&&v| v > 1).count()).sum()
-    }
-}
-
-/// A hosted sparse extent's tables.
+/// A hosted sparse extent's tables. The grain directory stays in memory (4 bytes per 32 MiB of
+/// disk with the usual 512-entry tables: 256 KiB for 2 TiB); grain tables are read when needed
+/// into the image's [`PieceCache`].
 struct Sparse {
     header: SparseHeader,
-    /// Grain sector per grain of the extent (0 = unallocated, 1 = zeroed when enabled).
-    grains: GrainTables,
     gd: Vec<u32>,
     rgd: Vec<u32>,
+    /// Grains that hold data (not zeroed, not unallocated), counted at open.
+    allocated_grains: u64,
     /// First sector after everything in use: where the next grain or table goes.
     next_free_sector: u64,
     /// First sector after the header, descriptor and tables (where grains may start).
     meta_end_sector: u64,
 }
+
+impl Sparse {
+    fn gtes(&self) -> u64 {
+        self.header.num_gtes_per_gt as u64
+    }
+    fn compressed(&self) -> bool {
+        self.header.flags & FLAG_COMPRESSED != 0
+    }
+    /// Whether grain-table entry `v` points at data in the file (0 is unallocated; 1 is a
+    /// zeroed grain when the zeroed-grain flag is set).
+    fn holds_data(&self, v: u32) -> bool {
+        v > 1 || (v == 1 && self.header.flags & FLAG_ZEROED_GRAIN == 0)
+    }
+    /// The grain table of directory entry `gdi`: the cached copy, or read from `file` into the
+    /// cache. `None` when the directory has no table there (every grain unallocated).
+    fn table<'c>(&self, file: &mut dyn ImageFile, cache: &'c mut PieceCache<u32>, extent: usize, gdi: u64) -> Result<Option<&'c [u32]>, ImageError> {
+        let gt_sector = match self.gd.get(gdi as usize) {
+            Some(&s) if s != 0 => s as u64,
+            _ => return Ok(None),
+        };
+        let key = table_key(extent, gdi);
+        if cache.get(key).is_none() {
+            let gtes = self.gtes() as usize;
+            let len = file.len_bytes();
+            let (slot, piece) = cache.slot_for(key);
+            read_table(file, gt_sector, &mut piece[..gtes], |v| self.check_entry(len, v, gdi))?;
+            cache.commit(slot, key);
+        }
+        Ok(cache.get(key))
+    }
+    fn check_entry(&self, file_len: u64, v: u32, gdi: u64) -> Result<(), String> {
+        if self.holds_data(v) && (v as u64) * SECTOR_BYTES >= file_len {
+            return Err(alloc::format!("grain table {} points at sector {}, past the end of the file ({} bytes)", gdi, v, file_len));
+        }
+        Ok(())
+    }
+    /// Grain-table entry of grain `g` of the extent.
+    fn entry(&self, file: &mut dyn ImageFile, cache: &mut PieceCache<u32>, extent: usize, g: u64) -> Result<u32, ImageError> {
+        let gtes = self.gtes();
+        Ok(self.table(file, cache, extent, g / gtes)?.map_or(0, |t| t[(g % gtes) as usize]))
+    }
+}
+
+/// Cache key of grain table `gdi` of extent `extent`.
+fn table_key(extent: usize, gdi: u64) -> u64 {
+    ((extent as u64) << 40) | gdi
+}
+
+/// Read the grain table at `gt_sector` into `out`, 2 KiB at a time, checking every entry.
+fn read_table(file: &mut dyn ImageFile, gt_sector: u64, out: &mut [u32], check: impl Fn(u32) -> Result<(), String>) -> Result<(), ImageError> {
+    let mut chunk = [0u8; 2048];
+    let mut at = gt_sector * SECTOR_BYTES;
+    for part in out.chunks_mut(chunk.len() / 4) {
+        let bytes = &mut chunk[..part.len() * 4];
+        file.read_at(at, bytes)?;
+        for (i, v) in part.iter_mut().enumerate() {
+            *v = le_u32(bytes, i * 4);
+            check(*v).map_err(|e| ImageError::corrupt(file.name(), e))?;
+        }
+        at += bytes.len() as u64;
+    }
+    Ok(())
+}
+
+/// Grain tables kept in memory per image (shared by all its extents): 32 tables of the usual
+/// 512 entries are 64 KiB and cover 1 GiB of disk.
+const GRAIN_TABLE_SLOTS: usize = 32;
 
 enum ExtentKind {
     Flat { file: u16, offset_bytes: u64 },
@@ -311,6 +343,8 @@ pub struct VmdkImage {
     descriptor_at: (u16, u64, u64),
     descriptor_text: Vec<u8>,
     extents: Vec<Extent>,
+    /// Grain tables read so far, of every sparse extent (keys from `table_key`).
+    tables: PieceCache<u32>,
     virtual_sectors: u64,
     cid_updated: bool,
 }
@@ -349,45 +383,43 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
         return Err(ImageError::unsupported(&name, "extent larger than 2^32 grains"));
     }
     let len = file.len_bytes();
-    let read_gd = |file: &mut dyn ImageFile, at: u64| read_u32_table(file, at.saturating_mul(SECTOR_BYTES), gd_entries as usize, false);
+    let read_gd = |file: &mut dyn ImageFile, at: u64| read_u32_table(file, at.saturating_mul(SECTOR_BYTES), gd_entries as usize, false, "a VMDK grain directory");
     let primary = if header.gd_offset != 0 { read_gd(file, header.gd_offset) } else { Err(ImageError::corrupt(&name, "no grain directory offset")) };
     let redundant = if header.flags & FLAG_REDUNDANT_GT != 0 && header.rgd_offset != 0 { read_gd(file, header.rgd_offset).ok() } else { None };
     let gd = match (primary, &redundant) {
         (Ok(gd), _) => gd,
+        (Err(e @ ImageError::NoMemory { .. }), _) => return Err(e),
         (Err(_), Some(rgd)) => rgd.clone(),
         (Err(e), None) => return Err(e),
     };
-    let mut table = GrainTables { gtes, index: vec![NO_TABLE; gd.len()], tables: Vec::new() };
-    let mut gt_raw = vec![0u8; (gtes * 4) as usize];
     let mut next_free = header.overhead.max(header.descriptor_offset + header.descriptor_size).max(1);
     let gt_sectors = (gtes * 4).div_ceil(SECTOR_BYTES);
     for d in [&gd].into_iter().chain(redundant.iter()) {
-        for &e in d.iter() {
+        for (gdi, &e) in d.iter().enumerate() {
             if e != 0 {
+                if (e as u64 + gt_sectors) * SECTOR_BYTES > len {
+                    return Err(ImageError::corrupt(&name, alloc::format!("grain table {} at sector {} lies past the end of the file", gdi, e)));
+                }
                 next_free = next_free.max(e as u64 + gt_sectors);
             }
         }
     }
-    // Tables shared by several directory entries (only in damaged files) are read once, so
-    // memory stays bounded by the file size.
-    let mut by_sector: alloc::collections::BTreeMap<u32, u32> = alloc::collections::BTreeMap::new();
-    let mut window: Vec<u8> = Vec::new();
+    let meta_end = next_free;
+    let mut sparse = Sparse { header, gd, rgd: redundant.unwrap_or_default(), allocated_grains: 0, next_free_sector: next_free, meta_end_sector: meta_end };
+    // One pass over every grain table, kept nowhere: it checks each entry, counts the grains in
+    // use and finds where the next one goes. It reads what the old whole-table load read, in
+    // 64 KiB pieces (tables are usually back to back), but holds one window, not every table.
+    let compressed = sparse.compressed();
+    let mut window = Vec::new();
+    super::try_reserve(&mut window, 64 * 1024, &name, "a VMDK grain table window")?;
     let mut window_at = 0u64;
-    for (gdi, &gt_sector) in gd.iter().enumerate() {
+    let table_bytes = gtes * 4;
+    for gdi in 0..sparse.gd.len() {
+        let gt_sector = sparse.gd[gdi] as u64;
         if gt_sector == 0 {
             continue;
         }
-        if let Some(&idx) = by_sector.get(&gt_sector) {
-            table.index[gdi] = idx;
-            continue;
-        }
-        let at = gt_sector as u64 * SECTOR_BYTES;
-        if at + gtes * 4 > len {
-            return Err(ImageError::corrupt(&name, alloc::format!("grain table {} at sector {} lies past the end of the file", gdi, gt_sector)));
-        }
-        // Tables are usually back to back: read them 64 KiB at a time (one read per 16 tables
-        // at boot instead of one per table).
-        let table_bytes = gtes * 4;
+        let at = gt_sector * SECTOR_BYTES;
         let in_window = at >= window_at && at + table_bytes <= window_at + window.len() as u64;
         if !in_window {
             let n = (64 * 1024u64).max(table_bytes).min(len - at);
@@ -396,29 +428,18 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
             window_at = at;
         }
         let from = (at - window_at) as usize;
-        gt_raw.copy_from_slice(&window[from..from + table_bytes as usize]);
-        let t: Vec<u32> = (0..gtes as usize).map(|i| le_u32(&gt_raw, i * 4)).collect();
-        let idx = table.tables.len() as u32;
-        table.tables.push(t);
-        table.index[gdi] = idx;
-        by_sector.insert(gt_sector, idx);
-    }
-    let meta_end = next_free;
-    let compressed = header.flags & FLAG_COMPRESSED != 0;
-    for t in table.tables.iter() {
-        for &v in t.iter() {
-            if v == 0 || (v == 1 && header.flags & FLAG_ZEROED_GRAIN != 0) {
-                continue;
-            }
-            if v as u64 * SECTOR_BYTES >= len {
-                return Err(ImageError::corrupt(&name, alloc::format!("a grain points at sector {}, past the end of the file ({} bytes)", v, len)));
-            }
-            if !compressed {
-                next_free = next_free.max(v as u64 + gs);
+        for i in 0..gtes as usize {
+            let v = le_u32(&window, from + i * 4);
+            sparse.check_entry(len, v, gdi as u64).map_err(|e| ImageError::corrupt(&name, e))?;
+            if sparse.holds_data(v) {
+                sparse.allocated_grains += 1;
+                if !compressed {
+                    sparse.next_free_sector = sparse.next_free_sector.max(v as u64 + gs);
+                }
             }
         }
     }
-    Ok(Sparse { header, grains: table, gd, rgd: redundant.unwrap_or_default(), next_free_sector: next_free, meta_end_sector: meta_end })
+    Ok(sparse)
 }
 
 impl VmdkImage {
@@ -511,7 +532,10 @@ impl VmdkImage {
             }
         }
         let virtual_sectors = extents.iter().map(|e| e.sectors).sum();
-        Ok(VmdkImage { files, descriptor, descriptor_at, descriptor_text, extents, virtual_sectors, cid_updated: false })
+        let gtes = extents.iter().map(|e| match &e.kind { ExtentKind::Sparse { sparse, .. } => sparse.gtes() as usize, _ => 0 }).max().unwrap_or(0);
+        let slots = if gtes == 0 { 1 } else { GRAIN_TABLE_SLOTS };
+        let tables = PieceCache::new(slots, gtes, &name, "VMDK grain tables")?;
+        Ok(VmdkImage { files, descriptor, descriptor_at, descriptor_text, extents, tables, virtual_sectors, cid_updated: false })
     }
 
     fn extent_index(&self, sector: u64) -> Option<usize> {
@@ -601,6 +625,27 @@ impl VmdkImage {
 }
 
 impl Layer for VmdkImage {
+    fn memory_bytes(&self) -> u64 {
+        let directories: usize = self
+            .extents
+            .iter()
+            .map(|e| match &e.kind {
+                ExtentKind::Sparse { sparse, .. } => (sparse.gd.capacity() + sparse.rgd.capacity()) * 4 + core::mem::size_of::<Extent>(),
+                _ => core::mem::size_of::<Extent>(),
+            })
+            .sum();
+        (directories + self.descriptor_text.capacity()) as u64 + self.tables.bytes() + core::mem::size_of::<Self>() as u64
+    }
+    fn compressed_grain_bytes(&self) -> u64 {
+        self.extents
+            .iter()
+            .map(|e| match &e.kind {
+                ExtentKind::Sparse { sparse, .. } if sparse.compressed() => sparse.header.grain_size * SECTOR_BYTES,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
     fn format(&self) -> Format {
         Format::Vmdk
     }
@@ -631,26 +676,33 @@ impl Layer for VmdkImage {
             ExtentKind::Flat { file, offset_bytes } => (Mapping::Data { file: *file, offset_bytes: offset_bytes + into * SECTOR_BYTES }, left),
             ExtentKind::Sparse { file, sparse } => {
                 let gs = sparse.header.grain_size;
+                let gtes = sparse.gtes();
                 let g = into / gs;
                 let in_grain = into % gs;
-                let v = sparse.grains.get(g);
+                let f = self.files.get_mut(*file as usize).ok_or_else(|| ImageError::corrupt("vmdk", "extent file index out of range"))?;
+                let table = sparse.table(&mut **f, &mut self.tables, i, g / gtes)?;
+                let v = table.map_or(0, |t| t[(g % gtes) as usize]);
                 // Extend the run over following grains that map the same way (unallocated,
-                // zeroed, or allocated back to back), so flattening a big sparse extent costs
-                // one step per run rather than per grain.
+                // zeroed, or allocated back to back) within this grain table, and over whole
+                // directory entries that have no table while the run is unallocated. No other
+                // table is read for it: a longer run is found by the next lookup.
                 let total_grains = e.sectors.div_ceil(gs);
-                let compressed = sparse.header.flags & FLAG_COMPRESSED != 0;
+                let compressed = sparse.compressed();
+                let table_end = (g / gtes + 1) * gtes;
                 let mut next = g + 1;
                 while next < total_grains {
-                    let w = sparse.grains.get(next);
+                    if next >= table_end {
+                        let no_table = sparse.gd.get((next / gtes) as usize).map_or(true, |&t| t == 0);
+                        if v == 0 && no_table {
+                            next = (next / gtes + 1) * gtes;
+                            continue;
+                        }
+                        break;
+                    }
+                    let w = table.map_or(0, |t| t[(next % gtes) as usize]);
                     let same = if v <= 1 { w == v } else { !compressed && w as u64 == v as u64 + (next - g) * gs };
                     if !same {
                         break;
-                    }
-                    if v == 0 && !sparse.grains.has_table(next) {
-                        // Skip the rest of a missing table at once.
-                        let gtes = sparse.header.num_gtes_per_gt as u64;
-                        next = ((next / gtes) + 1) * gtes;
-                        continue;
                     }
                     next += 1;
                 }
@@ -659,7 +711,7 @@ impl Layer for VmdkImage {
                     (if has_parent { Mapping::Parent } else { Mapping::Zero }, run)
                 } else if v == 1 && sparse.header.flags & FLAG_ZEROED_GRAIN != 0 {
                     (Mapping::Zero, run)
-                } else if sparse.header.flags & FLAG_COMPRESSED != 0 {
+                } else if compressed {
                     let grain_start = e.start_sector + g * gs;
                     let grain_sectors = gs.min(e.sectors - g * gs) as u32;
                     (Mapping::Compressed { file: *file, marker_offset_bytes: v as u64 * SECTOR_BYTES, grain_start_sector: grain_start, grain_sectors }, run)
@@ -742,7 +794,7 @@ impl Layer for VmdkImage {
                     sparse.header.version,
                     sparse.header.flags,
                     sparse.header.grain_size,
-                    sparse.grains.allocated()
+                    sparse.allocated_grains
                 ),
             };
             d.push(("extent".to_string(), alloc::format!("sectors {}..{}: {}", e.start_sector, e.start_sector + e.sectors, what)));
@@ -760,11 +812,22 @@ impl Layer for VmdkImage {
                 };
                 let compressed = sparse.header.flags & FLAG_COMPRESSED != 0;
                 if !compressed {
-                    let zero_flag = sparse.header.flags & FLAG_ZEROED_GRAIN != 0;
                     let gs = sparse.header.grain_size;
-                    let gt_sectors = (sparse.header.num_gtes_per_gt as u64 * 4).div_ceil(SECTOR_BYTES);
+                    let gtes = sparse.gtes() as usize;
+                    let gt_sectors = (gtes as u64 * 4).div_ceil(SECTOR_BYTES);
                     // Every grain and every table as (start sector, sectors): none may overlap.
-                    let mut spans: Vec<(u64, u64)> = sparse.grains.tables.iter().flat_map(|t| t.iter().copied()).filter(|&v| v > 1 || (v == 1 && !zero_flag)).map(|v| (v as u64, gs)).collect();
+                    // (A host-side check: this list grows with the grains in use.)
+                    let mut spans: Vec<(u64, u64)> = Vec::new();
+                    let mut table = vec![0u32; gtes];
+                    for &gt in sparse.gd.iter().filter(|&&g| g != 0) {
+                        let len = f.len_bytes();
+                        if let Err(e) = read_table(&mut **f, gt as u64, &mut table, |v| sparse.check_entry(len, v, 0)) {
+                            problems.push(alloc::format!("{}", e));
+                            continue;
+                        }
+                        spans.extend(table.iter().filter(|&&v| sparse.holds_data(v)).map(|&v| (v as u64, gs)));
+                    }
+                    let first_grain = spans.iter().map(|s| s.0).min();
                     spans.extend(sparse.gd.iter().chain(sparse.rgd.iter()).filter(|&&g| g != 0).map(|&g| (g as u64, gt_sectors)));
                     spans.sort_unstable();
                     for w in spans.windows(2) {
@@ -772,9 +835,8 @@ impl Layer for VmdkImage {
                             problems.push(alloc::format!("{}: data at sectors {} and {} overlap", f.name(), w[0].0, w[1].0));
                         }
                     }
-                    let first_grain = sparse.grains.tables.iter().flat_map(|t| t.iter().copied()).filter(|&v| v > 1).min();
                     if let Some(first) = first_grain {
-                        if (first as u64) < sparse.header.overhead {
+                        if first < sparse.header.overhead {
                             problems.push(alloc::format!("{}: a grain at sector {} lies inside the metadata area (overHead {} sectors)", f.name(), first, sparse.header.overhead));
                         }
                     }
@@ -849,7 +911,7 @@ impl Layer for VmdkImage {
                     let n = (gs - in_grain).min(extent_sectors - into).min(sectors - done);
                     let chunk = &buf[(done * SECTOR_BYTES) as usize..((done + n) * SECTOR_BYTES) as usize];
                     let fidx = *file as usize;
-                    let v = sparse.grains.get(g);
+                    let v = sparse.entry(&mut *self.files[fidx], &mut self.tables, i, g)?;
                     let zeroed = v == 1 && sparse.header.flags & FLAG_ZEROED_GRAIN != 0;
                     if v != 0 && !zeroed {
                         self.files[fidx].write_at((v as u64 + in_grain) * SECTOR_BYTES, chunk)?;
@@ -904,7 +966,11 @@ impl Layer for VmdkImage {
                             }
                             f.flush()?;
                         }
-                        sparse.grains.set(g, grain_no);
+                        // The cached table (if this one is cached) follows the file.
+                        if let Some(t) = self.tables.get_mut(table_key(i, gdi as u64)) {
+                            t[(g % gtes) as usize] = grain_no;
+                        }
+                        sparse.allocated_grains += 1;
                         sparse.next_free_sector = grain_sector + gs;
                     }
                     done += n;
@@ -923,6 +989,7 @@ impl Layer for VmdkImage {
         }
         let seed = self.virtual_sectors ^ 0xD15C_A4D0 ^ self.descriptor.cid.unwrap_or(0) as u64;
         self.bump_cid(seed)?;
+        self.tables.clear();
         for e in self.extents.iter_mut() {
             if let ExtentKind::Sparse { file, sparse } = &mut e.kind {
                 let f = self.files.get_mut(*file as usize).ok_or_else(|| ImageError::corrupt(&name, "extent file missing"))?;
@@ -934,9 +1001,7 @@ impl Layer for VmdkImage {
                     }
                 }
                 f.flush()?;
-                for t in sparse.grains.tables.iter_mut() {
-                    t.iter_mut().for_each(|v| *v = 0);
-                }
+                sparse.allocated_grains = 0;
                 sparse.next_free_sector = sparse.meta_end_sector;
             }
         }

@@ -156,6 +156,7 @@ pub fn boot(
     }
 
     let mut parent_dir = None;
+    let mut chain_bytes = 0u64;
     // The hand-off table describes every emulated drive.
     let mut records = Vec::new();
     for (drive, part_number) in drives.iter().zip(drive_partitions.iter()) {
@@ -163,7 +164,8 @@ pub fn boot(
         records.push(raw_file_record(disk, table, part, drive, opts));
     }
     if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
-        let (mut drive, dir, mut record) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+        let (mut drive, dir, mut record, bytes) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+        chain_bytes = bytes;
         if drives.iter().any(|d| d.number == 0x80) {
             if opts.restore {
                 return Err(String::from(
@@ -183,7 +185,7 @@ pub fn boot(
     if opts.immutable {
         println!("  immutable: writes go to a RAM overlay and are gone at the next boot");
     }
-    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, opts.immutable, crate::resident::handoff_table(records))?;
+    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, opts.immutable, chain_bytes, crate::resident::handoff_table(records))?;
 
     // Through the hook from here on.
     match (boot_device, cd_boot) {

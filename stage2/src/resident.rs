@@ -75,9 +75,6 @@ const S_SAVED_IDT: u32 = 0x7C;
 const SEL_CODE32: u16 = 0x08;
 
 const ENGINE_STACK_BYTES: u32 = 64 << 10;
-const ENGINE_HEAP_BYTES: u32 = 4 << 20;
-/// With `immutable`, the engine's heap also holds the RAM overlay.
-const IMMUTABLE_HEAP_BYTES: u32 = 64 << 20;
 
 /// What stage2 reads at the start of the relocated engine (engine/src/main.rs EngineHeader).
 #[repr(C)]
@@ -121,12 +118,15 @@ pub fn boot(
     let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
-    let (drive, parent_dir, record) = plan_hard_disk(disk, table, opts, part_number, &file)?;
+    let (drive, parent_dir, record, chain_bytes) = plan_hard_disk(disk, table, opts, part_number, &file)?;
     let engine = load_engine(disk)?;
     if opts.immutable {
-        println!("  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot", IMMUTABLE_HEAP_BYTES >> 20);
+        println!(
+            "  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot",
+            vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
+        );
     }
-    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, handoff_table(alloc::vec![record]))?;
+    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, chain_bytes, handoff_table(alloc::vec![record]))?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
@@ -155,14 +155,15 @@ pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handof
 }
 
 /// The hard-disk image of an entry (and its differencing chain) as drive 0x80 of the plan, with
-/// the `parent_dir=` the engine must use and its hand-off table record.
+/// the `parent_dir=` the engine must use, its hand-off table record, and the heap the engine
+/// needs for the chain's tables and caches (docs/memory.md).
 pub(crate) fn plan_hard_disk(
     disk: &mut BiosDisk,
     table: &PartitionTable,
     opts: &VbootOptions,
     part_number: u32,
     file: &File,
-) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive), String> {
+) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive, u64), String> {
     let part = table.find(part_number).ok_or("partition vanished")?;
     if file.size_bytes == 0 {
         return Err(format!("{} is empty", file.path));
@@ -196,6 +197,8 @@ pub(crate) fn plan_hard_disk(
     let formats: Vec<(String, vboot::handoff::LayerFormat)> =
         layers.iter().map(|l| (String::from(l.name()), vboot::handoff::LayerFormat::from_image(l.format()))).collect();
     let virtual_sectors = layers[0].virtual_sectors();
+    let chain_bytes = vboot::image::disk::chain_memory_bytes(&layers);
+    println!("  tables and caches of the chain: {} KiB", chain_bytes.div_ceil(1024));
     let chain_files = locator.chain_files(&layers);
     drop(layers);
     if raw && file.size_bytes % 512 != 0 {
@@ -236,7 +239,7 @@ pub(crate) fn plan_hard_disk(
             layers: crate::handoff::layers(&drive.layers, &formats),
         }
     };
-    Ok((drive, parent_dir, record))
+    Ok((drive, parent_dir, record, chain_bytes))
 }
 
 /// Put the boot sector at 0000:7C00 and jump to it in real mode, as a BIOS would.
@@ -258,6 +261,7 @@ pub(crate) fn go_resident(
     parent_dir: Option<String>,
     restore: bool,
     immutable: bool,
+    chain_bytes: u64,
     mut handoff: vboot::handoff::Table,
 ) -> Result<u32, String> {
     let image_bytes = vboot::elf::image_bytes(engine_elf)?;
@@ -287,8 +291,29 @@ pub(crate) fn go_resident(
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
     // The hand-off table goes at the end of the engine's range, on a 4 KiB boundary.
     let handoff_room = (handoff.to_bytes().len() as u32 + 0xFFF) & !0xFFF;
-    let total = (handoff_room + image_bytes + ENGINE_STACK_BYTES + ((plan_estimate + 0xFFF) & !0xFFF) + if immutable { IMMUTABLE_HEAP_BYTES } else { ENGINE_HEAP_BYTES } + 0xFFFF) & !0xFFFF;
+    // The engine's heap is sized from what it will open (docs/memory.md), not fixed.
+    let heap_wanted = vboot::resident::engine_heap_bytes(chain_bytes, plan_estimate as u64, immutable);
+    let fixed = handoff_room as u64 + image_bytes as u64 + ENGINE_STACK_BYTES as u64 + ((plan_estimate as u64 + 0xFFF) & !0xFFF);
+    let total64 = (fixed + heap_wanted + 0xFFFF) & !0xFFFF;
     let heap_end = crate::heap_end();
+    // The largest usable range above stage2's heap and below 4 GiB: what the engine could have.
+    let room = |e: &E820Entry| -> u64 {
+        let end = (e.base + e.length).min(0xFFFF_0000);
+        let base = e.base.max(heap_end as u64);
+        end.saturating_sub(base) & !0xFFFF
+    };
+    let largest = e820.iter().filter(|e| e.kind == plan_mod::E820_USABLE && e.base + e.length > 0x10_0000).map(room).max().unwrap_or(0);
+    if total64 > largest || total64 > u32::MAX as u64 {
+        return Err(format!(
+            "not enough memory to boot this entry: the resident engine needs {} KiB ({} KiB of tables and caches for the image chain, {} KiB for its RAM overlay, {} KiB for its code, stack and buffers), but this machine has {} KiB free above vboot's own memory. Boot it on a machine with more RAM, or shorten the chain (vdisk merge).",
+            total64.div_ceil(1024),
+            chain_bytes.div_ceil(1024),
+            if immutable { vboot::resident::IMMUTABLE_OVERLAY_BYTES / 1024 } else { 0 },
+            (total64 - chain_bytes.min(total64) - if immutable { vboot::resident::IMMUTABLE_OVERLAY_BYTES } else { 0 }).div_ceil(1024),
+            largest / 1024
+        ));
+    }
+    let total = total64 as u32;
     let region = e820
         .iter()
         .filter(|e| e.kind == plan_mod::E820_USABLE && e.base >= 0x10_0000)
@@ -298,7 +323,7 @@ pub(crate) fn go_resident(
             (base >= e.base && base >= heap_end as u64).then_some(base)
         })
         .max()
-        .ok_or_else(|| format!("no room for the resident engine ({} KiB) in memory above stage2", total / 1024))?
+        .ok_or_else(|| format!("not enough memory to boot this entry: no free range holds the resident engine ({} KiB)", total / 1024))?
         as u32;
 
     let mut guest_map = plan_mod::reserve(&e820, region as u64, total as u64);

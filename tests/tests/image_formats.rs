@@ -115,7 +115,7 @@ fn vhd_map_offsets_match_qemu_map() {
     qemu_img(&["create", "-q", "-f", "vpc", "-o", "subformat=dynamic", &img, "100M"]);
     qemu_io("vpc", &img, &["write -P 0x77 6m 4k", "write -P 0x78 0 512"]);
     let json = qemu_img(&["map", "--output=json", "-f", "vpc", &img]);
-    let d = open(&img).unwrap();
+    let mut d = open(&img).unwrap();
     let mut checked = 0;
     for line in json.lines().filter(|l| l.contains("\"offset\"")) {
         let field = |k: &str| -> u64 {
@@ -537,9 +537,7 @@ fn bench_depth_ratios_and_open_time() {
     for depth in [1usize, 8, 64] {
         let leaf = bench_chain(&dir, depth);
         let t = Instant::now();
-        let mut d = open(&leaf).unwrap();
-        // Opening defers the bitmaps of differencing blocks; resolve them for a like-for-like map.
-        d.resolve_all().unwrap();
+        let d = open(&leaf).unwrap();
         let open_s = t.elapsed().as_secs_f64();
         assert_eq!(d.layers().len(), depth);
         disks.push((depth, d, open_s));
@@ -549,14 +547,16 @@ fn bench_depth_ratios_and_open_time() {
     let mut buf = vec![0u8; 1 << 20];
     for _round in 0..5 {
         for (i, (_, d, _)) in disks.iter_mut().enumerate() {
-            // Lookups: pseudo-random sectors, one binary search each.
+            // Lookups: pseudo-random sectors, each a walk down the chain unless a recent run
+            // holds it (random sectors mostly miss: this is the walk's worst case).
             let n = 500_000u64;
             let mut x = 0x9E37_79B9u64;
             let mut hits = 0u64;
             let t = Instant::now();
             for _ in 0..n {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                if let Some(r) = d.lookup((x >> 20) % d.sectors()) {
+                let s = (x >> 20) % d.sectors();
+                if let Ok(r) = d.lookup(s) {
                     hits += r.sectors.min(1);
                 }
             }
@@ -575,7 +575,8 @@ fn bench_depth_ratios_and_open_time() {
             best[i].1 = best[i].1.max(mib_per_s);
         }
     }
-    let results: Vec<(usize, f64, f64, f64, usize)> = disks.iter().zip(&best).map(|((depth, d, o), (l, r))| (*depth, *l, *r, *o, d.runs().len())).collect();
+    let results: Vec<(usize, f64, f64, f64, usize)> =
+        disks.iter_mut().zip(&best).map(|((depth, d, o), (l, r))| (*depth, *l, *r, *o, d.map_all().unwrap().len())).collect();
     let (_, l1, r1, _, _) = results[0];
     for (depth, l, r, o, runs) in &results {
         eprintln!(
@@ -589,10 +590,12 @@ fn bench_depth_ratios_and_open_time() {
             runs
         );
     }
-    // The flattened map makes a lookup independent of depth: same data, same number of runs.
-    let (_, l64, _, _, runs64) = results[2];
+    // Same data, same map at any depth. A lookup that misses the recent runs walks the chain
+    // (its cost grows with depth: reported above); reading, which is what a guest does, finds
+    // each run once and stays about as fast at depth 64 as at depth 1.
+    let (_, _, r64, _, runs64) = results[2];
     assert_eq!(runs64, results[0].4, "the map of the same content should have the same runs at any depth");
-    assert!(l64 / l1 > 0.5, "lookups at depth 64 are {:.2} of depth 1", l64 / l1);
+    assert!(r64 / r1 > 0.5, "reads at depth 64 run at {:.2} of depth 1", r64 / r1);
 
     for (variant, name) in [(Variant::VhdDynamic, "big.vhd"), (Variant::VdiDynamic, "big.vdi"), (Variant::VmdkMonolithicSparse, "big.vmdk")] {
         let p = dir.file(name);
@@ -603,11 +606,12 @@ fn bench_depth_ratios_and_open_time() {
             d.write((64u64 << 30) / 512 - 8, &[2u8; 4096]).unwrap();
         }
         let t = Instant::now();
-        let d = open(&p).unwrap();
+        let mut d = open(&p).unwrap();
         let secs = t.elapsed().as_secs_f64();
-        eprintln!("open 64 GiB {:?}: {:.3} s, {} map runs", variant, secs, d.runs().len());
+        let runs = d.map_all().unwrap().len();
+        eprintln!("open 64 GiB {:?}: {:.3} s, {} map runs, {} KiB of tables and caches", variant, secs, runs, d.memory_bytes() / 1024);
         // data, zeros, data, (zeros up to a CHS-rounded end)
-        assert!(d.runs().len() <= 4, "{:?}: {} runs", variant, d.runs().len());
+        assert!(runs <= 4, "{:?}: {} runs", variant, runs);
         std::fs::remove_file(&p).unwrap();
     }
 }

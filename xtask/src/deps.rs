@@ -60,7 +60,22 @@ fn ensure_rust_src() -> Result<(), String> {
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
+/// Debian's qemu-system-x86 conflicts with a newer qemu-utils that a machine may come with: apt
+/// removes it, and qemu-img is gone after the first pass. So look again after installing, and
+/// install what went missing (Debian's qemu-utils, which matches qemu-system-x86).
 fn ensure_debian_packages() -> Result<(), String> {
+    for _pass in 0..2 {
+        install_missing_debian_packages()?;
+    }
+    let still: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(path, _)| !Path::new(path).exists()).map(|(_, pkg)| *pkg).collect();
+    if still.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("Debian packages still missing after installing them: {}", still.join(" ")))
+    }
+}
+
+fn install_missing_debian_packages() -> Result<(), String> {
     let mut missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .filter(|(path, _)| !Path::new(path).exists())

@@ -202,13 +202,8 @@ impl EmulatedDisk for ChainDisk {
         while done < count {
             let sector = lba + done;
             let fail = |s: Status| DiskError { done_blocks: done as u32, status: s };
-            let run = self
-                .disk
-                .lookup_resolved(sector)
-                .map_err(|_| fail(Status::SECTOR_NOT_FOUND))?
-                .ok_or(fail(Status::SECTOR_NOT_FOUND))?;
-            let into = sector - run.start_sector;
-            let n = (run.sectors - into).min(count - done).min(SCRATCH_SECTORS);
+            let run = self.disk.lookup(sector).map_err(|_| fail(Status::SECTOR_NOT_FOUND))?;
+            let n = run.sectors.min(count - done).min(SCRATCH_SECTORS);
             let linear = buf_linear + done * 512;
             match run.source {
                 Source::Data { layer, file, offset_bytes } if offset_bytes % 512 == 0 => {
@@ -217,7 +212,7 @@ impl EmulatedDisk for ChainDisk {
                         .get(layer as usize)
                         .and_then(|l| l.get(file as usize))
                         .ok_or(fail(Status::SECTOR_NOT_FOUND))?;
-                    let (host, contiguous) = ext.lookup(offset_bytes / 512 + into).ok_or(fail(Status::SECTOR_NOT_FOUND))?;
+                    let (host, contiguous) = ext.lookup(offset_bytes / 512).ok_or(fail(Status::SECTOR_NOT_FOUND))?;
                     let n = n.min(contiguous);
                     self.io.guest_io(false, host, n, mem, linear).map_err(fail)?;
                     done += n;

@@ -174,7 +174,14 @@ extern "C" fn engine_init(
         }
         let disk: Box<dyn vboot::int13::EmulatedDisk> =
             // CDs and CD boot images are read-only already (and a CD's blocks are not 512 bytes).
-            if plan.immutable && !d.read_only { Box::new(overlay::RamOverlay::new(disk, heap_len as usize)) } else { disk };
+            // The overlay gets what stage2 sized for it, never more than is still free once the
+            // image tables are in place (they were allocated when the chain was opened).
+            if plan.immutable && !d.read_only {
+                let free = HEAP.lock().free();
+                Box::new(overlay::RamOverlay::new(disk, free.min(vboot::resident::IMMUTABLE_OVERLAY_BYTES as usize)))
+            } else {
+                disk
+            };
         if let Err(e) = drives.add(d.number, kind, disk) {
             let _ = write!(out, "{}", e);
             return out.len as u32;

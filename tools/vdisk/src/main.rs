@@ -271,8 +271,8 @@ fn cmd_info(args: &Args) -> Result<(), String> {
             return Err(e.to_string());
         }
     };
-    d.resolve_all().map_err(|e| e.to_string())?;
-    let allocated: u64 = d.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
+    let runs = d.map_all().map_err(|e| e.to_string())?;
+    let allocated: u64 = runs.iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
     if args.flag("json") {
         let layers: Vec<String> = d.layers().iter().map(|l| layer_json(&**l)).collect();
         let warnings: Vec<String> = d.warnings.iter().map(|w| json_str(w)).collect();
@@ -282,7 +282,7 @@ fn cmd_info(args: &Args) -> Result<(), String> {
             d.sectors() * SECTOR_BYTES,
             d.layers().len(),
             allocated * SECTOR_BYTES,
-            d.runs().len(),
+            runs.len(),
             layers.join(", "),
             warnings.join(", ")
         );
@@ -329,11 +329,14 @@ fn cmd_check(args: &Args) -> Result<bool, String> {
         }
     }
     // Every mapped range must be readable (tables point inside the files).
-    if let Err(e) = d.resolve_all() {
-        println!("{}: {}", path, e);
-        problems += 1;
-    }
-    let runs: Vec<_> = d.runs().to_vec();
+    let runs = match d.map_all() {
+        Ok(r) => r,
+        Err(e) => {
+            println!("{}: {}", path, e);
+            problems += 1;
+            Vec::new()
+        }
+    };
     let mut buf = vec![0u8; 512];
     for r in runs.iter().filter(|r| !matches!(r.source, Source::Zero)) {
         for s in [r.start_sector, r.start_sector + r.sectors - 1] {
@@ -353,7 +356,7 @@ fn cmd_map(args: &Args) -> Result<(), String> {
     args.check_known(&["json", "parent-dir", "lenient-cid"])?;
     let path = args.positional(1, "FILE")?;
     let mut d = open_disk(path, args, false).map_err(|e| e.to_string())?;
-    d.resolve_all().map_err(|e| e.to_string())?;
+    let runs = d.map_all().map_err(|e| e.to_string())?;
     let json = args.flag("json");
     let out = std::io::stdout();
     let mut out = out.lock();
@@ -362,13 +365,12 @@ fn cmd_map(args: &Args) -> Result<(), String> {
     } else {
         let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", "start_sector", "sectors", "layer", "file_offset", "file");
     }
-    let n = d.runs().len();
-    for (i, r) in d.runs().iter().enumerate() {
+    let n = runs.len();
+    for (i, r) in runs.iter().enumerate() {
         let (layer, offset, file, kind) = match r.source {
             Source::Zero => (None, None, String::new(), "zero"),
             Source::Data { layer, offset_bytes, .. } => (Some(layer), Some(offset_bytes), d.layers()[layer as usize].name().to_string(), "data"),
             Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), Some(marker_offset_bytes), d.layers()[layer as usize].name().to_string(), "compressed"),
-            Source::Pending { layer } => (Some(layer), None, d.layers()[layer as usize].name().to_string(), "unresolved"),
         };
         let _ = if json {
             writeln!(
@@ -430,7 +432,7 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
         None => variant_from_extension(target).ok_or_else(|| format!("cannot tell the format from the name {}; give --format", target))?,
     };
     let mut src = open_disk(source, args, false).map_err(|e| e.to_string())?;
-    src.resolve_all().map_err(|e| e.to_string())?;
+    let src_runs = src.map_all().map_err(|e| e.to_string())?;
     let size = src.sectors() * SECTOR_BYTES;
     // Exact: the target must have the source's size (VHD would otherwise round to CHS).
     let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: true, seed: seed(), now_unix: now_unix() };
@@ -468,7 +470,7 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
         if dst.sectors() != src.sectors() {
             return Err(format!("the target would have {} sectors instead of {}", dst.sectors(), src.sectors()));
         }
-        let runs: Vec<_> = src.runs().iter().filter(|r| !matches!(r.source, Source::Zero)).copied().collect();
+        let runs: Vec<_> = src_runs.iter().filter(|r| !matches!(r.source, Source::Zero)).copied().collect();
         let total: u64 = runs.iter().map(|r| r.sectors).sum();
         let mut done = 0u64;
         let chunk = 2048u64;
