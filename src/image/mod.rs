@@ -509,6 +509,11 @@ pub trait Layer {
     /// The most heap this layer holds while it is used: its top-level table plus its caches at
     /// their fullest (docs/memory.md). Fixed at open; reads and writes never take more.
     fn memory_bytes(&self) -> u64;
+    /// Bytes of the virtual disk not stored in this layer, when the layer knows it without a
+    /// walk (VMDK counts its grains at open); `None` makes `slack::unallocated_bytes` walk.
+    fn unallocated_bytes_known(&self) -> Option<u64> {
+        None
+    }
     /// Bytes of the largest compressed grain a read may inflate (0 without compression).
     fn compressed_grain_bytes(&self) -> u64 {
         0

@@ -42,6 +42,9 @@ pub fn slack_need(layer: &dyn Layer) -> SlackNeed {
 /// Bytes of `layer`'s virtual disk that a write would have to allocate (not stored in the layer
 /// itself). An allocated VHD differencing block counts as stored without its bitmap being read.
 pub fn unallocated_bytes(layer: &mut dyn Layer) -> Result<u64, ImageError> {
+    if let Some(bytes) = layer.unallocated_bytes_known() {
+        return Ok(bytes);
+    }
     let total = layer.virtual_sectors();
     let mut sector = 0u64;
     let mut unallocated = 0u64;

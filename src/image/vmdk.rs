@@ -636,6 +636,17 @@ impl Layer for VmdkImage {
             .sum();
         (directories + self.descriptor_text.capacity()) as u64 + self.tables.bytes() + core::mem::size_of::<Self>() as u64
     }
+    fn unallocated_bytes_known(&self) -> Option<u64> {
+        let sectors: u64 = self
+            .extents
+            .iter()
+            .map(|e| match &e.kind {
+                ExtentKind::Sparse { sparse, .. } => e.sectors.saturating_sub(sparse.allocated_grains.saturating_mul(sparse.header.grain_size)),
+                _ => 0,
+            })
+            .sum();
+        Some(sectors * SECTOR_BYTES)
+    }
     fn compressed_grain_bytes(&self) -> u64 {
         self.extents
             .iter()
