@@ -394,14 +394,18 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
     };
     let mut next_free = header.overhead.max(header.descriptor_offset + header.descriptor_size).max(1);
     let gt_sectors = (gtes * 4).div_ceil(SECTOR_BYTES);
-    for d in [&gd].into_iter().chain(redundant.iter()) {
-        for (gdi, &e) in d.iter().enumerate() {
-            if e != 0 {
-                if (e as u64 + gt_sectors) * SECTOR_BYTES > len {
-                    return Err(ImageError::corrupt(&name, alloc::format!("grain table {} at sector {} lies past the end of the file", gdi, e)));
-                }
-                next_free = next_free.max(e as u64 + gt_sectors);
+    for (gdi, &e) in gd.iter().enumerate() {
+        if e != 0 {
+            if (e as u64 + gt_sectors) * SECTOR_BYTES > len {
+                return Err(ImageError::corrupt(&name, alloc::format!("grain table {} at sector {} lies past the end of the file", gdi, e)));
             }
+            next_free = next_free.max(e as u64 + gt_sectors);
+        }
+    }
+    // The redundant tables are never read; they only must not be overwritten by new grains.
+    for &e in redundant.iter().flatten() {
+        if e != 0 {
+            next_free = next_free.max(e as u64 + gt_sectors);
         }
     }
     let meta_end = next_free;
