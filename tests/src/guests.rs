@@ -1056,3 +1056,143 @@ pub fn grub_rescue_iso(dir: &Path, name: &str, script: &str, files: &[(&str, &[u
         .arg(&tree));
     iso
 }
+
+// ---- The big-disk I/O guest (tests/guest-probe/bigio.s) --------------------------------------
+
+/// Sectors the big-disk I/O guest occupies from LBA 0: boot sector, configuration, four code
+/// sectors.
+pub const BIGIO_SECTORS: u64 = 6;
+pub const BIGIO_CONFIG_LBA: u64 = 1;
+pub const BIGIO_PASS: &str = "BIGIO-PASS";
+pub const BIGIO_FAIL: &str = "BIGIO-FAIL";
+pub const BIGIO_MAX_OPS: usize = 30;
+/// The benchmark writes one sector at a random sector of a random grain of this many sectors.
+pub const BIGIO_BENCH_GRAIN_SECTORS: u64 = 128;
+
+/// One thing the big-disk I/O guest does, in order (64-bit LBAs, 1 to 64 sectors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BigOp {
+    /// Write the tagged pattern ([`chain_written_sector`]) by AH=43h, read it back by AH=42h.
+    Write { lba: u64, sectors: u16 },
+    /// Read by AH=42h: every byte must be `byte`.
+    Fill { lba: u64, sectors: u16, byte: u8 },
+    /// Read by AH=42h: the tagged pattern must be there (written earlier).
+    Pattern { lba: u64, sectors: u16 },
+}
+
+impl BigOp {
+    pub fn lba(&self) -> u64 {
+        match *self {
+            BigOp::Write { lba, .. } | BigOp::Fill { lba, .. } | BigOp::Pattern { lba, .. } => lba,
+        }
+    }
+    pub fn sectors(&self) -> u16 {
+        match *self {
+            BigOp::Write { sectors, .. } | BigOp::Fill { sectors, .. } | BigOp::Pattern { sectors, .. } => sectors,
+        }
+    }
+    /// The line the guest prints when the operation passed.
+    pub fn ok_line(&self) -> String {
+        let kind = match self {
+            BigOp::Write { .. } => 'W',
+            BigOp::Fill { .. } => 'F',
+            BigOp::Pattern { .. } => 'P',
+        };
+        format!("OK {} {:08X}{:08X} +{:08X}", kind, self.lba() >> 32, self.lba() as u32, self.sectors())
+    }
+}
+
+/// The benchmark run after the operations: `writes` one-sector writes at
+/// [`bigio_bench_lbas`]`(seed, writes, grains)`; `grains` is a power of two.
+#[derive(Clone, Copy, Debug)]
+pub struct BigBench {
+    pub writes: u32,
+    pub seed: u32,
+    pub grains: u32,
+}
+
+/// What the big-disk I/O guest does (its LBA 1; layout in bigio.s).
+#[derive(Clone, Debug)]
+pub struct BigIoConfig {
+    pub tag: u32,
+    pub ops: Vec<BigOp>,
+    pub bench: Option<BigBench>,
+}
+
+impl BigIoConfig {
+    pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
+        assert!(self.ops.len() <= BIGIO_MAX_OPS, "at most {} operations", BIGIO_MAX_OPS);
+        let mut s = [0u8; SECTOR_BYTES];
+        s[0..8].copy_from_slice(b"VBBIGIO1");
+        let put = |s: &mut [u8; SECTOR_BYTES], off: usize, v: u32| s[off..off + 4].copy_from_slice(&v.to_le_bytes());
+        put(&mut s, 0x08, self.ops.len() as u32);
+        put(&mut s, 0x0C, self.tag);
+        if let Some(b) = self.bench {
+            assert!(b.writes >= 200, "the benchmark times its first and last hundred writes");
+            assert!(b.grains.is_power_of_two(), "the benchmark's grain count is a power of two");
+            put(&mut s, 0x10, 1);
+            put(&mut s, 0x14, b.writes);
+            put(&mut s, 0x18, b.seed);
+            put(&mut s, 0x1C, b.grains - 1);
+        }
+        for (i, op) in self.ops.iter().enumerate() {
+            let at = 0x20 + 16 * i;
+            assert!((1..=64).contains(&op.sectors()), "1 to 64 sectors per operation");
+            assert!(op.lba() >= BIGIO_SECTORS || matches!(op, BigOp::Fill { .. } | BigOp::Pattern { .. }), "a write must not overwrite the guest");
+            s[at..at + 8].copy_from_slice(&op.lba().to_le_bytes());
+            s[at + 8..at + 10].copy_from_slice(&op.sectors().to_le_bytes());
+            let (kind, fill) = match *op {
+                BigOp::Write { .. } => (1u8, 0u8),
+                BigOp::Fill { byte, .. } => (2, byte),
+                BigOp::Pattern { .. } => (3, 0),
+            };
+            s[at + 10] = kind;
+            s[at + 11] = fill;
+        }
+        s
+    }
+
+    /// What sector `lba` holds after the guest wrote it.
+    pub fn written(&self, lba: u64) -> [u8; SECTOR_BYTES] {
+        chain_written_sector(lba, self.tag)
+    }
+}
+
+/// The sectors the benchmark writes, in order (bigio.s: an LCG over grains of
+/// [`BIGIO_BENCH_GRAIN_SECTORS`]).
+pub fn bigio_bench_lbas(seed: u32, writes: u32, grains: u32) -> Vec<u64> {
+    let mut x = seed;
+    (0..writes)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            ((x >> 12) & (grains - 1)) as u64 * BIGIO_BENCH_GRAIN_SECTORS + (x & 127) as u64
+        })
+        .collect()
+}
+
+/// Assemble bigio.s: [`BIGIO_SECTORS`] sectors, with an empty configuration sector.
+pub fn build_bigio_guest(out: &Path) -> Vec<u8> {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    std::fs::create_dir_all(out).expect("create big-disk guest build dir");
+    let obj = out.join("bigio.o");
+    let bin = out.join("bigio.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/bigio.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let code = std::fs::read(&bin).expect("read bigio.bin");
+    assert_eq!(code.len() as u64, BIGIO_SECTORS * SECTOR_BYTES as u64, "bigio.bin has an unexpected size");
+    code
+}
+
+/// The guest's first sectors with `cfg` as its configuration: write them at LBA 0.
+pub fn bigio_guest_sectors(code: &[u8], cfg: &BigIoConfig) -> Vec<u8> {
+    let mut v = code.to_vec();
+    let at = BIGIO_CONFIG_LBA as usize * SECTOR_BYTES;
+    v[at..at + SECTOR_BYTES].copy_from_slice(&cfg.to_sector());
+    v
+}
+
+/// The disk size the guest read with AH=48h (its `DISK` line), in sectors.
+pub fn bigio_disk_sectors(output: &str) -> Option<u64> {
+    output.lines().find_map(|l| l.trim().strip_prefix("DISK ")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+}

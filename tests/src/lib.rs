@@ -3,6 +3,7 @@
 
 pub mod disk;
 pub mod guests;
+pub mod large;
 pub mod qemu;
 pub mod rig;
 
