@@ -149,6 +149,19 @@ impl MenuState {
         Outcome::Redraw
     }
 
+    /// A fresh state for a menu shown again after a boot attempt was abandoned (the loader
+    /// restarted its menu): like [`MenuState::back_to_menu`], with the entry at `path`
+    /// highlighted (its submenus open) when `config` still has an entry there.
+    pub fn resume_at(&mut self, config: &Config, path: &[usize]) -> Outcome {
+        if let (Some(MenuItem::Entry(_)), Some((&last, submenus))) = (config.item(path), path.split_last()) {
+            self.submenu_path = submenus.to_vec();
+            self.selected = last;
+            self.scroll_top = 0;
+            self.keep_selection_visible();
+        }
+        self.back_to_menu()
+    }
+
     pub fn screen(&self) -> &Screen {
         &self.screen
     }
@@ -847,6 +860,25 @@ mod tests {
         assert_eq!(m.handle(&c, Event::Left), Outcome::Redraw);
         assert_eq!(m.handle(&c, Event::Up), Outcome::Redraw);
         assert_eq!(m.handle(&c, Event::Right), Outcome::None);
+    }
+
+    #[test]
+    fn resume_at_highlights_the_abandoned_entry_without_a_countdown() {
+        let c = cfg(&format!("set timeout=5\nset default=0\n{}", FOUR));
+        let mut m = MenuState::new(&c);
+        assert_eq!(m.resume_at(&c, &[2, 1]), Outcome::Redraw);
+        assert_eq!((m.submenu_path(), m.selected()), (&[2][..], 1));
+        assert_eq!(m.countdown_secs(), None);
+        assert!(m.is_visible());
+        assert_eq!(m.handle(&c, Event::Tick(10_000)), Outcome::None);
+        assert_eq!(m.handle(&c, Event::Enter), Outcome::Boot(vec![2, 1]));
+        // A path that is no longer an entry (grub.cfg changed): the default selection stays.
+        for gone in [&[7][..], &[2][..], &[]] {
+            let mut m = MenuState::new(&c);
+            m.resume_at(&c, gone);
+            assert_eq!((m.submenu_path(), m.selected()), (&[][..], 0));
+            assert_eq!(m.countdown_secs(), None);
+        }
     }
 
     #[test]

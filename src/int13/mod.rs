@@ -69,6 +69,9 @@ impl Status {
     pub const BOUNDARY_ERROR: Status = Status(0x09);
     pub const UNSUPPORTED_MEDIA: Status = Status(0x0C);
     pub const INVALID_FORMAT_SECTORS: Status = Status(0x0D);
+    /// Controller failure: the resident engine's answer when it failed internally (a panic,
+    /// such as an allocation failure) while serving the call.
+    pub const CONTROLLER_FAILURE: Status = Status(0x20);
     pub const WRITE_FAULT: Status = Status(0xCC);
 }
 
@@ -84,6 +87,7 @@ impl fmt::Display for Status {
             Status::BOUNDARY_ERROR => "buffer crosses a 64 KiB boundary or cannot be reached",
             Status::UNSUPPORTED_MEDIA => "unsupported track or media type",
             Status::INVALID_FORMAT_SECTORS => "invalid number of sectors on format",
+            Status::CONTROLLER_FAILURE => "controller failure",
             Status::WRITE_FAULT => "write fault",
             _ => "BIOS disk error",
         };
@@ -130,6 +134,25 @@ pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMem
     let result = functions::call(drive, regs, mem);
     finish(regs, mem, floppy, result);
     Outcome::Handled
+}
+
+/// Fail a call that could not be served at all (the resident engine failed internally while
+/// serving it): `status` in AH, CF set, the last-status byte written, and nothing counted as
+/// transferred (AL = 0 for AH=02h/03h/04h, the packet's block count 0 for AH=42h/43h/44h).
+pub fn fail_call(regs: &mut Regs, mem: &mut dyn GuestMemory, status: Status) {
+    match regs.ah() {
+        0x02..=0x04 => regs.set_al(0),
+        0x42..=0x44 => {
+            let at = regs.ds_si_linear();
+            // The count field of whichever form the caller used; any block size is fine here.
+            if let Ok(req) = edd::DiskAddressPacket::read(mem, at).and_then(|p| p.request(at, 1)) {
+                req.write_back_count(mem, 0);
+            }
+        }
+        _ => {}
+    }
+    let floppy = DriveClass::of(regs.dl()) == DriveClass::Floppy;
+    finish(regs, mem, floppy, Err(status));
 }
 
 fn finish(regs: &mut Regs, mem: &mut dyn GuestMemory, floppy: bool, result: Result<u8, Status>) {

@@ -6,7 +6,7 @@ use super::disk::{BlockDisk, DiskError, EmulatedDisk};
 use super::drives::{CdEmulation, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 use super::memory::{bda, linear, GuestMemory, VecMemory};
 use super::regs::Regs;
-use super::{handle, Outcome, Status};
+use super::{fail_call, handle, Outcome, Status};
 use crate::block::{BlockDevice, BlockError, MemDisk};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -336,6 +336,31 @@ fn chs_read_failing_midway_reports_sectors_done() {
 
 // ---------------------------------------------------------------------------------------------
 // Hard disk: status, parameters and no-ops
+
+#[test]
+fn fail_call_reports_a_controller_failure_with_nothing_transferred() {
+    let mut set = hdd_set(block_disk(pattern_disk(SMALL_SECTORS), Some(SMALL), false));
+    let mut m = machine();
+    // AH=42h: CF, AH=20h, the packet's count 0, the status kept for AH=01h.
+    let mut r = ext_regs(0x42, 0x80);
+    put_dap(&mut m, &mut r, 4, (BUF >> 4) as u16, 0, 10);
+    let before = r;
+    fail_call(&mut r, &mut m, Status::CONTROLLER_FAILURE);
+    assert_err(&r, Status::CONTROLLER_FAILURE);
+    assert_eq!(dap_count(&mut m), 0);
+    assert_eq!((r.eax & 0xFFFF_00FF, r.ebx, r.ecx, r.edx, r.esi, r.edi), (before.eax & 0xFFFF_00FF, before.ebx, before.ecx, before.edx, before.esi, before.edi));
+    let mut r = regs(0x01, 0x80);
+    call(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::CONTROLLER_FAILURE);
+    // AH=02h: AL = 0 sectors done; a floppy's status goes to its own byte.
+    let mut r = chs_regs(0x02, 3, ChsAddress { cylinder: 0, head: 0, sector: 1 });
+    r.set_dl(0x00);
+    fail_call(&mut r, &mut m, Status::CONTROLLER_FAILURE);
+    assert_err(&r, Status::CONTROLLER_FAILURE);
+    assert_eq!(r.al(), 0);
+    assert_eq!(bda::last_status(&mut m, true), 0x20);
+    assert_eq!(format!("{}", Status::CONTROLLER_FAILURE), "INT 13h status 20h: controller failure");
+}
 
 #[test]
 fn get_last_status_reports_the_previous_call() {

@@ -91,6 +91,13 @@ pub fn ticks() -> u32 {
     unsafe { core::ptr::read_volatile(0x46C as *const u32) }
 }
 
+/// Stop the processor for good (interrupts off).
+pub fn halt() -> ! {
+    loop {
+        unsafe { core::arch::asm!("cli; hlt") };
+    }
+}
+
 /// Ask the keyboard controller to reset the machine.
 pub fn reboot() -> ! {
     unsafe {

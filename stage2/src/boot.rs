@@ -26,7 +26,8 @@ pub struct Loaded {
     pub config: Config,
 }
 
-pub fn run(disk: &mut BiosDisk, record: Option<InstallRecord>) -> ! {
+/// `resume`: the menu was restarted after a panic abandoned the entry at this path (recovery.rs).
+pub fn run(disk: &mut BiosDisk, record: Option<InstallRecord>, mut resume: Option<&[usize]>) -> ! {
     let table = list_partitions(disk);
     loop {
         let loaded = match table.as_ref().map_err(|e| e.clone()).and_then(|t| load_config(disk, t, record.as_ref())) {
@@ -39,7 +40,7 @@ pub fn run(disk: &mut BiosDisk, record: Option<InstallRecord>) -> ! {
             }
         };
         let t = table.as_ref().ok().cloned().unwrap_or_else(empty_table);
-        menu_loop(disk, &t, &loaded);
+        menu_loop(disk, &t, &loaded, resume.take());
     }
 }
 
@@ -176,7 +177,7 @@ fn poll_events(decoder: &mut KeyDecoder, events: &mut Vec<Event>) {
     }
 }
 
-fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded) {
+fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resume: Option<&[usize]>) {
     let config = &loaded.config;
     for n in &config.notices {
         println!("grub.cfg line {}: {}", n.line, n.message);
@@ -184,7 +185,10 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded) {
     let mut state = MenuState::new(config);
     state.set_screen_height(ROWS);
     let mut decoder = KeyDecoder::new();
-    let mut outcome = state.start(config);
+    let mut outcome = match resume {
+        Some(path) => state.resume_at(config, path),
+        None => state.start(config),
+    };
     let mut last_ticks = bios::ticks();
     let mut events: Vec<Event> = Vec::new();
     loop {
@@ -199,11 +203,13 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded) {
                 let result = match config.entry(&path) {
                     None => Err(String::from("that menu item is a submenu, not an entry")),
                     Some(entry) => {
+                        crate::recovery::booting(&path);
                         console::console().clear();
                         println!("Booting '{}'", entry.title);
                         for n in &entry.skipped {
                             println!("  grub.cfg line {}: {}", n.line, n.message);
                         }
+                        crate::fault::at_entry(entry);
                         entry
                             .boot_options()
                             .map_err(|e| format!("{}", e))
@@ -211,6 +217,7 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded) {
                     }
                 };
                 if let Err(e) = result {
+                    crate::recovery::boot_failed();
                     show_error(&e);
                     println!("Press any key to return to the menu.");
                     crate::wait_key();

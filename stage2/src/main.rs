@@ -7,12 +7,15 @@
 extern crate alloc;
 
 mod bios;
+mod catch;
 mod console;
 mod disk;
+mod fault;
 mod handoff;
 mod images;
 mod memmap;
 mod prepare;
+mod recovery;
 
 use linked_list_allocator::LockedHeap;
 use vboot::block::SECTOR_BYTES;
@@ -30,6 +33,7 @@ const PM_STACK_BYTES: u32 = 64 << 10;
 /// The most heap stage2 takes, from the usable memory at 1 MiB.
 const HEAP_MAX_BYTES: u32 = 64 << 20;
 
+static mut HEAP_BASE: u32 = 0;
 static mut HEAP_END: u32 = 0;
 
 /// First byte above stage2's heap: the resident engine must go above it.
@@ -121,7 +125,10 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     }
     // SAFETY: the range is usable RAM per the BIOS and nothing else in stage2 uses it.
     unsafe { HEAP.lock().init(heap_base as *mut u8, heap_bytes as usize) };
-    unsafe { HEAP_END = heap_base + heap_bytes };
+    unsafe {
+        HEAP_BASE = heap_base;
+        HEAP_END = heap_base + heap_bytes;
+    }
 
     let drive = drive as u8;
     let count = disk::hard_disk_count();
@@ -149,9 +156,6 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         }
     }
 
-    let Some(mut boot_disk) = disk::BiosDisk::probe(drive) else {
-        fatal("the boot disk does not answer INT 13h");
-    };
     let patch = read_patch(patch_ptr);
     println!(
         "stage2 loaded from LBA {} ({} sectors) by {} reads",
@@ -160,16 +164,37 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         if bios::stage1_used_lba() { "LBA" } else { "CHS" }
     );
     unsafe { resident::ENGINE_LBA = { patch.stage2_lba } + { patch.stage2_sectors } as u64 };
-    let record = vboot::install::read_installed(&mut boot_disk).map(|(r, _)| r);
-    match &record {
-        Ok(r) => println!(
-            "Install record: grub.cfg partition {}",
-            if r.config_partition == 0 { alloc::string::String::from("auto") } else { alloc::format!("{}", r.config_partition) }
-        ),
-        Err(e) => println!("Install record: {} (using defaults)", e),
-    }
 
-    boot::run(&mut boot_disk, record.ok())
+    // Everything from here allocates on the heap only inside a session: a panic abandons the
+    // session, the heap starts afresh, and a new session shows the menu again (recovery.rs).
+    recovery::menu_forever(|resume| {
+        let Some(mut boot_disk) = disk::BiosDisk::probe(drive) else {
+            fatal("the boot disk does not answer INT 13h");
+        };
+        let record = vboot::install::read_installed(&mut boot_disk).map(|(r, _)| r);
+        match &record {
+            Ok(r) => println!(
+                "Install record: grub.cfg partition {}",
+                if r.config_partition == 0 { alloc::string::String::from("auto") } else { alloc::format!("{}", r.config_partition) }
+            ),
+            Err(e) => println!("Install record: {} (using defaults)", e),
+        }
+        boot::run(&mut boot_disk, record.ok(), resume)
+    })
+}
+
+/// Make the heap empty again, as at start: after a panic abandoned the menu session that used
+/// it (recovery.rs). Nothing reachable points into it then: statics hold no heap memory.
+pub(crate) fn reset_heap() {
+    // SAFETY: the caller guarantees nothing alive uses heap memory. A panic inside the allocator
+    // may have left the lock taken (there is no unwinding to release it); its data is
+    // re-initialised whole right after, so releasing it by force is sound.
+    unsafe {
+        if HEAP.is_locked() {
+            HEAP.force_unlock();
+        }
+        HEAP.lock().init(HEAP_BASE as *mut u8, (HEAP_END - HEAP_BASE) as usize);
+    }
 }
 
 mod boot;
@@ -209,9 +234,8 @@ pub fn wait_key() -> u8 {
     }
 }
 
+/// A bug, or an allocation that failed: back to the menu when that is safe (recovery.rs).
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    console::console().attr = console::ATTR_ERROR;
-    println!("\nvboot: internal error: {}", info);
-    fatal("this is a bug in vboot; please report the message above")
+    recovery::panic(info)
 }

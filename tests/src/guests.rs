@@ -735,6 +735,31 @@ pub fn hello_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathB
     img
 }
 
+/// The fault guest (tests/guest-probe/faulter.s), for the fault-injection firmware: `rounds`
+/// times, INT 13h with AH=`fault_ah` on its boot drive must fail with CF=1 AH=20h, and the next
+/// call (AH=42h of LBA 1, which holds "VBFAULT1") must work; then FAULTER DONE, and a byte on
+/// COM1 ends QEMU with 33. In a raw image of `sectors` sectors.
+pub fn faulter_guest(dir: &Path, name: &str, fault_ah: u8, rounds: u8, sectors: u64) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let build = dir.join(format!("{}-build", name));
+    std::fs::create_dir_all(&build).unwrap();
+    let obj = build.join("faulter.o");
+    let bin = build.join("faulter.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/faulter.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let mut sector = std::fs::read(&bin).unwrap();
+    assert_eq!(sector.len(), 512);
+    sector[0x1F0] = fault_ah;
+    sector[0x1F1] = rounds;
+    let img = dir.join(format!("{}.img", name));
+    let mut bytes = vec![0u8; (sectors as usize) * SECTOR_BYTES];
+    bytes[..512].copy_from_slice(&sector);
+    bytes[512..520].copy_from_slice(b"VBFAULT1");
+    std::fs::write(&img, bytes).unwrap();
+    img
+}
+
 /// A guest that reads its whole boot disk with AH=42h (127 sectors a call), between the lines
 /// READ-START and READ-END, then exits QEMU with 33; in a raw image of `sectors` sectors filled
 /// with the probe pattern. Used by the benchmarks.

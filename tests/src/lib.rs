@@ -36,6 +36,32 @@ pub fn artifacts() -> Artifacts {
     a
 }
 
+/// The firmware built with fault injection (stage2/src/fault.rs, stage2/engine/src/fault.rs),
+/// for tests/tests/faults.rs: `cargo xtask build-faults` runs once per test process (a few
+/// seconds when nothing changed), and its target/vboot-faults/ is returned.
+pub fn fault_stage_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(&root)
+                .args(["run", "--quiet", "--release", "--package", "xtask", "--", "build-faults"])
+                .output()
+                .map_err(|e| format!("cannot run cargo xtask build-faults: {}", e))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cargo xtask build-faults failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(root.join("target/vboot-faults"))
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{}", e))
+}
+
 /// Fail (never skip) when a tool the test needs is missing, naming its Debian package.
 pub fn require_tool(program: &str, package: &str) {
     let found = Command::new("sh")
@@ -99,10 +125,15 @@ pub fn sh(cmd: &mut Command) -> String {
 
 /// Run vboot-install with `args`; returns (success, stdout + stderr).
 pub fn vboot_install(args: &[&str]) -> (bool, String) {
+    vboot_install_from(&workspace_root().join("target/vboot"), args)
+}
+
+/// [`vboot_install`] with the firmware in `stage_dir` (such as [`fault_stage_dir`]).
+pub fn vboot_install_from(stage_dir: &Path, args: &[&str]) -> (bool, String) {
     let a = artifacts();
     let out = Command::new(&a.install)
         .args(args)
-        .env("VBOOT_STAGE_DIR", workspace_root().join("target/vboot"))
+        .env("VBOOT_STAGE_DIR", stage_dir)
         .output()
         .expect("run vboot-install");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -126,6 +157,11 @@ pub struct HostImage<'a> {
 }
 
 pub fn vboot_host(dir: &TempDir, size_mib: u64, grub_cfg: &str, images: &[HostImage]) -> Host {
+    vboot_host_from(&workspace_root().join("target/vboot"), dir, size_mib, grub_cfg, images)
+}
+
+/// [`vboot_host`] with the firmware in `stage_dir` (such as [`fault_stage_dir`]).
+pub fn vboot_host_from(stage_dir: &Path, dir: &TempDir, size_mib: u64, grub_cfg: &str, images: &[HostImage]) -> Host {
     let part = dir.join("host-part.img");
     let part_sectors = size_mib * 2048 - 2048;
     disk::fat_volume(&part, part_sectors, 32, &[disk::FileSpec::new("/boot/grub/grub.cfg", grub_cfg)]);
@@ -144,7 +180,7 @@ pub fn vboot_host(dir: &TempDir, size_mib: u64, grub_cfg: &str, images: &[HostIm
         }
     }
     let disk = disk::disk_from_partition(dir, &part, size_mib);
-    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap()]);
+    let (ok, out) = vboot_install_from(stage_dir, &["install", disk.to_str().unwrap()]);
     assert!(ok, "vboot-install failed:\n{}", out);
     Host { disk, part, part_sectors }
 }

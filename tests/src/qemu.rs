@@ -145,6 +145,50 @@ impl Qemu {
         strip_ansi(&String::from_utf8_lossy(&all))
     }
 
+    /// Run one QEMU monitor command and return what it printed (the text between the command's
+    /// echo and the next prompt).
+    pub fn monitor(&self, command: &str) -> String {
+        use std::os::unix::net::UnixStream;
+        let mut sock = UnixStream::connect(&self.monitor).expect("connect to the QEMU monitor");
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Read until `prompts` prompts have come: the banner's (1), then the command's (2).
+        fn read_to_prompt(sock: &mut UnixStream, all: &mut Vec<u8>, prompts: usize, deadline: Instant, command: &str) {
+            let mut buf = vec![0u8; 65536];
+            while strip_ansi(&String::from_utf8_lossy(all)).matches("(qemu)").count() < prompts {
+                assert!(Instant::now() < deadline, "the QEMU monitor did not answer {:?}", command);
+                if let Ok(n) = sock.read(&mut buf) {
+                    all.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        read_to_prompt(&mut sock, &mut all, 1, deadline, command);
+        sock.write_all(format!("{}\n", command).as_bytes()).expect("write to the QEMU monitor");
+        read_to_prompt(&mut sock, &mut all, 2, deadline, command);
+        let text = strip_ansi(&String::from_utf8_lossy(&all));
+        let after = text.split_once(command).map(|(_, rest)| rest).unwrap_or(&text);
+        after.rsplit_once("(qemu)").map(|(before, _)| before).unwrap_or(after).trim().to_string()
+    }
+
+    /// The text screen (80x25 at 0xB8000, page 0) as 25 lines, trailing blanks removed, read from
+    /// guest memory through the monitor: what a user would see on the (VGA) screen.
+    pub fn screen_text(&self) -> Vec<String> {
+        let dump = self.monitor("xp /2000hx 0xb8000");
+        let mut chars = Vec::with_capacity(2000);
+        for line in dump.lines() {
+            let Some((_, cells)) = line.split_once(':') else { continue };
+            for cell in cells.split_whitespace() {
+                if let Ok(v) = u16::from_str_radix(cell.trim_start_matches("0x"), 16) {
+                    let c = (v & 0xFF) as u8;
+                    chars.push(if (0x20..0x7F).contains(&c) { c as char } else { ' ' });
+                }
+            }
+        }
+        assert_eq!(chars.len(), 2000, "unexpected screen dump:\n{}", dump);
+        chars.chunks(80).map(|row| row.iter().collect::<String>().trim_end().to_string()).collect()
+    }
+
     /// Everything the guest printed so far, with ANSI escape sequences and CRs removed.
     pub fn output(&self) -> String {
         strip_ansi(&String::from_utf8_lossy(&self.output.lock().unwrap()))

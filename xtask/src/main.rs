@@ -7,6 +7,8 @@
 //!            with vboot-install and boots it in QEMU
 //! - `bench`  the yardsticks of DESIGN.md §6
 //! - `demo-debian` a whole Debian in a VHD, root on vboot-attach's NBD device (issue 9)
+//! - `build-faults` the firmware with fault injection, into target/vboot-faults/ (for
+//!            tests/tests/faults.rs, which runs it itself)
 //! - `deps`   only install what is missing
 
 mod deps;
@@ -18,7 +20,7 @@ use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|test|demo|demo-debian|bench|deps> [options]\n\
+        "usage: cargo xtask <build|build-faults|test|demo|demo-debian|bench|deps> [options]\n\
          \n\
          build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
@@ -27,6 +29,8 @@ fn usage() -> ExitCode {
          bench [--kvm]    measure size, memory and speed figures\n\
          demo-debian      debootstrap Debian into a VHD, boot it through vboot with root on\n\
                           vboot-attach's /dev/nbd0 (as root; downloads Debian; ~3 min)\n\
+         build-faults     build the firmware with fault injection into target/vboot-faults/\n\
+                          (tests/tests/faults.rs runs this itself)\n\
          deps             install the toolchain component and Debian packages the tests need"
     );
     ExitCode::from(2)
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "build" => firmware::build_all(),
+        "build-faults" => firmware::build_fault_firmware(),
         "deps" => deps::ensure_all(),
         "test" => test(rest),
         "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),

@@ -9,8 +9,10 @@
 extern crate alloc;
 
 mod chain;
+mod fault;
 mod hostdisk;
 mod overlay;
+mod recover;
 mod stub;
 
 use alloc::boxed::Box;
@@ -109,7 +111,7 @@ impl Write for MessageBuf<'_> {
 }
 
 /// Set up the drives from stage2's plan. Returns 0, or the length of an error message written
-/// to `msg`.
+/// to `msg` (also when the engine panicked: recover.rs).
 extern "C" fn engine_init(
     plan: *const u8,
     plan_len: u32,
@@ -119,9 +121,14 @@ extern "C" fn engine_init(
     msg: *mut u8,
     msg_cap: u32,
 ) -> u32 {
-    let mut out = MessageBuf { buf: unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) }, len: 0 };
+    let msg = unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) };
     unsafe { HEAP.lock().init(heap, heap_len as usize) };
     let bytes = unsafe { core::slice::from_raw_parts(plan, plan_len as usize) };
+    recover::guard_init(msg, |msg| init(bytes, heap_len, stub_linear, msg))
+}
+
+fn init(bytes: &[u8], heap_len: u32, stub_linear: u32, msg: &mut [u8]) -> u32 {
+    let mut out = MessageBuf { buf: msg, len: 0 };
     let plan = match Plan::from_bytes(bytes) {
         Ok(p) => p,
         Err(e) => {
@@ -129,6 +136,7 @@ extern "C" fn engine_init(
             return out.len as u32;
         }
     };
+    fault::at_init(&plan);
     let stub = Stub { linear: stub_linear };
     let mut drives = DriveSet::new();
     // Sectors per track of the first emulated floppy: the INT 1Eh table is written for it.
@@ -198,20 +206,27 @@ extern "C" fn engine_init(
 }
 
 /// Called by the stub (through engine_pm_entry) for every INT 13h and the INT 15h memory calls.
+/// A panic while serving the call fails that call (recover.rs).
 #[no_mangle]
 extern "C" fn engine_dispatch(stub_linear: u32) {
     let stub = Stub { linear: stub_linear };
-    let mut regs = stub.frame();
-    let st = state();
-    match stub.vector() {
-        0x13 => int13_call(st, stub, &mut regs),
-        0x15 => int15_call(st, stub, &mut regs),
-        _ => {}
-    }
-    stub.set_frame(&regs);
+    recover::guard_dispatch(stub, || {
+        let mut regs = stub.frame();
+        let st = state();
+        match stub.vector() {
+            0x13 => int13_call(st, stub, &mut regs),
+            0x15 => int15_call(st, stub, &mut regs),
+            _ => {}
+        }
+        // The last step: recover.rs relies on the frame being untouched until here.
+        stub.set_frame(&regs);
+    })
 }
 
 fn int13_call(st: &mut State, stub: Stub, regs: &mut Regs) {
+    if cfg!(feature = "fault-injection") && st.drives.drives().iter().any(|d| d.number == regs.dl()) {
+        fault::int13(regs.ah());
+    }
     let mut mem = FlatMemory;
     st.drives.reassert_bda_counts(&mut mem);
     if let int13::Outcome::PassThrough { dl } = int13::handle(&mut st.drives, regs, &mut mem) {
@@ -269,31 +284,4 @@ fn int15_call(st: &mut State, stub: Stub, regs: &mut Regs) {
         return;
     }
     stub.call_bios(Vector::Int15, regs);
-}
-
-/// A bug in the engine: say so on COM1 and stop; the guest cannot go on without its disk.
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
-    struct Com1;
-    impl Write for Com1 {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            for b in s.bytes() {
-                unsafe {
-                    for _ in 0..100_000 {
-                        let lsr: u8;
-                        core::arch::asm!("in al, dx", out("al") lsr, in("dx") 0x3FDu16);
-                        if lsr & 0x20 != 0 {
-                            break;
-                        }
-                    }
-                    core::arch::asm!("out dx, al", in("dx") 0x3F8u16, in("al") b);
-                }
-            }
-            Ok(())
-        }
-    }
-    let _ = write!(Com1, "\r\nvboot engine: internal error: {}\r\nThe machine is stopped.\r\n", info);
-    loop {
-        unsafe { core::arch::asm!("cli; hlt") };
-    }
 }

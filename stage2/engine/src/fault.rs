@@ -1,0 +1,62 @@
+//! Fault injection for the QEMU tests (tests/tests/faults.rs), only with the cargo feature
+//! `fault-injection` (`cargo xtask build-faults`, target/vboot-faults/). The release engine has
+//! none of it: these functions are empty there.
+//!
+//! In that build:
+//! - INT 13h AH=F0h on an emulated drive allocates 1.75 GiB (far more than the engine's heap);
+//! - INT 13h AH=F1h on an emulated drive panics, and panics again while that is reported;
+//! - `engine_init` allocates 1.75 GiB when a file of the plan has `engine-init-oom` in its name.
+
+#[cfg(feature = "fault-injection")]
+mod injected {
+    use core::sync::atomic::{AtomicBool, Ordering};
+
+    static DOUBLE_PANIC: AtomicBool = AtomicBool::new(false);
+
+    fn impossible_allocation() {
+        let v: alloc::vec::Vec<u8> = alloc::vec::Vec::with_capacity(0x7000_0000);
+        core::hint::black_box(v);
+    }
+
+    pub fn int13(ah: u8) {
+        match ah {
+            0xF0 => impossible_allocation(),
+            0xF1 => {
+                DOUBLE_PANIC.store(true, Ordering::SeqCst);
+                panic!("injected fault: INT 13h AH=F1h");
+            }
+            _ => {}
+        }
+    }
+
+    pub fn at_init(plan: &vboot::resident::Plan) {
+        let named = |p: &str| p.to_ascii_lowercase().contains("engine-init-oom");
+        if plan.drives.iter().flat_map(|d| d.layers.iter()).any(|l| named(&l.path)) {
+            impossible_allocation();
+        }
+    }
+
+    pub fn while_reporting() {
+        if DOUBLE_PANIC.swap(false, Ordering::SeqCst) {
+            panic!("injected fault: a panic while reporting a panic");
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub use injected::*;
+
+/// An INT 13h call with this AH arrived for an emulated drive.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn int13(_ah: u8) {}
+
+/// `engine_init` read the plan.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn at_init(_plan: &vboot::resident::Plan) {}
+
+/// The panic handler has the panic's message.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn while_reporting() {}

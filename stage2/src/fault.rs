@@ -1,0 +1,81 @@
+//! Fault injection for the QEMU tests (tests/tests/faults.rs), only with the cargo feature
+//! `fault-injection`, which `cargo xtask build-faults` turns on for a separate build in
+//! target/vboot-faults/. The release firmware has none of it: these functions are empty there.
+//!
+//! In that build, a line `vboot_fault KIND` inside a menu entry (any other build skips it as a
+//! command it does not run) makes booting the entry fail on purpose:
+//! - `stage2-oom`: allocate 1 MiB blocks until the heap is exhausted (an allocation failure with
+//!   the whole heap in use);
+//! - `stage2-oom-after-hook`: the same, at the first disk read after the resident hook is in;
+//! - `stage2-double-panic`: a panic, then another one while the first is being reported.
+
+#[cfg(feature = "fault-injection")]
+mod injected {
+    use alloc::vec::Vec;
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    const NONE: u8 = 0;
+    const AFTER_HOOK: u8 = 1;
+    const DOUBLE_PANIC: u8 = 2;
+    static ARMED: AtomicU8 = AtomicU8::new(NONE);
+
+    fn exhaust_heap() -> ! {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut block: Vec<u8> = Vec::with_capacity(1 << 20);
+            block.push(1);
+            hoard.push(block);
+            core::hint::black_box(&mut hoard);
+        }
+    }
+
+    pub fn at_entry(entry: &vboot::config::Entry) {
+        ARMED.store(NONE, Ordering::SeqCst);
+        for line in &entry.lines {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("vboot_fault") {
+                continue;
+            }
+            match words.next() {
+                Some("stage2-oom") => exhaust_heap(),
+                Some("stage2-oom-after-hook") => ARMED.store(AFTER_HOOK, Ordering::SeqCst),
+                Some("stage2-double-panic") => {
+                    ARMED.store(DOUBLE_PANIC, Ordering::SeqCst);
+                    panic!("injected fault: stage2-double-panic");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn on_disk_read() {
+        if ARMED.load(Ordering::SeqCst) == AFTER_HOOK && crate::recovery::hooked() {
+            ARMED.store(NONE, Ordering::SeqCst);
+            exhaust_heap();
+        }
+    }
+
+    pub fn while_reporting() {
+        if ARMED.swap(NONE, Ordering::SeqCst) == DOUBLE_PANIC {
+            panic!("injected fault: a panic while reporting a panic");
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub use injected::*;
+
+/// Booting `entry` begins.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn at_entry(_entry: &vboot::config::Entry) {}
+
+/// A BIOS disk is read.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn on_disk_read() {}
+
+/// The panic handler has printed the panic's message.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn while_reporting() {}
