@@ -124,10 +124,10 @@ extern "C" fn engine_init(
     let msg = unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) };
     unsafe { HEAP.lock().init(heap, heap_len as usize) };
     let bytes = unsafe { core::slice::from_raw_parts(plan, plan_len as usize) };
-    recover::guard_init(msg, |msg| init(bytes, heap_len, stub_linear, msg))
+    recover::guard_init(msg, |msg| init(bytes, stub_linear, msg))
 }
 
-fn init(bytes: &[u8], heap_len: u32, stub_linear: u32, msg: &mut [u8]) -> u32 {
+fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
     let mut out = MessageBuf { buf: msg, len: 0 };
     let plan = match Plan::from_bytes(bytes) {
         Ok(p) => p,
