@@ -24,4 +24,5 @@ pub mod int13;
 pub mod install;
 pub mod menu;
 pub mod part;
+pub mod reach;
 pub mod resident;

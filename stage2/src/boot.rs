@@ -293,6 +293,9 @@ fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, boot
         if let Some(p) = p {
             let (number, f) = open_image_file(disk, table, loaded, what, p)?;
             println!("  {} image: (hd0,{}){}, {} bytes in {} extent(s)", what, number, f.path, f.size_bytes, f.extents.extents.len());
+            // Before anything is written: a file the BIOS cannot reach would fail mid-boot.
+            let start = table.find(number).ok_or("partition vanished")?.start_lba;
+            crate::resident::check_reach(disk, &f.path, &f.extents.to_host(start))?;
             files.push((what, number, f));
         }
     }

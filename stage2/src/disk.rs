@@ -48,6 +48,15 @@ impl BiosDisk {
         Some(BiosDisk { drive, sectors, edd, chs })
     }
 
+    /// What the BIOS offers for this disk, for the reach check (vboot::reach).
+    pub fn access(&self) -> vboot::reach::BiosAccess {
+        use vboot::reach::BiosAccess;
+        match (self.edd && !crate::fault::pretend_no_edd(), self.chs) {
+            (false, Some(g)) => BiosAccess::Chs { cylinders: g.cylinders, heads: g.heads, sectors_per_track: g.sectors_per_track },
+            _ => BiosAccess::Extensions { sectors: self.sectors },
+        }
+    }
+
     fn transfer(&mut self, write: bool, lba: u64, count: usize) -> Result<(), BlockError> {
         if self.edd {
             let mut dap = [0u8; 16];

@@ -7,7 +7,9 @@
 //! - `stage2-oom`: allocate 1 MiB blocks until the heap is exhausted (an allocation failure with
 //!   the whole heap in use);
 //! - `stage2-oom-after-hook`: the same, at the first disk read after the resident hook is in;
-//! - `stage2-double-panic`: a panic, then another one while the first is being reported.
+//! - `stage2-double-panic`: a panic, then another one while the first is being reported;
+//! - `bios-no-edd`: the BIOS reach check (vboot::reach) treats the boot disk as if its BIOS had
+//!   no INT 13h extensions (CHS only), while stage2 keeps reading with them.
 
 #[cfg(feature = "fault-injection")]
 mod injected {
@@ -18,6 +20,11 @@ mod injected {
     const AFTER_HOOK: u8 = 1;
     const DOUBLE_PANIC: u8 = 2;
     static ARMED: AtomicU8 = AtomicU8::new(NONE);
+    static NO_EDD: AtomicU8 = AtomicU8::new(0);
+
+    pub fn pretend_no_edd() -> bool {
+        NO_EDD.load(Ordering::SeqCst) != 0
+    }
 
     fn exhaust_heap() -> ! {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -31,6 +38,7 @@ mod injected {
 
     pub fn at_entry(entry: &vboot::config::Entry) {
         ARMED.store(NONE, Ordering::SeqCst);
+        NO_EDD.store(0, Ordering::SeqCst);
         for line in &entry.lines {
             let mut words = line.split_whitespace();
             if words.next() != Some("vboot_fault") {
@@ -38,6 +46,7 @@ mod injected {
             }
             match words.next() {
                 Some("stage2-oom") => exhaust_heap(),
+                Some("bios-no-edd") => NO_EDD.store(1, Ordering::SeqCst),
                 Some("stage2-oom-after-hook") => ARMED.store(AFTER_HOOK, Ordering::SeqCst),
                 Some("stage2-double-panic") => {
                     ARMED.store(DOUBLE_PANIC, Ordering::SeqCst);
@@ -69,6 +78,13 @@ pub use injected::*;
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn at_entry(_entry: &vboot::config::Entry) {}
+
+/// Whether the reach check must act as if the BIOS had no INT 13h extensions.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn pretend_no_edd() -> bool {
+    false
+}
 
 /// A BIOS disk is read.
 #[cfg(not(feature = "fault-injection"))]

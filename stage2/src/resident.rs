@@ -207,6 +207,11 @@ pub(crate) fn plan_hard_disk(
             file.path, file.size_bytes
         ));
     }
+    // Every file of the chain (parents, and the leaf as slack or a snapshot left it) within
+    // what the BIOS can reach; the leaf was checked before anything was written.
+    for (path, f) in &chain_files {
+        check_reach(disk, path, &f.extents.to_host(part.start_lba))?;
+    }
     let files: Vec<PlannedLayer> = if raw {
         alloc::vec![PlannedLayer { format: 0, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
     } else {
@@ -240,6 +245,12 @@ pub(crate) fn plan_hard_disk(
         }
     };
     Ok((drive, parent_dir, record, chain_bytes))
+}
+
+/// `path` (its extents in disk LBAs) must lie within what the BIOS reaches on `disk`
+/// (docs/bios-reach.md).
+pub(crate) fn check_reach(disk: &BiosDisk, path: &str, extents_host: &vboot::fs::ExtentList) -> Result<(), String> {
+    vboot::reach::check_file(path, extents_host, &disk.access())
 }
 
 /// Put the boot sector at 0000:7C00 and jump to it in real mode, as a BIOS would.
