@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use crate::fs::{Extent, ExtentList};
 use crate::int13::ElToritoBoot;
 
-pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN01";
+pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN02";
 
 /// One E820 entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,12 @@ pub struct Plan {
     pub restore: bool,
     /// `immutable`: every write goes to a RAM overlay in the engine's heap; the images never change.
     pub immutable: bool,
+    /// A buffer below 1 MiB (linear address, bytes) that the engine may use for host transfers
+    /// while `engine_init` runs: stage2's own bounce buffer, idle during that call. Reading the
+    /// image tables through it takes a few dozen BIOS calls where the stub's 1 KiB buffer takes
+    /// thousands. 0 bytes: none.
+    pub init_bounce_linear: u32,
+    pub init_bounce_bytes: u32,
 }
 
 struct Writer(Vec<u8>);
@@ -168,6 +174,8 @@ impl Plan {
         }
         w.u8(self.restore as u8);
         w.u8(self.immutable as u8);
+        w.u32(self.init_bounce_linear);
+        w.u32(self.init_bounce_bytes);
         w.0
     }
 
@@ -219,6 +227,13 @@ impl Plan {
         }
         plan.restore = r.u8()? != 0;
         plan.immutable = r.u8()? != 0;
+        plan.init_bounce_linear = r.u32()?;
+        plan.init_bounce_bytes = r.u32()?;
+        if plan.init_bounce_bytes != 0
+            && (plan.init_bounce_bytes % 512 != 0 || plan.init_bounce_linear as u64 + plan.init_bounce_bytes as u64 > 0x10_0000)
+        {
+            return Err("init bounce buffer is not whole sectors below 1 MiB");
+        }
         Ok(plan)
     }
 }
@@ -354,9 +369,16 @@ mod tests {
             parent_dir: Some("/vms/base".into()),
             restore: true,
             immutable: true,
+            init_bounce_linear: 0x1000,
+            init_bounce_bytes: 0x6000,
         };
         let b = plan.to_bytes();
-        assert_eq!(Plan::from_bytes(&b), Ok(plan));
+        assert_eq!(Plan::from_bytes(&b), Ok(plan.clone()));
+        // A lent buffer must be whole sectors below 1 MiB.
+        for (linear, bytes) in [(0x1000u32, 1000u32), (0xF_F000, 0x2000)] {
+            let bad = Plan { init_bounce_linear: linear, init_bounce_bytes: bytes, ..plan.clone() };
+            assert!(Plan::from_bytes(&bad.to_bytes()).is_err(), "{:#x}+{:#x}", linear, bytes);
+        }
         for cut in [0, 7, 20, b.len() - 1] {
             assert!(Plan::from_bytes(&b[..cut]).is_err());
         }

@@ -219,6 +219,12 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
                 if let Err(e) = result {
                     crate::recovery::boot_failed();
                     show_error(&e);
+                    if crate::recovery::hooked() {
+                        // The image already answers as drive 80h and the real disks moved up:
+                        // a menu read now would read the image as the host disk. A restart
+                        // brings the menu back from the real disk.
+                        crate::fatal("the image was already attached as drive 80h when this happened; vboot restarts the machine to show the menu again");
+                    }
                     println!("Press any key to return to the menu.");
                     crate::wait_key();
                     outcome = state.back_to_menu();

@@ -297,7 +297,16 @@ pub(crate) fn go_resident(
     let mut e820: Vec<E820Entry> =
         map.regions.iter().map(|r| E820Entry { base: r.base, length: r.length, kind: r.kind }).collect();
     e820.sort_by_key(|e| e.base);
-    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore, immutable };
+    let mut plan = Plan {
+        memory_map: Vec::new(),
+        drives,
+        parent_dir,
+        restore,
+        immutable,
+        // stage2's bounce buffer is idle while engine_init runs (stage2 makes no BIOS call then).
+        init_bounce_linear: bios::BOUNCE_ADDR,
+        init_bounce_bytes: bios::BOUNCE_BYTES as u32,
+    };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
     // The hand-off table goes at the end of the engine's range, on a 4 KiB boundary.

@@ -18,7 +18,6 @@ use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Status};
 use vboot::resident::PlannedDrive;
 
 use crate::hostdisk::HostIo;
-use crate::stub::BOUNCE_BYTES;
 
 /// One file of the chain, read and written in place through its extents.
 pub struct ExtentFile {
@@ -49,7 +48,7 @@ impl ImageFile for ExtentFile {
     }
 
     fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        if offset_bytes + buf.len() as u64 > self.size_bytes.div_ceil(512) * 512 {
+        if offset_bytes.checked_add(buf.len() as u64).map_or(true, |end| end > self.size_bytes.div_ceil(512) * 512) {
             return Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: "read past the end of the file".into() });
         }
         let mut done = 0usize;
@@ -57,12 +56,19 @@ impl ImageFile for ExtentFile {
             let pos = offset_bytes + done as u64;
             let (lba, run) = self.lba_of(pos / 512)?;
             let skip = (pos % 512) as usize;
-            let want = ((skip + buf.len() - done).div_ceil(512) as u64).min(run).min(self.io.bounce_sectors());
-            let mut bounce = [0u8; BOUNCE_BYTES as usize];
-            let tmp = &mut bounce[..want as usize * 512];
-            self.io.read_host(lba, tmp).map_err(|s| self.io_err(pos, s))?;
-            let take = (tmp.len() - skip).min(buf.len() - done);
-            buf[done..done + take].copy_from_slice(&tmp[skip..skip + take]);
+            let whole = ((buf.len() - done) / 512) as u64;
+            if skip == 0 && whole > 0 {
+                // Whole sectors straight into `buf`, one extent run at a time (read_host splits
+                // them by its bounce buffer: the table reads at init take few BIOS calls).
+                let bytes = whole.min(run) as usize * 512;
+                self.io.read_host(lba, &mut buf[done..done + bytes]).map_err(|s| self.io_err(pos, s))?;
+                done += bytes;
+                continue;
+            }
+            let mut sector = [0u8; 512];
+            self.io.read_host(lba, &mut sector).map_err(|s| self.io_err(pos, s))?;
+            let take = (512 - skip).min(buf.len() - done);
+            buf[done..done + take].copy_from_slice(&sector[skip..skip + take]);
             done += take;
         }
         Ok(())

@@ -21,10 +21,33 @@ pub struct HostIo {
     pub host_drive: u8,
 }
 
+/// The larger buffer stage2 lends for host transfers while `engine_init` runs (Plan's
+/// `init_bounce_*`): linear address and bytes, 0 bytes when none. Set by [`lend_init_bounce`]
+/// at the start of init and cleared at its end, before any guest call can come.
+static INIT_BOUNCE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Use `bytes` at `linear` (below 1 MiB, whole sectors) for host transfers until
+/// [`return_init_bounce`].
+pub fn lend_init_bounce(linear: u32, bytes: u32) {
+    INIT_BOUNCE.store(((linear as u64) << 32) | bytes as u64, core::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn return_init_bounce() {
+    INIT_BOUNCE.store(0, core::sync::atomic::Ordering::SeqCst);
+}
+
 impl HostIo {
-    pub fn bounce_sectors(&self) -> u64 {
-        (BOUNCE_BYTES / 512) as u64
+    /// The bounce buffer for host transfers now: the one stage2 lent during init, else the
+    /// stub's own (linear address, bytes).
+    fn bounce(&self) -> (u32, usize) {
+        let lent = INIT_BOUNCE.load(core::sync::atomic::Ordering::SeqCst);
+        if lent as u32 != 0 {
+            ((lent >> 32) as u32, lent as u32 as usize)
+        } else {
+            (self.stub.bounce_linear(), BOUNCE_BYTES as usize)
+        }
     }
+
 
     /// One AH=42h/43h call on the host disk into `buf_linear` (below 1 MiB).
     fn call(&self, write: bool, host_lba: u64, sectors: u64, buf_linear: u32) -> Result<(), Status> {
@@ -55,10 +78,10 @@ impl HostIo {
 
     /// Host sectors into engine memory, through the bounce buffer.
     pub fn read_host(&self, host_lba: u64, buf: &mut [u8]) -> Result<(), Status> {
-        let bounce = self.stub.bounce_linear();
-        for (i, chunk) in buf.chunks_mut(BOUNCE_BYTES as usize).enumerate() {
+        let (bounce, bytes) = self.bounce();
+        for (i, chunk) in buf.chunks_mut(bytes).enumerate() {
             let n = chunk.len().div_ceil(512) as u64;
-            self.call(false, host_lba + i as u64 * self.bounce_sectors(), n, bounce)?;
+            self.call(false, host_lba + i as u64 * (bytes / 512) as u64, n, bounce)?;
             unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, chunk.as_mut_ptr(), chunk.len()) };
         }
         Ok(())
@@ -67,11 +90,11 @@ impl HostIo {
     /// Engine memory to host sectors, through the bounce buffer. Callers check DESIGN.md
     /// invariant 1 first.
     pub fn write_host(&self, host_lba: u64, buf: &[u8]) -> Result<(), Status> {
-        let bounce = self.stub.bounce_linear();
-        for (i, chunk) in buf.chunks(BOUNCE_BYTES as usize).enumerate() {
+        let (bounce, bytes) = self.bounce();
+        for (i, chunk) in buf.chunks(bytes).enumerate() {
             unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), bounce as *mut u8, chunk.len()) };
             let n = chunk.len().div_ceil(512) as u64;
-            self.call(true, host_lba + i as u64 * self.bounce_sectors(), n, bounce)?;
+            self.call(true, host_lba + i as u64 * (bytes / 512) as u64, n, bounce)?;
         }
         Ok(())
     }
@@ -89,7 +112,7 @@ impl HostIo {
                 done += want;
                 continue;
             }
-            let n = want.min(self.bounce_sectors());
+            let n = want.min((BOUNCE_BYTES / 512) as u64);
             let mut tmp = [0u8; BOUNCE_BYTES as usize];
             let bytes = &mut tmp[..n as usize * 512];
             if write {

@@ -124,7 +124,10 @@ extern "C" fn engine_init(
     let msg = unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) };
     unsafe { HEAP.lock().init(heap, heap_len as usize) };
     let bytes = unsafe { core::slice::from_raw_parts(plan, plan_len as usize) };
-    recover::guard_init(msg, |msg| init(bytes, stub_linear, msg))
+    let status = recover::guard_init(msg, |msg| init(bytes, stub_linear, msg));
+    // stage2's buffer is stage2's again; every later call goes through the stub's own.
+    hostdisk::return_init_bounce();
+    status
 }
 
 fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
@@ -137,6 +140,9 @@ fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
         }
     };
     fault::at_init(&plan);
+    if plan.init_bounce_bytes != 0 {
+        hostdisk::lend_init_bounce(plan.init_bounce_linear, plan.init_bounce_bytes);
+    }
     let stub = Stub { linear: stub_linear };
     let mut drives = DriveSet::new();
     // Sectors per track of the first emulated floppy: the INT 1Eh table is written for it.
