@@ -4,8 +4,8 @@
 # Six sectors: the boot sector (LBA 0) loads LBA 1, its configuration, and LBAs 2-5, the rest of
 # the program, with AH=42h. The configuration (tests/src/guests.rs, BigIoConfig):
 #   0x00 "VBBIGIO1", 0x08 u32 number of operations (<= 30), 0x0C u32 tag, 0x10 u32 flags
-#   (bit 0: run the write benchmark after the operations), 0x14 u32 benchmark writes (>= 200),
-#   0x18 u32 benchmark seed, 0x1C u32 benchmark grains - 1 (a power of two minus one),
+#   (bit 0: run the write benchmark after the operations), 0x14 u32 benchmark writes (200 to
+#   8192), 0x18 u32 the first LBA of the benchmark's list (u32 LBAs, one per write), 0x1C 0,
 #   0x20 operations of 16 bytes: u64 LBA, u16 sectors (1..=64), u8 kind, u8 fill byte, u32 0.
 # Kinds: 1 = write the tagged pattern by AH=43h, read it back by AH=42h and compare;
 #        2 = read by AH=42h and require every byte to be the fill byte;
@@ -18,9 +18,8 @@
 # A failure: "BIGIO-FAIL ..." (the INT 13h status and LBA, or the first differing dword) and
 # exit code 0x11.
 #
-# Benchmark: x = seed; for each write x = x * 1103515245 + 12345 (mod 2^32), and the write goes
-# to sector ((x >> 12) & mask) * 128 + (x & 127), one sector of the tagged pattern, by AH=43h.
-# Before it the TSC is calibrated against 18 BIOS ticks ("TSC18 <hex>"); it prints BENCH-START,
+# Benchmark: the list is read (AH=42h) to 4000:0000, then each write puts one sector of the
+# tagged pattern at the next LBA of the list, by AH=43h. Before it the TSC is calibrated against 18 BIOS ticks ("TSC18 <hex>"); it prints BENCH-START,
 # BENCH-100 after the first hundred writes, BENCH-LAST100 before the last hundred, BENCH-END, then
 # "BENCH first100 ticks=<hex> tsc=<hex>" and "BENCH last100 ticks=<hex> tsc=<hex>" (BIOS ticks
 # at 0040:006C and TSC cycles spent on those hundred writes).
@@ -34,7 +33,6 @@
 .set cur_lba,   0x608       # 8 bytes
 .set cur_fill,  0x610
 .set seg,       0x612
-.set rng,       0x614
 .set bench_i,   0x618
 .set bench_n,   0x61C
 .set marks,     0x620       # 4 x (u32 ticks, u32 tsc lo, u32 tsc hi): 48 bytes
@@ -42,6 +40,7 @@
 .set CONFIG,    0x7E00
 .set READ_SEG,  0x2000
 .set WRITE_SEG, 0x3000
+.set LIST_SEG,  0x4000
 
 _start:
     cli
@@ -211,12 +210,18 @@ bench:
     call newline
 
     mov CONFIG+0x18, %eax
-    mov %eax, rng
+    mov %eax, cur_lba
+    movl $0, cur_lba+4
     mov CONFIG+0x14, %eax
     mov %eax, bench_n
+    add $127, %eax
+    shr $7, %eax
+    mov %ax, cur_count
+    movw $LIST_SEG, seg
+    mov $0x4200, %ax
+    call disk_io
     movl $0, bench_i
     movw $1, cur_count
-    movl $0, cur_lba+4
     movw $WRITE_SEG, seg
     mov $msg_bstart, %si
     call puts
@@ -241,16 +246,13 @@ bench:
     mov bench_i, %eax
 4:  cmp bench_n, %eax
     jae 5f
-    mov rng, %eax
-    imul $1103515245, %eax, %eax
-    add $12345, %eax
-    mov %eax, rng
-    mov %eax, %edx
-    shr $12, %eax
-    and CONFIG+0x1C, %eax
-    shl $7, %eax
-    and $127, %edx
-    or %edx, %eax
+    push %es
+    mov $LIST_SEG, %bx
+    mov %bx, %es
+    mov bench_i, %ebx
+    shl $2, %bx
+    mov %es:(%bx), %eax
+    pop %es
     mov %eax, cur_lba
     call fill_write_buf
     mov $0x4300, %ax

@@ -1091,8 +1091,8 @@ pub const BIGIO_CONFIG_LBA: u64 = 1;
 pub const BIGIO_PASS: &str = "BIGIO-PASS";
 pub const BIGIO_FAIL: &str = "BIGIO-FAIL";
 pub const BIGIO_MAX_OPS: usize = 30;
-/// The benchmark writes one sector at a random sector of a random grain of this many sectors.
-pub const BIGIO_BENCH_GRAIN_SECTORS: u64 = 128;
+/// The most writes a benchmark list holds (64 sectors of u32 LBAs).
+pub const BIGIO_BENCH_MAX_WRITES: u32 = 64 * 128;
 
 /// One thing the big-disk I/O guest does, in order (64-bit LBAs, 1 to 64 sectors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1127,13 +1127,12 @@ impl BigOp {
     }
 }
 
-/// The benchmark run after the operations: `writes` one-sector writes at
-/// [`bigio_bench_lbas`]`(seed, writes, grains)`; `grains` is a power of two.
+/// The benchmark run after the operations: `writes` one-sector writes (of the tagged pattern) at
+/// the LBAs listed from `list_lba` on ([`bigio_bench_list`] makes the list's sectors).
 #[derive(Clone, Copy, Debug)]
 pub struct BigBench {
     pub writes: u32,
-    pub seed: u32,
-    pub grains: u32,
+    pub list_lba: u32,
 }
 
 /// What the big-disk I/O guest does (its LBA 1; layout in bigio.s).
@@ -1154,11 +1153,10 @@ impl BigIoConfig {
         put(&mut s, 0x0C, self.tag);
         if let Some(b) = self.bench {
             assert!(b.writes >= 200, "the benchmark times its first and last hundred writes");
-            assert!(b.grains.is_power_of_two(), "the benchmark's grain count is a power of two");
+            assert!(b.writes <= BIGIO_BENCH_MAX_WRITES, "at most {} benchmark writes", BIGIO_BENCH_MAX_WRITES);
             put(&mut s, 0x10, 1);
             put(&mut s, 0x14, b.writes);
-            put(&mut s, 0x18, b.seed);
-            put(&mut s, 0x1C, b.grains - 1);
+            put(&mut s, 0x18, b.list_lba);
         }
         for (i, op) in self.ops.iter().enumerate() {
             let at = 0x20 + 16 * i;
@@ -1183,16 +1181,12 @@ impl BigIoConfig {
     }
 }
 
-/// The sectors the benchmark writes, in order (bigio.s: an LCG over grains of
-/// [`BIGIO_BENCH_GRAIN_SECTORS`]).
-pub fn bigio_bench_lbas(seed: u32, writes: u32, grains: u32) -> Vec<u64> {
-    let mut x = seed;
-    (0..writes)
-        .map(|_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            ((x >> 12) & (grains - 1)) as u64 * BIGIO_BENCH_GRAIN_SECTORS + (x & 127) as u64
-        })
-        .collect()
+/// The sectors holding a benchmark's list of LBAs (u32 LE each, zero-padded to whole sectors):
+/// write them at the list's LBA.
+pub fn bigio_bench_list(lbas: &[u64]) -> Vec<u8> {
+    let mut v: Vec<u8> = lbas.iter().flat_map(|&l| u32::try_from(l).expect("benchmark LBAs are 32-bit").to_le_bytes()).collect();
+    v.resize(v.len().div_ceil(SECTOR_BYTES) * SECTOR_BYTES, 0);
+    v
 }
 
 /// Assemble bigio.s: [`BIGIO_SECTORS`] sectors, with an empty configuration sector.

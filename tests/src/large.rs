@@ -5,7 +5,8 @@
 //!
 //! - [`big_host`]: an MBR disk with one exFAT or NTFS partition holding grub.cfg and the images
 //!   at its root, vboot installed by `vboot-install`; [`BigHost::pull`] copies the images back out
-//!   after a boot (with `fsck.exfat -n` on an exFAT partition).
+//!   after a boot (with `fsck.exfat -n` on an exFAT partition, run through a read-only loop
+//!   device: root, as the hostfs tests). Big host disks live in /dev/shm when it has room.
 //! - [`shuffled_vmdk`]: a VMDK with many grains written by qemu-io in pseudo-random order.
 //! - [`read_range`]: sectors of an image as qemu-img (or libvhdi, for VHD chains) reads them.
 
@@ -122,12 +123,13 @@ pub enum HostFs {
     Ntfs,
 }
 
-/// A host disk built by [`big_host`].
+/// A host disk built by [`big_host`] (removed when dropped).
 pub struct BigHost {
     pub disk: PathBuf,
     pub fs: HostFs,
     pub part_bytes: u64,
     dir: PathBuf,
+    _disk_file: ScratchFile,
 }
 
 fn sbin(tool: &str) -> PathBuf {
@@ -142,7 +144,9 @@ fn sbin(tool: &str) -> PathBuf {
 
 /// A sparse MBR disk with one partition of `part_bytes` at 1 MiB (active; exFAT or NTFS, type
 /// 07h) holding `/grub.cfg` and each `(name, file)` as `/name`, with vboot installed by
-/// `vboot-install`. Files are copied by their data ranges, so sparse images stay sparse.
+/// `vboot-install`. Files are copied by their data ranges, so sparse images stay sparse; an exFAT
+/// volume is made by mkfs.exfat in a scratch file, moved into the disk (its metadata only) and
+/// filled there, so the images' data is written once.
 pub fn big_host(dir: &TempDir, fs: HostFs, part_bytes: u64, grub_cfg: &str, files: &[(&str, &Path)]) -> BigHost {
     let part_bytes = part_bytes.div_ceil(MIB) * MIB;
     let part = dir.join("host-part.img");
@@ -153,33 +157,7 @@ pub fn big_host(dir: &TempDir, fs: HostFs, part_bytes: u64, grub_cfg: &str, file
     match fs {
         HostFs::Exfat => {
             require_tool("mkfs.exfat", "exfatprogs");
-            require_tool("fsck.exfat", "exfatprogs");
             sh(Command::new(sbin("mkfs.exfat")).arg(&part).stdout(Stdio::null()));
-            let dev = SkipZeroWrites(vboot::block::FileDisk::open(&part, true).unwrap());
-            let mut vol = vboot::fs::exfat::ExfatVolume::open(dev).unwrap_or_else(|e| panic!("open the new exFAT volume: {}", e));
-            let mut put = |name: &str, src: &Path| {
-                let len = std::fs::metadata(src).unwrap().len();
-                let f = vol.create_file(&format!("/{}", name), len).unwrap_or_else(|e| panic!("exFAT: create /{}: {}", name, e));
-                let s = std::fs::File::open(src).unwrap();
-                let mut buf = vec![0u8; MIB as usize];
-                for (start, n) in data_ranges(src) {
-                    let mut p = start;
-                    while p < start + n {
-                        let k = ((start + n - p) as usize).min(buf.len());
-                        s.read_exact_at(&mut buf[..k], p).unwrap();
-                        if !is_zero(&buf[..k]) {
-                            vol.write_file(&f, p, &buf[..k]).unwrap_or_else(|e| panic!("exFAT: write /{}: {}", name, e));
-                        }
-                        p += k as u64;
-                    }
-                }
-            };
-            put("grub.cfg", &cfg_file);
-            for (name, file) in files {
-                put(name, file);
-            }
-            drop(vol);
-            fsck_exfat(&part, "filling the host partition");
         }
         HostFs::Ntfs => {
             require_tool("mkntfs", "ntfs-3g");
@@ -191,15 +169,45 @@ pub fn big_host(dir: &TempDir, fs: HostFs, part_bytes: u64, grub_cfg: &str, file
             }
         }
     }
-    let disk = dir.join("disk.img");
-    let _ = std::fs::remove_file(&disk);
+    // The disk in /dev/shm when there is room: a sparse file of many small data extents (an
+    // image whose grains lie far apart) is slow to write back and to delete on a busy disk.
+    let data_bytes: u64 = files.iter().map(|(_, f)| data_ranges(f).iter().map(|r| r.1).sum::<u64>()).sum();
+    let disk_file = ScratchFile::new(dir, "disk.img", data_bytes + 256 * MIB);
+    let disk = disk_file.path.clone();
     std::fs::File::create(&disk).unwrap().set_len(PART_START_LBA * 512 + part_bytes).unwrap();
     crate::disk::sfdisk(&disk, &format!("label: dos\nstart={}, size={}, type=7, bootable\n", PART_START_LBA, part_bytes / 512));
     sparse_copy(&part, 0, part_bytes, &disk, PART_START_LBA * 512);
     let _ = std::fs::remove_file(&part);
-    let (ok, out) = crate::vboot_install(&["install", disk.to_str().unwrap()]);
+    let host = BigHost { disk, fs, part_bytes, dir: dir.path.clone(), _disk_file: disk_file };
+    if fs == HostFs::Exfat {
+        let mut vol = host.exfat(true);
+        let mut put = |name: &str, src: &Path| {
+            let len = std::fs::metadata(src).unwrap().len();
+            let f = vol.create_file(&format!("/{}", name), len).unwrap_or_else(|e| panic!("exFAT: create /{}: {}", name, e));
+            let s = std::fs::File::open(src).unwrap();
+            let mut buf = vec![0u8; MIB as usize];
+            for (start, n) in data_ranges(src) {
+                let mut p = start;
+                while p < start + n {
+                    let k = ((start + n - p) as usize).min(buf.len());
+                    s.read_exact_at(&mut buf[..k], p).unwrap();
+                    if !is_zero(&buf[..k]) {
+                        vol.write_file(&f, p, &buf[..k]).unwrap_or_else(|e| panic!("exFAT: write /{}: {}", name, e));
+                    }
+                    p += k as u64;
+                }
+            }
+        };
+        put("grub.cfg", &cfg_file);
+        for (name, file) in files {
+            put(name, file);
+        }
+        drop(vol);
+        host.fsck("filling the host partition");
+    }
+    let (ok, out) = crate::vboot_install(&["install", host.disk.to_str().unwrap()]);
     assert!(ok, "vboot-install failed:\n{}", out);
-    BigHost { disk, fs, part_bytes, dir: dir.path.clone() }
+    host
 }
 
 /// `fsck.exfat -n` must find the volume clean.
@@ -214,7 +222,48 @@ pub fn fsck_exfat(part: &Path, after: &str) {
     );
 }
 
+type ExfatOnDisk = vboot::fs::exfat::ExfatVolume<vboot::block::Window<SkipZeroWrites<vboot::block::FileDisk>>>;
+
+/// A read-only loop device over a byte range of a file (`losetup -r -o --sizelimit`), detached
+/// when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path, offset: u64, bytes: u64) -> Loop {
+        require_tool("losetup", "mount");
+        let dev = sh(Command::new(sbin("losetup"))
+            .args(["-r", "-f", "--show", "-o", &offset.to_string(), "--sizelimit", &bytes.to_string()])
+            .arg(file));
+        Loop(dev.trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new(sbin("losetup")).arg("-d").arg(&self.0).status();
+    }
+}
+
 impl BigHost {
+    /// The exFAT volume inside the disk, through the core library.
+    fn exfat(&self, writable: bool) -> ExfatOnDisk {
+        let dev = vboot::block::Window {
+            inner: SkipZeroWrites(vboot::block::FileDisk::open(&self.disk, writable).unwrap()),
+            start_lba: PART_START_LBA,
+            sectors: self.part_bytes / 512,
+        };
+        vboot::fs::exfat::ExfatVolume::open(dev).unwrap_or_else(|e| panic!("open the exFAT host partition: {}", e))
+    }
+
+    /// `fsck.exfat -n` on the exFAT partition, through a read-only loop device (so nothing is
+    /// copied); `after` goes into the failure message.
+    pub fn fsck(&self, after: &str) {
+        assert_eq!(self.fs, HostFs::Exfat, "fsck: only exFAT host partitions");
+        require_tool("fsck.exfat", "exfatprogs");
+        let dev = Loop::new(&self.disk, PART_START_LBA * 512, self.part_bytes);
+        fsck_exfat(Path::new(&dev.0), after);
+    }
+
     /// The partition as the disk holds it now, as a sparse file.
     pub fn partition(&self, out: &Path) -> PathBuf {
         let _ = std::fs::remove_file(out);
@@ -226,14 +275,12 @@ impl BigHost {
     /// The files `names` as the host disk holds them now, copied into `dir/out/` under their own
     /// names (sparse where they are zero), after `fsck.exfat -n` passed on an exFAT partition.
     pub fn pull(&self, names: &[&str]) -> PathBuf {
-        let part = self.partition(&self.dir.join("part-now.img"));
         let out = self.dir.join("out");
         std::fs::create_dir_all(&out).unwrap();
         match self.fs {
             HostFs::Exfat => {
-                fsck_exfat(&part, "the boot");
-                let dev = vboot::block::FileDisk::open(&part, false).unwrap();
-                let mut vol = vboot::fs::exfat::ExfatVolume::open(dev).unwrap();
+                self.fsck("the boot");
+                let mut vol = self.exfat(false);
                 let mut buf = vec![0u8; MIB as usize];
                 for n in names {
                     let f = vol.open_file(&format!("/{}", n)).unwrap_or_else(|e| panic!("exFAT: open /{} after the boot: {}", n, e));
@@ -254,35 +301,72 @@ impl BigHost {
             }
             HostFs::Ntfs => {
                 require_tool("ntfscat", "ntfs-3g");
+                let part = self.partition(&self.dir.join("part-now.img"));
                 for n in names {
                     let o = std::fs::File::create(out.join(n)).unwrap();
                     let st = Command::new(sbin("ntfscat")).arg(&part).arg(format!("/{}", n)).stdout(o).status().unwrap();
                     assert!(st.success(), "ntfscat /{} failed", n);
                 }
+                let _ = std::fs::remove_file(&part);
             }
         }
-        let _ = std::fs::remove_file(&part);
         out
+    }
+}
+
+/// A file for big scratch data: in /dev/shm when it has `room` bytes free (plus 2 GiB to spare;
+/// writing zeros there costs no disk I/O), else in `dir`; removed when dropped (kept, and named,
+/// when VBOOT_KEEP_TMP is set).
+pub struct ScratchFile {
+    pub path: PathBuf,
+}
+
+impl ScratchFile {
+    pub fn new(dir: &TempDir, name: &str, room: u64) -> ScratchFile {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let shm_free = Command::new("df")
+            .args(["--output=avail", "-B1", "/dev/shm"])
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1).and_then(|l| l.trim().parse::<u64>().ok()))
+            .unwrap_or(0);
+        let path = if shm_free > room + 2 * GIB {
+            PathBuf::from(format!("/dev/shm/vboot-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), name))
+        } else {
+            dir.join(name)
+        };
+        let _ = std::fs::remove_file(&path);
+        ScratchFile { path }
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        if std::env::var_os("VBOOT_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            eprintln!("kept {}", self.path.display());
+        }
     }
 }
 
 /// A monolithicSparse VMDK of `virtual_bytes` made by qemu-img, with `head` written at offset 0
 /// and `prefill` (offset, bytes, fill byte) written, then `count` more grains (64 KiB) written by
-/// one qemu-io run in pseudo-random order (seed `seed`), never grains in `avoid`: the k-th grain
-/// written gets [`shuffled_marker`]`(k)` in its first sector (the rest of the grain is zeros).
-/// The zero-filled parts of the file become holes afterwards. Returns the grains in the order
-/// they were written.
+/// qemu-io in pseudo-random order (seed `seed`), never grains in `avoid`: the k-th grain written
+/// gets [`shuffled_marker`]`(k)` in its first sector (qemu writes the rest of the grain as zeros).
+/// Returns the grains in the order they were written.
+///
+/// qemu-io runs in batches of 25,000 writes (commands on its standard input), and after each
+/// batch the zero-filled blocks of the file become holes again, so the file never holds more
+/// than about 1.6 GB of zeros (100,000 grains: about 20 s in /dev/shm, see [`ScratchFile`],
+/// twice that on a disk that has to write the zeros back).
 pub fn shuffled_vmdk(path: &Path, virtual_bytes: u64, head: &Path, prefill: &[(u64, u64, u8)], count: usize, seed: u64, avoid: &[u64]) -> Vec<u64> {
     require_tool("qemu-io", "qemu-utils");
+    const BATCH: usize = 25_000;
     let grains_total = virtual_bytes / (64 << 10);
-    assert!((count as u64) < grains_total / 2, "too many grains for the disk");
-    crate::qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", path.to_str().unwrap(), &virtual_bytes.to_string()]);
-    let head_len = std::fs::metadata(head).unwrap().len();
-    let mut cmds = format!("write -q -s {} 0 {}\n", head.display(), head_len);
-    for (off, len, byte) in prefill {
-        cmds.push_str(&format!("write -q -P 0x{:02x} {} {}\n", byte, off, len));
-    }
-    // A partial Fisher-Yates shuffle over the grain numbers, by xorshift64*.
+    assert!(count > 0 && (count as u64) < grains_total / 2, "1 grain to half the disk's grains");
+    // A partial shuffle over the grain numbers, by xorshift64*.
     let mut x = seed | 1;
     let mut next = move || {
         x ^= x >> 12;
@@ -299,27 +383,35 @@ pub fn shuffled_vmdk(path: &Path, virtual_bytes: u64, head: &Path, prefill: &[(u
         }
         order.push(g);
     }
-    for (k, g) in order.iter().enumerate() {
-        cmds.push_str(&format!("write -q -P 0x{:02x} {} 512\n", shuffled_marker(k), g * (64 << 10)));
+
+    crate::qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", path.to_str().unwrap(), &virtual_bytes.to_string()]);
+    let head_len = std::fs::metadata(head).unwrap().len();
+    let mut first = format!("write -q -s {} 0 {}\n", head.display(), head_len);
+    for (off, len, byte) in prefill {
+        first.push_str(&format!("write -q -P 0x{:02x} {} {}\n", byte, off, len));
     }
-    let mut child = Command::new("qemu-io")
-        .args(["-f", "vmdk"])
-        .arg(path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run qemu-io");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        stdin.write_all(cmds.as_bytes()).unwrap();
-        stdin.write_all(b"quit\n").unwrap();
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && !text.contains("failed"), "qemu-io: {}", text.chars().take(4000).collect::<String>());
-    dig_holes(path);
+    for (b, batch) in order.chunks(BATCH).enumerate() {
+        let mut cmds = if b == 0 { std::mem::take(&mut first) } else { String::new() };
+        for (i, g) in batch.iter().enumerate() {
+            cmds.push_str(&format!("write -q -P 0x{:02x} {} 512\n", shuffled_marker(b * BATCH + i), g * (64 << 10)));
+        }
+        cmds.push_str("quit\n");
+        let mut child = Command::new("qemu-io")
+            .args(["-f", "vmdk"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run qemu-io");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(cmds.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().expect("feed qemu-io");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !text.contains("failed"), "qemu-io: {}", text.chars().take(4000).collect::<String>());
+        dig_holes(path);
+    }
     order
 }
 
