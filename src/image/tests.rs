@@ -743,3 +743,58 @@ fn vmdk_counts_its_unallocated_space_as_a_walk_does() {
     assert_eq!(known, walked * 512);
     assert_eq!(known, (256 << 20) - 5 * 64 * 1024, "five grains written (0 and 1 share one)");
 }
+
+/// Tables that send a guest write onto the image's own metadata, or onto another block's data,
+/// are refused at open (a boot would otherwise let the guest damage the image).
+#[test]
+fn tables_pointing_into_metadata_or_each_other_are_refused_at_open() {
+    let refused = |fs: &mut MemFs, path: &str, needle: &str| match fs.disk(path) {
+        Err(ImageError::Corrupt { image, detail }) => {
+            assert_eq!(image, path);
+            assert!(detail.contains(needle), "{}: {}", path, detail);
+        }
+        other => panic!("{}: expected a refusal naming {:?}, got {:?}", path, needle, other.err()),
+    };
+    // VHD: block 1 put over the BAT.
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/m/a.vhd", Variant::VhdDynamic, 64 << 20, 0, None);
+    fs.disk("/m/a.vhd").unwrap().write(0, &pattern(1, 512)).unwrap();
+    {
+        let mut b = fs.files["/m/a.vhd"].borrow_mut();
+        let len = b.len();
+        let footer = vhd::Footer::parse(&b[len - 512..]).unwrap();
+        let h = vhd::DynHeader::parse(&b[footer.data_offset as usize..footer.data_offset as usize + 1024]).unwrap();
+        let at = h.table_offset as usize + 4;
+        let bat_sector = (h.table_offset / 512) as u32;
+        b[at..at + 4].copy_from_slice(&bat_sector.to_be_bytes());
+    }
+    refused(&mut fs, "/m/a.vhd", "over the block allocation table");
+
+    // VDI: blocks 0 and 1 in one slot.
+    fs.make("/m/b.vdi", Variant::VdiDynamic, 64 << 20, 0, None);
+    {
+        let mut d = fs.disk("/m/b.vdi").unwrap();
+        d.write(0, &pattern(2, 512)).unwrap();
+        d.write(2048, &pattern(3, 512)).unwrap();
+    }
+    {
+        let mut b = fs.files["/m/b.vdi"].borrow_mut();
+        let map = u32::from_le_bytes(b[vdi::off::OFF_BLOCKS..vdi::off::OFF_BLOCKS + 4].try_into().unwrap()) as usize;
+        let first: [u8; 4] = b[map..map + 4].try_into().unwrap();
+        b[map + 4..map + 8].copy_from_slice(&first);
+    }
+    refused(&mut fs, "/m/b.vdi", "which another block uses too");
+
+    // VMDK: grain 1 put over the first grain table.
+    fs.make("/m/c.vmdk", Variant::VmdkMonolithicSparse, 64 << 20, 0, None);
+    fs.disk("/m/c.vmdk").unwrap().write(0, &pattern(4, 512)).unwrap();
+    {
+        let mut b = fs.files["/m/c.vmdk"].borrow_mut();
+        let header = vmdk::SparseHeader::parse(&b[..512], "c").unwrap();
+        let gd = header.gd_offset as usize * 512;
+        let gt = u32::from_le_bytes(b[gd..gd + 4].try_into().unwrap());
+        let entry = gt as usize * 512 + 4;
+        b[entry..entry + 4].copy_from_slice(&gt.to_le_bytes());
+    }
+    refused(&mut fs, "/m/c.vmdk", "over the image's own header, descriptor or grain tables");
+}

@@ -179,9 +179,24 @@ impl VdiImage {
         let header = VdiHeader::parse(&hb[..n], &name)?;
         let map = read_u32_table(&mut *file, header.off_blocks as u64, header.blocks as usize, false, "the VDI block map")?;
         let stride = header.block_bytes as u64 + header.block_extra as u64;
+        // One bit per slot: two blocks in one slot would overwrite each other's data. The map
+        // itself lies before the data area (the header says so), so no block can cover it.
+        let mut used: Vec<u64> = Vec::new();
+        super::try_reserve(&mut used, (header.blocks as usize).div_ceil(64), &name, "the VDI slot check")?;
+        used.resize((header.blocks as usize).div_ceil(64), 0);
         for (i, &e) in map.iter().enumerate() {
             if e < BLOCK_ZERO && e >= header.blocks {
                 return Err(ImageError::corrupt(&name, alloc::format!("block map entry {} points at slot {}, beyond the {} blocks of the disk", i, e, header.blocks)));
+            }
+            if e < BLOCK_ZERO {
+                let (word, bit) = ((e / 64) as usize, e % 64);
+                if used[word] & (1 << bit) != 0 {
+                    return Err(ImageError::corrupt(
+                        &name,
+                        alloc::format!("block {} uses slot {}, which another block uses too: a write to one would change the other; `vdisk check` lists every problem", i, e),
+                    ));
+                }
+                used[word] |= 1 << bit;
             }
             if e < BLOCK_ZERO {
                 let end = header.off_data as u64 + (e as u64 + 1) * stride;

@@ -477,6 +477,18 @@ impl VhdImage {
             }
         }
         let block_total = self.bitmap_bytes + bs;
+        // The image's own metadata, which no block may cover: a guest write there would
+        // overwrite the footer copy, the header, the BAT or a parent locator.
+        let mut metadata: Vec<(u64, u64, &str)> = alloc::vec![
+            (0, FOOTER_BYTES as u64, "the footer copy at the start"),
+            (hoff, hoff + DYN_HEADER_BYTES as u64, "the dynamic header"),
+            (h.table_offset, bat_end, "the block allocation table"),
+        ];
+        if self.footer.disk_type == DISK_DIFFERENCING {
+            for l in h.locators.iter().filter(|l| l.platform_code != 0 && l.data_length != 0) {
+                metadata.push((l.data_offset, l.data_offset.saturating_add(l.data_length as u64), "a parent locator"));
+            }
+        }
         for (i, &e) in self.bat.iter().enumerate() {
             if e == UNALLOCATED {
                 continue;
@@ -485,6 +497,12 @@ impl VhdImage {
             let end = start + block_total;
             if end > self.footer_offset {
                 return Err(ImageError::corrupt(&name, alloc::format!("BAT entry {} points at sector {}, whose block ends past the footer at byte {} (truncated image?)", i, e, self.footer_offset)));
+            }
+            if let Some((_, _, what)) = metadata.iter().find(|(a, b, _)| start < *b && *a < end) {
+                return Err(ImageError::corrupt(
+                    &name,
+                    alloc::format!("BAT entry {} puts block {} at sector {}, over {}: a write there would damage the image; `vdisk check` lists every problem", i, i, e, what),
+                ));
             }
             next = next.max(end);
         }

@@ -414,6 +414,9 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
     // use and finds where the next one goes. It reads what the old whole-table load read, in
     // 64 KiB pieces (tables are usually back to back), but holds one window, not every table.
     let compressed = sparse.compressed();
+    // The extent's own metadata as sorted sector ranges, which no grain may cover: a guest write
+    // into such a grain would overwrite the header, the descriptor or a grain table.
+    let metadata = if compressed { Vec::new() } else { metadata_ranges(&sparse, gt_sectors, &name)? };
     let mut window = Vec::new();
     super::try_reserve(&mut window, 64 * 1024, &name, "a VMDK grain table window")?;
     let mut window_at = 0u64;
@@ -439,11 +442,49 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
                 sparse.allocated_grains += 1;
                 if !compressed {
                     sparse.next_free_sector = sparse.next_free_sector.max(v as u64 + gs);
+                    if overlapping(&metadata, v as u64, v as u64 + gs) {
+                        return Err(ImageError::corrupt(
+                            &name,
+                            alloc::format!(
+                                "grain {} of grain table {} lies at sector {}, over the image's own header, descriptor or grain tables: a write there would damage the image; `vdisk check` lists every problem",
+                                i, gdi, v
+                            ),
+                        ));
+                    }
                 }
             }
         }
     }
     Ok(sparse)
+}
+
+/// Sorted (start sector, end sector) of a sparse extent's metadata: the header, the embedded
+/// descriptor, both grain directories and every grain table. Its size grows with the number of
+/// grain tables (16 bytes per 32 MiB of disk, twice), not with the data.
+fn metadata_ranges(sparse: &Sparse, gt_sectors: u64, name: &str) -> Result<Vec<(u64, u64)>, ImageError> {
+    let h = &sparse.header;
+    let gd_sectors = (sparse.gd.len() as u64 * 4).div_ceil(SECTOR_BYTES);
+    let tables = sparse.gd.iter().chain(sparse.rgd.iter()).filter(|&&t| t != 0).count();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    super::try_reserve(&mut out, tables + 4, name, "the VMDK metadata check")?;
+    out.push((0, 1));
+    out.push((h.descriptor_offset, h.descriptor_offset.saturating_add(h.descriptor_size)));
+    out.push((h.gd_offset, h.gd_offset.saturating_add(gd_sectors)));
+    if !sparse.rgd.is_empty() {
+        out.push((h.rgd_offset, h.rgd_offset.saturating_add(gd_sectors)));
+    }
+    for &t in sparse.gd.iter().chain(sparse.rgd.iter()).filter(|&&t| t != 0) {
+        out.push((t as u64, t as u64 + gt_sectors));
+    }
+    // The same sort `check` uses (one copy of the sorting code in the firmware).
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Whether anything in the sorted `ranges` overlaps `start..end`.
+fn overlapping(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let upto = ranges.partition_point(|r| r.0 < end);
+    ranges[..upto].iter().rev().take(4).any(|r| r.1 > start)
 }
 
 impl VmdkImage {
