@@ -423,7 +423,14 @@ fn every_cut(
         }
         for l in text.lines().filter(|l| !l.trim().is_empty()) {
             let l = l.trim();
-            let generic = l.starts_with("fsck.fat ") || l.starts_with("exfatprogs version") || l.contains(" files, ") || l.contains("directories ");
+            let generic = l.starts_with("fsck.fat ")
+                || l.starts_with("exfatprogs version")
+                || l.contains(" files, ")
+                || l.contains("directories ")
+                || l.starts_with('/')
+                || l == "Leaving filesystem unchanged."
+                || l == "Auto-correcting."
+                || l == "Using first FAT.";
             if !generic {
                 let key: String = l.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect();
                 *t.accepted.entry(key).or_default() += 1;
@@ -539,26 +546,20 @@ fn snapshot_cuts(s: &Setup, fsck: &mut Fsck) {
     }
 }
 
-/// A grub.cfg replacement that starts from an interrupted one (only grub.cfg.new is there, as
-/// a cut between the two renames leaves it): it is finished first, then the new text goes in.
-fn finish_interrupted_rewrite_cuts(s: &Setup, fsck: &mut Fsck) {
+/// grub.cfg replaced from a starting state that `prepare` makes with vboot's own writes (fsck
+/// must find it clean); `old` is what the loader reads there.
+fn rewrite_cuts(s: &Setup, fsck: &mut Fsck, what: &str, old: &str, prepare: &dyn Fn(&mut Volume<&mut CutDisk>)) -> Tally {
     let cfg = s.fs.cfg_path();
-    let mid = s.cfg_text.replace("set timeout=5", "set timeout=7");
     let new = s.cfg_text.replace("set timeout=5", "set timeout=9");
-    // The starting state, made with vboot's own writes: grub.cfg.new holds `mid`, no grub.cfg.
     let start = {
         let mut d = CutDisk::new(&s.bytes);
         {
             let mut vol = Volume::open(&mut d).unwrap();
-            let newp = format!("{}.new", cfg);
-            let f = vol.create_file(&newp, mid.len() as u64).unwrap();
-            vol.write_file(&f, 0, mid.as_bytes()).unwrap();
-            vol.delete_file(cfg).unwrap();
-            assert!(matches!(vol.open_file(cfg), Err(FsError::NotFound { .. })));
-            assert_eq!(read_cfg(&mut vol, cfg).unwrap(), mid);
+            prepare(&mut vol);
+            assert_eq!(read_cfg(&mut vol, cfg).unwrap(), old, "{:?} {}: the starting state", s.fs, what);
         }
         let (code, text) = fsck.run(&d.overlay);
-        assert_eq!(code, 0, "{:?}: the interrupted-rewrite volume is not clean:\n{}", s.fs, text);
+        assert_eq!(code, 0, "{:?} {}: the starting volume is not clean:\n{}", s.fs, what, text);
         d.bytes()
     };
     let change = |d: &mut CutDisk| {
@@ -568,7 +569,7 @@ fn finish_interrupted_rewrite_cuts(s: &Setup, fsck: &mut Fsck) {
     let check = |d: &mut CutDisk, _case: &str| -> Result<bool, String> {
         let mut vol = Volume::open(&mut *d).map_err(|e| format!("the volume does not open: {}", e))?;
         let text = read_cfg(&mut vol, cfg)?;
-        let is_new = if text == mid {
+        let is_new = if text == old {
             false
         } else if text == new {
             true
@@ -586,13 +587,52 @@ fn finish_interrupted_rewrite_cuts(s: &Setup, fsck: &mut Fsck) {
         }
         Ok(is_new)
     };
-    let fsck_base = fsck.kind;
-    let dir = TempDir::new("powercut-mid");
-    let mut fsck2 = Fsck::new(fsck_base, &dir.join("mid.img"), &start);
-    let t = every_cut(s, &mut fsck2, "rewrite after a cut", &start, &change, &check);
+    let dir = TempDir::new("powercut-start");
+    let mut fsck2 = Fsck::new(fsck.kind, &dir.join("start.img"), &start);
+    let t = every_cut(s, &mut fsck2, what, &start, &change, &check);
     fsck.spent += fsck2.spent;
     fsck.runs += fsck2.runs;
+    t
+}
+
+/// A grub.cfg replacement that starts from one an older vboot left interrupted (it renamed
+/// grub.cfg away before putting grub.cfg.new in its place): only grub.cfg.new is there, which
+/// the loader reads; it is put in place first, then the new text goes in.
+fn finish_interrupted_rewrite_cuts(s: &Setup, fsck: &mut Fsck) {
+    let cfg = s.fs.cfg_path();
+    let mid = s.cfg_text.replace("set timeout=5", "set timeout=7");
+    let t = rewrite_cuts(s, fsck, "rewrite after a cut", &mid, &|vol| {
+        let newp = format!("{}.new", cfg);
+        let f = vol.create_file(&newp, mid.len() as u64).unwrap();
+        vol.write_file(&f, 0, mid.as_bytes()).unwrap();
+        vol.delete_file(cfg).unwrap();
+        assert!(matches!(vol.open_file(cfg), Err(FsError::NotFound { .. })));
+    });
     report(s.fs, "rewrite after a cut", &t);
+}
+
+/// grub.cfg replaced in a directory holding 0 to 16 more files before it, so that the entries of
+/// grub.cfg.new start at every position of a directory sector, some of them across a sector
+/// boundary (FAT: one slot per file; exFAT: three entries per file).
+fn crowded_rewrite_cuts(s: &Setup, fsck: &mut Fsck) {
+    let cfg = s.fs.cfg_path();
+    let dir = chain::dirname(cfg);
+    let mut all = Tally::default();
+    for fillers in 0..=16 {
+        let t = rewrite_cuts(s, fsck, &format!("rewrite, {} files before", fillers), &s.cfg_text, &|vol| {
+            for i in 0..fillers {
+                vol.create_file(&format!("{}/F{:02}.TXT", dir.trim_end_matches('/'), i), 0).unwrap();
+            }
+        });
+        all.writes += t.writes;
+        all.cuts += t.cuts;
+        all.old += t.old;
+        all.new += t.new;
+        for (k, n) in t.accepted {
+            *all.accepted.entry(k).or_default() += n;
+        }
+    }
+    report(s.fs, "rewrite, 0-16 files before", &all);
 }
 
 fn run_fs(fs: Fs) {
@@ -603,6 +643,7 @@ fn run_fs(fs: Fs) {
     slack_cuts(&s, &mut fsck);
     snapshot_cuts(&s, &mut fsck);
     finish_interrupted_rewrite_cuts(&s, &mut fsck);
+    crowded_rewrite_cuts(&s, &mut fsck);
     eprintln!("{:?}: {} fsck runs, {:.1} s in fsck, {:.1} s in all", fs, fsck.runs, fsck.spent.as_secs_f64(), t0.elapsed().as_secs_f64());
 }
 

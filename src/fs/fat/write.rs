@@ -471,21 +471,23 @@ impl<D: BlockDevice> FatVolume<D> {
         first_slot: usize,
         entries: &[[u8; DIR_ENTRY_BYTES]],
     ) -> Result<(), FsError> {
-        let mut sector = [0u8; SECTOR_BYTES];
-        let mut loaded: Option<u64> = None;
+        // The last sector first: a new name's short entry (which alone is a valid entry) lands
+        // before the long-name entries in front of it, so a power cut between two sectors never
+        // leaves long-name entries without their short entry.
+        let mut sectors: Vec<(u64, [u8; SECTOR_BYTES])> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let (lba, at) = Self::slot_location(data, first_slot + i)?;
-            if loaded != Some(lba) {
-                if let Some(prev) = loaded {
-                    self.dev.write_sectors(prev, &sector)?;
-                }
+            if sectors.last().map(|s| s.0) != Some(lba) {
+                let mut sector = [0u8; SECTOR_BYTES];
                 self.dev.read_sectors(lba, &mut sector)?;
-                loaded = Some(lba);
+                sectors.push((lba, sector));
             }
-            sector[at..at + DIR_ENTRY_BYTES].copy_from_slice(e);
+            if let Some((_, sector)) = sectors.last_mut() {
+                sector[at..at + DIR_ENTRY_BYTES].copy_from_slice(e);
+            }
         }
-        if let Some(prev) = loaded {
-            self.dev.write_sectors(prev, &sector)?;
+        for (lba, sector) in sectors.iter().rev() {
+            self.dev.write_sectors(*lba, sector)?;
         }
         Ok(())
     }
@@ -546,37 +548,12 @@ impl<D: BlockDevice> FatVolume<D> {
         dir: DirRef,
         dir_path: &str,
         long: &str,
-        mut short_entry: [u8; DIR_ENTRY_BYTES],
+        short_entry: [u8; DIR_ENTRY_BYTES],
     ) -> Result<(), FsError> {
         check_long_name(long)?;
         for _attempt in 0..4 {
             let data = self.load_dir(dir, dir_path)?;
-            let (entries, _) = parse_dir(&data.bytes, self.geo.fat_type);
-            if let Some(e) = entries
-                .iter()
-                .find(|e| names_equal(&e.name, long) || names_equal(&e.short_name, long))
-            {
-                return Err(FsError::Unsupported(format!(
-                    "{}/{} already exists",
-                    dir_path.trim_end_matches('/'),
-                    e.name
-                )));
-            }
-            let taken = |n: &[u8; 11]| {
-                data.bytes
-                    .chunks_exact(DIR_ENTRY_BYTES)
-                    .take_while(|e| e[0] != 0)
-                    .any(|e| e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && &e[0..11] == n)
-            };
-            let (short, case_bits, need_lfn) = make_short_name(long, &taken);
-            short_entry[0..11].copy_from_slice(&short);
-            short_entry[12] = case_bits;
-            let mut all = if need_lfn {
-                lfn_entries(long, &short)
-            } else {
-                Vec::new()
-            };
-            all.push(short_entry);
+            let mut all = self.name_entries(&data, dir_path, long, short_entry, None)?;
             if let Some(slot) = find_free_slots(&data.bytes, all.len()) {
                 // Slots past the end marker may hold leftovers: make sure the end stays marked.
                 let after = slot + all.len();
@@ -598,6 +575,47 @@ impl<D: BlockDevice> FatVolume<D> {
             "no room for a new entry in {}",
             dir_path
         )))
+    }
+
+    /// The entries that name `long` (its long-name entries, then `short_entry` with the short name
+    /// filled in) in the directory holding `data`; refused if the name is taken by an entry other
+    /// than the one at slot `own` (the entry being renamed).
+    fn name_entries(
+        &self,
+        data: &DirData,
+        dir_path: &str,
+        long: &str,
+        mut short_entry: [u8; DIR_ENTRY_BYTES],
+        own: Option<usize>,
+    ) -> Result<Vec<[u8; DIR_ENTRY_BYTES]>, FsError> {
+        let (entries, _) = parse_dir(&data.bytes, self.geo.fat_type);
+        if let Some(e) = entries
+            .iter()
+            .find(|e| Some(e.slot) != own && (names_equal(&e.name, long) || names_equal(&e.short_name, long)))
+        {
+            return Err(FsError::Unsupported(format!(
+                "{}/{} already exists",
+                dir_path.trim_end_matches('/'),
+                e.name
+            )));
+        }
+        let taken = |n: &[u8; 11]| {
+            data.bytes
+                .chunks_exact(DIR_ENTRY_BYTES)
+                .enumerate()
+                .take_while(|(_, e)| e[0] != 0)
+                .any(|(i, e)| Some(i) != own && e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && &e[0..11] == n)
+        };
+        let (short, case_bits, need_lfn) = make_short_name(long, &taken);
+        short_entry[0..11].copy_from_slice(&short);
+        short_entry[12] = case_bits;
+        let mut all = if need_lfn {
+            lfn_entries(long, &short)
+        } else {
+            Vec::new()
+        };
+        all.push(short_entry);
+        Ok(all)
     }
 
     fn new_short_entry(&self, attr: u8, cluster: u32, size: u32) -> [u8; DIR_ENTRY_BYTES] {
@@ -927,27 +945,7 @@ impl<D: BlockDevice> FatVolume<D> {
             // sector write when they share a sector. A power cut leaves the old name or the new
             // one, never two entries sharing clusters.
             let data = self.load_dir(parent, &parent_path)?;
-            let clash = parse_dir(&data.bytes, self.geo.fat_type).0.into_iter().any(|e| {
-                e.slot != entry.slot && (names_equal(&e.name, to_name) || names_equal(&e.short_name, to_name))
-            });
-            if clash {
-                return Err(FsError::Unsupported(format!("{}/{} already exists", to_dir_path.trim_end_matches('/'), to_name)));
-            }
-            let own = &data.bytes[entry.slot * DIR_ENTRY_BYTES..entry.slot * DIR_ENTRY_BYTES + 11];
-            let taken = |n: &[u8; 11]| {
-                n != own
-                    && data
-                        .bytes
-                        .chunks_exact(DIR_ENTRY_BYTES)
-                        .take_while(|e| e[0] != 0)
-                        .any(|e| e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && &e[0..11] == n)
-            };
-            let (short, case_bits, need_lfn) = make_short_name(to_name, &taken);
-            let mut new = template;
-            new[0..11].copy_from_slice(&short);
-            new[12] = case_bits;
-            let mut all = if need_lfn { lfn_entries(to_name, &short) } else { Vec::new() };
-            all.push(new);
+            let all = self.name_entries(&data, &to_dir_path, to_name, template, Some(entry.slot))?;
             let old_count = entry.slot + 1 - entry.first_slot;
             if all.len() <= old_count {
                 let start = entry.slot + 1 - all.len();
@@ -958,12 +956,7 @@ impl<D: BlockDevice> FatVolume<D> {
                     e[0] = 0xE5;
                     freed.push(e);
                 }
-                let one_sector = Self::slot_location(&data, entry.first_slot)?.0 == Self::slot_location(&data, entry.slot)?.0;
-                if one_sector {
-                    freed.extend_from_slice(&all);
-                    return self.write_slots(&data, entry.first_slot, &freed);
-                }
-                self.write_slots(&data, start, &all)?;
+                freed.extend_from_slice(&all);
                 return self.write_slots(&data, entry.first_slot, &freed);
             }
         }
