@@ -534,7 +534,9 @@ impl<D: BlockDevice> ExfatVolume<D> {
 //
 // Order of writes, so that an interrupted change leaks clusters at worst and never leaves two
 // files sharing one: allocate in the bitmap, link the FAT, zero the data, and only then point a
-// directory entry at the clusters. Removal goes the other way round.
+// directory entry at the clusters. Removal goes the other way round. An entry set that fits in
+// one sector is placed in one sector, so that writing, renaming and deleting it are single
+// sector writes (docs/power-cuts.md).
 
 /// vboot runs before any OS and has no trustworthy clock, so new entries carry a fixed time
 /// (2024-01-01 00:00:00, DOS format) rather than a wrong "now".

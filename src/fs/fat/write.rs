@@ -7,7 +7,14 @@
 //! lost clusters, which a checker reclaims, never a file pointing at clusters another file owns:
 //! - growing: the new clusters are chained and linked first, the size in the entry last;
 //! - shrinking and deleting: the entry changes first, the clusters are freed after;
-//! - renaming: the new entry is written before the old one is removed.
+//! - renaming within a directory: in place when the new name needs no more slots than the old
+//!   one (the short entry first); otherwise the new entry is written before the old one goes;
+//! - replacing a file's contents (`take_contents`): the source entry goes, the target's short
+//!   entry takes its clusters in one write, the old clusters are freed;
+//! - directory sectors are written last-first, so a short entry lands before its long name.
+//!
+//! tests/tests/powercut.rs cuts the power after every write of the changes stage2 makes
+//! (docs/power-cuts.md).
 
 use alloc::format;
 use alloc::string::String;
