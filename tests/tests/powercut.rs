@@ -666,3 +666,46 @@ fn power_cuts_on_fat32() {
 fn power_cuts_on_exfat() {
     run_fs(Fs::Exfat);
 }
+
+/// A rename in one directory to a name that needs fewer entries (as finishing an older vboot's
+/// interrupted rewrite does) is made in place: cut anywhere, the file is there under its old
+/// name or its new one, with its bytes, and fsck finds nothing.
+#[test]
+fn renames_in_place_survive_power_cuts() {
+    for fs in [Fs::Fat16, Fs::Exfat] {
+        let dir = TempDir::new(&format!("powercut-rename-{:?}", fs));
+        let s = setup(fs, &dir);
+        let d = chain::dirname(fs.cfg_path());
+        let d = d.trim_end_matches('/');
+        let long = format!("{}/a file name long enough for two entries.txt", d);
+        let short = format!("{}/b.txt", d);
+        let data = pattern(3, 3000);
+        let start = {
+            let mut disk = CutDisk::new(&s.bytes);
+            {
+                let mut vol = Volume::open(&mut disk).unwrap();
+                let f = vol.create_file(&long, data.len() as u64).unwrap();
+                vol.write_file(&f, 0, &data).unwrap();
+            }
+            disk.bytes()
+        };
+        let mut fsck = Fsck::new(fs.fsck(), &dir.join("rename.img"), &start);
+        let change = |disk: &mut CutDisk| {
+            let mut vol = Volume::open(&mut *disk).map_err(|e| format!("{}", e))?;
+            vol.rename(&long, &short).map_err(|e| format!("{}", e))
+        };
+        let check = |disk: &mut CutDisk, _case: &str| -> Result<bool, String> {
+            let mut vol = Volume::open(&mut *disk).map_err(|e| format!("{}", e))?;
+            let old = vol.read_to_vec(&long, 1 << 20).ok();
+            let new = vol.read_to_vec(&short, 1 << 20).ok();
+            match (old, new) {
+                (Some(b), None) if b == data => Ok(false),
+                (None, Some(b)) if b == data => Ok(true),
+                (o, n) => Err(format!("old name {:?} bytes, new name {:?} bytes", o.map(|b| b.len()), n.map(|b| b.len()))),
+            }
+        };
+        let t = every_cut(&s, &mut fsck, "rename in place", &start, &change, &check);
+        assert_eq!(t.writes, 1, "{:?}: a rename in place is one sector write", fs);
+        report(fs, "rename in place", &t);
+    }
+}
