@@ -534,7 +534,9 @@ impl<D: BlockDevice> ExfatVolume<D> {
 //
 // Order of writes, so that an interrupted change leaks clusters at worst and never leaves two
 // files sharing one: allocate in the bitmap, link the FAT, zero the data, and only then point a
-// directory entry at the clusters. Removal goes the other way round.
+// directory entry at the clusters. Removal goes the other way round. An entry set that fits in
+// one sector is placed in one sector, so that writing, renaming and deleting it are single
+// sector writes (docs/power-cuts.md).
 
 /// vboot runs before any OS and has no trustworthy clock, so new entries carry a fixed time
 /// (2024-01-01 00:00:00, DOS format) rather than a wrong "now".
@@ -917,16 +919,30 @@ impl<D: BlockDevice> ExfatVolume<D> {
                 None => self.read_chain_bytes(self.root_cluster, None, false)?,
                 Some(r) => self.read_chain_bytes(r.first_cluster, Some(r.data_bytes), r.no_fat_chain)?,
             };
+            // A set that fits in one sector goes in one sector: it is then written, renamed and
+            // deleted by single sector writes, which a power cut cannot tear (a set cut in two
+            // has a wrong checksum, or secondary entries without their file entry).
+            let per_sector = SECTOR_BYTES / ENTRY_BYTES;
+            let whole = entries <= per_sector;
             let mut run_start = 0usize;
             let mut run_len = 0usize;
             for (k, e) in data.chunks_exact(ENTRY_BYTES).enumerate() {
+                if whole && k % per_sector == 0 {
+                    run_len = 0;
+                }
                 if e[0] & 0x80 == 0 {
                     if run_len == 0 {
-                        run_start = k * ENTRY_BYTES;
+                        run_start = k;
                     }
                     run_len += 1;
                     if run_len == entries {
-                        return Ok(run_start);
+                        // Readers stop at the first end-of-directory entry: end markers skipped
+                        // over become unused entries first (harmless if the set never follows).
+                        let gap: Vec<usize> = (0..run_start).filter(|&j| data[j * ENTRY_BYTES] == TYPE_END).collect();
+                        for j in gap {
+                            self.write_dir_bytes(chain.last(), j * ENTRY_BYTES, &[TYPE_FILE & 0x7F])?;
+                        }
+                        return Ok(run_start * ENTRY_BYTES);
                     }
                 } else {
                     run_len = 0;
@@ -1091,6 +1107,13 @@ impl<D: BlockDevice> ExfatVolume<D> {
 
     /// Grow a file to `new_size_bytes`; the new bytes (and any unwritten tail) are zeros.
     pub fn grow_file(&mut self, path: &str, new_size_bytes: u64) -> Result<File, FsError> {
+        self.grow_file_with_tail(path, new_size_bytes, &[])
+    }
+
+    /// [`ExfatVolume::grow_file`] whose new last bytes are `tail` (inside the new bytes), written
+    /// before the directory entry takes the new size: the file is never seen at its new length
+    /// without them (a VHD's footer, which readers look for at the end of the file).
+    pub fn grow_file_with_tail(&mut self, path: &str, new_size_bytes: u64, tail: &[u8]) -> Result<File, FsError> {
         self.check_writable()?;
         let (chain, mut r, spelled) = self.file_chain(path)?;
         if new_size_bytes < r.data_bytes {
@@ -1109,7 +1132,10 @@ impl<D: BlockDevice> ExfatVolume<D> {
         r.no_fat_chain = nfc;
         r.data_bytes = new_size_bytes;
         let file = self.file_of(&r, spelled)?;
-        self.zero_file_range(&file, r.valid_bytes, new_size_bytes)?;
+        let tail_at = new_size_bytes.saturating_sub(tail.len() as u64).max(r.valid_bytes);
+        self.zero_file_range(&file, r.valid_bytes, tail_at)?;
+        write_via_extents(&mut self.dev, &file, tail_at, &tail[tail.len() - (new_size_bytes - tail_at) as usize..])?;
+        self.cache_lba = None;
         r.valid_bytes = new_size_bytes;
         self.store_record(chain.last(), &mut r)?;
         Ok(file)
@@ -1153,6 +1179,31 @@ impl<D: BlockDevice> ExfatVolume<D> {
         Ok(())
     }
 
+    /// Give the file at `target` the contents of the file at `source`, which goes: `source`'s set
+    /// is deleted (its clusters, referenced by nothing for a moment, would be leaked space if the
+    /// power went then), `target`'s set takes them in one rewrite (its file and stream entries
+    /// share a sector in every set vboot writes), and `target`'s old clusters are freed.
+    pub fn take_contents(&mut self, target: &str, source: &str) -> Result<(), FsError> {
+        self.check_writable()?;
+        let (src_parents, src, _) = self.file_chain(source)?;
+        let (dst_parents, mut dst, _) = self.file_chain(target)?;
+        if same_location(&src_parents, &dst_parents) && src.set_offset == dst.set_offset {
+            return Ok(());
+        }
+        self.mark_deleted(src_parents.last(), &src)?;
+        let (old_first, old_nfc, old_bytes) = (dst.first_cluster, dst.no_fat_chain, dst.data_bytes);
+        dst.first_cluster = src.first_cluster;
+        dst.no_fat_chain = src.no_fat_chain;
+        dst.data_bytes = src.data_bytes;
+        dst.valid_bytes = src.valid_bytes;
+        self.store_record(dst_parents.last(), &mut dst)?;
+        let clusters = old_bytes.div_ceil(self.cluster_bytes);
+        if clusters > 0 {
+            self.resize_stream(old_first, old_nfc, clusters, 0)?;
+        }
+        Ok(())
+    }
+
     fn mark_deleted(&mut self, parent: Option<&Record>, r: &Record) -> Result<(), FsError> {
         let mut set = r.set.clone();
         for e in set.chunks_exact_mut(ENTRY_BYTES) {
@@ -1185,8 +1236,16 @@ impl<D: BlockDevice> ExfatVolume<D> {
         }
         let mut fields = [0u8; 28];
         fields.copy_from_slice(r.set.get(4..32).ok_or_else(|| corrupt("entry set too short".into()))?);
-        let set = self.build_set(&name, &fields, &r);
-        if same_dir && set.len() == r.set.len() {
+        let mut set = self.build_set(&name, &fields, &r);
+        if same_dir && set.len() <= r.set.len() {
+            // In place, the old set's surplus entries marked unused: one sector write when the
+            // set lies in one sector (as every set vboot writes does), so a power cut leaves
+            // the old name or the new one.
+            let mut surplus = r.set[set.len()..].to_vec();
+            for e in surplus.chunks_exact_mut(ENTRY_BYTES) {
+                e[0] &= 0x7F;
+            }
+            set.extend_from_slice(&surplus);
             return self.write_dir_bytes(src_parent.last(), r.set_offset, &set);
         }
         // New entry first, then the old one goes: a crash leaves two names, not none.

@@ -160,15 +160,22 @@ impl<D: BlockDevice> Volume<D> {
     /// Grow the file at `path` to `new_size_bytes` (never shrinks it). Same fill as
     /// [`Volume::create_file`].
     pub fn grow_file(&mut self, path: &str, new_size_bytes: u64) -> Result<File, FsError> {
+        self.grow_file_with_tail(path, new_size_bytes, &[])
+    }
+
+    /// [`Volume::grow_file`] whose new last bytes are `tail` (at most one sector, inside the new
+    /// bytes), written before the file takes its new size: a power cut leaves the file at its old
+    /// length or at its new one with `tail` at the end, never at its new length without it.
+    pub fn grow_file_with_tail(&mut self, path: &str, new_size_bytes: u64, tail: &[u8]) -> Result<File, FsError> {
         match self {
             Volume::Fat(v) => {
                 let f = v.open_file(path)?;
                 if new_size_bytes < f.size_bytes {
                     return Err(FsError::Unsupported(alloc::format!("{} is {} bytes; growing it to {} would shrink it", path, f.size_bytes, new_size_bytes)));
                 }
-                v.set_len(path, new_size_bytes, false)
+                v.set_len_with_tail(path, new_size_bytes, false, tail)
             }
-            Volume::Exfat(v) => v.grow_file(path, new_size_bytes),
+            Volume::Exfat(v) => v.grow_file_with_tail(path, new_size_bytes, tail),
             Volume::Ext(v) => v.grow_file(path, new_size_bytes),
             Volume::Ntfs(v) => v.grow_file(path, new_size_bytes),
         }
@@ -194,6 +201,17 @@ impl<D: BlockDevice> Volume<D> {
         }
     }
 
+    /// Give the file at `target` the contents of the file at `source`, which goes, so that a
+    /// power cut leaves `target` with its old or its new contents and at worst lost clusters
+    /// (the commit is one directory-entry write). FAT and exFAT only.
+    pub fn take_contents(&mut self, target: &str, source: &str) -> Result<(), FsError> {
+        match self {
+            Volume::Fat(v) => v.take_contents(target, source),
+            Volume::Exfat(v) => v.take_contents(target, source),
+            Volume::Ext(_) | Volume::Ntfs(_) => Err(FsError::ReadOnly(alloc::format!("{}: vboot changes files only on FAT and exFAT", target))),
+        }
+    }
+
     pub fn delete_file(&mut self, path: &str) -> Result<(), FsError> {
         match self {
             Volume::Fat(v) => v.delete(path),
@@ -201,6 +219,52 @@ impl<D: BlockDevice> Volume<D> {
             Volume::Ext(v) => v.delete_file(path),
             Volume::Ntfs(v) => v.delete_file(path),
         }
+    }
+
+    /// The contents of `path`, or of `path.new` when `path` is missing: a [`Volume::replace_file`]
+    /// cut off between its two renames leaves only the new copy, complete. The flag says the
+    /// `.new` copy was read. (How the loader reads grub.cfg, and what a rewrite starts from.)
+    pub fn read_replaced(&mut self, path: &str, max_bytes: u64) -> Result<(Vec<u8>, bool), FsError> {
+        match self.read_to_vec(path, max_bytes) {
+            Err(FsError::NotFound { .. }) => {
+                let new = alloc::format!("{}.new", path);
+                match self.read_to_vec(&new, max_bytes) {
+                    Ok(bytes) => Ok((bytes, true)),
+                    Err(FsError::NotFound { .. }) => Err(FsError::NotFound { path: String::from(path) }),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(|b| (b, false)),
+        }
+    }
+
+    /// Replace a file's contents so that a power cut leaves the old or the new contents, never a
+    /// mix: the new bytes go into `NAME.new` first (read back and compared), then `NAME` takes
+    /// them over in one directory-entry write ([`Volume::take_contents`]). A leftover `NAME.new`
+    /// (a cut before that write) is deleted first. Older vboot versions renamed `NAME` away first:
+    /// a reader that finds no `NAME` reads `NAME.new` ([`Volume::read_replaced`]), and this
+    /// renames it back before anything else. docs/power-cuts.md has every cut point.
+    pub fn replace_file(&mut self, path: &str, bytes: &[u8]) -> Result<(), String> {
+        let new = alloc::format!("{}.new", path);
+        let old = alloc::format!("{}.old", path);
+        let fail = |what: &str, e: FsError| alloc::format!("rewriting {}: {}: {}", path, what, e);
+        // Finish a replacement that was cut off between its two renames.
+        if let Err(FsError::NotFound { .. }) = self.open_file(path) {
+            self.rename(&new, path).map_err(|e| fail("finishing an interrupted rewrite", e))?;
+        }
+        for leftover in [&new, &old] {
+            match self.delete_file(leftover) {
+                Ok(()) | Err(FsError::NotFound { .. }) => {}
+                Err(e) => return Err(fail("removing a leftover", e)),
+            }
+        }
+        let f = self.create_file(&new, bytes.len() as u64).map_err(|e| fail("creating the new copy", e))?;
+        self.write_file(&f, 0, bytes).map_err(|e| fail("writing the new copy", e))?;
+        let back = self.read_to_vec(&new, bytes.len() as u64 + 1).map_err(|e| fail("reading the new copy back", e))?;
+        if back != bytes {
+            return Err(alloc::format!("rewriting {}: the new copy {} does not read back as written; the old file is unchanged", path, new));
+        }
+        self.take_contents(path, &new).map_err(|e| fail("putting the new contents in place", e))
     }
 
     pub fn into_inner(self) -> D {

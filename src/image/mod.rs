@@ -33,6 +33,7 @@ mod cache;
 pub mod chain;
 pub mod create;
 pub mod disk;
+pub mod onvolume;
 pub mod raw;
 pub mod slack;
 pub mod vdi;

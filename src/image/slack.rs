@@ -6,6 +6,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
+use alloc::vec::Vec;
 
 use super::{Format, ImageError, ImageFile, Layer, Mapping, SECTOR_BYTES};
 
@@ -74,11 +75,26 @@ pub fn wanted_bytes(asked_bytes: u64, unallocated_bytes: u64) -> u64 {
     asked_bytes.min(cap).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
 }
 
-/// The file of a `format` image grew from `old_len_bytes` to its current length (the new bytes
-/// hold anything): put the trailer where readers look for it. For VHD the footer is copied to the
-/// new end and flushed before the old copy is zeroed, so a valid footer is at the end of the file
-/// from the moment it is written (until then readers use the copy at offset 0).
-pub fn after_growth(file: &mut dyn ImageFile, format: Format, old_len_bytes: u64) -> Result<(), ImageError> {
+/// The bytes a `format` image keeps at the end of its file, which must be at the new end when
+/// the file grows: a VHD's footer (its last sector); nothing for the other formats.
+pub fn trailer(file: &mut dyn ImageFile, format: Format) -> Result<Vec<u8>, ImageError> {
+    let len = file.len_bytes();
+    if format != Format::Vhd {
+        return Ok(vec![]);
+    }
+    if len < 512 {
+        return Err(ImageError::corrupt(file.name(), format!("a VHD of {} bytes has no footer", len)));
+    }
+    let mut footer = vec![0u8; 512];
+    file.read_at(len - 512, &mut footer)?;
+    Ok(footer)
+}
+
+/// The file of a `format` image grew from `old_len_bytes` to its current length, its
+/// [`trailer`] already written at the new end by the filesystem (`Volume::grow_file_with_tail`,
+/// before the file took its new length): zero the old copy, which now lies in the slack. A power
+/// cut before this leaves a stale copy there, which readers never look at.
+pub fn retire_old_trailer(file: &mut dyn ImageFile, format: Format, old_len_bytes: u64) -> Result<(), ImageError> {
     let new_len = file.len_bytes();
     if format != Format::Vhd || new_len == old_len_bytes {
         return Ok(());
@@ -86,10 +102,6 @@ pub fn after_growth(file: &mut dyn ImageFile, format: Format, old_len_bytes: u64
     if new_len < old_len_bytes || old_len_bytes < 512 {
         return Err(ImageError::corrupt(file.name(), format!("file length went from {} to {} bytes", old_len_bytes, new_len)));
     }
-    let mut footer = vec![0u8; 512];
-    file.read_at(old_len_bytes - 512, &mut footer)?;
-    file.write_at(new_len - 512, &footer)?;
-    file.flush()?;
     file.write_at(old_len_bytes - 512, &[0u8; 512])?;
     file.flush()
 }
@@ -120,10 +132,15 @@ mod tests {
             assert_eq!(slack_need(&*l), SlackNeed::Growable, "{:?}", v);
             let before = l.slack_bytes();
             let old = f.bytes.len() as u64;
-            // The filesystem hands back garbage in the new clusters.
+            let tail = trailer(&mut f, v.format()).unwrap();
+            // The filesystem hands back garbage in the new clusters, the trailer at the end.
             f.bytes.resize(old as usize + (3 << 20), 0xA5);
+            let end = f.bytes.len();
+            f.bytes[end - tail.len()..].copy_from_slice(&tail);
             f.fixed_len = true;
-            after_growth(&mut f, v.format(), old).unwrap();
+            // The image is whole at its new length before the old trailer goes.
+            assert_eq!(layer(&f).slack_bytes(), before + (3 << 20), "{:?}", v);
+            retire_old_trailer(&mut f, v.format(), old).unwrap();
             let l = layer(&f);
             assert_eq!(l.slack_bytes(), before + (3 << 20), "{:?}", v);
             if v == Variant::VhdDynamic {

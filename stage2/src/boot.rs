@@ -128,21 +128,19 @@ fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&Inst
             }
         };
         for path in CONFIG_PATHS {
-            match vol.read_to_vec(path, CONFIG_MAX_BYTES) {
-                Ok(bytes) => {
-                    println!("Reading (hd0,{}){} ({} bytes, {})", number, path, bytes.len(), vol.kind().name());
-                    let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}: {}", number, path, e))?;
+            // A grub.cfg rewrite cut off between its two renames leaves only NAME.new, complete
+            // (Volume::replace_file).
+            match vol.read_replaced(path, CONFIG_MAX_BYTES) {
+                Ok((bytes, from_new)) => {
+                    if from_new {
+                        println!("Reading (hd0,{}){}.new: {} is missing (an interrupted rewrite)", number, path, path);
+                    } else {
+                        println!("Reading (hd0,{}){} ({} bytes, {})", number, path, bytes.len(), vol.kind().name());
+                    }
+                    let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}{}: {}", number, path, if from_new { ".new" } else { "" }, e))?;
                     return Ok(Loaded { partition: number, path, config });
                 }
-                Err(vboot::fs::FsError::NotFound { .. }) => {
-                    // A grub.cfg rewrite cut off between its two renames leaves only NAME.new,
-                    // complete (prepare.rs, replace_file).
-                    if let Ok(bytes) = vol.read_to_vec(&format!("{}.new", path), CONFIG_MAX_BYTES) {
-                        println!("Reading (hd0,{}){}.new: {} is missing (an interrupted rewrite)", number, path, path);
-                        let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}.new: {}", number, path, e))?;
-                        return Ok(Loaded { partition: number, path, config });
-                    }
-                }
+                Err(vboot::fs::FsError::NotFound { .. }) => {}
                 Err(e) => tried.push(format!("(hd0,{}){}: {}", number, path, e)),
             }
         }

@@ -14,24 +14,18 @@ use vboot::config::VbootOptions;
 use vboot::image::{ImageError, ImageFile, Layer, ParentLocator};
 use vboot::part::Partition;
 
-/// A file on the boot disk, read (and, for the changes made before boot, written) through its
-/// extent list. Writes stay inside the file: its length and extents never change here.
+/// A file on the boot disk, read through its extent list. (The changes made before boot write
+/// through the volume: vboot::image::onvolume.)
 pub struct VolumeFile {
     disk: BiosDisk,
     start_lba: u64,
     file: File,
-    writable: bool,
 }
 
 impl VolumeFile {
-    /// A file stage2 may write into (take_snapshot=, growing write slack).
-    pub fn writable(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
-        VolumeFile { disk, start_lba, file, writable: true }
-    }
-
     /// `file` on the partition starting at `start_lba` of `disk`, for reading.
     pub fn new(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
-        VolumeFile { disk, start_lba, file, writable: false }
+        VolumeFile { disk, start_lba, file }
     }
 }
 
@@ -63,15 +57,8 @@ impl ImageFile for VolumeFile {
         }
         Ok(())
     }
-    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
-        if !self.writable {
-            return Err(ImageError::ReadOnly { image: self.file.path.clone(), detail: format!("opened for reading (offset {})", offset_bytes) });
-        }
-        let sectors = self.disk.sectors.saturating_sub(self.start_lba);
-        let mut dev = Window { inner: &mut self.disk, start_lba: self.start_lba, sectors };
-        vboot::fs::write_via_extents(&mut dev, &self.file, offset_bytes, buf)
-            .map(|_| ())
-            .map_err(|e| ImageError::Io { image: self.file.path.clone(), offset_bytes, detail: format!("{}", e) })
+    fn write_at(&mut self, offset_bytes: u64, _buf: &[u8]) -> Result<(), ImageError> {
+        Err(ImageError::ReadOnly { image: self.file.path.clone(), detail: format!("opened for reading (offset {})", offset_bytes) })
     }
     fn name(&self) -> &str {
         &self.file.path

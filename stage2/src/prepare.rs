@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use crate::boot::Loaded;
 use crate::disk::BiosDisk;
-use crate::images::{FsLocator, VolumeFile};
+use crate::images::FsLocator;
 use crate::println;
 use vboot::block::Window;
 use vboot::config::rewrite::{rewrite_for_snapshot, SnapshotTarget};
@@ -18,14 +18,13 @@ use vboot::config::{GrubPath, PartitionRef, VbootOptions};
 use vboot::fs::volume::Volume;
 use vboot::fs::{File, FsError};
 use vboot::image::create::{self, CreateOptions, Variant};
+use vboot::image::onvolume::{self, CreateError, GrowError};
 use vboot::image::slack::{self, SlackNeed};
 use vboot::image::{chain, Format, Layer};
 use vboot::part::PartitionTable;
 
 /// Write slack a sparse leaf gets before boot when the entry has no `reserve=`.
 pub const DEFAULT_RESERVE_BYTES: u64 = 256 << 20;
-/// Largest file FAT can hold, rounded down to whole sectors.
-const FAT_MAX_FILE_BYTES: u64 = 0xFFFF_FE00;
 
 /// The image's leaf on its partition, and the files of its chain found so far (the leaf first),
 /// so that later walks of the chain do not look them up on the filesystem again.
@@ -119,44 +118,11 @@ fn plan_config_edit(
     };
     let mut vol = volume(disk, table, partition)?;
     // After an interrupted rewrite only NAME.new is there (replace_file puts it back in place).
-    let text = match vol.read_to_vec(&path, 1 << 20) {
-        Err(FsError::NotFound { .. }) => vol.read_to_vec(&format!("{}.new", path), 1 << 20),
-        other => other,
-    }
-    .map_err(|e| format!("config_file (hd0,{}){}: {}", partition, path, e))?;
+    let (text, _) = vol.read_replaced(&path, 1 << 20).map_err(|e| format!("config_file (hd0,{}){}: {}", partition, path, e))?;
     let text = String::from_utf8(text).map_err(|_| format!("(hd0,{}){} is not UTF-8 text; vboot will not rewrite it", partition, path))?;
     let child_here = as_seen_from(child, child_partition, partition);
     let new_text = rewrite_for_snapshot(&text, &target, &child_here).map_err(|e| format!("(hd0,{}){}: {}", partition, path, e))?;
     Ok(Some(ConfigEdit { partition, path, new_text }))
-}
-
-/// Replace a file's contents so that a power cut leaves the old or the new contents, never a
-/// mix: the new text goes into `NAME.new` first (read back and compared), then `NAME` becomes
-/// `NAME.old`, `NAME.new` becomes `NAME`, and `NAME.old` is deleted. If the cut falls between
-/// the two renames, stage2 reads `NAME.new` (boot.rs, load_config).
-fn replace_file(vol: &mut Volume<Window<BiosDisk>>, path: &str, bytes: &[u8]) -> Result<(), String> {
-    let new = format!("{}.new", path);
-    let old = format!("{}.old", path);
-    let fail = |what: &str, e: FsError| format!("rewriting {}: {}: {}", path, what, e);
-    // Finish a rewrite that was cut off between its two renames.
-    if let Err(FsError::NotFound { .. }) = vol.open_file(path) {
-        vol.rename(&new, path).map_err(|e| fail("finishing an interrupted rewrite", e))?;
-    }
-    for leftover in [&new, &old] {
-        match vol.delete_file(leftover) {
-            Ok(()) | Err(FsError::NotFound { .. }) => {}
-            Err(e) => return Err(fail("removing a leftover", e)),
-        }
-    }
-    let f = vol.create_file(&new, bytes.len() as u64).map_err(|e| fail("creating the new copy", e))?;
-    vol.write_file(&f, 0, bytes).map_err(|e| fail("writing the new copy", e))?;
-    let back = vol.read_to_vec(&new, bytes.len() as u64 + 1).map_err(|e| fail("reading the new copy back", e))?;
-    if back != bytes {
-        return Err(format!("rewriting {}: the new copy {} does not read back as written; the old file is unchanged", path, new));
-    }
-    vol.rename(path, &old).map_err(|e| fail("moving the old file aside", e))?;
-    vol.rename(&new, path).map_err(|e| fail("putting the new file in place", e))?;
-    vol.delete_file(&old).map_err(|e| fail("removing the old copy", e))
 }
 
 /// `take_snapshot=`: make a differencing child of the image's leaf at the given path, in the
@@ -221,43 +187,47 @@ pub fn take_snapshot(
     let edit = plan_config_edit(disk, table, loaded, booted, opts, snap, snap_partition)?;
 
     // The child file, then the image inside it.
-    let start_lba = table.find(image.partition).map(|p| p.start_lba).unwrap_or(0);
-    let file = {
+    let made = {
         let mut vol = volume(disk, table, image.partition)?;
-        vol.create_file(&snap.path, size).map_err(|e| format!("take_snapshot: creating {} ({} KiB): {}", snap.path, size / 1024, e))?
+        onvolume::create_on_volume(&mut vol, &snap.path, size, variant, &base_name, &copts, Some(&info))
     };
-    let mut vf = VolumeFile::writable(disk.clone(), start_lba, file.clone());
-    let made = create::create_filling(variant, &mut vf, &base_name, &copts, Some(&info)).map_err(|e| format!("{}", e));
+    let file = match made {
+        Ok(f) => f,
+        Err(CreateError::File(e)) => return Err(format!("take_snapshot: creating {} ({} KiB): {}", snap.path, size / 1024, e)),
+        Err(CreateError::Fill(e)) => return Err(cleanup_failed(disk, table, image.partition, &snap.path, format!("{}", e))),
+    };
     // The new chain must open, with the old leaf as the child's parent.
     let mut child = HostFile::new(image.partition, file.clone());
     child.known.extend(chain_files);
-    let check = made.and_then(|_| {
-        let (_, layers) = open_chain(disk, table, &child, &parent_dir)?;
-        match layers.get(1) {
-            Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
-            _ => Err(String::from("the new image does not link to its parent")),
-        }
+    let check = open_chain(disk, table, &child, &parent_dir).and_then(|(_, layers)| match layers.get(1) {
+        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
+        _ => Err(String::from("the new image does not link to its parent")),
     });
     if let Err(e) = check {
-        let cleanup = volume(disk, table, image.partition).and_then(|mut v| v.delete_file(&snap.path).map_err(|e| format!("{}", e)));
-        return Err(format!(
-            "take_snapshot: making {} failed: {}{}",
-            snap.path,
-            e,
-            match cleanup {
-                Ok(()) => String::from(" (the file was removed again)"),
-                Err(c) => format!(" (and removing it failed: {}; delete it by hand)", c),
-            }
-        ));
+        return Err(cleanup_failed(disk, table, image.partition, &snap.path, e));
     }
     println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, (size - meta) >> 20);
     if let Some(edit) = edit {
         let mut vol = volume(disk, table, edit.partition)?;
-        replace_file(&mut vol, &edit.path, edit.new_text.as_bytes())
+        vol.replace_file(&edit.path, edit.new_text.as_bytes())
             .map_err(|e| format!("{} (the snapshot {} was made; grub.cfg may still point at the old image)", e, snap.path))?;
         println!("  grub.cfg: (hd0,{}){} rewritten to boot {}", edit.partition, edit.path, snap);
     }
     Ok(child)
+}
+
+/// A snapshot child that could not be made is removed again; the message says whether it was.
+fn cleanup_failed(disk: &BiosDisk, table: &PartitionTable, partition: u32, path: &str, e: String) -> String {
+    let cleanup = volume(disk, table, partition).and_then(|mut v| v.delete_file(path).map_err(|e| format!("{}", e)));
+    format!(
+        "take_snapshot: making {} failed: {}{}",
+        path,
+        e,
+        match cleanup {
+            Ok(()) => String::from(" (the file was removed again)"),
+            Err(c) => format!(" (and removing it failed: {}; delete it by hand)", c),
+        }
+    )
 }
 
 /// What `ensure_slack` decided.
@@ -332,24 +302,11 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
 /// new extents.
 fn grow(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, format: Format, add_bytes: u64) -> Result<File, String> {
     let path = &image.file.path;
-    let old_len = image.file.size_bytes;
-    let file = {
-        let mut vol = volume(disk, table, image.partition)?;
-        let mut new_len = old_len + add_bytes;
-        if matches!(vol, Volume::Fat(_)) {
-            new_len = new_len.min(FAT_MAX_FILE_BYTES);
-            if new_len <= old_len {
-                return Err(format!("{} is already as large as a FAT file can be", path));
-            }
-        }
-        match vol.grow_file(path, new_len) {
-            Ok(f) => f,
-            Err(FsError::NoSpace { .. }) => return Err(format!("(hd0,{}) has no room for {} more KiB", image.partition, add_bytes / 1024)),
-            Err(e) => return Err(format!("{}", e)),
-        }
-    };
-    let start_lba = table.find(image.partition).map(|p| p.start_lba).unwrap_or(0);
-    let mut vf = VolumeFile::writable(disk.clone(), start_lba, file.clone());
-    slack::after_growth(&mut vf, format, old_len).map_err(|e| format!("{}", e))?;
-    Ok(file)
+    let mut vol = volume(disk, table, image.partition)?;
+    onvolume::grow_on_volume(&mut vol, path, format, add_bytes).map_err(|e| match e {
+        GrowError::NoRoom => format!("(hd0,{}) has no room for {} more KiB", image.partition, add_bytes / 1024),
+        GrowError::FatLimit => format!("{} is already as large as a FAT file can be", path),
+        GrowError::Fs(e) => format!("{}", e),
+        GrowError::Image(e) => format!("{}", e),
+    })
 }

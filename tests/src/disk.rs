@@ -51,11 +51,18 @@ impl FileSpec {
 
 /// Make a FAT volume image of `sectors` sectors (`fat_bits` 12, 16 or 32) holding `files`.
 pub fn fat_volume(image: &Path, sectors: u64, fat_bits: u32, files: &[FileSpec]) {
+    fat_volume_args(image, sectors, fat_bits, &[], files)
+}
+
+/// [`fat_volume`] with more `mkfs.fat` arguments (such as `-s 1` for one-sector clusters).
+pub fn fat_volume_args(image: &Path, sectors: u64, fat_bits: u32, mkfs_args: &[&str], files: &[FileSpec]) {
     require_tool("mkfs.fat", "dosfstools");
     require_tool("mcopy", "mtools");
     let _ = std::fs::remove_file(image);
     sh(Command::new("mkfs.fat")
-        .args(["-F", &fat_bits.to_string(), "-C"])
+        .args(["-F", &fat_bits.to_string()])
+        .args(mkfs_args)
+        .arg("-C")
         .arg(image)
         .arg((sectors / 2).to_string()));
     let staging = image.with_extension("files");

@@ -4,6 +4,7 @@
 pub mod disk;
 pub mod guests;
 pub mod large;
+pub mod powercut;
 pub mod qemu;
 pub mod rig;
 

@@ -7,7 +7,14 @@
 //! lost clusters, which a checker reclaims, never a file pointing at clusters another file owns:
 //! - growing: the new clusters are chained and linked first, the size in the entry last;
 //! - shrinking and deleting: the entry changes first, the clusters are freed after;
-//! - renaming: the new entry is written before the old one is removed.
+//! - renaming within a directory: in place when the new name needs no more slots than the old
+//!   one (the short entry first); otherwise the new entry is written before the old one goes;
+//! - replacing a file's contents (`take_contents`): the source entry goes, the target's short
+//!   entry takes its clusters in one write, the old clusters are freed;
+//! - directory sectors are written last-first, so a short entry lands before its long name.
+//!
+//! tests/tests/powercut.rs cuts the power after every write of the changes stage2 makes
+//! (docs/power-cuts.md).
 
 use alloc::format;
 use alloc::string::String;
@@ -471,21 +478,23 @@ impl<D: BlockDevice> FatVolume<D> {
         first_slot: usize,
         entries: &[[u8; DIR_ENTRY_BYTES]],
     ) -> Result<(), FsError> {
-        let mut sector = [0u8; SECTOR_BYTES];
-        let mut loaded: Option<u64> = None;
+        // The last sector first: a new name's short entry (which alone is a valid entry) lands
+        // before the long-name entries in front of it, so a power cut between two sectors never
+        // leaves long-name entries without their short entry.
+        let mut sectors: Vec<(u64, [u8; SECTOR_BYTES])> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let (lba, at) = Self::slot_location(data, first_slot + i)?;
-            if loaded != Some(lba) {
-                if let Some(prev) = loaded {
-                    self.dev.write_sectors(prev, &sector)?;
-                }
+            if sectors.last().map(|s| s.0) != Some(lba) {
+                let mut sector = [0u8; SECTOR_BYTES];
                 self.dev.read_sectors(lba, &mut sector)?;
-                loaded = Some(lba);
+                sectors.push((lba, sector));
             }
-            sector[at..at + DIR_ENTRY_BYTES].copy_from_slice(e);
+            if let Some((_, sector)) = sectors.last_mut() {
+                sector[at..at + DIR_ENTRY_BYTES].copy_from_slice(e);
+            }
         }
-        if let Some(prev) = loaded {
-            self.dev.write_sectors(prev, &sector)?;
+        for (lba, sector) in sectors.iter().rev() {
+            self.dev.write_sectors(*lba, sector)?;
         }
         Ok(())
     }
@@ -546,37 +555,12 @@ impl<D: BlockDevice> FatVolume<D> {
         dir: DirRef,
         dir_path: &str,
         long: &str,
-        mut short_entry: [u8; DIR_ENTRY_BYTES],
+        short_entry: [u8; DIR_ENTRY_BYTES],
     ) -> Result<(), FsError> {
         check_long_name(long)?;
         for _attempt in 0..4 {
             let data = self.load_dir(dir, dir_path)?;
-            let (entries, _) = parse_dir(&data.bytes, self.geo.fat_type);
-            if let Some(e) = entries
-                .iter()
-                .find(|e| names_equal(&e.name, long) || names_equal(&e.short_name, long))
-            {
-                return Err(FsError::Unsupported(format!(
-                    "{}/{} already exists",
-                    dir_path.trim_end_matches('/'),
-                    e.name
-                )));
-            }
-            let taken = |n: &[u8; 11]| {
-                data.bytes
-                    .chunks_exact(DIR_ENTRY_BYTES)
-                    .take_while(|e| e[0] != 0)
-                    .any(|e| e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && &e[0..11] == n)
-            };
-            let (short, case_bits, need_lfn) = make_short_name(long, &taken);
-            short_entry[0..11].copy_from_slice(&short);
-            short_entry[12] = case_bits;
-            let mut all = if need_lfn {
-                lfn_entries(long, &short)
-            } else {
-                Vec::new()
-            };
-            all.push(short_entry);
+            let mut all = self.name_entries(&data, dir_path, long, short_entry, None)?;
             if let Some(slot) = find_free_slots(&data.bytes, all.len()) {
                 // Slots past the end marker may hold leftovers: make sure the end stays marked.
                 let after = slot + all.len();
@@ -598,6 +582,47 @@ impl<D: BlockDevice> FatVolume<D> {
             "no room for a new entry in {}",
             dir_path
         )))
+    }
+
+    /// The entries that name `long` (its long-name entries, then `short_entry` with the short name
+    /// filled in) in the directory holding `data`; refused if the name is taken by an entry other
+    /// than the one at slot `own` (the entry being renamed).
+    fn name_entries(
+        &self,
+        data: &DirData,
+        dir_path: &str,
+        long: &str,
+        mut short_entry: [u8; DIR_ENTRY_BYTES],
+        own: Option<usize>,
+    ) -> Result<Vec<[u8; DIR_ENTRY_BYTES]>, FsError> {
+        let (entries, _) = parse_dir(&data.bytes, self.geo.fat_type);
+        if let Some(e) = entries
+            .iter()
+            .find(|e| Some(e.slot) != own && (names_equal(&e.name, long) || names_equal(&e.short_name, long)))
+        {
+            return Err(FsError::Unsupported(format!(
+                "{}/{} already exists",
+                dir_path.trim_end_matches('/'),
+                e.name
+            )));
+        }
+        let taken = |n: &[u8; 11]| {
+            data.bytes
+                .chunks_exact(DIR_ENTRY_BYTES)
+                .enumerate()
+                .take_while(|(_, e)| e[0] != 0)
+                .any(|(i, e)| Some(i) != own && e[0] != 0xE5 && e[11] & 0x3F != ATTR_LONG_NAME && &e[0..11] == n)
+        };
+        let (short, case_bits, need_lfn) = make_short_name(long, &taken);
+        short_entry[0..11].copy_from_slice(&short);
+        short_entry[12] = case_bits;
+        let mut all = if need_lfn {
+            lfn_entries(long, &short)
+        } else {
+            Vec::new()
+        };
+        all.push(short_entry);
+        Ok(all)
     }
 
     fn new_short_entry(&self, attr: u8, cluster: u32, size: u32) -> [u8; DIR_ENTRY_BYTES] {
@@ -684,6 +709,20 @@ impl<D: BlockDevice> FatVolume<D> {
         new_size_bytes: u64,
         zero_fill: bool,
     ) -> Result<File, FsError> {
+        self.set_len_with_tail(path, new_size_bytes, zero_fill, &[])
+    }
+
+    /// [`FatVolume::set_len`] that grows the file with `tail` (at most one sector) as its last
+    /// bytes: they are written into the new clusters after these are linked and before the
+    /// directory entry takes the new size, so the file is never seen at its new length without
+    /// them (a VHD's footer, which readers look for at the end of the file).
+    pub fn set_len_with_tail(
+        &mut self,
+        path: &str,
+        new_size_bytes: u64,
+        zero_fill: bool,
+        tail: &[u8],
+    ) -> Result<File, FsError> {
         if new_size_bytes > MAX_FILE_BYTES {
             return Err(FsError::Unsupported(format!(
                 "FAT files cannot be larger than 4 GiB - 1 bytes ({} asked for {})",
@@ -707,9 +746,24 @@ impl<D: BlockDevice> FatVolume<D> {
         let fat_type = self.geo.fat_type;
         let first = entry.first_cluster;
 
+        let tail_at = new_size_bytes.wrapping_sub(tail.len() as u64);
+        if !tail.is_empty()
+            && (tail.len() != SECTOR_BYTES || tail_at % SECTOR != 0 || tail_at < old_size.next_multiple_of(SECTOR))
+        {
+            return Err(FsError::Unsupported(format!(
+                "{}: a tail of {} bytes at {} is not one new sector",
+                spelled,
+                tail.len(),
+                tail_at
+            )));
+        }
         if new_clusters <= old_clusters {
             if zero_fill && new_size_bytes > old_size {
                 self.zero_file_range(&current, old_size, new_size_bytes)?;
+            }
+            if !tail.is_empty() {
+                let c = self.nth_cluster(first, tail_at / cluster_bytes, &spelled)?;
+                self.write_tail(c, tail_at, tail)?;
             }
             let mut raw = entry.raw;
             raw[28..32].copy_from_slice(&(new_size_bytes as u32).to_le_bytes());
@@ -735,6 +789,14 @@ impl<D: BlockDevice> FatVolume<D> {
                 self.flush_fat()?;
                 first
             };
+            if !tail.is_empty() {
+                let index = tail_at / cluster_bytes;
+                let c = match index.checked_sub(old_clusters) {
+                    Some(i) => added[i as usize],
+                    None => self.nth_cluster(first, index, &spelled)?,
+                };
+                self.write_tail(c, tail_at, tail)?;
+            }
             let mut raw = entry.raw;
             raw[28..32].copy_from_slice(&(new_size_bytes as u32).to_le_bytes());
             set_entry_cluster(&mut raw, new_first, fat_type);
@@ -743,6 +805,13 @@ impl<D: BlockDevice> FatVolume<D> {
         }
         self.flush_fat()?;
         self.open_file(path)
+    }
+
+    /// Write the sector `tail` at file byte `at`, which lies in cluster `cluster`.
+    fn write_tail(&mut self, cluster: u32, at: u64, tail: &[u8]) -> Result<(), FsError> {
+        let lba = self.geo.cluster_lba(cluster) + (at % self.geo.cluster_bytes()) / SECTOR;
+        self.dev.write_sectors(lba, tail)?;
+        Ok(())
     }
 
     /// Zero bytes `from..to` of a file, within the sectors its extents already cover.
@@ -810,6 +879,36 @@ impl<D: BlockDevice> FatVolume<D> {
         Ok(())
     }
 
+    /// Give the file at `target` the contents of the file at `source`, which goes. `source`'s
+    /// entry is removed first (its clusters, referenced by nothing for a moment, would be lost
+    /// clusters if the power went then), then `target`'s short entry takes them and their size in
+    /// one write, then `target`'s old clusters are freed: no moment has two entries sharing
+    /// clusters, and `target` holds the old or the new contents.
+    pub fn take_contents(&mut self, target: &str, source: &str) -> Result<(), FsError> {
+        let src = self.resolve(source)?;
+        let dst = self.resolve(target)?;
+        let (Some(se), Some(de)) = (src.entry.clone(), dst.entry.clone()) else {
+            return Err(FsError::IsADirectory { path: String::from("/") });
+        };
+        if se.is_dir() || de.is_dir() {
+            return Err(FsError::IsADirectory { path: if se.is_dir() { src.spelled } else { dst.spelled } });
+        }
+        if src.parent == dst.parent && se.slot == de.slot {
+            return Ok(());
+        }
+        let data = self.load_dir(src.parent, &src.parent_path)?;
+        self.erase_slots(&data, se.first_slot, se.slot)?;
+        let mut raw = de.raw;
+        raw[28..32].copy_from_slice(&se.raw[28..32]);
+        set_entry_cluster(&mut raw, se.first_cluster, self.geo.fat_type);
+        self.stamp_modified(&mut raw);
+        self.update_entry(dst.parent, &dst.parent_path, &de, |e| *e = raw)?;
+        if de.first_cluster != 0 {
+            self.free_chain(de.first_cluster)?;
+        }
+        Ok(())
+    }
+
     /// Rename or move a file or directory. The target's directory must exist and the target
     /// name must be free (a change of case only is allowed).
     pub fn rename(&mut self, from: &str, to: &str) -> Result<(), FsError> {
@@ -847,6 +946,27 @@ impl<D: BlockDevice> FatVolume<D> {
                 .is_some_and(|e| e.slot == entry.slot);
         // Like Windows, a rename keeps the entry's times.
         let template = entry.raw;
+        if to_dir == parent {
+            // In place when the new entries fit in the old slots: the short entry (name, clusters
+            // and size in one slot) is rewritten first, then the slots before it are freed; one
+            // sector write when they share a sector. A power cut leaves the old name or the new
+            // one, never two entries sharing clusters.
+            let data = self.load_dir(parent, &parent_path)?;
+            let all = self.name_entries(&data, &to_dir_path, to_name, template, Some(entry.slot))?;
+            let old_count = entry.slot + 1 - entry.first_slot;
+            if all.len() <= old_count {
+                let start = entry.slot + 1 - all.len();
+                let mut freed = Vec::new();
+                for s in entry.first_slot..start {
+                    let mut e = [0u8; DIR_ENTRY_BYTES];
+                    e.copy_from_slice(&data.bytes[s * DIR_ENTRY_BYTES..(s + 1) * DIR_ENTRY_BYTES]);
+                    e[0] = 0xE5;
+                    freed.push(e);
+                }
+                freed.extend_from_slice(&all);
+                return self.write_slots(&data, entry.first_slot, &freed);
+            }
+        }
         if same_entry {
             let data = self.load_dir(parent, &parent_path)?;
             self.erase_slots(&data, entry.first_slot, entry.slot)?;
