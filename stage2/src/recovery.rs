@@ -133,7 +133,13 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
         let file = at.file();
         let slash = |end: usize| file.as_bytes()[..end].iter().rposition(|&c| c == b'/');
         let short = &file[slash(file.len()).and_then(slash).map_or(0, |i| i + 1)..];
-        println!("  at {}:{}", short, at.line());
+        // stage2 is built with -Zlocation-detail=file (stage2/.cargo/config.toml: one location per
+        // file instead of one per line saves 25 KiB), so the line is 0: name the file alone.
+        if at.line() == 0 {
+            println!("  in {}", short);
+        } else {
+            println!("  at {}:{}", short, at.line());
+        }
     }
     crate::fault::while_reporting();
     if !POINT.is_armed() {
