@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use crate::fs::{Extent, ExtentList};
 use crate::int13::ElToritoBoot;
 
-pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN01";
+pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN02";
 
 /// One E820 entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,10 @@ pub struct Plan {
     pub restore: bool,
     /// `immutable`: every write goes to a RAM overlay in the engine's heap; the images never change.
     pub immutable: bool,
+    /// vboot's own memory, `(base, length)`: the engine's range (code, stack, plan, heap,
+    /// hand-off table) and the stub. The guest may not point a disk transfer there
+    /// (`int13::check_guest_range`).
+    pub vboot_ranges: Vec<(u64, u64)>,
 }
 
 struct Writer(Vec<u8>);
@@ -168,6 +172,11 @@ impl Plan {
         }
         w.u8(self.restore as u8);
         w.u8(self.immutable as u8);
+        w.u32(self.vboot_ranges.len() as u32);
+        for &(base, length) in &self.vboot_ranges {
+            w.u64(base);
+            w.u64(length);
+        }
         w.0
     }
 
@@ -219,6 +228,9 @@ impl Plan {
         }
         plan.restore = r.u8()? != 0;
         plan.immutable = r.u8()? != 0;
+        for _ in 0..r.count(16)? {
+            plan.vboot_ranges.push((r.u64()?, r.u64()?));
+        }
         Ok(plan)
     }
 }
@@ -354,6 +366,7 @@ mod tests {
             parent_dir: Some("/vms/base".into()),
             restore: true,
             immutable: true,
+            vboot_ranges: alloc::vec![(0x7F0_0000, 0xFE_0000), (0x9_F000, 0xC00)],
         };
         let b = plan.to_bytes();
         assert_eq!(Plan::from_bytes(&b), Ok(plan));

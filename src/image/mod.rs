@@ -204,6 +204,18 @@ impl ImageFile for Box<dyn ImageFile> {
     }
 }
 
+/// The check of a file read or written in place through its host extents (the engine's and
+/// vboot-attach's `ExtentFile`, which never grow): `offset_bytes..+len` must lie inside the
+/// file's whole sectors. The sum is checked, not wrapped: an offset near 2^64 comes from a
+/// damaged header (a VHD parent locator) and must be an error like any other out-of-file read.
+pub fn check_in_place(name: &str, offset_bytes: u64, len: usize, size_bytes: u64, detail: &str) -> Result<(), ImageError> {
+    let limit = size_bytes.div_ceil(SECTOR_BYTES).saturating_mul(SECTOR_BYTES);
+    match offset_bytes.checked_add(len as u64) {
+        Some(end) if end <= limit => Ok(()),
+        _ => Err(ImageError::Io { image: name.to_string(), offset_bytes, detail: detail.to_string() }),
+    }
+}
+
 /// An image file held in memory (unit tests, RAM overlays). It grows on writes past its end
 /// unless `fixed_len` is set, which mimics the boot-time file.
 #[derive(Clone, Debug, Default)]

@@ -286,7 +286,7 @@ pub(crate) fn go_resident(
     let mut e820: Vec<E820Entry> =
         map.regions.iter().map(|r| E820Entry { base: r.base, length: r.length, kind: r.kind }).collect();
     e820.sort_by_key(|e| e.base);
-    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore, immutable };
+    let mut plan = Plan { memory_map: Vec::new(), drives, parent_dir, restore, immutable, vboot_ranges: Vec::new() };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
     // The hand-off table goes at the end of the engine's range, on a 4 KiB boundary.
@@ -329,6 +329,8 @@ pub(crate) fn go_resident(
     let mut guest_map = plan_mod::reserve(&e820, region as u64, total as u64);
     guest_map = plan_mod::reserve(&guest_map, stub_linear as u64, (stub_kib * 1024) as u64);
     plan.memory_map = guest_map;
+    // The engine refuses guest buffers here (the estimate's 4 KiB margin holds these 36 bytes).
+    plan.vboot_ranges = alloc::vec![(region as u64, total as u64), (stub_linear as u64, (stub_kib * 1024) as u64)];
     let plan_bytes = plan.to_bytes();
     if plan_bytes.len() as u32 > ((plan_estimate + 0xFFF) & !0xFFF) {
         return Err(String::from("internal: the plan outgrew its room"));
