@@ -1576,8 +1576,10 @@ fn cd_read_at_an_lba_past_2_62_never_reaches_the_disk() {
 #[test]
 fn a_flat_buffer_that_wraps_past_2_64_is_09h() {
     // A flat buffer 32 KiB below 2^64 with a 127-sector read: the buffer's end wrapped, and the
-    // block-by-block retry overflowed.
-    let mut set = hdd_set(block_disk(pattern_disk(256), None, false));
+    // engine's transfer (`linear + done * 512`) overflowed. The disk must not be asked at all.
+    let calls = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+    let mut set = hdd_set(Box::new(Logged { inner: block_disk(pattern_disk(256), None, false), calls: calls.clone() }));
+    calls.borrow_mut().clear(); // the geometry probe's read of sector 0
     let mut m = machine();
     // Up to one ending exactly at 2^64: all refused before the disk is asked, the count left as
     // given (as for a seg:off buffer over 64 KiB).
@@ -1594,6 +1596,7 @@ fn a_flat_buffer_that_wraps_past_2_64_is_09h() {
         call(&mut set, &mut r, &mut m);
         assert_err(&r, Status::BOUNDARY_ERROR);
         assert_eq!(dap_count(&mut m), count as u16);
+        assert!(calls.borrow().is_empty(), "{:#x}: the disk was asked for {:?}", flat, calls.borrow());
     }
 }
 

@@ -336,7 +336,7 @@ fn grow(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, format: F
     let old_len = image.file.size_bytes;
     let file = {
         let mut vol = volume(disk, table, image.partition)?;
-        let mut new_len = old_len + add_bytes;
+        let mut new_len = old_len.saturating_add(add_bytes);
         if matches!(vol, Volume::Fat(_)) {
             new_len = new_len.min(FAT_MAX_FILE_BYTES);
             if new_len <= old_len {
