@@ -2,7 +2,8 @@
 //!
 //! - `build`  stage1 + stage2 (nightly, -Zbuild-std) into target/vboot/, host tools into
 //!            target/release/
-//! - `test`   installs what is missing, builds, then runs every test (host and QEMU)
+//! - `test`   installs what is missing, builds, then runs every test (host and QEMU), the core's
+//!            unit tests also as i686 code (`test-i686` runs only those)
 //! - `demo`   installs what is missing, builds, makes a host disk with images, installs vboot
 //!            with vboot-install and boots it in QEMU
 //! - `bench`  the yardsticks of DESIGN.md §6
@@ -20,10 +21,11 @@ use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|build-faults|test|demo|demo-debian|bench|deps> [options]\n\
+        "usage: cargo xtask <build|build-faults|test|test-i686|demo|demo-debian|bench|deps> [options]\n\
          \n\
          build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
+         test-i686        only the core library's unit tests as 32-bit code, with overflow checks\n\
          demo [--kvm] [--interactive]\n\
                           build a host disk with images, install vboot on it, boot it in QEMU\n\
          bench [--kvm]    measure size, memory and speed figures\n\
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         "build-faults" => firmware::build_fault_firmware(),
         "deps" => deps::ensure_all(),
         "test" => test(rest),
+        "test-i686" => deps::ensure_all().and_then(|_| test_core_i686()),
         "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),
         "bench" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| bench(rest)),
         "demo-debian" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| {
@@ -94,7 +97,9 @@ fn test_core_i686() -> Result<(), String> {
     let started = std::time::Instant::now();
     run(Command::new("cargo")
         .current_dir(root())
-        .args(["test", "--release", "--package", "vboot", "--lib", "--features", "std", "--target", deps::I686_TARGET])
+        // The dev profile: it builds in a third of the release time and keeps debug assertions;
+        // overflow checks are on there anyway, RUSTFLAGS says so explicitly.
+        .args(["test", "--package", "vboot", "--lib", "--features", "std", "--target", deps::I686_TARGET])
         // Its `1 << 40` pieces need a 64-bit usize (a test-only constant in src/image/cache.rs).
         .args(["--", "--skip", "image::cache::tests::an_impossible_size_is_an_error_not_an_abort"])
         // -W: a constant that overflows a 32-bit usize is reported, and fails when it runs.
