@@ -524,7 +524,7 @@ impl Table {
             safe_hook_address: get_u32(b, h::SAFE_HOOK),
             drives: Vec::new(),
         };
-        if t.table_address < t.reserved_base || t.table_address + length as u64 > t.reserved_base.saturating_add(t.reserved_length) {
+        if t.table_address < t.reserved_base || t.table_address.saturating_add(length as u64) > t.reserved_base.saturating_add(t.reserved_length) {
             return bad(format!(
                 "the table ({:#x}, {} bytes) is outside the reserved range it names ({:#x}, {} bytes)",
                 t.table_address, length, t.reserved_base, t.reserved_length
@@ -597,14 +597,19 @@ impl Table {
                     let e = ext_at + k * EXTENT_BYTES;
                     let ext = Extent { file_sector: get_u64(b, e), lba: get_u64(b, e + 8), sectors: get_u64(b, e + 16) };
                     let end = ext.lba.checked_add(ext.sectors);
-                    let part_end = drive.partition.start_lba + drive.partition.sectors;
+                    let part_end = drive.partition.start_lba.saturating_add(drive.partition.sectors);
                     if ext.sectors == 0 || ext.file_sector < next_sector || ext.lba < drive.partition.start_lba || end.is_none_or(|e| e > part_end) {
                         return bad(format!(
                             "{} extent {} ({} sectors of file sector {} at LBA {}) is empty, out of order, or outside partition {}",
                             path, k, ext.sectors, ext.file_sector, ext.lba, drive.partition.number
                         ));
                     }
-                    next_sector = ext.file_sector + ext.sectors;
+                    next_sector = ext.file_sector.checked_add(ext.sectors).ok_or_else(|| {
+                        HandoffError::BadField(format!(
+                            "{} extent {} ({} sectors of file sector {}) ends past sector 2^64",
+                            path, k, ext.sectors, ext.file_sector
+                        ))
+                    })?;
                     extents.push(ext);
                 }
                 if next_sector < size_bytes.div_ceil(512) {

@@ -114,6 +114,9 @@ pub struct InstallRecord {
     pub vboot_version: [u8; 16],
     /// Sectors of the engine blob right after stage2 (0: none).
     pub engine_sectors: u32,
+    /// CRC-32 of stage2's sectors as installed (0: not recorded, by a vboot-install before it was
+    /// added). `uninstall` clears the sectors only while they still hold that stage2.
+    pub stage2_crc32: u32,
 }
 
 pub const RECORD_FLAG_SAVED_MBR: u32 = 1;
@@ -145,7 +148,7 @@ impl core::fmt::Display for RecordError {
 impl InstallRecord {
     // Layout: magic 0..8, version 8..12, stage2_lba 12..20, stage2_sectors 20..24,
     // config_partition 24..28, flags 28..32, vboot_version 32..48, engine_sectors 48..52,
-    // crc32 of 0..508 at 508..512.
+    // stage2_crc32 52..56 (zero in older records), crc32 of 0..508 at 508..512.
     pub fn to_sector(&self) -> [u8; SECTOR_BYTES] {
         let mut s = [0u8; SECTOR_BYTES];
         s[0..8].copy_from_slice(&RECORD_MAGIC);
@@ -156,6 +159,7 @@ impl InstallRecord {
         s[28..32].copy_from_slice(&self.flags.to_le_bytes());
         s[32..48].copy_from_slice(&self.vboot_version);
         s[48..52].copy_from_slice(&self.engine_sectors.to_le_bytes());
+        s[52..56].copy_from_slice(&self.stage2_crc32.to_le_bytes());
         let crc = crc32(&s[..508]);
         s[508..].copy_from_slice(&crc.to_le_bytes());
         s
@@ -186,6 +190,7 @@ impl InstallRecord {
             flags: le32(28),
             vboot_version,
             engine_sectors: le32(48),
+            stage2_crc32: le32(52),
         })
     }
 
@@ -194,6 +199,10 @@ impl InstallRecord {
     }
     pub fn saved_mbr_lba(&self) -> u64 {
         self.stage2_lba - 1
+    }
+    /// Sectors from the record to the end of the engine: what an install wrote after sector 0.
+    pub fn area_sectors(&self) -> u64 {
+        2 + self.stage2_sectors as u64 + self.engine_sectors as u64
     }
 }
 
@@ -476,6 +485,7 @@ pub fn plan_install<D: BlockDevice>(
         flags: RECORD_FLAG_SAVED_MBR,
         vboot_version: version,
         engine_sectors: engine_sectors as u32,
+        stage2_crc32: 0,
     };
     let patch = StagePatch {
         stage2_lba,
@@ -486,6 +496,7 @@ pub fn plan_install<D: BlockDevice>(
     };
     let mut stage2_padded = stage2.to_vec();
     stage2_padded.resize(stage2_sectors as usize * SECTOR_BYTES, 0);
+    let record = InstallRecord { stage2_crc32: crc32(&stage2_padded), ..record };
     let writes = alloc::vec![
         SectorWrite { lba: record.saved_mbr_lba(), bytes: saved_mbr.to_vec(), what: "saved original sector 0" },
         SectorWrite { lba: stage2_lba, bytes: stage2_padded, what: "stage2" },
@@ -512,7 +523,19 @@ pub fn saved_boot_code<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, [
 /// partition table), then zeros over the record, the saved copy, stage2 and the engine.
 pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Vec<SectorWrite>), String> {
     let (record, restored) = saved_boot_code(disk)?;
-    let clear = alloc::vec![0u8; (2 + record.stage2_sectors as usize + record.engine_sectors as usize) * SECTOR_BYTES];
+    check_area_is_vboots(disk, &record).map_err(|why| {
+        format!(
+            "refusing to uninstall: the install record at sector {} names sectors {} to {}, but {}; \
+             the record is stale (the disk changed since vboot was installed) and nothing was \
+             written. Sector 0 still holds vboot's stage1: replace it with another boot loader, \
+             or restore the boot code by hand",
+            record.record_lba(),
+            record.record_lba(),
+            record.record_lba().saturating_add(record.area_sectors()).saturating_sub(1),
+            why
+        )
+    })?;
+    let clear = alloc::vec![0u8; record.area_sectors() as usize * SECTOR_BYTES];
     Ok((
         record,
         alloc::vec![
@@ -520,6 +543,72 @@ pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Ve
             SectorWrite { lba: record.record_lba(), bytes: clear, what: "clear record, saved copy, stage2 and engine" },
         ],
     ))
+}
+
+/// Whether the sectors an install record names are still vboot's to clear: they end before the
+/// first partition (MBR) or lie inside the BIOS boot partition (GPT), stage2 is there with its
+/// header and the CRC-32 the record kept, and the engine blob after it passes its own CRC-32.
+/// `Err` says what is wrong.
+pub fn check_area_is_vboots<D: BlockDevice>(disk: &mut D, record: &InstallRecord) -> Result<(), String> {
+    if record.stage2_sectors == 0 || record.stage2_sectors > u16::MAX as u32 || record.engine_sectors as u64 > engine_blob_sectors(16 << 20) {
+        return Err(format!(
+            "it says stage2 is {} sectors and the engine {}, which no vboot-install writes",
+            record.stage2_sectors, record.engine_sectors
+        ));
+    }
+    let start = record.record_lba();
+    let end = start.checked_add(record.area_sectors()).filter(|&e| e <= disk.sector_count()).ok_or_else(|| {
+        format!("they run past the end of the disk ({} sectors)", disk.sector_count())
+    })?;
+    let table = part::read_partitions(disk).map_err(|e| format!("the partition table cannot be read to check them ({})", e))?;
+    match table.scheme {
+        Scheme::Mbr => {
+            if let Some(first) = table.partitions.iter().min_by_key(|p| p.start_lba) {
+                if end > first.start_lba {
+                    return Err(format!("partition {} now starts at sector {}, inside them", first.number, first.start_lba));
+                }
+            }
+        }
+        Scheme::Gpt | Scheme::Hybrid => {
+            let inside = table.partitions.iter().any(|p| {
+                matches!(&p.kind, PartitionKind::Gpt { type_guid, .. } if *type_guid == part::GPT_TYPE_BIOS_BOOT)
+                    && p.start_lba <= start
+                    && end <= p.start_lba.saturating_add(p.sectors)
+            });
+            if !inside {
+                return Err(String::from("they are no longer inside a BIOS boot partition (type EF02)"));
+            }
+        }
+    }
+    let read = |disk: &mut D, lba: u64, sectors: u64| -> Result<Vec<u8>, String> {
+        let mut buf = alloc::vec![0u8; sectors as usize * SECTOR_BYTES];
+        disk.read_sectors(lba, &mut buf).map_err(|e| format!("sectors {} to {} cannot be read ({})", lba, lba + sectors - 1, e))?;
+        Ok(buf)
+    };
+    let stage2 = read(disk, record.stage2_lba, record.stage2_sectors as u64)?;
+    match Stage2Header::parse(&stage2) {
+        Some(h) if h.sectors == record.stage2_sectors => {}
+        Some(h) => return Err(format!("the stage2 there is {} sectors, not the {} recorded", h.sectors, record.stage2_sectors)),
+        None => return Err(format!("sector {} holds no vboot stage2 (no VBOOTST2 header)", record.stage2_lba)),
+    }
+    if record.stage2_crc32 != 0 && crc32(&stage2) != record.stage2_crc32 {
+        return Err(format!(
+            "the stage2 there has CRC-32 {:#010x}, not the {:#010x} recorded (something else was written over it)",
+            crc32(&stage2),
+            record.stage2_crc32
+        ));
+    }
+    if record.engine_sectors != 0 {
+        let engine_lba = record.stage2_lba + record.stage2_sectors as u64;
+        let blob = read(disk, engine_lba, record.engine_sectors as u64)?;
+        let mut head = [0u8; SECTOR_BYTES];
+        head.copy_from_slice(&blob[..SECTOR_BYTES]);
+        let (len, crc) = engine_blob_header(&head).ok_or_else(|| format!("sector {} holds no vboot engine", engine_lba))?;
+        if engine_blob_sectors(len) != record.engine_sectors as u64 || crc32(&blob[SECTOR_BYTES..SECTOR_BYTES + len as usize]) != crc {
+            return Err(format!("the engine at sector {} is damaged or not the one recorded", engine_lba));
+        }
+    }
+    Ok(())
 }
 
 /// The installed vboot's record and the current sector 0, or why there is none.
@@ -559,6 +648,7 @@ mod tests {
             flags: RECORD_FLAG_SAVED_MBR,
             vboot_version: *b"0.1.0\0\0\0\0\0\0\0\0\0\0\0",
             engine_sectors: 420,
+            stage2_crc32: 0x1234_5678,
         };
         let mut s = r.to_sector();
         assert_eq!(InstallRecord::from_sector(&s), Ok(r));

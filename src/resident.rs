@@ -75,6 +75,10 @@ pub struct Plan {
     /// thousands. 0 bytes: none.
     pub init_bounce_linear: u32,
     pub init_bounce_bytes: u32,
+    /// vboot's own memory, `(base, length)`: the engine's range (code, stack, plan, heap,
+    /// hand-off table) and the stub. The guest may not point a disk transfer there
+    /// (`int13::check_guest_range`).
+    pub vboot_ranges: Vec<(u64, u64)>,
 }
 
 struct Writer(Vec<u8>);
@@ -176,6 +180,11 @@ impl Plan {
         w.u8(self.immutable as u8);
         w.u32(self.init_bounce_linear);
         w.u32(self.init_bounce_bytes);
+        w.u32(self.vboot_ranges.len() as u32);
+        for &(base, length) in &self.vboot_ranges {
+            w.u64(base);
+            w.u64(length);
+        }
         w.0
     }
 
@@ -233,6 +242,9 @@ impl Plan {
             && (plan.init_bounce_bytes % 512 != 0 || plan.init_bounce_linear as u64 + plan.init_bounce_bytes as u64 > 0x10_0000)
         {
             return Err("init bounce buffer is not whole sectors below 1 MiB");
+        }
+        for _ in 0..r.count(16)? {
+            plan.vboot_ranges.push((r.u64()?, r.u64()?));
         }
         Ok(plan)
     }
@@ -371,6 +383,7 @@ mod tests {
             immutable: true,
             init_bounce_linear: 0x1000,
             init_bounce_bytes: 0x6000,
+            vboot_ranges: alloc::vec![(0x7F0_0000, 0xFE_0000), (0x9_F000, 0xC00)],
         };
         let b = plan.to_bytes();
         assert_eq!(Plan::from_bytes(&b), Ok(plan.clone()));

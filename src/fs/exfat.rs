@@ -315,7 +315,8 @@ impl<D: BlockDevice> ExfatVolume<D> {
         no_fat_chain: bool,
     ) -> Result<Vec<(u32, u32)>, FsError> {
         let mut runs: Vec<(u32, u32)> = Vec::new();
-        let wanted = bytes.map(|b| (b + self.cluster_bytes - 1) / self.cluster_bytes);
+        // div_ceil: a DataLength near 2^64 (damage) must not wrap to a few clusters.
+        let wanted = bytes.map(|b| b.div_ceil(self.cluster_bytes));
         if wanted == Some(0) {
             return Ok(runs);
         }
@@ -446,7 +447,7 @@ impl<D: BlockDevice> ExfatVolume<D> {
     fn extents_of(&mut self, r: &Record) -> Result<ExtentList, FsError> {
         let runs = self.cluster_runs(r.first_cluster, Some(r.data_bytes), r.no_fat_chain)?;
         let mut list = ExtentList::default();
-        let mut left = (r.data_bytes + SECTOR_BYTES as u64 - 1) / SECTOR_BYTES as u64;
+        let mut left = r.data_bytes.div_ceil(SECTOR_BYTES as u64);
         for (c, n) in runs {
             let sectors = (n as u64 * self.sectors_per_cluster_512).min(left);
             if sectors == 0 {
@@ -1066,7 +1067,7 @@ impl<D: BlockDevice> ExfatVolume<D> {
         if self.exists_in(&chain, &name)?.is_some() {
             return Err(FsError::Unsupported(format!("exFAT: {} already exists", spelled)));
         }
-        let clusters = (size_bytes + self.cluster_bytes - 1) / self.cluster_bytes;
+        let clusters = size_bytes.div_ceil(self.cluster_bytes);
         if clusters > self.free_clusters()? {
             return Err(FsError::NoSpace { needed_bytes: size_bytes });
         }
@@ -1122,8 +1123,8 @@ impl<D: BlockDevice> ExfatVolume<D> {
                 spelled, r.data_bytes, new_size_bytes
             )));
         }
-        let old = (r.data_bytes + self.cluster_bytes - 1) / self.cluster_bytes;
-        let new = (new_size_bytes + self.cluster_bytes - 1) / self.cluster_bytes;
+        let old = r.data_bytes.div_ceil(self.cluster_bytes);
+        let new = new_size_bytes.div_ceil(self.cluster_bytes);
         if new - old > self.free_clusters()? {
             return Err(FsError::NoSpace { needed_bytes: (new - old) * self.cluster_bytes });
         }
@@ -1151,8 +1152,8 @@ impl<D: BlockDevice> ExfatVolume<D> {
                 spelled, r.data_bytes, new_size_bytes
             )));
         }
-        let old = (r.data_bytes + self.cluster_bytes - 1) / self.cluster_bytes;
-        let new = (new_size_bytes + self.cluster_bytes - 1) / self.cluster_bytes;
+        let old = r.data_bytes.div_ceil(self.cluster_bytes);
+        let new = new_size_bytes.div_ceil(self.cluster_bytes);
         // Point the entry at the shorter stream first, then release the clusters.
         let old_first = r.first_cluster;
         let old_nfc = r.no_fat_chain;
@@ -1172,7 +1173,7 @@ impl<D: BlockDevice> ExfatVolume<D> {
         self.check_writable()?;
         let (chain, r, _) = self.file_chain(path)?;
         self.mark_deleted(chain.last(), &r)?;
-        let clusters = (r.data_bytes + self.cluster_bytes - 1) / self.cluster_bytes;
+        let clusters = r.data_bytes.div_ceil(self.cluster_bytes);
         if clusters > 0 {
             self.resize_stream(r.first_cluster, r.no_fat_chain, clusters, 0)?;
         }
@@ -1400,6 +1401,56 @@ mod tests {
         assert_eq!(t[96], 96);
         assert_eq!(t[97], 65);
         assert_eq!(t[98], 66);
+    }
+
+    /// A volume of 4 KiB clusters over a blank disk: enough to walk cluster runs.
+    fn bare_volume() -> ExfatVolume<crate::block::MemDisk> {
+        ExfatVolume {
+            dev: crate::block::MemDisk::zeroed(256),
+            sectors_per_cluster_512: 8,
+            cluster_bytes: 4096,
+            fat_lba: 24,
+            fat_sectors_512: 8,
+            heap_lba: 64,
+            cluster_count: 20,
+            root_cluster: 2,
+            bitmap_first_cluster: 2,
+            bitmap_bytes: 3,
+            bitmap_runs: Vec::new(),
+            bitmap: None,
+            fat_count: 1,
+            upcase: Vec::new(),
+            cache_lba: None,
+            cache: vec![0u8; SECTOR_BYTES],
+        }
+    }
+
+    // Issue 14: a DataLength near 2^64 overflowed `bytes + cluster - 1` (a panic in stage2; on a
+    // release host build it wrapped to an empty file).
+    #[test]
+    fn a_data_length_near_2_64_is_refused() {
+        let mut vol = bare_volume();
+        assert_eq!(vol.cluster_runs(3, Some(8192), true).unwrap(), [(3, 2)]);
+        for bytes in [u64::MAX, u64::MAX - 4000] {
+            match vol.cluster_runs(3, Some(bytes), true) {
+                Err(FsError::Corrupt(m)) => assert!(m.contains("clusters from cluster 3 runs past the heap"), "{}", m),
+                other => panic!("{:?}", other),
+            }
+            // Through the FAT: the chain ends (entry 0) long before.
+            assert!(matches!(vol.cluster_runs(3, Some(bytes), false), Err(FsError::Corrupt(_))));
+            let r = Record {
+                name: "big.vhd".into(),
+                name_utf16: Vec::new(),
+                is_dir: false,
+                first_cluster: 3,
+                no_fat_chain: true,
+                data_bytes: bytes,
+                valid_bytes: bytes,
+                set_offset: 0,
+                set: Vec::new(),
+            };
+            assert!(matches!(vol.extents_of(&r), Err(FsError::Corrupt(_))));
+        }
     }
 
     #[test]

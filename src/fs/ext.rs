@@ -338,7 +338,15 @@ impl<D: BlockDevice> ExtVolume<D> {
                 inode.number
             )));
         }
-        let blocks = (inode.size_bytes + self.block_bytes - 1) / self.block_bytes;
+        // Logical block numbers are 32 bits: a larger size is damage (and near 2^64 it would
+        // overflow the arithmetic below).
+        let blocks = inode.size_bytes.div_ceil(self.block_bytes);
+        if blocks > 1 << 32 {
+            return Err(corrupt(format!(
+                "inode {} says it is {} bytes, more than ext can address with {}-byte blocks",
+                inode.number, inode.size_bytes, self.block_bytes
+            )));
+        }
         let mut pieces = Vec::new();
         let mut budget = if inode.flags & FLAG_EXTENTS != 0 {
             MAX_MAP_NODES
@@ -508,37 +516,7 @@ impl<D: BlockDevice> ExtVolume<D> {
         let mut raw = vec![0u8; self.inode_bytes as usize];
         let offset = self.inode_offset(inode.number)?;
         read_bytes(&mut self.dev, offset, &mut raw)?;
-        let header = 128 + le16(&raw, 128) as usize;
-        if le32(&raw, header) != XATTR_MAGIC {
-            return Ok(Vec::new());
-        }
-        let entries = header + 4;
-        let mut off = entries;
-        // Each entry takes at least 16 bytes, which bounds the walk.
-        while off + 16 <= raw.len() && le32(&raw, off) != 0 {
-            let name_len = raw[off] as usize;
-            let index = raw[off + 1];
-            let value_off = le16(&raw, off + 2) as usize;
-            let value_inode = le32(&raw, off + 4);
-            let value_len = le32(&raw, off + 8) as usize;
-            let name = raw
-                .get(off + 16..off + 16 + name_len)
-                .ok_or_else(|| corrupt(format!("inode {}: extended attribute name out of bounds", inode.number)))?;
-            if index == XATTR_INDEX_SYSTEM && name == b"data" {
-                if value_inode != 0 {
-                    return Err(FsError::Unsupported(format!(
-                        "ext: inode {} keeps inline data in a separate inode",
-                        inode.number
-                    )));
-                }
-                return raw
-                    .get(entries + value_off..entries + value_off + value_len)
-                    .map(|v| v.to_vec())
-                    .ok_or_else(|| corrupt(format!("inode {}: inline data out of bounds", inode.number)));
-            }
-            off += (16 + name_len + 3) & !3;
-        }
-        Ok(Vec::new())
+        inline_data_value(&raw, inode.number)
     }
 
     fn lookup(&mut self, path: &str) -> Result<(Inode, String), FsError> {
@@ -613,7 +591,7 @@ impl<D: BlockDevice> ExtVolume<D> {
         }
         let pieces = self.map_inode(&inode)?;
         let sectors_per_block = self.block_bytes / SECTOR_BYTES as u64;
-        let mut left = (inode.size_bytes + SECTOR_BYTES as u64 - 1) / SECTOR_BYTES as u64;
+        let mut left = inode.size_bytes.div_ceil(SECTOR_BYTES as u64);
         let mut extents = ExtentList::default();
         for p in pieces {
             match p {
@@ -739,6 +717,44 @@ impl<D: BlockDevice> ExtVolume<D> {
     }
 }
 
+/// The system.data value among the in-inode extended attributes of the whole inode `raw` (empty
+/// when there is none).
+fn inline_data_value(raw: &[u8], number: u32) -> Result<Vec<u8>, FsError> {
+    let header = 128 + le16(raw, 128) as usize;
+    if le32(raw, header) != XATTR_MAGIC {
+        return Ok(Vec::new());
+    }
+    let entries = header + 4;
+    let mut off = entries;
+    // Each entry takes at least 16 bytes, which bounds the walk.
+    while off + 16 <= raw.len() && le32(raw, off) != 0 {
+        let name_len = raw[off] as usize;
+        let index = raw[off + 1];
+        let value_off = le16(raw, off + 2) as u64;
+        let value_inode = le32(raw, off + 4);
+        let value_len = le32(raw, off + 8) as u64;
+        let name = raw
+            .get(off + 16..off + 16 + name_len)
+            .ok_or_else(|| corrupt(format!("inode {}: extended attribute name out of bounds", number)))?;
+        if index == XATTR_INDEX_SYSTEM && name == b"data" {
+            if value_inode != 0 {
+                return Err(FsError::Unsupported(format!("ext: inode {} keeps inline data in a separate inode", number)));
+            }
+            // In u64: a 32-bit length near 4 GiB would wrap the firmware's usize.
+            let start = entries as u64 + value_off;
+            let end = start.checked_add(value_len);
+            let value = end
+                .and_then(|end| raw.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?))
+                .ok_or_else(|| {
+                    corrupt(format!("inode {}: inline data of {} bytes at byte {} lies outside the inode", number, value_len, start))
+                })?;
+            return Ok(value.to_vec());
+        }
+        off += (16 + name_len + 3) & !3;
+    }
+    Ok(Vec::new())
+}
+
 /// Append the live entries of one directory block (or inline region) to `out`.
 fn parse_dir_entries(buf: &[u8], has_type: bool, dir: u32, out: &mut Vec<(String, u32, u8)>) -> Result<(), FsError> {
     let mut off = 0usize;
@@ -791,6 +807,74 @@ mod tests {
             v,
             [Piece::Data { block: 10, blocks: 5 }, Piece::Hole { blocks: 5 }, Piece::Data { block: 20, blocks: 1 }]
         );
+    }
+
+    /// A 256-byte inode whose in-inode attributes hold system.data: `value_len` bytes at 4.
+    fn inode_with_inline_data(value_len: u32) -> Vec<u8> {
+        let mut raw = vec![0u8; 256];
+        raw[128..130].copy_from_slice(&32u16.to_le_bytes()); // i_extra_isize
+        raw[160..164].copy_from_slice(&XATTR_MAGIC.to_le_bytes());
+        let e = 164;
+        raw[e] = 4; // name length
+        raw[e + 1] = XATTR_INDEX_SYSTEM;
+        raw[e + 2..e + 4].copy_from_slice(&24u16.to_le_bytes()); // value offset from the entries
+        raw[e + 8..e + 12].copy_from_slice(&value_len.to_le_bytes());
+        raw[e + 16..e + 20].copy_from_slice(b"data");
+        raw[188..192].copy_from_slice(b"more");
+        raw
+    }
+
+    // Issue 14: a value length near 4 GiB overflowed the firmware's 32-bit usize (a panic in
+    // stage2); `cargo xtask test` runs this for i686 too.
+    #[test]
+    fn inline_data_length_near_4_gib_is_refused() {
+        assert_eq!(inline_data_value(&inode_with_inline_data(4), 12).unwrap(), b"more");
+        match inline_data_value(&inode_with_inline_data(0xFFFF_FFF0), 12) {
+            Err(FsError::Corrupt(m)) => {
+                assert!(m.contains("inode 12: inline data of 4294967280 bytes at byte 188 lies outside the inode"), "{}", m)
+            }
+            other => panic!("{:?}", other),
+        }
+    }
+
+    /// A volume of 1 KiB blocks over a blank disk: enough to map inodes whose tree is in i_block.
+    fn bare_volume() -> ExtVolume<crate::block::MemDisk> {
+        ExtVolume {
+            dev: crate::block::MemDisk::zeroed(64),
+            block_bytes: 1024,
+            blocks_count: 32,
+            first_data_block: 1,
+            blocks_per_group: 8192,
+            inodes_per_group: 16,
+            inodes_count: 16,
+            inode_bytes: 256,
+            desc_bytes: 32,
+            group_count: 1,
+            incompat: INCOMPAT_EXTENTS | INCOMPAT_FILETYPE,
+            ro_compat: 0,
+            first_meta_bg: 0,
+        }
+    }
+
+    // Issue 14: i_size near 2^64 overflowed `size + block - 1` (a panic in stage2, and a
+    // wrapped size of a few blocks on a release host build).
+    #[test]
+    fn a_size_near_2_64_is_refused() {
+        let mut i_block = [0u8; 60];
+        i_block[0..2].copy_from_slice(&EXTENT_MAGIC.to_le_bytes());
+        i_block[4..6].copy_from_slice(&4u16.to_le_bytes()); // room for 4 entries, none used
+        let mut inode = Inode { number: 12, mode: MODE_FILE, flags: FLAG_EXTENTS, size_bytes: 2048, i_block };
+        let mut vol = bare_volume();
+        assert_eq!(vol.map_inode(&inode).unwrap(), [Piece::Hole { blocks: 2 }]);
+        for size in [u64::MAX, u64::MAX - 1000, (1 << 42) + 1] {
+            inode.size_bytes = size;
+            match vol.map_inode(&inode) {
+                Err(FsError::Corrupt(m)) => assert!(m.contains(&format!("inode 12 says it is {} bytes", size)), "{}", m),
+                other => panic!("{:?}", other),
+            }
+        }
+        inode.size_bytes = 1 << 42; // 2^32 blocks of 1 KiB: the largest size ext addresses
+        assert_eq!(vol.map_inode(&inode).unwrap(), [Piece::Hole { blocks: 1 << 32 }]);
     }
 
     #[test]

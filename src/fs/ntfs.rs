@@ -60,6 +60,13 @@ fn le64(b: &[u8], off: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// `len` bytes at `off` of `b`, with the arithmetic in u64: on the 32-bit firmware a 32-bit
+/// offset plus a 32-bit length overflows `usize`.
+fn slice_at(b: &[u8], off: u64, len: u64) -> Option<&[u8]> {
+    let end = off.checked_add(len)?;
+    b.get(usize::try_from(off).ok()?..usize::try_from(end).ok()?)
+}
+
 fn corrupt(msg: String) -> FsError {
     FsError::Corrupt(format!("NTFS: {}", msg))
 }
@@ -330,14 +337,21 @@ impl<D: BlockDevice> NtfsVolume<D> {
     fn read_runs(&mut self, runs: &[DataRun], offset: u64, buf: &mut [u8]) -> Result<(), FsError> {
         let mut done = 0usize;
         while done < buf.len() {
-            let pos = offset + done as u64;
+            let pos = offset
+                .checked_add(done as u64)
+                .ok_or_else(|| corrupt(format!("a stream read at byte {} overflows", offset)))?;
             let vcn = pos / self.cluster_bytes;
             let run = runs
                 .iter()
                 .find(|r| r.vcn <= vcn && vcn < r.vcn + r.clusters)
                 .ok_or_else(|| corrupt(format!("byte {} of a stream is not mapped by its data runs", pos)))?;
             let run_end_bytes = (run.vcn + run.clusters).saturating_mul(self.cluster_bytes);
-            let take = ((run_end_bytes - pos) as usize).min(buf.len() - done);
+            // In u64 first: a run with an exact multiple of 4 GiB left is 0 as a 32-bit usize,
+            // and the walk would never advance.
+            let take = run_end_bytes.saturating_sub(pos).min((buf.len() - done) as u64) as usize;
+            if take == 0 {
+                return Err(corrupt(format!("byte {} of a stream ends its data run", pos)));
+            }
             match run.lcn {
                 None => buf[done..done + take].fill(0),
                 Some(lcn) => {
@@ -373,10 +387,12 @@ impl<D: BlockDevice> NtfsVolume<D> {
             if kind == ATTR_END {
                 break;
             }
-            let len = le32(rec, off + 4) as usize;
-            if len < 24 || len % 8 != 0 || off + len > used {
-                return Err(corrupt(format!("MFT record {} has a malformed attribute", number)));
+            // u64: a length near 4 GiB must not wrap the 32-bit firmware's usize.
+            let len = le32(rec, off + 4) as u64;
+            if len < 24 || len % 8 != 0 || len > (used - off) as u64 {
+                return Err(corrupt(format!("MFT record {} has a malformed attribute (length {})", number, len)));
             }
+            let len = len as usize;
             let a = &rec[off..off + len];
             let name_len = a[9] as usize;
             let name_off = le16(a, 10) as usize;
@@ -388,11 +404,11 @@ impl<D: BlockDevice> NtfsVolume<D> {
                 .collect();
             let flags = le16(a, 12);
             let body = if a[8] == 0 {
-                let vlen = le32(a, 0x10) as usize;
-                let voff = le16(a, 0x14) as usize;
-                let v = a
-                    .get(voff..voff + vlen)
-                    .ok_or_else(|| corrupt(format!("MFT record {}: resident value out of bounds", number)))?;
+                let vlen = le32(a, 0x10) as u64;
+                let voff = le16(a, 0x14) as u64;
+                let v = slice_at(a, voff, vlen).ok_or_else(|| {
+                    corrupt(format!("MFT record {}: resident value of {} bytes at {} out of bounds", number, vlen, voff))
+                })?;
                 AttrBody::Resident(v.to_vec())
             } else {
                 if len < 0x40 {
@@ -584,10 +600,15 @@ impl<D: BlockDevice> NtfsVolume<D> {
     /// The entries of one index node (from its index header at `hdr`), and the subnode VCN
     /// that follows each entry position (one more than the entries: the "last" entry).
     fn parse_index_node(&self, node: &[u8], hdr: usize) -> Result<Vec<(Option<IndexEntry>, Option<u64>)>, FsError> {
-        let start = hdr + le32(node, hdr) as usize;
-        let end = (hdr + le32(node, hdr + 4) as usize).min(node.len());
+        // u64: offsets near 4 GiB must not wrap the 32-bit firmware's usize.
+        let end = (hdr as u64 + le32(node, hdr + 4) as u64).min(node.len() as u64) as usize;
+        let start = hdr as u64 + le32(node, hdr) as u64;
+        if start > end as u64 {
+            return Err(corrupt(format!("an index node's entries start at byte {}, past its end", start)));
+        }
         let mut out = Vec::new();
-        let mut off = start;
+        // Every entry is at least 16 bytes, so the walk advances to `end`.
+        let mut off = start as usize;
         loop {
             if off + 16 > end {
                 return Err(corrupt("an index node has no last entry".into()));
@@ -844,7 +865,7 @@ impl<D: BlockDevice> NtfsVolume<D> {
                     ));
                 }
                 let to512 = self.cluster_bytes / SECTOR_BYTES as u64;
-                let mut left = (data_bytes + SECTOR_BYTES as u64 - 1) / SECTOR_BYTES as u64;
+                let mut left = data_bytes.div_ceil(SECTOR_BYTES as u64);
                 let mut extents = ExtentList::default();
                 for r in runs {
                     let Some(lcn) = r.lcn else { continue };
@@ -993,6 +1014,99 @@ mod tests {
         assert_eq!(&ok[1022..1024], &[0xCC, 0xDD]);
         rec[1023] = 9;
         assert!(apply_fixups(&mut rec, b"FILE").is_err());
+    }
+
+    /// A volume of 4 KiB clusters with nothing on its (tiny) disk: enough for the parsers.
+    fn bare_volume() -> NtfsVolume<crate::block::MemDisk> {
+        NtfsVolume {
+            dev: crate::block::MemDisk::zeroed(8),
+            cluster_bytes: 4096,
+            total_clusters: 1 << 30,
+            record_bytes: 1024,
+            mft_runs: Vec::new(),
+            mft_records: 0,
+            upcase: Vec::new(),
+        }
+    }
+
+    /// An MFT record (fixups already applied) whose first attribute is `attr`.
+    fn record_with(attr: &[u8]) -> Vec<u8> {
+        let mut rec = vec![0u8; 1024];
+        rec[..4].copy_from_slice(b"FILE");
+        rec[0x14..0x16].copy_from_slice(&0x38u16.to_le_bytes());
+        rec[0x18..0x1C].copy_from_slice(&1024u32.to_le_bytes());
+        rec[0x38..0x38 + attr.len()].copy_from_slice(attr);
+        rec
+    }
+
+    fn refusal<T: core::fmt::Debug>(r: Result<T, FsError>) -> String {
+        match r {
+            Err(FsError::Corrupt(m)) => m,
+            other => panic!("expected a corrupt-volume error, got {:?}", other),
+        }
+    }
+
+    // Issue 14: lengths and offsets near 4 GiB overflowed the firmware's 32-bit usize (a panic
+    // in stage2); on the 64-bit host they were refused all along. `cargo xtask test` runs these
+    // for i686 too.
+    #[test]
+    fn attribute_length_near_4_gib_is_refused() {
+        let mut a = vec![0u8; 0x48];
+        a[..4].copy_from_slice(&ATTR_DATA.to_le_bytes());
+        a[4..8].copy_from_slice(&0xFFFF_FFF8u32.to_le_bytes());
+        let m = refusal(bare_volume().parse_attrs(&record_with(&a), 7));
+        assert!(m.contains("MFT record 7 has a malformed attribute (length 4294967288)"), "{}", m);
+    }
+
+    #[test]
+    fn resident_value_length_near_4_gib_is_refused() {
+        let mut a = vec![0u8; 0x48];
+        a[..4].copy_from_slice(&ATTR_DATA.to_le_bytes());
+        a[4..8].copy_from_slice(&0x48u32.to_le_bytes());
+        a[0x10..0x14].copy_from_slice(&0xFFFF_FFFFu32.to_le_bytes());
+        a[0x14..0x16].copy_from_slice(&0x18u16.to_le_bytes());
+        let m = refusal(bare_volume().parse_attrs(&record_with(&a), 9));
+        assert!(m.contains("MFT record 9: resident value of 4294967295 bytes at 24 out of bounds"), "{}", m);
+    }
+
+    #[test]
+    fn index_header_offsets_near_4_gib_are_refused() {
+        let vol = bare_volume();
+        // An index root: the node header at 0x10 (entries offset, end offset), one last entry.
+        let mut node = vec![0u8; 0x40];
+        node[0x10..0x14].copy_from_slice(&0x10u32.to_le_bytes());
+        node[0x14..0x18].copy_from_slice(&0x30u32.to_le_bytes());
+        node[0x20 + 8..0x20 + 10].copy_from_slice(&16u16.to_le_bytes());
+        node[0x20 + 12..0x20 + 14].copy_from_slice(&INDEX_ENTRY_LAST.to_le_bytes());
+        assert_eq!(vol.parse_index_node(&node, 0x10).unwrap().len(), 1);
+        let mut bad = node.clone();
+        bad[0x10..0x14].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        let m = refusal(vol.parse_index_node(&bad, 0x10));
+        assert!(m.contains("start at byte 4294967296, past its end"), "{}", m);
+        let mut bad = node.clone();
+        bad[0x14..0x18].copy_from_slice(&0xFFFF_FFF8u32.to_le_bytes());
+        assert_eq!(vol.parse_index_node(&bad, 0x10).unwrap().len(), 1, "an end past the node is clipped to it");
+        bad[0x10..0x14].copy_from_slice(&0xFFFF_FFE0u32.to_le_bytes());
+        assert!(refusal(vol.parse_index_node(&bad, 0x10)).contains("past its end"));
+    }
+
+    #[test]
+    fn a_run_with_an_exact_multiple_of_4_gib_left_is_walked() {
+        // 2^20 clusters of 4 KiB: 4 GiB, which is 0 as a 32-bit usize. The walk used that as its
+        // step and never advanced, so run it on a thread and give up on a hang.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut vol = bare_volume();
+            let runs = [DataRun { vcn: 0, lcn: None, clusters: 1 << 20 }, DataRun { vcn: 1 << 20, lcn: None, clusters: 1 }];
+            let mut buf = vec![0xAAu8; 1024];
+            let first = vol.read_runs(&runs, 0, &mut buf).map(|_| buf.iter().all(|&b| b == 0));
+            // Across the end of the big run into the next one.
+            let across = vol.read_runs(&runs, (4u64 << 30) - 512, &mut buf).map(|_| buf.iter().all(|&b| b == 0));
+            let _ = tx.send((first, across));
+        });
+        let (first, across) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("the run walk hangs");
+        assert_eq!(first, Ok(true));
+        assert_eq!(across, Ok(true));
     }
 
     #[test]

@@ -188,6 +188,9 @@ fn bad_fields_are_refused_even_when_checksums_match() {
     check(&|b| put_u64(b, e + 24, 0), "is empty, out of order");
     check(&|b| put_u64(b, e + 8, 100), "outside partition 2");
     check(&|b| put_u64(b, e + 8, u64::MAX - 1), "outside partition 2");
+    // Issue 14: file_sector + sectors overflowed (a panic in vboot-attach).
+    let last = e + EXTENT_BYTES;
+    check(&|b| put_u64(b, last, u64::MAX - 2), "/images/child.vhd extent 1 (7 sectors of file sector 18446744073709551613) ends past sector 2^64");
     let path_at = get_u32(&good, layer + l::PATH_OFFSET) as usize;
     check(&|b| b[path_at] = 0xFF, "not UTF-8");
     check(&|b| put_u32(b, r + d::PARENT_DIR_BYTES, 5000), "parent_dir");

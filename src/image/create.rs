@@ -404,6 +404,9 @@ fn write_sparse_extent(file: &mut dyn ImageFile, capacity: u64, descriptor: Opti
     file.flush()
 }
 
+/// The largest VMDK `create` makes.
+const VMDK_MAX_SECTORS: u64 = 1 << 40;
+
 #[allow(clippy::too_many_arguments)]
 fn create_vmdk(
     variant: Variant,
@@ -416,6 +419,11 @@ fn create_vmdk(
     create_other: &mut CreateOther,
 ) -> Result<Vec<String>, ImageError> {
     let sectors = size / SECTOR_BYTES;
+    // What vboot's reader (and a sparse header's fields) takes: see `SparseHeader::parse`. Larger
+    // sizes (a child of a huge parent) would also take gigabytes of tables.
+    if sectors > VMDK_MAX_SECTORS {
+        return Err(invalid(alloc::format!("VMDK images are limited to {} sectors (512 TiB); {} bytes asked", VMDK_MAX_SECTORS, size)));
+    }
     let cid = new_cid(seed);
     if parent.is_some() && !matches!(variant, Variant::VmdkMonolithicSparse | Variant::VmdkTwoGbSparse) {
         return Err(invalid("flat VMDK images cannot have a parent; use vmdk-monolithicSparse or vmdk-twoGbMaxExtentSparse"));
@@ -564,7 +572,7 @@ impl ImageFile for SlackZerosSkipped<'_> {
 pub fn parent_info(layer: &dyn super::Layer, relative_path: &str, absolute_path: &str) -> ParentInfo {
     ParentInfo {
         format: Some(layer.format()),
-        virtual_bytes: layer.virtual_sectors() * SECTOR_BYTES,
+        virtual_bytes: layer.virtual_sectors().saturating_mul(SECTOR_BYTES),
         identity: layer.identity(),
         relative_path: relative_path.to_string(),
         absolute_path: absolute_path.to_string(),

@@ -45,6 +45,10 @@ pub use disk::Disk;
 
 /// Bytes per sector in every format handled here.
 pub const SECTOR_BYTES: u64 = 512;
+/// The largest virtual disk a layer may have: 2^52 sectors (2 EiB), far above what any format
+/// makes (VHD stops below 2 TiB, VMDK near 64 TiB), so that byte counts and the sums made of
+/// them (slack, sizes of children) never overflow a u64. A header that says more is damage.
+pub const MAX_VIRTUAL_SECTORS: u64 = 1 << 52;
 
 /// Why an image could not be opened, read or written. Every variant carries the image's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +202,18 @@ impl ImageFile for Box<dyn ImageFile> {
     }
     fn mtime_unix(&self) -> Option<u64> {
         (**self).mtime_unix()
+    }
+}
+
+/// The check of a file read or written in place through its host extents (the engine's and
+/// vboot-attach's `ExtentFile`, which never grow): `offset_bytes..+len` must lie inside the
+/// file's whole sectors. The sum is checked, not wrapped: an offset near 2^64 comes from a
+/// damaged header (a VHD parent locator) and must be an error like any other out-of-file read.
+pub fn check_in_place(name: &str, offset_bytes: u64, len: usize, size_bytes: u64, detail: &str) -> Result<(), ImageError> {
+    let limit = size_bytes.div_ceil(SECTOR_BYTES).saturating_mul(SECTOR_BYTES);
+    match offset_bytes.checked_add(len as u64) {
+        Some(end) if end <= limit => Ok(()),
+        _ => Err(ImageError::Io { image: name.to_string(), offset_bytes, detail: detail.to_string() }),
     }
 }
 
@@ -528,12 +544,19 @@ pub fn open_layer(
     open_other: &mut dyn FnMut(&str) -> Option<Box<dyn ImageFile>>,
 ) -> Result<Box<dyn Layer>, ImageError> {
     let format = probe(&mut *file)?;
-    Ok(match format {
+    let layer: Box<dyn Layer> = match format {
         Format::Raw => Box::new(raw::RawImage::open(file)?),
         Format::Vhd => Box::new(vhd::VhdImage::open(file)?),
         Format::Vdi => Box::new(vdi::VdiImage::open(file)?),
         Format::Vmdk => Box::new(vmdk::VmdkImage::open(file, open_other)?),
-    })
+    };
+    if layer.virtual_sectors() > MAX_VIRTUAL_SECTORS {
+        return Err(ImageError::corrupt(
+            layer.name(),
+            alloc::format!("a virtual disk of {} sectors is larger than {} (2 EiB)", layer.virtual_sectors(), MAX_VIRTUAL_SECTORS),
+        ));
+    }
+    Ok(layer)
 }
 
 // ---- small byte helpers used by the format modules (bounds-checked: input comes from disk) ----

@@ -61,7 +61,7 @@ pub fn unallocated_bytes(layer: &mut dyn Layer) -> Result<u64, ImageError> {
         }
         sector += n;
     }
-    Ok(unallocated * SECTOR_BYTES)
+    Ok(unallocated.saturating_mul(SECTOR_BYTES))
 }
 
 /// Write slack a leaf should have before boot: what was asked for, but never more than its
@@ -71,8 +71,9 @@ pub fn wanted_bytes(asked_bytes: u64, unallocated_bytes: u64) -> u64 {
     if unallocated_bytes == 0 {
         return 0;
     }
-    let cap = unallocated_bytes + unallocated_bytes / 1024 + (64 << 10);
-    asked_bytes.min(cap).div_ceil(SECTOR_BYTES) * SECTOR_BYTES
+    let cap = unallocated_bytes.saturating_add(unallocated_bytes / 1024).saturating_add(64 << 10);
+    let bytes = asked_bytes.min(cap);
+    bytes.div_ceil(SECTOR_BYTES).checked_mul(SECTOR_BYTES).unwrap_or(bytes / SECTOR_BYTES * SECTOR_BYTES)
 }
 
 /// The bytes a `format` image keeps at the end of its file, which must be at the new end when

@@ -798,3 +798,129 @@ fn tables_pointing_into_metadata_or_each_other_are_refused_at_open() {
     }
     refused(&mut fs, "/m/c.vmdk", "over the image's own header, descriptor or grain tables");
 }
+
+/// A descriptor-only VMDK at `path` with the extent lines `extents`.
+fn vmdk_descriptor(fs: &mut MemFs, path: &str, extents: &str) {
+    let text = alloc::format!("# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n{}\n", extents);
+    fs.files.insert(path.to_string(), Rc::new(RefCell::new(text.into_bytes())));
+}
+
+fn corrupt_message(r: Result<Disk, ImageError>) -> String {
+    match r {
+        Err(ImageError::Corrupt { image, detail }) => alloc::format!("{}: {}", image, detail),
+        Err(e) => panic!("expected a corrupt-image error, got {}", e),
+        Ok(_) => panic!("the image opened"),
+    }
+}
+
+// Issue 14: extent sizes from a descriptor went into `sectors * 512` unchecked.
+#[test]
+fn vmdk_extents_of_2_55_sectors_are_refused() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.files.insert("/v/flat.bin".into(), Rc::new(RefCell::new(vec![0u8; 64 * 512])));
+    vmdk_descriptor(&mut fs, "/v/ok.vmdk", "RW 64 FLAT \"flat.bin\" 0");
+    assert_eq!(fs.disk("/v/ok.vmdk").unwrap().sectors(), 64);
+    // 2^55 sectors of a FLAT file: the byte count overflowed while checking the file's length.
+    vmdk_descriptor(&mut fs, "/v/flat.vmdk", "RW 36028797018963968 FLAT \"flat.bin\" 0");
+    let m = corrupt_message(fs.disk("/v/flat.vmdk"));
+    assert!(m.contains("flat.bin: flat extent of 36028797018963968 sectors at sector 0 is longer than the file (32768 bytes)"), "{}", m);
+    // A ZERO extent is only a number: the image opened, and a snapshot of it (its size in bytes)
+    // overflowed later.
+    vmdk_descriptor(&mut fs, "/v/zero.vmdk", "RW 36028797018963968 ZERO");
+    let m = corrupt_message(fs.disk("/v/zero.vmdk"));
+    assert!(m.contains("/v/zero.vmdk: the extents add up to more than 4503599627370496 sectors (the 36028797018963968 sectors of `ZERO` make it 36028797018963968)"), "{}", m);
+    // Extents that only add up to too much.
+    vmdk_descriptor(&mut fs, "/v/sum.vmdk", "RW 4503599627370000 ZERO\nRW 4503599627370000 ZERO");
+    assert!(corrupt_message(fs.disk("/v/sum.vmdk")).contains("the extents add up to more than"));
+    vmdk_descriptor(&mut fs, "/v/wrap.vmdk", "RW 18446744073709551615 ZERO\nRW 2 ZERO");
+    assert!(corrupt_message(fs.disk("/v/wrap.vmdk")).contains("the extents add up to more than"));
+}
+
+// Issue 14: `take_snapshot=` of a VMDK with a huge ZERO extent. stage2 sizes the child from the
+// parent's bytes (`parent_info`, `metadata_bytes`, `slack::wanted_bytes`, as prepare.rs does);
+// those overflowed, or tried to allocate the tables of an exabyte disk.
+#[test]
+fn a_snapshot_of_a_huge_zero_extent_is_refused_with_a_message() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    vmdk_descriptor(&mut fs, "/v/zero.vmdk", &alloc::format!("RW {} ZERO", MAX_VIRTUAL_SECTORS));
+    let (layers, _) = open_chain("/v/zero.vmdk", &mut fs, &ChainOptions::default()).unwrap();
+    let leaf = &*layers[0];
+    assert_eq!(leaf.virtual_sectors(), 1 << 52);
+    let info = parent_info(leaf, "zero.vmdk", "/v/zero.vmdk");
+    assert_eq!(info.virtual_bytes, 1 << 61);
+    let opts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: 1, now_unix: 1_700_000_000 };
+    match create::metadata_bytes(Variant::VmdkMonolithicSparse, "snap.vmdk", &opts, Some(&info)) {
+        Err(ImageError::Invalid { detail }) => {
+            assert!(detail.contains("VMDK images are limited to 1099511627776 sectors (512 TiB); 2305843009213693952 bytes asked"), "{}", detail)
+        }
+        other => panic!("{:?}", other.map_err(|e| e.to_string())),
+    }
+    // The slack stage2 would ask for: capped, never wrapped.
+    assert_eq!(slack::wanted_bytes(64 << 20, info.virtual_bytes), 64 << 20);
+    assert_eq!(slack::wanted_bytes(u64::MAX, u64::MAX), u64::MAX / 512 * 512);
+    // A layer that reports more than it may (not through open_layer) still gives a size, not a
+    // panic, and `create` refuses it.
+    let too_big = ParentInfo { virtual_bytes: u64::MAX, ..info.clone() };
+    assert!(create::metadata_bytes(Variant::VmdkMonolithicSparse, "snap.vmdk", &opts, Some(&too_big)).is_err());
+}
+
+/// A file read in place through its extents, as the engine's and vboot-attach's `ExtentFile`:
+/// every access goes through `check_in_place` first.
+struct InPlace(Shared);
+
+impl ImageFile for InPlace {
+    fn len_bytes(&self) -> u64 {
+        self.0.len_bytes()
+    }
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        check_in_place(&self.0.name, offset_bytes, buf.len(), self.0.len_bytes(), "read past the end of the file")?;
+        self.0.read_at(offset_bytes, buf)
+    }
+    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
+        check_in_place(&self.0.name, offset_bytes, buf.len(), self.0.len_bytes(), "a boot-time file never grows")?;
+        self.0.write_at(offset_bytes, buf)
+    }
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
+struct InPlaceFs<'a>(&'a mut MemFs);
+
+impl ParentLocator for InPlaceFs<'_> {
+    fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
+        let bytes = self.0.files.get(&chain::normalize(path))?.clone();
+        Some(Box::new(InPlace(Shared { name: chain::normalize(path), bytes, can_grow: false })))
+    }
+    fn list_dir(&mut self, dir: &str) -> Vec<String> {
+        self.0.list_dir(dir)
+    }
+}
+
+// Issue 14: a differencing VHD whose parent locator says it is at byte 2^64 - 16. stage2's
+// reader refused the read; the engine's range check (`offset + len`) overflowed.
+#[test]
+fn a_vhd_parent_locator_near_2_64_is_ignored_in_place() {
+    assert!(check_in_place("f", 512, 512, 1000, "x").is_ok(), "inside the last (partial) sector");
+    assert!(check_in_place("f", 1024, 1, 1000, "x").is_err());
+    match check_in_place("/v/child.vhd", u64::MAX - 15, 100, 1 << 20, "read past the end of the file") {
+        Err(ImageError::Io { image, offset_bytes, detail }) => {
+            assert_eq!((image.as_str(), offset_bytes, detail.as_str()), ("/v/child.vhd", u64::MAX - 15, "read past the end of the file"))
+        }
+        other => panic!("{:?}", other),
+    }
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/v/base.vhd", Variant::VhdDynamic, 4 << 20, 0, None);
+    fs.make("/v/child.vhd", Variant::VhdDynamic, 0, 1 << 20, Some("/v/base.vhd"));
+    {
+        let mut b = fs.files["/v/child.vhd"].borrow_mut();
+        let mut h = vhd::DynHeader::parse(&b[512..1536]).unwrap();
+        assert_ne!(h.locators[0].platform_code, 0);
+        h.locators[0].data_offset = u64::MAX - 15;
+        b[512..1536].copy_from_slice(&h.to_bytes());
+    }
+    let (layers, _) = open_chain("/v/child.vhd", &mut InPlaceFs(&mut fs), &ChainOptions::default()).unwrap();
+    assert_eq!(layers.len(), 2, "the other locator still names the parent");
+    let details = layers[0].details();
+    assert!(details.iter().any(|(k, w)| k == "warning" && w == "parent locator at byte 18446744073709551600 lies outside the file; ignored"), "{:?}", details);
+}

@@ -26,7 +26,7 @@ use alloc::vec::Vec;
 use static_assertions::const_assert_eq;
 
 use super::cache::PieceCache;
-use super::{le_u16, le_u32, le_u64, put, read_u32_table, Format, Identity, ImageError, ImageFile, Layer, Mapping, ParentLink, SECTOR_BYTES};
+use super::{le_u16, le_u32, le_u64, put, read_u32_table, Format, Identity, ImageError, ImageFile, Layer, Mapping, ParentLink, MAX_VIRTUAL_SECTORS, SECTOR_BYTES};
 
 pub const SPARSE_MAGIC: &[u8; 4] = b"KDMV";
 pub const GD_AT_END: u64 = 0xFFFF_FFFF_FFFF_FFFF;
@@ -559,7 +559,7 @@ impl VmdkImage {
                             ExtentKind::Sparse { file: idx, sparse: open_sparse(&mut *f, header, line.sectors)? }
                         } else {
                             let offset_bytes = line.offset_sectors.saturating_mul(SECTOR_BYTES);
-                            if offset_bytes.saturating_add(line.sectors * SECTOR_BYTES) > f.len_bytes() {
+                            if offset_bytes.saturating_add(line.sectors.saturating_mul(SECTOR_BYTES)) > f.len_bytes() {
                                 return Err(ImageError::corrupt(f.name(), alloc::format!("flat extent of {} sectors at sector {} is longer than the file ({} bytes)", line.sectors, line.offset_sectors, f.len_bytes())));
                             }
                             ExtentKind::Flat { file: idx, offset_bytes }
@@ -570,7 +570,11 @@ impl VmdkImage {
                     other => return Err(ImageError::unsupported(&name, alloc::format!("extent type {}", other))),
                 };
                 extents.push(Extent { start_sector: start, sectors: line.sectors, kind });
-                start = start.checked_add(line.sectors).ok_or_else(|| ImageError::corrupt(&name, "extent sizes overflow"))?;
+                // Every sector must have a byte offset (2^64 bytes): a larger disk is damage, and
+                // its byte counts would overflow (a ZERO extent is only a number).
+                start = start.checked_add(line.sectors).filter(|&s| s <= MAX_VIRTUAL_SECTORS).ok_or_else(|| {
+                    ImageError::corrupt(&name, alloc::format!("the extents add up to more than {} sectors (the {} sectors of `{}` make it {})", MAX_VIRTUAL_SECTORS, line.sectors, line.kind, start as u128 + line.sectors as u128))
+                })?;
             }
             if extents.is_empty() {
                 return Err(ImageError::corrupt(&name, "descriptor lists no extents"));

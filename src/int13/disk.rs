@@ -103,8 +103,8 @@ impl<D: BlockDevice> BlockDisk<D> {
     fn transfer_chunk(&mut self, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64, writing: bool)
         -> Result<(), DiskError> {
         let bytes = count as usize * self.block_bytes as usize;
-        let first_sector = lba * self.sectors_per_block();
         let fail = |status| DiskError { done_blocks: 0, status };
+        let first_sector = lba.checked_mul(self.sectors_per_block()).ok_or(fail(Status::SECTOR_NOT_FOUND))?;
         let buf = self.bounce.get_mut(..bytes).ok_or(fail(Status::INVALID))?;
         if writing {
             mem.read(buf_linear, buf).map_err(|_| fail(MEMORY_UNREACHABLE))?;

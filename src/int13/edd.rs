@@ -112,7 +112,14 @@ impl DiskAddressPacket {
                 }
                 super::memory::linear(self.buffer_segment, self.buffer_offset)
             }
-            DapForm::Flat | DapForm::Long => self.flat_buffer,
+            DapForm::Flat | DapForm::Long => {
+                // A flat buffer must end inside the 64-bit address space: near 2^64 the
+                // transfer's addresses would wrap (memdisk answers unreachable buffers with 09h).
+                if self.flat_buffer.checked_add(count as u64 * block_bytes as u64).is_none() {
+                    return Err(Status::BOUNDARY_ERROR);
+                }
+                self.flat_buffer
+            }
         };
         Ok(DapRequest { form, lba: self.lba, count, buffer_linear, packet_linear })
     }

@@ -2,6 +2,7 @@
 //! or `Err(status)` (CF=1, AH=status) and changes only the registers it defines as outputs.
 
 use super::chs::ChsAddress;
+use super::disk::MEMORY_UNREACHABLE;
 use super::drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, ElToritoBoot};
 use super::edd::{self, DiskAddressPacket, DriveParameters};
 use super::memory::{bda, GuestMemory};
@@ -292,6 +293,9 @@ fn chs_access(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory,
         Some(end) if end <= limit => {}
         _ => return Err(Status::SECTOR_NOT_FOUND),
     }
+    if op != Op::Verify && mem.check_buffer(regs.es_bx_linear(), count as u64 * drive.disk.block_bytes() as u64).is_err() {
+        return Err(MEMORY_UNREACHABLE);
+    }
     let result = match op {
         Op::Read => drive.disk.read(lba, count as u32, mem, regs.es_bx_linear()),
         Op::Write if drive.disk.read_only() => return Err(Status::WRITE_PROTECTED),
@@ -325,7 +329,15 @@ fn extended_access(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMe
     }
     let total = drive.disk.block_count();
     let in_range = total.saturating_sub(req.lba).min(req.count as u64) as u32;
+    let bytes = in_range as u64 * drive.disk.block_bytes() as u64;
+    if op != Op::Verify && mem.check_buffer(req.buffer_linear, bytes).is_err() {
+        req.write_back_count(mem, 0);
+        return Err(MEMORY_UNREACHABLE);
+    }
     let result = match op {
+        // Nothing inside the disk: the disk is not asked at all (an LBA near 2^64 would
+        // overflow its own sector arithmetic).
+        _ if in_range == 0 => Ok(()),
         Op::Read => drive.disk.read(req.lba, in_range, mem, req.buffer_linear),
         Op::Write => drive.disk.write(req.lba, in_range, mem, req.buffer_linear),
         Op::Verify => Ok(()),

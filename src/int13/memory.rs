@@ -34,6 +34,31 @@ pub trait GuestMemory {
     fn is_physical(&self) -> bool {
         false
     }
+    /// Whether `linear..linear+bytes` may be a disk transfer's buffer at all, asked once before
+    /// the transfer starts (a disk may DMA straight into physical memory, past `write`). The
+    /// resident engine refuses vboot's own memory ([`check_guest_range`]).
+    fn check_buffer(&self, linear: u64, bytes: u64) -> Result<(), MemoryError> {
+        let _ = (linear, bytes);
+        Ok(())
+    }
+}
+
+/// Whether the guest may have vboot touch `linear..linear+bytes`: it must end at or below
+/// `limit` (what the engine can address) and overlap none of `reserved`, each `(base, length)`:
+/// vboot's own memory (the resident engine with its heap and the hand-off table, and the stub),
+/// which the guest's memory map hides. A transfer there would overwrite the engine serving it
+/// (or hand its heap to a disk write), so the call fails instead.
+pub fn check_guest_range(linear: u64, bytes: u64, limit: u64, reserved: &[(u64, u64)]) -> Result<(), MemoryError> {
+    let err = MemoryError { linear, bytes: usize::try_from(bytes).unwrap_or(usize::MAX) };
+    let end = linear.checked_add(bytes).ok_or(err)?;
+    if end > limit {
+        return Err(err);
+    }
+    let overlaps = |&(base, length): &(u64, u64)| bytes != 0 && linear < base.saturating_add(length) && base < end;
+    if reserved.iter().any(overlaps) {
+        return Err(err);
+    }
+    Ok(())
 }
 
 impl<T: GuestMemory + ?Sized> GuestMemory for &mut T {
@@ -45,6 +70,9 @@ impl<T: GuestMemory + ?Sized> GuestMemory for &mut T {
     }
     fn is_physical(&self) -> bool {
         (**self).is_physical()
+    }
+    fn check_buffer(&self, linear: u64, bytes: u64) -> Result<(), MemoryError> {
+        (**self).check_buffer(linear, bytes)
     }
 }
 
@@ -173,6 +201,26 @@ mod tests {
         assert!(m.write(14, &[1, 2]).is_ok());
         assert!(m.write(15, &[1, 2]).is_err());
         assert!(m.read(u64::MAX, &mut [0u8; 1]).is_err());
+    }
+
+    #[test]
+    fn guest_ranges_stay_out_of_vboot_memory_and_below_the_limit() {
+        let vboot = [(0x9_F000, 0x1000), (0x7F0_0000, 0x10_0000)];
+        let ok = |linear: u64, bytes: u64| check_guest_range(linear, bytes, 1 << 32, &vboot).is_ok();
+        assert!(ok(0x7C00, 512));
+        assert!(ok(0x9_EE00, 0x200), "ends right where the stub starts");
+        assert!(!ok(0x9_EE00, 0x201));
+        assert!(!ok(0x9_FFFF, 1));
+        assert!(ok(0xA_0000, 0x1000), "starts right after the stub");
+        assert!(!ok(0x7E0_0000, 0x20_0000), "covers the engine");
+        assert!(!ok(0x7F8_0000, 16), "inside the engine");
+        assert!(ok(0x7C00, 0) && ok(0x7F8_0000, 0), "an empty buffer touches nothing");
+        assert!(ok(0xFFFF_F000, 0x1000) && !ok(0xFFFF_F000, 0x1001), "the engine reaches 4 GiB, no more");
+        assert_eq!(
+            check_guest_range(u64::MAX - 0xFF, 0x200, u64::MAX, &[]),
+            Err(MemoryError { linear: u64::MAX - 0xFF, bytes: 0x200 }),
+            "a range past 2^64 does not wrap"
+        );
     }
 
     #[test]

@@ -49,7 +49,7 @@ use core::fmt;
 pub use chs::{Chs, ChsAddress, FloppyFormat};
 pub use disk::{BlockDisk, DiskError, EmulatedDisk};
 pub use drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
-pub use memory::{bda, linear, GuestMemory, MemoryError, VecMemory};
+pub use memory::{bda, check_guest_range, linear, GuestMemory, MemoryError, VecMemory};
 pub use regs::Regs;
 
 /// An INT 13h status code: AH on return, and the byte kept at 0040:0074 / 0040:0041.

@@ -1516,3 +1516,190 @@ fn floppy_b_alone_is_counted_as_the_second_drive() {
     let mut r = regs(0x02, 0x00);
     assert_eq!(call(&mut set, &mut r, &mut m), Outcome::PassThrough { dl: 0x00 });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 14: guest registers that halted the engine, and buffers in vboot's own memory
+
+/// An emulated disk that logs every transfer it is asked for.
+struct Logged {
+    inner: Box<dyn EmulatedDisk>,
+    calls: alloc::rc::Rc<core::cell::RefCell<Vec<(u64, u32)>>>,
+}
+
+impl EmulatedDisk for Logged {
+    fn block_count(&self) -> u64 {
+        self.inner.block_count()
+    }
+    fn block_bytes(&self) -> u32 {
+        self.inner.block_bytes()
+    }
+    fn geometry(&self) -> Option<Chs> {
+        self.inner.geometry()
+    }
+    fn read_only(&self) -> bool {
+        self.inner.read_only()
+    }
+    fn read(&mut self, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf: u64) -> Result<(), DiskError> {
+        self.calls.borrow_mut().push((lba, count));
+        self.inner.read(lba, count, mem, buf)
+    }
+    fn write(&mut self, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf: u64) -> Result<(), DiskError> {
+        self.calls.borrow_mut().push((lba, count));
+        self.inner.write(lba, count, mem, buf)
+    }
+}
+
+#[test]
+fn cd_read_at_an_lba_past_2_62_never_reaches_the_disk() {
+    // The engine's disk turns CD blocks into sectors (lba * 4): asked for 0 blocks at LBA 2^62,
+    // it overflowed and the engine stopped. Nothing in range must mean no call at all.
+    let calls = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+    let cd = BlockDisk::new(pattern_disk(4 * 40), 2048, None, true).unwrap();
+    let mut set = DriveSet::new();
+    set.add(0xE0, cd_kind(), Box::new(Logged { inner: Box::new(cd), calls: calls.clone() })).unwrap();
+    let mut m = machine();
+    for lba in [1u64 << 62, u64::MAX, 40] {
+        let mut r = ext_regs(0x42, 0xE0);
+        put_dap(&mut m, &mut r, 4, 0x1000, 0, lba);
+        call(&mut set, &mut r, &mut m);
+        assert_err(&r, Status::SECTOR_NOT_FOUND);
+        assert_eq!(dap_count(&mut m), 0);
+    }
+    assert!(calls.borrow().is_empty(), "the disk was asked for {:?}", calls.borrow());
+    let mut r = ext_regs(0x42, 0xE0);
+    put_dap(&mut m, &mut r, 4, 0x1000, 0, 38);
+    call(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::SECTOR_NOT_FOUND);
+    assert_eq!((dap_count(&mut m), calls.borrow().clone()), (2, alloc::vec![(38, 2)]), "the part inside the disk is still read");
+}
+
+#[test]
+fn a_flat_buffer_that_wraps_past_2_64_is_09h() {
+    // A flat buffer 32 KiB below 2^64 with a 127-sector read: the buffer's end wrapped, and the
+    // engine's transfer (`linear + done * 512`) overflowed. The disk must not be asked at all.
+    let calls = alloc::rc::Rc::new(core::cell::RefCell::new(Vec::new()));
+    let mut set = hdd_set(Box::new(Logged { inner: block_disk(pattern_disk(256), None, false), calls: calls.clone() }));
+    calls.borrow_mut().clear(); // the geometry probe's read of sector 0
+    let mut m = machine();
+    // Up to one ending exactly at 2^64: all refused before the disk is asked, the count left as
+    // given (as for a seg:off buffer over 64 KiB).
+    for (count, flat) in [(127u8, u64::MAX - 0x8000), (1, u64::MAX - 0x1FE), (0x7F, u64::MAX), (1, u64::MAX - 0x1FF)] {
+        let mut r = ext_regs(0x42, 0x80);
+        let mut p = [0u8; 0x18];
+        p[0] = 0x18;
+        p[2] = count;
+        p[4..8].copy_from_slice(&[0xFF; 4]);
+        p[16..24].copy_from_slice(&flat.to_le_bytes());
+        m.write(DAP, &p).unwrap();
+        r.ds = (DAP >> 4) as u16;
+        r.set_si(0);
+        call(&mut set, &mut r, &mut m);
+        assert_err(&r, Status::BOUNDARY_ERROR);
+        assert_eq!(dap_count(&mut m), count as u16);
+        assert!(calls.borrow().is_empty(), "{:#x}: the disk was asked for {:?}", flat, calls.borrow());
+    }
+}
+
+/// Guest memory as the engine sees it: vboot's ranges (the stub, the engine) are refused
+/// through `check_guest_range`, as `FlatMemory` does.
+struct EngineMemory {
+    inner: VecMemory,
+    vboot: Vec<(u64, u64)>,
+}
+
+impl GuestMemory for EngineMemory {
+    fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), super::MemoryError> {
+        super::check_guest_range(linear, buf.len() as u64, MEM_BYTES as u64, &self.vboot)?;
+        self.inner.read(linear, buf)
+    }
+    fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), super::MemoryError> {
+        super::check_guest_range(linear, buf.len() as u64, MEM_BYTES as u64, &self.vboot)?;
+        self.inner.write(linear, buf)
+    }
+    fn check_buffer(&self, linear: u64, bytes: u64) -> Result<(), super::MemoryError> {
+        super::check_guest_range(linear, bytes, MEM_BYTES as u64, &self.vboot)
+    }
+}
+
+const STUB: (u64, u64) = (0x9_F000, 0x1000);
+const ENGINE: (u64, u64) = (0x1C_0000, 0x2_0000);
+
+fn engine_memory() -> EngineMemory {
+    let mut inner = machine();
+    for (base, len) in [STUB, ENGINE] {
+        inner.bytes[base as usize..(base + len) as usize].fill(0x5A);
+    }
+    EngineMemory { inner, vboot: alloc::vec![STUB, ENGINE] }
+}
+
+fn vboot_memory_untouched(m: &EngineMemory) -> bool {
+    [STUB, ENGINE].iter().all(|&(base, len)| m.inner.bytes[base as usize..(base + len) as usize].iter().all(|&b| b == 0x5A))
+}
+
+fn dap_in(m: &mut EngineMemory, r: &mut Regs, count: u16, seg: u16, off: u16, lba: u64, flat: Option<u64>) {
+    let mut p = [0u8; 0x18];
+    p[0] = if flat.is_some() { 0x18 } else { 0x10 };
+    p[2..4].copy_from_slice(&count.to_le_bytes());
+    p[4..6].copy_from_slice(&off.to_le_bytes());
+    p[6..8].copy_from_slice(&seg.to_le_bytes());
+    p[8..16].copy_from_slice(&lba.to_le_bytes());
+    p[16..24].copy_from_slice(&flat.unwrap_or(0).to_le_bytes());
+    m.write(DAP, &p).unwrap();
+    r.ds = (DAP >> 4) as u16;
+    r.set_si(0);
+}
+
+#[test]
+fn buffers_in_vboot_memory_are_refused_with_09h() {
+    let disk = pattern_disk(SMALL_SECTORS);
+    let mut set = hdd_set(block_disk(disk.clone(), Some(SMALL), false));
+    let mut m = engine_memory();
+    let two_sectors_before_stub = linear(0x9EC0, 0);
+    // CHS read whose second sector lands on the stub: refused whole, AL = 0.
+    let mut r = chs_regs(0x02, 3, SMALL.from_lba(5).unwrap());
+    r.es = (two_sectors_before_stub >> 4) as u16;
+    handle(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::BOUNDARY_ERROR);
+    assert_eq!(r.al(), 0);
+    // Ending right where the stub starts is fine.
+    let mut r = chs_regs(0x02, 2, SMALL.from_lba(5).unwrap());
+    r.es = (two_sectors_before_stub >> 4) as u16;
+    handle(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(&m.inner.bytes[0x9_EC00..0x9_EE00], &sector_of(&disk, 5)[..]);
+    // AH=42h: a seg:off buffer on the stub, a flat one inside the engine; nothing counted.
+    let mut r = ext_regs(0x42, 0x80);
+    dap_in(&mut m, &mut r, 4, 0x9F00, 0x0100, 0, None);
+    handle(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::BOUNDARY_ERROR);
+    assert_eq!(u16::from_le_bytes([m.inner.bytes[DAP as usize + 2], m.inner.bytes[DAP as usize + 3]]), 0);
+    let mut r = ext_regs(0x42, 0x80);
+    dap_in(&mut m, &mut r, 8, 0xFFFF, 0xFFFF, 0, Some(ENGINE.0 + 0x1000));
+    handle(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::BOUNDARY_ERROR);
+    // AH=43h from the engine's heap would write vboot's memory into the image.
+    let mut r = ext_regs(0x43, 0x80);
+    dap_in(&mut m, &mut r, 2, 0xFFFF, 0xFFFF, 7, Some(ENGINE.0 - 512));
+    handle(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::BOUNDARY_ERROR);
+    assert_eq!(set.drives().len(), 1);
+    // The packet or the AH=48h result buffer in the stub: 01h, as for any unreadable packet.
+    let mut r = ext_regs(0x42, 0x80);
+    r.ds = (STUB.0 >> 4) as u16;
+    r.set_si(0);
+    handle(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::INVALID);
+    let mut r = ext_regs(0x48, 0x80);
+    r.ds = (STUB.0 >> 4) as u16;
+    r.set_si(0x10);
+    handle(&mut set, &mut r, &mut m);
+    assert_err(&r, Status::INVALID);
+    assert!(vboot_memory_untouched(&m));
+    // A flat buffer just past the engine works.
+    let mut r = ext_regs(0x42, 0x80);
+    dap_in(&mut m, &mut r, 1, 0xFFFF, 0xFFFF, 9, Some(ENGINE.0 + ENGINE.1));
+    handle(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    let at = (ENGINE.0 + ENGINE.1) as usize;
+    assert_eq!(&m.inner.bytes[at..at + 512], &sector_of(&disk, 9)[..]);
+}

@@ -182,7 +182,8 @@ pub fn take_snapshot(
     let base_name = chain::basename(&snap.path).to_string();
     let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("take_snapshot: {}", e))?;
     // The child starts empty: all of the virtual disk is left to allocate.
-    let size = meta + slack::wanted_bytes(reserve, leaf.virtual_sectors() * 512);
+    // Saturating: a damaged parent's size must not wrap (create_file then refuses the size).
+    let size = meta.saturating_add(slack::wanted_bytes(reserve, leaf.virtual_sectors().saturating_mul(512)));
     drop(layers);
     let edit = plan_config_edit(disk, table, loaded, booted, opts, snap, snap_partition)?;
 

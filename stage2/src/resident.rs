@@ -306,6 +306,7 @@ pub(crate) fn go_resident(
         // stage2's bounce buffer is idle while engine_init runs (stage2 makes no BIOS call then).
         init_bounce_linear: bios::BOUNCE_ADDR,
         init_bounce_bytes: bios::BOUNCE_BYTES as u32,
+        vboot_ranges: Vec::new(),
     };
     // The plan's own size depends on the map it carries; size it with the final entry count.
     let plan_estimate = plan.to_bytes().len() as u32 + (e820.len() as u32 + 4) * 20 + 4096;
@@ -349,6 +350,8 @@ pub(crate) fn go_resident(
     let mut guest_map = plan_mod::reserve(&e820, region as u64, total as u64);
     guest_map = plan_mod::reserve(&guest_map, stub_linear as u64, (stub_kib * 1024) as u64);
     plan.memory_map = guest_map;
+    // The engine refuses guest buffers here (the estimate's 4 KiB margin holds these 36 bytes).
+    plan.vboot_ranges = alloc::vec![(region as u64, total as u64), (stub_linear as u64, (stub_kib * 1024) as u64)];
     let plan_bytes = plan.to_bytes();
     if plan_bytes.len() as u32 > ((plan_estimate + 0xFFF) & !0xFFF) {
         return Err(String::from("internal: the plan outgrew its room"));

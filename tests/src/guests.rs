@@ -1011,6 +1011,29 @@ pub fn make_iso(tree: &Path, iso: &Path, boot_args: &[&str]) -> PathBuf {
     iso.to_path_buf()
 }
 
+/// A CD whose no-emulation boot image (4 sectors at 0000:7C00) is the hostile-register guest
+/// (tests/guest-probe/hostile.s): INT 13h calls on its own drive that used to stop or corrupt
+/// the resident engine must each fail with their status, then a plain read must work; it prints
+/// HOSTILE DONE and ends QEMU with 33.
+pub fn hostile_iso(dir: &Path) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let build = dir.join("hostile-build");
+    std::fs::create_dir_all(&build).unwrap();
+    let obj = build.join("hostile.o");
+    let bin = build.join("hostile.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/hostile.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let mut code = std::fs::read(&bin).unwrap();
+    assert!(code.len() <= 2048, "the hostile guest is {} bytes; the catalog loads 2048", code.len());
+    code.resize(2048, 0);
+    let tree = dir.join("hostile-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("hostile.bin"), code).unwrap();
+    make_iso(&tree, &dir.join("hostile.iso"), &["-b", "hostile.bin", "-c", "boot.cat", "-no-emul-boot", "-boot-load-size", "4"])
+}
+
 pub const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
 pub const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 

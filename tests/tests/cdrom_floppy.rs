@@ -39,6 +39,20 @@ fn isolinux_cd_boots_and_reads_its_files_through_the_hook() {
     assert!(!out.contains("Image checksum error") && !out.contains("No boot info table"), "{}", out);
 }
 
+/// Issue 14: INT 13h calls whose registers used to stop the engine (a CD block number near
+/// 2^64, a flat buffer that wraps past 2^64) or let the BIOS write over the stub (a buffer
+/// overlapping it) each fail with their status, and the engine serves the next call.
+#[test]
+fn hostile_int13_calls_on_the_cd_fail_and_the_engine_goes_on() {
+    let dir = TempDir::new("cd-hostile");
+    let iso = guests::hostile_iso(&dir.path);
+    let host = vboot_host(&dir, 64, &boot_cfg("cdrom=/hostile.iso"), &[HostImage { path: "/hostile.iso", file: &iso, pieces: 2 }]);
+    boot_expecting(
+        &host.disk,
+        &["HOSTILE start", "CALL 1: CF=1 AH=04", "CALL 2: CF=1 AH=09", "CALL 3: CF=1 AH=09", "READ: OK", "HOSTILE DONE"],
+    );
+}
+
 /// ISOLINUX loads Debian's kernel and an initramfs (about 10 MiB) from the ISO through the hook,
 /// and Linux starts.
 #[test]

@@ -183,3 +183,72 @@ fn works_on_disks_made_by_fdisk_and_sgdisk() {
     assert!(verify.contains("No problems found"), "{}", verify);
     assert!(vboot_install(&["uninstall", gpt.to_str().unwrap()]).0);
 }
+
+/// `uninstall` with a stale record must refuse and write nothing, naming what is wrong.
+fn assert_uninstall_refused(disk: &Path, expect: &str) {
+    let before = read(disk);
+    let (ok, out) = vboot_install(&["uninstall", disk.to_str().unwrap()]);
+    assert!(!ok, "uninstall should have been refused; output:\n{}", out);
+    assert!(out.contains("refusing to uninstall") && out.contains("nothing was written"), "{}", out);
+    assert!(out.contains(expect), "message should mention {:?}:\n{}", expect, out);
+    assert!(read(disk) == before, "a refused uninstall changed the disk");
+}
+
+/// Issue 14: `uninstall` zeroed the sectors its install record names without checking them.
+#[test]
+fn uninstall_refuses_a_stale_install_record() {
+    let dir = TempDir::new("inst-stale");
+    let disk = disk_with_foreign_boot_code(&dir);
+    assert!(vboot_install(&["install", disk.to_str().unwrap()]).0);
+    let installed = read(&disk);
+    let stage2_sectors = u32::from_le_bytes(installed[512 + 20..512 + 24].try_into().unwrap()) as usize;
+
+    // The disk was repartitioned: partition 1 now starts at sector 63, inside stage2, and holds
+    // a filesystem's data there.
+    disk::sfdisk(&disk, "label: dos\nstart=63, size=40000, type=c, bootable\n");
+    let mut bytes = read(&disk);
+    bytes[63 * 512..64 * 512].fill(0xF6);
+    std::fs::write(&disk, &bytes).unwrap();
+    assert_uninstall_refused(&disk, "partition 1 now starts at sector 63, inside them");
+
+    // Partitions as before, but something wrote over the middle of stage2.
+    std::fs::write(&disk, &installed).unwrap();
+    let mut bytes = installed.clone();
+    bytes[(3 + 100) * 512..(3 + 101) * 512].fill(0xEE);
+    std::fs::write(&disk, &bytes).unwrap();
+    assert_uninstall_refused(&disk, "not the");
+    assert!(vboot_install(&["uninstall", disk.to_str().unwrap()]).1.contains("CRC-32"));
+
+    // Another boot loader's core image over stage2's first sector.
+    let mut bytes = installed.clone();
+    bytes[3 * 512..4 * 512].fill(0x90);
+    std::fs::write(&disk, &bytes).unwrap();
+    assert_uninstall_refused(&disk, "sector 3 holds no vboot stage2");
+
+    // The engine after stage2 damaged.
+    let mut bytes = installed.clone();
+    let engine = (3 + stage2_sectors + 5) * 512;
+    bytes[engine..engine + 512].fill(0x11);
+    std::fs::write(&disk, &bytes).unwrap();
+    assert_uninstall_refused(&disk, "is damaged or not the one recorded");
+
+    // Untouched, it still uninstalls.
+    std::fs::write(&disk, &installed).unwrap();
+    let (ok, out) = vboot_install(&["uninstall", disk.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+}
+
+#[test]
+fn uninstall_on_gpt_refuses_a_record_outside_the_bios_boot_partition() {
+    let dir = TempDir::new("inst-stale-gpt");
+    let gpt = dir.join("gpt.img");
+    disk::blank(&gpt, 32);
+    disk::sgdisk(&gpt, &["-n", "1:0:+1M", "-t", "1:ef02", "-n", "2:0:0", "-t", "2:0700"]);
+    assert!(vboot_install(&["install", gpt.to_str().unwrap()]).0);
+    // The BIOS boot partition became an ordinary one (a data partition over vboot's sectors).
+    disk::sgdisk(&gpt, &["-t", "1:0700"]);
+    assert_uninstall_refused(&gpt, "no longer inside a BIOS boot partition");
+    disk::sgdisk(&gpt, &["-t", "1:ef02"]);
+    let (ok, out) = vboot_install(&["uninstall", gpt.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+}

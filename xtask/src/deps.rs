@@ -1,5 +1,7 @@
-//! Install what the build and the tests need on a fresh machine: the nightly's rust-src and the
-//! Debian packages. As root it installs them; otherwise it says which ones to install.
+//! Install what the build and the tests need on a fresh machine: the nightly's rust-src, the
+//! stable toolchain's i686 standard library (the core's unit tests also run as 32-bit code, as
+//! the firmware is) and the Debian packages. As root it installs them; otherwise it says which
+//! ones to install.
 
 use crate::run;
 use std::path::Path;
@@ -16,6 +18,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/mcopy", "mtools"),
     ("/usr/bin/objcopy", "binutils"),
     ("/usr/bin/as", "binutils"),
+    // Links the i686 unit-test binary (32-bit crt files and libgcc); see I686_TARGET.
+    ("/usr/lib32/crt1.o", "gcc-multilib"),
     ("/usr/sbin/fsck.fat", "dosfstools"),
     ("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin"),
     ("/usr/bin/grub-mkimage", "grub-common"),
@@ -43,8 +47,13 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/sbin/debootstrap", "debootstrap"),
 ];
 
+/// The core library's unit tests run for this target too (`cargo xtask test`): the firmware is
+/// 32-bit, so `usize` overflows only show there.
+pub const I686_TARGET: &str = "i686-unknown-linux-gnu";
+
 pub fn ensure_all() -> Result<(), String> {
     ensure_rust_src()?;
+    ensure_i686_target()?;
     ensure_debian_packages()
 }
 
@@ -58,6 +67,21 @@ fn ensure_rust_src() -> Result<(), String> {
     }
     eprintln!("xtask: adding the rust-src component to the nightly toolchain");
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The i686 standard library for the host toolchain (the one `rust-toolchain.toml` selects in
+/// the workspace), downloaded by rustup.
+fn ensure_i686_target() -> Result<(), String> {
+    let out = Command::new("rustup")
+        .current_dir(crate::root())
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("cannot run rustup: {}", e))?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == I686_TARGET) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {} target to the host toolchain", I686_TARGET);
+    run(Command::new("rustup").current_dir(crate::root()).args(["target", "add", I686_TARGET]))
 }
 
 /// Debian's qemu-system-x86 conflicts with a newer qemu-utils that a machine may come with: apt

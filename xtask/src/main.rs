@@ -2,7 +2,8 @@
 //!
 //! - `build`  stage1 + stage2 (nightly, -Zbuild-std) into target/vboot/, host tools into
 //!            target/release/
-//! - `test`   installs what is missing, builds, then runs every test (host and QEMU)
+//! - `test`   installs what is missing, builds, then runs every test (host and QEMU), the core's
+//!            unit tests also as i686 code (`test-i686` runs only those)
 //! - `demo`   installs what is missing, builds, makes a host disk with images, installs vboot
 //!            with vboot-install and boots it in QEMU
 //! - `bench`  the yardsticks of DESIGN.md §6
@@ -20,10 +21,11 @@ use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|build-faults|test|demo|demo-debian|bench|deps> [options]\n\
+        "usage: cargo xtask <build|build-faults|test|test-i686|demo|demo-debian|bench|deps> [options]\n\
          \n\
          build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
+         test-i686        only the core library's unit tests as 32-bit code, with overflow checks\n\
          demo [--kvm] [--interactive]\n\
                           build a host disk with images, install vboot on it, boot it in QEMU\n\
          bench [--kvm]    measure size, memory and speed figures\n\
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         "build-faults" => firmware::build_fault_firmware(),
         "deps" => deps::ensure_all(),
         "test" => test(rest),
+        "test-i686" => deps::ensure_all().and_then(|_| test_core_i686()),
         "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),
         "bench" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| bench(rest)),
         "demo-debian" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| {
@@ -81,9 +84,25 @@ fn main() -> ExitCode {
 fn test(extra: &[String]) -> Result<(), String> {
     deps::ensure_all()?;
     firmware::build_all()?;
+    test_core_i686()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--workspace", "--release"]).args(extra);
     run(&mut cmd)
+}
+
+/// The core library's unit tests as 32-bit code with overflow checks, like the firmware runs it:
+/// on the 64-bit host a `usize` never overflows where stage2's does. Its own target directory
+/// (`target/i686-unknown-linux-gnu/`) keeps the host build untouched by the flags.
+fn test_core_i686() -> Result<(), String> {
+    let started = std::time::Instant::now();
+    run(Command::new("cargo")
+        .current_dir(root())
+        // The dev profile: it builds in a third of the release time and keeps debug assertions;
+        // overflow checks are on there anyway, RUSTFLAGS says so explicitly.
+        .args(["test", "--package", "vboot", "--lib", "--features", "std", "--target", deps::I686_TARGET])
+        .env("RUSTFLAGS", "-C overflow-checks=on"))?;
+    eprintln!("xtask: i686 unit tests took {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {

@@ -48,9 +48,7 @@ impl ImageFile for ExtentFile {
     }
 
     fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        if offset_bytes.checked_add(buf.len() as u64).map_or(true, |end| end > self.size_bytes.div_ceil(512) * 512) {
-            return Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: "read past the end of the file".into() });
-        }
+        vboot::image::check_in_place(&self.name, offset_bytes, buf.len(), self.size_bytes, "read past the end of the file")?;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset_bytes + done as u64;
@@ -75,9 +73,7 @@ impl ImageFile for ExtentFile {
     }
 
     fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
-        if offset_bytes + buf.len() as u64 > self.size_bytes.div_ceil(512) * 512 {
-            return Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: "a boot-time file never grows".into() });
-        }
+        vboot::image::check_in_place(&self.name, offset_bytes, buf.len(), self.size_bytes, "a boot-time file never grows")?;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset_bytes + done as u64;

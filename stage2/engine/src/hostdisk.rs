@@ -171,7 +171,9 @@ impl RawFile {
     /// `count` guest blocks from block `lba`, in 512-byte sectors underneath.
     fn transfer(&mut self, write: bool, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64) -> Result<(), DiskError> {
         let spb = self.sectors_per_block;
-        self.transfer_sectors(write, lba * spb, count as u64 * spb, mem, buf_linear)
+        // A CD block number near 2^64 (the guest's registers) has no sector number.
+        let first = lba.checked_mul(spb).ok_or(DiskError { done_blocks: 0, status: Status::SECTOR_NOT_FOUND })?;
+        self.transfer_sectors(write, first, count as u64 * spb, mem, buf_linear)
             .map_err(|e| DiskError { done_blocks: (e.done_blocks as u64 / spb) as u32, status: e.status })
     }
 

@@ -60,6 +60,8 @@ pub static engine_header: EngineHeader = EngineHeader {
 struct State {
     drives: DriveSet<'static>,
     memory_map: Vec<E820Entry>,
+    /// vboot's own memory (this engine's range and the stub), from the plan.
+    vboot_ranges: Vec<(u64, u64)>,
 }
 
 static mut STATE: Option<State> = None;
@@ -70,26 +72,39 @@ fn state() -> &'static mut State {
     unsafe { STATE.as_mut().unwrap_or_else(|| panic!("engine used before engine_init")) }
 }
 
-/// Guest memory: the engine runs with flat segments, so linear addresses are pointers.
-pub struct FlatMemory;
+/// Guest memory: the engine runs with flat segments, so linear addresses are pointers. Anything
+/// past 4 GiB or inside vboot's own memory (`vboot`: the engine and the stub) is refused.
+pub struct FlatMemory<'a> {
+    pub vboot: &'a [(u64, u64)],
+}
 
-impl GuestMemory for FlatMemory {
+const FLAT_LIMIT: u64 = 0x1_0000_0000;
+
+/// Guest memory with vboot's ranges from the plan (none before `engine_init` stored them); for
+/// the recovery path, which has no state at hand.
+#[allow(static_mut_refs)]
+pub fn guest_memory() -> FlatMemory<'static> {
+    // SAFETY: single-threaded; the ranges are written once by engine_init and never change.
+    let vboot = unsafe { STATE.as_ref() }.map_or(&[][..], |s| s.vboot_ranges.as_slice());
+    FlatMemory { vboot }
+}
+
+impl GuestMemory for FlatMemory<'_> {
     fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        if linear.checked_add(buf.len() as u64).is_none_or(|end| end > 0x1_0000_0000) {
-            return Err(MemoryError { linear, bytes: buf.len() });
-        }
+        int13::check_guest_range(linear, buf.len() as u64, FLAT_LIMIT, self.vboot)?;
         unsafe { core::ptr::copy_nonoverlapping(linear as usize as *const u8, buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
     fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), MemoryError> {
-        if linear.checked_add(buf.len() as u64).is_none_or(|end| end > 0x1_0000_0000) {
-            return Err(MemoryError { linear, bytes: buf.len() });
-        }
+        int13::check_guest_range(linear, buf.len() as u64, FLAT_LIMIT, self.vboot)?;
         unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), linear as usize as *mut u8, buf.len()) };
         Ok(())
     }
     fn is_physical(&self) -> bool {
         true
+    }
+    fn check_buffer(&self, linear: u64, bytes: u64) -> Result<(), MemoryError> {
+        int13::check_guest_range(linear, bytes, FLAT_LIMIT, self.vboot)
     }
 }
 
@@ -206,8 +221,8 @@ fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
         // table lives in the hidden stub, so it survives the guest.
         stub.install_diskette_table(&vboot::int13::chs::diskette_parameter_table(spt));
     }
-    drives.install_bda_counts(&mut FlatMemory);
-    unsafe { STATE = Some(State { drives, memory_map: plan.memory_map }) };
+    drives.install_bda_counts(&mut FlatMemory { vboot: &plan.vboot_ranges });
+    unsafe { STATE = Some(State { drives, memory_map: plan.memory_map, vboot_ranges: plan.vboot_ranges }) };
     0
 }
 
@@ -233,7 +248,7 @@ fn int13_call(st: &mut State, stub: Stub, regs: &mut Regs) {
     if cfg!(feature = "fault-injection") && st.drives.drives().iter().any(|d| d.number == regs.dl()) {
         fault::int13(regs.ah());
     }
-    let mut mem = FlatMemory;
+    let mut mem = FlatMemory { vboot: &st.vboot_ranges };
     st.drives.reassert_bda_counts(&mut mem);
     if let int13::Outcome::PassThrough { dl } = int13::handle(&mut st.drives, regs, &mut mem) {
         let before = *regs;
@@ -265,7 +280,7 @@ fn int15_call(st: &mut State, stub: Stub, regs: &mut Regs) {
         entry[20..24].copy_from_slice(&1u32.to_le_bytes());
         let size = if regs.ecx >= 24 { 24 } else { 20 };
         let dest = int13::linear(regs.es, regs.di());
-        if FlatMemory.write(dest, &entry[..size]).is_err() {
+        if (FlatMemory { vboot: &st.vboot_ranges }).write(dest, &entry[..size]).is_err() {
             regs.flags |= 1;
             return;
         }

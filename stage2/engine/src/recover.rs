@@ -113,7 +113,7 @@ pub fn guard_dispatch(stub: Stub, f: impl FnOnce()) {
     }
     let mut regs = stub.frame();
     if stub.vector() == 0x13 {
-        vboot::int13::fail_call(&mut regs, &mut crate::FlatMemory, vboot::int13::Status::CONTROLLER_FAILURE);
+        vboot::int13::fail_call(&mut regs, &mut crate::guest_memory(), vboot::int13::Status::CONTROLLER_FAILURE);
     } else {
         regs.set_ah(0x86);
         regs.flags |= 1;

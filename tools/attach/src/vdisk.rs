@@ -31,9 +31,7 @@ impl ExtentFile {
 
     /// Host byte offsets of the file's bytes `offset..offset+len`, in runs.
     fn runs(&self, offset: u64, len: usize) -> Result<Vec<(u64, usize)>, ImageError> {
-        if offset + len as u64 > self.size_bytes.div_ceil(512) * 512 {
-            return Err(self.io(offset, "past the end of the file", "a file never grows here"));
-        }
+        vboot::image::check_in_place(&self.name, offset, len, self.size_bytes, "past the end of the file: a file never grows here")?;
         let mut out = Vec::new();
         let mut done = 0usize;
         while done < len {
