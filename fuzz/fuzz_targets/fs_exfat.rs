@@ -9,7 +9,7 @@ use vboot::block::BlockDevice;
 use vboot::fs::volume::Volume;
 use vboot_fuzz::{fswalk, heap, sparse::SparseDisk};
 
-const LIMIT: u64 = 256 << 20) + (16 << 20;
+const LIMIT: u64 = (256 << 20) + (16 << 20);
 
 fuzz_target!(|data: &[u8]| {
     let mut disk = SparseDisk::parse(data, 1 << 36);
