@@ -1,0 +1,209 @@
+//! `cargo xtask fuzz`: the fuzzing campaign of docs/robustness.md.
+//!
+//! - `cargo xtask fuzz [--seconds N] [--targets a,b]` builds every target of `fuzz/` (nightly,
+//!   cargo-fuzz, no sanitizer: the core library has no `unsafe`), then runs each for N seconds
+//!   (default 60) with its committed seeds (`fuzz/seeds/T`) and its growing corpus
+//!   (`fuzz/corpus/T`, not committed), and prints executions and findings per target. A finding
+//!   is written to `fuzz/artifacts/T/`.
+//! - `cargo xtask fuzz --make-seeds` regenerates `fuzz/seeds/` with the real tools (qemu-img,
+//!   mkfs.*, mkntfs, xorriso, sfdisk, sgdisk, mtools, ntfscp) and the core library's own image
+//!   writer where no tool makes what is needed (VHD and VDI differencing, a parent cycle).
+//! - [`smoke`] (a step of `cargo xtask test`): build, then run every target over its seeds once.
+
+use crate::{root, run};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// Every target, with its dictionary.
+pub const TARGETS: &[(&str, Option<&str>)] = &[
+    ("part", None),
+    ("fs_fat", None),
+    ("fs_exfat", None),
+    ("fs_ntfs", None),
+    ("fs_ext", None),
+    ("image_vhd", None),
+    ("image_vmdk", Some("vmdk.dict")),
+    ("image_vdi", None),
+    ("image_chain", Some("vmdk.dict")),
+    ("vmdk_descriptor", Some("vmdk.dict")),
+    ("iso", None),
+    ("grubcfg", Some("grubcfg.dict")),
+    ("vboot_line", Some("grubcfg.dict")),
+    ("config_rewrite", Some("grubcfg.dict")),
+    ("handoff", None),
+    ("install", None),
+    ("elf", None),
+    ("int13", None),
+];
+
+/// Per-input time budget: a walk that takes longer is a hang (libFuzzer's `-timeout`).
+const TIMEOUT_SECONDS: u32 = 10;
+const MAX_LEN: u32 = 256 * 1024;
+
+/// Variables of the outer (stable) cargo that would leak into the nightly build.
+pub const INHERITED: &[&str] = &[
+    "RUSTUP_TOOLCHAIN",
+    "RUSTC",
+    "RUSTDOC",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO",
+    "CARGO_MANIFEST_DIR",
+];
+
+fn fuzz_dir() -> PathBuf {
+    root().join("fuzz")
+}
+
+pub fn command(args: &[String]) -> Result<(), String> {
+    let mut seconds = 60u64;
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => seconds = it.next().and_then(|s| s.parse().ok()).ok_or("--seconds needs a number")?,
+            "--targets" => only = Some(it.next().ok_or("--targets needs a list")?.split(',').map(String::from).collect()),
+            "--make-seeds" => return seeds::make(),
+            "--smoke" => return smoke(),
+            other => return Err(format!("fuzz: unknown option {}", other)),
+        }
+    }
+    let targets: Vec<&(&str, Option<&str>)> =
+        TARGETS.iter().filter(|(t, _)| only.as_ref().map_or(true, |o| o.iter().any(|x| x == t))).collect();
+    if targets.is_empty() {
+        return Err(String::from("fuzz: no such target"));
+    }
+    build()?;
+    println!("fuzz: {} target(s), {} s each", targets.len(), seconds);
+    let mut results = Vec::new();
+    for (t, dict) in targets {
+        let r = run_target(t, *dict, &[format!("-max_total_time={}", seconds)], true)?;
+        println!("{:<16} {:>12} execs {:>8}/s  corpus {:>6}  {}", t, r.execs, r.execs / seconds.max(1), r.corpus, r.finding.as_deref().unwrap_or("no finding"));
+        results.push((t.to_string(), r));
+    }
+    println!("\ntarget           executions  findings");
+    let mut found = 0;
+    for (t, r) in &results {
+        println!("{:<16} {:>10}  {}", t, r.execs, r.finding.as_deref().unwrap_or("-"));
+        found += r.finding.is_some() as usize;
+    }
+    println!("{} target(s) with a finding", found);
+    Ok(())
+}
+
+/// Build every fuzz target (release, debug assertions and overflow checks on, no sanitizer).
+pub fn build() -> Result<(), String> {
+    crate::deps::ensure_cargo_fuzz()?;
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "fuzz", "build", "--sanitizer", "none"]).current_dir(fuzz_dir());
+    for v in INHERITED {
+        cmd.env_remove(v);
+    }
+    run(&mut cmd)
+}
+
+fn binary(target: &str) -> Result<PathBuf, String> {
+    let t = fuzz_dir().join("target");
+    for entry in std::fs::read_dir(&t).map_err(|e| format!("{}: {}", t.display(), e))? {
+        let p = entry.map_err(|e| e.to_string())?.path().join("release").join(target);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(format!("fuzz target {} is not built", target))
+}
+
+pub struct RunResult {
+    pub execs: u64,
+    pub corpus: u64,
+    /// What libFuzzer reported and the input it wrote, when it found something.
+    pub finding: Option<String>,
+}
+
+fn stat(out: &str, key: &str) -> Option<u64> {
+    out.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Run one target: over its seeds (and, when `grow`, its growing corpus) with `extra` options.
+fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) -> Result<RunResult, String> {
+    let dir = fuzz_dir();
+    let seeds = dir.join("seeds").join(target);
+    let artifacts = dir.join("artifacts").join(target);
+    std::fs::create_dir_all(&artifacts).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(binary(target)?);
+    if grow {
+        let corpus = dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).map_err(|e| e.to_string())?;
+        cmd.arg(&corpus);
+    }
+    cmd.arg(&seeds);
+    cmd.arg(format!("-timeout={}", TIMEOUT_SECONDS))
+        .arg(format!("-max_len={}", MAX_LEN))
+        .arg("-rss_limit_mb=3072")
+        .arg("-print_final_stats=1")
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .args(extra);
+    if let Some(d) = dict {
+        cmd.arg(format!("-dict={}", dir.join("dict").join(d).display()));
+    }
+    let out = cmd.output().map_err(|e| format!("cannot run fuzz target {}: {}", target, e))?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let execs = stat(&text, "stat::number_of_executed_units:").unwrap_or(0);
+    let corpus = if grow {
+        std::fs::read_dir(dir.join("corpus").join(target)).map(|d| d.count() as u64).unwrap_or(0)
+    } else {
+        std::fs::read_dir(&seeds).map(|d| d.count() as u64).unwrap_or(0)
+    };
+    let finding = if out.status.success() {
+        None
+    } else {
+        let what = text
+            .lines()
+            .find(|l| l.contains("panicked at") || l.contains("ERROR: libFuzzer") || l.contains("ALARM") || l.contains("memory allocation of"))
+            .unwrap_or("the target failed")
+            .trim()
+            .to_string();
+        let file = text.lines().find_map(|l| l.split("Test unit written to ").nth(1)).unwrap_or("").trim().to_string();
+        let log = artifacts.join("last-failure.log");
+        let _ = std::fs::write(&log, &text);
+        let panic_line = text.lines().skip_while(|l| !l.contains("panicked at")).nth(1).unwrap_or("").trim().to_string();
+        Some(format!("{} {} {} (log: {})", what, panic_line, file, log.display()))
+    };
+    Ok(RunResult { execs, corpus, finding })
+}
+
+/// The step of `cargo xtask test`: build the targets and run each over its committed seeds once
+/// (`-runs=0`). Fails on any finding.
+pub fn smoke() -> Result<(), String> {
+    let start = Instant::now();
+    build()?;
+    let built = start.elapsed();
+    let mut seeds = 0;
+    let mut failures = Vec::new();
+    for (t, dict) in TARGETS {
+        let r = run_target(t, *dict, &[String::from("-runs=0")], false)?;
+        seeds += r.corpus;
+        if let Some(f) = r.finding {
+            failures.push(format!("{}: {}", t, f));
+        }
+    }
+    println!(
+        "fuzz smoke: {} targets over {} seeds; build {:.0} s, runs {:.0} s",
+        TARGETS.len(),
+        seeds,
+        built.as_secs_f64(),
+        (start.elapsed() - built).as_secs_f64()
+    );
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("fuzz smoke found problems:\n{}", failures.join("\n")))
+    }
+}
+
+mod seeds;
