@@ -44,9 +44,22 @@ fuzz_target!(|data: &[u8]| {
         let _ = (r.record_lba(), r.saved_mbr_lba());
     }
     let _ = install::saved_boot_code(&mut disk);
+    let table = vboot::part::read_partitions(&mut disk).ok();
+    let check = |what: &str, w: &install::SectorWrite| {
+        assert_eq!(w.bytes.len() % 512, 0, "{}: not whole sectors", w.what);
+        let n = (w.bytes.len() / 512) as u64;
+        assert!(w.lba.checked_add(n).map_or(false, |e| e <= sectors), "{} {} at sector {} passes the end of the disk", what, w.what, w.lba);
+        if let Some(t) = &table {
+            for p in t.partitions.iter().filter(|p| !p.is_extended()) {
+                let inside = w.lba < p.start_lba + p.sectors && p.start_lba < w.lba + n;
+                let bios_boot = matches!(&p.kind, vboot::part::PartitionKind::Gpt { type_guid, .. } if *type_guid == vboot::part::GPT_TYPE_BIOS_BOOT);
+                assert!(!inside || bios_boot, "{} {} at sector {} writes into partition {}", what, w.what, w.lba, p.number);
+            }
+        }
+    };
     if let Ok((_, writes)) = install::plan_uninstall(&mut disk) {
         for w in &writes {
-            assert!(w.lba < sectors, "uninstall writes sector {} of a {}-sector disk", w.lba, sectors);
+            check("uninstall", w);
         }
     }
     // Stand-ins for the real blobs: stage1's code, a stage2 with its header, a small engine.
@@ -56,19 +69,9 @@ fuzz_target!(|data: &[u8]| {
     stage2[12..16].copy_from_slice(&8u32.to_le_bytes());
     let engine = install::engine_blob(&[0x7F, b'E', b'L', b'F', 1, 1, 1, 0]);
     let opts = InstallOptions { config_partition: (flags & 2 == 2).then_some(flags as u32 >> 4), force: flags & 4 == 4, force_chs: flags & 8 == 8 };
-    let table = vboot::part::read_partitions(&mut disk).ok();
     if let Ok(plan) = install::plan_install(&mut disk, &stage1, &stage2, &engine, &opts) {
         for w in &plan.writes {
-            assert_eq!(w.bytes.len() % 512, 0, "{}: not whole sectors", w.what);
-            let n = (w.bytes.len() / 512) as u64;
-            assert!(w.lba.checked_add(n).map_or(false, |e| e <= sectors), "{} at sector {} passes the end of the disk", w.what, w.lba);
-            if let Some(t) = &table {
-                for p in t.partitions.iter().filter(|p| !p.is_extended()) {
-                    let inside = w.lba < p.start_lba + p.sectors && p.start_lba < w.lba + n;
-                    let bios_boot = matches!(&p.kind, vboot::part::PartitionKind::Gpt { type_guid, .. } if *type_guid == vboot::part::GPT_TYPE_BIOS_BOOT);
-                    assert!(!inside || bios_boot, "{} at sector {} writes into partition {}", w.what, w.lba, p.number);
-                }
-            }
+            check("install", w);
         }
     }
     heap::stop();

@@ -294,6 +294,9 @@ fuzz_target!(|data: &[u8]| {
     let mut left = sectors;
     let mut placed = Vec::new();
     for i in 0..pieces {
+        if left == 0 {
+            break;
+        }
         let n = if i + 1 == pieces { left } else { (c.u32() as u64 % left).max(1).min(left) };
         if n == 0 {
             break;

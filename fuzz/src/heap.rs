@@ -81,6 +81,16 @@ unsafe impl GlobalAlloc for Counting {
 /// Start counting for one input: what is live now is the baseline; at most `limit_bytes` more
 /// may be live at any moment.
 pub fn start(limit_bytes: u64) {
+    // A panic formats its message on the heap while it holds the backtrace lock; refusing that
+    // allocation would deadlock the alloc-error hook on the same lock. Lift the limit first.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            stop();
+            prev(info)
+        }));
+    });
     let live = LIVE.load(Relaxed);
     BASE.store(live, Relaxed);
     PEAK.store(live, Relaxed);

@@ -142,6 +142,11 @@ fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) ->
         cmd.arg(&corpus);
     }
     cmd.arg(&seeds);
+    // Inputs of findings that were fixed (docs/robustness.md) are part of every run.
+    let regressions = root().join("tests/data/fuzz-regressions").join(target);
+    if regressions.is_dir() {
+        cmd.arg(&regressions);
+    }
     cmd.arg(format!("-timeout={}", TIMEOUT_SECONDS))
         .arg(format!("-max_len={}", MAX_LEN))
         .arg("-rss_limit_mb=3072")
