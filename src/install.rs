@@ -513,13 +513,14 @@ pub fn saved_boot_code<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, [
 pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Vec<SectorWrite>), String> {
     let (record, restored) = saved_boot_code(disk)?;
     // The record's sizes come from the disk: the area they name must be one vboot-install could
-    // have written (stage2 at most u16::MAX sectors, as stage1 loads it; everything inside the
+    // have written (stage2 at most u16::MAX sectors, as stage1 loads it, the engine no more;
+    // everything inside the
     // disk and outside every partition but a BIOS boot partition), or a damaged record would
     // zero a partition, or ask for terabytes of zeros.
     let sectors = 2 + record.stage2_sectors as u64 + record.engine_sectors as u64;
     let start = record.record_lba();
     let end = start.checked_add(sectors).filter(|&e| e <= disk.sector_count());
-    let Some(end) = end.filter(|_| record.stage2_sectors <= u16::MAX as u32) else {
+    let Some(end) = end.filter(|_| record.stage2_sectors <= u16::MAX as u32 && record.engine_sectors <= u16::MAX as u32) else {
         return Err(format!(
             "the install record names {} sectors from sector {}, which is not an area vboot-install writes; not uninstalling",
             sectors, start
@@ -603,6 +604,8 @@ mod tests {
     #[test]
     fn uninstall_refuses_a_record_that_names_more_than_the_gap() {
         let mut d = installed_disk(0xFFFF_0000, 0x7FFF_FFFF);
+        assert!(plan_uninstall(&mut d).unwrap_err().contains("not an area vboot-install writes"));
+        let mut d = installed_disk(10, 0x10_0000);
         assert!(plan_uninstall(&mut d).unwrap_err().contains("not an area vboot-install writes"));
         let mut d = installed_disk(3000, 10);
         assert!(plan_uninstall(&mut d).unwrap_err().contains("reach into partition 1"));

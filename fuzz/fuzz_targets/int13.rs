@@ -16,7 +16,7 @@
 //!   seg:off or flat buffer for its count), in the direction of the transfer, the AH=48h and
 //!   AH=4Bh result buffers at DS:SI; an access that wraps around 2^64 is outside everything;
 //! - no panic (overflow checks on).
-//! Guest memory is 16 MiB; the harness records every access before it answers.
+//! Guest memory is 2 MiB; the harness records every access before it answers.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ use vboot::int13::{
 use vboot_fuzz::Cursor;
 
 /// Guest RAM the harness models; above it memory "cannot be reached" (an engine's answer).
-const RAM_BYTES: u64 = 16 << 20;
+const RAM_BYTES: u64 = 2 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Dir {

@@ -135,6 +135,14 @@ pub fn exercise(data: &[u8], leaf_name: &str) {
     heap::reset_peak();
 
     let sectors = disk.sectors();
+    // VBOOT_FUZZ_DEBUG=1 prints the heap after each step (triage of a memory finding).
+    let debug = std::env::var_os("VBOOT_FUZZ_DEBUG").is_some();
+    let show = |what: &str| {
+        if debug {
+            eprintln!("{}: live {} peak {} bound {}", what, heap::live(), heap::peak(), bound);
+        }
+    };
+    show("opened");
     let mut buf = vec![0u8; 16 * 512];
     if sectors > 0 {
         let mut lbas = vec![0, sectors - 1, sectors / 2];
@@ -166,14 +174,16 @@ pub fn exercise(data: &[u8], leaf_name: &str) {
                 }
             }
             let n = (sectors - lba).min(16) as usize;
-            let _ = disk.read(lba, &mut buf[..n * 512]);
+            let r = disk.read(lba, &mut buf[..n * 512]);
+            show(&format!("read {}+{}: {:?}", lba, n, r.err()));
         }
         // Writes: into allocated data, into new blocks (slack), past the end.
         for i in 0..3 {
             let lba = ops.u64() % sectors;
             let n = ((ops.u8() % 16) as u64 + 1).min(sectors - lba) as usize;
             buf[..n * 512].fill(0xA5 ^ i);
-            let _ = disk.write(lba, &buf[..n * 512]);
+            let w = disk.write(lba, &buf[..n * 512]);
+            show(&format!("write {}+{}: {:?}", lba, n, w.err()));
             let _ = disk.read(lba, &mut buf[..n * 512]);
         }
     }

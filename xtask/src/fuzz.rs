@@ -82,7 +82,16 @@ pub fn command(args: &[String]) -> Result<(), String> {
     println!("fuzz: {} target(s), {} s each", targets.len(), seconds);
     let mut results = Vec::new();
     for (t, dict) in targets {
-        let r = run_target(t, *dict, &[format!("-max_total_time={}", seconds)], true)?;
+        // Fork mode goes on after a crash (known findings would otherwise stop a target in its
+        // first seconds); every crash input still lands in fuzz/artifacts/T/.
+        let opts = [
+            format!("-max_total_time={}", seconds),
+            String::from("-fork=1"),
+            String::from("-ignore_crashes=1"),
+            String::from("-ignore_timeouts=1"),
+            String::from("-ignore_ooms=1"),
+        ];
+        let r = run_target(t, *dict, &opts, true)?;
         println!("{:<16} {:>12} execs {:>8}/s  corpus {:>6}  {}", t, r.execs, r.execs / seconds.max(1), r.corpus, r.finding.as_deref().unwrap_or("no finding"));
         results.push((t.to_string(), r));
     }
@@ -158,26 +167,44 @@ fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) ->
     }
     let out = cmd.output().map_err(|e| format!("cannot run fuzz target {}: {}", target, e))?;
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let execs = stat(&text, "stat::number_of_executed_units:").unwrap_or(0);
+    // Plain runs end with final stats; fork mode (the campaign) prints "#N: cov: ..." lines.
+    let execs = stat(&text, "stat::number_of_executed_units:")
+        .or_else(|| text.lines().rev().find_map(|l| l.strip_prefix('#')?.split(':').next()?.parse().ok()))
+        .unwrap_or(0);
     let corpus = if grow {
         std::fs::read_dir(dir.join("corpus").join(target)).map(|d| d.count() as u64).unwrap_or(0)
     } else {
         std::fs::read_dir(&seeds).map(|d| d.count() as u64).unwrap_or(0)
     };
-    let finding = if out.status.success() {
+    // Every distinct problem: a panic's location and message, an allocation failure, a hang.
+    let mut problems: Vec<String> = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let p = if let Some(at) = l.split("panicked at ").nth(1) {
+            format!("panic at {} {}", at.trim_end_matches(':'), lines.get(i + 1).map(|m| m.trim()).unwrap_or(""))
+        } else if l.contains("memory allocation of") {
+            l.trim().to_string()
+        } else if l.contains("ALARM: working on the last Unit") || l.contains("libFuzzer: timeout") {
+            String::from("timeout (a walk that did not end within the per-input budget)")
+        } else if l.contains("out-of-memory (used:") {
+            String::from("out of memory (rss limit)")
+        } else {
+            continue;
+        };
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    let inputs: Vec<String> = lines.iter().filter_map(|l| l.split("Test unit written to ").nth(1)).map(|f| f.trim().to_string()).collect();
+    let finding = if problems.is_empty() && out.status.success() {
         None
     } else {
-        let what = text
-            .lines()
-            .find(|l| l.contains("panicked at") || l.contains("ERROR: libFuzzer") || l.contains("ALARM") || l.contains("memory allocation of"))
-            .unwrap_or("the target failed")
-            .trim()
-            .to_string();
-        let file = text.lines().find_map(|l| l.split("Test unit written to ").nth(1)).unwrap_or("").trim().to_string();
-        let log = artifacts.join("last-failure.log");
+        let log = artifacts.join("last-run.log");
         let _ = std::fs::write(&log, &text);
-        let panic_line = text.lines().skip_while(|l| !l.contains("panicked at")).nth(1).unwrap_or("").trim().to_string();
-        Some(format!("{} {} {} (log: {})", what, panic_line, file, log.display()))
+        if problems.is_empty() {
+            problems.push(String::from("the target failed"));
+        }
+        Some(format!("{}; inputs: {} (log: {})", problems.join(" | "), inputs.join(" "), log.display()))
     };
     Ok(RunResult { execs, corpus, finding })
 }
