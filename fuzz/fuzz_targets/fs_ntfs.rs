@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
     disk.read_only = true;
     let sectors = disk.sector_count();
     heap::start(LIMIT);
-    if let Ok(v) = vboot::fs::ntfs::NtfsVolume::open(disk) {
+    let opened = vboot::fs::ntfs::NtfsVolume::open(disk);
+    if std::env::var_os("VBOOT_FUZZ_DEBUG").is_some() {
+        eprintln!("open: {:?}", opened.as_ref().err());
+    }
+    if let Ok(v) = opened {
         let mut vol = Volume::Ntfs(v);
         fswalk::walk(&mut vol, sectors);
     }

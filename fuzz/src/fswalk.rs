@@ -44,7 +44,11 @@ pub fn walk<D: BlockDevice>(vol: &mut Volume<D>, volume_sectors: u64) {
             break;
         }
         listed += 1;
-        let Ok(entries) = vol.list_dir(&dir) else { continue };
+        let entries = vol.list_dir(&dir);
+        if std::env::var_os("VBOOT_FUZZ_DEBUG").is_some() {
+            eprintln!("list {}: {:?}", dir, entries.as_ref().map(|e| e.iter().map(|d| d.name.clone()).collect::<Vec<_>>()));
+        }
+        let Ok(entries) = entries else { continue };
         for e in entries.into_iter().take(MAX_ENTRIES_PER_DIR) {
             if e.name.is_empty() || e.name == "." || e.name == ".." {
                 continue;

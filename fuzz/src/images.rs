@@ -36,7 +36,7 @@ const OPEN_LIMIT: u64 = 96 << 20;
 /// Memory a chain may hold beyond its stated bound: names and messages, descriptor records,
 /// transient pieces of 64 KiB.
 pub fn slack(input_len: usize, files: usize) -> u64 {
-    (512 << 10) + 8 * input_len as u64 + 4096 * files as u64
+    (256 << 10) + 8 * input_len as u64 + 4096 * files as u64
 }
 
 #[derive(Default)]

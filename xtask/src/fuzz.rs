@@ -138,6 +138,44 @@ fn stat(out: &str, key: &str) -> Option<u64> {
     out.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok())
 }
 
+/// Every distinct problem in a libFuzzer log: a panic's location and message, an allocation
+/// failure, a hang.
+fn problems_in(text: &str) -> Vec<String> {
+    let mut problems: Vec<String> = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        let p = if let Some(at) = l.split("panicked at ").nth(1) {
+            format!("panic at {} {}", at.trim_end_matches(':'), lines.get(i + 1).map(|m| m.trim()).unwrap_or(""))
+        } else if l.contains("memory allocation of") {
+            l.trim().to_string()
+        } else if l.contains("ALARM: working on the last Unit") || l.contains("libFuzzer: timeout") {
+            String::from("timeout (an input took longer than the per-input budget)")
+        } else if l.contains("out-of-memory (used:") {
+            String::from("out of memory (rss limit)")
+        } else {
+            continue;
+        };
+        if !problems.contains(&p) {
+            problems.push(p);
+        }
+    }
+    problems
+}
+
+/// Replay an input that crashed (fork mode keeps the children's output to itself) and say why.
+fn classify(target: &str, input: &std::path::Path) -> String {
+    let out = binary(target).and_then(|b| {
+        Command::new(b).arg(input).arg(format!("-timeout={}", TIMEOUT_SECONDS)).arg("-rss_limit_mb=3072").output().map_err(|e| e.to_string())
+    });
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stderr).into_owned();
+            problems_in(&text).into_iter().next().unwrap_or_else(|| String::from("does not fail when replayed alone"))
+        }
+        Err(e) => e,
+    }
+}
+
 /// Run one target: over its seeds (and, when `grow`, its growing corpus) with `extra` options.
 fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) -> Result<RunResult, String> {
     let dir = fuzz_dir();
@@ -165,7 +203,14 @@ fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) ->
     if let Some(d) = dict {
         cmd.arg(format!("-dict={}", dir.join("dict").join(d).display()));
     }
+    let listing = |d: &std::path::Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d).map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
+        v.retain(|p| p.file_name().map_or(false, |n| !n.to_string_lossy().ends_with(".log")));
+        v
+    };
+    let before = listing(&artifacts);
     let out = cmd.output().map_err(|e| format!("cannot run fuzz target {}: {}", target, e))?;
+    let new_artifacts: Vec<PathBuf> = listing(&artifacts).into_iter().filter(|p| !before.contains(p)).collect();
     let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     // Plain runs end with final stats; fork mode (the campaign) prints "#N: cov: ..." lines.
     let execs = stat(&text, "stat::number_of_executed_units:")
@@ -176,27 +221,27 @@ fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) ->
     } else {
         std::fs::read_dir(&seeds).map(|d| d.count() as u64).unwrap_or(0)
     };
-    // Every distinct problem: a panic's location and message, an allocation failure, a hang.
-    let mut problems: Vec<String> = Vec::new();
+    let mut problems = problems_in(&text);
     let lines: Vec<&str> = text.lines().collect();
-    for (i, l) in lines.iter().enumerate() {
-        let p = if let Some(at) = l.split("panicked at ").nth(1) {
-            format!("panic at {} {}", at.trim_end_matches(':'), lines.get(i + 1).map(|m| m.trim()).unwrap_or(""))
-        } else if l.contains("memory allocation of") {
-            l.trim().to_string()
-        } else if l.contains("ALARM: working on the last Unit") || l.contains("libFuzzer: timeout") {
-            String::from("timeout (a walk that did not end within the per-input budget)")
-        } else if l.contains("out-of-memory (used:") {
-            String::from("out of memory (rss limit)")
-        } else {
-            continue;
-        };
+    let mut inputs: Vec<String> = lines.iter().filter_map(|l| l.split("Test unit written to ").nth(1)).map(|f| f.trim().to_string()).collect();
+    // Fork mode: the children's messages stay in their own logs; replay what they wrote.
+    let mut by_problem: Vec<(String, usize)> = Vec::new();
+    let unexplained: Vec<&PathBuf> = new_artifacts.iter().filter(|a| !inputs.contains(&a.display().to_string())).collect();
+    for a in unexplained {
+        let p = classify(target, a);
+        match by_problem.iter_mut().find(|(q, _)| *q == p) {
+            Some(e) => e.1 += 1,
+            None => by_problem.push((p, 1)),
+        }
+        inputs.push(a.display().to_string());
+    }
+    for (p, n) in by_problem {
+        let p = format!("{} ({} input{})", p, n, if n == 1 { "" } else { "s" });
         if !problems.contains(&p) {
             problems.push(p);
         }
     }
-    let inputs: Vec<String> = lines.iter().filter_map(|l| l.split("Test unit written to ").nth(1)).map(|f| f.trim().to_string()).collect();
-    let finding = if problems.is_empty() && out.status.success() {
+    let finding = if problems.is_empty() && (out.status.success() || !new_artifacts.is_empty() || grow) {
         None
     } else {
         let log = artifacts.join("last-run.log");
