@@ -523,6 +523,29 @@ pub fn saved_boot_code<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, [
 /// partition table), then zeros over the record, the saved copy, stage2 and the engine.
 pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Vec<SectorWrite>), String> {
     let (record, restored) = saved_boot_code(disk)?;
+    // The record's sizes come from the disk: the area they name must be one vboot-install could
+    // have written (stage2 at most u16::MAX sectors, as stage1 loads it, the engine no more;
+    // everything inside the
+    // disk and outside every partition but a BIOS boot partition), or a damaged record would
+    // zero a partition, or ask for terabytes of zeros.
+    let sectors = 2 + record.stage2_sectors as u64 + record.engine_sectors as u64;
+    let start = record.record_lba();
+    let end = start.checked_add(sectors).filter(|&e| e <= disk.sector_count());
+    let Some(end) = end.filter(|_| record.stage2_sectors <= u16::MAX as u32 && record.engine_sectors <= u16::MAX as u32) else {
+        return Err(format!(
+            "the install record names {} sectors from sector {}, which is not an area vboot-install writes; not uninstalling",
+            sectors, start
+        ));
+    };
+    if let Ok(table) = part::read_partitions(disk) {
+        let bios_boot = |p: &part::Partition| matches!(&p.kind, PartitionKind::Gpt { type_guid, .. } if *type_guid == part::GPT_TYPE_BIOS_BOOT);
+        if let Some(p) = table.partitions.iter().find(|p| !p.is_extended() && !bios_boot(p) && p.start_lba < end && start < p.start_lba + p.sectors) {
+            return Err(format!(
+                "the install record names sectors {}..{}, which reach into partition {}; not uninstalling",
+                start, end, p.number
+            ));
+        }
+    }
     check_area_is_vboots(disk, &record).map_err(|why| {
         format!(
             "refusing to uninstall: the install record at sector {} names sectors {} to {}, but {}; \
@@ -535,7 +558,7 @@ pub fn plan_uninstall<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, Ve
             why
         )
     })?;
-    let clear = alloc::vec![0u8; record.area_sectors() as usize * SECTOR_BYTES];
+    let clear = alloc::vec![0u8; sectors as usize * SECTOR_BYTES];
     Ok((
         record,
         alloc::vec![
@@ -638,6 +661,49 @@ pub fn read_installed<D: BlockDevice>(disk: &mut D) -> Result<(InstallRecord, [u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk with vboot installed (stage2 at LBA 3, record at 1, saved MBR at 2) and one
+    /// partition from 2048, whose record names `stage2_sectors` and `engine_sectors`.
+    fn installed_disk(stage2_sectors: u32, engine_sectors: u32) -> crate::block::MemDisk {
+        use crate::block::{BlockDevice, MemDisk};
+        let mut d = MemDisk::zeroed(8192);
+        let mut s0 = [0u8; SECTOR_BYTES];
+        StagePatch { stage2_lba: 3, stage2_sectors: 8, flags: 0, version: 1, magic: STAGE1_PATCH_MAGIC }.write(&mut s0);
+        s0[446 + 4] = 0x0C;
+        s0[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        s0[446 + 12..446 + 16].copy_from_slice(&4096u32.to_le_bytes());
+        s0[510] = 0x55;
+        s0[511] = 0xAA;
+        d.write_sectors(0, &s0).unwrap();
+        let r = InstallRecord {
+            stage2_lba: 3,
+            stage2_sectors,
+            config_partition: 1,
+            flags: RECORD_FLAG_SAVED_MBR,
+            vboot_version: [0; 16],
+            engine_sectors,
+            stage2_crc32: 0,
+        };
+        d.write_sectors(1, &r.to_sector()).unwrap();
+        d
+    }
+
+    /// Fuzz finding (install target): a record with a valid CRC naming ~2^31 sectors made
+    /// `plan_uninstall` ask for a terabyte of zeros (an abort), and one naming a few thousand
+    /// would have zeroed the first partition.
+    #[test]
+    fn uninstall_refuses_a_record_that_names_more_than_the_gap() {
+        let mut d = installed_disk(0xFFFF_0000, 0x7FFF_FFFF);
+        assert!(plan_uninstall(&mut d).unwrap_err().contains("not an area vboot-install writes"));
+        let mut d = installed_disk(10, 0x10_0000);
+        assert!(plan_uninstall(&mut d).unwrap_err().contains("not an area vboot-install writes"));
+        let mut d = installed_disk(3000, 10);
+        assert!(plan_uninstall(&mut d).unwrap_err().contains("reach into partition 1"));
+        // An area of a size vboot-install writes passes the size check and meets the content
+        // check next (this synthetic disk has no stage2 in it).
+        let mut d = installed_disk(2000, 40);
+        assert!(plan_uninstall(&mut d).unwrap_err().contains("holds no vboot stage2"));
+    }
 
     #[test]
     fn record_round_trip_and_damage() {

@@ -924,3 +924,41 @@ fn a_vhd_parent_locator_near_2_64_is_ignored_in_place() {
     let details = layers[0].details();
     assert!(details.iter().any(|(k, w)| k == "warning" && w == "parent locator at byte 18446744073709551600 lies outside the file; ignored"), "{:?}", details);
 }
+
+/// Fuzz finding (image_vmdk target): the first write changes the descriptor's CID, and did so
+/// through two copies of the descriptor text (up to 1 MiB each), past `memory_bytes()`. It is
+/// now edited in place; a CID written with fewer than 8 digits moves the rest of the text and
+/// the descriptor area keeps its size (the fuzz input is tests/data/fuzz-regressions/image_vmdk/).
+#[test]
+fn short_cid_is_rewritten_in_place() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/img/f.vmdk", Variant::VmdkMonolithicFlat, 1 << 20, 0, None);
+    let text = String::from_utf8(fs.files["/img/f.vmdk"].borrow().clone()).unwrap();
+    let cid_line = text.lines().find(|l| l.starts_with("CID=")).unwrap().to_string();
+    let short = text.replace(&cid_line, "CID=1a");
+    let mut padded = short.clone().into_bytes();
+    padded.extend_from_slice(&[0u8; 16]);
+    *fs.files["/img/f.vmdk"].borrow_mut() = padded.clone();
+    let mut d = fs.disk("/img/f.vmdk").unwrap();
+    d.write(0, &[1u8; 512]).unwrap();
+    drop(d);
+    let after = fs.files["/img/f.vmdk"].borrow().clone();
+    assert_eq!(after.len(), padded.len(), "the descriptor area keeps its size");
+    let end = after.iter().position(|&c| c == 0).unwrap();
+    let new_text = String::from_utf8(after[..end].to_vec()).unwrap();
+    let new_cid = new_text.lines().find(|l| l.starts_with("CID=")).unwrap();
+    assert_eq!(new_cid.len(), 12, "{}", new_cid);
+    assert_eq!(new_text, short.replace("CID=1a", new_cid));
+    assert!(after[end..].iter().all(|&c| c == 0));
+    let mut d = fs.disk("/img/f.vmdk").unwrap();
+    let mut back = [0u8; 512];
+    d.read(0, &mut back).unwrap();
+    assert_eq!(back, [1u8; 512]);
+
+    // No room for the longer value: the write is refused and the descriptor stays as it was.
+    *fs.files["/img/f.vmdk"].borrow_mut() = short.clone().into_bytes();
+    let mut d = fs.disk("/img/f.vmdk").unwrap();
+    assert!(matches!(d.write(0, &[2u8; 512]), Err(ImageError::NoSlack { .. })));
+    drop(d);
+    assert_eq!(fs.files["/img/f.vmdk"].borrow().as_slice(), short.as_bytes());
+}

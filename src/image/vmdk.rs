@@ -609,7 +609,9 @@ impl VmdkImage {
     /// flush. An 8-digit value is replaced byte for byte, so nothing else in the file moves.
     fn set_descriptor_hex(&mut self, key: &str, value: u32) -> Result<(), ImageError> {
         let name = self.name().to_string();
-        let mut text = self.descriptor_text.clone();
+        // Edited in place: a copy would double the descriptor (up to 1 MiB) on the first write,
+        // past what `memory_bytes` promises (fuzz finding, docs/robustness.md).
+        let mut text = core::mem::take(&mut self.descriptor_text);
         let end = text.iter().position(|&c| c == 0).unwrap_or(text.len());
         let hex = alloc::format!("{:08x}", value);
         let mut pos = 0usize;
@@ -633,23 +635,30 @@ impl VmdkImage {
             }
             pos = line_end + 1;
         }
-        let (at, digits) = found.ok_or_else(|| ImageError::corrupt(&name, alloc::format!("descriptor has no {} line to update", key)))?;
+        let Some((at, digits)) = found else {
+            self.descriptor_text = text;
+            return Err(ImageError::corrupt(&name, alloc::format!("descriptor has no {} line to update", key)));
+        };
         if digits == 8 {
             text[at..at + 8].copy_from_slice(hex.as_bytes());
         } else {
-            let new: Vec<u8> = text[..at].iter().chain(hex.as_bytes()).chain(text[at + digits..end].iter()).copied().collect();
-            if new.len() as u64 > self.descriptor_at.2 {
-                return Err(ImageError::NoSlack { image: name, needed_bytes: new.len() as u64 });
+            // The value changes length: the rest of the text moves, and the area keeps its size.
+            let new_end = end - digits + 8;
+            if new_end as u64 > self.descriptor_at.2 || new_end > text.len() {
+                self.descriptor_text = text;
+                return Err(ImageError::NoSlack { image: name, needed_bytes: new_end as u64 });
             }
-            text = new;
-            text.resize(self.descriptor_at.2 as usize, 0);
+            text.copy_within(at + digits..end, at + 8);
+            text[at..at + 8].copy_from_slice(hex.as_bytes());
+            text[new_end..].fill(0);
         }
         let (fidx, off_bytes, _) = self.descriptor_at;
-        let f = self.files.get_mut(fidx as usize).ok_or_else(|| ImageError::corrupt(&name, "descriptor file missing"))?;
-        f.write_at(off_bytes, &text)?;
-        f.flush()?;
+        let written = match self.files.get_mut(fidx as usize) {
+            Some(f) => f.write_at(off_bytes, &text).and_then(|_| f.flush()),
+            None => Err(ImageError::corrupt(&name, "descriptor file missing")),
+        };
         self.descriptor_text = text;
-        Ok(())
+        written
     }
 
     /// Change the CID before the first modification (disk-formats.md §3.7), so a child made

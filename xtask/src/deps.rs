@@ -125,3 +125,29 @@ fn install_missing_debian_packages() -> Result<(), String> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// `cargo fuzz` (crates.io) for `cargo xtask fuzz` and the fuzz smoke step of `cargo xtask test`.
+/// It takes about 4 minutes to build on this kind of machine, once; the fuzz targets themselves
+/// build with the nightly toolchain the firmware already needs.
+pub fn ensure_cargo_fuzz() -> Result<(), String> {
+    let mut probe = Command::new("rustup");
+    probe.args(["run", "nightly", "cargo", "fuzz", "--version"]);
+    for v in crate::fuzz::INHERITED {
+        probe.env_remove(v);
+    }
+    let have = probe
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if have {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz from crates.io (a few minutes, once)");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["install", "--locked", "cargo-fuzz"]);
+    for v in crate::fuzz::INHERITED {
+        cmd.env_remove(v);
+    }
+    run(&mut cmd)
+}
+

@@ -11,17 +11,20 @@
 //! - `build-faults` the firmware with fault injection, into target/vboot-faults/ (for
 //!            tests/tests/faults.rs, which runs it itself)
 //! - `deps`   only install what is missing
+//! - `fuzz`   the fuzzing campaign (docs/robustness.md): every target for N seconds
 
 mod deps;
 mod demo;
 mod firmware;
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|build-faults|test|test-i686|demo|demo-debian|bench|deps> [options]\n\
+        "usage: cargo xtask <build|build-faults|test|test-i686|demo|demo-debian|bench|deps|fuzz> [options]
+\
          \n\
          build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
@@ -33,7 +36,12 @@ fn usage() -> ExitCode {
                           vboot-attach's /dev/nbd0 (as root; downloads Debian; ~3 min)\n\
          build-faults     build the firmware with fault injection into target/vboot-faults/\n\
                           (tests/tests/faults.rs runs this itself)\n\
-         deps             install the toolchain component and Debian packages the tests need"
+         deps             install the toolchain component and Debian packages the tests need\n\
+         fuzz [--seconds N] [--targets a,b]\n\
+                          run every fuzz target of fuzz/ for N seconds (default 60) and print\n\
+                          executions and findings (installs cargo-fuzz when missing)\n\
+         fuzz --make-seeds  regenerate fuzz/seeds/ with qemu-img, mkfs.*, xorriso ...\n\
+         fuzz --smoke     build the fuzz targets and run each over its seeds (part of `test`)"
     );
     ExitCode::from(2)
 }
@@ -61,6 +69,7 @@ fn main() -> ExitCode {
         "build" => firmware::build_all(),
         "build-faults" => firmware::build_fault_firmware(),
         "deps" => deps::ensure_all(),
+        "fuzz" => fuzz::command(rest),
         "test" => test(rest),
         "test-i686" => deps::ensure_all().and_then(|_| test_core_i686()),
         "demo" => deps::ensure_all().and_then(|_| firmware::build_all()).and_then(|_| demo::run(rest)),
@@ -87,7 +96,10 @@ fn test(extra: &[String]) -> Result<(), String> {
     test_core_i686()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--workspace", "--release"]).args(extra);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    // Every fuzz target over its committed seeds, once (docs/robustness.md): ~3 minutes, most of
+    // it building the targets; the campaign itself is `cargo xtask fuzz`.
+    fuzz::smoke()
 }
 
 /// The core library's unit tests as 32-bit code with overflow checks, like the firmware runs it:
