@@ -622,7 +622,7 @@ mount -t sysfs sysfs /sys
 exec > /dev/ttyS0 2>&1
 finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
 fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
-wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
 echo "STEP modules"
 {load}
 echo "STEP no-disk"
