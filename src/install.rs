@@ -466,7 +466,9 @@ pub fn plan_install<D: BlockDevice>(
     // The sector 0 to keep for uninstall and recover_mbr: an earlier vboot's saved copy wins.
     let mut keeps_saved_mbr = false;
     let saved_mbr: [u8; SECTOR_BYTES] = match earlier {
-        Some(r) if r.flags & RECORD_FLAG_SAVED_MBR != 0 && StagePatch::read(&sector0).is_vboot() => {
+        // Only a record that describes this very layout points at its saved copy (fuzz
+        // finding: one naming stage2 at LBA 0 made `saved_mbr_lba` underflow).
+        Some(r) if r.flags & RECORD_FLAG_SAVED_MBR != 0 && r.stage2_lba == stage2_lba && StagePatch::read(&sector0).is_vboot() => {
             let mut s = [0u8; SECTOR_BYTES];
             disk.read_sectors(r.saved_mbr_lba(), &mut s).map_err(|e| format!("cannot read the saved MBR: {}", e))?;
             keeps_saved_mbr = true;
@@ -696,6 +698,23 @@ mod tests {
         // check next (this synthetic disk has no stage2 in it).
         let mut d = installed_disk(2000, 40);
         assert!(plan_uninstall(&mut d).unwrap_err().contains("holds no vboot stage2"));
+    }
+
+    /// Fuzz finding (install target): reinstalling over an earlier record that names stage2 at
+    /// LBA 0 panicked computing where its saved sector 0 is.
+    #[test]
+    fn reinstall_ignores_a_record_that_describes_another_layout() {
+        use crate::block::BlockDevice;
+        let mut d = installed_disk(8, 0);
+        let r = InstallRecord { stage2_lba: 0, stage2_sectors: 8, config_partition: 1, flags: RECORD_FLAG_SAVED_MBR, vboot_version: [0; 16], engine_sectors: 0 };
+        d.write_sectors(1, &r.to_sector()).unwrap();
+        let mut stage2 = alloc::vec![0u8; 8 * SECTOR_BYTES];
+        stage2[4..12].copy_from_slice(&STAGE2_MAGIC);
+        stage2[12..16].copy_from_slice(&8u32.to_le_bytes());
+        let engine = engine_blob(&[0x7F, b'E', b'L', b'F', 1, 1, 1, 0]);
+        let plan = plan_install(&mut d, &[0x90; SECTOR_BYTES], &stage2, &engine, &InstallOptions::default()).unwrap();
+        assert!(!plan.keeps_saved_mbr);
+        assert_eq!(plan.record.stage2_lba, 3);
     }
 
     #[test]

@@ -284,7 +284,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let DriveKind::Floppy { .. } = kind {
         // Floppies need a floppy geometry: a standard size, or one memdisk's search finds.
-        sectors %= 1 << 16;
+        sectors = (sectors % (1 << 16)).max(1);
     }
     // The file's extents: up to 8 pieces in file order, placed on the host disk with gaps
     // between them (and in reverse order when config bit 4 says so).

@@ -396,7 +396,16 @@ impl Layer for VdiImage {
                 let block_first = block * self.block_sectors;
                 let valid = self.block_sectors.min(self.virtual_sectors - block_first) * SECTOR_BYTES;
                 if self.header.block_extra != 0 {
-                    self.file.write_at(start - self.header.block_extra as u64, &vec![0u8; self.header.block_extra as usize])?;
+                    // Zeroed a piece at a time: the header allows up to 2 GiB of extra data per
+                    // block, and a write must not take more than a fixed buffer (fuzz finding).
+                    let extra = self.header.block_extra as u64;
+                    let zeros = vec![0u8; extra.min(64 * 1024) as usize];
+                    let mut done_extra = 0u64;
+                    while done_extra < extra {
+                        let n = (extra - done_extra).min(zeros.len() as u64);
+                        self.file.write_at(start - extra + done_extra, &zeros[..n as usize])?;
+                        done_extra += n;
+                    }
                 }
                 let copy_from_parent = entry == BLOCK_FREE && diff;
                 super::write_new_unit(&mut *self.file, start, block_bytes, valid, block_first, sib * SECTOR_BYTES, chunk, if copy_from_parent { Some(&mut *parent) } else { None })?;

@@ -43,6 +43,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/python3/dist-packages/pyvhdi.cpython-311-x86_64-linux-gnu.so", "python3-libvhdi"),
     ("/usr/bin/python3", "python3"),
     ("/usr/lib/python3/dist-packages/VMDKstream.py", "python3-vmdkstream"),
+    // libFuzzer (built from C++ by libfuzzer-sys) for the fuzz targets.
+    ("/usr/bin/g++", "g++"),
     // `cargo xtask demo-debian` only.
     ("/usr/sbin/debootstrap", "debootstrap"),
 ];

@@ -226,7 +226,8 @@ fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) ->
     let mut inputs: Vec<String> = lines.iter().filter_map(|l| l.split("Test unit written to ").nth(1)).map(|f| f.trim().to_string()).collect();
     // Fork mode: the children's messages stay in their own logs; replay what they wrote.
     let mut by_problem: Vec<(String, usize)> = Vec::new();
-    let unexplained: Vec<&PathBuf> = new_artifacts.iter().filter(|a| !inputs.contains(&a.display().to_string())).collect();
+    // At most 20 are replayed (a hang takes the whole time budget to show).
+    let unexplained: Vec<&PathBuf> = new_artifacts.iter().filter(|a| !inputs.contains(&a.display().to_string())).take(20).collect();
     for a in unexplained {
         let p = classify(target, a);
         match by_problem.iter_mut().find(|(q, _)| *q == p) {
@@ -249,7 +250,12 @@ fn run_target(target: &str, dict: Option<&str>, extra: &[String], grow: bool) ->
         if problems.is_empty() {
             problems.push(String::from("the target failed"));
         }
-        Some(format!("{}; inputs: {} (log: {})", problems.join(" | "), inputs.join(" "), log.display()))
+        let shown = match inputs.len() {
+            0 => String::from("no input written"),
+            1 => inputs[0].clone(),
+            n => format!("{} and {} more in {}", inputs[0], n - 1, artifacts.display()),
+        };
+        Some(format!("{}; input: {} (log: {})", problems.join(" | "), shown, log.display()))
     };
     Ok(RunResult { execs, corpus, finding })
 }

@@ -97,8 +97,9 @@ fn test(extra: &[String]) -> Result<(), String> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--workspace", "--release"]).args(extra);
     run(&mut cmd)?;
-    // Every fuzz target over its committed seeds, once (docs/robustness.md): ~3 minutes, most of
-    // it building the targets; the campaign itself is `cargo xtask fuzz`.
+    // Every fuzz target over its committed seeds and the inputs of fixed findings, once
+    // (docs/robustness.md): about a minute, nearly all of it building the targets (plus ~4 min
+    // once on a fresh machine to install cargo-fuzz); the campaign itself is `cargo xtask fuzz`.
     fuzz::smoke()
 }
 
