@@ -104,14 +104,17 @@ fn build_firmware_into(out: &str, features: &[&str]) -> Result<(), String> {
     if !patch.is_vboot() {
         return Err("stage1.bin has no patch area at 0x1A8".into());
     }
-    // The default a plain `dd` gets: this very stage2, at the default LBA.
-    patch.stage2_sectors = u16::try_from(header.sectors).map_err(|_| "stage2 is too big for stage1's u16 count")?;
+    // The default a plain `dd` gets: this very stage2, at the default LBA; stage1 loads its low
+    // part, which loads the rest.
+    patch.stage2_sectors = u16::try_from(header.load_sectors).map_err(|_| "stage2's low part is too big for stage1's u16 count")?;
     patch.write(&mut sector);
     std::fs::write(out_dir.join("stage1.bin"), sector).map_err(|e| e.to_string())?;
 
     eprintln!(
-        "xtask: {out}/stage1.bin 512 bytes, {out}/stage2.bin {} bytes, {out}/engine.bin {} bytes",
+        "xtask: {out}/stage1.bin 512 bytes, {out}/stage2.bin {} bytes (low part {} of {} bytes), {out}/engine.bin {} bytes",
         stage2.len(),
+        header.load_sectors * 512,
+        vboot::install::STAGE2_LOW_MAX_SECTORS * 512,
         vboot::install::engine_blob_sectors(elf.len() as u32) * 512
     );
     Ok(())
