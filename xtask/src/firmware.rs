@@ -110,13 +110,27 @@ fn build_firmware_into(out: &str, features: &[&str]) -> Result<(), String> {
     patch.write(&mut sector);
     std::fs::write(out_dir.join("stage1.bin"), sector).map_err(|e| e.to_string())?;
 
+    let engine_bytes = vboot::install::engine_blob_sectors(elf.len() as u32) as u64 * 512;
+    // stage2 and the engine share the gap before the first partition (docs/boot-layout.md):
+    // partitioning tools leave 1 MiB, of which the record and the saved sector 0 take 3 sectors.
+    const USUAL_GAP_BYTES: u64 = (2048 - 3) * 512;
+    let used = stage2.len() as u64 + engine_bytes;
     eprintln!(
-        "xtask: {out}/stage1.bin 512 bytes, {out}/stage2.bin {} bytes (low part {} of {} bytes), {out}/engine.bin {} bytes",
+        "xtask: {out}/stage1.bin 512 bytes, {out}/stage2.bin {} bytes (low part {} of {} bytes), {out}/engine.bin {} bytes; \
+         headroom in the usual 1 MiB gap: {} KiB",
         stage2.len(),
         header.load_sectors * 512,
         vboot::install::STAGE2_LOW_MAX_SECTORS * 512,
-        vboot::install::engine_blob_sectors(elf.len() as u32) * 512
+        engine_bytes,
+        USUAL_GAP_BYTES.saturating_sub(used) / 1024
     );
+    if used > USUAL_GAP_BYTES {
+        return Err(format!(
+            "stage2 ({} bytes) and the engine ({} bytes) no longer fit the usual 1 MiB gap before the first partition",
+            stage2.len(),
+            engine_bytes
+        ));
+    }
     Ok(())
 }
 
