@@ -5,22 +5,6 @@ use crate::{root, run};
 use std::path::Path;
 use std::process::Command;
 
-/// Variables the outer (stable) cargo sets that would make the nested nightly build use the
-/// wrong compiler or flags.
-const INHERITED: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "RUSTC",
-    "RUSTDOC",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO",
-    "CARGO_MANIFEST_DIR",
-];
-
 fn nightly_build(crate_dir: &Path, features: &[&str]) -> Result<(), String> {
     nightly_build_with(crate_dir, features, &[])
 }
@@ -31,9 +15,7 @@ fn nightly_build_with(crate_dir: &Path, features: &[&str], env: &[(&str, &str)])
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
-    for v in INHERITED {
-        cmd.env_remove(v);
-    }
+    crate::toolchain::without_outer_cargo(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }

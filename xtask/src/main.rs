@@ -17,6 +17,7 @@ mod deps;
 mod demo;
 mod firmware;
 mod fuzz;
+mod toolchain;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
