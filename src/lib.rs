@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod block;
+pub mod bytes;
 pub mod config;
 pub mod crc32;
 pub mod elf;

@@ -561,48 +561,7 @@ pub fn open_layer(
 
 // ---- small byte helpers used by the format modules (bounds-checked: input comes from disk) ----
 
-pub(crate) fn be_u16(b: &[u8], off: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(off..off + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_be_bytes(a)
-}
-pub(crate) fn be_u32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(off..off + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_be_bytes(a)
-}
-pub(crate) fn be_u64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(off..off + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_be_bytes(a)
-}
-pub(crate) fn le_u16(b: &[u8], off: usize) -> u16 {
-    let mut a = [0u8; 2];
-    if let Some(s) = b.get(off..off + 2) {
-        a.copy_from_slice(s);
-    }
-    u16::from_le_bytes(a)
-}
-pub(crate) fn le_u32(b: &[u8], off: usize) -> u32 {
-    let mut a = [0u8; 4];
-    if let Some(s) = b.get(off..off + 4) {
-        a.copy_from_slice(s);
-    }
-    u32::from_le_bytes(a)
-}
-pub(crate) fn le_u64(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    if let Some(s) = b.get(off..off + 8) {
-        a.copy_from_slice(s);
-    }
-    u64::from_le_bytes(a)
-}
+pub(crate) use crate::bytes::{be16 as be_u16, be32 as be_u32, be64 as be_u64, le16 as le_u16, le32 as le_u32, le64 as le_u64};
 pub(crate) fn bytes16(b: &[u8], off: usize) -> [u8; 16] {
     let mut a = [0u8; 16];
     if let Some(s) = b.get(off..off + 16) {
