@@ -372,6 +372,10 @@ fuzz_target!(|data: &[u8]| {
         // AH=4Bh may be answered for DL=7Fh or the emulated drive: its packet region is the
         // same whatever the drive.
         let block_bytes = if regs.ah() == 0x4B { Some(512) } else { numbers.iter().find(|(n, _)| *n == regs.dl()).map(|(_, b)| *b) };
+        // `handle` first raises the BDA's drive counts back to what vboot set; a packet the guest
+        // put over those bytes is read after that, so its buffer is described by the packet as
+        // it is then (a finding of the 2026-12-06 run: a packet at 0040:0073).
+        drives.reassert_bda_counts(&mut mem);
         mem.allowed = allowed(&regs, &mem, block_bytes);
         mem.checking = true;
         let _ = handle(&mut drives, &mut regs, &mut mem);
