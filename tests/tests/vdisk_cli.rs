@@ -296,3 +296,28 @@ fn relink_after_qemu_commit() {
     assert!(bytes[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x44));
     assert!(read_chain(&child) == bytes);
 }
+
+/// The command line in the usual style: --help lists every subcommand, --version, and a wrong
+/// option or subcommand is a usage error with exit status 2 (a failed command is also 2, a
+/// check that finds problems 1).
+#[test]
+fn command_line_help_version_and_usage_errors() {
+    let help = vdisk(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success() && text.contains("Usage: vdisk <COMMAND>"), "{}", text);
+    for sub in ["create", "info", "check", "map", "snapshot", "convert", "merge", "restore", "relink", "reserve", "trim"] {
+        assert!(text.contains(&format!("  {} ", sub)), "--help lists {}: {}", sub, text);
+    }
+    let info_help = String::from_utf8_lossy(&vdisk(&["info", "--help"]).stdout).into_owned();
+    for opt in ["--json", "--output <FORMAT>", "--parent-dir <DIR>", "--lenient-cid"] {
+        assert!(info_help.contains(opt), "info --help lists {}: {}", opt, info_help);
+    }
+    let version = vdisk(&["--version"]);
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("vdisk {}", env!("CARGO_PKG_VERSION")));
+    for wrong in [&["info", "x.vhd", "--bogus"][..], &["frobnicate"], &[], &["info", "x.vhd", "--output", "xml"], &["trim"], &["create", "x.vhd", "--size", "12Q"]] {
+        let o = vdisk(wrong);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{:?}: {}", wrong, stderr);
+        assert!(stderr.contains("error:") || stderr.contains("Usage:"), "{:?}: {}", wrong, stderr);
+    }
+}
