@@ -33,8 +33,10 @@ fn file_in_raw(raw: &Path, path: &str) -> String {
 /// The write slack `vdisk info` reports for a sparse image (the leaf's, for a chain).
 fn slack_bytes(image: &Path) -> u64 {
     let out = sh(Command::new(vdisk_bin()).arg("info").arg("--json").arg(image));
-    let at = out.find("\"slack_bytes\": \"").expect("slack_bytes in vdisk info") + "\"slack_bytes\": \"".len();
-    out[at..].split('"').next().unwrap().parse().unwrap()
+    // A JSON number since vdisk writes its JSON with serde (it was a string before).
+    let key = "\"slack_bytes\": ";
+    let at = out.find(key).expect("slack_bytes in vdisk info") + key.len();
+    out[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
 }
 
 fn structure_check(image: &Path, format: &str) {

@@ -321,3 +321,79 @@ fn command_line_help_version_and_usage_errors() {
         assert!(stderr.contains("error:") || stderr.contains("Usage:"), "{:?}: {}", wrong, stderr);
     }
 }
+
+/// `vdisk info --output json` (qemu-img's spelling) parsed by python3's json module: sizes are
+/// JSON numbers and agree with `qemu-img info --output json` on images qemu-img made, and
+/// `map --output json` covers the disk with numbers too.
+#[test]
+fn info_output_json_has_numbers_that_qemu_img_agrees_with() {
+    let dir = TempDir::new("json");
+    // (qemu-img format, file, options, the qemu-img field to compare with block_size_bytes)
+    for (fmt, name, opts, cluster) in [
+        ("vpc", "d.vhd", "subformat=dynamic", true),
+        ("vpc", "f.vhd", "subformat=fixed", false),
+        ("vmdk", "s.vmdk", "subformat=monolithicSparse", false),
+        ("vdi", "d.vdi", "static=off", true),
+        ("raw", "r.img", "", false),
+    ] {
+        let img = dir.file(name);
+        let mut args = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([img.as_str(), "48M"]);
+        qemu_img(&args);
+        qemu_io(fmt, &img, &["write -P 0x5a 1m 3m"]);
+        let theirs_path = dir.file(&format!("{}.qemu.json", name));
+        let ours_path = dir.file(&format!("{}.vdisk.json", name));
+        let map_path = dir.file(&format!("{}.map.json", name));
+        std::fs::write(&theirs_path, qemu_img(&["info", "--output", "json", "-f", fmt, &img])).unwrap();
+        std::fs::write(&ours_path, ok(&["info", &img, "--output", "json"])).unwrap();
+        std::fs::write(&map_path, ok(&["map", &img, "--output=json"])).unwrap();
+        let script = r#"
+import json, sys
+theirs = json.load(open(sys.argv[1]))
+ours = json.load(open(sys.argv[2]))
+runs = json.load(open(sys.argv[3]))
+compare_cluster = sys.argv[4] == "1"
+def number(v, what):
+    assert type(v) is int, "%s is %r, not a JSON number" % (what, v)
+    return v
+assert number(ours["virtual_size_bytes"], "virtual_size_bytes") == theirs["virtual-size"], (ours["virtual_size_bytes"], theirs["virtual-size"])
+layer = ours["layers"][0]
+assert number(layer["virtual_size_bytes"], "layer virtual_size_bytes") == theirs["virtual-size"]
+assert number(ours["chain_depth"], "chain_depth") == 1
+assert number(ours["data_bytes"], "data_bytes") >= 3 << 20
+number(ours["map_runs"], "map_runs")
+assert layer["differencing"] is False
+for key in ("slack_bytes", "block_size_bytes", "allocated_blocks", "blocks", "bat_entries", "current_size_bytes", "timestamp"):
+    if key in layer:
+        number(layer[key], key)
+if compare_cluster:
+    assert layer["block_size_bytes"] == theirs["cluster-size"], (layer["block_size_bytes"], theirs["cluster-size"])
+end = 0
+for run in runs:
+    assert number(run["start_sector"], "start_sector") == end
+    end += number(run["sectors"], "sectors")
+    assert run["kind"] in ("zero", "data", "compressed")
+    assert (run["offset_bytes"] is None) == (run["kind"] == "zero")
+assert end * 512 == theirs["virtual-size"], (end, theirs["virtual-size"])
+print("agree")
+"#;
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", script, &theirs_path, &ours_path, &map_path, if cluster { "1" } else { "0" }])
+            .output()
+            .expect("cannot run /usr/bin/python3 (Debian python3)");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("agree"),
+            "{}: {}\nqemu-img: {}\nvdisk: {}",
+            name,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&theirs_path).unwrap(),
+            std::fs::read_to_string(&ours_path).unwrap()
+        );
+    }
+    // --json and --output json are one option: both together with another format is refused.
+    let e = err(&["info", &dir.file("r.img"), "--json", "--output", "human"]);
+    assert!(e.contains("cannot be used with"), "{}", e);
+}

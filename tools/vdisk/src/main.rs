@@ -15,6 +15,8 @@ use vboot::image::{Disk, Format, ImageError, Layer, SECTOR_BYTES};
 use vdisk::cli::{Cli, Command, OpenArgs, Output};
 
 use clap::Parser;
+use serde::Serialize;
+use serde_json::Value;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("vdisk: {}", msg);
@@ -113,23 +115,6 @@ fn cmd_create(args: CreateArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut unit = 0;
@@ -147,30 +132,98 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn layer_json(l: &dyn Layer) -> String {
-    let mut fields = vec![
-        format!("\"file\": {}", json_str(l.name())),
-        format!("\"format\": {}", json_str(l.format().as_str())),
-        format!("\"variant\": {}", json_str(&l.variant())),
-        format!("\"virtual_size_bytes\": {}", l.virtual_sectors() * SECTOR_BYTES),
-        format!("\"differencing\": {}", l.parent_link().is_some()),
-    ];
-    let mut details: Vec<(String, Vec<String>)> = Vec::new();
-    for (k, v) in l.details() {
-        match details.iter_mut().find(|(dk, _)| *dk == k) {
-            Some((_, vs)) => vs.push(v),
-            None => details.push((k, vec![v])),
+/// Details whose values are whole numbers; every other detail is text (docs/vdisk.md).
+const NUMERIC_DETAILS: [&str; 8] =
+    ["block_size_bytes", "blocks", "allocated_blocks", "slack_bytes", "current_size_bytes", "bat_entries", "timestamp", "parent_timestamp"];
+/// Details that may occur more than once: always arrays, even with one element.
+const LIST_DETAILS: [&str; 3] = ["extent", "warning", "parent_path"];
+
+/// One layer of `info --json` (docs/vdisk.md).
+#[derive(Serialize)]
+struct LayerInfo<'a> {
+    file: &'a str,
+    format: &'static str,
+    variant: String,
+    virtual_size_bytes: u64,
+    differencing: bool,
+    /// The format's own facts (`Layer::details`), typed.
+    #[serde(flatten)]
+    details: serde_json::Map<String, Value>,
+}
+
+/// `info --json` of a chain that opens.
+#[derive(Serialize)]
+struct ChainInfo<'a> {
+    file: &'a str,
+    virtual_size_bytes: u64,
+    chain_depth: usize,
+    data_bytes: u64,
+    map_runs: usize,
+    layers: Vec<LayerInfo<'a>>,
+    warnings: &'a [String],
+}
+
+/// `info --json` of an image whose chain does not open: what the image itself says.
+#[derive(Serialize)]
+struct UnopenedInfo<'a> {
+    file: &'a str,
+    error: String,
+    layers: Vec<LayerInfo<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RunKind {
+    Zero,
+    Data,
+    Compressed,
+}
+
+/// One run of `map --json`.
+#[derive(Serialize)]
+struct MapRun {
+    start_sector: u64,
+    sectors: u64,
+    kind: RunKind,
+    layer: Option<u16>,
+    file: Option<String>,
+    offset_bytes: Option<u64>,
+}
+
+fn layer_info(l: &dyn Layer) -> LayerInfo<'_> {
+    let mut details = serde_json::Map::new();
+    for (key, text) in l.details() {
+        let value = match text.parse::<u64>() {
+            Ok(n) if NUMERIC_DETAILS.contains(&key.as_str()) => Value::from(n),
+            _ => Value::String(text),
+        };
+        match details.get_mut(&key) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(single) => *single = Value::Array(vec![single.take(), value]),
+            None if LIST_DETAILS.contains(&key.as_str()) => {
+                details.insert(key, Value::Array(vec![value]));
+            }
+            None => {
+                details.insert(key, value);
+            }
         }
     }
-    for (k, vs) in details {
-        let value = if vs.len() == 1 && !["extent", "warning", "parent_path"].contains(&k.as_str()) {
-            json_str(&vs[0])
-        } else {
-            format!("[{}]", vs.iter().map(|v| json_str(v)).collect::<Vec<_>>().join(", "))
-        };
-        fields.push(format!("{}: {}", json_str(&k), value));
+    LayerInfo {
+        file: l.name(),
+        format: l.format().as_str(),
+        variant: l.variant(),
+        virtual_size_bytes: l.virtual_sectors() * SECTOR_BYTES,
+        differencing: l.parent_link().is_some(),
+        details,
     }
-    format!("{{{}}}", fields.join(", "))
+}
+
+/// Pretty-printed like qemu-img's `--output json`, with a final newline.
+fn print_json(value: &impl Serialize) -> Result<(), String> {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| format!("writing JSON to stdout: {}", e))?;
+    writeln!(out).map_err(|e| format!("writing to stdout: {}", e))
 }
 
 fn cmd_info(path: &str, output: &Output, open: &OpenArgs) -> Result<(), String> {
@@ -183,7 +236,7 @@ fn cmd_info(path: &str, output: &Output, open: &OpenArgs) -> Result<(), String> 
                 let dir = vboot::image::chain::dirname(path);
                 if let Ok(l) = vboot::image::open_layer(f, &mut |n: &str| StdLocator::default().open(&vboot::image::chain::join(&dir, n))) {
                     if json {
-                        println!("{{\"file\": {}, \"error\": {}, \"layers\": [{}]}}", json_str(path), json_str(&e.to_string()), layer_json(&*l));
+                        print_json(&UnopenedInfo { file: path, error: e.to_string(), layers: vec![layer_info(&*l)] })?;
                     } else {
                         println!("image:          {}", path);
                         println!("format:         {} {}", l.format().as_str(), l.variant());
@@ -199,19 +252,15 @@ fn cmd_info(path: &str, output: &Output, open: &OpenArgs) -> Result<(), String> 
     let runs = d.map_all().map_err(|e| e.to_string())?;
     let allocated: u64 = runs.iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
     if json {
-        let layers: Vec<String> = d.layers().iter().map(|l| layer_json(&**l)).collect();
-        let warnings: Vec<String> = d.warnings.iter().map(|w| json_str(w)).collect();
-        println!(
-            "{{\"file\": {}, \"virtual_size_bytes\": {}, \"chain_depth\": {}, \"data_bytes\": {}, \"map_runs\": {}, \"layers\": [{}], \"warnings\": [{}]}}",
-            json_str(path),
-            d.sectors() * SECTOR_BYTES,
-            d.layers().len(),
-            allocated * SECTOR_BYTES,
-            runs.len(),
-            layers.join(", "),
-            warnings.join(", ")
-        );
-        return Ok(());
+        return print_json(&ChainInfo {
+            file: path,
+            virtual_size_bytes: d.sectors() * SECTOR_BYTES,
+            chain_depth: d.layers().len(),
+            data_bytes: allocated * SECTOR_BYTES,
+            map_runs: runs.len(),
+            layers: d.layers().iter().map(|l| layer_info(&**l)).collect(),
+            warnings: &d.warnings,
+        });
     }
     let leaf = &d.layers()[0];
     println!("image:          {}", path);
@@ -278,52 +327,31 @@ fn cmd_check(path: &str, open: &OpenArgs) -> Result<bool, String> {
 fn cmd_map(path: &str, output: &Output, open: &OpenArgs) -> Result<(), String> {
     let mut d = open_disk(path, &chain_options(open), false).map_err(|e| e.to_string())?;
     let runs = d.map_all().map_err(|e| e.to_string())?;
-    let json = output.is_json();
+    if output.is_json() {
+        let json_runs: Vec<MapRun> = runs
+            .iter()
+            .map(|r| {
+                let (kind, layer, offset_bytes) = match r.source {
+                    Source::Zero => (RunKind::Zero, None, None),
+                    Source::Data { layer, offset_bytes, .. } => (RunKind::Data, Some(layer), Some(offset_bytes)),
+                    Source::Compressed { layer, marker_offset_bytes, .. } => (RunKind::Compressed, Some(layer), Some(marker_offset_bytes)),
+                };
+                let file = layer.map(|l| d.layers()[l as usize].name().to_string());
+                MapRun { start_sector: r.start_sector, sectors: r.sectors, kind, layer, file, offset_bytes }
+            })
+            .collect();
+        return print_json(&json_runs);
+    }
     let out = std::io::stdout();
     let mut out = out.lock();
-    if json {
-        let _ = writeln!(out, "[");
-    } else {
-        let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", "start_sector", "sectors", "layer", "file_offset", "file");
-    }
-    let n = runs.len();
-    for (i, r) in runs.iter().enumerate() {
-        let (layer, offset, file, kind) = match r.source {
-            Source::Zero => (None, None, String::new(), "zero"),
-            Source::Data { layer, offset_bytes, .. } => (Some(layer), Some(offset_bytes), d.layers()[layer as usize].name().to_string(), "data"),
-            Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), Some(marker_offset_bytes), d.layers()[layer as usize].name().to_string(), "compressed"),
+    let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", "start_sector", "sectors", "layer", "file_offset", "file");
+    for r in &runs {
+        let (layer, place, file) = match r.source {
+            Source::Zero => (None, "zeros".to_string(), ""),
+            Source::Data { layer, offset_bytes, .. } => (Some(layer), offset_bytes.to_string(), d.layers()[layer as usize].name()),
+            Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), format!("z@{}", marker_offset_bytes), d.layers()[layer as usize].name()),
         };
-        let _ = if json {
-            writeln!(
-                out,
-                "  {{\"start_sector\": {}, \"sectors\": {}, \"kind\": \"{}\", \"layer\": {}, \"file\": {}, \"offset_bytes\": {}}}{}",
-                r.start_sector,
-                r.sectors,
-                kind,
-                layer.map(|l| l.to_string()).unwrap_or_else(|| "null".into()),
-                if file.is_empty() { "null".into() } else { json_str(&file) },
-                offset.map(|o| o.to_string()).unwrap_or_else(|| "null".into()),
-                if i + 1 < n { "," } else { "" }
-            )
-        } else {
-            writeln!(
-                out,
-                "{:>14} {:>14}  {:<6} {:<12} {}",
-                r.start_sector,
-                r.sectors,
-                layer.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-                match (kind, offset) {
-                    ("zero", _) => "zeros".to_string(),
-                    ("compressed", Some(o)) => format!("z@{}", o),
-                    (_, Some(o)) => o.to_string(),
-                    _ => "-".into(),
-                },
-                file
-            )
-        };
-    }
-    if json {
-        let _ = writeln!(out, "]");
+        let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", r.start_sector, r.sectors, layer.map(|l| l.to_string()).unwrap_or_else(|| "-".into()), place, file);
     }
     Ok(())
 }
