@@ -5,7 +5,7 @@
 //! at the end (create, snapshot, convert) or orders its writes so that the image is valid after
 //! each one (reserve, trim).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use vboot::image::chain::{open_chain, ChainOptions, ParentLocator, StdLocator};
@@ -15,12 +15,27 @@ use vboot::image::{Disk, Format, ImageError, Layer, SECTOR_BYTES};
 use vdisk::cli::{Cli, Command, OpenArgs, Output};
 
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("vdisk: {}", msg);
     ExitCode::from(2)
+}
+
+/// A progress bar for `total_bytes` of copying, on stderr, drawn only when stderr is a terminal:
+/// a pipe or a log file gets no progress lines at all.
+fn progress_bar(total_bytes: u64, verb: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {eta}") {
+        bar.set_style(style.progress_chars("#>-"));
+    }
+    bar.set_message(verb);
+    bar
 }
 
 fn seed() -> u64 {
@@ -413,10 +428,9 @@ fn cmd_convert(source: &str, target: &str, format: Option<Variant>, reserve: u64
         }
         let runs: Vec<_> = src_runs.iter().filter(|r| !matches!(r.source, Source::Zero)).copied().collect();
         let total: u64 = runs.iter().map(|r| r.sectors).sum();
-        let mut done = 0u64;
+        let progress = progress_bar(total * SECTOR_BYTES, "converting");
         let chunk = 2048u64;
         let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
-        let mut last_pct = u64::MAX;
         for r in runs {
             let mut s = r.start_sector;
             while s < r.start_sector + r.sectors {
@@ -427,15 +441,10 @@ fn cmd_convert(source: &str, target: &str, format: Option<Variant>, reserve: u64
                     dst.write(s, b).map_err(|e| e.to_string())?;
                 }
                 s += n;
-                done += n;
-                let pct = done * 100 / total.max(1);
-                if pct != last_pct {
-                    eprint!("\rconverting: {:>3}%", pct);
-                    last_pct = pct;
-                }
+                progress.inc(n * SECTOR_BYTES);
             }
         }
-        eprintln!();
+        progress.finish_and_clear();
         Ok(())
     })();
     if let Err(e) = result {
@@ -492,10 +501,9 @@ fn cmd_merge(child: &str, parent_dir: &Option<String>) -> Result<(), String> {
         return Err(format!("{} has data past the end of its parent {} ({} sectors)", child, parent_path, parent_disk.sectors()));
     }
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let mut done = 0u64;
+    let progress = progress_bar(total * SECTOR_BYTES, "merging");
     let chunk = 2048u64;
     let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
-    let mut shown = u64::MAX;
     for (start, len) in ranges {
         let mut s = start;
         while s < start + len {
@@ -504,16 +512,10 @@ fn cmd_merge(child: &str, parent_dir: &Option<String>) -> Result<(), String> {
             child_disk.read(s, b).map_err(|e| e.to_string())?;
             parent_disk.write(s, b).map_err(|e| format!("writing into {} failed: {} (nothing is lost: {} still holds its data; run the merge again)", parent_path, e, child))?;
             s += n;
-            done += n;
-            let pct = done * 100 / total.max(1);
-            if pct != shown {
-                let bar = "#".repeat((pct / 4) as usize);
-                eprint!("\rmerging [{:<25}] {:>3}%", bar, pct);
-                shown = pct;
-            }
+            progress.inc(n * SECTOR_BYTES);
         }
     }
-    eprintln!();
+    progress.finish_and_clear();
     drop(parent_disk);
     drop(child_disk);
     // Relink the child to what its parent is now.
