@@ -45,6 +45,8 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/python3/dist-packages/VMDKstream.py", "python3-vmdkstream"),
     // libFuzzer (built from C++ by libfuzzer-sys) for the fuzz targets.
     ("/usr/bin/g++", "g++"),
+    // Renders the generated man pages (tests/tests/manpages.rs).
+    ("/usr/bin/man", "man-db"),
     // `cargo xtask demo-debian` only.
     ("/usr/sbin/debootstrap", "debootstrap"),
 ];

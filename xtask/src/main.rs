@@ -12,21 +12,26 @@
 //!            tests/tests/faults.rs, which runs it itself)
 //! - `deps`   only install what is missing
 //! - `fuzz`   the fuzzing campaign (docs/robustness.md): every target for N seconds
+//! - `man`    man pages and shell completions of the host tools, into target/man/ and
+//!            target/completions/ (`build` runs it too)
 
 mod deps;
 mod demo;
 mod firmware;
 mod fuzz;
+mod man;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|build-faults|test|test-i686|demo|demo-debian|bench|deps|fuzz> [options]
+        "usage: cargo xtask <build|man|build-faults|test|test-i686|demo|demo-debian|bench|deps|fuzz> [options]
 \
          \n\
-         build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
+         build            build stage1, stage2 (target/vboot/) and the host tools (target/release/),\n\
+                          their man pages and shell completions (as `man`)\n\
+         man              man pages (target/man/) and bash/zsh/fish completions (target/completions/)\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
          test-i686        only the core library's unit tests as 32-bit code, with overflow checks\n\
          demo [--kvm] [--interactive]\n\
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "build" => firmware::build_all(),
+        "man" => man::generate(),
         "build-faults" => firmware::build_fault_firmware(),
         "deps" => deps::ensure_all(),
         "fuzz" => fuzz::command(rest),
