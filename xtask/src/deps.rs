@@ -47,6 +47,11 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/g++", "g++"),
     // Renders the generated man pages (tests/tests/manpages.rs).
     ("/usr/bin/man", "man-db"),
+    // `cargo xtask deb` and tests/tests/deb.rs.
+    ("/usr/bin/dpkg-deb", "dpkg"),
+    ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+    ("/usr/bin/lintian", "lintian"),
+    ("/usr/bin/file", "file"),
     // `cargo xtask demo-debian` only.
     ("/usr/sbin/debootstrap", "debootstrap"),
 ];
