@@ -2,31 +2,13 @@
 //! `dpkg-deb -c`/`-I` for its contents and control data, lintian, and `dpkg --root` installing
 //! it into a scratch root, whose tools then run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use vboot_tests::disk::{self, FileSpec};
-use vboot_tests::{require_tool, sh, workspace_root, TempDir};
+use vboot_tests::{require_tool, sh, TempDir};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const TOOLS: [&str; 3] = ["vboot-install", "vdisk", "vboot-attach"];
-
-/// Packs what `cargo xtask build` made (the test suite needs that build anyway).
-fn build_deb() -> PathBuf {
-    let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(workspace_root())
-        .args(["run", "--quiet", "--release", "--package", "xtask", "--", "deb", "--no-build"])
-        .output()
-        .expect("run cargo xtask deb");
-    assert!(
-        out.status.success(),
-        "cargo xtask deb failed (it needs `cargo xtask build` first):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deb = workspace_root().join(format!("target/debian/vboot_{}_amd64.deb", VERSION));
-    assert!(deb.exists(), "{} was not made", deb.display());
-    deb
-}
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
     sh(Command::new("dpkg-deb").args(args).arg(deb))
@@ -36,7 +18,7 @@ fn dpkg_deb(args: &[&str], deb: &Path) -> String {
 fn debian_package_contents_lintian_and_installed_tools() {
     require_tool("dpkg-deb", "dpkg");
     require_tool("lintian", "lintian");
-    let deb = build_deb();
+    let deb = vboot_tests::debian_package();
 
     // Contents: every file where docs/packaging.md says, owned by root, with its mode.
     let listing = dpkg_deb(&["-c"], &deb);
