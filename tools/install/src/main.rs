@@ -79,7 +79,7 @@ fn apply(disk: &mut FileDisk, writes: &[SectorWrite], dry_run: bool) -> Result<(
 fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Install { disk, partition, force, force_chs, stage_dir: explicit_dir, dry_run } => {
-            let opts = InstallOptions { config_partition: partition, force, force_chs, ..InstallOptions::default() };
+            let opts = InstallOptions { config_partition: partition, force, force_chs };
             let dir = stage_dir(explicit_dir);
             let read = |name: &str| {
                 let p = dir.join(name);
