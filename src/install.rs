@@ -73,23 +73,36 @@ pub const STAGE2_MAGIC: [u8; 8] = *b"VBOOTST2";
 /// Offset of the magic inside stage2.bin (after a 2-byte short jump and 2 bytes of padding).
 pub const STAGE2_MAGIC_OFFSET: usize = 4;
 
-/// The first 32 bytes of stage2.bin.
+/// Where stage1 loads stage2's low part, and the most of it that fits below 0x10000 (real mode
+/// runs it with CS = 0; docs/boot-layout.md).
+pub const STAGE2_LOAD_ADDRESS: u32 = 0x8000;
+pub const STAGE2_LOW_MAX_SECTORS: u32 = (0x10000 - STAGE2_LOAD_ADDRESS) / SECTOR_BYTES as u32;
+
+/// The first 36 bytes of stage2.bin (stage2/src/entry.s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stage2Header {
+    /// The whole image: what `vboot-install` writes.
     pub sectors: u32,
     pub version: [u8; 16],
+    /// The low part at the start, which stage1 loads at 0x8000; it loads the rest above 1 MiB.
+    pub load_sectors: u32,
 }
 
 impl Stage2Header {
-    /// Parse the header of a stage2 image; `None` if it is not one.
+    /// Parse the header of a stage2 image; `None` if it is not one, or if its counts are not
+    /// ones stage1 can load (a low part of 1 to [`STAGE2_LOW_MAX_SECTORS`], inside the image).
     pub fn parse(image: &[u8]) -> Option<Stage2Header> {
-        if image.len() < 32 || image[4..12] != STAGE2_MAGIC {
+        if image.len() < 36 || image[4..12] != STAGE2_MAGIC {
             return None;
         }
         let sectors = u32::from_le_bytes(image[12..16].try_into().ok()?);
         let mut version = [0u8; 16];
         version.copy_from_slice(&image[16..32]);
-        Some(Stage2Header { sectors, version })
+        let load_sectors = u32::from_le_bytes(image[32..36].try_into().ok()?);
+        if load_sectors == 0 || load_sectors > STAGE2_LOW_MAX_SECTORS || load_sectors > sectors {
+            return None;
+        }
+        Some(Stage2Header { sectors, version, load_sectors })
     }
 
     pub fn version_str(&self) -> &str {
@@ -337,7 +350,7 @@ pub fn plan_install<D: BlockDevice>(
     opts: &InstallOptions,
 ) -> Result<InstallPlan, String> {
     let header = Stage2Header::parse(stage2)
-        .ok_or_else(|| String::from("the stage2 image has no VBOOTST2 header; rebuild with `cargo xtask build`"))?;
+        .ok_or_else(|| String::from("the stage2 image has no VBOOTST2 header, or one whose low part stage1 cannot load; rebuild with `cargo xtask build`"))?;
     let stage2_sectors = stage2.len().div_ceil(SECTOR_BYTES) as u64;
     if stage2_sectors > u16::MAX as u64 {
         return refuse(format!("stage2 is {} sectors; stage1 can load at most {}", stage2_sectors, u16::MAX));
@@ -491,7 +504,8 @@ pub fn plan_install<D: BlockDevice>(
     };
     let patch = StagePatch {
         stage2_lba,
-        stage2_sectors: stage2_sectors as u16,
+        // stage1 loads the low part; stage2 reads the rest itself, and the engine after it.
+        stage2_sectors: header.load_sectors as u16,
         flags: if opts.force_chs { PATCH_FLAG_FORCE_CHS } else { 0 },
         version: 1,
         magic: STAGE1_PATCH_MAGIC,
@@ -706,11 +720,12 @@ mod tests {
     fn reinstall_ignores_a_record_that_describes_another_layout() {
         use crate::block::BlockDevice;
         let mut d = installed_disk(8, 0);
-        let r = InstallRecord { stage2_lba: 0, stage2_sectors: 8, config_partition: 1, flags: RECORD_FLAG_SAVED_MBR, vboot_version: [0; 16], engine_sectors: 0 };
+        let r = InstallRecord { stage2_lba: 0, stage2_sectors: 8, config_partition: 1, flags: RECORD_FLAG_SAVED_MBR, vboot_version: [0; 16], engine_sectors: 0, stage2_crc32: 0 };
         d.write_sectors(1, &r.to_sector()).unwrap();
         let mut stage2 = alloc::vec![0u8; 8 * SECTOR_BYTES];
         stage2[4..12].copy_from_slice(&STAGE2_MAGIC);
         stage2[12..16].copy_from_slice(&8u32.to_le_bytes());
+        stage2[32..36].copy_from_slice(&2u32.to_le_bytes());
         let engine = engine_blob(&[0x7F, b'E', b'L', b'F', 1, 1, 1, 0]);
         let plan = plan_install(&mut d, &[0x90; SECTOR_BYTES], &stage2, &engine, &InstallOptions::default()).unwrap();
         assert!(!plan.keeps_saved_mbr);

@@ -9,6 +9,8 @@
 //! extent list on the host disk) -> `image` (which layer of a differencing chain holds a virtual
 //! sector) -> `int13` (what the guest asked for, in BIOS terms).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+// The core is pure logic: memory and hardware access belong to the firmware's few small modules.
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let mut stage2 = vec![0u8; 8 * 512];
     stage2[4..12].copy_from_slice(&install::STAGE2_MAGIC);
     stage2[12..16].copy_from_slice(&8u32.to_le_bytes());
+    stage2[32..36].copy_from_slice(&2u32.to_le_bytes());
     let engine = install::engine_blob(&[0x7F, b'E', b'L', b'F', 1, 1, 1, 0]);
     let opts = InstallOptions { config_partition: (flags & 2 == 2).then_some(flags as u32 >> 4), force: flags & 4 == 4, force_chs: flags & 8 == 8 };
     if let Ok(plan) = install::plan_install(&mut disk, &stage1, &stage2, &engine, &opts) {

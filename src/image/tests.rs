@@ -12,6 +12,7 @@ use core::cell::RefCell;
 use super::chain::{open_chain, ChainOptions, ParentLocator};
 use super::create::{create, parent_info, CreateOptions, ParentInfo, Variant};
 use super::*;
+use super::disk::Source;
 
 /// A file whose bytes stay visible to the test after the image code is done with it.
 #[derive(Clone)]
@@ -988,4 +989,32 @@ fn vdi_block_extra_is_zeroed_in_pieces() {
     drop(d);
     let b = fs.files["/img/x.vdi"].borrow();
     assert!(b[off_data..off_data + extra as usize].iter().all(|&x| x == 0), "the block's extra data is zeroed");
+}
+
+#[test]
+fn a_fixed_vdi_shorter_than_its_blocks_maps_zeros_past_its_end() {
+    let mut fs = MemFs::default();
+    fs.make("/img/f.vdi", Variant::VdiFixed, 4 << 20, 0, None);
+    let full = fs.files["/img/f.vdi"].borrow().len() as u64;
+    // Cut the file 1.5 MiB before its end: inside its last-but-one block.
+    let cut = full - (3 << 19);
+    fs.files["/img/f.vdi"].borrow_mut().truncate(cut as usize);
+    let mut d = fs.disk("/img/f.vdi").unwrap();
+    let sectors = d.sectors();
+    let mut s = 0;
+    let mut last_data_end = 0;
+    while s < sectors {
+        let r = d.lookup(s).unwrap();
+        assert_eq!(r.start_sector, s);
+        if let Source::Data { offset_bytes, .. } = r.source {
+            assert!(offset_bytes + r.sectors * SECTOR_BYTES <= cut, "a data run at sector {} passes the file's end", s);
+            last_data_end = s + r.sectors;
+        }
+        s += r.sectors;
+    }
+    assert!(last_data_end > 0 && last_data_end < sectors, "data then zeros: {}", last_data_end);
+    // What the map says zeros reads as zeros.
+    let mut tail = vec![0xAAu8; ((sectors - last_data_end) * SECTOR_BYTES) as usize];
+    d.read(last_data_end, &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 0));
 }

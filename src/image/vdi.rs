@@ -265,12 +265,24 @@ impl Layer for VdiImage {
             }
             next += 1;
         }
-        let run = (next * self.block_sectors - sector).min(self.virtual_sectors - sector);
+        let mut run = (next * self.block_sectors - sector).min(self.virtual_sectors - sector);
         let m = match entry {
             BLOCK_FREE if diff => Mapping::Parent,
             BLOCK_FREE | BLOCK_ZERO => Mapping::Zero,
             slot => Mapping::Data { file: 0, offset_bytes: self.block_offset(slot) + sib * SECTOR_BYTES },
         };
+        // A fixed image shorter than its last block (`read_file`) reads as zeros past its end. The
+        // engine reads data runs straight through the file's extents, which end where the file
+        // does, so the map itself must say "zeros" there; a run that straddles the end stops at it.
+        if let Mapping::Data { offset_bytes, .. } = m {
+            if self.header.image_type == TYPE_FIXED {
+                let len = self.file.len_bytes();
+                if offset_bytes >= len {
+                    return Ok((Mapping::Zero, run));
+                }
+                run = run.min((len - offset_bytes).div_ceil(SECTOR_BYTES));
+            }
+        }
         Ok((m, run))
     }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {

@@ -18,6 +18,40 @@ enum Op {
     Verify,
 }
 
+/// INT 13h function numbers (AH), named as the BIOS and EDD specifications describe them
+/// (docs/int13.md).
+pub mod ah {
+    pub const RESET: u8 = 0x00;
+    pub const LAST_STATUS: u8 = 0x01;
+    pub const READ_SECTORS: u8 = 0x02;
+    pub const WRITE_SECTORS: u8 = 0x03;
+    pub const VERIFY_SECTORS: u8 = 0x04;
+    pub const FORMAT_TRACK: u8 = 0x05;
+    pub const GET_PARAMETERS: u8 = 0x08;
+    pub const INITIALIZE_PARAMETERS: u8 = 0x09;
+    pub const SEEK: u8 = 0x0C;
+    pub const ALTERNATE_RESET: u8 = 0x0D;
+    pub const TEST_READY: u8 = 0x10;
+    pub const RECALIBRATE: u8 = 0x11;
+    pub const DIAGNOSTIC: u8 = 0x14;
+    pub const GET_DRIVE_TYPE: u8 = 0x15;
+    pub const MEDIA_CHANGE_STATUS: u8 = 0x16;
+    pub const SET_DASD_TYPE: u8 = 0x17;
+    pub const SET_MEDIA_TYPE: u8 = 0x18;
+    pub const EDD_INSTALLATION_CHECK: u8 = 0x41;
+    pub const EXTENDED_READ: u8 = 0x42;
+    pub const EXTENDED_WRITE: u8 = 0x43;
+    pub const EXTENDED_VERIFY: u8 = 0x44;
+    pub const EXTENDED_SEEK: u8 = 0x47;
+    pub const EXTENDED_GET_PARAMETERS: u8 = 0x48;
+    pub const CD_EMULATION: u8 = 0x4B;
+    pub const SET_HARDWARE_CONFIGURATION: u8 = 0x4E;
+}
+
+/// AH=15h answers in AH: the drive type.
+const DRIVE_TYPE_FLOPPY_WITH_CHANGE_LINE: u8 = 0x02;
+const DRIVE_TYPE_FIXED_DISK: u8 = 0x03;
+
 pub(super) fn call(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
     match drive.kind {
         DriveKind::HardDisk => hard_disk(drive, regs, mem),
@@ -27,40 +61,144 @@ pub(super) fn call(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMe
 }
 
 fn hard_disk(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    use ah::*;
     match regs.ah() {
         // Reset: nothing to reset in a file. The real controllers are not reset for us; a guest
         // that resets 81h+ reaches them through pass-through.
-        0x00 => Ok(0),
-        0x01 => last_status(mem, false),
-        0x02 => chs_access(drive, regs, mem, Op::Read),
-        0x03 => chs_access(drive, regs, mem, Op::Write),
-        0x04 => chs_access(drive, regs, mem, Op::Verify),
-        0x08 => {
-            let (cx, dh) = drive.geometry.max_address_regs();
-            regs.set_ax(0);
-            regs.set_cx(cx);
-            regs.set_dh(dh);
-            regs.set_dl(bda::hard_disk_count(mem));
-            Ok(0)
-        }
-        // Initialise / seek / alternate reset / test ready / recalibrate / diagnostic: a file
-        // has no heads to move, so these succeed.
-        0x09 | 0x0C | 0x0D | 0x10 | 0x11 | 0x14 => Ok(0),
-        0x15 => {
-            let sectors = drive.disk.block_count().min(u32::MAX as u64) as u32;
-            regs.set_cx((sectors >> 16) as u16);
-            regs.set_dx(sectors as u16);
-            Ok(0x03)
-        }
+        RESET => Ok(0),
+        LAST_STATUS => last_status(mem, false),
+        READ_SECTORS => chs_access(drive, regs, mem, Op::Read),
+        WRITE_SECTORS => chs_access(drive, regs, mem, Op::Write),
+        VERIFY_SECTORS => chs_access(drive, regs, mem, Op::Verify),
+        GET_PARAMETERS => hard_disk_parameters(drive, regs, mem),
+        // A file has no heads to move, so these succeed.
+        INITIALIZE_PARAMETERS | SEEK | ALTERNATE_RESET | TEST_READY | RECALIBRATE | DIAGNOSTIC => Ok(0),
+        GET_DRIVE_TYPE => hard_disk_type(drive, regs),
         // A fixed disk's media never changes; lbacache-style callers want "unchanged".
-        0x16 => Ok(0),
-        0x41 => edd_installation_check(regs),
-        0x42 => extended_access(drive, regs, mem, Op::Read),
-        0x43 => extended_access(drive, regs, mem, Op::Write),
-        0x44 => extended_access(drive, regs, mem, Op::Verify),
-        0x47 => extended_seek(drive, regs, mem),
-        0x48 => {
-            let total = drive.disk.block_count();
+        MEDIA_CHANGE_STATUS => Ok(0),
+        EDD_INSTALLATION_CHECK => edd_installation_check(regs),
+        EXTENDED_READ => extended_access(drive, regs, mem, Op::Read),
+        EXTENDED_WRITE => extended_access(drive, regs, mem, Op::Write),
+        EXTENDED_VERIFY => extended_access(drive, regs, mem, Op::Verify),
+        EXTENDED_SEEK => extended_seek(drive, regs, mem),
+        EXTENDED_GET_PARAMETERS => extended_parameters(drive, regs, mem),
+        SET_HARDWARE_CONFIGURATION => set_hardware_configuration(regs),
+        _ => Err(Status::INVALID),
+    }
+}
+
+fn floppy(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    use ah::*;
+    match regs.ah() {
+        // Never cascades into a floppy controller that may not exist.
+        RESET => Ok(0),
+        LAST_STATUS => last_status(mem, true),
+        READ_SECTORS => chs_access(drive, regs, mem, Op::Read),
+        WRITE_SECTORS => chs_access(drive, regs, mem, Op::Write),
+        VERIFY_SECTORS => chs_access(drive, regs, mem, Op::Verify),
+        FORMAT_TRACK => format_track(drive, regs),
+        GET_PARAMETERS => floppy_parameters(drive, regs, mem),
+        // Floppy with change line; CX:DX are left alone (setting them sends Win98SE's DOS into
+        // a reset loop, memdisk notes).
+        GET_DRIVE_TYPE => Ok(DRIVE_TYPE_FLOPPY_WITH_CHANGE_LINE),
+        // An image never changes under the guest.
+        MEDIA_CHANGE_STATUS => Ok(0),
+        // The image's format is fixed: there is no DASD type to set.
+        SET_DASD_TYPE => Ok(0),
+        SET_MEDIA_TYPE => floppy_set_media_type(drive, regs),
+        // No EDD on floppies: ELTORITO.SYS-style drivers take a floppy with extended reads for
+        // a CD. The hard-disk-only functions are refused too.
+        _ => Err(Status::INVALID),
+    }
+}
+
+fn cdrom(drive: &mut Drive<'_>, boot: ElToritoBoot, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    use ah::*;
+    match regs.ah() {
+        RESET | ALTERNATE_RESET | TEST_READY | RECALIBRATE | DIAGNOSTIC => Ok(0),
+        LAST_STATUS => last_status(mem, false),
+        EDD_INSTALLATION_CHECK => edd_installation_check(regs),
+        EXTENDED_READ => extended_access(drive, regs, mem, Op::Read),
+        EXTENDED_WRITE => Err(Status::WRITE_PROTECTED),
+        EXTENDED_VERIFY => extended_access(drive, regs, mem, Op::Verify),
+        EXTENDED_SEEK => extended_seek(drive, regs, mem),
+        EXTENDED_GET_PARAMETERS => extended_parameters(drive, regs, mem),
+        CD_EMULATION => cd_specification(drive, boot, regs, mem),
+        SET_HARDWARE_CONFIGURATION => set_hardware_configuration(regs),
+        // CHS on 2048-byte media (02h-05h, 08h) and everything else.
+        _ => Err(Status::INVALID),
+    }
+}
+
+/// AH=08h on a hard disk: the CHS maxima and the number of hard disks.
+fn hard_disk_parameters(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    let (cx, dh) = drive.geometry.max_address_regs();
+    regs.set_ax(0);
+    regs.set_cx(cx);
+    regs.set_dh(dh);
+    regs.set_dl(bda::hard_disk_count(mem));
+    Ok(0)
+}
+
+/// AH=08h on a floppy: also the drive type and the parameter table (ES:DI).
+fn floppy_parameters(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    let DriveKind::Floppy { drive_type, parameter_table } = drive.kind else {
+        return Err(Status::INVALID);
+    };
+    let (cx, dh) = drive.geometry.max_address_regs();
+    regs.set_ax(0);
+    regs.set_bx(drive_type as u16);
+    regs.set_cx(cx);
+    regs.set_dh(dh);
+    regs.set_dl(bda::floppy_count(mem));
+    regs.es = parameter_table.segment;
+    regs.set_di(parameter_table.offset);
+    Ok(0)
+}
+
+/// AH=15h on a hard disk: a fixed disk, its size in sectors in CX:DX.
+fn hard_disk_type(drive: &mut Drive<'_>, regs: &mut Regs) -> Answer {
+    let sectors = drive.disk.block_count().min(u32::MAX as u64) as u32;
+    regs.set_cx((sectors >> 16) as u16);
+    regs.set_dx(sectors as u16);
+    Ok(DRIVE_TYPE_FIXED_DISK)
+}
+
+/// AH=18h: DOS FORMAT asks for the parameter table of the format it wants; only the image's
+/// own format has one.
+fn floppy_set_media_type(drive: &mut Drive<'_>, regs: &mut Regs) -> Answer {
+    let DriveKind::Floppy { parameter_table, .. } = drive.kind else {
+        return Err(Status::INVALID);
+    };
+    let asked = ChsAddress::from_regs(regs.cx(), 0);
+    let g = drive.geometry;
+    if asked.cylinder as u32 + 1 != g.bios_cylinders() || asked.sector as u32 != g.sectors_per_track {
+        return Err(Status::UNSUPPORTED_MEDIA);
+    }
+    regs.es = parameter_table.segment;
+    regs.set_di(parameter_table.offset);
+    Ok(0)
+}
+
+/// AH=48h: the EDD drive parameters at DS:SI, for a hard disk or a CD.
+fn extended_parameters(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    let total = drive.disk.block_count();
+    let parameters = match drive.kind {
+        DriveKind::Cdrom { .. } => DriveParameters {
+            size_bytes: 0,
+            info_flags: edd::INFO_DMA_TRANSPARENT
+                | edd::INFO_REMOVABLE
+                | edd::INFO_CHANGE_LINE
+                | edd::INFO_LOCKABLE
+                | edd::INFO_GEOMETRY_IS_MAXIMUM,
+            cylinders: u32::MAX,
+            heads: u32::MAX,
+            sectors_per_track: u32::MAX,
+            total_sectors: total,
+            bytes_per_sector: 2048,
+            dpte: edd::DPTE_NONE,
+        },
+        _ => {
             let g = drive.geometry;
             let mut flags = edd::INFO_DMA_TRANSPARENT;
             if total <= super::chs::EDD_CHS_VALID_LIMIT_SECTORS {
@@ -76,102 +214,21 @@ fn hard_disk(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) 
                 bytes_per_sector: 512,
                 dpte: edd::DPTE_NONE,
             }
-            .write_to(mem, regs.ds_si_linear())?;
-            Ok(0)
         }
-        0x4E => set_hardware_configuration(regs),
-        _ => Err(Status::INVALID),
-    }
-}
-
-fn floppy(drive: &mut Drive<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
-    let DriveKind::Floppy { drive_type, parameter_table } = drive.kind else {
-        return Err(Status::INVALID);
     };
-    match regs.ah() {
-        // Never cascades into a floppy controller that may not exist.
-        0x00 => Ok(0),
-        0x01 => last_status(mem, true),
-        0x02 => chs_access(drive, regs, mem, Op::Read),
-        0x03 => chs_access(drive, regs, mem, Op::Write),
-        0x04 => chs_access(drive, regs, mem, Op::Verify),
-        0x05 => format_track(drive, regs),
-        0x08 => {
-            let (cx, dh) = drive.geometry.max_address_regs();
-            regs.set_ax(0);
-            regs.set_bx(drive_type as u16);
-            regs.set_cx(cx);
-            regs.set_dh(dh);
-            regs.set_dl(bda::floppy_count(mem));
-            regs.es = parameter_table.segment;
-            regs.set_di(parameter_table.offset);
-            Ok(0)
-        }
-        // Floppy with change line; CX:DX are left alone (setting them sends Win98SE's DOS into
-        // a reset loop, memdisk notes).
-        0x15 => Ok(0x02),
-        // An image never changes under the guest.
-        0x16 => Ok(0),
-        // Set DASD type for format: the image's format is fixed, nothing to set.
-        0x17 => Ok(0),
-        // Set media type for format: DOS FORMAT asks for the table of the format it wants.
-        0x18 => {
-            let asked = ChsAddress::from_regs(regs.cx(), 0);
-            let g = drive.geometry;
-            if asked.cylinder as u32 + 1 != g.bios_cylinders() || asked.sector as u32 != g.sectors_per_track {
-                return Err(Status::UNSUPPORTED_MEDIA);
-            }
-            regs.es = parameter_table.segment;
-            regs.set_di(parameter_table.offset);
-            Ok(0)
-        }
-        // No EDD on floppies: ELTORITO.SYS-style drivers take a floppy with extended reads for
-        // a CD. The hard-disk-only functions are refused too.
-        _ => Err(Status::INVALID),
-    }
+    parameters.write_to(mem, regs.ds_si_linear())?;
+    Ok(0)
 }
 
-fn cdrom(drive: &mut Drive<'_>, boot: ElToritoBoot, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
-    match regs.ah() {
-        0x00 | 0x0D | 0x10 | 0x11 | 0x14 => Ok(0),
-        0x01 => last_status(mem, false),
-        0x41 => edd_installation_check(regs),
-        0x42 => extended_access(drive, regs, mem, Op::Read),
-        0x43 => Err(Status::WRITE_PROTECTED),
-        0x44 => extended_access(drive, regs, mem, Op::Verify),
-        0x47 => extended_seek(drive, regs, mem),
-        0x48 => {
-            DriveParameters {
-                size_bytes: 0,
-                info_flags: edd::INFO_DMA_TRANSPARENT
-                    | edd::INFO_REMOVABLE
-                    | edd::INFO_CHANGE_LINE
-                    | edd::INFO_LOCKABLE
-                    | edd::INFO_GEOMETRY_IS_MAXIMUM,
-                cylinders: u32::MAX,
-                heads: u32::MAX,
-                sectors_per_track: u32::MAX,
-                total_sectors: drive.disk.block_count(),
-                bytes_per_sector: 2048,
-                dpte: edd::DPTE_NONE,
-            }
-            .write_to(mem, regs.ds_si_linear())?;
-            Ok(0)
-        }
-        0x4B => match regs.al() {
-            // Status, or terminate: there is no emulation to end for a no-emulation CD, so
-            // both answer the packet and the drive stays.
-            0x00 | 0x01 => {
-                let packet = specification_packet(drive.number, boot);
-                mem.write(regs.ds_si_linear(), &packet).map_err(|_| Status::INVALID)?;
-                Ok(0)
-            }
-            _ => Err(Status::INVALID),
-        },
-        0x4E => set_hardware_configuration(regs),
-        // CHS on 2048-byte media (02h-05h, 08h) and everything else.
-        _ => Err(Status::INVALID),
+/// AX=4B00h/4B01h on the CD's own drive: status, or terminate. There is no emulation to end for
+/// a no-emulation CD, so both answer the packet and the drive stays.
+fn cd_specification(drive: &mut Drive<'_>, boot: ElToritoBoot, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Answer {
+    if regs.al() > 1 {
+        return Err(Status::INVALID);
     }
+    let packet = specification_packet(drive.number, boot);
+    mem.write(regs.ds_si_linear(), &packet).map_err(|_| Status::INVALID)?;
+    Ok(0)
 }
 
 /// AX=4B00h/4B01h for the drive a CD boot image is emulated on: the packet with its media type,

@@ -105,12 +105,15 @@ pub enum Outcome {
     PassThrough { dl: u8 },
 }
 
+/// DL for AX=4B0xh meaning "whichever drive is emulated".
+const ANY_EMULATED_DRIVE: u8 = 0x7F;
+
 /// Serve one INT 13h call.
 pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMemory) -> Outcome {
     drives.reassert_bda_counts(mem);
     let dl = regs.dl();
-    if regs.ah() == 0x4B {
-        if let Some(e) = drives.cd_emulation().filter(|e| dl == e.drive || dl == 0x7F) {
+    if regs.ah() == functions::ah::CD_EMULATION {
+        if let Some(e) = drives.cd_emulation().filter(|e| dl == e.drive || dl == ANY_EMULATED_DRIVE) {
             let result = functions::emulation_status(drives, e, regs, mem);
             let floppy = DriveClass::of(e.drive) == DriveClass::Floppy;
             finish(regs, mem, floppy, result);
@@ -121,7 +124,7 @@ pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMem
         Some(i) => i,
         // AX=4B0xh with DL=7Fh means "any emulation"; a CD we serve must answer it, or the BIOS
         // answers with its own, unrelated state.
-        None if regs.ah() == 0x4B && dl == 0x7F => match drives.first_cdrom() {
+        None if regs.ah() == functions::ah::CD_EMULATION && dl == ANY_EMULATED_DRIVE => match drives.first_cdrom() {
             Some(i) => i,
             None => return Outcome::PassThrough { dl },
         },
@@ -141,8 +144,8 @@ pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMem
 /// transferred (AL = 0 for AH=02h/03h/04h, the packet's block count 0 for AH=42h/43h/44h).
 pub fn fail_call(regs: &mut Regs, mem: &mut dyn GuestMemory, status: Status) {
     match regs.ah() {
-        0x02..=0x04 => regs.set_al(0),
-        0x42..=0x44 => {
+        functions::ah::READ_SECTORS..=functions::ah::VERIFY_SECTORS => regs.set_al(0),
+        functions::ah::EXTENDED_READ..=functions::ah::EXTENDED_VERIFY => {
             let at = regs.ds_si_linear();
             // The count field of whichever form the caller used; any block size is fine here.
             if let Ok(req) = edd::DiskAddressPacket::read(mem, at).and_then(|p| p.request(at, 1)) {

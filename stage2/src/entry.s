@@ -18,9 +18,10 @@ _start16:
     jmp .Lentry16               # 2-byte short jump: the header below sits at offset 4
     .byte 0, 0
     .ascii "VBOOTST2"           # Stage2Header (src/install.rs), checked by stage1
-    .long __stage2_sectors
+    .long __stage2_sectors      # the whole of stage2.bin: what vboot-install writes
     .ascii "0.1.0"
     .fill 11, 1, 0
+    .long __stage2_low_sectors  # the low part: what stage1 loads (offset 32)
 
 .Lentry16:
     cli
@@ -101,9 +102,12 @@ a20_is_on:
     mov %ax, %fs
     mov %ax, %gs
     mov %ax, %ss
-    # The protected-mode stack lives at 1 MiB (PM_STACK_TOP), not in .bss: every byte below
-    # 0x80000 is needed for stage2's code, and RAM at 1 MiB exists on anything that runs us.
+    # The protected-mode stack lives at 1 MiB (PM_STACK_TOP), below the high part; RAM at 1 MiB
+    # exists on anything that runs us.
     mov $PM_STACK_TOP, %esp
+    cmpb $0, a20_enabled
+    je .Lno_a20
+    call load_high_part
     # QEMU zeroes RAM; real machines do not.
     mov $_bss_start, %edi
     mov $_bss_end, %ecx
@@ -120,6 +124,212 @@ a20_is_on:
 1:  cli
     hlt
     jmp 1b
+
+# stage1 loaded only the low part (__stage2_low_sectors); the rest of stage2 follows it on disk
+# and is linked at 0x110000, which real mode cannot reach. Read it the way stage1 read the disk
+# (AH=42h if BL said so, else AH=02h one sector at a time), through the bounce buffer at 0x1000,
+# and copy each piece up. A read error prints a line through the BIOS and halts: nothing else
+# of stage2 exists yet to report it.
+.set LOAD_BOUNCE, 0x1000
+.set LOAD_DAP, 0x0600
+.set LOAD_CHUNK_SECTORS, 48         # 24 KiB: the bounce buffer, inside one 64 KiB DMA page
+# BiosRegs (src/bios.rs) field offsets.
+.set R_EAX, 0
+.set R_EBX, 4
+.set R_ECX, 8
+.set R_EDX, 12
+.set R_ESI, 16
+.set R_DS, 28
+.set R_ES, 30
+.set R_EFLAGS, 32
+load_high_part:
+    movzwl stage_patch_ptr, %esi
+    mov (%esi), %eax                # StagePatch.stage2_lba (u64): where the low part starts
+    mov 4(%esi), %edx
+    add $__stage2_low_sectors, %eax
+    adc $0, %edx
+    mov %eax, load_lba
+    mov %edx, load_lba+4
+    movl $__stage2_high_sectors, load_left
+    movl $_stage2_high_start, load_dest
+    cmpb $0, stage1_used_lba
+    jne .Lload_next
+    call load_chs_geometry
+.Lload_next:
+    mov load_left, %ecx
+    test %ecx, %ecx
+    jz .Lload_done
+    cmp $LOAD_CHUNK_SECTORS, %ecx
+    jbe 1f
+    mov $LOAD_CHUNK_SECTORS, %ecx
+1:  mov %ecx, load_count
+    cmpb $0, stage1_used_lba
+    je 2f
+    call load_read_lba
+    jmp 3f
+2:  call load_read_chs
+3:  mov load_count, %ecx
+    shl $7, %ecx                    # dwords
+    mov $LOAD_BOUNCE, %esi
+    mov load_dest, %edi
+    rep movsl
+    mov %edi, load_dest
+    mov load_count, %eax
+    sub %eax, load_left
+    add %eax, load_lba
+    adcl $0, load_lba+4
+    jmp .Lload_next
+.Lload_done:
+    ret
+
+# One AH=42h read of load_count sectors at load_lba into the bounce buffer, three tries.
+load_read_lba:
+    movl $3, load_tries
+1:  movw $0x10, LOAD_DAP
+    mov load_count, %eax
+    mov %ax, LOAD_DAP+2
+    movw $LOAD_BOUNCE, LOAD_DAP+4
+    movw $0, LOAD_DAP+6
+    mov load_lba, %eax
+    mov %eax, LOAD_DAP+8
+    mov load_lba+4, %eax
+    mov %eax, LOAD_DAP+12
+    call load_clear_regs
+    movl $0x4200, load_regs+R_EAX
+    movzbl boot_drive, %eax
+    mov %eax, load_regs+R_EDX
+    movl $LOAD_DAP, load_regs+R_ESI
+    mov $0x13, %eax
+    call load_bios
+    testl $1, load_regs+R_EFLAGS
+    jz 2f
+    call load_reset
+    decl load_tries
+    jnz 1b
+    jmp load_failed
+2:  ret
+
+# load_count sectors from load_lba, one AH=02h read each (multi-sector CHS reads that cross a
+# track are not portable), into consecutive bounce-buffer sectors.
+load_read_chs:
+    pushl load_lba
+    pushl load_lba+4
+    movl $0, load_done
+1:  mov load_done, %eax
+    cmp load_count, %eax
+    jae 4f
+    movl $3, load_tries
+2:  cmpl $0, load_lba+4
+    jne load_failed
+    mov load_lba, %eax
+    xor %edx, %edx
+    divl load_spt                   # eax = track, edx = sector index
+    lea 1(%edx), %ecx               # CL bits 0-5: sector number
+    xor %edx, %edx
+    divl load_heads                 # eax = cylinder, edx = head
+    cmp $1023, %eax
+    ja load_failed
+    mov %al, %ch                    # CH: cylinder bits 0-7; CL bits 6-7: cylinder bits 8-9
+    shr $2, %eax
+    and $0xC0, %eax
+    or %eax, %ecx
+    shl $8, %edx
+    movzbl boot_drive, %eax
+    or %eax, %edx                   # DH = head, DL = drive
+    push %ecx
+    push %edx
+    call load_clear_regs
+    pop %edx
+    pop %ecx
+    mov %ecx, load_regs+R_ECX
+    mov %edx, load_regs+R_EDX
+    movl $0x0201, load_regs+R_EAX
+    mov load_done, %eax
+    shl $9, %eax
+    add $LOAD_BOUNCE, %eax
+    mov %eax, load_regs+R_EBX
+    mov $0x13, %eax
+    call load_bios
+    testl $1, load_regs+R_EFLAGS
+    jz 3f
+    call load_reset
+    decl load_tries
+    jnz 2b
+    jmp load_failed
+3:  incl load_done
+    addl $1, load_lba
+    adcl $0, load_lba+4
+    jmp 1b
+4:  popl load_lba+4
+    popl load_lba
+    ret
+
+# Sectors per track and heads of the boot drive (AH=08h), as stage1 found them.
+load_chs_geometry:
+    call load_clear_regs
+    movl $0x0800, load_regs+R_EAX
+    movzbl boot_drive, %eax
+    mov %eax, load_regs+R_EDX
+    mov $0x13, %eax
+    call load_bios
+    testl $1, load_regs+R_EFLAGS
+    jnz load_failed
+    mov load_regs+R_ECX, %eax
+    and $0x3F, %eax
+    jz load_failed
+    mov %eax, load_spt
+    movzbl load_regs+R_EDX+1, %eax
+    inc %eax
+    mov %eax, load_heads
+    ret
+
+load_reset:
+    call load_clear_regs
+    movzbl boot_drive, %eax
+    mov %eax, load_regs+R_EDX
+    mov $0x13, %eax                 # AH=00h (cleared): reset the drive before a retry
+    jmp load_bios
+
+load_clear_regs:
+    mov $load_regs, %edi
+    mov $9, %ecx
+    xor %eax, %eax
+    rep stosl
+    ret
+
+# bios_call(EAX = vector, &load_regs)
+load_bios:
+    push $load_regs
+    push %eax
+    call bios_call
+    add $8, %esp
+    ret
+
+.Lno_a20:
+    mov $no_a20_message, %esi
+    jmp load_halt_with
+load_failed:
+    mov $load_failed_message, %esi
+load_halt_with:
+    movzbl (%esi), %eax
+    test %eax, %eax
+    jz 2f
+    push %esi
+    call load_clear_regs
+    pop %esi
+    movzbl (%esi), %eax
+    or $0x0E00, %eax
+    mov %eax, load_regs+R_EAX
+    movl $0x0007, load_regs+R_EBX
+    push %esi
+    mov $0x10, %eax
+    call load_bios
+    pop %esi
+    inc %esi
+    jmp load_halt_with
+2:  cli
+    hlt
+    jmp 2b
 
 # void bios_call(uint32_t vector, struct BiosRegs *regs)
 # BiosRegs (src/bios.rs): eax ebx ecx edx esi edi ebp (u32 each), ds es (u16), eflags (u32).
@@ -292,6 +502,29 @@ a20_enabled:
 .balign 2
 stage_patch_ptr:
     .word 0
+.balign 4
+load_regs:
+    .fill 36, 1, 0
+load_lba:
+    .quad 0
+load_left:
+    .long 0
+load_count:
+    .long 0
+load_done:
+    .long 0
+load_dest:
+    .long 0
+load_tries:
+    .long 0
+load_spt:
+    .long 0
+load_heads:
+    .long 0
+load_failed_message:
+    .asciz "\r\nvboot: cannot read the rest of stage2 from the boot disk (INT 13h failed); the machine is halted.\r\n"
+no_a20_message:
+    .asciz "\r\nvboot: the A20 line could not be enabled, so memory above 1 MiB is unusable; the machine is halted.\r\n"
 
 
 # CPU exceptions in protected mode: each stub pushes a dummy error code where the CPU pushes

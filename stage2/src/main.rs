@@ -27,8 +27,19 @@ core::arch::global_asm!(include_str!("stub.s"), options(att_syntax));
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-/// stage2's protected-mode stack, at 1 MiB (entry.s sets ESP to 1 MiB + this).
-const PM_STACK_BYTES: u32 = 64 << 10;
+extern "C" {
+    /// The end of stage2's high part (code, data, .bss) above 1 MiB, 4 KiB-aligned (linker.ld).
+    static _stage2_high_end: u8;
+    /// Sectors of stage2.bin in all: the engine follows them on disk (linker.ld).
+    static __stage2_sectors: u8;
+    /// Sectors of stage2's low part, the part stage1 loads (linker.ld).
+    static __stage2_low_sectors: u8;
+}
+
+/// A linker-defined constant: its "address" is its value.
+fn linker_value(symbol: *const u8) -> u32 {
+    symbol as u32
+}
 
 /// The most heap stage2 takes, from the usable memory at 1 MiB.
 const HEAP_MAX_BYTES: u32 = 64 << 20;
@@ -115,9 +126,9 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     let Some((ext_base, ext_bytes)) = map.extended_at_1mib() else {
         fatal("no usable memory at 1 MiB in the memory map");
     };
-    // The protected-mode stack occupies the first 64 KiB at 1 MiB (entry.s, PM_STACK_TOP).
-    let heap_base = ext_base + PM_STACK_BYTES;
-    let heap_bytes = ext_bytes.saturating_sub(PM_STACK_BYTES);
+    // From 1 MiB: the protected-mode stack, then stage2's own high part (linker.ld).
+    let heap_base = linker_value(&raw const _stage2_high_end);
+    let heap_bytes = ext_base.saturating_add(ext_bytes).saturating_sub(heap_base);
     // At most half the range: the top stays free for the resident engine.
     let heap_bytes = heap_bytes.min(HEAP_MAX_BYTES).min(heap_bytes / 2);
     if heap_bytes < (4 << 20) {
@@ -157,13 +168,15 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     }
 
     let patch = read_patch(patch_ptr);
+    let stage2_sectors = linker_value(&raw const __stage2_sectors);
     println!(
-        "stage2 loaded from LBA {} ({} sectors) by {} reads",
+        "stage2 loaded from LBA {} ({} sectors, {} of them by stage1) by {} reads",
         { patch.stage2_lba },
-        { patch.stage2_sectors },
+        stage2_sectors,
+        linker_value(&raw const __stage2_low_sectors),
         if bios::stage1_used_lba() { "LBA" } else { "CHS" }
     );
-    unsafe { resident::ENGINE_LBA = { patch.stage2_lba } + { patch.stage2_sectors } as u64 };
+    unsafe { resident::ENGINE_LBA = { patch.stage2_lba } + stage2_sectors as u64 };
 
     // Everything from here allocates on the heap only inside a session: a panic abandons the
     // session, the heap starts afresh, and a new session shows the menu again (recovery.rs).

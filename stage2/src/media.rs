@@ -229,19 +229,20 @@ fn start_from_drive(drive: u8, what: &str, pause: bool) -> Result<(), String> {
 }
 
 extern "C" {
-    static _bss_end: u8;
+    /// The end of stage2's low part, the only part below 1 MiB (linker.ld).
+    static _stage2_low_end: u8;
 }
 
 /// CD blocks per AH=42h call (32 KiB: well inside a segment).
 const BLOCKS_PER_READ: u32 = 16;
 
 /// A no-emulation boot image: read through the hook from the CD into free conventional memory
-/// (above stage2, or at its load address when that is above stage2 already), then the stub
+/// (above stage2's low part, or at its load address when that is above it already), then the stub
 /// copies it to its load segment and jumps there: the image may cover stage2 itself.
 fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Result<(), String> {
     let bytes = image.sector_count as u32 * 512;
     let dest = image.load_segment() as u32 * 16;
-    let free_start = ((&raw const _bss_end as u32) + 0xF) & !0xF;
+    let free_start = ((&raw const _stage2_low_end as u32) + 0xF) & !0xF;
     // The image is read in whole CD blocks, so up to 1536 bytes more than it asks land after it.
     let read_bytes = bytes.div_ceil(CD_BLOCK_BYTES as u32) * CD_BLOCK_BYTES as u32;
     let source = free_start.max(dest);

@@ -108,3 +108,35 @@ fn stage1_refuses_a_stage2_without_signature() {
     // It waits there: no reboot (which -no-reboot would turn into an exit) within a few seconds.
     assert_eq!(q.wait_exit(Duration::from_secs(3)), None, "stage1 did not wait after its error");
 }
+
+/// stage1 loads only stage2's low part; the low part reads the rest above 1 MiB itself
+/// (docs/boot-layout.md). When that read fails, it says so through the BIOS and waits, rather
+/// than running half a stage2.
+#[test]
+fn stage2_low_part_stops_with_a_message_when_the_rest_cannot_be_read() {
+    let dir = TempDir::new("boot-short");
+    let disk = disk::mbr_fat32_disk(&dir, 64, &[FileSpec::new("/grub.cfg", "")]);
+    install(&disk, &[]);
+    let bytes = std::fs::read(&disk).unwrap();
+    let header = vboot::install::Stage2Header::parse(&bytes[3 * 512..]).expect("an installed stage2");
+    assert!(header.load_sectors < header.sectors, "{:?}", header);
+    // The low part moved to the disk's last sectors, stage1's patch pointing at it: stage1's
+    // reads work, the low part's read of what follows fails (past the end of the disk).
+    let mut bytes = bytes;
+    let disk_sectors = bytes.len() / 512;
+    let low = header.load_sectors as usize;
+    let at = disk_sectors - low;
+    bytes.copy_within(3 * 512..(3 + low) * 512, at * 512);
+    let mut sector0: [u8; 512] = bytes[..512].try_into().unwrap();
+    let mut patch = vboot::install::StagePatch::read(&sector0);
+    patch.stage2_lba = at as u64;
+    patch.write(&mut sector0);
+    bytes[..512].copy_from_slice(&sector0);
+    let short = dir.path.join("moved.img");
+    std::fs::write(&short, &bytes).unwrap();
+    let mut cfg = Config::disk(&short);
+    cfg.sercon = true;
+    let mut q = Qemu::start(&cfg);
+    q.expect("cannot read the rest of stage2 from the boot disk", BOOT_TIMEOUT);
+    assert_eq!(q.wait_exit(Duration::from_secs(3)), None, "the low part did not wait after its error");
+}

@@ -141,9 +141,7 @@ fn install_missing_debian_packages() -> Result<(), String> {
 pub fn ensure_cargo_fuzz() -> Result<(), String> {
     let mut probe = Command::new("rustup");
     probe.args(["run", "nightly", "cargo", "fuzz", "--version"]);
-    for v in crate::fuzz::INHERITED {
-        probe.env_remove(v);
-    }
+    crate::toolchain::without_outer_cargo(&mut probe);
     let have = probe
         .output()
         .map(|o| o.status.success())
@@ -154,9 +152,7 @@ pub fn ensure_cargo_fuzz() -> Result<(), String> {
     eprintln!("xtask: installing cargo-fuzz from crates.io (a few minutes, once)");
     let mut cmd = Command::new("cargo");
     cmd.args(["install", "--locked", "cargo-fuzz"]);
-    for v in crate::fuzz::INHERITED {
-        cmd.env_remove(v);
-    }
+    crate::toolchain::without_outer_cargo(&mut cmd);
     run(&mut cmd)
 }
 

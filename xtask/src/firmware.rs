@@ -5,22 +5,6 @@ use crate::{root, run};
 use std::path::Path;
 use std::process::Command;
 
-/// Variables the outer (stable) cargo sets that would make the nested nightly build use the
-/// wrong compiler or flags.
-const INHERITED: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "RUSTC",
-    "RUSTDOC",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO",
-    "CARGO_MANIFEST_DIR",
-];
-
 fn nightly_build(crate_dir: &Path, features: &[&str]) -> Result<(), String> {
     nightly_build_with(crate_dir, features, &[])
 }
@@ -31,9 +15,7 @@ fn nightly_build_with(crate_dir: &Path, features: &[&str], env: &[(&str, &str)])
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
-    for v in INHERITED {
-        cmd.env_remove(v);
-    }
+    crate::toolchain::without_outer_cargo(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -104,16 +86,33 @@ fn build_firmware_into(out: &str, features: &[&str]) -> Result<(), String> {
     if !patch.is_vboot() {
         return Err("stage1.bin has no patch area at 0x1A8".into());
     }
-    // The default a plain `dd` gets: this very stage2, at the default LBA.
-    patch.stage2_sectors = u16::try_from(header.sectors).map_err(|_| "stage2 is too big for stage1's u16 count")?;
+    // The default a plain `dd` gets: this very stage2, at the default LBA; stage1 loads its low
+    // part, which loads the rest.
+    patch.stage2_sectors = u16::try_from(header.load_sectors).map_err(|_| "stage2's low part is too big for stage1's u16 count")?;
     patch.write(&mut sector);
     std::fs::write(out_dir.join("stage1.bin"), sector).map_err(|e| e.to_string())?;
 
+    let engine_bytes = vboot::install::engine_blob_sectors(elf.len() as u32) as u64 * 512;
+    // stage2 and the engine share the gap before the first partition (docs/boot-layout.md):
+    // partitioning tools leave 1 MiB, of which the record and the saved sector 0 take 3 sectors.
+    const USUAL_GAP_BYTES: u64 = (2048 - 3) * 512;
+    let used = stage2.len() as u64 + engine_bytes;
     eprintln!(
-        "xtask: {out}/stage1.bin 512 bytes, {out}/stage2.bin {} bytes, {out}/engine.bin {} bytes",
+        "xtask: {out}/stage1.bin 512 bytes, {out}/stage2.bin {} bytes (low part {} of {} bytes), {out}/engine.bin {} bytes; \
+         headroom in the usual 1 MiB gap: {} KiB",
         stage2.len(),
-        vboot::install::engine_blob_sectors(elf.len() as u32) * 512
+        header.load_sectors * 512,
+        vboot::install::STAGE2_LOW_MAX_SECTORS * 512,
+        engine_bytes,
+        USUAL_GAP_BYTES.saturating_sub(used) / 1024
     );
+    if used > USUAL_GAP_BYTES {
+        return Err(format!(
+            "stage2 ({} bytes) and the engine ({} bytes) no longer fit the usual 1 MiB gap before the first partition",
+            stage2.len(),
+            engine_bytes
+        ));
+    }
     Ok(())
 }
 

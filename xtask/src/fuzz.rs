@@ -41,21 +41,6 @@ pub const TARGETS: &[(&str, Option<&str>)] = &[
 const TIMEOUT_SECONDS: u32 = 10;
 const MAX_LEN: u32 = 256 * 1024;
 
-/// Variables of the outer (stable) cargo that would leak into the nightly build.
-pub const INHERITED: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "RUSTC",
-    "RUSTDOC",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO",
-    "CARGO_MANIFEST_DIR",
-];
-
 fn fuzz_dir() -> PathBuf {
     root().join("fuzz")
 }
@@ -110,9 +95,7 @@ pub fn build() -> Result<(), String> {
     crate::deps::ensure_cargo_fuzz()?;
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "fuzz", "build", "--sanitizer", "none"]).current_dir(fuzz_dir());
-    for v in INHERITED {
-        cmd.env_remove(v);
-    }
+    crate::toolchain::without_outer_cargo(&mut cmd);
     run(&mut cmd)
 }
 

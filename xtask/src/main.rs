@@ -22,6 +22,7 @@ mod demo;
 mod firmware;
 mod fuzz;
 mod man;
+mod toolchain;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
