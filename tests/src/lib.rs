@@ -40,6 +40,35 @@ pub fn artifacts() -> Artifacts {
 /// The firmware built with fault injection (stage2/src/fault.rs, stage2/engine/src/fault.rs),
 /// for tests/tests/faults.rs: `cargo xtask build-faults` runs once per test process (a few
 /// seconds when nothing changed), and its target/vboot-faults/ is returned.
+/// The Debian package `cargo xtask deb --no-build` makes of what `cargo xtask build` built
+/// (docs/packaging.md); built once per test process.
+pub fn debian_package() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+                .current_dir(&root)
+                .args(["run", "--quiet", "--release", "--package", "xtask", "--", "deb", "--no-build"])
+                .output()
+                .map_err(|e| format!("cannot run cargo xtask deb: {}", e))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cargo xtask deb failed (it needs `cargo xtask build` first):\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let deb = root.join(format!("target/debian/vboot_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
+            if !deb.exists() {
+                return Err(format!("{} was not made", deb.display()));
+            }
+            Ok(deb)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{}", e))
+}
+
 pub fn fault_stage_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BUILT

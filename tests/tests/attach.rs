@@ -33,8 +33,10 @@ fn file_in_raw(raw: &Path, path: &str) -> String {
 /// The write slack `vdisk info` reports for a sparse image (the leaf's, for a chain).
 fn slack_bytes(image: &Path) -> u64 {
     let out = sh(Command::new(vdisk_bin()).arg("info").arg("--json").arg(image));
-    let at = out.find("\"slack_bytes\": \"").expect("slack_bytes in vdisk info") + "\"slack_bytes\": \"".len();
-    out[at..].split('"').next().unwrap().parse().unwrap()
+    // A JSON number since vdisk writes its JSON with serde (it was a string before).
+    let key = "\"slack_bytes\": ";
+    let at = out.find(key).expect("slack_bytes in vdisk info") + key.len();
+    out[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
 }
 
 fn structure_check(image: &Path, format: &str) {
@@ -229,7 +231,8 @@ impl Drop for Mounted {
 
 /// The demo of issue 9, also run by `cargo xtask demo-debian` (it needs root for the chroot and
 /// downloads Debian with debootstrap once, into target/guest-cache; about 3 minutes): Debian bookworm
-/// installed in a dynamic VHD, with vboot-attach and its initramfs-tools hook in its initramfs,
+/// installed in a dynamic VHD, with the vboot Debian package installed by `dpkg -i` and
+/// `update-initramfs -u` (vboot-attach and its initramfs-tools hook in its initramfs),
 /// booted through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, writes a
 /// file and powers off through systemd; the host finds the file in the VHD and e2fsck finds the
 /// root filesystem clean.
@@ -255,24 +258,24 @@ fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
     std::fs::create_dir_all(&root).unwrap();
     sh(Command::new("tar").arg("-C").arg(&root).arg("-xf").arg(&tarball));
 
-    // vboot-attach and its initramfs-tools hook, as a user installs them.
-    let ws = vboot_tests::workspace_root();
-    let install = |from: &Path, to: &str| {
-        let to = root.join(to);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(from, &to).unwrap();
-        sh(Command::new("chmod").arg("755").arg(&to));
-    };
-    install(&ws.join("target/vboot/vboot-attach"), "usr/local/sbin/vboot-attach");
-    install(&ws.join("tools/attach/initramfs-tools/hooks/vboot-attach"), "etc/initramfs-tools/hooks/vboot-attach");
-    install(&ws.join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach"), "etc/initramfs-tools/scripts/local-top/vboot-attach");
+    // vboot as a Debian user installs it: the package (vboot-attach, the initramfs-tools hook and
+    // script), then update-initramfs below. Nothing is copied in by hand.
+    let deb = vboot_tests::debian_package();
+    std::fs::copy(&deb, root.join("tmp/vboot.deb")).unwrap();
+    sh(Command::new("chroot").arg(&root).args(["dpkg", "-i", "/tmp/vboot.deb"]));
+    std::fs::remove_file(root.join("tmp/vboot.deb")).unwrap();
+    let installed = sh(Command::new("chroot").arg(&root).args(["dpkg-query", "-W", "-f", "${Status} ${Version}", "vboot"]));
+    assert!(installed.starts_with("install ok installed"), "{}", installed);
     std::fs::write(root.join("etc/fstab"), "/dev/nbd0p2 / ext4 errors=remount-ro 0 1\n").unwrap();
     std::fs::write(root.join("etc/hostname"), "vboot-debian\n").unwrap();
     sh(Command::new("chroot").arg(&root).args(["passwd", "-d", "root"]));
     {
         sh(Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")));
         let _proc = Mounted(root.join("proc"));
-        sh(Command::new("chroot").arg(&root).args(["update-initramfs", "-u", "-k", "all"]));
+        let out = Command::new("chroot").arg(&root).args(["update-initramfs", "-u", "-k", "all"]).output().unwrap();
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "update-initramfs failed:\n{}", said);
+        assert!(!said.contains("vboot-attach not found"), "the package's hook did not find vboot-attach:\n{}", said);
     }
     let boot_file = |prefix: &str| {
         std::fs::read_dir(root.join("boot"))

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 use vboot_tests::disk::{self, FileSpec};
-use vboot_tests::{require_tool, sh, vboot_install, TempDir};
+use vboot_tests::{require_tool, sh, vboot_install, workspace_root, TempDir};
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
@@ -138,7 +138,33 @@ fn refuses_bad_options_and_missing_partitions() {
     let disk = disk::mbr_fat32_disk(&dir, 32, &[FileSpec::new("/grub.cfg", "")]);
     assert_refused(&dir, &disk, &["--partition", "3"], "there is no partition 3");
     assert_refused(&dir, &disk, &["--partition", "0"], "numbered from 1");
-    assert_refused(&dir, &disk, &["--bogus"], "unknown option '--bogus'");
+    // clap's wording (it was "unknown option '--bogus'" before the tools used clap).
+    assert_refused(&dir, &disk, &["--bogus"], "unexpected argument '--bogus'");
+}
+
+/// The command line in the usual style: --help, --version, and exit status 2 for a wrong one.
+#[test]
+fn command_line_help_version_and_usage_errors() {
+    let bin = workspace_root().join("target/release/vboot-install");
+    let run = |args: &[&str]| Command::new(&bin).args(args).output().unwrap();
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success() && text.contains("Usage: vboot-install <COMMAND>"), "{}", text);
+    for sub in ["install", "uninstall", "status"] {
+        assert!(text.contains(sub), "--help lists {}: {}", sub, text);
+    }
+    let install_help = run(&["install", "--help"]);
+    let text = String::from_utf8_lossy(&install_help.stdout);
+    for opt in ["--partition <N>", "--force", "--force-chs", "--stage-dir <DIR>", "--dry-run"] {
+        assert!(text.contains(opt), "install --help lists {}: {}", opt, text);
+    }
+    let version = run(&["--version"]);
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("vboot-install {}", env!("CARGO_PKG_VERSION")));
+    for wrong in [&["install", "x.img", "--bogus"][..], &["frobnicate"], &[], &["status", "--dry-run", "x.img"]] {
+        let o = run(wrong);
+        assert_eq!(o.status.code(), Some(2), "{:?}: {}", wrong, String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("Usage:"), "{:?}", wrong);
+    }
 }
 
 #[test]

@@ -225,7 +225,8 @@ fn merge_folds_a_child_into_its_parent() {
         let before = read_chain(&child);
         let out = vdisk(&["merge", &child]);
         assert!(out.status.success(), "{}: {}", ext, String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("100%"), "progress shown");
+        // Into a pipe, no progress (it showed "merging [...] N%" lines before vdisk used indicatif).
+        assert!(out.stderr.is_empty(), "{}: progress into a pipe: {}", ext, String::from_utf8_lossy(&out.stderr));
         assert!(read_chain(&base) == before, "{}: the parent now holds the child's content", ext);
         assert!(read_chain(&child) == before, "{}: the child still reads the same and opens strictly", ext);
         if fmt != "vpc" {
@@ -295,4 +296,126 @@ fn relink_after_qemu_commit() {
     let bytes = std::fs::read(&raw).unwrap();
     assert!(bytes[1 << 20..(1 << 20) + 65536].iter().all(|&b| b == 0x44));
     assert!(read_chain(&child) == bytes);
+}
+
+/// The command line in the usual style: --help lists every subcommand, --version, and a wrong
+/// option or subcommand is a usage error with exit status 2 (a failed command is also 2, a
+/// check that finds problems 1).
+#[test]
+fn command_line_help_version_and_usage_errors() {
+    let help = vdisk(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success() && text.contains("Usage: vdisk <COMMAND>"), "{}", text);
+    for sub in ["create", "info", "check", "map", "snapshot", "convert", "merge", "restore", "relink", "reserve", "trim"] {
+        assert!(text.contains(&format!("  {} ", sub)), "--help lists {}: {}", sub, text);
+    }
+    let info_help = String::from_utf8_lossy(&vdisk(&["info", "--help"]).stdout).into_owned();
+    for opt in ["--json", "--output <FORMAT>", "--parent-dir <DIR>", "--lenient-cid"] {
+        assert!(info_help.contains(opt), "info --help lists {}: {}", opt, info_help);
+    }
+    let version = vdisk(&["--version"]);
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("vdisk {}", env!("CARGO_PKG_VERSION")));
+    for wrong in [&["info", "x.vhd", "--bogus"][..], &["frobnicate"], &[], &["info", "x.vhd", "--output", "xml"], &["trim"], &["create", "x.vhd", "--size", "12Q"]] {
+        let o = vdisk(wrong);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{:?}: {}", wrong, stderr);
+        assert!(stderr.contains("error:") || stderr.contains("Usage:"), "{:?}: {}", wrong, stderr);
+    }
+}
+
+/// `vdisk info --output json` (qemu-img's spelling) parsed by python3's json module: sizes are
+/// JSON numbers and agree with `qemu-img info --output json` on images qemu-img made, and
+/// `map --output json` covers the disk with numbers too.
+#[test]
+fn info_output_json_has_numbers_that_qemu_img_agrees_with() {
+    let dir = TempDir::new("json");
+    // (qemu-img format, file, options, the qemu-img field to compare with block_size_bytes)
+    for (fmt, name, opts, cluster) in [
+        ("vpc", "d.vhd", "subformat=dynamic", true),
+        ("vpc", "f.vhd", "subformat=fixed", false),
+        ("vmdk", "s.vmdk", "subformat=monolithicSparse", false),
+        ("vdi", "d.vdi", "static=off", true),
+        ("raw", "r.img", "", false),
+    ] {
+        let img = dir.file(name);
+        let mut args = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([img.as_str(), "48M"]);
+        qemu_img(&args);
+        qemu_io(fmt, &img, &["write -P 0x5a 1m 3m"]);
+        let theirs_path = dir.file(&format!("{}.qemu.json", name));
+        let ours_path = dir.file(&format!("{}.vdisk.json", name));
+        let map_path = dir.file(&format!("{}.map.json", name));
+        std::fs::write(&theirs_path, qemu_img(&["info", "--output", "json", "-f", fmt, &img])).unwrap();
+        std::fs::write(&ours_path, ok(&["info", &img, "--output", "json"])).unwrap();
+        std::fs::write(&map_path, ok(&["map", &img, "--output=json"])).unwrap();
+        let script = r#"
+import json, sys
+theirs = json.load(open(sys.argv[1]))
+ours = json.load(open(sys.argv[2]))
+runs = json.load(open(sys.argv[3]))
+compare_cluster = sys.argv[4] == "1"
+def number(v, what):
+    assert type(v) is int, "%s is %r, not a JSON number" % (what, v)
+    return v
+assert number(ours["virtual_size_bytes"], "virtual_size_bytes") == theirs["virtual-size"], (ours["virtual_size_bytes"], theirs["virtual-size"])
+layer = ours["layers"][0]
+assert number(layer["virtual_size_bytes"], "layer virtual_size_bytes") == theirs["virtual-size"]
+assert number(ours["chain_depth"], "chain_depth") == 1
+assert number(ours["data_bytes"], "data_bytes") >= 3 << 20
+number(ours["map_runs"], "map_runs")
+assert layer["differencing"] is False
+for key in ("slack_bytes", "block_size_bytes", "allocated_blocks", "blocks", "bat_entries", "current_size_bytes", "timestamp"):
+    if key in layer:
+        number(layer[key], key)
+if compare_cluster:
+    assert layer["block_size_bytes"] == theirs["cluster-size"], (layer["block_size_bytes"], theirs["cluster-size"])
+end = 0
+for run in runs:
+    assert number(run["start_sector"], "start_sector") == end
+    end += number(run["sectors"], "sectors")
+    assert run["kind"] in ("zero", "data", "compressed")
+    assert (run["offset_bytes"] is None) == (run["kind"] == "zero")
+assert end * 512 == theirs["virtual-size"], (end, theirs["virtual-size"])
+print("agree")
+"#;
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", script, &theirs_path, &ours_path, &map_path, if cluster { "1" } else { "0" }])
+            .output()
+            .expect("cannot run /usr/bin/python3 (Debian python3)");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("agree"),
+            "{}: {}\nqemu-img: {}\nvdisk: {}",
+            name,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&theirs_path).unwrap(),
+            std::fs::read_to_string(&ours_path).unwrap()
+        );
+    }
+    // --json and --output json are one option: both together with another format is refused.
+    let e = err(&["info", &dir.file("r.img"), "--json", "--output", "human"]);
+    assert!(e.contains("cannot be used with"), "{}", e);
+}
+
+/// Progress is for people: a convert whose stderr is a pipe writes nothing there, while the same
+/// convert on a terminal (a pseudo-terminal from util-linux's `script`) draws a bar.
+#[test]
+fn progress_only_on_a_terminal() {
+    let dir = TempDir::new("progress");
+    let src = dir.file("src.img");
+    qemu_img(&["create", "-q", "-f", "raw", &src, "64M"]);
+    qemu_io("raw", &src, &["write -P 0x77 0 48m"]);
+    let piped = vdisk(&["convert", &src, &dir.file("piped.vdi")]);
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert!(piped.stderr.is_empty(), "progress lines into a pipe: {:?}", String::from_utf8_lossy(&piped.stderr));
+    assert!(String::from_utf8_lossy(&piped.stdout).contains("converted"), "the result is still on stdout");
+    let command = format!("{} convert {} {}", vboot_tests::vdisk_bin().display(), src, dir.file("tty.vdi"));
+    let tty = Command::new("script").args(["-qec", &command, "/dev/null"]).output().expect("script (Debian bsdutils)");
+    let seen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{}", seen);
+    assert!(seen.contains("converting [") && seen.contains("MiB"), "no progress bar on a terminal: {:?}", seen);
+    let cmp = Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "vdi", &src, &dir.file("tty.vdi")]).output().unwrap();
+    assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
 }

@@ -45,6 +45,13 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/python3/dist-packages/VMDKstream.py", "python3-vmdkstream"),
     // libFuzzer (built from C++ by libfuzzer-sys) for the fuzz targets.
     ("/usr/bin/g++", "g++"),
+    // Renders the generated man pages (tests/tests/manpages.rs).
+    ("/usr/bin/man", "man-db"),
+    // `cargo xtask deb` and tests/tests/deb.rs.
+    ("/usr/bin/dpkg-deb", "dpkg"),
+    ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+    ("/usr/bin/lintian", "lintian"),
+    ("/usr/bin/file", "file"),
     // `cargo xtask demo-debian` only.
     ("/usr/sbin/debootstrap", "debootstrap"),
 ];

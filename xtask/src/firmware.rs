@@ -134,7 +134,8 @@ fn check_variant(binary: &[u8], what: &str, features: &[&str]) -> Result<(), Str
 pub fn build_all() -> Result<(), String> {
     build_firmware()?;
     run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--quiet", "--workspace", "--bins"]))?;
-    build_attach_static()
+    build_attach_static()?;
+    crate::man::generate()
 }
 
 /// `vboot-attach` runs in an initramfs with no C library: link it statically (glibc static-pie;

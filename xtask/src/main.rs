@@ -12,11 +12,16 @@
 //!            tests/tests/faults.rs, which runs it itself)
 //! - `deps`   only install what is missing
 //! - `fuzz`   the fuzzing campaign (docs/robustness.md): every target for N seconds
+//! - `deb`    the Debian package target/debian/vboot_<version>_amd64.deb (docs/packaging.md)
+//! - `man`    man pages and shell completions of the host tools, into target/man/ and
+//!            target/completions/ (`build` runs it too)
 
+mod deb;
 mod deps;
 mod demo;
 mod firmware;
 mod fuzz;
+mod man;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
@@ -24,10 +29,13 @@ use std::process::{Command, ExitCode};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo xtask <build|build-faults|test|test-i686|demo|demo-debian|bench|deps|fuzz> [options]
+        "usage: cargo xtask <build|man|deb|build-faults|test|test-i686|demo|demo-debian|bench|deps|fuzz> [options]
 \
          \n\
-         build            build stage1, stage2 (target/vboot/) and the host tools (target/release/)\n\
+         build            build stage1, stage2 (target/vboot/) and the host tools (target/release/),\n\
+                          their man pages and shell completions (as `man`)\n\
+         man              man pages (target/man/) and bash/zsh/fish completions (target/completions/)\n\
+         deb [--no-build] build, then target/debian/vboot_VERSION_amd64.deb, checked by lintian\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
          test-i686        only the core library's unit tests as 32-bit code, with overflow checks\n\
          demo [--kvm] [--interactive]\n\
@@ -68,6 +76,8 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "build" => firmware::build_all(),
+        "man" => man::generate(),
+        "deb" => deb::command(rest),
         "build-faults" => firmware::build_fault_firmware(),
         "deps" => deps::ensure_all(),
         "fuzz" => fuzz::command(rest),

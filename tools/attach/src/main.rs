@@ -17,17 +17,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use vboot::handoff::{self, Table};
+use vboot_attach::cli::Cli;
 
-const USAGE: &str = "usage:
-  vboot-attach [--drive N] [--device /dev/nbdN] [--timeout SECONDS] [--read-only] [--foreground]
-      find vboot's hand-off table, the host disk, and serve drive N (default 0x80) on /dev/nbdN
-      (default: the first free one); prints the device name
-  vboot-attach --info
-      print the hand-off table and exit
-  vboot-attach --detach /dev/nbdN
-      flush and stop serving /dev/nbdN";
-
+/// What to attach, from the command line.
 struct Options {
     drive: u8,
     device: Option<String>,
@@ -36,29 +30,16 @@ struct Options {
     foreground: bool,
 }
 
-fn parse_number(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) => u64::from_str_radix(h, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("--help") | Some("-h") => {
-            println!("{}", USAGE);
-            Ok(())
-        }
-        Some("--info") if args.len() == 1 => read_table().map(|t| print_table(&t)),
-        Some("--detach") => match &args[1..] {
-            [dev] => detach(dev),
-            _ => Err(format!("--detach takes one device, as in --detach /dev/nbd0\n{}", USAGE)),
-        },
-        _ => parse_options(&args).and_then(|o| {
-            become_root_storage_daemon(&args);
-            attach(o)
-        }),
+    // Usage errors: clap prints them with the usage and exits with status 2.
+    let cli = Cli::parse();
+    let result = if cli.info {
+        read_table().map(|t| print_table(&t))
+    } else if let Some(device) = &cli.detach {
+        detach(device)
+    } else {
+        become_root_storage_daemon();
+        attach(Options { drive: cli.drive, device: cli.device, timeout: cli.timeout, read_only: cli.read_only, foreground: cli.foreground })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,42 +53,13 @@ fn main() -> ExitCode {
 /// The server holds the root filesystem when `root=` is on the NBD device, so systemd must not kill
 /// it at shutdown: it spares processes whose argv[0] starts with '@' (systemd.io
 /// ROOT_STORAGE_DAEMONS). Re-run ourselves under that name; if that fails, go on as we are.
-fn become_root_storage_daemon(args: &[String]) {
+fn become_root_storage_daemon() {
     use std::os::unix::process::CommandExt;
     if std::env::args().next().is_some_and(|a| a.starts_with('@')) {
         return;
     }
-    let err = std::process::Command::new("/proc/self/exe").arg0("@vboot-attach").args(args).exec();
+    let err = std::process::Command::new("/proc/self/exe").arg0("@vboot-attach").args(std::env::args_os().skip(1)).exec();
     eprintln!("vboot-attach: warning: cannot re-run as @vboot-attach ({}); systemd may stop the server at shutdown", err);
-}
-
-fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut o = Options { drive: 0x80, device: None, timeout: Duration::from_secs(30), read_only: false, foreground: false };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{} needs a value\n{}", name, USAGE));
-        match a.as_str() {
-            "--drive" => {
-                let v = value("--drive")?;
-                o.drive = parse_number(&v).filter(|&n| n <= 0xFF).ok_or_else(|| format!("--drive {}: not a BIOS drive number (0x80, 128 ...)", v))? as u8;
-            }
-            "--device" => {
-                let v = value("--device")?;
-                if !v.starts_with("/dev/nbd") {
-                    return Err(format!("--device {}: must be an NBD device, /dev/nbdN", v));
-                }
-                o.device = Some(v);
-            }
-            "--timeout" => {
-                let v = value("--timeout")?;
-                o.timeout = Duration::from_secs(parse_number(&v).ok_or_else(|| format!("--timeout {}: not a number of seconds", v))?);
-            }
-            "--read-only" => o.read_only = true,
-            "--foreground" => o.foreground = true,
-            other => return Err(format!("unknown option {}\n{}", other, USAGE)),
-        }
-    }
-    Ok(o)
 }
 
 fn read_table() -> Result<Table, String> {

@@ -6,33 +6,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use clap::Parser;
 use vboot::block::{BlockDevice, FileDisk, SECTOR_BYTES};
 use vboot::install::{self, InstallOptions, SectorWrite, Stage2Header, StagePatch};
-
-const USAGE: &str = "\
-usage: vboot-install install DISK [--partition N] [--force] [--force-chs] [--stage-dir DIR] [--dry-run]
-       vboot-install uninstall DISK [--dry-run]
-       vboot-install status DISK
-
-DISK is a whole disk: a block device (/dev/sdb) or a disk image file.
-
-install      write stage1 into sector 0 (keeping the disk signature and partition table) and
-             stage2 into the gap after the MBR, or into the BIOS boot partition (EF02) on GPT
-  --partition N   the partition holding grub.cfg, GRUB numbering (1-4 primary, 5+ logical,
-                  GPT entries from 1); default: the active partition, else the first partition
-                  with a filesystem vboot reads
-  --force         overwrite data in the gap or BIOS boot partition that is not an earlier vboot
-  --force-chs     make stage1 load stage2 with CHS reads, for BIOSes with broken extensions
-  --stage-dir DIR where stage1.bin, stage2.bin and engine.bin are (default: ../vboot next to this program,
-                  i.e. target/vboot, or $VBOOT_STAGE_DIR)
-  --dry-run       check and show what would be written, write nothing
-uninstall    put back the sector 0 saved at install time (keeping the current partition table)
-             and clear the gap
-status       show what is installed, its version and where";
+use vboot_install::cli::{Cli, Command, PACKAGED_STAGE_DIR};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // clap prints usage errors itself and exits with status 2; failures of the work exit 1.
+    let cli = Cli::parse();
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vboot-install: {}", e);
@@ -41,57 +24,9 @@ fn main() -> ExitCode {
     }
 }
 
-struct Args {
-    command: String,
-    disk: PathBuf,
-    opts: InstallOptions,
-    stage_dir: Option<PathBuf>,
-    dry_run: bool,
-}
-
-fn parse(args: &[String]) -> Result<Args, String> {
-    let mut it = args.iter();
-    let command = it.next().ok_or_else(|| USAGE.to_string())?.clone();
-    if command == "--help" || command == "-h" || command == "help" {
-        println!("{}", USAGE);
-        std::process::exit(0);
-    }
-    if !["install", "uninstall", "status"].contains(&command.as_str()) {
-        return Err(format!("unknown command '{}'\n{}", command, USAGE));
-    }
-    let mut disk = None;
-    let mut opts = InstallOptions::default();
-    let mut stage_dir = None;
-    let mut dry_run = false;
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--partition" if command == "install" => {
-                let v = it.next().ok_or("--partition needs a number")?;
-                let n: u32 = v.parse().map_err(|_| format!("--partition {}: not a partition number", v))?;
-                if n == 0 {
-                    return Err("--partition 0: partitions are numbered from 1, as in GRUB".into());
-                }
-                opts.config_partition = Some(n);
-            }
-            "--force" if command == "install" => opts.force = true,
-            "--force-chs" if command == "install" => opts.force_chs = true,
-            "--stage-dir" if command == "install" => {
-                stage_dir = Some(PathBuf::from(it.next().ok_or("--stage-dir needs a directory")?))
-            }
-            "--dry-run" if command != "status" => dry_run = true,
-            s if s.starts_with('-') => return Err(format!("unknown option '{}' for {}\n{}", s, command, USAGE)),
-            s => {
-                if disk.is_some() {
-                    return Err(format!("unexpected argument '{}': give one DISK", s));
-                }
-                disk = Some(PathBuf::from(s));
-            }
-        }
-    }
-    let disk = disk.ok_or_else(|| format!("{} needs a DISK\n{}", command, USAGE))?;
-    Ok(Args { command, disk, opts, stage_dir, dry_run })
-}
-
+/// The firmware files: the explicit directory, else $VBOOT_STAGE_DIR, else `../vboot` next to
+/// this program when it holds stage1.bin (a source tree's target/vboot), else the packaged
+/// /usr/lib/vboot.
 fn stage_dir(explicit: Option<PathBuf>) -> PathBuf {
     if let Some(d) = explicit {
         return d;
@@ -99,10 +34,11 @@ fn stage_dir(explicit: Option<PathBuf>) -> PathBuf {
     if let Ok(d) = std::env::var("VBOOT_STAGE_DIR") {
         return PathBuf::from(d);
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join("../vboot")))
-        .unwrap_or_else(|| PathBuf::from("target/vboot"))
+    let beside = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("../vboot")));
+    match beside {
+        Some(d) if d.join("stage1.bin").is_file() => d,
+        _ => PathBuf::from(PACKAGED_STAGE_DIR),
+    }
 }
 
 fn open_disk(path: &Path, writable: bool) -> Result<FileDisk, String> {
@@ -140,14 +76,14 @@ fn apply(disk: &mut FileDisk, writes: &[SectorWrite], dry_run: bool) -> Result<(
     Ok(())
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let a = parse(args)?;
-    match a.command.as_str() {
-        "install" => {
-            let dir = stage_dir(a.stage_dir);
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Install { disk, partition, force, force_chs, stage_dir: explicit_dir, dry_run } => {
+            let opts = InstallOptions { config_partition: partition, force, force_chs };
+            let dir = stage_dir(explicit_dir);
             let read = |name: &str| {
                 let p = dir.join(name);
-                std::fs::read(&p).map_err(|e| format!("{}: {} (build it with `cargo xtask build`)", p.display(), e))
+                std::fs::read(&p).map_err(|e| format!("{}: {} (build it with `cargo xtask build`, give --stage-dir, or install the vboot package)", p.display(), e))
             };
             let stage1 = read("stage1.bin")?;
             let stage2 = read("stage2.bin")?;
@@ -158,9 +94,9 @@ fn run(args: &[String]) -> Result<(), String> {
             if !StagePatch::read(&stage1).is_vboot() {
                 return Err("stage1.bin is not vboot's stage1 (no patch area)".into());
             }
-            let mut disk = open_disk(&a.disk, !a.dry_run)?;
-            let plan = install::plan_install(&mut disk, &stage1, &stage2, &engine, &a.opts)?;
-            println!("Installing vboot on {} ({:?} partition table)", a.disk.display(), plan.scheme);
+            let mut file_disk = open_disk(&disk, !dry_run)?;
+            let plan = install::plan_install(&mut file_disk, &stage1, &stage2, &engine, &opts)?;
+            println!("Installing vboot on {} ({:?} partition table)", disk.display(), plan.scheme);
             for n in &plan.notes {
                 println!("  note: {}", n);
             }
@@ -170,19 +106,19 @@ fn run(args: &[String]) -> Result<(), String> {
                 plan.record.stage2_lba,
                 if plan.record.config_partition == 0 { "chosen at boot".to_string() } else { plan.record.config_partition.to_string() }
             );
-            apply(&mut disk, &plan.writes, a.dry_run)?;
-            println!("{}", if a.dry_run { "Dry run: nothing written." } else { "Done." });
+            apply(&mut file_disk, &plan.writes, dry_run)?;
+            println!("{}", if dry_run { "Dry run: nothing written." } else { "Done." });
             Ok(())
         }
-        "uninstall" => {
-            let mut disk = open_disk(&a.disk, !a.dry_run)?;
-            let (_, writes) = install::plan_uninstall(&mut disk)?;
-            println!("Removing vboot from {}", a.disk.display());
-            apply(&mut disk, &writes, a.dry_run)?;
-            println!("{}", if a.dry_run { "Dry run: nothing written." } else { "Done: the original boot code is back." });
+        Command::Uninstall { disk, dry_run } => {
+            let mut file_disk = open_disk(&disk, !dry_run)?;
+            let (_, writes) = install::plan_uninstall(&mut file_disk)?;
+            println!("Removing vboot from {}", disk.display());
+            apply(&mut file_disk, &writes, dry_run)?;
+            println!("{}", if dry_run { "Dry run: nothing written." } else { "Done: the original boot code is back." });
             Ok(())
         }
-        _ => status(&a.disk),
+        Command::Status { disk } => status(&disk),
     }
 }
 

@@ -5,106 +5,37 @@
 //! at the end (create, snapshot, convert) or orders its writes so that the image is valid after
 //! each one (reserve, trim).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use vboot::image::chain::{open_chain, ChainOptions, ParentLocator, StdLocator};
 use vboot::image::create::{create_at, CreateOptions, Variant};
 use vboot::image::disk::Source;
 use vboot::image::{Disk, Format, ImageError, Layer, SECTOR_BYTES};
+use vdisk::cli::{Cli, Command, OpenArgs, Output};
 
-const USAGE: &str = "\
-usage: vdisk <command> [options]
-
-commands:
-  create FILE [--format VARIANT] [--size SIZE] [--parent PARENT] [--reserve SIZE] [--exact-size]
-        VARIANT: raw, vhd-fixed, vhd-dynamic, vmdk-monolithicSparse, vmdk-monolithicFlat,
-        vmdk-twoGbMaxExtentSparse, vmdk-twoGbMaxExtentFlat, vmdk-vmfs, vdi-dynamic, vdi-fixed
-        (default: from the extension; with --parent, the parent's format and size)
-  info FILE [--json] [--parent-dir DIR]      describe the image and its whole chain
-  check FILE [--parent-dir DIR]              verify structures; exit 1 if problems are found
-  map FILE [--json] [--parent-dir DIR]       virtual sector ranges -> layer and file offset
-  snapshot IMAGE NEW [--reserve SIZE]        make NEW a differencing child of IMAGE
-  convert SOURCE TARGET [--format VARIANT] [--reserve SIZE]   copy the chain's content
-  merge CHILD [--parent-dir DIR]             fold CHILD's data into its parent (re-run if interrupted)
-  restore CHILD [--parent-dir DIR]           empty a differencing image: it reads as its parent again
-  relink CHILD [--parent-dir DIR]            accept the parent as it is now (VHD time stamp, VMDK
-                                             parentCID, VDI parent modification UUID)
-  reserve FILE SIZE                          add SIZE bytes of write slack to a sparse image
-  trim FILE                                  remove unused slack from a sparse image
-
---lenient-cid: open VMDK children whose parent's CID changed (warn instead of refusing).
-SIZE: bytes, or a number with K, M, G or T (binary units), e.g. 64M.
-";
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("vdisk: {}", msg);
     ExitCode::from(2)
 }
 
-/// Parsed command line: positional arguments and `--key value` / `--flag` options.
-struct Args {
-    positional: Vec<String>,
-    options: Vec<(String, Option<String>)>,
-}
-
-const FLAGS: &[&str] = &["json", "exact-size", "help", "lenient-cid"];
-
-impl Args {
-    fn parse(raw: &[String]) -> Result<Args, String> {
-        let mut positional = Vec::new();
-        let mut options = Vec::new();
-        let mut i = 0;
-        while i < raw.len() {
-            let a = &raw[i];
-            if let Some(name) = a.strip_prefix("--") {
-                if let Some((k, v)) = name.split_once('=') {
-                    options.push((k.to_string(), Some(v.to_string())));
-                } else if FLAGS.contains(&name) {
-                    options.push((name.to_string(), None));
-                } else {
-                    let v = raw.get(i + 1).ok_or_else(|| format!("option --{} needs a value", name))?;
-                    options.push((name.to_string(), Some(v.clone())));
-                    i += 1;
-                }
-            } else {
-                positional.push(a.clone());
-            }
-            i += 1;
-        }
-        Ok(Args { positional, options })
+/// A progress bar for `total_bytes` of copying, on stderr, drawn only when stderr is a terminal:
+/// a pipe or a log file gets no progress lines at all.
+fn progress_bar(total_bytes: u64, verb: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
     }
-    fn get(&self, key: &str) -> Option<&str> {
-        self.options.iter().rev().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+    let bar = ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {eta}") {
+        bar.set_style(style.progress_chars("#>-"));
     }
-    fn flag(&self, key: &str) -> bool {
-        self.options.iter().any(|(k, _)| k == key)
-    }
-    fn check_known(&self, known: &[&str]) -> Result<(), String> {
-        for (k, _) in &self.options {
-            if !known.contains(&k.as_str()) {
-                return Err(format!("unknown option --{} for this command", k));
-            }
-        }
-        Ok(())
-    }
-    fn positional(&self, n: usize, what: &str) -> Result<&str, String> {
-        self.positional.get(n).map(|s| s.as_str()).ok_or_else(|| format!("missing {}", what))
-    }
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        Some('T') => (&t[..t.len() - 1], 1 << 40),
-        Some('B') => (&t[..t.len() - 1], 1),
-        _ => (t, 1),
-    };
-    let n: u64 = num.trim().parse().map_err(|_| format!("`{}` is not a size (use bytes or K/M/G/T)", s))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size `{}` is too large", s))
+    bar.set_message(verb);
+    bar
 }
 
 fn seed() -> u64 {
@@ -116,12 +47,17 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn chain_options(args: &Args) -> ChainOptions {
-    ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: args.flag("lenient-cid") }
+fn chain_options(open: &OpenArgs) -> ChainOptions {
+    ChainOptions { parent_dir: open.parent_dir.clone(), lenient_cid: open.lenient_cid }
 }
 
-fn open_disk(path: &str, args: &Args, writable: bool) -> Result<Disk, ImageError> {
-    let (layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: writable }, &chain_options(args))?;
+/// Strict chain options with only a parent directory (the commands without --lenient-cid).
+fn in_dir(parent_dir: &Option<String>) -> ChainOptions {
+    ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false }
+}
+
+fn open_disk(path: &str, options: &ChainOptions, writable: bool) -> Result<Disk, ImageError> {
+    let (layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: writable }, options)?;
     Disk::new(layers, warnings)
 }
 
@@ -147,16 +83,23 @@ fn child_variant(format: Format) -> Result<Variant, String> {
     }
 }
 
-fn cmd_create(args: &Args) -> Result<(), String> {
-    args.check_known(&["format", "size", "parent", "reserve", "exact-size", "parent-dir"])?;
-    let path = args.positional(1, "FILE to create")?;
-    let parent = args.get("parent");
-    let reserve = args.get("reserve").map(parse_size).transpose()?.unwrap_or(0);
-    let variant = match args.get("format") {
-        Some(f) => Variant::parse(f).ok_or_else(|| format!("unknown format `{}`; one of: {}", f, Variant::NAMES.join(", ")))?,
+struct CreateArgs<'a> {
+    path: &'a str,
+    format: Option<Variant>,
+    size: Option<u64>,
+    parent: Option<&'a str>,
+    reserve: u64,
+    exact_size: bool,
+    options: ChainOptions,
+}
+
+fn cmd_create(args: CreateArgs) -> Result<(), String> {
+    let CreateArgs { path, parent, reserve, .. } = args;
+    let variant = match args.format {
+        Some(v) => v,
         None => match parent {
             Some(p) => {
-                let d = open_disk(p, args, false).map_err(|e| e.to_string())?;
+                let d = open_disk(p, &args.options, false).map_err(|e| e.to_string())?;
                 let v = child_variant(d.layers()[0].format())?;
                 if let Some(by_name) = variant_from_extension(path) {
                     if by_name.format() != v.format() {
@@ -168,40 +111,23 @@ fn cmd_create(args: &Args) -> Result<(), String> {
             None => variant_from_extension(path).ok_or_else(|| format!("cannot tell the format from the name {}; give --format", path))?,
         },
     };
-    let size = match (args.get("size"), parent) {
+    let size = match (args.size, parent) {
         (Some(_), Some(_)) => return Err("--size cannot be combined with --parent: a child has its parent's size".into()),
-        (Some(s), None) => parse_size(s)?,
+        (Some(s), None) => s,
         (None, Some(_)) => 0,
         (None, None) => return Err("--size is required (e.g. --size 64M)".into()),
     };
     if parent.is_none() && (size == 0 || size % SECTOR_BYTES != 0) {
         return Err(format!("the size must be a positive multiple of 512 bytes, not {}", size));
     }
-    let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: args.flag("exact-size"), seed: seed(), now_unix: now_unix() };
+    let opts = CreateOptions { size_bytes: size, reserve_bytes: reserve, exact_size: args.exact_size, seed: seed(), now_unix: now_unix() };
     let extra = create_at(path, variant, &opts, parent).map_err(|e| e.to_string())?;
-    let d = open_disk(path, args, false).map_err(|e| format!("created {}, but it does not open: {}", path, e))?;
+    let d = open_disk(path, &args.options, false).map_err(|e| format!("created {}, but it does not open: {}", path, e))?;
     println!("created {} ({} {}, {} bytes{})", path, d.layers()[0].format().as_str(), d.layers()[0].variant(), d.sectors() * SECTOR_BYTES, if parent.is_some() { ", differencing" } else { "" });
     for e in extra {
         println!("  extent file {}", e);
     }
     Ok(())
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
 }
 
 fn human_bytes(b: u64) -> String {
@@ -221,44 +147,111 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-fn layer_json(l: &dyn Layer) -> String {
-    let mut fields = vec![
-        format!("\"file\": {}", json_str(l.name())),
-        format!("\"format\": {}", json_str(l.format().as_str())),
-        format!("\"variant\": {}", json_str(&l.variant())),
-        format!("\"virtual_size_bytes\": {}", l.virtual_sectors() * SECTOR_BYTES),
-        format!("\"differencing\": {}", l.parent_link().is_some()),
-    ];
-    let mut details: Vec<(String, Vec<String>)> = Vec::new();
-    for (k, v) in l.details() {
-        match details.iter_mut().find(|(dk, _)| *dk == k) {
-            Some((_, vs)) => vs.push(v),
-            None => details.push((k, vec![v])),
-        }
-    }
-    for (k, vs) in details {
-        let value = if vs.len() == 1 && !["extent", "warning", "parent_path"].contains(&k.as_str()) {
-            json_str(&vs[0])
-        } else {
-            format!("[{}]", vs.iter().map(|v| json_str(v)).collect::<Vec<_>>().join(", "))
-        };
-        fields.push(format!("{}: {}", json_str(&k), value));
-    }
-    format!("{{{}}}", fields.join(", "))
+/// Details whose values are whole numbers; every other detail is text (docs/vdisk.md).
+const NUMERIC_DETAILS: [&str; 8] =
+    ["block_size_bytes", "blocks", "allocated_blocks", "slack_bytes", "current_size_bytes", "bat_entries", "timestamp", "parent_timestamp"];
+/// Details that may occur more than once: always arrays, even with one element.
+const LIST_DETAILS: [&str; 3] = ["extent", "warning", "parent_path"];
+
+/// One layer of `info --json` (docs/vdisk.md).
+#[derive(Serialize)]
+struct LayerInfo<'a> {
+    file: &'a str,
+    format: &'static str,
+    variant: String,
+    virtual_size_bytes: u64,
+    differencing: bool,
+    /// The format's own facts (`Layer::details`), typed.
+    #[serde(flatten)]
+    details: serde_json::Map<String, Value>,
 }
 
-fn cmd_info(args: &Args) -> Result<(), String> {
-    args.check_known(&["json", "parent-dir", "lenient-cid"])?;
-    let path = args.positional(1, "FILE")?;
-    let mut d = match open_disk(path, args, false) {
+/// `info --json` of a chain that opens.
+#[derive(Serialize)]
+struct ChainInfo<'a> {
+    file: &'a str,
+    virtual_size_bytes: u64,
+    chain_depth: usize,
+    data_bytes: u64,
+    map_runs: usize,
+    layers: Vec<LayerInfo<'a>>,
+    warnings: &'a [String],
+}
+
+/// `info --json` of an image whose chain does not open: what the image itself says.
+#[derive(Serialize)]
+struct UnopenedInfo<'a> {
+    file: &'a str,
+    error: String,
+    layers: Vec<LayerInfo<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RunKind {
+    Zero,
+    Data,
+    Compressed,
+}
+
+/// One run of `map --json`.
+#[derive(Serialize)]
+struct MapRun {
+    start_sector: u64,
+    sectors: u64,
+    kind: RunKind,
+    layer: Option<u16>,
+    file: Option<String>,
+    offset_bytes: Option<u64>,
+}
+
+fn layer_info(l: &dyn Layer) -> LayerInfo<'_> {
+    let mut details = serde_json::Map::new();
+    for (key, text) in l.details() {
+        let value = match text.parse::<u64>() {
+            Ok(n) if NUMERIC_DETAILS.contains(&key.as_str()) => Value::from(n),
+            _ => Value::String(text),
+        };
+        match details.get_mut(&key) {
+            Some(Value::Array(values)) => values.push(value),
+            Some(single) => *single = Value::Array(vec![single.take(), value]),
+            None if LIST_DETAILS.contains(&key.as_str()) => {
+                details.insert(key, Value::Array(vec![value]));
+            }
+            None => {
+                details.insert(key, value);
+            }
+        }
+    }
+    LayerInfo {
+        file: l.name(),
+        format: l.format().as_str(),
+        variant: l.variant(),
+        virtual_size_bytes: l.virtual_sectors() * SECTOR_BYTES,
+        differencing: l.parent_link().is_some(),
+        details,
+    }
+}
+
+/// Pretty-printed like qemu-img's `--output json`, with a final newline.
+fn print_json(value: &impl Serialize) -> Result<(), String> {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| format!("writing JSON to stdout: {}", e))?;
+    writeln!(out).map_err(|e| format!("writing to stdout: {}", e))
+}
+
+fn cmd_info(path: &str, output: &Output, open: &OpenArgs) -> Result<(), String> {
+    let json = output.is_json();
+    let mut d = match open_disk(path, &chain_options(open), false) {
         Ok(d) => d,
         Err(e) => {
             // Still show what the image itself says (its parent paths help find the parent).
             if let Some(f) = StdLocator::default().open(path) {
                 let dir = vboot::image::chain::dirname(path);
                 if let Ok(l) = vboot::image::open_layer(f, &mut |n: &str| StdLocator::default().open(&vboot::image::chain::join(&dir, n))) {
-                    if args.flag("json") {
-                        println!("{{\"file\": {}, \"error\": {}, \"layers\": [{}]}}", json_str(path), json_str(&e.to_string()), layer_json(&*l));
+                    if json {
+                        print_json(&UnopenedInfo { file: path, error: e.to_string(), layers: vec![layer_info(&*l)] })?;
                     } else {
                         println!("image:          {}", path);
                         println!("format:         {} {}", l.format().as_str(), l.variant());
@@ -273,20 +266,16 @@ fn cmd_info(args: &Args) -> Result<(), String> {
     };
     let runs = d.map_all().map_err(|e| e.to_string())?;
     let allocated: u64 = runs.iter().filter(|r| !matches!(r.source, Source::Zero)).map(|r| r.sectors).sum();
-    if args.flag("json") {
-        let layers: Vec<String> = d.layers().iter().map(|l| layer_json(&**l)).collect();
-        let warnings: Vec<String> = d.warnings.iter().map(|w| json_str(w)).collect();
-        println!(
-            "{{\"file\": {}, \"virtual_size_bytes\": {}, \"chain_depth\": {}, \"data_bytes\": {}, \"map_runs\": {}, \"layers\": [{}], \"warnings\": [{}]}}",
-            json_str(path),
-            d.sectors() * SECTOR_BYTES,
-            d.layers().len(),
-            allocated * SECTOR_BYTES,
-            runs.len(),
-            layers.join(", "),
-            warnings.join(", ")
-        );
-        return Ok(());
+    if json {
+        return print_json(&ChainInfo {
+            file: path,
+            virtual_size_bytes: d.sectors() * SECTOR_BYTES,
+            chain_depth: d.layers().len(),
+            data_bytes: allocated * SECTOR_BYTES,
+            map_runs: runs.len(),
+            layers: d.layers().iter().map(|l| layer_info(&**l)).collect(),
+            warnings: &d.warnings,
+        });
     }
     let leaf = &d.layers()[0];
     println!("image:          {}", path);
@@ -307,10 +296,8 @@ fn cmd_info(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_check(args: &Args) -> Result<bool, String> {
-    args.check_known(&["parent-dir", "lenient-cid"])?;
-    let path = args.positional(1, "FILE")?;
-    let mut d = match open_disk(path, args, false) {
+fn cmd_check(path: &str, open: &OpenArgs) -> Result<bool, String> {
+    let mut d = match open_disk(path, &chain_options(open), false) {
         Ok(d) => d,
         Err(e) => {
             println!("{}: cannot be opened: {}", path, e);
@@ -352,86 +339,55 @@ fn cmd_check(args: &Args) -> Result<bool, String> {
     Ok(problems == 0)
 }
 
-fn cmd_map(args: &Args) -> Result<(), String> {
-    args.check_known(&["json", "parent-dir", "lenient-cid"])?;
-    let path = args.positional(1, "FILE")?;
-    let mut d = open_disk(path, args, false).map_err(|e| e.to_string())?;
+fn cmd_map(path: &str, output: &Output, open: &OpenArgs) -> Result<(), String> {
+    let mut d = open_disk(path, &chain_options(open), false).map_err(|e| e.to_string())?;
     let runs = d.map_all().map_err(|e| e.to_string())?;
-    let json = args.flag("json");
+    if output.is_json() {
+        let json_runs: Vec<MapRun> = runs
+            .iter()
+            .map(|r| {
+                let (kind, layer, offset_bytes) = match r.source {
+                    Source::Zero => (RunKind::Zero, None, None),
+                    Source::Data { layer, offset_bytes, .. } => (RunKind::Data, Some(layer), Some(offset_bytes)),
+                    Source::Compressed { layer, marker_offset_bytes, .. } => (RunKind::Compressed, Some(layer), Some(marker_offset_bytes)),
+                };
+                let file = layer.map(|l| d.layers()[l as usize].name().to_string());
+                MapRun { start_sector: r.start_sector, sectors: r.sectors, kind, layer, file, offset_bytes }
+            })
+            .collect();
+        return print_json(&json_runs);
+    }
     let out = std::io::stdout();
     let mut out = out.lock();
-    if json {
-        let _ = writeln!(out, "[");
-    } else {
-        let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", "start_sector", "sectors", "layer", "file_offset", "file");
-    }
-    let n = runs.len();
-    for (i, r) in runs.iter().enumerate() {
-        let (layer, offset, file, kind) = match r.source {
-            Source::Zero => (None, None, String::new(), "zero"),
-            Source::Data { layer, offset_bytes, .. } => (Some(layer), Some(offset_bytes), d.layers()[layer as usize].name().to_string(), "data"),
-            Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), Some(marker_offset_bytes), d.layers()[layer as usize].name().to_string(), "compressed"),
+    let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", "start_sector", "sectors", "layer", "file_offset", "file");
+    for r in &runs {
+        let (layer, place, file) = match r.source {
+            Source::Zero => (None, "zeros".to_string(), ""),
+            Source::Data { layer, offset_bytes, .. } => (Some(layer), offset_bytes.to_string(), d.layers()[layer as usize].name()),
+            Source::Compressed { layer, marker_offset_bytes, .. } => (Some(layer), format!("z@{}", marker_offset_bytes), d.layers()[layer as usize].name()),
         };
-        let _ = if json {
-            writeln!(
-                out,
-                "  {{\"start_sector\": {}, \"sectors\": {}, \"kind\": \"{}\", \"layer\": {}, \"file\": {}, \"offset_bytes\": {}}}{}",
-                r.start_sector,
-                r.sectors,
-                kind,
-                layer.map(|l| l.to_string()).unwrap_or_else(|| "null".into()),
-                if file.is_empty() { "null".into() } else { json_str(&file) },
-                offset.map(|o| o.to_string()).unwrap_or_else(|| "null".into()),
-                if i + 1 < n { "," } else { "" }
-            )
-        } else {
-            writeln!(
-                out,
-                "{:>14} {:>14}  {:<6} {:<12} {}",
-                r.start_sector,
-                r.sectors,
-                layer.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-                match (kind, offset) {
-                    ("zero", _) => "zeros".to_string(),
-                    ("compressed", Some(o)) => format!("z@{}", o),
-                    (_, Some(o)) => o.to_string(),
-                    _ => "-".into(),
-                },
-                file
-            )
-        };
-    }
-    if json {
-        let _ = writeln!(out, "]");
+        let _ = writeln!(out, "{:>14} {:>14}  {:<6} {:<12} {}", r.start_sector, r.sectors, layer.map(|l| l.to_string()).unwrap_or_else(|| "-".into()), place, file);
     }
     Ok(())
 }
 
-fn cmd_snapshot(args: &Args) -> Result<(), String> {
-    args.check_known(&["reserve", "parent-dir"])?;
-    let image = args.positional(1, "IMAGE")?;
-    let new = args.positional(2, "NEW child file")?;
-    let reserve = args.get("reserve").map(parse_size).transpose()?.unwrap_or(0);
-    let d = open_disk(image, args, false).map_err(|e| e.to_string())?;
+fn cmd_snapshot(image: &str, new: &str, reserve: u64, options: &ChainOptions) -> Result<(), String> {
+    let d = open_disk(image, options, false).map_err(|e| e.to_string())?;
     let variant = child_variant(d.layers()[0].format())?;
     drop(d);
     let opts = CreateOptions { size_bytes: 0, reserve_bytes: reserve, exact_size: false, seed: seed(), now_unix: now_unix() };
     create_at(new, variant, &opts, Some(image)).map_err(|e| e.to_string())?;
-    let d = open_disk(new, args, false).map_err(|e| format!("created {}, but it does not open: {}", new, e))?;
+    let d = open_disk(new, options, false).map_err(|e| format!("created {}, but it does not open: {}", new, e))?;
     println!("created {} as a child of {} (chain depth {})", new, image, d.layers().len());
     Ok(())
 }
 
-fn cmd_convert(args: &Args) -> Result<(), String> {
-    args.check_known(&["format", "reserve", "parent-dir", "exact-size"])?;
-    let source = args.positional(1, "SOURCE")?;
-    let target = args.positional(2, "TARGET")?;
-    let reserve = args.get("reserve").map(parse_size).transpose()?.unwrap_or(0);
-    let variant = match args.get("format") {
-        Some(f) => Variant::parse(f).ok_or_else(|| format!("unknown format `{}`; one of: {}", f, Variant::NAMES.join(", ")))?,
+fn cmd_convert(source: &str, target: &str, format: Option<Variant>, reserve: u64, options: &ChainOptions) -> Result<(), String> {
+    let variant = match format {
+        Some(v) => v,
         None => variant_from_extension(target).ok_or_else(|| format!("cannot tell the format from the name {}; give --format", target))?,
     };
-    let mut src = open_disk(source, args, false).map_err(|e| e.to_string())?;
+    let mut src = open_disk(source, options, false).map_err(|e| e.to_string())?;
     let src_runs = src.map_all().map_err(|e| e.to_string())?;
     let size = src.sectors() * SECTOR_BYTES;
     // Exact: the target must have the source's size (VHD would otherwise round to CHS).
@@ -466,16 +422,15 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(&work);
     };
     let result = (|| -> Result<(), String> {
-        let mut dst = open_disk(&tmp_name, args, true).map_err(|e| e.to_string())?;
+        let mut dst = open_disk(&tmp_name, options, true).map_err(|e| e.to_string())?;
         if dst.sectors() != src.sectors() {
             return Err(format!("the target would have {} sectors instead of {}", dst.sectors(), src.sectors()));
         }
         let runs: Vec<_> = src_runs.iter().filter(|r| !matches!(r.source, Source::Zero)).copied().collect();
         let total: u64 = runs.iter().map(|r| r.sectors).sum();
-        let mut done = 0u64;
+        let progress = progress_bar(total * SECTOR_BYTES, "converting");
         let chunk = 2048u64;
         let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
-        let mut last_pct = u64::MAX;
         for r in runs {
             let mut s = r.start_sector;
             while s < r.start_sector + r.sectors {
@@ -486,15 +441,10 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
                     dst.write(s, b).map_err(|e| e.to_string())?;
                 }
                 s += n;
-                done += n;
-                let pct = done * 100 / total.max(1);
-                if pct != last_pct {
-                    eprint!("\rconverting: {:>3}%", pct);
-                    last_pct = pct;
-                }
+                progress.inc(n * SECTOR_BYTES);
             }
         }
-        eprintln!();
+        progress.finish_and_clear();
         Ok(())
     })();
     if let Err(e) = result {
@@ -514,11 +464,9 @@ fn cmd_convert(args: &Args) -> Result<(), String> {
 /// the end, so the chain reads the same at every instant; after an interruption the same
 /// command finishes the job. Last, the child is relinked to the changed parent (VHD time
 /// stamp, VMDK parentCID), so it stays usable; deleting it drops the snapshot.
-fn cmd_merge(args: &Args) -> Result<(), String> {
-    args.check_known(&["parent-dir"])?;
-    let child = args.positional(1, "CHILD")?;
+fn cmd_merge(child: &str, parent_dir: &Option<String>) -> Result<(), String> {
     // The parent's CID changes with its first write (VMDK): an interrupted merge must reopen.
-    let lenient = ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: true };
+    let lenient = ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: true };
     let (layers, warnings) = open_chain(child, &mut StdLocator::default(), &lenient).map_err(|e| e.to_string())?;
     for w in &warnings {
         eprintln!("warning: {}", w);
@@ -546,17 +494,16 @@ fn cmd_merge(args: &Args) -> Result<(), String> {
             s += n;
         }
     }
-    let mut parent_disk = open_disk(&parent_path, &Args { positional: vec![], options: vec![("parent-dir".into(), args.get("parent-dir").map(|s| s.to_string()))] }, true)
+    let mut parent_disk = open_disk(&parent_path, &in_dir(parent_dir), true)
         .map_err(|e| format!("cannot open the parent {} for writing: {}", parent_path, e))?;
     let last = ranges.last().map(|r| r.0 + r.1).unwrap_or(0);
     if last > parent_disk.sectors() {
         return Err(format!("{} has data past the end of its parent {} ({} sectors)", child, parent_path, parent_disk.sectors()));
     }
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let mut done = 0u64;
+    let progress = progress_bar(total * SECTOR_BYTES, "merging");
     let chunk = 2048u64;
     let mut buf = vec![0u8; (chunk * SECTOR_BYTES) as usize];
-    let mut shown = u64::MAX;
     for (start, len) in ranges {
         let mut s = start;
         while s < start + len {
@@ -565,16 +512,10 @@ fn cmd_merge(args: &Args) -> Result<(), String> {
             child_disk.read(s, b).map_err(|e| e.to_string())?;
             parent_disk.write(s, b).map_err(|e| format!("writing into {} failed: {} (nothing is lost: {} still holds its data; run the merge again)", parent_path, e, child))?;
             s += n;
-            done += n;
-            let pct = done * 100 / total.max(1);
-            if pct != shown {
-                let bar = "#".repeat((pct / 4) as usize);
-                eprint!("\rmerging [{:<25}] {:>3}%", bar, pct);
-                shown = pct;
-            }
+            progress.inc(n * SECTOR_BYTES);
         }
     }
-    eprintln!();
+    progress.finish_and_clear();
     drop(parent_disk);
     drop(child_disk);
     // Relink the child to what its parent is now.
@@ -588,7 +529,7 @@ fn cmd_merge(args: &Args) -> Result<(), String> {
         Err(e) => return Err(format!("merged, but relinking {} failed: {}", child, e)),
     }
     drop(clayers);
-    open_disk(child, &Args { positional: vec![], options: vec![] }, false).map_err(|e| format!("merged, but {} does not reopen: {}", child, e))?;
+    open_disk(child, &ChainOptions::default(), false).map_err(|e| format!("merged, but {} does not reopen: {}", child, e))?;
     println!("merged {} ({} sectors) into {}", child, total, parent_path);
     println!("{} still reads the same; delete it to drop the snapshot. Other children of {} (if any) no longer match it.", child, parent_path);
     Ok(())
@@ -598,8 +539,8 @@ fn cmd_merge(args: &Args) -> Result<(), String> {
 /// growing, the footer is written at the new end first (a valid footer at EOF at every
 /// instant); when shrinking, the footer is written at its new place, then the file is cut.
 fn resize_slack(path: &str, add: Option<u64>) -> Result<(), String> {
-    let args = Args { positional: vec![], options: vec![] };
-    let d = open_disk(path, &args, false).map_err(|e| e.to_string())?;
+    let options = ChainOptions::default();
+    let d = open_disk(path, &options, false).map_err(|e| e.to_string())?;
     let leaf = &d.layers()[0];
     let format = leaf.format();
     let variant = leaf.variant();
@@ -647,7 +588,7 @@ fn resize_slack(path: &str, add: Option<u64>) -> Result<(), String> {
     f.set_len(new_len).map_err(io)?;
     f.sync_all().map_err(io)?;
     drop(f);
-    let d = open_disk(path, &args, false).map_err(|e| format!("{} no longer opens after the change: {}", path, e))?;
+    let d = open_disk(path, &options, false).map_err(|e| format!("{} no longer opens after the change: {}", path, e))?;
     match add {
         Some(_) => println!("{}: added {} of slack (now {})", path, human_bytes(trailer), human_bytes(d.layers()[0].slack_bytes())),
         None => println!("{}: removed {} of slack", path, human_bytes(trailer)),
@@ -655,73 +596,58 @@ fn resize_slack(path: &str, add: Option<u64>) -> Result<(), String> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let args = match Args::parse(&raw) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("{}\n\n{}", e, USAGE)),
-    };
-    let cmd = match args.positional.first() {
-        Some(c) => c.as_str(),
-        None => {
-            eprint!("{}", USAGE);
-            return ExitCode::from(2);
-        }
-    };
-    if args.flag("help") || cmd == "help" {
-        print!("{}", USAGE);
-        return ExitCode::SUCCESS;
+fn cmd_relink(path: &str, parent_dir: &Option<String>) -> Result<(), String> {
+    let lenient = ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: true };
+    let (mut layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: true }, &lenient).map_err(|e| e.to_string())?;
+    for w in &warnings {
+        eprintln!("was: {}", w);
     }
-    let r = match cmd {
-        "create" => cmd_create(&args),
-        "info" => cmd_info(&args),
-        "check" => match cmd_check(&args) {
+    if layers.len() < 2 {
+        return Err(format!("{} is not a differencing image", path));
+    }
+    let pid = layers[1].identity();
+    let parent = layers[1].name().to_string();
+    layers[0].relink_parent(&pid).map_err(|e| e.to_string())?;
+    drop(layers);
+    open_disk(path, &ChainOptions::default(), false).map_err(|e| format!("relinked, but {} still does not open: {}", path, e))?;
+    println!("{} now expects {} as it is now", path, parent);
+    Ok(())
+}
+
+fn cmd_restore(path: &str, open: &OpenArgs) -> Result<(), String> {
+    let mut d = open_disk(path, &chain_options(open), true).map_err(|e| e.to_string())?;
+    d.discard_leaf().map_err(|e| e.to_string())?;
+    println!("{}: emptied; it reads as {} again ({} of slack free)", path, d.layers().get(1).map(|l| l.name()).unwrap_or("its parent"), human_bytes(d.layers()[0].slack_bytes()));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // Usage errors: clap prints them with the usage and exits with status 2.
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Command::Create { file, format, size, parent, reserve, exact_size, parent_dir } => cmd_create(CreateArgs {
+            path: file,
+            format: *format,
+            size: *size,
+            parent: parent.as_deref(),
+            reserve: reserve.unwrap_or(0),
+            exact_size: *exact_size,
+            options: in_dir(parent_dir),
+        }),
+        Command::Info { file, output, open } => cmd_info(file, output, open),
+        Command::Check { file, open } => match cmd_check(file, open) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
-        "map" => cmd_map(&args),
-        "snapshot" => cmd_snapshot(&args),
-        "convert" => cmd_convert(&args),
-        "merge" => cmd_merge(&args),
-        "relink" => (|| {
-            args.check_known(&["parent-dir"])?;
-            let path = args.positional(1, "CHILD")?;
-            let lenient = ChainOptions { parent_dir: args.get("parent-dir").map(|s| s.to_string()), lenient_cid: true };
-            let (mut layers, warnings) = open_chain(path, &mut StdLocator { writable_leaf: true }, &lenient).map_err(|e| e.to_string())?;
-            for w in &warnings {
-                eprintln!("was: {}", w);
-            }
-            if layers.len() < 2 {
-                return Err(format!("{} is not a differencing image", path));
-            }
-            let pid = layers[1].identity();
-            let parent = layers[1].name().to_string();
-            layers[0].relink_parent(&pid).map_err(|e| e.to_string())?;
-            drop(layers);
-            open_disk(path, &Args { positional: vec![], options: vec![] }, false).map_err(|e| format!("relinked, but {} still does not open: {}", path, e))?;
-            println!("{} now expects {} as it is now", path, parent);
-            Ok(())
-        })(),
-        "restore" => (|| {
-            args.check_known(&["parent-dir", "lenient-cid"])?;
-            let path = args.positional(1, "CHILD")?;
-            let mut d = open_disk(path, &args, true).map_err(|e| e.to_string())?;
-            d.discard_leaf().map_err(|e| e.to_string())?;
-            println!("{}: emptied; it reads as {} again ({} of slack free)", path, d.layers().get(1).map(|l| l.name()).unwrap_or("its parent"), human_bytes(d.layers()[0].slack_bytes()));
-            Ok(())
-        })(),
-        "reserve" => (|| {
-            args.check_known(&[])?;
-            let path = args.positional(1, "FILE")?;
-            let size = parse_size(args.positional(2, "SIZE")?)?;
-            resize_slack(path, Some(size))
-        })(),
-        "trim" => (|| {
-            args.check_known(&[])?;
-            resize_slack(args.positional(1, "FILE")?, None)
-        })(),
-        other => Err(format!("unknown command `{}`\n\n{}", other, USAGE)),
+        Command::Map { file, output, open } => cmd_map(file, output, open),
+        Command::Snapshot { image, new, reserve, parent_dir } => cmd_snapshot(image, new, reserve.unwrap_or(0), &in_dir(parent_dir)),
+        Command::Convert { source, target, format, reserve, parent_dir, exact_size: _ } => cmd_convert(source, target, *format, reserve.unwrap_or(0), &in_dir(parent_dir)),
+        Command::Merge { child, parent_dir } => cmd_merge(child, parent_dir),
+        Command::Restore { child, open } => cmd_restore(child, open),
+        Command::Relink { child, parent_dir } => cmd_relink(child, parent_dir),
+        Command::Reserve { file, size } => resize_slack(file, Some(*size)),
+        Command::Trim { file } => resize_slack(file, None),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 #!/bin/bash
 # dracut module: give Linux back the disk vboot emulated at boot (see docs/handoff-table.md).
-# Install: copy this directory to /usr/lib/dracut/modules.d/90vboot-attach/, the binary to
-# /usr/local/sbin/vboot-attach, then `dracut -f --add vboot-attach`.
+# The Debian package installs it in /usr/lib/dracut/modules.d/90vboot-attach/ with the binary in
+# /usr/bin. By hand: copy this directory there, the binary to /usr/local/sbin/vboot-attach.
+# Then `dracut -f --add vboot-attach`.
 check() {
 	require_binaries vboot-attach || return 1
 	return 255 # only when asked for with --add

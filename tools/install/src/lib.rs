@@ -1,0 +1,2 @@
+//! vboot-install's command-line definition, shared by the program and `cargo xtask man`.
+pub mod cli;
