@@ -8,6 +8,9 @@
 //!   the whole heap in use);
 //! - `stage2-oom-after-hook`: the same, at the first disk read after the resident hook is in;
 //! - `stage2-double-panic`: a panic, then another one while the first is being reported;
+//! - `stage2-ud2`, `stage2-divide-error`, `stage2-gp`: a CPU exception in stage2 (6: `ud2`;
+//!   0: `div` by zero; 13: DS loaded with selector FFF8h, past the GDT, error code FFF8h), for
+//!   the exception screen (main.rs `cpu_exception`);
 //! - `bios-no-edd`: the BIOS reach check (vboot::reach) treats the boot disk as if its BIOS had
 //!   no INT 13h extensions (CHS only), while stage2 keeps reading with them.
 
@@ -46,6 +49,12 @@ mod injected {
             }
             match words.next() {
                 Some("stage2-oom") => exhaust_heap(),
+                // SAFETY: each faults at once and never returns; `cpu_exception` takes over.
+                Some("stage2-ud2") => unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) },
+                Some("stage2-divide-error") => unsafe {
+                    core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", options(nomem, nostack, noreturn))
+                },
+                Some("stage2-gp") => unsafe { core::arch::asm!("mov ax, 0xFFF8", "mov ds, ax", options(nostack, noreturn)) },
                 Some("bios-no-edd") => NO_EDD.store(1, Ordering::SeqCst),
                 Some("stage2-oom-after-hook") => ARMED.store(AFTER_HOOK, Ordering::SeqCst),
                 Some("stage2-double-panic") => {

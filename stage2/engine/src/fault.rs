@@ -5,6 +5,9 @@
 //! In that build:
 //! - INT 13h AH=F0h on an emulated drive allocates 1.75 GiB (far more than the engine's heap);
 //! - INT 13h AH=F1h on an emulated drive panics, and panics again while that is reported;
+//! - INT 13h AH=F2h on an emulated drive executes `ud2` (CPU exception 6, invalid opcode), and
+//!   AH=F3h loads DS with selector FFF8h, past the GDT (exception 13, general protection, with
+//!   error code FFF8h): the engine's exception screen (exception.rs);
 //! - `engine_init` allocates 1.75 GiB when a file of the plan has `engine-init-oom` in its name.
 
 #[cfg(feature = "fault-injection")]
@@ -25,6 +28,9 @@ mod injected {
                 DOUBLE_PANIC.store(true, Ordering::SeqCst);
                 panic!("injected fault: INT 13h AH=F1h");
             }
+            // SAFETY: both fault at once and never return; the handler stops the machine.
+            0xF2 => unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) },
+            0xF3 => unsafe { core::arch::asm!("mov ax, 0xFFF8", "mov ds, ax", options(nostack, noreturn)) },
             _ => {}
         }
     }
