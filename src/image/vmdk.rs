@@ -504,6 +504,10 @@ impl VmdkImage {
         let descriptor_at;
         let descriptor_text;
         if &head[0..4] == SPARSE_MAGIC {
+            if len < 512 {
+                // The rest of `head` is zeros, which would be read as header fields.
+                return Err(ImageError::corrupt(&name, alloc::format!("the file is {} bytes, cut inside its 512-byte sparse extent header", len)));
+            }
             let header = SparseHeader::parse(&head, &name)?;
             if header.descriptor_offset == 0 || header.descriptor_size == 0 {
                 // A bare sparse extent without descriptor: capacity says it all.

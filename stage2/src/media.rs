@@ -164,7 +164,7 @@ pub fn boot(
         records.push(raw_file_record(disk, table, part, drive, opts));
     }
     if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
-        let (mut drive, dir, mut record, bytes) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+        let (mut drive, dir, mut record, bytes, _first_sector) = plan_hard_disk(disk, table, opts, *part_number, file)?;
         chain_bytes = bytes;
         if drives.iter().any(|d| d.number == 0x80) {
             if opts.restore {
