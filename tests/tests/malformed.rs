@@ -460,6 +460,36 @@ fn chain_cases(g: &mut Group, base: &Path) {
     g.put("cyc-a.vmdk", a_text.as_bytes());
     g.put("cyc-b.vmdk", set_parent(&b_text, &cid_of(&a_text), "cyc-a.vmdk").as_bytes());
     g.case("cyc-a.vmdk", "two VMDKs, each the other's parent", "harddisk", Refused, &["the parent chain loops back", "cyc-b.vmdk"]);
+    // Two VHDs, each the other's parent (names and Unique Ids), from two children of base.vhd.
+    {
+        let mut x = rename_parent(&child_vhd, "base.vhd", "cycy.vhd");
+        let mut y = rename_parent(&orphan_vhd, "base.vhd", "cycx.vhd");
+        let uuid = |b: &[u8]| b[b.len() - 512 + 68..b.len() - 512 + 84].to_vec();
+        let (ux, uy) = (uuid(&x), uuid(&y));
+        for (b, parent) in [(&mut x, &uy), (&mut y, &ux)] {
+            let h = be64(b, 16) as usize;
+            b[h + 40..h + 56].copy_from_slice(parent);
+            fix_dyn(b, h);
+        }
+        g.put("cycy.vhd", &y);
+        g.disk("cycx.vhd", &x, "two VHDs, each the other's parent (names and Unique Ids)", Refused, &["the parent chain loops back", "cycy.vhd"]);
+    }
+    // Two VDIs, each the other's parent (a VDI parent is the file whose UUID the child links to).
+    {
+        let (mut x, mut y) = (child_vdi.clone(), orphan_vdi.clone());
+        // UUIDs of their own: copies of these children elsewhere in the group share theirs.
+        for (b, tag) in [(&mut x, 0xC1u8), (&mut y, 0xC2)] {
+            b[0x188..0x198].copy_from_slice(&[tag; 16]);
+        }
+        let (create_x, create_y) = (x[0x188..0x198].to_vec(), y[0x188..0x198].to_vec());
+        let (modify_x, modify_y) = (x[0x198..0x1A8].to_vec(), y[0x198..0x1A8].to_vec());
+        x[0x1A8..0x1B8].copy_from_slice(&create_y);
+        x[0x1B8..0x1C8].copy_from_slice(&modify_y);
+        y[0x1A8..0x1B8].copy_from_slice(&create_x);
+        y[0x1B8..0x1C8].copy_from_slice(&modify_x);
+        g.put("cycy.vdi", &y);
+        g.disk("cycx.vdi", &x, "two VDIs, each the other's parent (UUID links)", Refused, &["the parent chain loops back", "cycy.vdi"]);
+    }
     // A parent that is damaged itself.
     g.put("cutb.vhd", &cut(&read(&g.path("base.vhd")), 1000));
     let mut to_cut = rename_parent(&child_vhd, "base.vhd", "cutb.vhd");
@@ -566,6 +596,21 @@ fn raw_cases(g: &mut Group, base: &Path, dir: &Path) {
     qemu_img(&["convert", "-q", "-f", "raw", "-O", "vhdx", base.to_str().unwrap(), vhdx.to_str().unwrap()]);
     g.disk("foreign.vhdx", &read(&vhdx), "a VHDX image (made by qemu-img)", Refused, &["VHDX"]);
     g.disk("foreign-cut.qcow2", &cut(&read(&qcow), 4), "a QCOW2 magic alone (4 bytes): still named as QCOW2", Refused, &["is a QCOW2 image"]);
+    // Impossible CHS geometry in the image's own boot sector, from which the engine takes the
+    // geometry INT 13h reports: a partition entry whose CHS fields say sector 0 and head 255, and
+    // a FAT BPB claiming 0 heads and 0 sectors per track. Tolerated: the geometry falls back to
+    // the standard one (checked on the host), and the last one boots.
+    g.disk("raw-chs-mbr.img", &edit(&raw, |b| {
+        b[0x1BE..0x1CE].copy_from_slice(&[0x80, 0xFF, 0xC0, 0xFF, 0x0C, 0xFF, 0xC0, 0xFF, 0x3F, 0, 0, 0, 0x00, 0x10, 0, 0]);
+    }), "partition entry with impossible CHS fields (sector 0, head 255): tolerated, the geometry falls back", Boots, &[]);
+    g.disk("raw-chs-bpb.img", &edit(&raw, |b| {
+        b[0] = 0xEB;
+        b[11..13].copy_from_slice(&512u16.to_le_bytes());
+        b[21] = 0xF8;
+        b[24..28].copy_from_slice(&[0, 0, 0, 0]);
+        b[38] = 0x29;
+        b[54..62].copy_from_slice(b"FAT16   ");
+    }), "FAT BPB claiming 0 heads and 0 sectors per track: tolerated, the geometry falls back", Boots, &[]);
     g.put("good.img", &raw);
     // Options that name impossible places.
     g.options("missing.img", "harddisk=/vm/missing.img", "an image that is not there", &["hard disk image /vm/missing.img not found on (hd0,1)"]);
@@ -578,6 +623,11 @@ fn raw_cases(g: &mut Group, base: &Path, dir: &Path) {
     g.options("/vm/good.img", "cdrom=/vm/good.img", "a raw disk image given as a CD", &["cdrom=/vm/good.img", "not an ISO 9660 CD image"]);
     g.options("/vm/good.img", "harddisk=/vm/good.img reserve=12Q", "reserve= with a size vboot cannot read", &["reserve=12Q"]);
     g.case("good.img", "the untouched raw image: boots", "harddisk", Boots, &[]);
+    // The last case that boots is the one QEMU boots: the impossible MBR geometry, which the
+    // engine reads when it sets up the drive.
+    let chs = g.cases.iter().position(|c| c.file == "raw-chs-mbr.img").unwrap();
+    let case = g.cases.remove(chs);
+    g.cases.push(case);
 }
 
 // ---- running a group ---------------------------------------------------------------------------
@@ -675,12 +725,21 @@ fn host_check(g: &Group, raw: &[u8]) {
             "harddisk" => open_chain(path.to_str().unwrap(), &mut StdLocator::default(), &ChainOptions::default())
                 .and_then(|(layers, warnings)| Disk::new(layers, warnings))
                 .and_then(|mut d| {
-                    let mut all = vec![0u8; (d.sectors() as usize).min(raw.len() / 512) * 512];
+                    let mut all = vec![0u8; (d.sectors() as usize).min(raw.len() / 512 + 64) * 512];
                     d.read(0, &mut all)?;
                     Ok(all)
                 })
                 .map_err(|e| e.to_string())
-                .and_then(|all| if all[..] == raw[..all.len()] && all.len() == raw.len() { Ok(()) } else { Err("reads differently from the original disk".into()) }),
+                .and_then(|all| {
+                    // A raw image reads as itself; the others as the disk they were made from.
+                    let want = if c.file.ends_with(".img") { read(&path) } else { raw.to_vec() };
+                    // (A VHD's disk may be a little larger: its size is rounded to a CHS geometry.)
+                    if all.len() >= want.len() && all[..want.len()] == want[..] && all[want.len()..].iter().all(|&x| x == 0) {
+                        Ok(())
+                    } else {
+                        Err("reads differently from the original disk".into())
+                    }
+                }),
             "cdrom" => {
                 let bytes = read(&path);
                 let mut reader = |lba: u64, buf: &mut [u8; eltorito::CD_BLOCK_BYTES]| -> Result<(), String> {
@@ -703,6 +762,16 @@ fn host_check(g: &Group, raw: &[u8]) {
             }
             _ => continue,
         };
+        if c.outcome == Outcome::Boots && c.file.starts_with("raw-chs") {
+            // The geometry the engine would take from sector 0: none, or one a BIOS can have.
+            let sector0 = read(&path);
+            let sectors = sector0.len() as u64 / 512;
+            if let Some(chs) = vboot::int13::chs::geometry_from_sector0(&sector0[..512], sectors) {
+                if !chs.is_bios_usable() {
+                    failures.push(format!("{}: geometry {:?} from sector 0", c.file, chs));
+                }
+            }
+        }
         match (c.outcome, result) {
             (Outcome::Boots, Ok(())) => {}
             (Outcome::Boots, Err(e)) => failures.push(format!("{} ({}) should boot: {}", c.file, c.what, e)),
