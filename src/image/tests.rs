@@ -843,7 +843,7 @@ fn vmdk_extents_of_2_55_sectors_are_refused() {
     // 2^55 sectors of a FLAT file: the byte count overflowed while checking the file's length.
     vmdk_descriptor(&mut fs, "/v/flat.vmdk", "RW 36028797018963968 FLAT \"flat.bin\" 0");
     let m = corrupt_message(fs.disk("/v/flat.vmdk"));
-    assert!(m.contains("flat.bin: flat extent of 36028797018963968 sectors at sector 0 is longer than the file (32768 bytes)"), "{}", m);
+    assert_eq!(m, "/v/flat.vmdk: extent file /v/flat.bin: flat extent of 36028797018963968 sectors at sector 0 is longer than the file (32768 bytes)");
     // A ZERO extent is only a number: the image opened, and a snapshot of it (its size in bytes)
     // overflowed later.
     vmdk_descriptor(&mut fs, "/v/zero.vmdk", "RW 36028797018963968 ZERO");
@@ -1040,5 +1040,21 @@ fn the_small_sort_sorts() {
         want.sort();
         vhd::sort_small(&mut v);
         assert_eq!(v, want, "{} entries", len);
+    }
+}
+
+/// A monolithic sparse VMDK whose header capacity was zeroed says so, instead of calling itself
+/// a descriptor-only file with separate extents.
+#[test]
+fn vmdk_with_a_zeroed_capacity_says_so() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/m/a.vmdk", Variant::VmdkMonolithicSparse, 64 << 20, 0, None);
+    fs.files["/m/a.vmdk"].borrow_mut()[12..20].copy_from_slice(&0u64.to_le_bytes());
+    match fs.disk("/m/a.vmdk") {
+        Err(ImageError::Corrupt { image, detail }) => {
+            assert_eq!(image, "/m/a.vmdk");
+            assert_eq!(detail, "its sparse header gives a capacity of 0 sectors, while its own descriptor gives it 131072 sectors");
+        }
+        other => panic!("expected a refusal, got {:?}", other.err()),
     }
 }
