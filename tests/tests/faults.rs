@@ -283,3 +283,49 @@ fn engine_cpu_exceptions_are_reported_and_the_machine_halts() {
         assert!(!q.output().contains("FAULT-CALL"), "the guest went on:\n{}", q.output());
     }
 }
+
+/// After the hook went in (`engine_init` ran and went through the BIOS, whose real-mode half
+/// loads the real-mode IDTR), stage2's own IDT is back: a CPU exception there still gets stage2's
+/// exception screen, not a triple fault.
+#[test]
+fn stage2_cpu_exception_after_the_hook_still_gets_its_screen() {
+    let dir = TempDir::new("faults-stage2-exception-hooked");
+    let one = guests::hello_guest(&dir.path, "one", "GUEST-ONE", 2048);
+    let cfg = menu(&[("ud2 after the hook", "    vboot_fault stage2-ud2-after-hook\n    vboot harddisk=/one.img")]);
+    let host = fault_host(&dir, &cfg, &[("/one.img", &one)]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("1. ud2 after the hook", T);
+    let mark = q.mark();
+    q.send(b"1");
+    let out = q.expect_from(mark, "Press any key to reboot.", T);
+    let resident = out.find("Resident: stub").expect("the fault came before the hook");
+    let line = out.find("vboot: CPU exception 6 (error code 0x0) at EIP 0x").unwrap_or_else(|| panic!("no exception line:\n{}", out));
+    assert!(resident < line, "{}", out);
+    assert!(!out.contains("vboot engine:") && !out.contains("GUEST-ONE"), "{}", out);
+    let eip = hex_after(&out, "at EIP");
+    assert_eq!(bytes_at(&q, eip, 2), [0x0F, 0x0B], "EIP {:#x} is not the ud2", eip);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(q.try_exit(), None, "QEMU ended before a key was pressed (a triple fault?):\n{}", q.output());
+}
+
+/// A CPU exception inside `engine_init` (called by stage2 with stage2's IDT loaded) is caught by
+/// the engine's IDT: its line, then the machine halts.
+#[test]
+fn engine_cpu_exception_during_init_is_reported_and_halts() {
+    let dir = TempDir::new("faults-engine-init-exception");
+    let one = guests::hello_guest(&dir.path, "one", "GUEST-ONE", 2048);
+    let cfg = menu(&[("Engine init ud2", "    vboot harddisk=/engine-init-ud2.img")]);
+    let host = fault_host(&dir, &cfg, &[("/engine-init-ud2.img", &one)]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("1. Engine init ud2", T);
+    let mark = q.mark();
+    q.send(b"1");
+    let out = q.expect_from(mark, "; the machine is stopped", T);
+    assert!(out.contains("vboot engine: CPU exception 6 (error code 0x0) at EIP 0x"), "{}", out);
+    let eip = hex_after(&out, "vboot engine: CPU exception 6 (error code 0x0) at EIP");
+    assert_eq!(bytes_at(&q, eip, 2), [0x0F, 0x0B], "EIP {:#x} is not the ud2", eip);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(q.try_exit(), None, "QEMU ended (a triple fault?):\n{}", q.output());
+    let cpu = q.monitor("info registers");
+    assert!(cpu.contains("HLT=1") && hex_after(&cpu, "EFL=") & 0x200 == 0, "the CPU is not stopped:\n{}", cpu);
+}

@@ -8,7 +8,8 @@
 //! - INT 13h AH=F2h on an emulated drive executes `ud2` (CPU exception 6, invalid opcode), and
 //!   AH=F3h loads DS with selector FFF8h, past the GDT (exception 13, general protection, with
 //!   error code FFF8h): the engine's exception screen (exception.rs);
-//! - `engine_init` allocates 1.75 GiB when a file of the plan has `engine-init-oom` in its name.
+//! - `engine_init` allocates 1.75 GiB when a file of the plan has `engine-init-oom` in its name,
+//!   and executes `ud2` when one has `engine-init-ud2` (the engine's IDT during init).
 
 #[cfg(feature = "fault-injection")]
 mod injected {
@@ -39,6 +40,10 @@ mod injected {
         let named = |p: &str| p.to_ascii_lowercase().contains("engine-init-oom");
         if plan.drives.iter().flat_map(|d| d.layers.iter()).any(|l| named(&l.path)) {
             impossible_allocation();
+        }
+        if plan.drives.iter().flat_map(|d| d.layers.iter()).any(|l| l.path.to_ascii_lowercase().contains("engine-init-ud2")) {
+            // SAFETY: faults at once; the engine's exception handler stops the machine.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) }
         }
     }
 
