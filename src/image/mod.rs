@@ -657,7 +657,7 @@ pub(crate) fn read_u32_table(
     if offset_bytes.checked_add(bytes_len).map_or(true, |e| e > file.len_bytes()) {
         return Err(ImageError::corrupt(
             file.name(),
-            alloc::format!("table of {} entries at byte {} reaches past the end of the file ({} bytes)", count, offset_bytes, file.len_bytes()),
+            alloc::format!("{} ({} entries at byte {}) reaches past the end of the file ({} bytes)", what, count, offset_bytes, file.len_bytes()),
         ));
     }
     let mut out: Vec<u32> = Vec::new();

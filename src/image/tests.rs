@@ -771,6 +771,26 @@ fn tables_pointing_into_metadata_or_each_other_are_refused_at_open() {
     }
     refused(&mut fs, "/m/a.vhd", "over the block allocation table");
 
+    // VHD: block 0 on block 1's sectors, then one sector before them (so they overlap).
+    for (path, back) in [("/m/d.vhd", 0u32), ("/m/e.vhd", 1)] {
+        fs.make(path, Variant::VhdDynamic, 64 << 20, 0, None);
+        {
+            let mut d = fs.disk(path).unwrap();
+            d.write(0, &pattern(5, 512)).unwrap();
+            d.write(4096, &pattern(6, 512)).unwrap();
+        }
+        {
+            let mut b = fs.files[path].borrow_mut();
+            let len = b.len();
+            let footer = vhd::Footer::parse(&b[len - 512..]).unwrap();
+            let h = vhd::DynHeader::parse(&b[footer.data_offset as usize..footer.data_offset as usize + 1024]).unwrap();
+            let at = h.table_offset as usize;
+            let block1 = u32::from_be_bytes(b[at + 4..at + 8].try_into().unwrap());
+            b[at..at + 4].copy_from_slice(&(block1 - back).to_be_bytes());
+        }
+        refused(&mut fs, path, "BAT entries 0 and 1 put their blocks at sectors");
+    }
+
     // VDI: blocks 0 and 1 in one slot.
     fs.make("/m/b.vdi", Variant::VdiDynamic, 64 << 20, 0, None);
     {
@@ -824,7 +844,7 @@ fn vmdk_extents_of_2_55_sectors_are_refused() {
     // 2^55 sectors of a FLAT file: the byte count overflowed while checking the file's length.
     vmdk_descriptor(&mut fs, "/v/flat.vmdk", "RW 36028797018963968 FLAT \"flat.bin\" 0");
     let m = corrupt_message(fs.disk("/v/flat.vmdk"));
-    assert!(m.contains("flat.bin: flat extent of 36028797018963968 sectors at sector 0 is longer than the file (32768 bytes)"), "{}", m);
+    assert_eq!(m, "/v/flat.vmdk: extent file /v/flat.bin: flat extent of 36028797018963968 sectors at sector 0 is longer than the file (32768 bytes)");
     // A ZERO extent is only a number: the image opened, and a snapshot of it (its size in bytes)
     // overflowed later.
     vmdk_descriptor(&mut fs, "/v/zero.vmdk", "RW 36028797018963968 ZERO");
@@ -1017,4 +1037,53 @@ fn a_fixed_vdi_shorter_than_its_blocks_maps_zeros_past_its_end() {
     let mut tail = vec![0xAAu8; ((sectors - last_data_end) * SECTOR_BYTES) as usize];
     d.read(last_data_end, &mut tail).unwrap();
     assert!(tail.iter().all(|&b| b == 0));
+}
+
+/// A sparse VMDK cut inside its header says so, instead of reading the missing bytes as zeros
+/// (which made the complaint "newline test bytes are damaged").
+#[test]
+fn vmdk_cut_inside_its_header_says_so() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/m/a.vmdk", Variant::VmdkMonolithicSparse, 64 << 20, 0, None);
+    fs.files["/m/a.vmdk"].borrow_mut().truncate(40);
+    match fs.disk("/m/a.vmdk") {
+        Err(ImageError::Corrupt { image, detail }) => {
+            assert_eq!(image, "/m/a.vmdk");
+            assert_eq!(detail, "the file is 40 bytes, cut inside its 512-byte sparse extent header");
+        }
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn the_small_sort_sorts() {
+    let mut seed = 12345u32;
+    for len in [0usize, 1, 2, 3, 7, 64, 1000] {
+        let mut v: Vec<u32> = (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                seed % 97
+            })
+            .collect();
+        let mut want = v.clone();
+        want.sort();
+        vhd::sort_small(&mut v);
+        assert_eq!(v, want, "{} entries", len);
+    }
+}
+
+/// A monolithic sparse VMDK whose header capacity was zeroed says so, instead of calling itself
+/// a descriptor-only file with separate extents.
+#[test]
+fn vmdk_with_a_zeroed_capacity_says_so() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/m/a.vmdk", Variant::VmdkMonolithicSparse, 64 << 20, 0, None);
+    fs.files["/m/a.vmdk"].borrow_mut()[12..20].copy_from_slice(&0u64.to_le_bytes());
+    match fs.disk("/m/a.vmdk") {
+        Err(ImageError::Corrupt { image, detail }) => {
+            assert_eq!(image, "/m/a.vmdk");
+            assert_eq!(detail, "its sparse header gives a capacity of 0 sectors, while its own descriptor gives it 131072 sectors");
+        }
+        other => panic!("expected a refusal, got {:?}", other.err()),
+    }
 }

@@ -358,6 +358,34 @@ pub fn encode_utf16(s: &str, big_endian: bool) -> Vec<u8> {
     s.encode_utf16().flat_map(|u| if big_endian { u.to_be_bytes() } else { u.to_le_bytes() }).collect()
 }
 
+/// Heapsort: slices' own sort costs the firmware several KiB of code (stage2 has a size limit,
+/// linker.ld); this one a few hundred bytes, in O(n log n) and no allocation.
+pub(crate) fn sort_small(v: &mut [u32]) {
+    fn sift_down(v: &mut [u32], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && v[child] < v[child + 1] {
+                child += 1;
+            }
+            if v[root] >= v[child] {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    for i in (0..v.len() / 2).rev() {
+        sift_down(v, i, v.len());
+    }
+    for end in (1..v.len()).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
 pub struct VhdImage {
     file: Box<dyn ImageFile>,
     pub footer: Footer,
@@ -505,6 +533,26 @@ impl VhdImage {
                 ));
             }
             next = next.max(end);
+        }
+        // Blocks must not overlap each other either: a guest write to one would change another.
+        // (Sorted starts, each at least a whole block after the one before.)
+        let mut starts: Vec<u32> = Vec::new();
+        super::try_reserve(&mut starts, self.bat.iter().filter(|&&e| e != UNALLOCATED).count(), &name, "the VHD block overlap check")?;
+        starts.extend(self.bat.iter().copied().filter(|&e| e != UNALLOCATED));
+        sort_small(&mut starts);
+        if let Some(pair) = starts.windows(2).find(|p| (p[1] as u64 - p[0] as u64) * SECTOR_BYTES < block_total) {
+            let block_at = |sector: u32| self.bat.iter().position(|&e| e == sector).unwrap_or(0);
+            let (first, second) = (block_at(pair[0]), if pair[0] == pair[1] { self.bat.iter().rposition(|&e| e == pair[1]).unwrap_or(0) } else { block_at(pair[1]) });
+            return Err(ImageError::corrupt(
+                &name,
+                alloc::format!(
+                    "BAT entries {} and {} put their blocks at sectors {} and {}, which overlap: a write to one would change the other; `vdisk check` lists every problem",
+                    first.min(second),
+                    first.max(second),
+                    pair[0],
+                    pair[1]
+                ),
+            ));
         }
         self.next_free_bytes = next;
         self.header = Some(h);

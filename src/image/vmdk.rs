@@ -504,6 +504,10 @@ impl VmdkImage {
         let descriptor_at;
         let descriptor_text;
         if &head[0..4] == SPARSE_MAGIC {
+            if len < 512 {
+                // The rest of `head` is zeros, which would be read as header fields.
+                return Err(ImageError::corrupt(&name, alloc::format!("the file is {} bytes, cut inside its 512-byte sparse extent header", len)));
+            }
             let header = SparseHeader::parse(&head, &name)?;
             if header.descriptor_offset == 0 || header.descriptor_size == 0 {
                 // A bare sparse extent without descriptor: capacity says it all.
@@ -519,6 +523,17 @@ impl VmdkImage {
                 descriptor_text = text;
             }
             if header.capacity == 0 && !descriptor.extents.is_empty() {
+                // A descriptor-only file lists other files; a monolithic one lists itself (under
+                // the name it was made with), so its capacity field is damaged.
+                let monolithic = ["monolithicSparse", "streamOptimized"].iter().any(|t| descriptor.create_type.eq_ignore_ascii_case(t));
+                if let [only] = &descriptor.extents[..] {
+                    if monolithic {
+                        return Err(ImageError::corrupt(
+                            &name,
+                            alloc::format!("its sparse header gives a capacity of 0 sectors, while its own descriptor gives it {} sectors", only.sectors),
+                        ));
+                    }
+                }
                 return Err(ImageError::unsupported(&name, "descriptor-only sparse file with separate extents"));
             }
             let sectors = descriptor.extents.first().map(|e| e.sectors).filter(|&s| s != 0).unwrap_or(header.capacity);
@@ -549,7 +564,14 @@ impl VmdkImage {
                         let fname = line.file_name.as_deref().ok_or_else(|| ImageError::corrupt(&name, alloc::format!("{} extent without a file name", line.kind)))?;
                         let mut f = open_other(fname).ok_or_else(|| ImageError::corrupt(&name, alloc::format!("extent file `{}` cannot be opened (looked next to the descriptor)", fname)))?;
                         let idx = u16::try_from(files.len()).map_err(|_| ImageError::unsupported(&name, "more than 65535 extents"))?;
-                        let k = if line.kind == "SPARSE" {
+                        // The user named the descriptor: say it, and which of its extent files
+                        // is wrong.
+                        let in_extent = |e: ImageError| match e {
+                            ImageError::Corrupt { image, detail } if image != name => ImageError::corrupt(&name, alloc::format!("extent file {}: {}", image, detail)),
+                            ImageError::Unsupported { image, detail } if image != name => ImageError::unsupported(&name, alloc::format!("extent file {}: {}", image, detail)),
+                            other => other,
+                        };
+                        let k = (|| -> Result<ExtentKind, ImageError> { Ok(if line.kind == "SPARSE" {
                             let mut hb = [0u8; 512];
                             if f.len_bytes() < 512 {
                                 return Err(ImageError::corrupt(f.name(), "sparse extent shorter than its header"));
@@ -563,7 +585,8 @@ impl VmdkImage {
                                 return Err(ImageError::corrupt(f.name(), alloc::format!("flat extent of {} sectors at sector {} is longer than the file ({} bytes)", line.sectors, line.offset_sectors, f.len_bytes())));
                             }
                             ExtentKind::Flat { file: idx, offset_bytes }
-                        };
+                        }) })()
+                        .map_err(in_extent)?;
                         files.push(f);
                         k
                     }

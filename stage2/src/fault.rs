@@ -8,6 +8,11 @@
 //!   the whole heap in use);
 //! - `stage2-oom-after-hook`: the same, at the first disk read after the resident hook is in;
 //! - `stage2-double-panic`: a panic, then another one while the first is being reported;
+//! - `stage2-ud2`, `stage2-divide-error`, `stage2-gp`: a CPU exception in stage2 (6: `ud2`;
+//!   0: `div` by zero; 13: DS loaded with selector FFF8h, past the GDT, error code FFF8h), for
+//!   the exception screen (main.rs `cpu_exception`);
+//! - `stage2-ud2-after-hook`: `ud2` at the first disk read after the resident hook is in (after
+//!   `engine_init` ran, whose trips through the BIOS must not leave stage2 without its IDT);
 //! - `bios-no-edd`: the BIOS reach check (vboot::reach) treats the boot disk as if its BIOS had
 //!   no INT 13h extensions (CHS only), while stage2 keeps reading with them.
 
@@ -19,6 +24,7 @@ mod injected {
     const NONE: u8 = 0;
     const AFTER_HOOK: u8 = 1;
     const DOUBLE_PANIC: u8 = 2;
+    const UD2_AFTER_HOOK: u8 = 3;
     static ARMED: AtomicU8 = AtomicU8::new(NONE);
     static NO_EDD: AtomicU8 = AtomicU8::new(0);
 
@@ -46,8 +52,15 @@ mod injected {
             }
             match words.next() {
                 Some("stage2-oom") => exhaust_heap(),
+                // SAFETY: each faults at once and never returns; `cpu_exception` takes over.
+                Some("stage2-ud2") => unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) },
+                Some("stage2-divide-error") => unsafe {
+                    core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", options(nomem, nostack, noreturn))
+                },
+                Some("stage2-gp") => unsafe { core::arch::asm!("mov ax, 0xFFF8", "mov ds, ax", options(nostack, noreturn)) },
                 Some("bios-no-edd") => NO_EDD.store(1, Ordering::SeqCst),
                 Some("stage2-oom-after-hook") => ARMED.store(AFTER_HOOK, Ordering::SeqCst),
+                Some("stage2-ud2-after-hook") => ARMED.store(UD2_AFTER_HOOK, Ordering::SeqCst),
                 Some("stage2-double-panic") => {
                     ARMED.store(DOUBLE_PANIC, Ordering::SeqCst);
                     panic!("injected fault: stage2-double-panic");
@@ -58,9 +71,20 @@ mod injected {
     }
 
     pub fn on_disk_read() {
-        if ARMED.load(Ordering::SeqCst) == AFTER_HOOK && crate::recovery::hooked() {
-            ARMED.store(NONE, Ordering::SeqCst);
-            exhaust_heap();
+        if !crate::recovery::hooked() {
+            return;
+        }
+        match ARMED.load(Ordering::SeqCst) {
+            AFTER_HOOK => {
+                ARMED.store(NONE, Ordering::SeqCst);
+                exhaust_heap();
+            }
+            UD2_AFTER_HOOK => {
+                ARMED.store(NONE, Ordering::SeqCst);
+                // SAFETY: faults at once; `cpu_exception` takes over.
+                unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) }
+            }
+            _ => {}
         }
     }
 

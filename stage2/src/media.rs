@@ -152,6 +152,13 @@ pub fn boot(
             layers: raw_layer(file.size_bytes, file.extents.to_host(part.start_lba), file.path.clone()),
             eltorito: None,
         });
+        if boot_device == BootDevice::Floppy && number == 0x00 {
+            // The sector the guest will start from, checked while the menu is still safe to
+            // return to (after the hook a refusal needs a restart).
+            let mut sector = [0u8; 512];
+            VolumeFile::new(disk.clone(), part.start_lba, file.clone()).read_at(0, &mut sector).map_err(|e| format!("{}{}: {}", option, file.path, e))?;
+            unbootable(&sector, 0x00, &format!("{}{}", option, file.path))?;
+        }
         drive_partitions.push(*part_number);
     }
 
@@ -164,8 +171,11 @@ pub fn boot(
         records.push(raw_file_record(disk, table, part, drive, opts));
     }
     if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
-        let (mut drive, dir, mut record, bytes) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+        let (mut drive, dir, mut record, bytes, first_sector) = plan_hard_disk(disk, table, opts, *part_number, file)?;
         chain_bytes = bytes;
+        if boot_device == BootDevice::Harddisk && !drives.iter().any(|d| d.number == 0x80) && !opts.restore {
+            unbootable(&first_sector?, 0x80, &format!("harddisk={}", file.path))?;
+        }
         if drives.iter().any(|d| d.number == 0x80) {
             if opts.restore {
                 return Err(String::from(
@@ -207,14 +217,9 @@ fn pause_if_asked(pause: bool) {
     }
 }
 
-/// Read sector 0 of an emulated drive through the hook and start it at 0000:7C00.
-fn start_from_drive(drive: u8, what: &str, pause: bool) -> Result<(), String> {
-    use vboot::block::BlockDevice;
-    let mut guest = BiosDisk::probe(drive).ok_or_else(|| format!("the emulated drive {:02x}h does not answer", drive))?;
-    let mut sector = [0u8; 512];
-    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the boot sector of {}: {}", what, e))?;
-    // A hard disk needs 55AA, as a BIOS checks it; old floppies may lack it, but an empty
-    // sector boots nothing.
+/// Whether drive `drive` can start from `sector`: a hard disk needs 55AA, as a BIOS checks it;
+/// old floppies may lack it, but an empty sector boots nothing.
+fn unbootable(sector: &[u8; 512], drive: u8, what: &str) -> Result<(), String> {
     let signed = sector[510] == 0x55 && sector[511] == 0xAA;
     if (drive >= 0x80 && !signed) || sector.iter().all(|&b| b == 0) {
         return Err(format!(
@@ -223,6 +228,16 @@ fn start_from_drive(drive: u8, what: &str, pause: bool) -> Result<(), String> {
             if signed { "it is empty" } else { "no 55AA signature" }
         ));
     }
+    Ok(())
+}
+
+/// Read sector 0 of an emulated drive through the hook and start it at 0000:7C00.
+fn start_from_drive(drive: u8, what: &str, pause: bool) -> Result<(), String> {
+    use vboot::block::BlockDevice;
+    let mut guest = BiosDisk::probe(drive).ok_or_else(|| format!("the emulated drive {:02x}h does not answer", drive))?;
+    let mut sector = [0u8; 512];
+    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the boot sector of {}: {}", what, e))?;
+    unbootable(&sector, drive, what)?;
     println!("Guest boot sector loaded from drive {:02x}h", drive);
     pause_if_asked(pause);
     start_guest(&sector, drive)

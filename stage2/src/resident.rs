@@ -118,7 +118,11 @@ pub fn boot(
     let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
-    let (drive, parent_dir, record, chain_bytes) = plan_hard_disk(disk, table, opts, part_number, &file)?;
+    let (drive, parent_dir, record, chain_bytes, first_sector) = plan_hard_disk(disk, table, opts, part_number, &file)?;
+    if !opts.restore {
+        // (With `restore` the guest reads the parent, once the engine has emptied the leaf.)
+        check_boot_signature(&first_sector?, &file.path, drive.layers.len() == 1 && drive.layers[0].format == 0)?;
+    }
     let engine = load_engine(disk)?;
     if opts.immutable {
         println!(
@@ -133,19 +137,29 @@ pub fn boot(
     let mut sector = [0u8; 512];
     use vboot::block::BlockDevice;
     guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
-    if sector[510] != 0x55 || sector[511] != 0xAA {
-        return Err(format!(
-            "{} has no boot signature (55AA) in its first sector: it is not a bootable disk image \
-             (an empty or unpartitioned image?)",
-            file.path
-        ));
-    }
+    // Checked before the hook too; this is the sector the guest gets.
+    check_boot_signature(&sector, &file.path, false)?;
     println!("Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})", crate::disk::hard_disk_count(), disk.drive + 1);
     if opts.pause {
         println!("Paused before starting the guest. Press any key to boot.");
         crate::wait_key();
     }
     start_guest(&sector, 0x80)
+}
+
+/// A hard disk starts from its first sector, which must end in 55AA. `raw`: the file was read
+/// as a raw image because it has no VHD, VMDK or VDI signature, which the message says, since
+/// a damaged image file ends up here too.
+fn check_boot_signature(sector: &[u8; 512], path: &str, raw: bool) -> Result<(), String> {
+    if sector[510] == 0x55 && sector[511] == 0xAA {
+        return Ok(());
+    }
+    Err(format!(
+        "{} has no boot signature (55AA) in its first sector: it is not a bootable disk image \
+         (an empty or unpartitioned image?){}",
+        path,
+        if raw { "; it was read as a raw image: no VHD, VMDK or VDI header was found in it" } else { "" }
+    ))
 }
 
 /// The hand-off table for this boot, with the drive records of the emulated drives.
@@ -163,7 +177,7 @@ pub(crate) fn plan_hard_disk(
     opts: &VbootOptions,
     part_number: u32,
     file: &File,
-) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive, u64), String> {
+) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive, u64, Result<[u8; 512], String>), String> {
     let part = table.find(part_number).ok_or("partition vanished")?;
     if file.size_bytes == 0 {
         return Err(format!("{} is empty", file.path));
@@ -200,7 +214,14 @@ pub(crate) fn plan_hard_disk(
     let chain_bytes = vboot::image::disk::chain_memory_bytes(&layers);
     println!("  tables and caches of the chain: {} KiB", chain_bytes.div_ceil(1024));
     let chain_files = locator.chain_files(&layers);
-    drop(layers);
+    // The guest's boot sector, read now through the chain: a disk that cannot start (blank,
+    // not an image at all, unreadable first sector) is refused while the menu is still safe to
+    // return to; after the hook it would take a restart.
+    let first_sector = vboot::image::Disk::new(layers, Vec::new()).and_then(|mut d| {
+        let mut sector = [0u8; 512];
+        d.read(0, &mut sector).map(|_| sector)
+    });
+    let first_sector = first_sector.map_err(|e| format!("reading the first sector of {}: {}", file.path, e));
     if raw && file.size_bytes % 512 != 0 {
         return Err(format!(
             "{} is {} bytes, not a whole number of 512-byte sectors, so it cannot be a raw disk image",
@@ -244,7 +265,7 @@ pub(crate) fn plan_hard_disk(
             layers: crate::handoff::layers(&drive.layers, &formats),
         }
     };
-    Ok((drive, parent_dir, record, chain_bytes))
+    Ok((drive, parent_dir, record, chain_bytes, first_sector))
 }
 
 /// `path` (its extents in disk LBAs) must lie within what the BIOS reaches on `disk`

@@ -192,3 +192,140 @@ fn engine_init_out_of_memory_is_an_error_and_the_menu_comes_back() {
     q.expect_from(mark, "GUEST-ONE", T);
     assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
 }
+
+// ---- CPU exceptions --------------------------------------------------------------------------
+
+/// The first `0x...` number after `label` in `text`.
+fn hex_after(text: &str, label: &str) -> u32 {
+    let at = text.find(label).unwrap_or_else(|| panic!("no {:?} in:\n{}", label, text)) + label.len();
+    let digits: String = text[at..].trim_start().trim_start_matches("0x").chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    u32::from_str_radix(&digits, 16).unwrap_or_else(|_| panic!("no number after {:?} in:\n{}", label, text))
+}
+
+/// The bytes at physical address `at`, read by the QEMU monitor (`xp`), not by vboot.
+fn bytes_at(q: &Qemu, at: u32, count: usize) -> Vec<u8> {
+    let dump = q.monitor(&format!("xp /{}xb {:#x}", count, at));
+    dump.lines()
+        .filter_map(|l| l.split_once(':'))
+        .flat_map(|(_, cells)| cells.split_whitespace().map(|c| u8::from_str_radix(c.trim_start_matches("0x"), 16).unwrap()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// stage2 CPU exceptions (`vboot_fault stage2-ud2`, `stage2-divide-error`, `stage2-gp`): the
+/// exception screen names the vector, the error code and the EIP, on COM1 and on the screen;
+/// the instruction at that EIP (read by QEMU, not vboot) is the one that faulted; the machine
+/// then waits for a key (still running: a triple fault would have ended QEMU, which runs with
+/// -no-reboot), and the key restarts it (QEMU exits with 0).
+#[test]
+fn stage2_cpu_exceptions_show_the_vector_and_address_and_wait_for_a_key() {
+    let dir = TempDir::new("faults-stage2-exception");
+    let one = guests::hello_guest(&dir.path, "one", "GUEST-ONE", 2048);
+    // (fault kind, vector, error code, the faulting instruction's bytes)
+    let kinds: [(&str, u32, u32, &[u8]); 3] = [
+        ("stage2-ud2", 6, 0, &[0x0F, 0x0B]),
+        ("stage2-divide-error", 0, 0, &[0xF7, 0xF1]),
+        ("stage2-gp", 13, 0xFFF8, &[0x66, 0x8E, 0xD8]),
+    ];
+    for (kind, vector, error_code, instruction) in kinds {
+        let cfg = menu(&[(kind, &format!("    vboot_fault {}\n    vboot harddisk=/one.img", kind))]);
+        let host = fault_host(&dir, &cfg, &[("/one.img", &one)]);
+        let mut q = Qemu::boot_disk(&host.disk);
+        q.expect(&format!("1. {}", kind), T);
+        let mark = q.mark();
+        q.send(b"1");
+        let out = q.expect_from(mark, "Press any key to reboot.", T);
+        let line = format!("vboot: CPU exception {} (error code {:#x}) at EIP 0x", vector, error_code);
+        assert!(out.contains(&line), "{}: no {:?}:\n{}", kind, line, out);
+        assert!(out.contains("this is a bug in vboot; please report the line above"), "{}", out);
+        let eip = hex_after(&out, "at EIP");
+        assert_eq!(bytes_at(&q, eip, instruction.len()), instruction, "{}: EIP {:#x} is not the faulting instruction", kind, eip);
+        let shown = screen(&q);
+        assert!(shown.contains(&format!("{}{:08x}", line, eip)), "{}: not on the screen:\n{}", kind, shown);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(q.try_exit(), None, "{}: QEMU ended before a key was pressed (a triple fault?):\n{}", kind, q.output());
+        q.send(b" ");
+        assert_eq!(q.wait_exit(T), Some(0), "{}: the key did not restart the machine:\n{}", kind, q.output());
+    }
+}
+
+/// Engine CPU exceptions during a guest's INT 13h call (the fault guest's AH=F2h: `ud2`;
+/// AH=F3h: a general-protection fault with error code FFF8h): the engine's own IDT catches it
+/// (without it, the guest's real-mode IDTR would turn it into a triple fault), the line names the
+/// vector, error code, EIP and the engine's base, on COM1 and on the screen, and the processor
+/// stops: QEMU keeps running with its CPU halted, and the guest never sees the call return.
+#[test]
+fn engine_cpu_exceptions_are_reported_and_the_machine_halts() {
+    let dir = TempDir::new("faults-engine-exception");
+    for (ah, vector, error_code, instruction) in [(0xF2u8, 6u32, 0u32, &[0x0Fu8, 0x0B][..]), (0xF3, 13, 0xFFF8, &[0x66, 0x8E, 0xD8][..])] {
+        let guest = guests::faulter_guest(&dir.path, &format!("faulter-{:x}", ah), ah, 1, 2048);
+        let cfg = "set timeout=0\nmenuentry 'Faulter' {\n    vboot harddisk=/faulter.img\n}\n";
+        let host = fault_host(&dir, cfg, &[("/faulter.img", &guest)]);
+        let mut q = Qemu::boot_disk(&host.disk);
+        let out = q.expect("; the machine is stopped", T);
+        let line = format!("vboot engine: CPU exception {} (error code {:#x}) at EIP 0x", vector, error_code);
+        assert!(out.contains(&line), "AH={:02X}h: no {:?}:\n{}", ah, line, out);
+        // Where stage2 put the engine: "Resident: stub ..., engine N KiB at 0x...".
+        let resident = &out[out.find("Resident: stub").expect("the hook went in")..];
+        let region = hex_after(&resident[resident.find(", engine ").unwrap()..], "KiB at");
+        let eip = hex_after(&out, &line[..line.len() - 2]);
+        let base = hex_after(&out, "(engine at");
+        let offset = hex_after(&out, &format!("(engine at {:#x} +", base));
+        assert_eq!(base, region, "the engine's base is not where stage2 put it:\n{}", out);
+        assert_eq!(base + offset, eip, "{}", out);
+        assert_eq!(bytes_at(&q, eip, instruction.len()), instruction, "AH={:02X}h: EIP {:#x} is not the faulting instruction", ah, eip);
+        let shown = screen(&q);
+        assert!(shown.contains(&format!("{}{:08x}", line, eip)), "AH={:02X}h: not on the screen:\n{}", ah, shown);
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(q.try_exit(), None, "AH={:02X}h: QEMU ended (a triple fault?):\n{}", ah, q.output());
+        let cpu = q.monitor("info registers");
+        // Halted with interrupts off: stopped for good (cli; hlt), not waiting for a tick.
+        assert!(cpu.contains("HLT=1") && hex_after(&cpu, "EFL=") & 0x200 == 0, "AH={:02X}h: the CPU is not stopped:\n{}", ah, cpu);
+        assert!(!q.output().contains("FAULT-CALL"), "the guest went on:\n{}", q.output());
+    }
+}
+
+/// After the hook went in (`engine_init` ran and went through the BIOS, whose real-mode half
+/// loads the real-mode IDTR), stage2's own IDT is back: a CPU exception there still gets stage2's
+/// exception screen, not a triple fault.
+#[test]
+fn stage2_cpu_exception_after_the_hook_still_gets_its_screen() {
+    let dir = TempDir::new("faults-stage2-exception-hooked");
+    let one = guests::hello_guest(&dir.path, "one", "GUEST-ONE", 2048);
+    let cfg = menu(&[("ud2 after the hook", "    vboot_fault stage2-ud2-after-hook\n    vboot harddisk=/one.img")]);
+    let host = fault_host(&dir, &cfg, &[("/one.img", &one)]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("1. ud2 after the hook", T);
+    let mark = q.mark();
+    q.send(b"1");
+    let out = q.expect_from(mark, "Press any key to reboot.", T);
+    let resident = out.find("Resident: stub").expect("the fault came before the hook");
+    let line = out.find("vboot: CPU exception 6 (error code 0x0) at EIP 0x").unwrap_or_else(|| panic!("no exception line:\n{}", out));
+    assert!(resident < line, "{}", out);
+    assert!(!out.contains("vboot engine:") && !out.contains("GUEST-ONE"), "{}", out);
+    let eip = hex_after(&out, "at EIP");
+    assert_eq!(bytes_at(&q, eip, 2), [0x0F, 0x0B], "EIP {:#x} is not the ud2", eip);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(q.try_exit(), None, "QEMU ended before a key was pressed (a triple fault?):\n{}", q.output());
+}
+
+/// A CPU exception inside `engine_init` (called by stage2 with stage2's IDT loaded) is caught by
+/// the engine's IDT: its line, then the machine halts.
+#[test]
+fn engine_cpu_exception_during_init_is_reported_and_halts() {
+    let dir = TempDir::new("faults-engine-init-exception");
+    let one = guests::hello_guest(&dir.path, "one", "GUEST-ONE", 2048);
+    let cfg = menu(&[("Engine init ud2", "    vboot harddisk=/engine-init-ud2.img")]);
+    let host = fault_host(&dir, &cfg, &[("/engine-init-ud2.img", &one)]);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("1. Engine init ud2", T);
+    let mark = q.mark();
+    q.send(b"1");
+    let out = q.expect_from(mark, "; the machine is stopped", T);
+    assert!(out.contains("vboot engine: CPU exception 6 (error code 0x0) at EIP 0x"), "{}", out);
+    let eip = hex_after(&out, "vboot engine: CPU exception 6 (error code 0x0) at EIP");
+    assert_eq!(bytes_at(&q, eip, 2), [0x0F, 0x0B], "EIP {:#x} is not the ud2", eip);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(q.try_exit(), None, "QEMU ended (a triple fault?):\n{}", q.output());
+    let cpu = q.monitor("info registers");
+    assert!(cpu.contains("HLT=1") && hex_after(&cpu, "EFL=") & 0x200 == 0, "the CPU is not stopped:\n{}", cpu);
+}

@@ -181,15 +181,16 @@ fn images_that_cannot_be_booted_are_refused_with_a_reason() {
         ],
         T,
     );
-    // The boot sector is read through the hook, so this refusal comes after the image became
-    // drive 80h: going back to the menu would read the image as the host disk. It restarts the
-    // machine instead (QEMU runs with -no-reboot, so the restart ends it).
-    let mark = q.mark();
-    q.send(b"2");
-    let out = q.expect_from(mark, "Press any key to reboot.", T);
-    assert!(out.contains("/blank.img has no boot signature (55AA)"), "{}", out);
-    assert!(out.contains("vboot: fatal error: the image was already attached as drive 80h"), "{}", out);
-    assert!(!out.contains("Press any key to return to the menu."), "{}", out);
+    // The boot sector is read through the image chain before the hook goes in, so a blank disk
+    // is refused while the menu is still safe to return to (and the check after the hook, on the
+    // sector the guest gets, is never reached).
+    q.expect_refusals(
+        "4. iso",
+        &[(&b"2"[..], "/blank.img has no boot signature (55AA) in its first sector")],
+        T,
+    );
+    let out = q.output();
+    assert!(!out.contains("Resident: stub") && !out.contains("Press any key to reboot."), "{}", out);
 }
 
 /// `recover_mbr` puts back the sector 0 vboot-install saved (here: a boot sector that prints a

@@ -5,7 +5,11 @@
 //! In that build:
 //! - INT 13h AH=F0h on an emulated drive allocates 1.75 GiB (far more than the engine's heap);
 //! - INT 13h AH=F1h on an emulated drive panics, and panics again while that is reported;
-//! - `engine_init` allocates 1.75 GiB when a file of the plan has `engine-init-oom` in its name.
+//! - INT 13h AH=F2h on an emulated drive executes `ud2` (CPU exception 6, invalid opcode), and
+//!   AH=F3h loads DS with selector FFF8h, past the GDT (exception 13, general protection, with
+//!   error code FFF8h): the engine's exception screen (exception.rs);
+//! - `engine_init` allocates 1.75 GiB when a file of the plan has `engine-init-oom` in its name,
+//!   and executes `ud2` when one has `engine-init-ud2` (the engine's IDT during init).
 
 #[cfg(feature = "fault-injection")]
 mod injected {
@@ -25,6 +29,9 @@ mod injected {
                 DOUBLE_PANIC.store(true, Ordering::SeqCst);
                 panic!("injected fault: INT 13h AH=F1h");
             }
+            // SAFETY: both fault at once and never return; the handler stops the machine.
+            0xF2 => unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) },
+            0xF3 => unsafe { core::arch::asm!("mov ax, 0xFFF8", "mov ds, ax", options(nostack, noreturn)) },
             _ => {}
         }
     }
@@ -33,6 +40,10 @@ mod injected {
         let named = |p: &str| p.to_ascii_lowercase().contains("engine-init-oom");
         if plan.drives.iter().flat_map(|d| d.layers.iter()).any(|l| named(&l.path)) {
             impossible_allocation();
+        }
+        if plan.drives.iter().flat_map(|d| d.layers.iter()).any(|l| l.path.to_ascii_lowercase().contains("engine-init-ud2")) {
+            // SAFETY: faults at once; the engine's exception handler stops the machine.
+            unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) }
         }
     }
 

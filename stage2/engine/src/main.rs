@@ -9,6 +9,7 @@
 extern crate alloc;
 
 mod chain;
+mod exception;
 mod fault;
 mod hostdisk;
 mod overlay;
@@ -136,6 +137,8 @@ extern "C" fn engine_init(
     msg: *mut u8,
     msg_cap: u32,
 ) -> u32 {
+    // stage2's IDT comes back when this returns; an exception in between is the engine's.
+    let _stage2_idt = exception::Saved::take();
     let msg = unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) };
     unsafe { HEAP.lock().init(heap, heap_len as usize) };
     let bytes = unsafe { core::slice::from_raw_parts(plan, plan_len as usize) };
@@ -230,6 +233,7 @@ fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
 /// A panic while serving the call fails that call (recover.rs).
 #[no_mangle]
 extern "C" fn engine_dispatch(stub_linear: u32) {
+    exception::load();
     let stub = Stub { linear: stub_linear };
     recover::guard_dispatch(stub, || {
         let mut regs = stub.frame();

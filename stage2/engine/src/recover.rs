@@ -54,7 +54,7 @@ pub struct Line {
 const LINE_BYTES: usize = 240;
 
 impl Line {
-    const fn new() -> Line {
+    pub const fn new() -> Line {
         Line { bytes: [0; LINE_BYTES], len: 0 }
     }
     fn as_bytes(&self) -> &[u8] {
@@ -183,7 +183,7 @@ fn describe(line: &mut Line, prefix: &str, info: &core::panic::PanicInfo) {
     }
 }
 
-fn halt() -> ! {
+pub(crate) fn halt() -> ! {
     loop {
         // SAFETY: stopping the processor for good is what is asked.
         unsafe { core::arch::asm!("cli; hlt") };
@@ -191,7 +191,7 @@ fn halt() -> ! {
 }
 
 /// The line on COM1 and on the screen.
-fn show(line: &Line) {
+pub(crate) fn show(line: &Line) {
     for &b in line.as_bytes().iter().chain(b"\r\n") {
         com1_byte(b);
     }

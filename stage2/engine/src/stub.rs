@@ -85,6 +85,8 @@ impl Stub {
             core::ptr::write_volatile(self.ptr::<u32>(S_BIOS_TARGET), target);
             core::ptr::write_volatile(self.ptr::<Regs>(S_BREGS), *regs);
             engine_bios_call(self.linear);
+            // The stub's real-mode part loaded the guest's IDTR.
+            crate::exception::load();
             *regs = core::ptr::read_volatile(self.ptr::<Regs>(S_BREGS));
         }
     }
