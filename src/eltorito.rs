@@ -1,4 +1,4 @@
-//! ISO 9660 recognition and the El Torito boot catalog (bios-reference.md §3.1-3.3): is a file a
+//! ISO 9660 recognition and the El Torito boot catalog (docs/int13.md, "El Torito"): is a file a
 //! CD image, and which boot image does a BIOS start from it.
 //!
 //! Everything works on 2048-byte CD blocks handed in by a reader closure, so stage2 (reading a

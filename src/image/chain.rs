@@ -1,8 +1,8 @@
 //! Finding the parents of a differencing image, from the leaf upward.
 //!
-//! Paths are strings with `/` or `\` separators in the namespace of a [`ParentLocator`]: the
-//! host file system for the tools, the boot partition's file system for stage2. For every
-//! parent the candidates are tried in this order (disk-formats.md §0.3, issue 5):
+//! Paths are strings with `/` or `\` separators in the namespace of a [`ParentLocator`]: the host
+//! file system for the tools, the boot partition's file system for stage2. For every parent the
+//! candidates are tried in this order (docs/image-formats.md, "Chains: finding a parent"; issue 5):
 //! 1. each stored path that is relative, joined to the child's directory;
 //! 2. each stored absolute path, with a drive letter (`C:`) or `\\?\` prefix dropped so that
 //!    it names a path on the host partition;

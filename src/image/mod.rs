@@ -13,16 +13,16 @@
 //!
 //! Every error names the image file it is about ([`ImageError`]).
 //!
-//! Writing (DESIGN.md §4): writes go into the leaf through [`disk::Disk::write`]. A boot-time
-//! file never grows, so new blocks/grains are placed only in *slack* reserved at the end of the
-//! file when it was made (`create::CreateOptions::reserve_bytes`, `vdisk reserve`); without
-//! slack the write fails with [`ImageError::NoSlack`]. Host files may grow instead. Each format
-//! module documents where its slack sits and the order of its metadata writes (data, then
-//! bitmap, then table entry, then header counters, with a flush between steps). VMDK grains and
-//! VDI blocks have no per-sector bitmap, so the part of a new unit the write does not cover is
-//! copied from the layers below. [`create::create_filling`] makes a child inside an existing,
-//! preallocated file (boot-time `take_snapshot=`), and [`disk::Disk::discard_leaf`] empties a
-//! differencing leaf (`restore`).
+//! Writing (invariants 2-4, docs/architecture.md): writes go into the leaf through
+//! [`disk::Disk::write`]. A boot-time file never grows, so new blocks/grains are placed only in
+//! *slack* reserved at the end of the file when it was made
+//! (`create::CreateOptions::reserve_bytes`, `vdisk reserve`); without slack the write fails with
+//! [`ImageError::NoSlack`]. Host files may grow instead. Each format module documents where its
+//! slack sits and the order of its metadata writes (data, then bitmap, then table entry, then
+//! header counters, with a flush between steps). VMDK grains and VDI blocks have no per-sector
+//! bitmap, so the part of a new unit the write does not cover is copied from the layers below.
+//! [`create::create_filling`] makes a child inside an existing, preallocated file (boot-time
+//! `take_snapshot=`), and [`disk::Disk::discard_leaf`] empties a differencing leaf (`restore`).
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -167,7 +167,8 @@ pub trait ImageFile {
     fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError>;
     /// The path the file was opened by, for messages and for resolving relative parent paths.
     fn name(&self) -> &str;
-    /// Make earlier writes durable before later ones (ordering points of DESIGN.md §4.3).
+    /// Make earlier writes durable before later ones (the ordering points of invariant 3,
+    /// docs/architecture.md).
     fn flush(&mut self) -> Result<(), ImageError> {
         Ok(())
     }

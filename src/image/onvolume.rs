@@ -1,7 +1,7 @@
-//! Image files on a host volume, written before the guest starts (DESIGN.md §4 invariant 2):
-//! the snapshot child made in place, and the leaf's write slack grown. stage2 and the power-cut
-//! tests (tests/tests/powercut.rs) run these same functions, over the BIOS disk and over a disk
-//! that loses power after any write.
+//! Image files on a host volume, written before the guest starts (invariant 2,
+//! docs/architecture.md): the snapshot child made in place, and the leaf's write slack grown.
+//! stage2 and the power-cut tests (tests/tests/powercut.rs) run these same functions, over the BIOS
+//! disk and over a disk that loses power after any write.
 
 use alloc::format;
 use alloc::string::String;

@@ -1,6 +1,6 @@
-//! Write slack at boot (DESIGN.md §4 invariant 2): before the guest starts, stage2 makes sure the
-//! leaf of a sparse image has room for new blocks, by growing the file on the host filesystem
-//! and then moving the format's trailer (the VHD footer) to the new end. The engine then
+//! Write slack at boot (invariant 2, docs/architecture.md): before the guest starts, stage2 makes
+//! sure the leaf of a sparse image has room for new blocks, by growing the file on the host
+//! filesystem and then moving the format's trailer (the VHD footer) to the new end. The engine then
 //! allocates inside that room and never changes filesystem metadata.
 
 use alloc::format;

@@ -415,7 +415,7 @@ fn mutated_images_never_panic() {
 
 #[test]
 fn vhd_geometry_vectors() {
-    // disk-formats.md §2.7 table.
+    // docs/image-formats.md, "VHD: virtual size and CHS geometry" (its table).
     assert_eq!(vhd::chs_for_size(1 << 20), (30, 4, 17));
     assert_eq!(vhd::chs_for_size(100 << 20), (1003, 12, 17));
     assert_eq!(vhd::chs_for_size(1 << 30), (2080, 16, 63));
@@ -624,11 +624,11 @@ fn vhdx_and_qcow2_are_named_not_taken_for_raw() {
     }
 }
 
-/// DESIGN.md §4 invariant 3, exhaustively: a boot-time write that allocates two new units (VHD
-/// blocks, VDI blocks, VMDK grains) in the slack of a dynamic image or a differencing child is
+/// Invariant 3 (docs/architecture.md), exhaustively: a boot-time write that allocates two new units
+/// (VHD blocks, VDI blocks, VMDK grains) in the slack of a dynamic image or a differencing child is
 /// cut short after each of its file writes in turn, and in the middle of each multi-sector one (a
-/// torn transfer). Every such image must open, pass its own check, read the written sectors as
-/// old or new and every other sector as before, and take the same write again afterwards.
+/// torn transfer). Every such image must open, pass its own check, read the written sectors as old
+/// or new and every other sector as before, and take the same write again afterwards.
 #[test]
 fn a_crash_after_any_write_of_an_allocation_leaves_a_valid_image() {
     let formats = [(Variant::VhdDynamic, "vhd", 2 * ((2 << 20) + 512)), (Variant::VdiDynamic, "vdi", 2 << 20), (Variant::VmdkMonolithicSparse, "vmdk", 128 << 10)];

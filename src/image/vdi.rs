@@ -3,14 +3,15 @@
 //! Block map values: `n < 0xFFFFFFFE` = n-th data block, `0xFFFFFFFF` = free (parent, or zeros at
 //! the base), `0xFFFFFFFE` = explicit zeros that hide the parent.
 //!
-//! Writing and slack: a new block goes to slot `cBlocksAllocated` (the file order VirtualBox
-//! uses) and must lie inside the file (reserved slack after the last block) unless the file may
-//! grow (host tools). The block is written whole, with the sectors the write does not cover
-//! copied from the layers below (VDI has no per-sector bitmap). Order (disk-formats.md §4.6):
-//! block data -> header with the new count -> map entry, flushing between, so a crash leaks a
-//! slot at worst and never lets two map entries share one. A new block takes the slot after the
-//! highest one the map uses, so a slot leaked that way is taken again by the next allocation (and
-//! `check` reports a count above the map's as a leak, not as damage).
+//! Writing and slack: a new block goes to slot `cBlocksAllocated` (the file order VirtualBox uses)
+//! and must lie inside the file (reserved slack after the last block) unless the file may grow
+//! (host tools). The block is written whole, with the sectors the write does not cover copied from
+//! the layers below (VDI has no per-sector bitmap). Order
+//! (docs/image-formats.md, "VDI: allocation order"): block data -> header with the new count ->
+//! map entry, flushing between, so a crash leaks a slot at worst and never lets two map entries
+//! share one. A new block takes the slot after the highest one the map uses, so a slot leaked that
+//! way is taken again by the next allocation (and `check` reports a count above the map's as a
+//! leak, not as damage).
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -365,8 +366,9 @@ impl Layer for VdiImage {
                 None => {}
             }
         }
-        // A count above what the map uses is a leak, not damage: a crash between the count and
-        // the map entry leaves one (disk-formats.md §4.6), and the next allocation reuses it.
+        // A count above what the map uses is a leak, not damage: a crash between the count and the
+        // map entry leaves one (docs/image-formats.md, "VDI: allocation order"), and the next
+        // allocation reuses it.
         if count > self.header.blocks_allocated {
             problems.push(alloc::format!("header says {} blocks are allocated, the map uses {}", self.header.blocks_allocated, count));
         }
@@ -443,7 +445,7 @@ impl Layer for VdiImage {
             return Err(ImageError::Invalid { detail: alloc::format!("{} is not a differencing image; emptying it would lose data", self.name()) });
         }
         // Map first, count last: a crash in between leaves a count that is too high, which
-        // only leaks slots (disk-formats.md §4.6).
+        // only leaks slots (docs/image-formats.md, "VDI: allocation order").
         // 16 KiB per write from one fixed buffer: a 2 TiB map (8 MiB) is 512 writes, no copy.
         let mut free = [0u8; 16 * 1024];
         free.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&BLOCK_FREE.to_le_bytes()));

@@ -1,6 +1,6 @@
 //! VHD (Microsoft Virtual Hard Disk 1.0): fixed, dynamic and differencing images.
 //!
-//! Layout facts are in `disk-formats.md` §2. Choices made here:
+//! Layout facts are in docs/image-formats.md, "VHD". Choices made here:
 //! - The footer is read at EOF-512, then EOF-511 (pre-2004 images), then the copy at offset 0
 //!   (dynamic/differencing only); a bad checksum makes a copy unusable.
 //! - Virtual size follows qemu's creator table so qemu-img is a usable oracle: creator `vpc ` or
@@ -10,17 +10,16 @@
 //!   and it saves reading a bitmap per block at open. A *differencing* block consults its bitmap
 //!   (MSB first; 0 = ask the parent).
 //!
-//! Writing and slack (DESIGN.md §4): the footer always stays at the end of the file and never
-//! moves at boot. Reserved slack is zero-filled space between the end of the last block and the
-//! footer (readers allow padding there). A new block is placed at the first free byte after the
-//! metadata and the existing blocks; the write order is: block data -> bitmap -> BAT entry, with
-//! a flush after each. In a dynamic image the whole block is written, zero filled, so stale bytes
-//! never become visible (its blocks are read whole); in a differencing image only the sectors
-//! written, since the bitmap sends the others to the parent.
-//! A crash leaves at worst an unreferenced block that the next allocation reuses. When there is
-//! no slack and the file may grow (host tools), the new footer is written at the new end first
-//! (so a valid footer is at EOF at every instant), then the block over the old footer, then the
-//! BAT entry.
+//! Writing and slack (docs/image-formats.md, "VHD: allocation order"): the footer always stays at
+//! the end of the file and never moves at boot. Reserved slack is zero-filled space between the end
+//! of the last block and the footer (readers allow padding there). A new block is placed at the
+//! first free byte after the metadata and the existing blocks; the write order is: block data ->
+//! bitmap -> BAT entry, with a flush after each. In a dynamic image the whole block is written,
+//! zero filled, so stale bytes never become visible (its blocks are read whole); in a differencing
+//! image only the sectors written, since the bitmap sends the others to the parent. A crash leaves
+//! at worst an unreferenced block that the next allocation reuses. When there is no slack and the
+//! file may grow (host tools), the new footer is written at the new end first (so a valid footer is
+//! at EOF at every instant), then the block over the old footer, then the BAT entry.
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};

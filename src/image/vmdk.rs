@@ -1,10 +1,11 @@
 //! VMDK: monolithicSparse, monolithicFlat, twoGbMaxExtentSparse/Flat, vmfs (flat), and
 //! streamOptimized (read-only), with parent links through `parentCID` / `parentFileNameHint`.
 //!
-//! The descriptor is read leniently (disk-formats.md §3.2): LF or CRLF, comments anywhere,
-//! blanks around `=`, keys case-insensitive, quoted or bare values, parsing stops at the first
-//! NUL, extent lines with up to 7 fields and file names with spaces. The file name in the extent
-//! line of a *monolithic* sparse file is ignored (renamed files keep the old name).
+//! The descriptor is read leniently (docs/image-formats.md, "VMDK: the descriptor"): LF or CRLF,
+//! comments anywhere, blanks around `=`, keys case-insensitive, quoted or bare values, parsing
+//! stops at the first NUL, extent lines with up to 7 fields and file names with spaces. The file
+//! name in the extent line of a *monolithic* sparse file is ignored (renamed files keep the old
+//! name).
 //!
 //! All grain tables are read at open into one flat per-extent array (4 bytes per grain), so a
 //! lookup is one array index. The redundant directory is used when the primary one is unusable.
@@ -684,8 +685,8 @@ impl VmdkImage {
         written
     }
 
-    /// Change the CID before the first modification (disk-formats.md §3.7), so a child made
-    /// from the old content can tell.
+    /// Change the CID before the first modification, so a child made from the old content can
+    /// tell (docs/image-formats.md, "VMDK: CID and parentCID").
     fn bump_cid(&mut self, seed: u64) -> Result<(), ImageError> {
         if self.cid_updated || self.descriptor_text.is_empty() {
             self.cid_updated = true;

@@ -201,7 +201,7 @@ pub fn geometry_from_bpb(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
 }
 
 /// The geometry sector 0 of a hard-disk image implies: its FAT BPB if it is an unpartitioned
-/// volume, else its partition table (bios-reference.md §1.5, steps 3 and 4).
+/// volume, else its partition table (docs/int13.md, "CHS geometry", steps 2 and 3).
 pub fn geometry_from_sector0(sector0: &[u8], total_sectors: u64) -> Option<Chs> {
     geometry_from_bpb(sector0, total_sectors).or_else(|| geometry_from_mbr(sector0, total_sectors))
 }
@@ -224,7 +224,8 @@ pub fn floppy_geometry_by_search(sectors: u64) -> Option<Chs> {
     None
 }
 
-/// A standard floppy format, recognised by the image's exact size (bios-reference.md §5).
+/// A standard floppy format, recognised by the image's exact size
+/// (docs/int13.md, "Floppy formats").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FloppyFormat {
     pub bytes: u64,

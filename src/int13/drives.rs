@@ -16,7 +16,7 @@ pub struct FarPtr {
     pub offset: u16,
 }
 
-/// What the El Torito boot catalog said, reported back by AX=4B01h (bios-reference.md §3.4).
+/// What the El Torito boot catalog said, reported back by AX=4B01h (docs/int13.md, "El Torito").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ElToritoBoot {
     /// Catalog media type, bits 3:0: 0 no emulation, 1-3 floppy (1.2M, 1.44M, 2.88M), 4 hard disk.
@@ -207,7 +207,7 @@ impl<'d> DriveSet<'d> {
     }
 
     /// AX=4B00h on the emulated drive: it disappears, the real drives of its class move back
-    /// down and the BDA count goes down by one (bios-reference.md §3.4).
+    /// down and the BDA count goes down by one (docs/int13.md, "El Torito").
     pub(crate) fn end_cd_emulation(&mut self, mem: &mut dyn GuestMemory) {
         let Some(e) = self.emulation.take() else { return };
         let Some(i) = self.index_of(e.drive) else { return };

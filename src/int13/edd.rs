@@ -1,5 +1,5 @@
-//! Enhanced Disk Drive services: the disk address packet (AH=42h-47h) and the AH=48h result
-//! buffer. Layouts follow bios-reference.md §1.6 and §1.7.
+//! Enhanced Disk Drive services: the disk address packet (AH=42h-47h) and the AH=48h result buffer.
+//! Layouts: docs/int13.md, "Disk address packet" and "AH=48h result buffer".
 
 use super::memory::GuestMemory;
 use super::Status;
@@ -85,8 +85,8 @@ impl DiskAddressPacket {
         Ok(Self::from_bytes(&raw))
     }
 
-    /// Applies the parsing rules of bios-reference.md §1.6. The caller checks the count against
-    /// the disk; `block_bytes` bounds seg:off transfers to 64 KiB.
+    /// Applies the parsing rules of docs/int13.md, "Disk address packet". The caller checks the
+    /// count against the disk; `block_bytes` bounds seg:off transfers to 64 KiB.
     pub fn request(&self, packet_linear: u64, block_bytes: u32) -> Result<DapRequest, Status> {
         let (size, count) = (self.size, self.count);
         if size < DAP_MIN_BYTES {
@@ -214,8 +214,8 @@ impl DriveParameters {
     }
 }
 
-/// AH=41h: the API subsets we answer (bios-reference.md §1.6 table): fixed-disk access (42h-44h,
-/// 47h, 48h), EDD support (48h, 4Eh) and the 64-bit flat-buffer packet.
+/// AH=41h: the API subsets we answer (docs/int13.md, "Functions", AH=41h): fixed-disk access
+/// (42h-44h, 47h, 48h), EDD support (48h, 4Eh) and the 64-bit flat-buffer packet.
 pub const EDD_SUBSET_FIXED_DISK: u16 = 0x0001;
 pub const EDD_SUBSET_EDD: u16 = 0x0004;
 pub const EDD_SUBSET_64BIT: u16 = 0x0008;

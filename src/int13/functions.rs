@@ -253,7 +253,7 @@ pub(super) fn emulation_status(drives: &mut DriveSet<'_>, e: CdEmulation, regs: 
     Ok(0)
 }
 
-/// AX=4B01h specification packet, 13h bytes (bios-reference.md §3.4).
+/// AX=4B01h specification packet, 13h bytes (docs/int13.md, "El Torito").
 pub(super) fn specification_packet(drive_number: u8, boot: ElToritoBoot) -> [u8; 0x13] {
     let mut p = [0u8; 0x13];
     p[0] = 0x13;

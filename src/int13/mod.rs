@@ -1,5 +1,5 @@
 //! INT 13h semantics as a pure function: registers and guest memory in, registers and guest
-//! memory out, over a set of emulated drives (bios-reference.md §1, §2, §3.4-3.6, §5).
+//! memory out, over a set of emulated drives (docs/int13.md).
 //!
 //! The resident engine is a thin shell around [`handle`]:
 //!
@@ -17,12 +17,13 @@
 //! write Regs back, CF into the caller's saved FLAGS
 //! ```
 //!
-//! Return discipline (bios-reference.md §1.1): CF comes from the function's result, never from
-//! "AH != 0" (AH=41h answers AH=30h and AH=15h answers AH=03h, both with CF=0); only the
+//! Return discipline (docs/int13.md, "Return discipline"): CF comes from the function's result,
+//! never from "AH != 0" (AH=41h answers AH=30h and AH=15h answers AH=03h, both with CF=0); only the
 //! registers a function defines as outputs change; the last-status byte (0040:0074, or 0040:0041
 //! for floppies) is written after every call on an emulated drive.
 //!
-//! Where the reference implementations disagree (bios-reference.md §1.8), we answer:
+//! Where the reference implementations disagree (docs/int13.md, the section of that name), we
+//! answer:
 //! - AH=08h hard disk: last cylinder = C - 1 (memdisk, iPXE), clamped to 1023; DL = 0040:0075;
 //!   ES:DI untouched. AH=15h: CX:DX = exact size clipped to FFFFFFFFh, consistent with C - 1.
 //! - Requests past the end of the disk: 04h (sector not found). An extended request transfers

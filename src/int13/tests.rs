@@ -1,5 +1,5 @@
-//! Host tests of the INT 13h semantics. Oracles: bios-reference.md §1.4-1.8 (what memdisk, iPXE
-//! and SeaBIOS answer), §2 (BDA) and §5 (floppies).
+//! Host tests of the INT 13h semantics. Oracles: docs/int13.md ("Functions",
+//! "Return discipline", "Where the reference implementations disagree", "Floppy formats").
 
 use super::chs::{Chs, ChsAddress, FloppyFormat};
 use super::disk::{BlockDisk, DiskError, EmulatedDisk};

@@ -25,7 +25,7 @@ use vboot::int13::FloppyFormat;
 use vboot::part::PartitionTable;
 use vboot::resident::{PlannedDrive, PlannedKind, PlannedLayer};
 
-/// The number the emulated CD gets (bios-reference.md §3.2).
+/// The number the emulated CD gets (docs/int13.md, "El Torito").
 pub const CD_DRIVE: u8 = 0xE0;
 
 /// The hand-off table record of a CD, floppy or emulated boot image (one raw file, or a slice of

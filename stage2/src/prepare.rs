@@ -1,6 +1,6 @@
-//! Changes to the host filesystem made before the guest starts (DESIGN.md §4 invariant 2: never
-//! from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, and growing the leaf's write
-//! slack. Everything is checked before the first write; every write goes through the core
+//! Changes to the host filesystem made before the guest starts (invariant 2, docs/architecture.md:
+//! never from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, and growing the leaf's
+//! write slack. Everything is checked before the first write; every write goes through the core
 //! library's FAT/exFAT code.
 
 use alloc::boxed::Box;

@@ -112,9 +112,10 @@ stub_start:
     .quad 0x000092000000FFFF                          # 0x20 data16, base = stub: stage2 fills
     .fill S_CODE - S_ENGINE_ESP, 1, 0
 
-# The INT 13h "safe hook" header (bios-reference.md 2.4; vboot::handoff): a 3-byte jump over it,
-# "$INT13SF", the vendor, the previous vector, flags (0: let Windows keep compatibility mode), and,
-# at memdisk's +27, the hand-off table's address, then the boot ID. stage2 fills the numbers.
+# The INT 13h "safe hook" header (docs/int13.md, "The safe-hook header"; vboot::handoff): a 3-byte
+# jump over it, "$INT13SF", the vendor, the previous vector, flags (0: let Windows keep
+# compatibility mode), and, at memdisk's +27, the hand-off table's address, then the boot ID. stage2
+# fills the numbers.
 int13_entry:
     .byte 0xEB, int13_body - int13_entry - 2
     nop

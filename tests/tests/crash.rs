@@ -1,10 +1,10 @@
-//! Crash safety (issue 7, DESIGN.md §4 invariant 3): QEMU is killed (SIGKILL, a power cut for the
-//! disk file) at random moments while the chain guest writes across a dynamic child (VHD, VMDK,
-//! VDI) that allocates every new block, grain or block inside its reserved slack. After each
-//! kill: `vdisk check` (and `qemu-img check` where qemu reads the child) pass, `fsck.fat -n` finds
-//! the host partition clean, the parent is unchanged, every write the guest saw completed is
-//! there, and every other sector reads as the parent or as what the guest wrote, nothing else.
-//! Then the crashed child boots again and takes every write.
+//! Crash safety (issue 7, invariant 3 of docs/architecture.md): QEMU is killed (SIGKILL, a power
+//! cut for the disk file) at random moments while the chain guest writes across a dynamic child
+//! (VHD, VMDK, VDI) that allocates every new block, grain or block inside its reserved slack. After
+//! each kill: `vdisk check` (and `qemu-img check` where qemu reads the child) pass, `fsck.fat -n`
+//! finds the host partition clean, the parent is unchanged, every write the guest saw completed is
+//! there, and every other sector reads as the parent or as what the guest wrote, nothing else. Then
+//! the crashed child boots again and takes every write.
 //!
 //! The kill points come from a seed printed in every failure (`VBOOT_CRASH_SEED=N` repeats a run).
 

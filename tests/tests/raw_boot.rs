@@ -71,7 +71,7 @@ fn probe_passes_on_a_fragmented_raw_image_and_its_writes_land_in_the_file() {
     assert!(out.contains("conventional memory 639 -> 636 KiB"), "{}", out);
 
     // The writes are in the file, and nothing outside the file changed on the host disk
-    // (DESIGN.md invariant 1), down to the byte.
+    // (invariant 1, docs/architecture.md), down to the byte.
     let after = std::fs::read(&host.disk).unwrap();
     for lba in 0..(after.len() / 512) as u64 {
         if !image_lbas.contains(&lba) {

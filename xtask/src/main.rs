@@ -6,7 +6,7 @@
 //!            unit tests also as i686 code (`test-i686` runs only those)
 //! - `demo`   installs what is missing, builds, makes a host disk with images, installs vboot
 //!            with vboot-install and boots it in QEMU
-//! - `bench`  the yardsticks of DESIGN.md §6
+//! - `bench`  the yardsticks of docs/benchmarks.md
 //! - `demo-debian` a whole Debian in a VHD, root on vboot-attach's NBD device (issue 9)
 //! - `build-faults` the firmware with fault injection, into target/vboot-faults/ (for
 //!            tests/tests/faults.rs, which runs it itself)

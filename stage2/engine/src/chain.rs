@@ -98,7 +98,7 @@ impl ImageFile for ExtentFile {
                 self.io.read_host(lba, &mut sector).map_err(|s| self.io_err(pos, s))?;
             }
             sector[skip..skip + take].copy_from_slice(&buf[done..done + take]);
-            // DESIGN.md invariant 1: the sector is the file's own.
+            // Invariant 1 (docs/architecture.md): the sector is the file's own.
             if !self.lbas.contains(lba, 1) {
                 return Err(self.io_err(pos, Status::WRITE_FAULT));
             }
@@ -248,7 +248,8 @@ impl EmulatedDisk for ChainDisk {
             let fail = |s: Status| DiskError { done_blocks: done as u32, status: s };
             mem.read(buf_linear + done * 512, tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
             // New blocks (VHD), grains (VMDK) or blocks (VDI) are allocated here, inside the slack
-            // the file already owns, in DESIGN.md §4.3's order; no slack is a write fault.
+            // the file already owns, in the order of invariant 3 (docs/architecture.md); no slack
+            // is a write fault.
             self.disk.write(lba + done, tmp).map_err(|e| match e {
                 ImageError::ReadOnly { .. } => fail(Status::WRITE_PROTECTED),
                 _ => fail(Status::WRITE_FAULT),

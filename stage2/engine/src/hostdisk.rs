@@ -87,8 +87,8 @@ impl HostIo {
         Ok(())
     }
 
-    /// Engine memory to host sectors, through the bounce buffer. Callers check DESIGN.md
-    /// invariant 1 first.
+    /// Engine memory to host sectors, through the bounce buffer. Callers check invariant 1
+    /// (docs/architecture.md) first.
     pub fn write_host(&self, host_lba: u64, buf: &[u8]) -> Result<(), Status> {
         let (bounce, bytes) = self.bounce();
         for (i, chunk) in buf.chunks(bytes).enumerate() {
@@ -186,7 +186,7 @@ impl RawFile {
                 self.extents.lookup(lba + done as u64).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
             let n = run.min((count - done) as u64).min(MAX_SECTORS_PER_CALL);
             let linear = buf_linear + done as u64 * 512;
-            // DESIGN.md invariant 1: never write a host sector outside the image file.
+            // Invariant 1 (docs/architecture.md): never write a host sector outside the image file.
             if write && !self.lbas.contains(host_lba, n) {
                 return Err(fail(done, Status::WRITE_FAULT));
             }

@@ -65,7 +65,7 @@ impl ImageFile for ExtentFile {
         let runs = self.runs(offset_bytes, buf.len())?;
         let mut done = 0;
         for (host, n) in runs {
-            // DESIGN.md invariant 1: only the file's own sectors are ever written.
+            // Invariant 1 (docs/architecture.md): only the file's own sectors are ever written.
             let first = host / 512;
             let last = (host + n as u64 - 1) / 512;
             if !self.lbas.contains(first, last - first + 1) {
