@@ -8,8 +8,9 @@
 //!   answers "where is virtual sector N in *this* image": file data, zeros, compressed grain, or
 //!   "ask my parent" ([`Mapping`]). Each format module (`raw`, `vhd`, `vmdk`, `vdi`) implements it.
 //! - [`chain`]: finds each parent starting at the leaf, checks identities, detects cycles.
-//! - [`disk::Disk`]: one block device over a whole chain, backed by a flattened run map built at
-//!   open time, so the cost of a lookup does not depend on the depth of the chain.
+//! - [`disk::Disk`]: one block device over a whole chain. A lookup walks the chain from the leaf
+//!   down and remembers the last runs it found, so memory stays bounded by the layers' own tables
+//!   and their caches (docs/memory.md), and sequential reads do not slow down with depth.
 //!
 //! Every error names the image file it is about ([`ImageError`]).
 //!
@@ -497,7 +498,7 @@ pub trait Layer {
     }
     /// Write whole sectors into this layer. `parent` reads the sectors below this layer (for
     /// copy-on-write of formats without a per-sector bitmap). Returns the virtual sector ranges
-    /// whose mapping changed, so the caller can refresh its flattened map.
+    /// whose mapping changed, so the caller can forget the runs it remembered there.
     fn write(
         &mut self,
         sector: u64,

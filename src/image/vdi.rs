@@ -3,8 +3,8 @@
 //! Block map values: `n < 0xFFFFFFFE` = n-th data block, `0xFFFFFFFF` = free (parent, or zeros at
 //! the base), `0xFFFFFFFE` = explicit zeros that hide the parent.
 //!
-//! Writing and slack: a new block goes to slot `cBlocksAllocated` (the file order VirtualBox uses)
-//! and must lie inside the file (reserved slack after the last block) unless the file may grow
+//! Writing and slack: a new block goes to the slot after the highest one the map uses (the file
+//! order VirtualBox uses) and must lie inside the file (reserved slack after the last block) unless the file may grow
 //! (host tools). The block is written whole, with the sectors the write does not cover copied from
 //! the layers below (VDI has no per-sector bitmap). Order
 //! (docs/image-formats.md, "VDI: allocation order"): block data -> header with the new count ->

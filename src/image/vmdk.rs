@@ -7,8 +7,10 @@
 //! name in the extent line of a *monolithic* sparse file is ignored (renamed files keep the old
 //! name).
 //!
-//! All grain tables are read at open into one flat per-extent array (4 bytes per grain), so a
-//! lookup is one array index. The redundant directory is used when the primary one is unusable.
+//! Each extent keeps its grain directory; grain tables are read when a lookup needs them, into a
+//! cache of 32 tables shared by the image's extents (docs/memory.md). At open every grain table
+//! is read once and dropped, to check it and count the grains. The redundant directory is used
+//! when the primary one is unusable.
 //!
 //! Writing (hosted sparse extents and flat extents; streamOptimized is read-only): on the first
 //! write the CID is changed in place in the descriptor (same length, so nothing else moves) and
