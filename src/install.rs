@@ -706,7 +706,7 @@ mod tests {
     fn reinstall_ignores_a_record_that_describes_another_layout() {
         use crate::block::BlockDevice;
         let mut d = installed_disk(8, 0);
-        let r = InstallRecord { stage2_lba: 0, stage2_sectors: 8, config_partition: 1, flags: RECORD_FLAG_SAVED_MBR, vboot_version: [0; 16], engine_sectors: 0 };
+        let r = InstallRecord { stage2_lba: 0, stage2_sectors: 8, config_partition: 1, flags: RECORD_FLAG_SAVED_MBR, vboot_version: [0; 16], engine_sectors: 0, stage2_crc32: 0 };
         d.write_sectors(1, &r.to_sector()).unwrap();
         let mut stage2 = alloc::vec![0u8; 8 * SECTOR_BYTES];
         stage2[4..12].copy_from_slice(&STAGE2_MAGIC);

@@ -51,6 +51,8 @@ const INCOMPAT_UNDERSTOOD: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_ENCRYPT
     | INCOMPAT_CASEFOLD;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+/// bg_flags: the group's block bitmap was never initialised (nothing but metadata in use).
+const BG_BLOCK_UNINIT: u16 = 0x2;
 
 const MODE_TYPE_MASK: u16 = 0xF000;
 const MODE_DIR: u16 = 0x4000;
@@ -69,6 +71,12 @@ const EXTENT_MAGIC: u16 = 0xF30A;
 const MAX_EXTENT_DEPTH: u16 = 5;
 /// Bound on tree blocks read for one file, so damaged trees cannot make us walk forever.
 const MAX_MAP_NODES: u32 = 1 << 20;
+/// The most a directory may hold here: its entries are read whole, and a size is only a header
+/// value. 16 MiB hold over 60,000 entries with 255-byte names (Linux's limit), about 1.4 million
+/// with 4-byte ones (docs/filesystems.md, "ext2/3/4").
+const MAX_DIR_BYTES: u64 = 16 << 20;
+/// And at most this many live entries (each costs its name plus a few words in memory).
+const MAX_DIR_ENTRIES: usize = 262_144;
 /// An ee_len above this marks an unwritten (preallocated) extent.
 const EXTENT_INIT_MAX: u16 = 32768;
 
@@ -162,6 +170,9 @@ pub struct ExtVolume<D: BlockDevice> {
     incompat: u32,
     ro_compat: u32,
     first_meta_bg: u64,
+    /// Blocks kept after the group descriptors for online resizing (in every group with a
+    /// superblock copy).
+    reserved_gdt_blocks: u64,
 }
 
 impl<D: BlockDevice> ExtVolume<D> {
@@ -243,6 +254,7 @@ impl<D: BlockDevice> ExtVolume<D> {
             incompat,
             ro_compat,
             first_meta_bg: le32(&sb, 0x104) as u64,
+            reserved_gdt_blocks: le16(&sb, 0xCE) as u64,
         })
     }
 
@@ -480,10 +492,20 @@ impl<D: BlockDevice> ExtVolume<D> {
 
     /// Entries of a directory: (name, inode, file type from the entry or 0).
     /// Entries of a directory: (name, inode, file type from the entry or 0).
-    fn read_dir(&mut self, dir: &Inode) -> Result<Vec<(String, u32, u8)>, FsError> {
+    fn read_dir(&mut self, dir: &Inode, what: &str) -> Result<Vec<(String, u32, u8)>, FsError> {
         let dev_bytes = self.blocks_count * self.block_bytes;
         if dir.size_bytes > dev_bytes {
-            return Err(corrupt(format!("directory inode {} is larger than the filesystem", dir.number)));
+            return Err(corrupt(format!("directory {} (inode {}) is larger than the filesystem", what, dir.number)));
+        }
+        if dir.size_bytes > MAX_DIR_BYTES {
+            return Err(FsError::Unsupported(format!(
+                "ext: directory {} (inode {}) is {} bytes; vboot reads directories of up to {} MiB \
+                 (split it, or run e2fsck -fD on the host partition if it is mostly empty)",
+                what,
+                dir.number,
+                dir.size_bytes,
+                MAX_DIR_BYTES >> 20
+            )));
         }
         let has_type = self.incompat & INCOMPAT_FILETYPE != 0;
         let mut out = Vec::new();
@@ -530,7 +552,7 @@ impl<D: BlockDevice> ExtVolume<D> {
                 }
                 _ => return Err(FsError::NotADirectory { path: spelled }),
             }
-            let entries = self.read_dir(&cur)?;
+            let entries = self.read_dir(&cur, if spelled.is_empty() { "/" } else { &spelled })?;
             // ext names are case-sensitive: an exact match wins, else the first one that
             // differs only in case.
             let lower = comp.to_lowercase();
@@ -619,13 +641,132 @@ impl<D: BlockDevice> ExtVolume<D> {
         Ok(File { path: spelled, size_bytes: inode.size_bytes, extents })
     }
 
+    /// Refuse a file whose blocks are group metadata (a superblock copy, group descriptors and
+    /// the blocks reserved for them, a block or inode bitmap, an inode table) or are free in
+    /// their group's block bitmap (docs/filesystems.md, "ext2/3/4"). Reads every group
+    /// descriptor once (flex_bg and meta_bg put metadata anywhere, the descriptors say where)
+    /// and the block bitmaps of the groups the file touches.
+    pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        let refuse = |detail: String| {
+            corrupt(format!("{}: {}; run e2fsck -f on the host partition before using it", file.path, detail))
+        };
+        let sectors_per_block = self.block_bytes / SECTOR_BYTES as u64;
+        // The file's blocks as half-open ranges, sorted.
+        let mut blocks: Vec<(u64, u64)> = Vec::with_capacity(file.extents.extents.len());
+        for e in &file.extents.extents {
+            match e.lba.checked_add(e.sectors).map(|x| x.div_ceil(sectors_per_block)) {
+                Some(end) if e.sectors > 0 && end <= self.blocks_count => blocks.push((e.lba / sectors_per_block, end)),
+                _ => return Err(refuse(format!("sectors {}+{} lie outside the filesystem", e.lba, e.sectors))),
+            }
+        }
+        blocks.sort_unstable();
+        for w in blocks.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(refuse(format!("block {} appears twice in its block map", w[1].0)));
+            }
+        }
+        let overlap = |from: u64, to: u64| -> Option<u64> {
+            let i = blocks.partition_point(|b| b.1 <= from);
+            blocks.get(i).filter(|b| b.0 < to).map(|b| b.0.max(from))
+        };
+        let per_desc_block = self.block_bytes / self.desc_bytes;
+        let meta_bg = self.incompat & INCOMPAT_META_BG != 0;
+        // Descriptor blocks after a superblock copy: all of them without meta_bg, those of the
+        // groups before first_meta_bg with it.
+        let plain_desc_blocks =
+            if meta_bg { self.first_meta_bg.min(self.group_count.div_ceil(per_desc_block)) } else { self.group_count.div_ceil(per_desc_block) };
+        let table_blocks = (self.inodes_per_group * self.inode_bytes).div_ceil(self.block_bytes);
+        let mut desc_cache: (u64, Vec<u8>) = (u64::MAX, vec![0u8; self.block_bytes as usize]);
+        // (block bitmap, its flags) of each group the file touches, found in the same pass.
+        let mut bitmaps: Vec<(u64, u64, bool)> = Vec::new();
+        for group in 0..self.group_count {
+            let group_first = self.first_data_block + group * self.blocks_per_group;
+            let group_end = (group_first + self.blocks_per_group).min(self.blocks_count);
+            let desc = self.group_descriptor(group, &mut desc_cache)?;
+            let hi = |lo_at: usize, hi_at: usize| {
+                le32(&desc, lo_at) as u64 | if self.desc_bytes >= 64 { (le32(&desc, hi_at) as u64) << 32 } else { 0 }
+            };
+            let block_bitmap = hi(0, 0x20);
+            let inode_bitmap = hi(4, 0x24);
+            let inode_table = hi(8, 0x28);
+            let flags = le16(&desc, 0x12);
+            let mut metadata: Vec<(u64, u64, &str)> = vec![
+                (block_bitmap, 1, "the block bitmap"),
+                (inode_bitmap, 1, "the inode bitmap"),
+                (inode_table, table_blocks, "the inode table"),
+            ];
+            if self.group_has_superblock(group) {
+                // Block 0 holds the superblock on 1 KiB-block filesystems (first_data_block 1)
+                // too: the boot block before it belongs to no file either.
+                let sb_first = if group == 0 { 0 } else { group_first };
+                metadata.push((sb_first, group_first + 1 - sb_first, "a superblock copy"));
+                metadata.push((group_first + 1, plain_desc_blocks + self.reserved_gdt_blocks, "the group descriptors"));
+            }
+            if meta_bg {
+                let meta_group = group / per_desc_block;
+                let in_meta = group % per_desc_block;
+                if meta_group >= self.first_meta_bg && (in_meta <= 1 || in_meta == per_desc_block - 1) {
+                    let at = group_first + if self.group_has_superblock(group) { 1 } else { 0 };
+                    metadata.push((at, 1, "the group descriptors (meta_bg)"));
+                }
+            }
+            for (first, count, what) in metadata {
+                if let Some(b) = overlap(first, first.saturating_add(count)) {
+                    return Err(refuse(format!("its block {} is {} of group {}", b, what, group)));
+                }
+            }
+            if overlap(group_first, group_end).is_some() {
+                if block_bitmap == 0 || block_bitmap >= self.blocks_count {
+                    return Err(corrupt(format!("group {} has its block bitmap outside the filesystem", group)));
+                }
+                bitmaps.push((group, block_bitmap, flags & BG_BLOCK_UNINIT != 0));
+            }
+        }
+        let mut bitmap = vec![0u8; self.block_bytes as usize];
+        for (group, bitmap_block, uninit) in bitmaps {
+            let group_first = self.first_data_block + group * self.blocks_per_group;
+            let group_end = (group_first + self.blocks_per_group).min(self.blocks_count);
+            if uninit {
+                // No block of an uninitialised group is in use but its metadata.
+                let b = overlap(group_first, group_end).unwrap_or(group_first);
+                return Err(refuse(format!("its block {} lies in group {}, whose block bitmap is unused (no block allocated)", b, group)));
+            }
+            self.read_block(bitmap_block, &mut bitmap)?;
+            let i = blocks.partition_point(|b| b.1 <= group_first);
+            for &(from, to) in blocks[i..].iter().take_while(|b| b.0 < group_end) {
+                for b in from.max(group_first)..to.min(group_end) {
+                    let bit = b - group_first;
+                    if bitmap[(bit / 8) as usize] & (1 << (bit % 8)) == 0 {
+                        return Err(refuse(format!("it uses block {}, which the block bitmap of group {} marks free", b, group)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The descriptor of `group` (its first 64 bytes), through a one-block cache.
+    fn group_descriptor(&mut self, group: u64, cache: &mut (u64, Vec<u8>)) -> Result<[u8; 64], FsError> {
+        let offset = self.descriptor_offset(group);
+        let block = offset / self.block_bytes;
+        if cache.0 != block {
+            self.read_block(block, &mut cache.1)?;
+            cache.0 = block;
+        }
+        let at = (offset % self.block_bytes) as usize;
+        let len = self.desc_bytes.min(64) as usize;
+        let mut desc = [0u8; 64];
+        desc[..len].copy_from_slice(&cache.1[at..at + len]);
+        Ok(desc)
+    }
+
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
         let (dir, spelled) = self.lookup(path)?;
         if dir.kind() != MODE_DIR {
             return Err(FsError::NotADirectory { path: spelled });
         }
         let mut out = Vec::new();
-        for (name, ino, _) in self.read_dir(&dir)? {
+        for (name, ino, _) in self.read_dir(&dir, &spelled)? {
             if name == "." || name == ".." {
                 continue;
             }
@@ -767,6 +908,12 @@ fn parse_dir_entries(buf: &[u8], has_type: bool, dir: u32, out: &mut Vec<(String
             return Err(corrupt(format!("directory inode {} has a malformed entry", dir)));
         }
         if ino != 0 && name_len > 0 {
+            if out.len() >= MAX_DIR_ENTRIES {
+                return Err(FsError::Unsupported(format!(
+                    "ext: directory inode {} has more than {} entries, more than vboot reads",
+                    dir, MAX_DIR_ENTRIES
+                )));
+            }
             out.push((String::from_utf8_lossy(&buf[off + 8..off + 8 + name_len]).into_owned(), ino, ftype));
         }
         off += rec_len;
@@ -853,6 +1000,7 @@ mod tests {
             incompat: INCOMPAT_EXTENTS | INCOMPAT_FILETYPE,
             ro_compat: 0,
             first_meta_bg: 0,
+            reserved_gdt_blocks: 0,
         }
     }
 

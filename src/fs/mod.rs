@@ -129,6 +129,43 @@ impl LbaIndex {
     }
 }
 
+/// Loop detection for a walk along "next" links (FAT cluster chains) in O(1) memory: Brent's
+/// algorithm. Feed it every element the walk visits, in order; it answers `true` at the first
+/// element that proves the walk has entered a cycle. A chain whose first repeat comes after
+/// `distinct` distinct elements is caught within `3 * distinct` steps, so a walk that keeps a
+/// record per step (the extent list) stays bounded by the chain's real length, not by the size a
+/// directory entry claims (docs/robustness.md, "Walks and allocation checks").
+#[derive(Clone, Debug)]
+pub struct LoopCheck {
+    /// The element the walk is compared with; moved to the walk's position at every power of two.
+    saved: Option<u64>,
+    /// Steps since `saved` was moved, and the length of the current stretch.
+    since_saved: u64,
+    stretch: u64,
+}
+
+impl Default for LoopCheck {
+    fn default() -> Self {
+        LoopCheck { saved: None, since_saved: 0, stretch: 1 }
+    }
+}
+
+impl LoopCheck {
+    /// Record the walk's next element; `true` when it repeats one seen before (a cycle).
+    pub fn visit(&mut self, element: u64) -> bool {
+        if self.saved == Some(element) {
+            return true;
+        }
+        if self.saved.is_none() || self.since_saved == self.stretch {
+            self.saved = Some(element);
+            self.since_saved = 0;
+            self.stretch = self.stretch.saturating_mul(2);
+        }
+        self.since_saved += 1;
+        false
+    }
+}
+
 /// What a directory entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -304,6 +341,29 @@ mod tests {
         assert!(!index.contains(49, 1));
         assert!(!index.contains(54, 1));
         assert_eq!(l.to_host(2048).lookup(16), Some((2098, 4)));
+    }
+
+    #[test]
+    fn loop_check_finds_cycles_early_and_accepts_chains() {
+        // next(i) for a chain of `tail` elements entering a cycle of `cycle` elements.
+        fn steps_to_detect(tail: u64, cycle: u64) -> Option<u64> {
+            let mut check = LoopCheck::default();
+            let mut at = 0u64;
+            for step in 0..10_000_000u64 {
+                if check.visit(at) {
+                    return Some(step);
+                }
+                at = if at + 1 < tail + cycle { at + 1 } else { tail };
+            }
+            None
+        }
+        for (tail, cycle) in [(0, 1), (0, 2), (1, 1), (5, 2), (1000, 3), (3, 1000), (4096, 4096), (100_000, 7)] {
+            let steps = steps_to_detect(tail, cycle).expect("cycle found");
+            assert!(steps <= 3 * (tail + cycle) + 2, "tail {} cycle {}: {} steps", tail, cycle, steps);
+        }
+        // A chain without a cycle is never called one.
+        let mut check = LoopCheck::default();
+        assert!((0..1_000_000u64).all(|i| !check.visit(i)));
     }
 
     #[test]

@@ -881,6 +881,88 @@ impl<D: BlockDevice> NtfsVolume<D> {
         }
     }
 
+    /// Refuse a file whose clusters `$Bitmap` marks free, or that lie in the volume's own
+    /// structures: the boot sectors (`$Boot`), the MFT and its mirror, `$LogFile` and `$Bitmap`
+    /// (docs/filesystems.md, "NTFS"). Reads `$Bitmap` only where the file's clusters are, a few
+    /// KiB at a time.
+    pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        let refuse = |detail: String| {
+            corrupt(format!("{}: {}; run chkdsk /f (or ntfsfix) on the host partition before using it", file.path, detail))
+        };
+        let to512 = self.cluster_bytes / SECTOR_BYTES as u64;
+        // The file's clusters as half-open ranges, sorted.
+        let mut clusters: Vec<(u64, u64)> = Vec::with_capacity(file.extents.extents.len());
+        for e in &file.extents.extents {
+            let end = e.lba.checked_add(e.sectors).map(|x| x.div_ceil(to512));
+            match end {
+                Some(end) if e.sectors > 0 && end <= self.total_clusters => clusters.push((e.lba / to512, end)),
+                _ => return Err(refuse(format!("sectors {}+{} lie outside the volume", e.lba, e.sectors))),
+            }
+        }
+        clusters.sort_unstable();
+        for w in clusters.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(refuse(format!("cluster {} appears twice in its data runs", w[1].0)));
+            }
+        }
+        let overlap = |from: u64, to: u64| -> Option<u64> {
+            let i = clusters.partition_point(|c| c.1 <= from);
+            clusters.get(i).filter(|c| c.0 < to).map(|c| c.0.max(from))
+        };
+        // The volume's own files, by their data runs; the boot sector by where it must be.
+        let boot_clusters = (8192u64).div_ceil(self.cluster_bytes);
+        if let Some(c) = overlap(0, boot_clusters) {
+            return Err(refuse(format!("its cluster {} lies in the boot sectors", c)));
+        }
+        for r in &self.mft_runs {
+            if let Some(c) = r.lcn.and_then(|lcn| overlap(lcn, lcn.saturating_add(r.clusters))) {
+                return Err(refuse(format!("its cluster {} lies in the MFT ($MFT)", c)));
+            }
+        }
+        let mut bitmap_runs = Vec::new();
+        for (number, what) in [(1u64, "$MFTMirr"), (2, "$LogFile"), (6, "$Bitmap"), (7, "$Boot")] {
+            let rec = self.read_record(number)?;
+            let runs = match self.stream(&rec, ATTR_DATA, &[], what)? {
+                Stream::NonResident { runs, .. } => runs,
+                Stream::Resident(_) if number == 6 => return Err(corrupt("$Bitmap is resident".into())),
+                Stream::Resident(_) => continue,
+            };
+            for r in &runs {
+                if let Some(c) = r.lcn.and_then(|lcn| overlap(lcn, lcn.saturating_add(r.clusters))) {
+                    return Err(refuse(format!("its cluster {} lies in {}", c, what)));
+                }
+            }
+            if number == 6 {
+                bitmap_runs = runs;
+            }
+        }
+        // Every cluster set in $Bitmap (bit n of byte n / 8 is cluster n).
+        const PIECE_BYTES: u64 = 4096;
+        let mapped_bytes = bitmap_runs.last().map_or(0, |r| (r.vcn + r.clusters).saturating_mul(self.cluster_bytes));
+        let mut piece = vec![0u8; PIECE_BYTES as usize];
+        let mut piece_at: Option<u64> = None;
+        for &(from, to) in &clusters {
+            for c in from..to {
+                let byte = c / 8;
+                if byte >= mapped_bytes {
+                    return Err(refuse(format!("its cluster {} lies past the end of $Bitmap", c)));
+                }
+                let start = byte - byte % PIECE_BYTES;
+                if piece_at != Some(start) {
+                    let len = PIECE_BYTES.min(mapped_bytes.saturating_sub(start)).max(1) as usize;
+                    self.read_runs(&bitmap_runs, start, &mut piece[..len]).map_err(|e| {
+                        corrupt(format!("{}: $Bitmap cannot be read where its clusters are: {}", file.path, e))
+                    })?;
+                    piece_at = Some(start);
+                }
+                if piece[(byte - start) as usize] & (1 << (c % 8)) == 0 {
+                    return Err(refuse(format!("it uses cluster {}, which $Bitmap marks free", c)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
         let (rec, spelled) = self.lookup(path)?;
         if rec.flags & RECORD_IS_DIRECTORY == 0 {

@@ -112,6 +112,20 @@ impl<D: BlockDevice> Volume<D> {
         }
     }
 
+    /// Check `file`'s extents against the filesystem's own allocation state before they are
+    /// handed to the INT 13h engine, which writes wherever they say: a damaged filesystem whose
+    /// file shares its sectors with another file or with metadata is refused, with a message
+    /// naming the file and the repair tool. What each filesystem checks, what it cannot, and
+    /// the cost: docs/filesystems.md.
+    pub fn check_file_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        match self {
+            Volume::Fat(v) => v.check_allocation(file),
+            Volume::Exfat(v) => v.check_allocation(file),
+            Volume::Ext(v) => v.check_allocation(file),
+            Volume::Ntfs(v) => v.check_allocation(file),
+        }
+    }
+
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
         match self {
             Volume::Fat(v) => v.list_dir(path),
