@@ -10,6 +10,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::{allocation_refusal, UnitRanges};
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError, LoopCheck};
 use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
@@ -366,7 +367,7 @@ impl<D: BlockDevice> ExfatVolume<D> {
             if count > limit {
                 return Err(corrupt(match wanted {
                     Some(_) => format!("the FAT chain from cluster {} loops", first),
-                    None => format!("the directory chain from cluster {} is longer than {} MiB", first, MAX_DIR_BYTES >> 20),
+                    None => format!("the root directory's chain (from cluster {}) is longer than {} MiB", first, MAX_DIR_BYTES >> 20),
                 }));
             }
             match runs.last_mut() {
@@ -508,26 +509,19 @@ impl<D: BlockDevice> ExfatVolume<D> {
     /// itself (docs/filesystems.md, "exFAT"). [`ExfatVolume::open_file`] runs it; it reads the
     /// bitmap a sector at a time.
     pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
-        let refuse = |detail: String| {
-            corrupt(format!("{}: {}; run fsck.exfat or chkdsk on the host partition before using it", file.path, detail))
-        };
-        for e in &file.extents.extents {
-            let (Some(rel), Some(end)) = (e.lba.checked_sub(self.heap_lba), e.lba.checked_add(e.sectors)) else {
-                return Err(refuse(format!("sector {} lies before the cluster heap", e.lba)));
-            };
-            let first = rel / self.sectors_per_cluster_512 + 2;
-            let last = (end - 1 - self.heap_lba) / self.sectors_per_cluster_512 + 2;
-            if e.sectors == 0 || last > self.cluster_count as u64 + 1 {
-                return Err(refuse(format!("sectors {}+{} lie outside the cluster heap", e.lba, e.sectors)));
+        const REPAIR: &str = "fsck.exfat or chkdsk";
+        let spc = self.sectors_per_cluster_512;
+        let clusters = UnitRanges::of_file(file, self.heap_lba, spc, 2, self.cluster_count as u64 + 2, "cluster", REPAIR)?;
+        for &(first, count) in &self.bitmap_runs {
+            if let Some(c) = clusters.overlap(first as u64, first as u64 + count as u64) {
+                return Err(allocation_refusal(file, format!("its cluster {} lies in the allocation bitmap", c), REPAIR));
             }
-            for &(b_first, b_count) in &self.bitmap_runs {
-                if (first as u32) < b_first.saturating_add(b_count) && b_first as u64 <= last {
-                    return Err(refuse(format!("its clusters {}..={} overlap the allocation bitmap", first, last)));
-                }
-            }
-            for c in first as u32..=last as u32 {
+        }
+        for &(from, to) in &clusters.ranges {
+            for c in from as u32..to as u32 {
                 if !self.cluster_allocated(c)? {
-                    return Err(refuse(format!("it uses cluster {}, which the allocation bitmap marks free", c)));
+                    let detail = format!("it uses cluster {}, which the allocation bitmap marks free", c);
+                    return Err(allocation_refusal(file, detail, REPAIR));
                 }
             }
         }

@@ -12,6 +12,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::{allocation_refusal, UnitRanges};
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
 use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
@@ -647,28 +648,11 @@ impl<D: BlockDevice> ExtVolume<D> {
     /// descriptor once (flex_bg and meta_bg put metadata anywhere, the descriptors say where)
     /// and the block bitmaps of the groups the file touches.
     pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
-        let refuse = |detail: String| {
-            corrupt(format!("{}: {}; run e2fsck -f on the host partition before using it", file.path, detail))
-        };
+        const REPAIR: &str = "e2fsck -f";
+        let refuse = |detail: String| allocation_refusal(file, detail, REPAIR);
         let sectors_per_block = self.block_bytes / SECTOR_BYTES as u64;
-        // The file's blocks as half-open ranges, sorted.
-        let mut blocks: Vec<(u64, u64)> = Vec::with_capacity(file.extents.extents.len());
-        for e in &file.extents.extents {
-            match e.lba.checked_add(e.sectors).map(|x| x.div_ceil(sectors_per_block)) {
-                Some(end) if e.sectors > 0 && end <= self.blocks_count => blocks.push((e.lba / sectors_per_block, end)),
-                _ => return Err(refuse(format!("sectors {}+{} lie outside the filesystem", e.lba, e.sectors))),
-            }
-        }
-        blocks.sort_unstable();
-        for w in blocks.windows(2) {
-            if w[0].1 > w[1].0 {
-                return Err(refuse(format!("block {} appears twice in its block map", w[1].0)));
-            }
-        }
-        let overlap = |from: u64, to: u64| -> Option<u64> {
-            let i = blocks.partition_point(|b| b.1 <= from);
-            blocks.get(i).filter(|b| b.0 < to).map(|b| b.0.max(from))
-        };
+        let blocks = UnitRanges::of_file(file, 0, sectors_per_block, 0, self.blocks_count, "block", REPAIR)?;
+        let overlap = |from: u64, to: u64| blocks.overlap(from, to);
         let per_desc_block = self.block_bytes / self.desc_bytes;
         let meta_bg = self.incompat & INCOMPAT_META_BG != 0;
         // Descriptor blocks after a superblock copy: all of them without meta_bg, those of the
@@ -690,26 +674,20 @@ impl<D: BlockDevice> ExtVolume<D> {
             let inode_bitmap = hi(4, 0x24);
             let inode_table = hi(8, 0x28);
             let flags = le16(&desc, 0x12);
-            let mut metadata: Vec<(u64, u64, &str)> = vec![
+            let has_superblock = self.group_has_superblock(group);
+            // Block 0 comes before the superblock on 1 KiB-block filesystems (first_data_block 1)
+            // and belongs to no file either.
+            let sb_first = if group == 0 { 0 } else { group_first };
+            let (in_meta, meta_group) = (group % per_desc_block, group / per_desc_block);
+            let meta_desc = meta_bg && meta_group >= self.first_meta_bg && (in_meta <= 1 || in_meta == per_desc_block - 1);
+            let metadata: [(u64, u64, &str); 6] = [
                 (block_bitmap, 1, "the block bitmap"),
                 (inode_bitmap, 1, "the inode bitmap"),
                 (inode_table, table_blocks, "the inode table"),
+                (sb_first, if has_superblock { group_first + 1 - sb_first } else { 0 }, "a superblock copy"),
+                (group_first + 1, if has_superblock { plain_desc_blocks + self.reserved_gdt_blocks } else { 0 }, "the group descriptors"),
+                (group_first + has_superblock as u64, meta_desc as u64, "the group descriptors (meta_bg)"),
             ];
-            if self.group_has_superblock(group) {
-                // Block 0 holds the superblock on 1 KiB-block filesystems (first_data_block 1)
-                // too: the boot block before it belongs to no file either.
-                let sb_first = if group == 0 { 0 } else { group_first };
-                metadata.push((sb_first, group_first + 1 - sb_first, "a superblock copy"));
-                metadata.push((group_first + 1, plain_desc_blocks + self.reserved_gdt_blocks, "the group descriptors"));
-            }
-            if meta_bg {
-                let meta_group = group / per_desc_block;
-                let in_meta = group % per_desc_block;
-                if meta_group >= self.first_meta_bg && (in_meta <= 1 || in_meta == per_desc_block - 1) {
-                    let at = group_first + if self.group_has_superblock(group) { 1 } else { 0 };
-                    metadata.push((at, 1, "the group descriptors (meta_bg)"));
-                }
-            }
             for (first, count, what) in metadata {
                 if let Some(b) = overlap(first, first.saturating_add(count)) {
                     return Err(refuse(format!("its block {} is {} of group {}", b, what, group)));
@@ -732,8 +710,8 @@ impl<D: BlockDevice> ExtVolume<D> {
                 return Err(refuse(format!("its block {} lies in group {}, whose block bitmap is unused (no block allocated)", b, group)));
             }
             self.read_block(bitmap_block, &mut bitmap)?;
-            let i = blocks.partition_point(|b| b.1 <= group_first);
-            for &(from, to) in blocks[i..].iter().take_while(|b| b.0 < group_end) {
+            let i = blocks.ranges.partition_point(|b| b.1 <= group_first);
+            for &(from, to) in blocks.ranges[i..].iter().take_while(|b| b.0 < group_end) {
                 for b in from.max(group_first)..to.min(group_end) {
                     let bit = b - group_first;
                     if bitmap[(bit / 8) as usize] & (1 << (bit % 8)) == 0 {

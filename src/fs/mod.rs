@@ -166,6 +166,59 @@ impl LoopCheck {
     }
 }
 
+/// A file's sectors in a filesystem's allocation units (clusters, blocks), for the allocation
+/// checks before boot ([`volume::Volume::check_file_allocation`]): one half-open range per extent,
+/// sorted, none overlapping.
+pub(crate) struct UnitRanges {
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl UnitRanges {
+    /// Unit `first_unit` starts at volume sector `base_lba`, each unit is `sectors_per_unit`
+    /// sectors, and units end before `units_end`. A file outside them, or using a unit twice,
+    /// is refused with `repair` as the advice.
+    pub fn of_file(
+        file: &File,
+        base_lba: u64,
+        sectors_per_unit: u64,
+        first_unit: u64,
+        units_end: u64,
+        unit: &str,
+        repair: &str,
+    ) -> Result<UnitRanges, FsError> {
+        let mut ranges = Vec::with_capacity(file.extents.extents.len());
+        for e in &file.extents.extents {
+            let rel = e.lba.checked_sub(base_lba).filter(|_| e.sectors > 0);
+            let range = rel.and_then(|rel| {
+                let end = rel.checked_add(e.sectors)?.div_ceil(sectors_per_unit) + first_unit;
+                Some((rel / sectors_per_unit + first_unit, end)).filter(|_| end <= units_end)
+            });
+            ranges.push(range.ok_or_else(|| {
+                allocation_refusal(file, format!("sectors {}+{} lie outside the {}s of the volume", e.lba, e.sectors, unit), repair)
+            })?);
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(allocation_refusal(file, format!("it uses {} {} twice", unit, w[1].0), repair));
+            }
+        }
+        Ok(UnitRanges { ranges })
+    }
+
+    /// The first of the file's units inside `from..to`, if any.
+    pub fn overlap(&self, from: u64, to: u64) -> Option<u64> {
+        let i = self.ranges.partition_point(|r| r.1 <= from);
+        self.ranges.get(i).filter(|r| r.0 < to).map(|r| r.0.max(from))
+    }
+}
+
+/// The refusal of a file whose extents the filesystem's allocation state contradicts: names the
+/// file and the tool that repairs the host partition.
+pub(crate) fn allocation_refusal(file: &File, detail: String, repair: &str) -> FsError {
+    FsError::Corrupt(format!("{}: {}; run {} on the host partition before using it", file.path, detail, repair))
+}
+
 /// What a directory entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {

@@ -13,6 +13,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::{allocation_refusal, UnitRanges};
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
 use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
@@ -886,29 +887,11 @@ impl<D: BlockDevice> NtfsVolume<D> {
     /// (docs/filesystems.md, "NTFS"). Reads `$Bitmap` only where the file's clusters are, a few
     /// KiB at a time.
     pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
-        let refuse = |detail: String| {
-            corrupt(format!("{}: {}; run chkdsk /f (or ntfsfix) on the host partition before using it", file.path, detail))
-        };
+        const REPAIR: &str = "chkdsk /f (or ntfsfix)";
+        let refuse = |detail: String| allocation_refusal(file, detail, REPAIR);
         let to512 = self.cluster_bytes / SECTOR_BYTES as u64;
-        // The file's clusters as half-open ranges, sorted.
-        let mut clusters: Vec<(u64, u64)> = Vec::with_capacity(file.extents.extents.len());
-        for e in &file.extents.extents {
-            let end = e.lba.checked_add(e.sectors).map(|x| x.div_ceil(to512));
-            match end {
-                Some(end) if e.sectors > 0 && end <= self.total_clusters => clusters.push((e.lba / to512, end)),
-                _ => return Err(refuse(format!("sectors {}+{} lie outside the volume", e.lba, e.sectors))),
-            }
-        }
-        clusters.sort_unstable();
-        for w in clusters.windows(2) {
-            if w[0].1 > w[1].0 {
-                return Err(refuse(format!("cluster {} appears twice in its data runs", w[1].0)));
-            }
-        }
-        let overlap = |from: u64, to: u64| -> Option<u64> {
-            let i = clusters.partition_point(|c| c.1 <= from);
-            clusters.get(i).filter(|c| c.0 < to).map(|c| c.0.max(from))
-        };
+        let clusters = UnitRanges::of_file(file, 0, to512, 0, self.total_clusters, "cluster", REPAIR)?;
+        let overlap = |from: u64, to: u64| clusters.overlap(from, to);
         // The volume's own files, by their data runs; the boot sector by where it must be.
         let boot_clusters = (8192u64).div_ceil(self.cluster_bytes);
         if let Some(c) = overlap(0, boot_clusters) {
@@ -941,7 +924,7 @@ impl<D: BlockDevice> NtfsVolume<D> {
         let mapped_bytes = bitmap_runs.last().map_or(0, |r| (r.vcn + r.clusters).saturating_mul(self.cluster_bytes));
         let mut piece = vec![0u8; PIECE_BYTES as usize];
         let mut piece_at: Option<u64> = None;
-        for &(from, to) in &clusters {
+        for &(from, to) in &clusters.ranges {
             for c in from..to {
                 let byte = c / 8;
                 if byte >= mapped_bytes {
@@ -950,9 +933,7 @@ impl<D: BlockDevice> NtfsVolume<D> {
                 let start = byte - byte % PIECE_BYTES;
                 if piece_at != Some(start) {
                     let len = PIECE_BYTES.min(mapped_bytes.saturating_sub(start)).max(1) as usize;
-                    self.read_runs(&bitmap_runs, start, &mut piece[..len]).map_err(|e| {
-                        corrupt(format!("{}: $Bitmap cannot be read where its clusters are: {}", file.path, e))
-                    })?;
+                    self.read_runs(&bitmap_runs, start, &mut piece[..len])?;
                     piece_at = Some(start);
                 }
                 if piece[(byte - start) as usize] & (1 << (c % 8)) == 0 {

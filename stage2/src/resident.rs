@@ -211,6 +211,11 @@ pub(crate) fn plan_hard_disk(
     // what the BIOS can reach; the leaf was checked before anything was written.
     for (path, f) in &chain_files {
         check_reach(disk, path, &f.extents.to_host(part.start_lba))?;
+        // The leaf was checked when the menu entry opened it (a snapshot child or grown slack
+        // comes from free clusters); its parents are checked here.
+        if *path != file.path {
+            locator.check_allocation(f)?;
+        }
     }
     let files: Vec<PlannedLayer> = if raw {
         alloc::vec![PlannedLayer { format: 0, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
