@@ -77,6 +77,9 @@ fn open_and_read<D: BlockDevice>(vol: &mut Volume<D>, path: &str, volume_sectors
         Err(FsError::NotFound { .. }) | Err(_) => return,
     };
     check_file(&f, volume_sectors);
+    // What stage2 runs before handing the extents to the engine: one pass over the FAT, the
+    // group descriptors and bitmaps, or $Bitmap. It must end, and refuse rather than panic.
+    let _ = vol.check_file_allocation(&f);
     let mut buf = [0u8; 4096];
     let _ = vol.read_file(&f, 0, &mut buf);
     if f.size_bytes > 512 {

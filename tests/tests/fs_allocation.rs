@@ -491,3 +491,121 @@ fn qemu_cross_linked_image_is_refused_with_the_way_back_to_the_menu() {
     q.expect_refusals("2. Other", &[(b"1", "run fsck.fat (dosfsck) or chkdsk on the host partition")], t_out);
     q.kill();
 }
+
+// ---------------------------------------------------------------- cost
+
+/// Counts the reads a check makes (each one BIOS call in stage2).
+struct CountingDisk {
+    inner: FileDisk,
+    reads: u64,
+    sectors: u64,
+}
+
+impl vboot::block::BlockDevice for CountingDisk {
+    fn sector_count(&self) -> u64 {
+        self.inner.sector_count()
+    }
+    fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), vboot::block::BlockError> {
+        self.reads += 1;
+        self.sectors += buf.len() as u64 / 512;
+        self.inner.read_sectors(lba, buf)
+    }
+    fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), vboot::block::BlockError> {
+        self.inner.write_sectors(lba, buf)
+    }
+}
+
+/// The FAT pass reads the whole FAT whatever the file: its cost is the volume's. A 110 GiB
+/// FAT32 volume (mkfs.fat, 32 KiB clusters: 3.6 million clusters, 14 MiB of FAT) filled with 26
+/// files of just under 4 GiB (FAT's largest) whose chains take turns every 33 clusters, so each
+/// is in about 4,000 fragments; fsck.fat finds it clean. The check of one file: its time and
+/// reads are printed (docs/filesystems.md quotes them) and bounded here.
+#[test]
+fn fat32_check_of_a_4_gib_file_in_4000_fragments_on_a_110_gib_volume() {
+    need("mkfs.fat", "dosfstools");
+    need("fsck.fat", "dosfstools");
+    let t = TempDir::new("fsalloc-cost");
+    let img = t.join("big.img");
+    let _ = std::fs::remove_file(&img);
+    sh(sbin("mkfs.fat").args(["-F", "32", "-s", "64", "-C"]).arg(&img).arg((110u64 << 20).to_string()));
+    let bs = peek(&img, 0, 512);
+    let le32 = |at: usize| u32::from_le_bytes([bs[at], bs[at + 1], bs[at + 2], bs[at + 3]]) as u64;
+    let (reserved, fat_size) = (u16::from_le_bytes([bs[14], bs[15]]) as u64, le32(36));
+    let data_start = reserved + 2 * fat_size;
+    let root = le32(44);
+    assert_eq!(root, 2);
+    const FILES: u64 = 26;
+    const RUN: u64 = 33;
+    let file_clusters: u64 = (u32::MAX as u64) / (32 << 10); // 131,071: just under 4 GiB
+    let mut fat = vec![0u8; (fat_size * 512) as usize];
+    fat[..8].copy_from_slice(&peek(&img, reserved * 512, 8));
+    fat[8..12].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes()); // the root directory's cluster
+    let mut last: Vec<Option<u64>> = vec![None; FILES as usize];
+    let mut firsts = vec![0u64; FILES as usize];
+    let mut taken = vec![0u64; FILES as usize];
+    let mut next_free = 3u64;
+    while taken.iter().any(|&n| n < file_clusters) {
+        for f in 0..FILES as usize {
+            let n = RUN.min(file_clusters - taken[f]);
+            for c in next_free..next_free + n {
+                match last[f] {
+                    Some(prev) => fat[(prev * 4) as usize..(prev * 4 + 4) as usize].copy_from_slice(&(c as u32).to_le_bytes()),
+                    None => firsts[f] = c,
+                }
+                last[f] = Some(c);
+            }
+            next_free += n;
+            taken[f] += n;
+        }
+    }
+    for l in last.iter().flatten() {
+        fat[(l * 4) as usize..(l * 4 + 4) as usize].copy_from_slice(&0x0FFF_FFFFu32.to_le_bytes());
+    }
+    patch(&img, reserved * 512, &fat);
+    patch(&img, (reserved + fat_size) * 512, &fat);
+    let mut dir = vec![0u8; 32 * FILES as usize];
+    for (f, e) in dir.chunks_mut(32).enumerate() {
+        e[..11].copy_from_slice(format!("F{:02}     IMG", f).as_bytes());
+        e[11] = 0x20;
+        e[20..22].copy_from_slice(&((firsts[f] >> 16) as u16).to_le_bytes());
+        e[26..28].copy_from_slice(&(firsts[f] as u16).to_le_bytes());
+        e[28..32].copy_from_slice(&((file_clusters * (32 << 10)) as u32).to_le_bytes());
+    }
+    patch(&img, data_start * 512, &dir);
+    // FSInfo's free count (and its copy behind the backup boot sector): "unknown".
+    let fsinfo = u16::from_le_bytes([bs[48], bs[49]]) as u64;
+    for sector in [fsinfo, fsinfo + 6] {
+        patch(&img, sector * 512 + 488, &u32::MAX.to_le_bytes());
+    }
+    let (clean, out) = checker(sbin("fsck.fat").arg("-n").arg(&img));
+    assert!(clean, "fsck.fat finds the built volume damaged:\n{}", out);
+
+    let disk = CountingDisk { inner: FileDisk::open(&img, false).unwrap(), reads: 0, sectors: 0 };
+    let mut vol = Volume::open(disk).unwrap();
+    let started = std::time::Instant::now();
+    let file = vol.open_file("/F00.IMG").unwrap();
+    let open_time = started.elapsed();
+    let fragments = file.extents.extents.len();
+    assert!(fragments >= 3900, "{} fragments", fragments);
+    let Volume::Fat(fat_vol) = vol else { panic!("not FAT") };
+    let mut disk = fat_vol.into_inner();
+    (disk.reads, disk.sectors) = (0, 0);
+    let mut vol = Volume::open(disk).unwrap();
+    let started = std::time::Instant::now();
+    vol.check_file_allocation(&file).unwrap();
+    let check_time = started.elapsed();
+    let Volume::Fat(fat_vol) = vol else { panic!("not FAT") };
+    let disk = fat_vol.into_inner();
+    println!(
+        "FAT32 110 GiB, 32 KiB clusters: /F00.IMG {} bytes in {} fragments; open {:?}; check {:?}, {} reads, {} sectors ({} MiB)",
+        file.size_bytes,
+        fragments,
+        open_time,
+        check_time,
+        disk.reads,
+        disk.sectors,
+        disk.sectors / 2048
+    );
+    // One read of the FAT (64 sectors at a time), plus what opening the volume reads.
+    assert!(disk.sectors <= fat_size + 256, "{} sectors read for a FAT of {}", disk.sectors, fat_size);
+}
