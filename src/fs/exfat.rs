@@ -1471,6 +1471,20 @@ mod tests {
         }
     }
 
+    // Issue 14: a FAT chain loop behind a large DataLength is found by the loop check within a
+    // few clusters, not after walking (and recording) as many clusters as the length says.
+    #[test]
+    fn a_fat_chain_loop_is_found_within_a_few_clusters() {
+        let mut vol = bare_volume();
+        let fat = 24 * SECTOR_BYTES;
+        vol.dev.bytes[fat + 3 * 4..fat + 4 * 4].copy_from_slice(&4u32.to_le_bytes());
+        vol.dev.bytes[fat + 4 * 4..fat + 5 * 4].copy_from_slice(&3u32.to_le_bytes());
+        match vol.cluster_runs(3, Some(19 * 4096), false) {
+            Err(FsError::Corrupt(m)) => assert!(m.contains("loops (cluster 3 comes back)"), "{}", m),
+            other => panic!("{:?}", other),
+        }
+    }
+
     // Issue 14: a DataLength near 2^64 overflowed `bytes + cluster - 1` (a panic in stage2; on a
     // release host build it wrapped to an empty file).
     #[test]

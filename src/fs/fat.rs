@@ -1209,6 +1209,19 @@ mod tests {
         assert!(corrupt_message(b.open().open_file("/self")).contains("loops"));
     }
 
+    /// Issue 14: a loop behind a size that claims nearly the whole volume is reported after a
+    /// few clusters (the runs built are at most the clusters walked), not after the size's 1,900.
+    #[test]
+    fn loop_behind_a_large_size_is_found_early() {
+        let mut b = Builder::new();
+        b.chain(&[5, 6, 7]);
+        b.set_fat(7, 6);
+        b.entry(b"BIGLOOP    ", 0x20, 5, 1900 * 512);
+        let m = corrupt_message(b.open().open_file("/bigloop"));
+        let walked: u64 = m.split("after ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).expect(&m);
+        assert!(m.contains("loops") && walked <= 3 * 3, "{}", m);
+    }
+
     #[test]
     fn cluster_outside_volume_is_an_error() {
         let mut b = Builder::new();
