@@ -52,6 +52,8 @@ const INCOMPAT_UNDERSTOOD: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_ENCRYPT
     | INCOMPAT_CASEFOLD;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+/// Superblock copies only in group 0 and the two groups `s_backup_bgs` names.
+const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 /// bg_flags: the group's block bitmap was never initialised (nothing but metadata in use).
 const BG_BLOCK_UNINIT: u16 = 0x2;
 
@@ -174,6 +176,8 @@ pub struct ExtVolume<D: BlockDevice> {
     /// Blocks kept after the group descriptors for online resizing (in every group with a
     /// superblock copy).
     reserved_gdt_blocks: u64,
+    /// sparse_super2: the only two groups besides group 0 with a superblock copy (0 = none).
+    backup_groups: Option<[u64; 2]>,
 }
 
 impl<D: BlockDevice> ExtVolume<D> {
@@ -256,6 +260,8 @@ impl<D: BlockDevice> ExtVolume<D> {
             ro_compat,
             first_meta_bg: le32(&sb, 0x104) as u64,
             reserved_gdt_blocks: le16(&sb, 0xCE) as u64,
+            backup_groups: (le32(&sb, 92) & COMPAT_SPARSE_SUPER2 != 0)
+                .then(|| [le32(&sb, 0x24C) as u64, le32(&sb, 0x250) as u64]),
         })
     }
 
@@ -268,6 +274,9 @@ impl<D: BlockDevice> ExtVolume<D> {
     }
 
     fn group_has_superblock(&self, group: u64) -> bool {
+        if let Some(backups) = self.backup_groups {
+            return group == 0 || backups.contains(&group);
+        }
         if self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || group <= 1 {
             return true;
         }
@@ -979,6 +988,7 @@ mod tests {
             ro_compat: 0,
             first_meta_bg: 0,
             reserved_gdt_blocks: 0,
+            backup_groups: None,
         }
     }
 

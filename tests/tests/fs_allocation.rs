@@ -362,6 +362,23 @@ fn ext4_1k_blocks_block_in_another_groups_inode_table_is_refused() {
     ext_block_in_inode_table("fsalloc-ext-itable-1k", &["-b", "1024", "-O", "^flex_bg"], 2);
 }
 
+/// Superblock copies where sparse_super2 puts them (group 0 and the two backup groups), and
+/// meta_bg descriptor blocks: clean volumes of several groups are accepted, and a block of
+/// a.img marked free is still found.
+#[test]
+fn ext4_sparse_super2_and_meta_bg_volumes_are_accepted() {
+    for (tag, args) in [
+        ("fsalloc-ext-ss2", &["-b", "1024", "-O", "sparse_super2"][..]),
+        ("fsalloc-ext-metabg", &["-b", "1024", "-O", "meta_bg,^resize_inode"][..]),
+    ] {
+        let t = TempDir::new(tag);
+        let img = ext_case(&t, args);
+        let block = ext_first_block(&img, "/a.img") + 1;
+        debugfs_write(&img, &format!("freeb {}", block));
+        assert_refused(&img, "/a.img", &["/a.img", &format!("block {}", block), "marks free"]);
+    }
+}
+
 /// A directory whose size says 32 MiB: refused by its size, not read.
 #[test]
 fn ext4_directory_longer_than_the_bound_is_refused() {

@@ -25,6 +25,9 @@ impl<D: BlockDevice> FatVolume<D> {
     /// clusters is marked free or bad, or when it uses a cluster twice. Reads the active FAT
     /// once, 64 sectors at a time; memory is two pairs of numbers per fragment of the file.
     pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        if file.extents.extents.is_empty() {
+            return Ok(());
+        }
         let g = &self.geo;
         let clusters =
             UnitRanges::of_file(file, g.data_start, g.cluster_sectors, 2, g.max_cluster() as u64 + 1, "cluster", REPAIR)?;
