@@ -670,8 +670,7 @@ impl<D: BlockDevice> ExtVolume<D> {
             if meta_bg { self.first_meta_bg.min(self.group_count.div_ceil(per_desc_block)) } else { self.group_count.div_ceil(per_desc_block) };
         let table_blocks = (self.inodes_per_group * self.inode_bytes).div_ceil(self.block_bytes);
         let mut desc_cache: (u64, Vec<u8>) = (u64::MAX, vec![0u8; self.block_bytes as usize]);
-        // (block bitmap, its flags) of each group the file touches, found in the same pass.
-        let mut bitmaps: Vec<(u64, u64, bool)> = Vec::new();
+        let mut bitmap = vec![0u8; self.block_bytes as usize];
         for group in 0..self.group_count {
             let group_first = self.first_data_block + group * self.blocks_per_group;
             let group_end = (group_first + self.blocks_per_group).min(self.blocks_count);
@@ -680,9 +679,6 @@ impl<D: BlockDevice> ExtVolume<D> {
                 le32(&desc, lo_at) as u64 | if self.desc_bytes >= 64 { (le32(&desc, hi_at) as u64) << 32 } else { 0 }
             };
             let block_bitmap = hi(0, 0x20);
-            let inode_bitmap = hi(4, 0x24);
-            let inode_table = hi(8, 0x28);
-            let flags = le16(&desc, 0x12);
             let has_superblock = self.group_has_superblock(group);
             // Block 0 comes before the superblock on 1 KiB-block filesystems (first_data_block 1)
             // and belongs to no file either.
@@ -691,8 +687,8 @@ impl<D: BlockDevice> ExtVolume<D> {
             let meta_desc = meta_bg && meta_group >= self.first_meta_bg && (in_meta <= 1 || in_meta == per_desc_block - 1);
             let metadata: [(u64, u64, &str); 6] = [
                 (block_bitmap, 1, "the block bitmap"),
-                (inode_bitmap, 1, "the inode bitmap"),
-                (inode_table, table_blocks, "the inode table"),
+                (hi(4, 0x24), 1, "the inode bitmap"),
+                (hi(8, 0x28), table_blocks, "the inode table"),
                 (sb_first, if has_superblock { group_first + 1 - sb_first } else { 0 }, "a superblock copy"),
                 (group_first + 1, if has_superblock { plain_desc_blocks + self.reserved_gdt_blocks } else { 0 }, "the group descriptors"),
                 (group_first + has_superblock as u64, meta_desc as u64, "the group descriptors (meta_bg)"),
@@ -702,23 +698,15 @@ impl<D: BlockDevice> ExtVolume<D> {
                     return Err(refuse(format!("its block {} is {} of group {}", b, what, group)));
                 }
             }
-            if overlap(group_first, group_end).is_some() {
-                if block_bitmap == 0 || block_bitmap >= self.blocks_count {
-                    return Err(corrupt(format!("group {} has its block bitmap outside the filesystem", group)));
-                }
-                bitmaps.push((group, block_bitmap, flags & BG_BLOCK_UNINIT != 0));
-            }
-        }
-        let mut bitmap = vec![0u8; self.block_bytes as usize];
-        for (group, bitmap_block, uninit) in bitmaps {
-            let group_first = self.first_data_block + group * self.blocks_per_group;
-            let group_end = (group_first + self.blocks_per_group).min(self.blocks_count);
-            if uninit {
+            let Some(first_used) = overlap(group_first, group_end) else { continue };
+            if le16(&desc, 0x12) & BG_BLOCK_UNINIT != 0 {
                 // No block of an uninitialised group is in use but its metadata.
-                let b = overlap(group_first, group_end).unwrap_or(group_first);
-                return Err(refuse(format!("its block {} lies in group {}, whose block bitmap is unused (no block allocated)", b, group)));
+                return Err(refuse(format!(
+                    "its block {} lies in group {}, whose block bitmap is unused (no block allocated)",
+                    first_used, group
+                )));
             }
-            self.read_block(bitmap_block, &mut bitmap)?;
+            self.read_block(block_bitmap, &mut bitmap)?;
             let i = blocks.ranges.partition_point(|b| b.1 <= group_first);
             for &(from, to) in blocks.ranges[i..].iter().take_while(|b| b.0 < group_end) {
                 for b in from.max(group_first)..to.min(group_end) {
