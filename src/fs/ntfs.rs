@@ -48,6 +48,8 @@ const FIXUP_STRIDE: usize = 512;
 const MAX_ATTRIBUTE_LIST_BYTES: u64 = 1 << 20;
 const MAX_EXTENSION_RECORDS: usize = 4096;
 const MAX_INDEX_DEPTH: u32 = 32;
+/// Entries of one directory listing (docs/filesystems.md, "NTFS").
+const MAX_DIR_ENTRIES: usize = 262_144;
 
 fn le16(b: &[u8], off: usize) -> u16 {
     b.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).unwrap_or(0)
@@ -747,6 +749,14 @@ impl<D: BlockDevice> NtfsVolume<D> {
                 continue;
             };
             if let Some(e) = entry {
+                // A damaged index can name the same blocks again and again (up to the index's
+                // size, a header value): the listing is bounded by what a directory holds.
+                if out.len() >= MAX_DIR_ENTRIES {
+                    return Err(FsError::Unsupported(format!(
+                        "NTFS: directory {} has more than {} entries, more than vboot lists",
+                        what, MAX_DIR_ENTRIES
+                    )));
+                }
                 out.push(e);
             }
             // The subnode holds names before this entry; pushing it after recording the entry
