@@ -96,10 +96,10 @@ impl FsLocator {
         vboot::image::open_chain(leaf, self, &opts).map_err(|e| format!("{}", e))
     }
 
-    /// [`Volume::check_file_allocation`] for a file of this partition.
-    pub fn check_allocation(&mut self, file: &File) -> Result<(), String> {
-        let vol = self.volume().ok_or_else(|| format!("{}: its filesystem could not be opened again", file.path))?;
-        vol.check_file_allocation(file).map_err(|e| format!("{}", e))
+    /// [`Volume::check_files_allocation`] for files of this partition.
+    pub fn check_allocation(&mut self, files: &[&File]) -> Result<(), String> {
+        let vol = self.volume().ok_or_else(|| String::from("the image's filesystem could not be opened again"))?;
+        vol.check_files_allocation(files).map_err(|e| format!("{}", e))
     }
 
     /// The files the chain `layers` is made of, in chain order: not the candidates the walk

@@ -165,6 +165,36 @@ fn fat_cross_link_is_refused(fat_bits: u32, kib: u64) {
     assert_eq!(refusal(&img, "/B.IMG"), None);
 }
 
+/// Two files of one chain checked together (`check_files_allocation`, what stage2 does for a
+/// chain's parents): one pass over the FAT, and a second file whose chain *starts* inside the
+/// first (not visible in the FAT) is refused because both are in the set.
+#[test]
+fn fat32_files_checked_together_catch_a_shared_start() {
+    let t = TempDir::new("fsalloc-fat-together");
+    let img = fat_case(&t, "fat.img", 32, 40 * 1024);
+    {
+        let mut vol = open_volume(&img);
+        let a = vol.open_file("/A.IMG").unwrap();
+        let b = vol.open_file("/B.IMG").unwrap();
+        vol.check_files_allocation(&[&a, &b]).expect("two clean files");
+    }
+    let a = mshowfat(&img, "/A.IMG");
+    // B's directory entry now names A's first cluster: both files are the same chain.
+    let bytes = std::fs::read(&img).unwrap();
+    let entry = bytes.windows(11).position(|w| w == b"B       IMG").expect("B's directory entry") as u64;
+    patch(&img, entry + 20, &((a[0] >> 16) as u16).to_le_bytes());
+    patch(&img, entry + 26, &(a[0] as u16).to_le_bytes());
+    let (clean, out) = checker(sbin("fsck.fat").arg("-n").arg(&img));
+    assert!(!clean, "fsck.fat sees no damage:\n{}", out);
+    let mut vol = open_volume(&img);
+    let fa = vol.open_file("/A.IMG").unwrap();
+    let fb = vol.open_file("/B.IMG").unwrap();
+    // Each alone passes: nothing in the FAT points into the chain from outside.
+    vol.check_file_allocation(&fa).unwrap();
+    let m = format!("{}", vol.check_files_allocation(&[&fa, &fb]).unwrap_err());
+    assert!(m.contains("/A.IMG: its sector") && m.contains("is also a sector of /B.IMG"), "{}", m);
+}
+
 #[test]
 fn fat12_cross_linked_file_is_refused() {
     fat_cross_link_is_refused(12, 1024);

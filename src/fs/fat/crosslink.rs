@@ -25,22 +25,47 @@ impl<D: BlockDevice> FatVolume<D> {
     /// clusters is marked free or bad, or when it uses a cluster twice. Reads the active FAT
     /// once, 64 sectors at a time; memory is two pairs of numbers per fragment of the file.
     pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
-        if file.extents.extents.is_empty() {
+        self.check_allocation_of(&[file])
+    }
+
+    /// [`FatVolume::check_allocation`] for several files (a chain's parents) in one pass over
+    /// the FAT; two of them sharing a cluster is refused too. A refusal names the file whose
+    /// cluster it is.
+    pub fn check_allocation_of(&mut self, files: &[&File]) -> Result<(), FsError> {
+        let g = &self.geo;
+        // All the files' clusters, sorted; `owners` says whose range starts where.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut owners: Vec<(u64, u64)> = Vec::new();
+        // Each extent's first cluster with the cluster before it in its chain (u64::MAX for a
+        // file's first): inside an extent the cluster before is simply the one below.
+        let mut firsts: Vec<(u64, u64)> = Vec::new();
+        for (k, file) in files.iter().enumerate() {
+            let own = UnitRanges::of_file(file, g.data_start, g.cluster_sectors, 2, g.max_cluster() as u64 + 1, "cluster", REPAIR)?;
+            owners.extend(own.ranges.iter().map(|r| (r.0, k as u64)));
+            ranges.extend(own.ranges);
+            let mut before = u64::MAX;
+            for e in &file.extents.extents {
+                firsts.push(((e.lba - g.data_start) / g.cluster_sectors + 2, before));
+                before = (e.lba + e.sectors - 1 - g.data_start) / g.cluster_sectors + 2;
+            }
+        }
+        if ranges.is_empty() {
             return Ok(());
         }
-        let g = &self.geo;
-        let clusters =
-            UnitRanges::of_file(file, g.data_start, g.cluster_sectors, 2, g.max_cluster() as u64 + 1, "cluster", REPAIR)?;
-        // Each extent's first cluster with the cluster before it in the chain (u64::MAX for the
-        // file's first): inside an extent the cluster before is simply the one below.
-        let mut firsts: Vec<(u64, u64)> = Vec::with_capacity(file.extents.extents.len());
-        let mut before = u64::MAX;
-        for e in &file.extents.extents {
-            let first = (e.lba - g.data_start) / g.cluster_sectors + 2;
-            firsts.push((first, before));
-            before = (e.lba + e.sectors - 1 - g.data_start) / g.cluster_sectors + 2;
-        }
+        ranges.sort_unstable();
+        owners.sort_unstable();
         firsts.sort_unstable();
+        let owner = |cluster: u64| -> &File {
+            let i = owners.partition_point(|o| o.0 <= cluster).saturating_sub(1);
+            files[owners.get(i).map_or(0, |o| o.1 as usize)]
+        };
+        for w in ranges.windows(2) {
+            if w[0].1 > w[1].0 {
+                let detail = format!("its cluster {} is also a cluster of {}", w[1].0, owner(w[0].0).path);
+                return Err(allocation_refusal(owner(w[1].0), detail, REPAIR));
+            }
+        }
+        let clusters = UnitRanges { ranges };
         // Sectors the cache changed must be on disk: the pass reads the FAT itself.
         self.flush_fat()?;
         let fat_type = self.geo.fat_type;
@@ -49,7 +74,7 @@ impl<D: BlockDevice> FatVolume<D> {
         let check = |cluster: u64, value: u64| -> Result<(), FsError> {
             if (value == 0 || value == bad) && clusters.overlap(cluster, cluster + 1).is_some() {
                 let state = if value == 0 { "free" } else { "bad" };
-                return Err(allocation_refusal(file, format!("its cluster {} is marked {} in the FAT", cluster, state), REPAIR));
+                return Err(allocation_refusal(owner(cluster), format!("its cluster {} is marked {} in the FAT", cluster, state), REPAIR));
             }
             if !(2..=max_cluster).contains(&value) || clusters.overlap(value, value + 1).is_none() {
                 return Ok(());
@@ -60,7 +85,7 @@ impl<D: BlockDevice> FatVolume<D> {
             };
             if expected != cluster {
                 return Err(allocation_refusal(
-                    file,
+                    owner(value),
                     format!(
                         "it is cross-linked: cluster {} leads into its cluster {} (another file, or a loop, shares its clusters)",
                         cluster, value
