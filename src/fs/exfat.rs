@@ -10,7 +10,8 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
+use super::{allocation_refusal, UnitRanges};
+use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError, LoopCheck};
 use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
@@ -25,9 +26,18 @@ const ATTR_DIRECTORY: u16 = 0x10;
 const FLAG_NO_FAT_CHAIN: u8 = 0x02;
 const FAT_END: u32 = 0xFFFF_FFFF;
 const FAT_BAD: u32 = 0xFFFF_FFF7;
-/// The specification caps a directory at 256 MiB; it also bounds what a corrupt length can
-/// make us allocate.
-const MAX_DIR_BYTES: u64 = 256 << 20;
+/// The most a directory may hold here. The specification allows 256 MiB, but a directory is read
+/// whole and stage2's heap (up to 64 MiB, half of the machine's memory on small ones) could not
+/// take that; 8 MiB are 262,144 entries: at least 13,000 files with 255-character names, about
+/// 87,000 with names of up to 15 (docs/filesystems.md, "exFAT").
+const MAX_DIR_BYTES: u64 = 8 << 20;
+/// The up-case table: at most one UTF-16 unit for each of the 65,536 code units, twice over for
+/// the compressed form's worst case.
+const MAX_UPCASE_BYTES: u64 = 4 * 65536;
+/// The allocation bitmap, held whole only for metadata changes (stage2 reads its bits a sector at
+/// a time otherwise): 16 MiB cover 2^27 clusters, 512 GiB at 4 KiB clusters, 16 TiB at the
+/// 128 KiB clusters formatters choose for large volumes.
+const MAX_BITMAP_BYTES: u64 = 16 << 20;
 
 fn le16(b: &[u8], off: usize) -> u16 {
     b.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).unwrap_or(0)
@@ -225,13 +235,19 @@ impl<D: BlockDevice> ExfatVolume<D> {
                 _ => {}
             }
         }
-        if self.bitmap_bytes < (self.cluster_count as u64 + 7) / 8 {
-            return Err(corrupt("the root directory has no usable allocation bitmap entry".into()));
+        let bitmap_need = (self.cluster_count as u64).div_ceil(8);
+        // One bit per cluster; a longer stream (up to its last cluster) is tolerated, a length
+        // beyond that is damage that would only make the walk longer.
+        if self.bitmap_bytes < bitmap_need || self.bitmap_bytes > bitmap_need + self.cluster_bytes {
+            return Err(corrupt(format!(
+                "the allocation bitmap entry says {} bytes for {} clusters",
+                self.bitmap_bytes, self.cluster_count
+            )));
         }
         self.bitmap_runs = self.cluster_runs(self.bitmap_first_cluster, Some(self.bitmap_bytes), false)?;
         let (first, bytes, sum) =
             upcase.ok_or_else(|| corrupt("the root directory has no up-case table entry".into()))?;
-        if bytes == 0 || bytes > 2 * 65536 + 2 * 65536 {
+        if bytes == 0 || bytes > MAX_UPCASE_BYTES {
             return Err(corrupt(format!("up-case table length {} is impossible", bytes)));
         }
         let raw = self.read_chain_bytes(first, Some(bytes), false)?;
@@ -333,14 +349,26 @@ impl<D: BlockDevice> ExfatVolume<D> {
             runs.push((first, n as u32));
             return Ok(runs);
         }
-        let limit = self.cluster_count as u64;
+        // Without a length (the root directory) the chain's end is its length: a directory's.
+        let limit = match wanted {
+            Some(_) => self.cluster_count as u64,
+            None => (MAX_DIR_BYTES / self.cluster_bytes).max(1),
+        };
         let mut c = first;
         let mut count = 0u64;
+        // Runs are kept per step: a loop must be caught early, not after `wanted` steps.
+        let mut loop_check = LoopCheck::default();
         loop {
             self.check_cluster(c)?;
+            if loop_check.visit(c as u64) {
+                return Err(corrupt(format!("the FAT chain from cluster {} loops (cluster {} comes back)", first, c)));
+            }
             count += 1;
             if count > limit {
-                return Err(corrupt(format!("the FAT chain from cluster {} loops", first)));
+                return Err(corrupt(match wanted {
+                    Some(_) => format!("the FAT chain from cluster {} loops", first),
+                    None => format!("the root directory's chain (from cluster {}) is longer than {} MiB", first, MAX_DIR_BYTES >> 20),
+                }));
             }
             match runs.last_mut() {
                 Some((s, n)) if *s as u64 + *n as u64 == c as u64 => *n += 1,
@@ -378,7 +406,7 @@ impl<D: BlockDevice> ExfatVolume<D> {
         let runs = self.cluster_runs(first, bytes, no_fat_chain)?;
         let total: u64 = runs.iter().map(|r| r.1 as u64).sum::<u64>() * self.cluster_bytes;
         if total > MAX_DIR_BYTES {
-            return Err(corrupt(format!("the chain from cluster {} is longer than 256 MiB", first)));
+            return Err(corrupt(format!("the chain from cluster {} is longer than {} MiB", first, MAX_DIR_BYTES >> 20)));
         }
         let mut out = vec![0u8; total as usize];
         let mut pos = 0usize;
@@ -472,19 +500,32 @@ impl<D: BlockDevice> ExfatVolume<D> {
             )));
         }
         let extents = self.extents_of(&r)?;
-        for e in &extents.extents {
-            let first = ((e.lba - self.heap_lba) / self.sectors_per_cluster_512) as u32 + 2;
-            let last = ((e.lba + e.sectors - 1 - self.heap_lba) / self.sectors_per_cluster_512) as u32 + 2;
-            for c in first..=last {
+        let file = File { path: spelled, size_bytes: r.data_bytes, extents };
+        self.check_allocation(&file)?;
+        Ok(file)
+    }
+
+    /// Refuse a file whose clusters the allocation bitmap marks free, or that lie in the bitmap
+    /// itself (docs/filesystems.md, "exFAT"). [`ExfatVolume::open_file`] runs it; it reads the
+    /// bitmap a sector at a time.
+    pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        const REPAIR: &str = "fsck.exfat or chkdsk";
+        let spc = self.sectors_per_cluster_512;
+        let clusters = UnitRanges::of_file(file, self.heap_lba, spc, 2, self.cluster_count as u64 + 2, "cluster", REPAIR)?;
+        for &(first, count) in &self.bitmap_runs {
+            if let Some(c) = clusters.overlap(first as u64, first as u64 + count as u64) {
+                return Err(allocation_refusal(file, format!("its cluster {} lies in the allocation bitmap", c), REPAIR));
+            }
+        }
+        for &(from, to) in &clusters.ranges {
+            for c in from as u32..to as u32 {
                 if !self.cluster_allocated(c)? {
-                    return Err(corrupt(format!(
-                        "{} uses cluster {}, which the allocation bitmap marks free",
-                        spelled, c
-                    )));
+                    let detail = format!("it uses cluster {}, which the allocation bitmap marks free", c);
+                    return Err(allocation_refusal(file, detail, REPAIR));
                 }
             }
         }
-        Ok(File { path: spelled, size_bytes: r.data_bytes, extents })
+        Ok(())
     }
 
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
@@ -575,8 +616,13 @@ impl<D: BlockDevice> ExfatVolume<D> {
         }
         let runs = self.bitmap_runs.clone();
         let total = runs.iter().map(|r| r.1 as u64).sum::<u64>() * self.cluster_bytes;
-        if total > MAX_DIR_BYTES {
-            return Err(corrupt("the allocation bitmap is too large".into()));
+        if total > MAX_BITMAP_BYTES {
+            return Err(FsError::Unsupported(format!(
+                "exFAT: the allocation bitmap is {} MiB; vboot changes volumes whose bitmap is at most {} MiB \
+                 (format with larger clusters)",
+                total >> 20,
+                MAX_BITMAP_BYTES >> 20
+            )));
         }
         let mut data = vec![0u8; total as usize];
         let mut pos = 0usize;
@@ -1422,6 +1468,20 @@ mod tests {
             upcase: Vec::new(),
             cache_lba: None,
             cache: vec![0u8; SECTOR_BYTES],
+        }
+    }
+
+    // Issue 14: a FAT chain loop behind a large DataLength is found by the loop check within a
+    // few clusters, not after walking (and recording) as many clusters as the length says.
+    #[test]
+    fn a_fat_chain_loop_is_found_within_a_few_clusters() {
+        let mut vol = bare_volume();
+        let fat = 24 * SECTOR_BYTES;
+        vol.dev.bytes[fat + 3 * 4..fat + 4 * 4].copy_from_slice(&4u32.to_le_bytes());
+        vol.dev.bytes[fat + 4 * 4..fat + 5 * 4].copy_from_slice(&3u32.to_le_bytes());
+        match vol.cluster_runs(3, Some(19 * 4096), false) {
+            Err(FsError::Corrupt(m)) => assert!(m.contains("loops (cluster 3 comes back)"), "{}", m),
+            other => panic!("{:?}", other),
         }
     }
 

@@ -12,6 +12,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::{allocation_refusal, UnitRanges};
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
 use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
@@ -51,6 +52,10 @@ const INCOMPAT_UNDERSTOOD: u32 = INCOMPAT_FILETYPE
     | INCOMPAT_ENCRYPT
     | INCOMPAT_CASEFOLD;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
+/// Superblock copies only in group 0 and the two groups `s_backup_bgs` names.
+const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+/// bg_flags: the group's block bitmap was never initialised (nothing but metadata in use).
+const BG_BLOCK_UNINIT: u16 = 0x2;
 
 const MODE_TYPE_MASK: u16 = 0xF000;
 const MODE_DIR: u16 = 0x4000;
@@ -69,6 +74,12 @@ const EXTENT_MAGIC: u16 = 0xF30A;
 const MAX_EXTENT_DEPTH: u16 = 5;
 /// Bound on tree blocks read for one file, so damaged trees cannot make us walk forever.
 const MAX_MAP_NODES: u32 = 1 << 20;
+/// The most a directory may hold here: its entries are read whole, and a size is only a header
+/// value. 16 MiB hold over 60,000 entries with 255-byte names (Linux's limit), about 1.4 million
+/// with 4-byte ones (docs/filesystems.md, "ext2/3/4").
+const MAX_DIR_BYTES: u64 = 16 << 20;
+/// And at most this many live entries (each costs its name plus a few words in memory).
+const MAX_DIR_ENTRIES: usize = 262_144;
 /// An ee_len above this marks an unwritten (preallocated) extent.
 const EXTENT_INIT_MAX: u16 = 32768;
 
@@ -162,6 +173,11 @@ pub struct ExtVolume<D: BlockDevice> {
     incompat: u32,
     ro_compat: u32,
     first_meta_bg: u64,
+    /// Blocks kept after the group descriptors for online resizing (in every group with a
+    /// superblock copy).
+    reserved_gdt_blocks: u64,
+    /// sparse_super2: the only two groups besides group 0 with a superblock copy (0 = none).
+    backup_groups: Option<[u64; 2]>,
 }
 
 impl<D: BlockDevice> ExtVolume<D> {
@@ -243,6 +259,9 @@ impl<D: BlockDevice> ExtVolume<D> {
             incompat,
             ro_compat,
             first_meta_bg: le32(&sb, 0x104) as u64,
+            reserved_gdt_blocks: le16(&sb, 0xCE) as u64,
+            backup_groups: (le32(&sb, 92) & COMPAT_SPARSE_SUPER2 != 0)
+                .then(|| [le32(&sb, 0x24C) as u64, le32(&sb, 0x250) as u64]),
         })
     }
 
@@ -255,6 +274,9 @@ impl<D: BlockDevice> ExtVolume<D> {
     }
 
     fn group_has_superblock(&self, group: u64) -> bool {
+        if let Some(backups) = self.backup_groups {
+            return group == 0 || backups.contains(&group);
+        }
         if self.ro_compat & RO_COMPAT_SPARSE_SUPER == 0 || group <= 1 {
             return true;
         }
@@ -480,10 +502,20 @@ impl<D: BlockDevice> ExtVolume<D> {
 
     /// Entries of a directory: (name, inode, file type from the entry or 0).
     /// Entries of a directory: (name, inode, file type from the entry or 0).
-    fn read_dir(&mut self, dir: &Inode) -> Result<Vec<(String, u32, u8)>, FsError> {
+    fn read_dir(&mut self, dir: &Inode, what: &str) -> Result<Vec<(String, u32, u8)>, FsError> {
         let dev_bytes = self.blocks_count * self.block_bytes;
         if dir.size_bytes > dev_bytes {
-            return Err(corrupt(format!("directory inode {} is larger than the filesystem", dir.number)));
+            return Err(corrupt(format!("directory {} (inode {}) is larger than the filesystem", what, dir.number)));
+        }
+        if dir.size_bytes > MAX_DIR_BYTES {
+            return Err(FsError::Unsupported(format!(
+                "ext: directory {} (inode {}) is {} bytes; vboot reads directories of up to {} MiB \
+                 (split it, or run e2fsck -fD on the host partition if it is mostly empty)",
+                what,
+                dir.number,
+                dir.size_bytes,
+                MAX_DIR_BYTES >> 20
+            )));
         }
         let has_type = self.incompat & INCOMPAT_FILETYPE != 0;
         let mut out = Vec::new();
@@ -530,7 +562,7 @@ impl<D: BlockDevice> ExtVolume<D> {
                 }
                 _ => return Err(FsError::NotADirectory { path: spelled }),
             }
-            let entries = self.read_dir(&cur)?;
+            let entries = self.read_dir(&cur, if spelled.is_empty() { "/" } else { &spelled })?;
             // ext names are case-sensitive: an exact match wins, else the first one that
             // differs only in case.
             let lower = comp.to_lowercase();
@@ -619,13 +651,97 @@ impl<D: BlockDevice> ExtVolume<D> {
         Ok(File { path: spelled, size_bytes: inode.size_bytes, extents })
     }
 
+    /// Refuse a file whose blocks are group metadata (a superblock copy, group descriptors and
+    /// the blocks reserved for them, a block or inode bitmap, an inode table) or are free in
+    /// their group's block bitmap (docs/filesystems.md, "ext2/3/4"). Reads every group
+    /// descriptor once (flex_bg and meta_bg put metadata anywhere, the descriptors say where)
+    /// and the block bitmaps of the groups the file touches.
+    pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        const REPAIR: &str = "e2fsck -f";
+        let refuse = |detail: String| allocation_refusal(file, detail, REPAIR);
+        let sectors_per_block = self.block_bytes / SECTOR_BYTES as u64;
+        let blocks = UnitRanges::of_file(file, 0, sectors_per_block, 0, self.blocks_count, "block", REPAIR)?;
+        let overlap = |from: u64, to: u64| blocks.overlap(from, to);
+        let per_desc_block = self.block_bytes / self.desc_bytes;
+        let meta_bg = self.incompat & INCOMPAT_META_BG != 0;
+        // Descriptor blocks after a superblock copy: all of them without meta_bg, those of the
+        // groups before first_meta_bg with it.
+        let plain_desc_blocks =
+            if meta_bg { self.first_meta_bg.min(self.group_count.div_ceil(per_desc_block)) } else { self.group_count.div_ceil(per_desc_block) };
+        let table_blocks = (self.inodes_per_group * self.inode_bytes).div_ceil(self.block_bytes);
+        let mut desc_cache: (u64, Vec<u8>) = (u64::MAX, vec![0u8; self.block_bytes as usize]);
+        let mut bitmap = vec![0u8; self.block_bytes as usize];
+        for group in 0..self.group_count {
+            let group_first = self.first_data_block + group * self.blocks_per_group;
+            let group_end = (group_first + self.blocks_per_group).min(self.blocks_count);
+            let desc = self.group_descriptor(group, &mut desc_cache)?;
+            let hi = |lo_at: usize, hi_at: usize| {
+                le32(&desc, lo_at) as u64 | if self.desc_bytes >= 64 { (le32(&desc, hi_at) as u64) << 32 } else { 0 }
+            };
+            let block_bitmap = hi(0, 0x20);
+            let has_superblock = self.group_has_superblock(group);
+            // Block 0 comes before the superblock on 1 KiB-block filesystems (first_data_block 1)
+            // and belongs to no file either.
+            let sb_first = if group == 0 { 0 } else { group_first };
+            let (in_meta, meta_group) = (group % per_desc_block, group / per_desc_block);
+            let meta_desc = meta_bg && meta_group >= self.first_meta_bg && (in_meta <= 1 || in_meta == per_desc_block - 1);
+            let metadata: [(u64, u64, &str); 6] = [
+                (block_bitmap, 1, "the block bitmap"),
+                (hi(4, 0x24), 1, "the inode bitmap"),
+                (hi(8, 0x28), table_blocks, "the inode table"),
+                (sb_first, if has_superblock { group_first + 1 - sb_first } else { 0 }, "a superblock copy"),
+                (group_first + 1, if has_superblock { plain_desc_blocks + self.reserved_gdt_blocks } else { 0 }, "the group descriptors"),
+                (group_first + has_superblock as u64, meta_desc as u64, "the group descriptors (meta_bg)"),
+            ];
+            for (first, count, what) in metadata {
+                if let Some(b) = overlap(first, first.saturating_add(count)) {
+                    return Err(refuse(format!("its block {} is {} of group {}", b, what, group)));
+                }
+            }
+            let Some(first_used) = overlap(group_first, group_end) else { continue };
+            if le16(&desc, 0x12) & BG_BLOCK_UNINIT != 0 {
+                // No block of an uninitialised group is in use but its metadata.
+                return Err(refuse(format!(
+                    "its block {} lies in group {}, whose block bitmap is unused (no block allocated)",
+                    first_used, group
+                )));
+            }
+            self.read_block(block_bitmap, &mut bitmap)?;
+            let i = blocks.ranges.partition_point(|b| b.1 <= group_first);
+            for &(from, to) in blocks.ranges[i..].iter().take_while(|b| b.0 < group_end) {
+                for b in from.max(group_first)..to.min(group_end) {
+                    let bit = b - group_first;
+                    if bitmap[(bit / 8) as usize] & (1 << (bit % 8)) == 0 {
+                        return Err(refuse(format!("it uses block {}, which the block bitmap of group {} marks free", b, group)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The descriptor of `group` (its first 64 bytes), through a one-block cache.
+    fn group_descriptor(&mut self, group: u64, cache: &mut (u64, Vec<u8>)) -> Result<[u8; 64], FsError> {
+        let offset = self.descriptor_offset(group);
+        let block = offset / self.block_bytes;
+        if cache.0 != block {
+            self.read_block(block, &mut cache.1)?;
+            cache.0 = block;
+        }
+        let at = (offset % self.block_bytes) as usize;
+        let len = self.desc_bytes.min(64) as usize;
+        let mut desc = [0u8; 64];
+        desc[..len].copy_from_slice(&cache.1[at..at + len]);
+        Ok(desc)
+    }
+
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
         let (dir, spelled) = self.lookup(path)?;
         if dir.kind() != MODE_DIR {
             return Err(FsError::NotADirectory { path: spelled });
         }
         let mut out = Vec::new();
-        for (name, ino, _) in self.read_dir(&dir)? {
+        for (name, ino, _) in self.read_dir(&dir, &spelled)? {
             if name == "." || name == ".." {
                 continue;
             }
@@ -767,6 +883,12 @@ fn parse_dir_entries(buf: &[u8], has_type: bool, dir: u32, out: &mut Vec<(String
             return Err(corrupt(format!("directory inode {} has a malformed entry", dir)));
         }
         if ino != 0 && name_len > 0 {
+            if out.len() >= MAX_DIR_ENTRIES {
+                return Err(FsError::Unsupported(format!(
+                    "ext: directory inode {} has more than {} entries, more than vboot reads",
+                    dir, MAX_DIR_ENTRIES
+                )));
+            }
             out.push((String::from_utf8_lossy(&buf[off + 8..off + 8 + name_len]).into_owned(), ino, ftype));
         }
         off += rec_len;
@@ -853,6 +975,8 @@ mod tests {
             incompat: INCOMPAT_EXTENTS | INCOMPAT_FILETYPE,
             ro_compat: 0,
             first_meta_bg: 0,
+            reserved_gdt_blocks: 0,
+            backup_groups: None,
         }
     }
 

@@ -16,9 +16,10 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
+use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError, LoopCheck};
 use crate::block::{BlockDevice, SECTOR_BYTES};
 
+mod crosslink;
 mod write;
 pub use write::{check_long_name, FatTimestamp, MAX_FILE_BYTES};
 
@@ -732,7 +733,16 @@ impl<D: BlockDevice> FatVolume<D> {
         self.check_cluster(cluster, what)?;
         let mut walked: u64 = 0;
         let mut too_long = false;
+        // A loop is caught within a few times the chain's distinct clusters, so a 2-cluster loop
+        // behind a directory entry claiming 2 GiB costs a few runs, not millions.
+        let mut loop_check = LoopCheck::default();
         loop {
+            if loop_check.visit(cluster as u64) {
+                return Err(FsError::Corrupt(format!(
+                    "the cluster chain of {} loops (cluster {} comes back after {} clusters)",
+                    what, cluster, walked
+                )));
+            }
             walked += 1;
             runs.push(self.geo.cluster_lba(cluster), self.geo.cluster_sectors);
             if walked == max_clusters {
@@ -750,8 +760,9 @@ impl<D: BlockDevice> FatVolume<D> {
                 None => break,
             }
         }
-        // A loop repeats a cluster, and a repeated cluster makes two runs overlap (a cluster
-        // cannot repeat inside one run, whose clusters ascend).
+        // The walk may stop (at `max_clusters`) before the loop check has seen a repeat: a
+        // repeated cluster makes two runs overlap (a cluster cannot repeat inside one run, whose
+        // clusters ascend). The runs are at most a few times the chain's distinct clusters.
         let mut sorted: Vec<(u64, u64)> = runs.extents.iter().map(|e| (e.lba, e.sectors)).collect();
         sorted.sort_unstable();
         for w in sorted.windows(2) {
@@ -1196,6 +1207,19 @@ mod tests {
         b.set_fat(5, 5);
         b.entry(b"SELF       ", 0x20, 5, 3 * 512);
         assert!(corrupt_message(b.open().open_file("/self")).contains("loops"));
+    }
+
+    /// Issue 14: a loop behind a size that claims nearly the whole volume is reported after a
+    /// few clusters (the runs built are at most the clusters walked), not after the size's 1,900.
+    #[test]
+    fn loop_behind_a_large_size_is_found_early() {
+        let mut b = Builder::new();
+        b.chain(&[5, 6, 7]);
+        b.set_fat(7, 6);
+        b.entry(b"BIGLOOP    ", 0x20, 5, 1900 * 512);
+        let m = corrupt_message(b.open().open_file("/bigloop"));
+        let walked: u64 = m.split("after ").nth(1).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).expect(&m);
+        assert!(m.contains("loops") && walked <= 3 * 3, "{}", m);
     }
 
     #[test]

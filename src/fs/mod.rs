@@ -129,6 +129,96 @@ impl LbaIndex {
     }
 }
 
+/// Loop detection for a walk along "next" links (FAT cluster chains) in O(1) memory: Brent's
+/// algorithm. Feed it every element the walk visits, in order; it answers `true` at the first
+/// element that proves the walk has entered a cycle. A chain whose first repeat comes after
+/// `distinct` distinct elements is caught within `3 * distinct` steps, so a walk that keeps a
+/// record per step (the extent list) stays bounded by the chain's real length, not by the size a
+/// directory entry claims (docs/robustness.md, "Walks and allocation checks").
+#[derive(Clone, Debug)]
+pub struct LoopCheck {
+    /// The element the walk is compared with; moved to the walk's position at every power of two.
+    saved: Option<u64>,
+    /// Steps since `saved` was moved, and the length of the current stretch.
+    since_saved: u64,
+    stretch: u64,
+}
+
+impl Default for LoopCheck {
+    fn default() -> Self {
+        LoopCheck { saved: None, since_saved: 0, stretch: 1 }
+    }
+}
+
+impl LoopCheck {
+    /// Record the walk's next element; `true` when it repeats one seen before (a cycle).
+    pub fn visit(&mut self, element: u64) -> bool {
+        if self.saved == Some(element) {
+            return true;
+        }
+        if self.saved.is_none() || self.since_saved == self.stretch {
+            self.saved = Some(element);
+            self.since_saved = 0;
+            self.stretch = self.stretch.saturating_mul(2);
+        }
+        self.since_saved += 1;
+        false
+    }
+}
+
+/// A file's sectors in a filesystem's allocation units (clusters, blocks), for the allocation
+/// checks before boot ([`volume::Volume::check_file_allocation`]): one half-open range per extent,
+/// sorted, none overlapping.
+pub(crate) struct UnitRanges {
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl UnitRanges {
+    /// Unit `first_unit` starts at volume sector `base_lba`, each unit is `sectors_per_unit`
+    /// sectors, and units end before `units_end`. A file outside them, or using a unit twice,
+    /// is refused with `repair` as the advice.
+    pub fn of_file(
+        file: &File,
+        base_lba: u64,
+        sectors_per_unit: u64,
+        first_unit: u64,
+        units_end: u64,
+        unit: &str,
+        repair: &str,
+    ) -> Result<UnitRanges, FsError> {
+        let mut ranges = Vec::with_capacity(file.extents.extents.len());
+        for e in &file.extents.extents {
+            let rel = e.lba.checked_sub(base_lba).filter(|_| e.sectors > 0);
+            let range = rel.and_then(|rel| {
+                let end = rel.checked_add(e.sectors)?.div_ceil(sectors_per_unit) + first_unit;
+                Some((rel / sectors_per_unit + first_unit, end)).filter(|_| end <= units_end)
+            });
+            ranges.push(range.ok_or_else(|| {
+                allocation_refusal(file, format!("sectors {}+{} lie outside the {}s of the volume", e.lba, e.sectors, unit), repair)
+            })?);
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(allocation_refusal(file, format!("it uses {} {} twice", unit, w[1].0), repair));
+            }
+        }
+        Ok(UnitRanges { ranges })
+    }
+
+    /// The first of the file's units inside `from..to`, if any.
+    pub fn overlap(&self, from: u64, to: u64) -> Option<u64> {
+        let i = self.ranges.partition_point(|r| r.1 <= from);
+        self.ranges.get(i).filter(|r| r.0 < to).map(|r| r.0.max(from))
+    }
+}
+
+/// The refusal of a file whose extents the filesystem's allocation state contradicts: names the
+/// file and the tool that repairs the host partition.
+pub(crate) fn allocation_refusal(file: &File, detail: String, repair: &str) -> FsError {
+    FsError::Corrupt(format!("{}: {}; run {} on the host partition before using it", file.path, detail, repair))
+}
+
 /// What a directory entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -304,6 +394,29 @@ mod tests {
         assert!(!index.contains(49, 1));
         assert!(!index.contains(54, 1));
         assert_eq!(l.to_host(2048).lookup(16), Some((2098, 4)));
+    }
+
+    #[test]
+    fn loop_check_finds_cycles_early_and_accepts_chains() {
+        // next(i) for a chain of `tail` elements entering a cycle of `cycle` elements.
+        fn steps_to_detect(tail: u64, cycle: u64) -> Option<u64> {
+            let mut check = LoopCheck::default();
+            let mut at = 0u64;
+            for step in 0..10_000_000u64 {
+                if check.visit(at) {
+                    return Some(step);
+                }
+                at = if at + 1 < tail + cycle { at + 1 } else { tail };
+            }
+            None
+        }
+        for (tail, cycle) in [(0, 1), (0, 2), (1, 1), (5, 2), (1000, 3), (3, 1000), (4096, 4096), (100_000, 7)] {
+            let steps = steps_to_detect(tail, cycle).expect("cycle found");
+            assert!(steps <= 3 * (tail + cycle) + 2, "tail {} cycle {}: {} steps", tail, cycle, steps);
+        }
+        // A chain without a cycle is never called one.
+        let mut check = LoopCheck::default();
+        assert!((0..1_000_000u64).all(|i| !check.visit(i)));
     }
 
     #[test]

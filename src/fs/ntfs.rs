@@ -13,6 +13,7 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::{allocation_refusal, UnitRanges};
 use super::{path_components, DirEntry, ExtentList, File, FileKind, FsError};
 use super::{read_via_extents, write_via_extents};
 use crate::block::{BlockDevice, SECTOR_BYTES};
@@ -47,6 +48,8 @@ const FIXUP_STRIDE: usize = 512;
 const MAX_ATTRIBUTE_LIST_BYTES: u64 = 1 << 20;
 const MAX_EXTENSION_RECORDS: usize = 4096;
 const MAX_INDEX_DEPTH: u32 = 32;
+/// Entries of one directory listing (docs/filesystems.md, "NTFS").
+const MAX_DIR_ENTRIES: usize = 262_144;
 
 fn le16(b: &[u8], off: usize) -> u16 {
     b.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]])).unwrap_or(0)
@@ -746,6 +749,14 @@ impl<D: BlockDevice> NtfsVolume<D> {
                 continue;
             };
             if let Some(e) = entry {
+                // A damaged index can name the same blocks again and again (up to the index's
+                // size, a header value): the listing is bounded by what a directory holds.
+                if out.len() >= MAX_DIR_ENTRIES {
+                    return Err(FsError::Unsupported(format!(
+                        "NTFS: directory {} has more than {} entries, more than vboot lists",
+                        what, MAX_DIR_ENTRIES
+                    )));
+                }
                 out.push(e);
             }
             // The subnode holds names before this entry; pushing it after recording the entry
@@ -879,6 +890,68 @@ impl<D: BlockDevice> NtfsVolume<D> {
                 Ok(File { path: spelled, size_bytes: data_bytes, extents })
             }
         }
+    }
+
+    /// Refuse a file whose clusters `$Bitmap` marks free, or that lie in the volume's own
+    /// structures: the boot sectors (`$Boot`), the MFT and its mirror, `$LogFile` and `$Bitmap`
+    /// (docs/filesystems.md, "NTFS"). Reads `$Bitmap` only where the file's clusters are, a few
+    /// KiB at a time.
+    pub fn check_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        const REPAIR: &str = "chkdsk /f (or ntfsfix)";
+        let refuse = |detail: String| allocation_refusal(file, detail, REPAIR);
+        let to512 = self.cluster_bytes / SECTOR_BYTES as u64;
+        let clusters = UnitRanges::of_file(file, 0, to512, 0, self.total_clusters, "cluster", REPAIR)?;
+        let overlap = |from: u64, to: u64| clusters.overlap(from, to);
+        // The volume's own files, by their data runs; the boot sector by where it must be.
+        let boot_clusters = (8192u64).div_ceil(self.cluster_bytes);
+        if let Some(c) = overlap(0, boot_clusters) {
+            return Err(refuse(format!("its cluster {} lies in the boot sectors", c)));
+        }
+        for r in &self.mft_runs {
+            if let Some(c) = r.lcn.and_then(|lcn| overlap(lcn, lcn.saturating_add(r.clusters))) {
+                return Err(refuse(format!("its cluster {} lies in the MFT ($MFT)", c)));
+            }
+        }
+        let mut bitmap_runs = Vec::new();
+        for (number, what) in [(1u64, "$MFTMirr"), (2, "$LogFile"), (6, "$Bitmap"), (7, "$Boot")] {
+            let rec = self.read_record(number)?;
+            let runs = match self.stream(&rec, ATTR_DATA, &[], what)? {
+                Stream::NonResident { runs, .. } => runs,
+                Stream::Resident(_) if number == 6 => return Err(corrupt("$Bitmap is resident".into())),
+                Stream::Resident(_) => continue,
+            };
+            for r in &runs {
+                if let Some(c) = r.lcn.and_then(|lcn| overlap(lcn, lcn.saturating_add(r.clusters))) {
+                    return Err(refuse(format!("its cluster {} lies in {}", c, what)));
+                }
+            }
+            if number == 6 {
+                bitmap_runs = runs;
+            }
+        }
+        // Every cluster set in $Bitmap (bit n of byte n / 8 is cluster n).
+        const PIECE_BYTES: u64 = 4096;
+        let mapped_bytes = bitmap_runs.last().map_or(0, |r| (r.vcn + r.clusters).saturating_mul(self.cluster_bytes));
+        let mut piece = vec![0u8; PIECE_BYTES as usize];
+        let mut piece_at: Option<u64> = None;
+        for &(from, to) in &clusters.ranges {
+            for c in from..to {
+                let byte = c / 8;
+                if byte >= mapped_bytes {
+                    return Err(refuse(format!("its cluster {} lies past the end of $Bitmap", c)));
+                }
+                let start = byte - byte % PIECE_BYTES;
+                if piece_at != Some(start) {
+                    let len = PIECE_BYTES.min(mapped_bytes.saturating_sub(start)).max(1) as usize;
+                    self.read_runs(&bitmap_runs, start, &mut piece[..len])?;
+                    piece_at = Some(start);
+                }
+                if piece[(byte - start) as usize] & (1 << (c % 8)) == 0 {
+                    return Err(refuse(format!("it uses cluster {}, which $Bitmap marks free", c)));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {

@@ -112,6 +112,51 @@ impl<D: BlockDevice> Volume<D> {
         }
     }
 
+    /// Check `file`'s extents against the filesystem's own allocation state before they are
+    /// handed to the INT 13h engine, which writes wherever they say: a damaged filesystem whose
+    /// file shares its sectors with another file or with metadata is refused, with a message
+    /// naming the file and the repair tool. What each filesystem checks, what it cannot, and
+    /// the cost: docs/filesystems.md.
+    pub fn check_file_allocation(&mut self, file: &File) -> Result<(), FsError> {
+        match self {
+            Volume::Fat(v) => v.check_allocation(file),
+            Volume::Exfat(v) => v.check_allocation(file),
+            Volume::Ext(v) => v.check_allocation(file),
+            Volume::Ntfs(v) => v.check_allocation(file),
+        }
+    }
+
+    /// [`Volume::check_file_allocation`] for several files at once (a chain's parents): on FAT
+    /// one pass over the FAT for all of them instead of one each, and two of them sharing a
+    /// cluster is refused too.
+    pub fn check_files_allocation(&mut self, files: &[&File]) -> Result<(), FsError> {
+        // Two files of the set over the same sectors: the bitmaps cannot tell (both are marked
+        // used), their extents can.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for f in files {
+            ranges.extend(f.extents.extents.iter().map(|e| (e.lba, e.lba.saturating_add(e.sectors))));
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[0].1 > w[1].0 {
+                let sector = w[1].0;
+                let mut holders =
+                    files.iter().filter(|f| f.extents.extents.iter().any(|e| e.lba <= sector && sector - e.lba < e.sectors));
+                let (first, second) = (holders.next(), holders.next());
+                let (Some(first), other) = (first, second) else { continue };
+                let detail = match other {
+                    Some(o) => alloc::format!("its sector {} is also a sector of {}", sector, o.path),
+                    None => alloc::format!("it uses sector {} twice", sector),
+                };
+                return Err(super::allocation_refusal(first, detail, "the filesystem's checker (fsck, chkdsk)"));
+            }
+        }
+        if let Volume::Fat(v) = self {
+            return v.check_allocation_of(files);
+        }
+        files.iter().try_for_each(|f| self.check_file_allocation(f))
+    }
+
     pub fn list_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
         match self {
             Volume::Fat(v) => v.list_dir(path),

@@ -285,6 +285,9 @@ pub fn open_image_file(
         vboot::fs::FsError::NotFound { .. } => format!("{} image {} not found on (hd0,{})", what, path.path, number),
         other => format!("{} image {}: {}", what, path, other),
     })?;
+    // Before the engine gets the extents, and before anything is written through them: a
+    // cross-linked file would let the guest overwrite another file or the filesystem itself.
+    vol.check_file_allocation(&file).map_err(|e| format!("{} image {}: {}", what, path, e))?;
     Ok((number, file))
 }
 

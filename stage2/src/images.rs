@@ -96,6 +96,12 @@ impl FsLocator {
         vboot::image::open_chain(leaf, self, &opts).map_err(|e| format!("{}", e))
     }
 
+    /// [`Volume::check_files_allocation`] for files of this partition.
+    pub fn check_allocation(&mut self, files: &[&File]) -> Result<(), String> {
+        let vol = self.volume().ok_or_else(|| String::from("the image's filesystem could not be opened again"))?;
+        vol.check_files_allocation(files).map_err(|e| format!("{}", e))
+    }
+
     /// The files the chain `layers` is made of, in chain order: not the candidates the walk
     /// opened and turned down.
     pub fn chain_files(&self, layers: &[Box<dyn Layer>]) -> Vec<(String, File)> {

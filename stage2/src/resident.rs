@@ -233,6 +233,10 @@ pub(crate) fn plan_hard_disk(
     for (path, f) in &chain_files {
         check_reach(disk, path, &f.extents.to_host(part.start_lba))?;
     }
+    // The leaf was checked when the menu entry opened it (a snapshot child or grown slack comes
+    // from free clusters); its parents are checked here, together (one pass over a FAT).
+    let parents: Vec<&File> = chain_files.iter().filter(|(path, _)| *path != file.path).map(|(_, f)| f).collect();
+    locator.check_allocation(&parents)?;
     let files: Vec<PlannedLayer> = if raw {
         alloc::vec![PlannedLayer { format: 0, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
     } else {
