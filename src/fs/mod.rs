@@ -97,7 +97,7 @@ impl ExtentList {
         out
     }
 
-    /// The file's sectors as LBA ranges, sorted, for the write check of DESIGN.md invariant 1.
+    /// The file's sectors as LBA ranges, sorted, for the write check of invariant 1 (docs/architecture.md).
     pub fn lba_index(&self) -> LbaIndex {
         let mut ranges: Vec<(u64, u64)> = self.extents.iter().map(|e| (e.lba, e.lba + e.sectors)).collect();
         ranges.sort_unstable();
@@ -121,7 +121,7 @@ pub struct LbaIndex {
 }
 
 impl LbaIndex {
-    /// True when every sector of `lba..lba+sectors` belongs to the file (DESIGN.md invariant 1).
+    /// True when every sector of `lba..lba+sectors` belongs to the file (invariant 1, docs/architecture.md).
     pub fn contains(&self, lba: u64, sectors: u64) -> bool {
         let Some(end) = lba.checked_add(sectors) else { return false };
         let i = self.ranges.partition_point(|r| r.0 <= lba);

@@ -184,7 +184,7 @@ impl<D: BlockDevice> Volume<D> {
         }
     }
 
-    // Writes, made before the guest starts (DESIGN.md §4 invariant 2). FAT and exFAT take them;
+    // Writes, made before the guest starts (invariant 2, docs/architecture.md). FAT and exFAT take them;
     // NTFS and ext refuse them with a message that says so.
 
     /// Create a file of `size_bytes` at `path` (its directory must exist, the name must be new).
