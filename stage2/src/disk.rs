@@ -129,7 +129,7 @@ impl BlockDevice for BiosDisk {
     }
 
     fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
-        crate::fault::on_disk_read();
+        crate::fault::on_disk_read(crate::recovery::hooked());
         check_request(lba, buf.len(), self.sectors)?;
         for (i, chunk) in buf.chunks_mut(BOUNCE_SECTORS * SECTOR_BYTES).enumerate() {
             let at = lba + (i * BOUNCE_SECTORS) as u64;

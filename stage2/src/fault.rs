@@ -70,8 +70,8 @@ mod injected {
         }
     }
 
-    pub fn on_disk_read() {
-        if !crate::recovery::hooked() {
+    pub fn on_disk_read(hooked: bool) {
+        if !hooked {
             return;
         }
         match ARMED.load(Ordering::SeqCst) {
@@ -110,10 +110,10 @@ pub fn pretend_no_edd() -> bool {
     false
 }
 
-/// A BIOS disk is read.
+/// A BIOS disk is read; `hooked`: the image is hooked into INT 13h already.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn on_disk_read() {}
+pub fn on_disk_read(_hooked: bool) {}
 
 /// The panic handler has printed the panic's message.
 #[cfg(not(feature = "fault-injection"))]

@@ -211,6 +211,10 @@ pub(crate) fn reset_heap() {
 }
 
 mod boot;
+mod entry;
+mod guest;
+mod host;
+mod screen;
 mod recover;
 mod media;
 mod resident;

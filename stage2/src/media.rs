@@ -16,10 +16,12 @@ use crate::bios::{self, BiosRegs, DAP_ADDR};
 use crate::disk::BiosDisk;
 use crate::images::VolumeFile;
 use crate::println;
-use crate::resident::{go_resident, load_engine, plan_hard_disk, start_guest, stub_guest_start_offsets};
+use crate::guest::start_guest;
+use crate::host::{DriveRole, EntryFile};
+use crate::resident::{go_resident, load_engine, plan_hard_disk, stub_guest_start_offsets};
+use crate::screen::pause_if_asked;
 use vboot::config::{BootDevice, VbootOptions};
 use vboot::eltorito::{self, BootImage, Emulation, CD_BLOCK_BYTES};
-use vboot::fs::File;
 use vboot::image::ImageFile;
 use vboot::int13::FloppyFormat;
 use vboot::part::PartitionTable;
@@ -60,7 +62,7 @@ pub fn boot(
     disk: &mut BiosDisk,
     table: &PartitionTable,
     opts: &VbootOptions,
-    files: Vec<(&'static str, u32, File)>,
+    files: Vec<EntryFile>,
 ) -> Result<(), String> {
     let boot_device = opts.boot.unwrap_or(BootDevice::Harddisk);
     let mut drives: Vec<PlannedDrive> = Vec::new();
@@ -71,7 +73,7 @@ pub fn boot(
     let mut drive_partitions: Vec<u32> = Vec::new();
 
     // The CD first: booted in an emulation mode, its image takes 00h or 80h.
-    for (_, part_number, file) in files.iter().filter(|(what, _, _)| *what == "CD-ROM") {
+    for EntryFile { partition: part_number, file, .. } in files.iter().filter(|f| f.role == DriveRole::Cdrom) {
         let part = table.find(*part_number).ok_or("partition vanished")?;
         let mut iso = VolumeFile::new(disk.clone(), part.start_lba, file.clone());
         let mut reader = |lba: u64, buf: &mut [u8; CD_BLOCK_BYTES]| {
@@ -134,10 +136,10 @@ pub fn boot(
         drive_partitions.push(*part_number);
     }
 
-    for (what, part_number, file) in files.iter().filter(|(what, _, _)| what.starts_with("floppy")) {
+    for EntryFile { role, partition: part_number, file } in files.iter().filter(|f| matches!(f.role, DriveRole::FloppyA | DriveRole::FloppyB)) {
         let part = table.find(*part_number).ok_or("partition vanished")?;
-        let option = if *what == "floppy" { "floppy=" } else { "floppy_b=" };
-        let number = if *what == "floppy" { floppy_a } else { floppy_a + 1 };
+        let option = if *role == DriveRole::FloppyA { "floppy=" } else { "floppy_b=" };
+        let number = if *role == DriveRole::FloppyA { floppy_a } else { floppy_a + 1 };
         let format = FloppyFormat::for_image(&file.path, file.size_bytes).map_err(|e| format!("{}{}", option, e))?;
         let g = format.geometry;
         println!(
@@ -170,7 +172,7 @@ pub fn boot(
         let part = table.find(*part_number).ok_or("partition vanished")?;
         records.push(raw_file_record(disk, table, part, drive, opts));
     }
-    if let Some((_, part_number, file)) = files.iter().find(|(what, _, _)| *what == "hard disk") {
+    if let Some(EntryFile { partition: part_number, file, .. }) = files.iter().find(|f| f.role == DriveRole::HardDisk) {
         let (mut drive, dir, mut record, bytes, first_sector) = plan_hard_disk(disk, table, opts, *part_number, file)?;
         chain_bytes = bytes;
         if boot_device == BootDevice::Harddisk && !drives.iter().any(|d| d.number == 0x80) && !opts.restore {
@@ -207,13 +209,6 @@ pub fn boot(
         (BootDevice::Cdrom, None) => Err(String::from("boot=cdrom needs cdrom=")),
         (BootDevice::Floppy, _) => start_from_drive(0x00, "the floppy image", opts.pause),
         (BootDevice::Harddisk, _) => start_from_drive(0x80, "the hard-disk image", opts.pause),
-    }
-}
-
-fn pause_if_asked(pause: bool) {
-    if pause {
-        println!("Paused before starting the guest. Press any key to boot.");
-        crate::wait_key();
     }
 }
 

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::boot::Loaded;
+use crate::host::{partition_window, Loaded};
 use crate::disk::BiosDisk;
 use crate::images::FsLocator;
 use crate::println;
@@ -41,7 +41,7 @@ impl HostFile {
 }
 
 fn volume(disk: &BiosDisk, table: &PartitionTable, partition: u32) -> Result<Volume<Window<BiosDisk>>, String> {
-    let win = crate::boot::partition_window(disk, table, partition)?;
+    let win = partition_window(disk, table, partition)?;
     Volume::open(win).map_err(|e| format!("(hd0,{}): {}", partition, e))
 }
 
@@ -284,7 +284,7 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
         println!("  write slack: {}; booting with the {} KiB the image has", why_not, have / 1024);
         return Ok(SlackOutcome::Ready(image));
     }
-    crate::boot::show_error(&format!(
+    crate::screen::show_error(&format!(
         "{} has no room for new blocks, and it cannot be made: {}.\n\
          Writes to parts of the disk not written before would fail.",
         image.file.path, why_not

@@ -27,5 +27,5 @@ pub fn recover_mbr(disk: &mut BiosDisk) -> Result<(), String> {
     if restored[510] != 0x55 || restored[511] != 0xAA {
         return Err(String::from("the restored sector 0 has no boot signature; there is nothing to boot"));
     }
-    crate::resident::start_guest(&restored, disk.drive)
+    crate::guest::start_guest(&restored, disk.drive)
 }

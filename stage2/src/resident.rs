@@ -6,7 +6,6 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::boot::Loaded;
 use crate::disk::BiosDisk;
 use crate::{bios, memmap, println};
 use vboot::config::VbootOptions;
@@ -101,68 +100,6 @@ fn gdt_set_base(entry_linear: u32, base: u32) {
     }
 }
 
-pub fn boot(
-    disk: &mut BiosDisk,
-    table: &PartitionTable,
-    loaded: &Loaded,
-    opts: &VbootOptions,
-    files: Vec<(&'static str, u32, File)>,
-) -> Result<(), String> {
-    if opts.recover_mbr {
-        return crate::recover::recover_mbr(disk);
-    }
-    println!("(grub.cfg: (hd0,{}){})", loaded.partition, loaded.path);
-    if files.iter().any(|(what, _, _)| *what != "hard disk") {
-        return crate::media::boot(disk, table, opts, files);
-    }
-    let Some((_, part_number, file)) = files.into_iter().find(|(what, _, _)| *what == "hard disk") else {
-        return Err(String::from("this entry names no hard-disk image to boot"));
-    };
-    let (drive, parent_dir, record, chain_bytes, first_sector) = plan_hard_disk(disk, table, opts, part_number, &file)?;
-    if !opts.restore {
-        // (With `restore` the guest reads the parent, once the engine has emptied the leaf.)
-        check_boot_signature(&first_sector?, &file.path, drive.layers.len() == 1 && drive.layers[0].format == 0)?;
-    }
-    let engine = load_engine(disk)?;
-    if opts.immutable {
-        println!(
-            "  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot",
-            vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
-        );
-    }
-    go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, chain_bytes, handoff_table(alloc::vec![record]))?;
-
-    // Through the hook from here on: drive 0x80 is the image.
-    let mut guest = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
-    let mut sector = [0u8; 512];
-    use vboot::block::BlockDevice;
-    guest.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
-    // Checked before the hook too; this is the sector the guest gets.
-    check_boot_signature(&sector, &file.path, false)?;
-    println!("Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})", crate::disk::hard_disk_count(), disk.drive + 1);
-    if opts.pause {
-        println!("Paused before starting the guest. Press any key to boot.");
-        crate::wait_key();
-    }
-    start_guest(&sector, 0x80)
-}
-
-/// A hard disk starts from its first sector, which must end in 55AA. `raw`: the file was read
-/// as a raw image because it has no VHD, VMDK or VDI signature, which the message says, since
-/// a damaged image file ends up here too.
-fn check_boot_signature(sector: &[u8; 512], path: &str, raw: bool) -> Result<(), String> {
-    if sector[510] == 0x55 && sector[511] == 0xAA {
-        return Ok(());
-    }
-    Err(format!(
-        "{} has no boot signature (55AA) in its first sector: it is not a bootable disk image \
-         (an empty or unpartitioned image?){}",
-        path,
-        if raw { "; it was read as a raw image: no VHD, VMDK or VDI header was found in it" } else { "" }
-    ))
-}
-
-/// The hand-off table for this boot, with the drive records of the emulated drives.
 pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handoff::Table {
     let (boot_id, boot_time_unix) = crate::handoff::boot_stamp();
     vboot::handoff::Table { boot_id, boot_time_unix, drives, ..Default::default() }
@@ -276,16 +213,6 @@ pub(crate) fn plan_hard_disk(
 /// (docs/bios-reach.md).
 pub(crate) fn check_reach(disk: &BiosDisk, path: &str, extents_host: &vboot::fs::ExtentList) -> Result<(), String> {
     vboot::reach::check_file(path, extents_host, &disk.access())
-}
-
-/// Put the boot sector at 0000:7C00 and jump to it in real mode, as a BIOS would.
-pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
-    println!("Starting the guest.");
-    bios::write_low(0x7C00, sector);
-    // Leave the BIOS cursor below our text, so the guest's output does not overwrite it.
-    let mut r = bios::BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
-    bios::call(0x10, &mut r);
-    bios::jump_real_mode(0, 0x7C00, drive)
 }
 
 /// Relocate the engine, install the stub, hook the vectors. After this, INT 13h for 0x80 is the

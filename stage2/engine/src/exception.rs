@@ -138,7 +138,7 @@ pub struct Frame {
 extern "C" fn engine_cpu_exception(frame: &Frame) -> ! {
     // No allocation, no panic machinery: whatever failed may have damaged them.
     let base = &raw const crate::engine_header as u32;
-    let mut line = crate::recover::Line::new();
+    let mut line = crate::report::Line::new();
     let _ = write!(
         line,
         "vboot engine: CPU exception {} (error code {:#x}) at EIP {:#010x} (engine at {:#x} + {:#x}), EFLAGS {:#x}; the machine is stopped",
@@ -149,6 +149,6 @@ extern "C" fn engine_cpu_exception(frame: &Frame) -> ! {
         frame.eip.wrapping_sub(base),
         frame.eflags
     );
-    crate::recover::show(&line);
-    crate::recover::halt()
+    crate::report::show(&line);
+    crate::report::halt()
 }

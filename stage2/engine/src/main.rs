@@ -14,6 +14,7 @@ mod fault;
 mod hostdisk;
 mod overlay;
 mod recover;
+mod report;
 mod stub;
 
 use alloc::boxed::Box;

@@ -1,0 +1,117 @@
+//! The order of the steps of a boot, for one menu entry (docs/architecture.md, "A boot"): open
+//! the files its `vboot` line names, make the host filesystem changes the options ask for, then
+//! go resident and start the guest. Every refusal comes back as an error before the hook.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::disk::BiosDisk;
+use crate::host::{open_image_file, DriveRole, EntryFile, Loaded};
+use crate::{guest, media, prepare, recover, resident, screen};
+use crate::println;
+use vboot::config::VbootOptions;
+use vboot::part::PartitionTable;
+
+/// Boot the entry at `booted` (its path in the menu) with `opts`. Returns only to say why it
+/// could not.
+pub fn boot(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted: &[usize], opts: &VbootOptions) -> Result<(), String> {
+    for line in opts.describe() {
+        println!("  {}", line);
+    }
+    let mut files = open_files(disk, table, loaded, opts)?;
+    // Host filesystem changes for the hard-disk image happen here, before going resident.
+    let mut opts = opts.clone();
+    if let Some(i) = files.iter().position(|f| f.role == DriveRole::HardDisk) {
+        if !opts.recover_mbr {
+            let EntryFile { role, partition, file } = files.remove(i);
+            let image = prepare::HostFile::new(partition, file);
+            let image = if opts.take_snapshot.is_some() {
+                // The new child was made with its write slack.
+                prepare::take_snapshot(disk, table, loaded, booted, &opts, image)?
+            } else {
+                match prepare::ensure_slack(disk, table, &opts, image)? {
+                    prepare::SlackOutcome::Ready(image) => image,
+                    prepare::SlackOutcome::RamOverlay(image) => {
+                        opts.immutable = true;
+                        image
+                    }
+                }
+            };
+            files.insert(i, EntryFile { role, partition: image.partition, file: image.file });
+        }
+    }
+    if opts.recover_mbr {
+        return recover::recover_mbr(disk);
+    }
+    println!("(grub.cfg: (hd0,{}){})", loaded.partition, loaded.path);
+    if files.iter().any(|f| f.role != DriveRole::HardDisk) {
+        return media::boot(disk, table, &opts, files);
+    }
+    let Some(image) = files.into_iter().find(|f| f.role == DriveRole::HardDisk) else {
+        return Err(String::from("this entry names no hard-disk image to boot"));
+    };
+    boot_hard_disk(disk, table, &opts, image)
+}
+
+/// Every file the line names, opened and checked (allocation, the BIOS's reach) before anything
+/// is written.
+fn open_files(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, opts: &VbootOptions) -> Result<Vec<EntryFile>, String> {
+    let mut files = Vec::new();
+    for (role, path) in [
+        (DriveRole::HardDisk, &opts.harddisk),
+        (DriveRole::Cdrom, &opts.cdrom),
+        (DriveRole::FloppyA, &opts.floppy),
+        (DriveRole::FloppyB, &opts.floppy_b),
+    ] {
+        let Some(path) = path else { continue };
+        let (partition, file) = open_image_file(disk, table, loaded, role.name(), path)?;
+        println!(
+            "  {} image: (hd0,{}){}, {} bytes in {} extent(s)",
+            role.name(),
+            partition,
+            file.path,
+            file.size_bytes,
+            file.extents.extents.len()
+        );
+        // A file the BIOS cannot reach would fail mid-boot.
+        let start = table.find(partition).ok_or("partition vanished")?.start_lba;
+        resident::check_reach(disk, &file.path, &file.extents.to_host(start))?;
+        files.push(EntryFile { role, partition, file });
+    }
+    Ok(files)
+}
+
+/// An entry with only a hard-disk image: the image becomes 80h.
+fn boot_hard_disk(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: EntryFile) -> Result<(), String> {
+    let (drive, parent_dir, record, chain_bytes, first_sector) = resident::plan_hard_disk(disk, table, opts, image.partition, &image.file)?;
+    if !opts.restore {
+        // (With `restore` the guest reads the parent, once the engine has emptied the leaf.)
+        let raw = drive.layers.len() == 1 && drive.layers[0].format == 0;
+        guest::check_boot_signature(&first_sector?, &image.file.path, raw)?;
+    }
+    let engine = resident::load_engine(disk)?;
+    if opts.immutable {
+        println!(
+            "  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot",
+            vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
+        );
+    }
+    let handoff = resident::handoff_table(alloc::vec![record]);
+    resident::go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, chain_bytes, handoff)?;
+
+    // Through the hook from here on: drive 0x80 is the image.
+    let mut hooked = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;
+    let mut sector = [0u8; 512];
+    use vboot::block::BlockDevice;
+    hooked.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
+    // Checked before the hook too; this is the sector the guest gets.
+    guest::check_boot_signature(&sector, &image.file.path, false)?;
+    println!(
+        "Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})",
+        crate::disk::hard_disk_count(),
+        disk.drive + 1
+    );
+    screen::pause_if_asked(opts.pause);
+    guest::start_guest(&sector, 0x80)
+}
