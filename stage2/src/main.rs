@@ -12,6 +12,7 @@ mod console;
 mod disk;
 mod fault;
 mod handoff;
+mod idt;
 mod images;
 mod memmap;
 mod prepare;
@@ -54,39 +55,8 @@ pub fn heap_end() -> u32 {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Protected-mode IDT: the first 20 vectors (CPU exceptions) go to `cpu_exception`.
-static mut IDT: [u64; 20] = [0; 20];
-
-extern "C" {
-    static exception_stubs: [u32; 20];
-}
-
-fn install_idt() {
-    unsafe {
-        for (i, &handler) in (*&raw const exception_stubs).iter().enumerate() {
-            // 32-bit interrupt gate, present, DPL 0, selector 0x08 (flat code).
-            IDT[i] = (handler as u64 & 0xFFFF)
-                | (0x08u64 << 16)
-                | (0x8Eu64 << 40)
-                | ((handler as u64 >> 16) << 48);
-        }
-        let pointer: [u16; 3] = [(20 * 8 - 1) as u16, (&raw const IDT as u32) as u16, ((&raw const IDT as u32) >> 16) as u16];
-        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack));
-    }
-}
-
-/// What the exception stubs push, lowest address first.
-#[repr(C)]
-pub struct ExceptionFrame {
-    vector: u32,
-    error_code: u32,
-    eip: u32,
-    cs: u32,
-    eflags: u32,
-}
-
 #[no_mangle]
-extern "C" fn cpu_exception(frame: &ExceptionFrame) -> ! {
+extern "C" fn cpu_exception(frame: &idt::ExceptionFrame) -> ! {
     // No allocation here: the exception may come before the heap exists.
     console::console().attr = console::ATTR_ERROR;
     println!(
@@ -102,7 +72,7 @@ extern "C" fn cpu_exception(frame: &ExceptionFrame) -> ! {
 
 #[no_mangle]
 pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
-    install_idt();
+    idt::load();
     console::console().init();
     if option_env!("VBOOT_TEST_EXCEPTION").is_some() {
         unsafe { core::arch::asm!("ud2") };

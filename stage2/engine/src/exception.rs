@@ -13,96 +13,11 @@
 
 use core::fmt::Write;
 
-core::arch::global_asm!(
-    r#"
-.section .text.engine_exceptions, "ax"
-.code32
-.macro ENGINE_EXC_NOERR n
-engine_exc_\n:
-    push $0
-    push $\n
-    jmp engine_exc_common
-.endm
-.macro ENGINE_EXC_ERR n
-engine_exc_\n:
-    push $\n
-    jmp engine_exc_common
-.endm
-ENGINE_EXC_NOERR 0
-ENGINE_EXC_NOERR 1
-ENGINE_EXC_NOERR 2
-ENGINE_EXC_NOERR 3
-ENGINE_EXC_NOERR 4
-ENGINE_EXC_NOERR 5
-ENGINE_EXC_NOERR 6
-ENGINE_EXC_NOERR 7
-ENGINE_EXC_ERR 8
-ENGINE_EXC_NOERR 9
-ENGINE_EXC_ERR 10
-ENGINE_EXC_ERR 11
-ENGINE_EXC_ERR 12
-ENGINE_EXC_ERR 13
-ENGINE_EXC_ERR 14
-ENGINE_EXC_NOERR 15
-ENGINE_EXC_NOERR 16
-ENGINE_EXC_ERR 17
-ENGINE_EXC_NOERR 18
-ENGINE_EXC_NOERR 19
-engine_exc_common:
-    cld
-    push %esp
-    call engine_cpu_exception
-1:  cli
-    hlt
-    jmp 1b
+#[path = "../../src/idt.rs"]
+mod idt;
 
-.section .data.rel.ro.engine_exception_stubs, "aw"
-.balign 4
-.global engine_exception_stubs
-engine_exception_stubs:
-    .long engine_exc_0, engine_exc_1, engine_exc_2, engine_exc_3, engine_exc_4
-    .long engine_exc_5, engine_exc_6, engine_exc_7, engine_exc_8, engine_exc_9
-    .long engine_exc_10, engine_exc_11, engine_exc_12, engine_exc_13, engine_exc_14
-    .long engine_exc_15, engine_exc_16, engine_exc_17, engine_exc_18, engine_exc_19
-"#,
-    options(att_syntax)
-);
-
-const VECTORS: usize = 20;
-
-extern "C" {
-    /// The stubs' addresses, relocated with the rest of the image by stage2.
-    static engine_exception_stubs: [u32; VECTORS];
-}
-
-static mut IDT: [u64; VECTORS] = [0; VECTORS];
-
-/// The selector of the flat 32-bit code segment, in the stub's GDT and in stage2's alike.
-const SEL_CODE32: u64 = 0x08;
-
-#[repr(C, packed)]
-struct Pointer {
-    limit: u16,
-    base: u32,
-}
-
-/// Load the engine's IDT (building it the first time: the gates hold relocated addresses).
-pub fn load() {
-    // SAFETY: single-threaded with interrupts off; the IDT is only written here, with gates to
-    // the stubs above, which the CPU may use from the `lidt` on.
-    unsafe {
-        let idt = &raw mut IDT;
-        if (*idt)[0] == 0 {
-            for (gate, &handler) in (*idt).iter_mut().zip((*&raw const engine_exception_stubs).iter()) {
-                // 32-bit interrupt gate, present, DPL 0.
-                let handler = handler as u64;
-                *gate = (handler & 0xFFFF) | (SEL_CODE32 << 16) | (0x8E << 40) | ((handler >> 16) << 48);
-            }
-        }
-        let pointer = Pointer { limit: (VECTORS * 8 - 1) as u16, base: idt as u32 };
-        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack));
-    }
-}
+pub use idt::load;
+use idt::{ExceptionFrame, Pointer};
 
 /// The IDTR found when the engine was entered from stage2 (`engine_init`), put back on drop.
 pub struct Saved(Pointer);
@@ -124,18 +39,8 @@ impl Drop for Saved {
     }
 }
 
-/// What the stubs push, lowest address first.
-#[repr(C)]
-pub struct Frame {
-    vector: u32,
-    error_code: u32,
-    eip: u32,
-    cs: u32,
-    eflags: u32,
-}
-
 #[no_mangle]
-extern "C" fn engine_cpu_exception(frame: &Frame) -> ! {
+extern "C" fn cpu_exception(frame: &ExceptionFrame) -> ! {
     // No allocation, no panic machinery: whatever failed may have damaged them.
     let base = &raw const crate::engine_header as u32;
     let mut line = crate::report::Line::new();
