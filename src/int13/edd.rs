@@ -73,6 +73,18 @@ impl DiskAddressPacket {
         }
     }
 
+    /// The 16-byte packet a caller of the BIOS builds: `count` blocks at `lba` into the real-mode
+    /// buffer at `buffer_linear` (below 1 MiB, given as segment:offset with the offset below 16).
+    pub fn seg_off_request(lba: u64, count: u16, buffer_linear: u32) -> [u8; DAP_MIN_BYTES as usize] {
+        let mut p = [0u8; DAP_MIN_BYTES as usize];
+        p[0] = DAP_MIN_BYTES;
+        p[2..4].copy_from_slice(&count.to_le_bytes());
+        p[4..6].copy_from_slice(&((buffer_linear & 0xF) as u16).to_le_bytes());
+        p[6..8].copy_from_slice(&((buffer_linear >> 4) as u16).to_le_bytes());
+        p[8..16].copy_from_slice(&lba.to_le_bytes());
+        p
+    }
+
     /// Reads the packet at `packet_linear`: only `size` bytes of it (a 16-byte packet may sit
     /// at the very end of a segment), fields past that count as zero.
     pub fn read(mem: &mut dyn GuestMemory, packet_linear: u64) -> Result<Self, Status> {

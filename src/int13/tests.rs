@@ -5,6 +5,7 @@ use super::chs::{Chs, ChsAddress, FloppyFormat};
 use super::disk::{BlockDisk, DiskError, EmulatedDisk};
 use super::drives::{CdEmulation, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 use super::memory::{bda, linear, GuestMemory, VecMemory};
+use super::edd;
 use super::regs::Regs;
 use super::{fail_call, handle, Outcome, Status};
 use crate::block::{BlockDevice, BlockError, MemDisk};
@@ -1702,4 +1703,14 @@ fn buffers_in_vboot_memory_are_refused_with_09h() {
     assert_ok(&r, 0);
     let at = (ENGINE.0 + ENGINE.1) as usize;
     assert_eq!(&m.inner.bytes[at..at + 512], &sector_of(&disk, 9)[..]);
+}
+
+#[test]
+fn the_packet_a_bios_caller_builds_reads_back_as_the_request() {
+    let p = edd::DiskAddressPacket::seg_off_request(0x1_2345_6789, 48, 0x1000);
+    let mut raw = [0u8; 0x20];
+    raw[..16].copy_from_slice(&p);
+    let req = edd::DiskAddressPacket::from_bytes(&raw).request(0x600, 512).unwrap();
+    assert_eq!((req.lba, req.count, req.buffer_linear), (0x1_2345_6789, 48, 0x1000));
+    assert_eq!(req.form, edd::DapForm::SegOff);
 }

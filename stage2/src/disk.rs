@@ -59,13 +59,7 @@ impl BiosDisk {
 
     fn transfer(&mut self, write: bool, lba: u64, count: usize) -> Result<(), BlockError> {
         if self.edd {
-            let mut dap = [0u8; 16];
-            dap[0] = 0x10;
-            dap[2..4].copy_from_slice(&(count as u16).to_le_bytes());
-            let (seg, off) = bios::seg_off(BOUNCE_ADDR);
-            dap[4..6].copy_from_slice(&off.to_le_bytes());
-            dap[6..8].copy_from_slice(&seg.to_le_bytes());
-            dap[8..16].copy_from_slice(&lba.to_le_bytes());
+            let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request(lba, count as u16, BOUNCE_ADDR);
             bios::write_low(DAP_ADDR, &dap);
             let (dseg, doff) = bios::seg_off(DAP_ADDR);
             let ah = if write { 0x43 } else { 0x42 };

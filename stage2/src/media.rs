@@ -272,13 +272,8 @@ fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Resul
     let mut done = 0u32;
     while done < blocks {
         let n = (blocks - done).min(BLOCKS_PER_READ);
-        let mut dap = [0u8; 16];
-        dap[0] = 0x10;
-        dap[2..4].copy_from_slice(&(n as u16).to_le_bytes());
-        let (seg, off) = bios::seg_off(source + done * CD_BLOCK_BYTES as u32);
-        dap[4..6].copy_from_slice(&off.to_le_bytes());
-        dap[6..8].copy_from_slice(&seg.to_le_bytes());
-        dap[8..16].copy_from_slice(&((image.load_rba + done) as u64).to_le_bytes());
+        let buffer = source + done * CD_BLOCK_BYTES as u32;
+        let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request((image.load_rba + done) as u64, n as u16, buffer);
         bios::write_low(DAP_ADDR, &dap);
         let (dseg, doff) = bios::seg_off(DAP_ADDR);
         let mut r = BiosRegs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };

@@ -51,12 +51,7 @@ impl HostIo {
 
     /// One AH=42h/43h call on the host disk into `buf_linear` (below 1 MiB).
     fn call(&self, write: bool, host_lba: u64, sectors: u64, buf_linear: u32) -> Result<(), Status> {
-        let mut dap = [0u8; 16];
-        dap[0] = 0x10;
-        dap[2..4].copy_from_slice(&(sectors as u16).to_le_bytes());
-        dap[4..6].copy_from_slice(&((buf_linear & 0xF) as u16).to_le_bytes());
-        dap[6..8].copy_from_slice(&((buf_linear >> 4) as u16).to_le_bytes());
-        dap[8..16].copy_from_slice(&host_lba.to_le_bytes());
+        let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request(host_lba, sectors as u16, buf_linear);
         let dap_linear = self.stub.dap_linear();
         unsafe { core::ptr::copy_nonoverlapping(dap.as_ptr(), dap_linear as *mut u8, 16) };
         let mut r = Regs {
