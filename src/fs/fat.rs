@@ -303,11 +303,9 @@ fn parse_boot_sector(bs: &[u8; SECTOR_BYTES], device_sectors: u64) -> Result<Geo
 /// Bytes of an 8.3 name field as text: code-page bytes above 0x7F are not ASCII and are shown as
 /// U+FFFD (an LFN, which every tool writes for such names, carries the real name).
 fn short_text(raw: &[u8]) -> String {
-    let s: String = raw
-        .iter()
-        .map(|&b| if b < 0x80 { b as char } else { '\u{FFFD}' })
-        .collect();
-    String::from(s.trim_end_matches(' '))
+    // One allocation: a directory walk calls this twice per entry.
+    let len = raw.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    raw[..len].iter().map(|&b| if b < 0x80 { b as char } else { '\u{FFFD}' }).collect()
 }
 
 /// The 8.3 name of a short entry, as `NAME.EXT`, with the NT lower-case bits applied.
