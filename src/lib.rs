@@ -29,3 +29,4 @@ pub mod menu;
 pub mod part;
 pub mod reach;
 pub mod resident;
+pub mod stub;

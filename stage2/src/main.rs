@@ -23,7 +23,53 @@ use vboot::block::SECTOR_BYTES;
 use vboot::install::StagePatch;
 
 core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
-core::arch::global_asm!(include_str!("stub.s"), options(att_syntax));
+// The stub's header offsets are defined once, in vboot::stub (src/stub.rs).
+core::arch::global_asm!(
+    include_str!("stub.s"),
+    S_INT13_OFF = const vboot::stub::offset::INT13_OFF,
+    S_INT15_OFF = const vboot::stub::offset::INT15_OFF,
+    S_TOTAL_BYTES = const vboot::stub::offset::TOTAL_BYTES,
+    S_BOUNCE_OFF = const vboot::stub::offset::BOUNCE_OFF,
+    S_OLD13 = const vboot::stub::offset::OLD13,
+    S_OLD15 = const vboot::stub::offset::OLD15,
+    S_PM_ENTRY = const vboot::stub::offset::PM_ENTRY,
+    S_PM_RESUME = const vboot::stub::offset::PM_RESUME,
+    S_BACK16 = const vboot::stub::offset::BACK16,
+    S_BIOS16 = const vboot::stub::offset::BIOS16,
+    S_RM_BACK = const vboot::stub::offset::RM_BACK,
+    S_RM_BIOS = const vboot::stub::offset::RM_BIOS,
+    S_GDT_DESC = const vboot::stub::offset::GDT_DESC,
+    S_GDT = const vboot::stub::offset::GDT,
+    S_ENGINE_ESP = const vboot::stub::offset::ENGINE_ESP,
+    S_RM_SP = const vboot::stub::offset::RM_SP,
+    S_BUSY = const vboot::stub::offset::BUSY,
+    S_GUEST_SS = const vboot::stub::offset::GUEST_SS,
+    S_GUEST_SP = const vboot::stub::offset::GUEST_SP,
+    S_SAVED_IDT = const vboot::stub::offset::SAVED_IDT,
+    S_BIOS_TARGET = const vboot::stub::offset::BIOS_TARGET,
+    S_FRAME = const vboot::stub::offset::FRAME,
+    S_VECTOR = const vboot::stub::offset::VECTOR,
+    S_GUEST_FS = const vboot::stub::offset::GUEST_FS,
+    S_BREGS = const vboot::stub::offset::BREGS,
+    S_ENGINE_SAVED_ESP = const vboot::stub::offset::ENGINE_SAVED_ESP,
+    S_GUEST_GS = const vboot::stub::offset::GUEST_GS,
+    S_GUEST_ESP_HI = const vboot::stub::offset::GUEST_ESP_HI,
+    S_CALLS = const vboot::stub::offset::CALLS,
+    S_DAP = const vboot::stub::offset::DAP,
+    S_DISKETTE_TABLE = const vboot::stub::offset::DISKETTE_TABLE,
+    S_CODE = const vboot::stub::CODE_OFFSET,
+    R_EAX = const vboot::stub::regs_offset::EAX,
+    R_EBX = const vboot::stub::regs_offset::EBX,
+    R_ECX = const vboot::stub::regs_offset::ECX,
+    R_EDX = const vboot::stub::regs_offset::EDX,
+    R_ESI = const vboot::stub::regs_offset::ESI,
+    R_EDI = const vboot::stub::regs_offset::EDI,
+    R_EBP = const vboot::stub::regs_offset::EBP,
+    R_DS = const vboot::stub::regs_offset::DS,
+    R_ES = const vboot::stub::regs_offset::ES,
+    R_FLAGS = const vboot::stub::regs_offset::FLAGS,
+    options(att_syntax)
+);
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();

@@ -57,20 +57,12 @@ pub fn stub_guest_start_offsets() -> (u32, u32) {
     (&raw const stub_guest_start as u32 - s, &raw const stub_guest_params as u32 - s)
 }
 
-// Field offsets in the stub (stage2/src/stub.s).
-const S_INT13_OFF: u32 = 0x08;
-const S_INT15_OFF: u32 = 0x0A;
-const S_OLD13: u32 = 0x10;
-const S_OLD15: u32 = 0x14;
-const S_PM_ENTRY: u32 = 0x18;
-const S_PM_RESUME: u32 = 0x20;
-const S_RM_BACK: u32 = 0x38;
-const S_RM_BIOS: u32 = 0x3C;
-const S_GDT_DESC: u32 = 0x40;
-const S_GDT: u32 = 0x48;
-const S_ENGINE_ESP: u32 = 0x70;
-const S_RM_SP: u32 = 0x74;
-const S_SAVED_IDT: u32 = 0x7C;
+// Field offsets of the stub's header, defined once in vboot::stub (src/stub.rs).
+use vboot::stub::offset::{
+    ENGINE_ESP as S_ENGINE_ESP, GDT as S_GDT, GDT_DESC as S_GDT_DESC, INT13_OFF as S_INT13_OFF, INT15_OFF as S_INT15_OFF,
+    OLD13 as S_OLD13, OLD15 as S_OLD15, PM_ENTRY as S_PM_ENTRY, PM_RESUME as S_PM_RESUME, RM_BACK as S_RM_BACK,
+    RM_BIOS as S_RM_BIOS, RM_SP as S_RM_SP, SAVED_IDT as S_SAVED_IDT,
+};
 const SEL_CODE32: u16 = 0x08;
 
 const ENGINE_STACK_BYTES: u32 = 64 << 10;

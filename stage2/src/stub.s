@@ -5,53 +5,54 @@
 # It saves the caller's registers, switches to its own stack, enters 32-bit protected mode and
 # calls the engine (relocated to high memory); the engine may come back here to call the
 # original BIOS vectors in real mode; at the end the stub restores the caller's registers,
-# copies CF into the caller's saved FLAGS and IRETs. Field offsets are shared with
-# stage2/src/resident.rs and stage2/engine/src/stub.rs: change them together.
+# copies CF into the caller's saved FLAGS and IRETs. The header's field offsets come from
+# vboot::stub::StubHeader (src/stub.rs), as `const` operands of the global_asm! that includes
+# this file (stage2/src/main.rs).
 
-.set S_INT13_OFF,     0x08
-.set S_INT15_OFF,     0x0A
-.set S_TOTAL_BYTES,   0x0C
-.set S_BOUNCE_OFF,    0x0E
-.set S_OLD13,         0x10
-.set S_OLD15,         0x14
-.set S_PM_ENTRY,      0x18
-.set S_PM_RESUME,     0x20
-.set S_BACK16,        0x28
-.set S_BIOS16,        0x30
-.set S_RM_BACK,       0x38
-.set S_RM_BIOS,       0x3C
-.set S_GDT_DESC,      0x40
-.set S_GDT,           0x48
-.set S_ENGINE_ESP,    0x70
-.set S_RM_SP,         0x74
-.set S_BUSY,          0x76
-.set S_GUEST_SS,      0x78
-.set S_GUEST_SP,      0x7A
-.set S_SAVED_IDT,     0x7C
-.set S_BIOS_TARGET,   0x84
-.set S_FRAME,         0x88
-.set S_VECTOR,        0xAC
-.set S_GUEST_FS,      0xAE
-.set S_BREGS,         0xB0
-.set S_ENGINE_SAVED_ESP, 0xD4
-.set S_GUEST_GS,      0xD8
-.set S_GUEST_ESP_HI,  0xDA
-.set S_CALLS,         0xDC
-.set S_DAP,           0xE0
-.set S_DISKETTE_TABLE, 0xF0                           # 16 bytes: the engine's INT 1Eh table
-.set S_CODE,          0x100
+.set S_INT13_OFF, {S_INT13_OFF}
+.set S_INT15_OFF, {S_INT15_OFF}
+.set S_TOTAL_BYTES, {S_TOTAL_BYTES}
+.set S_BOUNCE_OFF, {S_BOUNCE_OFF}
+.set S_OLD13, {S_OLD13}
+.set S_OLD15, {S_OLD15}
+.set S_PM_ENTRY, {S_PM_ENTRY}
+.set S_PM_RESUME, {S_PM_RESUME}
+.set S_BACK16, {S_BACK16}
+.set S_BIOS16, {S_BIOS16}
+.set S_RM_BACK, {S_RM_BACK}
+.set S_RM_BIOS, {S_RM_BIOS}
+.set S_GDT_DESC, {S_GDT_DESC}
+.set S_GDT, {S_GDT}
+.set S_ENGINE_ESP, {S_ENGINE_ESP}
+.set S_RM_SP, {S_RM_SP}
+.set S_BUSY, {S_BUSY}
+.set S_GUEST_SS, {S_GUEST_SS}
+.set S_GUEST_SP, {S_GUEST_SP}
+.set S_SAVED_IDT, {S_SAVED_IDT}
+.set S_BIOS_TARGET, {S_BIOS_TARGET}
+.set S_FRAME, {S_FRAME}
+.set S_VECTOR, {S_VECTOR}
+.set S_GUEST_FS, {S_GUEST_FS}
+.set S_BREGS, {S_BREGS}
+.set S_ENGINE_SAVED_ESP, {S_ENGINE_SAVED_ESP}
+.set S_GUEST_GS, {S_GUEST_GS}
+.set S_GUEST_ESP_HI, {S_GUEST_ESP_HI}
+.set S_CALLS, {S_CALLS}
+.set S_DAP, {S_DAP}
+.set S_DISKETTE_TABLE, {S_DISKETTE_TABLE}
+.set S_CODE, {S_CODE}
 
 # Offsets inside a register block (vboot::int13::Regs layout).
-.set R_EAX, 0
-.set R_EBX, 4
-.set R_ECX, 8
-.set R_EDX, 12
-.set R_ESI, 16
-.set R_EDI, 20
-.set R_EBP, 24
-.set R_DS,  28
-.set R_ES,  30
-.set R_FLAGS, 32
+.set R_EAX, {R_EAX}
+.set R_EBX, {R_EBX}
+.set R_ECX, {R_ECX}
+.set R_EDX, {R_EDX}
+.set R_ESI, {R_ESI}
+.set R_EDI, {R_EDI}
+.set R_EBP, {R_EBP}
+.set R_DS, {R_DS}
+.set R_ES, {R_ES}
+.set R_FLAGS, {R_FLAGS}
 
 # The seven general registers to and from a register block (vboot::int13::Regs layout), through
 # CS because DS belongs to the caller.

@@ -1,11 +1,11 @@
 # Edges of the engine: entered from the stub in 32-bit protected mode with ESI = the stub's
 # linear address and EBX = the engine's stack top; leaves through the stub's 16-bit code.
 # Offsets into the stub: stage2/src/stub.s.
-.set S_BACK16,           0x28
-.set S_BIOS16,           0x30
-.set S_ENGINE_SAVED_ESP, 0xD4
+.set S_BACK16, {S_BACK16}
+.set S_BIOS16, {S_BIOS16}
+.set S_ENGINE_SAVED_ESP, {S_ENGINE_SAVED_ESP}
 .set SEL_DATA32,         0x10
-.set S_GDT_DESC,         0x40
+.set S_GDT_DESC, {S_GDT_DESC}
 
 .section .text.engine_entry, "ax"
 .code32

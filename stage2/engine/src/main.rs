@@ -27,7 +27,15 @@ use vboot::resident::{ah88_value, e801_values, E820Entry, Plan, PlannedKind};
 
 use crate::stub::{Stub, Vector};
 
-core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
+// The stub's header offsets are defined once, in vboot::stub (src/stub.rs).
+core::arch::global_asm!(
+    include_str!("entry.s"),
+    S_BACK16 = const vboot::stub::offset::BACK16,
+    S_BIOS16 = const vboot::stub::offset::BIOS16,
+    S_ENGINE_SAVED_ESP = const vboot::stub::offset::ENGINE_SAVED_ESP,
+    S_GDT_DESC = const vboot::stub::offset::GDT_DESC,
+    options(att_syntax)
+);
 
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();

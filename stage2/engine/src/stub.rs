@@ -1,18 +1,13 @@
 //! The real-mode stub as the engine sees it: a block of low memory at a known linear address,
-//! with fields at fixed offsets (stage2/src/stub.s), and the way back to the original BIOS.
+//! with the fields of vboot::stub::StubHeader (src/stub.rs), and the way back to the original BIOS.
 
 use vboot::int13::Regs;
 
-pub const S_BOUNCE_OFF: u32 = 0x0E;
-pub const S_OLD13: u32 = 0x10;
-pub const S_OLD15: u32 = 0x14;
-pub const S_BIOS_TARGET: u32 = 0x84;
-pub const S_FRAME: u32 = 0x88;
-pub const S_VECTOR: u32 = 0xAC;
-pub const S_BREGS: u32 = 0xB0;
-pub const S_DAP: u32 = 0xE0;
-/// 16 bytes: the diskette parameter table INT 1Eh and floppy AH=08h point at.
-pub const S_DISKETTE_TABLE: u32 = 0xF0;
+// Field offsets of the stub's header, defined once in vboot::stub (src/stub.rs).
+pub use vboot::stub::offset::{
+    BIOS_TARGET as S_BIOS_TARGET, BOUNCE_OFF as S_BOUNCE_OFF, BREGS as S_BREGS, DAP as S_DAP,
+    DISKETTE_TABLE as S_DISKETTE_TABLE, FRAME as S_FRAME, OLD13 as S_OLD13, OLD15 as S_OLD15, VECTOR as S_VECTOR,
+};
 pub const BOUNCE_BYTES: u32 = 1024;
 
 extern "C" {

@@ -1,0 +1,153 @@
+//! The resident stub's header: the first 256 bytes of the real-mode stub that stays at the top of
+//! conventional memory while a guest runs (docs/architecture.md, step 6). stage2 fills it when it
+//! installs the stub (stage2/src/resident.rs), the stub's real-mode code uses it
+//! (stage2/src/stub.s), and the engine reads and writes it on every call (stage2/engine/src/stub.rs,
+//! stage2/engine/src/entry.s). It is defined here once: the Rust sides use the offsets below and
+//! the assembly gets them as `const` operands, so no offset is typed twice.
+
+use crate::int13::Regs;
+use core::mem::offset_of;
+use static_assertions::const_assert_eq;
+
+/// A 32-bit far pointer for `ljmp *mem` in protected mode: offset, selector, padding.
+#[repr(C)]
+pub struct FarPointer32 {
+    pub offset: u32,
+    pub selector: u16,
+    pub padding: u16,
+}
+
+#[repr(C)]
+pub struct StubHeader {
+    /// "VBSTUB01".
+    pub magic: [u8; 8],
+    /// Offsets of the INT 13h and INT 15h entry points from the stub's start.
+    pub int13_entry: u16,
+    pub int15_entry: u16,
+    /// The stub's size in memory (its private stack included), and where its bounce buffer starts.
+    pub total_bytes: u16,
+    pub bounce_offset: u16,
+    /// The vectors the stub chains to (segment:offset, as in the interrupt table).
+    pub old_int13: u32,
+    pub old_int15: u32,
+    /// The engine's protected-mode entry for a call, and for the return from a BIOS call.
+    pub pm_entry: FarPointer32,
+    pub pm_resume: FarPointer32,
+    /// The stub's 16-bit protected-mode code on the way back to real mode (after a call, and
+    /// for a BIOS call).
+    pub back16: FarPointer32,
+    pub bios16: FarPointer32,
+    /// Real-mode far pointers (offset, then segment) to the same two paths.
+    pub rm_back: u32,
+    pub rm_bios: u32,
+    /// The GDT's descriptor (limit, base) and the GDT itself: null, code32, data32, and code16 and
+    /// data16 based at the stub.
+    /// (limit u16, base u32 unaligned, 2 bytes of padding: the operand of `lgdt`.)
+    pub gdt_descriptor: [u8; 8],
+    pub gdt: [u64; 5],
+    /// The engine's stack pointer, and the stub's real-mode one while the engine runs.
+    pub engine_esp: u32,
+    pub rm_sp: u16,
+    /// 1 while a call is being served: a call that comes in meanwhile chains to the BIOS.
+    pub busy: u8,
+    pub busy_padding: u8,
+    pub guest_ss: u16,
+    pub guest_sp: u16,
+    /// The caller's IDTR (limit, base), put back before returning to real mode.
+    pub saved_idt: [u8; 8],
+    /// Where a BIOS call from the engine goes (segment:offset).
+    pub bios_target: u32,
+    /// The caller's registers, in and out.
+    pub frame: Regs,
+    /// 13h or 15h: which of the stub's entries was called.
+    pub vector: u16,
+    pub guest_fs: u16,
+    /// The registers of a BIOS call the engine makes.
+    pub bios_regs: Regs,
+    pub engine_saved_esp: u32,
+    pub guest_gs: u16,
+    /// The high half of the caller's ESP.
+    pub guest_esp_hi: u16,
+    /// Calls served, for the tests and the hand-off table's readers.
+    pub calls: u32,
+    /// The disk address packet of the engine's host-disk calls.
+    pub dap: [u8; 16],
+    /// The diskette parameter table INT 1Eh and floppy AH=08h point at.
+    pub diskette_table: [u8; 16],
+}
+
+/// Where the stub's code starts: right after the header.
+pub const CODE_OFFSET: u32 = 0x100;
+const_assert_eq!(core::mem::size_of::<StubHeader>() as u32, CODE_OFFSET);
+
+macro_rules! offsets {
+    ($($name:ident = $field:ident;)*) => {
+        /// Byte offsets of the header's fields, for the Rust sides and the assembly.
+        pub mod offset {
+            use super::*;
+            $(pub const $name: u32 = offset_of!(StubHeader, $field) as u32;)*
+        }
+    };
+}
+
+offsets! {
+    INT13_OFF = int13_entry;
+    INT15_OFF = int15_entry;
+    TOTAL_BYTES = total_bytes;
+    BOUNCE_OFF = bounce_offset;
+    OLD13 = old_int13;
+    OLD15 = old_int15;
+    PM_ENTRY = pm_entry;
+    PM_RESUME = pm_resume;
+    BACK16 = back16;
+    BIOS16 = bios16;
+    RM_BACK = rm_back;
+    RM_BIOS = rm_bios;
+    GDT_DESC = gdt_descriptor;
+    GDT = gdt;
+    ENGINE_ESP = engine_esp;
+    RM_SP = rm_sp;
+    BUSY = busy;
+    GUEST_SS = guest_ss;
+    GUEST_SP = guest_sp;
+    SAVED_IDT = saved_idt;
+    BIOS_TARGET = bios_target;
+    FRAME = frame;
+    VECTOR = vector;
+    GUEST_FS = guest_fs;
+    BREGS = bios_regs;
+    ENGINE_SAVED_ESP = engine_saved_esp;
+    GUEST_GS = guest_gs;
+    GUEST_ESP_HI = guest_esp_hi;
+    CALLS = calls;
+    DAP = dap;
+    DISKETTE_TABLE = diskette_table;
+}
+
+/// Byte offsets of [`Regs`] fields inside `frame` and `bios_regs`.
+pub mod regs_offset {
+    use super::*;
+    pub const EAX: u32 = offset_of!(Regs, eax) as u32;
+    pub const EBX: u32 = offset_of!(Regs, ebx) as u32;
+    pub const ECX: u32 = offset_of!(Regs, ecx) as u32;
+    pub const EDX: u32 = offset_of!(Regs, edx) as u32;
+    pub const ESI: u32 = offset_of!(Regs, esi) as u32;
+    pub const EDI: u32 = offset_of!(Regs, edi) as u32;
+    pub const EBP: u32 = offset_of!(Regs, ebp) as u32;
+    pub const DS: u32 = offset_of!(Regs, ds) as u32;
+    pub const ES: u32 = offset_of!(Regs, es) as u32;
+    pub const FLAGS: u32 = offset_of!(Regs, flags) as u32;
+}
+
+// The layout as the stub's data directives lay it out (stage2/src/stub.s emits the header with
+// `.fill` between these points): a change here must keep them in order.
+const_assert_eq!(offset::OLD13, 0x10);
+const_assert_eq!(offset::PM_ENTRY, 0x18);
+const_assert_eq!(offset::BACK16, 0x28);
+const_assert_eq!(offset::GDT_DESC, 0x40);
+const_assert_eq!(offset::GDT, 0x48);
+const_assert_eq!(offset::ENGINE_ESP, 0x70);
+const_assert_eq!(offset::FRAME, 0x88);
+const_assert_eq!(offset::BREGS, 0xB0);
+const_assert_eq!(offset::DAP, 0xE0);
+const_assert_eq!(offset::DISKETTE_TABLE, 0xF0);
