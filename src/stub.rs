@@ -151,3 +151,26 @@ const_assert_eq!(offset::FRAME, 0x88);
 const_assert_eq!(offset::BREGS, 0xB0);
 const_assert_eq!(offset::DAP, 0xE0);
 const_assert_eq!(offset::DISKETTE_TABLE, 0xF0);
+
+/// `engine_init(plan, plan_bytes, heap, heap_bytes, stub_linear, message, message_bytes)`:
+/// 0, or the length of the error message it wrote.
+pub type EngineInit = extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32;
+
+/// The first bytes of the relocated engine (stage2/engine/src/main.rs `engine_header`), which
+/// stage2 reads after copying it (stage2/src/resident.rs). The function pointers are relocated
+/// with the rest of the image, so they hold the addresses where the engine now runs.
+#[repr(C)]
+pub struct EngineHeader {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub init: EngineInit,
+    /// The stub's protected-mode entry for a call, and for the return from a BIOS call.
+    pub pm_entry: unsafe extern "C" fn(),
+    pub pm_resume: unsafe extern "C" fn(),
+}
+
+pub const ENGINE_MAGIC: [u8; 8] = *b"VBENGINE";
+pub const ENGINE_HEADER_VERSION: u32 = 1;
+// On the firmware's 32-bit target: magic, version, then three 4-byte code addresses.
+#[cfg(target_pointer_width = "32")]
+const_assert_eq!(core::mem::size_of::<EngineHeader>(), 24);

@@ -67,15 +67,7 @@ const SEL_CODE32: u16 = 0x08;
 
 const ENGINE_STACK_BYTES: u32 = 64 << 10;
 
-/// What stage2 reads at the start of the relocated engine (engine/src/main.rs EngineHeader).
-#[repr(C)]
-struct EngineHeader {
-    magic: [u8; 8],
-    version: u32,
-    init: extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32,
-    pm_entry: u32,
-    pm_resume: u32,
-}
+use vboot::stub::EngineHeader;
 
 unsafe fn put<T>(linear: u32, v: T) {
     core::ptr::write_unaligned(linear as *mut T, v)
@@ -305,7 +297,7 @@ pub(crate) fn go_resident(
     let dest = unsafe { core::slice::from_raw_parts_mut(region as *mut u8, image_bytes as usize) };
     vboot::elf::load_relocated(engine_elf, dest, region)?;
     let header: &EngineHeader = unsafe { &*(region as *const EngineHeader) };
-    if &header.magic != b"VBENGINE" {
+    if header.magic != vboot::stub::ENGINE_MAGIC || header.version != vboot::stub::ENGINE_HEADER_VERSION {
         return Err(String::from("internal: the embedded engine has no header"));
     }
     let stack_top = region + image_bytes + ENGINE_STACK_BYTES;
@@ -319,9 +311,9 @@ pub(crate) fn go_resident(
         core::ptr::write_bytes((stub_linear + stub_copy) as *mut u8, 0, (stub_total - stub_copy) as usize);
         put::<u32>(stub_linear + S_OLD13, get::<u32>(0x13 * 4));
         put::<u32>(stub_linear + S_OLD15, get::<u32>(0x15 * 4));
-        put::<u32>(stub_linear + S_PM_ENTRY, header.pm_entry);
+        put::<u32>(stub_linear + S_PM_ENTRY, header.pm_entry as usize as u32);
         put::<u16>(stub_linear + S_PM_ENTRY + 4, SEL_CODE32);
-        put::<u32>(stub_linear + S_PM_RESUME, header.pm_resume);
+        put::<u32>(stub_linear + S_PM_RESUME, header.pm_resume as usize as u32);
         put::<u16>(stub_linear + S_PM_RESUME + 4, SEL_CODE32);
         put::<u16>(stub_linear + S_RM_BACK + 2, stub_seg);
         put::<u16>(stub_linear + S_RM_BIOS + 2, stub_seg);

@@ -45,23 +45,14 @@ extern "C" {
     fn engine_pm_resume();
 }
 
-/// What stage2 reads at the start of the loaded image. Function pointers are relocated with the
-/// rest of the image, so stage2 can call and hook them directly.
-#[repr(C)]
-pub struct EngineHeader {
-    pub magic: [u8; 8],
-    pub version: u32,
-    pub init: extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32,
-    pub pm_entry: unsafe extern "C" fn(),
-    pub pm_resume: unsafe extern "C" fn(),
-}
+use vboot::stub::EngineHeader;
 
 #[link_section = ".engine_header"]
 #[no_mangle]
 #[used]
 pub static engine_header: EngineHeader = EngineHeader {
-    magic: *b"VBENGINE",
-    version: 1,
+    magic: vboot::stub::ENGINE_MAGIC,
+    version: vboot::stub::ENGINE_HEADER_VERSION,
     init: engine_init,
     pm_entry: engine_pm_entry,
     pm_resume: engine_pm_resume,
