@@ -31,11 +31,20 @@ pub enum PlannedKind {
     Cdrom = 2,
 }
 
+/// How the engine reads a drive's files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PlannedFormat {
+    /// The file is the disk, sector for sector (raw images, ISOs, floppies).
+    Raw = 0,
+    /// One file of a VHD, VMDK or VDI image or chain, which the engine opens with the image code.
+    Image = 1,
+}
+
 /// One file of a drive's image (one layer of a differencing chain, or the only one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedLayer {
-    /// 0 = raw.
-    pub format: u8,
+    pub format: PlannedFormat,
     pub size_bytes: u64,
     /// Host-disk LBAs of the file's bytes.
     pub extents: ExtentList,
@@ -148,7 +157,7 @@ impl Plan {
             w.u8(d.host_drive);
             w.u32(d.layers.len() as u32);
             for l in &d.layers {
-                w.u8(l.format);
+                w.u8(l.format as u8);
                 w.u64(l.size_bytes);
                 w.bytes(l.path.as_bytes());
                 w.u32(l.extents.extents.len() as u32);
@@ -209,7 +218,11 @@ impl Plan {
             let host_drive = r.u8()?;
             let mut layers = Vec::new();
             for _ in 0..r.count(1 << 16)? {
-                let format = r.u8()?;
+                let format = match r.u8()? {
+                    0 => PlannedFormat::Raw,
+                    1 => PlannedFormat::Image,
+                    _ => return Err("bad layer format"),
+                };
                 let size_bytes = r.u64()?;
                 let n = r.count(4096)?;
                 let path = String::from_utf8_lossy(r.take(n)?).into_owned();
@@ -366,7 +379,7 @@ mod tests {
                     kind: PlannedKind::HardDisk,
                     read_only: false,
                     host_drive: 0x80,
-                    layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext.clone(), path: "/dos.img".into() }],
+                    layers: alloc::vec![PlannedLayer { format: PlannedFormat::Raw, size_bytes: 128 * 512, extents: ext.clone(), path: "/dos.img".into() }],
                     eltorito: None,
                 },
                 PlannedDrive {
@@ -374,7 +387,7 @@ mod tests {
                     kind: PlannedKind::Cdrom,
                     read_only: true,
                     host_drive: 0x80,
-                    layers: alloc::vec![PlannedLayer { format: 0, size_bytes: 128 * 512, extents: ext, path: "/x.iso".into() }],
+                    layers: alloc::vec![PlannedLayer { format: PlannedFormat::Raw, size_bytes: 128 * 512, extents: ext, path: "/x.iso".into() }],
                     eltorito: Some(ElToritoBoot { media: 2, load_rba: 0x1234_5678, load_segment: 0x7C0, load_sectors: 4 }),
                 },
             ],

@@ -87,7 +87,7 @@ fn boot_hard_disk(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptio
     let (drive, parent_dir, record, chain_bytes, first_sector) = resident::plan_hard_disk(disk, table, opts, image.partition, &image.file)?;
     if !opts.restore {
         // (With `restore` the guest reads the parent, once the engine has emptied the leaf.)
-        let raw = drive.layers.len() == 1 && drive.layers[0].format == 0;
+        let raw = drive.layers.len() == 1 && drive.layers[0].format == vboot::resident::PlannedFormat::Raw;
         guest::check_boot_signature(&first_sector?, &image.file.path, raw)?;
     }
     let engine = resident::load_engine(disk)?;

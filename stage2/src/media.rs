@@ -55,7 +55,7 @@ fn raw_file_record(disk: &mut BiosDisk, table: &PartitionTable, part: &vboot::pa
 }
 
 fn raw_layer(size_bytes: u64, extents: vboot::fs::ExtentList, path: String) -> Vec<PlannedLayer> {
-    alloc::vec![PlannedLayer { format: 0, size_bytes, extents, path }]
+    alloc::vec![PlannedLayer { format: vboot::resident::PlannedFormat::Raw, size_bytes, extents, path }]
 }
 
 pub fn boot(

@@ -11,7 +11,7 @@ use crate::{bios, memmap, println};
 use vboot::config::VbootOptions;
 use vboot::fs::File;
 use vboot::part::PartitionTable;
-use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedKind, PlannedLayer};
+use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedFormat, PlannedKind, PlannedLayer};
 
 /// Where the engine blob is on the boot disk: right after stage2 (set by stage2_main).
 pub static mut ENGINE_LBA: u64 = 0;
@@ -159,11 +159,11 @@ pub(crate) fn plan_hard_disk(
     let parents: Vec<&File> = chain_files.iter().filter(|(path, _)| *path != file.path).map(|(_, f)| f).collect();
     locator.check_allocation(&parents)?;
     let files: Vec<PlannedLayer> = if raw {
-        alloc::vec![PlannedLayer { format: 0, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
+        alloc::vec![PlannedLayer { format: PlannedFormat::Raw, size_bytes: file.size_bytes, extents: file.extents.to_host(part.start_lba), path: file.path.clone() }]
     } else {
         chain_files
             .iter()
-            .map(|(path, f)| PlannedLayer { format: 1, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba), path: path.clone() })
+            .map(|(path, f)| PlannedLayer { format: PlannedFormat::Image, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba), path: path.clone() })
             .collect()
     };
     let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files, eltorito: None };

@@ -168,7 +168,7 @@ fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
     for d in &plan.drives {
         let io = hostdisk::HostIo { stub, host_drive: d.host_drive };
         // One raw file: the direct path. Anything else is a chain for the image layer.
-        let raw = d.layers.len() == 1 && d.layers[0].format == 0;
+        let raw = d.layers.len() == 1 && d.layers[0].format == vboot::resident::PlannedFormat::Raw;
         let disk: Result<Box<dyn vboot::int13::EmulatedDisk>, String> = if raw {
             hostdisk::RawFile::new(io, d).map(|f| Box::new(f) as Box<dyn vboot::int13::EmulatedDisk>)
         } else {
