@@ -33,7 +33,7 @@ pub fn run(disk: &mut BiosDisk, record: Option<InstallRecord>, mut resume: Optio
 
 fn draw(config: &Config, state: &MenuState) {
     let frame = menu::render(config, state, COLUMNS, ROWS);
-    console::console().draw_screen(&frame.lines, frame.highlight_row);
+    console::with(|c| c.draw_screen(&frame.lines, frame.highlight_row));
 }
 
 /// Gather the keys typed since the last call, from the keyboard and from COM1.
@@ -42,7 +42,7 @@ fn poll_events(decoder: &mut KeyDecoder, events: &mut Vec<Event>) {
         events.push(menu::event_from_bios_key(scan, ascii));
     }
     let mut got_serial = false;
-    while let Some(b) = console::console().serial_read() {
+    while let Some(b) = console::with(|c| c.serial_read()) {
         decoder.feed(b, events);
         got_serial = true;
     }
@@ -78,7 +78,7 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
                     None => Err(String::from("that menu item is a submenu, not an entry")),
                     Some(entry) => {
                         crate::recovery::booting(&path);
-                        console::console().clear();
+                        console::with(|c| c.clear());
                         println!("Booting '{}'", entry.title);
                         for n in &entry.skipped {
                             println!("  grub.cfg line {}: {}", n.line, n.message);

@@ -21,12 +21,21 @@ pub struct Console {
     serial: bool,
 }
 
-pub static mut CONSOLE: Console = Console { row: 0, col: 0, attr: ATTR_NORMAL, serial: false };
+static mut CONSOLE: Console = Console { row: 0, col: 0, attr: ATTR_NORMAL, serial: false };
 
+/// Run `f` with the console. The borrow lasts for the call only.
 #[allow(static_mut_refs)]
-pub fn console() -> &'static mut Console {
-    // SAFETY: stage2 is single-threaded and runs with interrupts off in protected mode.
-    unsafe { &mut CONSOLE }
+pub fn with<R>(f: impl FnOnce(&mut Console) -> R) -> R {
+    // SAFETY: stage2 is single-threaded and runs with interrupts off in protected mode. The only
+    // way in while an outer call holds the console is the panic or CPU-exception path, which never
+    // returns into the outer call (recovery.rs abandons its frames), so the two borrows are never
+    // used interleaved.
+    f(unsafe { &mut CONSOLE })
+}
+
+/// Text from now on in `attr` (ATTR_NORMAL, ATTR_ERROR ...).
+pub fn set_attr(attr: u8) {
+    with(|c| c.attr = attr);
 }
 
 impl Console {
@@ -193,7 +202,7 @@ impl Console {
 macro_rules! print {
     ($($arg:tt)*) => {{
         use core::fmt::Write;
-        let _ = write!($crate::console::console(), $($arg)*);
+        $crate::console::with(|c| { let _ = write!(c, $($arg)*); });
     }};
 }
 

@@ -104,7 +104,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[no_mangle]
 extern "C" fn cpu_exception(frame: &idt::ExceptionFrame) -> ! {
     // No allocation here: the exception may come before the heap exists.
-    console::console().attr = console::ATTR_ERROR;
+    console::set_attr(console::ATTR_ERROR);
     println!(
         "\nvboot: CPU exception {} (error code {:#x}) at EIP {:#010x}, CS {:#x}, EFLAGS {:#x}",
         frame.vector,
@@ -119,7 +119,7 @@ extern "C" fn cpu_exception(frame: &idt::ExceptionFrame) -> ! {
 #[no_mangle]
 pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     idt::load();
-    console::console().init();
+    console::with(|c| c.init());
     if option_env!("VBOOT_TEST_EXCEPTION").is_some() {
         unsafe { core::arch::asm!("ud2") };
     }
@@ -246,9 +246,9 @@ fn read_patch(patch_ptr: u32) -> StagePatch {
 
 /// Show a message on both consoles, wait for a key, reboot. Never returns, never triple-faults.
 pub fn fatal(message: &str) -> ! {
-    console::console().attr = console::ATTR_ERROR;
+    console::set_attr(console::ATTR_ERROR);
     println!("\nvboot: fatal error: {}", message);
-    console::console().attr = console::ATTR_NORMAL;
+    console::set_attr(console::ATTR_NORMAL);
     println!("Press any key to reboot.");
     wait_key();
     bios::reboot()
@@ -260,7 +260,7 @@ pub fn wait_key() -> u8 {
         if let Some((_, ascii)) = console::keyboard_key() {
             return ascii;
         }
-        if let Some(b) = console::console().serial_read() {
+        if let Some(b) = console::with(|c| c.serial_read()) {
             return b;
         }
         bios::sleep_micros(10_000);

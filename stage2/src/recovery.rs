@@ -90,7 +90,7 @@ pub fn menu_forever(session: impl Fn(Option<&[usize]>)) -> ! {
                 let _ = resume.push(slot.load(Ordering::SeqCst));
             }
         }
-        console::console().attr = ATTR_NORMAL;
+        console::set_attr(ATTR_NORMAL);
         println!("Press any key to return to the menu.");
         crate::wait_key();
         PANICS.store(0, Ordering::SeqCst);
@@ -121,8 +121,8 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
         crate::bios::halt()
     }
     // The panic may have cut a menu drawing short, inside an inverse-video sequence.
-    console::console().serial_write("\x1b[0m");
-    console::console().attr = ATTR_ERROR;
+    console::with(|c| c.serial_write("\x1b[0m"));
+    console::set_attr(ATTR_ERROR);
     if nested == 1 {
         println!("\nvboot: internal error while handling an internal error: {}", info.message());
         crate::fatal("this is a bug in vboot; please report the messages above");
@@ -157,7 +157,7 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
     } else {
         println!("vboot: the menu starts again.");
     }
-    console::console().attr = ATTR_NORMAL;
+    console::set_attr(ATTR_NORMAL);
     // SAFETY: the point is armed, and we are on the stack of the session it runs (stage2 has one
     // stack, and the panic handler runs on top of the panicking code).
     unsafe { POINT.escape() }

@@ -4,9 +4,9 @@ use crate::{console, println};
 
 /// An error in the error colour, on the screen and COM1.
 pub fn show_error(message: &str) {
-    console::console().attr = console::ATTR_ERROR;
+    console::set_attr(console::ATTR_ERROR);
     println!("\nvboot: {}", message);
-    console::console().attr = console::ATTR_NORMAL;
+    console::set_attr(console::ATTR_NORMAL);
 }
 
 /// `pause`: say so and wait for a key before the guest starts.
