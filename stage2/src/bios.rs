@@ -69,14 +69,28 @@ pub fn seg_off(linear: u32) -> (u16, u16) {
     ((linear >> 4) as u16, (linear & 0xF) as u16)
 }
 
-/// Copy bytes out of low memory.
+/// The first MiB: the only memory these helpers reach. Before the guest starts it is stage2's
+/// (the IVT, the BDA and the BIOS's areas it reads or writes on purpose, its scratch buffers and
+/// its low part); above it lie stage2's own code and heap, which no caller may touch this way.
+const LOW_MEMORY_END: u64 = 0x10_0000;
+
+fn check_low(linear: u32, bytes: usize) {
+    assert!(linear as u64 + bytes as u64 <= LOW_MEMORY_END, "low-memory access at {:#x}+{:#x} past 1 MiB", linear, bytes);
+}
+
+/// Copy bytes out of low memory (below 1 MiB; anything else is a bug and panics).
 pub fn read_low(linear: u32, out: &mut [u8]) {
-    // SAFETY: low memory below 1 MiB is identity-mapped in our flat segments.
+    check_low(linear, out.len());
+    // SAFETY: inside the first MiB (checked above), identity-mapped in our flat segments and
+    // always present; `out` is a distinct Rust buffer.
     unsafe { core::ptr::copy_nonoverlapping(linear as *const u8, out.as_mut_ptr(), out.len()) }
 }
 
-/// Copy bytes into low memory.
+/// Copy bytes into low memory (below 1 MiB; anything else is a bug and panics).
 pub fn write_low(linear: u32, data: &[u8]) {
+    check_low(linear, data.len());
+    // SAFETY: inside the first MiB (checked above): no Rust object of stage2's high part lives
+    // there, so no reference is invalidated; what is overwritten is what the caller means to.
     unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), linear as *mut u8, data.len()) }
 }
 
