@@ -1087,3 +1087,18 @@ fn vmdk_with_a_zeroed_capacity_says_so() {
         other => panic!("expected a refusal, got {:?}", other.err()),
     }
 }
+
+/// Fuzz finding (image_vdi, 2026-12-06): a data area that does not start on a sector made a data
+/// run end 2 bytes past the file, and the engine reads data runs by whole sectors.
+#[test]
+fn a_vdi_whose_data_area_is_not_sector_aligned_is_refused() {
+    let mut fs = MemFs::default();
+    fs.make("/img/u.vdi", Variant::VdiFixed, 1 << 20, 0, None);
+    {
+        let mut b = fs.files["/img/u.vdi"].borrow_mut();
+        let off_data = u32::from_le_bytes(b[0x158..0x15C].try_into().unwrap());
+        b[0x158..0x15C].copy_from_slice(&(off_data + 2).to_le_bytes());
+    }
+    let m = corrupt_message(fs.disk("/img/u.vdi"));
+    assert!(m.contains("does not start on a 512-byte sector") && m.contains("u.vdi"), "{}", m);
+}

@@ -130,6 +130,14 @@ impl VdiHeader {
         if (h.off_data as u64) < h.off_blocks as u64 + h.blocks as u64 * 4 {
             return Err(bad(alloc::format!("data area at byte {} overlaps the block map", h.off_data)));
         }
+        // Every block must start on a sector: the engine reads data runs sector by sector
+        // through the file's extents (qemu refuses such images too).
+        if h.off_data % 512 != 0 || h.off_blocks % 512 != 0 {
+            return Err(bad(alloc::format!(
+                "its block map (byte {}) or data area (byte {}) does not start on a 512-byte sector",
+                h.off_blocks, h.off_data
+            )));
+        }
         Ok(h)
     }
 

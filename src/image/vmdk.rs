@@ -392,7 +392,18 @@ fn open_sparse(file: &mut dyn ImageFile, header: SparseHeader, extent_sectors: u
     let gd = match (primary, &redundant) {
         (Ok(gd), _) => gd,
         (Err(e @ ImageError::NoMemory { .. }), _) => return Err(e),
-        (Err(_), Some(rgd)) => rgd.clone(),
+        (Err(_), Some(rgd)) => {
+            // A copy of the redundant directory, which stays as the second one: its size comes
+            // from the header, so it is reserved, not assumed (fuzz finding, image_vdi target).
+            let mut gd = Vec::new();
+            gd.try_reserve_exact(rgd.len()).map_err(|_| ImageError::NoMemory {
+                image: name.clone(),
+                what: "a copy of a VMDK redundant grain directory",
+                bytes: rgd.len() as u64 * 4,
+            })?;
+            gd.extend_from_slice(rgd);
+            gd
+        }
         (Err(e), None) => return Err(e),
     };
     let mut next_free = header.overhead.max(header.descriptor_offset + header.descriptor_size).max(1);
