@@ -37,59 +37,60 @@ pub fn artifacts() -> Artifacts {
     a
 }
 
-/// The firmware built with fault injection (stage2/src/fault.rs, stage2/engine/src/fault.rs),
-/// for tests/tests/faults.rs: `cargo xtask build-faults` runs once per test process (a few
-/// seconds when nothing changed), and its target/vboot-faults/ is returned.
+/// `cargo xtask ARGS` from the workspace root, once per test process per caller (`once`);
+/// `what` names the step in the panic message.
+fn xtask_once(once: &'static std::sync::OnceLock<Result<(), String>>, args: &[&str], what: &str) {
+    once.get_or_init(|| {
+        let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(workspace_root())
+            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run cargo xtask {}: {}", args.join(" "), e))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo xtask {} failed{}:\n{}{}",
+                args.join(" "),
+                what,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{}", e))
+}
+
 /// The Debian package `cargo xtask deb --no-build` makes of what `cargo xtask build` built
 /// (docs/packaging.md); built once per test process.
 pub fn debian_package() -> PathBuf {
-    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = workspace_root();
-            let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .current_dir(&root)
-                .args(["run", "--quiet", "--release", "--package", "xtask", "--", "deb", "--no-build"])
-                .output()
-                .map_err(|e| format!("cannot run cargo xtask deb: {}", e))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "cargo xtask deb failed (it needs `cargo xtask build` first):\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let deb = root.join(format!("target/debian/vboot_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
-            if !deb.exists() {
-                return Err(format!("{} was not made", deb.display()));
-            }
-            Ok(deb)
-        })
-        .clone()
-        .unwrap_or_else(|e| panic!("{}", e))
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    xtask_once(&BUILT, &["deb", "--no-build"], " (it needs `cargo xtask build` first)");
+    let deb = workspace_root().join(format!("target/debian/vboot_{}_amd64.deb", env!("CARGO_PKG_VERSION")));
+    assert!(deb.exists(), "{} was not made", deb.display());
+    deb
 }
 
+/// The firmware built with fault injection (stage2/src/fault.rs, stage2/engine/src/fault.rs),
+/// for tests/tests/faults.rs: `cargo xtask build-faults` runs once per test process (a few
+/// seconds when nothing changed), and its target/vboot-faults/ is returned.
 pub fn fault_stage_dir() -> PathBuf {
-    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = workspace_root();
-            let out = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-                .current_dir(&root)
-                .args(["run", "--quiet", "--release", "--package", "xtask", "--", "build-faults"])
-                .output()
-                .map_err(|e| format!("cannot run cargo xtask build-faults: {}", e))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "cargo xtask build-faults failed:\n{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            Ok(root.join("target/vboot-faults"))
-        })
-        .clone()
-        .unwrap_or_else(|e| panic!("{}", e))
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    xtask_once(&BUILT, &["build-faults"], "");
+    workspace_root().join("target/vboot-faults")
+}
+
+/// A system tool run by its path in /usr/sbin, /sbin, /usr/bin or /bin (mkfs.*, fsck.*, debugfs:
+/// root's PATH has the sbin directories, a user's may not), else by name.
+pub fn sbin(tool: &str) -> Command {
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = std::path::Path::new(d).join(tool);
+        if p.is_file() {
+            return Command::new(p);
+        }
+    }
+    Command::new(tool)
 }
 
 /// Fail (never skip) when a tool the test needs is missing, naming its Debian package.

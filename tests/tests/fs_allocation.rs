@@ -17,17 +17,8 @@ use std::process::Command;
 use vboot::block::FileDisk;
 use vboot::fs::volume::Volume;
 use vboot::fs::FsError;
-use vboot_tests::{require_tool as need, sh, TempDir};
+use vboot_tests::{require_tool as need, sbin, sh, TempDir};
 
-fn sbin(tool: &str) -> Command {
-    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(d).join(tool);
-        if p.is_file() {
-            return Command::new(p);
-        }
-    }
-    Command::new(tool)
-}
 
 /// Exit status and output (stdout + stderr) of a checker run that may fail.
 fn checker(cmd: &mut Command) -> (bool, String) {

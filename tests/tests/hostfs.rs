@@ -17,19 +17,10 @@ use vboot::fs::exfat::ExfatVolume;
 use vboot::fs::ext::ExtVolume;
 use vboot::fs::ntfs::NtfsVolume;
 use vboot::fs::{DirEntry, File, FileKind, FsError};
-use vboot_tests::{require_tool as need, sh as run, TempDir};
+use vboot_tests::{require_tool as need, sbin, sh as run, TempDir};
 
 // ---------------------------------------------------------------- harness
 
-fn sbin(tool: &str) -> Command {
-    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let p = Path::new(d).join(tool);
-        if p.is_file() {
-            return Command::new(p);
-        }
-    }
-    Command::new(tool)
-}
 
 /// Deterministic pseudo-random bytes (xorshift), so a mismatch is reproducible.
 struct Rng(u64);
