@@ -48,6 +48,11 @@ pub trait BlockDevice {
     fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError>;
     /// Write `buf.len() / 512` sectors starting at `lba`.
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError>;
+    /// Make the writes so far durable before any later one (the ordering points of invariant 3,
+    /// docs/architecture.md). Devices that write through have nothing to do.
+    fn flush(&mut self) -> Result<(), BlockError> {
+        Ok(())
+    }
 }
 
 /// Check that `buf` holds whole sectors and that `lba..` lies inside a device of `device_sectors`.
@@ -72,6 +77,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for &mut T {
     }
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
         (**self).write_sectors(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        (**self).flush()
     }
 }
 
@@ -132,6 +140,9 @@ impl<D: BlockDevice> BlockDevice for Window<D> {
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
         check_request(lba, buf.len(), self.sectors)?;
         self.inner.write_sectors(self.start_lba + lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.inner.flush()
     }
 }
 

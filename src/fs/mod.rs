@@ -13,12 +13,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::block::{BlockDevice, BlockError, SECTOR_BYTES};
-use alloc::{format, vec};
+use crate::block::{BlockDevice, BlockError};
+use alloc::format;
 
 pub mod exfat;
 pub mod ext;
 pub mod fat;
+pub mod inplace;
 pub mod ntfs;
 pub mod volume;
 
@@ -290,9 +291,18 @@ pub fn path_components(path: &str) -> impl Iterator<Item = &str> {
     path.split(|c| c == '/' || c == '\\').filter(|p| !p.is_empty() && *p != ".")
 }
 
-// Byte access to a file through its extent list, shared by the readers.
+// Byte access to a file through its extent list, shared by the readers (the transfer itself is
+// `inplace`, the same path image files take).
 
-/// Copy file bytes through an extent list, reading whole sectors and coalescing contiguous runs.
+fn in_place_error(file: &File, e: inplace::InPlaceError) -> FsError {
+    match e {
+        inplace::InPlaceError::Device { error, .. } => FsError::from(error),
+        other => FsError::Corrupt(format!("{}: {}", file.path, other)),
+    }
+}
+
+/// Copy file bytes through an extent list; stops at the end of the file and says how many
+/// bytes it copied.
 pub fn read_via_extents<D: BlockDevice>(
     dev: &mut D,
     file: &File,
@@ -303,24 +313,8 @@ pub fn read_via_extents<D: BlockDevice>(
         return Ok(0);
     }
     let want = (buf.len() as u64).min(file.size_bytes - offset_bytes) as usize;
-    let mut done = 0usize;
-    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
-    while done < want {
-        let pos = offset_bytes + done as u64;
-        let sector = pos / SECTOR_BYTES as u64;
-        let skip = (pos % SECTOR_BYTES as u64) as usize;
-        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
-            FsError::Corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
-        })?;
-        let need_sectors = ((skip + (want - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
-        let n = run.min(need_sectors).min(64);
-        let bytes = n as usize * SECTOR_BYTES;
-        dev.read_sectors(lba, &mut chunk[..bytes])?;
-        let take = (bytes - skip).min(want - done);
-        buf[done..done + take].copy_from_slice(&chunk[skip..skip + take]);
-        done += take;
-    }
-    Ok(done)
+    inplace::read(dev, &file.extents, offset_bytes, &mut buf[..want]).map_err(|e| in_place_error(file, e))?;
+    Ok(want)
 }
 
 /// Write file bytes through an extent list; partial sectors are read, patched and rewritten.
@@ -332,27 +326,8 @@ pub fn write_via_extents<D: BlockDevice>(dev: &mut D, file: &File, offset_bytes:
             file.path, end, file.size_bytes
         )));
     }
-    let mut done = 0usize;
-    let mut chunk = vec![0u8; 64 * SECTOR_BYTES];
-    while done < buf.len() {
-        let pos = offset_bytes + done as u64;
-        let sector = pos / SECTOR_BYTES as u64;
-        let skip = (pos % SECTOR_BYTES as u64) as usize;
-        let (lba, run) = file.extents.lookup(sector).ok_or_else(|| {
-            FsError::Corrupt(format!("{}: byte {} is not covered by the extent list", file.path, pos))
-        })?;
-        let need_sectors = ((skip + (buf.len() - done) + SECTOR_BYTES - 1) / SECTOR_BYTES) as u64;
-        let n = run.min(need_sectors).min(64);
-        let bytes = n as usize * SECTOR_BYTES;
-        let take = (bytes - skip).min(buf.len() - done);
-        if skip != 0 || take < bytes {
-            dev.read_sectors(lba, &mut chunk[..bytes])?;
-        }
-        chunk[skip..skip + take].copy_from_slice(&buf[done..done + take]);
-        dev.write_sectors(lba, &chunk[..bytes])?;
-        done += take;
-    }
-    Ok(done)
+    inplace::write(dev, &file.extents, None, offset_bytes, buf).map_err(|e| in_place_error(file, e))?;
+    Ok(buf.len())
 }
 
 #[cfg(test)]

@@ -274,6 +274,13 @@ impl Disk {
         Ok(run)
     }
 
+    /// Where a [`Source::Data`] run lies on the host disk when its file is kept in place there
+    /// ([`super::ExtentFile`]): the host sector of byte `offset_bytes` of file `file` of layer
+    /// `layer`, and how many sectors follow contiguously. `None` for other files.
+    pub fn host_run(&self, layer: u16, file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.layers.get(layer as usize)?.file_host_run(file, offset_bytes)
+    }
+
     /// The whole map, run by run (`vdisk map`, `convert`, `info`): one walk over the disk, so it
     /// costs time and memory in proportion to the number of runs.
     pub fn map_all(&mut self) -> Result<Vec<Run>, ImageError> {

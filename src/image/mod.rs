@@ -34,6 +34,7 @@ mod cache;
 pub mod chain;
 pub mod create;
 pub mod disk;
+pub mod extent_file;
 pub mod onvolume;
 pub mod raw;
 pub mod slack;
@@ -43,6 +44,7 @@ pub mod vmdk;
 
 pub use chain::{open_chain, ChainOptions, ParentLocator};
 pub use disk::Disk;
+pub use extent_file::{ExtentFile, ListedFile, ListedFiles};
 
 /// Bytes per sector in every format handled here.
 pub const SECTOR_BYTES: u64 = 512;
@@ -181,6 +183,13 @@ pub trait ImageFile {
     fn mtime_unix(&self) -> Option<u64> {
         None
     }
+    /// For a file kept in place on a host disk ([`ExtentFile`]): the host sector holding byte
+    /// `offset_bytes` and how many sectors follow it contiguously, so the engine can move the
+    /// guest's data between the host disk and the guest's buffer without a copy.
+    fn host_run(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        let _ = offset_bytes;
+        None
+    }
 }
 
 impl ImageFile for Box<dyn ImageFile> {
@@ -204,6 +213,9 @@ impl ImageFile for Box<dyn ImageFile> {
     }
     fn mtime_unix(&self) -> Option<u64> {
         (**self).mtime_unix()
+    }
+    fn host_run(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        (**self).host_run(offset_bytes)
     }
 }
 
@@ -472,6 +484,8 @@ pub trait Layer {
         let _ = sector;
         Ok(None)
     }
+    /// [`ImageFile::host_run`] of the layer's file number `file`.
+    fn file_host_run(&self, file: u16, offset_bytes: u64) -> Option<(u64, u64)>;
     /// Read from the layer's file number `file` (0 for single-file formats).
     fn read_file(&mut self, file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError>;
     /// Inflate the compressed grain whose marker is at `marker_offset_bytes` into `out`

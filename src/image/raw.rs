@@ -39,6 +39,9 @@ impl Layer for RawImage {
         super::check_range(self.name(), sector, 1, self.sectors)?;
         Ok((Mapping::Data { file: 0, offset_bytes: sector * SECTOR_BYTES }, self.sectors - sector))
     }
+    fn file_host_run(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.file.host_run(offset_bytes)
+    }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         self.file.read_at(offset_bytes, buf)
     }

@@ -885,24 +885,33 @@ fn a_snapshot_of_a_huge_zero_extent_is_refused_with_a_message() {
     assert!(create::metadata_bytes(Variant::VmdkMonolithicSparse, "snap.vmdk", &opts, Some(&too_big)).is_err());
 }
 
-/// A file read in place through its extents, as the engine's and vboot-attach's `ExtentFile`:
-/// every access goes through `check_in_place` first.
-struct InPlace(Shared);
+/// A file's bytes as a sector device (past the end of a partial last sector it reads zeros and
+/// keeps nothing), so that a test opens the file as the engine and vboot-attach do: an
+/// `ExtentFile` with one extent.
+#[derive(Clone)]
+struct BytesDevice(Rc<RefCell<Vec<u8>>>);
 
-impl ImageFile for InPlace {
-    fn len_bytes(&self) -> u64 {
-        self.0.len_bytes()
+impl crate::block::BlockDevice for BytesDevice {
+    fn sector_count(&self) -> u64 {
+        (self.0.borrow().len() as u64).div_ceil(512)
     }
-    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        check_in_place(&self.0.name, offset_bytes, buf.len(), self.0.len_bytes(), "read past the end of the file")?;
-        self.0.read_at(offset_bytes, buf)
+    fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), crate::block::BlockError> {
+        crate::block::check_request(lba, buf.len(), self.sector_count())?;
+        let b = self.0.borrow();
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = b.get(lba as usize * 512 + i).copied().unwrap_or(0);
+        }
+        Ok(())
     }
-    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
-        check_in_place(&self.0.name, offset_bytes, buf.len(), self.0.len_bytes(), "a boot-time file never grows")?;
-        self.0.write_at(offset_bytes, buf)
-    }
-    fn name(&self) -> &str {
-        self.0.name()
+    fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), crate::block::BlockError> {
+        crate::block::check_request(lba, buf.len(), self.sector_count())?;
+        let mut b = self.0.borrow_mut();
+        for (i, x) in buf.iter().enumerate() {
+            if let Some(y) = b.get_mut(lba as usize * 512 + i) {
+                *y = *x;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -911,7 +920,10 @@ struct InPlaceFs<'a>(&'a mut MemFs);
 impl ParentLocator for InPlaceFs<'_> {
     fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
         let bytes = self.0.files.get(&chain::normalize(path))?.clone();
-        Some(Box::new(InPlace(Shared { name: chain::normalize(path), bytes, can_grow: false })))
+        let size_bytes = bytes.borrow().len() as u64;
+        let mut extents = crate::fs::ExtentList::default();
+        extents.push(0, size_bytes.div_ceil(512));
+        Some(Box::new(ExtentFile::new(BytesDevice(bytes), chain::normalize(path), size_bytes, extents, true)))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
         self.0.list_dir(dir)

@@ -294,6 +294,9 @@ impl Layer for VdiImage {
         }
         Ok((m, run))
     }
+    fn file_host_run(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.file.host_run(offset_bytes)
+    }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         // A static image made by truncate (qemu) is a sparse file that may be shorter than its
         // last block: those bytes read as zeros.

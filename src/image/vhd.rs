@@ -778,6 +778,9 @@ impl Layer for VhdImage {
         let left_in_block = (self.block_sectors - sector % self.block_sectors).min(self.virtual_sectors - sector);
         Ok(Some(left_in_block))
     }
+    fn file_host_run(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.file.host_run(offset_bytes)
+    }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         self.file.read_at(offset_bytes, buf)
     }

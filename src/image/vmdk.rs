@@ -827,6 +827,9 @@ impl Layer for VmdkImage {
             }
         })
     }
+    fn file_host_run(&self, file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.files.get(file as usize)?.host_run(offset_bytes)
+    }
     fn read_file(&mut self, file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         let name = self.name().to_string();
         let f = self.files.get_mut(file as usize).ok_or_else(|| ImageError::corrupt(&name, "extent file index out of range"))?;

@@ -7,62 +7,20 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use crate::disk::BiosDisk;
-use vboot::block::{BlockDevice, Window};
+use vboot::block::Window;
 use vboot::fs::volume::Volume;
 use vboot::fs::{File, FileKind};
 use vboot::config::VbootOptions;
-use vboot::image::{ImageError, ImageFile, Layer, ParentLocator};
+use vboot::image::{ExtentFile, ImageFile, Layer, ParentLocator};
 use vboot::part::Partition;
 
-/// A file on the boot disk, read through its extent list. (The changes made before boot write
-/// through the volume: vboot::image::onvolume.)
-pub struct VolumeFile {
-    disk: BiosDisk,
-    start_lba: u64,
-    file: File,
-}
+/// A file on a partition of the boot disk, read in place through its extent list (the changes
+/// made before boot write through the volume instead: vboot::image::onvolume).
+pub type VolumeFile = ExtentFile<Window<BiosDisk>>;
 
-impl VolumeFile {
-    /// `file` on the partition starting at `start_lba` of `disk`, for reading.
-    pub fn new(disk: BiosDisk, start_lba: u64, file: File) -> VolumeFile {
-        VolumeFile { disk, start_lba, file }
-    }
-}
-
-impl ImageFile for VolumeFile {
-    fn len_bytes(&self) -> u64 {
-        self.file.size_bytes
-    }
-    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        let name = self.file.path.clone();
-        let io = |detail: String| ImageError::Io { image: name.clone(), offset_bytes, detail };
-        let mut done = 0usize;
-        let mut sector = [0u8; 512];
-        while done < buf.len() {
-            let pos = offset_bytes + done as u64;
-            let (lba, run) = self.file.extents.lookup(pos / 512).ok_or_else(|| io("past the end of the file".into()))?;
-            let skip = (pos % 512) as usize;
-            if skip == 0 && buf.len() - done >= 512 {
-                let n = (((buf.len() - done) / 512) as u64).min(run).min(48) as usize;
-                self.disk
-                    .read_sectors(self.start_lba + lba, &mut buf[done..done + n * 512])
-                    .map_err(|e| io(format!("{}", e)))?;
-                done += n * 512;
-            } else {
-                self.disk.read_sectors(self.start_lba + lba, &mut sector).map_err(|e| io(format!("{}", e)))?;
-                let take = (512 - skip).min(buf.len() - done);
-                buf[done..done + take].copy_from_slice(&sector[skip..skip + take]);
-                done += take;
-            }
-        }
-        Ok(())
-    }
-    fn write_at(&mut self, offset_bytes: u64, _buf: &[u8]) -> Result<(), ImageError> {
-        Err(ImageError::ReadOnly { image: self.file.path.clone(), detail: format!("opened for reading (offset {})", offset_bytes) })
-    }
-    fn name(&self) -> &str {
-        &self.file.path
-    }
+/// `file` on partition `part` of `disk`, for reading.
+pub fn volume_file(disk: &BiosDisk, part: &Partition, file: &File) -> VolumeFile {
+    ExtentFile::for_reading(Window { inner: disk.clone(), start_lba: part.start_lba, sectors: part.sectors }, file)
 }
 
 /// Finds images by path on one partition of the boot disk, and remembers what it opened.
@@ -141,7 +99,8 @@ impl ParentLocator for FsLocator {
                 file
             }
         };
-        Some(Box::new(VolumeFile::new(self.disk.clone(), self.start_lba, file)))
+        let window = Window { inner: self.disk.clone(), start_lba: self.start_lba, sectors: self.sectors };
+        Some(Box::new(ExtentFile::for_reading(window, &file)))
     }
     fn list_dir(&mut self, dir: &str) -> Vec<String> {
         let Some(vol) = self.volume() else { return Vec::new() };

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use crate::bios::{self, BiosRegs, DAP_ADDR};
 use crate::disk::BiosDisk;
-use crate::images::VolumeFile;
+use crate::images::volume_file;
 use crate::println;
 use crate::guest::start_guest;
 use crate::host::{DriveRole, EntryFile};
@@ -75,7 +75,7 @@ pub fn boot(
     // The CD first: booted in an emulation mode, its image takes 00h or 80h.
     for EntryFile { partition: part_number, file, .. } in files.iter().filter(|f| f.role == DriveRole::Cdrom) {
         let part = table.find(*part_number).ok_or("partition vanished")?;
-        let mut iso = VolumeFile::new(disk.clone(), part.start_lba, file.clone());
+        let mut iso = volume_file(disk, part, file);
         let mut reader = |lba: u64, buf: &mut [u8; CD_BLOCK_BYTES]| {
             iso.read_at(lba * CD_BLOCK_BYTES as u64, buf).map_err(|e| format!("{}", e))
         };
@@ -158,7 +158,7 @@ pub fn boot(
             // The sector the guest will start from, checked while the menu is still safe to
             // return to (after the hook a refusal needs a restart).
             let mut sector = [0u8; 512];
-            VolumeFile::new(disk.clone(), part.start_lba, file.clone()).read_at(0, &mut sector).map_err(|e| format!("{}{}: {}", option, file.path, e))?;
+            volume_file(disk, part, file).read_at(0, &mut sector).map_err(|e| format!("{}{}: {}", option, file.path, e))?;
             unbootable(&sector, 0x00, &format!("{}{}", option, file.path))?;
         }
         drive_partitions.push(*part_number);

@@ -6,140 +6,22 @@
 //! allocated data go from the host disk straight into the guest's buffer, like raw images;
 //! everything else (zeros, compressed grains, writes that allocate) goes through `image::Disk`.
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use vboot::fs::{ExtentList, LbaIndex};
 use vboot::image::disk::Source;
-use vboot::image::{chain, open_chain, ChainOptions, Disk, ImageError, ImageFile, ParentLocator};
+use vboot::image::{open_chain, ChainOptions, Disk, ImageError, ListedFile, ListedFiles};
 use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Status};
 use vboot::resident::PlannedDrive;
 
 use crate::hostdisk::HostIo;
 
-/// One file of the chain, read and written in place through its extents.
-pub struct ExtentFile {
-    io: HostIo,
-    name: String,
-    size_bytes: u64,
-    extents: ExtentList,
-    lbas: LbaIndex,
-}
-
-impl ExtentFile {
-    fn lba_of(&self, sector: u64) -> Result<(u64, u64), ImageError> {
-        self.extents.lookup(sector).ok_or_else(|| ImageError::Io {
-            image: self.name.clone(),
-            offset_bytes: sector * 512,
-            detail: "outside the file's extent list".into(),
-        })
-    }
-
-    fn io_err(&self, offset: u64, s: Status) -> ImageError {
-        ImageError::Io { image: self.name.clone(), offset_bytes: offset, detail: format!("{}", s) }
-    }
-}
-
-impl ImageFile for ExtentFile {
-    fn len_bytes(&self) -> u64 {
-        self.size_bytes
-    }
-
-    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        vboot::image::check_in_place(&self.name, offset_bytes, buf.len(), self.size_bytes, "read past the end of the file")?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset_bytes + done as u64;
-            let (lba, run) = self.lba_of(pos / 512)?;
-            let skip = (pos % 512) as usize;
-            let whole = ((buf.len() - done) / 512) as u64;
-            if skip == 0 && whole > 0 {
-                // Whole sectors straight into `buf`, one extent run at a time (read_host splits
-                // them by its bounce buffer: the table reads at init take few BIOS calls).
-                let bytes = whole.min(run) as usize * 512;
-                self.io.read_host(lba, &mut buf[done..done + bytes]).map_err(|s| self.io_err(pos, s))?;
-                done += bytes;
-                continue;
-            }
-            let mut sector = [0u8; 512];
-            self.io.read_host(lba, &mut sector).map_err(|s| self.io_err(pos, s))?;
-            let take = (512 - skip).min(buf.len() - done);
-            buf[done..done + take].copy_from_slice(&sector[skip..skip + take]);
-            done += take;
-        }
-        Ok(())
-    }
-
-    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
-        vboot::image::check_in_place(&self.name, offset_bytes, buf.len(), self.size_bytes, "a boot-time file never grows")?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let pos = offset_bytes + done as u64;
-            let (lba, run) = self.lba_of(pos / 512)?;
-            let skip = (pos % 512) as usize;
-            let whole = ((buf.len() - done) / 512) as u64;
-            if skip == 0 && whole > 0 {
-                // Whole sectors go out as one transfer per extent run (each BIOS call costs far
-                // more than the bytes it carries: new blocks are written 1 MiB at a time).
-                let n = whole.min(run);
-                if !self.lbas.contains(lba, n) {
-                    return Err(self.io_err(pos, Status::WRITE_FAULT));
-                }
-                let bytes = n as usize * 512;
-                self.io.write_host(lba, &buf[done..done + bytes]).map_err(|s| self.io_err(pos, s))?;
-                done += bytes;
-                continue;
-            }
-            let take = (512 - skip).min(buf.len() - done);
-            let mut sector = [0u8; 512];
-            if skip != 0 || take != 512 {
-                self.io.read_host(lba, &mut sector).map_err(|s| self.io_err(pos, s))?;
-            }
-            sector[skip..skip + take].copy_from_slice(&buf[done..done + take]);
-            // Invariant 1 (docs/architecture.md): the sector is the file's own.
-            if !self.lbas.contains(lba, 1) {
-                return Err(self.io_err(pos, Status::WRITE_FAULT));
-            }
-            self.io.write_host(lba, &sector).map_err(|s| self.io_err(pos, s))?;
-            done += take;
-        }
-        Ok(())
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-/// Opens only the files stage2 handed over.
-struct PlanLocator {
-    files: Vec<(String, u64, ExtentList)>,
-    io: HostIo,
-}
-
-impl PlanLocator {
-    fn find(&self, path: &str) -> Option<&(String, u64, ExtentList)> {
-        chain::find_listed(&self.files, path, |(p, _, _)| p.as_str())
-    }
-}
-
-impl ParentLocator for PlanLocator {
-    fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
-        let (name, size, extents) = self.find(path)?.clone();
-        Some(Box::new(ExtentFile { io: self.io, name, size_bytes: size, lbas: extents.lba_index(), extents }))
-    }
-    fn list_dir(&mut self, dir: &str) -> Vec<String> {
-        chain::list_listed(&self.files, dir, |(p, _, _)| p.as_str())
-    }
-}
-
 pub struct ChainDisk {
+    /// Every file of the chain is an `ExtentFile` on the host disk, which says where a run of
+    /// data lies there (`Disk::host_run`).
     disk: Disk,
     io: HostIo,
-    /// Host extents of each (layer, file) of the chain.
-    files: Vec<Vec<ExtentList>>,
     sectors: u64,
     read_only: bool,
     /// Room for the largest transfer that goes through `image::Disk` (zeros, compressed grains,
@@ -153,26 +35,20 @@ const SCRATCH_SECTORS: u64 = 127;
 
 impl ChainDisk {
     pub fn open(io: HostIo, d: &PlannedDrive, parent_dir: Option<String>) -> Result<ChainDisk, String> {
-        let files: Vec<(String, u64, ExtentList)> =
-            d.layers.iter().map(|l| (l.path.clone(), l.size_bytes, l.extents.clone())).collect();
-        let leaf = files.first().ok_or("no image")?.0.clone();
-        let mut locator = PlanLocator { files, io };
+        let files: Vec<ListedFile> = d
+            .layers
+            .iter()
+            .map(|l| ListedFile { path: l.path.clone(), size_bytes: l.size_bytes, extents: l.extents.clone() })
+            .collect();
+        let leaf = files.first().ok_or("no image")?.path.clone();
+        // Opened writable even for a read-only drive: `read_only` refuses the guest's writes
+        // below, and `restore` must be able to empty the leaf.
+        let mut locator = ListedFiles { files, device: io, writable: true };
         let (layers, warnings) = open_chain(&leaf, &mut locator, &ChainOptions { parent_dir, lenient_cid: false })
             .map_err(|e| format!("{}", e))?;
         let disk = Disk::new(layers, warnings).map_err(|e| format!("{}", e))?;
-        let mut table = Vec::new();
-        for layer in disk.layers() {
-            let mut per = Vec::new();
-            for name in layer.file_names() {
-                let (_, _, ext) = locator
-                    .find(&name)
-                    .ok_or_else(|| format!("{}: file {} was not handed over by stage2", leaf, name))?;
-                per.push(ext.clone());
-            }
-            table.push(per);
-        }
         let sectors = disk.sectors();
-        Ok(ChainDisk { disk, io, files: table, sectors, read_only: d.read_only, scratch: vec![0u8; SCRATCH_SECTORS as usize * 512] })
+        Ok(ChainDisk { disk, io, sectors, read_only: d.read_only, scratch: vec![0u8; SCRATCH_SECTORS as usize * 512] })
     }
 
     /// `restore`: empty the leaf, so the disk reads as its parent again.
@@ -209,12 +85,8 @@ impl EmulatedDisk for ChainDisk {
             let linear = buf_linear + done * 512;
             match run.source {
                 Source::Data { layer, file, offset_bytes } if offset_bytes % 512 == 0 => {
-                    let ext = self
-                        .files
-                        .get(layer as usize)
-                        .and_then(|l| l.get(file as usize))
-                        .ok_or(fail(Status::SECTOR_NOT_FOUND))?;
-                    let (host, contiguous) = ext.lookup(offset_bytes / 512).ok_or(fail(Status::SECTOR_NOT_FOUND))?;
+                    let (host, contiguous) =
+                        self.disk.host_run(layer, file, offset_bytes).ok_or(fail(Status::SECTOR_NOT_FOUND))?;
                     let n = n.min(contiguous);
                     self.io.guest_io(false, host, n, mem, linear).map_err(fail)?;
                     done += n;

@@ -5,7 +5,8 @@
 
 use alloc::format;
 use alloc::string::String;
-use vboot::fs::{ExtentList, LbaIndex};
+use vboot::block::{BlockDevice, BlockError};
+use vboot::image::{ExtentFile, ImageFile};
 use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Regs, Status};
 use vboot::resident::{PlannedDrive, PlannedKind};
 
@@ -123,11 +124,25 @@ impl HostIo {
     }
 }
 
+/// The host disk as a sector device, for the image files kept in place on it
+/// (`vboot::image::ExtentFile`). Its size is the BIOS's business: a sector past the end fails
+/// there.
+impl BlockDevice for HostIo {
+    fn sector_count(&self) -> u64 {
+        u64::MAX
+    }
+    fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.read_host(lba, buf).map_err(|s| BlockError::Io { lba, status: s.0 as u32 })
+    }
+    fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
+        self.write_host(lba, buf).map_err(|s| BlockError::Io { lba, status: s.0 as u32 })
+    }
+}
+
 pub struct RawFile {
     io: HostIo,
-    extents: ExtentList,
-    /// The file's host sectors, for the write check (built once here, not per write).
-    lbas: LbaIndex,
+    /// The image file in place on the host disk: where each sector lies, and the write check.
+    file: ExtentFile<HostIo>,
     sectors: u64,
     read_only: bool,
     /// 512-byte sectors per block the guest addresses: 1, or 4 for a CD's 2048-byte blocks.
@@ -155,8 +170,7 @@ impl RawFile {
         }
         Ok(RawFile {
             io,
-            lbas: layer.extents.lba_index(),
-            extents: layer.extents.clone(),
+            file: ExtentFile::new(io, layer.path.clone(), layer.size_bytes, layer.extents.clone(), !d.read_only),
             sectors,
             read_only: d.read_only,
             sectors_per_block,
@@ -177,12 +191,12 @@ impl RawFile {
         let mut done: u32 = 0;
         let fail = |done: u32, status: Status| DiskError { done_blocks: done, status };
         while done < count {
-            let (host_lba, run) =
-                self.extents.lookup(lba + done as u64).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
+            let sector = lba.checked_add(done as u64).filter(|&s| s < self.sectors).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
+            let (host_lba, run) = self.file.host_run(sector * 512).ok_or(fail(done, Status::SECTOR_NOT_FOUND))?;
             let n = run.min((count - done) as u64).min(MAX_SECTORS_PER_CALL);
             let linear = buf_linear + done as u64 * 512;
             // Invariant 1 (docs/architecture.md): never write a host sector outside the image file.
-            if write && !self.lbas.contains(host_lba, n) {
+            if write && !self.file.owns(host_lba, n) {
                 return Err(fail(done, Status::WRITE_FAULT));
             }
             self.io.guest_io(write, host_lba, n, mem, linear).map_err(|s| fail(done, s))?;

@@ -8,105 +8,31 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use vboot::fs::{ExtentList, LbaIndex};
+use vboot::block::{BlockDevice, BlockError};
+use vboot::fs::ExtentList;
 use vboot::handoff::{Drive, WriteMode};
-use vboot::image::{chain, open_chain, ChainOptions, Disk, ImageError, ImageFile, ParentLocator};
+use vboot::image::{open_chain, ChainOptions, Disk, ImageError, ListedFile, ListedFiles};
 
 use crate::nbd::{eio, Backend};
 
-/// One file of the chain on the host disk.
-pub struct ExtentFile {
-    host: Arc<File>,
-    name: String,
-    size_bytes: u64,
-    extents: ExtentList,
-    lbas: LbaIndex,
-    writable: bool,
-}
+/// The host disk as a sector device for the chain's files (`vboot::image::ExtentFile`, the
+/// type the engine uses at boot): positioned reads and writes, so the copies the locator hands
+/// out share one open file.
+#[derive(Clone)]
+struct HostDevice(Arc<File>);
 
-impl ExtentFile {
-    fn io(&self, offset: u64, what: &str, e: impl std::fmt::Display) -> ImageError {
-        ImageError::Io { image: self.name.clone(), offset_bytes: offset, detail: format!("{}: {}", what, e) }
+impl BlockDevice for HostDevice {
+    fn sector_count(&self) -> u64 {
+        u64::MAX
     }
-
-    /// Host byte offsets of the file's bytes `offset..offset+len`, in runs.
-    fn runs(&self, offset: u64, len: usize) -> Result<Vec<(u64, usize)>, ImageError> {
-        vboot::image::check_in_place(&self.name, offset, len, self.size_bytes, "past the end of the file: a file never grows here")?;
-        let mut out = Vec::new();
-        let mut done = 0usize;
-        while done < len {
-            let pos = offset + done as u64;
-            let (lba, run_sectors) = self.extents.lookup(pos / 512).ok_or_else(|| self.io(pos, "outside the file's extent list", ""))?;
-            let skip = pos % 512;
-            let take = ((run_sectors * 512 - skip) as usize).min(len - done);
-            out.push((lba * 512 + skip, take));
-            done += take;
-        }
-        Ok(out)
+    fn read_sectors(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.0.read_exact_at(buf, lba * 512).map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
-}
-
-impl ImageFile for ExtentFile {
-    fn len_bytes(&self) -> u64 {
-        self.size_bytes
+    fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
+        self.0.write_all_at(buf, lba * 512).map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
-    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        let mut done = 0;
-        for (host, n) in self.runs(offset_bytes, buf.len())? {
-            self.host.read_exact_at(&mut buf[done..done + n], host).map_err(|e| self.io(offset_bytes, "reading the host disk", e))?;
-            done += n;
-        }
-        Ok(())
-    }
-    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
-        if !self.writable {
-            return Err(ImageError::ReadOnly { image: self.name.clone(), detail: String::from("opened read-only") });
-        }
-        let runs = self.runs(offset_bytes, buf.len())?;
-        let mut done = 0;
-        for (host, n) in runs {
-            // Invariant 1 (docs/architecture.md): only the file's own sectors are ever written.
-            let first = host / 512;
-            let last = (host + n as u64 - 1) / 512;
-            if !self.lbas.contains(first, last - first + 1) {
-                return Err(self.io(offset_bytes, "refused", "the sectors are not the file's own"));
-            }
-            self.host.write_all_at(&buf[done..done + n], host).map_err(|e| self.io(offset_bytes, "writing the host disk", e))?;
-            done += n;
-        }
-        Ok(())
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn flush(&mut self) -> Result<(), ImageError> {
-        if self.writable {
-            self.host.sync_data().map_err(|e| self.io(0, "flushing the host disk", e))?;
-        }
-        Ok(())
-    }
-}
-
-/// Opens only the files the table lists (paths compared as the engine compares them).
-struct TableLocator {
-    files: Vec<(String, u64, ExtentList)>,
-    host: Arc<File>,
-    writable: bool,
-}
-
-impl TableLocator {
-    fn find(&self, path: &str) -> Option<&(String, u64, ExtentList)> {
-        chain::find_listed(&self.files, path, |(p, _, _)| p.as_str())
-    }
-}
-
-impl ParentLocator for TableLocator {
-    fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
-        let (name, size_bytes, extents) = self.find(path)?.clone();
-        Some(Box::new(ExtentFile { host: self.host.clone(), name, size_bytes, lbas: extents.lba_index(), extents, writable: self.writable }))
-    }
-    fn list_dir(&mut self, dir: &str) -> Vec<String> {
-        chain::list_listed(&self.files, dir, |(p, _, _)| p.as_str())
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.0.sync_data().map_err(|e| BlockError::Io { lba: 0, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
 }
 
@@ -129,10 +55,10 @@ impl VirtualDisk {
         let files = drive
             .layers
             .iter()
-            .map(|l| (l.path.clone(), l.size_bytes, ExtentList { extents: l.extents.clone() }))
+            .map(|l| ListedFile { path: l.path.clone(), size_bytes: l.size_bytes, extents: ExtentList { extents: l.extents.clone() } })
             .collect::<Vec<_>>();
-        let leaf = files.first().ok_or("the drive has no image file")?.0.clone();
-        let mut locator = TableLocator { files, host: host.clone(), writable: !read_only && !immutable };
+        let leaf = files.first().ok_or("the drive has no image file")?.path.clone();
+        let mut locator = ListedFiles { files, device: HostDevice(host.clone()), writable: !read_only && !immutable };
         let (layers, warnings) = open_chain(&leaf, &mut locator, &ChainOptions { parent_dir: drive.parent_dir.clone(), lenient_cid: false })
             .map_err(|e| format!("opening {}: {}", leaf, e))?;
         for w in &warnings {
