@@ -715,6 +715,19 @@ finish
 /// A one-sector guest that prints `message` (and CR LF) over serial and exits QEMU with 33,
 /// in a raw image of `sectors` sectors. Used where what matters is which image booted.
 pub fn hello_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathBuf {
+    hello_guest_with(dir, name, message, sectors, false)
+}
+
+/// What the guest of [`key_guest`] prints, followed by the byte it read.
+pub const GUEST_KEY: &str = "GUEST-KEY ";
+
+/// [`hello_guest`] that, after `message`, waits for a byte on COM1 and prints [`GUEST_KEY`] and
+/// that byte before it exits: which key reached the guest rather than vboot.
+pub fn key_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathBuf {
+    hello_guest_with(dir, name, message, sectors, true)
+}
+
+fn hello_guest_with(dir: &Path, name: &str, message: &str, sectors: u64, read_key: bool) -> PathBuf {
     require_tool("as", "binutils");
     require_tool("ld", "binutils");
     let build = dir.join(format!("{}-build", name));
@@ -728,6 +741,7 @@ pub fn hello_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathB
     let text = format!("{}\r\n", message);
     assert!(text.len() < 0xFE);
     sector[0x100..0x100 + text.len()].copy_from_slice(text.as_bytes());
+    sector[0xFF] = read_key as u8;
     let img = dir.join(format!("{}.img", name));
     let mut bytes = vec![0u8; (sectors as usize) * SECTOR_BYTES];
     bytes[..512].copy_from_slice(&sector);

@@ -137,18 +137,22 @@ fn syslinux_and_linux_boot_from_a_raw_image() {
     }
 }
 
+/// The guest reads a key of its own once it runs: the first key must go to the pause, the second
+/// to the guest. A guest started without waiting would read the first.
 #[test]
 fn pause_waits_for_a_key_before_the_guest_starts() {
     let dir = TempDir::new("raw-pause");
-    let hello = guests::hello_guest(&dir.path, "hello", "GUEST-HELLO", 2048);
+    let hello = guests::key_guest(&dir.path, "hello", "GUEST-HELLO", 2048);
     let host = vboot_host(&dir, 64, &boot_cfg("harddisk=/hello.img pause"), &[HostImage { path: "/hello.img", file: &hello, pieces: 1 }]);
     let mut q = Qemu::boot_disk(&host.disk);
     q.expect("Press any key to boot.", T);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(!q.output().contains("GUEST-HELLO"), "the guest started without the key");
-    q.send(b" ");
+    q.send(b"p");
     q.expect("GUEST-HELLO", T);
-    assert_eq!(q.wait_exit(T), Some(EXIT_PASS));
+    q.send(b"g");
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+    let out = q.output();
+    let key = format!("{}g", guests::GUEST_KEY);
+    assert!(out.contains(&key), "the guest should get the second key (the pause the first):\n{}", out);
 }
 
 #[test]
