@@ -15,6 +15,7 @@
 //! let options = entry.boot_options()?;               // Err: no vboot line / bad option
 //! ```
 
+pub mod generate;
 pub mod grubcfg;
 mod lexer;
 pub mod options;

@@ -31,6 +31,7 @@ const TOOLS: &[(&str, &[(&str, &[&str])])] = &[
             ("relink", &["--parent-dir"]),
             ("reserve", &[]),
             ("trim", &[]),
+            ("mkconfig", &["--output", "--dry-run"]),
         ],
     ),
     ("vboot-attach", &[]),

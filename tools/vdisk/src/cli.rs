@@ -178,6 +178,23 @@ pub enum Command {
         /// The sparse image
         file: String,
     },
+    /// Write a grub.cfg entry for every bootable image under DIR (a mounted host partition)
+    #[command(long_about = "Write a grub.cfg entry for every bootable image under DIR, the directory where a host \
+                            partition is mounted: ISOs with an El Torito boot image (cdrom=), floppy images \
+                            (floppy=), VHD/VMDK/VDI chains (harddisk=, the leaf only) and raw disks whose first \
+                            sector carries a boot signature. The entries go between two marker lines; \
+                            everything else in the file is kept as it is, so running it again is safe.")]
+    Mkconfig {
+        /// Where the host partition is mounted
+        dir: String,
+        /// The grub.cfg to write [default: the one vboot reads under DIR (boot/grub/grub.cfg,
+        /// grub/grub.cfg or grub.cfg), else DIR/boot/grub/grub.cfg]
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<String>,
+        /// Print the resulting grub.cfg instead of writing it
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Bytes, or a number with K, M, G or T (binary units); a trailing B is allowed.

@@ -5,6 +5,8 @@
 //! at the end (create, snapshot, convert) or orders its writes so that the image is valid after
 //! each one (reserve, trim).
 
+mod mkconfig;
+
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -648,6 +650,7 @@ fn main() -> ExitCode {
         Command::Relink { child, parent_dir } => cmd_relink(child, parent_dir),
         Command::Reserve { file, size } => resize_slack(file, Some(*size)),
         Command::Trim { file } => resize_slack(file, None),
+        Command::Mkconfig { dir, output, dry_run } => mkconfig::run(dir, output.as_deref(), *dry_run),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
