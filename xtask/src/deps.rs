@@ -93,9 +93,11 @@ fn ensure_i686_target() -> Result<(), String> {
     run(Command::new("rustup").current_dir(crate::root()).args(["target", "add", I686_TARGET]))
 }
 
-/// Debian's qemu-system-x86 conflicts with a newer qemu-utils that a machine may come with: apt
-/// removes it, and qemu-img is gone after the first pass. So look again after installing, and
-/// install what went missing (Debian's qemu-utils, which matches qemu-system-x86).
+/// Debian's qemu-system-x86 conflicts with a newer qemu-utils that a machine may come with (a
+/// backport with no repository behind it): installed alone, apt removes that qemu-utils and
+/// qemu-img is gone. So the two are installed in one transaction (see
+/// `install_missing_debian_packages`), which replaces the newer qemu-img by the matching one;
+/// a second look after installing catches anything else that went missing.
 fn ensure_debian_packages() -> Result<(), String> {
     for _pass in 0..2 {
         install_missing_debian_packages()?;
@@ -114,6 +116,10 @@ fn install_missing_debian_packages() -> Result<(), String> {
         .filter(|(path, _)| !Path::new(path).exists())
         .map(|(_, pkg)| *pkg)
         .collect();
+    if missing.contains(&"qemu-system-x86") && !missing.contains(&"qemu-utils") {
+        eprintln!("xtask: qemu-system-x86 and qemu-utils go in together (Debian's matching pair); a newer qemu-img this machine has is replaced by it");
+        missing.push("qemu-utils");
+    }
     missing.sort();
     missing.dedup();
     if missing.is_empty() {
