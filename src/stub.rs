@@ -5,7 +5,7 @@
 //! stage2/engine/src/entry.s). It is defined here once: the Rust sides use the offsets below and
 //! the assembly gets them as `const` operands, so no offset is typed twice.
 
-use crate::int13::Regs;
+use crate::realmode::Regs;
 use core::mem::offset_of;
 use static_assertions::const_assert_eq;
 
@@ -124,20 +124,8 @@ offsets! {
     DISKETTE_TABLE = diskette_table;
 }
 
-/// Byte offsets of [`Regs`] fields inside `frame` and `bios_regs`.
-pub mod regs_offset {
-    use super::*;
-    pub const EAX: u32 = offset_of!(Regs, eax) as u32;
-    pub const EBX: u32 = offset_of!(Regs, ebx) as u32;
-    pub const ECX: u32 = offset_of!(Regs, ecx) as u32;
-    pub const EDX: u32 = offset_of!(Regs, edx) as u32;
-    pub const ESI: u32 = offset_of!(Regs, esi) as u32;
-    pub const EDI: u32 = offset_of!(Regs, edi) as u32;
-    pub const EBP: u32 = offset_of!(Regs, ebp) as u32;
-    pub const DS: u32 = offset_of!(Regs, ds) as u32;
-    pub const ES: u32 = offset_of!(Regs, es) as u32;
-    pub const FLAGS: u32 = offset_of!(Regs, flags) as u32;
-}
+/// Byte offsets of [`Regs`] fields inside `frame` and `bios_regs` (defined with the type).
+pub use crate::realmode::regs_offset;
 
 // The layout as the stub's data directives lay it out (stage2/src/stub.s emits the header with
 // `.fill` between these points): a change here must keep them in order.

@@ -11,37 +11,12 @@ pub const SMALL_BUF_ADDR: u32 = 0x0800;
 pub const BOUNCE_ADDR: u32 = 0x1000;
 pub const BOUNCE_BYTES: usize = 0x6000;
 
-/// Registers in and out of a BIOS call. Layout shared with `bios_call` in entry.s.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
-pub struct BiosRegs {
-    pub eax: u32,
-    pub ebx: u32,
-    pub ecx: u32,
-    pub edx: u32,
-    pub esi: u32,
-    pub edi: u32,
-    pub ebp: u32,
-    pub ds: u16,
-    pub es: u16,
-    pub eflags: u32,
-}
-static_assertions::const_assert_eq!(core::mem::size_of::<BiosRegs>(), 36);
-
-pub const FLAG_CARRY: u32 = 1;
-pub const FLAG_ZERO: u32 = 1 << 6;
-
-impl BiosRegs {
-    pub fn ah(&self) -> u8 {
-        (self.eax >> 8) as u8
-    }
-    pub fn carry(&self) -> bool {
-        self.eflags & FLAG_CARRY != 0
-    }
-}
+/// Registers in and out of a BIOS call: real mode's one register type, whose layout `bios_call`
+/// in entry.s takes from `vboot::realmode::regs_offset` (main.rs passes the offsets in).
+pub use vboot::realmode::Regs;
 
 extern "C" {
-    fn bios_call(vector: u32, regs: *mut BiosRegs);
+    fn bios_call(vector: u32, regs: *mut Regs);
     fn real_mode_jump(cs_ip: u32, dl: u32) -> !;
     #[link_name = "stage1_used_lba"]
     static STAGE1_USED_LBA: u8;
@@ -53,7 +28,7 @@ pub fn stage1_used_lba() -> bool {
 }
 
 /// Run `int vector` in real mode with `regs`; they come back with the BIOS's results.
-pub fn call(vector: u8, regs: &mut BiosRegs) {
+pub fn call(vector: u8, regs: &mut Regs) {
     // SAFETY: the thunk saves and restores all protected-mode state; buffers the BIOS writes are
     // the fixed low-memory areas above, which nothing else in stage2 uses.
     unsafe { bios_call(vector as u32, regs) }
@@ -96,7 +71,7 @@ pub fn write_low(linear: u32, data: &[u8]) {
 
 /// Wait `micros` microseconds (INT 15h AH=86h); interrupts run meanwhile, so the BIOS clock ticks.
 pub fn sleep_micros(micros: u32) {
-    let mut r = BiosRegs { eax: 0x8600, ecx: micros >> 16, edx: micros & 0xFFFF, ..Default::default() };
+    let mut r = Regs { eax: 0x8600, ecx: micros >> 16, edx: micros & 0xFFFF, ..Default::default() };
     call(0x15, &mut r);
 }
 

@@ -1,7 +1,7 @@
 //! Text console: VGA text mode mirrored on COM1, keys from the keyboard (INT 16h) and COM1, so
 //! vboot can be driven entirely over a serial line.
 
-use crate::bios::{self, BiosRegs};
+use crate::bios::{self, Regs};
 use core::fmt;
 use x86::io::{inb, outb};
 
@@ -159,12 +159,12 @@ impl fmt::Write for Console {
 
 /// A key from the keyboard as (scan code, ASCII), if one is waiting (INT 16h AH=01h, AH=00h).
 pub fn keyboard_key() -> Option<(u8, u8)> {
-    let mut r = BiosRegs { eax: 0x0100, ..Default::default() };
+    let mut r = Regs { eax: 0x0100, ..Default::default() };
     bios::call(0x16, &mut r);
-    if r.eflags & bios::FLAG_ZERO != 0 {
+    if r.zf() {
         return None;
     }
-    let mut r = BiosRegs { eax: 0x0000, ..Default::default() };
+    let mut r = Regs { eax: 0x0000, ..Default::default() };
     bios::call(0x16, &mut r);
     Some(((r.eax >> 8) as u8, r.eax as u8))
 }

@@ -1,7 +1,7 @@
 //! BIOS disks as `BlockDevice`s: INT 13h AH=42h/43h through the bounce buffer, or CHS (AH=02h/03h)
 //! when the BIOS has no extensions.
 
-use crate::bios::{self, BiosRegs, BOUNCE_ADDR, BOUNCE_BYTES, DAP_ADDR, SMALL_BUF_ADDR};
+use crate::bios::{self, Regs, BOUNCE_ADDR, BOUNCE_BYTES, DAP_ADDR, SMALL_BUF_ADDR};
 use vboot::block::{check_request, BlockDevice, BlockError, SECTOR_BYTES};
 
 const BOUNCE_SECTORS: usize = BOUNCE_BYTES / SECTOR_BYTES;
@@ -25,18 +25,18 @@ impl BiosDisk {
     /// Probe a drive: `None` if the BIOS does not know it.
     pub fn probe(drive: u8) -> Option<BiosDisk> {
         let chs = geometry(drive);
-        let mut r = BiosRegs { eax: 0x4100, ebx: 0x55AA, edx: drive as u32, ..Default::default() };
+        let mut r = Regs { eax: 0x4100, ebx: 0x55AA, edx: drive as u32, ..Default::default() };
         bios::call(0x13, &mut r);
-        let edd = !r.carry() && (r.ebx & 0xFFFF) == 0xAA55 && r.ecx & 1 != 0;
+        let edd = !r.cf() && (r.ebx & 0xFFFF) == 0xAA55 && r.ecx & 1 != 0;
         let mut sectors = 0u64;
         if edd {
             let mut buf = [0u8; 0x1A];
             buf[0] = 0x1A;
             bios::write_low(SMALL_BUF_ADDR, &buf);
             let (seg, off) = bios::seg_off(SMALL_BUF_ADDR);
-            let mut r = BiosRegs { eax: 0x4800, edx: drive as u32, esi: off as u32, ds: seg, ..Default::default() };
+            let mut r = Regs { eax: 0x4800, edx: drive as u32, esi: off as u32, ds: seg, ..Default::default() };
             bios::call(0x13, &mut r);
-            if !r.carry() {
+            if !r.cf() {
                 bios::read_low(SMALL_BUF_ADDR, &mut buf);
                 sectors = u64::from_le_bytes([buf[16], buf[17], buf[18], buf[19], buf[20], buf[21], buf[22], buf[23]]);
             }
@@ -63,9 +63,9 @@ impl BiosDisk {
             bios::write_low(DAP_ADDR, &dap);
             let (dseg, doff) = bios::seg_off(DAP_ADDR);
             let ah = if write { 0x43 } else { 0x42 };
-            let mut r = BiosRegs { eax: ah << 8, edx: self.drive as u32, esi: doff as u32, ds: dseg, ..Default::default() };
+            let mut r = Regs { eax: ah << 8, edx: self.drive as u32, esi: doff as u32, ds: dseg, ..Default::default() };
             bios::call(0x13, &mut r);
-            if r.carry() {
+            if r.cf() {
                 return Err(BlockError::Io { lba, status: r.ah() as u32 });
             }
             return Ok(());
@@ -82,7 +82,7 @@ impl BiosDisk {
             let sector = l % g.sectors_per_track as u64 + 1;
             let (seg, off) = bios::seg_off(BOUNCE_ADDR + (i as u32) * SECTOR_BYTES as u32);
             let ah: u32 = if write { 0x03 } else { 0x02 };
-            let mut r = BiosRegs {
+            let mut r = Regs {
                 eax: (ah << 8) | 1,
                 ecx: (((cyl & 0xFF) as u32) << 8) | (((cyl >> 8) as u32 & 3) << 6) | sector as u32,
                 edx: ((head as u32) << 8) | self.drive as u32,
@@ -91,7 +91,7 @@ impl BiosDisk {
                 ..Default::default()
             };
             bios::call(0x13, &mut r);
-            if r.carry() {
+            if r.cf() {
                 return Err(BlockError::Io { lba: l, status: r.ah() as u32 });
             }
         }
@@ -101,9 +101,9 @@ impl BiosDisk {
 
 /// AH=08h: the BIOS's CHS view of a drive.
 pub fn geometry(drive: u8) -> Option<Chs> {
-    let mut r = BiosRegs { eax: 0x0800, edx: drive as u32, ..Default::default() };
+    let mut r = Regs { eax: 0x0800, edx: drive as u32, ..Default::default() };
     bios::call(0x13, &mut r);
-    if r.carry() || r.ecx & 0x3F == 0 {
+    if r.cf() || r.ecx & 0x3F == 0 {
         return None;
     }
     let cl = r.ecx & 0xFF;

@@ -26,7 +26,7 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
     println!("Starting the guest.");
     bios::write_low(0x7C00, sector);
     // Leave the BIOS cursor below our text, so the guest's output does not overwrite it.
-    let mut r = bios::BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
+    let mut r = bios::Regs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
     bios::call(0x10, &mut r);
     bios::jump_real_mode(0, 0x7C00, drive)
 }

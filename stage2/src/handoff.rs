@@ -5,7 +5,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::bios::{self, BiosRegs};
+use crate::bios::{self, Regs};
 use crate::disk::BiosDisk;
 use vboot::block::Window;
 use vboot::handoff::{self, Filesystem, HostDisk, HostPartition, HostScheme, Layer, LayerFormat, SafeHook, Table};
@@ -53,11 +53,11 @@ fn bcd(v: u8) -> u32 {
 /// A boot ID (time-stamp counter mixed with the clock) and the RTC time in Unix seconds (0 when
 /// the BIOS does not answer).
 pub fn boot_stamp() -> (u64, u64) {
-    let mut t = BiosRegs { eax: 0x0200, ..Default::default() };
+    let mut t = Regs { eax: 0x0200, ..Default::default() };
     bios::call(0x1A, &mut t);
-    let mut d = BiosRegs { eax: 0x0400, ..Default::default() };
+    let mut d = Regs { eax: 0x0400, ..Default::default() };
     bios::call(0x1A, &mut d);
-    let unix = if t.carry() || d.carry() {
+    let unix = if t.cf() || d.cf() {
         0
     } else {
         let b = |r: u32, shift: u32| bcd((r >> shift) as u8);

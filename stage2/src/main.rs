@@ -22,9 +22,12 @@ use linked_list_allocator::LockedHeap;
 use vboot::block::SECTOR_BYTES;
 use vboot::install::StagePatch;
 
-core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
-// The stub's header offsets are defined once, in vboot::stub (src/stub.rs).
+// The register block's offsets (vboot::realmode, src/realmode.rs) and the stub's header offsets
+// (vboot::stub, src/stub.rs) are defined once in the core; regs.s turns the first into the R_*
+// symbols that entry.s and stub.s both use.
 core::arch::global_asm!(
+    include_str!("regs.s"),
+    include_str!("entry.s"),
     include_str!("stub.s"),
     S_INT13_OFF = const vboot::stub::offset::INT13_OFF,
     S_INT15_OFF = const vboot::stub::offset::INT15_OFF,
@@ -58,16 +61,17 @@ core::arch::global_asm!(
     S_DAP = const vboot::stub::offset::DAP,
     S_DISKETTE_TABLE = const vboot::stub::offset::DISKETTE_TABLE,
     S_CODE = const vboot::stub::CODE_OFFSET,
-    R_EAX = const vboot::stub::regs_offset::EAX,
-    R_EBX = const vboot::stub::regs_offset::EBX,
-    R_ECX = const vboot::stub::regs_offset::ECX,
-    R_EDX = const vboot::stub::regs_offset::EDX,
-    R_ESI = const vboot::stub::regs_offset::ESI,
-    R_EDI = const vboot::stub::regs_offset::EDI,
-    R_EBP = const vboot::stub::regs_offset::EBP,
-    R_DS = const vboot::stub::regs_offset::DS,
-    R_ES = const vboot::stub::regs_offset::ES,
-    R_FLAGS = const vboot::stub::regs_offset::FLAGS,
+    R_EAX = const vboot::realmode::regs_offset::EAX,
+    R_EBX = const vboot::realmode::regs_offset::EBX,
+    R_ECX = const vboot::realmode::regs_offset::ECX,
+    R_EDX = const vboot::realmode::regs_offset::EDX,
+    R_ESI = const vboot::realmode::regs_offset::ESI,
+    R_EDI = const vboot::realmode::regs_offset::EDI,
+    R_EBP = const vboot::realmode::regs_offset::EBP,
+    R_DS = const vboot::realmode::regs_offset::DS,
+    R_ES = const vboot::realmode::regs_offset::ES,
+    R_FLAGS = const vboot::realmode::regs_offset::FLAGS,
+    R_SIZE = const vboot::realmode::regs_offset::SIZE,
     options(att_syntax)
 );
 

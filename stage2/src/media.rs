@@ -12,7 +12,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::bios::{self, BiosRegs, DAP_ADDR};
+use crate::bios::{self, Regs, DAP_ADDR};
 use crate::disk::BiosDisk;
 use crate::images::VolumeFile;
 use crate::println;
@@ -276,9 +276,9 @@ fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Resul
         let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request((image.load_rba + done) as u64, n as u16, buffer);
         bios::write_low(DAP_ADDR, &dap);
         let (dseg, doff) = bios::seg_off(DAP_ADDR);
-        let mut r = BiosRegs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
+        let mut r = Regs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
         bios::call(0x13, &mut r);
-        if r.carry() {
+        if r.cf() {
             return Err(format!(
                 "reading the CD's boot image (block {}): INT 13h status {:02X}h",
                 image.load_rba + done,
@@ -299,7 +299,7 @@ fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Resul
     bios::write_low(params + 6, &ip.to_le_bytes());
     bios::write_low(params + 8, &cs.to_le_bytes());
     println!("Starting the guest.");
-    let mut r = BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
+    let mut r = Regs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
     bios::call(0x10, &mut r);
     bios::jump_real_mode((stub_linear >> 4) as u16, code_off as u16, CD_DRIVE)
 }

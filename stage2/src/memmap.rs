@@ -1,6 +1,6 @@
 //! The memory map: INT 15h E820, with the E801 and 88h fallbacks for old machines.
 
-use crate::bios::{self, BiosRegs, SMALL_BUF_ADDR};
+use crate::bios::{self, Regs, SMALL_BUF_ADDR};
 use heapless::Vec;
 
 #[derive(Clone, Copy, Debug)]
@@ -28,7 +28,7 @@ pub fn read() -> MemoryMap {
         // ACPI 3 entries carry an extended-attributes dword; ask for 24 bytes, accept 20.
         bios::write_low(SMALL_BUF_ADDR + 20, &1u32.to_le_bytes());
         let (seg, off) = bios::seg_off(SMALL_BUF_ADDR);
-        let mut r = BiosRegs {
+        let mut r = Regs {
             eax: 0xE820,
             ebx: continuation,
             ecx: 24,
@@ -38,7 +38,7 @@ pub fn read() -> MemoryMap {
             ..Default::default()
         };
         bios::call(0x15, &mut r);
-        if r.carry() || r.eax != SMAP {
+        if r.cf() || r.eax != SMAP {
             break;
         }
         let mut e = [0u8; 24];
@@ -62,9 +62,9 @@ pub fn read() -> MemoryMap {
     }
     let low = Region { base: 0, length: conventional_kib() as u64 * 1024, kind: 1 };
     let _ = regions.push(low);
-    let mut r = BiosRegs { eax: 0xE801, ..Default::default() };
+    let mut r = Regs { eax: 0xE801, ..Default::default() };
     bios::call(0x15, &mut r);
-    if !r.carry() {
+    if !r.cf() {
         let (mut kib_1m_16m, mut blocks_above_16m) = (r.eax & 0xFFFF, r.ebx & 0xFFFF);
         if kib_1m_16m == 0 {
             kib_1m_16m = r.ecx & 0xFFFF;
@@ -76,9 +76,9 @@ pub fn read() -> MemoryMap {
         }
         return MemoryMap { regions, source: "E801" };
     }
-    let mut r = BiosRegs { eax: 0x8800, ..Default::default() };
+    let mut r = Regs { eax: 0x8800, ..Default::default() };
     bios::call(0x15, &mut r);
-    let kib = if r.carry() { 0 } else { r.eax & 0xFFFF };
+    let kib = if r.cf() { 0 } else { r.eax & 0xFFFF };
     let _ = regions.push(Region { base: 0x10_0000, length: kib as u64 * 1024, kind: 1 });
     MemoryMap { regions, source: "INT 15h AH=88h" }
 }

@@ -1,7 +1,7 @@
 //! The real-mode stub as the engine sees it: a block of low memory at a known linear address,
 //! with the fields of vboot::stub::StubHeader (src/stub.rs), and the way back to the original BIOS.
 
-use vboot::int13::Regs;
+use vboot::realmode::Regs;
 
 // Field offsets of the stub's header, defined once in vboot::stub (src/stub.rs).
 pub use vboot::stub::offset::{
