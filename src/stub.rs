@@ -141,8 +141,10 @@ const_assert_eq!(offset::DAP, 0xE0);
 const_assert_eq!(offset::DISKETTE_TABLE, 0xF0);
 
 /// `engine_init(plan, plan_bytes, heap, heap_bytes, stub_linear, message, message_bytes)`:
-/// 0, or the length of the error message it wrote.
-pub type EngineInit = extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32;
+/// 0, or the length of the error message it wrote. The caller guarantees that the plan and the
+/// message buffer are valid for the call, that the heap is the engine's alone from then on, and
+/// that `stub_linear` is the stub it installed.
+pub type EngineInit = unsafe extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32;
 
 /// The first bytes of the relocated engine (stage2/engine/src/main.rs `engine_header`), which
 /// stage2 reads after copying it (stage2/src/resident.rs). The function pointers are relocated

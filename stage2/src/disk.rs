@@ -2,6 +2,7 @@
 //! when the BIOS has no extensions.
 
 use crate::bios::{self, Regs, BOUNCE_ADDR, BOUNCE_BYTES, DAP_ADDR, SMALL_BUF_ADDR};
+use crate::lowmem;
 use vboot::block::{check_request, BlockDevice, BlockError, SECTOR_BYTES};
 
 const BOUNCE_SECTORS: usize = BOUNCE_BYTES / SECTOR_BYTES;
@@ -32,12 +33,12 @@ impl BiosDisk {
         if edd {
             let mut buf = [0u8; 0x1A];
             buf[0] = 0x1A;
-            bios::write_low(SMALL_BUF_ADDR, &buf);
+            lowmem::write(SMALL_BUF_ADDR, &buf);
             let (seg, off) = bios::seg_off(SMALL_BUF_ADDR);
             let mut r = Regs { eax: 0x4800, edx: drive as u32, esi: off as u32, ds: seg, ..Default::default() };
             bios::call(0x13, &mut r);
             if !r.cf() {
-                bios::read_low(SMALL_BUF_ADDR, &mut buf);
+                lowmem::read(SMALL_BUF_ADDR, &mut buf);
                 sectors = u64::from_le_bytes([buf[16], buf[17], buf[18], buf[19], buf[20], buf[21], buf[22], buf[23]]);
             }
         }
@@ -60,7 +61,7 @@ impl BiosDisk {
     fn transfer(&mut self, write: bool, lba: u64, count: usize) -> Result<(), BlockError> {
         if self.edd {
             let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request(lba, count as u16, BOUNCE_ADDR);
-            bios::write_low(DAP_ADDR, &dap);
+            lowmem::write(DAP_ADDR, &dap);
             let (dseg, doff) = bios::seg_off(DAP_ADDR);
             let ah = if write { 0x43 } else { 0x42 };
             let mut r = Regs { eax: ah << 8, edx: self.drive as u32, esi: doff as u32, ds: dseg, ..Default::default() };
@@ -114,7 +115,7 @@ pub fn geometry(drive: u8) -> Option<Chs> {
 
 /// Number of hard disks the BIOS reports (BDA 0040:0075).
 pub fn hard_disk_count() -> u8 {
-    unsafe { core::ptr::read_volatile(0x475 as *const u8) }
+    lowmem::read_u8(0x475)
 }
 
 impl BlockDevice for BiosDisk {
@@ -128,7 +129,7 @@ impl BlockDevice for BiosDisk {
         for (i, chunk) in buf.chunks_mut(BOUNCE_SECTORS * SECTOR_BYTES).enumerate() {
             let at = lba + (i * BOUNCE_SECTORS) as u64;
             self.transfer(false, at, chunk.len() / SECTOR_BYTES)?;
-            bios::read_low(BOUNCE_ADDR, chunk);
+            lowmem::read(BOUNCE_ADDR, chunk);
         }
         Ok(())
     }
@@ -137,7 +138,7 @@ impl BlockDevice for BiosDisk {
         check_request(lba, buf.len(), self.sectors)?;
         for (i, chunk) in buf.chunks(BOUNCE_SECTORS * SECTOR_BYTES).enumerate() {
             let at = lba + (i * BOUNCE_SECTORS) as u64;
-            bios::write_low(BOUNCE_ADDR, chunk);
+            lowmem::write(BOUNCE_ADDR, chunk);
             self.transfer(true, at, chunk.len() / SECTOR_BYTES)?;
         }
         Ok(())

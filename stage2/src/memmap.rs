@@ -1,6 +1,7 @@
 //! The memory map: INT 15h E820, with the E801 and 88h fallbacks for old machines.
 
 use crate::bios::{self, Regs, SMALL_BUF_ADDR};
+use crate::lowmem;
 use heapless::Vec;
 
 #[derive(Clone, Copy, Debug)]
@@ -24,9 +25,9 @@ pub fn read() -> MemoryMap {
     let mut regions: Vec<Region, MAX_REGIONS> = Vec::new();
     let mut continuation = 0u32;
     loop {
-        bios::write_low(SMALL_BUF_ADDR, &[0u8; 24]);
+        lowmem::write(SMALL_BUF_ADDR, &[0u8; 24]);
         // ACPI 3 entries carry an extended-attributes dword; ask for 24 bytes, accept 20.
-        bios::write_low(SMALL_BUF_ADDR + 20, &1u32.to_le_bytes());
+        lowmem::write(SMALL_BUF_ADDR + 20, &1u32.to_le_bytes());
         let (seg, off) = bios::seg_off(SMALL_BUF_ADDR);
         let mut r = Regs {
             eax: 0xE820,
@@ -42,7 +43,7 @@ pub fn read() -> MemoryMap {
             break;
         }
         let mut e = [0u8; 24];
-        bios::read_low(SMALL_BUF_ADDR, &mut e);
+        lowmem::read(SMALL_BUF_ADDR, &mut e);
         let base = u64::from_le_bytes(e[0..8].try_into().unwrap_or([0; 8]));
         let length = u64::from_le_bytes(e[8..16].try_into().unwrap_or([0; 8]));
         let kind = u32::from_le_bytes(e[16..20].try_into().unwrap_or([0; 4]));
@@ -85,7 +86,7 @@ pub fn read() -> MemoryMap {
 
 /// Conventional memory in KiB (BDA 0040:0013).
 pub fn conventional_kib() -> u16 {
-    unsafe { core::ptr::read_volatile(0x413 as *const u16) }
+    lowmem::read_u16(0x413)
 }
 
 impl MemoryMap {
