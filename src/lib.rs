@@ -28,5 +28,6 @@ pub mod install;
 pub mod menu;
 pub mod part;
 pub mod reach;
+pub mod realmode;
 pub mod resident;
 pub mod stub;

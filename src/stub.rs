@@ -5,7 +5,7 @@
 //! stage2/engine/src/entry.s). It is defined here once: the Rust sides use the offsets below and
 //! the assembly gets them as `const` operands, so no offset is typed twice.
 
-use crate::int13::Regs;
+use crate::realmode::Regs;
 use core::mem::offset_of;
 use static_assertions::const_assert_eq;
 
@@ -124,20 +124,8 @@ offsets! {
     DISKETTE_TABLE = diskette_table;
 }
 
-/// Byte offsets of [`Regs`] fields inside `frame` and `bios_regs`.
-pub mod regs_offset {
-    use super::*;
-    pub const EAX: u32 = offset_of!(Regs, eax) as u32;
-    pub const EBX: u32 = offset_of!(Regs, ebx) as u32;
-    pub const ECX: u32 = offset_of!(Regs, ecx) as u32;
-    pub const EDX: u32 = offset_of!(Regs, edx) as u32;
-    pub const ESI: u32 = offset_of!(Regs, esi) as u32;
-    pub const EDI: u32 = offset_of!(Regs, edi) as u32;
-    pub const EBP: u32 = offset_of!(Regs, ebp) as u32;
-    pub const DS: u32 = offset_of!(Regs, ds) as u32;
-    pub const ES: u32 = offset_of!(Regs, es) as u32;
-    pub const FLAGS: u32 = offset_of!(Regs, flags) as u32;
-}
+/// Byte offsets of [`Regs`] fields inside `frame` and `bios_regs` (defined with the type).
+pub use crate::realmode::regs_offset;
 
 // The layout as the stub's data directives lay it out (stage2/src/stub.s emits the header with
 // `.fill` between these points): a change here must keep them in order.
@@ -153,8 +141,10 @@ const_assert_eq!(offset::DAP, 0xE0);
 const_assert_eq!(offset::DISKETTE_TABLE, 0xF0);
 
 /// `engine_init(plan, plan_bytes, heap, heap_bytes, stub_linear, message, message_bytes)`:
-/// 0, or the length of the error message it wrote.
-pub type EngineInit = extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32;
+/// 0, or the length of the error message it wrote. The caller guarantees that the plan and the
+/// message buffer are valid for the call, that the heap is the engine's alone from then on, and
+/// that `stub_linear` is the stub it installed.
+pub type EngineInit = unsafe extern "C" fn(*const u8, u32, *mut u8, u32, u32, *mut u8, u32) -> u32;
 
 /// The first bytes of the relocated engine (stage2/engine/src/main.rs `engine_header`), which
 /// stage2 reads after copying it (stage2/src/resident.rs). The function pointers are relocated

@@ -4,7 +4,7 @@ use super::chs::{floppy_geometry_by_search, geometry_from_sector0, Chs, FloppyFo
 use super::memory::VecMemory;
 use super::disk::EmulatedDisk;
 use super::memory::{bda, GuestMemory};
-use super::regs::Regs;
+use crate::realmode::Regs;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;

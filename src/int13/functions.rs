@@ -6,7 +6,7 @@ use super::disk::MEMORY_UNREACHABLE;
 use super::drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, ElToritoBoot};
 use super::edd::{self, DiskAddressPacket, DriveParameters};
 use super::memory::{bda, GuestMemory};
-use super::regs::Regs;
+use crate::realmode::Regs;
 use super::Status;
 
 type Answer = Result<u8, Status>;

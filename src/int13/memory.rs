@@ -2,11 +2,7 @@
 
 use alloc::vec::Vec;
 
-/// Real-mode `seg:off` to a linear address. No 64 KiB wrap: a buffer that runs past the end of
-/// its segment continues linearly (SeaBIOS does the same).
-pub const fn linear(segment: u16, offset: u16) -> u64 {
-    segment as u64 * 16 + offset as u64
-}
+pub use crate::realmode::linear;
 
 /// Guest memory at `linear..linear+bytes` cannot be reached (past the end of RAM, or above what
 /// the engine maps).
@@ -188,12 +184,6 @@ pub mod bda {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn linear_does_not_wrap_at_64k() {
-        assert_eq!(linear(0x07C0, 0), 0x7C00);
-        assert_eq!(linear(0xFFFF, 0xFFFF), 0x10FFEF);
-    }
 
     #[test]
     fn vec_memory_refuses_out_of_range() {

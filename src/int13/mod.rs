@@ -40,7 +40,6 @@ mod drives;
 pub mod edd;
 mod functions;
 pub mod memory;
-pub mod regs;
 
 #[cfg(test)]
 mod tests;
@@ -51,7 +50,8 @@ pub use chs::{Chs, ChsAddress, FloppyFormat};
 pub use disk::{BlockDisk, DiskError, EmulatedDisk};
 pub use drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 pub use memory::{bda, check_guest_range, linear, GuestMemory, MemoryError, VecMemory};
-pub use regs::Regs;
+// The register type is real mode's, shared with every BIOS thunk of the firmware.
+pub use crate::realmode::Regs;
 
 /// An INT 13h status code: AH on return, and the byte kept at 0040:0074 / 0040:0041.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

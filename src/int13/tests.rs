@@ -6,7 +6,7 @@ use super::disk::{BlockDisk, DiskError, EmulatedDisk};
 use super::drives::{CdEmulation, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 use super::memory::{bda, linear, GuestMemory, VecMemory};
 use super::edd;
-use super::regs::Regs;
+use crate::realmode::Regs;
 use super::{fail_call, handle, Outcome, Status};
 use crate::block::{BlockDevice, BlockError, MemDisk};
 use alloc::boxed::Box;

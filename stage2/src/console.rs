@@ -1,14 +1,25 @@
 //! Text console: VGA text mode mirrored on COM1, keys from the keyboard (INT 16h) and COM1, so
 //! vboot can be driven entirely over a serial line.
 
-use crate::bios::{self, BiosRegs};
+use crate::bios::{self, Regs};
+use crate::{lowmem, machine};
 use core::fmt;
-use x86::io::{inb, outb};
+use volatile::VolatilePtr;
 
-const VGA: *mut u16 = 0xB8000 as *mut u16;
+/// The colour text screen (mode 3) at B800:0000: a character and its attribute per cell.
+const VGA_TEXT: u32 = 0xB8000;
+const CRTC: u16 = 0x3D4;
 pub const COLUMNS: usize = 80;
 pub const ROWS: usize = 25;
-const COM1: u16 = 0x3F8;
+
+/// The text screen's cells, row by row.
+fn screen() -> VolatilePtr<'static, [u16]> {
+    lowmem::cells(VGA_TEXT, COLUMNS * ROWS)
+}
+
+fn cell(attr: u8, b: u8) -> u16 {
+    ((attr as u16) << 8) | b as u16
+}
 
 pub const ATTR_NORMAL: u8 = 0x07;
 pub const ATTR_HIGHLIGHT: u8 = 0x70;
@@ -40,23 +51,13 @@ pub fn set_attr(attr: u8) {
 
 impl Console {
     pub fn init(&mut self) {
-        unsafe {
-            outb(COM1 + 1, 0x00); // no interrupts: we poll
-            outb(COM1 + 3, 0x80); // divisor latch
-            outb(COM1, 0x01); // 115200 baud
-            outb(COM1 + 1, 0x00);
-            outb(COM1 + 3, 0x03); // 8N1
-            outb(COM1 + 2, 0xC7); // FIFO on
-            outb(COM1 + 4, 0x03);
-            // A missing UART reads back 0xFF from the line status register.
-            self.serial = inb(COM1 + 5) != 0xFF;
-        }
+        self.serial = machine::com1_init();
         self.clear();
     }
 
     pub fn clear(&mut self) {
-        for i in 0..COLUMNS * ROWS {
-            unsafe { VGA.add(i).write_volatile(((ATTR_NORMAL as u16) << 8) | b' ' as u16) };
+        for c in screen().iter() {
+            c.write(cell(ATTR_NORMAL, b' '));
         }
         self.row = 0;
         self.col = 0;
@@ -70,19 +71,18 @@ impl Console {
         // A real UART sends a byte in under 100 us at 115200 baud; an emulated one may take
         // longer when its host side is busy. Never overwrite a byte still waiting to go.
         for _ in 0..5_000_000 {
-            if unsafe { inb(COM1 + 5) } & 0x20 != 0 {
+            if machine::com1_line_status() & 0x20 != 0 {
                 break;
             }
         }
-        unsafe { outb(COM1, b) };
+        machine::com1_send(b);
     }
 
     fn scroll(&mut self) {
-        unsafe {
-            core::ptr::copy(VGA.add(COLUMNS), VGA, COLUMNS * (ROWS - 1));
-            for c in 0..COLUMNS {
-                VGA.add(COLUMNS * (ROWS - 1) + c).write_volatile(((ATTR_NORMAL as u16) << 8) | b' ' as u16);
-            }
+        let screen = screen();
+        screen.copy_within(COLUMNS.., 0);
+        for c in screen.index(COLUMNS * (ROWS - 1)..).iter() {
+            c.write(cell(ATTR_NORMAL, b' '));
         }
         self.row = ROWS - 1;
     }
@@ -108,9 +108,7 @@ impl Console {
                 if self.row >= ROWS {
                     self.scroll();
                 }
-                unsafe {
-                    VGA.add(self.row * COLUMNS + self.col).write_volatile(((self.attr as u16) << 8) | b as u16)
-                };
+                screen().index(self.row * COLUMNS + self.col).write(cell(self.attr, b));
                 self.col += 1;
             }
         }
@@ -121,12 +119,7 @@ impl Console {
 
     fn update_cursor(&self) {
         let pos = (self.row * COLUMNS + self.col.min(COLUMNS - 1)) as u16;
-        unsafe {
-            outb(0x3D4, 0x0F);
-            outb(0x3D5, pos as u8);
-            outb(0x3D4, 0x0E);
-            outb(0x3D5, (pos >> 8) as u8);
-        }
+        machine::set_cursor(CRTC, pos);
     }
 
     /// Raw bytes to the serial line only (ANSI sequences for a serial menu).
@@ -138,8 +131,8 @@ impl Console {
 
     /// One byte from COM1, if one is waiting.
     pub fn serial_read(&mut self) -> Option<u8> {
-        if self.serial && unsafe { inb(COM1 + 5) } & 1 != 0 {
-            Some(unsafe { inb(COM1) })
+        if self.serial && machine::com1_line_status() & 1 != 0 {
+            Some(machine::com1_receive())
         } else {
             None
         }
@@ -159,12 +152,12 @@ impl fmt::Write for Console {
 
 /// A key from the keyboard as (scan code, ASCII), if one is waiting (INT 16h AH=01h, AH=00h).
 pub fn keyboard_key() -> Option<(u8, u8)> {
-    let mut r = BiosRegs { eax: 0x0100, ..Default::default() };
+    let mut r = Regs { eax: 0x0100, ..Default::default() };
     bios::call(0x16, &mut r);
-    if r.eflags & bios::FLAG_ZERO != 0 {
+    if r.zf() {
         return None;
     }
-    let mut r = BiosRegs { eax: 0x0000, ..Default::default() };
+    let mut r = Regs { eax: 0x0000, ..Default::default() };
     bios::call(0x16, &mut r);
     Some(((r.eax >> 8) as u8, r.eax as u8))
 }
@@ -176,9 +169,9 @@ impl Console {
         for row in 0..ROWS {
             let text = lines.get(row).map(|s| s.as_bytes()).unwrap_or(&[]);
             let attr = if highlight == Some(row) { ATTR_HIGHLIGHT } else { ATTR_NORMAL };
-            for col in 0..COLUMNS {
+            for (col, c) in screen().index(row * COLUMNS..(row + 1) * COLUMNS).iter().enumerate() {
                 let b = text.get(col).copied().filter(|b| b.is_ascii()).unwrap_or(b' ');
-                unsafe { VGA.add(row * COLUMNS + col).write_volatile(((attr as u16) << 8) | b as u16) };
+                c.write(cell(attr, b));
             }
         }
         self.row = ROWS - 1;

@@ -1,7 +1,8 @@
 //! BIOS disks as `BlockDevice`s: INT 13h AH=42h/43h through the bounce buffer, or CHS (AH=02h/03h)
 //! when the BIOS has no extensions.
 
-use crate::bios::{self, BiosRegs, BOUNCE_ADDR, BOUNCE_BYTES, DAP_ADDR, SMALL_BUF_ADDR};
+use crate::bios::{self, Regs, BOUNCE_ADDR, BOUNCE_BYTES, DAP_ADDR, SMALL_BUF_ADDR};
+use crate::lowmem;
 use vboot::block::{check_request, BlockDevice, BlockError, SECTOR_BYTES};
 
 const BOUNCE_SECTORS: usize = BOUNCE_BYTES / SECTOR_BYTES;
@@ -25,19 +26,19 @@ impl BiosDisk {
     /// Probe a drive: `None` if the BIOS does not know it.
     pub fn probe(drive: u8) -> Option<BiosDisk> {
         let chs = geometry(drive);
-        let mut r = BiosRegs { eax: 0x4100, ebx: 0x55AA, edx: drive as u32, ..Default::default() };
+        let mut r = Regs { eax: 0x4100, ebx: 0x55AA, edx: drive as u32, ..Default::default() };
         bios::call(0x13, &mut r);
-        let edd = !r.carry() && (r.ebx & 0xFFFF) == 0xAA55 && r.ecx & 1 != 0;
+        let edd = !r.cf() && (r.ebx & 0xFFFF) == 0xAA55 && r.ecx & 1 != 0;
         let mut sectors = 0u64;
         if edd {
             let mut buf = [0u8; 0x1A];
             buf[0] = 0x1A;
-            bios::write_low(SMALL_BUF_ADDR, &buf);
+            lowmem::write(SMALL_BUF_ADDR, &buf);
             let (seg, off) = bios::seg_off(SMALL_BUF_ADDR);
-            let mut r = BiosRegs { eax: 0x4800, edx: drive as u32, esi: off as u32, ds: seg, ..Default::default() };
+            let mut r = Regs { eax: 0x4800, edx: drive as u32, esi: off as u32, ds: seg, ..Default::default() };
             bios::call(0x13, &mut r);
-            if !r.carry() {
-                bios::read_low(SMALL_BUF_ADDR, &mut buf);
+            if !r.cf() {
+                lowmem::read(SMALL_BUF_ADDR, &mut buf);
                 sectors = u64::from_le_bytes([buf[16], buf[17], buf[18], buf[19], buf[20], buf[21], buf[22], buf[23]]);
             }
         }
@@ -60,12 +61,12 @@ impl BiosDisk {
     fn transfer(&mut self, write: bool, lba: u64, count: usize) -> Result<(), BlockError> {
         if self.edd {
             let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request(lba, count as u16, BOUNCE_ADDR);
-            bios::write_low(DAP_ADDR, &dap);
+            lowmem::write(DAP_ADDR, &dap);
             let (dseg, doff) = bios::seg_off(DAP_ADDR);
             let ah = if write { 0x43 } else { 0x42 };
-            let mut r = BiosRegs { eax: ah << 8, edx: self.drive as u32, esi: doff as u32, ds: dseg, ..Default::default() };
+            let mut r = Regs { eax: ah << 8, edx: self.drive as u32, esi: doff as u32, ds: dseg, ..Default::default() };
             bios::call(0x13, &mut r);
-            if r.carry() {
+            if r.cf() {
                 return Err(BlockError::Io { lba, status: r.ah() as u32 });
             }
             return Ok(());
@@ -82,7 +83,7 @@ impl BiosDisk {
             let sector = l % g.sectors_per_track as u64 + 1;
             let (seg, off) = bios::seg_off(BOUNCE_ADDR + (i as u32) * SECTOR_BYTES as u32);
             let ah: u32 = if write { 0x03 } else { 0x02 };
-            let mut r = BiosRegs {
+            let mut r = Regs {
                 eax: (ah << 8) | 1,
                 ecx: (((cyl & 0xFF) as u32) << 8) | (((cyl >> 8) as u32 & 3) << 6) | sector as u32,
                 edx: ((head as u32) << 8) | self.drive as u32,
@@ -91,7 +92,7 @@ impl BiosDisk {
                 ..Default::default()
             };
             bios::call(0x13, &mut r);
-            if r.carry() {
+            if r.cf() {
                 return Err(BlockError::Io { lba: l, status: r.ah() as u32 });
             }
         }
@@ -101,9 +102,9 @@ impl BiosDisk {
 
 /// AH=08h: the BIOS's CHS view of a drive.
 pub fn geometry(drive: u8) -> Option<Chs> {
-    let mut r = BiosRegs { eax: 0x0800, edx: drive as u32, ..Default::default() };
+    let mut r = Regs { eax: 0x0800, edx: drive as u32, ..Default::default() };
     bios::call(0x13, &mut r);
-    if r.carry() || r.ecx & 0x3F == 0 {
+    if r.cf() || r.ecx & 0x3F == 0 {
         return None;
     }
     let cl = r.ecx & 0xFF;
@@ -114,7 +115,7 @@ pub fn geometry(drive: u8) -> Option<Chs> {
 
 /// Number of hard disks the BIOS reports (BDA 0040:0075).
 pub fn hard_disk_count() -> u8 {
-    unsafe { core::ptr::read_volatile(0x475 as *const u8) }
+    lowmem::read_u8(0x475)
 }
 
 impl BlockDevice for BiosDisk {
@@ -128,7 +129,7 @@ impl BlockDevice for BiosDisk {
         for (i, chunk) in buf.chunks_mut(BOUNCE_SECTORS * SECTOR_BYTES).enumerate() {
             let at = lba + (i * BOUNCE_SECTORS) as u64;
             self.transfer(false, at, chunk.len() / SECTOR_BYTES)?;
-            bios::read_low(BOUNCE_ADDR, chunk);
+            lowmem::read(BOUNCE_ADDR, chunk);
         }
         Ok(())
     }
@@ -137,7 +138,7 @@ impl BlockDevice for BiosDisk {
         check_request(lba, buf.len(), self.sectors)?;
         for (i, chunk) in buf.chunks(BOUNCE_SECTORS * SECTOR_BYTES).enumerate() {
             let at = lba + (i * BOUNCE_SECTORS) as u64;
-            bios::write_low(BOUNCE_ADDR, chunk);
+            lowmem::write(BOUNCE_ADDR, chunk);
             self.transfer(true, at, chunk.len() / SECTOR_BYTES)?;
         }
         Ok(())

@@ -133,15 +133,7 @@ a20_is_on:
 .set LOAD_BOUNCE, 0x1000
 .set LOAD_DAP, 0x0600
 .set LOAD_CHUNK_SECTORS, 48         # 24 KiB: the bounce buffer, inside one 64 KiB DMA page
-# BiosRegs (src/bios.rs) field offsets.
-.set R_EAX, 0
-.set R_EBX, 4
-.set R_ECX, 8
-.set R_EDX, 12
-.set R_ESI, 16
-.set R_DS, 28
-.set R_ES, 30
-.set R_EFLAGS, 32
+# The register block's offsets (R_*, R_SIZE) and SAVE_GPRS/LOAD_GPRS: regs.s (vboot::realmode::Regs).
 load_high_part:
     movzwl stage_patch_ptr, %esi
     mov (%esi), %eax                # StagePatch.stage2_lba (u64): where the low part starts
@@ -201,7 +193,7 @@ load_read_lba:
     movl $LOAD_DAP, load_regs+R_ESI
     mov $0x13, %eax
     call load_bios
-    testl $1, load_regs+R_EFLAGS
+    testw $1, load_regs+R_FLAGS
     jz 2f
     call load_reset
     decl load_tries
@@ -250,7 +242,7 @@ load_read_chs:
     mov %eax, load_regs+R_EBX
     mov $0x13, %eax
     call load_bios
-    testl $1, load_regs+R_EFLAGS
+    testw $1, load_regs+R_FLAGS
     jz 3f
     call load_reset
     decl load_tries
@@ -272,7 +264,7 @@ load_chs_geometry:
     mov %eax, load_regs+R_EDX
     mov $0x13, %eax
     call load_bios
-    testl $1, load_regs+R_EFLAGS
+    testw $1, load_regs+R_FLAGS
     jnz load_failed
     mov load_regs+R_ECX, %eax
     and $0x3F, %eax
@@ -292,7 +284,7 @@ load_reset:
 
 load_clear_regs:
     mov $load_regs, %edi
-    mov $9, %ecx
+    mov $R_SIZE / 4, %ecx
     xor %eax, %eax
     rep stosl
     ret
@@ -331,9 +323,9 @@ load_halt_with:
     hlt
     jmp 2b
 
-# void bios_call(uint32_t vector, struct BiosRegs *regs)
-# BiosRegs (src/bios.rs): eax ebx ecx edx esi edi ebp (u32 each), ds es (u16), eflags (u32).
-# The registers go in and come back through `thunk_regs`, which real mode can address.
+# void bios_call(uint32_t vector, Regs *regs)
+# Regs (vboot::realmode): eax ebx ecx edx esi edi ebp (u32 each), ds es flags (u16), padded to
+# R_SIZE. The registers go in and come back through `thunk_regs`, which real mode can address.
 .global bios_call
 bios_call:
     pushal
@@ -341,7 +333,7 @@ bios_call:
     mov %al, .Lint_vector       # patch the vector byte of the `int` below
     mov 40(%esp), %esi
     mov $thunk_regs, %edi
-    mov $9, %ecx
+    mov $R_SIZE / 4, %ecx
     rep movsl
     mov %esp, saved_esp
     sgdt saved_gdt
@@ -368,15 +360,9 @@ bios_call:
     mov %ax, %gs
     mov %ax, %ds
     lidt real_mode_idt
-    pushw thunk_regs+28
-    pushw thunk_regs+30
-    mov thunk_regs+0, %eax
-    mov thunk_regs+4, %ebx
-    mov thunk_regs+8, %ecx
-    mov thunk_regs+12, %edx
-    mov thunk_regs+16, %esi
-    mov thunk_regs+20, %edi
-    mov thunk_regs+24, %ebp
+    pushw thunk_regs+R_DS
+    pushw thunk_regs+R_ES
+    LOAD_GPRS thunk_regs
     pop %es
     pop %ds
     sti
@@ -384,17 +370,11 @@ bios_call:
 .Lint_vector:
     .byte 0x00
     cli
-    pushfl
-    mov %eax, %cs:thunk_regs+0
-    mov %ebx, %cs:thunk_regs+4
-    mov %ecx, %cs:thunk_regs+8
-    mov %edx, %cs:thunk_regs+12
-    mov %esi, %cs:thunk_regs+16
-    mov %edi, %cs:thunk_regs+20
-    mov %ebp, %cs:thunk_regs+24
-    mov %ds, %cs:thunk_regs+28
-    mov %es, %cs:thunk_regs+30
-    popl %cs:thunk_regs+32
+    pushfw                      # FLAGS as the BIOS left them (16 bits: the field is a u16)
+    SAVE_GPRS thunk_regs
+    mov %ds, %cs:thunk_regs+R_DS
+    mov %es, %cs:thunk_regs+R_ES
+    popw %cs:thunk_regs+R_FLAGS
     xor %ax, %ax
     mov %ax, %ds
     # Some BIOSes reload GDTR/IDTR; put ours back.
@@ -416,7 +396,7 @@ bios_call:
     lidt saved_idt
     mov 40(%esp), %edi
     mov $thunk_regs, %esi
-    mov $9, %ecx
+    mov $R_SIZE / 4, %ecx
     rep movsl
     popal
     ret
@@ -480,7 +460,7 @@ real_mode_idt:
 .balign 4
 .global thunk_regs
 thunk_regs:
-    .fill 36, 1, 0
+    .fill R_SIZE, 1, 0
 saved_esp:
     .long 0
 saved_gdt:
@@ -504,7 +484,7 @@ stage_patch_ptr:
     .word 0
 .balign 4
 load_regs:
-    .fill 36, 1, 0
+    .fill R_SIZE, 1, 0
 load_lba:
     .quad 0
 load_left:

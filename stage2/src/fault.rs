@@ -52,11 +52,13 @@ mod injected {
             }
             match words.next() {
                 Some("stage2-oom") => exhaust_heap(),
-                // SAFETY: each faults at once and never returns; `cpu_exception` takes over.
+                // SAFETY: faults at once and never returns; `cpu_exception` takes over for good.
                 Some("stage2-ud2") => unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) },
+                // SAFETY: as above (divide error).
                 Some("stage2-divide-error") => unsafe {
                     core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", options(nomem, nostack, noreturn))
                 },
+                // SAFETY: as above (general protection).
                 Some("stage2-gp") => unsafe { core::arch::asm!("mov ax, 0xFFF8", "mov ds, ax", options(nostack, noreturn)) },
                 Some("bios-no-edd") => NO_EDD.store(1, Ordering::SeqCst),
                 Some("stage2-oom-after-hook") => ARMED.store(AFTER_HOOK, Ordering::SeqCst),

@@ -5,8 +5,10 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::bios::{self, BiosRegs};
+use crate::bios::{self, Regs};
 use crate::disk::BiosDisk;
+use crate::highmem::Region;
+use crate::{lowmem, machine};
 use vboot::block::Window;
 use vboot::handoff::{self, Filesystem, HostDisk, HostPartition, HostScheme, Layer, LayerFormat, SafeHook, Table};
 use vboot::image::chain;
@@ -53,19 +55,18 @@ fn bcd(v: u8) -> u32 {
 /// A boot ID (time-stamp counter mixed with the clock) and the RTC time in Unix seconds (0 when
 /// the BIOS does not answer).
 pub fn boot_stamp() -> (u64, u64) {
-    let mut t = BiosRegs { eax: 0x0200, ..Default::default() };
+    let mut t = Regs { eax: 0x0200, ..Default::default() };
     bios::call(0x1A, &mut t);
-    let mut d = BiosRegs { eax: 0x0400, ..Default::default() };
+    let mut d = Regs { eax: 0x0400, ..Default::default() };
     bios::call(0x1A, &mut d);
-    let unix = if t.carry() || d.carry() {
+    let unix = if t.cf() || d.cf() {
         0
     } else {
         let b = |r: u32, shift: u32| bcd((r >> shift) as u8);
         handoff::unix_seconds(b(d.ecx, 8) * 100 + b(d.ecx, 0), b(d.edx, 8), b(d.edx, 0), b(t.ecx, 8), b(t.ecx, 0), b(t.edx, 8))
             .unwrap_or(0)
     };
-    // SAFETY: RDTSC exists on every CPU that runs stage2 (i686).
-    let tsc = unsafe { core::arch::x86::_rdtsc() };
+    let tsc = machine::timestamp();
     // Mixed (splitmix64), so two boots close in time differ in every bit.
     let mut seed = tsc ^ unix.rotate_left(32);
     let mut id = [0u8; 8];
@@ -73,10 +74,10 @@ pub fn boot_stamp() -> (u64, u64) {
     (u64::from_le_bytes(id), unix)
 }
 
-/// Write the table at `at` (inside the reserved range `reserved`) and point the stub's safe-hook
-/// header (at `hook`, the INT 13h entry) at it. The signature goes last, so a half-written table
-/// never looks like one.
-pub fn place(table: &mut Table, at: u32, room: u32, reserved: (u64, u64), hook: u32, prev_int13: u32) -> Result<(), String> {
+/// Write the table at `at` (inside `region`, which is the reserved range `reserved`) and point the
+/// stub's safe-hook header (at `hook`, the INT 13h entry) at it. The signature goes last, so a
+/// half-written table never looks like one.
+pub fn place(table: &mut Table, region: &mut Region, at: u32, room: u32, reserved: (u64, u64), hook: u32, prev_int13: u32) -> Result<(), String> {
     table.table_address = at as u64;
     table.reserved_base = reserved.0;
     table.reserved_length = reserved.1;
@@ -85,15 +86,16 @@ pub fn place(table: &mut Table, at: u32, room: u32, reserved: (u64, u64), hook: 
     if bytes.len() as u32 > room {
         return Err(String::from("internal: the hand-off table outgrew its room"));
     }
-    unsafe {
-        core::ptr::write_bytes(at as *mut u8, 0, room as usize);
-        core::ptr::copy_nonoverlapping(bytes[8..].as_ptr(), (at + 8) as *mut u8, bytes.len() - 8);
-        core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, 8);
-        let header = core::slice::from_raw_parts_mut(hook as *mut u8, handoff::HOOK_BYTES);
-        if SafeHook::parse(header).map(|h| h.vendor) != Some(handoff::HOOK_VENDOR) {
-            return Err(String::from("internal: the stub's INT 13h entry has no safe-hook header"));
-        }
-        SafeHook::fill(header, prev_int13, at, table.boot_id);
+    let dest = region.at_mut(at, room);
+    dest.fill(0);
+    dest[8..bytes.len()].copy_from_slice(&bytes[8..]);
+    dest[..8].copy_from_slice(&bytes[..8]);
+    let mut header = [0u8; handoff::HOOK_BYTES];
+    lowmem::read(hook, &mut header);
+    if SafeHook::parse(&header).map(|h| h.vendor) != Some(handoff::HOOK_VENDOR) {
+        return Err(String::from("internal: the stub's INT 13h entry has no safe-hook header"));
     }
+    SafeHook::fill(&mut header, prev_int13, at, table.boot_id);
+    lowmem::write(hook, &header);
     Ok(())
 }

@@ -12,19 +12,28 @@ mod console;
 mod disk;
 mod fault;
 mod handoff;
+mod heap;
+mod highmem;
 mod idt;
 mod images;
+// Shared with the engine (which includes it by path); each program uses part of it.
+#[allow(dead_code)]
+mod lowmem;
+mod machine;
 mod memmap;
 mod prepare;
 mod recovery;
 
-use linked_list_allocator::LockedHeap;
+use core::sync::atomic::Ordering;
 use vboot::block::SECTOR_BYTES;
 use vboot::install::StagePatch;
 
-core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
-// The stub's header offsets are defined once, in vboot::stub (src/stub.rs).
+// The register block's offsets (vboot::realmode, src/realmode.rs) and the stub's header offsets
+// (vboot::stub, src/stub.rs) are defined once in the core; regs.s turns the first into the R_*
+// symbols that entry.s and stub.s both use.
 core::arch::global_asm!(
+    include_str!("regs.s"),
+    include_str!("entry.s"),
     include_str!("stub.s"),
     S_INT13_OFF = const vboot::stub::offset::INT13_OFF,
     S_INT15_OFF = const vboot::stub::offset::INT15_OFF,
@@ -58,21 +67,19 @@ core::arch::global_asm!(
     S_DAP = const vboot::stub::offset::DAP,
     S_DISKETTE_TABLE = const vboot::stub::offset::DISKETTE_TABLE,
     S_CODE = const vboot::stub::CODE_OFFSET,
-    R_EAX = const vboot::stub::regs_offset::EAX,
-    R_EBX = const vboot::stub::regs_offset::EBX,
-    R_ECX = const vboot::stub::regs_offset::ECX,
-    R_EDX = const vboot::stub::regs_offset::EDX,
-    R_ESI = const vboot::stub::regs_offset::ESI,
-    R_EDI = const vboot::stub::regs_offset::EDI,
-    R_EBP = const vboot::stub::regs_offset::EBP,
-    R_DS = const vboot::stub::regs_offset::DS,
-    R_ES = const vboot::stub::regs_offset::ES,
-    R_FLAGS = const vboot::stub::regs_offset::FLAGS,
+    R_EAX = const vboot::realmode::regs_offset::EAX,
+    R_EBX = const vboot::realmode::regs_offset::EBX,
+    R_ECX = const vboot::realmode::regs_offset::ECX,
+    R_EDX = const vboot::realmode::regs_offset::EDX,
+    R_ESI = const vboot::realmode::regs_offset::ESI,
+    R_EDI = const vboot::realmode::regs_offset::EDI,
+    R_EBP = const vboot::realmode::regs_offset::EBP,
+    R_DS = const vboot::realmode::regs_offset::DS,
+    R_ES = const vboot::realmode::regs_offset::ES,
+    R_FLAGS = const vboot::realmode::regs_offset::FLAGS,
+    R_SIZE = const vboot::realmode::regs_offset::SIZE,
     options(att_syntax)
 );
-
-#[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
 
 extern "C" {
     /// The end of stage2's high part (code, data, .bss) above 1 MiB, 4 KiB-aligned (linker.ld).
@@ -91,13 +98,6 @@ fn linker_value(symbol: *const u8) -> u32 {
 /// The most heap stage2 takes, from the usable memory at 1 MiB.
 const HEAP_MAX_BYTES: u32 = 64 << 20;
 
-static mut HEAP_BASE: u32 = 0;
-static mut HEAP_END: u32 = 0;
-
-/// First byte above stage2's heap: the resident engine must go above it.
-pub fn heap_end() -> u32 {
-    unsafe { HEAP_END }
-}
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -121,6 +121,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     idt::load();
     console::with(|c| c.init());
     if option_env!("VBOOT_TEST_EXCEPTION").is_some() {
+        // SAFETY: a test build's deliberate invalid opcode: `cpu_exception` takes over for good.
         unsafe { core::arch::asm!("ud2") };
     }
     println!("vboot {} - boots operating systems from virtual disk files", VERSION);
@@ -151,11 +152,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         fatal("vboot needs at least 4 MiB of memory above 1 MiB");
     }
     // SAFETY: the range is usable RAM per the BIOS and nothing else in stage2 uses it.
-    unsafe { HEAP.lock().init(heap_base as *mut u8, heap_bytes as usize) };
-    unsafe {
-        HEAP_BASE = heap_base;
-        HEAP_END = heap_base + heap_bytes;
-    }
+    unsafe { heap::init(heap_base, heap_bytes) };
 
     let drive = drive as u8;
     let count = disk::hard_disk_count();
@@ -192,7 +189,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         linker_value(&raw const __stage2_low_sectors),
         if bios::stage1_used_lba() { "LBA" } else { "CHS" }
     );
-    unsafe { resident::ENGINE_LBA = { patch.stage2_lba } + stage2_sectors as u64 };
+    resident::ENGINE_LBA.store({ patch.stage2_lba } + stage2_sectors as u64, Ordering::SeqCst);
 
     // Everything from here allocates on the heap only inside a session: a panic abandons the
     // session, the heap starts afresh, and a new session shows the menu again (recovery.rs).
@@ -212,20 +209,6 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     })
 }
 
-/// Make the heap empty again, as at start: after a panic abandoned the menu session that used
-/// it (recovery.rs). Nothing reachable points into it then: statics hold no heap memory.
-pub(crate) fn reset_heap() {
-    // SAFETY: the caller guarantees nothing alive uses heap memory. A panic inside the allocator
-    // may have left the lock taken (there is no unwinding to release it); its data is
-    // re-initialised whole right after, so releasing it by force is sound.
-    unsafe {
-        if HEAP.is_locked() {
-            HEAP.force_unlock();
-        }
-        HEAP.lock().init(HEAP_BASE as *mut u8, (HEAP_END - HEAP_BASE) as usize);
-    }
-}
-
 mod boot;
 mod entry;
 mod guest;
@@ -239,7 +222,7 @@ fn read_patch(patch_ptr: u32) -> StagePatch {
     let mut sector = [0u8; SECTOR_BYTES];
     // stage1 is still at 0x7C00; patch_ptr points into it.
     if (0x7C00..0x7E00).contains(&patch_ptr) {
-        bios::read_low(0x7C00, &mut sector);
+        lowmem::read(0x7C00, &mut sector);
     }
     StagePatch::read(&sector)
 }
@@ -251,7 +234,7 @@ pub fn fatal(message: &str) -> ! {
     console::set_attr(console::ATTR_NORMAL);
     println!("Press any key to reboot.");
     wait_key();
-    bios::reboot()
+    machine::reboot()
 }
 
 /// Block until a key arrives on the keyboard or the serial line; returns its ASCII byte.

@@ -12,9 +12,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::bios::{self, BiosRegs, DAP_ADDR};
+use crate::bios::{self, Regs, DAP_ADDR};
 use crate::disk::BiosDisk;
 use crate::images::volume_file;
+use crate::lowmem;
 use crate::println;
 use crate::guest::start_guest;
 use crate::host::{DriveRole, EntryFile};
@@ -274,11 +275,11 @@ fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Resul
         let n = (blocks - done).min(BLOCKS_PER_READ);
         let buffer = source + done * CD_BLOCK_BYTES as u32;
         let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request((image.load_rba + done) as u64, n as u16, buffer);
-        bios::write_low(DAP_ADDR, &dap);
+        lowmem::write(DAP_ADDR, &dap);
         let (dseg, doff) = bios::seg_off(DAP_ADDR);
-        let mut r = BiosRegs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
+        let mut r = Regs { eax: 0x4200, edx: CD_DRIVE as u32, esi: doff as u32, ds: dseg, ..Default::default() };
         bios::call(0x13, &mut r);
-        if r.carry() {
+        if r.cf() {
             return Err(format!(
                 "reading the CD's boot image (block {}): INT 13h status {:02X}h",
                 image.load_rba + done,
@@ -293,13 +294,13 @@ fn start_no_emulation(stub_linear: u32, image: &BootImage, pause: bool) -> Resul
     // SeaBIOS's form of the entry point: 0000:7C00 when the load address fits a segment.
     let (cs, ip) = if dest <= 0xFFFF { (0u16, dest as u16) } else { (image.load_segment(), 0u16) };
     let params = stub_linear + params_off;
-    bios::write_low(params, &((source >> 4) as u16).to_le_bytes());
-    bios::write_low(params + 2, &image.load_segment().to_le_bytes());
-    bios::write_low(params + 4, &(bytes.div_ceil(16) as u16).to_le_bytes());
-    bios::write_low(params + 6, &ip.to_le_bytes());
-    bios::write_low(params + 8, &cs.to_le_bytes());
+    lowmem::write(params, &((source >> 4) as u16).to_le_bytes());
+    lowmem::write(params + 2, &image.load_segment().to_le_bytes());
+    lowmem::write(params + 4, &(bytes.div_ceil(16) as u16).to_le_bytes());
+    lowmem::write(params + 6, &ip.to_le_bytes());
+    lowmem::write(params + 8, &cs.to_le_bytes());
     println!("Starting the guest.");
-    let mut r = BiosRegs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
+    let mut r = Regs { eax: 0x0200, ebx: 0, edx: 24 << 8, ..Default::default() };
     bios::call(0x10, &mut r);
     bios::jump_real_mode((stub_linear >> 4) as u16, code_off as u16, CD_DRIVE)
 }

@@ -1,6 +1,7 @@
 //! The memory map: INT 15h E820, with the E801 and 88h fallbacks for old machines.
 
-use crate::bios::{self, BiosRegs, SMALL_BUF_ADDR};
+use crate::bios::{self, Regs, SMALL_BUF_ADDR};
+use crate::lowmem;
 use heapless::Vec;
 
 #[derive(Clone, Copy, Debug)]
@@ -24,11 +25,11 @@ pub fn read() -> MemoryMap {
     let mut regions: Vec<Region, MAX_REGIONS> = Vec::new();
     let mut continuation = 0u32;
     loop {
-        bios::write_low(SMALL_BUF_ADDR, &[0u8; 24]);
+        lowmem::write(SMALL_BUF_ADDR, &[0u8; 24]);
         // ACPI 3 entries carry an extended-attributes dword; ask for 24 bytes, accept 20.
-        bios::write_low(SMALL_BUF_ADDR + 20, &1u32.to_le_bytes());
+        lowmem::write(SMALL_BUF_ADDR + 20, &1u32.to_le_bytes());
         let (seg, off) = bios::seg_off(SMALL_BUF_ADDR);
-        let mut r = BiosRegs {
+        let mut r = Regs {
             eax: 0xE820,
             ebx: continuation,
             ecx: 24,
@@ -38,11 +39,11 @@ pub fn read() -> MemoryMap {
             ..Default::default()
         };
         bios::call(0x15, &mut r);
-        if r.carry() || r.eax != SMAP {
+        if r.cf() || r.eax != SMAP {
             break;
         }
         let mut e = [0u8; 24];
-        bios::read_low(SMALL_BUF_ADDR, &mut e);
+        lowmem::read(SMALL_BUF_ADDR, &mut e);
         let base = u64::from_le_bytes(e[0..8].try_into().unwrap_or([0; 8]));
         let length = u64::from_le_bytes(e[8..16].try_into().unwrap_or([0; 8]));
         let kind = u32::from_le_bytes(e[16..20].try_into().unwrap_or([0; 4]));
@@ -62,9 +63,9 @@ pub fn read() -> MemoryMap {
     }
     let low = Region { base: 0, length: conventional_kib() as u64 * 1024, kind: 1 };
     let _ = regions.push(low);
-    let mut r = BiosRegs { eax: 0xE801, ..Default::default() };
+    let mut r = Regs { eax: 0xE801, ..Default::default() };
     bios::call(0x15, &mut r);
-    if !r.carry() {
+    if !r.cf() {
         let (mut kib_1m_16m, mut blocks_above_16m) = (r.eax & 0xFFFF, r.ebx & 0xFFFF);
         if kib_1m_16m == 0 {
             kib_1m_16m = r.ecx & 0xFFFF;
@@ -76,16 +77,16 @@ pub fn read() -> MemoryMap {
         }
         return MemoryMap { regions, source: "E801" };
     }
-    let mut r = BiosRegs { eax: 0x8800, ..Default::default() };
+    let mut r = Regs { eax: 0x8800, ..Default::default() };
     bios::call(0x15, &mut r);
-    let kib = if r.carry() { 0 } else { r.eax & 0xFFFF };
+    let kib = if r.cf() { 0 } else { r.eax & 0xFFFF };
     let _ = regions.push(Region { base: 0x10_0000, length: kib as u64 * 1024, kind: 1 });
     MemoryMap { regions, source: "INT 15h AH=88h" }
 }
 
 /// Conventional memory in KiB (BDA 0040:0013).
 pub fn conventional_kib() -> u16 {
-    unsafe { core::ptr::read_volatile(0x413 as *const u16) }
+    lowmem::read_u16(0x413)
 }
 
 impl MemoryMap {

@@ -6,7 +6,7 @@
 //! loop, and any entry booted from it) under a [`RecoveryPoint`]. The panic handler ([`panic`])
 //! prints `vboot: internal error: ...` and escapes to that point: the stack is reset to
 //! `menu_forever`'s frame and every frame of the session is abandoned without running a
-//! destructor. Then the whole heap is initialised again ([`crate::reset_heap`]): nothing of the
+//! destructor. Then the whole heap is initialised again ([`crate::heap::reset`]): nothing of the
 //! session is reachable any more (statics hold no heap memory), so nothing leaks, even when the
 //! heap was exhausted, and the allocator's own lock and lists are fresh, even if the panic came
 //! from inside the allocator. After a key, the menu is shown again with the abandoned entry
@@ -18,9 +18,10 @@
 //!   allocator could, hence `force_unlock` before the reset.)
 //! - The console: its row/column are kept in range by every write, and the panic handler sets
 //!   the colour it prints with.
-//! - `static mut`s: `HEAP_*`, `ENGINE_LBA`, the IDT and the console are written before the
-//!   first session and never again (the console's position aside); this module's own state is
-//!   atomics, written before the point is armed or inside the panic handler.
+//! - Statics: `HEAP_*`, `ENGINE_LBA`, the IDT and the console are written before the first
+//!   session and never again (the console's position aside); this module's own state is atomics,
+//!   written before the point is armed or inside the panic handler. The claim on the memory above
+//!   the heap (highmem.rs) is released with the heap: the region that held it was abandoned.
 //! - The CPU and the BIOS: panics happen in protected mode between BIOS calls (the real-mode
 //!   thunk is assembly and cannot panic), with interrupts off as always in protected mode, so
 //!   nothing is left half-done in real mode. Fixed low-memory buffers are rewritten before use.
@@ -59,9 +60,7 @@ static ENTRY_PATH: [AtomicUsize; PATH_MAX] = [const { AtomicUsize::new(0) }; PAT
 static ENTRY_PATH_LEN: AtomicUsize = AtomicUsize::new(0);
 
 fn vector(n: u32) -> u32 {
-    let mut v = [0u8; 4];
-    crate::bios::read_low(n * 4, &mut v);
-    u32::from_le_bytes(v)
+    crate::lowmem::read_u32(n * 4)
 }
 
 /// Whether the resident hook is installed: INT 13h or INT 15h no longer where the BIOS put it.
@@ -82,7 +81,11 @@ pub fn menu_forever(session: impl Fn(Option<&[usize]>)) -> ! {
         let _ = POINT.run(|| session(path));
         // The heap first: the session's memory is unreachable now, and the allocator may be
         // in any state.
-        crate::reset_heap();
+        // SAFETY: the session's frames are abandoned and statics hold no heap memory, so nothing
+        // alive points into the heap.
+        unsafe { crate::heap::reset() };
+        // A region above the heap that the session held (highmem.rs) was abandoned with it.
+        crate::highmem::release_abandoned();
         resume.clear();
         if IN_ENTRY.swap(false, Ordering::SeqCst) {
             let len = ENTRY_PATH_LEN.load(Ordering::SeqCst);
@@ -118,7 +121,7 @@ pub fn panic(info: &core::panic::PanicInfo) -> ! {
     let nested = PANICS.fetch_add(1, Ordering::SeqCst);
     if nested >= 2 {
         // Reporting the last panic panicked too: stop without another word.
-        crate::bios::halt()
+        crate::machine::halt()
     }
     // The panic may have cut a menu drawing short, inside an inverse-video sequence.
     console::with(|c| c.serial_write("\x1b[0m"));

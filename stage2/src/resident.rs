@@ -5,21 +5,24 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::disk::BiosDisk;
-use crate::{bios, memmap, println};
+use crate::{bios, highmem, lowmem, memmap, println};
+use core::mem::offset_of;
+use volatile::map_field;
 use vboot::config::VbootOptions;
 use vboot::fs::File;
 use vboot::part::PartitionTable;
 use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedFormat, PlannedKind, PlannedLayer};
 
 /// Where the engine blob is on the boot disk: right after stage2 (set by stage2_main).
-pub static mut ENGINE_LBA: u64 = 0;
+pub static ENGINE_LBA: AtomicU64 = AtomicU64::new(0);
 
 /// Read the engine blob that vboot-install wrote after stage2, and check it.
 pub(crate) fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
     use vboot::block::BlockDevice;
-    let lba = unsafe { ENGINE_LBA };
+    let lba = ENGINE_LBA.load(Ordering::SeqCst);
     let mut head = [0u8; 512];
     disk.read_sectors(lba, &mut head).map_err(|e| format!("reading the resident engine at sector {}: {}", lba, e))?;
     let (len, crc) = vboot::install::engine_blob_header(&head).ok_or_else(|| {
@@ -57,31 +60,34 @@ pub fn stub_guest_start_offsets() -> (u32, u32) {
     (&raw const stub_guest_start as u32 - s, &raw const stub_guest_params as u32 - s)
 }
 
+/// The stub as stage2 carries it: its header template and code (stub.s, in stage2's read-only
+/// data), and the size it takes in memory with its bounce buffer and stack.
+fn stub_image() -> (&'static [u8], u32) {
+    let start = &raw const stub_start as u32;
+    let (image_end, end) = (&raw const stub_image_end as u32, &raw const stub_end as u32);
+    // SAFETY: stub.s lays the stub's bytes out from `stub_start` to `stub_image_end`, in stage2's
+    // read-only data (linker.ld `.stub`), which nothing writes.
+    let image = unsafe { core::slice::from_raw_parts(start as usize as *const u8, (image_end - start) as usize) };
+    (image, end - start)
+}
+
 // Field offsets of the stub's header, defined once in vboot::stub (src/stub.rs).
-use vboot::stub::offset::{
-    ENGINE_ESP as S_ENGINE_ESP, GDT as S_GDT, GDT_DESC as S_GDT_DESC, INT13_OFF as S_INT13_OFF, INT15_OFF as S_INT15_OFF,
-    OLD13 as S_OLD13, OLD15 as S_OLD15, PM_ENTRY as S_PM_ENTRY, PM_RESUME as S_PM_RESUME, RM_BACK as S_RM_BACK,
-    RM_BIOS as S_RM_BIOS, RM_SP as S_RM_SP, SAVED_IDT as S_SAVED_IDT,
-};
+use vboot::stub::offset::GDT as S_GDT;
 const SEL_CODE32: u16 = 0x08;
 
 const ENGINE_STACK_BYTES: u32 = 64 << 10;
 
-use vboot::stub::EngineHeader;
+use vboot::stub::{EngineHeader, EngineInit};
 
-unsafe fn put<T>(linear: u32, v: T) {
-    core::ptr::write_unaligned(linear as *mut T, v)
-}
-unsafe fn get<T: Copy>(linear: u32) -> T {
-    core::ptr::read_unaligned(linear as *const T)
+/// A real-mode far pointer (offset low, segment high) with its segment set to `segment`.
+fn with_segment(far: u32, segment: u16) -> u32 {
+    (far & 0xFFFF) | (segment as u32) << 16
 }
 
-fn gdt_set_base(entry_linear: u32, base: u32) {
-    unsafe {
-        put::<u16>(entry_linear + 2, base as u16);
-        put::<u8>(entry_linear + 4, (base >> 16) as u8);
-        put::<u8>(entry_linear + 7, (base >> 24) as u8);
-    }
+/// A GDT descriptor with its base set to `base` (bits 16-39 and 56-63).
+fn with_base(descriptor: u64, base: u32) -> u64 {
+    let base = base as u64;
+    (descriptor & !0xFF00_00FF_FFFF_0000) | (base & 0xFF_FFFF) << 16 | (base >> 24) << 56
 }
 
 pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handoff::Table {
@@ -215,10 +221,7 @@ pub(crate) fn go_resident(
     let image_bytes = (image_bytes + 0xFFF) & !0xFFF;
 
     // The stub: top of conventional memory.
-    let (stub_src, stub_copy, stub_total) = {
-        let s = &raw const stub_start as u32;
-        (s, &raw const stub_image_end as u32 - s, &raw const stub_end as u32 - s)
-    };
+    let (stub, stub_total) = stub_image();
     let stub_kib = stub_total.div_ceil(1024);
     let base_kib = memmap::conventional_kib() as u32;
     if base_kib < 64 + stub_kib {
@@ -252,7 +255,7 @@ pub(crate) fn go_resident(
     let heap_wanted = vboot::resident::engine_heap_bytes(chain_bytes, plan_estimate as u64, immutable);
     let fixed = handoff_room as u64 + image_bytes as u64 + ENGINE_STACK_BYTES as u64 + ((plan_estimate as u64 + 0xFFF) & !0xFFF);
     let total64 = (fixed + heap_wanted + 0xFFFF) & !0xFFFF;
-    let heap_end = crate::heap_end();
+    let heap_end = crate::heap::end();
     // The largest usable range above stage2's heap and below 4 GiB: what the engine could have.
     let room = |e: &E820Entry| -> u64 {
         let end = (e.base + e.length).min(0xFFFF_0000);
@@ -294,39 +297,51 @@ pub(crate) fn go_resident(
     }
 
     // Copy and relocate the engine; the plan goes after its stack.
-    let dest = unsafe { core::slice::from_raw_parts_mut(region as *mut u8, image_bytes as usize) };
-    vboot::elf::load_relocated(engine_elf, dest, region)?;
-    let header: &EngineHeader = unsafe { &*(region as *const EngineHeader) };
-    if header.magic != vboot::stub::ENGINE_MAGIC || header.version != vboot::stub::ENGINE_HEADER_VERSION {
+    let mut memory = highmem::Region::claim(region, total);
+    vboot::elf::load_relocated(engine_elf, &mut memory.bytes_mut()[..image_bytes as usize], region)?;
+    let engine = memory.bytes_mut();
+    let word = |at: usize| u32::from_le_bytes([engine[at], engine[at + 1], engine[at + 2], engine[at + 3]]);
+    if engine[..8] != vboot::stub::ENGINE_MAGIC || word(offset_of!(EngineHeader, version)) != vboot::stub::ENGINE_HEADER_VERSION {
         return Err(String::from("internal: the embedded engine has no header"));
     }
+    let (init, pm_entry, pm_resume) =
+        (word(offset_of!(EngineHeader, init)), word(offset_of!(EngineHeader, pm_entry)), word(offset_of!(EngineHeader, pm_resume)));
     let stack_top = region + image_bytes + ENGINE_STACK_BYTES;
     let plan_at = stack_top;
     let heap_at = plan_at + ((plan_estimate + 0xFFF) & !0xFFF);
-    unsafe { core::ptr::copy_nonoverlapping(plan_bytes.as_ptr(), plan_at as *mut u8, plan_bytes.len()) };
+    memory.at_mut(plan_at, plan_bytes.len() as u32).copy_from_slice(&plan_bytes);
 
     // Copy the stub and fill in its addresses.
-    unsafe {
-        core::ptr::copy_nonoverlapping(stub_src as *const u8, stub_linear as *mut u8, stub_copy as usize);
-        core::ptr::write_bytes((stub_linear + stub_copy) as *mut u8, 0, (stub_total - stub_copy) as usize);
-        put::<u32>(stub_linear + S_OLD13, get::<u32>(0x13 * 4));
-        put::<u32>(stub_linear + S_OLD15, get::<u32>(0x15 * 4));
-        put::<u32>(stub_linear + S_PM_ENTRY, header.pm_entry as usize as u32);
-        put::<u16>(stub_linear + S_PM_ENTRY + 4, SEL_CODE32);
-        put::<u32>(stub_linear + S_PM_RESUME, header.pm_resume as usize as u32);
-        put::<u16>(stub_linear + S_PM_RESUME + 4, SEL_CODE32);
-        put::<u16>(stub_linear + S_RM_BACK + 2, stub_seg);
-        put::<u16>(stub_linear + S_RM_BIOS + 2, stub_seg);
-        put::<u32>(stub_linear + S_GDT_DESC + 2, stub_linear + S_GDT);
-        put::<u32>(stub_linear + S_ENGINE_ESP, stack_top);
-        // engine_init may call the BIOS before any guest interrupt has set these: the stub's
-        // own stack top and the real-mode IVT.
-        put::<u16>(stub_linear + S_RM_SP, (stub_total - 16) as u16);
-        put::<u16>(stub_linear + S_SAVED_IDT, 0x3FF);
-        put::<u32>(stub_linear + S_SAVED_IDT + 2, 0);
-    }
-    gdt_set_base(stub_linear + S_GDT + 0x18, stub_linear);
-    gdt_set_base(stub_linear + S_GDT + 0x20, stub_linear);
+    lowmem::write(stub_linear, stub);
+    lowmem::fill(stub_linear + stub.len() as u32, 0, (stub_total - stub.len() as u32) as usize);
+    let h = lowmem::stub_header(stub_linear);
+    map_field!(h.old_int13).write(lowmem::read_u32(0x13 * 4));
+    map_field!(h.old_int15).write(lowmem::read_u32(0x15 * 4));
+    map_field!(h.pm_entry.offset).write(pm_entry);
+    map_field!(h.pm_entry.selector).write(SEL_CODE32);
+    map_field!(h.pm_resume.offset).write(pm_resume);
+    map_field!(h.pm_resume.selector).write(SEL_CODE32);
+    map_field!(h.rm_back).update(|far| with_segment(far, stub_seg));
+    map_field!(h.rm_bios).update(|far| with_segment(far, stub_seg));
+    map_field!(h.gdt_descriptor).update(|mut d| {
+        d[2..6].copy_from_slice(&(stub_linear + S_GDT).to_le_bytes());
+        d
+    });
+    map_field!(h.engine_esp).write(stack_top);
+    // engine_init may call the BIOS before any guest interrupt has set these: the stub's
+    // own stack top and the real-mode IVT.
+    map_field!(h.rm_sp).write((stub_total - 16) as u16);
+    map_field!(h.saved_idt).update(|mut d| {
+        d[..2].copy_from_slice(&0x3FFu16.to_le_bytes());
+        d[2..6].copy_from_slice(&0u32.to_le_bytes());
+        d
+    });
+    // The code16 and data16 descriptors are based at the stub.
+    map_field!(h.gdt).update(|mut gdt| {
+        gdt[3] = with_base(gdt[3], stub_linear);
+        gdt[4] = with_base(gdt[4], stub_linear);
+        gdt
+    });
 
     let handoff_at = region + total - handoff_room;
     let heap_len = handoff_at - heap_at;
@@ -334,23 +349,30 @@ pub(crate) fn go_resident(
         // The RAM overlay lives somewhere in the engine's heap (its layout is the engine's own).
         handoff.drives.iter_mut().for_each(|d| d.overlay = Some((heap_at as u64, heap_len as u64)));
     }
-    let int13_entry = stub_linear + unsafe { get::<u16>(stub_linear + S_INT13_OFF) } as u32;
-    crate::handoff::place(&mut handoff, handoff_at, handoff_room, (region as u64, total as u64), int13_entry, unsafe { get::<u32>(0x13 * 4) })?;
+    let int13_entry = stub_linear + map_field!(h.int13_entry).read() as u32;
+    let reserved = (region as u64, total as u64);
+    crate::handoff::place(&mut handoff, &mut memory, handoff_at, handoff_room, reserved, int13_entry, lowmem::read_u32(0x13 * 4))?;
 
     let mut msg = [0u8; 256];
-    let n = (header.init)(plan_bytes.as_ptr(), plan_bytes.len() as u32, heap_at as *mut u8, heap_len, stub_linear, msg.as_mut_ptr(), msg.len() as u32);
+    // SAFETY: `init` is the entry point the engine's header names, in the image just relocated in
+    // place from the CRC-checked blob, whose magic and version were checked above; it has
+    // EngineInit's signature (vboot::stub). It is handed the plan and the message buffer here,
+    // valid for the call, its heap inside its own region (which stage2 does not touch while the
+    // engine runs), and the stub just installed.
+    let n = unsafe {
+        let init = core::mem::transmute::<usize, EngineInit>(init as usize);
+        init(plan_bytes.as_ptr(), plan_bytes.len() as u32, heap_at as *mut u8, heap_len, stub_linear, msg.as_mut_ptr(), msg.len() as u32)
+    };
     if n != 0 {
         return Err(String::from_utf8_lossy(&msg[..n as usize]).into_owned());
     }
 
     // Hook. Interrupts are off in protected mode, so nothing sees a half-written vector.
-    unsafe {
-        let int13_off: u16 = get(stub_linear + S_INT13_OFF);
-        let int15_off: u16 = get(stub_linear + S_INT15_OFF);
-        put::<u32>(0x13 * 4, ((stub_seg as u32) << 16) | int13_off as u32);
-        put::<u32>(0x15 * 4, ((stub_seg as u32) << 16) | int15_off as u32);
-        put::<u16>(0x413, new_kib as u16);
-    }
+    let int13_off = map_field!(h.int13_entry).read();
+    let int15_off = map_field!(h.int15_entry).read();
+    lowmem::write_u32(0x13 * 4, ((stub_seg as u32) << 16) | int13_off as u32);
+    lowmem::write_u32(0x15 * 4, ((stub_seg as u32) << 16) | int15_off as u32);
+    lowmem::write_u16(0x413, new_kib as u16);
     println!(
         "Resident: stub {} KiB at {:04x}:0000 (conventional memory {} -> {} KiB), engine {} KiB at {:#x}",
         stub_kib,

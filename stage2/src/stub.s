@@ -42,38 +42,8 @@
 .set S_DISKETTE_TABLE, {S_DISKETTE_TABLE}
 .set S_CODE, {S_CODE}
 
-# Offsets inside a register block (vboot::int13::Regs layout).
-.set R_EAX, {R_EAX}
-.set R_EBX, {R_EBX}
-.set R_ECX, {R_ECX}
-.set R_EDX, {R_EDX}
-.set R_ESI, {R_ESI}
-.set R_EDI, {R_EDI}
-.set R_EBP, {R_EBP}
-.set R_DS, {R_DS}
-.set R_ES, {R_ES}
-.set R_FLAGS, {R_FLAGS}
-
-# The seven general registers to and from a register block (vboot::int13::Regs layout), through
-# CS because DS belongs to the caller.
-.macro SAVE_GPRS block
-    mov %eax, %cs:\block+R_EAX
-    mov %ebx, %cs:\block+R_EBX
-    mov %ecx, %cs:\block+R_ECX
-    mov %edx, %cs:\block+R_EDX
-    mov %esi, %cs:\block+R_ESI
-    mov %edi, %cs:\block+R_EDI
-    mov %ebp, %cs:\block+R_EBP
-.endm
-.macro LOAD_GPRS block
-    mov %cs:\block+R_EAX, %eax
-    mov %cs:\block+R_EBX, %ebx
-    mov %cs:\block+R_ECX, %ecx
-    mov %cs:\block+R_EDX, %edx
-    mov %cs:\block+R_ESI, %esi
-    mov %cs:\block+R_EDI, %edi
-    mov %cs:\block+R_EBP, %ebp
-.endm
+# The register block's offsets (R_*) and SAVE_GPRS/LOAD_GPRS: regs.s, which the same global_asm!
+# includes first.
 
 .set SEL_CODE32, 0x08
 .set SEL_DATA32, 0x10

@@ -55,5 +55,5 @@ extern "C" fn cpu_exception(frame: &ExceptionFrame) -> ! {
         frame.eflags
     );
     crate::report::show(&line);
-    crate::report::halt()
+    crate::machine::halt()
 }

@@ -29,8 +29,9 @@ mod injected {
                 DOUBLE_PANIC.store(true, Ordering::SeqCst);
                 panic!("injected fault: INT 13h AH=F1h");
             }
-            // SAFETY: both fault at once and never return; the handler stops the machine.
+            // SAFETY: faults at once and never returns; the handler stops the machine.
             0xF2 => unsafe { core::arch::asm!("ud2", options(nomem, nostack, noreturn)) },
+            // SAFETY: as above (general protection).
             0xF3 => unsafe { core::arch::asm!("mov ax, 0xFFF8", "mov ds, ax", options(nostack, noreturn)) },
             _ => {}
         }

@@ -10,6 +10,7 @@ use vboot::image::{ExtentFile, ImageFile};
 use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Regs, Status};
 use vboot::resident::{PlannedDrive, PlannedKind};
 
+use crate::lowmem;
 use crate::stub::{Stub, Vector, BOUNCE_BYTES};
 
 /// At most this many sectors per AH=42h call (EDD's limit, and 127 * 512 + 15 fits a segment).
@@ -53,8 +54,7 @@ impl HostIo {
     /// One AH=42h/43h call on the host disk into `buf_linear` (below 1 MiB).
     fn call(&self, write: bool, host_lba: u64, sectors: u64, buf_linear: u32) -> Result<(), Status> {
         let dap = vboot::int13::edd::DiskAddressPacket::seg_off_request(host_lba, sectors as u16, buf_linear);
-        let dap_linear = self.stub.dap_linear();
-        unsafe { core::ptr::copy_nonoverlapping(dap.as_ptr(), dap_linear as *mut u8, 16) };
+        let dap_linear = self.stub.set_dap(&dap);
         let mut r = Regs {
             eax: if write { 0x4300 } else { 0x4200 },
             edx: self.host_drive as u32,
@@ -78,7 +78,7 @@ impl HostIo {
         for (i, chunk) in buf.chunks_mut(bytes).enumerate() {
             let n = chunk.len().div_ceil(512) as u64;
             self.call(false, host_lba + i as u64 * (bytes / 512) as u64, n, bounce)?;
-            unsafe { core::ptr::copy_nonoverlapping(bounce as *const u8, chunk.as_mut_ptr(), chunk.len()) };
+            lowmem::read(bounce, chunk);
         }
         Ok(())
     }
@@ -88,7 +88,7 @@ impl HostIo {
     pub fn write_host(&self, host_lba: u64, buf: &[u8]) -> Result<(), Status> {
         let (bounce, bytes) = self.bounce();
         for (i, chunk) in buf.chunks(bytes).enumerate() {
-            unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), bounce as *mut u8, chunk.len()) };
+            lowmem::write(bounce, chunk);
             let n = chunk.len().div_ceil(512) as u64;
             self.call(true, host_lba + i as u64 * (bytes / 512) as u64, n, bounce)?;
         }

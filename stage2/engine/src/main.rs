@@ -11,20 +11,33 @@ extern crate alloc;
 mod chain;
 mod exception;
 mod fault;
+mod guest;
 mod hostdisk;
 mod overlay;
 mod recover;
 mod report;
 mod stub;
 
+// Shared with stage2: the first MiB (lowmem.rs) and the processor and its ports (machine.rs),
+// the engine's only ways to low memory and to I/O ports besides its BIOS thunk (stub.rs).
+#[allow(dead_code)]
+#[path = "../../src/lowmem.rs"]
+mod lowmem;
+#[allow(dead_code)]
+#[path = "../../src/machine.rs"]
+mod machine;
+
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, Ordering};
 use linked_list_allocator::LockedHeap;
-use vboot::int13::{self, CdEmulation, DriveKind, DriveSet, FloppyFormat, GuestMemory, MemoryError, Regs};
+use vboot::int13::{self, CdEmulation, DriveKind, DriveSet, FloppyFormat, GuestMemory, Regs};
 use vboot::resident::{ah88_value, e801_values, E820Entry, Plan, PlannedKind};
 
+use crate::guest::FlatMemory;
 use crate::stub::{Stub, Vector};
 
 // The stub's header offsets are defined once, in vboot::stub (src/stub.rs).
@@ -61,52 +74,32 @@ pub static engine_header: EngineHeader = EngineHeader {
 struct State {
     drives: DriveSet<'static>,
     memory_map: Vec<E820Entry>,
-    /// vboot's own memory (this engine's range and the stub), from the plan.
-    vboot_ranges: Vec<(u64, u64)>,
 }
 
-static mut STATE: Option<State> = None;
+/// The engine's state: set by engine_init, then used by one call at a time.
+struct StateCell(UnsafeCell<Option<State>>);
+// SAFETY: the engine is single-threaded and serves one interrupt at a time (the stub chains a
+// call that comes in meanwhile to the BIOS); `with_state` refuses a second borrow besides.
+unsafe impl Sync for StateCell {}
+static STATE: StateCell = StateCell(UnsafeCell::new(None));
+/// A `with_state` borrow is alive.
+static STATE_IN_USE: AtomicBool = AtomicBool::new(false);
 
-#[allow(static_mut_refs)]
-fn state() -> &'static mut State {
-    // SAFETY: single-threaded; set once by engine_init before INT 13h is hooked.
-    unsafe { STATE.as_mut().unwrap_or_else(|| panic!("engine used before engine_init")) }
+/// Run `f` with the engine's state; the borrow lasts for the call only, and a second one while
+/// it lasts is a bug (a panic).
+fn with_state<R>(f: impl FnOnce(&mut Option<State>) -> R) -> R {
+    assert!(!STATE_IN_USE.swap(true, Ordering::SeqCst), "the engine's state is in use already");
+    // SAFETY: STATE_IN_USE was clear, so no other reference to the state exists (one that a
+    // panic abandoned was given up by `state_abandoned`), and it stays set while this one lives.
+    let result = f(unsafe { &mut *STATE.0.get() });
+    STATE_IN_USE.store(false, Ordering::SeqCst);
+    result
 }
 
-/// Guest memory: the engine runs with flat segments, so linear addresses are pointers. Anything
-/// past 4 GiB or inside vboot's own memory (`vboot`: the engine and the stub) is refused.
-pub struct FlatMemory<'a> {
-    pub vboot: &'a [(u64, u64)],
-}
-
-const FLAT_LIMIT: u64 = 0x1_0000_0000;
-
-/// Guest memory with vboot's ranges from the plan (none before `engine_init` stored them); for
-/// the recovery path, which has no state at hand.
-#[allow(static_mut_refs)]
-pub fn guest_memory() -> FlatMemory<'static> {
-    // SAFETY: single-threaded; the ranges are written once by engine_init and never change.
-    let vboot = unsafe { STATE.as_ref() }.map_or(&[][..], |s| s.vboot_ranges.as_slice());
-    FlatMemory { vboot }
-}
-
-impl GuestMemory for FlatMemory<'_> {
-    fn read(&mut self, linear: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
-        int13::check_guest_range(linear, buf.len() as u64, FLAT_LIMIT, self.vboot)?;
-        unsafe { core::ptr::copy_nonoverlapping(linear as usize as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-    fn write(&mut self, linear: u64, buf: &[u8]) -> Result<(), MemoryError> {
-        int13::check_guest_range(linear, buf.len() as u64, FLAT_LIMIT, self.vboot)?;
-        unsafe { core::ptr::copy_nonoverlapping(buf.as_ptr(), linear as usize as *mut u8, buf.len()) };
-        Ok(())
-    }
-    fn is_physical(&self) -> bool {
-        true
-    }
-    fn check_buffer(&self, linear: u64, bytes: u64) -> Result<(), MemoryError> {
-        int13::check_guest_range(linear, bytes, FLAT_LIMIT, self.vboot)
-    }
+/// A panic escaped from a call that may have been using the state (recover.rs): its frames are
+/// abandoned, and their borrow with them.
+pub fn state_abandoned() {
+    STATE_IN_USE.store(false, Ordering::SeqCst);
 }
 
 struct MessageBuf<'a> {
@@ -128,7 +121,12 @@ impl Write for MessageBuf<'_> {
 
 /// Set up the drives from stage2's plan. Returns 0, or the length of an error message written
 /// to `msg` (also when the engine panicked: recover.rs).
-extern "C" fn engine_init(
+///
+/// # Safety
+/// As vboot::stub::EngineInit says: `plan` holds `plan_len` bytes and `msg` `msg_cap`, both
+/// valid for the call; `heap` is `heap_len` bytes that are the engine's alone from now on;
+/// `stub_linear` is the installed stub.
+unsafe extern "C" fn engine_init(
     plan: *const u8,
     plan_len: u32,
     heap: *mut u8,
@@ -139,16 +137,21 @@ extern "C" fn engine_init(
 ) -> u32 {
     // stage2's IDT comes back when this returns; an exception in between is the engine's.
     let _stage2_idt = exception::Saved::take();
+    // SAFETY: stage2's message buffer, valid and unused by anything else for the call (above).
     let msg = unsafe { core::slice::from_raw_parts_mut(msg, msg_cap as usize) };
+    // SAFETY: the heap range is the engine's alone (above), inside its region at the top of RAM.
     unsafe { HEAP.lock().init(heap, heap_len as usize) };
+    // SAFETY: the plan's bytes, valid and unchanged for the call (above).
     let bytes = unsafe { core::slice::from_raw_parts(plan, plan_len as usize) };
-    let status = recover::guard_init(msg, |msg| init(bytes, stub_linear, msg));
+    // SAFETY: stage2 passes the stub it installed (above).
+    let stub = unsafe { Stub::at(stub_linear) };
+    let status = recover::guard_init(msg, |msg| init(bytes, stub, msg));
     // stage2's buffer is stage2's again; every later call goes through the stub's own.
     hostdisk::return_init_bounce();
     status
 }
 
-fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
+fn init(bytes: &[u8], stub: Stub, msg: &mut [u8]) -> u32 {
     let mut out = MessageBuf { buf: msg, len: 0 };
     let plan = match Plan::from_bytes(bytes) {
         Ok(p) => p,
@@ -157,11 +160,14 @@ fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
             return out.len as u32;
         }
     };
+    if let Err(e) = guest::set_own_ranges(&plan.vboot_ranges) {
+        let _ = write!(out, "{}", e);
+        return out.len as u32;
+    }
     fault::at_init(&plan);
     if plan.init_bounce_bytes != 0 {
         hostdisk::lend_init_bounce(plan.init_bounce_linear, plan.init_bounce_bytes);
     }
-    let stub = Stub { linear: stub_linear };
     let mut drives = DriveSet::new();
     // Sectors per track of the first emulated floppy: the INT 1Eh table is written for it.
     let mut diskette_table: Option<u8> = None;
@@ -224,25 +230,31 @@ fn init(bytes: &[u8], stub_linear: u32, msg: &mut [u8]) -> u32 {
         // table lives in the hidden stub, so it survives the guest.
         stub.install_diskette_table(&vboot::int13::chs::diskette_parameter_table(spt));
     }
-    drives.install_bda_counts(&mut FlatMemory { vboot: &plan.vboot_ranges });
-    unsafe { STATE = Some(State { drives, memory_map: plan.memory_map, vboot_ranges: plan.vboot_ranges }) };
+    drives.install_bda_counts(&mut FlatMemory);
+    with_state(|state| *state = Some(State { drives, memory_map: plan.memory_map }));
     0
 }
 
 /// Called by the stub (through engine_pm_entry) for every INT 13h and the INT 15h memory calls.
 /// A panic while serving the call fails that call (recover.rs).
+///
+/// # Safety
+/// `stub_linear` is the installed stub: the stub passes its own address (stub.s).
 #[no_mangle]
-extern "C" fn engine_dispatch(stub_linear: u32) {
+unsafe extern "C" fn engine_dispatch(stub_linear: u32) {
     exception::load();
-    let stub = Stub { linear: stub_linear };
+    // SAFETY: the stub's own address, as the caller guarantees.
+    let stub = unsafe { Stub::at(stub_linear) };
     recover::guard_dispatch(stub, || {
         let mut regs = stub.frame();
-        let st = state();
-        match stub.vector() {
-            0x13 => int13_call(st, stub, &mut regs),
-            0x15 => int15_call(st, stub, &mut regs),
-            _ => {}
-        }
+        with_state(|st| {
+            let st = st.as_mut().unwrap_or_else(|| panic!("engine used before engine_init"));
+            match stub.vector() {
+                0x13 => int13_call(st, stub, &mut regs),
+                0x15 => int15_call(st, stub, &mut regs),
+                _ => {}
+            }
+        });
         // The last step: recover.rs relies on the frame being untouched until here.
         stub.set_frame(&regs);
     })
@@ -252,7 +264,7 @@ fn int13_call(st: &mut State, stub: Stub, regs: &mut Regs) {
     if cfg!(feature = "fault-injection") && st.drives.drives().iter().any(|d| d.number == regs.dl()) {
         fault::int13(regs.ah());
     }
-    let mut mem = FlatMemory { vboot: &st.vboot_ranges };
+    let mut mem = FlatMemory;
     st.drives.reassert_bda_counts(&mut mem);
     if let int13::Outcome::PassThrough { dl } = int13::handle(&mut st.drives, regs, &mut mem) {
         let before = *regs;
@@ -284,7 +296,7 @@ fn int15_call(st: &mut State, stub: Stub, regs: &mut Regs) {
         entry[20..24].copy_from_slice(&1u32.to_le_bytes());
         let size = if regs.ecx >= 24 { 24 } else { 20 };
         let dest = int13::linear(regs.es, regs.di());
-        if (FlatMemory { vboot: &st.vboot_ranges }).write(dest, &entry[..size]).is_err() {
+        if FlatMemory.write(dest, &entry[..size]).is_err() {
             regs.flags |= 1;
             return;
         }

@@ -1,6 +1,6 @@
 //! Panics in the engine (an allocation failure is one) fail the request being served, not the
-//! machine. The engine's `unsafe` for this lives here: the recovery point, the panic handler,
-//! and its output to COM1 and to the text screen.
+//! machine. The engine's `unsafe` for this lives here: the recovery point and the report the
+//! panic handler keeps for stage2 (its output to COM1 and the screen is report.rs's).
 //!
 //! - In [`guard_dispatch`] (every INT 13h/15h call the stub passes on): the panic handler prints
 //!   `vboot engine: internal error: MESSAGE; the disk request failed` on COM1 and on the screen
@@ -82,9 +82,11 @@ pub fn guard_dispatch(stub: Stub, f: impl FnOnce()) {
     if served {
         return;
     }
+    // The panic abandoned the frames that were using the engine's state.
+    crate::state_abandoned();
     let mut regs = stub.frame();
     if stub.vector() == 0x13 {
-        vboot::int13::fail_call(&mut regs, &mut crate::guest_memory(), vboot::int13::Status::CONTROLLER_FAILURE);
+        vboot::int13::fail_call(&mut regs, &mut crate::guest::FlatMemory, vboot::int13::Status::CONTROLLER_FAILURE);
     } else {
         regs.set_ah(0x86);
         regs.flags |= 1;
@@ -98,14 +100,14 @@ pub fn guard_dispatch(stub: Stub, f: impl FnOnce()) {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let nested = PANICS.fetch_add(1, Ordering::SeqCst);
     if nested >= 2 {
-        report::halt();
+        crate::machine::halt();
     }
     let mut line = Line::new();
     if nested == 1 {
         describe(&mut line, "vboot engine: ", info);
         let _ = write!(line, "; while handling another one, so the machine is stopped");
         report::show(&line);
-        report::halt();
+        crate::machine::halt();
     }
     let guarding = if POINT.is_armed() { GUARDING.load(Ordering::SeqCst) } else { NOTHING };
     match guarding {
@@ -132,13 +134,13 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
             describe(&mut line, "vboot engine: ", info);
             let _ = write!(line, "; the engine's heap is damaged, so the machine is stopped");
             report::show(&line);
-            report::halt();
+            crate::machine::halt();
         }
         _ => {
             describe(&mut line, "vboot engine: ", info);
             let _ = write!(line, "; the machine is stopped");
             report::show(&line);
-            report::halt();
+            crate::machine::halt();
         }
     }
 }

@@ -5,6 +5,8 @@
 
 use core::fmt::Write;
 
+use crate::{lowmem, machine};
+
 /// One line of text, cut at its capacity (no allocation: the heap may be exhausted).
 pub struct Line {
     bytes: [u8; LINE_BYTES],
@@ -35,13 +37,6 @@ impl Write for Line {
     }
 }
 
-pub(crate) fn halt() -> ! {
-    loop {
-        // SAFETY: stopping the processor for good is what is asked.
-        unsafe { core::arch::asm!("cli; hlt") };
-    }
-}
-
 /// The line on COM1 and on the screen.
 pub(crate) fn show(line: &Line) {
     for &b in line.as_bytes().iter().chain(b"\r\n") {
@@ -50,34 +45,14 @@ pub(crate) fn show(line: &Line) {
     screen_line(line.as_bytes());
 }
 
+/// A byte to COM1; a missing UART ignores it, and the wait for the transmitter is bounded.
 fn com1_byte(b: u8) {
-    // SAFETY: port I/O on the standard COM1 UART; a missing UART ignores the writes and the
-    // wait below is bounded.
-    unsafe {
-        for _ in 0..100_000 {
-            let lsr: u8;
-            core::arch::asm!("in al, dx", out("al") lsr, in("dx") 0x3FDu16, options(nomem, nostack));
-            if lsr & 0x20 != 0 {
-                break;
-            }
+    for _ in 0..100_000 {
+        if machine::com1_line_status() & 0x20 != 0 {
+            break;
         }
-        core::arch::asm!("out dx, al", in("dx") 0x3F8u16, in("al") b, options(nomem, nostack));
     }
-}
-
-fn peek8(linear: u32) -> u8 {
-    // SAFETY: the BIOS data area (0x400-0x4FF) is always mapped; the engine runs with flat
-    // segments, so a linear address is a pointer.
-    unsafe { core::ptr::read_volatile(linear as *const u8) }
-}
-
-fn peek16(linear: u32) -> u16 {
-    u16::from_le_bytes([peek8(linear), peek8(linear + 1)])
-}
-
-fn poke8(linear: u32, v: u8) {
-    // SAFETY: only called for the BIOS data area's cursor bytes.
-    unsafe { core::ptr::write_volatile(linear as *mut u8, v) }
+    machine::com1_send(b);
 }
 
 /// Write `text` on its own line at the BIOS cursor of the active page, in a text mode only (a
@@ -85,25 +60,31 @@ fn poke8(linear: u32, v: u8) {
 /// move the cursor (BDA and CRT controller) below it, as INT 10h teletype output would.
 fn screen_line(text: &[u8]) {
     const ATTR: u8 = 0x0C; // light red on black, as stage2 shows errors
-    let mode = peek8(0x449) & 0x7F;
+    let mode = lowmem::read_u8(0x449) & 0x7F;
     let base: u32 = match mode {
         0..=3 => 0xB8000,
         7 => 0xB0000,
         _ => return,
     };
-    let cols = peek16(0x44A) as u32;
-    let rows = match peek8(0x484) as u32 + 1 {
+    let cols = lowmem::read_u16(0x44A) as u32;
+    let rows = match lowmem::read_u8(0x484) as u32 + 1 {
         r @ 2..=60 => r,
         _ => 25,
     };
     if !(20..=132).contains(&cols) {
         return;
     }
-    let page = (peek8(0x462) & 7) as u32;
-    let page_base = base + peek16(0x44E) as u32;
+    let page = (lowmem::read_u8(0x462) & 7) as u32;
+    let page_base = base + lowmem::read_u16(0x44E) as u32;
+    if page_base % 2 != 0 {
+        return; // not a page the BIOS set up: cells are whole words
+    }
     let cursor_at = 0x450 + 2 * page;
-    let (mut col, mut row) = (peek8(cursor_at) as u32, peek8(cursor_at + 1) as u32);
-    let cell = |row: u32, col: u32| (page_base + 2 * (row * cols + col)) as *mut u16;
+    let (mut col, mut row) = (lowmem::read_u8(cursor_at) as u32, lowmem::read_u8(cursor_at + 1) as u32);
+    // The cells of this page of text-mode video memory (rows x cols from the page's start, which
+    // the BIOS keeps inside the 32 KiB text window).
+    let cells = lowmem::cells(page_base, (rows * cols) as usize);
+    let cell = |row: u32, col: u32| cells.index((row * cols + col) as usize);
     const BLANK: u16 = 0x0720;
     let newline = |row: &mut u32, col: &mut u32| {
         *col = 0;
@@ -111,16 +92,9 @@ fn screen_line(text: &[u8]) {
             *row += 1;
             return;
         }
-        // SAFETY: the cells of this page of text-mode video memory, inside the page (rows x cols
-        // from the page's start, which the BIOS keeps inside the 32 KiB text window).
-        unsafe {
-            for i in 0..(rows - 1) * cols {
-                let v = core::ptr::read_volatile(cell(0, i + cols));
-                core::ptr::write_volatile(cell(0, i), v);
-            }
-            for c in 0..cols {
-                core::ptr::write_volatile(cell(rows - 1, c), BLANK);
-            }
+        cells.copy_within(cols as usize.., 0);
+        for c in cells.index(((rows - 1) * cols) as usize..).iter() {
+            c.write(BLANK);
         }
     };
     if row >= rows {
@@ -133,25 +107,15 @@ fn screen_line(text: &[u8]) {
         if col >= cols {
             newline(&mut row, &mut col);
         }
-        // SAFETY: a cell of the page, as above (row < rows, col < cols).
-        unsafe { core::ptr::write_volatile(cell(row, col), (ATTR as u16) << 8 | b as u16) };
+        cell(row, col).write((ATTR as u16) << 8 | b as u16);
         col += 1;
     }
     newline(&mut row, &mut col);
-    poke8(cursor_at, col as u8);
-    poke8(cursor_at + 1, row as u8);
-    if page == peek8(0x462) as u32 {
-        let crtc = peek16(0x463);
-        let pos = (peek16(0x44E) as u32 / 2 + row * cols + col) as u16;
-        // SAFETY: the CRT controller's cursor location registers (0Eh/0Fh) at the port the BIOS
-        // recorded (3D4h colour, 3B4h mono); nothing else is changed.
-        if crtc == 0x3D4 || crtc == 0x3B4 {
-            unsafe {
-                core::arch::asm!("out dx, al", in("dx") crtc, in("al") 0x0Eu8, options(nomem, nostack));
-                core::arch::asm!("out dx, al", in("dx") crtc + 1, in("al") (pos >> 8) as u8, options(nomem, nostack));
-                core::arch::asm!("out dx, al", in("dx") crtc, in("al") 0x0Fu8, options(nomem, nostack));
-                core::arch::asm!("out dx, al", in("dx") crtc + 1, in("al") pos as u8, options(nomem, nostack));
-            }
-        }
+    lowmem::write_u8(cursor_at, col as u8);
+    lowmem::write_u8(cursor_at + 1, row as u8);
+    if page == lowmem::read_u8(0x462) as u32 {
+        // The CRT controller at the port the BIOS recorded (3D4h colour, 3B4h mono).
+        let pos = (lowmem::read_u16(0x44E) as u32 / 2 + row * cols + col) as u16;
+        machine::set_cursor(lowmem::read_u16(0x463), pos);
     }
 }

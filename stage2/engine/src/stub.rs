@@ -1,22 +1,27 @@
 //! The real-mode stub as the engine sees it: a block of low memory at a known linear address,
-//! with the fields of vboot::stub::StubHeader (src/stub.rs), and the way back to the original BIOS.
+//! with the fields of vboot::stub::StubHeader (src/stub.rs), read and written as volatile fields
+//! (the stub's real-mode code uses them between the engine's turns), and the way back to the
+//! original BIOS, through the stub's thunk.
 
-use vboot::int13::Regs;
+use vboot::realmode::Regs;
+use vboot::stub::StubHeader;
+use volatile::{map_field, VolatilePtr};
+
+use crate::lowmem;
 
 // Field offsets of the stub's header, defined once in vboot::stub (src/stub.rs).
-pub use vboot::stub::offset::{
-    BIOS_TARGET as S_BIOS_TARGET, BOUNCE_OFF as S_BOUNCE_OFF, BREGS as S_BREGS, DAP as S_DAP,
-    DISKETTE_TABLE as S_DISKETTE_TABLE, FRAME as S_FRAME, OLD13 as S_OLD13, OLD15 as S_OLD15, VECTOR as S_VECTOR,
-};
+pub use vboot::stub::offset::{DAP as S_DAP, DISKETTE_TABLE as S_DISKETTE_TABLE};
 pub const BOUNCE_BYTES: u32 = 1024;
 
 extern "C" {
     fn engine_bios_call(stub_linear: u32);
 }
 
+/// The installed stub. Only made from the address stage2 or the stub itself hands the engine
+/// ([`Stub::at`]), so its BIOS thunk is the real one.
 #[derive(Clone, Copy)]
 pub struct Stub {
-    pub linear: u32,
+    linear: u32,
 }
 
 /// Which original vector to call.
@@ -27,8 +32,17 @@ pub enum Vector {
 }
 
 impl Stub {
-    pub fn ptr<T>(&self, offset: u32) -> *mut T {
-        (self.linear + offset) as *mut T
+    /// The stub at `linear`.
+    ///
+    /// # Safety
+    /// `linear` must be where stage2 installed the stub and filled its header: the address
+    /// stage2 passes to `engine_init`, and the stub to `engine_dispatch`.
+    pub unsafe fn at(linear: u32) -> Stub {
+        Stub { linear }
+    }
+
+    fn header(&self) -> VolatilePtr<'static, StubHeader> {
+        lowmem::stub_header(self.linear)
     }
 
     /// Where the floppy parameter table is, as the guest addresses it.
@@ -38,51 +52,63 @@ impl Stub {
 
     /// Writes the diskette parameter table into the stub and points INT 1Eh at it.
     pub fn install_diskette_table(&self, table: &[u8; 11]) {
+        let h = self.header();
+        map_field!(h.diskette_table).update(|mut t| {
+            t[..table.len()].copy_from_slice(table);
+            t
+        });
         let at = self.diskette_table();
-        unsafe {
-            core::ptr::copy_nonoverlapping(table.as_ptr(), self.ptr::<u8>(S_DISKETTE_TABLE), table.len());
-            core::ptr::write_volatile((0x1E * 4) as *mut u32, ((at.segment as u32) << 16) | at.offset as u32);
-        }
+        lowmem::write_u32(0x1E * 4, ((at.segment as u32) << 16) | at.offset as u32);
     }
 
-    pub fn read_u16(&self, offset: u32) -> u16 {
-        unsafe { core::ptr::read_volatile(self.ptr::<u16>(offset)) }
-    }
-
+    /// The caller's registers, as the stub saved them.
     pub fn frame(&self) -> Regs {
-        unsafe { core::ptr::read_volatile(self.ptr::<Regs>(S_FRAME)) }
+        let h = self.header();
+        map_field!(h.frame).read()
     }
 
+    /// The registers the stub gives back to the caller.
     pub fn set_frame(&self, regs: &Regs) {
-        unsafe { core::ptr::write_volatile(self.ptr::<Regs>(S_FRAME), *regs) }
+        let h = self.header();
+        map_field!(h.frame).write(*regs)
     }
 
+    /// 13h or 15h: which of the stub's entries was called.
     pub fn vector(&self) -> u16 {
-        self.read_u16(S_VECTOR)
+        let h = self.header();
+        map_field!(h.vector).read()
     }
 
     pub fn bounce_linear(&self) -> u32 {
-        self.linear + self.read_u16(S_BOUNCE_OFF) as u32
+        let h = self.header();
+        self.linear + map_field!(h.bounce_offset).read() as u32
     }
 
-    pub fn dap_linear(&self) -> u32 {
+    /// Puts the disk address packet of a host-disk call into the stub; its linear address.
+    pub fn set_dap(&self, dap: &[u8; 16]) -> u32 {
+        let h = self.header();
+        map_field!(h.dap).write(*dap);
         self.linear + S_DAP
     }
 
     /// Run the original INT 13h or INT 15h in real mode with `regs`; results come back in them.
     pub fn call_bios(&self, vector: Vector, regs: &mut Regs) {
-        let from = match vector {
-            Vector::Int13 => S_OLD13,
-            Vector::Int15 => S_OLD15,
+        let h = self.header();
+        let target = match vector {
+            Vector::Int13 => map_field!(h.old_int13).read(),
+            Vector::Int15 => map_field!(h.old_int15).read(),
         };
-        unsafe {
-            let target: u32 = core::ptr::read_volatile(self.ptr::<u32>(from));
-            core::ptr::write_volatile(self.ptr::<u32>(S_BIOS_TARGET), target);
-            core::ptr::write_volatile(self.ptr::<Regs>(S_BREGS), *regs);
-            engine_bios_call(self.linear);
-            // The stub's real-mode part loaded the guest's IDTR.
-            crate::exception::load();
-            *regs = core::ptr::read_volatile(self.ptr::<Regs>(S_BREGS));
-        }
+        map_field!(h.bios_target).write(target);
+        map_field!(h.bios_regs).write(*regs);
+        // SAFETY: `linear` is the installed stub (`Stub::at`): engine_bios_call goes down to real
+        // mode through the stub's own descriptors and far pointers, which stage2 filled, runs
+        // `bios_target` with `bios_regs`, and comes back on the engine's stack with all its state
+        // (entry.s). The BIOS writes only the buffers the registers name: the stub's bounce
+        // buffer, stage2's lent one, or a guest buffer (checked by vboot::int13 for an emulated
+        // drive; a call passed through is the guest's own business, as without vboot).
+        unsafe { engine_bios_call(self.linear) };
+        // The stub's real-mode part loaded the guest's IDTR.
+        crate::exception::load();
+        *regs = map_field!(h.bios_regs).read();
     }
 }

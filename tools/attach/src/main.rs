@@ -194,11 +194,14 @@ fn attach(o: Options) -> Result<(), String> {
         // The server must not hold the caller's stdout: `dev=$(vboot-attach)` waits for it to
         // close. Messages still go to stderr.
         if let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") {
+            // SAFETY: dup2 on two descriptors this process owns (the open /dev/null and stdin or
+            // stdout); it only replaces the descriptor table entries, no Rust object refers to them.
             unsafe {
                 libc::dup2(null.as_raw_fd(), 0);
                 libc::dup2(null.as_raw_fd(), 1);
             }
         }
+        // SAFETY: setsid takes no pointer and only moves this process to a new session.
         unsafe { libc::setsid() };
     }
     // The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
@@ -207,6 +210,8 @@ fn attach(o: Options) -> Result<(), String> {
         let r = nbd::ioctl(fd, nbd::NBD_DO_IT, 0);
         let _ = nbd::ioctl(fd, nbd::NBD_CLEAR_QUE, 0);
         let _ = nbd::ioctl(fd, nbd::NBD_CLEAR_SOCK, 0);
+        // SAFETY: `theirs_fd` came from `into_raw_fd` above: this thread owns it and nothing else
+        // closes or uses it once NBD_DO_IT has returned.
         unsafe { libc::close(theirs_fd) };
         r
     });
@@ -233,6 +238,7 @@ fn wait_ready(device: &str, child: i32) -> Result<(), String> {
     let start = Instant::now();
     while !Path::new(&format!("/sys/block/{}/pid", name)).exists() {
         let mut status = 0;
+        // SAFETY: `status` is a live i32 for waitpid to write; `child` is our own forked child.
         if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
             return Err(format!("the server for {} stopped before the device came up", device));
         }

@@ -148,21 +148,26 @@ pub fn eio(msg: String) -> (u32, String) {
     (EIO, msg)
 }
 
-// The kernel driver's ioctls (linux/nbd.h: _IO(0xab, n)).
-pub const NBD_SET_SOCK: u64 = 0xab00;
-pub const NBD_SET_BLKSIZE: u64 = 0xab01;
-pub const NBD_DO_IT: u64 = 0xab03;
-pub const NBD_CLEAR_SOCK: u64 = 0xab04;
-pub const NBD_CLEAR_QUE: u64 = 0xab05;
-pub const NBD_SET_SIZE_BLOCKS: u64 = 0xab07;
-pub const NBD_DISCONNECT: u64 = 0xab08;
-pub const NBD_SET_FLAGS: u64 = 0xab0a;
-/// linux/fs.h BLKRRPART: re-read the partition table.
-pub const BLKRRPART: u64 = 0x125f;
+/// An ioctl request whose argument is an integer, never a pointer: only the ones below exist.
+#[derive(Clone, Copy)]
+pub struct IntRequest(u64);
 
-pub fn ioctl(fd: i32, request: u64, arg: u64) -> io::Result<i32> {
-    // SAFETY: every request used here takes an integer argument, not a pointer.
-    let r = unsafe { libc::ioctl(fd, request as _, arg as libc::c_ulong) };
+// The kernel driver's ioctls (linux/nbd.h: _IO(0xab, n)).
+pub const NBD_SET_SOCK: IntRequest = IntRequest(0xab00);
+pub const NBD_SET_BLKSIZE: IntRequest = IntRequest(0xab01);
+pub const NBD_DO_IT: IntRequest = IntRequest(0xab03);
+pub const NBD_CLEAR_SOCK: IntRequest = IntRequest(0xab04);
+pub const NBD_CLEAR_QUE: IntRequest = IntRequest(0xab05);
+pub const NBD_SET_SIZE_BLOCKS: IntRequest = IntRequest(0xab07);
+pub const NBD_DISCONNECT: IntRequest = IntRequest(0xab08);
+pub const NBD_SET_FLAGS: IntRequest = IntRequest(0xab0a);
+/// linux/fs.h BLKRRPART: re-read the partition table (its argument is ignored).
+pub const BLKRRPART: IntRequest = IntRequest(0x125f);
+
+pub fn ioctl(fd: i32, request: IntRequest, arg: u64) -> io::Result<i32> {
+    // SAFETY: every IntRequest takes an integer argument, not a pointer, so the kernel reads or
+    // writes no memory of ours; a bad `fd` is an error (EBADF), not undefined behaviour.
+    let r = unsafe { libc::ioctl(fd, request.0 as _, arg as libc::c_ulong) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
