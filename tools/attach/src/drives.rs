@@ -110,15 +110,18 @@ pub fn served_bytes(d: &Drive) -> u64 {
     }
 }
 
-/// `1.4 MiB`, `120 MiB`, `3.0 GiB`.
+/// `1.41 MiB`, `120 MiB`, `3.0 GiB` (integer arithmetic: float formatting would grow the binary).
 pub fn human(bytes: u64) -> String {
-    let mib = bytes as f64 / (1u64 << 20) as f64;
-    if mib >= 1024.0 {
-        format!("{:.1} GiB", mib / 1024.0)
-    } else if mib >= 10.0 {
-        format!("{:.0} MiB", mib)
+    // `bytes` in units of `unit / scale`, rounded.
+    let scaled = |unit: u64, scale: u128| ((bytes as u128 * scale + unit as u128 / 2) / unit as u128) as u64;
+    if bytes >= 1 << 30 {
+        let t = scaled(1 << 30, 10);
+        format!("{}.{} GiB", t / 10, t % 10)
+    } else if bytes >= 10 << 20 {
+        format!("{} MiB", scaled(1 << 20, 1))
     } else {
-        format!("{:.2} MiB", mib)
+        let h = scaled(1 << 20, 100);
+        format!("{}.{:02} MiB", h / 100, h % 100)
     }
 }
 
@@ -208,5 +211,9 @@ mod tests {
         assert_eq!(served_bytes(&floppy[0]), 10 * 2048);
         assert_eq!(served_bytes(&floppy[1]), 1_474_560);
         assert_eq!(human(1_474_560), "1.41 MiB");
+        assert_eq!(human(16_330_752), "16 MiB");
+        assert_eq!(human(120 << 20), "120 MiB");
+        assert_eq!(human(3 << 30), "3.0 GiB");
+        assert_eq!(human((3 << 30) - (1 << 24)), "3.0 GiB");
     }
 }
