@@ -23,7 +23,6 @@ use vboot_attach::cli::Cli;
 use vboot_attach::drives::{self, DriveSpec};
 
 /// What to attach, from the command line.
-#[derive(Clone)]
 struct Options {
     drive: Option<DriveSpec>,
     device: Option<String>,
