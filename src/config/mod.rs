@@ -5,6 +5,9 @@
 //!   vboot leaves out (GRUB commands, `if`/`for`/`function` blocks) becomes [`Notice`]s.
 //! - [`options`]: the `vboot` line of an entry as typed [`VbootOptions`]; each entry keeps its
 //!   own parse result, so one bad line does not hide the rest of the menu.
+//! - [`chainload`]: an entry's `chainloader` line (`+1` with `root`, `(hdN,M)+1`, `(hdN)+1`,
+//!   `--original-mbr`) as a typed [`ChainTarget`]; [`Entry::boot_command`] gives an entry's one
+//!   way to boot, its `vboot` line or its `chainloader` line.
 //! - [`path`]: GRUB path syntax, `(hd0,msdos5)/dir/file`.
 //! - [`rewrite`]: the grub.cfg edit `take_snapshot=` makes (one line changed or one entry added).
 //!
@@ -12,17 +15,19 @@
 //! let config = Config::parse_bytes(&grub_cfg_bytes)?;
 //! let path = config.default_path();                  // Some([1]) or Some([2, 0]) ...
 //! let entry = config.entry(&path?)?;
-//! let options = entry.boot_options()?;               // Err: no vboot line / bad option
+//! let command = entry.boot_command()?;               // Err: no vboot line / bad option
 //! ```
 
+pub mod chainload;
 pub mod grubcfg;
 mod lexer;
 pub mod options;
 pub mod path;
 pub mod rewrite;
 
+pub use chainload::{ChainTarget, ChainloadError, ChainloadErrorKind};
 pub use grubcfg::{
-    Config, ConfigError, DefaultChoice, Entry, EntryProblem, MenuItem, Notice, Submenu, TimeoutStyle,
+    BootCommand, Config, ConfigError, DefaultChoice, Entry, EntryProblem, MenuItem, Notice, Submenu, TimeoutStyle,
 };
 pub use options::{BootDevice, OptionError, OptionErrorKind, VbootOptions};
-pub use path::{GrubPath, PartitionRef, PartitionScheme, PathError};
+pub use path::{GrubDevice, GrubPath, PartitionRef, PartitionScheme, PathError};

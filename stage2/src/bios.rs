@@ -42,7 +42,7 @@ impl BiosRegs {
 
 extern "C" {
     fn bios_call(vector: u32, regs: *mut BiosRegs);
-    fn real_mode_jump(cs_ip: u32, dl: u32) -> !;
+    fn real_mode_jump(cs_ip: u32, dl: u32, si: u32) -> !;
     #[link_name = "stage1_used_lba"]
     static STAGE1_USED_LBA: u8;
 }
@@ -61,7 +61,15 @@ pub fn call(vector: u8, regs: &mut BiosRegs) {
 
 /// Leave for real mode and jump to `segment:offset` with DL = `drive`. Does not return.
 pub fn jump_real_mode(segment: u16, offset: u16, drive: u8) -> ! {
-    unsafe { real_mode_jump(((segment as u32) << 16) | offset as u32, drive as u32) }
+    jump_real_mode_with_si(segment, offset, drive, 0)
+}
+
+/// [`jump_real_mode`] with DS:SI = 0000:`si`: how MBR code hands a partition's boot sector its
+/// partition entry.
+pub fn jump_real_mode_with_si(segment: u16, offset: u16, drive: u8, si: u16) -> ! {
+    // SAFETY: real_mode_jump never returns: it leaves protected mode for good, and stage2's
+    // state is abandoned to the code at segment:offset, which the caller put in low memory.
+    unsafe { real_mode_jump(((segment as u32) << 16) | offset as u32, drive as u32, si as u32) }
 }
 
 /// Segment:offset for a linear address below 1 MiB.

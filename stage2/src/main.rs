@@ -227,6 +227,7 @@ pub(crate) fn reset_heap() {
 }
 
 mod boot;
+mod chainload;
 mod entry;
 mod guest;
 mod host;
