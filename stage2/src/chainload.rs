@@ -49,15 +49,12 @@ pub fn boot(boot_disk: &mut BiosDisk, target: &ChainTarget) -> Result<(), String
                     let sector = read_boot_sector(&mut disk, partition.start_lba, device)?;
                     let mut sector0 = [0u8; SECTOR_BYTES];
                     disk.read_sectors(0, &mut sector0).map_err(|e| format!("chainloader {}+1: reading sector 0 of (hd{}): {}", device, device.disk, e))?;
-                    let entry = handover::boot_entry(partition, table.scheme, &sector0);
+                    let handover = handover::handover(partition, table.scheme, &sector0);
                     println!(
                         "Chainloading the boot sector of {} (start LBA {}) as drive {:#04x}, DS:SI = 0000:{:04X}.",
-                        device,
-                        partition.start_lba,
-                        disk.drive,
-                        handover::ENTRY_ADDR
+                        device, partition.start_lba, disk.drive, handover.si
                     );
-                    guest::start_partition_boot_sector(&sector, disk.drive, &entry)
+                    guest::start_partition_boot_sector(&sector, disk.drive, &handover)
                 }
             }
         }

@@ -4,7 +4,7 @@ use alloc::format;
 use alloc::string::String;
 
 use crate::{bios, println};
-use vboot::part::handover;
+use vboot::part::handover::Handover;
 
 /// A hard disk starts from its first sector, which must end in 55AA. `raw`: the file was read
 /// as a raw image because it has no VHD, VMDK or VDI signature, which the message says, since
@@ -28,14 +28,14 @@ pub fn start_guest(sector: &[u8; 512], drive: u8) -> ! {
     bios::jump_real_mode(0, 0x7C00, drive)
 }
 
-/// A partition's boot sector, started as MBR code starts it: at 0000:7C00, with DS:SI at a copy
-/// of its partition entry (`vboot::part::handover`).
-pub fn start_partition_boot_sector(sector: &[u8; 512], drive: u8, entry: &[u8; handover::ENTRY_BYTES]) -> ! {
+/// A partition's boot sector, started as MBR code starts it: at 0000:7C00, with the partition
+/// table where a relocated MBR has it and DS:SI at the partition's entry (`vboot::part::handover`).
+pub fn start_partition_boot_sector(sector: &[u8; 512], drive: u8, handover: &Handover) -> ! {
     println!("Starting the boot sector.");
     put_boot_sector(sector);
-    // After the last BIOS call: the entry sits in stage2's scratch area below 0x0800.
-    bios::write_low(handover::ENTRY_ADDR, entry);
-    bios::jump_real_mode_with_si(0, 0x7C00, drive, handover::ENTRY_ADDR as u16)
+    // After the last BIOS call: the table lies in stage2's scratch area below 0x0800.
+    bios::write_low(vboot::part::handover::TABLE_ADDR, &handover.table);
+    bios::jump_real_mode_with_si(0, 0x7C00, drive, handover.si)
 }
 
 fn put_boot_sector(sector: &[u8; 512]) {

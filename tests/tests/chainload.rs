@@ -58,17 +58,21 @@ menuentry 'GRUB option' {
 /// [`SYSLINUX_MARKER`] (which ends QEMU with the pass code); (hd0,3) blank. Sector 0's code is
 /// Debian's mbr.bin, the "previous boot loader". vboot is not installed yet.
 fn host_disk(dir: &TempDir, grub_cfg: &str) -> PathBuf {
+    let table = format!(
+        "label: dos\nstart={}, size={}, type=6, bootable\nstart={}, size={}, type=6\nstart={}, size=8192, type=83\n",
+        P1_START, P1_SECTORS, P2_START, P2_SECTORS, P3_START
+    );
+    host_disk_with(dir, grub_cfg, &table, P2_START)
+}
+
+/// [`host_disk`] with another partition table (an sfdisk script whose first partition is
+/// grub.cfg's), SYSLINUX's partition at `syslinux_start`.
+fn host_disk_with(dir: &TempDir, grub_cfg: &str, table: &str, syslinux_start: u64) -> PathBuf {
     require_tool("syslinux", "syslinux");
     assert!(Path::new(MBR_BIN).exists(), "{} is missing: install the Debian package syslinux-common", MBR_BIN);
     let disk = dir.join("disk.img");
     disk::blank(&disk, 64);
-    disk::sfdisk(
-        &disk,
-        &format!(
-            "label: dos\nstart={}, size={}, type=6, bootable\nstart={}, size={}, type=6\nstart={}, size=8192, type=83\n",
-            P1_START, P1_SECTORS, P2_START, P2_SECTORS, P3_START
-        ),
-    );
+    disk::sfdisk(&disk, table);
     let p1 = dir.join("p1.img");
     disk::fat_volume(&p1, P1_SECTORS, 16, &[FileSpec::new("/boot/grub/grub.cfg", grub_cfg)]);
     disk::write_at(&disk, P1_START, &p1);
@@ -77,7 +81,7 @@ fn host_disk(dir: &TempDir, grub_cfg: &str) -> PathBuf {
     let p2 = dir.join("p2.img");
     disk::fat_volume(&p2, P2_SECTORS, 16, &[FileSpec::new("/syslinux.cfg", cfg), FileSpec::new("/hello.bs", hello)]);
     sh(Command::new("syslinux").arg("--install").arg(&p2));
-    disk::write_at(&disk, P2_START, &p2);
+    disk::write_at(&disk, syslinux_start, &p2);
     let mut bytes = std::fs::read(&disk).unwrap();
     bytes[..440].copy_from_slice(&std::fs::read(MBR_BIN).unwrap()[..440]);
     std::fs::write(&disk, bytes).unwrap();
@@ -117,7 +121,7 @@ fn set_root_and_chainloader_plus_one_start_syslinux() {
     let disk = host_disk(&dir, GRUB_CFG);
     install(&disk, &[]);
     let tail = boot_entry(&mut start(&disk), "GRUB option", b'1', SYSLINUX_MARKER);
-    assert!(tail.contains("Chainloading the boot sector of (hd0,2) (start LBA 34816) as drive 0x80, DS:SI = 0000:07BE"), "{}", tail);
+    assert!(tail.contains("Chainloading the boot sector of (hd0,2) (start LBA 34816) as drive 0x80, DS:SI = 0000:07CE"), "{}", tail);
     assert!(tail.contains("insmod"), "the skipped insmod should be mentioned:\n{}", tail);
 }
 
@@ -128,6 +132,23 @@ fn chainloader_naming_the_partition_starts_syslinux() {
     install(&disk, &[]);
     let tail = boot_entry(&mut start(&disk), "GRUB option", b'2', SYSLINUX_MARKER);
     assert!(tail.contains("chainload: the boot sector of partition (hd0,msdos2)"), "{}", tail);
+}
+
+/// A logical partition has no entry in sector 0: its boot sector gets an equivalent one, with
+/// its start LBA from the start of the disk, which SYSLINUX boots from.
+#[test]
+fn a_logical_partition_gets_an_equivalent_entry() {
+    let dir = TempDir::new("chain-logical");
+    let cfg = "set timeout=-1\nmenuentry 'SYSLINUX in a logical partition' {\n    chainloader (hd0,5)+1\n}\n";
+    let logical_start = P2_START + 2048;
+    let table = format!(
+        "label: dos\nstart={}, size={}, type=6, bootable\nstart={}, type=5\nstart={}, size={}, type=6\n",
+        P1_START, P1_SECTORS, P2_START, logical_start, P2_SECTORS
+    );
+    let disk = host_disk_with(&dir, cfg, &table, logical_start);
+    install(&disk, &[]);
+    let tail = boot_entry(&mut start(&disk), "SYSLINUX in a logical partition", b'1', SYSLINUX_MARKER);
+    assert!(tail.contains("Chainloading the boot sector of (hd0,5) (start LBA 36864) as drive 0x80, DS:SI = 0000:07BE"), "{}", tail);
 }
 
 #[test]
