@@ -228,15 +228,7 @@ mod tests {
 
     /// The refusal names the word and says the expected thing.
     fn refused(line: &str, root: Option<&str>, word: &str, needle: &str) -> ChainloadErrorKind {
-        let e = match parse_line(line, root) {
-            Ok(t) => panic!("{:?} accepted: {:?}", line, t),
-            Err(e) => e,
-        };
-        let msg = e.to_string();
-        assert_eq!(e.word, word, "{}", msg);
-        assert!(msg.contains(&format!("`{}`", word)), "{:?} does not name `{}`", msg, word);
-        assert!(msg.contains(needle), "{:?} lacks {:?}", msg, needle);
-        e.kind
+        crate::config::refusal(line, parse_line(line, root), |e| &e.word, word, needle).kind
     }
 
     #[test]

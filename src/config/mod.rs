@@ -31,3 +31,24 @@ pub use grubcfg::{
 };
 pub use options::{BootDevice, OptionError, OptionErrorKind, VbootOptions};
 pub use path::{GrubDevice, GrubPath, PartitionRef, PartitionScheme, PathError};
+
+/// Test helper for the line parsers: `result` must be a refusal whose message names the word at
+/// fault (`word_of` gives it, `word` is expected), in backquotes, and says `needle`.
+#[cfg(test)]
+pub(crate) fn refusal<T: core::fmt::Debug, E: core::fmt::Display>(
+    line: &str,
+    result: Result<T, E>,
+    word_of: impl Fn(&E) -> &str,
+    word: &str,
+    needle: &str,
+) -> E {
+    let e = match result {
+        Ok(t) => panic!("{:?} accepted: {:?}", line, t),
+        Err(e) => e,
+    };
+    let msg = alloc::string::ToString::to_string(&e);
+    assert_eq!(word_of(&e), word, "{}", msg);
+    assert!(msg.contains(&alloc::format!("`{}`", word)), "{:?} does not name `{}`", msg, word);
+    assert!(msg.contains(needle), "{:?} lacks {:?}", msg, needle);
+    e
+}

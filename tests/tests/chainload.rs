@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use vboot_tests::disk::{self, FileSpec};
-use vboot_tests::qemu::{Qemu, EXIT_PASS};
+use vboot_tests::qemu::Qemu;
 use vboot_tests::{guests, require_tool, sh, vboot_install, TempDir};
 
 const T: Duration = Duration::from_secs(120);
@@ -102,35 +102,25 @@ fn start(disk: &Path) -> Qemu {
     Qemu::start(&cfg)
 }
 
-/// At the menu (`last_title` on screen), press `key` and wait for the pass code after `needle`.
-fn boot_entry(q: &mut Qemu, last_title: &str, key: u8, needle: &str) -> String {
-    q.expect(last_title, T);
-    std::thread::sleep(Duration::from_millis(200));
-    let mark = q.mark();
-    q.send(&[key]);
-    let status = q.wait_exit(T);
-    let tail = q.output().get(mark..).unwrap_or("").to_string();
-    assert!(tail.contains(needle), "no {:?} (exit {:?}):\n{}", needle, status, tail);
-    assert_eq!(status, Some(EXIT_PASS), "{}", tail);
-    tail
+/// A host disk made by `make` in a new directory `tag`, with vboot installed; booted, menu entry
+/// `key` prints [`SYSLINUX_MARKER`]. Returns what came after the key.
+fn syslinux_boot(tag: &str, make: impl Fn(&TempDir) -> PathBuf, menu_line: &str, key: u8) -> String {
+    let dir = TempDir::new(tag);
+    let disk = make(&dir);
+    install(&disk, &[]);
+    start(&disk).boot_from_menu(menu_line, key, SYSLINUX_MARKER, T)
 }
 
 #[test]
 fn set_root_and_chainloader_plus_one_start_syslinux() {
-    let dir = TempDir::new("chain-root");
-    let disk = host_disk(&dir, GRUB_CFG);
-    install(&disk, &[]);
-    let tail = boot_entry(&mut start(&disk), "GRUB option", b'1', SYSLINUX_MARKER);
+    let tail = syslinux_boot("chain-root", |dir| host_disk(dir, GRUB_CFG), "GRUB option", b'1');
     assert!(tail.contains("Chainloading the boot sector of (hd0,2) (start LBA 34816) as drive 0x80, DS:SI = 0000:07CE"), "{}", tail);
     assert!(tail.contains("insmod"), "the skipped insmod should be mentioned:\n{}", tail);
 }
 
 #[test]
 fn chainloader_naming_the_partition_starts_syslinux() {
-    let dir = TempDir::new("chain-device");
-    let disk = host_disk(&dir, GRUB_CFG);
-    install(&disk, &[]);
-    let tail = boot_entry(&mut start(&disk), "GRUB option", b'2', SYSLINUX_MARKER);
+    let tail = syslinux_boot("chain-device", |dir| host_disk(dir, GRUB_CFG), "GRUB option", b'2');
     assert!(tail.contains("chainload: the boot sector of partition (hd0,msdos2)"), "{}", tail);
 }
 
@@ -138,16 +128,14 @@ fn chainloader_naming_the_partition_starts_syslinux() {
 /// its start LBA from the start of the disk, which SYSLINUX boots from.
 #[test]
 fn a_logical_partition_gets_an_equivalent_entry() {
-    let dir = TempDir::new("chain-logical");
-    let cfg = "set timeout=-1\nmenuentry 'SYSLINUX in a logical partition' {\n    chainloader (hd0,5)+1\n}\n";
+    let title = "SYSLINUX in a logical partition";
     let logical_start = P2_START + 2048;
     let table = format!(
         "label: dos\nstart={}, size={}, type=6, bootable\nstart={}, type=5\nstart={}, size={}, type=6\n",
         P1_START, P1_SECTORS, P2_START, logical_start, P2_SECTORS
     );
-    let disk = host_disk_with(&dir, cfg, &table, logical_start);
-    install(&disk, &[]);
-    let tail = boot_entry(&mut start(&disk), "SYSLINUX in a logical partition", b'1', SYSLINUX_MARKER);
+    let cfg = format!("set timeout=-1\nmenuentry '{}' {{\n    chainloader (hd0,5)+1\n}}\n", title);
+    let tail = syslinux_boot("chain-logical", |dir| host_disk_with(dir, &cfg, &table, logical_start), title, b'1');
     assert!(tail.contains("Chainloading the boot sector of (hd0,5) (start LBA 36864) as drive 0x80, DS:SI = 0000:07BE"), "{}", tail);
 }
 
@@ -171,7 +159,7 @@ fn refusals_name_the_problem_and_lead_back_to_the_menu() {
         T,
     );
     // And the menu still boots.
-    let tail = boot_entry(&mut q, "GRUB option", b'2', SYSLINUX_MARKER);
+    let tail = q.boot_from_menu("GRUB option", b'2', SYSLINUX_MARKER, T);
     assert!(tail.contains("Chainloading"), "{}", tail);
 }
 
@@ -201,7 +189,7 @@ fn the_original_mbr_runs_with_the_current_partition_table_and_nothing_is_written
 
     let before = std::fs::read(&disk).unwrap();
     let last = "Previous boot loader (original MBR)";
-    let tail = boot_entry(&mut start(&disk), last, b'9', SYSLINUX_MARKER);
+    let tail = start(&disk).boot_from_menu(last, b'9', SYSLINUX_MARKER, T);
     assert!(tail.contains("Chainloading the original MBR saved at LBA 2, with the current partition table, as drive 0x80"), "{}", tail);
     assert!(std::fs::read(&disk).unwrap() == before, "booting the original MBR changed the disk");
 }
