@@ -62,17 +62,17 @@ fn host_disk(dir: &TempDir, grub_cfg: &str) -> PathBuf {
         "label: dos\nstart={}, size={}, type=6, bootable\nstart={}, size={}, type=6\nstart={}, size=8192, type=83\n",
         P1_START, P1_SECTORS, P2_START, P2_SECTORS, P3_START
     );
-    host_disk_with(dir, grub_cfg, &table, P2_START)
+    host_disk_with(dir, grub_cfg, &|disk| disk::sfdisk(disk, &table), P2_START)
 }
 
-/// [`host_disk`] with another partition table (an sfdisk script whose first partition is
-/// grub.cfg's), SYSLINUX's partition at `syslinux_start`.
-fn host_disk_with(dir: &TempDir, grub_cfg: &str, table: &str, syslinux_start: u64) -> PathBuf {
+/// [`host_disk`] with another partition table, made by `partition` (grub.cfg's partition at
+/// [`P1_START`]), SYSLINUX's partition at `syslinux_start`.
+fn host_disk_with(dir: &TempDir, grub_cfg: &str, partition: &dyn Fn(&Path), syslinux_start: u64) -> PathBuf {
     require_tool("syslinux", "syslinux");
     assert!(Path::new(MBR_BIN).exists(), "{} is missing: install the Debian package syslinux-common", MBR_BIN);
     let disk = dir.join("disk.img");
     disk::blank(&disk, 64);
-    disk::sfdisk(&disk, table);
+    partition(&disk);
     let p1 = dir.join("p1.img");
     disk::fat_volume(&p1, P1_SECTORS, 16, &[FileSpec::new("/boot/grub/grub.cfg", grub_cfg)]);
     disk::write_at(&disk, P1_START, &p1);
@@ -135,8 +135,45 @@ fn a_logical_partition_gets_an_equivalent_entry() {
         P1_START, P1_SECTORS, P2_START, logical_start, P2_SECTORS
     );
     let cfg = format!("set timeout=-1\nmenuentry '{}' {{\n    chainloader (hd0,5)+1\n}}\n", title);
-    let tail = syslinux_boot("chain-logical", |dir| host_disk_with(dir, &cfg, &table, logical_start), title, b'1');
+    let tail = syslinux_boot("chain-logical", |dir| host_disk_with(dir, &cfg, &|disk| disk::sfdisk(disk, &table), logical_start), title, b'1');
     assert!(tail.contains("Chainloading the boot sector of (hd0,5) (start LBA 36864) as drive 0x80, DS:SI = 0000:07BE"), "{}", tail);
+}
+
+/// A GPT partition has no MBR entry: its boot sector gets an equivalent one (type EDh).
+#[test]
+fn a_gpt_partition_gets_an_equivalent_entry() {
+    let title = "SYSLINUX on GPT";
+    let cfg = format!("set timeout=-1\nmenuentry '{}' {{\n    chainloader (hd0,gpt3)+1\n}}\n", title);
+    let gpt = |disk: &Path| {
+        let (grub_end, syslinux_end) = ((P2_START - 1).to_string(), (P2_START + P2_SECTORS - 1).to_string());
+        disk::sgdisk(disk, &["-a", "1", "-n", "1:34:2047", "-t", "1:ef02", "-n", &format!("2:{}:{}", P1_START, grub_end), "-t", "2:0700"]);
+        disk::sgdisk(disk, &["-n", &format!("3:{}:{}", P2_START, syslinux_end), "-t", "3:0700"]);
+    };
+    let dir = TempDir::new("chain-gpt");
+    let disk = host_disk_with(&dir, &cfg, &gpt, P2_START);
+    let (ok, out) = vboot_install(&["install", disk.to_str().unwrap(), "--partition", "2"]);
+    assert!(ok, "{}", out);
+    let tail = start(&disk).boot_from_menu(title, b'1', SYSLINUX_MARKER, T);
+    assert!(tail.contains("Chainloading the boot sector of (hd0,gpt3) (start LBA 34816) as drive 0x80, DS:SI = 0000:07BE"), "{}", tail);
+}
+
+/// A second disk is BIOS drive 81h: its MBR (Debian's mbr.bin, which starts its active
+/// partition) and its partition's boot sector both start SYSLINUX from it with DL = 81h.
+#[test]
+fn the_second_disk_is_drive_81h() {
+    let dir = TempDir::new("chain-hd1");
+    let cfg = "set timeout=-1\nmenuentry 'Disk 1' {\n    chainloader (hd1)+1\n}\nmenuentry 'Disk 1, partition 2' {\n    set root=(hd1,2)\n    chainloader +1\n}\n";
+    let host = host_disk(&dir, cfg);
+    install(&host, &[]);
+    let second_dir = TempDir::new("chain-hd1-disk");
+    let table = format!("label: dos\nstart={}, size={}, type=6\nstart={}, size={}, type=6, bootable\n", P1_START, P1_SECTORS, P2_START, P2_SECTORS);
+    let second = host_disk_with(&second_dir, "", &|disk| disk::sfdisk(disk, &table), P2_START);
+    for (key, expect) in [(b'1', "Chainloading the MBR of (hd1) as drive 0x81."), (b'2', "Chainloading the boot sector of (hd1,2) (start LBA 34816) as drive 0x81, DS:SI = 0000:07CE")] {
+        let mut cfg = vboot_tests::qemu::Config::disk(&host);
+        cfg.drives.push(vboot_tests::qemu::Drive::virtio(&second));
+        let tail = Qemu::start(&cfg).boot_from_menu("Disk 1, partition 2", key, SYSLINUX_MARKER, T);
+        assert!(tail.contains(expect), "{}", tail);
+    }
 }
 
 #[test]
