@@ -206,6 +206,8 @@ fn installing_over_another_boot_loader_offers_an_entry_for_it() {
         Some(MenuItem::Entry(e)) => assert_eq!(e.boot_command(), Ok(BootCommand::Chainload(&ChainTarget::OriginalMbr))),
         other => panic!("{:?}", other),
     }
+    let (ok, out) = vboot_install(&["status", d]);
+    assert!(ok && out.contains("saved sector 0:   at LBA 2, another boot loader's code, which `chainloader --original-mbr` starts"), "{}", out);
     // A reinstall keeps the saved sector 0 and adds no second entry.
     let (ok, out) = vboot_install(&["install", d, "--grub-cfg", cfg.to_str().unwrap()]);
     assert!(ok && out.contains("already has an entry that starts the original MBR"), "{}", out);
@@ -219,6 +221,8 @@ fn installing_over_another_boot_loader_offers_an_entry_for_it() {
     let blank = disk::mbr_fat32_disk(&blank_dir, 32, &[FileSpec::new("/grub.cfg", "")]);
     let (ok, out) = vboot_install(&["install", blank.to_str().unwrap(), "--grub-cfg", cfg.to_str().unwrap()]);
     assert!(ok && !out.contains("original-mbr") && !out.contains("Appended"), "{}", out);
+    let (ok, out) = vboot_install(&["status", blank.to_str().unwrap()]);
+    assert!(ok && out.contains("at LBA 2, no other boot loader's code"), "{}", out);
 }
 
 #[test]

@@ -203,7 +203,19 @@ fn status(path: &Path) -> Result<(), String> {
         "  grub.cfg on:      {}",
         if record.config_partition == 0 { "chosen at boot".into() } else { format!("partition {}", record.config_partition) }
     );
-    println!("  saved sector 0:   {}", if record.flags & install::RECORD_FLAG_SAVED_MBR != 0 { format!("at LBA {}", record.saved_mbr_lba()) } else { "none".into() });
+    let saved = if record.flags & install::RECORD_FLAG_SAVED_MBR != 0 {
+        let mut sector = [0u8; SECTOR_BYTES];
+        disk.read_sectors(record.saved_mbr_lba(), &mut sector).map_err(|e| e.to_string())?;
+        let what = if install::has_foreign_boot_code(&sector) {
+            "another boot loader's code, which `chainloader --original-mbr` starts"
+        } else {
+            "no other boot loader's code"
+        };
+        format!("at LBA {}, {}", record.saved_mbr_lba(), what)
+    } else {
+        "none".into()
+    };
+    println!("  saved sector 0:   {}", saved);
     println!("  stage1 loads by:  {}", if patch.flags & install::PATCH_FLAG_FORCE_CHS != 0 { "CHS (forced)" } else { "LBA, CHS if the BIOS lacks extensions" });
     Ok(())
 }
