@@ -35,25 +35,25 @@ impl ChainTarget {
     /// Human-readable summary, one fact a line, for the entry view and the screen before booting.
     pub fn describe(&self) -> Vec<String> {
         match self {
-            ChainTarget::FirstSector(device @ GrubDevice { partition: Some(_), .. }) => alloc::vec![
-                format!("chainload: the boot sector of partition {}", device),
-                format!("started as BIOS drive {:#04x}, DS:SI at its partition entry", bios_drive(device.disk)),
-            ],
-            ChainTarget::FirstSector(device) => alloc::vec![
-                format!("chainload: the MBR of disk {}", device),
-                format!("started as BIOS drive {:#04x}", bios_drive(device.disk)),
-            ],
+            ChainTarget::FirstSector(device) => {
+                let drive = match device.bios_drive() {
+                    Some(drive) => format!("started as BIOS drive {:#04x}", drive),
+                    None => format!("(hd{}) is past the last BIOS drive number (0xff)", device.disk),
+                };
+                match device.partition {
+                    Some(_) => alloc::vec![
+                        format!("chainload: the boot sector of partition {}", device),
+                        format!("{}, DS:SI at its partition entry", drive),
+                    ],
+                    None => alloc::vec![format!("chainload: the MBR of disk {}", device), drive],
+                }
+            }
             ChainTarget::OriginalMbr => alloc::vec![
                 "chainload: the original MBR vboot-install saved, with the current partition table".to_string(),
                 "for this boot only: nothing is written".to_string(),
             ],
         }
     }
-}
-
-/// The BIOS drive GRUB's `hdN` is (80h + N; past FFh it names no drive and is caught as missing).
-pub fn bios_drive(disk: u32) -> u32 {
-    0x80 + disk
 }
 
 impl fmt::Display for ChainTarget {
@@ -254,6 +254,12 @@ mod tests {
         assert!(d[1].contains("BIOS drive 0x81"), "{:?}", d);
         let d = ChainTarget::FirstSector(GrubDevice { disk: 0, partition: None }).describe();
         assert_eq!(d[0], "chainload: the MBR of disk (hd0)");
+        assert_eq!(d[1], "started as BIOS drive 0x80");
+        // Disk numbers past the BIOS's are parsed (and refused at boot as missing), not wrapped.
+        let far = ok("(hd4294967295)+1", None);
+        assert!(far.describe()[1].contains("past the last BIOS drive number"), "{:?}", far.describe());
+        assert_eq!(GrubDevice { disk: 127, partition: None }.bios_drive(), Some(0xFF));
+        assert_eq!(GrubDevice { disk: 128, partition: None }.bios_drive(), None);
         assert!(ChainTarget::OriginalMbr.describe().concat().contains("nothing is written"));
     }
 

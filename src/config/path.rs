@@ -211,6 +211,11 @@ impl GrubDevice {
         let (disk, partition) = parse_device(text, inner)?;
         Ok(GrubDevice { disk, partition })
     }
+
+    /// The BIOS drive GRUB's `hdN` is: 80h + N, while that is a drive number (N < 128).
+    pub fn bios_drive(&self) -> Option<u8> {
+        u8::try_from(0x80u64 + self.disk as u64).ok()
+    }
 }
 
 impl fmt::Display for GrubDevice {

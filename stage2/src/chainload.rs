@@ -10,7 +10,6 @@ use alloc::vec::Vec;
 use crate::disk::{self, BiosDisk};
 use crate::{guest, println};
 use vboot::block::{BlockDevice, SECTOR_BYTES};
-use vboot::config::chainload::bios_drive;
 use vboot::config::{ChainTarget, GrubDevice};
 use vboot::install;
 use vboot::part::{self, handover};
@@ -64,20 +63,24 @@ pub fn boot(boot_disk: &mut BiosDisk, target: &ChainTarget) -> Result<(), String
 /// GRUB's disk N is BIOS drive 80h + N, if the BIOS answers for it (AH=08h, 41h, 48h).
 fn open_disk(device: &GrubDevice) -> Result<BiosDisk, String> {
     let missing = || {
+        let count = disk::hard_disk_count();
+        let which = match device.bios_drive() {
+            Some(drive) => format!("BIOS drive {:#04x} does not answer", drive),
+            None => String::from("it is past the last BIOS drive number (0xff)"),
+        };
         format!(
-            "chainloader {}+1: disk (hd{}) does not exist: BIOS drive {:#04x} does not answer (the BIOS reports {} hard disk(s), (hd0) to (hd{}))",
+            "chainloader {}+1: disk (hd{}) does not exist: {} (the BIOS reports {} hard disk(s), (hd0) to (hd{}))",
             device,
             device.disk,
-            bios_drive(device.disk),
-            disk::hard_disk_count(),
-            disk::hard_disk_count().saturating_sub(1)
+            which,
+            count,
+            count.saturating_sub(1)
         )
     };
-    if device.disk >= disk::hard_disk_count() as u32 {
-        return Err(missing());
+    match device.bios_drive() {
+        Some(drive) if device.disk < disk::hard_disk_count() as u32 => BiosDisk::probe(drive).ok_or_else(missing),
+        _ => Err(missing()),
     }
-    let drive = u8::try_from(bios_drive(device.disk)).map_err(|_| missing())?;
-    BiosDisk::probe(drive).ok_or_else(missing)
 }
 
 /// The sector at `lba`, which must be a boot sector (55AA).
