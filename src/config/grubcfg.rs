@@ -12,6 +12,7 @@
 //! default inside such blocks; skipping them leaves those unset, which means "first entry" and
 //! "no countdown", the same as GRUB with those variables unset.
 
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -131,6 +132,15 @@ pub struct Entry {
     pub line_number: usize,
     /// Commands of the body vboot does not run, to show when the entry is opened or booted.
     pub skipped: Vec<Notice>,
+    /// The variables as the file had set them where the entry stands, so that a body edited at
+    /// the menu ([`Entry::edited`]) expands `$var` as the file's own body did.
+    pub scope: EntryScope,
+}
+
+/// The grub.cfg variables in effect at a `menuentry` (opaque: only [`Entry::edited`] reads them).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct EntryScope {
+    pub(super) variables: BTreeMap<String, String>,
 }
 
 /// Why an entry cannot be booted.
@@ -152,6 +162,14 @@ impl fmt::Display for EntryProblem {
 }
 
 impl Entry {
+    /// This entry with its body replaced by `lines` (edited at the menu, for this boot only),
+    /// read by the same parser and run as the file's body was: the same variables, the same
+    /// `vboot` line rules and notices. Line numbers in the result (errors, notices,
+    /// `vboot_line`) count the edited lines from 1. A syntax error is refused as in the file.
+    pub fn edited(&self, lines: &[String]) -> Result<Entry, ConfigError> {
+        eval::edited_entry(self, &lines.join("\n"))
+    }
+
     /// The parsed options, or what stops this entry from booting.
     pub fn boot_options(&self) -> Result<&VbootOptions, EntryProblem> {
         match &self.vboot {

@@ -22,7 +22,7 @@ pub mod path;
 pub mod rewrite;
 
 pub use grubcfg::{
-    Config, ConfigError, DefaultChoice, Entry, EntryProblem, MenuItem, Notice, Submenu, TimeoutStyle,
+    Config, ConfigError, DefaultChoice, Entry, EntryProblem, EntryScope, MenuItem, Notice, Submenu, TimeoutStyle,
 };
 pub use options::{BootDevice, OptionError, OptionErrorKind, VbootOptions};
 pub use path::{GrubPath, PartitionRef, PartitionScheme, PathError};

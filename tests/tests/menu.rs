@@ -113,14 +113,21 @@ fn any_key_stops_the_countdown() {
     finish(&mut q, "GUEST-ONE");
 }
 
-#[test]
-fn e_shows_the_entry_and_escape_returns() {
-    let dir = TempDir::new("menu-e");
+/// A boot of the three entries, at the menu with the second entry highlighted (the key given
+/// time to be handled). The directory holds the disk QEMU runs on.
+fn menu_at_the_second_entry(tag: &str) -> (TempDir, Qemu) {
+    let dir = TempDir::new(tag);
     let host = menu_host(&dir, THREE_ENTRIES);
     let mut q = Qemu::boot_disk(&host.disk);
     q.expect("Plain GRUB entry", T);
     q.send(b"\x1b[B");
     std::thread::sleep(Duration::from_millis(300));
+    (dir, q)
+}
+
+#[test]
+fn e_shows_the_entry_and_escape_returns() {
+    let (_dir, mut q) = menu_at_the_second_entry("menu-e");
     let mark = q.mark();
     q.send(b"e");
     let view = q.expect_from(mark, "vboot harddisk=(hd0,1)/two.img", T);
@@ -172,4 +179,123 @@ fn bad_vboot_options_are_refused_with_the_word() {
     let mut q = Qemu::boot_disk(&host.disk);
     let out = q.expect("Press any key to return to the menu.", T);
     assert!(out.contains("`hardisk=/one.img`") && out.contains("did you mean `harddisk=`?"), "{}", out);
+}
+
+/// The editor's title line, once the editor is on screen for `title`.
+fn editing(title: &str) -> String {
+    format!("Editing '{}' for this boot only", title)
+}
+
+const PAUSE_PROMPT: &str = "Paused before starting the guest. Press any key to boot.";
+
+/// Type `keys` and wait for `expect` to come after them; returns what came.
+fn press(q: &mut Qemu, keys: &[u8], expect: &str) -> String {
+    let mark = q.mark();
+    q.send(keys);
+    q.expect_from(mark, expect, T)
+}
+
+/// A boot of the three entries with the first one being edited: `e`, End, and ` pause` typed
+/// at the end of its vboot line. Keeps the host disk's bytes from before the boot.
+struct EditSession {
+    dir: TempDir,
+    host: vboot_tests::Host,
+    disk_before: Vec<u8>,
+    q: Qemu,
+}
+
+impl EditSession {
+    fn start(tag: &str) -> EditSession {
+        let dir = TempDir::new(tag);
+        let host = menu_host(&dir, THREE_ENTRIES);
+        let disk_before = std::fs::read(&host.disk).unwrap();
+        let mut q = Qemu::boot_disk(&host.disk);
+        q.expect("Plain GRUB entry", T);
+        press(&mut q, b"e", &editing("First guest"));
+        // End as a terminal sends it, then the option.
+        press(&mut q, b"\x1b[F pause", "vboot harddisk=/one.img pause");
+        EditSession { dir, host, disk_before, q }
+    }
+
+    /// The edit was for this boot only: grub.cfg, and the whole host disk, as before the boot.
+    fn assert_host_unchanged(&self) {
+        let part = self.host.current_partition(&self.dir.join("part-after.img"));
+        vboot_tests::disk::fat_get(&part, "/boot/grub/grub.cfg", &self.dir.join("grub.cfg"));
+        assert_eq!(std::fs::read_to_string(self.dir.join("grub.cfg")).unwrap(), THREE_ENTRIES);
+        assert!(std::fs::read(&self.host.disk).unwrap() == self.disk_before, "the host disk changed");
+    }
+}
+
+#[test]
+fn e_edits_the_entry_and_ctrl_x_boots_the_edit() {
+    let mut s = EditSession::start("menu-edit");
+    let out = press(&mut s.q, b"\x18", PAUSE_PROMPT);
+    assert!(out.contains("Booting 'First guest' (edited at the menu)"), "{}", out);
+    assert!(!out.contains("GUEST-ONE"), "the guest started before the pause:\n{}", out);
+    s.q.send(b" ");
+    finish(&mut s.q, "GUEST-ONE");
+    s.assert_host_unchanged();
+}
+
+#[test]
+fn escape_in_the_editor_discards_the_edit() {
+    let mut s = EditSession::start("menu-edit-esc");
+    press(&mut s.q, b"\x1b", "Plain GRUB entry");
+    // A new edit starts from grub.cfg's line, without the discarded option.
+    let view = press(&mut s.q, b"e", "Arrows, Home, End: move");
+    assert!(view.contains("vboot harddisk=/one.img\n") && !view.contains("pause"), "{}", view);
+    press(&mut s.q, b"\x1b", "Plain GRUB entry");
+    let mark = s.q.mark();
+    s.q.send(b"1");
+    finish(&mut s.q, "GUEST-ONE");
+    assert!(!s.q.output()[mark..].contains(PAUSE_PROMPT), "{}", s.q.output());
+    s.assert_host_unchanged();
+}
+
+#[test]
+fn an_edited_line_with_an_unknown_option_is_refused() {
+    let (_dir, mut q) = menu_at_the_second_entry("menu-edit-bad");
+    press(&mut q, b"e", &editing("Second guest"));
+    // Down to the vboot line, End, a misspelt option, Ctrl-X: the parser's refusal.
+    press(&mut q, b"\x1b[B\x1b[F pauze", "vboot harddisk=(hd0,1)/two.img pauze");
+    let out = press(&mut q, b"\x18", "Any other key: back to the editor");
+    let refusal = "edited line 2: unknown vboot option `pauze` (did you mean `pause`?)";
+    assert!(out.contains(refusal), "the parser's refusal was not shown:\n{}", out);
+    // Back to the editor with the edit kept, then Esc back to the menu, and another entry boots.
+    let view = press(&mut q, b"\r", "Arrows, Home, End: move");
+    assert!(view.contains(&editing("Second guest")) && view.contains("two.img pauze"), "{}", view);
+    press(&mut q, b"\x1b", "Plain GRUB entry");
+    q.send(b"1");
+    finish(&mut q, "GUEST-ONE");
+}
+#[test]
+fn the_countdown_updates_its_own_line_on_the_serial_console() {
+    let dir = TempDir::new("menu-countdown");
+    let long = "First guest, with a title long enough that its countdown line would not fit";
+    let cfg = THREE_ENTRIES.replace("set timeout=-1", "set timeout=30").replace("'First guest'", &format!("'{}'", long));
+    let host = menu_host(&dir, &cfg);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("in 28 s", T);
+    let raw = q.raw_output();
+    // One full screen, then each second only the countdown row, rewritten after a CR.
+    assert_eq!(raw.matches("\x1b[2J").count(), 1, "{:?}", raw);
+    assert_eq!(raw.matches("vboot\r\n").count(), 1, "{:?}", raw);
+    let shortened = "Booting 'First guest, with a title long enou...'";
+    for secs in [29, 28] {
+        let update = format!("\r{} in {} s. Press any key to stop.\x1b[K", shortened, secs);
+        assert!(raw.contains(&update), "no update {:?} in place:\n{:?}", update, raw);
+    }
+    // No row of the screen is wider than 80 columns, on the serial console or the VGA screen.
+    let screen = &raw[raw.find("\x1b[2J").unwrap()..];
+    for row in screen.split("\r\n").flat_map(|l| l.split('\r')) {
+        let text = vboot_tests::qemu::strip_ansi(row);
+        assert!(text.chars().count() <= 80, "a row of {} columns: {:?}", text.chars().count(), text);
+    }
+    let vga = q.screen_text();
+    assert!(vga[24].starts_with(shortened) && vga[24].ends_with(" s. Press any key to stop."), "{:?}", vga);
+    assert_eq!(vga[0], "vboot");
+    // A key still stops it: the next screen has no countdown line.
+    press(&mut q, b"x", NO_COUNTDOWN);
+    q.send(b"2");
+    finish(&mut q, "GUEST-TWO");
 }

@@ -15,7 +15,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use super::parse::{BlockKind, Stmt};
-use super::{Config, ConfigError, DefaultChoice, Entry, MenuItem, Notice, Submenu, TimeoutStyle};
+use super::{Config, ConfigError, DefaultChoice, Entry, EntryScope, MenuItem, Notice, Submenu, TimeoutStyle};
 use crate::config::lexer::{Piece, Word};
 use crate::config::options::{OptionError, OptionErrorKind, VbootOptions};
 
@@ -65,6 +65,15 @@ pub(super) fn run(stmts: &[Stmt]) -> Result<Config, ConfigError> {
         });
     }
     Ok(config)
+}
+
+/// `original` with the body `text` (edited at the menu): parsed, then run with the variables the
+/// file had set at the entry, as [`Run::entry`] ran the file's own body.
+pub(super) fn edited_entry(original: &Entry, text: &str) -> Result<Entry, ConfigError> {
+    let stmts = super::parse::statements(text)?;
+    let env = Env { vars: original.scope.variables.clone(), set_at: BTreeMap::new() };
+    let header = Header { title: original.title.clone(), id: original.id.clone(), classes: original.classes.clone() };
+    Ok(Run { notices: Vec::new() }.entry(header, &stmts, text, &env, original.line_number))
 }
 
 fn parse_timeout(v: &str) -> Option<i32> {
@@ -411,6 +420,7 @@ impl Run {
             vboot_line,
             line_number: line,
             skipped,
+            scope: EntryScope { variables: env.vars.clone() },
         }
     }
 }

@@ -367,3 +367,31 @@ fn nesting_is_bounded() {
     let deep_if = "if a; then\n".repeat(200) + &"fi\n".repeat(200);
     assert_eq!(err(&deep_if).message, "blocks nested too deeply");
 }
+
+#[test]
+fn an_edited_body_is_read_as_the_file_read_it() {
+    let c = parse("set dir=/vm\nmenuentry 'XP' --id xp {\n  insmod ntfs\n  vboot harddisk=$dir/xp.vhd\n}\nset dir=/later\n");
+    let e = entry(&c, &[0]);
+    // Unchanged, the edit reads as the file did, with the variable as it was at the entry.
+    let same = e.edited(&e.lines).unwrap();
+    assert_eq!(same.boot_options(), e.boot_options());
+    assert_eq!((same.title.as_str(), same.id.as_deref()), ("XP", Some("xp")));
+    assert_eq!(same.vboot_line, Some(2));
+    assert_eq!(same.skipped, vec![Notice { line: 1, message: "`insmod` skipped: vboot runs only the vboot line".into() }]);
+    let lines = vec!["vboot harddisk=$dir/xp.vhd pause".to_string()];
+    let edited = e.edited(&lines).unwrap();
+    assert!(edited.boot_options().unwrap().pause);
+    assert_eq!(edited.lines, lines);
+    assert_eq!(edited.boot_options().unwrap().harddisk.as_ref().unwrap().to_string(), "/vm/xp.vhd");
+    // The same refusals as in the file, with the edited line's number.
+    let bad = e.edited(&["".into(), "vboot harddisk=/a.vhd pauze".into()]).unwrap();
+    match bad.boot_options() {
+        Err(EntryProblem::Options { line: 2, error }) => {
+            assert_eq!(error.to_string(), "unknown vboot option `pauze` (did you mean `pause`?)")
+        }
+        other => panic!("{:?}", other),
+    }
+    assert!(matches!(e.edited(&[]).unwrap().boot_options(), Err(EntryProblem::NoVbootLine { .. })));
+    let syntax = e.edited(&["vboot harddisk='/a.vhd".into()]).unwrap_err();
+    assert_eq!((syntax.line, syntax.message.as_str()), (1, "unterminated single quote"));
+}
