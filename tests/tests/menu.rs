@@ -299,3 +299,36 @@ fn the_countdown_updates_its_own_line_on_the_serial_console() {
     q.send(b"2");
     finish(&mut q, "GUEST-TWO");
 }
+
+/// Keys typed on the PS/2 keyboard (QEMU's `sendkey`), one at a time, each given time to reach
+/// the BIOS's keyboard buffer before the next.
+fn keyboard(q: &Qemu, keys: &[&str]) {
+    for key in keys {
+        q.monitor(&format!("sendkey {}", key));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn the_editor_works_on_the_keyboard() {
+    let dir = TempDir::new("menu-edit-kbd");
+    let host = menu_host(&dir, THREE_ENTRIES);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("Plain GRUB entry", T);
+    let mark = q.mark();
+    keyboard(&q, &["e"]);
+    q.expect_from(mark, &editing("First guest"), T);
+    // End, " pausex", Backspace, then Home and Delete (BIOS scan codes for the keys that have
+    // no ASCII code), and the `v` typed back.
+    let mark = q.mark();
+    keyboard(&q, &["end", "spc", "p", "a", "u", "s", "e", "x", "backspace", "home", "delete"]);
+    q.expect_from(mark, "\nboot harddisk=/one.img pause\n", T);
+    let mark = q.mark();
+    keyboard(&q, &["v"]);
+    q.expect_from(mark, "\nvboot harddisk=/one.img pause\n", T);
+    let mark = q.mark();
+    keyboard(&q, &["f10"]);
+    q.expect_from(mark, PAUSE_PROMPT, T);
+    keyboard(&q, &["spc"]);
+    finish(&mut q, "GUEST-ONE");
+}
