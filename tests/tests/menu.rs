@@ -113,13 +113,20 @@ fn any_key_stops_the_countdown() {
     finish(&mut q, "GUEST-ONE");
 }
 
-/// A boot of the three entries, at the menu with the second entry highlighted (the key given
-/// time to be handled). The directory holds the disk QEMU runs on.
-fn menu_at_the_second_entry(tag: &str) -> (TempDir, Qemu) {
+/// A boot of the three entries, once the menu is on screen. The directory holds the disk QEMU
+/// runs on.
+fn menu_is_up(tag: &str) -> (TempDir, Qemu) {
     let dir = TempDir::new(tag);
     let host = menu_host(&dir, THREE_ENTRIES);
     let mut q = Qemu::boot_disk(&host.disk);
     q.expect("Plain GRUB entry", T);
+    (dir, q)
+}
+
+/// A boot of the three entries, at the menu with the second entry highlighted (the key given
+/// time to be handled). The directory holds the disk QEMU runs on.
+fn menu_at_the_second_entry(tag: &str) -> (TempDir, Qemu) {
+    let (dir, mut q) = menu_is_up(tag);
     q.send(b"\x1b[B");
     std::thread::sleep(Duration::from_millis(300));
     (dir, q)
@@ -311,10 +318,7 @@ fn keyboard(q: &Qemu, keys: &[&str]) {
 
 #[test]
 fn the_editor_works_on_the_keyboard() {
-    let dir = TempDir::new("menu-edit-kbd");
-    let host = menu_host(&dir, THREE_ENTRIES);
-    let mut q = Qemu::boot_disk(&host.disk);
-    q.expect("Plain GRUB entry", T);
+    let (_dir, mut q) = menu_is_up("menu-edit-kbd");
     let mark = q.mark();
     keyboard(&q, &["e"]);
     q.expect_from(mark, &editing("First guest"), T);
