@@ -83,6 +83,25 @@ pub enum Outcome {
     BootEdited { path: Vec<usize>, entry: Box<Entry> },
 }
 
+impl Outcome {
+    /// Boot one entry or the other.
+    pub fn is_boot(&self) -> bool {
+        matches!(self, Outcome::Boot(_) | Outcome::BootEdited { .. })
+    }
+
+    /// What two outcomes in a row come to, for a firmware that handles every key it has read
+    /// before drawing (so that text typed or pasted into the editor is drawn once): the later
+    /// one, but a full redraw is kept over a countdown update and anything over `None`. A boot
+    /// should end the keys (the rest are not for the menu).
+    pub fn followed_by(self, next: Outcome) -> Outcome {
+        match (self, next) {
+            (earlier, Outcome::None) => earlier,
+            (Outcome::Redraw, Outcome::Countdown) => Outcome::Redraw,
+            (_, next) => next,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Screen {
     List,
@@ -889,6 +908,17 @@ mod tests {
         let c = cfg("set timeout=5\nmenuentry 'A' {}\n");
         assert_eq!(render(&c, &MenuState::new(&c), 80, 10).lines[9], "Booting 'A' in 5 s. Press any key to stop.");
         assert_eq!(render(&c, &MenuState::new(&c), 20, 10).lines[9], "Booting '...' in 5 s");
+    }
+
+    #[test]
+    fn outcomes_in_a_row() {
+        use Outcome::*;
+        assert_eq!(Redraw.followed_by(None), Redraw);
+        assert_eq!(Redraw.followed_by(Countdown), Redraw);
+        assert_eq!(Countdown.followed_by(Redraw), Redraw);
+        assert_eq!(None.followed_by(Countdown), Countdown);
+        assert_eq!(Redraw.followed_by(Boot(vec![1])), Boot(vec![1]));
+        assert!(Boot(vec![1]).is_boot() && !Redraw.is_boot());
     }
 
     #[test]

@@ -48,17 +48,6 @@ fn draw_countdown(config: &Config, state: &MenuState) {
     }
 }
 
-/// What the keys of one poll lead to: a boot ends the poll (the keys after it are not for the
-/// menu); otherwise a full redraw covers a countdown update, and both wait until every key is
-/// handled, so that text typed or pasted into the editor is drawn once.
-fn merge(pending: Outcome, next: Outcome) -> Outcome {
-    match (pending, next) {
-        (pending, Outcome::None) => pending,
-        (Outcome::Redraw, Outcome::Countdown) => Outcome::Redraw,
-        (_, next) => next,
-    }
-}
-
 /// Boot `entry` (at `path` in the menu; from grub.cfg or edited at the menu).
 fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, path: &[usize], entry: &Entry, edited: bool) -> Result<(), String> {
     crate::recovery::booting(path);
@@ -142,8 +131,9 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
         events.clear();
         poll_events(&mut decoder, &mut events);
         for &ev in events.iter() {
-            outcome = merge(outcome, state.handle(config, ev));
-            if matches!(outcome, Outcome::Boot(_) | Outcome::BootEdited { .. }) {
+            // Every key read is handled before drawing; a boot ends them.
+            outcome = outcome.followed_by(state.handle(config, ev));
+            if outcome.is_boot() {
                 break;
             }
         }
