@@ -51,7 +51,11 @@ fn draw_countdown(config: &Config, state: &MenuState) {
 /// Boot `entry` (at `path` in the menu; from grub.cfg or edited at the menu).
 fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, path: &[usize], entry: &Entry, edited: bool) -> Result<(), String> {
     crate::recovery::booting(path);
-    console::with(|c| c.clear());
+    // A terminal is cleared with the screen: the editor left its cursor inside the menu's rows.
+    console::with(|c| {
+        c.clear();
+        c.serial_write("\x1b[2J\x1b[H");
+    });
     println!("Booting '{}'{}", entry.title, if edited { " (edited at the menu)" } else { "" });
     let source = if edited { "edited line" } else { "grub.cfg line" };
     for n in &entry.skipped {
