@@ -1,7 +1,7 @@
 //! The boot menu as pure logic: a state machine fed with key and timer events, a decoder that
 //! turns serial-console bytes (ANSI escape sequences) and BIOS keyboard codes into those events,
 //! and a renderer that turns the state into lines of text. The firmware only reads keys, keeps
-//! time, prints lines and acts on [`Outcome::Boot`].
+//! time, prints lines and acts on [`Outcome::Boot`] and [`Outcome::BootEdited`].
 //!
 //! Firmware loop:
 //! ```text
