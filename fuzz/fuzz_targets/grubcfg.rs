@@ -2,7 +2,8 @@
 //! menuentry/submenu nesting, `set default/timeout`), every entry's `vboot` line, and the default
 //! choice. Checks: no panic; `resolve_default` names an existing entry; every parsed `vboot`
 //! line, written back with `rewrite::vboot_line`, parses to the same options (the line vboot
-//! writes into grub.cfg when it takes a snapshot); memory at most 64 x the input + 1 MiB.
+//! writes into grub.cfg when it takes a snapshot); every entry's body read again as an edit at
+//! the menu (`Entry::edited`) does not panic; memory at most 64 x the input + 1 MiB.
 //! Dictionary: fuzz/dict/grubcfg.dict; seeds: tests/data/grubcfg.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -24,6 +25,10 @@ fn check_items(items: &[MenuItem], depth: usize) {
                     assert_eq!(got, Some(Ok(o.clone())), "vboot line {:?} does not read back", line);
                 }
                 let _ = e.boot_options();
+                // The body as the menu's editor hands it back (`e`, then Ctrl-X unchanged).
+                if let Ok(edited) = e.edited(&e.lines) {
+                    let _ = edited.boot_options();
+                }
             }
             MenuItem::Submenu(s) => check_items(&s.items, depth + 1),
         }
