@@ -236,8 +236,11 @@ impl EditSession {
 #[test]
 fn e_edits_the_entry_and_ctrl_x_boots_the_edit() {
     let mut s = EditSession::start("menu-edit");
+    // Enter at the end of the line adds one, read as the file's other commands are.
+    press(&mut s.q, b"\rinsmod extra", "pause\ninsmod extra\n");
     let out = press(&mut s.q, b"\x18", PAUSE_PROMPT);
     assert!(out.contains("Booting 'First guest' (edited at the menu)"), "{}", out);
+    assert!(out.contains("edited line 2: `insmod` skipped: vboot runs only the vboot line"), "{}", out);
     assert!(!out.contains("GUEST-ONE"), "the guest started before the pause:\n{}", out);
     s.q.send(b" ");
     finish(&mut s.q, "GUEST-ONE");
@@ -262,19 +265,28 @@ fn escape_in_the_editor_discards_the_edit() {
 #[test]
 fn an_edited_line_with_an_unknown_option_is_refused() {
     let (_dir, mut q) = menu_at_the_second_entry("menu-edit-bad");
-    press(&mut q, b"e", &editing("Second guest"));
-    // Down to the vboot line, End, a misspelt option, Ctrl-X: the parser's refusal.
-    press(&mut q, b"\x1b[B\x1b[F pauze", "vboot harddisk=(hd0,1)/two.img pauze");
-    let out = press(&mut q, b"\x18", "Any other key: back to the editor");
-    let refusal = "edited line 2: unknown vboot option `pauze` (did you mean `pause`?)";
-    assert!(out.contains(refusal), "the parser's refusal was not shown:\n{}", out);
-    // Back to the editor with the edit kept, then Esc back to the menu, and another entry boots.
-    let view = press(&mut q, b"\r", "Arrows, Home, End: move");
-    assert!(view.contains(&editing("Second guest")) && view.contains("two.img pauze"), "{}", view);
+    let misspell = |q: &mut Qemu| {
+        press(q, b"e", &editing("Second guest"));
+        // Down to the vboot line, End, a misspelt option, Ctrl-X: the parser's refusal.
+        press(q, b"\x1b[B\x1b[F pauze", "vboot harddisk=(hd0,1)/two.img pauze");
+        let out = press(q, b"\x18", "Any other key: back to the editor");
+        let refusal = "edited line 2: unknown vboot option `pauze` (did you mean `pause`?)";
+        assert!(out.contains(refusal), "the parser's refusal was not shown:\n{}", out);
+    };
+    // Esc from the refusal: the menu, and the edit is gone.
+    misspell(&mut q);
     press(&mut q, b"\x1b", "Plain GRUB entry");
-    q.send(b"1");
-    finish(&mut q, "GUEST-ONE");
+    // Another key: the editor with the edit kept, to be corrected (Backspace twice, as a
+    // terminal sends it) and booted with F10.
+    misspell(&mut q);
+    let view = press(&mut q, b"\r", "Arrows, Home, End: move");
+    assert!(view.contains(&editing("Second guest")) && view.contains("two.img pauze\n"), "{}", view);
+    press(&mut q, b"\x7f\x7fse", "two.img pause\n");
+    press(&mut q, b"\x1b[21~", PAUSE_PROMPT);
+    q.send(b" ");
+    finish(&mut q, "GUEST-TWO");
 }
+
 #[test]
 fn the_countdown_updates_its_own_line_on_the_serial_console() {
     let dir = TempDir::new("menu-countdown");
