@@ -238,6 +238,12 @@ impl MenuState {
         self.visible
     }
 
+    /// Whether [`render`]'s frame goes on screen: the menu, or while `timeout_style=countdown`
+    /// keeps it hidden, the countdown line alone. `timeout_style=hidden` draws nothing.
+    pub fn is_drawn(&self) -> bool {
+        self.visible || self.style == TimeoutStyle::Countdown
+    }
+
     pub fn default_path(&self) -> Option<&[usize]> {
         self.default_path.as_deref()
     }
@@ -1138,7 +1144,7 @@ mod tests {
     fn hidden_and_countdown_styles() {
         let c = cfg(&format!("set timeout=3\nset timeout_style=hidden\n{}", FOUR));
         let mut m = MenuState::new(&c);
-        assert!(!m.is_visible());
+        assert!(!m.is_visible() && !m.is_drawn());
         assert!(render(&c, &m, 40, 10).lines.iter().all(|l| l.is_empty()));
         // The first key shows the menu and does nothing else.
         assert_eq!(m.handle(&c, Event::Down), Outcome::Redraw);
@@ -1148,10 +1154,13 @@ mod tests {
 
         let c = cfg(&format!("set timeout=3\nset timeout_style=countdown\n{}", FOUR));
         let mut m = MenuState::new(&c);
+        assert!(!m.is_visible() && m.is_drawn());
         let f = render(&c, &m, 80, 10);
         assert_eq!(f.lines[9], "Booting 'A' in 3 s. Press any key for the menu.");
         assert!(f.lines[..9].iter().all(|l| l.is_empty()));
-        assert_eq!(m.handle(&c, Event::Tick(3000)), Outcome::Boot(vec![0]));
+        assert_eq!(m.handle(&c, Event::Tick(1000)), Outcome::Countdown);
+        assert_eq!(countdown_update(&c, &m, 80, 10), Some((9, "Booting 'A' in 2 s. Press any key for the menu.".to_string())));
+        assert_eq!(m.handle(&c, Event::Tick(2000)), Outcome::Boot(vec![0]));
 
         // Without a timeout the style does not hide anything.
         let c = cfg(&format!("set timeout_style=hidden\n{}", FOUR));

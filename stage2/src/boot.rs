@@ -98,13 +98,13 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
         let boot_result = match core::mem::replace(&mut outcome, Outcome::None) {
             Outcome::None => None,
             Outcome::Redraw => {
-                if state.is_visible() {
+                if state.is_drawn() {
                     draw(config, &state);
                 }
                 None
             }
             Outcome::Countdown => {
-                if state.is_visible() {
+                if state.is_drawn() {
                     draw_countdown(config, &state);
                 }
                 None

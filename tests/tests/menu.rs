@@ -319,6 +319,23 @@ fn the_countdown_updates_its_own_line_on_the_serial_console() {
     finish(&mut q, "GUEST-TWO");
 }
 
+#[test]
+fn timeout_style_countdown_shows_only_its_line_until_a_key() {
+    let dir = TempDir::new("menu-countdown-style");
+    let cfg = THREE_ENTRIES.replace("set timeout=-1", "set timeout=30\nset timeout_style=countdown");
+    let host = menu_host(&dir, &cfg);
+    let mut q = Qemu::boot_disk(&host.disk);
+    q.expect("Booting 'First guest' in 29 s. Press any key for the menu.", T);
+    assert!(!q.output().contains("Plain GRUB entry"), "the menu was shown:\n{}", q.output());
+    assert!(q.raw_output().contains("\rBooting 'First guest' in 29 s."), "not updated in place:\n{:?}", q.raw_output());
+    let vga = q.screen_text();
+    assert!(vga[..24].iter().all(|l| l.is_empty()) && vga[24].starts_with("Booting 'First guest' in "), "{:?}", vga);
+    // A key brings the menu up, without the countdown.
+    press(&mut q, b"x", NO_COUNTDOWN);
+    q.send(b"2");
+    finish(&mut q, "GUEST-TWO");
+}
+
 /// Keys typed on the PS/2 keyboard (QEMU's `sendkey`), one at a time, each given time to reach
 /// the BIOS's keyboard buffer before the next.
 fn keyboard(q: &Qemu, keys: &[&str]) {
