@@ -116,11 +116,25 @@ fn any_key_stops_the_countdown() {
 /// A boot of the three entries, once the menu is on screen. The directory holds the disk QEMU
 /// runs on.
 fn menu_is_up(tag: &str) -> (TempDir, Qemu) {
-    let dir = TempDir::new(tag);
-    let host = menu_host(&dir, THREE_ENTRIES);
-    let mut q = Qemu::boot_disk(&host.disk);
+    let (dir, mut q) = booting(tag, THREE_ENTRIES);
     q.expect("Plain GRUB entry", T);
     (dir, q)
+}
+
+/// The two guests' host disk with `cfg` as grub.cfg, booting. The directory holds the disk.
+fn booting(tag: &str, cfg: &str) -> (TempDir, Qemu) {
+    let dir = TempDir::new(tag);
+    let host = menu_host(&dir, cfg);
+    let q = Qemu::boot_disk(&host.disk);
+    (dir, q)
+}
+
+/// While the countdown runs: a key stops it (the next screen has no countdown line), and the
+/// second entry, chosen then, boots.
+fn stop_the_countdown_and_boot_the_second_entry(q: &mut Qemu) {
+    press(q, b"x", NO_COUNTDOWN);
+    q.send(b"2");
+    finish(q, "GUEST-TWO");
 }
 
 /// A boot of the three entries, at the menu with the second entry highlighted (the key given
@@ -289,11 +303,9 @@ fn an_edited_line_with_an_unknown_option_is_refused() {
 
 #[test]
 fn the_countdown_updates_its_own_line_on_the_serial_console() {
-    let dir = TempDir::new("menu-countdown");
     let long = "First guest, with a title long enough that its countdown line would not fit";
     let cfg = THREE_ENTRIES.replace("set timeout=-1", "set timeout=30").replace("'First guest'", &format!("'{}'", long));
-    let host = menu_host(&dir, &cfg);
-    let mut q = Qemu::boot_disk(&host.disk);
+    let (_dir, mut q) = booting("menu-countdown", &cfg);
     q.expect("in 28 s", T);
     let raw = q.raw_output();
     // One full screen, then each second only the countdown row, rewritten after a CR.
@@ -313,27 +325,20 @@ fn the_countdown_updates_its_own_line_on_the_serial_console() {
     let vga = q.screen_text();
     assert!(vga[24].starts_with(shortened) && vga[24].ends_with(" s. Press any key to stop."), "{:?}", vga);
     assert_eq!(vga[0], "vboot");
-    // A key still stops it: the next screen has no countdown line.
-    press(&mut q, b"x", NO_COUNTDOWN);
-    q.send(b"2");
-    finish(&mut q, "GUEST-TWO");
+    stop_the_countdown_and_boot_the_second_entry(&mut q);
 }
 
 #[test]
 fn timeout_style_countdown_shows_only_its_line_until_a_key() {
-    let dir = TempDir::new("menu-countdown-style");
     let cfg = THREE_ENTRIES.replace("set timeout=-1", "set timeout=30\nset timeout_style=countdown");
-    let host = menu_host(&dir, &cfg);
-    let mut q = Qemu::boot_disk(&host.disk);
+    let (_dir, mut q) = booting("menu-countdown-style", &cfg);
     q.expect("Booting 'First guest' in 29 s. Press any key for the menu.", T);
     assert!(!q.output().contains("Plain GRUB entry"), "the menu was shown:\n{}", q.output());
     assert!(q.raw_output().contains("\rBooting 'First guest' in 29 s."), "not updated in place:\n{:?}", q.raw_output());
     let vga = q.screen_text();
     assert!(vga[..24].iter().all(|l| l.is_empty()) && vga[24].starts_with("Booting 'First guest' in "), "{:?}", vga);
     // A key brings the menu up, without the countdown.
-    press(&mut q, b"x", NO_COUNTDOWN);
-    q.send(b"2");
-    finish(&mut q, "GUEST-TWO");
+    stop_the_countdown_and_boot_the_second_entry(&mut q);
 }
 
 /// Keys typed on the PS/2 keyboard (QEMU's `sendkey`), one at a time, each given time to reach
