@@ -1,7 +1,7 @@
 //! The boot menu as pure logic: a state machine fed with key and timer events, a decoder that
 //! turns serial-console bytes (ANSI escape sequences) and BIOS keyboard codes into those events,
 //! and a renderer that turns the state into lines of text. The firmware only reads keys, keeps
-//! time, prints lines and acts on [`Outcome::Boot`].
+//! time, prints lines and acts on [`Outcome::Boot`] and [`Outcome::BootEdited`].
 //!
 //! Firmware loop:
 //! ```text
@@ -10,10 +10,11 @@
 //! let mut outcome = menu.start(&config);          // timeout=0: Boot at once
 //! loop {
 //!     match outcome {
-//!         Outcome::Redraw | Outcome::ShowEntry(_) => print(render(&config, &menu, 80, 25).lines),
-//!         Outcome::Boot(path) => {
-//!             show boot_summary(&config, &path) with render_message; on Err or a failed boot,
-//!             show the message, wait for a key, then outcome = menu.back_to_menu()
+//!         Outcome::Redraw => print(render(&config, &menu, 80, 25)), cursor at frame.cursor
+//!         Outcome::Countdown => reprint the row countdown_update(&config, &menu, 80, 25) gives
+//!         Outcome::Boot(path) | Outcome::BootEdited { path, entry } => {
+//!             boot the entry (the file's, or the edited one); on a failed boot, show the
+//!             message, wait for a key, then outcome = menu.back_to_menu()
 //!         }
 //!         Outcome::None => {}
 //!     }
@@ -23,16 +24,24 @@
 //!
 //! Keys: Up/Down/Home/End/PgUp/PgDn move; Enter boots an entry or opens a submenu; Right opens
 //! a submenu; Esc, Left or Backspace go back up; digit n boots (or opens) item n of the current
-//! menu, 0 meaning 10; `e` shows the entry's lines and parsed options, where Enter boots and
-//! any other key returns. The first key stops the countdown (and shows a hidden menu).
+//! menu, 0 meaning 10; `e` opens the entry editor ([`editor`]: GRUB's line editor over the
+//! entry's body, for this boot only; Ctrl-X or F10 boots the edited lines, Esc discards them).
+//! The first key stops the countdown (and shows a hidden menu).
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::config::{Config, MenuItem, TimeoutStyle};
+use crate::config::{Config, Entry, EntryProblem, MenuItem, TimeoutStyle};
 
+pub mod editor;
+
+use editor::{EditOutcome, Editor};
+
+/// A key, as the keyboard or a serial terminal sent it, or time passing. Each screen gives
+/// keys their meaning: `Char('e')` opens the editor at the list and types an `e` in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
     Up,
@@ -44,32 +53,62 @@ pub enum Event {
     PageUp,
     PageDown,
     Enter,
-    /// A digit key, 0-9: `n` picks item n (1-based), `0` picks item 10.
-    Digit(u8),
-    /// The `e` key: show the highlighted entry's lines and options.
-    Edit,
-    /// Escape (or backspace): leave a submenu or the entry view.
-    Back,
+    Escape,
+    Backspace,
+    Delete,
+    /// A printable ASCII character, space to `~` (digits and letters included).
+    Char(char),
+    /// Ctrl with a letter, in lower case: Ctrl-X is `Control('x')`. Ctrl-H, -I, -J, -M, -N and
+    /// -P arrive as the keys terminals send them for (Backspace, Tab, Enter, Down, Up).
+    Control(char),
+    /// F1 to F12.
+    Function(u8),
     /// Time passed since the last tick, in milliseconds.
     Tick(u32),
-    /// Any other key: stops the countdown, nothing else.
-    AnyKey,
+    /// Any other key (Tab, Insert, a byte outside ASCII ...): stops the countdown, nothing else.
+    Other,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     None,
     Redraw,
+    /// Only the countdown line changed (a second went by): the firmware rewrites that one row
+    /// ([`countdown_update`]), which a serial terminal shows in place.
+    Countdown,
     /// Boot the entry at this path of indices (top level first).
     Boot(Vec<usize>),
-    /// The entry view for this path is now on screen; draw it with [`render`].
-    ShowEntry(Vec<usize>),
+    /// Boot `entry`: the entry at `path` as edited at the menu, already read and checked
+    /// ([`Entry::edited`]); grub.cfg is not changed.
+    BootEdited { path: Vec<usize>, entry: Box<Entry> },
+}
+
+impl Outcome {
+    /// Boot one entry or the other.
+    pub fn is_boot(&self) -> bool {
+        matches!(self, Outcome::Boot(_) | Outcome::BootEdited { .. })
+    }
+
+    /// What two outcomes in a row come to, for a firmware that handles every key it has read
+    /// before drawing (so that text typed or pasted into the editor is drawn once): the later
+    /// one, but a full redraw is kept over a countdown update and anything over `None`. A boot
+    /// should end the keys (the rest are not for the menu).
+    pub fn followed_by(self, next: Outcome) -> Outcome {
+        match (self, next) {
+            (earlier, Outcome::None) => earlier,
+            (Outcome::Redraw, Outcome::Countdown) => Outcome::Redraw,
+            (_, next) => next,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Screen {
     List,
-    Entry(Vec<usize>),
+    /// The editor over the entry at this path.
+    Edit(Vec<usize>),
+    /// Why the edited entry at this path cannot boot; back to the editor or the menu from here.
+    EditRefused(Vec<usize>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,8 +125,10 @@ pub struct MenuState {
     visible: bool,
     style: TimeoutStyle,
     screen: Screen,
-    /// First line of the entry view shown.
-    entry_scroll: usize,
+    /// The edit in progress, kept while its refusal is on screen.
+    editor: Option<Editor>,
+    /// Why the edited entry was refused (for [`Screen::EditRefused`]).
+    refusal: Vec<String>,
     default_path: Option<Vec<usize>>,
 }
 
@@ -120,7 +161,8 @@ impl MenuState {
             visible,
             style,
             screen: Screen::List,
-            entry_scroll: 0,
+            editor: None,
+            refusal: Vec::new(),
             default_path,
         };
         state.keep_selection_visible();
@@ -144,6 +186,7 @@ impl MenuState {
     /// After a boot attempt failed (and its error was shown): back to the list, no countdown.
     pub fn back_to_menu(&mut self) -> Outcome {
         self.screen = Screen::List;
+        self.editor = None;
         self.stop_countdown();
         self.visible = true;
         Outcome::Redraw
@@ -195,8 +238,19 @@ impl MenuState {
         self.visible
     }
 
+    /// Whether [`render`]'s frame goes on screen: the menu, or while `timeout_style=countdown`
+    /// keeps it hidden, the countdown line alone. `timeout_style=hidden` draws nothing.
+    pub fn is_drawn(&self) -> bool {
+        self.visible || self.style == TimeoutStyle::Countdown
+    }
+
     pub fn default_path(&self) -> Option<&[usize]> {
         self.default_path.as_deref()
+    }
+
+    /// The edit in progress, while the editor or its refusal is on screen.
+    pub fn editor(&self) -> Option<&Editor> {
+        self.editor.as_ref()
     }
 
     fn stop_countdown(&mut self) {
@@ -230,7 +284,8 @@ impl MenuState {
         }
         let outcome = match self.screen.clone() {
             Screen::List => self.list_key(config, event),
-            Screen::Entry(path) => self.entry_key(event, path),
+            Screen::Edit(path) => self.edit_key(config, event, path),
+            Screen::EditRefused(path) => self.refused_key(event, path),
         };
         match outcome {
             Outcome::None if was_counting => Outcome::Redraw,
@@ -247,7 +302,7 @@ impl MenuState {
         if after > 0 {
             self.countdown_ms = Some(after);
             return if before.div_ceil(1000) != after.div_ceil(1000) {
-                Outcome::Redraw
+                Outcome::Countdown
             } else {
                 Outcome::None
             };
@@ -319,8 +374,9 @@ impl MenuState {
                 Some(MenuItem::Submenu(_)) => self.activate(config),
                 _ => Outcome::None,
             },
-            Event::Digit(d) => {
-                let index = if d == 0 { 9 } else { usize::from(d) - 1 };
+            Event::Char(digit @ '0'..='9') => {
+                let d = digit as usize - '0' as usize;
+                let index = if d == 0 { 9 } else { d - 1 };
                 if index >= len {
                     return Outcome::None;
                 }
@@ -331,18 +387,18 @@ impl MenuState {
                     other => other,
                 }
             }
-            Event::Edit => {
+            Event::Char('e') => {
                 let path = self.selected_path();
-                match config.item(&path) {
-                    Some(MenuItem::Entry(_)) => {
-                        self.screen = Screen::Entry(path.clone());
-                        self.entry_scroll = 0;
-                        Outcome::ShowEntry(path)
+                match config.entry(&path) {
+                    Some(entry) => {
+                        self.editor = Some(Editor::new(&entry.lines));
+                        self.screen = Screen::Edit(path);
+                        Outcome::Redraw
                     }
-                    _ => Outcome::None,
+                    None => Outcome::None,
                 }
             }
-            Event::Back | Event::Left => match self.submenu_path.pop() {
+            Event::Escape | Event::Backspace | Event::Left => match self.submenu_path.pop() {
                 Some(index) => {
                     self.selected = index;
                     self.scroll_top = 0;
@@ -351,43 +407,68 @@ impl MenuState {
                 }
                 None => Outcome::None,
             },
-            Event::AnyKey | Event::Tick(_) => Outcome::None,
+            _ => Outcome::None,
         }
     }
 
-    fn entry_key(&mut self, event: Event, path: Vec<usize>) -> Outcome {
+    fn edit_key(&mut self, config: &Config, event: Event, path: Vec<usize>) -> Outcome {
+        let editor = match self.editor.as_mut() {
+            Some(e) => e,
+            None => return self.back_to_list(),
+        };
+        match editor.handle(event) {
+            EditOutcome::None => Outcome::None,
+            EditOutcome::Redraw => Outcome::Redraw,
+            EditOutcome::Discard => self.back_to_list(),
+            EditOutcome::Boot(lines) => match edited_entry(config, &path, &lines) {
+                Ok(entry) => {
+                    self.screen = Screen::List;
+                    self.editor = None;
+                    Outcome::BootEdited { path, entry: Box::new(entry) }
+                }
+                Err(refusal) => {
+                    self.refusal = refusal;
+                    self.screen = Screen::EditRefused(path);
+                    Outcome::Redraw
+                }
+            },
+        }
+    }
+
+    /// On the refusal of an edited entry: Esc gives the edit up, any other key goes back to it.
+    fn refused_key(&mut self, event: Event, path: Vec<usize>) -> Outcome {
         match event {
-            Event::Enter => {
-                self.screen = Screen::List;
-                Outcome::Boot(path)
-            }
-            Event::Up => {
-                self.entry_scroll = self.entry_scroll.saturating_sub(1);
-                Outcome::Redraw
-            }
-            Event::Down => {
-                // The renderer clamps; the bound only keeps the number sane.
-                self.entry_scroll = (self.entry_scroll + 1).min(10_000);
-                Outcome::Redraw
-            }
-            Event::PageUp => {
-                self.entry_scroll = self.entry_scroll.saturating_sub(self.page_rows);
-                Outcome::Redraw
-            }
-            Event::PageDown => {
-                self.entry_scroll = (self.entry_scroll + self.page_rows).min(10_000);
-                Outcome::Redraw
-            }
-            Event::Home => {
-                self.entry_scroll = 0;
-                Outcome::Redraw
-            }
+            Event::Tick(_) => Outcome::None,
+            Event::Escape => self.back_to_list(),
             _ => {
-                self.screen = Screen::List;
+                self.screen = Screen::Edit(path);
                 Outcome::Redraw
             }
         }
     }
+
+    fn back_to_list(&mut self) -> Outcome {
+        self.screen = Screen::List;
+        self.editor = None;
+        Outcome::Redraw
+    }
+}
+
+/// The entry at `path` with its body replaced by `lines`, read by the grub.cfg parser and
+/// checked as the file's entries are; `Err` has the lines that say why it cannot boot (the
+/// parser's own messages, with the edited line's number).
+pub fn edited_entry(config: &Config, path: &[usize], lines: &[String]) -> Result<Entry, Vec<String>> {
+    let original = config.entry(path).ok_or_else(|| vec![String::from("this menu entry no longer exists")])?;
+    let entry = original.edited(lines).map_err(|e| vec![format!("edited line {}: {}", e.line, e.message)])?;
+    let refusal = match entry.boot_command() {
+        Ok(_) => return Ok(entry),
+        Err(EntryProblem::Options { line, error }) => format!("edited line {}: {}", line, error),
+        Err(EntryProblem::Chainloader { line, error }) => format!("edited line {}: {}", line, error),
+        Err(problem) => problem.to_string(),
+    };
+    let mut why = vec![refusal];
+    why.extend(entry.skipped.iter().map(|n| format!("Note: edited line {}: {}", n.line, n.message)));
+    Err(why)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,7 +490,7 @@ enum DecodeState {
 
 /// Turns bytes from a serial console into events. A lone ESC is ambiguous until the next byte
 /// arrives; call [`KeyDecoder::flush`] when no byte followed for a while (say 50 ms) to emit
-/// it as `Back`.
+/// it as `Escape`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyDecoder {
     state: DecodeState,
@@ -435,8 +516,8 @@ impl KeyDecoder {
     pub fn flush(&mut self, out: &mut Vec<Event>) {
         match self.state {
             DecodeState::Ground => {}
-            DecodeState::Escape => out.push(Event::Back),
-            _ => out.push(Event::AnyKey),
+            DecodeState::Escape => out.push(Event::Escape),
+            _ => out.push(Event::Other),
         }
         self.state = DecodeState::Ground;
     }
@@ -447,9 +528,9 @@ impl KeyDecoder {
             DecodeState::Escape => match byte {
                 b'[' => self.state = DecodeState::Csi { number: 0, first_done: false },
                 b'O' => self.state = DecodeState::Ss3,
-                0x1b => out.push(Event::Back),
+                0x1b => out.push(Event::Escape),
                 _ => {
-                    out.push(Event::Back);
+                    out.push(Event::Escape);
                     self.state = DecodeState::Ground;
                     self.ground(byte, out);
                 }
@@ -476,17 +557,22 @@ impl KeyDecoder {
                             b'F' => Event::End,
                             b'~' => match number {
                                 1 | 7 => Event::Home,
+                                3 => Event::Delete,
                                 4 | 8 => Event::End,
                                 5 => Event::PageUp,
                                 6 => Event::PageDown,
-                                _ => Event::AnyKey,
+                                // xterm's F1-F12 (the codes skip 16 and 22).
+                                11..=15 => Event::Function((number - 10) as u8),
+                                17..=21 => Event::Function((number - 11) as u8),
+                                23 | 24 => Event::Function((number - 12) as u8),
+                                _ => Event::Other,
                             },
-                            _ => Event::AnyKey,
+                            _ => Event::Other,
                         });
                     }
                     _ => {
                         self.state = DecodeState::Ground;
-                        out.push(Event::AnyKey);
+                        out.push(Event::Other);
                     }
                 }
             }
@@ -500,7 +586,8 @@ impl KeyDecoder {
                     b'H' => Event::Home,
                     b'F' => Event::End,
                     b'M' => Event::Enter,
-                    _ => Event::AnyKey,
+                    f @ b'P'..=b'S' => Event::Function(f - b'P' + 1),
+                    _ => Event::Other,
                 });
             }
         }
@@ -514,14 +601,22 @@ impl KeyDecoder {
             // Terminals send CR, LF or CR LF for Enter: one key either way.
             b'\n' if after_cr => {}
             b'\n' => out.push(Event::Enter),
-            b'0'..=b'9' => out.push(Event::Digit(byte - b'0')),
-            b'e' => out.push(Event::Edit),
-            // Emacs-style keys, which GRUB also takes.
-            0x10 => out.push(Event::Up),
-            0x0e => out.push(Event::Down),
-            0x08 | 0x7f => out.push(Event::Back),
-            _ => out.push(Event::AnyKey),
+            0x08 | 0x7f => out.push(Event::Backspace),
+            other => out.push(event_from_ascii(other)),
         }
+    }
+}
+
+/// The key of an ASCII code that means the same from a terminal and from the keyboard.
+fn event_from_ascii(ascii: u8) -> Event {
+    match ascii {
+        b' '..=b'~' => Event::Char(char::from(ascii)),
+        // Emacs-style keys, which GRUB also takes.
+        0x10 => Event::Up,
+        0x0e => Event::Down,
+        // Ctrl-A .. Ctrl-Z, but for Tab (Ctrl-I), which stays a key of its own.
+        0x01..=0x1a if ascii != 0x09 => Event::Control(char::from(b'a' + ascii - 1)),
+        _ => Event::Other,
     }
 }
 
@@ -529,13 +624,12 @@ impl KeyDecoder {
 pub fn event_from_bios_key(scan: u8, ascii: u8) -> Event {
     match (scan, ascii) {
         (_, 0x0d) => Event::Enter,
-        (_, 0x1b) => Event::Back,
-        (_, 0x08) => Event::Back,
-        (_, b'e') => Event::Edit,
-        (_, d @ b'0'..=b'9') => Event::Digit(d - b'0'),
-        (_, 0x10) => Event::Up,
-        (_, 0x0e) => Event::Down,
+        (_, 0x1b) => Event::Escape,
+        (_, 0x08) => Event::Backspace,
         // Extended keys come with ASCII 00h or E0h.
+        (0x53, 0x00 | 0xe0) => Event::Delete,
+        (0x3b..=0x44, 0x00) => Event::Function(scan - 0x3a),
+        (0x85 | 0x86, 0x00 | 0xe0) => Event::Function(scan - 0x85 + 11),
         (0x48, 0x00 | 0xe0) => Event::Up,
         (0x50, 0x00 | 0xe0) => Event::Down,
         (0x4b, 0x00 | 0xe0) => Event::Left,
@@ -544,7 +638,8 @@ pub fn event_from_bios_key(scan: u8, ascii: u8) -> Event {
         (0x4f, 0x00 | 0xe0) => Event::End,
         (0x49, 0x00 | 0xe0) => Event::PageUp,
         (0x51, 0x00 | 0xe0) => Event::PageDown,
-        _ => Event::AnyKey,
+        (_, 0x00 | 0xe0) => Event::Other,
+        (_, ascii) => event_from_ascii(ascii),
     }
 }
 
@@ -553,11 +648,13 @@ pub fn event_from_bios_key(scan: u8, ascii: u8) -> Event {
 
 /// Lines to print, top to bottom, exactly `height` of them, none longer than `width`
 /// characters. `highlight_row` is the row of the selected item, for consoles that can show it
-/// in inverse video; the row is also marked with `>` for those that cannot.
+/// in inverse video; the row is also marked with `>` for those that cannot. `cursor` is where
+/// the text cursor goes (row, column), on the screens that edit text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
     pub lines: Vec<String>,
     pub highlight_row: Option<usize>,
+    pub cursor: Option<(usize, usize)>,
 }
 
 /// Text safe to print: control characters (tabs included) become spaces, cut to `width`.
@@ -603,14 +700,32 @@ fn separator(width: usize, label: &str) -> String {
     format!("{} {} {}", "-".repeat(left - 1), label, "-".repeat(right + 1))
 }
 
-fn countdown_line(config: &Config, state: &MenuState, style_hint: &str) -> String {
-    match state.countdown_secs() {
-        None => String::new(),
-        Some(secs) => {
-            let title = state.default_path().and_then(|p| config.item(p)).map(|i| i.title()).unwrap_or("");
-            format!("Booting '{}' in {} s. {}", title, secs, style_hint)
-        }
-    }
+/// "Booting 'TITLE' in N s. HINT" in `width` columns: a title too long for the line is
+/// shortened (with `...`) rather than the seconds or the hint cut off.
+fn countdown_line(config: &Config, state: &MenuState, style_hint: &str, width: usize) -> String {
+    let secs = match state.countdown_secs() {
+        None => return String::new(),
+        Some(secs) => secs,
+    };
+    let title = state.default_path().and_then(|p| config.item(p)).map(|i| i.title()).unwrap_or("");
+    let rest = format!("' in {} s. {}", secs, style_hint);
+    let room = width.saturating_sub("Booting '".len() + rest.len());
+    let title: String = if title.chars().count() <= room {
+        title.to_string()
+    } else {
+        let mut cut: String = title.chars().take(room.saturating_sub(3)).collect();
+        cut.push_str("...");
+        cut
+    };
+    fit(&format!("Booting '{}{}", title, rest), width)
+}
+
+/// The row and text of the countdown line as it reads now, for [`Outcome::Countdown`]: the
+/// last row of what [`render`] draws.
+pub fn countdown_update(config: &Config, state: &MenuState, width: usize, height: usize) -> Option<(usize, String)> {
+    let row = height.checked_sub(1)?;
+    let mut frame = render(config, state, width, height);
+    Some((row, frame.lines.swap_remove(row)))
 }
 
 pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -> Frame {
@@ -623,11 +738,12 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
         let mut lines = vec![String::new(); height];
         if state.style == TimeoutStyle::Countdown {
             if let Some(last) = lines.last_mut() {
-                *last = fit(&countdown_line(config, state, "Press any key for the menu."), width);
+                *last = countdown_line(config, state, "Press any key for the menu.", width);
             }
         }
-        return Frame { lines, highlight_row: None };
+        return Frame { lines, highlight_row: None, cursor: None };
     }
+    let mut cursor = None;
 
     match &state.screen {
         Screen::List => {
@@ -662,59 +778,35 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
             let more_below = top + list_rows < items.len();
             lines.push(separator(width, if more_below { "more below" } else { "" }));
             let back = if state.submenu_path.is_empty() { "" } else { "  Esc: back" };
-            lines.push(fit(
-                &format!("Up/Down: select  Enter: boot  e: show entry  1-9: boot number{}", back),
-                width,
-            ));
-            lines.push(fit(&countdown_line(config, state, "Press any key to stop."), width));
+            lines.push(fit(&format!("Up/Down: select  Enter: boot  e: edit  1-9: boot number{}", back), width));
+            lines.push(countdown_line(config, state, "Press any key to stop.", width));
         }
-        Screen::Entry(path) => {
-            let mut body: Vec<String> = Vec::new();
-            match config.entry(path) {
-                None => body.push("(this entry no longer exists)".to_string()),
-                Some(e) => {
-                    lines.push(fit(
-                        &format!(
-                            "Entry {}: {}",
-                            path.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join("."),
-                            e.title
-                        ),
-                        width,
-                    ));
-                    for l in &e.lines {
-                        body.push(format!("    {}", l));
-                    }
-                    body.push(String::new());
-                    match e.boot_command() {
-                        Ok(command) => {
-                            body.push("What vboot will do:".to_string());
-                            for d in command.describe() {
-                                body.push(format!("    {}", d));
-                            }
-                        }
-                        Err(problem) => body.push(format!("Cannot boot: {}", problem)),
-                    }
-                    for n in &e.skipped {
-                        body.push(format!("Note: line {}: {}", n.line, n.message));
-                    }
-                }
-            }
-            if lines.is_empty() {
-                lines.push(String::from("Entry"));
-            }
-            let body: Vec<String> = body.iter().flat_map(|l| wrap(l, width)).collect();
-            let max_scroll = body.len().saturating_sub(list_rows);
-            let top = state.entry_scroll.min(max_scroll);
-            lines.push(separator(width, if top > 0 { "more above" } else { "" }));
-            for l in body.iter().skip(top).take(list_rows) {
-                lines.push(l.clone());
+        Screen::Edit(path) => {
+            let title = config.entry(path).map_or("", |e| e.title.as_str());
+            lines.push(fit(&format!("Editing '{}' for this boot only", title), width));
+            let view = state.editor.as_ref().map(|e| e.view(width, list_rows));
+            let (above, below) = view.as_ref().map_or((false, false), |v| (v.more_above, v.more_below));
+            lines.push(separator(width, if above { "more above" } else { "" }));
+            if let Some(v) = view {
+                cursor = Some((lines.len() + v.cursor.0, v.cursor.1));
+                lines.extend(v.rows);
             }
             while lines.len() < HEADER_ROWS + list_rows {
                 lines.push(String::new());
             }
-            lines.push(separator(width, if top < max_scroll { "more below" } else { "" }));
-            lines.push(fit("Enter: boot  Esc: back to the menu  Up/Down: scroll", width));
-            lines.push(String::new());
+            lines.push(separator(width, if below { "more below" } else { "" }));
+            lines.push(fit("Ctrl-X or F10: boot  Esc: discard the edit  Enter: new line", width));
+            lines.push(fit("Arrows, Home, End: move  Backspace, Delete: erase", width));
+        }
+        Screen::EditRefused(path) => {
+            let title = config.entry(path).map_or("", |e| e.title.as_str());
+            return render_message(
+                &format!("Cannot boot the edited entry '{}'", title),
+                &state.refusal,
+                "Esc: back to the menu  Any other key: back to the editor",
+                width,
+                height,
+            );
         }
     }
     // Very small screens: keep the top (title and list) and drop what does not fit.
@@ -725,7 +817,10 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
     if highlight_row.is_some_and(|r| r >= height) {
         highlight_row = None;
     }
-    Frame { lines, highlight_row }
+    if cursor.is_some_and(|(r, _)| r >= height) {
+        cursor = None;
+    }
+    Frame { lines, highlight_row, cursor }
 }
 
 /// A full screen of text: a title, a separator, the body lines (cut to fit) and a footer at
@@ -742,7 +837,7 @@ pub fn render_message(title: &str, body: &[String], footer: &str, width: usize, 
     if height > 0 {
         lines.push(fit(footer, width));
     }
-    Frame { lines, highlight_row: None }
+    Frame { lines, highlight_row: None, cursor: None }
 }
 
 /// What is about to happen, for the screen shown before booting the entry at `path`: its
@@ -793,11 +888,44 @@ mod tests {
         assert_eq!(m.countdown_secs(), Some(2));
         assert_eq!(m.handle(&c, Event::Tick(400)), Outcome::None);
         assert_eq!(m.countdown_secs(), Some(2));
-        assert_eq!(m.handle(&c, Event::Tick(700)), Outcome::Redraw);
+        assert_eq!(m.handle(&c, Event::Tick(700)), Outcome::Countdown);
         assert_eq!(m.countdown_secs(), Some(1));
+        assert_eq!(countdown_update(&c, &m, 80, 10), Some((9, "Booting 'B' in 1 s. Press any key to stop.".to_string())));
         assert_eq!(m.handle(&c, Event::Tick(5000)), Outcome::Boot(vec![1]));
         assert_eq!(m.countdown_secs(), None);
         assert_eq!(m.handle(&c, Event::Tick(5000)), Outcome::None);
+    }
+
+    #[test]
+    fn the_countdown_line_fits_the_width() {
+        let long = "Debian GNU/Linux, with Linux 6.1.0-13-amd64 (recovery mode) on the second disk";
+        let c = cfg(&format!("set timeout=10\nmenuentry '{}' {{ vboot harddisk=/a.img }}\n", long));
+        let m = MenuState::new(&c);
+        let f = render(&c, &m, 80, 25);
+        assert!(f.lines.iter().all(|l| l.chars().count() <= 80), "{:#?}", f.lines);
+        let line = &f.lines[24];
+        assert_eq!(line.chars().count(), 80);
+        assert_eq!(line, "Booting 'Debian GNU/Linux, with Linux 6.1.0-...' in 10 s. Press any key to stop.");
+        // timeout_style=countdown, where the hint is longer.
+        let c = cfg(&format!("set timeout=10\nset timeout_style=countdown\nmenuentry '{}' {{}}\n", long));
+        let line = render(&c, &MenuState::new(&c), 80, 25).lines.pop().unwrap();
+        assert_eq!(line.chars().count(), 80);
+        assert!(line.ends_with("...' in 10 s. Press any key for the menu."), "{}", line);
+        // A short title is left whole; on a narrow screen the seconds still show.
+        let c = cfg("set timeout=5\nmenuentry 'A' {}\n");
+        assert_eq!(render(&c, &MenuState::new(&c), 80, 10).lines[9], "Booting 'A' in 5 s. Press any key to stop.");
+        assert_eq!(render(&c, &MenuState::new(&c), 20, 10).lines[9], "Booting '...' in 5 s");
+    }
+
+    #[test]
+    fn outcomes_in_a_row() {
+        use Outcome::*;
+        assert_eq!(Redraw.followed_by(None), Redraw);
+        assert_eq!(Redraw.followed_by(Countdown), Redraw);
+        assert_eq!(Countdown.followed_by(Redraw), Redraw);
+        assert_eq!(None.followed_by(Countdown), Countdown);
+        assert_eq!(Redraw.followed_by(Boot(vec![1])), Boot(vec![1]));
+        assert!(Boot(vec![1]).is_boot() && !Redraw.is_boot());
     }
 
     #[test]
@@ -805,7 +933,7 @@ mod tests {
         let c = cfg(&format!("set timeout=5\n{}", FOUR));
         let mut m = MenuState::new(&c);
         m.start(&c);
-        assert_eq!(m.handle(&c, Event::AnyKey), Outcome::Redraw);
+        assert_eq!(m.handle(&c, Event::Other), Outcome::Redraw);
         assert!(m.countdown_stopped());
         assert_eq!(m.countdown_secs(), None);
         assert_eq!(m.handle(&c, Event::Tick(10_000)), Outcome::None);
@@ -852,9 +980,9 @@ mod tests {
         assert_eq!(m.selected(), 0);
         m.handle(&c, Event::Down);
         assert_eq!(m.handle(&c, Event::Enter), Outcome::Boot(vec![2, 1]));
-        assert_eq!(m.handle(&c, Event::Back), Outcome::Redraw);
+        assert_eq!(m.handle(&c, Event::Escape), Outcome::Redraw);
         assert_eq!((m.submenu_path(), m.selected()), (&[][..], 2));
-        assert_eq!(m.handle(&c, Event::Back), Outcome::None);
+        assert_eq!(m.handle(&c, Event::Escape), Outcome::None);
         assert_eq!(m.handle(&c, Event::Right), Outcome::Redraw);
         assert_eq!(m.submenu_path(), &[2]);
         assert_eq!(m.handle(&c, Event::Left), Outcome::Redraw);
@@ -885,35 +1013,113 @@ mod tests {
     fn digits_pick_and_boot() {
         let c = cfg(&format!("set timeout=9\n{}", FOUR));
         let mut m = MenuState::new(&c);
-        assert_eq!(m.handle(&c, Event::Digit(2)), Outcome::Boot(vec![1]));
+        assert_eq!(m.handle(&c, Event::Char('2')), Outcome::Boot(vec![1]));
         assert!(m.countdown_stopped());
-        assert_eq!(m.handle(&c, Event::Digit(3)), Outcome::Redraw);
+        assert_eq!(m.handle(&c, Event::Char('3')), Outcome::Redraw);
         assert_eq!(m.submenu_path(), &[2]);
-        assert_eq!(m.handle(&c, Event::Digit(1)), Outcome::Boot(vec![2, 0]));
-        assert_eq!(m.handle(&c, Event::Digit(9)), Outcome::None);
-        assert_eq!(m.handle(&c, Event::Digit(0)), Outcome::None);
+        assert_eq!(m.handle(&c, Event::Char('1')), Outcome::Boot(vec![2, 0]));
+        assert_eq!(m.handle(&c, Event::Char('9')), Outcome::None);
+        assert_eq!(m.handle(&c, Event::Char('0')), Outcome::None);
+    }
+
+    fn typed(state: &mut MenuState, config: &Config, text: &str) {
+        for c in text.chars() {
+            assert_eq!(state.handle(config, Event::Char(c)), Outcome::Redraw);
+        }
     }
 
     #[test]
-    fn entry_view() {
+    fn e_edits_and_ctrl_x_boots_the_edit() {
+        let c = cfg("set v=/xp.vhd\nmenuentry 'XP' {\n  insmod ntfs\n  vboot harddisk=$v\n}\n");
+        let mut m = MenuState::new(&c);
+        assert_eq!(m.handle(&c, Event::Char('e')), Outcome::Redraw);
+        assert_eq!(m.screen(), &Screen::Edit(vec![0]));
+        run(&mut m, &c, &[Event::Down, Event::End]);
+        typed(&mut m, &c, " pause");
+        let outcome = m.handle(&c, Event::Control('x'));
+        let entry = match outcome {
+            Outcome::BootEdited { path, entry } if path == [0] => entry,
+            other => panic!("{:?}", other),
+        };
+        assert_eq!(entry.lines, vec!["insmod ntfs", "vboot harddisk=$v pause"]);
+        let options = entry.boot_options().unwrap();
+        assert!(options.pause);
+        assert_eq!(options.harddisk.as_ref().unwrap().to_string(), "/xp.vhd");
+        assert_eq!(entry.title, "XP");
+        assert_eq!(m.screen(), &Screen::List);
+        // The file's entry is as it was, and a new edit starts from it again.
+        assert!(!c.entry(&[0]).unwrap().boot_options().unwrap().pause);
+        m.handle(&c, Event::Char('e'));
+        assert_eq!(m.editor().unwrap().lines(), vec!["insmod ntfs", "vboot harddisk=$v"]);
+        // F10 boots too, unchanged lines as the file's entry.
+        match m.handle(&c, Event::Function(10)) {
+            Outcome::BootEdited { entry, .. } => assert_eq!(entry.boot_options(), c.entry(&[0]).unwrap().boot_options()),
+            other => panic!("{:?}", other),
+        }
+    }
+
+    #[test]
+    fn escape_discards_the_edit() {
         let c = cfg(FOUR);
         let mut m = MenuState::new(&c);
+        m.handle(&c, Event::Char('e'));
+        typed(&mut m, &c, "junk ");
+        assert_eq!(m.editor().unwrap().lines(), vec!["junk vboot harddisk=/a.vhd"]);
+        assert_eq!(m.handle(&c, Event::Escape), Outcome::Redraw);
+        assert_eq!(m.screen(), &Screen::List);
+        assert!(m.editor().is_none());
+        m.handle(&c, Event::Char('e'));
+        assert_eq!(m.editor().unwrap().lines(), vec!["vboot harddisk=/a.vhd"]);
+        // Keys that only mean something in the list are text in the editor.
+        typed(&mut m, &c, "1e");
+        assert_eq!(m.screen(), &Screen::Edit(vec![0]));
+        // No editor for a submenu.
+        m.handle(&c, Event::Escape);
+        m.handle(&c, Event::Down);
+        m.handle(&c, Event::Down);
+        assert_eq!(m.handle(&c, Event::Char('e')), Outcome::None);
+    }
+
+    #[test]
+    fn a_refused_edit_says_why_and_goes_back_to_the_editor_or_the_menu() {
+        let c = cfg(FOUR);
+        let mut m = MenuState::new(&c);
+        m.handle(&c, Event::Char('e'));
         m.handle(&c, Event::End);
-        assert_eq!(m.handle(&c, Event::Edit), Outcome::ShowEntry(vec![3]));
-        assert_eq!(m.screen(), &Screen::Entry(vec![3]));
-        let f = render(&c, &m, 100, 12);
-        assert_eq!(f.lines[0], "Entry 4: D");
-        assert_eq!(f.lines[2], "    insmod x");
-        assert_eq!(f.lines[4], "Cannot boot: menu entry 'D' has no vboot line, so there is nothing to boot");
-        assert_eq!(f.lines[5], "Note: line 8: `insmod` skipped: vboot runs only the vboot line");
-        assert_eq!(m.handle(&c, Event::Back), Outcome::Redraw);
-        assert_eq!(m.screen(), &Screen::List);
-        m.handle(&c, Event::Edit);
-        assert_eq!(m.handle(&c, Event::Enter), Outcome::Boot(vec![3]));
-        assert_eq!(m.screen(), &Screen::List);
-        // No entry view for a submenu.
-        m.handle(&c, Event::Up);
-        assert_eq!(m.handle(&c, Event::Edit), Outcome::None);
+        typed(&mut m, &c, " pauze");
+        assert_eq!(m.handle(&c, Event::Control('x')), Outcome::Redraw);
+        assert_eq!(m.screen(), &Screen::EditRefused(vec![0]));
+        let f = render(&c, &m, 80, 10);
+        assert_eq!(f.lines[0], "Cannot boot the edited entry 'A'");
+        assert_eq!(f.lines[2], "edited line 1: unknown vboot option `pauze` (did you mean `pause`?)");
+        assert_eq!(f.lines[9], "Esc: back to the menu  Any other key: back to the editor");
+        // Time passing changes nothing; a key goes back to the edit as it was.
+        assert_eq!(m.handle(&c, Event::Tick(60_000)), Outcome::None);
+        assert_eq!(m.handle(&c, Event::Enter), Outcome::Redraw);
+        assert_eq!(m.screen(), &Screen::Edit(vec![0]));
+        assert_eq!(m.editor().unwrap().lines(), vec!["vboot harddisk=/a.vhd pauze"]);
+        assert_eq!(m.editor().unwrap().cursor(), (0, 27));
+        run(&mut m, &c, &[Event::Backspace, Event::Backspace]);
+        typed(&mut m, &c, "se");
+        assert!(matches!(m.handle(&c, Event::Control('x')), Outcome::BootEdited { .. }));
+        // A syntax error and a body with no vboot line are refused the same way; Esc gives up.
+        for (text, why) in [
+            (" '", "edited line 1: unterminated single quote"),
+            ("#", "menu entry 'A' has no vboot line, so there is nothing to boot"),
+        ] {
+            m.handle(&c, Event::Char('e'));
+            m.handle(&c, Event::End);
+            typed(&mut m, &c, text);
+            if text == "#" {
+                m.handle(&c, Event::Home);
+                m.handle(&c, Event::Char('#'));
+            }
+            m.handle(&c, Event::Control('x'));
+            assert_eq!(render(&c, &m, 80, 10).lines[2], why);
+            assert_eq!(m.handle(&c, Event::Escape), Outcome::Redraw);
+            assert_eq!(m.screen(), &Screen::List);
+            assert!(m.editor().is_none());
+        }
     }
 
     #[test]
@@ -939,7 +1145,7 @@ mod tests {
     fn hidden_and_countdown_styles() {
         let c = cfg(&format!("set timeout=3\nset timeout_style=hidden\n{}", FOUR));
         let mut m = MenuState::new(&c);
-        assert!(!m.is_visible());
+        assert!(!m.is_visible() && !m.is_drawn());
         assert!(render(&c, &m, 40, 10).lines.iter().all(|l| l.is_empty()));
         // The first key shows the menu and does nothing else.
         assert_eq!(m.handle(&c, Event::Down), Outcome::Redraw);
@@ -949,10 +1155,13 @@ mod tests {
 
         let c = cfg(&format!("set timeout=3\nset timeout_style=countdown\n{}", FOUR));
         let mut m = MenuState::new(&c);
+        assert!(!m.is_visible() && m.is_drawn());
         let f = render(&c, &m, 80, 10);
         assert_eq!(f.lines[9], "Booting 'A' in 3 s. Press any key for the menu.");
         assert!(f.lines[..9].iter().all(|l| l.is_empty()));
-        assert_eq!(m.handle(&c, Event::Tick(3000)), Outcome::Boot(vec![0]));
+        assert_eq!(m.handle(&c, Event::Tick(1000)), Outcome::Countdown);
+        assert_eq!(countdown_update(&c, &m, 80, 10), Some((9, "Booting 'A' in 2 s. Press any key for the menu.".to_string())));
+        assert_eq!(m.handle(&c, Event::Tick(2000)), Outcome::Boot(vec![0]));
 
         // Without a timeout the style does not hide anything.
         let c = cfg(&format!("set timeout_style=hidden\n{}", FOUR));
@@ -975,7 +1184,7 @@ mod tests {
         let mut m = MenuState::new(&c);
         assert_eq!(m.start(&c), Outcome::Redraw);
         assert_eq!(
-            run(&mut m, &c, &[Event::Enter, Event::Down, Event::End, Event::Digit(1), Event::Edit]),
+            run(&mut m, &c, &[Event::Enter, Event::Down, Event::End, Event::Char('1'), Event::Char('e')]),
             vec![Outcome::None; 5]
         );
         let f = render(&c, &m, 40, 8);
@@ -999,7 +1208,7 @@ mod tests {
                 "   4. D",
                 "",
                 "--------------------------------------------------",
-                "Up/Down: select  Enter: boot  e: show entry  1-9: ",
+                "Up/Down: select  Enter: boot  e: edit  1-9: boot n",
                 "Booting 'B' in 5 s. Press any key to stop.",
             ]
         );
@@ -1052,35 +1261,36 @@ mod tests {
     }
 
     #[test]
-    fn render_entry_with_options() {
-        let c = cfg("menuentry 'XP' {\n  insmod ntfs\n  vboot harddisk=(hd0,1)/xp.vhd pause\n}\n");
+    fn render_editor() {
+        let c = cfg("menuentry 'XP' {\n  insmod ntfs\n  vboot harddisk=(hd0,1)/a/long/path/to/xp.vhd pause\n}\n");
         let mut m = MenuState::new(&c);
-        m.handle(&c, Event::Edit);
-        let more_below = format!("--- more below {}", "-".repeat(65));
-        let f = render(&c, &m, 80, 12);
+        m.handle(&c, Event::Char('e'));
+        m.handle(&c, Event::Down);
+        m.handle(&c, Event::End);
+        let f = render(&c, &m, 40, 12);
         assert_eq!(
             f.lines,
             vec![
-                "Entry 1: XP".to_string(),
-                "-".repeat(80),
-                "    insmod ntfs".into(),
-                "    vboot harddisk=(hd0,1)/xp.vhd pause".into(),
-                "".into(),
-                "What vboot will do:".into(),
-                "    hard disk (BIOS drive 0x80): (hd0,1)/xp.vhd".into(),
-                "    boot from: harddisk (default)".into(),
-                "    pause: wait for a key before starting the guest".into(),
-                more_below,
-                "Enter: boot  Esc: back to the menu  Up/Down: scroll".into(),
-                "".into(),
+                "Editing 'XP' for this boot only",
+                &"-".repeat(40),
+                "insmod ntfs",
+                "vboot harddisk=(hd0,1)/a/long/path/to/x\\",
+                "p.vhd pause",
+                "",
+                "",
+                "",
+                "",
+                &"-".repeat(40),
+                "Ctrl-X or F10: boot  Esc: discard the ed",
+                "Arrows, Home, End: move  Backspace, Dele",
             ]
         );
+        assert_eq!(f.cursor, Some((4, 11)));
         assert_eq!(f.highlight_row, None);
-        m.handle(&c, Event::PageDown);
-        let f = render(&c, &m, 80, 12);
-        assert_eq!(f.lines[1], format!("--- more above {}", "-".repeat(65)));
-        assert_eq!(f.lines[8], "Note: line 2: `insmod` skipped: vboot runs only the vboot line");
-        assert_eq!(f.lines[9], "-".repeat(80));
+        assert!(render(&c, &m, 80, 25).lines.iter().all(|l| l.chars().count() <= 80));
+        // The list has no cursor.
+        m.handle(&c, Event::Escape);
+        assert_eq!(render(&c, &m, 40, 12).cursor, None);
     }
 
     #[test]
@@ -1160,7 +1370,7 @@ mod tests {
             seed ^= seed << 5;
             seed
         };
-        const BYTES: &[u8] = b"\x1b[AB~5;0123456789eOHF\r\nx\x7f";
+        const BYTES: &[u8] = b"\x1b[ABCD~5;0123456789eOHF\r\nx\x7f\x18 =/e";
         for _ in 0..200 {
             let mut m = MenuState::new(&c);
             let mut d = KeyDecoder::new();
@@ -1177,7 +1387,7 @@ mod tests {
             }
             for e in events {
                 let outcome = m.handle(&c, e);
-                if let Outcome::Boot(path) = &outcome {
+                if let Outcome::Boot(path) | Outcome::BootEdited { path, .. } = &outcome {
                     assert!(c.entry(path).is_some(), "boot of a non-entry {:?}", path);
                     m.back_to_menu();
                 }
@@ -1185,6 +1395,8 @@ mod tests {
                 assert!(m.selected() < len);
                 let f = render(&c, &m, 40, 8);
                 assert_eq!(f.lines.len(), 8);
+                assert!(f.lines.iter().all(|l| l.chars().count() <= 40));
+                assert!(f.cursor.is_none_or(|(row, col)| row < 8 && col < 40));
             }
         }
     }
@@ -1206,13 +1418,15 @@ mod tests {
         assert_eq!(decode(b"\x1bOA\x1bOB\x1bOH\x1bOF\x1bOM"), vec![Up, Down, Home, End, Enter]);
         assert_eq!(
             decode(b"\x1b[H\x1b[F\x1b[1~\x1b[4~\x1b[5~\x1b[6~\x1b[7~\x1b[8~\x1b[3~"),
-            vec![Home, End, Home, End, PageUp, PageDown, Home, End, AnyKey]
+            vec![Home, End, Home, End, PageUp, PageDown, Home, End, Delete]
         );
         assert_eq!(decode(b"\x1b[1;5A\x1b[5;2~"), vec![Up, PageUp]);
-        assert_eq!(decode(b"\r\n\r\n\nx"), vec![Enter, Enter, Enter, AnyKey]);
+        assert_eq!(decode(b"\r\n\r\n\nx"), vec![Enter, Enter, Enter, Char('x')]);
         assert_eq!(decode(b"\n\r"), vec![Enter, Enter]);
-        assert_eq!(decode(b"0719e"), vec![Digit(0), Digit(7), Digit(1), Digit(9), Edit]);
-        assert_eq!(decode(b"\x10\x0e\x7f\x08E"), vec![Up, Down, Back, Back, AnyKey]);
+        assert_eq!(decode(b"07e ~"), vec![Char('0'), Char('7'), Char('e'), Char(' '), Char('~')]);
+        assert_eq!(decode(b"\x10\x0e\x7f\x08\x18\x01\x09\x80"), vec![Up, Down, Backspace, Backspace, Control('x'), Control('a'), Other, Other]);
+        // What the editor needs: Delete, F10 (and the other function keys).
+        assert_eq!(decode(b"\x1b[3~\x1b[21~\x1b[11~\x1b[15~\x1b[17~\x1b[24~\x1bOP\x1bOS\x1b[2~"), vec![Delete, Function(10), Function(1), Function(5), Function(6), Function(12), Function(1), Function(4), Other]);
     }
 
     #[test]
@@ -1223,24 +1437,24 @@ mod tests {
         d.feed(0x1b, &mut out);
         assert!(out.is_empty() && d.pending());
         d.flush(&mut out);
-        assert_eq!(out, vec![Back]);
+        assert_eq!(out, vec![Escape]);
         assert!(!d.pending());
         // ESC followed by an ordinary key: both keys.
-        assert_eq!(decode(b"\x1be"), vec![Back, Edit]);
-        assert_eq!(decode(b"\x1b\x1b"), vec![Back, Back]);
-        assert_eq!(decode(b"\x1b\x1b[A"), vec![Back, Up]);
-        assert_eq!(decode(b"\x1b"), vec![Back]);
+        assert_eq!(decode(b"\x1be"), vec![Escape, Char('e')]);
+        assert_eq!(decode(b"\x1b\x1b"), vec![Escape, Escape]);
+        assert_eq!(decode(b"\x1b\x1b[A"), vec![Escape, Up]);
+        assert_eq!(decode(b"\x1b"), vec![Escape]);
     }
 
     #[test]
     fn decoder_garbage_is_bounded() {
         use Event::*;
-        assert_eq!(decode(b"\x1b[\x01"), vec![AnyKey]);
+        assert_eq!(decode(b"\x1b[\x01"), vec![Other]);
         assert_eq!(decode(b"\x1b[99999999999999999999999A"), vec![Up]);
-        assert_eq!(decode(b"\x1b[99999999999999999999999~"), vec![AnyKey]);
-        assert_eq!(decode(b"\x1b[12"), vec![AnyKey]);
-        assert_eq!(decode(b"\x1bOz"), vec![AnyKey]);
-        assert_eq!(decode(b"\x1b[Z"), vec![AnyKey]);
+        assert_eq!(decode(b"\x1b[99999999999999999999999~"), vec![Other]);
+        assert_eq!(decode(b"\x1b[12"), vec![Other]);
+        assert_eq!(decode(b"\x1bOz"), vec![Other]);
+        assert_eq!(decode(b"\x1b[Z"), vec![Other]);
     }
 
     #[test]
@@ -1248,17 +1462,25 @@ mod tests {
         assert_eq!(event_from_bios_key(0x48, 0x00), Event::Up);
         assert_eq!(event_from_bios_key(0x50, 0xe0), Event::Down);
         assert_eq!(event_from_bios_key(0x1c, 0x0d), Event::Enter);
-        assert_eq!(event_from_bios_key(0x01, 0x1b), Event::Back);
-        assert_eq!(event_from_bios_key(0x12, b'e'), Event::Edit);
-        assert_eq!(event_from_bios_key(0x03, b'2'), Event::Digit(2));
+        assert_eq!(event_from_bios_key(0x01, 0x1b), Event::Escape);
+        assert_eq!(event_from_bios_key(0x0e, 0x08), Event::Backspace);
+        assert_eq!(event_from_bios_key(0x53, 0x00), Event::Delete);
+        assert_eq!(event_from_bios_key(0x53, 0xe0), Event::Delete);
+        assert_eq!(event_from_bios_key(0x44, 0x00), Event::Function(10));
+        assert_eq!(event_from_bios_key(0x86, 0xe0), Event::Function(12));
+        assert_eq!(event_from_bios_key(0x2d, 0x18), Event::Control('x'));
+        assert_eq!(event_from_bios_key(0x39, b' '), Event::Char(' '));
+        assert_eq!(event_from_bios_key(0x52, 0x00), Event::Other);
+        assert_eq!(event_from_bios_key(0x12, b'e'), Event::Char('e'));
+        assert_eq!(event_from_bios_key(0x03, b'2'), Event::Char('2'));
         assert_eq!(event_from_bios_key(0x49, 0x00), Event::PageUp);
         assert_eq!(event_from_bios_key(0x51, 0x00), Event::PageDown);
         assert_eq!(event_from_bios_key(0x47, 0x00), Event::Home);
         assert_eq!(event_from_bios_key(0x4f, 0x00), Event::End);
         assert_eq!(event_from_bios_key(0x4b, 0x00), Event::Left);
         assert_eq!(event_from_bios_key(0x4d, 0x00), Event::Right);
-        assert_eq!(event_from_bios_key(0x1e, b'a'), Event::AnyKey);
+        assert_eq!(event_from_bios_key(0x1e, b'a'), Event::Char('a'));
         // An arrow scan code with a real character is that character, not the arrow.
-        assert_eq!(event_from_bios_key(0x48, b'8'), Event::Digit(8));
+        assert_eq!(event_from_bios_key(0x48, b'8'), Event::Char('8'));
     }
 }

@@ -3,8 +3,9 @@
 //! choice. Checks: no panic; `resolve_default` names an existing entry; every parsed `vboot`
 //! line, written back with `rewrite::vboot_line`, parses to the same options (the line vboot
 //! writes into grub.cfg when it takes a snapshot), and every parsed `chainloader` line written
-//! back as its target (`(hd0,msdos2)+1`, `--original-mbr`) to the same target; memory at most
-//! 64 x the input + 1 MiB.
+//! back as its target (`(hd0,msdos2)+1`, `--original-mbr`) to the same target; every entry's body
+//! read again as an edit at the menu (`Entry::edited`) does not panic; memory at most 64 x the
+//! input + 1 MiB.
 //! Dictionary: fuzz/dict/grubcfg.dict; seeds: tests/data/grubcfg.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +35,10 @@ fn check_items(items: &[MenuItem], depth: usize) {
                 }
                 let _ = e.boot_options();
                 let _ = e.boot_command().map(|c| c.describe());
+                // The body as the menu's editor hands it back (`e`, then Ctrl-X unchanged).
+                if let Ok(edited) = e.edited(&e.lines) {
+                    let _ = edited.boot_options();
+                }
             }
             MenuItem::Submenu(s) => check_items(&s.items, depth + 1),
         }

@@ -12,7 +12,9 @@
 //! default inside such blocks; skipping them leaves those unset, which means "first entry" and
 //! "no countdown", the same as GRUB with those variables unset.
 
+use alloc::collections::BTreeMap;
 use alloc::string::{String, ToString};
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
@@ -136,6 +138,87 @@ pub struct Entry {
     pub line_number: usize,
     /// Commands of the body vboot does not run, to show when the entry is opened or booted.
     pub skipped: Vec<Notice>,
+    /// The variables as the file had set them where the entry stands, so that a body edited at
+    /// the menu ([`Entry::edited`]) expands `$var` as the file's own body did.
+    pub scope: EntryScope,
+}
+
+/// The grub.cfg variables in effect at a `menuentry` (opaque: only [`Entry::edited`] reads them).
+///
+/// Kept as the chain of the file's assignments up to that point, newest first, shared with every
+/// later scope that grew from it: each entry holding its own copy of every variable would cost
+/// entries x variables (a hostile file of a few kilobytes could make that megabytes), where the
+/// chain costs one node per assignment in the file.
+#[derive(Clone, Default)]
+pub struct EntryScope {
+    newest: Option<Arc<Assignment>>,
+}
+
+struct Assignment {
+    name: String,
+    /// `None`: `unset`.
+    value: Option<String>,
+    earlier: Option<Arc<Assignment>>,
+}
+
+impl Drop for Assignment {
+    // Dropped one node at a time rather than by recursion: a chain as long as the file's
+    // assignments must not run the firmware's stack out.
+    fn drop(&mut self) {
+        let mut next = self.earlier.take();
+        while let Some(node) = next {
+            match Arc::try_unwrap(node) {
+                Ok(mut only_owner) => next = only_owner.earlier.take(),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl EntryScope {
+    /// The scope after one more assignment (`None`: `unset`).
+    pub(super) fn assign(&mut self, name: &str, value: Option<&str>) {
+        let earlier = self.newest.take();
+        self.newest = Some(Arc::new(Assignment { name: name.to_string(), value: value.map(|v| v.to_string()), earlier }));
+    }
+
+    /// The assignments from the oldest on, as (name, value or `None` for `unset`).
+    pub(super) fn assignments(&self) -> Vec<(&str, Option<&str>)> {
+        let mut out = Vec::new();
+        let mut node = self.newest.as_deref();
+        while let Some(a) = node {
+            out.push((a.name.as_str(), a.value.as_deref()));
+            node = a.earlier.as_deref();
+        }
+        out.reverse();
+        out
+    }
+
+    /// The variables as the assignments leave them.
+    fn variables(&self) -> BTreeMap<&str, &str> {
+        let mut vars = BTreeMap::new();
+        for (name, value) in self.assignments() {
+            match value {
+                Some(v) => vars.insert(name, v),
+                None => vars.remove(name),
+            };
+        }
+        vars
+    }
+}
+
+impl PartialEq for EntryScope {
+    fn eq(&self, other: &EntryScope) -> bool {
+        self.variables() == other.variables()
+    }
+}
+
+impl Eq for EntryScope {}
+
+impl fmt::Debug for EntryScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.variables()).finish()
+    }
 }
 
 /// Why an entry cannot be booted.
@@ -198,6 +281,14 @@ impl Entry {
                 error: e.clone(),
             }),
         }
+    }
+
+    /// This entry with its body replaced by `lines` (edited at the menu, for this boot only),
+    /// read by the same parser and run as the file's body was: the same variables, the same
+    /// `vboot` line rules and notices. Line numbers in the result (errors, notices,
+    /// `vboot_line`) count the edited lines from 1. A syntax error is refused as in the file.
+    pub fn edited(&self, lines: &[String]) -> Result<Entry, ConfigError> {
+        eval::edited_entry(self, &lines.join("\n"))
     }
 
     /// The parsed `vboot` line, or what stops this entry from booting an image.

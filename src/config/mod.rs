@@ -28,7 +28,7 @@ pub mod rewrite;
 
 pub use chainload::{ChainTarget, ChainloadError, ChainloadErrorKind};
 pub use grubcfg::{
-    BootCommand, Config, ConfigError, DefaultChoice, Entry, EntryProblem, MenuItem, Notice, Submenu, TimeoutStyle,
+    BootCommand, Config, ConfigError, DefaultChoice, Entry, EntryProblem, EntryScope, MenuItem, Notice, Submenu, TimeoutStyle,
 };
 pub use options::{BootDevice, OptionError, OptionErrorKind, VbootOptions};
 pub use path::{GrubDevice, GrubPath, PartitionRef, PartitionScheme, PathError};

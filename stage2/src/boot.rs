@@ -8,7 +8,7 @@ use crate::console::{self, COLUMNS, ROWS};
 use crate::disk::BiosDisk;
 use crate::host::{empty_table, list_partitions, load_config, Loaded};
 use crate::{bios, println};
-use vboot::config::Config;
+use vboot::config::{Config, Entry};
 use vboot::install::InstallRecord;
 use vboot::menu::{self, Event, KeyDecoder, MenuState, Outcome};
 use vboot::part::PartitionTable;
@@ -33,7 +33,36 @@ pub fn run(disk: &mut BiosDisk, record: Option<InstallRecord>, mut resume: Optio
 
 fn draw(config: &Config, state: &MenuState) {
     let frame = menu::render(config, state, COLUMNS, ROWS);
-    console::with(|c| c.draw_screen(&frame.lines, frame.highlight_row));
+    console::with(|c| {
+        c.draw_screen(&frame.lines, frame.highlight_row);
+        if let Some((row, column)) = frame.cursor {
+            c.place_cursor(row, column);
+        }
+    });
+}
+
+/// A second of the countdown went by: only its line is rewritten (in place on a terminal).
+fn draw_countdown(config: &Config, state: &MenuState) {
+    if let Some((row, text)) = menu::countdown_update(config, state, COLUMNS, ROWS) {
+        console::with(|c| c.redraw_row(row, &text));
+    }
+}
+
+/// Boot `entry` (at `path` in the menu; from grub.cfg or edited at the menu).
+fn boot_entry(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, path: &[usize], entry: &Entry, edited: bool) -> Result<(), String> {
+    crate::recovery::booting(path);
+    // A terminal is cleared with the screen: the editor left its cursor inside the menu's rows.
+    console::with(|c| {
+        c.clear();
+        c.serial_write("\x1b[2J\x1b[H");
+    });
+    println!("Booting '{}'{}", entry.title, if edited { " (edited at the menu)" } else { "" });
+    let source = if edited { "edited line" } else { "grub.cfg line" };
+    for n in &entry.skipped {
+        println!("  {} {}: {}", source, n.line, n.message);
+    }
+    crate::fault::at_entry(entry);
+    entry.boot_command().map_err(|e| format!("{}", e)).and_then(|command| crate::entry::boot(disk, table, loaded, path, command))
 }
 
 /// Gather the keys typed since the last call, from the keyboard and from COM1.
@@ -66,53 +95,49 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
     let mut last_ticks = bios::ticks();
     let mut events: Vec<Event> = Vec::new();
     loop {
-        match core::mem::replace(&mut outcome, Outcome::None) {
-            Outcome::None => {}
-            Outcome::Redraw | Outcome::ShowEntry(_) => {
-                if state.is_visible() {
+        let boot_result = match core::mem::replace(&mut outcome, Outcome::None) {
+            Outcome::None => None,
+            Outcome::Redraw => {
+                if state.is_drawn() {
                     draw(config, &state);
                 }
+                None
             }
-            Outcome::Boot(path) => {
-                let result = match config.entry(&path) {
-                    None => Err(String::from("that menu item is a submenu, not an entry")),
-                    Some(entry) => {
-                        crate::recovery::booting(&path);
-                        console::with(|c| c.clear());
-                        println!("Booting '{}'", entry.title);
-                        for n in &entry.skipped {
-                            println!("  grub.cfg line {}: {}", n.line, n.message);
-                        }
-                        crate::fault::at_entry(entry);
-                        entry
-                            .boot_command()
-                            .map_err(|e| format!("{}", e))
-                            .and_then(|command| crate::entry::boot(disk, table, loaded, &path, command))
-                    }
-                };
-                if let Err(e) = result {
-                    crate::recovery::boot_failed();
-                    crate::screen::show_error(&e);
-                    if crate::recovery::hooked() {
-                        // The image already answers as drive 80h and the real disks moved up:
-                        // a menu read now would read the image as the host disk. A restart
-                        // brings the menu back from the real disk.
-                        crate::fatal("the image was already attached as drive 80h when this happened; vboot restarts the machine to show the menu again");
-                    }
-                    println!("Press any key to return to the menu.");
-                    crate::wait_key();
-                    outcome = state.back_to_menu();
-                    last_ticks = bios::ticks();
+            Outcome::Countdown => {
+                if state.is_drawn() {
+                    draw_countdown(config, &state);
                 }
-                continue;
+                None
             }
+            Outcome::Boot(path) => Some(match config.entry(&path) {
+                None => Err(String::from("that menu item is a submenu, not an entry")),
+                Some(entry) => boot_entry(disk, table, loaded, &path, entry, false),
+            }),
+            Outcome::BootEdited { path, entry } => Some(boot_entry(disk, table, loaded, &path, &entry, true)),
+        };
+        if let Some(result) = boot_result {
+            if let Err(e) = result {
+                crate::recovery::boot_failed();
+                crate::screen::show_error(&e);
+                if crate::recovery::hooked() {
+                    // The image already answers as drive 80h and the real disks moved up:
+                    // a menu read now would read the image as the host disk. A restart
+                    // brings the menu back from the real disk.
+                    crate::fatal("the image was already attached as drive 80h when this happened; vboot restarts the machine to show the menu again");
+                }
+                println!("Press any key to return to the menu.");
+                crate::wait_key();
+                outcome = state.back_to_menu();
+                last_ticks = bios::ticks();
+            }
+            continue;
         }
         events.clear();
         poll_events(&mut decoder, &mut events);
         for &ev in events.iter() {
-            let o = state.handle(config, ev);
-            if o != Outcome::None {
-                outcome = o;
+            // Every key read is handled before drawing; a boot ends them.
+            outcome = outcome.followed_by(state.handle(config, ev));
+            if outcome.is_boot() {
                 break;
             }
         }
@@ -126,11 +151,7 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
             last_ticks = now;
             // 18.2065 ticks per second: 54.9 ms each.
             let ms = elapsed_ticks.min(0x10000) * 10_000 / 182;
-            let before = state.countdown_secs();
-            let o = state.handle(config, Event::Tick(ms));
-            if o != Outcome::None || state.countdown_secs() != before {
-                outcome = if o == Outcome::None { Outcome::Redraw } else { o };
-            }
+            outcome = state.handle(config, Event::Tick(ms));
         }
     }
 }

@@ -189,6 +189,62 @@ impl Console {
         }
         self.update_cursor();
     }
+
+    /// Rewrite row `row` of the screen `draw_screen` drew last (all `ROWS` of it), in normal
+    /// video. A terminal is left below the screen by `draw_screen`: the cursor goes up to the
+    /// row, the row is written over and erased to its end, and the cursor goes back down, so
+    /// the row changes in place instead of the whole screen being sent again.
+    pub fn redraw_row(&mut self, row: usize, text: &str) {
+        let row = row.min(ROWS - 1);
+        let text = text.as_bytes();
+        for (col, c) in screen().index(row * COLUMNS..(row + 1) * COLUMNS).iter().enumerate() {
+            let b = text.get(col).copied().filter(|b| b.is_ascii()).unwrap_or(b' ');
+            c.write(cell(ATTR_NORMAL, b));
+        }
+        let up = ROWS - row;
+        self.serial_csi(up, b'A');
+        self.serial_byte(b'\r');
+        for &b in text.iter().filter(|b| b.is_ascii()) {
+            self.serial_byte(b);
+        }
+        self.serial_write("\x1b[K");
+        for _ in 0..up {
+            self.serial_write("\r\n");
+        }
+    }
+
+    /// The text cursor at (`row`, `col`) of the screen `draw_screen` drew last: on the VGA
+    /// screen, and on a terminal (moved there from below the screen).
+    pub fn place_cursor(&mut self, row: usize, col: usize) {
+        self.row = row.min(ROWS - 1);
+        self.col = col.min(COLUMNS - 1);
+        self.update_cursor();
+        self.serial_csi(ROWS - self.row, b'A');
+        self.serial_byte(b'\r');
+        if self.col > 0 {
+            self.serial_csi(self.col, b'C');
+        }
+    }
+
+    /// `ESC [ n final` on the serial line (a cursor move by `n`).
+    fn serial_csi(&mut self, n: usize, final_byte: u8) {
+        self.serial_write("\x1b[");
+        let mut digits = [0u8; 20];
+        let mut len = 0;
+        let mut n = n;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in digits[..len].iter().rev() {
+            self.serial_byte(d);
+        }
+        self.serial_byte(final_byte);
+    }
 }
 
 #[macro_export]

@@ -189,6 +189,12 @@ impl Qemu {
         chars.chunks(80).map(|row| row.iter().collect::<String>().trim_end().to_string()).collect()
     }
 
+    /// Everything the guest printed so far as it was sent, escape sequences and CRs included
+    /// (for tests of how the serial console is drawn).
+    pub fn raw_output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
     /// Everything the guest printed so far, with ANSI escape sequences and CRs removed.
     pub fn output(&self) -> String {
         strip_ansi(&String::from_utf8_lossy(&self.output.lock().unwrap()))

@@ -564,15 +564,28 @@ fn serial_menu_session() {
         events
     };
 
-    // Let 9.5 s pass, then arrow down twice and open the `e` view.
-    assert_eq!(menu.handle(&c, Event::Tick(9_500)), Outcome::Redraw);
+    // Let 9.5 s pass (only the countdown line changes), then arrow down twice and open the
+    // editor with `e`.
+    assert_eq!(menu.handle(&c, Event::Tick(9_500)), Outcome::Countdown);
     let outcomes: Vec<Outcome> = feed(b"\x1b[B\x1bOBe").into_iter().map(|e| menu.handle(&c, e)).collect();
-    assert_eq!(outcomes, vec![Outcome::Redraw, Outcome::Redraw, Outcome::ShowEntry(vec![3])]);
+    assert_eq!(outcomes, vec![Outcome::Redraw, Outcome::Redraw, Outcome::Redraw]);
     assert_eq!(menu.handle(&c, Event::Tick(10_000)), Outcome::None);
     let frame = render(&c, &menu, 80, 25);
-    assert_eq!(frame.lines[0], "Entry 4: Windows 7 (immutable, pause)");
-    assert_eq!(frame.lines[2], "    vboot harddisk=\"$images/win7-child1.vhd\" immutable pause");
-    assert!(frame.lines.contains(&"    immutable: changes are thrown away at the next boot".to_string()));
+    assert_eq!(frame.lines[0], "Editing 'Windows 7 (immutable, pause)' for this boot only");
+    assert_eq!(frame.lines[2], "vboot harddisk=\"$images/win7-child1.vhd\" immutable pause");
+    assert_eq!(frame.cursor, Some((2, 0)));
+    // Ctrl-X boots the lines as edited (unchanged here): read as the file's entry was.
+    let outcomes: Vec<Outcome> = feed(b"\x18").into_iter().map(|e| menu.handle(&c, e)).collect();
+    match &outcomes[..] {
+        [Outcome::BootEdited { path, entry }] => {
+            assert_eq!(path, &[3]);
+            assert_eq!(entry.boot_options(), c.entry(&[3]).unwrap().boot_options());
+        }
+        other => panic!("{:?}", other),
+    }
+    menu.back_to_menu();
+    let outcomes: Vec<Outcome> = feed(b"e").into_iter().map(|e| menu.handle(&c, e)).collect();
+    assert_eq!(outcomes, vec![Outcome::Redraw]);
 
     // Escape back to the list, then the digit 5 boots entry 5 at once.
     let outcomes: Vec<Outcome> = feed(b"\x1b").into_iter().map(|e| menu.handle(&c, e)).collect();

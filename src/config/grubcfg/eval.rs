@@ -15,7 +15,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
 use super::parse::{BlockKind, Stmt};
-use super::{Config, ConfigError, DefaultChoice, Entry, MenuItem, Notice, Submenu, TimeoutStyle};
+use super::{Config, ConfigError, DefaultChoice, Entry, EntryScope, MenuItem, Notice, Submenu, TimeoutStyle};
 use crate::config::lexer::{Piece, Word};
 use crate::config::chainload::{self, ChainTarget, ChainloadError, ChainloadErrorKind};
 use crate::config::options::{OptionError, OptionErrorKind, VbootOptions};
@@ -68,6 +68,18 @@ pub(super) fn run(stmts: &[Stmt]) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// `original` with the body `text` (edited at the menu): parsed, then run with the variables the
+/// file had set at the entry, as [`Run::entry`] ran the file's own body.
+pub(super) fn edited_entry(original: &Entry, text: &str) -> Result<Entry, ConfigError> {
+    let stmts = super::parse::statements(text)?;
+    let mut env = Env::preset();
+    for (name, value) in original.scope.assignments() {
+        env.assign(name, value, original.line_number);
+    }
+    let header = Header { title: original.title.clone(), id: original.id.clone(), classes: original.classes.clone() };
+    Ok(Run { notices: Vec::new() }.entry(header, &stmts, text, &env, original.line_number))
+}
+
 fn parse_timeout(v: &str) -> Option<i32> {
     let v = v.trim();
     let (neg, digits) = match v.strip_prefix('-') {
@@ -89,6 +101,8 @@ struct Env {
     vars: BTreeMap<String, String>,
     /// Line of the last assignment to each variable, for notices about its value.
     set_at: BTreeMap<String, usize>,
+    /// The same assignments as a chain an entry keeps for its edits (the presets are not in it).
+    scope: EntryScope,
 }
 
 impl Env {
@@ -106,7 +120,7 @@ impl Env {
         ] {
             vars.insert(k.to_string(), v.to_string());
         }
-        Env { vars, set_at: BTreeMap::new() }
+        Env { vars, set_at: BTreeMap::new(), scope: EntryScope::default() }
     }
 
     fn get(&self, name: &str) -> &str {
@@ -118,8 +132,21 @@ impl Env {
     }
 
     fn set(&mut self, name: &str, value: &str, line: usize) {
-        self.vars.insert(name.to_string(), value.to_string());
-        self.set_at.insert(name.to_string(), line);
+        self.assign(name, Some(value), line);
+    }
+
+    /// `name` set to `value`, or unset (`None`).
+    fn assign(&mut self, name: &str, value: Option<&str>, line: usize) {
+        match value {
+            Some(v) => {
+                self.vars.insert(name.to_string(), v.to_string());
+                self.set_at.insert(name.to_string(), line);
+            }
+            None => {
+                self.vars.remove(name);
+            }
+        }
+        self.scope.assign(name, value);
     }
 
     /// Words after quote removal and expansion. An unquoted `$var` splits on blanks and
@@ -188,7 +215,7 @@ impl Env {
             }
             Some("unset") => {
                 for a in args.get(1..).unwrap_or(&[]) {
-                    self.vars.remove(a.as_str());
+                    self.assign(a, None, line);
                 }
                 true
             }
@@ -434,6 +461,7 @@ impl Run {
             chainloader_line,
             line_number: line,
             skipped,
+            scope: env.scope.clone(),
         }
     }
 }

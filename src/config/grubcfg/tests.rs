@@ -416,3 +416,66 @@ fn nesting_is_bounded() {
     let deep_if = "if a; then\n".repeat(200) + &"fi\n".repeat(200);
     assert_eq!(err(&deep_if).message, "blocks nested too deeply");
 }
+
+#[test]
+fn an_edited_body_is_read_as_the_file_read_it() {
+    let c = parse("set dir=/vm\nmenuentry 'XP' --id xp {\n  insmod ntfs\n  vboot harddisk=$dir/xp.vhd\n}\nset dir=/later\n");
+    let e = entry(&c, &[0]);
+    // Unchanged, the edit reads as the file did, with the variable as it was at the entry.
+    let same = e.edited(&e.lines).unwrap();
+    assert_eq!(same.boot_options(), e.boot_options());
+    assert_eq!((same.title.as_str(), same.id.as_deref()), ("XP", Some("xp")));
+    assert_eq!(same.vboot_line, Some(2));
+    assert_eq!(same.skipped, vec![Notice { line: 1, message: "`insmod` skipped: vboot runs only the vboot line".into() }]);
+    let lines = vec!["vboot harddisk=$dir/xp.vhd pause".to_string()];
+    let edited = e.edited(&lines).unwrap();
+    assert!(edited.boot_options().unwrap().pause);
+    assert_eq!(edited.lines, lines);
+    assert_eq!(edited.boot_options().unwrap().harddisk.as_ref().unwrap().to_string(), "/vm/xp.vhd");
+    // The same refusals as in the file, with the edited line's number.
+    let bad = e.edited(&["".into(), "vboot harddisk=/a.vhd pauze".into()]).unwrap();
+    match bad.boot_options() {
+        Err(EntryProblem::Options { line: 2, error }) => {
+            assert_eq!(error.to_string(), "unknown vboot option `pauze` (did you mean `pause`?)")
+        }
+        other => panic!("{:?}", other),
+    }
+    assert!(matches!(e.edited(&[]).unwrap().boot_options(), Err(EntryProblem::NoVbootLine { .. })));
+    let syntax = e.edited(&["vboot harddisk='/a.vhd".into()]).unwrap_err();
+    assert_eq!((syntax.line, syntax.message.as_str()), (1, "unterminated single quote"));
+}
+
+/// Entries keep their variables as one shared chain of the file's assignments, not a copy each:
+/// 500 variables and 500 entries cost 500 nodes, however the entries interleave with them.
+#[test]
+fn entry_scopes_share_the_assignments() {
+    let mut text = String::new();
+    for i in 0..500 {
+        text.push_str(&format!("set v{}=x{}\nmenuentry e{} {{ vboot harddisk=/$v{}.img }}\n", i, i, i, i));
+    }
+    text.push_str("unset v0\nmenuentry last { vboot harddisk=/$v0$v499.img }\n");
+    let c = parse(&text);
+    let scope = |i: usize| entry(&c, &[i]).scope;
+    // Each entry's scope is the previous one with one more assignment in front.
+    for i in 1..500 {
+        let (older, newer) = (scope(i - 1), scope(i));
+        let behind = newer.newest.as_ref().unwrap().earlier.as_ref().unwrap();
+        assert!(Arc::ptr_eq(behind, older.newest.as_ref().unwrap()), "entry {} copied its variables", i);
+    }
+    assert_eq!(scope(500).assignments().len(), 501);
+    let last = entry(&c, &[500]);
+    let edited = last.edited(&last.lines).unwrap();
+    assert_eq!(edited.boot_options().unwrap().harddisk.as_ref().unwrap().to_string(), "/x499.img");
+    assert_eq!(edited.scope, last.scope);
+    assert_ne!(scope(3), scope(4));
+}
+
+/// A chain as long as a big file's assignments is dropped without recursing down it.
+#[test]
+fn a_long_assignment_chain_drops_without_deep_recursion() {
+    let mut text = "a=1\n".repeat(100_000);
+    text.push_str("menuentry x { vboot harddisk=/$a.img }\n");
+    let c = parse(&text);
+    assert_eq!(entry(&c, &[0]).scope.assignments().len(), 100_000);
+    drop(c);
+}
