@@ -1012,6 +1012,26 @@ pub fn syslinux_floppy(dir: &Path, name: &str, message: &str) -> PathBuf {
     img
 }
 
+/// A FAT12 1.44M floppy with SYSLINUX (`syslinux --install`) whose syslinux.cfg is `cfg` and
+/// which holds `files` (path on the floppy, bytes): for booting a kernel-like file with
+/// `LINUX`/`KERNEL` and `APPEND`.
+pub fn syslinux_floppy_with(dir: &Path, name: &str, cfg: &str, files: &[(&str, &Path)]) -> PathBuf {
+    require_tool("syslinux", "syslinux");
+    require_tool("mkfs.fat", "dosfstools");
+    let img = dir.join(format!("{}.img", name));
+    let _ = std::fs::remove_file(&img);
+    sh(Command::new("mkfs.fat").args(["-C", "-F", "12", "-n", "VBOOTFD"]).arg(&img).arg("1440"));
+    sh(Command::new("syslinux").arg("--install").arg(&img));
+    let cfg_path = dir.join(format!("{}-syslinux.cfg", name));
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let mut all: Vec<(&Path, String)> = vec![(&cfg_path, String::from("::/syslinux.cfg"))];
+    all.extend(files.iter().map(|(dst, src)| (*src, format!("::{}", dst))));
+    for (src, dst) in all {
+        sh(Command::new("mcopy").arg("-o").arg("-i").arg(&img).arg(src).arg(dst).env("MTOOLS_SKIP_CHECK", "1"));
+    }
+    img
+}
+
 /// `xorriso -as mkisofs` over the directory `tree` into `iso`, with `boot_args` (the El
 /// Torito options).
 pub fn make_iso(tree: &Path, iso: &Path, boot_args: &[&str]) -> PathBuf {

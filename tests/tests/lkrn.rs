@@ -1,0 +1,131 @@
+//! vboot.lkrn started by other boot loaders (docs/usage.md, "Started by another boot loader"):
+//! SYSLINUX's `LINUX` from a floppy and GRUB's `linux16` from its rescue CD load it through the
+//! Linux boot protocol; vboot's menu comes up and boots an image from a hard disk on which vboot
+//! was never installed (drive 80h: the loader's own medium is the floppy or the CD).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vboot_tests::disk::{self, FileSpec};
+use vboot_tests::guests;
+use vboot_tests::qemu::{Config, Drive, Qemu, EXIT_PASS};
+use vboot_tests::TempDir;
+
+const T: Duration = Duration::from_secs(120);
+
+const TWO_GUESTS: &str = "\
+set timeout=1
+menuentry 'First lkrn guest' {
+    vboot harddisk=/one.img
+}
+menuentry 'Second lkrn guest' {
+    vboot harddisk=(hd0,1)/two.img
+}
+menuentry 'Put the MBR back' {
+    vboot recover_mbr
+}
+";
+
+/// A hard disk with grub.cfg (`cfg` at `cfg_path`) and two guests, without vboot: nothing in its
+/// MBR or gap, so no install record either.
+fn plain_host(dir: &TempDir, cfg_path: &str, cfg: &str) -> PathBuf {
+    let one = guests::hello_guest(&dir.path, "one", "LKRN-GUEST-ONE", 2048);
+    let two = guests::hello_guest(&dir.path, "two", "LKRN-GUEST-TWO", 2048);
+    disk::mbr_fat32_disk(
+        dir,
+        64,
+        &[
+            FileSpec::new(cfg_path, cfg),
+            FileSpec::new("/one.img", std::fs::read(one).unwrap()),
+            FileSpec::new("/two.img", std::fs::read(two).unwrap()),
+        ],
+    )
+}
+
+/// SYSLINUX on a floppy, booting vboot.lkrn with `append` as its command line; QEMU boots the
+/// floppy, the hard disk is 80h.
+fn syslinux_boot(dir: &TempDir, host: &Path, append: &str) -> Qemu {
+    let cfg = format!("SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  LINUX /vboot.lkrn\n  APPEND {}\n", append);
+    let lkrn = vboot_tests::lkrn();
+    let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", &lkrn)]);
+    let mut cfg = Config::disk(host);
+    cfg.drives.push(Drive { path: floppy, interface: "floppy", media_cdrom: false });
+    cfg.extra = vec!["-boot".into(), "a".into()];
+    Qemu::start(&cfg)
+}
+
+#[test]
+fn syslinux_linux_starts_vboot_lkrn_whose_menu_boots_an_image_on_the_hard_disk() {
+    let dir = TempDir::new("lkrn-syslinux");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let mut q = syslinux_boot(&dir, &host, "config=(hd0,1)/boot/grub/grub.cfg");
+    let out = q.expect("First lkrn guest", T);
+    assert!(out.contains("SYSLINUX"), "{}", out);
+    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
+    // SYSLINUX adds BOOT_IMAGE=; vboot lists it and goes on.
+    assert!(out.contains("not vboot's, ignored: BOOT_IMAGE=/vboot.lkrn"), "{}", out);
+    assert!(out.contains("as config= says"), "{}", out);
+    q.expect("LKRN-GUEST-ONE", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// Without `config=`, grub.cfg is searched for on every BIOS hard disk; `entry=1` boots the
+/// second entry at once.
+#[test]
+fn without_config_grub_cfg_is_found_on_the_hard_disks_and_entry_picks_the_entry() {
+    let dir = TempDir::new("lkrn-search");
+    let host = plain_host(&dir, "/grub/grub.cfg", &TWO_GUESTS.replace("set timeout=1", "set timeout=-1"));
+    let mut q = syslinux_boot(&dir, &host, "entry=1");
+    let out = q.expect("LKRN-GUEST-TWO", T);
+    assert!(out.contains("Reading (hd0,1)/grub/grub.cfg"), "{}", out);
+    assert!(!out.contains("LKRN-GUEST-ONE"), "{}", out);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// A `config=` naming a file or a partition that is not there: the message says which, and a
+/// key tries again (no hang, no reboot); `recover_mbr` is refused (no install record).
+#[test]
+fn config_naming_a_missing_file_or_partition_is_refused_with_a_message() {
+    let dir = TempDir::new("lkrn-missing");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let mut q = syslinux_boot(&dir, &host, "config=(hd0,1)/nowhere/grub.cfg");
+    let out = q.expect("Press any key to try again", T);
+    assert!(out.contains("config=(hd0,1)/nowhere/grub.cfg: no such grub.cfg ((hd0,1)/nowhere/grub.cfg: not found)"), "{}", out);
+    q.kill();
+
+    let mut q = syslinux_boot(&dir, &host, "config=(hd0,3)/boot/grub/grub.cfg");
+    let out = q.expect("Press any key to try again", T);
+    assert!(out.contains("partition (hd0,3) does not exist"), "{}", out);
+    q.kill();
+
+    let cfg = TWO_GUESTS.replace("set timeout=1", "set timeout=-1");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", &cfg);
+    let mut q = syslinux_boot(&dir, &host, "config=(hd0,1)/boot/grub/grub.cfg");
+    q.expect("Put the MBR back", T);
+    q.send(b"3");
+    let out = q.expect("Press any key to return to the menu", T);
+    assert!(out.contains("recover_mbr: vboot was started as vboot.lkrn"), "{}", out);
+    q.send(b"\r");
+    std::thread::sleep(Duration::from_millis(500));
+    q.send(b"1");
+    q.expect("LKRN-GUEST-ONE", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// GRUB 2's `linux16` from its rescue CD: the hard disk is (hd0), 80h.
+#[test]
+fn grub_linux16_starts_vboot_lkrn_whose_menu_boots_an_image_on_the_hard_disk() {
+    let dir = TempDir::new("lkrn-grub");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let lkrn = std::fs::read(vboot_tests::lkrn()).unwrap();
+    let script = "echo VBOOT-GRUB-LINUX16\nlinux16 /vboot.lkrn config=(hd0,1)/boot/grub/grub.cfg entry=1\nboot\necho VBOOT-GRUB-FAILED\noutb 0xf4 0x11";
+    let iso = guests::grub_rescue_iso(&dir.path, "rescue-lkrn", script, &[("/vboot.lkrn", &lkrn)]);
+    let mut cfg = Config::disk(&host);
+    cfg.drives.push(Drive { path: iso, interface: "ide", media_cdrom: true });
+    cfg.extra = vec!["-boot".into(), "d".into()];
+    let mut q = Qemu::start(&cfg);
+    let out = q.expect("LKRN-GUEST-TWO", T);
+    assert!(out.contains("VBOOT-GRUB-LINUX16"), "{}", out);
+    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
+    assert!(out.contains("entry=1: booted without waiting"), "{}", out);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
