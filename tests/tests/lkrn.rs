@@ -1,7 +1,8 @@
 //! vboot.lkrn started by other boot loaders (docs/usage.md, "Started by another boot loader"):
-//! SYSLINUX's `LINUX` from a floppy and GRUB's `linux16` from its rescue CD load it through the
-//! Linux boot protocol; vboot's menu comes up and boots an image from a hard disk on which vboot
-//! was never installed (drive 80h: the loader's own medium is the floppy or the CD).
+//! SYSLINUX's `LINUX` from a floppy, ISOLINUX's `KERNEL` from a CD, GRUB's `linux16` from its rescue CD, PXELINUX and iPXE's
+//! `chain` over QEMU's TFTP load it through the Linux boot protocol; vboot's menu comes up and
+//! boots an image from a hard disk on which vboot was never installed (drive 80h: the loader's
+//! own medium is the floppy, the CD or the network).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,6 +109,95 @@ fn config_naming_a_missing_file_or_partition_is_refused_with_a_message() {
     std::thread::sleep(Duration::from_millis(500));
     q.send(b"1");
     q.expect("LKRN-GUEST-ONE", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// ISOLINUX from a CD (no emulation): `KERNEL vboot.lkrn` with `APPEND`.
+#[test]
+fn isolinux_kernel_starts_vboot_lkrn_from_a_cd() {
+    let dir = TempDir::new("lkrn-isolinux");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let tree = dir.join("cd-tree");
+    std::fs::create_dir_all(tree.join("isolinux")).unwrap();
+    std::fs::copy(guests::ISOLINUX_BIN, tree.join("isolinux/isolinux.bin")).unwrap();
+    std::fs::copy(guests::LDLINUX_C32, tree.join("isolinux/ldlinux.c32")).unwrap();
+    std::fs::copy(vboot_tests::lkrn(), tree.join("vboot.lkrn")).unwrap();
+    std::fs::write(
+        tree.join("isolinux/isolinux.cfg"),
+        "SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  KERNEL /vboot.lkrn\n  APPEND config=(hd0,1)/boot/grub/grub.cfg entry=1\n",
+    )
+    .unwrap();
+    let iso = guests::make_iso(
+        &tree,
+        &dir.join("isolinux.iso"),
+        &["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"],
+    );
+    let mut cfg = Config::disk(&host);
+    cfg.drives.push(Drive { path: iso, interface: "ide", media_cdrom: true });
+    cfg.extra = vec!["-boot".into(), "d".into()];
+    let mut q = Qemu::start(&cfg);
+    let out = q.expect("LKRN-GUEST-TWO", T);
+    assert!(out.contains("ISOLINUX"), "{}", out);
+    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// The iPXE ROM Debian builds for QEMU's e1000 (package ipxe-qemu): SeaBIOS's network boot.
+const E1000_ROM: &str = "/usr/lib/ipxe/qemu/pxe-e1000.rom";
+
+/// A network boot over QEMU's user network: its TFTP server serves `tftp`, DHCP names
+/// `bootfile`, the e1000's iPXE ROM boots it; the hard disk is 80h.
+fn net_boot(host: &Path, tftp: &Path, bootfile: &str) -> Qemu {
+    assert!(Path::new(E1000_ROM).exists(), "{} is missing: install the Debian package ipxe-qemu", E1000_ROM);
+    let mut cfg = Config::disk(host);
+    cfg.extra = vec![
+        "-netdev".into(),
+        format!("user,id=n,tftp={},bootfile={}", tftp.display(), bootfile),
+        "-device".into(),
+        format!("e1000,netdev=n,romfile={}", E1000_ROM),
+        "-boot".into(),
+        "n".into(),
+    ];
+    Qemu::start(&cfg)
+}
+
+/// PXELINUX from QEMU's TFTP server: `LINUX vboot.lkrn` in pxelinux.cfg/default.
+#[test]
+fn pxelinux_starts_vboot_lkrn_over_tftp_and_an_image_on_the_local_disk_boots() {
+    const PXELINUX: &str = "/usr/lib/PXELINUX/pxelinux.0";
+    assert!(Path::new(PXELINUX).exists(), "{} is missing: install the Debian package pxelinux", PXELINUX);
+    let dir = TempDir::new("lkrn-pxelinux");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(tftp.join("pxelinux.cfg")).unwrap();
+    std::fs::copy(PXELINUX, tftp.join("pxelinux.0")).unwrap();
+    std::fs::copy(guests::LDLINUX_C32, tftp.join("ldlinux.c32")).unwrap();
+    std::fs::copy(vboot_tests::lkrn(), tftp.join("vboot.lkrn")).unwrap();
+    std::fs::write(
+        tftp.join("pxelinux.cfg/default"),
+        "SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  LINUX vboot.lkrn\n  APPEND config=(hd0,1)/boot/grub/grub.cfg\n",
+    )
+    .unwrap();
+    let mut q = net_boot(&host, &tftp, "pxelinux.0");
+    let out = q.expect("First lkrn guest", T);
+    assert!(out.contains("PXELINUX"), "{}", out);
+    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
+    q.expect("LKRN-GUEST-ONE", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// iPXE's own `chain` (a script the ROM fetches by TFTP), with a command line after the file.
+#[test]
+fn ipxe_chain_starts_vboot_lkrn() {
+    let dir = TempDir::new("lkrn-ipxe");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    std::fs::copy(vboot_tests::lkrn(), tftp.join("vboot.lkrn")).unwrap();
+    std::fs::write(tftp.join("boot.ipxe"), "#!ipxe\nchain vboot.lkrn config=(hd0,1)/boot/grub/grub.cfg entry=1\n").unwrap();
+    let mut q = net_boot(&host, &tftp, "boot.ipxe");
+    let out = q.expect("LKRN-GUEST-TWO", T);
+    assert!(out.contains("command line: config=(hd0,1)/boot/grub/grub.cfg entry=1"), "{}", out);
     assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
 }
 
