@@ -17,13 +17,15 @@ _start:
     ljmp $0x07C0, $1f
 1:  push %cs
     pop %ds
+    movb $0, serial_too             # a BIOS that mirrors its screen to COM1 says it once
     mov $not_a_boot_sector, %si
     call print
 2:  hlt
     jmp 2b
 
-# A NUL-terminated string at DS:SI to the screen (INT 10h teletype) and to COM1, if it has one
-# (the loader set it up when it uses the serial line; a missing UART reads as 0xFF).
+# A NUL-terminated string at DS:SI to the screen (INT 10h teletype) and, unless serial_too is
+# 0, to COM1 if it has one (the loader set it up when it uses the serial line; a missing UART
+# reads as 0xFF).
 print:
     cld
 1:  lodsb
@@ -35,6 +37,8 @@ print:
     push %ax
     int $0x10
     pop %ax
+    cmpb $0, serial_too
+    je 4f
     mov %al, %ah
     mov $0x3FD, %dx
     mov $0, %cx
@@ -50,6 +54,8 @@ print:
     jmp 1b
 3:  ret
 
+serial_too:
+    .byte 1
 not_a_boot_sector:
     .asciz "\r\nvboot.lkrn is started by a boot loader (GRUB linux16, SYSLINUX LINUX, iPXE chain), not by the BIOS.\r\n"
 

@@ -164,7 +164,12 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
 
     let drive = drive as u8;
     let count = disk::hard_disk_count();
-    println!("BIOS hard disks: {} (booted from {:#04x})", count, drive);
+    if lkrn::started() {
+        // No boot disk yet: grub.cfg's disk becomes it (lkrn.rs).
+        println!("BIOS hard disks: {}", count);
+    } else {
+        println!("BIOS hard disks: {} (booted from {:#04x})", count, drive);
+    }
     for n in 0..count.min(16) {
         let d = 0x80 + n;
         match disk::BiosDisk::probe(d) {

@@ -219,3 +219,18 @@ fn grub_linux16_starts_vboot_lkrn_whose_menu_boots_an_image_on_the_hard_disk() {
     assert!(out.contains("entry=1: booted without waiting"), "{}", out);
     assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
 }
+
+/// A BIOS that boots vboot.lkrn itself (as a disk) gets a line saying what the file is.
+#[test]
+fn booted_by_the_bios_vboot_lkrn_says_it_needs_a_boot_loader() {
+    let dir = TempDir::new("lkrn-bios");
+    let disk = dir.join("lkrn.img");
+    let mut bytes = std::fs::read(vboot_tests::lkrn()).unwrap();
+    bytes.resize(bytes.len().next_multiple_of(1 << 20), 0);
+    std::fs::write(&disk, bytes).unwrap();
+    let mut cfg = Config::disk(&disk);
+    cfg.sercon = true;
+    let mut q = Qemu::start(&cfg);
+    q.expect("vboot.lkrn is started by a boot loader", T);
+    assert_eq!(q.wait_exit(Duration::from_secs(3)), None, "it should wait, not reset");
+}
