@@ -42,10 +42,34 @@ fn plain_host(dir: &TempDir, cfg_path: &str, cfg: &str) -> PathBuf {
     )
 }
 
+/// A SYSLINUX-family config (syslinux.cfg, isolinux.cfg, pxelinux.cfg/default) that boots
+/// `file` with `keyword` (LINUX or KERNEL) and `append` as its command line, on the serial line.
+fn syslinux_cfg(keyword: &str, file: &str, append: &str) -> String {
+    format!("SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  {} {}\n  APPEND {}\n", keyword, file, append)
+}
+
+/// `loader` (its banner) started vboot.lkrn, whose menu appears and boots the first guest.
+fn menu_boots_guest_one(q: &mut Qemu, loader: &str) -> String {
+    let out = q.expect("First lkrn guest", T);
+    assert!(out.contains(loader), "{}", out);
+    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
+    q.expect("LKRN-GUEST-ONE", T);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+    out
+}
+
+/// QEMU booting the CD `iso`, the hard disk is 80h.
+fn cd_boot(host: &Path, iso: PathBuf) -> Qemu {
+    let mut cfg = Config::disk(host);
+    cfg.drives.push(Drive { path: iso, interface: "ide", media_cdrom: true });
+    cfg.extra = vec!["-boot".into(), "d".into()];
+    Qemu::start(&cfg)
+}
+
 /// SYSLINUX on a floppy, booting vboot.lkrn with `append` as its command line; QEMU boots the
 /// floppy, the hard disk is 80h.
 fn syslinux_boot(dir: &TempDir, host: &Path, append: &str) -> Qemu {
-    let cfg = format!("SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  LINUX /vboot.lkrn\n  APPEND {}\n", append);
+    let cfg = syslinux_cfg("LINUX", "/vboot.lkrn", append);
     let lkrn = vboot_tests::lkrn();
     let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", &lkrn)]);
     let mut cfg = Config::disk(host);
@@ -59,14 +83,10 @@ fn syslinux_linux_starts_vboot_lkrn_whose_menu_boots_an_image_on_the_hard_disk()
     let dir = TempDir::new("lkrn-syslinux");
     let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
     let mut q = syslinux_boot(&dir, &host, "config=(hd0,1)/boot/grub/grub.cfg");
-    let out = q.expect("First lkrn guest", T);
-    assert!(out.contains("SYSLINUX"), "{}", out);
-    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
+    let out = menu_boots_guest_one(&mut q, "SYSLINUX");
     // SYSLINUX adds BOOT_IMAGE=; vboot lists it and goes on.
     assert!(out.contains("not vboot's, ignored: BOOT_IMAGE=/vboot.lkrn"), "{}", out);
     assert!(out.contains("as config= says"), "{}", out);
-    q.expect("LKRN-GUEST-ONE", T);
-    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
 }
 
 /// Without `config=`, grub.cfg is searched for on every BIOS hard disk; `entry=1` boots the
@@ -122,20 +142,13 @@ fn isolinux_kernel_starts_vboot_lkrn_from_a_cd() {
     std::fs::copy(guests::ISOLINUX_BIN, tree.join("isolinux/isolinux.bin")).unwrap();
     std::fs::copy(guests::LDLINUX_C32, tree.join("isolinux/ldlinux.c32")).unwrap();
     std::fs::copy(vboot_tests::lkrn(), tree.join("vboot.lkrn")).unwrap();
-    std::fs::write(
-        tree.join("isolinux/isolinux.cfg"),
-        "SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  KERNEL /vboot.lkrn\n  APPEND config=(hd0,1)/boot/grub/grub.cfg entry=1\n",
-    )
-    .unwrap();
+    std::fs::write(tree.join("isolinux/isolinux.cfg"), syslinux_cfg("KERNEL", "/vboot.lkrn", "config=(hd0,1)/boot/grub/grub.cfg entry=1")).unwrap();
     let iso = guests::make_iso(
         &tree,
         &dir.join("isolinux.iso"),
         &["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"],
     );
-    let mut cfg = Config::disk(&host);
-    cfg.drives.push(Drive { path: iso, interface: "ide", media_cdrom: true });
-    cfg.extra = vec!["-boot".into(), "d".into()];
-    let mut q = Qemu::start(&cfg);
+    let mut q = cd_boot(&host, iso);
     let out = q.expect("LKRN-GUEST-TWO", T);
     assert!(out.contains("ISOLINUX"), "{}", out);
     assert!(out.contains("Started as vboot.lkrn"), "{}", out);
@@ -173,17 +186,9 @@ fn pxelinux_starts_vboot_lkrn_over_tftp_and_an_image_on_the_local_disk_boots() {
     std::fs::copy(PXELINUX, tftp.join("pxelinux.0")).unwrap();
     std::fs::copy(guests::LDLINUX_C32, tftp.join("ldlinux.c32")).unwrap();
     std::fs::copy(vboot_tests::lkrn(), tftp.join("vboot.lkrn")).unwrap();
-    std::fs::write(
-        tftp.join("pxelinux.cfg/default"),
-        "SERIAL 0 115200\nDEFAULT vboot\nPROMPT 0\nTIMEOUT 0\nLABEL vboot\n  LINUX vboot.lkrn\n  APPEND config=(hd0,1)/boot/grub/grub.cfg\n",
-    )
-    .unwrap();
+    std::fs::write(tftp.join("pxelinux.cfg/default"), syslinux_cfg("LINUX", "vboot.lkrn", "config=(hd0,1)/boot/grub/grub.cfg")).unwrap();
     let mut q = net_boot(&host, &tftp, "pxelinux.0");
-    let out = q.expect("First lkrn guest", T);
-    assert!(out.contains("PXELINUX"), "{}", out);
-    assert!(out.contains("Started as vboot.lkrn"), "{}", out);
-    q.expect("LKRN-GUEST-ONE", T);
-    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+    menu_boots_guest_one(&mut q, "PXELINUX");
 }
 
 /// iPXE's own `chain` (a script the ROM fetches by TFTP), with a command line after the file.
@@ -209,10 +214,7 @@ fn grub_linux16_starts_vboot_lkrn_whose_menu_boots_an_image_on_the_hard_disk() {
     let lkrn = std::fs::read(vboot_tests::lkrn()).unwrap();
     let script = "echo VBOOT-GRUB-LINUX16\nlinux16 /vboot.lkrn config=(hd0,1)/boot/grub/grub.cfg entry=1\nboot\necho VBOOT-GRUB-FAILED\noutb 0xf4 0x11";
     let iso = guests::grub_rescue_iso(&dir.path, "rescue-lkrn", script, &[("/vboot.lkrn", &lkrn)]);
-    let mut cfg = Config::disk(&host);
-    cfg.drives.push(Drive { path: iso, interface: "ide", media_cdrom: true });
-    cfg.extra = vec!["-boot".into(), "d".into()];
-    let mut q = Qemu::start(&cfg);
+    let mut q = cd_boot(&host, iso);
     let out = q.expect("LKRN-GUEST-TWO", T);
     assert!(out.contains("VBOOT-GRUB-LINUX16"), "{}", out);
     assert!(out.contains("Started as vboot.lkrn"), "{}", out);
