@@ -69,10 +69,15 @@ fn cd_boot(host: &Path, iso: PathBuf) -> Qemu {
 /// SYSLINUX on a floppy, booting vboot.lkrn with `append` as its command line; QEMU boots the
 /// floppy, the hard disk is 80h.
 fn syslinux_boot(dir: &TempDir, host: &Path, append: &str) -> Qemu {
+    syslinux_boot_with(dir, host, append, 128)
+}
+
+fn syslinux_boot_with(dir: &TempDir, host: &Path, append: &str, memory_mib: u32) -> Qemu {
     let cfg = syslinux_cfg("LINUX", "/vboot.lkrn", append);
     let lkrn = vboot_tests::lkrn();
     let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", &lkrn)]);
     let mut cfg = Config::disk(host);
+    cfg.memory_mib = memory_mib;
     cfg.drives.push(Drive { path: floppy, interface: "floppy", media_cdrom: false });
     cfg.extra = vec!["-boot".into(), "a".into()];
     Qemu::start(&cfg)
@@ -235,4 +240,32 @@ fn booted_by_the_bios_vboot_lkrn_says_it_needs_a_boot_loader() {
     let mut q = Qemu::start(&cfg);
     q.expect("vboot.lkrn is started by a boot loader", T);
     assert_eq!(q.wait_exit(Duration::from_secs(3)), None, "it should wait, not reset");
+}
+
+/// After the menu nothing differs: `take_snapshot=` makes a VMDK child and rewrites the grub.cfg
+/// that `config=` named (not one of the usual paths), and the probe passes on the child.
+#[test]
+fn take_snapshot_works_from_vboot_lkrn_and_rewrites_the_named_config() {
+    let dir = TempDir::new("lkrn-snapshot");
+    let mut probe_cfg = guests::ProbeConfig::new(16 * 2048);
+    probe_cfg.flags = guests::FLAG_EXACT_15H | guests::FLAG_CYLINDERS_C1 | guests::FLAG_OOR_COUNT_ZERO;
+    probe_cfg.writes = vec![guests::ProbeWrite { lba: 9000, sectors: 16 }];
+    let probe = guests::build_probe(&dir.join("probe-build"));
+    let raw = dir.join("probe.img");
+    guests::make_probe_disk(&raw, &probe, &probe_cfg);
+    let base = dir.join("base.vmdk");
+    vboot_tests::qemu_img(&["convert", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw.to_str().unwrap(), base.to_str().unwrap()]);
+    let cfg = "set timeout=0\nset default=1\nmenuentry 'XP' {\n    vboot harddisk=/vm/base.vmdk\n}\n\
+menuentry 'XP: take a snapshot' {\n    vboot harddisk=/vm/base.vmdk take_snapshot=/vm/s1.vmdk boot_entry=0 reserve=4M\n}\n";
+    let host = disk::mbr_fat32_disk(&dir, 96, &[FileSpec::new("/boot/vboot.cfg", cfg), FileSpec::new("/vm/base.vmdk", std::fs::read(&base).unwrap())]);
+    let mut q = syslinux_boot_with(&dir, &host, "config=(hd0,1)/boot/vboot.cfg", 256);
+    let out = q.expect(guests::PROBE_PASS, T);
+    assert!(out.contains("snapshot: /vm/s1.vmdk made, a VMDK child of /vm/base.vmdk"), "{}", out);
+    assert!(out.contains("grub.cfg: (hd0,1)/boot/vboot.cfg rewritten to boot /vm/s1.vmdk"), "{}", out);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+    let part = dir.join("part-after.img");
+    disk::partition_of(&host, 96 * 2048 - 2048, &part);
+    let got = dir.join("vboot.cfg");
+    disk::fat_get(&part, "/boot/vboot.cfg", &got);
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), cfg.replace("vboot harddisk=/vm/base.vmdk\n", "vboot harddisk=/vm/s1.vmdk\n"));
 }
