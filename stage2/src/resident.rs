@@ -27,7 +27,7 @@ pub(crate) fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
         let head: &[u8; 512] = blob.get(..512).and_then(|h| h.try_into().ok()).ok_or("vboot.lkrn holds no resident engine")?;
         let (len, crc) = vboot::install::engine_blob_header(head).ok_or("vboot.lkrn's resident engine has no blob header")?;
         let elf = blob.get(512..512 + len as usize).ok_or("vboot.lkrn's resident engine is cut short")?;
-        return check_engine(elf.to_vec(), crc);
+        return check_engine(elf.to_vec(), crc, "in vboot.lkrn", "copy vboot.lkrn again");
     }
     let lba = ENGINE_LBA.load(Ordering::SeqCst);
     let mut head = [0u8; 512];
@@ -42,15 +42,16 @@ pub(crate) fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
     let mut elf = alloc::vec![0u8; (len as usize).div_ceil(512) * 512];
     disk.read_sectors(lba + 1, &mut elf).map_err(|e| format!("reading the resident engine: {}", e))?;
     elf.truncate(len as usize);
-    check_engine(elf, crc)
+    check_engine(elf, crc, "on disk", "reinstall vboot")
 }
 
-fn check_engine(elf: Vec<u8>, crc: u32) -> Result<Vec<u8>, String> {
+/// The engine's ELF against its blob header's CRC-32; `place` and `remedy` for the message.
+fn check_engine(elf: Vec<u8>, crc: u32, place: &str, remedy: &str) -> Result<Vec<u8>, String> {
     let computed = vboot::crc32::crc32(&elf);
     if computed != crc {
         return Err(format!(
-            "the resident engine on disk is damaged (CRC-32 {:#010x}, expected {:#010x}); reinstall vboot",
-            computed, crc
+            "the resident engine {} is damaged (CRC-32 {:#010x}, expected {:#010x}); {}",
+            place, computed, crc, remedy
         ));
     }
     Ok(elf)

@@ -73,9 +73,13 @@ fn syslinux_boot(dir: &TempDir, host: &Path, append: &str) -> Qemu {
 }
 
 fn syslinux_boot_with(dir: &TempDir, host: &Path, append: &str, memory_mib: u32) -> Qemu {
+    syslinux_boot_file(dir, host, append, memory_mib, &vboot_tests::lkrn())
+}
+
+/// [`syslinux_boot_with`] of the vboot.lkrn at `lkrn`.
+fn syslinux_boot_file(dir: &TempDir, host: &Path, append: &str, memory_mib: u32, lkrn: &Path) -> Qemu {
     let cfg = syslinux_cfg("LINUX", "/vboot.lkrn", append);
-    let lkrn = vboot_tests::lkrn();
-    let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", &lkrn)]);
+    let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", lkrn)]);
     let mut cfg = Config::disk(host);
     cfg.memory_mib = memory_mib;
     cfg.drives.push(Drive { path: floppy, interface: "floppy", media_cdrom: false });
@@ -268,4 +272,30 @@ menuentry 'XP: take a snapshot' {\n    vboot harddisk=/vm/base.vmdk take_snapsho
     let got = dir.join("vboot.cfg");
     disk::fat_get(&part, "/boot/vboot.cfg", &got);
     assert_eq!(std::fs::read_to_string(&got).unwrap(), cfg.replace("vboot harddisk=/vm/base.vmdk\n", "vboot harddisk=/vm/s1.vmdk\n"));
+}
+
+/// A vboot.lkrn whose engine was damaged after it was built: the menu comes up (stage2 is
+/// whole), an entry is refused with the engine's CRC-32 message before anything is hooked, and a
+/// key brings the menu back.
+#[test]
+fn a_damaged_engine_in_vboot_lkrn_is_refused_at_boot_with_the_menu_back() {
+    let dir = TempDir::new("lkrn-damaged");
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", &TWO_GUESTS.replace("set timeout=1", "set timeout=-1"));
+    let mut bytes = std::fs::read(vboot_tests::lkrn()).unwrap();
+    let real = (bytes[0x1F1] as usize + 1) * 512;
+    let stage2 = vboot::install::Stage2Header::parse(&bytes[0x400..]).expect("stage2's low part at 0x400");
+    let engine_at = real + (stage2.sectors - stage2.load_sectors) as usize * 512;
+    assert_eq!(&bytes[engine_at..engine_at + 8], &vboot::install::ENGINE_MAGIC);
+    bytes[engine_at + 512 + 4096] ^= 0x5A;
+    let damaged = dir.join("vboot.lkrn");
+    std::fs::write(&damaged, bytes).unwrap();
+    let mut q = syslinux_boot_file(&dir, &host, "config=(hd0,1)/boot/grub/grub.cfg", 128, &damaged);
+    q.expect("Second lkrn guest", T);
+    q.send(b"1");
+    let out = q.expect("Press any key to return to the menu", T);
+    assert!(out.contains("the resident engine in vboot.lkrn is damaged (CRC-32"), "{}", out);
+    assert!(!out.contains("LKRN-GUEST-ONE"), "{}", out);
+    let mark = q.mark();
+    q.send(b"\r");
+    q.expect_from(mark, "Second lkrn guest", T);
 }
