@@ -114,13 +114,16 @@ setup_start:
     cmp $CMDLINE_ADDR, %edx
     ja fail                             # it reaches into 0x7E00..
 1:
-    # The command line (linear address from the loader, below 0xA0000) to 0000:7E00.
+    # The command line (linear address from the loader, below 0xA0000 as the protocol has it;
+    # anywhere else, or none, is an empty one) to 0000:7E00.
     xor %ax, %ax
     mov %ax, %es
     mov $CMDLINE_ADDR, %di
     mov HDR_CMD_LINE_PTR, %esi
     test %esi, %esi
     jz 3f
+    cmp $0xA0000, %esi
+    jae 3f
     push %ds
     mov %esi, %eax
     shr $4, %eax
