@@ -299,3 +299,39 @@ fn a_damaged_engine_in_vboot_lkrn_is_refused_at_boot_with_the_menu_back() {
     q.send(b"\r");
     q.expect_from(mark, "Second lkrn guest", T);
 }
+
+/// grub.cfg on the second hard disk (81h), found without `config=` after the first (80h) has
+/// none: that disk is vboot's boot disk, and its image boots as 80h.
+#[test]
+fn grub_cfg_on_the_second_hard_disk_is_found_and_its_image_boots() {
+    let dir = TempDir::new("lkrn-second");
+    let empty_dir = TempDir::new("lkrn-second-empty");
+    let empty = disk::mbr_fat32_disk(&empty_dir, 16, &[FileSpec::new("/readme.txt", "no grub.cfg here")]);
+    let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
+    let cfg = syslinux_cfg("LINUX", "/vboot.lkrn", "");
+    let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", &vboot_tests::lkrn())]);
+    let mut qcfg = Config::disk(&empty);
+    qcfg.drives.push(Drive::virtio(&host));
+    qcfg.drives.push(Drive { path: floppy, interface: "floppy", media_cdrom: false });
+    qcfg.extra = vec!["-boot".into(), "a".into()];
+    let mut q = Qemu::start(&qcfg);
+    let out = q.expect("LKRN-GUEST-ONE", T);
+    assert!(out.contains("Partitions of 0x80"), "{}", out);
+    assert!(out.contains("Partitions of 0x81"), "{}", out);
+    assert_eq!(q.wait_exit(T), Some(EXIT_PASS), "{}", q.output());
+}
+
+/// No `config=` and no grub.cfg on any hard disk: the disks looked at are listed, with the way to
+/// name the file, and a key looks again.
+#[test]
+fn no_grub_cfg_on_any_disk_says_where_it_looked() {
+    let dir = TempDir::new("lkrn-none");
+    let empty = disk::mbr_fat32_disk(&dir, 16, &[FileSpec::new("/readme.txt", "no grub.cfg here")]);
+    let mut q = syslinux_boot(&dir, &empty, "quiet");
+    let out = q.expect("Press any key to try again", T);
+    assert!(out.contains("no grub.cfg on any BIOS hard disk; give its place on vboot.lkrn's command line"), "{}", out);
+    assert!(out.contains("0x80: no grub.cfg found. Looked in:"), "{}", out);
+    let mark = q.mark();
+    q.send(b"\r");
+    q.expect_from(mark, "Press any key to try again", T);
+}
