@@ -310,6 +310,9 @@ pub struct InstallPlan {
     pub record: InstallRecord,
     /// True when an earlier vboot's saved sector 0 is kept (a reinstall or an upgrade).
     pub keeps_saved_mbr: bool,
+    /// The saved sector 0 holds another boot loader's code ([`has_foreign_boot_code`]), which
+    /// `chainloader --original-mbr` can start.
+    pub saved_boot_code: bool,
     pub notes: Vec<String>,
     /// Saved sector 0 and stage2 first, the record next, sector 0 last: an install cut short
     /// leaves the old boot code in charge.
@@ -520,7 +523,15 @@ pub fn plan_install<D: BlockDevice>(
         SectorWrite { lba: record_lba, bytes: record.to_sector().to_vec(), what: "install record" },
         SectorWrite { lba: 0, bytes: merge_stage1(stage1, &sector0, &patch).to_vec(), what: "stage1 in sector 0" },
     ];
-    Ok(InstallPlan { scheme: table.scheme, record, keeps_saved_mbr, notes, writes })
+    let saved_boot_code = has_foreign_boot_code(&saved_mbr);
+    Ok(InstallPlan { scheme: table.scheme, record, keeps_saved_mbr, saved_boot_code, notes, writes })
+}
+
+/// Whether a saved sector 0 holds another boot loader's code: its code area is not all zeros
+/// (a disk partitioned but never made bootable has none) and is not vboot's own stage1 (put
+/// there with `dd` before vboot-install ran), so starting it starts something else.
+pub fn has_foreign_boot_code(sector0: &[u8; SECTOR_BYTES]) -> bool {
+    sector0[..STAGE1_CODE_LIMIT].iter().any(|&b| b != 0) && !StagePatch::read(sector0).is_vboot()
 }
 
 /// The sector 0 `uninstall` and `recover_mbr` put back: the boot code vboot-install saved, with

@@ -685,10 +685,10 @@ pub fn render(config: &Config, state: &MenuState, width: usize, height: usize) -
                         body.push(format!("    {}", l));
                     }
                     body.push(String::new());
-                    match e.boot_options() {
-                        Ok(o) => {
+                    match e.boot_command() {
+                        Ok(command) => {
                             body.push("What vboot will do:".to_string());
-                            for d in o.describe() {
+                            for d in command.describe() {
                                 body.push(format!("    {}", d));
                             }
                         }
@@ -755,9 +755,9 @@ pub fn boot_summary(config: &Config, path: &[usize]) -> Result<Vec<String>, Vec<
     };
     let mut lines = vec![format!("Booting '{}'", entry.title), String::new()];
     let notes = entry.skipped.iter().map(|n| format!("Note: line {}: {}", n.line, n.message));
-    match entry.boot_options() {
-        Ok(o) => {
-            lines.extend(o.describe().into_iter().map(|d| format!("  {}", d)));
+    match entry.boot_command() {
+        Ok(command) => {
+            lines.extend(command.describe().into_iter().map(|d| format!("  {}", d)));
             lines.extend(notes);
             Ok(lines)
         }

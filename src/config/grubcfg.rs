@@ -17,6 +17,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
+use super::chainload::{ChainTarget, ChainloadError};
 use super::options::{OptionError, VbootOptions};
 
 mod eval;
@@ -127,6 +128,10 @@ pub struct Entry {
     pub vboot: Option<Result<VbootOptions, OptionError>>,
     /// Line of the `vboot` command, when there is one.
     pub vboot_line: Option<usize>,
+    /// `None` when the entry has no `chainloader` line.
+    pub chainloader: Option<Result<ChainTarget, ChainloadError>>,
+    /// Line of the `chainloader` command, when there is one.
+    pub chainloader_line: Option<usize>,
     /// Line of the `menuentry` word.
     pub line_number: usize,
     /// Commands of the body vboot does not run, to show when the entry is opened or booted.
@@ -138,6 +143,27 @@ pub struct Entry {
 pub enum EntryProblem {
     NoVbootLine { title: String },
     Options { line: usize, error: OptionError },
+    Chainloader { line: usize, error: ChainloadError },
+    /// Both a `vboot` and a `chainloader` line: which one was meant is not for vboot to guess.
+    VbootAndChainloader { vboot_line: usize, chainloader_line: usize },
+}
+
+/// How an entry boots: its `vboot` line (an image file) or its `chainloader` line (a boot
+/// sector already on a disk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootCommand<'e> {
+    Vboot(&'e VbootOptions),
+    Chainload(&'e ChainTarget),
+}
+
+impl BootCommand<'_> {
+    /// One fact a line, for the entry view and the screen before booting.
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            BootCommand::Vboot(o) => o.describe(),
+            BootCommand::Chainload(t) => t.describe(),
+        }
+    }
 }
 
 impl fmt::Display for EntryProblem {
@@ -147,12 +173,34 @@ impl fmt::Display for EntryProblem {
                 write!(f, "menu entry '{}' has no vboot line, so there is nothing to boot", title)
             }
             EntryProblem::Options { line, error } => write!(f, "grub.cfg line {}: {}", line, error),
+            EntryProblem::Chainloader { line, error } => write!(f, "grub.cfg line {}: {}", line, error),
+            EntryProblem::VbootAndChainloader { vboot_line, chainloader_line } => write!(
+                f,
+                "grub.cfg line {}: this entry has both a vboot line (line {}) and a chainloader line; keep one",
+                chainloader_line, vboot_line
+            ),
         }
     }
 }
 
 impl Entry {
-    /// The parsed options, or what stops this entry from booting.
+    /// The entry's one way to boot, or what stops it from booting.
+    pub fn boot_command(&self) -> Result<BootCommand<'_>, EntryProblem> {
+        match (&self.chainloader, self.vboot_line) {
+            (None, _) => self.boot_options().map(BootCommand::Vboot),
+            (Some(_), Some(vboot_line)) => Err(EntryProblem::VbootAndChainloader {
+                vboot_line,
+                chainloader_line: self.chainloader_line.unwrap_or(self.line_number),
+            }),
+            (Some(Ok(target)), None) => Ok(BootCommand::Chainload(target)),
+            (Some(Err(e)), None) => Err(EntryProblem::Chainloader {
+                line: self.chainloader_line.unwrap_or(self.line_number),
+                error: e.clone(),
+            }),
+        }
+    }
+
+    /// The parsed `vboot` line, or what stops this entry from booting an image.
     pub fn boot_options(&self) -> Result<&VbootOptions, EntryProblem> {
         match &self.vboot {
             None => Err(EntryProblem::NoVbootLine { title: self.title.clone() }),

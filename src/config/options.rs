@@ -511,15 +511,7 @@ mod tests {
 
     /// The refusal names the word and says the expected thing.
     fn refused(line: &str, word: &str, needle: &str) -> OptionErrorKind {
-        let e = match parse(line) {
-            Ok(o) => panic!("{:?} accepted: {:?}", line, o),
-            Err(e) => e,
-        };
-        let msg = e.to_string();
-        assert_eq!(e.word, word, "{}", msg);
-        assert!(msg.contains(&format!("`{}`", word)), "{:?} does not name `{}`", msg, word);
-        assert!(msg.contains(needle), "{:?} lacks {:?}", msg, needle);
-        e.kind
+        crate::config::refusal(line, parse(line), |e| &e.word, word, needle).kind
     }
 
     #[test]

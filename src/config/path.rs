@@ -142,7 +142,7 @@ fn parse_device(text: &str, device: &str) -> Result<(u32, Option<PartitionRef>),
             return Err(err(
                 text,
                 if known_elsewhere {
-                    format!("device `({})` is not a BIOS hard disk; vboot reads image files from (hdN) disks only", device)
+                    format!("device `({})` is not a BIOS hard disk; vboot reads and starts (hdN) disks only", device)
                 } else {
                     format!("unknown device `({})`; write (hdN) or (hdN,M), for example (hd0,1)", device)
                 },
@@ -186,18 +186,50 @@ fn parse_device(text: &str, device: &str) -> Result<(u32, Option<PartitionRef>),
 impl fmt::Display for GrubPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(disk) = self.disk {
-            write!(f, "(hd{}", disk)?;
-            if let Some(p) = self.partition {
-                let prefix = match p.scheme_hint {
-                    None => "",
-                    Some(PartitionScheme::Msdos) => "msdos",
-                    Some(PartitionScheme::Gpt) => "gpt",
-                };
-                write!(f, ",{}{}", prefix, p.number)?;
-            }
-            write!(f, ")")?;
+            write!(f, "{}", GrubDevice { disk, partition: self.partition })?;
         }
         write!(f, "{}", self.path)
+    }
+}
+
+/// A device on its own, `(hd1)` or `(hd0,msdos2)`, as GRUB's `root` variable and `chainloader`
+/// name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrubDevice {
+    pub disk: u32,
+    /// `None`: the whole disk.
+    pub partition: Option<PartitionRef>,
+}
+
+impl GrubDevice {
+    /// `hd0,2` or `(hd0,2)` (GRUB's `root` is written both ways); `text` is quoted in errors.
+    pub fn parse(text: &str) -> Result<GrubDevice, PathError> {
+        let inner = match text.strip_prefix('(') {
+            Some(rest) => rest.strip_suffix(')').ok_or_else(|| err(text, "the device has no closing `)`; write it as (hd0,1)"))?,
+            None => text,
+        };
+        let (disk, partition) = parse_device(text, inner)?;
+        Ok(GrubDevice { disk, partition })
+    }
+
+    /// The BIOS drive GRUB's `hdN` is: 80h + N, while that is a drive number (N < 128).
+    pub fn bios_drive(&self) -> Option<u8> {
+        u8::try_from(0x80u64 + self.disk as u64).ok()
+    }
+}
+
+impl fmt::Display for GrubDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "(hd{}", self.disk)?;
+        if let Some(p) = self.partition {
+            let prefix = match p.scheme_hint {
+                None => "",
+                Some(PartitionScheme::Msdos) => "msdos",
+                Some(PartitionScheme::Gpt) => "gpt",
+            };
+            write!(f, ",{}{}", prefix, p.number)?;
+        }
+        write!(f, ")")
     }
 }
 

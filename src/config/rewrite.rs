@@ -15,7 +15,8 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use super::grubcfg::{Config, MenuItem};
+use super::chainload::ChainTarget;
+use super::grubcfg::{BootCommand, Config, MenuItem};
 use super::options::VbootOptions;
 use super::path::GrubPath;
 
@@ -33,13 +34,7 @@ pub fn rewrite_for_snapshot(text: &str, target: &SnapshotTarget, child: &GrubPat
     match target {
         SnapshotTarget::Entry(path) => retarget_entry(text, path, child),
         SnapshotTarget::NewEntry { title, template } => {
-            let mut out = String::from(text);
-            let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
-            if !out.is_empty() && !out.ends_with('\n') {
-                out.push_str(newline);
-            }
-            let line = vboot_line(&snapshot_successor(template, child));
-            out.push_str(&format!("menuentry {} {{{nl}    {}{nl}}}{nl}", quote_word(title), line, nl = newline));
+            let out = append_entry(text, title, &vboot_line(&snapshot_successor(template, child)));
             // The result must parse, and the new entry must be there with its options.
             let c = Config::parse(&out).map_err(|e| format!("the rewritten grub.cfg would not parse: {}", e))?;
             let added = c.entries.last().and_then(|i| match i {
@@ -51,6 +46,56 @@ pub fn rewrite_for_snapshot(text: &str, target: &SnapshotTarget, child: &GrubPat
                 _ => Err(String::from("the new menu entry would not be read back as written")),
             }
         }
+    }
+}
+
+/// `text` with an entry `title` of the one line `body` appended, in the file's line ends.
+fn append_entry(text: &str, title: &str, body: &str) -> String {
+    let mut out = String::from(text);
+    let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push_str(newline);
+    }
+    out.push_str(&format!("menuentry {} {{{nl}    {}{nl}}}{nl}", quote_word(title), body, nl = newline));
+    out
+}
+
+/// Title of the entry vboot-install offers for the boot loader it replaced.
+pub const ORIGINAL_MBR_TITLE: &str = "Previous boot loader (original MBR)";
+
+/// The entry that starts the original MBR, as vboot-install appends or prints it.
+pub fn original_mbr_entry() -> String {
+    append_entry("", ORIGINAL_MBR_TITLE, "chainloader --original-mbr")
+}
+
+/// grub.cfg `text` with [`original_mbr_entry`] appended; `Ok(None)` when an entry of the menu
+/// (or of a submenu) already starts the original MBR, so a reinstall adds no second one; `Err`
+/// when `text` does not parse (vboot-install then leaves the file alone).
+pub fn with_original_mbr_entry(text: &str) -> Result<Option<String>, String> {
+    fn starts_original_mbr(item: &MenuItem) -> bool {
+        match item {
+            MenuItem::Entry(e) => matches!(e.boot_command(), Ok(BootCommand::Chainload(ChainTarget::OriginalMbr))),
+            MenuItem::Submenu(s) => s.items.iter().any(starts_original_mbr),
+        }
+    }
+    let config = Config::parse(text).map_err(|e| format!("it does not parse: {}", e))?;
+    if config.entries.iter().any(starts_original_mbr) {
+        return Ok(None);
+    }
+    let mut out = String::from(text);
+    if !out.is_empty() {
+        // The file's last line ended, then a blank line before the new entry.
+        let newline = if text.contains("\r\n") { "\r\n" } else { "\n" };
+        if !out.ends_with('\n') {
+            out.push_str(newline);
+        }
+        out.push_str(newline);
+    }
+    let out = append_entry(&out, ORIGINAL_MBR_TITLE, "chainloader --original-mbr");
+    let check = Config::parse(&out).map_err(|e| format!("with the entry appended it would not parse: {}", e))?;
+    match check.entries.last() {
+        Some(last) if starts_original_mbr(last) => Ok(Some(out)),
+        _ => Err(String::from("the appended entry would not be read back as written")),
     }
 }
 
@@ -195,6 +240,24 @@ mod tests {
     const CFG: &str = "set timeout=5\nset default=0\n\nmenuentry 'XP' {\n\tvboot harddisk=/vm/xp.vhd pause\n}\n\
 menuentry 'XP: snapshot' --class os {\n    # take one\n    vboot harddisk=/vm/xp.vhd take_snapshot=/vm/s1.vhd boot_entry=0 parent_dir=/base\n}\n\
 submenu 'More' {\n  menuentry 'Inner' {\n    vboot harddisk=(hd0,2)/a.vmdk immutable\n  }\n}\n";
+
+    #[test]
+    fn the_original_mbr_entry_is_appended_once() {
+        let out = with_original_mbr_entry(CFG).unwrap().unwrap();
+        assert_eq!(
+            out,
+            format!("{}\nmenuentry 'Previous boot loader (original MBR)' {{\n    chainloader --original-mbr\n}}\n", CFG)
+        );
+        assert_eq!(with_original_mbr_entry(&out).unwrap(), None, "a second install adds no second entry");
+        // CRLF files get CRLF; an empty file gets just the entry; a last line without its end is ended.
+        let crlf = with_original_mbr_entry("set timeout=5\r\n").unwrap().unwrap();
+        assert!(crlf.ends_with("\r\n\r\nmenuentry 'Previous boot loader (original MBR)' {\r\n    chainloader --original-mbr\r\n}\r\n"), "{:?}", crlf);
+        assert_eq!(with_original_mbr_entry("").unwrap().unwrap(), original_mbr_entry());
+        assert!(with_original_mbr_entry("set timeout=5").unwrap().unwrap().starts_with("set timeout=5\n\nmenuentry"));
+        // One inside a submenu counts too.
+        assert_eq!(with_original_mbr_entry("submenu S {\n menuentry O { chainloader --original-mbr }\n}\n").unwrap(), None);
+        assert!(with_original_mbr_entry("menuentry 'broken {\n").unwrap_err().contains("does not parse"));
+    }
 
     #[test]
     fn retargeting_an_entry_changes_only_its_vboot_line() {

@@ -10,6 +10,7 @@
 
 mod gpt;
 mod guid;
+pub mod handover;
 mod mbr;
 mod table;
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub use vboot::realmode::Regs;
 
 extern "C" {
     fn bios_call(vector: u32, regs: *mut Regs);
-    fn real_mode_jump(cs_ip: u32, dl: u32) -> !;
+    fn real_mode_jump(cs_ip: u32, dl: u32, si: u32) -> !;
     #[link_name = "stage1_used_lba"]
     static STAGE1_USED_LBA: u8;
     #[link_name = "stage2_preloaded"]
@@ -55,9 +55,15 @@ pub fn call(vector: u8, regs: &mut Regs) {
 
 /// Leave for real mode and jump to `segment:offset` with DL = `drive`. Does not return.
 pub fn jump_real_mode(segment: u16, offset: u16, drive: u8) -> ! {
+    jump_real_mode_with_si(segment, offset, drive, 0)
+}
+
+/// [`jump_real_mode`] with DS:SI = 0000:`si`: how MBR code hands a partition's boot sector its
+/// partition entry.
+pub fn jump_real_mode_with_si(segment: u16, offset: u16, drive: u8, si: u16) -> ! {
     // SAFETY: stage2 ends here: nothing of it runs again, so whatever the code at segment:offset
     // does to stage2's memory cannot break a Rust invariant.
-    unsafe { real_mode_jump(((segment as u32) << 16) | offset as u32, drive as u32) }
+    unsafe { real_mode_jump(((segment as u32) << 16) | offset as u32, drive as u32, si as u32) }
 }
 
 /// Segment:offset for a linear address below 1 MiB.

@@ -85,9 +85,9 @@ fn menu_loop(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, resum
                         }
                         crate::fault::at_entry(entry);
                         entry
-                            .boot_options()
+                            .boot_command()
                             .map_err(|e| format!("{}", e))
-                            .and_then(|opts| crate::entry::boot(disk, table, loaded, &path, opts))
+                            .and_then(|command| crate::entry::boot(disk, table, loaded, &path, command))
                     }
                 };
                 if let Err(e) = result {

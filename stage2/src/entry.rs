@@ -1,6 +1,7 @@
 //! The order of the steps of a boot, for one menu entry (docs/architecture.md, "A boot"): open
 //! the files its `vboot` line names, make the host filesystem changes the options ask for, then
-//! go resident and start the guest. Every refusal comes back as an error before the hook.
+//! go resident and start the guest. Every refusal comes back as an error before the hook. An
+//! entry with a `chainloader` line instead goes to chainload.rs (no image, no hook).
 
 use alloc::format;
 use alloc::string::String;
@@ -8,17 +9,25 @@ use alloc::vec::Vec;
 
 use crate::disk::BiosDisk;
 use crate::host::{open_image_file, DriveRole, EntryFile, Loaded};
-use crate::{guest, media, prepare, recover, resident, screen};
+use crate::{chainload, guest, media, prepare, recover, resident, screen};
 use crate::println;
-use vboot::config::VbootOptions;
+use vboot::config::{BootCommand, VbootOptions};
 use vboot::part::PartitionTable;
 
-/// Boot the entry at `booted` (its path in the menu) with `opts`. Returns only to say why it
-/// could not.
-pub fn boot(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted: &[usize], opts: &VbootOptions) -> Result<(), String> {
-    for line in opts.describe() {
+/// Boot the entry at `booted` (its path in the menu) by its `vboot` or `chainloader` line.
+/// Returns only to say why it could not.
+pub fn boot(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted: &[usize], command: BootCommand) -> Result<(), String> {
+    for line in command.describe() {
         println!("  {}", line);
     }
+    match command {
+        BootCommand::Vboot(opts) => boot_image(disk, table, loaded, booted, opts),
+        BootCommand::Chainload(target) => chainload::boot(disk, target),
+    }
+}
+
+/// A `vboot` line: its image files become the guest's drives.
+fn boot_image(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted: &[usize], opts: &VbootOptions) -> Result<(), String> {
     let mut files = open_files(disk, table, loaded, opts)?;
     // Host filesystem changes for the hard-disk image happen here, before going resident.
     let mut opts = opts.clone();

@@ -441,9 +441,10 @@ bios_call:
     popal
     ret
 
-# void real_mode_jump(uint32_t cs_ip, uint32_t dl)
+# void real_mode_jump(uint32_t cs_ip, uint32_t dl, uint32_t si)
 # Leave protected mode for good and jump to a real-mode far address with DL set, the way a BIOS
-# hands over a boot sector: segments 0, SP = 0x7C00, interrupts on.
+# hands over a boot sector: segments 0, SP = 0x7C00, interrupts on. SI is 0, or the offset of the
+# partition entry an MBR hands a partition's boot sector (DS:SI, with DS = 0).
 .global real_mode_jump
 real_mode_jump:
     cli
@@ -451,6 +452,8 @@ real_mode_jump:
     mov %eax, jump_target
     mov 8(%esp), %eax
     mov %al, jump_dl
+    mov 12(%esp), %eax
+    mov %ax, jump_si
     ljmp $SEL_CODE16, $.Ljump16
 .code16
 .Ljump16:
@@ -475,7 +478,7 @@ real_mode_jump:
     xor %eax, %eax
     xor %ebx, %ebx
     xor %ecx, %ecx
-    xor %esi, %esi
+    movzwl jump_si, %esi
     xor %edi, %edi
     xor %ebp, %ebp
     and $0xFF, %edx
@@ -511,6 +514,8 @@ jump_target:
     .long 0
 jump_dl:
     .byte 0
+jump_si:
+    .word 0
 .global boot_drive
 boot_drive:
     .byte 0

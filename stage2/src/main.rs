@@ -232,6 +232,7 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
 }
 
 mod boot;
+mod chainload;
 mod entry;
 mod guest;
 mod host;

@@ -596,21 +596,10 @@ pub const ATTACH_BIG_BYTES: usize = 3 << 20;
 /// Each step prints `STEP ...`; a failed step prints `ATTACH-FAILED: ...` and the guest ends at
 /// once. At the end it prints [`ATTACH_OK`]. Either way QEMU ends with status 33: read the output.
 pub fn build_attach_guest(dir: &Path, host_partition: &str) -> PathBuf {
-    let attach = crate::workspace_root().join("target/vboot/vboot-attach");
-    assert!(attach.exists(), "{} is missing: run `cargo xtask build`", attach.display());
-    let modules = debian_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"]);
+    // Step 1 runs without virtio_blk; the initramfs-tools script loads nbd.
+    let (mut files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"], &["virtio_blk.ko", "nbd.ko"]);
     let local_top = crate::workspace_root().join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach");
-    let mut files: Vec<(String, PathBuf)> =
-        vec![("/bin/vboot-attach".into(), attach.clone()), ("/sbin/vboot-attach".into(), attach), ("/scripts/local-top/vboot-attach".into(), local_top)];
-    let mut load = String::new();
-    for m in &modules {
-        let name = m.file_name().unwrap().to_str().unwrap().to_string();
-        files.push((format!("/lib/modules/{}", name), m.clone()));
-        if name == "virtio_blk.ko" || name == "nbd.ko" {
-            continue; // step 1 runs without virtio_blk; the initramfs-tools script loads nbd
-        }
-        load.push_str(&format!("insmod /lib/modules/{} || fail \"insmod {}\"\n", name, name));
-    }
+    files.push(("/scripts/local-top/vboot-attach".into(), local_top));
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -710,6 +699,119 @@ finish
     let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
     let initrd = busybox_initramfs_with(&dir.join("attach-initrd.img"), &init, &refs);
     build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)])
+}
+
+/// What an attach guest's initramfs holds besides busybox: vboot-attach (target/vboot/, from
+/// `cargo xtask build`) in /bin and /sbin, and the Debian kernel's `modules` with their
+/// dependencies in /lib/modules/; and the script lines that insmod them in order, except `later`
+/// (file names such as "nbd.ko"), which the guest loads itself.
+fn attach_tool_and_modules(modules: &[&str], later: &[&str]) -> (Vec<(String, PathBuf)>, String) {
+    let attach = crate::workspace_root().join("target/vboot/vboot-attach");
+    assert!(attach.exists(), "{} is missing: run `cargo xtask build`", attach.display());
+    let mut files: Vec<(String, PathBuf)> = vec![("/bin/vboot-attach".into(), attach.clone()), ("/sbin/vboot-attach".into(), attach)];
+    let mut load = String::new();
+    for m in debian_modules(modules) {
+        let name = m.file_name().unwrap().to_str().unwrap().to_string();
+        files.push((format!("/lib/modules/{}", name), m.clone()));
+        if !later.contains(&name.as_str()) {
+            load.push_str(&format!("insmod /lib/modules/{} || fail \"insmod {}\"\n", name, name));
+        }
+    }
+    (files, load)
+}
+
+/// The file the live CD's guest reads from its own ISO through vboot-attach, and its content.
+pub const LIVE_CD_FILE: &str = "/vboot/live.txt";
+pub const LIVE_CD_TEXT: &str = "the live CD found its medium through /dev/nbd";
+/// The file it reads from the floppy, and the one it writes there.
+pub const LIVE_FLOPPY_FILE: &str = "/FLOPPY.TXT";
+pub const LIVE_FLOPPY_TEXT: &str = "on the floppy image";
+pub const LIVE_FLOPPY_NEW_FILE: &str = "/FROMCD.TXT";
+pub const LIVE_FLOPPY_NEW_TEXT: &str = "written by the live CD's Linux";
+
+/// A live CD: [`isolinux_linux_iso_with`] whose initramfs (busybox, vboot-attach, the Debian
+/// kernel's modules) finds its medium, booted through vboot with `cdrom=` and `floppy=` (no hard
+/// disk). /init:
+/// 1. `vboot-attach --info` (both drives listed);
+/// 2. `--drive cdrom`: mounts the device as iso9660 and checks [`LIVE_CD_FILE`] and `big_file`
+///    (its SHA-256 is `big_sha256`), finds the device read-only (a write fails), detaches;
+/// 3. `--drive floppy`: mounts it as vfat, checks [`LIVE_FLOPPY_FILE`], writes
+///    [`LIVE_FLOPPY_NEW_FILE`], detaches;
+/// 4. without `--drive` (no hard disk: the table's first drive, the CD), whole 2048-byte blocks;
+///    `--drive 0x80` refused with the list of drives;
+/// 5. `--all`: one device per drive, each detached.
+///
+/// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`; the end [`ATTACH_OK`]; QEMU ends with 33.
+pub fn build_attach_live_cd(dir: &Path, big_file: (&str, &[u8])) -> PathBuf {
+    let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "isofs", "vfat", "nls_cp437", "nls_ascii"], &["nbd.ko"]);
+    let big_sha256 = {
+        let tmp = dir.join("live-big.bin");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(&tmp, big_file.1).unwrap();
+        crate::disk::sha256(&tmp)
+    };
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys /mnt
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
+fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+echo "STEP modules"
+{load}
+insmod /lib/modules/nbd.ko nbds_max=4 max_part=8 || fail "insmod nbd.ko"
+echo "STEP info"
+vboot-attach --info || fail "vboot-attach --info"
+echo "STEP cdrom"
+dev=$(vboot-attach --drive cdrom --timeout 20) || fail "vboot-attach --drive cdrom"
+echo "CD-ON $dev ro=$(cat /sys/block/${{dev#/dev/}}/ro) bytes=$(($(cat /sys/block/${{dev#/dev/}}/size) * 512))"
+mount -t iso9660 -o ro $dev /mnt || fail "mount -t iso9660 $dev"
+[ "$(cat /mnt{cd_file})" = "{cd_text}" ] || fail "{cd_file} on the CD"
+[ "$(sha256sum /mnt{big} | cut -d' ' -f1)" = "{big_sha256}" ] || fail "{big} on the CD"
+echo "CD-READ-OK"
+umount /mnt
+dd if=/dev/zero of=$dev bs=2048 count=1 conv=fsync 2>/dev/null && fail "a write to the CD's device was accepted"
+echo "CD-WRITE-REFUSED"
+vboot-attach --detach $dev || fail "detach the CD"
+echo "STEP floppy"
+dev=$(vboot-attach --drive floppy --timeout 20) || fail "vboot-attach --drive floppy"
+echo "FLOPPY-ON $dev ro=$(cat /sys/block/${{dev#/dev/}}/ro)"
+mount -t vfat $dev /mnt || fail "mount -t vfat $dev"
+[ "$(cat /mnt{fd_file})" = "{fd_text}" ] || fail "{fd_file} on the floppy"
+echo -n "{fd_new_text}" > /mnt{fd_new_file} || fail "write {fd_new_file}"
+umount /mnt || fail "umount the floppy"
+vboot-attach --detach $dev || fail "detach the floppy"
+echo "FLOPPY-OK"
+echo "STEP default"
+dev=$(vboot-attach --timeout 20) || fail "vboot-attach without --drive"
+echo "DEFAULT-ON $dev bytes=$(($(cat /sys/block/${{dev#/dev/}}/size) * 512))"
+vboot-attach --detach $dev || fail "detach the default drive"
+vboot-attach --drive 0x80 && fail "--drive 0x80 was accepted"
+echo "STEP all"
+all=$(vboot-attach --all --timeout 20) || fail "vboot-attach --all"
+echo "ALL-ON" $all
+for d in $all; do vboot-attach --detach $d || fail "detach $d"; done
+echo "{ok}"
+finish
+"#,
+        load = load,
+        cd_file = LIVE_CD_FILE,
+        cd_text = LIVE_CD_TEXT,
+        big = big_file.0,
+        big_sha256 = big_sha256,
+        fd_file = LIVE_FLOPPY_FILE,
+        fd_text = LIVE_FLOPPY_TEXT,
+        fd_new_file = LIVE_FLOPPY_NEW_FILE,
+        fd_new_text = LIVE_FLOPPY_NEW_TEXT,
+        ok = ATTACH_OK
+    );
+    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
+    let initrd = busybox_initramfs_with(&dir.join("live-initrd.img"), &init, &refs);
+    isolinux_linux_iso_with(dir, &initrd, &[(LIVE_CD_FILE, LIVE_CD_TEXT.as_bytes()), big_file])
 }
 
 /// A one-sector guest that prints `message` (and CR LF) over serial and exits QEMU with 33,
@@ -1085,6 +1187,13 @@ pub fn isolinux_iso(dir: &Path, name: &str, message: &str, load_whole: bool) -> 
 /// sectors): Linux prints [`LINUX_OK`] on ttyS0 and ends QEMU with 33. The kernel is 64-bit:
 /// boot with qemu-system-x86_64.
 pub fn isolinux_linux_iso(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let initrd = busybox_initramfs(&dir.join("linux-cd-initrd.img"));
+    isolinux_linux_iso_with(dir, &initrd, &[])
+}
+
+/// [`isolinux_linux_iso`] with another initramfs and more files (path on the ISO, bytes).
+pub fn isolinux_linux_iso_with(dir: &Path, initrd: &Path, extra: &[(&str, &[u8])]) -> PathBuf {
     let kernel = debian_kernel();
     let tree = dir.join("linux-cd-tree");
     let _ = std::fs::remove_dir_all(&tree);
@@ -1092,7 +1201,12 @@ pub fn isolinux_linux_iso(dir: &Path) -> PathBuf {
     std::fs::copy(ISOLINUX_BIN, tree.join("isolinux/isolinux.bin")).unwrap();
     std::fs::copy(LDLINUX_C32, tree.join("isolinux/ldlinux.c32")).unwrap();
     std::fs::copy(&kernel, tree.join("vmlinuz")).unwrap();
-    busybox_initramfs(&tree.join("initrd.img"));
+    std::fs::copy(initrd, tree.join("initrd.img")).unwrap();
+    for (path, bytes) in extra {
+        let to = tree.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::write(to, bytes).unwrap();
+    }
     let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n  APPEND console=ttyS0 quiet panic=-1\n";
     std::fs::write(tree.join("isolinux/isolinux.cfg"), cfg).unwrap();
     make_iso(

@@ -262,6 +262,20 @@ impl Qemu {
         }
     }
 
+    /// At the menu (whose line `menu_line` is on screen), press `key` and wait for the guest to
+    /// end QEMU with the pass code after printing `needle`. Returns the output after the key.
+    pub fn boot_from_menu(&mut self, menu_line: &str, key: u8, needle: &str, timeout: Duration) -> String {
+        self.expect(menu_line, timeout);
+        std::thread::sleep(Duration::from_millis(200));
+        let mark = self.mark();
+        self.send(&[key]);
+        let status = self.wait_exit(timeout);
+        let tail = self.output().get(mark..).unwrap_or("").to_string();
+        assert!(tail.contains(needle), "key {:?}: no {:?} (exit {:?}):\n{}", key as char, needle, status, tail);
+        assert_eq!(status, Some(EXIT_PASS), "{}", tail);
+        tail
+    }
+
     /// Type bytes on the serial line.
     pub fn send(&mut self, bytes: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin");

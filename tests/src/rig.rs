@@ -55,17 +55,7 @@ impl Rig {
 
     /// Boot menu entry `digit` (the menu waits: timeout=-1) and wait for the pass code.
     pub fn boot_entry(&self, digit: u8, needle: &str) -> String {
-        let mut q = self.start();
-        q.expect(&self.last_title, T);
-        std::thread::sleep(Duration::from_millis(200));
-        let mark = q.mark();
-        q.send(&[b'0' + digit]);
-        let status = q.wait_exit(T);
-        let out = q.output();
-        let tail = out.get(mark..).unwrap_or("").to_string();
-        assert!(tail.contains(needle), "entry {}: no {:?} (exit {:?}):\n{}", digit, needle, status, tail);
-        assert_eq!(status, Some(EXIT_PASS), "{}", tail);
-        tail
+        self.start().boot_from_menu(&self.last_title, b'0' + digit, needle, T)
     }
 
     /// The images as the host disk holds them now, copied into `out/` under their own names (so

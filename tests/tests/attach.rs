@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 use vboot_tests::guests::{self, ATTACH_BIG_BYTES, ATTACH_BIG_FILE, ATTACH_FILE, ATTACH_FILE_TEXT, ATTACH_NEW_FILE, ATTACH_NEW_TEXT, ATTACH_OK};
 use vboot_tests::qemu::{Config, Qemu, EXIT_PASS};
-use vboot_tests::{disk, qemu_img, sh, vboot_host, vdisk_bin, TempDir};
+use vboot_tests::{disk, qemu_img, sh, vboot_host, vdisk_bin, HostImage, TempDir};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -359,4 +359,53 @@ fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
     let fsck = Command::new("e2fsck").args(["-f", "-n"]).arg(&p2).output().unwrap();
     assert!(fsck.status.success(), "e2fsck -f -n: {}", String::from_utf8_lossy(&fsck.stdout));
     eprintln!("demo: done in {:?}", started.elapsed());
+}
+
+/// A live CD finds its medium: an ISOLINUX CD (xorriso) booting Debian's kernel, with a floppy
+/// image (mkfs.fat) beside it and no hard disk, booted through vboot with `cdrom=` and `floppy=`.
+/// Its initramfs serves the CD with `vboot-attach --drive cdrom` and Linux's iso9660 driver reads
+/// its files; the device is read-only. `--drive floppy` serves the floppy, which vfat reads and
+/// writes; the host finds the new file in the image and fsck.fat finds it clean. Without
+/// `--drive` the CD is served (no hard disk); `--all` serves both
+/// (`guests::build_attach_live_cd` lists the steps).
+#[test]
+fn a_live_cd_finds_its_medium_and_its_floppy() {
+    let dir = TempDir::new("attach-live-cd");
+    let big = guests::pseudo_random_bytes(300_000, 41);
+    let iso = guests::build_attach_live_cd(&dir.path, ("/vboot/big.bin", &big));
+    let floppy = dir.join("a.img");
+    disk::fat_volume(&floppy, 2880, 12, &[disk::FileSpec::new(guests::LIVE_FLOPPY_FILE, guests::LIVE_FLOPPY_TEXT)]);
+    let iso_sha = disk::sha256(&iso);
+    let cfg = "set timeout=0\nmenuentry 'live CD' {\n    vboot cdrom=/live.iso floppy=/a.img boot=cdrom\n}\n";
+    let images = [HostImage { path: "/live.iso", file: &iso, pieces: 3 }, HostImage { path: "/a.img", file: &floppy, pieces: 2 }];
+    let host = vboot_host(&dir, 160, cfg, &images);
+    let out = run_guest(&host.disk);
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.starts_with("drive ") || l.contains("-ON ")) {
+        eprintln!("guest: {}", l);
+    }
+    assert!(!out.contains("ATTACH-FAILED"), "{}", out);
+    assert!(out.contains(ATTACH_OK), "{}", out);
+    // --info lists both drives, with what the tool does with writes.
+    assert!(out.contains("drive 0xe0 CD-ROM /live.iso, ") && out.contains("served read-only (a CD)"), "{}", out);
+    assert!(out.contains("drive 0x00 floppy /a.img, 1.41 MiB (1474560 bytes), writes normal, served read-write"), "{}", out);
+    // The CD: the ISO's whole 2048-byte blocks, read-only; read through iso9660.
+    let iso_bytes = std::fs::metadata(&iso).unwrap().len() / 2048 * 2048;
+    assert!(out.contains(&format!("CD-ON /dev/nbd0 ro=1 bytes={}", iso_bytes)), "{}", out);
+    assert!(out.contains("CD-READ-OK") && out.contains("CD-WRITE-REFUSED") && out.contains("FLOPPY-OK"), "{}", out);
+    assert!(out.contains("FLOPPY-ON /dev/nbd0 ro=0"), "{}", out);
+    // No hard disk: the default is the table's first drive, the CD.
+    assert!(out.contains(&format!("DEFAULT-ON /dev/nbd0 bytes={}", iso_bytes)), "{}", out);
+    assert!(out.contains("the hand-off table has no drive 0x80 (it has 0xe0 CD-ROM /live.iso, 0x00 floppy /a.img)"), "{}", out);
+    assert!(out.contains("ALL-ON /dev/nbd0 /dev/nbd1"), "{}", out);
+
+    let part_now = host.current_partition(&dir.join("part-after.img"));
+    let iso_after = dir.join("live-after.iso");
+    disk::fat_get(&part_now, "/live.iso", &iso_after);
+    assert_eq!(disk::sha256(&iso_after), iso_sha, "the ISO changed");
+    let floppy_after = dir.join("a-after.img");
+    disk::fat_get(&part_now, "/a.img", &floppy_after);
+    let new = sh(Command::new("mtype").arg("-i").arg(&floppy_after).arg(format!("::{}", guests::LIVE_FLOPPY_NEW_FILE)).env("MTOOLS_SKIP_CHECK", "1"));
+    assert_eq!(new, guests::LIVE_FLOPPY_NEW_TEXT);
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&floppy_after).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the floppy: {}", String::from_utf8_lossy(&fsck.stdout));
 }

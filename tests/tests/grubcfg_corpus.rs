@@ -162,7 +162,15 @@ fn debian12_generated() {
     assert_eq!(debian.lines[14], "initrd\t/boot/initrd.img-6.1.0-18-amd64");
 
     assert_eq!(entry(&c, &[1, 1]).line_number, 150);
-    assert_eq!(entry(&c, &[2]).skipped.last(), Some(&skip_notice(182, "chainloader")));
+    // os-prober's Windows entry chainloads root's partition ('hd0,msdos2'); its search and
+    // drivemap are skipped.
+    let windows = entry(&c, &[2]);
+    assert_eq!(windows.skipped.last(), Some(&skip_notice(181, "drivemap")));
+    assert_eq!(windows.chainloader_line, Some(182));
+    assert_eq!(
+        windows.boot_command().unwrap().describe()[0],
+        "chainload: the boot sector of partition (hd0,msdos2)"
+    );
 
     let xp = options(&c, &[3]);
     assert_eq!(xp.harddisk.as_ref().unwrap().to_string(), "(hd0,msdos1)/images/xp.vhd");

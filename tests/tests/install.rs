@@ -155,7 +155,7 @@ fn command_line_help_version_and_usage_errors() {
     }
     let install_help = run(&["install", "--help"]);
     let text = String::from_utf8_lossy(&install_help.stdout);
-    for opt in ["--partition <N>", "--force", "--force-chs", "--stage-dir <DIR>", "--dry-run"] {
+    for opt in ["--partition <N>", "--force", "--force-chs", "--stage-dir <DIR>", "--grub-cfg <FILE>", "--no-original-mbr-entry", "--dry-run"] {
         assert!(text.contains(opt), "install --help lists {}: {}", opt, text);
     }
     let version = run(&["--version"]);
@@ -165,6 +165,64 @@ fn command_line_help_version_and_usage_errors() {
         assert_eq!(o.status.code(), Some(2), "{:?}: {}", wrong, String::from_utf8_lossy(&o.stderr));
         assert!(String::from_utf8_lossy(&o.stderr).contains("Usage:"), "{:?}", wrong);
     }
+}
+
+/// Installing over another boot loader's sector 0 offers a grub.cfg entry that starts it
+/// (`chainloader --original-mbr`): appended once to the grub.cfg given with --grub-cfg, else
+/// printed; never with --no-original-mbr-entry; a --grub-cfg that cannot be read or parsed
+/// refuses the install before anything is written.
+#[test]
+fn installing_over_another_boot_loader_offers_an_entry_for_it() {
+    use vboot::config::{BootCommand, ChainTarget, Config, MenuItem};
+    let dir = TempDir::new("inst-orig-entry");
+    let disk = disk_with_foreign_boot_code(&dir);
+    let d = disk.to_str().unwrap();
+    let (ok, out) = vboot_install(&["install", d, "--dry-run"]);
+    assert!(ok && out.contains("add to grub.cfg") && out.contains("    chainloader --original-mbr\n}"), "{}", out);
+
+    let missing = dir.file("missing.cfg");
+    assert_refused(&dir, &disk, &["--grub-cfg", &missing], "--grub-cfg");
+    let broken = dir.join("broken.cfg");
+    std::fs::write(&broken, "menuentry 'x {\n").unwrap();
+    assert_refused(&dir, &disk, &["--grub-cfg", broken.to_str().unwrap()], "it does not parse: grub.cfg line 1: unterminated single quote; nothing was written");
+    let (ok, out) = vboot_install(&["install", d, "--grub-cfg", &missing, "--no-original-mbr-entry"]);
+    assert!(!ok && out.contains("cannot be used with"), "{}", out);
+
+    let cfg = dir.join("grub.cfg");
+    let original = "set timeout=5\nmenuentry 'A' {\n    vboot harddisk=/a.img\n}\n";
+    std::fs::write(&cfg, original).unwrap();
+    let (ok, out) = vboot_install(&["install", d, "--grub-cfg", cfg.to_str().unwrap(), "--dry-run"]);
+    assert!(ok && out.contains("Would append to"), "{}", out);
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), original, "a dry run changed grub.cfg");
+    let (ok, out) = vboot_install(&["install", d, "--grub-cfg", cfg.to_str().unwrap()]);
+    assert!(ok && out.contains("Appended to"), "{}", out);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert_eq!(
+        text,
+        format!("{}\nmenuentry 'Previous boot loader (original MBR)' {{\n    chainloader --original-mbr\n}}\n", original)
+    );
+    let c = Config::parse(&text).unwrap();
+    match c.entries.last() {
+        Some(MenuItem::Entry(e)) => assert_eq!(e.boot_command(), Ok(BootCommand::Chainload(&ChainTarget::OriginalMbr))),
+        other => panic!("{:?}", other),
+    }
+    let (ok, out) = vboot_install(&["status", d]);
+    assert!(ok && out.contains("saved sector 0:   at LBA 2, another boot loader's code, which `chainloader --original-mbr` starts"), "{}", out);
+    // A reinstall keeps the saved sector 0 and adds no second entry.
+    let (ok, out) = vboot_install(&["install", d, "--grub-cfg", cfg.to_str().unwrap()]);
+    assert!(ok && out.contains("already has an entry that starts the original MBR"), "{}", out);
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), text);
+
+    assert!(vboot_install(&["uninstall", d]).0);
+    let (ok, out) = vboot_install(&["install", d, "--no-original-mbr-entry"]);
+    assert!(ok && !out.contains("original-mbr"), "{}", out);
+    // No boot code in sector 0 (a disk partitioned but never made bootable): nothing to offer.
+    let blank_dir = TempDir::new("inst-orig-blank");
+    let blank = disk::mbr_fat32_disk(&blank_dir, 32, &[FileSpec::new("/grub.cfg", "")]);
+    let (ok, out) = vboot_install(&["install", blank.to_str().unwrap(), "--grub-cfg", cfg.to_str().unwrap()]);
+    assert!(ok && !out.contains("original-mbr") && !out.contains("Appended"), "{}", out);
+    let (ok, out) = vboot_install(&["status", blank.to_str().unwrap()]);
+    assert!(ok && out.contains("at LBA 2, no other boot loader's code"), "{}", out);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use alloc::vec::Vec;
 use super::parse::{BlockKind, Stmt};
 use super::{Config, ConfigError, DefaultChoice, Entry, MenuItem, Notice, Submenu, TimeoutStyle};
 use crate::config::lexer::{Piece, Word};
+use crate::config::chainload::{self, ChainTarget, ChainloadError, ChainloadErrorKind};
 use crate::config::options::{OptionError, OptionErrorKind, VbootOptions};
 
 /// The menu and settings that running `stmts` yields.
@@ -357,6 +358,8 @@ impl Run {
         let mut local = env.clone();
         let mut vboot: Option<Result<VbootOptions, OptionError>> = None;
         let mut vboot_line = None;
+        let mut chainloader: Option<Result<ChainTarget, ChainloadError>> = None;
+        let mut chainloader_line = None;
         let mut skipped = Vec::new();
         for stmt in body {
             match stmt {
@@ -379,6 +382,24 @@ impl Run {
                             (None, _) => {
                                 vboot = Some(VbootOptions::parse(args.get(1..).unwrap_or(&[])));
                                 vboot_line = Some(*line);
+                            }
+                        }
+                    } else if args.first().map(|s| s.as_str()) == Some("chainloader") {
+                        match chainloader_line {
+                            // The first line stays the one that counts, or its error the one shown.
+                            Some(first_line) if matches!(chainloader, Some(Ok(_))) => {
+                                chainloader = Some(Err(ChainloadError {
+                                    word: "chainloader".into(),
+                                    kind: ChainloadErrorKind::SecondChainloaderLine { first_line },
+                                }));
+                                chainloader_line = Some(*line);
+                            }
+                            Some(_) => {}
+                            None => {
+                                // `+1` alone means root's device as the entry has it here.
+                                let root = local.vars.get("root").map(|s| s.as_str());
+                                chainloader = Some(chainload::parse(args.get(1..).unwrap_or(&[]), root));
+                                chainloader_line = Some(*line);
                             }
                         }
                     } else {
@@ -409,6 +430,8 @@ impl Run {
             lines: body_lines(raw),
             vboot,
             vboot_line,
+            chainloader,
+            chainloader_line,
             line_number: line,
             skipped,
         }

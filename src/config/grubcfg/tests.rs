@@ -220,6 +220,55 @@ fn vboot_errors_stay_with_the_entry() {
     );
 }
 
+/// `chainloader` lines as GRUB users and os-prober write them: the device from `root` as the
+/// entry has it at that line, or named; the refusals stay with their entry.
+#[test]
+fn chainloader_entries() {
+    use crate::config::chainload::ChainTarget;
+    use crate::config::path::{GrubDevice, PartitionRef, PartitionScheme};
+    let c = parse(
+        "set root=(hd0,3)\n\
+         menuentry 'SYSLINUX' {\n insmod chain\n set root=(hd0,2)\n chainloader +1\n}\n\
+         menuentry 'Windows 7 (on /dev/sda1)' --class windows {\n insmod part_msdos\n set root='hd0,msdos1'\n\
+         if [ x$feature_platform_search_hint = xy ]; then\n  search --no-floppy --fs-uuid --set=root 1234\n fi\n\
+         drivemap -s (hd0) ${root}\n chainloader +1\n}\n\
+         menuentry 'Global root' { chainloader +1 }\n\
+         menuentry 'Disk 1' { chainloader (hd1)+1 }\n\
+         menuentry 'Previous boot loader (original MBR)' {\n chainloader --original-mbr\n}\n\
+         menuentry 'A file' { chainloader (hd0,1)/bootmgr }\n\
+         menuentry 'Both' {\n vboot harddisk=/a.vhd\n chainloader +1\n}\n\
+         menuentry 'Twice' {\n chainloader (hd0,1)+1\n chainloader (hd0,2)+1\n}\n\
+         unset root\nmenuentry 'No root' {\n chainloader +1\n}\n\
+         chainloader +1\n",
+    );
+    let target = |path: &[usize]| match entry(&c, path).boot_command() {
+        Ok(BootCommand::Chainload(t)) => *t,
+        other => panic!("{:?}: {:?}", path, other),
+    };
+    let part = |disk, number, scheme_hint| ChainTarget::FirstSector(GrubDevice { disk, partition: Some(PartitionRef { number, scheme_hint }) });
+    assert_eq!(target(&[0]), part(0, 2, None));
+    assert_eq!(target(&[1]), part(0, 1, Some(PartitionScheme::Msdos)));
+    assert_eq!(target(&[2]), part(0, 3, None));
+    assert_eq!(target(&[3]), ChainTarget::FirstSector(GrubDevice { disk: 1, partition: None }));
+    assert_eq!(target(&[4]), ChainTarget::OriginalMbr);
+    let sys = entry(&c, &[0]);
+    assert_eq!((sys.vboot_line, sys.chainloader_line), (None, Some(5)));
+    assert_eq!(sys.skipped, vec![Notice { line: 3, message: "`insmod` skipped: vboot runs only the vboot line".into() }]);
+    assert!(sys.boot_options().is_err(), "a chainloader entry has no vboot options");
+    assert!(entry(&c, &[1]).skipped.iter().any(|n| n.message.starts_with("`drivemap` skipped")));
+    let problem = |path: &[usize]| entry(&c, path).boot_command().unwrap_err().to_string();
+    assert!(problem(&[5]).starts_with("grub.cfg line 21: chainloader `(hd0,1)/bootmgr`: loading files is not supported, only +1"), "{}", problem(&[5]));
+    assert_eq!(problem(&[6]), "grub.cfg line 24: this entry has both a vboot line (line 23) and a chainloader line; keep one");
+    assert_eq!(problem(&[7]), "grub.cfg line 28: `chainloader`: this entry already has a chainloader line (line 27); keep one");
+    assert!(problem(&[8]).contains("chainloader `+1` has no device: root is not set"), "{}", problem(&[8]));
+    assert_eq!(
+        c.notices.last(),
+        Some(&Notice { line: 34, message: "`chainloader` is a GRUB command vboot does not run; skipped".into() })
+    );
+    // The entry view and the boot screen describe it.
+    assert_eq!(entry(&c, &[0]).boot_command().unwrap().describe()[0], "chainload: the boot sector of partition (hd0,2)");
+}
+
 #[test]
 fn submenus_nest() {
     let c = parse("submenu 'Tools' {\n set x=/t.img\n menuentry Mem { vboot floppy=$x }\n submenu Deep { menuentry D {} }\n}\nmenuentry After { vboot floppy=$x }");

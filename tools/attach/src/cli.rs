@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::drives::DriveSpec;
+
 /// Options that only make sense when attaching.
-const ATTACH_OPTIONS: [&str; 5] = ["drive", "device", "timeout", "read_only", "foreground"];
+const ATTACH_OPTIONS: [&str; 6] = ["drive", "device", "timeout", "read_only", "foreground", "all"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,7 +19,8 @@ const ATTACH_OPTIONS: [&str; 5] = ["drive", "device", "timeout", "read_only", "f
     about = "Serve the disk vboot emulated at boot as /dev/nbdN (for an initramfs)",
     long_about = "Serve the disk vboot emulated at boot as /dev/nbdN (for an initramfs).\n\n\
                   Without --info or --detach: find vboot's hand-off table (through /dev/mem), the host \
-                  disk, and serve drive N on an NBD device; print the device name and go to the \
+                  disk, and serve one emulated drive (a hard disk, a CD from an ISO file, read-only, \
+                  or a floppy image) on an NBD device; print the device name and go to the \
                   background as @vboot-attach.",
     after_help = "Exit status: 0 on success, 1 when the work fails or is refused, 2 for a wrong command line."
 )]
@@ -28,9 +31,10 @@ pub struct Cli {
     /// Flush and stop serving DEVICE
     #[arg(long, value_name = "DEVICE", value_parser = parse_nbd_device, conflicts_with_all = ATTACH_OPTIONS)]
     pub detach: Option<String>,
-    /// The emulated BIOS drive to serve (0x80, 128 ...)
-    #[arg(long, value_name = "N", default_value = "0x80", value_parser = parse_drive)]
-    pub drive: u8,
+    /// The emulated drive to serve: a BIOS number (0x80, 0xE0, 0x00 ...) or a kind (harddisk,
+    /// cdrom, floppy: the first drive of that kind) [default: 0x80, else the table's first drive]
+    #[arg(long, value_name = "N|KIND", value_parser = DriveSpec::parse)]
+    pub drive: Option<DriveSpec>,
     /// The NBD device to serve it on [default: the first free one]
     #[arg(long, value_name = "DEVICE", value_parser = parse_nbd_device)]
     pub device: Option<String>,
@@ -43,6 +47,9 @@ pub struct Cli {
     /// Stay in the foreground instead of going to the background
     #[arg(long)]
     pub foreground: bool,
+    /// Serve every drive of the table, each on the next free NBD device (one line each)
+    #[arg(long, conflicts_with_all = ["drive", "device", "foreground"])]
+    pub all: bool,
 }
 
 /// Decimal, or hexadecimal with 0x.
@@ -51,10 +58,6 @@ fn parse_number(s: &str) -> Option<u64> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => s.parse().ok(),
     }
-}
-
-fn parse_drive(s: &str) -> Result<u8, String> {
-    parse_number(s).filter(|&n| n <= 0xFF).map(|n| n as u8).ok_or_else(|| "not a BIOS drive number (0x80, 128 ...)".to_string())
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
@@ -66,5 +69,28 @@ fn parse_nbd_device(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err("must be an NBD device, /dev/nbdN".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vboot::handoff::DriveKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vboot-attach").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn drive_by_number_or_kind_and_all() {
+        assert_eq!(parse(&[]).unwrap().drive, None);
+        assert_eq!(parse(&["--drive", "0xE0"]).unwrap().drive, Some(DriveSpec::Number(0xE0)));
+        assert_eq!(parse(&["--drive", "cdrom"]).unwrap().drive, Some(DriveSpec::Kind(DriveKind::Cdrom)));
+        assert_eq!(parse(&["--drive", "floppy", "--read-only"]).unwrap().drive, Some(DriveSpec::Kind(DriveKind::Floppy)));
+        assert!(parse(&["--all"]).unwrap().all);
+        for bad in [&["--drive", "cd"][..], &["--all", "--drive", "0x80"], &["--all", "--device", "/dev/nbd1"], &["--info", "--all"], &["--info", "--drive", "cdrom"]] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{:?}: {}", bad, e);
+        }
     }
 }

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use vboot::handoff::{self, Table};
 use vboot_attach::cli::Cli;
+use vboot_attach::drives::{self, DriveSpec};
 
 /// What to attach, from the command line.
 struct Options {
-    drive: u8,
+    drive: Option<DriveSpec>,
     device: Option<String>,
     timeout: Duration,
     read_only: bool,
@@ -39,7 +40,12 @@ fn main() -> ExitCode {
         detach(device)
     } else {
         become_root_storage_daemon();
-        attach(Options { drive: cli.drive, device: cli.device, timeout: cli.timeout, read_only: cli.read_only, foreground: cli.foreground })
+        let o = Options { drive: cli.drive, device: cli.device, timeout: cli.timeout, read_only: cli.read_only, foreground: cli.foreground };
+        if cli.all {
+            attach_all(o)
+        } else {
+            read_table().and_then(|t| attach(&o, &t, drives::select(&t.drives, o.drive)?))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,16 +90,24 @@ fn print_table(t: &Table) {
         t.table_address, t.reserved_base, t.reserved_length, t.safe_hook_address, t.boot_id, t.boot_time_unix
     );
     for d in &t.drives {
+        // What the tool serves first, then where it lives on the host.
+        println!(
+            "drive {:#04x} {} {}, {} ({} bytes), writes {}, served {}",
+            d.bios_number,
+            d.kind.as_str(),
+            drives::file(d),
+            drives::human(drives::served_bytes(d)),
+            drives::served_bytes(d),
+            d.write_mode.as_str(),
+            drives::serve_mode(&t.drives, d)
+        );
         let id = match d.host.scheme {
             handoff::HostScheme::Mbr => format!("MBR signature {:08x}", d.host.mbr_signature),
             handoff::HostScheme::Gpt => format!("GPT {}", vboot::part::format_guid(&d.host.disk_guid)),
         };
         println!(
-            "drive {:#04x} {} {} sectors, writes {}: host disk {} ({} sectors, BIOS {:#04x}), partition {} ({} sectors at {}, {})",
-            d.bios_number,
-            d.kind.as_str(),
+            "  {} sectors at boot; host disk {} ({} sectors, BIOS {:#04x}), partition {} ({} sectors at {}, {})",
             d.virtual_sectors,
-            d.write_mode.as_str(),
             id,
             d.host.sectors,
             d.host.bios_drive,
@@ -125,12 +139,24 @@ fn free_nbd() -> Result<String, String> {
     Err(String::from("no free /dev/nbdN: load the nbd module (modprobe nbd max_part=8)"))
 }
 
-fn attach(o: Options) -> Result<(), String> {
+/// `--all`: every drive of the table, each on the next free device; the failures are reported
+/// and the others still served.
+fn attach_all(o: Options) -> Result<(), String> {
     let table = read_table()?;
-    let drive = table.drives.iter().find(|d| d.bios_number == o.drive).ok_or_else(|| {
-        let have: Vec<String> = table.drives.iter().map(|d| format!("{:#04x}", d.bios_number)).collect();
-        format!("the hand-off table has no drive {:#04x} (it has {})", o.drive, have.join(", "))
-    })?;
+    let mut failed = Vec::new();
+    for d in &table.drives {
+        if let Err(e) = attach(&o, &table, d) {
+            eprintln!("vboot-attach: drive {:#04x}: {}", d.bios_number, e);
+            failed.push(format!("{:#04x}", d.bios_number));
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(format!("{} of {} drives not attached ({})", failed.len(), table.drives.len(), failed.join(", "))),
+    }
+}
+
+fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), String> {
     let found = host::find_host_disk(&drive.host, &drive.partition, o.timeout)?;
     let part_name = found.partition.clone().ok_or_else(|| {
         format!(
@@ -151,25 +177,29 @@ fn attach(o: Options) -> Result<(), String> {
         }
     }
     let immutable = drive.write_mode == handoff::WriteMode::Immutable;
-    let writable = !o.read_only && !immutable;
+    // A CD (and the boot image of one) is read-only, whatever was asked.
+    let read_only = o.read_only || drives::read_only_medium(&table.drives, drive).is_some();
+    let writable = !read_only && !immutable;
     let host_file = OpenOptions::new()
         .read(true)
         .write(writable)
         .open(&found.dev)
         .map_err(|e| format!("opening {}: {}", found.dev.display(), e))?;
-    let mut disk = vdisk::VirtualDisk::open(drive, host_file, o.read_only)?;
+    let mut disk = vdisk::VirtualDisk::open(drive, host_file, read_only)?;
     eprintln!("vboot-attach: drive {:#04x} on {} partition {}: {}", drive.bios_number, found.dev.display(), part_name, disk.description);
 
-    let device = match o.device {
+    let device = match o.device.clone() {
         Some(d) => d,
         None => free_nbd()?,
     };
     let nbd = OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?;
     let fd = nbd.as_raw_fd();
     let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
+    // 512-byte blocks for a CD too: iso9660 mounts either way, and an isohybrid ISO's partition
+    // table (in 512-byte sectors) reads right.
     let sectors = nbd::Backend::size_bytes(&disk) / 512;
     let mut flags = nbd::FLAG_HAS_FLAGS | nbd::FLAG_SEND_FLUSH;
-    if o.read_only {
+    if nbd::Backend::read_only(&disk) {
         flags |= nbd::FLAG_READ_ONLY;
     }
     let setup = || -> std::io::Result<()> {
@@ -219,7 +249,7 @@ fn attach(o: Options) -> Result<(), String> {
     drop(ours);
     let _ = kernel.join();
     drop(nbd);
-    match result {
+    let result = match result {
         Ok(stats) => {
             eprintln!(
                 "vboot-attach: {} detached ({} reads, {} writes, {} flushes, {} errors)",
@@ -228,7 +258,15 @@ fn attach(o: Options) -> Result<(), String> {
             Ok(())
         }
         Err(e) => Err(format!("{}: {}", device, e)),
+    };
+    if !o.foreground {
+        // The forked server ends here: with --all, the parent attaches the next drive, not it.
+        if let Err(e) = &result {
+            eprintln!("vboot-attach: {}", e);
+        }
+        std::process::exit(result.is_err() as i32);
     }
+    result
 }
 
 /// In the parent: wait until the kernel serves the device, make it read the partition table,

@@ -1,7 +1,9 @@
 //! The virtual disk, opened as the engine opens it at boot (`stage2/engine/src/chain.rs`): every
 //! file of the chain read and written in place through its extent list on the host disk, the
 //! chain walked by the core library with a locator that only knows the table's files, and one
-//! `image::Disk` over it, so writes allocate in the files' slack exactly as at boot.
+//! `image::Disk` over it, so writes allocate in the files' slack exactly as at boot. A CD (the
+//! ISO, read-only, whole 2048-byte blocks) and a floppy image are one raw file each, served
+//! through the same `ExtentFile` directly.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,8 +12,8 @@ use std::sync::Arc;
 
 use vboot::block::{BlockDevice, BlockError};
 use vboot::fs::ExtentList;
-use vboot::handoff::{Drive, WriteMode};
-use vboot::image::{open_chain, ChainOptions, Disk, ImageError, ListedFile, ListedFiles};
+use vboot::handoff::{Drive, DriveKind, WriteMode};
+use vboot::image::{open_chain, ChainOptions, Disk, ExtentFile, ImageError, ImageFile, ListedFile, ListedFiles};
 
 use crate::nbd::{eio, Backend};
 
@@ -36,9 +38,16 @@ impl BlockDevice for HostDevice {
     }
 }
 
+/// What the sectors come from: a hard disk's chain, or the one raw file of a CD or floppy.
+enum Medium {
+    Chain(Disk),
+    File(ExtentFile<HostDevice>),
+}
+
 /// The disk the guest saw, served over NBD.
 pub struct VirtualDisk {
-    disk: Disk,
+    medium: Medium,
+    size_bytes: u64,
     host: Arc<File>,
     /// `immutable`: written sectors live here and the images never change.
     overlay: Option<HashMap<u64, Box<[u8; 512]>>>,
@@ -48,10 +57,13 @@ pub struct VirtualDisk {
 
 impl VirtualDisk {
     /// Open the drive's chain on `host` (the host disk, opened read-write unless the drive is
-    /// read-only or immutable).
+    /// read-only or immutable). A CD is always read-only.
     pub fn open(drive: &Drive, host: File, read_only: bool) -> Result<VirtualDisk, String> {
         let immutable = drive.write_mode == WriteMode::Immutable;
         let host = Arc::new(host);
+        if drive.kind != DriveKind::HardDisk {
+            return VirtualDisk::open_file(drive, host, read_only || drive.kind == DriveKind::Cdrom, immutable);
+        }
         let files = drive
             .layers
             .iter()
@@ -75,13 +87,43 @@ impl VirtualDisk {
         }
         let names: Vec<String> = disk.layers().iter().map(|l| format!("{} ({})", l.name(), l.format().as_str())).collect();
         let description = format!("{} sectors, {}{}", disk.sectors(), names.join(" <- "), if immutable { ", immutable: writes stay in RAM" } else { "" });
-        Ok(VirtualDisk { disk, host, overlay: immutable.then(HashMap::new), read_only, description })
+        let size_bytes = disk.sectors() * 512;
+        Ok(VirtualDisk { medium: Medium::Chain(disk), size_bytes, host, overlay: immutable.then(HashMap::new), read_only, description })
+    }
+
+    /// A CD or floppy: the image file's bytes as they are (a CD's whole 2048-byte blocks).
+    fn open_file(drive: &Drive, host: Arc<File>, read_only: bool, immutable: bool) -> Result<VirtualDisk, String> {
+        let [l] = &drive.layers[..] else {
+            return Err(format!("the {} drive {:#04x} has {} files in the table; it should have one", drive.kind.as_str(), drive.bios_number, drive.layers.len()));
+        };
+        let size_bytes = vboot_attach::drives::served_bytes(drive);
+        if size_bytes == 0 || size_bytes > l.size_bytes || size_bytes / 512 > drive.virtual_sectors {
+            return Err(format!("{}: {} bytes, {} sectors at boot: not a {} image", l.path, l.size_bytes, drive.virtual_sectors, drive.kind.as_str()));
+        }
+        let extents = ExtentList { extents: l.extents.clone() };
+        let file = ExtentFile::new(HostDevice(host.clone()), l.path.clone(), l.size_bytes, extents, !read_only && !immutable);
+        let what = match drive.kind {
+            DriveKind::Cdrom => format!("ISO {}, {} blocks of 2048 bytes", l.path, size_bytes / 2048),
+            _ => format!("{} image {}, {} sectors", drive.kind.as_str(), l.path, size_bytes / 512),
+        };
+        let description = format!(
+            "{}{}",
+            what,
+            if immutable {
+                ", immutable: writes stay in RAM"
+            } else if read_only {
+                ", read-only"
+            } else {
+                ""
+            }
+        );
+        Ok(VirtualDisk { medium: Medium::File(file), size_bytes, host, overlay: immutable.then(HashMap::new), read_only, description })
     }
 }
 
 impl Backend for VirtualDisk {
     fn size_bytes(&self) -> u64 {
-        self.disk.sectors() * 512
+        self.size_bytes
     }
     fn read_only(&self) -> bool {
         self.read_only
@@ -90,7 +132,11 @@ impl Backend for VirtualDisk {
         if offset % 512 != 0 || buf.len() % 512 != 0 {
             return Err(eio(format!("read of {} bytes at {}: not whole sectors", buf.len(), offset)));
         }
-        self.disk.read(offset / 512, buf).map_err(|e| eio(format!("read at sector {}: {}", offset / 512, e)))?;
+        match &mut self.medium {
+            Medium::Chain(d) => d.read(offset / 512, buf),
+            Medium::File(f) => f.read_at(offset, buf),
+        }
+        .map_err(|e| eio(format!("read at sector {}: {}", offset / 512, e)))?;
         if let Some(o) = &self.overlay {
             for (i, s) in buf.chunks_mut(512).enumerate() {
                 if let Some(w) = o.get(&(offset / 512 + i as u64)) {
@@ -110,7 +156,11 @@ impl Backend for VirtualDisk {
             }
             return Ok(());
         }
-        self.disk.write(offset / 512, buf).map_err(|e| {
+        match &mut self.medium {
+            Medium::Chain(d) => d.write(offset / 512, buf),
+            Medium::File(f) => f.write_at(offset, buf),
+        }
+        .map_err(|e| {
             // ENOSPC when the slack is used up, like a full disk; EPERM for a read-only layer.
             let (code, hint) = match e {
                 ImageError::NoSlack { .. } => (28, " (add write slack to the image with `vdisk reserve`)"),
@@ -132,7 +182,7 @@ impl Backend for VirtualDisk {
 mod tests {
     use super::*;
     use vboot::fs::Extent;
-    use vboot::handoff::{DriveKind, Filesystem, HostDisk, HostPartition, HostScheme, Layer, LayerFormat};
+    use vboot::handoff::{Filesystem, HostDisk, HostPartition, HostScheme, Layer, LayerFormat};
     use vboot::image::create::{create, CreateOptions, Variant};
     use vboot::image::MemFile;
 
@@ -226,6 +276,86 @@ mod tests {
         assert_eq!(&buf[512..1536], &pattern(1024)[..]);
         d.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The drive record stage2 writes for a CD or floppy image `file` (one raw layer).
+    fn medium(tag: &str, file: &[u8], kind: DriveKind, mode: WriteMode) -> (std::path::PathBuf, Drive) {
+        let (path, mut drive) = host_disk(tag, file, mode);
+        drive.kind = kind;
+        drive.bios_number = if kind == DriveKind::Cdrom { 0xE0 } else { 0x00 };
+        drive.virtual_sectors = file.len() as u64 / 512;
+        drive.layers[0].format = LayerFormat::Raw;
+        drive.layers[0].path = if kind == DriveKind::Cdrom { "/iso/x.iso".into() } else { "/fd/a.img".into() };
+        (path, drive)
+    }
+
+    #[test]
+    fn a_cd_is_the_iso_read_only_in_whole_blocks() {
+        // Not a whole number of 2048-byte blocks: the last partial block is not served.
+        let iso = pattern(10 * 2048 + 700);
+        let (path, drive) = medium("cd", &iso, DriveKind::Cdrom, WriteMode::Normal);
+        let before = std::fs::read(&path).unwrap();
+        // Even asked for read-write, on a host disk opened read-write.
+        let mut d = open(&path, &drive, true);
+        assert!(d.read_only(), "a CD is read-only");
+        assert_eq!(d.size_bytes(), 10 * 2048);
+        assert!(d.description.contains("ISO /iso/x.iso, 10 blocks of 2048 bytes"), "{}", d.description);
+        let mut buf = vec![0u8; 10 * 2048];
+        d.read(0, &mut buf).unwrap();
+        assert_eq!(buf, iso[..10 * 2048], "the ISO's bytes, through its three extents");
+        let mut one = vec![0u8; 512];
+        d.read(4096 + 1536, &mut one).unwrap();
+        assert_eq!(one, iso[4096 + 1536..4096 + 2048]);
+        // A write is refused with EPERM, as on a hard disk served with --read-only.
+        let e = d.write(2048, &pattern(2048)).unwrap_err();
+        assert_eq!(e.0, 1, "{}", e.1);
+        d.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the host disk changed");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_floppy_is_read_and_written_in_place() {
+        let image = pattern(1_474_560);
+        let (path, drive) = medium("floppy", &image, DriveKind::Floppy, WriteMode::Normal);
+        let before = std::fs::read(&path).unwrap();
+        let mut d = open(&path, &drive, true);
+        assert!(!d.read_only());
+        assert_eq!(d.size_bytes(), 1_474_560);
+        let mut buf = vec![0u8; 1_474_560];
+        d.read(0, &mut buf).unwrap();
+        assert_eq!(buf, image);
+        // Across the boundary of the first two extents (960 sectors each).
+        d.write(959 * 512, &[0xC3; 1024]).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        let mut d = open(&path, &drive, false);
+        d.read(958 * 512, &mut buf[..2048]).unwrap();
+        assert_eq!(&buf[..512], &image[958 * 512..959 * 512]);
+        assert!(buf[512..1536].iter().all(|&b| b == 0xC3));
+        assert_eq!(&buf[1536..2048], &image[961 * 512..962 * 512]);
+        // Only the file's sectors changed on the host.
+        let after = std::fs::read(&path).unwrap();
+        let changed: Vec<usize> = before.chunks(512).zip(after.chunks(512)).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).collect();
+        assert_eq!(changed, vec![10000, 40000 + 959], "host sectors written");
+        // --read-only: refused; immutable: kept in RAM.
+        let f = File::open(&path).unwrap();
+        let mut ro = VirtualDisk::open(&drive, f, true).unwrap();
+        assert_eq!(ro.write(0, &[0; 512]).unwrap_err().0, 1);
+        let mut im_drive = drive.clone();
+        im_drive.write_mode = WriteMode::Immutable;
+        let mut im = open(&path, &im_drive, false);
+        im.write(0, &[0x77; 512]).unwrap();
+        im.read(0, &mut buf[..1024]).unwrap();
+        assert!(buf[..512].iter().all(|&b| b == 0x77) && buf[512..1024] == image[512..1024]);
+        im.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), after, "an immutable floppy changed the host");
+        // A floppy record with two files is not one the tool knows.
+        let mut two = drive.clone();
+        two.layers.push(two.layers[0].clone());
+        let e = VirtualDisk::open(&two, File::open(&path).unwrap(), false).err().unwrap();
+        assert!(e.contains("should have one"), "{}", e);
         let _ = std::fs::remove_file(&path);
     }
 

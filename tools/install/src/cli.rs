@@ -47,6 +47,15 @@ pub enum Command {
         /// ../vboot next to this program (target/vboot in a source tree), else /usr/lib/vboot]
         #[arg(long, value_name = "DIR")]
         stage_dir: Option<PathBuf>,
+        /// The grub.cfg vboot will read, as a file here (such as /mnt/boot/grub/grub.cfg on the
+        /// mounted partition): when the sector 0 being replaced holds another boot loader, an entry
+        /// that starts it (`chainloader --original-mbr`) is appended to it [default: the entry is
+        /// printed, to add by hand]
+        #[arg(long, value_name = "FILE")]
+        grub_cfg: Option<PathBuf>,
+        /// Neither append nor print the entry that starts the boot loader being replaced
+        #[arg(long, conflicts_with = "grub_cfg")]
+        no_original_mbr_entry: bool,
         /// Check and show what would be written; write nothing
         #[arg(long)]
         dry_run: bool,

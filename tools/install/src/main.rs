@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vboot::block::{BlockDevice, FileDisk, SECTOR_BYTES};
+use vboot::config::rewrite;
 use vboot::install::{self, InstallOptions, SectorWrite, Stage2Header, StagePatch};
 use vboot_install::cli::{Cli, Command, PACKAGED_STAGE_DIR};
 
@@ -78,7 +79,7 @@ fn apply(disk: &mut FileDisk, writes: &[SectorWrite], dry_run: bool) -> Result<(
 
 fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Install { disk, partition, force, force_chs, stage_dir: explicit_dir, dry_run } => {
+        Command::Install { disk, partition, force, force_chs, stage_dir: explicit_dir, grub_cfg, no_original_mbr_entry, dry_run } => {
             let opts = InstallOptions { config_partition: partition, force, force_chs };
             let dir = stage_dir(explicit_dir);
             let read = |name: &str| {
@@ -106,7 +107,26 @@ fn run(command: Command) -> Result<(), String> {
                 plan.record.stage2_lba,
                 if plan.record.config_partition == 0 { "chosen at boot".to_string() } else { plan.record.config_partition.to_string() }
             );
+            // Worked out before the first write: a grub.cfg that cannot be read refuses the install.
+            let entry = if plan.saved_boot_code && !no_original_mbr_entry { Some(original_mbr_entry(grub_cfg.as_deref())?) } else { None };
             apply(&mut file_disk, &plan.writes, dry_run)?;
+            match entry {
+                Some(OriginalMbrEntry::Append { path, .. }) if dry_run => {
+                    println!("Would append to {} an entry that starts the boot loader vboot replaces:\n{}", path.display(), rewrite::original_mbr_entry())
+                }
+                Some(OriginalMbrEntry::Append { path, text }) => {
+                    replace_file(&path, &text)?;
+                    println!("Appended to {} an entry that starts the boot loader vboot replaced:\n{}", path.display(), rewrite::original_mbr_entry());
+                }
+                Some(OriginalMbrEntry::AlreadyThere(path)) => {
+                    println!("{} already has an entry that starts the original MBR (chainloader --original-mbr).", path.display())
+                }
+                Some(OriginalMbrEntry::Print) => println!(
+                    "Sector 0 held another boot loader. To start it from vboot's menu, add to grub.cfg (or give --grub-cfg FILE):\n{}",
+                    rewrite::original_mbr_entry()
+                ),
+                None => {}
+            }
             println!("{}", if dry_run { "Dry run: nothing written." } else { "Done." });
             Ok(())
         }
@@ -120,6 +140,41 @@ fn run(command: Command) -> Result<(), String> {
         }
         Command::Status { disk } => status(&disk),
     }
+}
+
+/// What to do about the entry that starts the boot loader vboot replaces.
+enum OriginalMbrEntry {
+    /// `--grub-cfg FILE`: its new text.
+    Append { path: PathBuf, text: String },
+    AlreadyThere(PathBuf),
+    /// No grub.cfg named: print the entry.
+    Print,
+}
+
+fn original_mbr_entry(grub_cfg: Option<&Path>) -> Result<OriginalMbrEntry, String> {
+    let Some(path) = grub_cfg else { return Ok(OriginalMbrEntry::Print) };
+    let bytes = std::fs::read(path).map_err(|e| format!("--grub-cfg {}: {}", path.display(), e))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("--grub-cfg {}: not UTF-8 text; add the entry by hand", path.display()))?;
+    match rewrite::with_original_mbr_entry(&text).map_err(|e| format!("--grub-cfg {}: {}; nothing was written", path.display(), e))? {
+        Some(text) => Ok(OriginalMbrEntry::Append { path: path.to_path_buf(), text }),
+        None => Ok(OriginalMbrEntry::AlreadyThere(path.to_path_buf())),
+    }
+}
+
+/// Replace `path` with `text` so that it is always the old or the new file: the new text goes
+/// into a file beside it, synced, then renamed over it.
+fn replace_file(path: &Path, text: &str) -> Result<(), String> {
+    let mut new_name = path.as_os_str().to_owned();
+    new_name.push(".vboot-new");
+    let new_path = PathBuf::from(new_name);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&new_path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&new_path, path)
+    };
+    write().map_err(|e| format!("writing {}: {} (vboot is installed; add the entry by hand)", path.display(), e))
 }
 
 fn status(path: &Path) -> Result<(), String> {
@@ -148,7 +203,19 @@ fn status(path: &Path) -> Result<(), String> {
         "  grub.cfg on:      {}",
         if record.config_partition == 0 { "chosen at boot".into() } else { format!("partition {}", record.config_partition) }
     );
-    println!("  saved sector 0:   {}", if record.flags & install::RECORD_FLAG_SAVED_MBR != 0 { format!("at LBA {}", record.saved_mbr_lba()) } else { "none".into() });
+    let saved = if record.flags & install::RECORD_FLAG_SAVED_MBR != 0 {
+        let mut sector = [0u8; SECTOR_BYTES];
+        disk.read_sectors(record.saved_mbr_lba(), &mut sector).map_err(|e| e.to_string())?;
+        let what = if install::has_foreign_boot_code(&sector) {
+            "another boot loader's code, which `chainloader --original-mbr` starts"
+        } else {
+            "no other boot loader's code"
+        };
+        format!("at LBA {}, {}", record.saved_mbr_lba(), what)
+    } else {
+        "none".into()
+    };
+    println!("  saved sector 0:   {}", saved);
     println!("  stage1 loads by:  {}", if patch.flags & install::PATCH_FLAG_FORCE_CHS != 0 { "CHS (forced)" } else { "LBA, CHS if the BIOS lacks extensions" });
     Ok(())
 }

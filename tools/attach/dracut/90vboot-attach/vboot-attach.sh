@@ -1,5 +1,6 @@
 #!/bin/sh
 # dracut initqueue/settled hook: attach the vboot disk once (vboot.attach=1 or root=/dev/nbd*).
+# vboot.drive= takes a BIOS number or a kind (harddisk, cdrom, floppy).
 type getarg >/dev/null 2>&1 || . /lib/dracut-lib.sh
 [ -e /tmp/vboot-attach.done ] && return 0 2>/dev/null
 attach=$(getarg vboot.attach=)
