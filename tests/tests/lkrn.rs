@@ -69,18 +69,15 @@ fn cd_boot(host: &Path, iso: PathBuf) -> Qemu {
 /// SYSLINUX on a floppy, booting vboot.lkrn with `append` as its command line; QEMU boots the
 /// floppy, the hard disk is 80h.
 fn syslinux_boot(dir: &TempDir, host: &Path, append: &str) -> Qemu {
-    syslinux_boot_with(dir, host, append, 128)
+    syslinux_boot_disks(dir, &[host], append, 128, &vboot_tests::lkrn())
 }
 
-fn syslinux_boot_with(dir: &TempDir, host: &Path, append: &str, memory_mib: u32) -> Qemu {
-    syslinux_boot_file(dir, host, append, memory_mib, &vboot_tests::lkrn())
-}
-
-/// [`syslinux_boot_with`] of the vboot.lkrn at `lkrn`.
-fn syslinux_boot_file(dir: &TempDir, host: &Path, append: &str, memory_mib: u32, lkrn: &Path) -> Qemu {
+/// [`syslinux_boot`] of the vboot.lkrn at `lkrn`, with `disks` as 80h, 81h ... and `memory_mib`.
+fn syslinux_boot_disks(dir: &TempDir, disks: &[&Path], append: &str, memory_mib: u32, lkrn: &Path) -> Qemu {
     let cfg = syslinux_cfg("LINUX", "/vboot.lkrn", append);
     let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", lkrn)]);
-    let mut cfg = Config::disk(host);
+    let mut cfg = Config::disk(disks[0]);
+    cfg.drives.extend(disks[1..].iter().map(|d| Drive::virtio(d)));
     cfg.memory_mib = memory_mib;
     cfg.drives.push(Drive { path: floppy, interface: "floppy", media_cdrom: false });
     cfg.extra = vec!["-boot".into(), "a".into()];
@@ -262,7 +259,7 @@ fn take_snapshot_works_from_vboot_lkrn_and_rewrites_the_named_config() {
     let cfg = "set timeout=0\nset default=1\nmenuentry 'XP' {\n    vboot harddisk=/vm/base.vmdk\n}\n\
 menuentry 'XP: take a snapshot' {\n    vboot harddisk=/vm/base.vmdk take_snapshot=/vm/s1.vmdk boot_entry=0 reserve=4M\n}\n";
     let host = disk::mbr_fat32_disk(&dir, 96, &[FileSpec::new("/boot/vboot.cfg", cfg), FileSpec::new("/vm/base.vmdk", std::fs::read(&base).unwrap())]);
-    let mut q = syslinux_boot_with(&dir, &host, "config=(hd0,1)/boot/vboot.cfg", 256);
+    let mut q = syslinux_boot_disks(&dir, &[&host], "config=(hd0,1)/boot/vboot.cfg", 256, &vboot_tests::lkrn());
     let out = q.expect(guests::PROBE_PASS, T);
     assert!(out.contains("snapshot: /vm/s1.vmdk made, a VMDK child of /vm/base.vmdk"), "{}", out);
     assert!(out.contains("grub.cfg: (hd0,1)/boot/vboot.cfg rewritten to boot /vm/s1.vmdk"), "{}", out);
@@ -289,7 +286,7 @@ fn a_damaged_engine_in_vboot_lkrn_is_refused_at_boot_with_the_menu_back() {
     bytes[engine_at + 512 + 4096] ^= 0x5A;
     let damaged = dir.join("vboot.lkrn");
     std::fs::write(&damaged, bytes).unwrap();
-    let mut q = syslinux_boot_file(&dir, &host, "config=(hd0,1)/boot/grub/grub.cfg", 128, &damaged);
+    let mut q = syslinux_boot_disks(&dir, &[&host], "config=(hd0,1)/boot/grub/grub.cfg", 128, &damaged);
     q.expect("Second lkrn guest", T);
     q.send(b"1");
     let out = q.expect("Press any key to return to the menu", T);
@@ -308,13 +305,7 @@ fn grub_cfg_on_the_second_hard_disk_is_found_and_its_image_boots() {
     let empty_dir = TempDir::new("lkrn-second-empty");
     let empty = disk::mbr_fat32_disk(&empty_dir, 16, &[FileSpec::new("/readme.txt", "no grub.cfg here")]);
     let host = plain_host(&dir, "/boot/grub/grub.cfg", TWO_GUESTS);
-    let cfg = syslinux_cfg("LINUX", "/vboot.lkrn", "");
-    let floppy = guests::syslinux_floppy_with(&dir.path, "syslinux", &cfg, &[("/vboot.lkrn", &vboot_tests::lkrn())]);
-    let mut qcfg = Config::disk(&empty);
-    qcfg.drives.push(Drive::virtio(&host));
-    qcfg.drives.push(Drive { path: floppy, interface: "floppy", media_cdrom: false });
-    qcfg.extra = vec!["-boot".into(), "a".into()];
-    let mut q = Qemu::start(&qcfg);
+    let mut q = syslinux_boot_disks(&dir, &[&empty, &host], "", 128, &vboot_tests::lkrn());
     let out = q.expect("LKRN-GUEST-ONE", T);
     assert!(out.contains("Partitions of 0x80"), "{}", out);
     assert!(out.contains("Partitions of 0x81"), "{}", out);
