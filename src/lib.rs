@@ -25,6 +25,7 @@ pub mod handoff;
 pub mod image;
 pub mod int13;
 pub mod install;
+pub mod lkrn;
 pub mod menu;
 pub mod part;
 pub mod reach;

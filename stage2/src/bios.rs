@@ -22,12 +22,22 @@ extern "C" {
     fn real_mode_jump(cs_ip: u32, dl: u32, si: u32) -> !;
     #[link_name = "stage1_used_lba"]
     static STAGE1_USED_LBA: u8;
+    #[link_name = "stage2_preloaded"]
+    static STAGE2_PRELOADED: u32;
 }
 
 /// Whether stage1 loaded us with INT 13h extensions (else CHS reads).
 pub fn stage1_used_lba() -> bool {
     // SAFETY: a byte of entry.s's data, written by its real-mode code before any Rust ran.
     unsafe { core::ptr::read_volatile(&raw const STAGE1_USED_LBA) != 0 }
+}
+
+/// vboot.lkrn: the bytes a Linux boot loader left at 0x100000 (stage2's high part and the
+/// engine); 0 when stage1 started stage2 (entry.s, src/lkrn.rs).
+pub fn preloaded_bytes() -> u32 {
+    // SAFETY: a u32 of entry.s's header, written by vboot.lkrn's real-mode setup code before
+    // any Rust ran, and never again.
+    unsafe { core::ptr::read_volatile(&raw const STAGE2_PRELOADED) }
 }
 
 /// The highest segment a call may pass in DS or ES: every DS:x and ES:x then lies below 1 MiB.

@@ -22,6 +22,10 @@ _start16:
     .ascii "0.1.0"
     .fill 11, 1, 0
     .long __stage2_low_sectors  # the low part: what stage1 loads (offset 32)
+.global stage2_preloaded
+stage2_preloaded:
+    .long 0                     # offset 36: 0 from stage1; vboot.lkrn's setup code (stage2/lkrn/
+                                # setup.s) sets the bytes it left at 0x100000 (src/lkrn.rs)
 
 .Lentry16:
     cli
@@ -102,12 +106,23 @@ a20_is_on:
     mov %ax, %fs
     mov %ax, %gs
     mov %ax, %ss
+    # vboot.lkrn: the high part and the engine wait at 0x100000. Moved before anything else,
+    # still on the real-mode stack below 0x7C00: the protected-mode stack's range holds them.
+    cmpb $0, a20_enabled
+    je 1f
+    cmpl $0, stage2_preloaded
+    je 1f
+    call move_preloaded
+1:
     # The protected-mode stack lives at 1 MiB (PM_STACK_TOP), below the high part; RAM at 1 MiB
     # exists on anything that runs us.
     mov $PM_STACK_TOP, %esp
     cmpb $0, a20_enabled
     je .Lno_a20
+    cmpl $0, stage2_preloaded
+    jne 2f
     call load_high_part
+2:
     # QEMU zeroes RAM; real machines do not.
     mov $_bss_start, %edi
     mov $_bss_end, %ecx
@@ -124,6 +139,31 @@ a20_is_on:
 1:  cli
     hlt
     jmp 1b
+
+# vboot.lkrn (docs/boot-layout.md): a Linux boot loader put `stage2_preloaded` bytes at
+# PRELOAD_BASE: the high part, then engine.bin (the setup code checked it holds the high part
+# at least). The high part belongs at 0x110000 and the engine right above stage2's end
+# (_stage2_high_end), where main.rs starts the heap only after it. Both move up over their own
+# bytes, so each is copied from its end down; the engine first, as the high part's new place
+# covers the engine's old one.
+.set PRELOAD_BASE, 0x100000
+move_preloaded:
+    mov stage2_preloaded, %ecx
+    sub $__stage2_high_bytes, %ecx
+    mov $PRELOAD_BASE + __stage2_high_bytes, %esi
+    mov $_stage2_high_end, %edi
+    call copy_down
+    mov $__stage2_high_bytes, %ecx
+    mov $PRELOAD_BASE, %esi
+    mov $_stage2_high_start, %edi
+# ECX bytes from ESI to EDI (above it), last byte first.
+copy_down:
+    lea -1(%esi,%ecx), %esi
+    lea -1(%edi,%ecx), %edi
+    std
+    rep movsb
+    cld
+    ret
 
 # stage1 loaded only the low part (__stage2_low_sectors); the rest of stage2 follows it on disk
 # and is linked at 0x110000, which real mode cannot reach. Read it the way stage1 read the disk

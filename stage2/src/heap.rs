@@ -28,6 +28,22 @@ pub fn end() -> u32 {
     END.load(Ordering::SeqCst)
 }
 
+extern "C" {
+    /// The end of stage2's high part (linker.ld).
+    static _stage2_high_end: u8;
+}
+
+/// `bytes` bytes at `at`, between stage2's end and the heap's start: where vboot.lkrn's engine
+/// waits (entry.s moved it there; main.rs starts the heap above it). Panics (a bug) outside.
+pub fn below_heap(at: u32, bytes: u32) -> &'static [u8] {
+    let start = &raw const _stage2_high_end as u32;
+    assert!(at >= start && at as u64 + bytes as u64 <= BASE.load(Ordering::SeqCst) as u64, "{:#x}+{:#x} is not below the heap", at, bytes);
+    // SAFETY: the range lies between the end of stage2's code, data and .bss and the heap's
+    // start (checked): no Rust object is there, and nothing writes it after entry.s, so a
+    // shared slice of it stays valid.
+    unsafe { core::slice::from_raw_parts(at as usize as *const u8, bytes as usize) }
+}
+
 /// Make the heap empty again, as at start.
 ///
 /// # Safety

@@ -49,7 +49,7 @@ const CONFIG_MAX_BYTES: u64 = 1 << 20;
 /// The partition grub.cfg came from, and the config itself.
 pub struct Loaded {
     pub partition: u32,
-    pub path: &'static str,
+    pub path: String,
     pub config: Config,
 }
 
@@ -108,6 +108,10 @@ pub fn partition_window(disk: &BiosDisk, table: &PartitionTable, number: u32) ->
 }
 
 pub(crate) fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&InstallRecord>) -> Result<Loaded, String> {
+    // vboot.lkrn's command line may say where grub.cfg is (lkrn.rs).
+    if let Some(path) = crate::lkrn::config_path() {
+        return crate::lkrn::load_named_config(disk, table, &path);
+    }
     let candidates: Vec<u32> = match record.map(|r| r.config_partition).filter(|&n| n != 0) {
         Some(n) => alloc::vec![n],
         None => {
@@ -147,7 +151,7 @@ pub(crate) fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: O
                         println!("Reading (hd0,{}){} ({} bytes, {})", number, path, bytes.len(), vol.kind().name());
                     }
                     let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}{}: {}", number, path, if from_new { ".new" } else { "" }, e))?;
-                    return Ok(Loaded { partition: number, path, config });
+                    return Ok(Loaded { partition: number, path: String::from(path), config: crate::lkrn::with_entry(config) });
                 }
                 Err(vboot::fs::FsError::NotFound { .. }) => {}
                 Err(e) => tried.push(format!("(hd0,{}){}: {}", number, path, e)),

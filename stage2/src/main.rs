@@ -124,6 +124,10 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         // SAFETY: a test build's deliberate invalid opcode: `cpu_exception` takes over for good.
         unsafe { core::arch::asm!("ud2") };
     }
+    // Before anything uses low memory: the command line the setup code left there.
+    if lkrn::started() {
+        lkrn::save_command_line();
+    }
     println!("vboot {} - boots operating systems from virtual disk files", VERSION);
     if a20_ok == 0 {
         fatal("the A20 line could not be enabled; memory above 1 MiB is unusable");
@@ -143,8 +147,12 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
     let Some((ext_base, ext_bytes)) = map.extended_at_1mib() else {
         fatal("no usable memory at 1 MiB in the memory map");
     };
-    // From 1 MiB: the protected-mode stack, then stage2's own high part (linker.ld).
-    let heap_base = linker_value(&raw const _stage2_high_end);
+    // From 1 MiB: the protected-mode stack, then stage2's own high part (linker.ld), and as
+    // vboot.lkrn the engine (entry.s).
+    let heap_base = match lkrn::engine_place() {
+        Some((at, bytes)) => (at + bytes).next_multiple_of(4096),
+        None => linker_value(&raw const _stage2_high_end),
+    };
     let heap_bytes = ext_base.saturating_add(ext_bytes).saturating_sub(heap_base);
     // At most half the range: the top stays free for the resident engine.
     let heap_bytes = heap_bytes.min(HEAP_MAX_BYTES).min(heap_bytes / 2);
@@ -156,7 +164,12 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
 
     let drive = drive as u8;
     let count = disk::hard_disk_count();
-    println!("BIOS hard disks: {} (booted from {:#04x})", count, drive);
+    if lkrn::started() {
+        // No boot disk yet: grub.cfg's disk becomes it (lkrn.rs).
+        println!("BIOS hard disks: {}", count);
+    } else {
+        println!("BIOS hard disks: {} (booted from {:#04x})", count, drive);
+    }
     for n in 0..count.min(16) {
         let d = 0x80 + n;
         match disk::BiosDisk::probe(d) {
@@ -180,20 +193,29 @@ pub extern "C" fn stage2_main(drive: u32, patch_ptr: u32, a20_ok: u32) -> ! {
         }
     }
 
-    let patch = read_patch(patch_ptr);
-    let stage2_sectors = linker_value(&raw const __stage2_sectors);
-    println!(
-        "stage2 loaded from LBA {} ({} sectors, {} of them by stage1) by {} reads",
-        { patch.stage2_lba },
-        stage2_sectors,
-        linker_value(&raw const __stage2_low_sectors),
-        if bios::stage1_used_lba() { "LBA" } else { "CHS" }
-    );
-    resident::ENGINE_LBA.store({ patch.stage2_lba } + stage2_sectors as u64, Ordering::SeqCst);
+    if lkrn::started() {
+        lkrn::describe();
+    } else {
+        show_stage1_load(patch_ptr);
+    }
 
     // Everything from here allocates on the heap only inside a session: a panic abandons the
     // session, the heap starts afresh, and a new session shows the menu again (recovery.rs).
     recovery::menu_forever(|resume| {
+        if lkrn::started() {
+            // No install record: vboot.lkrn was not installed on a disk (lkrn.rs).
+            let mut boot_disk = loop {
+                match lkrn::boot_disk() {
+                    Ok(d) => break d,
+                    Err(e) => {
+                        screen::show_error(&e);
+                        println!("Press any key to try again.");
+                        wait_key();
+                    }
+                }
+            };
+            boot::run(&mut boot_disk, None, resume)
+        }
         let Some(mut boot_disk) = disk::BiosDisk::probe(drive) else {
             fatal("the boot disk does not answer INT 13h");
         };
@@ -214,10 +236,25 @@ mod chainload;
 mod entry;
 mod guest;
 mod host;
+mod lkrn;
 mod screen;
 mod recover;
 mod media;
 mod resident;
+
+/// Where stage1 found stage2 (its patch area) and so the engine after it.
+fn show_stage1_load(patch_ptr: u32) {
+    let patch = read_patch(patch_ptr);
+    let stage2_sectors = linker_value(&raw const __stage2_sectors);
+    println!(
+        "stage2 loaded from LBA {} ({} sectors, {} of them by stage1) by {} reads",
+        { patch.stage2_lba },
+        stage2_sectors,
+        linker_value(&raw const __stage2_low_sectors),
+        if bios::stage1_used_lba() { "LBA" } else { "CHS" }
+    );
+    resident::ENGINE_LBA.store({ patch.stage2_lba } + stage2_sectors as u64, Ordering::SeqCst);
+}
 
 fn read_patch(patch_ptr: u32) -> StagePatch {
     let mut sector = [0u8; SECTOR_BYTES];

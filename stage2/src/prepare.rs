@@ -104,7 +104,7 @@ fn plan_config_edit(
         }
         None => (loaded.partition, loaded.path.to_string()),
     };
-    let same_file = partition == loaded.partition && path.eq_ignore_ascii_case(loaded.path);
+    let same_file = partition == loaded.partition && path.eq_ignore_ascii_case(&loaded.path);
     let target = match (opts.boot_entry, &opts.new_menu_entry) {
         (Some(n), _) => SnapshotTarget::Entry(alloc::vec![n as usize]),
         (None, Some(title)) => SnapshotTarget::NewEntry { title: title.clone(), template: opts.clone() },

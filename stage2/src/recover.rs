@@ -9,6 +9,12 @@ use vboot::block::{BlockDevice, SECTOR_BYTES};
 use vboot::install;
 
 pub fn recover_mbr(disk: &mut BiosDisk) -> Result<(), String> {
+    if crate::lkrn::started() {
+        return Err(String::from(
+            "recover_mbr: vboot was started as vboot.lkrn by another boot loader, not installed on this disk; \
+             there is no install record and no saved boot code to put back",
+        ));
+    }
     let (record, restored) = install::saved_boot_code(disk)?;
     println!("recover_mbr: sector 0 of disk {:#04x} will get back the boot code saved when vboot", disk.drive);
     println!("was installed (LBA {}); the current partition table and disk signature are kept.", record.saved_mbr_lba());

@@ -19,9 +19,16 @@ use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedFo
 /// Where the engine blob is on the boot disk: right after stage2 (set by stage2_main).
 pub static ENGINE_LBA: AtomicU64 = AtomicU64::new(0);
 
-/// Read the engine blob that vboot-install wrote after stage2, and check it.
+/// Read the engine blob that vboot-install wrote after stage2 (or, started as vboot.lkrn, take
+/// the one the boot loader put in memory), and check it.
 pub(crate) fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
     use vboot::block::BlockDevice;
+    if let Some(blob) = crate::lkrn::engine_blob() {
+        let head: &[u8; 512] = blob.get(..512).and_then(|h| h.try_into().ok()).ok_or("vboot.lkrn holds no resident engine")?;
+        let (len, crc) = vboot::install::engine_blob_header(head).ok_or("vboot.lkrn's resident engine has no blob header")?;
+        let elf = blob.get(512..512 + len as usize).ok_or("vboot.lkrn's resident engine is cut short")?;
+        return check_engine(elf.to_vec(), crc, "in vboot.lkrn", "copy vboot.lkrn again");
+    }
     let lba = ENGINE_LBA.load(Ordering::SeqCst);
     let mut head = [0u8; 512];
     disk.read_sectors(lba, &mut head).map_err(|e| format!("reading the resident engine at sector {}: {}", lba, e))?;
@@ -35,11 +42,16 @@ pub(crate) fn load_engine(disk: &mut BiosDisk) -> Result<Vec<u8>, String> {
     let mut elf = alloc::vec![0u8; (len as usize).div_ceil(512) * 512];
     disk.read_sectors(lba + 1, &mut elf).map_err(|e| format!("reading the resident engine: {}", e))?;
     elf.truncate(len as usize);
+    check_engine(elf, crc, "on disk", "reinstall vboot")
+}
+
+/// The engine's ELF against its blob header's CRC-32; `place` and `remedy` for the message.
+fn check_engine(elf: Vec<u8>, crc: u32, place: &str, remedy: &str) -> Result<Vec<u8>, String> {
     let computed = vboot::crc32::crc32(&elf);
     if computed != crc {
         return Err(format!(
-            "the resident engine on disk is damaged (CRC-32 {:#010x}, expected {:#010x}); reinstall vboot",
-            computed, crc
+            "the resident engine {} is damaged (CRC-32 {:#010x}, expected {:#010x}); {}",
+            place, computed, crc, remedy
         ));
     }
     Ok(elf)

@@ -1097,18 +1097,26 @@ pub fn hello_boot_sector(dir: &Path, name: &str, message: &str) -> Vec<u8> {
 /// console (SYSLINUX prints its banner there) and boots `/hello.bs`, a boot sector that prints
 /// `message` and ends QEMU with 33: so `message` proves SYSLINUX read its config and a file.
 pub fn syslinux_floppy(dir: &Path, name: &str, message: &str) -> PathBuf {
+    let cfg = "SERIAL 0 115200\nDEFAULT hello\nPROMPT 0\nTIMEOUT 0\nLABEL hello\n  KERNEL /hello.bs\n";
+    let hello = dir.join(format!("{}-hello.bs", name));
+    std::fs::write(&hello, hello_boot_sector(dir, &format!("{}-hello", name), message)).unwrap();
+    syslinux_floppy_with(dir, name, cfg, &[("/hello.bs", &hello)])
+}
+
+/// A FAT12 1.44M floppy with SYSLINUX (`syslinux --install`) whose syslinux.cfg is `cfg` and
+/// which holds `files` (path on the floppy, local file).
+pub fn syslinux_floppy_with(dir: &Path, name: &str, cfg: &str, files: &[(&str, &Path)]) -> PathBuf {
     require_tool("syslinux", "syslinux");
     require_tool("mkfs.fat", "dosfstools");
     let img = dir.join(format!("{}.img", name));
     let _ = std::fs::remove_file(&img);
     sh(Command::new("mkfs.fat").args(["-C", "-F", "12", "-n", "VBOOTFD"]).arg(&img).arg("1440"));
     sh(Command::new("syslinux").arg("--install").arg(&img));
-    let cfg = "SERIAL 0 115200\nDEFAULT hello\nPROMPT 0\nTIMEOUT 0\nLABEL hello\n  KERNEL /hello.bs\n";
     let cfg_path = dir.join(format!("{}-syslinux.cfg", name));
     std::fs::write(&cfg_path, cfg).unwrap();
-    let hello = dir.join(format!("{}-hello.bs", name));
-    std::fs::write(&hello, hello_boot_sector(dir, &format!("{}-hello", name), message)).unwrap();
-    for (src, dst) in [(&cfg_path, "::/syslinux.cfg"), (&hello, "::/hello.bs")] {
+    let mut all: Vec<(&Path, String)> = vec![(&cfg_path, String::from("::/syslinux.cfg"))];
+    all.extend(files.iter().map(|(dst, src)| (*src, format!("::{}", dst))));
+    for (src, dst) in all {
         sh(Command::new("mcopy").arg("-o").arg("-i").arg(&img).arg(src).arg(dst).env("MTOOLS_SKIP_CHECK", "1"));
     }
     img

@@ -37,6 +37,13 @@ pub fn artifacts() -> Artifacts {
     a
 }
 
+/// vboot.lkrn as `cargo xtask build` made it (docs/boot-layout.md), for other loaders to start.
+pub fn lkrn() -> PathBuf {
+    let p = workspace_root().join("target/vboot/vboot.lkrn");
+    assert!(p.exists(), "{} is missing: run `cargo xtask build`", p.display());
+    p
+}
+
 /// `cargo xtask ARGS` from the workspace root, once per test process per caller (`once`);
 /// `what` names the step in the panic message.
 fn xtask_once(once: &'static std::sync::OnceLock<Result<(), String>>, args: &[&str], what: &str) {

@@ -34,7 +34,7 @@ fn debian_package_contents_lintian_and_installed_tools() {
         expect_mode(&format!("usr/share/zsh/vendor-completions/_{}", tool), "-rw-r--r--");
         expect_mode(&format!("usr/share/fish/vendor_completions.d/{}.fish", tool), "-rw-r--r--");
     }
-    for blob in ["stage1.bin", "stage2.bin", "engine.bin"] {
+    for blob in ["stage1.bin", "stage2.bin", "engine.bin", "vboot.lkrn"] {
         expect_mode(&format!("usr/lib/vboot/{}", blob), "-rw-r--r--");
     }
     for script in [

@@ -69,6 +69,8 @@ fn build_package() -> Result<PathBuf, String> {
         (t.join("vboot/stage1.bin"), "usr/lib/vboot/stage1.bin".into(), 0o644),
         (t.join("vboot/stage2.bin"), "usr/lib/vboot/stage2.bin".into(), 0o644),
         (t.join("vboot/engine.bin"), "usr/lib/vboot/engine.bin".into(), 0o644),
+        // For other boot loaders to start (docs/usage.md): copied to /boot by the user.
+        (t.join("vboot/vboot.lkrn"), "usr/lib/vboot/vboot.lkrn".into(), 0o644),
         (attach.join("initramfs-tools/hooks/vboot-attach"), "usr/share/initramfs-tools/hooks/vboot-attach".into(), 0o755),
         (
             attach.join("initramfs-tools/scripts/local-top/vboot-attach"),

@@ -29,6 +29,10 @@ pub const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/grub-mkrescue", "grub-common"),
     ("/usr/bin/mformat", "mtools"),
     ("/usr/lib/syslinux/mbr/mbr.bin", "syslinux-common"),
+    // vboot.lkrn started over the network (tests/tests/lkrn.rs): PXELINUX, and the iPXE ROM of
+    // QEMU's e1000 that SeaBIOS boots it with.
+    ("/usr/lib/PXELINUX/pxelinux.0", "pxelinux"),
+    ("/usr/lib/ipxe/qemu/pxe-e1000.rom", "ipxe-qemu"),
     ("/bin/busybox", "busybox-static"),
     ("/usr/bin/cpio", "cpio"),
     ("/usr/sbin/mkfs.ext4", "e2fsprogs"),

@@ -113,6 +113,30 @@ fn build_firmware_into(out: &str, features: &[&str]) -> Result<(), String> {
             engine_bytes
         ));
     }
+    build_lkrn(&root, &out_dir, &stage2, out)
+}
+
+/// vboot.lkrn, for other boot loaders to start (docs/boot-layout.md, "vboot.lkrn"): the setup
+/// code (stage2/lkrn/setup.s, assembled at origin 0 by GNU as), then stage2.bin and engine.bin
+/// as they are, with the Linux setup header filled in by the core (src/lkrn.rs).
+fn build_lkrn(root: &Path, out_dir: &Path, stage2: &[u8], out: &str) -> Result<(), String> {
+    let obj = out_dir.join("lkrn-setup.o");
+    let bin = out_dir.join("lkrn-setup.bin");
+    run(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(root.join("stage2/lkrn/setup.s")))?;
+    run(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj))?;
+    let setup = std::fs::read(&bin).map_err(|e| format!("{}: {}", bin.display(), e))?;
+    let engine = std::fs::read(out_dir.join("engine.bin")).map_err(|e| e.to_string())?;
+    let (lkrn, layout) = vboot::lkrn::build(&setup, stage2, &engine)?;
+    std::fs::write(out_dir.join("vboot.lkrn"), &lkrn).map_err(|e| e.to_string())?;
+    eprintln!(
+        "xtask: {out}/vboot.lkrn {} bytes (real-mode part {} bytes: setup code {} and stage2's low part; \
+         at 0x100000: stage2's high part {} and the engine {})",
+        lkrn.len(),
+        layout.setup_bytes,
+        setup.len(),
+        layout.high_bytes,
+        layout.engine_bytes
+    );
     Ok(())
 }
 

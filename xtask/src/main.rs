@@ -32,8 +32,8 @@ fn usage() -> ExitCode {
         "usage: cargo xtask <build|man|deb|build-faults|test|test-i686|demo|demo-debian|bench|deps|fuzz> [options]
 \
          \n\
-         build            build stage1, stage2 (target/vboot/) and the host tools (target/release/),\n\
-                          their man pages and shell completions (as `man`)\n\
+         build            build stage1, stage2, vboot.lkrn (target/vboot/) and the host tools\n\
+                          (target/release/), their man pages and shell completions (as `man`)\n\
          man              man pages (target/man/) and bash/zsh/fish completions (target/completions/)\n\
          deb [--no-build] build, then target/debian/vboot_VERSION_amd64.deb, checked by lintian\n\
          test [ARGS..]    install missing tools, build, run every test; ARGS go to `cargo test`\n\
