@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use crate::console::{self, COLUMNS, ROWS};
 use crate::disk::BiosDisk;
-use crate::host::{empty_table, list_partitions, load_config, Loaded};
+use crate::host::{empty_table, find_config, list_partitions, Loaded};
 use crate::{bios, println};
 use vboot::config::{Config, Entry};
 use vboot::install::InstallRecord;
@@ -28,6 +28,15 @@ pub fn run(disk: &mut BiosDisk, record: Option<InstallRecord>, mut resume: Optio
         };
         let t = table.as_ref().ok().cloned().unwrap_or_else(empty_table);
         menu_loop(disk, &t, &loaded, resume.take());
+    }
+}
+
+/// grub.cfg: where vboot.lkrn's `config=` says, else in its usual places (host.rs); with
+/// vboot.lkrn's `entry=` applied.
+fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&InstallRecord>) -> Result<Loaded, String> {
+    match crate::lkrn::config_path() {
+        Some(path) => crate::lkrn::load_named_config(disk, table, &path),
+        None => find_config(disk, table, record).map(|l| Loaded { config: crate::lkrn::with_entry(l.config), ..l }),
     }
 }
 

@@ -107,11 +107,9 @@ pub fn partition_window(disk: &BiosDisk, table: &PartitionTable, number: u32) ->
     Ok(Window { inner: disk.clone(), start_lba: p.start_lba, sectors: p.sectors })
 }
 
-pub(crate) fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&InstallRecord>) -> Result<Loaded, String> {
-    // vboot.lkrn's command line may say where grub.cfg is (lkrn.rs).
-    if let Some(path) = crate::lkrn::config_path() {
-        return crate::lkrn::load_named_config(disk, table, &path);
-    }
+/// grub.cfg in its usual places: on the partition the install record names, else the active
+/// partition, then every partition in order. (vboot.lkrn's `config=` is boot.rs's business.)
+pub(crate) fn find_config(disk: &mut BiosDisk, table: &PartitionTable, record: Option<&InstallRecord>) -> Result<Loaded, String> {
     let candidates: Vec<u32> = match record.map(|r| r.config_partition).filter(|&n| n != 0) {
         Some(n) => alloc::vec![n],
         None => {
@@ -151,7 +149,7 @@ pub(crate) fn load_config(disk: &mut BiosDisk, table: &PartitionTable, record: O
                         println!("Reading (hd0,{}){} ({} bytes, {})", number, path, bytes.len(), vol.kind().name());
                     }
                     let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}{}: {}", number, path, if from_new { ".new" } else { "" }, e))?;
-                    return Ok(Loaded { partition: number, path: String::from(path), config: crate::lkrn::with_entry(config) });
+                    return Ok(Loaded { partition: number, path: String::from(path), config });
                 }
                 Err(vboot::fs::FsError::NotFound { .. }) => {}
                 Err(e) => tried.push(format!("(hd0,{}){}: {}", number, path, e)),

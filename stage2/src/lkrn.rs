@@ -102,7 +102,10 @@ pub fn boot_disk() -> Result<BiosDisk, String> {
             tried.push(format!("{:#04x}: does not answer", drive));
             continue;
         };
-        let found = host::list_partitions(&mut disk).and_then(|t| host::load_config(&mut disk, &t, None).map(|_| ()));
+        let found = host::list_partitions(&mut disk).and_then(|t| match &cl.config {
+            Some(path) => load_named_config(&mut disk, &t, path).map(|_| ()),
+            None => host::find_config(&mut disk, &t, None).map(|_| ()),
+        });
         match found {
             Ok(()) => return Ok(disk),
             Err(e) => tried.push(format!("{:#04x}: {}", drive, e.replace('\n', "\n    "))),
