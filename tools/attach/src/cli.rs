@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 /// Options that only make sense when attaching.
-const ATTACH_OPTIONS: [&str; 5] = ["drive", "device", "timeout", "read_only", "foreground"];
+const ATTACH_OPTIONS: [&str; 6] = ["drive", "device", "timeout", "read_only", "foreground", "netlink"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,6 +43,10 @@ pub struct Cli {
     /// Stay in the foreground instead of going to the background
     #[arg(long)]
     pub foreground: bool,
+    /// Hand the device to the kernel through netlink instead of staying in NBD_DO_IT (which any
+    /// signal ends, such as the SIGSTOP systemd sends to all processes at switch-root)
+    #[arg(long)]
+    pub netlink: bool,
 }
 
 /// Decimal, or hexadecimal with 0x.

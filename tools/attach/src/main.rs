@@ -8,6 +8,7 @@
 
 mod host;
 mod nbd;
+mod netlink;
 mod vdisk;
 
 use std::fs::{File, OpenOptions};
@@ -28,6 +29,7 @@ struct Options {
     timeout: Duration,
     read_only: bool,
     foreground: bool,
+    netlink: bool,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +41,7 @@ fn main() -> ExitCode {
         detach(device)
     } else {
         become_root_storage_daemon();
-        attach(Options { drive: cli.drive, device: cli.device, timeout: cli.timeout, read_only: cli.read_only, foreground: cli.foreground })
+        attach(Options { drive: cli.drive, device: cli.device, timeout: cli.timeout, read_only: cli.read_only, foreground: cli.foreground, netlink: cli.netlink })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -164,8 +166,8 @@ fn attach(o: Options) -> Result<(), String> {
         Some(d) => d,
         None => free_nbd()?,
     };
-    let nbd = OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?;
-    let fd = nbd.as_raw_fd();
+    let mut nbd = Some(OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?);
+    let fd = nbd.as_ref().map_or(-1, |f| f.as_raw_fd());
     let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
     let sectors = nbd::Backend::size_bytes(&disk) / 512;
     let mut flags = nbd::FLAG_HAS_FLAGS | nbd::FLAG_SEND_FLUSH;
@@ -179,7 +181,15 @@ fn attach(o: Options) -> Result<(), String> {
         nbd::ioctl(fd, nbd::NBD_SET_SOCK, theirs.as_raw_fd() as u64)?;
         Ok(())
     };
-    setup().map_err(|e| format!("setting up {}: {} (is it in use?)", device, e))?;
+    let index = if o.netlink {
+        let index = netlink::device_index(&device).ok_or_else(|| format!("{} is not /dev/nbdN", device))?;
+        // The kernel refuses a netlink connect while the device is open (EBUSY).
+        nbd = None;
+        Some(index)
+    } else {
+        setup().map_err(|e| format!("setting up {}: {} (is it in use?)", device, e))?;
+        None
+    };
 
     if !o.foreground {
         // SAFETY: no other thread runs yet; the child carries on with the same descriptors.
@@ -200,6 +210,31 @@ fn attach(o: Options) -> Result<(), String> {
             }
         }
         unsafe { libc::setsid() };
+        // Only --detach (or SIGKILL) stops the server: it may hold the root filesystem.
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2] {
+            // SAFETY: SIG_IGN for a catchable signal; no handler runs.
+            unsafe { libc::signal(sig, libc::SIG_IGN) };
+        }
+    }
+    if let Some(index) = index {
+        // In the server, so that the device's pid (which --detach waits for) is the server's.
+        // The kernel keeps its own reference to the socket; requests are served here.
+        // udev may still hold the device open (probing it after the module loaded): retry a while.
+        let start = Instant::now();
+        loop {
+            match netlink::connect(index, theirs.as_raw_fd(), sectors * 512, flags) {
+                Ok(()) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(format!("connecting {} through netlink: {} (is it in use?)", device, e)),
+            }
+        }
+        drop(theirs);
+        let result = nbd::serve(&mut ours, &mut disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+        drop(ours);
+        let _ = netlink::disconnect(index);
+        return served(&device, result);
     }
     // The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
     let theirs_fd = theirs.into_raw_fd();
@@ -214,6 +249,11 @@ fn attach(o: Options) -> Result<(), String> {
     drop(ours);
     let _ = kernel.join();
     drop(nbd);
+    served(&device, result)
+}
+
+/// The server's last words.
+fn served(device: &str, result: std::io::Result<nbd::Stats>) -> Result<(), String> {
     match result {
         Ok(stats) => {
             eprintln!(
