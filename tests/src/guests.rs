@@ -1056,6 +1056,81 @@ pub fn compare_hashes(got: &[u32], want_raw: &[u8]) -> Result<(), String> {
     }
 }
 
+// ---- Debian installed in a disk image -------------------------------------------------------
+
+/// Which initramfs generator a debootstrapped Debian guest ([`debian_rootfs_tarball`]) uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DebianInitramfs {
+    /// Debian's default, initramfs-tools (`update-initramfs`).
+    Tools,
+    /// Debian's `dracut` package (059 in bookworm), which replaces initramfs-tools.
+    Dracut,
+}
+
+/// Unmounts on the way out, whatever happens.
+pub struct Mounted(pub PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Run `args` chrooted into `root` with /proc mounted there (unmounted after, whatever
+/// happens); returns (success, stdout + stderr).
+pub fn chroot_with_proc(root: &Path, args: &[&str]) -> (bool, String) {
+    sh(Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")));
+    let _proc = Mounted(root.join("proc"));
+    let out = Command::new("chroot").arg(root).args(args).env("DEBIAN_FRONTEND", "noninteractive").output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A tar of a Debian bookworm root filesystem (debootstrap minbase with the kernel, systemd,
+/// udev and e2fsprogs), made once (it needs root and deb.debian.org) and cached in
+/// target/guest-cache/: `debian-bookworm-rootfs.tar` with initramfs-tools, and
+/// `debian-bookworm-dracut-rootfs.tar`, the same after `apt-get install dracut` in the chroot
+/// (which removes initramfs-tools and builds a first initramfs).
+pub fn debian_rootfs_tarball(initramfs: DebianInitramfs) -> PathBuf {
+    // Tests of one binary run in parallel; the dracut tree starts from the other.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    debian_rootfs_tarball_locked(initramfs)
+}
+
+fn debian_rootfs_tarball_locked(initramfs: DebianInitramfs) -> PathBuf {
+    let cache = guest_cache_dir();
+    let name = match initramfs {
+        DebianInitramfs::Tools => "debian-bookworm-rootfs.tar",
+        DebianInitramfs::Dracut => "debian-bookworm-dracut-rootfs.tar",
+    };
+    let tarball = cache.join(name);
+    if tarball.exists() {
+        return tarball;
+    }
+    let tmp = cache.join(format!("{}-{}", name.trim_end_matches(".tar"), std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    match initramfs {
+        DebianInitramfs::Tools => {
+            require_tool("debootstrap", "debootstrap");
+            sh(Command::new("debootstrap")
+                .args(["--variant=minbase", "--include=linux-image-amd64,initramfs-tools,systemd-sysv,udev,kmod,e2fsprogs", "bookworm"])
+                .arg(&tmp)
+                .arg("http://deb.debian.org/debian"));
+        }
+        DebianInitramfs::Dracut => {
+            let base = debian_rootfs_tarball_locked(DebianInitramfs::Tools);
+            std::fs::create_dir_all(&tmp).unwrap();
+            sh(Command::new("tar").arg("-C").arg(&tmp).arg("-xf").arg(&base));
+            let script = "apt-get update -q && apt-get install -y -q --no-install-recommends dracut && apt-get clean";
+            let (ok, said) = chroot_with_proc(&tmp, &["sh", "-c", script]);
+            assert!(ok, "apt-get install dracut in the chroot failed:\n{}", said);
+        }
+    }
+    sh(Command::new("tar").arg("-C").arg(&tmp).arg("-cf").arg(tarball.with_extension("tmp")).arg("."));
+    std::fs::rename(tarball.with_extension("tmp"), &tarball).unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    tarball
+}
+
 // ---- CDs and floppies -----------------------------------------------------------------------
 
 /// What the floppy check guest prints when every step passed.

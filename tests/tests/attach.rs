@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use vboot_tests::guests::{self, ATTACH_BIG_BYTES, ATTACH_BIG_FILE, ATTACH_FILE, ATTACH_FILE_TEXT, ATTACH_NEW_FILE, ATTACH_NEW_TEXT, ATTACH_OK};
+use vboot_tests::guests::{self, DebianInitramfs, ATTACH_BIG_BYTES, ATTACH_BIG_FILE, ATTACH_FILE, ATTACH_FILE_TEXT, ATTACH_NEW_FILE, ATTACH_NEW_TEXT, ATTACH_OK};
 use vboot_tests::qemu::{Config, Qemu, EXIT_PASS};
 use vboot_tests::{disk, qemu_img, sh, vboot_host, vdisk_bin, HostImage, TempDir};
 
@@ -221,45 +221,44 @@ fn linux_finds_a_gpt_host_disk_by_its_guid() {
     check_guest_files(&dir, &after);
 }
 
-/// Unmounts on the way out, whatever happens.
-struct Mounted(PathBuf);
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// The demo of issue 9, also run by `cargo xtask demo-debian` (it needs root for the chroot and
-/// downloads Debian with debootstrap once, into target/guest-cache; about 3 minutes): Debian bookworm
-/// installed in a dynamic VHD, with the vboot Debian package installed by `dpkg -i` and
-/// `update-initramfs -u` (vboot-attach and its initramfs-tools hook in its initramfs),
-/// booted through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, writes a
-/// file and powers off through systemd; the host finds the file in the VHD and e2fsck finds the
-/// root filesystem clean.
+/// downloads Debian with debootstrap once, into target/guest-cache; about 3 minutes):
+/// [`debian_in_a_vhd`] with initramfs-tools, `update-initramfs -u` putting vboot-attach and the
+/// package's hook and local-top script into the initramfs.
 #[test]
 fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
-    vboot_tests::require_tool("debootstrap", "debootstrap");
+    debian_in_a_vhd(DebianInitramfs::Tools);
+}
+
+/// The same Debian with Debian's `dracut` package instead of initramfs-tools: the vboot
+/// package's dracut module (tools/attach/dracut/90vboot-attach) is in the initramfs `dracut -f
+/// --regenerate-all` makes, and systemd's initramfs attaches the image from dracut's initqueue.
+/// Run by `cargo xtask demo-debian --dracut`: dracut takes minutes here (a generic initramfs),
+/// too long for every `cargo xtask test`.
+#[test]
+#[ignore = "Debian with dracut: minutes of dracut under TCG; run by `cargo xtask demo-debian --dracut`"]
+fn debian_with_dracut_in_a_vhd_boots_to_a_login_prompt() {
+    debian_in_a_vhd(DebianInitramfs::Dracut);
+}
+
+/// Debian bookworm (a cached debootstrap, [`guests::debian_rootfs_tarball`]) with the vboot
+/// package installed by `dpkg -i` and its initramfs made by `initramfs`, in a dynamic VHD booted
+/// through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, shows the root mount
+/// and the command line, writes a file and powers off through systemd; the host finds the file
+/// in the VHD and e2fsck finds the root filesystem clean.
+fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let started = std::time::Instant::now();
-    let dir = TempDir::new("attach-debian");
-    let cache = guests::guest_cache_dir();
-    let tarball = cache.join("debian-bookworm-rootfs.tar");
-    if !tarball.exists() {
-        let tmp = cache.join(format!("debian-rootfs-{}", std::process::id()));
-        sh(Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=linux-image-amd64,initramfs-tools,systemd-sysv,udev,kmod,e2fsprogs", "bookworm"])
-            .arg(&tmp)
-            .arg("http://deb.debian.org/debian"));
-        sh(Command::new("tar").arg("-C").arg(&tmp).arg("-cf").arg(tarball.with_extension("tmp")).arg("."));
-        std::fs::rename(tarball.with_extension("tmp"), &tarball).unwrap();
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
+    let dracut = initramfs == DebianInitramfs::Dracut;
+    let dir = TempDir::new(if dracut { "attach-debian-dracut" } else { "attach-debian" });
+    let tarball = guests::debian_rootfs_tarball(initramfs);
     eprintln!("demo: root filesystem ready after {:?}", started.elapsed());
     let root = dir.join("rootfs");
     std::fs::create_dir_all(&root).unwrap();
     sh(Command::new("tar").arg("-C").arg(&root).arg("-xf").arg(&tarball));
 
     // vboot as a Debian user installs it: the package (vboot-attach, the initramfs-tools hook and
-    // script), then update-initramfs below. Nothing is copied in by hand.
+    // script, the dracut module), then update-initramfs or dracut below. Nothing is copied in by
+    // hand.
     let deb = vboot_tests::debian_package();
     std::fs::copy(&deb, root.join("tmp/vboot.deb")).unwrap();
     sh(Command::new("chroot").arg(&root).args(["dpkg", "-i", "/tmp/vboot.deb"]));
@@ -269,14 +268,12 @@ fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
     std::fs::write(root.join("etc/fstab"), "/dev/nbd0p2 / ext4 errors=remount-ro 0 1\n").unwrap();
     std::fs::write(root.join("etc/hostname"), "vboot-debian\n").unwrap();
     sh(Command::new("chroot").arg(&root).args(["passwd", "-d", "root"]));
-    {
-        sh(Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")));
-        let _proc = Mounted(root.join("proc"));
-        let out = Command::new("chroot").arg(&root).args(["update-initramfs", "-u", "-k", "all"]).output().unwrap();
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "update-initramfs failed:\n{}", said);
-        assert!(!said.contains("vboot-attach not found"), "the package's hook did not find vboot-attach:\n{}", said);
-    }
+    let make_initramfs: &[&str] =
+        if dracut { &["dracut", "-f", "--regenerate-all"] } else { &["update-initramfs", "-u", "-k", "all"] };
+    let (ok, said) = guests::chroot_with_proc(&root, make_initramfs);
+    assert!(ok, "{} failed:\n{}", make_initramfs[0], said);
+    assert!(!said.contains("vboot-attach not found"), "the package's hook did not find vboot-attach:\n{}", said);
+    eprintln!("demo: initramfs made by {} after {:?}", make_initramfs[0], started.elapsed());
     let boot_file = |prefix: &str| {
         std::fs::read_dir(root.join("boot"))
             .unwrap()
@@ -285,8 +282,24 @@ fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
             .unwrap_or_else(|| panic!("no /boot/{}*", prefix))
     };
     let (vmlinuz, initrd) = (boot_file("vmlinuz-"), boot_file("initrd.img-"));
-    let listing = sh(Command::new("sh").arg("-c").arg(format!("zcat -f '{}' | cpio -t 2>/dev/null || true", initrd.display())));
-    eprintln!("demo: initramfs has vboot-attach: {}", listing.contains("sbin/vboot-attach"));
+    if dracut {
+        // The module is in: the binary, the attach script, the cmdline hook, nbd.ko, and the
+        // flag that makes systemd's initramfs run the initqueue.
+        let rel = format!("/boot/{}", initrd.file_name().unwrap().to_str().unwrap());
+        let listing = sh(Command::new("chroot").arg(&root).args(["lsinitrd", &rel]));
+        for want in [
+            "usr/sbin/vboot-attach",
+            "usr/sbin/vboot-attach-dracut",
+            "hooks/cmdline/90-parse-vboot-attach.sh",
+            "kernel/drivers/block/nbd.ko",
+            "usr/lib/dracut/need-initqueue",
+        ] {
+            assert!(listing.contains(want), "the dracut initramfs has no {}:\n{}", want, listing);
+        }
+    } else {
+        let listing = sh(Command::new("sh").arg("-c").arg(format!("zcat -f '{}' | cpio -t 2>/dev/null || true", initrd.display())));
+        eprintln!("demo: initramfs has vboot-attach: {}", listing.contains("sbin/vboot-attach"));
+    }
 
     // The guest disk: SYSLINUX on a FAT16 /boot at 1 MiB, the root filesystem (ext4) after it.
     let boot_mib = 128u64;
@@ -337,11 +350,17 @@ fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
     let mark = q.mark();
     q.send(b"root\n");
     q.expect_from(mark, "#", Duration::from_secs(120));
-    q.send(b"findmnt / ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    q.send(b"findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
     let status = q.wait_exit(Duration::from_secs(300));
     let out = q.output();
     eprintln!("demo: QEMU ended with {:?} {:?} after it started", status, boot_at.elapsed());
-    assert!(out.contains("/dev/nbd0p2"), "the root filesystem is not on the NBD device:\n{}", out);
+    let shown = out.get(mark..).unwrap_or("");
+    assert!(shown.contains("\n/dev/nbd0p2"), "the root filesystem is not on the NBD device:\n{}", out);
+    assert!(shown.contains("root=/dev/nbd0p2 vboot.attach=1"), "no kernel command line shown:\n{}", out);
+    if dracut {
+        // systemd's status line from dracut's initramfs: the initqueue that ran the attach.
+        assert!(out.contains("dracut initqueue hook"), "not dracut's initramfs:\n{}", out);
+    }
 
     // The host reads the file out of the VHD; the root filesystem is clean.
     let part_now = host.current_partition(&dir.join("host-part-after.img"));

@@ -42,6 +42,7 @@ fn debian_package_contents_lintian_and_installed_tools() {
         "usr/share/initramfs-tools/scripts/local-top/vboot-attach",
         "usr/lib/dracut/modules.d/90vboot-attach/module-setup.sh",
         "usr/lib/dracut/modules.d/90vboot-attach/vboot-attach.sh",
+        "usr/lib/dracut/modules.d/90vboot-attach/parse-vboot-attach.sh",
     ] {
         expect_mode(script, "-rwxr-xr-x");
     }

@@ -37,7 +37,7 @@ const TOOLS: &[(&str, &[(&str, &[&str])])] = &[
     ("vboot-attach", &[]),
 ];
 
-const ATTACH_OPTIONS: &[&str] = &["--info", "--detach", "--drive", "--device", "--timeout", "--read-only", "--foreground", "--all"];
+const ATTACH_OPTIONS: &[&str] = &["--info", "--detach", "--drive", "--device", "--timeout", "--read-only", "--foreground", "--all", "--netlink"];
 
 fn generated(sub: &str) -> PathBuf {
     let p = workspace_root().join("target").join(sub);

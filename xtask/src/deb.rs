@@ -79,6 +79,11 @@ fn build_package() -> Result<PathBuf, String> {
         ),
         (attach.join("dracut/90vboot-attach/module-setup.sh"), "usr/lib/dracut/modules.d/90vboot-attach/module-setup.sh".into(), 0o755),
         (attach.join("dracut/90vboot-attach/vboot-attach.sh"), "usr/lib/dracut/modules.d/90vboot-attach/vboot-attach.sh".into(), 0o755),
+        (
+            attach.join("dracut/90vboot-attach/parse-vboot-attach.sh"),
+            "usr/lib/dracut/modules.d/90vboot-attach/parse-vboot-attach.sh".into(),
+            0o755,
+        ),
         (packaging.join("copyright"), "usr/share/doc/vboot/copyright".into(), 0o644),
         (packaging.join("lintian-overrides"), "usr/share/lintian/overrides/vboot".into(), 0o644),
     ];

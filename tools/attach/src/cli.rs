@@ -10,7 +10,7 @@ use clap::Parser;
 use crate::drives::DriveSpec;
 
 /// Options that only make sense when attaching.
-const ATTACH_OPTIONS: [&str; 6] = ["drive", "device", "timeout", "read_only", "foreground", "all"];
+const ATTACH_OPTIONS: [&str; 7] = ["drive", "device", "timeout", "read_only", "foreground", "all", "netlink"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,10 @@ pub struct Cli {
     /// Serve every drive of the table, each on the next free NBD device (one line each)
     #[arg(long, conflicts_with_all = ["drive", "device", "foreground"])]
     pub all: bool,
+    /// Hand the device to the kernel through netlink instead of staying in NBD_DO_IT (which any
+    /// signal ends, such as the SIGSTOP systemd sends to all processes at switch-root)
+    #[arg(long)]
+    pub netlink: bool,
 }
 
 /// Decimal, or hexadecimal with 0x.

@@ -8,6 +8,7 @@
 
 mod host;
 mod nbd;
+mod netlink;
 mod vdisk;
 
 use std::fs::{File, OpenOptions};
@@ -29,6 +30,8 @@ struct Options {
     timeout: Duration,
     read_only: bool,
     foreground: bool,
+    /// Connect through netlink rather than staying in NBD_DO_IT (cli.rs says why).
+    netlink: bool,
 }
 
 fn main() -> ExitCode {
@@ -40,7 +43,14 @@ fn main() -> ExitCode {
         detach(device)
     } else {
         become_root_storage_daemon();
-        let o = Options { drive: cli.drive, device: cli.device, timeout: cli.timeout, read_only: cli.read_only, foreground: cli.foreground };
+        let o = Options {
+            drive: cli.drive,
+            device: cli.device,
+            timeout: cli.timeout,
+            read_only: cli.read_only,
+            foreground: cli.foreground,
+            netlink: cli.netlink,
+        };
         if cli.all {
             attach_all(o)
         } else {
@@ -192,9 +202,9 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         Some(d) => d,
         None => free_nbd()?,
     };
-    let nbd = OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?;
-    let fd = nbd.as_raw_fd();
-    let (mut ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
+    let mut nbd = Some(OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?);
+    let fd = nbd.as_ref().map_or(-1, |f| f.as_raw_fd());
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
     // 512-byte blocks for a CD too: iso9660 mounts either way, and an isohybrid ISO's partition
     // table (in 512-byte sectors) reads right.
     let sectors = nbd::Backend::size_bytes(&disk) / 512;
@@ -209,7 +219,15 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         nbd::ioctl(fd, nbd::NBD_SET_SOCK, theirs.as_raw_fd() as u64)?;
         Ok(())
     };
-    setup().map_err(|e| format!("setting up {}: {} (is it in use?)", device, e))?;
+    let index = if o.netlink {
+        let index = netlink::device_index(&device).ok_or_else(|| format!("{} is not /dev/nbdN", device))?;
+        // The kernel refuses a netlink connect while the device is open (EBUSY).
+        nbd = None;
+        Some(index)
+    } else {
+        setup().map_err(|e| format!("setting up {}: {} (is it in use?)", device, e))?;
+        None
+    };
 
     if !o.foreground {
         // SAFETY: no other thread runs yet; the child carries on with the same descriptors.
@@ -233,8 +251,59 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         }
         // SAFETY: setsid takes no pointer and only moves this process to a new session.
         unsafe { libc::setsid() };
+        // Only --detach (or SIGKILL) stops the server: it may hold the root filesystem.
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2] {
+            // SAFETY: SIG_IGN for a catchable signal; no handler runs.
+            unsafe { libc::signal(sig, libc::SIG_IGN) };
+        }
     }
-    // The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
+    let result = match index {
+        Some(index) => serve_through_netlink(&device, index, ours, theirs, sectors * 512, flags, &mut disk),
+        None => serve_in_do_it(&device, fd, ours, theirs, &mut disk),
+    };
+    drop(nbd);
+    let result = served(&device, result);
+    if !o.foreground {
+        // The forked server ends here: with --all, the parent attaches the next drive, not it.
+        if let Err(e) = &result {
+            eprintln!("vboot-attach: {}", e);
+        }
+        std::process::exit(result.is_err() as i32);
+    }
+    result
+}
+
+/// Connect through netlink, in the server, so that the device's pid (which --detach waits for)
+/// is the server's; the kernel keeps its own reference to the socket.
+fn serve_through_netlink(
+    device: &str,
+    index: u32,
+    mut ours: UnixStream,
+    theirs: UnixStream,
+    size_bytes: u64,
+    flags: u64,
+    disk: &mut vdisk::VirtualDisk,
+) -> std::io::Result<nbd::Stats> {
+    // udev may still hold the device open (probing it after the module loaded): retry a while.
+    let start = Instant::now();
+    loop {
+        match netlink::connect(index, theirs.as_raw_fd(), size_bytes, flags) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) => return Err(std::io::Error::new(e.kind(), format!("connecting through netlink: {} (is it in use?)", e))),
+        }
+    }
+    drop(theirs);
+    let result = nbd::serve(&mut ours, disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    drop(ours);
+    let _ = netlink::disconnect(index);
+    result
+}
+
+/// The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
+fn serve_in_do_it(device: &str, fd: i32, mut ours: UnixStream, theirs: UnixStream, disk: &mut vdisk::VirtualDisk) -> std::io::Result<nbd::Stats> {
     let theirs_fd = theirs.into_raw_fd();
     let kernel = std::thread::spawn(move || {
         let r = nbd::ioctl(fd, nbd::NBD_DO_IT, 0);
@@ -245,11 +314,16 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         unsafe { libc::close(theirs_fd) };
         r
     });
-    let result = nbd::serve(&mut ours, &mut disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    let result = nbd::serve(&mut ours, disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    // Closing our end ends the kernel's NBD_DO_IT.
     drop(ours);
     let _ = kernel.join();
-    drop(nbd);
-    let result = match result {
+    result
+}
+
+/// The server's last words.
+fn served(device: &str, result: std::io::Result<nbd::Stats>) -> Result<(), String> {
+    match result {
         Ok(stats) => {
             eprintln!(
                 "vboot-attach: {} detached ({} reads, {} writes, {} flushes, {} errors)",
@@ -258,15 +332,7 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
             Ok(())
         }
         Err(e) => Err(format!("{}: {}", device, e)),
-    };
-    if !o.foreground {
-        // The forked server ends here: with --all, the parent attaches the next drive, not it.
-        if let Err(e) = &result {
-            eprintln!("vboot-attach: {}", e);
-        }
-        std::process::exit(result.is_err() as i32);
     }
-    result
 }
 
 /// In the parent: wait until the kernel serves the device, make it read the partition table,
