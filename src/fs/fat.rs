@@ -405,7 +405,9 @@ impl LfnState {
             self.expect = seq;
             self.checksum = e[13];
             self.start_slot = slot;
-        } else if !self.active || seq != self.expect || e[13] != self.checksum {
+        } else if !self.active || seq == 0 || seq != self.expect || e[13] != self.checksum {
+            // seq 0 never follows: after the last part (1) the sequence is complete, and a
+            // further LFN entry with number 0 is debris (fuzz finding, fs_fat target).
             self.reset();
             return;
         }
@@ -1018,6 +1020,22 @@ fn dir_path(stack: &[RawEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long-name entry numbered 0 after a complete sequence (fuzz finding, fs_fat target:
+    /// `seq - 1` wrapped).
+    #[test]
+    fn a_long_name_part_numbered_zero_after_a_complete_sequence_is_debris() {
+        let mut lfn = LfnState::default();
+        let mut e = [0u8; 32];
+        e[0] = 0x41; // last part, number 1
+        e[11] = 0x0F;
+        e[13] = 0x5A;
+        lfn.feed(&e, 0);
+        assert!(lfn.active && lfn.expect == 0);
+        e[0] = 0x00; // number 0, same checksum
+        lfn.feed(&e, 1);
+        assert!(!lfn.active);
+    }
     use crate::block::MemDisk;
 
     /// A hand-built FAT12 volume: 2048 sectors, 1 sector per cluster, 2 FATs of 6 sectors,
