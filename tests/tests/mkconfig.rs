@@ -1,5 +1,5 @@
 //! `vdisk mkconfig`: a partition's images found and given grub.cfg entries (a raw disk, a VMDK
-//! chain of depth 3 made by qemu-img where only the leaf gets an entry, a split VMDK whose
+//! chain of depth 3 made by qemu-img and a VHD chain of depth 3 where only the leaves get entries, a split VMDK whose
 //! extent file must not get one, an ISO made by xorriso, a floppy, files that are no bootable
 //! image), the file checked by GRUB's own `grub-script-check`, a second run leaving the user's
 //! lines byte-identical, and every generated entry booted through vboot in QEMU.
@@ -37,6 +37,13 @@ fn stage(dir: &TempDir) -> (PathBuf, Vec<(String, String)>) {
     sh(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "vmdk"]).arg(&base_raw).arg(root.join("vm/base.vmdk")));
     for (child, parent) in [("mid.vmdk", "base.vmdk"), ("leaf.vmdk", "mid.vmdk")] {
         sh(Command::new("qemu-img").args(["create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk"]).arg(root.join("vm").join(child)));
+    }
+    // A VHD chain of depth 3: qemu-img makes the dynamic base (it cannot make VHD children),
+    // vdisk the two differencing children.
+    let vhd_raw = guests::hello_guest(&dir.path, "vhdchain", "MK-VHD-CHAIN", 4096);
+    sh(Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on"]).arg(&vhd_raw).arg(root.join("vm/vbase.vhd")));
+    for (parent, child) in [("vbase.vhd", "vmid.vhd"), ("vmid.vhd", "vleaf.vhd")] {
+        sh(Command::new(vdisk_bin()).arg("snapshot").arg(root.join("vm").join(parent)).arg(root.join("vm").join(child)));
     }
     // A split flat VMDK: its extent file split-f001.vmdk is a raw disk with a boot signature.
     let split_raw = guests::hello_guest(&dir.path, "split", "MK-SPLIT", 2048);
@@ -95,8 +102,9 @@ fn mkconfig_finds_the_bootable_images_keeps_the_users_lines_and_each_entry_boots
             "vboot harddisk=/vm/dos.img",
             "vboot harddisk=/vm/leaf.vmdk",
             "vboot harddisk=/vm/split.vmdk",
+            "vboot harddisk=/vm/vleaf.vhd",
         ],
-        "one entry per bootable image, the chain's leaf only, no extent file:\n{}\n{}",
+        "one entry per bootable image, each chain's leaf only, no extent file:\n{}\n{}",
         cfg,
         report
     );
@@ -110,7 +118,7 @@ fn mkconfig_finds_the_bootable_images_keeps_the_users_lines_and_each_entry_boots
     assert_eq!(std::fs::read_to_string(&cfg_path).unwrap(), with_more, "a second run changes nothing");
     std::fs::write(&cfg_path, &cfg).unwrap();
 
-    // Boot each generated entry (2..6; entry 1 is the user's) from a FAT host partition holding
+    // Boot each generated entry (2..7; entry 1 is the user's) from a FAT host partition holding
     // the same files.
     let specs: Vec<FileSpec> = files
         .iter()
@@ -122,11 +130,11 @@ fn mkconfig_finds_the_bootable_images_keeps_the_users_lines_and_each_entry_boots
     let host = disk::disk_from_partition(&dir, &part, size_mib);
     let (ok, out) = vboot_tests::vboot_install(&["install", host.to_str().unwrap()]);
     assert!(ok, "vboot-install failed:\n{}", out);
-    for (digit, marker) in [(2u8, "MK-FLOPPY"), (3, "MK-CD"), (4, "MK-RAW"), (5, "MK-CHAIN"), (6, "MK-SPLIT")] {
+    for (digit, marker) in [(2u8, "MK-FLOPPY"), (3, "MK-CD"), (4, "MK-RAW"), (5, "MK-CHAIN"), (6, "MK-SPLIT"), (7, "MK-VHD-CHAIN")] {
         let mut qcfg = vboot_tests::qemu::Config::disk(&host);
         qcfg.memory_mib = 256;
         let mut q = Qemu::start(&qcfg);
-        q.expect("split (VMDK)", T);
+        q.expect("vleaf (VHD, 3 layers)", T);
         // As the rig does: the last title is drawn just before the menu polls for keys.
         std::thread::sleep(Duration::from_millis(200));
         let mark = q.mark();
