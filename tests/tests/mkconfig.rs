@@ -145,3 +145,32 @@ fn mkconfig_finds_the_bootable_images_keeps_the_users_lines_and_each_entry_boots
         assert_eq!(status, Some(EXIT_PASS), "{}", tail);
     }
 }
+
+/// Real sizes: a VMDK chain of depth 9 over a 100 GiB base and a 2040 GiB dynamic VHD, made by
+/// qemu-img (sparse files) with the boot signature written by qemu-io: one entry each, for the
+/// chain's leaf only.
+#[test]
+fn mkconfig_lists_real_sized_images_and_only_the_leaf_of_a_deep_chain() {
+    require_tool("qemu-io", "qemu-utils");
+    let dir = TempDir::new("mkconfig-big");
+    let root = dir.join("part");
+    let vm = root.join("vm");
+    std::fs::create_dir_all(&vm).unwrap();
+    let signature = |file: &Path, format: &str| {
+        sh(Command::new("qemu-io").args(["-f", format, "-c", "write -P 0x55 510 1", "-c", "write -P 0xaa 511 1"]).arg(file));
+    };
+    sh(Command::new("qemu-img").args(["create", "-q", "-f", "vmdk"]).arg(vm.join("base.vmdk")).arg("100G"));
+    signature(&vm.join("base.vmdk"), "vmdk");
+    let mut parent = String::from("base.vmdk");
+    for i in 1..=8 {
+        let child = format!("c{}.vmdk", i);
+        sh(Command::new("qemu-img").args(["create", "-q", "-f", "vmdk", "-b", &parent, "-F", "vmdk"]).arg(vm.join(&child)));
+        parent = child;
+    }
+    sh(Command::new("qemu-img").args(["create", "-q", "-f", "vpc", "-o", "subformat=dynamic"]).arg(vm.join("big.vhd")).arg("2040G"));
+    signature(&vm.join("big.vhd"), "vpc");
+    let (printed, _) = mkconfig(&root, &["--dry-run"]);
+    let vboot_lines: Vec<&str> = printed.lines().map(str::trim).filter(|l| l.starts_with("vboot ")).collect();
+    assert_eq!(vboot_lines, ["vboot harddisk=/vm/big.vhd", "vboot harddisk=/vm/c8.vmdk"], "{}", printed);
+    assert!(printed.contains("menuentry 'c8 (VMDK, 9 layers)'"), "{}", printed);
+}
