@@ -374,7 +374,7 @@ pub fn plan_install<D: BlockDevice>(
              partitioned disk; give the whole disk (for example /dev/sdb, not /dev/sdb1)",
         ));
     }
-    if sector0[510] != 0x55 || sector0[511] != 0xAA {
+    if !crate::part::has_boot_signature(&sector0) {
         return refuse(String::from(
             "the disk has no partition table (no 0x55AA in sector 0); partition it first \
              (sfdisk, fdisk, sgdisk) and make a filesystem for grub.cfg",

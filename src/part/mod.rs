@@ -28,6 +28,12 @@ pub use table::*;
 use gpt::read_gpt;
 use mbr::{looks_like_boot_sector, read_ebr_chain};
 
+/// Whether `sector` ends in the boot signature 55AA (bytes 510 and 511), as a BIOS requires of a
+/// sector it starts and as an MBR or a boot sector carries it. A short slice has none.
+pub fn has_boot_signature(sector: &[u8]) -> bool {
+    sector.get(table::MBR_SIGNATURE_OFFSET..table::MBR_SIGNATURE_OFFSET + 2) == Some(&[0x55, 0xAA][..])
+}
+
 /// Read the partition table of `disk`.
 pub fn read_partitions<D: BlockDevice>(disk: &mut D) -> Result<PartitionTable, PartError> {
     let disk_sectors = disk.sector_count();

@@ -352,3 +352,15 @@ fn guid_text_round_trip() {
     assert_eq!(parse_guid("c12a7328-f81f-11d2-ba4b-00a0c93ec93g"), None);
     assert_eq!(parse_guid("c12a7328+f81f-11d2-ba4b-00a0c93ec93b"), None);
 }
+
+#[test]
+fn the_boot_signature_is_55aa_at_510() {
+    let mut s = [0u8; 512];
+    assert!(!has_boot_signature(&s));
+    s[510] = 0x55;
+    s[511] = 0xAA;
+    assert!(has_boot_signature(&s));
+    s[511] = 0x55;
+    assert!(!has_boot_signature(&s));
+    assert!(!has_boot_signature(&s[..511]), "a short slice has none");
+}

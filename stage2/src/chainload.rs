@@ -87,7 +87,7 @@ fn open_disk(device: &GrubDevice) -> Result<BiosDisk, String> {
 fn read_boot_sector(disk: &mut BiosDisk, lba: u64, device: &GrubDevice) -> Result<[u8; SECTOR_BYTES], String> {
     let mut sector = [0u8; SECTOR_BYTES];
     disk.read_sectors(lba, &mut sector).map_err(|e| format!("chainloader {}+1: reading its first sector (LBA {}): {}", device, lba, e))?;
-    if sector[510] != 0x55 || sector[511] != 0xAA {
+    if !part::has_boot_signature(&sector) {
         return Err(format!(
             "chainloader {}+1: its first sector (LBA {}) has no boot signature (55AA): no boot loader is installed there",
             device, lba
@@ -111,7 +111,7 @@ fn original_mbr(disk: &mut BiosDisk) -> Result<(), String> {
             "chainloader --original-mbr: the saved sector 0 holds no other boot loader (its code area is empty, or vboot's own stage1): there is nothing to start",
         ));
     }
-    if sector[510] != 0x55 || sector[511] != 0xAA {
+    if !part::has_boot_signature(&sector) {
         return Err(String::from("chainloader --original-mbr: sector 0 has no boot signature (55AA) to start the saved boot code with"));
     }
     println!(

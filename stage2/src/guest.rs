@@ -10,7 +10,7 @@ use vboot::part::handover::Handover;
 /// as a raw image because it has no VHD, VMDK or VDI signature, which the message says, since
 /// a damaged image file ends up here too.
 pub fn check_boot_signature(sector: &[u8; 512], path: &str, raw: bool) -> Result<(), String> {
-    if sector[510] == 0x55 && sector[511] == 0xAA {
+    if vboot::part::has_boot_signature(sector) {
         return Ok(());
     }
     Err(format!(

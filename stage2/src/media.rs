@@ -216,7 +216,7 @@ pub fn boot(
 /// Whether drive `drive` can start from `sector`: a hard disk needs 55AA, as a BIOS checks it;
 /// old floppies may lack it, but an empty sector boots nothing.
 fn unbootable(sector: &[u8; 512], drive: u8, what: &str) -> Result<(), String> {
-    let signed = sector[510] == 0x55 && sector[511] == 0xAA;
+    let signed = vboot::part::has_boot_signature(sector);
     if (drive >= 0x80 && !signed) || sector.iter().all(|&b| b == 0) {
         return Err(format!(
             "{} has no boot code in its first sector ({}): it is not bootable",

@@ -30,7 +30,7 @@ pub fn recover_mbr(disk: &mut BiosDisk) -> Result<(), String> {
         return Err(String::from("sector 0 did not read back as written"));
     }
     println!("The original boot code is back in sector 0.");
-    if restored[510] != 0x55 || restored[511] != 0xAA {
+    if !vboot::part::has_boot_signature(&restored) {
         return Err(String::from("the restored sector 0 has no boot signature; there is nothing to boot"));
     }
     crate::guest::start_guest(&restored, disk.drive)

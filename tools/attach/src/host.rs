@@ -77,7 +77,7 @@ fn matches(name: &str, host: &HostDisk) -> (bool, bool) {
     let dev = Path::new("/dev").join(name);
     let Some(s0) = read_sector(&dev, 0) else { return (false, size_ok) };
     let id_ok = match host.scheme {
-        HostScheme::Mbr => s0[510] == 0x55 && s0[511] == 0xAA && u32::from_le_bytes(s0[0x1B8..0x1BC].try_into().unwrap()) == host.mbr_signature,
+        HostScheme::Mbr => vboot::part::has_boot_signature(&s0) && u32::from_le_bytes(s0[0x1B8..0x1BC].try_into().unwrap()) == host.mbr_signature,
         HostScheme::Gpt => read_sector(&dev, 1).is_some_and(|h| &h[..8] == b"EFI PART" && h[56..72] == host.disk_guid),
     };
     (id_ok, size_ok)

@@ -20,6 +20,7 @@ use vboot::eltorito::{self, CD_BLOCK_BYTES};
 use vboot::image::chain::{open_chain, ChainOptions, StdLocator};
 use vboot::image::{probe, Disk, Format, ImageFile, StdFile};
 use vboot::int13::FloppyFormat;
+use vboot::part::has_boot_signature;
 
 /// Directories no image lives in (filesystem bookkeeping), and how deep the walk goes.
 const SKIPPED_DIRS: [&str; 3] = ["lost+found", "System Volume Information", "$RECYCLE.BIN"];
@@ -120,10 +121,6 @@ fn walk(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
-}
-
-fn has_boot_signature(sector: &[u8]) -> bool {
-    sector.len() >= 512 && sector[510] == 0x55 && sector[511] == 0xAA
 }
 
 /// What `file` is, `None` when it is no image (quietly: most files on a partition are not), an
