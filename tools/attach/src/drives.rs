@@ -73,13 +73,16 @@ pub fn file(d: &Drive) -> &str {
 /// Whether `d` lies inside a CD of the table: the boot image of a CD booted in floppy or
 /// hard-disk emulation (stage2 records it as a slice of the ISO's extents).
 fn inside_a_cd(drives: &[Drive], d: &Drive) -> bool {
-    let cds: Vec<&Drive> = drives.iter().filter(|c| c.kind == DriveKind::Cdrom).collect();
-    d.kind != DriveKind::Cdrom
-        && d.layers.len() == 1
-        && !d.layers[0].extents.is_empty()
-        && d.layers[0].extents.iter().all(|e| {
-            cds.iter().any(|c| c.layers.iter().flat_map(|l| l.extents.iter()).any(|x| e.lba >= x.lba && e.lba + e.sectors <= x.lba + x.sectors))
-        })
+    if d.kind == DriveKind::Cdrom || d.layers.len() != 1 || d.layers[0].extents.is_empty() {
+        return false;
+    }
+    // The CDs' host sectors as merged ranges (the index of invariant 1): a binary search per
+    // extent, whatever the number of fragments, and an extent across two adjacent fragments counts.
+    let cd_sectors = vboot::fs::ExtentList {
+        extents: drives.iter().filter(|c| c.kind == DriveKind::Cdrom).flat_map(|c| c.layers.iter().flat_map(|l| l.extents.iter().copied())).collect(),
+    }
+    .lba_index();
+    d.layers[0].extents.iter().all(|e| cd_sectors.contains(e.lba, e.sectors))
 }
 
 /// Why `d` is served read-only whatever `--read-only` says, if it is.
@@ -203,6 +206,14 @@ mod tests {
         assert_eq!(read_only_medium(&t, &t[0]), Some("a CD"));
         assert_eq!(read_only_medium(&t, &t[1]), Some("the boot image of a CD"));
         assert_eq!(read_only_medium(&t, &t[2]), None);
+        // An ISO in thousands of fragments whose boot image spans two of them that happen to
+        // lie back to back on the disk: still inside the CD.
+        let cd_lba = t[0].layers[0].extents[0].lba;
+        t[0].layers[0].extents = (0..3000u64).map(|i| Extent { file_sector: i * 4, lba: cd_lba + if i < 2 { i * 4 } else { i * 8 }, sectors: 4 }).collect();
+        t[1].layers[0].extents = vec![Extent { file_sector: 0, lba: cd_lba + 2, sectors: 4 }];
+        assert_eq!(read_only_medium(&t, &t[1]), Some("the boot image of a CD"));
+        t[1].layers[0].extents[0].lba = cd_lba + 14;
+        assert_eq!(read_only_medium(&t, &t[1]), None, "a gap between two fragments is not the CD's");
         let floppy = three();
         assert_eq!(read_only_medium(&floppy, &floppy[1]), None, "a floppy image is writable");
         assert_eq!(serve_mode(&floppy, &floppy[1]), "read-write");
