@@ -8,7 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::disk::BiosDisk;
-use crate::host::{open_image_file, DriveRole, EntryFile, Loaded};
+use crate::host::{open_image_file, DriveRole, EntryFile, GrubDisk, Loaded};
 use crate::{chainload, guest, media, prepare, recover, resident, screen};
 use crate::println;
 use vboot::config::{BootCommand, VbootOptions};
@@ -28,18 +28,19 @@ pub fn boot(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted
 
 /// A `vboot` line: its image files become the guest's drives.
 fn boot_image(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, booted: &[usize], opts: &VbootOptions) -> Result<(), String> {
-    let mut files = open_files(disk, table, loaded, opts)?;
+    let boot_disk = GrubDisk::boot(disk, table);
+    let mut files = open_files(&boot_disk, loaded, opts)?;
     // Host filesystem changes for the hard-disk image happen here, before going resident.
     let mut opts = opts.clone();
     if let Some(i) = files.iter().position(|f| f.role == DriveRole::HardDisk) {
         if !opts.recover_mbr {
-            let EntryFile { role, partition, file } = files.remove(i);
-            let image = prepare::HostFile::new(partition, file);
+            let EntryFile { role, disk: host, partition, file } = files.remove(i);
+            let image = prepare::HostFile::new(host, partition, file);
             let image = if opts.take_snapshot.is_some() {
                 // The new child was made with its write slack.
-                prepare::take_snapshot(disk, table, loaded, booted, &opts, image)?
+                prepare::take_snapshot(&boot_disk, loaded, booted, &opts, image)?
             } else {
-                match prepare::ensure_slack(disk, table, &opts, image)? {
+                match prepare::ensure_slack(&opts, image)? {
                     prepare::SlackOutcome::Ready(image) => image,
                     prepare::SlackOutcome::RamOverlay(image) => {
                         opts.immutable = true;
@@ -47,25 +48,25 @@ fn boot_image(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, boot
                     }
                 }
             };
-            files.insert(i, EntryFile { role, partition: image.partition, file: image.file });
+            files.insert(i, EntryFile { role, disk: image.disk, partition: image.partition, file: image.file });
         }
     }
     if opts.recover_mbr {
         return recover::recover_mbr(disk);
     }
-    println!("(grub.cfg: (hd0,{}){})", loaded.partition, loaded.path);
+    println!("(grub.cfg: {}{})", boot_disk.partition_name(loaded.partition), loaded.path);
     if files.iter().any(|f| f.role != DriveRole::HardDisk) {
-        return media::boot(disk, table, &opts, files);
+        return media::boot(disk, &opts, files);
     }
     let Some(image) = files.into_iter().find(|f| f.role == DriveRole::HardDisk) else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
-    boot_hard_disk(disk, table, &opts, image)
+    boot_hard_disk(disk, &opts, image)
 }
 
 /// Every file the line names, opened and checked (allocation, the BIOS's reach) before anything
 /// is written.
-fn open_files(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, opts: &VbootOptions) -> Result<Vec<EntryFile>, String> {
+fn open_files(boot_disk: &GrubDisk, loaded: &Loaded, opts: &VbootOptions) -> Result<Vec<EntryFile>, String> {
     let mut files = Vec::new();
     for (role, path) in [
         (DriveRole::HardDisk, &opts.harddisk),
@@ -74,26 +75,26 @@ fn open_files(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, opts
         (DriveRole::FloppyB, &opts.floppy_b),
     ] {
         let Some(path) = path else { continue };
-        let (partition, file) = open_image_file(disk, table, loaded, role.name(), path)?;
+        let (host, partition, file) = open_image_file(boot_disk, loaded, role.name(), path)?;
         println!(
-            "  {} image: (hd0,{}){}, {} bytes in {} extent(s)",
+            "  {} image: {}{}, {} bytes in {} extent(s)",
             role.name(),
-            partition,
+            host.partition_name(partition),
             file.path,
             file.size_bytes,
             file.extents.extents.len()
         );
         // A file the BIOS cannot reach would fail mid-boot.
-        let start = table.find(partition).ok_or("partition vanished")?.start_lba;
-        resident::check_reach(disk, &file.path, &file.extents.to_host(start))?;
-        files.push(EntryFile { role, partition, file });
+        let start = host.partition(partition)?.start_lba;
+        resident::check_reach(&host.bios, &file.path, &file.extents.to_host(start))?;
+        files.push(EntryFile { role, disk: host, partition, file });
     }
     Ok(files)
 }
 
 /// An entry with only a hard-disk image: the image becomes 80h.
-fn boot_hard_disk(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: EntryFile) -> Result<(), String> {
-    let (drive, parent_dir, record, chain_bytes, first_sector) = resident::plan_hard_disk(disk, table, opts, image.partition, &image.file)?;
+fn boot_hard_disk(disk: &mut BiosDisk, opts: &VbootOptions, image: EntryFile) -> Result<(), String> {
+    let (drive, parent_dir, record, chain_bytes, first_sector) = resident::plan_hard_disk(&image.disk, opts, image.partition, &image.file)?;
     if !opts.restore {
         // (With `restore` the guest reads the parent, once the engine has emptied the leaf.)
         let raw = drive.layers.len() == 1 && drive.layers[0].format == vboot::resident::PlannedFormat::Raw;
@@ -116,10 +117,17 @@ fn boot_hard_disk(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptio
     hooked.read_sectors(0, &mut sector).map_err(|e| format!("reading the guest's boot sector: {}", e))?;
     // Checked before the hook too; this is the sector the guest gets.
     guest::check_boot_signature(&sector, &image.file.path, false)?;
+    // The real disks moved up by one; the image's own disk too, when it is not the boot disk.
+    let image_disk = if image.disk.bios.drive == disk.drive {
+        String::new()
+    } else {
+        format!(", the image's disk {:#04x} is now {:#04x}", image.disk.bios.drive, image.disk.bios.drive.saturating_add(1))
+    };
     println!(
-        "Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x})",
+        "Guest boot sector loaded from the image; hard disks: {} (the real disk is now {:#04x}{})",
         crate::disk::hard_disk_count(),
-        disk.drive + 1
+        disk.drive + 1,
+        image_disk
     );
     screen::pause_if_asked(opts.pause);
     guest::start_guest(&sector, 0x80)

@@ -16,7 +16,7 @@ use vboot::part::{Partition, PartitionKind, PartitionTable, Scheme};
 use vboot::resident::PlannedLayer;
 
 /// The host disk and partition holding the image files, as a reader finds them again.
-pub fn describe_host(disk: &mut BiosDisk, table: &PartitionTable, part: &Partition) -> (HostDisk, HostPartition, Filesystem) {
+pub fn describe_host(disk: &BiosDisk, table: &PartitionTable, part: &Partition) -> (HostDisk, HostPartition, Filesystem) {
     let scheme = if table.scheme == Scheme::Gpt { HostScheme::Gpt } else { HostScheme::Mbr };
     let host = HostDisk {
         bios_drive: disk.drive,
@@ -30,7 +30,7 @@ pub fn describe_host(disk: &mut BiosDisk, table: &PartitionTable, part: &Partiti
         PartitionKind::Gpt { unique_guid, .. } => (0, *unique_guid),
     };
     let partition = HostPartition { number: part.number, start_lba: part.start_lba, sectors: part.sectors, type_byte, guid };
-    let mut win = Window { inner: disk, start_lba: part.start_lba, sectors: part.sectors };
+    let mut win = Window { inner: disk.clone(), start_lba: part.start_lba, sectors: part.sectors };
     let fs = vboot::fs::volume::sniff(&mut win).map(Filesystem::from).unwrap_or(Filesystem::Unknown);
     (host, partition, fs)
 }

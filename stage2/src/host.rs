@@ -1,5 +1,6 @@
 //! The host side of an entry: the boot disk's partitions, where grub.cfg is, and the files a
-//! `vboot` line names, opened on their filesystems and checked (docs/architecture.md, step 4).
+//! `vboot` line names, on any BIOS hard disk, opened on their filesystems and checked
+//! (docs/architecture.md, step 4; disk numbering in docs/usage.md, "Paths").
 
 use alloc::format;
 use alloc::string::String;
@@ -12,7 +13,7 @@ use vboot::config::{Config, GrubPath};
 use vboot::fs::volume::Volume;
 use vboot::fs::File;
 use vboot::install::InstallRecord;
-use vboot::part::{self, PartitionKind, PartitionTable, Scheme};
+use vboot::part::{self, Partition, PartitionKind, PartitionTable, Scheme};
 
 /// What a file of a `vboot` line becomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,11 +36,75 @@ impl DriveRole {
     }
 }
 
-/// A file of the entry: its role, the partition it is on, and where it lies.
+/// A file of the entry: its role, the disk and partition it is on, and where it lies.
 pub struct EntryFile {
     pub role: DriveRole,
+    pub disk: GrubDisk,
     pub partition: u32,
     pub file: File,
+}
+
+/// GRUB's number N of BIOS hard disk `drive`: (hdN) is drive 80h + N as the BIOS numbered the
+/// disks before vboot, as chainloader (chainload.rs) and GRUB number them.
+pub fn grub_disk_number(drive: u8) -> u32 {
+    drive.saturating_sub(0x80) as u32
+}
+
+/// A BIOS hard disk that holds files of an entry: GRUB's (hdN), the BIOS disk (drive 80h + N)
+/// and its partition table.
+#[derive(Clone)]
+pub struct GrubDisk {
+    pub number: u32,
+    pub bios: BiosDisk,
+    pub table: PartitionTable,
+}
+
+impl GrubDisk {
+    /// The disk vboot started from (grub.cfg's disk), with the table the menu read.
+    pub fn boot(disk: &BiosDisk, table: &PartitionTable) -> GrubDisk {
+        GrubDisk { number: grub_disk_number(disk.drive), bios: disk.clone(), table: table.clone() }
+    }
+
+    /// `(hdN,M)`, as messages name a partition of this disk.
+    pub fn partition_name(&self, partition: u32) -> String {
+        format!("(hd{},{})", self.number, partition)
+    }
+
+    pub fn partition(&self, number: u32) -> Result<&Partition, String> {
+        find_partition(self.bios.drive, &self.table, number)
+    }
+
+    /// Partition `number` as a block device.
+    pub fn window(&self, number: u32) -> Result<Window<BiosDisk>, String> {
+        partition_window(&self.bios, &self.table, number)
+    }
+
+    /// The filesystem of partition `number`.
+    pub fn volume(&self, number: u32) -> Result<Volume<Window<BiosDisk>>, String> {
+        Volume::open(self.window(number)?).map_err(|e| format!("{}: {}", self.partition_name(number), e))
+    }
+}
+
+/// Disk (hdN) of a path: the boot disk as the menu has it when N names it, else BIOS drive
+/// 80h + N with its partition table read now. `what` (the option and path as written) starts
+/// the messages.
+pub fn open_grub_disk(boot: &GrubDisk, number: u32, what: &str) -> Result<GrubDisk, String> {
+    if number == boot.number {
+        return Ok(boot.clone());
+    }
+    let count = crate::disk::hard_disk_count();
+    let drive = u8::try_from(0x80 + number as u64).ok().filter(|_| number < count as u32);
+    let Some(mut disk) = drive.and_then(BiosDisk::probe) else {
+        return Err(format!(
+            "{}: disk (hd{}) does not exist: the BIOS reports {} hard disk(s), (hd0) to (hd{}) (GRUB counts disks from 0: (hd0) is BIOS drive 0x80)",
+            what,
+            number,
+            count,
+            count.saturating_sub(1)
+        ));
+    };
+    let table = list_partitions(&mut disk).map_err(|e| format!("{}: {}", what, e))?;
+    Ok(GrubDisk { number, bios: disk, table })
 }
 
 /// Where grub.cfg is looked for, in order.
@@ -61,7 +126,7 @@ pub(crate) fn list_partitions(disk: &mut BiosDisk) -> Result<PartitionTable, Str
     match part::read_partitions(disk) {
         Err(e) => {
             println!("Partitions of {:#04x}: {}", disk.drive, e);
-            Err(format!("cannot read the partition table of the boot disk: {}", e))
+            Err(format!("cannot read the partition table of (hd{}) (BIOS drive {:#04x}): {}", grub_disk_number(disk.drive), disk.drive, e))
         }
         Ok(t) => {
             let scheme = match t.scheme {
@@ -82,7 +147,8 @@ pub(crate) fn list_partitions(disk: &mut BiosDisk) -> Result<PartitionTable, Str
                     PartitionKind::Gpt { name, .. } => ("gpt", format!("\"{}\"", name)),
                 };
                 println!(
-                    "  (hd0,{}) {:<7} start {:>9} size {:>9} sectors  {} {}",
+                    "  (hd{},{}) {:<7} start {:>9} size {:>9} sectors  {} {}",
+                    grub_disk_number(disk.drive),
                     p.number,
                     kind,
                     p.start_lba,
@@ -96,14 +162,26 @@ pub(crate) fn list_partitions(disk: &mut BiosDisk) -> Result<PartitionTable, Str
     }
 }
 
-/// A partition of the boot disk as a block device.
+/// Partition `number` of the disk at BIOS `drive` with partition table `table`.
+fn find_partition(drive: u8, table: &PartitionTable, number: u32) -> Result<&Partition, String> {
+    table.find(number).ok_or_else(|| {
+        let have: Vec<String> = table.partitions.iter().map(|p| format!("{}", p.number)).collect();
+        let disk = grub_disk_number(drive);
+        format!(
+            "partition (hd{},{}) does not exist; (hd{}) has {}",
+            disk,
+            number,
+            disk,
+            if have.is_empty() { String::from("no partitions") } else { have.join(", ") }
+        )
+    })
+}
+
+/// A partition of a disk as a block device.
 /// (A clone of the disk, so that every volume in stage2 is a `Volume<Window<BiosDisk>>`: one copy
 /// of the filesystem code, not one per borrow type.)
 pub fn partition_window(disk: &BiosDisk, table: &PartitionTable, number: u32) -> Result<Window<BiosDisk>, String> {
-    let p = table.find(number).ok_or_else(|| {
-        let have: Vec<String> = table.partitions.iter().map(|p| format!("{}", p.number)).collect();
-        format!("partition (hd0,{}) does not exist; the boot disk has {}", number, if have.is_empty() { String::from("none") } else { have.join(", ") })
-    })?;
+    let p = find_partition(disk.drive, table, number)?;
     Ok(Window { inner: disk.clone(), start_lba: p.start_lba, sectors: p.sectors })
 }
 
@@ -124,17 +202,18 @@ pub(crate) fn find_config(disk: &mut BiosDisk, table: &PartitionTable, record: O
             v
         }
     };
+    let disk_number = grub_disk_number(disk.drive);
     let mut tried: Vec<String> = Vec::new();
     for number in candidates {
         let win = partition_window(disk, table, number)?;
         let mut vol = match Volume::open(win) {
             Ok(v) => v,
             Err(vboot::fs::FsError::NotRecognized(_)) => {
-                tried.push(format!("(hd0,{}): no filesystem vboot reads", number));
+                tried.push(format!("(hd{},{}): no filesystem vboot reads", disk_number, number));
                 continue;
             }
             Err(e) => {
-                tried.push(format!("(hd0,{}): {}", number, e));
+                tried.push(format!("(hd{},{}): {}", disk_number, number, e));
                 continue;
             }
         };
@@ -144,51 +223,44 @@ pub(crate) fn find_config(disk: &mut BiosDisk, table: &PartitionTable, record: O
             match vol.read_replaced(path, CONFIG_MAX_BYTES) {
                 Ok((bytes, from_new)) => {
                     if from_new {
-                        println!("Reading (hd0,{}){}.new: {} is missing (an interrupted rewrite)", number, path, path);
+                        println!("Reading (hd{},{}){}.new: {} is missing (an interrupted rewrite)", disk_number, number, path, path);
                     } else {
-                        println!("Reading (hd0,{}){} ({} bytes, {})", number, path, bytes.len(), vol.kind().name());
+                        println!("Reading (hd{},{}){} ({} bytes, {})", disk_number, number, path, bytes.len(), vol.kind().name());
                     }
-                    let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}{}: {}", number, path, if from_new { ".new" } else { "" }, e))?;
+                    let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd{},{}){}{}: {}", disk_number, number, path, if from_new { ".new" } else { "" }, e))?;
                     return Ok(Loaded { partition: number, path: String::from(path), config });
                 }
                 Err(vboot::fs::FsError::NotFound { .. }) => {}
-                Err(e) => tried.push(format!("(hd0,{}){}: {}", number, path, e)),
+                Err(e) => tried.push(format!("(hd{},{}){}: {}", disk_number, number, path, e)),
             }
         }
-        tried.push(format!("(hd0,{}): none of {}", number, CONFIG_PATHS.join(", ")));
+        tried.push(format!("(hd{},{}): none of {}", disk_number, number, CONFIG_PATHS.join(", ")));
     }
     Err(format!("no grub.cfg found. Looked in:\n  {}", tried.join("\n  ")))
 }
 
-/// Open a file named by a grub.cfg path, on the boot disk.
-pub fn open_image_file(
-    disk: &mut BiosDisk,
-    table: &PartitionTable,
-    loaded: &Loaded,
-    what: &str,
-    path: &GrubPath,
-) -> Result<(u32, File), String> {
-    if let Some(d) = path.disk {
-        if d != 0 {
-            return Err(format!("{} {}: only files on the boot disk (hd0) can be used so far", what, path));
+/// Open a file named by a grub.cfg path, on whichever BIOS hard disk it names (the grub.cfg
+/// partition when it names none). Returns the disk, the partition number and the file.
+pub fn open_image_file(boot: &GrubDisk, loaded: &Loaded, what: &str, path: &GrubPath) -> Result<(GrubDisk, u32, File), String> {
+    let (host, number) = match (path.disk, path.partition) {
+        (None, _) => (boot.clone(), loaded.partition),
+        (Some(d), None) => {
+            return Err(format!(
+                "{} {}: a file needs a partition, as in (hd{},1){}: vboot does not read a disk without a partition table (a \"superfloppy\") as a filesystem",
+                what, path, d, path.path
+            ));
         }
-    }
-    let number = match path.partition {
-        Some(p) => p.number,
-        None if path.disk.is_some() => {
-            return Err(format!("{} {}: a file needs a partition, as in (hd0,1)/file", what, path));
-        }
-        None => loaded.partition,
+        (Some(d), Some(p)) => (open_grub_disk(boot, d, &format!("{} {}", what, path))?, p.number),
     };
-    let win = partition_window(disk, table, number)?;
-    let mut vol = Volume::open(win).map_err(|e| format!("{} {}: (hd0,{}): {}", what, path, number, e))?;
+    let win = host.window(number).map_err(|e| format!("{} {}: {}", what, path, e))?;
+    let place = host.partition_name(number);
+    let mut vol = Volume::open(win).map_err(|e| format!("{} {}: {}: {}", what, path, place, e))?;
     let file = vol.open_file(&path.path).map_err(|e| match e {
-        vboot::fs::FsError::NotFound { .. } => format!("{} image {} not found on (hd0,{})", what, path.path, number),
+        vboot::fs::FsError::NotFound { .. } => format!("{} image {} not found on {}", what, path.path, place),
         other => format!("{} image {}: {}", what, path, other),
     })?;
     // Before the engine gets the extents, and before anything is written through them: a
     // cross-linked file would let the guest overwrite another file or the filesystem itself.
     vol.check_file_allocation(&file).map_err(|e| format!("{} image {}: {}", what, path, e))?;
-    Ok((number, file))
+    Ok((host, number, file))
 }
-

@@ -14,7 +14,7 @@ use vboot::config::VbootOptions;
 use vboot::image::{ExtentFile, ImageFile, Layer, ParentLocator};
 use vboot::part::Partition;
 
-/// A file on a partition of the boot disk, read in place through its extent list (the changes
+/// A file on a partition of a BIOS hard disk, read in place through its extent list (the changes
 /// made before boot write through the volume instead: vboot::image::onvolume).
 pub type VolumeFile = ExtentFile<Window<BiosDisk>>;
 
@@ -23,7 +23,7 @@ pub fn volume_file(disk: &BiosDisk, part: &Partition, file: &File) -> VolumeFile
     ExtentFile::for_reading(Window { inner: disk.clone(), start_lba: part.start_lba, sectors: part.sectors }, file)
 }
 
-/// Finds images by path on one partition of the boot disk, and remembers what it opened.
+/// Finds images by path on one partition of a BIOS hard disk, and remembers what it opened.
 pub struct FsLocator {
     pub disk: BiosDisk,
     pub start_lba: u64,
@@ -71,12 +71,16 @@ impl FsLocator {
     }
 }
 
-/// The directory of `parent_dir=` on the image's partition `image_partition`; refused when it
-/// names another partition (the chain must live on one).
-pub fn parent_dir_on(opts: &VbootOptions, image_partition: u32) -> Result<Option<String>, String> {
+/// The directory of `parent_dir=` on the image's partition `image_partition` of disk
+/// (hd`image_disk`); refused when it names another partition or disk (the chain must live on
+/// one). A path without a device is taken on the image's partition.
+pub fn parent_dir_on(opts: &VbootOptions, image_disk: u32, image_partition: u32) -> Result<Option<String>, String> {
     match &opts.parent_dir {
-        Some(p) if p.disk.is_none() || (p.disk == Some(0) && p.partition.map(|x| x.number) == Some(image_partition)) => Ok(Some(p.path.clone())),
-        Some(p) => Err(format!("parent_dir={}: it must be on the image's partition (hd0,{})", p, image_partition)),
+        Some(p) if p.disk.is_none() || (p.disk == Some(image_disk) && p.partition.map(|x| x.number) == Some(image_partition)) => Ok(Some(p.path.clone())),
+        Some(p) => Err(format!(
+            "parent_dir={}: it must be on the image's partition (hd{},{}): write parent_dir={}, or leave the device out",
+            p, image_disk, image_partition, p.path
+        )),
         None => Ok(None),
     }
 }

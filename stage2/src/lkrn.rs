@@ -141,24 +141,25 @@ pub fn load_named_config(disk: &mut BiosDisk, table: &PartitionTable, path: &Gru
         Some(p) => alloc::vec![p.number],
         None => table.partitions.iter().filter(|p| !p.is_extended()).map(|p| p.number).collect(),
     };
+    let disk_number = host::grub_disk_number(disk.drive);
     let mut tried: Vec<String> = Vec::new();
     for number in numbers {
         let win = host::partition_window(disk, table, number).map_err(|e| format!("config={}: {}", path, e))?;
         let mut vol = match Volume::open(win) {
             Ok(v) => v,
             Err(e) => {
-                tried.push(format!("(hd0,{}): {}", number, e));
+                tried.push(format!("(hd{},{}): {}", disk_number, number, e));
                 continue;
             }
         };
         match vol.read_replaced(&path.path, CONFIG_MAX_BYTES) {
             Ok((bytes, from_new)) => {
-                println!("Reading (hd0,{}){}{} ({} bytes, {}), as config= says", number, path.path, if from_new { ".new" } else { "" }, bytes.len(), vol.kind().name());
-                let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd0,{}){}: {}", number, path.path, e))?;
+                println!("Reading (hd{},{}){}{} ({} bytes, {}), as config= says", disk_number, number, path.path, if from_new { ".new" } else { "" }, bytes.len(), vol.kind().name());
+                let config = Config::parse_bytes(&bytes).map_err(|e| format!("(hd{},{}){}: {}", disk_number, number, path.path, e))?;
                 return Ok(Loaded { partition: number, path: path.path.clone(), config: with_entry(config) });
             }
-            Err(vboot::fs::FsError::NotFound { .. }) => tried.push(format!("(hd0,{}){}: not found", number, path.path)),
-            Err(e) => tried.push(format!("(hd0,{}){}: {}", number, path.path, e)),
+            Err(vboot::fs::FsError::NotFound { .. }) => tried.push(format!("(hd{},{}){}: not found", disk_number, number, path.path)),
+            Err(e) => tried.push(format!("(hd{},{}){}: {}", disk_number, number, path.path, e)),
         }
     }
     Err(format!(

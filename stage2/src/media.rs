@@ -18,14 +18,13 @@ use crate::images::volume_file;
 use crate::lowmem;
 use crate::println;
 use crate::guest::start_guest;
-use crate::host::{DriveRole, EntryFile};
+use crate::host::{DriveRole, EntryFile, GrubDisk};
 use crate::resident::{go_resident, load_engine, plan_hard_disk, stub_guest_start_offsets};
 use crate::screen::pause_if_asked;
 use vboot::config::{BootDevice, VbootOptions};
 use vboot::eltorito::{self, BootImage, Emulation, CD_BLOCK_BYTES};
 use vboot::image::ImageFile;
 use vboot::int13::FloppyFormat;
-use vboot::part::PartitionTable;
 use vboot::resident::{PlannedDrive, PlannedKind, PlannedLayer};
 
 /// The number the emulated CD gets (docs/int13.md, "El Torito").
@@ -33,9 +32,9 @@ pub const CD_DRIVE: u8 = 0xE0;
 
 /// The hand-off table record of a CD, floppy or emulated boot image (one raw file, or a slice of
 /// the ISO for an emulated boot image).
-fn raw_file_record(disk: &mut BiosDisk, table: &PartitionTable, part: &vboot::part::Partition, drive: &PlannedDrive, opts: &VbootOptions) -> vboot::handoff::Drive {
+fn raw_file_record(disk: &GrubDisk, part: &vboot::part::Partition, drive: &PlannedDrive, opts: &VbootOptions) -> vboot::handoff::Drive {
     use vboot::handoff::{Drive, DriveKind, WriteMode};
-    let (host, partition, filesystem) = crate::handoff::describe_host(disk, table, part);
+    let (host, partition, filesystem) = crate::handoff::describe_host(&disk.bios, &disk.table, part);
     let kind = match drive.kind {
         PlannedKind::Cdrom => DriveKind::Cdrom,
         PlannedKind::Floppy => DriveKind::Floppy,
@@ -59,24 +58,22 @@ fn raw_layer(size_bytes: u64, extents: vboot::fs::ExtentList, path: String) -> V
     alloc::vec![PlannedLayer { format: vboot::resident::PlannedFormat::Raw, size_bytes, extents, path }]
 }
 
-pub fn boot(
-    disk: &mut BiosDisk,
-    table: &PartitionTable,
-    opts: &VbootOptions,
-    files: Vec<EntryFile>,
-) -> Result<(), String> {
+/// Boot an entry's images; `boot_disk` is the disk vboot started from (the engine is read from
+/// it), each file names its own disk.
+pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>) -> Result<(), String> {
     let boot_device = opts.boot.unwrap_or(BootDevice::Harddisk);
     let mut drives: Vec<PlannedDrive> = Vec::new();
     let mut cd_boot: Option<BootImage> = None;
     // A: is 00h, or 01h when the CD's boot image is an emulated floppy; B: the one after A:.
     let mut floppy_a = 0u8;
-    // The partition each drive's file is on, in the order of `drives` (for the hand-off table).
-    let mut drive_partitions: Vec<u32> = Vec::new();
+    // The file of each drive, in the order of `drives` (for the hand-off table).
+    let mut drive_files: Vec<&EntryFile> = Vec::new();
 
     // The CD first: booted in an emulation mode, its image takes 00h or 80h.
-    for EntryFile { partition: part_number, file, .. } in files.iter().filter(|f| f.role == DriveRole::Cdrom) {
-        let part = table.find(*part_number).ok_or("partition vanished")?;
-        let mut iso = volume_file(disk, part, file);
+    for entry_file in files.iter().filter(|f| f.role == DriveRole::Cdrom) {
+        let EntryFile { disk, partition: part_number, file, .. } = entry_file;
+        let part = disk.partition(*part_number)?;
+        let mut iso = volume_file(&disk.bios, part, file);
         let mut reader = |lba: u64, buf: &mut [u8; CD_BLOCK_BYTES]| {
             iso.read_at(lba * CD_BLOCK_BYTES as u64, buf).map_err(|e| format!("{}", e))
         };
@@ -103,7 +100,7 @@ pub fn boot(
                 number,
                 kind,
                 read_only: true,
-                host_drive: disk.drive,
+                host_drive: disk.bios.drive,
                 layers: raw_layer(sectors * 512, extents.slice(first, sectors), format!("{} ({})", file.path, what)),
                 eltorito: Some(image.eltorito_boot()),
             };
@@ -111,7 +108,7 @@ pub fn boot(
                 Emulation::NoEmulation => {}
                 Emulation::Floppy { bytes } => {
                     drives.push(emulated(0x00, PlannedKind::Floppy, bytes / 512, "floppy emulation"));
-                    drive_partitions.push(*part_number);
+                    drive_files.push(entry_file);
                     floppy_a = 1;
                 }
                 Emulation::HardDisk => {
@@ -120,7 +117,7 @@ pub fn boot(
                     let sectors = eltorito::hard_disk_image_sectors(&mbr, size / 512 - first)
                         .map_err(|e| format!("cdrom={}: {}", file.path, e))?;
                     drives.push(emulated(0x80, PlannedKind::HardDisk, sectors, "hard-disk emulation"));
-                    drive_partitions.push(*part_number);
+                    drive_files.push(entry_file);
                 }
             }
             cd_boot = Some(image);
@@ -130,15 +127,16 @@ pub fn boot(
             number: CD_DRIVE,
             kind: PlannedKind::Cdrom,
             read_only: true,
-            host_drive: disk.drive,
+            host_drive: disk.bios.drive,
             layers: raw_layer(size, extents, file.path.clone()),
             eltorito: eltorito_facts,
         });
-        drive_partitions.push(*part_number);
+        drive_files.push(entry_file);
     }
 
-    for EntryFile { role, partition: part_number, file } in files.iter().filter(|f| matches!(f.role, DriveRole::FloppyA | DriveRole::FloppyB)) {
-        let part = table.find(*part_number).ok_or("partition vanished")?;
+    for entry_file in files.iter().filter(|f| matches!(f.role, DriveRole::FloppyA | DriveRole::FloppyB)) {
+        let EntryFile { role, disk, partition: part_number, file } = entry_file;
+        let part = disk.partition(*part_number)?;
         let option = if *role == DriveRole::FloppyA { "floppy=" } else { "floppy_b=" };
         let number = if *role == DriveRole::FloppyA { floppy_a } else { floppy_a + 1 };
         let format = FloppyFormat::for_image(&file.path, file.size_bytes).map_err(|e| format!("{}{}", option, e))?;
@@ -151,7 +149,7 @@ pub fn boot(
             number,
             kind: PlannedKind::Floppy,
             read_only: false,
-            host_drive: disk.drive,
+            host_drive: disk.bios.drive,
             layers: raw_layer(file.size_bytes, file.extents.to_host(part.start_lba), file.path.clone()),
             eltorito: None,
         });
@@ -159,22 +157,21 @@ pub fn boot(
             // The sector the guest will start from, checked while the menu is still safe to
             // return to (after the hook a refusal needs a restart).
             let mut sector = [0u8; 512];
-            volume_file(disk, part, file).read_at(0, &mut sector).map_err(|e| format!("{}{}: {}", option, file.path, e))?;
+            volume_file(&disk.bios, part, file).read_at(0, &mut sector).map_err(|e| format!("{}{}: {}", option, file.path, e))?;
             unbootable(&sector, 0x00, &format!("{}{}", option, file.path))?;
         }
-        drive_partitions.push(*part_number);
+        drive_files.push(entry_file);
     }
 
     let mut parent_dir = None;
     let mut chain_bytes = 0u64;
     // The hand-off table describes every emulated drive.
     let mut records = Vec::new();
-    for (drive, part_number) in drives.iter().zip(drive_partitions.iter()) {
-        let part = table.find(*part_number).ok_or("partition vanished")?;
-        records.push(raw_file_record(disk, table, part, drive, opts));
+    for (drive, f) in drives.iter().zip(drive_files.iter()) {
+        records.push(raw_file_record(&f.disk, f.disk.partition(f.partition)?, drive, opts));
     }
-    if let Some(EntryFile { partition: part_number, file, .. }) = files.iter().find(|f| f.role == DriveRole::HardDisk) {
-        let (mut drive, dir, mut record, bytes, first_sector) = plan_hard_disk(disk, table, opts, *part_number, file)?;
+    if let Some(EntryFile { disk, partition: part_number, file, .. }) = files.iter().find(|f| f.role == DriveRole::HardDisk) {
+        let (mut drive, dir, mut record, bytes, first_sector) = plan_hard_disk(disk, opts, *part_number, file)?;
         chain_bytes = bytes;
         if boot_device == BootDevice::Harddisk && !drives.iter().any(|d| d.number == 0x80) && !opts.restore {
             unbootable(&first_sector?, 0x80, &format!("harddisk={}", file.path))?;
@@ -194,7 +191,7 @@ pub fn boot(
         drives.push(drive);
     }
 
-    let engine = load_engine(disk)?;
+    let engine = load_engine(boot_disk)?;
     if opts.immutable {
         println!("  immutable: writes go to a RAM overlay and are gone at the next boot");
     }

@@ -8,11 +8,9 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::host::{partition_window, Loaded};
-use crate::disk::BiosDisk;
+use crate::host::{open_grub_disk, GrubDisk, Loaded};
 use crate::images::FsLocator;
 use crate::println;
-use vboot::block::Window;
 use vboot::config::rewrite::{rewrite_for_snapshot, SnapshotTarget};
 use vboot::config::{GrubPath, PartitionRef, VbootOptions};
 use vboot::fs::volume::Volume;
@@ -21,43 +19,43 @@ use vboot::image::create::{self, CreateOptions, Variant};
 use vboot::image::onvolume::{self, CreateError, GrowError};
 use vboot::image::slack::{self, SlackNeed};
 use vboot::image::{chain, Format, Layer};
-use vboot::part::PartitionTable;
 
 /// Write slack a sparse leaf gets before boot when the entry has no `reserve=`.
 pub const DEFAULT_RESERVE_BYTES: u64 = 256 << 20;
 
-/// The image's leaf on its partition, and the files of its chain found so far (the leaf first),
-/// so that later walks of the chain do not look them up on the filesystem again.
+/// The image's leaf on its disk and partition, and the files of its chain found so far (the
+/// leaf first), so that later walks of the chain do not look them up on the filesystem again.
 pub struct HostFile {
+    pub disk: GrubDisk,
     pub partition: u32,
     pub file: File,
     pub known: Vec<(String, File)>,
 }
 
 impl HostFile {
-    pub fn new(partition: u32, file: File) -> HostFile {
-        HostFile { partition, known: alloc::vec![(file.path.clone(), file.clone())], file }
+    pub fn new(disk: GrubDisk, partition: u32, file: File) -> HostFile {
+        HostFile { disk, partition, known: alloc::vec![(file.path.clone(), file.clone())], file }
+    }
+
+    /// `(hdN,M)`: where the image is, for messages.
+    fn place(&self) -> String {
+        self.disk.partition_name(self.partition)
     }
 }
 
-fn volume(disk: &BiosDisk, table: &PartitionTable, partition: u32) -> Result<Volume<Window<BiosDisk>>, String> {
-    let win = partition_window(disk, table, partition)?;
-    Volume::open(win).map_err(|e| format!("(hd0,{}): {}", partition, e))
-}
-
 /// The chain of `image` (its known files first), walked on its partition.
-fn open_chain(disk: &BiosDisk, table: &PartitionTable, image: &HostFile, parent_dir: &Option<String>) -> Result<(FsLocator, Vec<Box<dyn Layer>>), String> {
-    let p = table.find(image.partition).ok_or_else(|| format!("partition (hd0,{}) vanished", image.partition))?;
-    let mut loc = FsLocator::new(disk, p, image.known.clone());
+fn open_chain(image: &HostFile, parent_dir: &Option<String>) -> Result<(FsLocator, Vec<Box<dyn Layer>>), String> {
+    let p = image.disk.partition(image.partition)?;
+    let mut loc = FsLocator::new(&image.disk.bios, p, image.known.clone());
     let (layers, _) = loc.open_chain(&image.file.path, parent_dir)?;
     Ok((loc, layers))
 }
 
-/// A partition-less path means the grub.cfg partition; make it explicit when it is written into
-/// a file on another partition.
-fn as_seen_from(path: &GrubPath, path_partition: u32, file_partition: u32) -> GrubPath {
-    if path.partition.is_none() && path_partition != file_partition {
-        GrubPath { disk: Some(0), partition: Some(PartitionRef { number: path_partition, scheme_hint: None }), path: path.path.clone() }
+/// A partition-less path means the grub.cfg partition (partition `path_partition` of disk
+/// `path_disk`); make it explicit when it is written into a file on another partition or disk.
+fn as_seen_from(path: &GrubPath, path_disk: u32, path_partition: u32, file_disk: u32, file_partition: u32) -> GrubPath {
+    if path.partition.is_none() && (path_partition != file_partition || path_disk != file_disk) {
+        GrubPath { disk: Some(path_disk), partition: Some(PartitionRef { number: path_partition, scheme_hint: None }), path: path.path.clone() }
     } else {
         path.clone()
     }
@@ -78,97 +76,97 @@ fn child_variant(leaf: &dyn Layer) -> Result<Variant, String> {
 
 /// What `take_snapshot=` will write into grub.cfg, worked out before anything is written.
 struct ConfigEdit {
+    disk: GrubDisk,
     partition: u32,
     path: String,
     new_text: String,
 }
 
 fn plan_config_edit(
-    disk: &mut BiosDisk,
-    table: &PartitionTable,
+    boot_disk: &GrubDisk,
     loaded: &Loaded,
     booted: &[usize],
     opts: &VbootOptions,
     child: &GrubPath,
+    child_disk: u32,
     child_partition: u32,
 ) -> Result<Option<ConfigEdit>, String> {
     if opts.config_file.is_none() && opts.boot_entry.is_none() && opts.new_menu_entry.is_none() {
         return Ok(None);
     }
-    let (partition, path) = match &opts.config_file {
+    let (disk, partition, path) = match &opts.config_file {
         Some(p) => {
-            if p.disk.is_some_and(|d| d != 0) {
-                return Err(format!("config_file={}: only files on the boot disk (hd0) can be rewritten", p));
-            }
-            (p.partition.map(|x| x.number).unwrap_or(loaded.partition), p.path.clone())
+            let disk = match (p.disk, p.partition) {
+                (Some(d), Some(_)) => open_grub_disk(boot_disk, d, &format!("config_file={}", p))?,
+                (Some(d), None) => return Err(format!("config_file={}: a file needs a partition, as in (hd{},1){}", p, d, p.path)),
+                (None, _) => boot_disk.clone(),
+            };
+            (disk, p.partition.map(|x| x.number).unwrap_or(loaded.partition), p.path.clone())
         }
-        None => (loaded.partition, loaded.path.to_string()),
+        None => (boot_disk.clone(), loaded.partition, loaded.path.to_string()),
     };
-    let same_file = partition == loaded.partition && path.eq_ignore_ascii_case(&loaded.path);
+    let place = disk.partition_name(partition);
+    let same_file = disk.number == boot_disk.number && partition == loaded.partition && path.eq_ignore_ascii_case(&loaded.path);
     let target = match (opts.boot_entry, &opts.new_menu_entry) {
         (Some(n), _) => SnapshotTarget::Entry(alloc::vec![n as usize]),
         (None, Some(title)) => SnapshotTarget::NewEntry { title: title.clone(), template: opts.clone() },
         (None, None) if same_file => SnapshotTarget::Entry(booted.to_vec()),
         (None, None) => {
             return Err(format!(
-                "config_file=(hd0,{}){} is not the grub.cfg this menu came from: say which of its entries boots the snapshot with boot_entry=N, or add one with new_menu_entry=TITLE",
-                partition, path
+                "config_file={}{} is not the grub.cfg this menu came from: say which of its entries boots the snapshot with boot_entry=N, or add one with new_menu_entry=TITLE",
+                place, path
             ))
         }
     };
-    let mut vol = volume(disk, table, partition)?;
+    let mut vol = disk.volume(partition).map_err(|e| format!("config_file={}{}: {}", place, path, e))?;
     // After an interrupted rewrite only NAME.new is there (replace_file puts it back in place).
-    let (text, _) = vol.read_replaced(&path, 1 << 20).map_err(|e| format!("config_file (hd0,{}){}: {}", partition, path, e))?;
-    let text = String::from_utf8(text).map_err(|_| format!("(hd0,{}){} is not UTF-8 text; vboot will not rewrite it", partition, path))?;
-    let child_here = as_seen_from(child, child_partition, partition);
-    let new_text = rewrite_for_snapshot(&text, &target, &child_here).map_err(|e| format!("(hd0,{}){}: {}", partition, path, e))?;
-    Ok(Some(ConfigEdit { partition, path, new_text }))
+    let (text, _) = vol.read_replaced(&path, 1 << 20).map_err(|e| format!("config_file {}{}: {}", place, path, e))?;
+    let text = String::from_utf8(text).map_err(|_| format!("{}{} is not UTF-8 text; vboot will not rewrite it", place, path))?;
+    let child_here = as_seen_from(child, child_disk, child_partition, disk.number, partition);
+    let new_text = rewrite_for_snapshot(&text, &target, &child_here).map_err(|e| format!("{}{}: {}", place, path, e))?;
+    Ok(Some(ConfigEdit { disk, partition, path, new_text }))
 }
 
 /// `take_snapshot=`: make a differencing child of the image's leaf at the given path, in the
 /// leaf's format, with write slack; rewrite grub.cfg as the options say. Returns the child, the
 /// new leaf to boot.
-pub fn take_snapshot(
-    disk: &mut BiosDisk,
-    table: &PartitionTable,
-    loaded: &Loaded,
-    booted: &[usize],
-    opts: &VbootOptions,
-    image: HostFile,
-) -> Result<HostFile, String> {
+pub fn take_snapshot(boot_disk: &GrubDisk, loaded: &Loaded, booted: &[usize], opts: &VbootOptions, image: HostFile) -> Result<HostFile, String> {
     let Some(snap) = &opts.take_snapshot else { return Ok(image) };
-    if snap.disk.is_some_and(|d| d != 0) {
-        return Err(format!("take_snapshot={}: the snapshot must be on the boot disk (hd0)", snap));
-    }
+    // A path without a device is on the grub.cfg partition, as everywhere on the line.
+    let snap_disk = snap.disk.unwrap_or(boot_disk.number);
     let snap_partition = snap.partition.map(|p| p.number).unwrap_or(loaded.partition);
-    if snap_partition != image.partition {
+    if snap_disk != image.disk.number || snap_partition != image.partition {
         return Err(format!(
-            "take_snapshot={}: the snapshot must be on the image's partition (hd0,{}), next to its parents",
-            snap, image.partition
+            "take_snapshot={}: the snapshot must be on the image's partition {}, next to its parents: write take_snapshot={}{}",
+            snap,
+            image.place(),
+            image.place(),
+            snap.path
         ));
     }
     // Check everything before the first write.
-    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
-    let (loc, layers) = open_chain(disk, table, &image, &parent_dir)?;
+    let parent_dir = crate::images::parent_dir_on(opts, image.disk.number, image.partition)?;
+    let (loc, layers) = open_chain(&image, &parent_dir)?;
     let chain_files = loc.chain_files(&layers);
     let leaf = &*layers[0];
     let variant = child_variant(leaf)?;
     {
-        let mut vol = volume(disk, table, image.partition)?;
+        let mut vol = image.disk.volume(image.partition)?;
         match vol.open_file(&snap.path) {
             Err(FsError::NotFound { .. }) => {}
             Ok(_) => {
                 return Err(format!(
-                    "take_snapshot: {} already exists on (hd0,{}); delete it or choose another name (was this snapshot taken already?)",
-                    snap.path, image.partition
+                    "take_snapshot: {} already exists on {}; delete it or choose another name (was this snapshot taken already?)",
+                    snap.path,
+                    image.place()
                 ))
             }
             Err(e) => return Err(format!("take_snapshot={}: {}", snap, e)),
         }
         if matches!(vol, Volume::Ext(_) | Volume::Ntfs(_)) {
             return Err(format!(
-                "take_snapshot: (hd0,{}) is {}, which vboot does not write to; keep images that take snapshots on FAT or exFAT",
-                image.partition,
+                "take_snapshot: {} is {}, which vboot does not write to; keep images that take snapshots on FAT or exFAT",
+                image.place(),
                 vol.kind().name()
             ));
         }
@@ -185,41 +183,42 @@ pub fn take_snapshot(
     // Saturating: a damaged parent's size must not wrap (create_file then refuses the size).
     let size = meta.saturating_add(slack::wanted_bytes(reserve, leaf.virtual_sectors().saturating_mul(512)));
     drop(layers);
-    let edit = plan_config_edit(disk, table, loaded, booted, opts, snap, snap_partition)?;
+    let edit = plan_config_edit(boot_disk, loaded, booted, opts, snap, snap_disk, snap_partition)?;
 
     // The child file, then the image inside it.
     let made = {
-        let mut vol = volume(disk, table, image.partition)?;
+        let mut vol = image.disk.volume(image.partition)?;
         onvolume::create_on_volume(&mut vol, &snap.path, size, variant, &base_name, &copts, Some(&info))
     };
     let file = match made {
         Ok(f) => f,
         Err(CreateError::File(e)) => return Err(format!("take_snapshot: creating {} ({} KiB): {}", snap.path, size / 1024, e)),
-        Err(CreateError::Fill(e)) => return Err(cleanup_failed(disk, table, image.partition, &snap.path, format!("{}", e))),
+        Err(CreateError::Fill(e)) => return Err(cleanup_failed(&image, &snap.path, format!("{}", e))),
     };
     // The new chain must open, with the old leaf as the child's parent.
-    let mut child = HostFile::new(image.partition, file.clone());
+    let mut child = HostFile::new(image.disk.clone(), image.partition, file.clone());
     child.known.extend(chain_files);
-    let check = open_chain(disk, table, &child, &parent_dir).and_then(|(_, layers)| match layers.get(1) {
+    let check = open_chain(&child, &parent_dir).and_then(|(_, layers)| match layers.get(1) {
         Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
         _ => Err(String::from("the new image does not link to its parent")),
     });
     if let Err(e) = check {
-        return Err(cleanup_failed(disk, table, image.partition, &snap.path, e));
+        return Err(cleanup_failed(&image, &snap.path, e));
     }
     println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, (size - meta) >> 20);
     if let Some(edit) = edit {
-        let mut vol = volume(disk, table, edit.partition)?;
+        let mut vol = edit.disk.volume(edit.partition)?;
         vol.replace_file(&edit.path, edit.new_text.as_bytes())
             .map_err(|e| format!("{} (the snapshot {} was made; grub.cfg may still point at the old image)", e, snap.path))?;
-        println!("  grub.cfg: (hd0,{}){} rewritten to boot {}", edit.partition, edit.path, snap);
+        println!("  grub.cfg: {}{} rewritten to boot {}", edit.disk.partition_name(edit.partition), edit.path, snap);
     }
     Ok(child)
 }
 
-/// A snapshot child that could not be made is removed again; the message says whether it was.
-fn cleanup_failed(disk: &BiosDisk, table: &PartitionTable, partition: u32, path: &str, e: String) -> String {
-    let cleanup = volume(disk, table, partition).and_then(|mut v| v.delete_file(path).map_err(|e| format!("{}", e)));
+/// A snapshot child at `path` beside `image` that could not be made is removed again; the
+/// message says whether it was.
+fn cleanup_failed(image: &HostFile, path: &str, e: String) -> String {
+    let cleanup = image.disk.volume(image.partition).and_then(|mut v| v.delete_file(path).map_err(|e| format!("{}", e)));
     format!(
         "take_snapshot: making {} failed: {}{}",
         path,
@@ -241,12 +240,12 @@ pub enum SlackOutcome {
 
 /// Make sure the leaf of a sparse image has write slack before boot: grow the file on FAT and
 /// exFAT; where it cannot grow and has none, ask whether to boot with writes in RAM.
-pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: HostFile) -> Result<SlackOutcome, String> {
+pub fn ensure_slack(opts: &VbootOptions, image: HostFile) -> Result<SlackOutcome, String> {
     if opts.immutable {
         return Ok(SlackOutcome::Ready(image));
     }
-    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
-    let (loc, mut layers) = open_chain(disk, table, &image, &parent_dir)?;
+    let parent_dir = crate::images::parent_dir_on(opts, image.disk.number, image.partition)?;
+    let (loc, mut layers) = open_chain(&image, &parent_dir)?;
     let mut known = loc.chain_files(&layers);
     let leaf = &mut *layers[0];
     let format = leaf.format();
@@ -270,12 +269,12 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
     drop(layers);
     let why_not = match why_not {
         Some(e) => e,
-        None => match grow(disk, table, &image, format, want - have) {
+        None => match grow(&image, format, want - have) {
             Ok(file) => {
                 println!("  write slack: {} grown by {} KiB for new blocks", image.file.path, (want - have) / 1024);
                 // The leaf's extents changed; its parents' did not.
                 known[0] = (file.path.clone(), file.clone());
-                return Ok(SlackOutcome::Ready(HostFile { partition: image.partition, file, known }));
+                return Ok(SlackOutcome::Ready(HostFile { disk: image.disk, partition: image.partition, file, known }));
             }
             Err(e) => e,
         },
@@ -301,11 +300,11 @@ pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOpt
 
 /// Grow the leaf by `add_bytes` on FAT or exFAT, then move its trailer. Returns the file with its
 /// new extents.
-fn grow(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, format: Format, add_bytes: u64) -> Result<File, String> {
+fn grow(image: &HostFile, format: Format, add_bytes: u64) -> Result<File, String> {
     let path = &image.file.path;
-    let mut vol = volume(disk, table, image.partition)?;
+    let mut vol = image.disk.volume(image.partition)?;
     onvolume::grow_on_volume(&mut vol, path, format, add_bytes).map_err(|e| match e {
-        GrowError::NoRoom => format!("(hd0,{}) has no room for {} more KiB", image.partition, add_bytes / 1024),
+        GrowError::NoRoom => format!("{} has no room for {} more KiB", image.place(), add_bytes / 1024),
         GrowError::FatLimit => format!("{} is already as large as a FAT file can be", path),
         GrowError::Fs(e) => format!("{}", e),
         GrowError::Image(e) => format!("{}", e),

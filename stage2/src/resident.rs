@@ -8,12 +8,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::disk::BiosDisk;
+use crate::host::GrubDisk;
 use crate::{bios, highmem, lowmem, memmap, println};
 use core::mem::offset_of;
 use volatile::map_field;
 use vboot::config::VbootOptions;
 use vboot::fs::File;
-use vboot::part::PartitionTable;
 use vboot::resident::{self as plan_mod, E820Entry, Plan, PlannedDrive, PlannedFormat, PlannedKind, PlannedLayer};
 
 /// Where the engine blob is on the boot disk: right after stage2 (set by stage2_main).
@@ -111,18 +111,17 @@ pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handof
 /// the `parent_dir=` the engine must use, its hand-off table record, and the heap the engine
 /// needs for the chain's tables and caches (docs/memory.md).
 pub(crate) fn plan_hard_disk(
-    disk: &mut BiosDisk,
-    table: &PartitionTable,
+    host: &GrubDisk,
     opts: &VbootOptions,
     part_number: u32,
     file: &File,
 ) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive, u64, Result<[u8; 512], String>), String> {
-    let part = table.find(part_number).ok_or("partition vanished")?;
+    let (disk, part) = (&host.bios, host.partition(part_number)?);
     if file.size_bytes == 0 {
         return Err(format!("{} is empty", file.path));
     }
     // Walk the chain from the leaf up, on the image's partition, as the engine will again.
-    let parent_dir = crate::images::parent_dir_on(opts, part_number)?;
+    let parent_dir = crate::images::parent_dir_on(opts, host.number, part_number)?;
     let mut locator = crate::images::FsLocator::new(disk, part, alloc::vec![(file.path.clone(), file.clone())]);
     let (layers, warnings) = locator.open_chain(&file.path, &parent_dir)?;
     for w in &warnings {
@@ -184,10 +183,12 @@ pub(crate) fn plan_hard_disk(
             .map(|(path, f)| PlannedLayer { format: PlannedFormat::Image, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba), path: path.clone() })
             .collect()
     };
+    // The engine reads the files through the original INT 13h, by the BIOS's own number of
+    // the disk they are on.
     let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files, eltorito: None };
     let record = {
         use vboot::handoff::{Drive, DriveKind, WriteMode};
-        let (host, partition, filesystem) = crate::handoff::describe_host(disk, table, part);
+        let (host, partition, filesystem) = crate::handoff::describe_host(disk, &host.table, part);
         let write_mode = if opts.immutable {
             WriteMode::Immutable
         } else if opts.take_snapshot.is_some() {

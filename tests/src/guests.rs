@@ -1449,3 +1449,56 @@ pub fn bigio_guest_sectors(code: &[u8], cfg: &BigIoConfig) -> Vec<u8> {
 pub fn bigio_disk_sectors(output: &str) -> Option<u64> {
     output.lines().find_map(|l| l.trim().strip_prefix("DISK ")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
 }
+
+// ---- The drive-numbering guest (tests/guest-probe/drives.s) ---------------------------------
+
+/// The last line of the drive-numbering guest.
+pub const DRIVES_DONE: &str = "DRIVES DONE";
+
+/// What the drive-numbering guest reported: the hard-disk counts (BIOS data area, AH=08h on
+/// 80h) and, for each hard disk from 80h, its number, sector count (AH=48h, low 32 bits) and MBR
+/// disk signature.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DrivesReport {
+    pub boot_drive: u8,
+    pub count_bda: u8,
+    pub count_08h: u8,
+    pub drives: Vec<(u8, u32, u32)>,
+}
+
+/// The guest of tests/guest-probe/drives.s in a raw image of `sectors` sectors with MBR disk
+/// signature `signature`: it lists the hard disks it sees (see [`parse_drives_report`]).
+pub fn drives_guest(dir: &Path, name: &str, signature: u32, sectors: u64) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let build = dir.join(format!("{}-build", name));
+    std::fs::create_dir_all(&build).unwrap();
+    let obj = build.join("drives.o");
+    let bin = build.join("drives.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/drives.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let mut sector = std::fs::read(&bin).unwrap();
+    assert_eq!(sector.len(), 512);
+    sector[440..444].copy_from_slice(&signature.to_le_bytes());
+    let img = dir.join(format!("{}.img", name));
+    let mut bytes = vec![0u8; (sectors as usize) * SECTOR_BYTES];
+    bytes[..512].copy_from_slice(&sector);
+    std::fs::write(&img, bytes).unwrap();
+    img
+}
+
+/// The drive-numbering guest's report in `output`, or `None` when it did not finish.
+pub fn parse_drives_report(output: &str) -> Option<DrivesReport> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+    let mut report = DrivesReport::default();
+    let head = output.lines().find(|l| l.starts_with("DRIVES boot "))?;
+    let w: Vec<&str> = head.split_whitespace().collect();
+    report.boot_drive = hex(w.get(2)?)? as u8;
+    report.count_bda = hex(w.get(4)?)? as u8;
+    report.count_08h = hex(w.get(6)?)? as u8;
+    for l in output.lines().filter(|l| l.starts_with("DRIVE ")) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        report.drives.push((hex(w.get(1)?)? as u8, hex(w.get(3)?)?, hex(w.get(5)?)?));
+    }
+    output.contains(DRIVES_DONE).then_some(report)
+}

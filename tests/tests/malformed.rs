@@ -623,7 +623,7 @@ fn raw_cases(g: &mut Group, base: &Path, dir: &Path) {
     // Options that name impossible places.
     g.options("missing.img", "harddisk=/vm/missing.img", "an image that is not there", &["hard disk image /vm/missing.img not found on (hd0,1)"]);
     g.options("partition (hd0,9)", "harddisk=(hd0,9)/vm/good.img", "a partition the disk does not have", &["partition (hd0,9) does not exist"]);
-    g.options("(hd1,1)/vm/good.img", "harddisk=(hd1,1)/vm/good.img", "an image on a second disk", &["only files on the boot disk (hd0) can be used"]);
+    g.options("(hd1,1)/vm/good.img", "harddisk=(hd1,1)/vm/good.img", "an image on a disk the machine does not have", &["disk (hd1) does not exist: the BIOS reports 1 hard disk(s), (hd0) to (hd0)"]);
     g.options("/vm", "harddisk=/vm", "a directory given as the image", &["/vm"]);
     g.options("(hd0,2)/vm", "harddisk=/vm/good.img parent_dir=(hd0,2)/vm", "parent_dir= on another partition", &["it must be on the image's partition (hd0,1)"]);
     g.options("/vm/good.img", "harddisk=/vm/good.img restore", "restore on an image without a parent", &["restore: /vm/good.img is not a differencing image"]);
