@@ -221,6 +221,48 @@ fn linux_finds_a_gpt_host_disk_by_its_guid() {
     check_guest_files(&dir, &after);
 }
 
+/// The image on the second disk, `(hd1,1)`, vboot on the first: the hand-off table names the
+/// second disk (its MBR signature, its size, BIOS drive 0x81 as the BIOS numbered it before the
+/// hook), vboot-attach finds it as /dev/vdb and refuses while /dev/vdb1 is mounted; the writes
+/// land in the file on the second disk.
+#[test]
+fn linux_attaches_an_image_on_the_second_disk() {
+    let dir = TempDir::new("attach-second-disk");
+    let image = guest_image(&dir, "vpc", "subformat=dynamic", "guest.vhd", "vdb1");
+    let cfg = "set timeout=0\nmenuentry 'linux in an image' {\n    vboot harddisk=(hd1,1)/vm/guest.vhd\n}\n";
+    let host = vboot_host(&dir, 64, cfg, &[]);
+    let data_dir = TempDir::new("attach-second-disk-data");
+    let data_mib = 128;
+    let sectors = data_mib * 2048 - 2048;
+    let part = data_dir.join("part.img");
+    disk::fat_volume(&part, sectors, 32, &[]);
+    sh(Command::new("mmd").arg("-i").arg(&part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    disk::put_fragmented(&part, "/vm/guest.vhd", &std::fs::read(&image).unwrap(), 3);
+    let data = disk::disk_from_partition(&data_dir, &part, data_mib);
+    let signature = u32::from_le_bytes(std::fs::read(&data).unwrap()[440..444].try_into().unwrap());
+    let boot_disk_before = disk::sha256(&host.disk);
+
+    let mut cfg = Config::disk(&host.disk);
+    cfg.drives.push(vboot_tests::qemu::Drive::virtio(&data));
+    cfg.x86_64 = true;
+    cfg.memory_mib = 256;
+    let mut q = Qemu::start(&cfg);
+    let status = q.wait_exit(T);
+    let out = q.output();
+    assert_eq!(status, Some(EXIT_PASS), "the guest did not end through isa-debug-exit:\n{}", out);
+    assert_guest_steps(&out, "normal");
+    let host_line = format!("host disk MBR signature {:08x} ({} sectors, BIOS 0x81), partition 1 ({} sectors at 2048, FAT)", signature, data_mib * 2048, sectors);
+    assert!(out.contains(&host_line), "the table does not name the second disk ({}):\n{}", host_line, out);
+
+    let part_now = data_dir.join("part-after.img");
+    disk::partition_of(&data, sectors, &part_now);
+    let after = dir.join("after-guest.vhd");
+    disk::fat_get(&part_now, "/vm/guest.vhd", &after);
+    structure_check(&after, "vpc");
+    check_guest_files(&dir, &after);
+    assert_eq!(disk::sha256(&host.disk), boot_disk_before, "the boot disk changed; the image is on the second disk");
+}
+
 /// The demo of issue 9, also run by `cargo xtask demo-debian` (it needs root for the chroot and
 /// downloads Debian with debootstrap once, into target/guest-cache; about 3 minutes):
 /// [`debian_in_a_vhd`] with initramfs-tools, `update-initramfs -u` putting vboot-attach and the
