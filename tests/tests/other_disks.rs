@@ -219,6 +219,7 @@ fn a_cd_and_a_floppy_on_the_second_disk_boot() {
 /// off the image's partition. Then a snapshot on the second disk: the child is made next to its
 /// parent on (hd1,1), grub.cfg on the first disk is rewritten to boot it, the probe passes in it,
 /// and qemu-img finds child and parent sound, the writes in the child and the parent unchanged.
+/// And `restore` of a child on the second disk empties it there.
 #[test]
 fn refusals_name_the_disk_and_a_snapshot_goes_next_to_its_parent() {
     let dir = TempDir::new("other-refusals");
@@ -275,6 +276,35 @@ fn refusals_name_the_disk_and_a_snapshot_goes_next_to_its_parent() {
     vboot_tests::qemu_img_check(&pulled.join("snap.vmdk"), "the snapshot child: ");
     // qemu follows the child's parentFileNameHint to the parent beside it.
     check_probe_writes(&pulled.join("snap.vmdk"), "vmdk", &cfg, &out);
+
+    // restore on the second disk: the engine empties the child there (through BIOS drive 81h,
+    // as the BIOS numbered it), and the guest reads the parent again. With no writes this time,
+    // the child ends up reading exactly as its parent.
+    let mut quiet = cfg.clone();
+    quiet.writes.clear();
+    // The probe reads where qemu-io writes into the child below: the parent's pattern must be
+    // back there.
+    quiet.boundaries_lba = vec![2048, 2100, 2175];
+    let d2 = TempDir::new("other-restore");
+    // Parent and child side by side, so that the child's relative parent link is the file name.
+    let quiet_vmdk = d2.join("quiet.vmdk");
+    std::fs::rename(probe_image(&dir, &quiet, "vmdk", "subformat=monolithicSparse", "quiet.vmdk"), &quiet_vmdk).unwrap();
+    let grub_cfg = one_entry("harddisk=(hd1,1)/vm/child.vmdk restore");
+    let host = vboot_host(&d2, 64, &grub_cfg, &[]);
+    let child = d2.join("child.vmdk");
+    sh(Command::new(vboot_tests::vdisk_bin()).arg("snapshot").arg(&quiet_vmdk).arg(&child).args(["--reserve", "4M"]));
+    sh(Command::new("qemu-io").args(["-f", "vmdk", "-c", "write -P 0x55 1M 64k"]).arg(&child));
+    let data = data_disk(&d2, "dos", &[("/vm/quiet.vmdk", &quiet_vmdk), ("/vm/child.vmdk", &child)]);
+    let out = boot_passing(&machine(&host.disk, &data), &["restore: /vm/child.vmdk will be emptied", guests::PROBE_PASS]);
+    let part = data_partition_now(&data, &d2.join("data-part-now.img"));
+    let pulled = d2.join("pulled");
+    std::fs::create_dir_all(&pulled).unwrap();
+    for name in ["quiet.vmdk", "child.vmdk"] {
+        disk::fat_get(&part, &format!("/vm/{}", name), &pulled.join(name));
+    }
+    vboot_tests::qemu_img_check(&pulled.join("child.vmdk"), "the restored child: ");
+    let same = Command::new("qemu-img").args(["compare", "-q"]).arg(pulled.join("quiet.vmdk")).arg(pulled.join("child.vmdk")).status().unwrap();
+    assert!(same.success(), "after restore the child still differs from its parent:\n{}", out);
 }
 
 /// Real sizes: a 100 GiB dynamic VHD (qemu-img) on the second disk. The big-disk guest sees all
