@@ -75,7 +75,8 @@ fn open_files(boot_disk: &GrubDisk, loaded: &Loaded, opts: &VbootOptions) -> Res
         (DriveRole::FloppyB, &opts.floppy_b),
     ] {
         let Some(path) = path else { continue };
-        let (host, partition, file) = open_image_file(boot_disk, loaded, role.name(), path)?;
+        let opened: Vec<GrubDisk> = files.iter().map(|f: &EntryFile| f.disk.clone()).collect();
+        let (host, partition, file) = open_image_file(boot_disk, &opened, loaded, role.name(), path)?;
         println!(
             "  {} image: {}{}, {} bytes in {} extent(s)",
             role.name(),

@@ -240,8 +240,10 @@ pub(crate) fn find_config(disk: &mut BiosDisk, table: &PartitionTable, record: O
 }
 
 /// Open a file named by a grub.cfg path, on whichever BIOS hard disk it names (the grub.cfg
-/// partition when it names none). Returns the disk, the partition number and the file.
-pub fn open_image_file(boot: &GrubDisk, loaded: &Loaded, what: &str, path: &GrubPath) -> Result<(GrubDisk, u32, File), String> {
+/// partition when it names none). `opened`: disks the entry's other files are on, not read
+/// again. Returns the disk, the partition number and the file.
+pub fn open_image_file(boot: &GrubDisk, opened: &[GrubDisk], loaded: &Loaded, what: &str, path: &GrubPath) -> Result<(GrubDisk, u32, File), String> {
+    let known = |d: u32| opened.iter().find(|o| o.number == d).cloned();
     let (host, number) = match (path.disk, path.partition) {
         (None, _) => (boot.clone(), loaded.partition),
         (Some(d), None) => {
@@ -250,7 +252,10 @@ pub fn open_image_file(boot: &GrubDisk, loaded: &Loaded, what: &str, path: &Grub
                 what, path, d, path.path
             ));
         }
-        (Some(d), Some(p)) => (open_grub_disk(boot, d, &format!("{} {}", what, path))?, p.number),
+        (Some(d), Some(p)) => match known(d) {
+            Some(disk) => (disk, p.number),
+            None => (open_grub_disk(boot, d, &format!("{} {}", what, path))?, p.number),
+        },
     };
     let win = host.window(number).map_err(|e| format!("{} {}: {}", what, path, e))?;
     let place = host.partition_name(number);
