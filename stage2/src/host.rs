@@ -1,6 +1,6 @@
 //! The host side of an entry: the boot disk's partitions, where grub.cfg is, and the files a
 //! `vboot` line names, on any BIOS hard disk, opened on their filesystems and checked
-//! (docs/architecture.md, step 4; disk numbering in docs/usage.md, "Paths").
+//! (docs/architecture.md, step 4; disk numbering in docs/usage.md, "Paths and disks").
 
 use alloc::format;
 use alloc::string::String;
