@@ -216,10 +216,11 @@ fn a_cd_and_a_floppy_on_the_second_disk_boot() {
 
 /// Every refusal names the disk and partition as written and leads back to the menu: no such
 /// disk, no such partition, no filesystem, no such file, a whole disk, a snapshot or parent_dir=
-/// off the image's partition. Then a snapshot on the second disk: the child is made next to its
-/// parent on (hd1,1), grub.cfg on the first disk is rewritten to boot it, the probe passes in it,
-/// and qemu-img finds child and parent sound, the writes in the child and the parent unchanged.
-/// And `restore` of a child on the second disk empties it there.
+/// off the image's partition, a config_file= on the second disk that is not there (nothing
+/// made). Then a snapshot on the second disk: the child is made next to its parent on (hd1,1),
+/// grub.cfg on the first disk is rewritten to boot it, the probe passes in it, and qemu-img finds
+/// child and parent sound, the writes in the child and the parent unchanged. And `restore` of a
+/// child on the second disk empties it there.
 #[test]
 fn refusals_name_the_disk_and_a_snapshot_goes_next_to_its_parent() {
     let dir = TempDir::new("other-refusals");
@@ -234,6 +235,7 @@ fn refusals_name_the_disk_and_a_snapshot_goes_next_to_its_parent() {
         ("Whole disk", "harddisk=(hd1)/vm/probe.vmdk"),
         ("Snapshot elsewhere", "harddisk=(hd1,1)/vm/probe.vmdk take_snapshot=/vm/snap.vmdk"),
         ("Parents elsewhere", "harddisk=(hd1,1)/vm/probe.vmdk parent_dir=(hd0,1)/vm"),
+        ("No grub.cfg there", "harddisk=(hd1,1)/vm/probe.vmdk take_snapshot=(hd1,1)/vm/snap0.vmdk config_file=(hd1,1)/boot/grub/grub.cfg boot_entry=0"),
         ("Take a snapshot", "harddisk=(hd1,1)/vm/probe.vmdk take_snapshot=(hd1,1)/vm/snap.vmdk config_file=(hd0,1)/boot/grub/grub.cfg reserve=4M"),
     ];
     let grub_cfg = vboot_tests::rig::menu(&entries.iter().map(|(t, l)| (*t, l.to_string())).collect::<Vec<_>>());
@@ -253,10 +255,11 @@ fn refusals_name_the_disk_and_a_snapshot_goes_next_to_its_parent() {
             (b"5", "a file needs a partition, as in (hd1,1)/vm/probe.vmdk"),
             (b"6", "the snapshot must be on the image's partition (hd1,1), next to its parents: write take_snapshot=(hd1,1)/vm/snap.vmdk"),
             (b"7", "parent_dir=(hd0,1)/vm: it must be on the image's partition (hd1,1)"),
+            (b"8", "config_file (hd1,1)/boot/grub/grub.cfg: "),
         ],
         T,
     );
-    let out = q.boot_from_menu("Take a snapshot", b'8', guests::PROBE_PASS, T);
+    let out = q.boot_from_menu("Take a snapshot", b'9', guests::PROBE_PASS, T);
     assert!(out.contains("snapshot: /vm/snap.vmdk made"), "{}", out);
     assert!(out.contains("grub.cfg: (hd0,1)/boot/grub/grub.cfg rewritten to boot (hd1,1)/vm/snap.vmdk"), "{}", out);
 
@@ -273,6 +276,9 @@ fn refusals_name_the_disk_and_a_snapshot_goes_next_to_its_parent() {
         disk::fat_get(&part, &format!("/vm/{}", name), &pulled.join(name));
     }
     assert!(std::fs::read(pulled.join("probe.vmdk")).unwrap() == parent_before, "the parent changed");
+    // The refused snapshot (no grub.cfg to rewrite on (hd1,1)) left nothing behind.
+    let listing = sh(Command::new("mdir").arg("-b").arg("-i").arg(&part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    assert!(!listing.to_lowercase().contains("snap0"), "a refused snapshot was made:\n{}", listing);
     vboot_tests::qemu_img_check(&pulled.join("snap.vmdk"), "the snapshot child: ");
     // qemu follows the child's parentFileNameHint to the parent beside it.
     check_probe_writes(&pulled.join("snap.vmdk"), "vmdk", &cfg, &out);
