@@ -80,7 +80,7 @@ pub struct Plan {
     pub immutable: bool,
     /// A buffer below 1 MiB (linear address, bytes) that the engine may use for host transfers
     /// while `engine_init` runs: stage2's own bounce buffer, idle during that call. Reading the
-    /// image tables through it takes a few dozen BIOS calls where the stub's 1 KiB buffer takes
+    /// image tables through it takes a few dozen BIOS calls where the stub's 1.5 KiB buffer takes
     /// thousands. 0 bytes: none.
     pub init_bounce_linear: u32,
     pub init_bounce_bytes: u32,

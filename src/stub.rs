@@ -1,4 +1,4 @@
-//! The resident stub's header: the first 256 bytes of the real-mode stub that stays at the top of
+//! The resident stub's header: the first 304 bytes of the real-mode stub that stays at the top of
 //! conventional memory while a guest runs (docs/architecture.md, step 6). stage2 fills it when it
 //! installs the stub (stage2/src/resident.rs), the stub's real-mode code uses it
 //! (stage2/src/stub.s), and the engine reads and writes it on every call (stage2/engine/src/stub.rs,
@@ -74,10 +74,50 @@ pub struct StubHeader {
     pub dap: [u8; 16],
     /// The diskette parameter table INT 1Eh and floppy AH=08h point at.
     pub diskette_table: [u8; 16],
+    /// The run the stub serves by itself (docs/int13.md, "The real-mode fast path"); the engine
+    /// clears it when a call enters and publishes a new one when it leaves.
+    pub fast_run: FastRun,
+    /// Counters for the benchmarks (docs/benchmarks.md, "Where a guest call's time goes"):
+    /// calls the fast path served, BIOS calls the engine made through the stub, and bytes the
+    /// engine copied through the bounce buffer. They wrap.
+    pub fast_calls: u32,
+    pub engine_bios_calls: u32,
+    pub bounce_copied_bytes: u32,
+    pub counters_padding: [u8; 12],
 }
 
+/// A run of an emulated hard disk that lies, sector for sector, on consecutive sectors of the
+/// host disk, so that an AH=42h (and, if `writable`, AH=43h) call inside it needs only the
+/// original INT 13h with the LBA moved: the stub makes that call itself, in real mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastRun {
+    /// [`FAST_RUN_VALID`], [`FAST_RUN_WRITABLE`]; 0 means no run.
+    pub flags: u8,
+    /// The drive number the guest calls, and the BIOS's own number for the host disk.
+    pub guest_drive: u8,
+    pub host_drive: u8,
+    pub padding: u8,
+    /// Guest sectors in the run.
+    pub sectors: u32,
+    pub first_lba: u64,
+    /// Where `first_lba` lies on the host disk.
+    pub host_lba: u64,
+}
+const_assert_eq!(core::mem::size_of::<FastRun>(), 24);
+
+pub const FAST_RUN_VALID: u8 = 1;
+pub const FAST_RUN_WRITABLE: u8 = 2;
+
+/// The stub's bounce buffer for the engine's host transfers that cannot go straight to a guest
+/// buffer below 1 MiB (image tables, a buffer above 1 MiB). Three sectors: with the header, the
+/// code (the fast path included) and its 1 KiB stack, the stub fits the 4 KiB of conventional
+/// memory it may take (docs/benchmarks.md, yardsticks).
+pub const BOUNCE_BYTES: u32 = 1536;
+const_assert_eq!(BOUNCE_BYTES % 512, 0);
+
 /// Where the stub's code starts: right after the header.
-pub const CODE_OFFSET: u32 = 0x100;
+pub const CODE_OFFSET: u32 = 0x130;
 const_assert_eq!(core::mem::size_of::<StubHeader>() as u32, CODE_OFFSET);
 
 macro_rules! offsets {
@@ -122,6 +162,22 @@ offsets! {
     CALLS = calls;
     DAP = dap;
     DISKETTE_TABLE = diskette_table;
+    FAST_RUN = fast_run;
+    FAST_CALLS = fast_calls;
+    ENGINE_BIOS_CALLS = engine_bios_calls;
+    BOUNCE_COPIED_BYTES = bounce_copied_bytes;
+}
+
+/// Byte offsets inside [`FastRun`], for the stub's assembly.
+pub mod fast_run_offset {
+    use super::FastRun;
+    use core::mem::offset_of;
+    pub const FLAGS: u32 = offset_of!(FastRun, flags) as u32;
+    pub const GUEST_DRIVE: u32 = offset_of!(FastRun, guest_drive) as u32;
+    pub const HOST_DRIVE: u32 = offset_of!(FastRun, host_drive) as u32;
+    pub const SECTORS: u32 = offset_of!(FastRun, sectors) as u32;
+    pub const FIRST_LBA: u32 = offset_of!(FastRun, first_lba) as u32;
+    pub const HOST_LBA: u32 = offset_of!(FastRun, host_lba) as u32;
 }
 
 /// Byte offsets of [`Regs`] fields inside `frame` and `bios_regs` (defined with the type).
@@ -139,6 +195,8 @@ const_assert_eq!(offset::FRAME, 0x88);
 const_assert_eq!(offset::BREGS, 0xB0);
 const_assert_eq!(offset::DAP, 0xE0);
 const_assert_eq!(offset::DISKETTE_TABLE, 0xF0);
+const_assert_eq!(offset::FAST_RUN, 0x100);
+const_assert_eq!(offset::FAST_CALLS, 0x118);
 
 /// `engine_init(plan, plan_bytes, heap, heap_bytes, stub_linear, message, message_bytes)`:
 /// 0, or the length of the error message it wrote. The caller guarantees that the plan and the

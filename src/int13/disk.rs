@@ -14,6 +14,21 @@ pub struct DiskError {
     pub status: Status,
 }
 
+/// Blocks of an emulated drive that lie on consecutive sectors of the host disk, one for one:
+/// the resident stub serves calls inside such a run without the engine (docs/int13.md, "The
+/// real-mode fast path").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StraightRun {
+    /// The first block and how many follow it straight on the host disk.
+    pub lba: u64,
+    pub blocks: u64,
+    /// Where `lba` lies on the host disk.
+    pub host_lba: u64,
+    /// Whether writing these blocks is a write of the same host sectors and nothing else (no
+    /// allocation, no metadata, no overlay): only then may the stub write them itself.
+    pub writable: bool,
+}
+
 /// The storage behind one emulated drive, in its own block size. The INT 13h layer has already
 /// checked that `lba..lba+count` lies inside `block_count()`.
 pub trait EmulatedDisk {
@@ -30,6 +45,11 @@ pub trait EmulatedDisk {
     /// Copy blocks from guest memory at `buf_linear` to the disk.
     fn write(&mut self, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64)
         -> Result<(), DiskError>;
+    /// The straight run that starts at block `lba`, if the blocks there lie one for one on the
+    /// host disk. Only 512-byte-block disks that sit in place on the host have such runs.
+    fn straight_run(&mut self, _lba: u64) -> Option<StraightRun> {
+        None
+    }
 }
 
 impl<T: EmulatedDisk + ?Sized> EmulatedDisk for &mut T {
@@ -52,6 +72,9 @@ impl<T: EmulatedDisk + ?Sized> EmulatedDisk for &mut T {
     fn write(&mut self, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64)
         -> Result<(), DiskError> {
         (**self).write(lba, count, mem, buf_linear)
+    }
+    fn straight_run(&mut self, lba: u64) -> Option<StraightRun> {
+        (**self).straight_run(lba)
     }
 }
 

@@ -47,7 +47,7 @@ mod tests;
 use core::fmt;
 
 pub use chs::{Chs, ChsAddress, FloppyFormat};
-pub use disk::{BlockDisk, DiskError, EmulatedDisk};
+pub use disk::{BlockDisk, DiskError, EmulatedDisk, StraightRun};
 pub use drives::{CdEmulation, Drive, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 pub use memory::{bda, check_guest_range, linear, GuestMemory, MemoryError, VecMemory};
 // The register type is real mode's, shared with every BIOS thunk of the firmware.
@@ -138,6 +138,38 @@ pub fn handle(drives: &mut DriveSet<'_>, regs: &mut Regs, mem: &mut dyn GuestMem
     let result = functions::call(drive, regs, mem);
     finish(regs, mem, floppy, result);
     Outcome::Handled
+}
+
+/// After a call [`handle`] served: the straight run the stub may serve the guest's next call
+/// from (docs/int13.md, "The real-mode fast path"), with the guest's drive number. Only after a
+/// successful AH=42h/43h with a seg:off packet on an emulated hard disk: the run that starts
+/// where the call ended (a guest reads on from there), else the one where it started.
+pub fn fast_run_after(drives: &mut DriveSet<'_>, before: &Regs, after: &Regs, mem: &mut dyn GuestMemory) -> Option<(u8, StraightRun)> {
+    let ah = before.ah();
+    if (ah != functions::ah::EXTENDED_READ && ah != functions::ah::EXTENDED_WRITE) || after.flags & 1 != 0 {
+        return None;
+    }
+    let dl = before.dl();
+    let drive = drives.drive_mut(drives.index_of(dl)?)?;
+    if drive.kind != DriveKind::HardDisk {
+        return None;
+    }
+    let at = before.ds_si_linear();
+    let request = edd::DiskAddressPacket::read(mem, at).ok()?.request(at, 512).ok()?;
+    if request.form != edd::DapForm::SegOff {
+        return None;
+    }
+    let blocks = drive.disk.block_count();
+    let read_only = drive.disk.read_only();
+    let next = request.lba.checked_add(request.count as u64)?;
+    let run = drive.disk.straight_run(next).or_else(|| drive.disk.straight_run(request.lba))?;
+    // The stub counts a run's sectors in 32 bits, and a run never passes the disk's end.
+    let end = run.lba.checked_add(run.blocks)?.min(blocks);
+    let sectors = end.checked_sub(run.lba)?.min(u32::MAX as u64);
+    if sectors == 0 {
+        return None;
+    }
+    Some((dl, StraightRun { blocks: sectors, writable: run.writable && !read_only, ..run }))
 }
 
 /// Fail a call that could not be served at all (the resident engine failed internally while

@@ -2,12 +2,12 @@
 //! "Return discipline", "Where the reference implementations disagree", "Floppy formats").
 
 use super::chs::{Chs, ChsAddress, FloppyFormat};
-use super::disk::{BlockDisk, DiskError, EmulatedDisk};
+use super::disk::{BlockDisk, DiskError, EmulatedDisk, StraightRun};
 use super::drives::{CdEmulation, DriveClass, DriveKind, DriveSet, DriveSetError, ElToritoBoot, FarPtr};
 use super::memory::{bda, linear, GuestMemory, VecMemory};
 use super::edd;
 use crate::realmode::Regs;
-use super::{fail_call, handle, Outcome, Status};
+use super::{fail_call, fast_run_after, handle, Outcome, Status};
 use crate::block::{BlockDevice, BlockError, MemDisk};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -1713,4 +1713,113 @@ fn the_packet_a_bios_caller_builds_reads_back_as_the_request() {
     let req = edd::DiskAddressPacket::from_bytes(&raw).request(0x600, 512).unwrap();
     assert_eq!((req.lba, req.count, req.buffer_linear), (0x1_2345_6789, 48, 0x1000));
     assert_eq!(req.form, edd::DapForm::SegOff);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real-mode fast path: which run the engine publishes after a call
+
+/// A disk whose blocks lie on the host in two straight runs, 0..100 at host 5000 and 100..300
+/// at host 9000, both writable unless `in_place_writes` is false.
+struct TwoRunDisk {
+    in_place_writes: bool,
+    read_only: bool,
+}
+
+impl EmulatedDisk for TwoRunDisk {
+    fn block_count(&self) -> u64 {
+        300
+    }
+    fn block_bytes(&self) -> u32 {
+        512
+    }
+    fn geometry(&self) -> Option<Chs> {
+        None
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&mut self, _: u64, _: u32, _: &mut dyn GuestMemory, _: u64) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn write(&mut self, _: u64, _: u32, _: &mut dyn GuestMemory, _: u64) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn straight_run(&mut self, lba: u64) -> Option<StraightRun> {
+        // The second run claims more blocks than the disk has: the caller clips it.
+        let (start, end, host) = match lba {
+            0..=99 => (0, 100, 5000),
+            100..=299 => (100, 1000, 9000),
+            _ => return None,
+        };
+        Some(StraightRun { lba, blocks: end - lba, host_lba: host + (lba - start), writable: self.in_place_writes })
+    }
+}
+
+fn fast_set(in_place_writes: bool, read_only: bool) -> DriveSet<'static> {
+    hdd_set(Box::new(TwoRunDisk { in_place_writes, read_only }))
+}
+
+/// One AH=`ah` call of `count` blocks at `lba`, then what the engine would publish.
+fn served_then_published(set: &mut DriveSet<'_>, ah: u8, count: u16, lba: u64) -> Option<(u8, StraightRun)> {
+    let mut m = machine();
+    let mut r = ext_regs(ah, 0x80);
+    put_dap(&mut m, &mut r, count, 0x1000, 0, lba);
+    let before = r;
+    call(set, &mut r, &mut m);
+    fast_run_after(set, &before, &r, &mut m)
+}
+
+#[test]
+fn fast_run_is_the_one_where_a_read_ends() {
+    let mut set = fast_set(true, false);
+    let (dl, run) = served_then_published(&mut set, 0x42, 10, 20).unwrap();
+    assert_eq!(dl, 0x80);
+    assert_eq!(run, StraightRun { lba: 30, blocks: 70, host_lba: 5030, writable: true });
+    // Ending at the boundary: the next run; clipped to the disk's end.
+    let (_, run) = served_then_published(&mut set, 0x42, 10, 90).unwrap();
+    assert_eq!(run, StraightRun { lba: 100, blocks: 200, host_lba: 9000, writable: true });
+    // Ending at the disk's end: the run where the call started.
+    let (_, run) = served_then_published(&mut set, 0x43, 10, 290).unwrap();
+    assert_eq!(run, StraightRun { lba: 290, blocks: 10, host_lba: 9190, writable: true });
+}
+
+#[test]
+fn fast_run_is_read_only_on_a_read_only_drive_or_where_writes_are_not_in_place() {
+    let (_, run) = served_then_published(&mut fast_set(false, false), 0x42, 1, 0).unwrap();
+    assert!(!run.writable);
+    let (_, run) = served_then_published(&mut fast_set(true, true), 0x42, 1, 0).unwrap();
+    assert!(!run.writable);
+}
+
+#[test]
+fn no_fast_run_after_other_calls_failures_or_other_packet_forms() {
+    let mut set = fast_set(true, false);
+    // A failed call (past the end) publishes nothing.
+    assert_eq!(served_then_published(&mut set, 0x42, 10, 400), None);
+    // Verify, seek, CHS: nothing.
+    assert_eq!(served_then_published(&mut set, 0x44, 10, 0), None);
+    let mut m = machine();
+    let mut r = chs_regs(0x02, 1, ChsAddress { cylinder: 0, head: 0, sector: 1 });
+    let before = r;
+    call(&mut set, &mut r, &mut m);
+    assert_eq!(fast_run_after(&mut set, &before, &r, &mut m), None);
+    // A real drive (81h is passed through): nothing.
+    let mut r = ext_regs(0x42, 0x81);
+    put_dap(&mut m, &mut r, 1, 0x1000, 0, 0);
+    assert_eq!(fast_run_after(&mut set, &r.clone(), &r, &mut m), None);
+    // The flat-buffer form: the stub only knows seg:off packets.
+    let mut r = ext_regs(0x42, 0x80);
+    put_dap(&mut m, &mut r, 1, 0xFFFF, 0xFFFF, 0);
+    m.bytes[DAP as usize] = 0x18;
+    m.write(DAP + 0x10, &0x20000u64.to_le_bytes()).unwrap();
+    let before = r;
+    call(&mut set, &mut r, &mut m);
+    assert_ok(&r, 0);
+    assert_eq!(fast_run_after(&mut set, &before, &r, &mut m), None);
+}
+
+#[test]
+fn no_fast_run_for_a_disk_without_straight_runs() {
+    let mut set = hdd_set(block_disk(pattern_disk(64), None, false));
+    assert_eq!(served_then_published(&mut set, 0x42, 1, 0), None);
 }

@@ -41,6 +41,17 @@
 .set S_DAP, {S_DAP}
 .set S_DISKETTE_TABLE, {S_DISKETTE_TABLE}
 .set S_CODE, {S_CODE}
+.set S_FAST_RUN, {S_FAST_RUN}
+.set S_FAST_CALLS, {S_FAST_CALLS}
+.set S_ENGINE_BIOS_CALLS, {S_ENGINE_BIOS_CALLS}
+.set F_FLAGS, S_FAST_RUN + {F_FLAGS}
+.set F_GUEST_DRIVE, S_FAST_RUN + {F_GUEST_DRIVE}
+.set F_HOST_DRIVE, S_FAST_RUN + {F_HOST_DRIVE}
+.set F_SECTORS, S_FAST_RUN + {F_SECTORS}
+.set F_FIRST_LBA, S_FAST_RUN + {F_FIRST_LBA}
+.set F_HOST_LBA, S_FAST_RUN + {F_HOST_LBA}
+.set FAST_RUN_VALID, {FAST_RUN_VALID}
+.set FAST_RUN_WRITABLE, {FAST_RUN_WRITABLE}
 
 # The register block's offsets (R_*) and SAVE_GPRS/LOAD_GPRS: regs.s, which the same global_asm!
 # includes first.
@@ -51,7 +62,7 @@
 .set SEL_DATA16, 0x20
 
 # Bounce buffer and stack follow the code (see stub_end).
-.set BOUNCE_BYTES, 1024
+.set BOUNCE_BYTES, {BOUNCE_BYTES}
 .set STACK_BYTES,  1024
 
 .section .stub, "a"
@@ -100,9 +111,116 @@ int13_body:
     cli
     cmpb $0, %cs:S_BUSY
     jne 1f
+    cmp $0x42, %ah
+    je fast13
+    cmp $0x43, %ah
+    je fast13
+slow13:
     movw $0x13, %cs:S_VECTOR
     jmp common_entry
 1:  ljmp *%cs:S_OLD13
+
+# The real-mode fast path (docs/int13.md, "The real-mode fast path"). A guest reads its disk in
+# long sequential runs; where the engine has published a run that lies straight on the host
+# disk, an AH=42h (or, for a writable run, AH=43h) call wholly inside it is the host's own call
+# with the LBA moved. Making it here saves the four mode switches and the engine's work of a
+# call through protected mode. Anything unusual (another packet form, a buffer not below the
+# stub, a sector outside the run, an error from the BIOS) goes the slow way, so the engine
+# alone decides every answer that is not a plain success.
+fast13:
+    testb $FAST_RUN_VALID, %cs:F_FLAGS
+    jz slow13
+    cmp %cs:F_GUEST_DRIVE, %dl
+    jne slow13
+    cmp $0x42, %ah
+    je 1f
+    testb $FAST_RUN_WRITABLE, %cs:F_FLAGS
+    jz slow13
+    cmp $1, %al                             # 0 or 1: write without verify
+    ja slow13
+1:  push %ds
+    push %si
+    push %eax
+    push %ebx
+    push %ecx
+    push %edx
+    cmpb $16, (%si)
+    jb fast_undo
+    mov 4(%si), %ebx                        # buffer: offset, then segment
+    cmp $0xFFFFFFFF, %ebx                   # the 64-bit flat buffer form
+    je fast_undo
+    movzwl 2(%si), %ecx
+    test %ecx, %ecx
+    jz fast_undo
+    cmp $127, %ecx
+    ja fast_undo
+    # The buffer must end below the stub: the guest must not reach vboot's memory.
+    mov %ebx, %eax
+    shr $16, %eax
+    shl $4, %eax
+    movzwl %bx, %edx
+    add %edx, %eax
+    mov %ecx, %edx
+    shl $9, %edx
+    add %edx, %eax
+    mov %cs, %dx
+    movzwl %dx, %edx
+    shl $4, %edx
+    cmp %edx, %eax
+    ja fast_undo
+    # offset = LBA - first, 64-bit; offset + count must not pass the run's end.
+    mov 8(%si), %eax
+    mov 12(%si), %edx
+    sub %cs:F_FIRST_LBA, %eax
+    sbb %cs:F_FIRST_LBA+4, %edx
+    jc fast_undo
+    test %edx, %edx
+    jnz fast_undo
+    add %eax, %ecx
+    jc fast_undo
+    cmp %cs:F_SECTORS, %ecx
+    ja fast_undo
+    # The host's packet: the guest's count and buffer, the LBA moved onto the host disk.
+    movw $16, %cs:S_DAP
+    mov 2(%si), %cx
+    mov %cx, %cs:S_DAP+2
+    mov %ebx, %cs:S_DAP+4
+    add %cs:F_HOST_LBA, %eax
+    adc %cs:F_HOST_LBA+4, %edx
+    mov %eax, %cs:S_DAP+8
+    mov %edx, %cs:S_DAP+12
+    movb $1, %cs:S_BUSY                     # a call from inside the BIOS chains
+    mov %sp, %bx
+    mov %ss:12(%bx), %eax                   # the caller's AX: AH = 42h/43h, AL = write flags
+    mov %cs:F_HOST_DRIVE, %dl
+    push %cs
+    pop %ds
+    mov $S_DAP, %si
+    pushf
+    lcall *%cs:S_OLD13
+    cli
+    movb $0, %cs:S_BUSY
+    jc fast_undo
+    incl %cs:S_FAST_CALLS
+    pop %edx
+    pop %ecx
+    pop %ebx
+    add $4, %sp                             # EAX stays the BIOS's answer (AH = 0)
+    pop %si
+    pop %ds
+    push %bp
+    mov %sp, %bp
+    andw $0xFFFE, 6(%bp)                    # CF clear in the FLAGS IRET restores
+    pop %bp
+    iret
+fast_undo:
+    pop %edx
+    pop %ecx
+    pop %ebx
+    pop %eax
+    pop %si
+    pop %ds
+    jmp slow13
 
 # Only the memory-size calls go to the engine; everything else (4Fh from the keyboard IRQ, 86h
 # waits ...) chains at once and never leaves real mode.
@@ -228,6 +346,7 @@ rm_bios:
     LOAD_GPRS S_BREGS
     pop %es
     pop %ds
+    incl %cs:S_ENGINE_BIOS_CALLS            # before the call: the FLAGS after it are the BIOS's
     # What INT does: FLAGS (IF clear, as the guest's INT left it), then a far call.
     pushf
     lcall *%cs:S_BIOS_TARGET

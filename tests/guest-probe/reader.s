@@ -1,5 +1,8 @@
 # Benchmark guest: print READ-START, read the whole boot disk with INT 13h AH=42h (127 sectors
-# per call into 1000:0000), print READ-END (or READ-FAIL), end QEMU with the pass code.
+# per call into 1000:0000), print READ-END (or READ-FAIL), then, if vboot's stub sits at the top
+# of conventional memory, its counters (docs/benchmarks.md, "Where a guest call's time goes"):
+# "STUB engine=N fast=N bios=N copied=N" in hex; end QEMU with the pass code. The header offsets
+# S_* come from vboot::stub through `as --defsym` (tests/src/guests.rs).
 .code16
 .global _start
 _start:
@@ -45,7 +48,28 @@ _start:
 done:
     mov $msg_end, %si
     call puts
-    mov $0x10, %al
+    mov 0x413, %ax                          # conventional memory in KiB: the stub starts there
+    shl $6, %ax
+    mov %ax, %es
+    cmpl $0x54534256, %es:0                 # "VBSTUB01"
+    jne 7f
+    cmpl $0x31304255, %es:4
+    jne 7f
+    mov $msg_engine, %si
+    mov $S_CALLS, %bx
+    call counter
+    mov $msg_fast, %si
+    mov $S_FAST_CALLS, %bx
+    call counter
+    mov $msg_bios, %si
+    mov $S_ENGINE_BIOS_CALLS, %bx
+    call counter
+    mov $msg_copied, %si
+    mov $S_BOUNCE_COPIED_BYTES, %bx
+    call counter
+    mov $msg_crlf, %si
+    call puts
+7:  mov $0x10, %al
     jmp exit
 fail:
     mov $msg_fail, %si
@@ -57,10 +81,33 @@ exit:
 3:  hlt
     jmp 3b
 
+# The label at SI, then the stub's u32 at ES:BX in hex.
+counter:
+    push %bx
+    call puts
+    pop %bx
+    mov %es:(%bx), %eax
+    mov $8, %bp
+8:  rol $4, %eax
+    push %eax
+    and $0xf, %al
+    add $0x30, %al
+    cmp $0x39, %al
+    jbe 9f
+    add $7, %al
+9:  call putc
+    pop %eax
+    dec %bp
+    jnz 8b
+    ret
+
 puts:
     lodsb
     test %al, %al
     jz 5f
+    call putc
+    jmp puts
+putc:
     mov %al, %bl
     mov $0x3fd, %dx
     mov $0xffff, %cx
@@ -70,7 +117,7 @@ puts:
     mov %bl, %al
     mov $0x3f8, %dx
     out %al, %dx
-    jmp puts
+    ret
 5:  mov $0x3fd, %dx
     mov $0xffff, %cx
 6:  in %dx, %al
@@ -81,6 +128,11 @@ puts:
 msg_start: .asciz "READ-START\r\n"
 msg_end:   .asciz "READ-END\r\n"
 msg_fail:  .asciz "READ-FAIL\r\n"
+msg_engine: .asciz "STUB engine="
+msg_fast:  .asciz " fast="
+msg_bios:  .asciz " bios="
+msg_copied: .asciz " copied="
+msg_crlf:  .asciz "\r\n"
 .balign 4
 dap:
     .byte 0x10, 0

@@ -886,7 +886,18 @@ pub fn reader_guest(dir: &Path, sectors: u64) -> PathBuf {
     std::fs::create_dir_all(&build).unwrap();
     let obj = build.join("reader.o");
     let bin = build.join("reader.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/reader.s")));
+    // The stub's counters, at offsets defined once in vboot::stub (src/stub.rs).
+    let mut asm = Command::new("as");
+    asm.arg("--32");
+    for (name, offset) in [
+        ("S_CALLS", vboot::stub::offset::CALLS),
+        ("S_FAST_CALLS", vboot::stub::offset::FAST_CALLS),
+        ("S_ENGINE_BIOS_CALLS", vboot::stub::offset::ENGINE_BIOS_CALLS),
+        ("S_BOUNCE_COPIED_BYTES", vboot::stub::offset::BOUNCE_COPIED_BYTES),
+    ] {
+        asm.arg("--defsym").arg(format!("{}={}", name, offset));
+    }
+    sh(asm.arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/reader.s")));
     sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
     let img = dir.join("reader.img");
     make_pattern_disk(&img, sectors);
@@ -895,6 +906,34 @@ pub fn reader_guest(dir: &Path, sectors: u64) -> PathBuf {
     use std::io::Write;
     f.write_all(&code).unwrap();
     img
+}
+
+/// The stub's counters as the reader guest printed them after its reads ("STUB engine=... fast=...
+/// bios=... copied=..."), `None` when the guest found no stub (a native run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StubCounters {
+    /// Guest calls the engine served (through protected mode).
+    pub engine_calls: u32,
+    /// Guest calls the stub's real-mode fast path served.
+    pub fast_calls: u32,
+    /// BIOS calls the engine made through the stub.
+    pub engine_bios_calls: u32,
+    /// Bytes the engine copied through a bounce buffer.
+    pub bounce_copied_bytes: u32,
+}
+
+pub fn stub_counters(serial: &str) -> Option<StubCounters> {
+    let line = serial.lines().find(|l| l.starts_with("STUB engine="))?;
+    let field = |name: &str| -> Option<u32> {
+        let at = line.find(&format!("{}=", name))? + name.len() + 1;
+        u32::from_str_radix(line.get(at..at + 8)?, 16).ok()
+    };
+    Some(StubCounters {
+        engine_calls: field("engine")?,
+        fast_calls: field("fast")?,
+        engine_bios_calls: field("bios")?,
+        bounce_copied_bytes: field("copied")?,
+    })
 }
 
 // ---- The chain guest (tests/guest-probe/chainer.s) -------------------------------------------

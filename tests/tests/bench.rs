@@ -55,6 +55,7 @@ fn bench_all() {
     let mut native = Vec::new();
     let mut hooked = Vec::new();
     let mut conv = String::new();
+    let mut counters = None;
     for _ in 0..3 {
         native.push(timed_read(&Config::disk(&image)).0);
         let (t, out) = timed_read(&Config::disk(&host.disk));
@@ -62,12 +63,16 @@ fn bench_all() {
         if let Some(line) = out.lines().find(|l| l.contains("conventional memory") && l.contains("->")) {
             conv = line.trim().to_string();
         }
+        counters = guests::stub_counters(&out);
     }
     let (n, h) = (median(native), median(hooked));
     writeln!(report, "| read 64 MiB, native virtio disk (baseline) | {:.2} s |", n).unwrap();
     writeln!(report, "| read 64 MiB through vboot (raw image in 8 fragments on FAT32) | {:.2} s |", h).unwrap();
     writeln!(report, "| hook / native throughput | **{:.2}** |", n / h).unwrap();
     writeln!(report, "| memory taken | {} |", conv).unwrap();
+    if let Some(c) = counters {
+        breakdown(&mut report, "raw image, 64 MiB in 127-sector reads", &c);
+    }
 
     // The same data as a VHD dynamic image, alone and under 7 and 63 empty differencing children:
     // reads fall through the chain.
@@ -82,6 +87,7 @@ fn bench_all() {
         files.push((format!("d{}.vhd", i), child));
     }
     let mut depth_times = Vec::new();
+    let mut vhd_counters = None;
     for depth in [1usize, 8, 64] {
         let leaf = &files[depth - 1].0;
         let d = TempDir::new("bench-chain");
@@ -91,11 +97,18 @@ fn bench_all() {
         let host = vboot_host(&d, 200, &format!("set timeout=0\nmenuentry 'chain' {{\n vboot harddisk=/{} reserve=0\n}}\n", leaf), &imgs);
         let mut t = Vec::new();
         for _ in 0..3 {
-            t.push(timed_read(&Config::disk(&host.disk)).0);
+            let (secs, out) = timed_read(&Config::disk(&host.disk));
+            t.push(secs);
+            if depth == 1 {
+                vhd_counters = guests::stub_counters(&out);
+            }
         }
         depth_times.push((depth, median(t)));
     }
     let d1 = depth_times[0].1;
+    if let Some(c) = vhd_counters {
+        breakdown(&mut report, "VHD dynamic, depth 1", &c);
+    }
     writeln!(report, "| read 64 MiB through vboot, VHD dynamic, depth 1 | {:.2} s (native / this: {:.2}) |", d1, n / d1).unwrap();
     for (depth, t) in &depth_times[1..] {
         writeln!(report, "| read 64 MiB through vboot, VHD chain of depth {} | {:.2} s (depth 1 / this: **{:.2}**) |", depth, t, d1 / t).unwrap();
@@ -124,11 +137,72 @@ fn bench_all() {
         q.expect("GUEST-HELLO", T);
         native_boot.push(s.elapsed().as_secs_f64());
     }
-    writeln!(report, "| QEMU start to the guest's first line, native (baseline) | {:.2} s |", median(native_boot)).unwrap();
+    writeln!(report, "| QEMU start to the guest's first line, native (baseline) | {:.2} s |", median(native_boot.clone())).unwrap();
     writeln!(report, "| stage2 banner to the guest's first line (timeout=0) | {:.2} s |", median(to_guest)).unwrap();
+    boot_time_rows(&mut report, &hello, median(native_boot.clone()));
 
     println!("{}", report);
     std::fs::write(workspace_root().join("target/bench.md"), &report).unwrap();
+}
+
+/// Where a guest call's time goes (docs/benchmarks.md): the stub's counters after the reader
+/// guest's run, per guest call.
+fn breakdown(report: &mut String, what: &str, c: &guests::StubCounters) {
+    let calls = (c.engine_calls + c.fast_calls).max(1) as f64;
+    // A call through the engine enters protected mode and leaves it (2 switches); each BIOS call
+    // the engine makes leaves protected mode and enters it again (2 more). The fast path: none.
+    let switches = 2 * c.engine_calls as u64 + 2 * c.engine_bios_calls as u64;
+    writeln!(
+        report,
+        "| per guest call, {} | {} calls: {:.1}% by the real-mode fast path; {:.2} mode switches, {:.2} BIOS calls by the engine, {:.0} bytes copied through the bounce buffer |",
+        what,
+        c.engine_calls + c.fast_calls,
+        100.0 * c.fast_calls as f64 / calls,
+        switches as f64 / calls,
+        c.engine_bios_calls as f64 / calls,
+        c.bounce_copied_bytes as f64 / calls
+    )
+    .unwrap();
+}
+
+/// QEMU start to the guest's first line: a dynamic VHD of 64 MiB and of 32 GiB (`reserve=0`),
+/// and the first boot that grows the default 256 MiB of slack on FAT32 against `reserve=0`.
+fn boot_time_rows(report: &mut String, hello: &std::path::Path, native: f64) {
+    let dir = TempDir::new("bench-boot-vhd");
+    let first_line = |disk: &std::path::Path| {
+        let s = Instant::now();
+        let mut q = Qemu::boot_disk(disk);
+        q.expect("GUEST-HELLO", T);
+        s.elapsed().as_secs_f64()
+    };
+    let mut sized = Vec::new();
+    for (name, size) in [("small.vhd", "64M"), ("big.vhd", "32G")] {
+        let vhd = dir.join(name);
+        vboot_tests::sh(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "vpc", "-o", "subformat=dynamic,force_size=on"]).arg(&vhd).arg(size));
+        vboot_tests::qemu_io("vpc", vhd.to_str().unwrap(), &[&format!("write -q -s {} 0 1M", hello.display())]);
+        let d = TempDir::new("bench-boot-vhd-host");
+        let path = format!("/{}", name);
+        let host = vboot_host(&d, 64, &format!("set timeout=0\nmenuentry 'hello' {{\n vboot harddisk={} reserve=0\n}}\n", path), &[HostImage { path: &path, file: &vhd, pieces: 1 }]);
+        let t = median((0..3).map(|_| first_line(&host.disk)).collect());
+        sized.push(t);
+    }
+    writeln!(report, "| QEMU start to the guest's first line, dynamic VHD of 64 MiB, `reserve=0` | {:.2} s (native + {:.0} ms) |", sized[0], (sized[0] - native) * 1000.0).unwrap();
+    writeln!(report, "| the same, dynamic VHD of 32 GiB | {:.2} s (**{:.2}** of the 64 MiB one) |", sized[1], sized[1] / sized[0]).unwrap();
+    // Slack: every run on a fresh host, so every boot is a first boot.
+    let vhd = dir.join("slack.vhd");
+    vboot_tests::sh(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "vpc", "-o", "subformat=dynamic,force_size=on"]).arg(&vhd).arg("1G"));
+    vboot_tests::qemu_io("vpc", vhd.to_str().unwrap(), &[&format!("write -q -s {} 0 1M", hello.display())]);
+    let mut slack = Vec::new();
+    for reserve in ["reserve=0", ""] {
+        let mut t = Vec::new();
+        for _ in 0..3 {
+            let d = TempDir::new("bench-boot-slack");
+            let host = vboot_host(&d, 400, &format!("set timeout=0\nmenuentry 'hello' {{\n vboot harddisk=/slack.vhd {}\n}}\n", reserve), &[HostImage { path: "/slack.vhd", file: &vhd, pieces: 1 }]);
+            t.push(first_line(&host.disk));
+        }
+        slack.push(median(t));
+    }
+    writeln!(report, "| first boot growing 256 MiB of slack on FAT32 (the default `reserve=`) | {:.2} s (**+{:.0} ms** over `reserve=0`, {:.2} s) |", slack[1], (slack[1] - slack[0]) * 1000.0, slack[0]).unwrap();
 }
 
 fn qemu_version() -> String {

@@ -12,7 +12,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use vboot::image::disk::Source;
 use vboot::image::{open_chain, ChainOptions, Disk, ImageError, ListedFile, ListedFiles};
-use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Status};
+use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Status, StraightRun};
 use vboot::resident::PlannedDrive;
 
 use crate::hostdisk::HostIo;
@@ -106,6 +106,23 @@ impl EmulatedDisk for ChainDisk {
             }
         }
         Ok(())
+    }
+
+    /// Allocated data of one layer, for reads only: a write may allocate in the leaf or set
+    /// block bitmaps, which only `image::Disk` knows how to do (the engine clears the run at
+    /// its next call, so a write through it never leaves a stale run behind).
+    fn straight_run(&mut self, lba: u64) -> Option<StraightRun> {
+        if lba >= self.sectors {
+            return None;
+        }
+        let run = self.disk.lookup(lba).ok()?;
+        match run.source {
+            Source::Data { layer, file, offset_bytes } if offset_bytes % 512 == 0 => {
+                let (host_lba, contiguous) = self.disk.host_run(layer, file, offset_bytes)?;
+                Some(StraightRun { lba, blocks: run.sectors.min(contiguous), host_lba, writable: false })
+            }
+            _ => None,
+        }
     }
 
     fn write(&mut self, lba: u64, count: u32, mem: &mut dyn GuestMemory, buf_linear: u64) -> Result<(), DiskError> {

@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::String;
 use vboot::block::{BlockDevice, BlockError};
 use vboot::image::{ExtentFile, ImageFile};
-use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Regs, Status};
+use vboot::int13::{Chs, DiskError, EmulatedDisk, GuestMemory, Regs, Status, StraightRun};
 use vboot::resident::{PlannedDrive, PlannedKind};
 
 use crate::lowmem;
@@ -79,6 +79,7 @@ impl HostIo {
             let n = chunk.len().div_ceil(512) as u64;
             self.call(false, host_lba + i as u64 * (bytes / 512) as u64, n, bounce)?;
             lowmem::read(bounce, chunk);
+            self.stub.count_copied(chunk.len());
         }
         Ok(())
     }
@@ -89,6 +90,7 @@ impl HostIo {
         let (bounce, bytes) = self.bounce();
         for (i, chunk) in buf.chunks(bytes).enumerate() {
             lowmem::write(bounce, chunk);
+            self.stub.count_copied(chunk.len());
             let n = chunk.len().div_ceil(512) as u64;
             self.call(true, host_lba + i as u64 * (bytes / 512) as u64, n, bounce)?;
         }
@@ -227,5 +229,16 @@ impl EmulatedDisk for RawFile {
             return Err(DiskError { done_blocks: 0, status: Status::WRITE_PROTECTED });
         }
         self.transfer(true, lba, count, mem, buf_linear)
+    }
+    /// One extent of the file: a raw image has no metadata, so a write there is only the write
+    /// (invariant 1 holds: the run is the file's own, checked as every write is).
+    fn straight_run(&mut self, lba: u64) -> Option<StraightRun> {
+        if self.sectors_per_block != 1 || lba >= self.sectors {
+            return None;
+        }
+        let (host_lba, contiguous) = self.file.host_run(lba * 512)?;
+        let blocks = contiguous.min(self.sectors - lba);
+        let writable = !self.read_only && self.file.owns(host_lba, blocks);
+        Some(StraightRun { lba, blocks, host_lba, writable })
     }
 }

@@ -74,6 +74,8 @@ pub static engine_header: EngineHeader = EngineHeader {
 struct State {
     drives: DriveSet<'static>,
     memory_map: Vec<E820Entry>,
+    /// Each emulated drive's number and the BIOS's number for its host disk.
+    host_drives: Vec<(u8, u8)>,
 }
 
 /// The engine's state: set by engine_init, then used by one call at a time.
@@ -231,7 +233,8 @@ fn init(bytes: &[u8], stub: Stub, msg: &mut [u8]) -> u32 {
         stub.install_diskette_table(&vboot::int13::chs::diskette_parameter_table(spt));
     }
     drives.install_bda_counts(&mut FlatMemory);
-    with_state(|state| *state = Some(State { drives, memory_map: plan.memory_map }));
+    let host_drives = plan.drives.iter().map(|d| (d.number, d.host_drive)).collect();
+    with_state(|state| *state = Some(State { drives, memory_map: plan.memory_map, host_drives }));
     0
 }
 
@@ -245,6 +248,9 @@ unsafe extern "C" fn engine_dispatch(stub_linear: u32) {
     exception::load();
     // SAFETY: the stub's own address, as the caller guarantees.
     let stub = unsafe { Stub::at(stub_linear) };
+    // Whatever this call does (a write that allocates, a panic), the stub must not go on
+    // serving a run published before it.
+    stub.clear_fast_run();
     recover::guard_dispatch(stub, || {
         let mut regs = stub.frame();
         with_state(|st| {
@@ -266,7 +272,17 @@ fn int13_call(st: &mut State, stub: Stub, regs: &mut Regs) {
     }
     let mut mem = FlatMemory;
     st.drives.reassert_bda_counts(&mut mem);
-    if let int13::Outcome::PassThrough { dl } = int13::handle(&mut st.drives, regs, &mut mem) {
+    let before = *regs;
+    let outcome = int13::handle(&mut st.drives, regs, &mut mem);
+    // With fault injection every call must reach the engine, so nothing is published.
+    if outcome == int13::Outcome::Handled && !cfg!(feature = "fault-injection") {
+        if let Some((guest_drive, run)) = int13::fast_run_after(&mut st.drives, &before, regs, &mut mem) {
+            if let Some(&(_, host_drive)) = st.host_drives.iter().find(|(n, _)| *n == guest_drive) {
+                stub.publish_fast_run(guest_drive, host_drive, &run);
+            }
+        }
+    }
+    if let int13::Outcome::PassThrough { dl } = outcome {
         let before = *regs;
         regs.set_dl(dl);
         stub.call_bios(Vector::Int13, regs);

@@ -4,14 +4,14 @@
 //! original BIOS, through the stub's thunk.
 
 use vboot::realmode::Regs;
-use vboot::stub::StubHeader;
+use vboot::stub::{FastRun, StubHeader, FAST_RUN_VALID, FAST_RUN_WRITABLE};
 use volatile::{map_field, VolatilePtr};
 
 use crate::lowmem;
 
 // Field offsets of the stub's header, defined once in vboot::stub (src/stub.rs).
 pub use vboot::stub::offset::{DAP as S_DAP, DISKETTE_TABLE as S_DISKETTE_TABLE};
-pub const BOUNCE_BYTES: u32 = 1024;
+pub use vboot::stub::BOUNCE_BYTES;
 
 extern "C" {
     fn engine_bios_call(stub_linear: u32);
@@ -77,6 +77,34 @@ impl Stub {
     pub fn vector(&self) -> u16 {
         let h = self.header();
         map_field!(h.vector).read()
+    }
+
+    /// No run for the fast path: the engine is about to serve a call that may change where
+    /// sectors lie (docs/int13.md, "The real-mode fast path").
+    pub fn clear_fast_run(&self) {
+        let h = self.header();
+        map_field!(h.fast_run).write(FastRun::default());
+    }
+
+    /// The run the stub may serve by itself until the engine's next call: guest drive
+    /// `guest_drive`, host disk `host_drive` (the BIOS's number).
+    pub fn publish_fast_run(&self, guest_drive: u8, host_drive: u8, run: &vboot::int13::StraightRun) {
+        let h = self.header();
+        map_field!(h.fast_run).write(FastRun {
+            flags: FAST_RUN_VALID | if run.writable { FAST_RUN_WRITABLE } else { 0 },
+            guest_drive,
+            host_drive,
+            padding: 0,
+            sectors: run.blocks.min(u32::MAX as u64) as u32,
+            first_lba: run.lba,
+            host_lba: run.host_lba,
+        });
+    }
+
+    /// For the benchmarks: `bytes` more copied through a bounce buffer.
+    pub fn count_copied(&self, bytes: usize) {
+        let h = self.header();
+        map_field!(h.bounce_copied_bytes).update(|n| n.wrapping_add(bytes as u32));
     }
 
     pub fn bounce_linear(&self) -> u32 {
