@@ -69,6 +69,26 @@ done:
     call counter
     mov $msg_crlf, %si
     call puts
+    # The last two sectors again, into the 512 bytes below the stub and the stub's first 512:
+    # vboot must refuse (09h), on the fast path too, and the stub survive.
+    mov %es, %ax
+    sub $0x20, %ax
+    mov %ax, dap+6
+    subl $2, dap_lba
+    movw $2, dap_count
+    mov $dap, %si
+    mov $0x42, %ah
+    mov drive, %dl
+    int $0x13
+    mov $msg_guard, %si
+    call puts
+    mov %ah, %al
+    shr $4, %al
+    call hexdigit
+    mov %ah, %al
+    call hexdigit
+    mov $msg_crlf, %si
+    call puts
 7:  mov $0x10, %al
     jmp exit
 fail:
@@ -90,15 +110,22 @@ counter:
     mov $8, %bp
 8:  rol $4, %eax
     push %eax
+    call hexdigit
+    pop %eax
+    dec %bp
+    jnz 8b
+    ret
+
+# The low four bits of AL as a hex digit; AH is kept.
+hexdigit:
+    push %ax
     and $0xf, %al
     add $0x30, %al
     cmp $0x39, %al
     jbe 9f
     add $7, %al
 9:  call putc
-    pop %eax
-    dec %bp
-    jnz 8b
+    pop %ax
     ret
 
 puts:
@@ -133,6 +160,7 @@ msg_fast:  .asciz " fast="
 msg_bios:  .asciz " bios="
 msg_copied: .asciz " copied="
 msg_crlf:  .asciz "\r\n"
+msg_guard: .asciz "STUB-GUARD "
 .balign 4
 dap:
     .byte 0x10, 0
