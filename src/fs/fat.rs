@@ -633,26 +633,35 @@ impl<D: BlockDevice> FatVolume<D> {
     }
 
     /// Write changed FAT sectors to every FAT copy (only the active one when FAT32 mirroring is
-    /// off).
+    /// off). Consecutive changed sectors go in one write per copy: growing a file by 256 MiB
+    /// changes hundreds of FAT sectors, and under the BIOS every write is a call.
     fn flush_fat(&mut self) -> Result<(), FsError> {
-        for bit in 0..64u64 {
+        let cached = (self.fat_cache.len() / SECTOR_BYTES).min(64) as u64;
+        let mut bit = 0u64;
+        while bit < cached {
             if self.fat_cache_dirty & (1 << bit) == 0 {
+                bit += 1;
                 continue;
             }
-            let at = (bit * SECTOR) as usize;
-            let Some(data) = self.fat_cache.get(at..at + SECTOR_BYTES) else {
-                continue;
-            };
+            let mut end = bit + 1;
+            while end < cached && self.fat_cache_dirty & (1 << end) != 0 {
+                end += 1;
+            }
+            let data = &self.fat_cache[(bit * SECTOR) as usize..(end * SECTOR) as usize];
             for copy in 0..self.geo.fat_count as u64 {
                 let copy_start = self.geo.fat0_start + copy * self.geo.fat_sectors;
                 if !self.geo.mirrored && copy_start != self.geo.fat_start {
                     continue;
                 }
-                self.dev
-                    .write_sectors(copy_start + self.fat_cache_start + bit, data)?;
+                self.dev.write_sectors(copy_start + self.fat_cache_start + bit, data)?;
             }
-            self.fat_cache_dirty &= !(1 << bit);
+            for b in bit..end {
+                self.fat_cache_dirty &= !(1 << b);
+            }
+            bit = end;
         }
+        // Dirty bits past the cached sectors mean nothing (the cache holds no such sector).
+        self.fat_cache_dirty = 0;
         Ok(())
     }
 
