@@ -281,6 +281,22 @@ impl Disk {
         self.layers.get(layer as usize)?.file_host_run(file, offset_bytes)
     }
 
+    /// Where a write at `sector` may go straight to the host disk: the leaf holds the sectors
+    /// and a write there changes only them ([`Layer::in_place_run`]), in a file kept in place on
+    /// a host disk and opened for writing. The host sector of `sector` and how many sectors from
+    /// it qualify. `None` when the disk is read-only or the write must go through
+    /// [`Disk::write`] (it allocates, sets a bitmap, or the file is not on a host disk).
+    pub fn in_place_run(&mut self, sector: u64) -> Option<(u64, u64)> {
+        if self.read_only || sector >= self.sectors {
+            return None;
+        }
+        let leaf = self.layers.first_mut()?;
+        let (file, offset_bytes, sectors) = leaf.in_place_run(sector).ok()??;
+        let (host_lba, contiguous) = leaf.file_host_run_writable(file, offset_bytes)?;
+        let sectors = sectors.min(contiguous).min(self.sectors - sector);
+        (sectors > 0).then_some((host_lba, sectors))
+    }
+
     /// The whole map, run by run (`vdisk map`, `convert`, `info`): one walk over the disk, so it
     /// costs time and memory in proportion to the number of runs.
     pub fn map_all(&mut self) -> Result<Vec<Run>, ImageError> {

@@ -95,6 +95,17 @@ impl<D: BlockDevice> ImageFile for ExtentFile<D> {
         }
         self.extents.lookup(offset_bytes / crate::block::SECTOR_BYTES as u64)
     }
+
+    fn host_run_writable(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        let sector_bytes = crate::block::SECTOR_BYTES as u64;
+        if offset_bytes % sector_bytes != 0 {
+            return None;
+        }
+        let (lba, contiguous) = self.host_run(offset_bytes)?;
+        let whole_sectors_left = (self.size_bytes - offset_bytes) / sector_bytes;
+        let sectors = contiguous.min(whole_sectors_left);
+        (sectors > 0 && self.owns(lba, sectors)).then_some((lba, sectors))
+    }
 }
 
 /// One file of a list handed over by stage2 (the hand-off table, the engine's plan).

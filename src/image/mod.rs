@@ -190,6 +190,13 @@ pub trait ImageFile {
         let _ = offset_bytes;
         None
     }
+    /// [`ImageFile::host_run`] for a write: only for a file opened for writing, and never past
+    /// the file's last whole sector (the extents may go on to the end of a cluster). The sectors
+    /// are the file's own (invariant 1, docs/architecture.md).
+    fn host_run_writable(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        let _ = offset_bytes;
+        None
+    }
 }
 
 impl ImageFile for Box<dyn ImageFile> {
@@ -216,6 +223,9 @@ impl ImageFile for Box<dyn ImageFile> {
     }
     fn host_run(&self, offset_bytes: u64) -> Option<(u64, u64)> {
         (**self).host_run(offset_bytes)
+    }
+    fn host_run_writable(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        (**self).host_run_writable(offset_bytes)
     }
 }
 
@@ -486,6 +496,19 @@ pub trait Layer {
     }
     /// [`ImageFile::host_run`] of the layer's file number `file`.
     fn file_host_run(&self, file: u16, offset_bytes: u64) -> Option<(u64, u64)>;
+    /// [`ImageFile::host_run_writable`] of the layer's file number `file`.
+    fn file_host_run_writable(&self, file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        let _ = (file, offset_bytes);
+        None
+    }
+    /// The sectors from `sector` on that a write would change in place and nothing else: data
+    /// this layer already holds, with no bitmap, table or header to update. The file, the byte
+    /// offset of `sector` in it, and how many sectors follow contiguously in the file. `None`
+    /// (the default) sends every write through [`Layer::write`].
+    fn in_place_run(&mut self, sector: u64) -> Result<Option<(u16, u64, u64)>, ImageError> {
+        let _ = sector;
+        Ok(None)
+    }
     /// Read from the layer's file number `file` (0 for single-file formats).
     fn read_file(&mut self, file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError>;
     /// Inflate the compressed grain whose marker is at `marker_offset_bytes` into `out`

@@ -100,6 +100,12 @@ impl MemFs {
         let bytes = self.files.entry(path.to_string()).or_default().clone();
         Shared { name: path.to_string(), bytes, can_grow: true }
     }
+    /// The bytes of a file, by its path or by the name an image gives it (`Layer::file_names`).
+    fn file_bytes(&self, name: &str) -> Vec<u8> {
+        let tail = alloc::format!("/{}", name.rsplit('/').next().unwrap_or(name));
+        let f = self.files.get(name).or_else(|| self.files.iter().find(|(k, _)| k.ends_with(&tail)).map(|(_, v)| v));
+        f.unwrap_or_else(|| panic!("no file {} among {:?}", name, self.files.keys().collect::<Vec<_>>())).borrow().clone()
+    }
     fn make(&mut self, path: &str, variant: Variant, size: u64, reserve: u64, parent: Option<&str>) {
         let pinfo: Option<ParentInfo> = parent.map(|p| {
             let opts = self.opts.clone();
@@ -1113,4 +1119,82 @@ fn a_vdi_whose_data_area_is_not_sector_aligned_is_refused() {
     }
     let m = corrupt_message(fs.disk("/img/u.vdi"));
     assert!(m.contains("does not start on a 512-byte sector") && m.contains("u.vdi"), "{}", m);
+}
+
+/// `Layer::in_place_run` promises that a write there changes those file bytes and nothing else,
+/// so the engine may write them straight from the guest's buffer. Checked against the layer's
+/// own `write`: every file of the image is compared before and after.
+#[test]
+fn in_place_runs_are_exactly_what_a_write_changes() {
+    let variants = [
+        (Variant::VhdFixed, None),
+        (Variant::VhdDynamic, None),
+        (Variant::VdiDynamic, None),
+        (Variant::VdiFixed, None),
+        (Variant::VmdkMonolithicSparse, None),
+        (Variant::VmdkMonolithicFlat, None),
+        (Variant::VmdkTwoGbSparse, None),
+        (Variant::VhdDynamic, Some("vhd")),
+        (Variant::VdiDynamic, Some("vdi")),
+        (Variant::VmdkMonolithicSparse, Some("vmdk")),
+    ];
+    for (v, child_ext) in variants {
+        let mut fs = MemFs { can_grow: true, ..Default::default() };
+        let ext = child_ext.unwrap_or("img");
+        let base = alloc::format!("/vm/base.{}", ext);
+        fs.make(&base, v, 8 << 20, 4 << 20, None);
+        let top = match child_ext {
+            Some(ext) => {
+                {
+                    let mut d = fs.disk(&base).unwrap();
+                    let mut model = vec![0u8; (d.sectors() * 512) as usize];
+                    apply(&mut d, &mut model, 0);
+                }
+                let leaf = alloc::format!("/vm/leaf.{}", ext);
+                fs.opts = ChainOptions { parent_dir: Some("/vm".into()), ..Default::default() };
+                fs.make(&leaf, v, 0, 4 << 20, Some(&base));
+                leaf
+            }
+            None => base.clone(),
+        };
+        let opts = fs.opts.clone();
+        let mut d = fs.disk_opts(&top, &opts).unwrap();
+        let names: Vec<String> = d.layers()[0].file_names();
+        let is_vmdk = matches!(v, Variant::VmdkMonolithicSparse | Variant::VmdkMonolithicFlat | Variant::VmdkTwoGbSparse);
+        if is_vmdk {
+            // Before the first write the CID still has to change: no in-place run anywhere.
+            assert_eq!(d.layers_mut()[0].in_place_run(0).unwrap(), None, "{:?}: before the first write", v);
+        }
+        let mut model = vec![0u8; (d.sectors() * 512) as usize];
+        apply(&mut d, &mut model, 7);
+        let mut found = 0;
+        for &(s, _, seed) in WRITES {
+            for probe in [s, s + 1, s + 200] {
+                if probe >= d.sectors() {
+                    continue;
+                }
+                let Some((file, offset_bytes, sectors)) = d.layers_mut()[0].in_place_run(probe).unwrap() else { continue };
+                found += 1;
+                let n = sectors.min(3).min(d.sectors() - probe);
+                let before: Vec<Vec<u8>> = names.iter().map(|p| fs.file_bytes(p)).collect();
+                let data = pattern(seed.wrapping_add(100), (n * 512) as usize);
+                d.write(probe, &data).unwrap();
+                for (k, p) in names.iter().enumerate() {
+                    let mut expect = before[k].clone();
+                    if k == file as usize {
+                        expect[offset_bytes as usize..offset_bytes as usize + data.len()].copy_from_slice(&data);
+                    }
+                    assert!(fs.file_bytes(p) == expect, "{:?} ({:?}): a write at sector {} changed {} beyond the in-place run", v, child_ext, probe, p);
+                }
+                model[(probe * 512) as usize..(probe * 512) as usize + data.len()].copy_from_slice(&data);
+            }
+        }
+        assert!(found > 0, "{:?} ({:?}): no in-place run after writes", v, child_ext);
+        assert!(read_all(&mut d) == model, "{:?}: the disk reads what was written", v);
+        // Where the leaf holds nothing, a write allocates (or sets a bitmap): no run.
+        if v != Variant::VhdFixed && v != Variant::VdiFixed && v != Variant::VmdkMonolithicFlat {
+            let untouched = 11_000; // in no block, grain or table any write above touched
+            assert_eq!(d.layers_mut()[0].in_place_run(untouched).unwrap(), None, "{:?}: an unallocated sector", v);
+        }
+    }
 }

@@ -297,6 +297,24 @@ impl Layer for VdiImage {
     fn file_host_run(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
         self.file.host_run(offset_bytes)
     }
+    fn file_host_run_writable(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.file.host_run_writable(offset_bytes)
+    }
+    /// An allocated block: [`Layer::write`] writes its data and nothing else.
+    fn in_place_run(&mut self, sector: u64) -> Result<Option<(u16, u64, u64)>, ImageError> {
+        if sector >= self.virtual_sectors {
+            return Ok(None);
+        }
+        let block = sector / self.block_sectors;
+        let sib = sector % self.block_sectors;
+        match self.map.get(block as usize).copied() {
+            Some(entry) if entry < BLOCK_ZERO => {
+                let sectors = (self.block_sectors - sib).min(self.virtual_sectors - sector);
+                Ok(Some((0, self.block_offset(entry) + sib * SECTOR_BYTES, sectors)))
+            }
+            _ => Ok(None),
+        }
+    }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         // A static image made by truncate (qemu) is a sparse file that may be shorter than its
         // last block: those bytes read as zeros.

@@ -781,6 +781,33 @@ impl Layer for VhdImage {
     fn file_host_run(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
         self.file.host_run(offset_bytes)
     }
+    fn file_host_run_writable(&self, _file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.file.host_run_writable(offset_bytes)
+    }
+    /// A fixed disk's data; in an allocated block, the sectors whose bitmap bits are set
+    /// already ([`Layer::write`] sets the others, a metadata write).
+    fn in_place_run(&mut self, sector: u64) -> Result<Option<(u16, u64, u64)>, ImageError> {
+        if sector >= self.virtual_sectors {
+            return Ok(None);
+        }
+        if self.footer.disk_type == DISK_FIXED {
+            return Ok(Some((0, sector * SECTOR_BYTES, self.virtual_sectors - sector)));
+        }
+        let block = sector / self.block_sectors;
+        let sib = sector % self.block_sectors;
+        let entry = self.bat.get(block as usize).copied().unwrap_or(UNALLOCATED);
+        if entry == UNALLOCATED {
+            return Ok(None);
+        }
+        let left_in_block = (self.block_sectors - sib).min(self.virtual_sectors - sector);
+        let bitmap_bytes = self.bitmap_bytes;
+        let bm = self.bitmap(block as u32, entry)?;
+        let mut run = 0;
+        while run < left_in_block && bit(bm, sib + run) {
+            run += 1;
+        }
+        Ok((run > 0).then_some((0, entry as u64 * SECTOR_BYTES + bitmap_bytes + sib * SECTOR_BYTES, run)))
+    }
     fn read_file(&mut self, _file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         self.file.read_at(offset_bytes, buf)
     }

@@ -830,6 +830,41 @@ impl Layer for VmdkImage {
     fn file_host_run(&self, file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
         self.files.get(file as usize)?.host_run(offset_bytes)
     }
+    fn file_host_run_writable(&self, file: u16, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.files.get(file as usize)?.host_run_writable(offset_bytes)
+    }
+    /// A flat extent, or an allocated (not zeroed) grain of a hosted sparse extent, once the
+    /// first write has changed the CID ([`Layer::write`] does that before anything else).
+    fn in_place_run(&mut self, sector: u64) -> Result<Option<(u16, u64, u64)>, ImageError> {
+        if !self.cid_updated || self.is_stream_optimized() || sector >= self.virtual_sectors {
+            return Ok(None);
+        }
+        let Some(i) = self.extent_index(sector) else { return Ok(None) };
+        let e = &self.extents[i];
+        let into = sector - e.start_sector;
+        let extent_sectors = e.sectors;
+        match &e.kind {
+            ExtentKind::Flat { file, offset_bytes } => Ok(Some((*file, *offset_bytes + into * SECTOR_BYTES, extent_sectors - into))),
+            ExtentKind::Sparse { file, sparse } => {
+                let gs = sparse.header.grain_size;
+                if gs == 0 {
+                    return Ok(None);
+                }
+                let (g, in_grain) = (into / gs, into % gs);
+                let n = (gs - in_grain).min(extent_sectors - into);
+                let fidx = *file;
+                let zeroed_flag = sparse.header.flags & FLAG_ZEROED_GRAIN != 0;
+                let ExtentKind::Sparse { sparse, .. } = &self.extents[i].kind else { return Ok(None) };
+                let file = self.files.get_mut(fidx as usize).ok_or_else(|| ImageError::corrupt("vmdk", "extent file index out of range"))?;
+                let v = sparse.entry(&mut **file, &mut self.tables, i, g)?;
+                if v == 0 || (v == 1 && zeroed_flag) {
+                    return Ok(None);
+                }
+                Ok(Some((fidx, (v as u64 + in_grain) * SECTOR_BYTES, n)))
+            }
+            _ => Ok(None),
+        }
+    }
     fn read_file(&mut self, file: u16, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
         let name = self.name().to_string();
         let f = self.files.get_mut(file as usize).ok_or_else(|| ImageError::corrupt(&name, "extent file index out of range"))?;

@@ -119,7 +119,15 @@ impl EmulatedDisk for ChainDisk {
         match run.source {
             Source::Data { layer, file, offset_bytes } if offset_bytes % 512 == 0 => {
                 let (host_lba, contiguous) = self.disk.host_run(layer, file, offset_bytes)?;
-                Some(StraightRun { lba, blocks: run.sectors.min(contiguous), host_lba, writable: false })
+                let blocks = run.sectors.min(contiguous);
+                // Where the leaf holds the same sectors and a write there is only that write,
+                // the stub may write them too (the shorter of the two runs).
+                match self.disk.in_place_run(lba) {
+                    Some((in_place_lba, sectors)) if !self.read_only && in_place_lba == host_lba => {
+                        Some(StraightRun { lba, blocks: blocks.min(sectors), host_lba, writable: true })
+                    }
+                    _ => Some(StraightRun { lba, blocks, host_lba, writable: false }),
+                }
             }
             _ => None,
         }
@@ -132,9 +140,17 @@ impl EmulatedDisk for ChainDisk {
         let mut done = 0u64;
         let count = count as u64;
         while done < count {
+            let fail = |s: Status| DiskError { done_blocks: done as u32, status: s };
+            // Data the leaf already holds, where nothing else changes: straight from the guest's
+            // buffer to the host disk, like a raw image (the host sectors are the file's own).
+            if let Some((host_lba, sectors)) = self.disk.in_place_run(lba + done) {
+                let n = sectors.min(count - done).min(SCRATCH_SECTORS);
+                self.io.guest_io(true, host_lba, n, mem, buf_linear + done * 512).map_err(fail)?;
+                done += n;
+                continue;
+            }
             let n = (count - done).min(SCRATCH_SECTORS);
             let tmp = &mut self.scratch[..n as usize * 512];
-            let fail = |s: Status| DiskError { done_blocks: done as u32, status: s };
             mem.read(buf_linear + done * 512, tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
             // New blocks (VHD), grains (VMDK) or blocks (VDI) are allocated here, inside the slack
             // the file already owns, in the order of invariant 3 (docs/architecture.md); no slack
