@@ -300,7 +300,12 @@ pub(crate) fn go_resident(
         as u32;
 
     let mut guest_map = plan_mod::reserve(&e820, region as u64, total as u64);
-    guest_map = plan_mod::reserve(&guest_map, stub_linear as u64, (stub_kib * 1024) as u64);
+    // From the 4 KiB page the stub starts in: an OS that maps memory by pages must see the stub's
+    // page as not RAM (Linux's /dev/mem reads RAM pages of the first MiB as zeros, and
+    // vboot-attach finds the hand-off table through the stub). The part of that page below the
+    // stub stays conventional memory for real-mode code (0040:0013 says so).
+    let stub_page = (stub_linear & !0xFFF) as u64;
+    guest_map = plan_mod::reserve(&guest_map, stub_page, stub_linear as u64 + (stub_kib * 1024) as u64 - stub_page);
     plan.memory_map = guest_map;
     // The engine refuses guest buffers here (the estimate's 4 KiB margin holds these 36 bytes).
     plan.vboot_ranges = alloc::vec![(region as u64, total as u64), (stub_linear as u64, (stub_kib * 1024) as u64)];

@@ -130,7 +130,7 @@ fn syslinux_and_linux_boot_from_a_raw_image() {
         })
         .collect();
     assert!(!ram.is_empty(), "no System RAM lines from /proc/iomem:\n{}", out);
-    assert!(ram.contains(&(0x1000, 0x9ebff)), "conventional memory should end at 635 KiB: {:x?}", ram);
+    assert!(ram.contains(&(0x1000, 0x9dfff)), "System RAM should end at the page the stub starts in (632 KiB): {:x?}", ram);
     for (a, b) in &ram {
         assert!(*b < engine_at || *a > engine_at, "the engine at {:#x} is inside System RAM {:#x}-{:#x}", engine_at, a, b);
         assert!(*b < 0x9ec00 || *a > 0x9fbff, "the stub is inside System RAM {:#x}-{:#x}", a, b);
