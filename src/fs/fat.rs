@@ -612,6 +612,23 @@ impl<D: BlockDevice> FatVolume<D> {
             .ok_or_else(|| FsError::Corrupt(String::from("FAT cache miss")))
     }
 
+    /// The `N` bytes of the active FAT at `offset`, which lie in one sector (a FAT16 or FAT32
+    /// entry: entries are aligned to their size). One cache lookup for the whole entry: the
+    /// firmware walks tens of thousands of entries when a file grows, and under TCG four
+    /// byte-sized lookups per entry cost most of that.
+    fn fat_entry_bytes<const N: usize>(&mut self, offset: u64) -> Result<[u8; N], FsError> {
+        let sector = offset / SECTOR;
+        if sector >= self.geo.fat_sectors {
+            return Err(FsError::Corrupt(format!("FAT offset {} is past the end of the FAT", offset)));
+        }
+        self.load_fat_sector(sector)?;
+        let at = (offset - self.fat_cache_start * SECTOR) as usize;
+        self.fat_cache
+            .get(at..at + N)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| FsError::Corrupt(String::from("FAT cache miss")))
+    }
+
     /// Make sure FAT sector `sector` (FAT-relative) is in the cache.
     fn load_fat_sector(&mut self, sector: u64) -> Result<(), FsError> {
         let cached_sectors = self.fat_cache.len() as u64 / SECTOR;
@@ -678,16 +695,8 @@ impl<D: BlockDevice> FatVolume<D> {
                     v & 0xFFF
                 }
             }
-            FatType::Fat16 => {
-                self.fat_byte(2 * c)? as u32 | (self.fat_byte(2 * c + 1)? as u32) << 8
-            }
-            FatType::Fat32 => {
-                let mut v = 0u32;
-                for k in 0..4 {
-                    v |= (self.fat_byte(4 * c + k)? as u32) << (8 * k);
-                }
-                v & 0x0FFF_FFFF
-            }
+            FatType::Fat16 => u16::from_le_bytes(self.fat_entry_bytes::<2>(2 * c)?) as u32,
+            FatType::Fat32 => u32::from_le_bytes(self.fat_entry_bytes::<4>(4 * c)?) & 0x0FFF_FFFF,
         })
     }
 

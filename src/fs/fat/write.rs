@@ -278,6 +278,22 @@ impl<D: BlockDevice> FatVolume<D> {
         Ok(())
     }
 
+    /// A FAT16 or FAT32 entry's bytes at `offset` (inside one sector: entries are aligned).
+    fn put_fat_entry_bytes(&mut self, offset: u64, bytes: &[u8]) -> Result<(), FsError> {
+        let sector = offset / SECTOR;
+        if sector >= self.geo.fat_sectors {
+            return Err(FsError::Corrupt(format!("FAT offset {} is past the end of the FAT", offset)));
+        }
+        self.load_fat_sector(sector)?;
+        let at = (offset - self.fat_cache_start * SECTOR) as usize;
+        match self.fat_cache.get_mut(at..at + bytes.len()) {
+            Some(b) => b.copy_from_slice(bytes),
+            None => return Err(FsError::Corrupt(String::from("FAT cache miss"))),
+        }
+        self.fat_cache_dirty |= 1 << (sector - self.fat_cache_start);
+        Ok(())
+    }
+
     /// Set the FAT entry of `cluster` (in the cache; `flush_fat` writes it out).
     fn set_fat_entry(&mut self, cluster: u32, value: u32) -> Result<(), FsError> {
         let c = cluster as u64;
@@ -293,18 +309,13 @@ impl<D: BlockDevice> FatVolume<D> {
                 self.put_fat_byte(at, n0)?;
                 self.put_fat_byte(at + 1, n1)?;
             }
-            FatType::Fat16 => {
-                self.put_fat_byte(2 * c, value as u8)?;
-                self.put_fat_byte(2 * c + 1, (value >> 8) as u8)?;
-            }
+            FatType::Fat16 => self.put_fat_entry_bytes(2 * c, &(value as u16).to_le_bytes())?,
             FatType::Fat32 => {
                 // The top four bits are reserved and must be preserved.
-                let top = self.fat_byte(4 * c + 3)? & 0xF0;
-                let v = value & 0x0FFF_FFFF;
-                self.put_fat_byte(4 * c, v as u8)?;
-                self.put_fat_byte(4 * c + 1, (v >> 8) as u8)?;
-                self.put_fat_byte(4 * c + 2, (v >> 16) as u8)?;
-                self.put_fat_byte(4 * c + 3, top | (v >> 24) as u8)?;
+                let top = self.fat_entry_bytes::<4>(4 * c)?[3] & 0xF0;
+                let mut b = (value & 0x0FFF_FFFF).to_le_bytes();
+                b[3] |= top;
+                self.put_fat_entry_bytes(4 * c, &b)?;
             }
         }
         Ok(())
