@@ -579,6 +579,20 @@ pub fn parent_info(layer: &dyn super::Layer, relative_path: &str, absolute_path:
     }
 }
 
+/// Where `immutable` keeps the throwaway differencing child of the image at `image_path` unless
+/// `immutable_child=` says otherwise: beside it, with `.immutable` before the extension
+/// (`/vm/x.vhd` -> `/vm/x.immutable.vhd`, `/vm/disk` -> `/vm/disk.immutable`). The extension
+/// stays last so that tools still recognise the format by name (docs/usage.md, "immutable").
+pub fn immutable_child_path(image_path: &str) -> String {
+    let name = super::chain::basename(image_path);
+    let dir = &image_path[..image_path.len() - name.len()];
+    // A leading dot is a hidden name, not an extension.
+    match name.rfind('.').filter(|&i| i > 0) {
+        Some(i) => alloc::format!("{}{}.immutable{}", dir, &name[..i], &name[i..]),
+        None => alloc::format!("{}{}.immutable", dir, name),
+    }
+}
+
 #[cfg(feature = "std")]
 mod host {
     use super::*;

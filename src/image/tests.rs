@@ -1114,3 +1114,14 @@ fn a_vdi_whose_data_area_is_not_sector_aligned_is_refused() {
     let m = corrupt_message(fs.disk("/img/u.vdi"));
     assert!(m.contains("does not start on a 512-byte sector") && m.contains("u.vdi"), "{}", m);
 }
+
+#[test]
+fn immutable_child_sits_beside_the_image_with_its_extension_last() {
+    use super::create::immutable_child_path;
+    assert_eq!(immutable_child_path("/vm/x.vhd"), "/vm/x.immutable.vhd");
+    assert_eq!(immutable_child_path("/vm/Win 7.child.vmdk"), "/vm/Win 7.child.immutable.vmdk");
+    assert_eq!(immutable_child_path("/vm.d/disk"), "/vm.d/disk.immutable");
+    assert_eq!(immutable_child_path("/.hidden"), "/.hidden.immutable");
+    assert_eq!(immutable_child_path("a.vdi"), "a.immutable.vdi");
+    assert_eq!(immutable_child_path("\\vm\\x.VHD"), "\\vm\\x.immutable.VHD");
+}

@@ -1,7 +1,8 @@
 //! Changes to the host filesystem made before the guest starts (invariant 2, docs/architecture.md:
-//! never from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, and growing the leaf's
-//! write slack. Everything is checked before the first write; every write goes through the core
-//! library's FAT/exFAT code.
+//! never from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, `immutable`'s
+//! throwaway child (made, or emptied), and growing the leaf's write slack. Everything is checked
+//! before the first write; every write that changes the filesystem goes through the core
+//! library's FAT/exFAT code, and emptying a child writes only inside that file.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -63,17 +64,80 @@ fn as_seen_from(path: &GrubPath, path_partition: u32, file_partition: u32) -> Gr
     }
 }
 
-/// The variant of a new differencing child of `leaf`: its own format, sparse.
-fn child_variant(leaf: &dyn Layer) -> Result<Variant, String> {
+/// The variant of a new differencing child of `leaf`: its own format, sparse. `what` names the
+/// option asking, for the message.
+fn child_variant(leaf: &dyn Layer, what: &str) -> Result<Variant, String> {
     match leaf.format() {
         Format::Vhd => Ok(Variant::VhdDynamic),
         Format::Vdi => Ok(Variant::VdiDynamic),
         Format::Vmdk => Ok(Variant::VmdkMonolithicSparse),
         Format::Raw => Err(format!(
-            "take_snapshot=: {} is a raw image, which cannot have differencing children; convert it to VHD, VMDK or VDI first (vdisk convert)",
+            "{}: {} is a raw image, which cannot have differencing children; convert it to VHD, VMDK or VDI first (vdisk convert)",
+            what,
             leaf.name()
         )),
     }
+}
+
+/// A differencing child of the image's leaf, worked out (and its size checked) before anything
+/// is written; shared by `take_snapshot=` and `immutable`.
+struct ChildPlan {
+    path: String,
+    variant: Variant,
+    base_name: String,
+    copts: CreateOptions,
+    info: create::ParentInfo,
+    /// The whole file: metadata and write slack.
+    size_bytes: u64,
+    metadata_bytes: u64,
+    /// The files of the image's chain, so the new chain opens without walking them again.
+    chain_files: Vec<(String, File)>,
+    parent_dir: Option<String>,
+}
+
+/// Plan a child of `image` at `path` (on the image's partition) with `reserve_bytes` of write
+/// slack. `what` names the option asking, for messages.
+fn plan_child(disk: &BiosDisk, table: &PartitionTable, image: &HostFile, parent_dir: &Option<String>, path: &str, reserve_bytes: u64, what: &str) -> Result<ChildPlan, String> {
+    let (loc, layers) = open_chain(disk, table, image, parent_dir)?;
+    let chain_files = loc.chain_files(&layers);
+    let leaf = &*layers[0];
+    let variant = child_variant(leaf, what)?;
+    let child_dir = chain::dirname(path);
+    let relative = chain::relative_to(&child_dir, &image.file.path);
+    let info = create::parent_info(leaf, &relative, &image.file.path);
+    let (stamp, now_unix) = crate::handoff::boot_stamp();
+    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: stamp, now_unix };
+    let base_name = chain::basename(path).to_string();
+    let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("{}: {}", what, e))?;
+    // The child starts empty: all of the virtual disk is left to allocate.
+    // Saturating: a damaged parent's size must not wrap (create_file then refuses the size).
+    let size_bytes = meta.saturating_add(slack::wanted_bytes(reserve_bytes, leaf.virtual_sectors().saturating_mul(512)));
+    Ok(ChildPlan { path: path.to_string(), variant, base_name, copts, info, size_bytes, metadata_bytes: meta, chain_files, parent_dir: parent_dir.clone() })
+}
+
+/// Make the planned child on FAT or exFAT and check that the new chain opens with the image as
+/// its parent; a child that fails is removed again. Returns the child, the new leaf to boot.
+fn create_child(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, plan: ChildPlan, what: &str) -> Result<HostFile, String> {
+    let made = {
+        let mut vol = volume(disk, table, image.partition)?;
+        onvolume::create_on_volume(&mut vol, &plan.path, plan.size_bytes, plan.variant, &plan.base_name, &plan.copts, Some(&plan.info))
+    };
+    let file = match made {
+        Ok(f) => f,
+        Err(CreateError::File(e)) => return Err(format!("{}: creating {} ({} KiB): {}", what, plan.path, plan.size_bytes / 1024, e)),
+        Err(CreateError::Fill(e)) => return Err(cleanup_failed(disk, table, image.partition, &plan.path, what, format!("{}", e))),
+    };
+    // The new chain must open, with the old leaf as the child's parent.
+    let mut child = HostFile::new(image.partition, file);
+    child.known.extend(plan.chain_files);
+    let check = open_chain(disk, table, &child, &plan.parent_dir).and_then(|(_, layers)| match layers.get(1) {
+        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
+        _ => Err(String::from("the new image does not link to its parent")),
+    });
+    if let Err(e) = check {
+        return Err(cleanup_failed(disk, table, image.partition, &plan.path, what, e));
+    }
+    Ok(child)
 }
 
 /// What `take_snapshot=` will write into grub.cfg, worked out before anything is written.
@@ -149,10 +213,8 @@ pub fn take_snapshot(
     }
     // Check everything before the first write.
     let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
-    let (loc, layers) = open_chain(disk, table, &image, &parent_dir)?;
-    let chain_files = loc.chain_files(&layers);
-    let leaf = &*layers[0];
-    let variant = child_variant(leaf)?;
+    let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
+    let plan = plan_child(disk, table, &image, &parent_dir, &snap.path, reserve, "take_snapshot=")?;
     {
         let mut vol = volume(disk, table, image.partition)?;
         match vol.open_file(&snap.path) {
@@ -173,41 +235,12 @@ pub fn take_snapshot(
             ));
         }
     }
-    let child_dir = chain::dirname(&snap.path);
-    let relative = chain::relative_to(&child_dir, &image.file.path);
-    let info = create::parent_info(leaf, &relative, &image.file.path);
-    let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
-    let (stamp, now_unix) = crate::handoff::boot_stamp();
-    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: stamp, now_unix };
-    let base_name = chain::basename(&snap.path).to_string();
-    let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("take_snapshot: {}", e))?;
-    // The child starts empty: all of the virtual disk is left to allocate.
-    // Saturating: a damaged parent's size must not wrap (create_file then refuses the size).
-    let size = meta.saturating_add(slack::wanted_bytes(reserve, leaf.virtual_sectors().saturating_mul(512)));
-    drop(layers);
     let edit = plan_config_edit(disk, table, loaded, booted, opts, snap, snap_partition)?;
 
     // The child file, then the image inside it.
-    let made = {
-        let mut vol = volume(disk, table, image.partition)?;
-        onvolume::create_on_volume(&mut vol, &snap.path, size, variant, &base_name, &copts, Some(&info))
-    };
-    let file = match made {
-        Ok(f) => f,
-        Err(CreateError::File(e)) => return Err(format!("take_snapshot: creating {} ({} KiB): {}", snap.path, size / 1024, e)),
-        Err(CreateError::Fill(e)) => return Err(cleanup_failed(disk, table, image.partition, &snap.path, format!("{}", e))),
-    };
-    // The new chain must open, with the old leaf as the child's parent.
-    let mut child = HostFile::new(image.partition, file.clone());
-    child.known.extend(chain_files);
-    let check = open_chain(disk, table, &child, &parent_dir).and_then(|(_, layers)| match layers.get(1) {
-        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
-        _ => Err(String::from("the new image does not link to its parent")),
-    });
-    if let Err(e) = check {
-        return Err(cleanup_failed(disk, table, image.partition, &snap.path, e));
-    }
-    println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, (size - meta) >> 20);
+    let (variant, slack_bytes) = (plan.variant, plan.size_bytes - plan.metadata_bytes);
+    let child = create_child(disk, table, &image, plan, "take_snapshot")?;
+    println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, slack_bytes >> 20);
     if let Some(edit) = edit {
         let mut vol = volume(disk, table, edit.partition)?;
         vol.replace_file(&edit.path, edit.new_text.as_bytes())
@@ -217,11 +250,12 @@ pub fn take_snapshot(
     Ok(child)
 }
 
-/// A snapshot child that could not be made is removed again; the message says whether it was.
-fn cleanup_failed(disk: &BiosDisk, table: &PartitionTable, partition: u32, path: &str, e: String) -> String {
+/// A child that could not be made is removed again; the message says whether it was.
+fn cleanup_failed(disk: &BiosDisk, table: &PartitionTable, partition: u32, path: &str, what: &str, e: String) -> String {
     let cleanup = volume(disk, table, partition).and_then(|mut v| v.delete_file(path).map_err(|e| format!("{}", e)));
     format!(
-        "take_snapshot: making {} failed: {}{}",
+        "{}: making {} failed: {}{}",
+        what,
         path,
         e,
         match cleanup {
@@ -229,6 +263,142 @@ fn cleanup_failed(disk: &BiosDisk, table: &PartitionTable, partition: u32, path:
             Err(c) => format!(" (and removing it failed: {}; delete it by hand)", c),
         }
     )
+}
+
+/// What `immutable` does with the hard-disk image.
+pub enum Immutable {
+    /// The throwaway child was made at this start, with its write slack: boot it.
+    Made(HostFile),
+    /// The throwaway child was there and is empty now: boot it (after `ensure_slack`).
+    Emptied(HostFile),
+    /// No child on disk (a raw image, or an NTFS or ext host without one, and the user pressed
+    /// R): boot the image with writes in the engine's RAM overlay.
+    RamOverlay(HostFile),
+}
+
+/// `immutable`: the image boots through a throwaway differencing child on disk, in the leaf's
+/// format, emptied at every start (docs/usage.md, "immutable"). The child is `immutable_child=`
+/// or, by default, beside the leaf (`x.vhd` -> `x.immutable.vhd`). An existing child is emptied
+/// as `restore` empties one (the same `discard_leaf`), on any filesystem, since that writes only
+/// inside the file; a missing one is made on FAT and exFAT as `take_snapshot=` makes one. On NTFS
+/// and ext, where vboot changes no metadata, the screen says how to make one on the host and
+/// offers the RAM overlay.
+pub fn immutable_child(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: HostFile) -> Result<Immutable, String> {
+    let child_path = match &opts.immutable_child {
+        None => create::immutable_child_path(&image.file.path),
+        Some(p) if p.disk.is_some_and(|d| d != 0) || p.partition.is_some_and(|x| x.number != image.partition) => {
+            return Err(format!(
+                "immutable_child={}: the throwaway child must be on the image's partition (hd0,{}), next to its parents",
+                p, image.partition
+            ))
+        }
+        Some(p) => p.path.clone(),
+    };
+    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
+    let chain_files = {
+        let (loc, layers) = open_chain(disk, table, &image, &parent_dir)?;
+        if layers[0].format() == Format::Raw {
+            println!(
+                "  immutable: {} is a raw image, which has no differencing children; writes go to a RAM overlay of up to {} MiB",
+                image.file.path,
+                vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
+            );
+            return Ok(Immutable::RamOverlay(image));
+        }
+        loc.chain_files(&layers)
+    };
+    if chain_files.iter().any(|(p, _)| p.eq_ignore_ascii_case(&child_path)) {
+        return Err(format!(
+            "immutable: {} is part of the image's own chain, so it cannot be the throwaway child; name another file with immutable_child=",
+            child_path
+        ));
+    }
+    let (existing, writable_fs) = {
+        let mut vol = volume(disk, table, image.partition)?;
+        let writable_fs = !matches!(vol, Volume::Ext(_) | Volume::Ntfs(_));
+        match vol.open_file(&child_path) {
+            Ok(f) => (Some(f), writable_fs),
+            Err(FsError::NotFound { .. }) => (None, writable_fs),
+            Err(e) => return Err(format!("immutable: the throwaway child (hd0,{}){}: {}", image.partition, child_path, e)),
+        }
+    };
+    if let Some(file) = existing {
+        let child = empty_child(disk, table, &image, file, chain_files, &parent_dir)?;
+        println!("  immutable: {} emptied (the last boot's writes are gone); this boot writes into it", child_path);
+        return Ok(Immutable::Emptied(child));
+    }
+    if writable_fs {
+        let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
+        let plan = plan_child(disk, table, &image, &parent_dir, &child_path, reserve, "immutable")?;
+        let (variant, slack_bytes) = (plan.variant, plan.size_bytes - plan.metadata_bytes);
+        let child = create_child(disk, table, &image, plan, "immutable")?;
+        println!(
+            "  immutable: {} made, a throwaway {} child of {} with {} MiB of write slack; it is emptied at every start",
+            child_path,
+            variant.format().as_str().to_ascii_uppercase(),
+            image.file.path,
+            slack_bytes >> 20
+        );
+        return Ok(Immutable::Made(child));
+    }
+    let kind = volume(disk, table, image.partition)?.kind().name();
+    crate::screen::show_error(&format!(
+        "immutable: (hd0,{}) is {}, where vboot makes no new files, and the throwaway child {} is not there.\n\
+         Make it once on the host: vdisk immutable-child IMAGE (it makes {} beside the image;\n\
+         --reserve SIZE sets its write slack), and every start empties and reuses it.",
+        image.partition,
+        kind,
+        child_path,
+        chain::basename(&child_path)
+    ));
+    println!(
+        "Press R to boot with writes kept in RAM (at most {} MiB, lost at power-off), any other key to go back.",
+        vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
+    );
+    match crate::wait_key() {
+        b'r' | b'R' => {
+            println!("  immutable: writes go to a RAM overlay of up to {} MiB", vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20);
+            Ok(Immutable::RamOverlay(image))
+        }
+        _ => Err(format!("not booted: immutable needs the throwaway child {} (vdisk immutable-child)", child_path)),
+    }
+}
+
+/// An existing throwaway child: it must be a differencing child of the image's leaf, on disk
+/// where the BIOS reaches it and with sound allocation; then it is emptied with the core
+/// library's `discard_leaf` (what `restore` does), writing only inside the file.
+fn empty_child(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, file: File, chain_files: Vec<(String, File)>, parent_dir: &Option<String>) -> Result<HostFile, String> {
+    let path = file.path.clone();
+    let remedy = "delete it: vboot makes a new one on FAT or exFAT, `vdisk immutable-child` makes one on the host";
+    let part = table.find(image.partition).ok_or("partition vanished")?;
+    crate::resident::check_reach(disk, &path, &file.extents.to_host(part.start_lba))?;
+    let mut child = HostFile::new(image.partition, file);
+    child.known.extend(chain_files);
+    let (mut loc, layers) =
+        open_chain(disk, table, &child, parent_dir).map_err(|e| format!("immutable: the throwaway child {} does not open: {}; {}", path, e, remedy))?;
+    match layers.get(1) {
+        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => {}
+        _ => {
+            return Err(format!(
+                "immutable: {} is there but is not a differencing child of {}; {}",
+                path, image.file.path, remedy
+            ))
+        }
+    }
+    loc.check_allocation(&[&child.file]).map_err(|e| format!("immutable: {}: {}", path, e))?;
+    let files: Vec<vboot::image::ListedFile> = loc
+        .chain_files(&layers)
+        .into_iter()
+        .map(|(p, f)| vboot::image::ListedFile { path: p, size_bytes: f.size_bytes, extents: f.extents.to_host(part.start_lba) })
+        .collect();
+    drop(layers);
+    // Opened writable for discard_leaf, which writes the leaf only (the parents are never written).
+    let mut locator = vboot::image::ListedFiles { files, device: disk.clone(), writable: true };
+    let opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
+    let (layers, warnings) = vboot::image::open_chain(&path, &mut locator, &opts).map_err(|e| format!("immutable: {}: {}", path, e))?;
+    let mut d = vboot::image::Disk::new(layers, warnings).map_err(|e| format!("immutable: {}: {}", path, e))?;
+    d.discard_leaf().map_err(|e| format!("immutable: emptying {}: {}; {}", path, e, remedy))?;
+    Ok(child)
 }
 
 /// What `ensure_slack` decided.
@@ -242,9 +412,6 @@ pub enum SlackOutcome {
 /// Make sure the leaf of a sparse image has write slack before boot: grow the file on FAT and
 /// exFAT; where it cannot grow and has none, ask whether to boot with writes in RAM.
 pub fn ensure_slack(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: HostFile) -> Result<SlackOutcome, String> {
-    if opts.immutable {
-        return Ok(SlackOutcome::Ready(image));
-    }
     let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
     let (loc, mut layers) = open_chain(disk, table, &image, &parent_dir)?;
     let mut known = loc.chain_files(&layers);

@@ -86,7 +86,14 @@ impl VirtualDisk {
             ));
         }
         let names: Vec<String> = disk.layers().iter().map(|l| format!("{} ({})", l.name(), l.format().as_str())).collect();
-        let description = format!("{} sectors, {}{}", disk.sectors(), names.join(" <- "), if immutable { ", immutable: writes stay in RAM" } else { "" });
+        // Throwaway: the leaf is `immutable`'s child on disk, written like any leaf (the engine
+        // wrote into it before Linux; the next start empties it).
+        let mode = match drive.write_mode {
+            WriteMode::Immutable => ", immutable: writes stay in RAM",
+            WriteMode::Throwaway => ", immutable: writes go into the throwaway child, emptied at the next start",
+            _ => "",
+        };
+        let description = format!("{} sectors, {}{}", disk.sectors(), names.join(" <- "), mode);
         let size_bytes = disk.sectors() * 512;
         Ok(VirtualDisk { medium: Medium::Chain(disk), size_bytes, host, overlay: immutable.then(HashMap::new), read_only, description })
     }

@@ -384,6 +384,30 @@ fn cmd_snapshot(image: &str, new: &str, reserve: u64, options: &ChainOptions) ->
     Ok(())
 }
 
+/// `immutable-child`: a snapshot of IMAGE under the name stage2 looks for (docs/usage.md,
+/// "immutable").
+fn cmd_immutable_child(image: &str, child: Option<&str>, reserve: u64, options: &ChainOptions) -> Result<(), String> {
+    let default_path = vboot::image::create::immutable_child_path(image);
+    let path = child.unwrap_or(&default_path);
+    let d = open_disk(image, options, false).map_err(|e| e.to_string())?;
+    let format = d.layers()[0].format();
+    drop(d);
+    if format == Format::Raw {
+        return Err(format!(
+            "{} is a raw image, which cannot have a differencing child; vboot keeps an immutable raw image's writes in RAM (at most 64 MiB), or convert it to VHD, VMDK or VDI (vdisk convert)",
+            image
+        ));
+    }
+    cmd_snapshot(image, path, reserve, options)?;
+    println!(
+        "{} is the throwaway child for `immutable`: every start of vboot empties it; one boot can write {} into it on NTFS or ext{}",
+        path,
+        human_bytes(reserve),
+        if child.is_some() { String::from(" (name it in the vboot line with immutable_child=, as a path on its partition)") } else { String::new() }
+    );
+    Ok(())
+}
+
 fn cmd_convert(source: &str, target: &str, format: Option<Variant>, reserve: u64, options: &ChainOptions) -> Result<(), String> {
     let variant = match format {
         Some(v) => v,
@@ -644,6 +668,7 @@ fn main() -> ExitCode {
         },
         Command::Map { file, output, open } => cmd_map(file, output, open),
         Command::Snapshot { image, new, reserve, parent_dir } => cmd_snapshot(image, new, reserve.unwrap_or(0), &in_dir(parent_dir)),
+        Command::ImmutableChild { image, child, reserve, parent_dir } => cmd_immutable_child(image, child.as_deref(), *reserve, &in_dir(parent_dir)),
         Command::Convert { source, target, format, reserve, parent_dir, exact_size: _ } => cmd_convert(source, target, *format, reserve.unwrap_or(0), &in_dir(parent_dir)),
         Command::Merge { child, parent_dir } => cmd_merge(child, parent_dir),
         Command::Restore { child, open } => cmd_restore(child, open),
