@@ -208,6 +208,9 @@ pub fn boot(
             vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
         );
     }
+    if let (HardDiskWrites::Throwaway, Some(hd)) = (hard_disk_writes, drives.iter().find(|d| d.kind == PlannedKind::HardDisk && d.eltorito.is_none())) {
+        println!("  immutable: writes to drive {:02x}h go into {} and are gone at the next boot", hd.number, hd.layers.first().map(|l| l.path.as_str()).unwrap_or("?"));
+    }
     let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, chain_bytes, crate::resident::handoff_table(records))?;
 
     // Through the hook from here on.

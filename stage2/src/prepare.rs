@@ -29,6 +29,7 @@ pub const DEFAULT_RESERVE_BYTES: u64 = 256 << 20;
 
 /// The image's leaf on its partition, and the files of its chain found so far (the leaf first),
 /// so that later walks of the chain do not look them up on the filesystem again.
+#[derive(Clone)]
 pub struct HostFile {
     pub partition: u32,
     pub file: File,
@@ -271,21 +272,27 @@ pub enum Immutable {
     Made(HostFile),
     /// The throwaway child was there and is empty now: boot it (after `ensure_slack`).
     Emptied(HostFile),
-    /// No child on disk (a raw image, or an NTFS or ext host without one, and the user pressed
-    /// R): boot the image with writes in the engine's RAM overlay.
+    /// No child on disk (an NTFS or ext host without one, or one that could not be made, and
+    /// the user pressed R): boot the image with writes in the engine's RAM overlay.
     RamOverlay(HostFile),
 }
 
 /// `immutable`: the image boots through a throwaway differencing child on disk, in the leaf's
-/// format, emptied at every start (docs/usage.md, "immutable"). The child is `immutable_child=`
-/// or, by default, beside the leaf (`x.vhd` -> `x.immutable.vhd`). An existing child is emptied
+/// format, emptied at every start (docs/usage.md, "Immutable"). The child is `immutable_child=`
+/// or, by default, beside the leaf (`x.vhd` -> `x.immutable.vhd`; a raw `x.img` gets the VMDK
+/// `x.immutable.vmdk` over the flat descriptor `x.immutable-raw.vmdk`). An existing child is emptied
 /// as `restore` empties one (the same `discard_leaf`), on any filesystem, since that writes only
 /// inside the file; a missing one is made on FAT and exFAT as `take_snapshot=` makes one. On NTFS
 /// and ext, where vboot changes no metadata, the screen says how to make one on the host and
 /// offers the RAM overlay.
 pub fn immutable_child(disk: &mut BiosDisk, table: &PartitionTable, opts: &VbootOptions, image: HostFile) -> Result<Immutable, String> {
+    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
+    let (raw, chain_files) = {
+        let (loc, layers) = open_chain(disk, table, &image, &parent_dir)?;
+        (layers[0].format() == Format::Raw, loc.chain_files(&layers))
+    };
     let child_path = match &opts.immutable_child {
-        None => create::immutable_child_path(&image.file.path),
+        None => create::immutable_child_path(&image.file.path, raw),
         Some(p) if p.disk.is_some_and(|d| d != 0) || p.partition.is_some_and(|x| x.number != image.partition) => {
             return Err(format!(
                 "immutable_child={}: the throwaway child must be on the image's partition (hd0,{}), next to its parents",
@@ -293,19 +300,6 @@ pub fn immutable_child(disk: &mut BiosDisk, table: &PartitionTable, opts: &Vboot
             ))
         }
         Some(p) => p.path.clone(),
-    };
-    let parent_dir = crate::images::parent_dir_on(opts, image.partition)?;
-    let chain_files = {
-        let (loc, layers) = open_chain(disk, table, &image, &parent_dir)?;
-        if layers[0].format() == Format::Raw {
-            println!(
-                "  immutable: {} is a raw image, which has no differencing children; writes go to a RAM overlay of up to {} MiB",
-                image.file.path,
-                vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
-            );
-            return Ok(Immutable::RamOverlay(image));
-        }
-        loc.chain_files(&layers)
     };
     if chain_files.iter().any(|(p, _)| p.eq_ignore_ascii_case(&child_path)) {
         return Err(format!(
@@ -322,35 +316,61 @@ pub fn immutable_child(disk: &mut BiosDisk, table: &PartitionTable, opts: &Vboot
             Err(e) => return Err(format!("immutable: the throwaway child (hd0,{}){}: {}", image.partition, child_path, e)),
         }
     };
-    if let Some(file) = existing {
-        let child = empty_child(disk, table, &image, file, chain_files, &parent_dir)?;
+    // A raw image has no differencing children: its child is a VMDK whose parent is a flat VMDK
+    // descriptor naming the raw file (qemu opens a VMDK child's parent as a VMDK only).
+    let parent = if raw {
+        match raw_descriptor(disk, table, &image, &parent_dir, writable_fs && existing.is_none())? {
+            Some(descriptor) => Some(descriptor),
+            None if existing.is_some() => {
+                return Err(format!(
+                    "immutable: {} is there, but its parent {} (the VMDK descriptor naming {}) is not; delete {}",
+                    child_path,
+                    create::raw_descriptor_path(&image.file.path),
+                    image.file.path,
+                    child_path
+                ))
+            }
+            None => None,
+        }
+    } else {
+        Some(image.clone())
+    };
+    if let (Some(file), Some(parent)) = (existing, &parent) {
+        let child = empty_child(disk, table, parent, file, parent.known.clone(), &parent_dir)?;
         println!("  immutable: {} emptied (the last boot's writes are gone); this boot writes into it", child_path);
         return Ok(Immutable::Emptied(child));
     }
-    if writable_fs {
+    let why_not = if let (true, Some(parent)) = (writable_fs, &parent) {
         let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
-        let plan = plan_child(disk, table, &image, &parent_dir, &child_path, reserve, "immutable")?;
+        let plan = plan_child(disk, table, parent, &parent_dir, &child_path, reserve, "immutable")?;
         let (variant, slack_bytes) = (plan.variant, plan.size_bytes - plan.metadata_bytes);
-        let child = create_child(disk, table, &image, plan, "immutable")?;
-        println!(
-            "  immutable: {} made, a throwaway {} child of {} with {} MiB of write slack; it is emptied at every start",
+        match create_child(disk, table, parent, plan, "immutable") {
+            Ok(child) => {
+                println!(
+                    "  immutable: {} made, a throwaway {} child of {} with {} MiB of write slack; it is emptied at every start",
+                    child_path,
+                    variant.format().as_str().to_ascii_uppercase(),
+                    parent.file.path,
+                    slack_bytes >> 20
+                );
+                return Ok(Immutable::Made(child));
+            }
+            // (A full partition, most likely: the message says.)
+            Err(e) => format!("{}.\nFree some room on (hd0,{}), or give a smaller reserve=.", e, image.partition),
+        }
+    } else {
+        let kind = volume(disk, table, image.partition)?.kind().name();
+        format!(
+            "immutable: (hd0,{}) is {}, where vboot makes no new files, and the throwaway child {} is not there.\n\
+             Make it once on the host: vdisk immutable-child IMAGE (it makes {} beside the image;\n\
+             --reserve SIZE sets its write slack), and every start empties and reuses it.",
+            image.partition,
+            kind,
             child_path,
-            variant.format().as_str().to_ascii_uppercase(),
-            image.file.path,
-            slack_bytes >> 20
-        );
-        return Ok(Immutable::Made(child));
-    }
-    let kind = volume(disk, table, image.partition)?.kind().name();
-    crate::screen::show_error(&format!(
-        "immutable: (hd0,{}) is {}, where vboot makes no new files, and the throwaway child {} is not there.\n\
-         Make it once on the host: vdisk immutable-child IMAGE (it makes {} beside the image;\n\
-         --reserve SIZE sets its write slack), and every start empties and reuses it.",
-        image.partition,
-        kind,
-        child_path,
-        chain::basename(&child_path)
-    ));
+            chain::basename(&child_path)
+        )
+    };
+    crate::screen::show_error(&why_not);
     println!(
         "Press R to boot with writes kept in RAM (at most {} MiB, lost at power-off), any other key to go back.",
         vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
@@ -362,6 +382,52 @@ pub fn immutable_child(disk: &mut BiosDisk, table: &PartitionTable, opts: &Vboot
         }
         _ => Err(format!("not booted: immutable needs the throwaway child {} (vdisk immutable-child)", child_path)),
     }
+}
+
+/// The flat VMDK descriptor that is a raw image's parent for `immutable` (beside it,
+/// `x.immutable-raw.vmdk`), with the files of its chain (itself, the raw file). Made on FAT and
+/// exFAT when `create` and it is missing; `None` when it is missing otherwise. An existing one
+/// must open as a VMDK of the raw image's size that reads the raw file.
+fn raw_descriptor(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, parent_dir: &Option<String>, create: bool) -> Result<Option<HostFile>, String> {
+    let path = create::raw_descriptor_path(&image.file.path);
+    let sectors = image.file.size_bytes / 512;
+    let found = {
+        let mut vol = volume(disk, table, image.partition)?;
+        match vol.open_file(&path) {
+            Ok(f) => Some(f),
+            Err(FsError::NotFound { .. }) if !create => return Ok(None),
+            Err(FsError::NotFound { .. }) => {
+                let (stamp, _) = crate::handoff::boot_stamp();
+                let text = create::raw_flat_descriptor(chain::basename(&image.file.path), sectors, stamp);
+                // The directory entry first, then the text: a power cut leaves a file that does
+                // not open as a descriptor, which the next start names (delete it).
+                let file = vol.create_file(&path, text.len() as u64).map_err(|e| format!("immutable: creating {}: {}", path, e))?;
+                if let Err(e) = vol.write_file(&file, 0, text.as_bytes()) {
+                    return Err(cleanup_failed(disk, table, image.partition, &path, "immutable", format!("{}", e)));
+                }
+                println!("  immutable: {} made, a VMDK descriptor naming the raw {} (the throwaway child's parent)", path, image.file.path);
+                None
+            }
+            Err(e) => return Err(format!("immutable: {}: {}", path, e)),
+        }
+    };
+    let file = match found {
+        Some(f) => f,
+        None => volume(disk, table, image.partition)?.open_file(&path).map_err(|e| format!("immutable: {}: {}", path, e))?,
+    };
+    let mut descriptor = HostFile::new(image.partition, file);
+    descriptor.known.push((image.file.path.clone(), image.file.clone()));
+    let wrong = |why: String| format!("immutable: {} is not the VMDK descriptor of the raw {}: {}; delete it and the child beside it", path, image.file.path, why);
+    let (loc, layers) = open_chain(disk, table, &descriptor, parent_dir).map_err(wrong)?;
+    let files = loc.chain_files(&layers);
+    if layers.len() != 1 || layers[0].format() != Format::Vmdk || layers[0].virtual_sectors() != sectors {
+        return Err(wrong(format!("it is not a {}-sector VMDK without a parent", sectors)));
+    }
+    if !files.iter().any(|(p, _)| p.eq_ignore_ascii_case(&image.file.path)) {
+        return Err(wrong(String::from("it names another file")));
+    }
+    descriptor.known = files;
+    Ok(Some(descriptor))
 }
 
 /// An existing throwaway child: it must be a differencing child of the image's leaf, on disk

@@ -664,9 +664,11 @@ fn group_config(g: &Group) -> (String, Vec<Vec<&Case>>, &Case) {
         }
         cfg.push_str("}\n");
     }
-    // `immutable`: the guest's writes stay in RAM, so a tolerated image that has no room for new
-    // blocks (the VHD one byte short) needs none.
-    cfg.push_str(&format!("menuentry 'tolerated {}' {{\n    vboot {} immutable\n}}\n", good.file, good.options));
+    // `immutable`: the guest's writes go into a throwaway child (or RAM, for raw images and
+    // floppies), so a tolerated image that has no room for new blocks (the VHD one byte short)
+    // needs none; a small child's slack (reserve=) fits the small host partition.
+    let reserve = if good.options.contains("harddisk=") && !good.options.contains("reserve=") { " reserve=8M" } else { "" };
+    cfg.push_str(&format!("menuentry 'tolerated {}' {{\n    vboot {} immutable{}\n}}\n", good.file, good.options, reserve));
     (cfg, chunks, good)
 }
 

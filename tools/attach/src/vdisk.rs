@@ -286,6 +286,27 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// Throwaway (`immutable` with its child on disk): the leaf in the table is that child, and
+    /// writes go into it like any leaf's, not into a RAM overlay of the tool's own.
+    #[test]
+    fn throwaway_writes_go_into_the_leaf_file() {
+        let vhd = vhd_bytes();
+        let (path, drive) = host_disk("throwaway", &vhd, WriteMode::Throwaway);
+        let before = std::fs::read(&path).unwrap();
+        let mut d = open(&path, &drive, true);
+        assert!(d.description.contains("immutable: writes go into the throwaway child"), "{}", d.description);
+        assert!(d.overlay.is_none(), "a throwaway drive has no RAM overlay");
+        d.write(3 << 20, &pattern(4096)).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        let mut d = open(&path, &drive, false);
+        let mut buf = vec![0u8; 4096];
+        d.read(3 << 20, &mut buf).unwrap();
+        assert_eq!(buf, pattern(4096));
+        assert_ne!(std::fs::read(&path).unwrap(), before, "the write reached the child file");
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// The drive record stage2 writes for a CD or floppy image `file` (one raw layer).
     fn medium(tag: &str, file: &[u8], kind: DriveKind, mode: WriteMode) -> (std::path::PathBuf, Drive) {
         let (path, mut drive) = host_disk(tag, file, mode);

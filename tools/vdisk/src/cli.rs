@@ -131,7 +131,8 @@ pub enum Command {
                       vboot line then names with immutable_child=). Every start of vboot empties it. On \
                       FAT and exFAT vboot makes it itself at the first immutable boot; on NTFS and ext, \
                       where vboot changes no filesystem metadata, make it here once. Its write slack \
-                      (--reserve) is how much one boot can write on such a host."
+                      (--reserve) is how much one boot can write on such a host. A raw IMAGE gets a \
+                      VMDK child over NAME.immutable-raw.vmdk, a flat VMDK descriptor naming it."
     )]
     ImmutableChild {
         /// The image (the leaf of its chain) that boots with `immutable`

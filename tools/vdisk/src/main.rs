@@ -385,20 +385,30 @@ fn cmd_snapshot(image: &str, new: &str, reserve: u64, options: &ChainOptions) ->
 }
 
 /// `immutable-child`: a snapshot of IMAGE under the name stage2 looks for (docs/usage.md,
-/// "immutable").
+/// "Immutable"). A raw IMAGE gets a VMDK child over a flat VMDK descriptor naming it, as stage2
+/// makes them on FAT.
 fn cmd_immutable_child(image: &str, child: Option<&str>, reserve: u64, options: &ChainOptions) -> Result<(), String> {
-    let default_path = vboot::image::create::immutable_child_path(image);
-    let path = child.unwrap_or(&default_path);
     let d = open_disk(image, options, false).map_err(|e| e.to_string())?;
-    let format = d.layers()[0].format();
+    let (format, sectors) = (d.layers()[0].format(), d.sectors());
     drop(d);
-    if format == Format::Raw {
-        return Err(format!(
-            "{} is a raw image, which cannot have a differencing child; vboot keeps an immutable raw image's writes in RAM (at most 64 MiB), or convert it to VHD, VMDK or VDI (vdisk convert)",
-            image
-        ));
-    }
-    cmd_snapshot(image, path, reserve, options)?;
+    let raw = format == Format::Raw;
+    let default_path = vboot::image::create::immutable_child_path(image, raw);
+    let path = child.unwrap_or(&default_path);
+    let parent = if raw {
+        let descriptor = vboot::image::create::raw_descriptor_path(image);
+        if !std::path::Path::new(&descriptor).exists() {
+            let raw_name = vboot::image::chain::basename(image);
+            let text = vboot::image::create::raw_flat_descriptor(raw_name, sectors, seed());
+            // create_new: never over a file that appeared meanwhile.
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&descriptor).map_err(|e| format!("{}: {}", descriptor, e))?;
+            f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {}", descriptor, e))?;
+            println!("created {}, a VMDK descriptor naming the raw {} (the child's parent; qemu-img reads the child through it)", descriptor, image);
+        }
+        descriptor
+    } else {
+        image.to_string()
+    };
+    cmd_snapshot(&parent, path, reserve, options)?;
     println!(
         "{} is the throwaway child for `immutable`: every start of vboot empties it; one boot can write {} into it on NTFS or ext{}",
         path,
