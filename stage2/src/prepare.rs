@@ -125,6 +125,16 @@ fn create_child(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, p
     };
     let file = match made {
         Ok(f) => f,
+        Err(CreateError::File(e @ FsError::NoSpace { .. })) => {
+            return Err(format!(
+                "{}: creating {} ({} KiB): {}; free some room on (hd0,{}), or give a smaller reserve=",
+                what,
+                plan.path,
+                plan.size_bytes / 1024,
+                e,
+                image.partition
+            ))
+        }
         Err(CreateError::File(e)) => return Err(format!("{}: creating {} ({} KiB): {}", what, plan.path, plan.size_bytes / 1024, e)),
         Err(CreateError::Fill(e)) => return Err(cleanup_failed(disk, table, image.partition, &plan.path, what, format!("{}", e))),
     };
@@ -355,8 +365,7 @@ pub fn immutable_child(disk: &mut BiosDisk, table: &PartitionTable, opts: &Vboot
                 );
                 return Ok(Immutable::Made(child));
             }
-            // (A full partition, most likely: the message says.)
-            Err(e) => format!("{}.\nFree some room on (hd0,{}), or give a smaller reserve=.", e, image.partition),
+            Err(e) => e,
         }
     } else {
         let kind = volume(disk, table, image.partition)?.kind().name();
