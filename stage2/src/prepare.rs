@@ -454,9 +454,10 @@ fn empty_child(disk: &mut BiosDisk, table: &PartitionTable, image: &HostFile, fi
     match layers.get(1) {
         Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => {}
         _ => {
+            // Maybe a file the user keeps: never suggest deleting it first.
             return Err(format!(
-                "immutable: {} is there but is not a differencing child of {}; {}",
-                path, image.file.path, remedy
+                "immutable: {} is there but is not a differencing child of {}; name another file with immutable_child=, or delete it if it is a leftover",
+                path, image.file.path
             ))
         }
     }

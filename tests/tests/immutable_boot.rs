@@ -185,6 +185,8 @@ fn ntfs_get(part: &Path, path: &str, out: &Path) {
 /// parent stays byte-identical and the child reads as parent plus writes in qemu-img. A VDI
 /// without a child gets the message naming `vdisk immutable-child` and the RAM offer: any other
 /// key goes back to the menu, R boots with the writes in RAM and the VDI unchanged.
+/// `immutable_child=` names a child made with `vdisk immutable-child --child` elsewhere, which is
+/// used; naming a file that is not a child of the image is refused with its name.
 #[test]
 fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
     let dir = TempDir::new("immutable-ntfs");
@@ -201,16 +203,20 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
     let child = dir.join("base.immutable.vmdk");
     // Data a previous boot left in the child: the next start must throw it away.
     vboot_tests::qemu_io("vmdk", child.to_str().unwrap(), &["write -q -P 0x55 1M 64k"]);
+    let elsewhere = dir.join("elsewhere.vmdk");
+    sh(Command::new(vboot_tests::vdisk_bin()).arg("immutable-child").arg(&base).arg("--child").arg(&elsewhere).args(["--reserve", "4M"]));
     let (base_sha, other_sha) = (disk::sha256(&base), disk::sha256(&other));
 
-    let grub = "set timeout=-1\nmenuentry 'reuse' {\n    vboot harddisk=/base.vmdk immutable\n}\nmenuentry 'none' {\n    vboot harddisk=/other.vdi immutable\n}\n";
+    let grub = "set timeout=-1\nmenuentry 'reuse' {\n    vboot harddisk=/base.vmdk immutable\n}\nmenuentry 'none' {\n    vboot harddisk=/other.vdi immutable\n}\n\
+                menuentry 'elsewhere' {\n    vboot harddisk=/base.vmdk immutable immutable_child=/elsewhere.vmdk\n}\n\
+                menuentry 'wrong' {\n    vboot harddisk=/base.vmdk immutable immutable_child=/other.vdi\n}\n";
     let part = dir.join("part.img");
     vboot_tests::require_tool("mkntfs", "ntfs-3g");
     disk::blank(&part, 63);
     sh(Command::new("mkntfs").args(["-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63"]).arg(&part));
     let cfg_file = dir.join("grub.cfg");
     std::fs::write(&cfg_file, grub).unwrap();
-    for (from, to) in [(&cfg_file, "/grub.cfg"), (&base, "/base.vmdk"), (&child, "/base.immutable.vmdk"), (&other, "/other.vdi")] {
+    for (from, to) in [(&cfg_file, "/grub.cfg"), (&base, "/base.vmdk"), (&child, "/base.immutable.vmdk"), (&other, "/other.vdi"), (&elsewhere, "/elsewhere.vmdk")] {
         sh(Command::new("ntfscp").arg("-f").arg(&part).arg(from).arg(to));
     }
     let host = dir.join("disk.img");
@@ -226,7 +232,7 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
     };
 
     // The child vdisk made: emptied, then written.
-    let out = start().boot_from_menu("none", b'1', guests::CHAIN_PASS, T);
+    let out = start().boot_from_menu("wrong", b'1', guests::CHAIN_PASS, T);
     assert!(out.contains("immutable: /base.immutable.vmdk emptied"), "{}", out);
     assert!(out.contains("immutable: writes go into /base.immutable.vmdk"), "{}", out);
     assert_pass(&out, 0, &raw, "NTFS: the disk at the start (the child's old data gone)");
@@ -244,7 +250,7 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
 
     // No child: the message and the offer.
     let mut q = start();
-    q.expect("none", T);
+    q.expect("wrong", T);
     std::thread::sleep(Duration::from_millis(200));
     q.send(b"2");
     q.expect("vdisk immutable-child IMAGE", T);
@@ -253,7 +259,7 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
     q.expect("not booted: immutable needs the throwaway child /other.immutable.vdi (vdisk immutable-child)", T);
     q.send(b"\r");
     let mark = q.mark();
-    q.expect_from(mark, "none", T);
+    q.expect_from(mark, "wrong", T);
     std::thread::sleep(Duration::from_millis(200));
     q.send(b"2");
     q.expect_from(mark, "Press R to boot with writes kept in RAM", T);
@@ -269,6 +275,24 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
     disk::partition_of(&host, 63 * 2048, &part_now);
     ntfs_get(&part_now, "/other.vdi", &back.join("other.vdi"));
     assert_eq!(disk::sha256(&back.join("other.vdi")), other_sha, "the VDI changed under the RAM overlay");
+
+    // immutable_child=: the child made elsewhere is used; a file that is no child is refused.
+    let out = start().boot_from_menu("wrong", b'3', guests::CHAIN_PASS, T);
+    assert!(out.contains("immutable: /elsewhere.vmdk emptied") && out.contains("immutable: writes go into /elsewhere.vmdk"), "{}", out);
+    assert_pass(&out, 1, &written, "NTFS, immutable_child=: the writes read back");
+    let mut q = start();
+    q.expect("wrong", T);
+    std::thread::sleep(Duration::from_millis(200));
+    q.send(b"4");
+    q.expect("immutable: /other.vdi is there but is not a differencing child of /base.vmdk", T);
+    q.expect("Press any key to return to the menu.", T);
+    drop(q);
+    disk::partition_of(&host, 63 * 2048, &part_now);
+    for name in ["base.vmdk", "other.vdi"] {
+        ntfs_get(&part_now, &format!("/{}", name), &back.join(name));
+    }
+    assert_eq!(disk::sha256(&back.join("base.vmdk")), base_sha, "the parent changed");
+    assert_eq!(disk::sha256(&back.join("other.vdi")), other_sha, "the file named by immutable_child= changed");
 }
 
 /// A raw image: stage2 makes a flat VMDK descriptor naming it and a VMDK child of that, which
