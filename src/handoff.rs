@@ -21,7 +21,10 @@ use crate::crc32::crc32;
 use crate::fs::Extent;
 
 pub const SIGNATURE: [u8; 8] = *b"VBHANDOF";
-pub const VERSION: u16 = 1;
+/// Version 2 added write mode 3 (throwaway); the layout is version 1's, so readers take both.
+pub const VERSION: u16 = 2;
+/// The oldest version this reader accepts.
+pub const OLDEST_VERSION: u16 = 1;
 /// No reader accepts a table longer than this.
 pub const MAX_TABLE_BYTES: u32 = 16 << 20;
 pub const MAX_DRIVES: u16 = 16;
@@ -145,8 +148,12 @@ code_enum!(
     Normal = 0 => "normal",
     /// Writes go into a differencing image made at boot (`take_snapshot=`).
     Snapshot = 1 => "snapshot",
-    /// Writes go to a RAM overlay; the image files never change (`immutable`).
+    /// Writes go to a RAM overlay; the image files never change (`immutable` where no child on
+    /// disk could be had).
     Immutable = 2 => "immutable",
+    /// Writes go into the leaf, a throwaway differencing child that stage2 emptied or made at
+    /// this boot (`immutable`, version 2): everything in it is gone at the next start.
+    Throwaway = 3 => "throwaway",
 });
 code_enum!(Filesystem, "filesystem" { Unknown = 0 => "unknown", Fat = 1 => "FAT", Exfat = 2 => "exFAT", Ntfs = 3 => "NTFS", Ext = 4 => "ext2/3/4" });
 code_enum!(HostScheme, "host partitioning scheme" { Mbr = 1 => "MBR", Gpt = 2 => "GPT" });
@@ -269,7 +276,7 @@ impl fmt::Display for HandoffError {
             HandoffError::NoHook(s) => write!(f, "no vboot hand-off table: {}", s),
             HandoffError::BadSignature => write!(f, "hand-off table: no signature \"VBHANDOF\" at the address the INT 13h hook gives"),
             HandoffError::BadVersion(v) => {
-                write!(f, "hand-off table: version {} (this reader knows version {}); use a vboot-attach as new as the loader", v, VERSION)
+                write!(f, "hand-off table: version {} (this reader knows versions {} to {}); use a vboot-attach as new as the loader", v, OLDEST_VERSION, VERSION)
             }
             HandoffError::BadLength(s) => write!(f, "hand-off table: bad length: {}", s),
             HandoffError::HeaderChecksum { stored, computed } => {
@@ -460,7 +467,7 @@ impl Table {
             return Err(HandoffError::BadSignature);
         }
         let version = get_u16(bytes, h::VERSION);
-        if version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(HandoffError::BadVersion(version));
         }
         if bytes.len() < HEADER_BYTES {
@@ -540,6 +547,9 @@ impl Table {
             let layer_count = get_u32(b, r + d::LAYER_COUNT) as usize;
             if layer_count == 0 || layer_count > 1 << 16 {
                 return bad(format!("drive {}: {} layers", i, layer_count));
+            }
+            if version < 2 && code(d::WRITE_MODE) == WriteMode::Throwaway as u8 {
+                return bad(format!("drive {}: write mode {} is version 2's, the table says version {}", i, code(d::WRITE_MODE), version));
             }
             let first_layer = get_u32(b, r + d::FIRST_LAYER) as usize;
             let overlay = (get_u64(b, r + d::OVERLAY_BASE), get_u64(b, r + d::OVERLAY_LENGTH));

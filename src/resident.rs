@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use crate::fs::{Extent, ExtentList};
 use crate::int13::ElToritoBoot;
 
-pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN02";
+pub const PLAN_MAGIC: [u8; 8] = *b"VBPLAN03";
 
 /// One E820 entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +65,10 @@ pub struct PlannedDrive {
     /// A CD (0xE0): its El Torito boot facts for AX=4B01h. A floppy or hard disk: set when the
     /// drive is the CD's emulated boot image (its layer is that part of the ISO).
     pub eltorito: Option<ElToritoBoot>,
+    /// `immutable` where no throwaway child on disk could be had (a raw image, a floppy, an NTFS
+    /// or ext host without one): every write goes to a RAM overlay in the engine's heap, at most
+    /// [`IMMUTABLE_OVERLAY_BYTES`]; the drive's files never change.
+    pub ram_overlay: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,8 +80,6 @@ pub struct Plan {
     pub parent_dir: Option<String>,
     /// `restore`: empty the leaf differencing image of drive 0x80 before the guest starts.
     pub restore: bool,
-    /// `immutable`: every write goes to a RAM overlay in the engine's heap; the images never change.
-    pub immutable: bool,
     /// A buffer below 1 MiB (linear address, bytes) that the engine may use for host transfers
     /// while `engine_init` runs: stage2's own bounce buffer, idle during that call. Reading the
     /// image tables through it takes a few dozen BIOS calls where the stub's 1.5 KiB buffer takes
@@ -177,6 +179,7 @@ impl Plan {
                 }
                 None => w.u8(0),
             }
+            w.u8(d.ram_overlay as u8);
         }
         match &self.parent_dir {
             Some(d) => {
@@ -186,7 +189,6 @@ impl Plan {
             None => w.u8(0),
         }
         w.u8(self.restore as u8);
-        w.u8(self.immutable as u8);
         w.u32(self.init_bounce_linear);
         w.u32(self.init_bounce_bytes);
         w.u32(self.vboot_ranges.len() as u32);
@@ -241,14 +243,14 @@ impl Plan {
                     load_sectors: r.u32()? as u16,
                 }),
             };
-            plan.drives.push(PlannedDrive { number, kind, read_only, host_drive, layers, eltorito });
+            let ram_overlay = r.u8()? != 0;
+            plan.drives.push(PlannedDrive { number, kind, read_only, host_drive, layers, eltorito, ram_overlay });
         }
         if r.u8()? == 1 {
             let n = r.count(4096)?;
             plan.parent_dir = Some(String::from_utf8_lossy(r.take(n)?).into_owned());
         }
         plan.restore = r.u8()? != 0;
-        plan.immutable = r.u8()? != 0;
         plan.init_bounce_linear = r.u32()?;
         plan.init_bounce_bytes = r.u32()?;
         if plan.init_bounce_bytes != 0
@@ -273,9 +275,9 @@ pub const IMMUTABLE_OVERLAY_BYTES: u64 = 64 << 20;
 /// every image chain it opens (`chain_bytes`, from `image::disk::chain_memory_bytes` on the same
 /// chains), a quarter more for the allocator's headers and fragmentation, the plan's extent
 /// lists (`plan_bytes`: the engine keeps them in a few forms: as parsed, per open file and as a
-/// sorted index), and the RAM overlay with `immutable`.
-pub fn engine_heap_bytes(chain_bytes: u64, plan_bytes: u64, immutable: bool) -> u64 {
-    let overlay = if immutable { IMMUTABLE_OVERLAY_BYTES } else { 0 };
+/// sorted index), and the RAM overlay when a drive has one (`ram_overlay`).
+pub fn engine_heap_bytes(chain_bytes: u64, plan_bytes: u64, ram_overlay: bool) -> u64 {
+    let overlay = if ram_overlay { IMMUTABLE_OVERLAY_BYTES } else { 0 };
     ENGINE_BASE_HEAP_BYTES
         .saturating_add(chain_bytes.saturating_add(chain_bytes / 4))
         .saturating_add(plan_bytes.saturating_mul(6))
@@ -381,6 +383,7 @@ mod tests {
                     host_drive: 0x80,
                     layers: alloc::vec![PlannedLayer { format: PlannedFormat::Raw, size_bytes: 128 * 512, extents: ext.clone(), path: "/dos.img".into() }],
                     eltorito: None,
+                    ram_overlay: true,
                 },
                 PlannedDrive {
                     number: 0xE0,
@@ -389,11 +392,11 @@ mod tests {
                     host_drive: 0x80,
                     layers: alloc::vec![PlannedLayer { format: PlannedFormat::Raw, size_bytes: 128 * 512, extents: ext, path: "/x.iso".into() }],
                     eltorito: Some(ElToritoBoot { media: 2, load_rba: 0x1234_5678, load_segment: 0x7C0, load_sectors: 4 }),
+                    ram_overlay: false,
                 },
             ],
             parent_dir: Some("/vms/base".into()),
             restore: true,
-            immutable: true,
             init_bounce_linear: 0x1000,
             init_bounce_bytes: 0x6000,
             vboot_ranges: alloc::vec![(0x7F0_0000, 0xFE_0000), (0x9_F000, 0xC00)],

@@ -3,7 +3,8 @@
 //! ```text
 //! vboot harddisk=PATH cdrom=PATH floppy=PATH floppy_b=PATH boot=harddisk|cdrom|floppy
 //!       parent_dir=DIR take_snapshot=PATH boot_entry=INDEX config_file=PATH
-//!       new_menu_entry=TITLE reserve=SIZE restore immutable recover_mbr pause
+//!       new_menu_entry=TITLE reserve=SIZE restore immutable immutable_child=PATH
+//!       recover_mbr pause
 //! ```
 //!
 //! The parser takes the words after `vboot` once grub.cfg quoting and `$var` expansion are done,
@@ -22,6 +23,10 @@
 //!   snapshot) and `new_menu_entry=` (add an entry for it) exclude each other.
 //! - `reserve=SIZE` (bytes, or with a K, M or G suffix) is the write slack a sparse hard-disk
 //!   image gets before boot (vboot's own extension); it needs `harddisk=`.
+//! - `immutable_child=PATH` says where `immutable` keeps the hard-disk image's throwaway
+//!   differencing child (default: beside the image, `x.vhd` -> `x.immutable.vhd`;
+//!   docs/usage.md); it needs `immutable` and `harddisk=`. `restore` and `immutable` exclude each
+//!   other (one empties the image's own child, the other never changes the image).
 
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -78,6 +83,9 @@ pub struct VbootOptions {
     pub new_menu_entry: Option<String>,
     /// Write slack the leaf of a sparse hard-disk image must have before boot (`reserve=`).
     pub reserve_bytes: Option<u64>,
+    /// `immutable_child=`: where `immutable` keeps its throwaway differencing child, instead of
+    /// beside the image.
+    pub immutable_child: Option<GrubPath>,
     pub restore: bool,
     pub immutable: bool,
     pub recover_mbr: bool,
@@ -113,6 +121,10 @@ pub enum OptionErrorKind {
         device: BootDevice,
     },
     RestoreWithSnapshot,
+    /// `restore` together with `immutable`.
+    RestoreWithImmutable,
+    /// `immutable_child=` without `immutable`.
+    NeedsImmutable,
     /// Nothing to boot: no harddisk=, cdrom= or floppy=. `word` is "vboot" or `floppy_b=...`.
     NoDevice,
     /// `boot_entry=` etc. without `take_snapshot=`.
@@ -151,8 +163,11 @@ impl fmt::Display for OptionError {
             OptionErrorKind::ValueOnFlag { option } => {
                 write!(
                     f,
-                    "vboot option `{}`: `{}` is a flag and takes no value; write just {}",
-                    w, option, option
+                    "vboot option `{}`: `{}` is a flag and takes no value; write just {}{}",
+                    w,
+                    option,
+                    option,
+                    if *option == "immutable" { " (and immutable_child=PATH to say where its throwaway child goes)" } else { "" }
                 )
             }
             OptionErrorKind::Duplicate { option } => {
@@ -172,6 +187,17 @@ impl fmt::Display for OptionError {
                 f,
                 "vboot option `{}` cannot be combined with take_snapshot=: restore discards the \
                  differencing image, take_snapshot adds one",
+                w
+            ),
+            OptionErrorKind::RestoreWithImmutable => write!(
+                f,
+                "vboot option `{}` cannot be combined with immutable: restore empties the image's \
+                 differencing child, immutable never changes the image; keep one",
+                w
+            ),
+            OptionErrorKind::NeedsImmutable => write!(
+                f,
+                "vboot option `{}`: immutable_child= says where immutable keeps its throwaway child; add immutable",
                 w
             ),
             OptionErrorKind::NoDevice => {
@@ -214,7 +240,7 @@ fn placeholder(option: &str) -> &'static str {
     }
 }
 
-const VALUE_OPTIONS: [&str; 11] = [
+const VALUE_OPTIONS: [&str; 12] = [
     "harddisk",
     "cdrom",
     "floppy",
@@ -226,10 +252,12 @@ const VALUE_OPTIONS: [&str; 11] = [
     "config_file",
     "new_menu_entry",
     "reserve",
+    "immutable_child",
 ];
 const FLAG_OPTIONS: [&str; 4] = ["restore", "immutable", "recover_mbr", "pause"];
 const KNOWN_LIST: &str = "harddisk=, cdrom=, floppy=, floppy_b=, boot=, parent_dir=, take_snapshot=, \
-                          boot_entry=, config_file=, new_menu_entry=, reserve=, restore, immutable, recover_mbr, pause";
+                          boot_entry=, config_file=, new_menu_entry=, reserve=, restore, immutable, immutable_child=, \
+                          recover_mbr, pause";
 
 /// Edit distance (insert, delete, substitute), for "did you mean". Names are short, so the
 /// quadratic table is a few hundred cells.
@@ -286,6 +314,7 @@ fn spelled(name: &'static str) -> &'static str {
         "config_file" => "config_file=",
         "new_menu_entry" => "new_menu_entry=",
         "reserve" => "reserve=",
+        "immutable_child" => "immutable_child=",
         other => other,
     }
 }
@@ -325,6 +354,7 @@ impl VbootOptions {
             config_file: None,
             new_menu_entry: None,
             reserve_bytes: None,
+            immutable_child: None,
             restore: false,
             immutable: false,
             recover_mbr: false,
@@ -377,6 +407,7 @@ impl VbootOptions {
                 "floppy_b" => o.floppy_b = Some(path(value, true)?),
                 "parent_dir" => o.parent_dir = Some(path(value, false)?),
                 "take_snapshot" => o.take_snapshot = Some(path(value, true)?),
+                "immutable_child" => o.immutable_child = Some(path(value, true)?),
                 "config_file" => o.config_file = Some(path(value, true)?),
                 "new_menu_entry" => o.new_menu_entry = Some(value.to_string()),
                 "reserve" => o.reserve_bytes = Some(parse_size(value).ok_or_else(|| fail(word, OptionErrorKind::BadSize))?),
@@ -423,8 +454,14 @@ impl VbootOptions {
         if o.restore && o.take_snapshot.is_some() {
             return Err(fail(word_of("restore"), OptionErrorKind::RestoreWithSnapshot));
         }
+        if o.restore && o.immutable {
+            return Err(fail(word_of("restore"), OptionErrorKind::RestoreWithImmutable));
+        }
+        if o.immutable_child.is_some() && !o.immutable {
+            return Err(fail(word_of("immutable_child"), OptionErrorKind::NeedsImmutable));
+        }
         if o.harddisk.is_none() {
-            for name in ["take_snapshot", "restore", "parent_dir", "reserve"] {
+            for name in ["take_snapshot", "restore", "parent_dir", "reserve", "immutable_child"] {
                 if seen.iter().any(|(n, _)| *n == name) {
                     return Err(fail(word_of(name), OptionErrorKind::NeedsHarddisk { option: name }));
                 }
@@ -479,6 +516,9 @@ impl VbootOptions {
         }
         if let Some(b) = self.reserve_bytes {
             lines.push(format!("write slack for the image: {} KiB", b / 1024));
+        }
+        if let Some(p) = &self.immutable_child {
+            lines.push(format!("immutable's throwaway child: {}", p));
         }
         let flags: [(bool, &str); 4] = [
             (self.restore, "restore: discard the changes in the differencing image"),
@@ -587,6 +627,7 @@ mod tests {
     fn values_on_flags() {
         refused("harddisk=/a.vhd pause=1", "pause=1", "is a flag");
         refused("harddisk=/a.vhd immutable=", "immutable=", "is a flag");
+        refused("harddisk=/a.vhd immutable=/c.vhd", "immutable=/c.vhd", "immutable_child=PATH");
         refused("harddisk=/a.vhd restore=yes", "restore=yes", "is a flag");
         refused("recover_mbr=true", "recover_mbr=true", "is a flag");
     }
@@ -620,6 +661,24 @@ mod tests {
     fn restore_and_snapshot_exclude() {
         let k = refused("harddisk=/a.vhd restore take_snapshot=/s.vhd", "restore", "take_snapshot=");
         assert_eq!(k, OptionErrorKind::RestoreWithSnapshot);
+    }
+
+    /// `immutable_child=` goes with `immutable` and a hard disk; `restore` does not go with
+    /// `immutable`.
+    #[test]
+    fn immutable_child_and_its_refusals() {
+        let o = ok("harddisk=/vm/a.vhd immutable immutable_child=(hd0,2)/scratch/a.immutable.vhd");
+        assert!(o.immutable);
+        assert_eq!(o.immutable_child.as_ref().unwrap().to_string(), "(hd0,2)/scratch/a.immutable.vhd");
+        assert!(o.describe().contains(&"immutable's throwaway child: (hd0,2)/scratch/a.immutable.vhd".to_string()), "{:?}", o.describe());
+        let k = refused("harddisk=/a.vhd immutable_child=/c.vhd", "immutable_child=/c.vhd", "add immutable");
+        assert_eq!(k, OptionErrorKind::NeedsImmutable);
+        refused("floppy=/a.img immutable immutable_child=/c.vhd", "immutable_child=/c.vhd", "add harddisk=PATH");
+        refused("harddisk=/a.vhd immutable immutable_child=", "immutable_child=", "immutable_child=PATH");
+        refused("harddisk=/a.vhd immutable immutable_child=/dir/", "immutable_child=/dir/", "");
+        refused("harddisk=/a.vhd immutable imutable_child=/c.vhd", "imutable_child=/c.vhd", "did you mean `immutable_child=`?");
+        let k = refused("harddisk=/a.vhd restore immutable", "restore", "keep one");
+        assert_eq!(k, OptionErrorKind::RestoreWithImmutable);
     }
 
     #[test]

@@ -174,7 +174,7 @@ pub fn snapshot_successor(options: &VbootOptions, child: &GrubPath) -> VbootOpti
 /// A `vboot` command line that parses back to `o`.
 pub fn vboot_line(o: &VbootOptions) -> String {
     let mut words: Vec<String> = alloc::vec![String::from("vboot")];
-    let paths: [(&str, &Option<GrubPath>); 7] = [
+    let paths: [(&str, &Option<GrubPath>); 8] = [
         ("harddisk", &o.harddisk),
         ("cdrom", &o.cdrom),
         ("floppy", &o.floppy),
@@ -182,6 +182,7 @@ pub fn vboot_line(o: &VbootOptions) -> String {
         ("parent_dir", &o.parent_dir),
         ("take_snapshot", &o.take_snapshot),
         ("config_file", &o.config_file),
+        ("immutable_child", &o.immutable_child),
     ];
     for (name, p) in paths {
         if let Some(p) = p {

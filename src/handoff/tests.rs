@@ -55,6 +55,21 @@ fn reseal(b: &mut [u8]) {
     put_u32(b, HEADER_CRC_AT, header);
 }
 
+/// A version-1 table (as a loader before the throwaway child writes) still reads; a version-2
+/// table carries the throwaway write mode.
+#[test]
+fn version_1_tables_still_read_and_version_2_says_throwaway() {
+    let mut b = sample().to_bytes();
+    put_u16(&mut b, h::VERSION, 1);
+    reseal(&mut b);
+    assert_eq!(Table::parse(&b, AT).unwrap(), sample());
+    let mut t = sample();
+    t.drives[0].write_mode = WriteMode::Throwaway;
+    let b = t.to_bytes();
+    assert_eq!(get_u16(&b, h::VERSION), 2);
+    assert_eq!(Table::parse(&b, AT).unwrap().drives[0].write_mode, WriteMode::Throwaway);
+}
+
 #[test]
 fn round_trip() {
     let t = sample();
@@ -87,7 +102,7 @@ fn length_does_not_depend_on_addresses() {
 #[test]
 fn layout_offsets_match_the_document() {
     let b = sample().to_bytes();
-    assert_eq!(get_u16(&b, 8), 1, "version at 8");
+    assert_eq!(get_u16(&b, 8), 2, "version at 8");
     assert_eq!(get_u16(&b, 10), 96, "header size at 10");
     assert_eq!(get_u32(&b, 12) as usize, b.len(), "length at 12");
     assert_eq!(get_u64(&b, 40), AT, "table address at 40");
@@ -112,8 +127,11 @@ fn every_corruption_is_refused_with_its_message() {
     assert!(refused(&b).contains("no signature"));
 
     let mut b = good.clone();
-    put_u16(&mut b, h::VERSION, 2);
-    assert!(refused(&b).contains("version 2"));
+    put_u16(&mut b, h::VERSION, 3);
+    assert!(refused(&b).contains("version 3"));
+    let mut b = good.clone();
+    put_u16(&mut b, h::VERSION, 0);
+    assert!(refused(&b).contains("version 0"));
 
     assert!(refused(&good[..good.len() - 16]).contains("only"), "truncated read");
     assert!(refused(&good[..40]).contains("header alone"));
@@ -169,6 +187,13 @@ fn bad_fields_are_refused_even_when_checksums_match() {
     check(&|b| put_u16(b, h::LAYER_BYTES, 40), "record sizes");
     check(&|b| b[r + d::KIND] = 9, "unknown drive kind 9");
     check(&|b| b[r + d::WRITE_MODE] = 7, "unknown write mode 7");
+    check(
+        &|b| {
+            put_u16(b, h::VERSION, 1);
+            b[r + d::WRITE_MODE] = WriteMode::Throwaway as u8
+        },
+        "write mode 3 is version 2's",
+    );
     check(&|b| b[r + d::FILESYSTEM] = 99, "unknown filesystem 99");
     check(&|b| b[r + d::SCHEME] = 0, "unknown host partitioning scheme 0");
     check(&|b| put_u32(b, r + d::LAYER_COUNT, 0), "0 layers");

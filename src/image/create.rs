@@ -579,6 +579,49 @@ pub fn parent_info(layer: &dyn super::Layer, relative_path: &str, absolute_path:
     }
 }
 
+/// `name` without its extension, and the extension with its dot ("" when there is none; a
+/// leading dot is a hidden name, not an extension).
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.').filter(|&i| i > 0) {
+        Some(i) => name.split_at(i),
+        None => (name, ""),
+    }
+}
+
+/// Where `immutable` keeps the throwaway differencing child of the image at `image_path` unless
+/// `immutable_child=` says otherwise: beside it, with `.immutable` before the extension
+/// (`/vm/x.vhd` -> `/vm/x.immutable.vhd`, `/vm/disk` -> `/vm/disk.immutable`). The extension
+/// stays last so that tools still recognise the format by name. A raw image's child is a VMDK
+/// (`/vm/x.img` -> `/vm/x.immutable.vmdk`), over [`raw_descriptor_path`] (docs/usage.md,
+/// "Immutable").
+pub fn immutable_child_path(image_path: &str, raw: bool) -> String {
+    let name = super::chain::basename(image_path);
+    let dir = &image_path[..image_path.len() - name.len()];
+    let (stem, extension) = split_extension(name);
+    match (raw, extension) {
+        (true, _) => alloc::format!("{}{}.immutable.vmdk", dir, stem),
+        (false, "") => alloc::format!("{}{}.immutable", dir, name),
+        (false, _) => alloc::format!("{}{}.immutable{}", dir, stem, extension),
+    }
+}
+
+/// The VMDK descriptor that makes the raw image at `raw_path` a parent for `immutable`'s VMDK
+/// child: beside it, `/vm/x.img` -> `/vm/x.immutable-raw.vmdk`. qemu opens a VMDK child's parent
+/// as a VMDK only, so the raw file is named as this descriptor's FLAT extent.
+pub fn raw_descriptor_path(raw_path: &str) -> String {
+    let name = super::chain::basename(raw_path);
+    let dir = &raw_path[..raw_path.len() - name.len()];
+    alloc::format!("{}{}.immutable-raw.vmdk", dir, split_extension(name).0)
+}
+
+/// The text of that descriptor: monolithicFlat, one FLAT extent, the raw file `raw_name` (a name
+/// in the descriptor's own directory) of `sectors` sectors from its byte 0.
+pub fn raw_flat_descriptor(raw_name: &str, sectors: u64, seed: u64) -> String {
+    let mut seed = seed;
+    let cid = new_cid(&mut seed);
+    descriptor_text(cid, None, "monolithicFlat", &[alloc::format!("RW {} FLAT \"{}\" 0", sectors, raw_name)], sectors)
+}
+
 #[cfg(feature = "std")]
 mod host {
     use super::*;

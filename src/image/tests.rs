@@ -1197,4 +1197,43 @@ fn in_place_runs_are_exactly_what_a_write_changes() {
             assert_eq!(d.layers_mut()[0].in_place_run(untouched).unwrap(), None, "{:?}: an unallocated sector", v);
         }
     }
+
+#[test]
+fn immutable_child_sits_beside_the_image_with_its_extension_last() {
+    use super::create::{immutable_child_path, raw_descriptor_path};
+    assert_eq!(immutable_child_path("/vm/x.vhd", false), "/vm/x.immutable.vhd");
+    assert_eq!(immutable_child_path("/vm/Win 7.child.vmdk", false), "/vm/Win 7.child.immutable.vmdk");
+    assert_eq!(immutable_child_path("/vm.d/disk", false), "/vm.d/disk.immutable");
+    assert_eq!(immutable_child_path("/.hidden", false), "/.hidden.immutable");
+    assert_eq!(immutable_child_path("a.vdi", false), "a.immutable.vdi");
+    assert_eq!(immutable_child_path("\\vm\\x.VHD", false), "\\vm\\x.immutable.VHD");
+    // A raw image's child is a VMDK over a flat descriptor.
+    assert_eq!(immutable_child_path("/vm/x.img", true), "/vm/x.immutable.vmdk");
+    assert_eq!(immutable_child_path("/vm.d/disk", true), "/vm.d/disk.immutable.vmdk");
+    assert_eq!(raw_descriptor_path("/vm/x.img"), "/vm/x.immutable-raw.vmdk");
+    assert_eq!(raw_descriptor_path("disk"), "disk.immutable-raw.vmdk");
+}
+
+/// The descriptor for a raw parent opens as a monolithicFlat VMDK reading the raw file, and a
+/// VMDK child of it reads through to the raw bytes.
+#[test]
+fn a_raw_image_becomes_a_vmdk_parent_through_a_flat_descriptor() {
+    use super::create::raw_flat_descriptor;
+    let raw: Vec<u8> = (0..64 * 512).map(|i| (i % 253) as u8).collect();
+    let text = raw_flat_descriptor("x.img", 64, 7);
+    assert!(text.contains("createType=\"monolithicFlat\"") && text.contains("RW 64 FLAT \"x.img\" 0"), "{}", text);
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.files.insert("/vm/x.img".to_string(), Rc::new(RefCell::new(raw.clone())));
+    fs.files.insert("/vm/x.immutable-raw.vmdk".to_string(), Rc::new(RefCell::new(text.into_bytes())));
+    let mut d = fs.disk("/vm/x.immutable-raw.vmdk").unwrap();
+    assert_eq!(d.layers()[0].format(), Format::Vmdk);
+    assert_eq!(d.sectors(), 64);
+    assert_eq!(read_all(&mut d), raw);
+    fs.make("/vm/x.immutable.vmdk", Variant::VmdkMonolithicSparse, 0, 64 * 1024, Some("/vm/x.immutable-raw.vmdk"));
+    let mut child = fs.disk("/vm/x.immutable.vmdk").unwrap();
+    assert_eq!(read_all(&mut child), raw);
+    child.write(3, &[0xEE; 512]).unwrap();
+    child.discard_leaf().unwrap();
+    assert_eq!(read_all(&mut child), raw);
+    assert_eq!(*fs.files["/vm/x.img"].borrow(), raw, "the raw parent was written");
 }

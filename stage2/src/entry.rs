@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 
 use crate::disk::BiosDisk;
 use crate::host::{open_image_file, DriveRole, EntryFile, GrubDisk, Loaded};
+use crate::resident::HardDiskWrites;
 use crate::{chainload, guest, media, prepare, recover, resident, screen};
 use crate::println;
 use vboot::config::{BootCommand, VbootOptions};
@@ -31,23 +32,45 @@ fn boot_image(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, boot
     let boot_disk = GrubDisk::boot(disk, table);
     let mut files = open_files(&boot_disk, loaded, opts)?;
     // Host filesystem changes for the hard-disk image happen here, before going resident.
-    let mut opts = opts.clone();
+    let mut writes = if opts.take_snapshot.is_some() { HardDiskWrites::Snapshot } else { HardDiskWrites::Normal };
     if let Some(i) = files.iter().position(|f| f.role == DriveRole::HardDisk) {
         if !opts.recover_mbr {
             let EntryFile { role, disk: host, partition, file } = files.remove(i);
             let image = prepare::HostFile::new(host, partition, file);
-            let image = if opts.take_snapshot.is_some() {
-                // The new child was made with its write slack.
-                prepare::take_snapshot(&boot_disk, loaded, booted, &opts, image)?
+            // A new child (snapshot or throwaway) was made with its write slack.
+            let mut slack_made = false;
+            let mut image = if opts.take_snapshot.is_some() {
+                slack_made = true;
+                prepare::take_snapshot(&boot_disk, loaded, booted, opts, image)?
             } else {
-                match prepare::ensure_slack(&opts, image)? {
+                image
+            };
+            if opts.immutable {
+                (image, writes) = match prepare::immutable_child(opts, image)? {
+                    prepare::Immutable::Made(child) => {
+                        slack_made = true;
+                        (child, HardDiskWrites::Throwaway)
+                    }
+                    prepare::Immutable::Emptied(child) => {
+                        slack_made = false;
+                        (child, HardDiskWrites::Throwaway)
+                    }
+                    // The overlay needs no slack: nothing is written into the files.
+                    prepare::Immutable::RamOverlay(image) => {
+                        slack_made = true;
+                        (image, HardDiskWrites::RamOverlay)
+                    }
+                };
+            }
+            if !slack_made {
+                image = match prepare::ensure_slack(opts, image)? {
                     prepare::SlackOutcome::Ready(image) => image,
                     prepare::SlackOutcome::RamOverlay(image) => {
-                        opts.immutable = true;
+                        writes = HardDiskWrites::RamOverlay;
                         image
                     }
-                }
-            };
+                };
+            }
             files.insert(i, EntryFile { role, disk: image.disk, partition: image.partition, file: image.file });
         }
     }
@@ -56,12 +79,12 @@ fn boot_image(disk: &mut BiosDisk, table: &PartitionTable, loaded: &Loaded, boot
     }
     println!("(grub.cfg: {}{})", boot_disk.partition_name(loaded.partition), loaded.path);
     if files.iter().any(|f| f.role != DriveRole::HardDisk) {
-        return media::boot(disk, &opts, files);
+        return media::boot(disk, opts, writes, files);
     }
     let Some(image) = files.into_iter().find(|f| f.role == DriveRole::HardDisk) else {
         return Err(String::from("this entry names no hard-disk image to boot"));
     };
-    boot_hard_disk(disk, &opts, image)
+    boot_hard_disk(disk, opts, writes, image)
 }
 
 /// Every file the line names, opened and checked (allocation, the BIOS's reach) before anything
@@ -94,22 +117,24 @@ fn open_files(boot_disk: &GrubDisk, loaded: &Loaded, opts: &VbootOptions) -> Res
 }
 
 /// An entry with only a hard-disk image: the image becomes 80h.
-fn boot_hard_disk(disk: &mut BiosDisk, opts: &VbootOptions, image: EntryFile) -> Result<(), String> {
-    let (drive, parent_dir, record, chain_bytes, first_sector) = resident::plan_hard_disk(&image.disk, opts, image.partition, &image.file)?;
+fn boot_hard_disk(disk: &mut BiosDisk, opts: &VbootOptions, writes: HardDiskWrites, image: EntryFile) -> Result<(), String> {
+    let (drive, parent_dir, record, chain_bytes, first_sector) = resident::plan_hard_disk(&image.disk, opts, writes, image.partition, &image.file)?;
     if !opts.restore {
         // (With `restore` the guest reads the parent, once the engine has emptied the leaf.)
         let raw = drive.layers.len() == 1 && drive.layers[0].format == vboot::resident::PlannedFormat::Raw;
         guest::check_boot_signature(&first_sector?, &image.file.path, raw)?;
     }
     let engine = resident::load_engine(disk)?;
-    if opts.immutable {
-        println!(
+    match writes {
+        HardDiskWrites::RamOverlay => println!(
             "  immutable: writes go to a RAM overlay of up to {} MiB and are gone at the next boot",
             vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
-        );
+        ),
+        HardDiskWrites::Throwaway => println!("  immutable: writes go into {} and are gone at the next boot", image.file.path),
+        _ => {}
     }
     let handoff = resident::handoff_table(alloc::vec![record]);
-    resident::go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, opts.immutable, chain_bytes, handoff)?;
+    resident::go_resident(&engine, alloc::vec![drive], parent_dir, opts.restore, chain_bytes, handoff)?;
 
     // Through the hook from here on: drive 0x80 is the image.
     let mut hooked = BiosDisk::probe(0x80).ok_or("the emulated drive 0x80 does not answer")?;

@@ -19,7 +19,7 @@ use crate::lowmem;
 use crate::println;
 use crate::guest::start_guest;
 use crate::host::{DriveRole, EntryFile, GrubDisk};
-use crate::resident::{go_resident, load_engine, plan_hard_disk, stub_guest_start_offsets};
+use crate::resident::{go_resident, load_engine, plan_hard_disk, stub_guest_start_offsets, HardDiskWrites};
 use crate::screen::pause_if_asked;
 use vboot::config::{BootDevice, VbootOptions};
 use vboot::eltorito::{self, BootImage, Emulation, CD_BLOCK_BYTES};
@@ -32,7 +32,7 @@ pub const CD_DRIVE: u8 = 0xE0;
 
 /// The hand-off table record of a CD, floppy or emulated boot image (one raw file, or a slice of
 /// the ISO for an emulated boot image).
-fn raw_file_record(disk: &GrubDisk, part: &vboot::part::Partition, drive: &PlannedDrive, opts: &VbootOptions) -> vboot::handoff::Drive {
+fn raw_file_record(disk: &GrubDisk, part: &vboot::part::Partition, drive: &PlannedDrive) -> vboot::handoff::Drive {
     use vboot::handoff::{Drive, DriveKind, WriteMode};
     let (host, partition, filesystem) = crate::handoff::describe_host(&disk.bios, &disk.table, part);
     let kind = match drive.kind {
@@ -43,7 +43,7 @@ fn raw_file_record(disk: &GrubDisk, part: &vboot::part::Partition, drive: &Plann
     Drive {
         bios_number: drive.number,
         kind,
-        write_mode: if opts.immutable && !drive.read_only { WriteMode::Immutable } else { WriteMode::Normal },
+        write_mode: if drive.ram_overlay && !drive.read_only { WriteMode::Immutable } else { WriteMode::Normal },
         virtual_sectors: drive.layers.first().map(|l| l.size_bytes / 512).unwrap_or(0),
         host,
         partition,
@@ -60,7 +60,7 @@ fn raw_layer(size_bytes: u64, extents: vboot::fs::ExtentList, path: String) -> V
 
 /// Boot an entry's images; `boot_disk` is the disk vboot started from (the engine is read from
 /// it), each file names its own disk.
-pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>) -> Result<(), String> {
+pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, hard_disk_writes: HardDiskWrites, files: Vec<EntryFile>) -> Result<(), String> {
     let boot_device = opts.boot.unwrap_or(BootDevice::Harddisk);
     let mut drives: Vec<PlannedDrive> = Vec::new();
     let mut cd_boot: Option<BootImage> = None;
@@ -103,6 +103,7 @@ pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>
                 host_drive: disk.bios.drive,
                 layers: raw_layer(sectors * 512, extents.slice(first, sectors), format!("{} ({})", file.path, what)),
                 eltorito: Some(image.eltorito_boot()),
+                ram_overlay: false,
             };
             match image.emulation {
                 Emulation::NoEmulation => {}
@@ -130,6 +131,7 @@ pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>
             host_drive: disk.bios.drive,
             layers: raw_layer(size, extents, file.path.clone()),
             eltorito: eltorito_facts,
+            ram_overlay: false,
         });
         drive_files.push(entry_file);
     }
@@ -152,6 +154,9 @@ pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>
             host_drive: disk.bios.drive,
             layers: raw_layer(file.size_bytes, file.extents.to_host(part.start_lba), file.path.clone()),
             eltorito: None,
+            // A floppy is a raw file, which has no differencing child: `immutable` keeps its
+            // writes in RAM.
+            ram_overlay: opts.immutable,
         });
         if boot_device == BootDevice::Floppy && number == 0x00 {
             // The sector the guest will start from, checked while the menu is still safe to
@@ -168,10 +173,10 @@ pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>
     // The hand-off table describes every emulated drive.
     let mut records = Vec::new();
     for (drive, f) in drives.iter().zip(drive_files.iter()) {
-        records.push(raw_file_record(&f.disk, f.disk.partition(f.partition)?, drive, opts));
+        records.push(raw_file_record(&f.disk, f.disk.partition(f.partition)?, drive));
     }
     if let Some(EntryFile { disk, partition: part_number, file, .. }) = files.iter().find(|f| f.role == DriveRole::HardDisk) {
-        let (mut drive, dir, mut record, bytes, first_sector) = plan_hard_disk(disk, opts, *part_number, file)?;
+        let (mut drive, dir, mut record, bytes, first_sector) = plan_hard_disk(disk, opts, hard_disk_writes, *part_number, file)?;
         chain_bytes = bytes;
         if boot_device == BootDevice::Harddisk && !drives.iter().any(|d| d.number == 0x80) && !opts.restore {
             unbootable(&first_sector?, 0x80, &format!("harddisk={}", file.path))?;
@@ -192,10 +197,17 @@ pub fn boot(boot_disk: &mut BiosDisk, opts: &VbootOptions, files: Vec<EntryFile>
     }
 
     let engine = load_engine(boot_disk)?;
-    if opts.immutable {
-        println!("  immutable: writes go to a RAM overlay and are gone at the next boot");
+    if drives.iter().any(|d| d.ram_overlay && !d.read_only) {
+        println!(
+            "  immutable: writes to {} go to a RAM overlay of up to {} MiB and are gone at the next boot",
+            drives.iter().filter(|d| d.ram_overlay && !d.read_only).map(|d| format!("drive {:02x}h", d.number)).collect::<Vec<_>>().join(", "),
+            vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
+        );
     }
-    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, opts.immutable, chain_bytes, crate::resident::handoff_table(records))?;
+    if let (HardDiskWrites::Throwaway, Some(hd)) = (hard_disk_writes, drives.iter().find(|d| d.kind == PlannedKind::HardDisk && d.eltorito.is_none())) {
+        println!("  immutable: writes to drive {:02x}h go into {} and are gone at the next boot", hd.number, hd.layers.first().map(|l| l.path.as_str()).unwrap_or("?"));
+    }
+    let stub_linear = go_resident(&engine, drives, parent_dir, opts.restore, chain_bytes, crate::resident::handoff_table(records))?;
 
     // Through the hook from here on.
     match (boot_device, cd_boot) {

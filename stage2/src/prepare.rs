@@ -1,7 +1,8 @@
 //! Changes to the host filesystem made before the guest starts (invariant 2, docs/architecture.md:
-//! never from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, and growing the leaf's
-//! write slack. Everything is checked before the first write; every write goes through the core
-//! library's FAT/exFAT code.
+//! never from inside INT 13h): `take_snapshot=` with its grub.cfg rewrite, `immutable`'s
+//! throwaway child (made, or emptied), and growing the leaf's write slack. Everything is checked
+//! before the first write; every write that changes the filesystem goes through the core
+//! library's FAT/exFAT code, and emptying a child writes only inside that file.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -25,6 +26,7 @@ pub const DEFAULT_RESERVE_BYTES: u64 = 256 << 20;
 
 /// The image's leaf on its disk and partition, and the files of its chain found so far (the
 /// leaf first), so that later walks of the chain do not look them up on the filesystem again.
+#[derive(Clone)]
 pub struct HostFile {
     pub disk: GrubDisk,
     pub partition: u32,
@@ -61,17 +63,90 @@ fn as_seen_from(path: &GrubPath, path_disk: u32, path_partition: u32, file_disk:
     }
 }
 
-/// The variant of a new differencing child of `leaf`: its own format, sparse.
-fn child_variant(leaf: &dyn Layer) -> Result<Variant, String> {
+/// The variant of a new differencing child of `leaf`: its own format, sparse. `what` names the
+/// option asking, for the message.
+fn child_variant(leaf: &dyn Layer, what: &str) -> Result<Variant, String> {
     match leaf.format() {
         Format::Vhd => Ok(Variant::VhdDynamic),
         Format::Vdi => Ok(Variant::VdiDynamic),
         Format::Vmdk => Ok(Variant::VmdkMonolithicSparse),
         Format::Raw => Err(format!(
-            "take_snapshot=: {} is a raw image, which cannot have differencing children; convert it to VHD, VMDK or VDI first (vdisk convert)",
+            "{}: {} is a raw image, which cannot have differencing children; convert it to VHD, VMDK or VDI first (vdisk convert)",
+            what,
             leaf.name()
         )),
     }
+}
+
+/// A differencing child of the image's leaf, worked out (and its size checked) before anything
+/// is written; shared by `take_snapshot=` and `immutable`.
+struct ChildPlan {
+    path: String,
+    variant: Variant,
+    base_name: String,
+    copts: CreateOptions,
+    info: create::ParentInfo,
+    /// The whole file: metadata and write slack.
+    size_bytes: u64,
+    metadata_bytes: u64,
+    /// The files of the image's chain, so the new chain opens without walking them again.
+    chain_files: Vec<(String, File)>,
+    parent_dir: Option<String>,
+}
+
+/// Plan a child of `image` at `path` (on the image's partition) with `reserve_bytes` of write
+/// slack. `what` names the option asking, for messages.
+fn plan_child(image: &HostFile, parent_dir: &Option<String>, path: &str, reserve_bytes: u64, what: &str) -> Result<ChildPlan, String> {
+    let (loc, layers) = open_chain(image, parent_dir)?;
+    let chain_files = loc.chain_files(&layers);
+    let leaf = &*layers[0];
+    let variant = child_variant(leaf, what)?;
+    let child_dir = chain::dirname(path);
+    let relative = chain::relative_to(&child_dir, &image.file.path);
+    let info = create::parent_info(leaf, &relative, &image.file.path);
+    let (stamp, now_unix) = crate::handoff::boot_stamp();
+    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: stamp, now_unix };
+    let base_name = chain::basename(path).to_string();
+    let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("{}: {}", what, e))?;
+    // The child starts empty: all of the virtual disk is left to allocate.
+    // Saturating: a damaged parent's size must not wrap (create_file then refuses the size).
+    let size_bytes = meta.saturating_add(slack::wanted_bytes(reserve_bytes, leaf.virtual_sectors().saturating_mul(512)));
+    Ok(ChildPlan { path: path.to_string(), variant, base_name, copts, info, size_bytes, metadata_bytes: meta, chain_files, parent_dir: parent_dir.clone() })
+}
+
+/// Make the planned child on FAT or exFAT and check that the new chain opens with the image as
+/// its parent; a child that fails is removed again. Returns the child, the new leaf to boot.
+fn create_child(image: &HostFile, plan: ChildPlan, what: &str) -> Result<HostFile, String> {
+    let made = {
+        let mut vol = image.disk.volume(image.partition)?;
+        onvolume::create_on_volume(&mut vol, &plan.path, plan.size_bytes, plan.variant, &plan.base_name, &plan.copts, Some(&plan.info))
+    };
+    let file = match made {
+        Ok(f) => f,
+        Err(CreateError::File(e @ FsError::NoSpace { .. })) => {
+            return Err(format!(
+                "{}: creating {} ({} KiB): {}; free some room on {}, or give a smaller reserve=",
+                what,
+                plan.path,
+                plan.size_bytes / 1024,
+                e,
+                image.disk.partition_name(image.partition)
+            ))
+        }
+        Err(CreateError::File(e)) => return Err(format!("{}: creating {} ({} KiB): {}", what, plan.path, plan.size_bytes / 1024, e)),
+        Err(CreateError::Fill(e)) => return Err(cleanup_failed(image, &plan.path, what, format!("{}", e))),
+    };
+    // The new chain must open, with the old leaf as the child's parent.
+    let mut child = HostFile::new(image.disk.clone(), image.partition, file);
+    child.known.extend(plan.chain_files);
+    let check = open_chain(&child, &plan.parent_dir).and_then(|(_, layers)| match layers.get(1) {
+        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
+        _ => Err(String::from("the new image does not link to its parent")),
+    });
+    if let Err(e) = check {
+        return Err(cleanup_failed(image, &plan.path, what, e));
+    }
+    Ok(child)
 }
 
 /// What `take_snapshot=` will write into grub.cfg, worked out before anything is written.
@@ -146,10 +221,8 @@ pub fn take_snapshot(boot_disk: &GrubDisk, loaded: &Loaded, booted: &[usize], op
     }
     // Check everything before the first write.
     let parent_dir = crate::images::parent_dir_on(opts, image.disk.number, image.partition)?;
-    let (loc, layers) = open_chain(&image, &parent_dir)?;
-    let chain_files = loc.chain_files(&layers);
-    let leaf = &*layers[0];
-    let variant = child_variant(leaf)?;
+    let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
+    let plan = plan_child(&image, &parent_dir, &snap.path, reserve, "take_snapshot=")?;
     {
         let mut vol = image.disk.volume(image.partition)?;
         match vol.open_file(&snap.path) {
@@ -171,41 +244,12 @@ pub fn take_snapshot(boot_disk: &GrubDisk, loaded: &Loaded, booted: &[usize], op
             ));
         }
     }
-    let child_dir = chain::dirname(&snap.path);
-    let relative = chain::relative_to(&child_dir, &image.file.path);
-    let info = create::parent_info(leaf, &relative, &image.file.path);
-    let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
-    let (stamp, now_unix) = crate::handoff::boot_stamp();
-    let copts = CreateOptions { size_bytes: 0, reserve_bytes: 0, exact_size: false, seed: stamp, now_unix };
-    let base_name = chain::basename(&snap.path).to_string();
-    let meta = create::metadata_bytes(variant, &base_name, &copts, Some(&info)).map_err(|e| format!("take_snapshot: {}", e))?;
-    // The child starts empty: all of the virtual disk is left to allocate.
-    // Saturating: a damaged parent's size must not wrap (create_file then refuses the size).
-    let size = meta.saturating_add(slack::wanted_bytes(reserve, leaf.virtual_sectors().saturating_mul(512)));
-    drop(layers);
     let edit = plan_config_edit(boot_disk, loaded, booted, opts, snap, snap_disk, snap_partition)?;
 
     // The child file, then the image inside it.
-    let made = {
-        let mut vol = image.disk.volume(image.partition)?;
-        onvolume::create_on_volume(&mut vol, &snap.path, size, variant, &base_name, &copts, Some(&info))
-    };
-    let file = match made {
-        Ok(f) => f,
-        Err(CreateError::File(e)) => return Err(format!("take_snapshot: creating {} ({} KiB): {}", snap.path, size / 1024, e)),
-        Err(CreateError::Fill(e)) => return Err(cleanup_failed(&image, &snap.path, format!("{}", e))),
-    };
-    // The new chain must open, with the old leaf as the child's parent.
-    let mut child = HostFile::new(image.disk.clone(), image.partition, file.clone());
-    child.known.extend(chain_files);
-    let check = open_chain(&child, &parent_dir).and_then(|(_, layers)| match layers.get(1) {
-        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => Ok(()),
-        _ => Err(String::from("the new image does not link to its parent")),
-    });
-    if let Err(e) = check {
-        return Err(cleanup_failed(&image, &snap.path, e));
-    }
-    println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, (size - meta) >> 20);
+    let (variant, slack_bytes) = (plan.variant, plan.size_bytes - plan.metadata_bytes);
+    let child = create_child(&image, plan, "take_snapshot")?;
+    println!("  snapshot: {} made, a {} child of {} with {} MiB of write slack", snap.path, variant.format().as_str().to_ascii_uppercase(), image.file.path, slack_bytes >> 20);
     if let Some(edit) = edit {
         let mut vol = edit.disk.volume(edit.partition)?;
         vol.replace_file(&edit.path, edit.new_text.as_bytes())
@@ -215,12 +259,12 @@ pub fn take_snapshot(boot_disk: &GrubDisk, loaded: &Loaded, booted: &[usize], op
     Ok(child)
 }
 
-/// A snapshot child at `path` beside `image` that could not be made is removed again; the
-/// message says whether it was.
-fn cleanup_failed(image: &HostFile, path: &str, e: String) -> String {
+/// A child that could not be made is removed again; the message says whether it was.
+fn cleanup_failed(image: &HostFile, path: &str, what: &str, e: String) -> String {
     let cleanup = image.disk.volume(image.partition).and_then(|mut v| v.delete_file(path).map_err(|e| format!("{}", e)));
     format!(
-        "take_snapshot: making {} failed: {}{}",
+        "{}: making {} failed: {}{}",
+        what,
         path,
         e,
         match cleanup {
@@ -228,6 +272,210 @@ fn cleanup_failed(image: &HostFile, path: &str, e: String) -> String {
             Err(c) => format!(" (and removing it failed: {}; delete it by hand)", c),
         }
     )
+}
+
+/// What `immutable` does with the hard-disk image.
+pub enum Immutable {
+    /// The throwaway child was made at this start, with its write slack: boot it.
+    Made(HostFile),
+    /// The throwaway child was there and is empty now: boot it (after `ensure_slack`).
+    Emptied(HostFile),
+    /// No child on disk (an NTFS or ext host without one, or one that could not be made, and
+    /// the user pressed R): boot the image with writes in the engine's RAM overlay.
+    RamOverlay(HostFile),
+}
+
+/// `immutable`: the image boots through a throwaway differencing child on disk, in the leaf's
+/// format, emptied at every start (docs/usage.md, "Immutable"). The child is `immutable_child=`
+/// or, by default, beside the leaf (`x.vhd` -> `x.immutable.vhd`; a raw `x.img` gets the VMDK
+/// `x.immutable.vmdk` over the flat descriptor `x.immutable-raw.vmdk`). An existing child is emptied
+/// as `restore` empties one (the same `discard_leaf`), on any filesystem, since that writes only
+/// inside the file; a missing one is made on FAT and exFAT as `take_snapshot=` makes one. On NTFS
+/// and ext, where vboot changes no metadata, the screen says how to make one on the host and
+/// offers the RAM overlay.
+pub fn immutable_child(opts: &VbootOptions, image: HostFile) -> Result<Immutable, String> {
+    let parent_dir = crate::images::parent_dir_on(opts, image.disk.number, image.partition)?;
+    let (raw, chain_files) = {
+        let (loc, layers) = open_chain(&image, &parent_dir)?;
+        (layers[0].format() == Format::Raw, loc.chain_files(&layers))
+    };
+    let child_path = match &opts.immutable_child {
+        None => create::immutable_child_path(&image.file.path, raw),
+        // A path without a device is on the image's partition, like the child beside it.
+        Some(p) if p.disk.is_some_and(|d| d != image.disk.number) || p.partition.is_some_and(|x| x.number != image.partition) => {
+            return Err(format!(
+                "immutable_child={}: the throwaway child must be on the image's partition {}, next to its parents; write immutable_child={}/...",
+                p,
+                image.disk.partition_name(image.partition),
+                image.disk.partition_name(image.partition)
+            ))
+        }
+        Some(p) => p.path.clone(),
+    };
+    if chain_files.iter().any(|(p, _)| p.eq_ignore_ascii_case(&child_path)) {
+        return Err(format!(
+            "immutable: {} is part of the image's own chain, so it cannot be the throwaway child; name another file with immutable_child=",
+            child_path
+        ));
+    }
+    let (existing, writable_fs) = {
+        let mut vol = image.disk.volume(image.partition)?;
+        let writable_fs = !matches!(vol, Volume::Ext(_) | Volume::Ntfs(_));
+        match vol.open_file(&child_path) {
+            Ok(f) => (Some(f), writable_fs),
+            Err(FsError::NotFound { .. }) => (None, writable_fs),
+            Err(e) => return Err(format!("immutable: the throwaway child {}{}: {}", image.disk.partition_name(image.partition), child_path, e)),
+        }
+    };
+    // A raw image has no differencing children: its child is a VMDK whose parent is a flat VMDK
+    // descriptor naming the raw file (qemu opens a VMDK child's parent as a VMDK only).
+    let parent = if raw {
+        match raw_descriptor(&image, &parent_dir, writable_fs && existing.is_none())? {
+            Some(descriptor) => Some(descriptor),
+            None if existing.is_some() => {
+                return Err(format!(
+                    "immutable: {} is there, but its parent {} (the VMDK descriptor naming {}) is not; delete {}",
+                    child_path,
+                    create::raw_descriptor_path(&image.file.path),
+                    image.file.path,
+                    child_path
+                ))
+            }
+            None => None,
+        }
+    } else {
+        Some(image.clone())
+    };
+    if let (Some(file), Some(parent)) = (existing, &parent) {
+        let child = empty_child(parent, file, parent.known.clone(), &parent_dir)?;
+        println!("  immutable: {} emptied (the last boot's writes are gone); this boot writes into it", child_path);
+        return Ok(Immutable::Emptied(child));
+    }
+    let why_not = if let (true, Some(parent)) = (writable_fs, &parent) {
+        let reserve = opts.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES);
+        let plan = plan_child(parent, &parent_dir, &child_path, reserve, "immutable")?;
+        let (variant, slack_bytes) = (plan.variant, plan.size_bytes - plan.metadata_bytes);
+        match create_child(parent, plan, "immutable") {
+            Ok(child) => {
+                println!(
+                    "  immutable: {} made, a throwaway {} child of {} with {} MiB of write slack; it is emptied at every start",
+                    child_path,
+                    variant.format().as_str().to_ascii_uppercase(),
+                    parent.file.path,
+                    slack_bytes >> 20
+                );
+                return Ok(Immutable::Made(child));
+            }
+            Err(e) => e,
+        }
+    } else {
+        let kind = image.disk.volume(image.partition)?.kind().name();
+        format!(
+            "immutable: {} is {}, where vboot makes no new files, and the throwaway child {} is not there.\n\
+             Make it once on the host: vdisk immutable-child IMAGE (it makes {} beside the image;\n\
+             --reserve SIZE sets its write slack), and every start empties and reuses it.",
+            image.disk.partition_name(image.partition),
+            kind,
+            child_path,
+            chain::basename(&child_path)
+        )
+    };
+    crate::screen::show_error(&why_not);
+    println!(
+        "Press R to boot with writes kept in RAM (at most {} MiB, lost at power-off), any other key to go back.",
+        vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20
+    );
+    match crate::wait_key() {
+        b'r' | b'R' => {
+            println!("  immutable: writes go to a RAM overlay of up to {} MiB", vboot::resident::IMMUTABLE_OVERLAY_BYTES >> 20);
+            Ok(Immutable::RamOverlay(image))
+        }
+        _ => Err(format!("not booted: immutable needs the throwaway child {} (vdisk immutable-child)", child_path)),
+    }
+}
+
+/// The flat VMDK descriptor that is a raw image's parent for `immutable` (beside it,
+/// `x.immutable-raw.vmdk`), with the files of its chain (itself, the raw file). Made on FAT and
+/// exFAT when `create` and it is missing; `None` when it is missing otherwise. An existing one
+/// must open as a VMDK of the raw image's size that reads the raw file.
+fn raw_descriptor(image: &HostFile, parent_dir: &Option<String>, create: bool) -> Result<Option<HostFile>, String> {
+    let path = create::raw_descriptor_path(&image.file.path);
+    let sectors = image.file.size_bytes / 512;
+    let found = {
+        let mut vol = image.disk.volume(image.partition)?;
+        match vol.open_file(&path) {
+            Ok(f) => Some(f),
+            Err(FsError::NotFound { .. }) if !create => return Ok(None),
+            Err(FsError::NotFound { .. }) => {
+                let (stamp, _) = crate::handoff::boot_stamp();
+                let text = create::raw_flat_descriptor(chain::basename(&image.file.path), sectors, stamp);
+                // The directory entry first, then the text: a power cut leaves a file that does
+                // not open as a descriptor, which the next start names (delete it).
+                let file = vol.create_file(&path, text.len() as u64).map_err(|e| format!("immutable: creating {}: {}", path, e))?;
+                if let Err(e) = vol.write_file(&file, 0, text.as_bytes()) {
+                    return Err(cleanup_failed(image, &path, "immutable", format!("{}", e)));
+                }
+                println!("  immutable: {} made, a VMDK descriptor naming the raw {} (the throwaway child's parent)", path, image.file.path);
+                None
+            }
+            Err(e) => return Err(format!("immutable: {}: {}", path, e)),
+        }
+    };
+    let file = match found {
+        Some(f) => f,
+        None => image.disk.volume(image.partition)?.open_file(&path).map_err(|e| format!("immutable: {}: {}", path, e))?,
+    };
+    let mut descriptor = HostFile::new(image.disk.clone(), image.partition, file);
+    descriptor.known.push((image.file.path.clone(), image.file.clone()));
+    let wrong = |why: String| format!("immutable: {} is not the VMDK descriptor of the raw {}: {}; delete it and the child beside it", path, image.file.path, why);
+    let (loc, layers) = open_chain(&descriptor, parent_dir).map_err(wrong)?;
+    let files = loc.chain_files(&layers);
+    if layers.len() != 1 || layers[0].format() != Format::Vmdk || layers[0].virtual_sectors() != sectors {
+        return Err(wrong(format!("it is not a {}-sector VMDK without a parent", sectors)));
+    }
+    if !files.iter().any(|(p, _)| p.eq_ignore_ascii_case(&image.file.path)) {
+        return Err(wrong(String::from("it names another file")));
+    }
+    descriptor.known = files;
+    Ok(Some(descriptor))
+}
+
+/// An existing throwaway child: it must be a differencing child of the image's leaf, on disk
+/// where the BIOS reaches it and with sound allocation; then it is emptied with the core
+/// library's `discard_leaf` (what `restore` does), writing only inside the file.
+fn empty_child(image: &HostFile, file: File, chain_files: Vec<(String, File)>, parent_dir: &Option<String>) -> Result<HostFile, String> {
+    let path = file.path.clone();
+    let remedy = "delete it: vboot makes a new one on FAT or exFAT, `vdisk immutable-child` makes one on the host";
+    let part_start_lba = image.disk.partition(image.partition)?.start_lba;
+    crate::resident::check_reach(&image.disk.bios, &path, &file.extents.to_host(part_start_lba))?;
+    let mut child = HostFile::new(image.disk.clone(), image.partition, file);
+    child.known.extend(chain_files);
+    let (mut loc, layers) =
+        open_chain(&child, parent_dir).map_err(|e| format!("immutable: the throwaway child {} does not open: {}; {}", path, e, remedy))?;
+    match layers.get(1) {
+        Some(p) if p.name().eq_ignore_ascii_case(&image.file.path) => {}
+        _ => {
+            // Maybe a file the user keeps: never suggest deleting it first.
+            return Err(format!(
+                "immutable: {} is there but is not a differencing child of {}; name another file with immutable_child=, or delete it if it is a leftover",
+                path, image.file.path
+            ))
+        }
+    }
+    loc.check_allocation(&[&child.file]).map_err(|e| format!("immutable: {}: {}", path, e))?;
+    let files: Vec<vboot::image::ListedFile> = loc
+        .chain_files(&layers)
+        .into_iter()
+        .map(|(p, f)| vboot::image::ListedFile { path: p, size_bytes: f.size_bytes, extents: f.extents.to_host(part_start_lba) })
+        .collect();
+    drop(layers);
+    // Opened writable for discard_leaf, which writes the leaf only (the parents are never written).
+    let mut locator = vboot::image::ListedFiles { files, device: image.disk.bios.clone(), writable: true };
+    let opts = vboot::image::ChainOptions { parent_dir: parent_dir.clone(), lenient_cid: false };
+    let (layers, warnings) = vboot::image::open_chain(&path, &mut locator, &opts).map_err(|e| format!("immutable: {}: {}", path, e))?;
+    let mut d = vboot::image::Disk::new(layers, warnings).map_err(|e| format!("immutable: {}: {}", path, e))?;
+    d.discard_leaf().map_err(|e| format!("immutable: emptying {}: {}; {}", path, e, remedy))?;
+    Ok(child)
 }
 
 /// What `ensure_slack` decided.
@@ -241,9 +489,6 @@ pub enum SlackOutcome {
 /// Make sure the leaf of a sparse image has write slack before boot: grow the file on FAT and
 /// exFAT; where it cannot grow and has none, ask whether to boot with writes in RAM.
 pub fn ensure_slack(opts: &VbootOptions, image: HostFile) -> Result<SlackOutcome, String> {
-    if opts.immutable {
-        return Ok(SlackOutcome::Ready(image));
-    }
     let parent_dir = crate::images::parent_dir_on(opts, image.disk.number, image.partition)?;
     let (loc, mut layers) = open_chain(&image, &parent_dir)?;
     let mut known = loc.chain_files(&layers);

@@ -102,6 +102,19 @@ fn with_base(descriptor: u64, base: u32) -> u64 {
     (descriptor & !0xFF00_00FF_FFFF_0000) | (base & 0xFF_FFFF) << 16 | (base >> 24) << 56
 }
 
+/// Where the guest's writes to the hard-disk image go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HardDiskWrites {
+    /// Into the leaf, the image as the line names it.
+    Normal,
+    /// Into the child `take_snapshot=` made.
+    Snapshot,
+    /// Into `immutable`'s throwaway child (the leaf now), emptied or made at this start.
+    Throwaway,
+    /// Into the engine's RAM overlay (`immutable` without a child, or no write slack).
+    RamOverlay,
+}
+
 pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handoff::Table {
     let (boot_id, boot_time_unix) = crate::handoff::boot_stamp();
     vboot::handoff::Table { boot_id, boot_time_unix, drives, ..Default::default() }
@@ -113,6 +126,7 @@ pub(crate) fn handoff_table(drives: Vec<vboot::handoff::Drive>) -> vboot::handof
 pub(crate) fn plan_hard_disk(
     host: &GrubDisk,
     opts: &VbootOptions,
+    writes: HardDiskWrites,
     part_number: u32,
     file: &File,
 ) -> Result<(PlannedDrive, Option<String>, vboot::handoff::Drive, u64, Result<[u8; 512], String>), String> {
@@ -185,16 +199,23 @@ pub(crate) fn plan_hard_disk(
     };
     // The engine reads the files through the original INT 13h, by the BIOS's own number of
     // the disk they are on.
-    let drive = PlannedDrive { number: 0x80, kind: PlannedKind::HardDisk, read_only: false, host_drive: disk.drive, layers: files, eltorito: None };
+    let drive = PlannedDrive {
+        number: 0x80,
+        kind: PlannedKind::HardDisk,
+        read_only: false,
+        host_drive: disk.drive,
+        layers: files,
+        eltorito: None,
+        ram_overlay: writes == HardDiskWrites::RamOverlay,
+    };
     let record = {
         use vboot::handoff::{Drive, DriveKind, WriteMode};
         let (host, partition, filesystem) = crate::handoff::describe_host(disk, &host.table, part);
-        let write_mode = if opts.immutable {
-            WriteMode::Immutable
-        } else if opts.take_snapshot.is_some() {
-            WriteMode::Snapshot
-        } else {
-            WriteMode::Normal
+        let write_mode = match writes {
+            HardDiskWrites::Normal => WriteMode::Normal,
+            HardDiskWrites::Snapshot => WriteMode::Snapshot,
+            HardDiskWrites::Throwaway => WriteMode::Throwaway,
+            HardDiskWrites::RamOverlay => WriteMode::Immutable,
         };
         Drive {
             bios_number: drive.number,
@@ -226,7 +247,6 @@ pub(crate) fn go_resident(
     drives: Vec<PlannedDrive>,
     parent_dir: Option<String>,
     restore: bool,
-    immutable: bool,
     chain_bytes: u64,
     mut handoff: vboot::handoff::Table,
 ) -> Result<u32, String> {
@@ -254,7 +274,6 @@ pub(crate) fn go_resident(
         drives,
         parent_dir,
         restore,
-        immutable,
         // stage2's bounce buffer is idle while engine_init runs (stage2 makes no BIOS call then).
         init_bounce_linear: bios::BOUNCE_ADDR,
         init_bounce_bytes: bios::BOUNCE_BYTES as u32,
@@ -265,7 +284,9 @@ pub(crate) fn go_resident(
     // The hand-off table goes at the end of the engine's range, on a 4 KiB boundary.
     let handoff_room = (handoff.to_bytes().len() as u32 + 0xFFF) & !0xFFF;
     // The engine's heap is sized from what it will open (docs/memory.md), not fixed.
-    let heap_wanted = vboot::resident::engine_heap_bytes(chain_bytes, plan_estimate as u64, immutable);
+    // One overlay's worth however many drives have one: they share the engine's heap.
+    let ram_overlay = plan.drives.iter().any(|d| d.ram_overlay && !d.read_only);
+    let heap_wanted = vboot::resident::engine_heap_bytes(chain_bytes, plan_estimate as u64, ram_overlay);
     let fixed = handoff_room as u64 + image_bytes as u64 + ENGINE_STACK_BYTES as u64 + ((plan_estimate as u64 + 0xFFF) & !0xFFF);
     let total64 = (fixed + heap_wanted + 0xFFFF) & !0xFFFF;
     let heap_end = crate::heap::end();
@@ -281,8 +302,8 @@ pub(crate) fn go_resident(
             "not enough memory to boot this entry: the resident engine needs {} KiB ({} KiB of tables and caches for the image chain, {} KiB for its RAM overlay, {} KiB for its code, stack and buffers), but this machine has {} KiB free above vboot's own memory. Boot it on a machine with more RAM, or shorten the chain (vdisk merge).",
             total64.div_ceil(1024),
             chain_bytes.div_ceil(1024),
-            if immutable { vboot::resident::IMMUTABLE_OVERLAY_BYTES / 1024 } else { 0 },
-            (total64 - chain_bytes.min(total64) - if immutable { vboot::resident::IMMUTABLE_OVERLAY_BYTES } else { 0 }).div_ceil(1024),
+            if ram_overlay { vboot::resident::IMMUTABLE_OVERLAY_BYTES / 1024 } else { 0 },
+            (total64 - chain_bytes.min(total64) - if ram_overlay { vboot::resident::IMMUTABLE_OVERLAY_BYTES } else { 0 }).div_ceil(1024),
             largest / 1024
         ));
     }
@@ -363,9 +384,9 @@ pub(crate) fn go_resident(
 
     let handoff_at = region + total - handoff_room;
     let heap_len = handoff_at - heap_at;
-    if immutable {
-        // The RAM overlay lives somewhere in the engine's heap (its layout is the engine's own).
-        handoff.drives.iter_mut().for_each(|d| d.overlay = Some((heap_at as u64, heap_len as u64)));
+    // The RAM overlay lives somewhere in the engine's heap (its layout is the engine's own).
+    for d in handoff.drives.iter_mut().filter(|d| d.write_mode == vboot::handoff::WriteMode::Immutable) {
+        d.overlay = Some((heap_at as u64, heap_len as u64));
     }
     let int13_entry = stub_linear + map_field!(h.int13_entry).read() as u32;
     let reserved = (region as u64, total as u64);

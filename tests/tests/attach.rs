@@ -172,16 +172,29 @@ fn linux_attaches_a_vmdk_chain_and_writes_go_into_the_child() {
     check_guest_files(&dir, &leaf);
 }
 
+/// `immutable` (issue 17): stage2 makes the throwaway child /vm/guest.immutable.vmdk, the
+/// hand-off table names it as the leaf with write mode 3, and vboot-attach writes into that same
+/// child instead of a RAM overlay of its own: the guest's new files are in the child on the host
+/// (qemu-img reads it with its parent), and the image itself is byte-identical.
 #[test]
-fn immutable_writes_stay_in_ram_and_the_image_is_unchanged() {
+fn immutable_writes_go_into_the_throwaway_child_and_the_image_is_unchanged() {
     let dir = TempDir::new("attach-immutable");
-    let image = guest_image(&dir, "vpc", "subformat=dynamic", "guest.vhd", "vda1");
+    let image = guest_image(&dir, "vmdk", "subformat=monolithicSparse", "guest.vmdk", "vda1");
     let sha = disk::sha256(&image);
-    let (out, after) = boot_attach(&dir, &[("guest.vhd", &image)], "harddisk=/vm/guest.vhd immutable");
-    // The guest's own checks passed: the writes read back after a remount, from RAM.
-    assert_guest_steps(&out, "immutable");
-    assert!(out.contains("immutable: writes stay in RAM"), "{}", out);
+    let (out, after) = boot_attach(&dir, &[("guest.vmdk", &image)], "harddisk=/vm/guest.vmdk immutable reserve=16M");
+    // The guest's own checks passed: the writes read back after a remount, from the child.
+    assert_guest_steps(&out, "throwaway");
+    assert!(out.contains("immutable: /vm/guest.immutable.vmdk made"), "{}", out);
+    assert!(out.contains("immutable: writes go into the throwaway child"), "{}", out);
+    assert!(out.contains("layer VMDK /vm/guest.immutable.vmdk") && out.contains("layer VMDK /vm/guest.vmdk"), "{}", out);
     assert_eq!(disk::sha256(&after[0]), sha, "an immutable image changed");
+    // The child, beside its parent as qemu-img looks for it.
+    let part_now = dir.join("part-after.img");
+    let child = dir.join("guest.immutable.vmdk");
+    disk::fat_get(&part_now, "/vm/guest.immutable.vmdk", &child);
+    std::fs::copy(&after[0], dir.join("guest.vmdk")).unwrap();
+    structure_check(&child, "vmdk");
+    check_guest_files(&dir, &child);
 }
 
 #[test]

@@ -166,9 +166,11 @@ fn restore_empties_the_child_and_is_refused_on_a_base_image() {
 }
 
 /// `immutable`: the probe's writes are visible during the boot (it reads them back), and the
-/// image files, a raw one and a VHD chain, are byte-identical afterwards.
+/// image files, a raw one (writes in a VMDK child over a flat descriptor naming it) and a VHD
+/// chain (writes in a VHD child), are byte-identical afterwards (tests/tests/immutable_boot.rs
+/// has the rest).
 #[test]
-fn immutable_keeps_the_writes_in_ram_and_the_images_unchanged() {
+fn immutable_keeps_the_writes_in_a_throwaway_child_and_the_images_unchanged() {
     let dir = TempDir::new("img-immutable");
     let total = 16 * 2048;
     let cfg = probe_config(total);
@@ -177,7 +179,8 @@ fn immutable_keeps_the_writes_in_ram_and_the_images_unchanged() {
     guests::make_probe_disk(&raw, &probe, &cfg);
     let before = std::fs::read(&raw).unwrap();
     let out = boot_with(&dir, &[("probe.img", &raw)], "harddisk=/vm/probe.img immutable");
-    assert!(out.contains("immutable: writes go to a RAM overlay"), "{}", out);
+    assert!(out.contains("immutable: /vm/probe.immutable-raw.vmdk made, a VMDK descriptor naming the raw /vm/probe.img"), "{}", out);
+    assert!(out.contains("immutable: /vm/probe.immutable.vmdk made, a throwaway VMDK child of /vm/probe.immutable-raw.vmdk"), "{}", out);
     assert!(out.contains("ok writes with read-back"), "{}", out);
     assert!(std::fs::read(&raw).unwrap() == before, "immutable: the raw image changed");
 
@@ -187,6 +190,8 @@ fn immutable_keeps_the_writes_in_ram_and_the_images_unchanged() {
     sh(Command::new(vboot_tests::artifacts().vdisk).arg("snapshot").arg(&base).arg(&child));
     let (b0, c0) = (std::fs::read(&base).unwrap(), std::fs::read(&child).unwrap());
     let d2 = TempDir::new("img-immutable-chain");
-    boot_with(&d2, &[("base.vhd", &base), ("child.vhd", &child)], "harddisk=/vm/child.vhd immutable");
+    let out = boot_with(&d2, &[("base.vhd", &base), ("child.vhd", &child)], "harddisk=/vm/child.vhd immutable");
+    assert!(out.contains("immutable: /vm/child.immutable.vhd made, a throwaway VHD child of /vm/child.vhd"), "{}", out);
+    assert!(out.contains("ok writes with read-back"), "{}", out);
     assert!(std::fs::read(&base).unwrap() == b0 && std::fs::read(&child).unwrap() == c0, "immutable: the chain changed");
 }

@@ -664,9 +664,20 @@ fn group_config(g: &Group) -> (String, Vec<Vec<&Case>>, &Case) {
         }
         cfg.push_str("}\n");
     }
-    // `immutable`: the guest's writes stay in RAM, so a tolerated image that has no room for new
-    // blocks (the VHD one byte short) needs none.
-    cfg.push_str(&format!("menuentry 'tolerated {}' {{\n    vboot {} immutable\n}}\n", good.file, good.options));
+    // `immutable`: the guest's writes go into a throwaway child (or RAM, for floppies), so a
+    // tolerated image that has no room for new blocks (the VHD one byte short) needs none; a
+    // small child's slack (reserve=) fits the small host partition. Not for a VDI: the group's
+    // VDIs are edited copies of one image with one UUID in one directory, and a VDI child finds
+    // its parent by UUID there, so the child's parent would be ambiguous (vboot refuses the child
+    // it made); reserve=0 boots it as it is (the guest writes nothing).
+    let extra = if good.file.ends_with(".vdi") {
+        " reserve=0"
+    } else if good.options.contains("harddisk=") && !good.options.contains("reserve=") {
+        " immutable reserve=8M"
+    } else {
+        " immutable"
+    };
+    cfg.push_str(&format!("menuentry 'tolerated {}' {{\n    vboot {}{}\n}}\n", good.file, good.options, extra));
     (cfg, chunks, good)
 }
 

@@ -25,6 +25,7 @@ const TOOLS: &[(&str, &[(&str, &[&str])])] = &[
             ("check", &["--parent-dir", "--lenient-cid"]),
             ("map", &["--json", "--output", "--parent-dir", "--lenient-cid"]),
             ("snapshot", &["--reserve", "--parent-dir"]),
+            ("immutable-child", &["--child", "--reserve", "--parent-dir"]),
             ("convert", &["--format", "--reserve", "--parent-dir"]),
             ("merge", &["--parent-dir"]),
             ("restore", &["--parent-dir", "--lenient-cid"]),

@@ -419,3 +419,35 @@ fn progress_only_on_a_terminal() {
     let cmp = Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "vdi", &src, &dir.file("tty.vdi")]).output().unwrap();
     assert!(cmp.status.success(), "{}", String::from_utf8_lossy(&cmp.stdout));
 }
+
+/// `immutable-child` (issue 17): the child stage2 looks for beside the image, in its format, with
+/// the asked slack; for a raw image a VMDK child over a flat descriptor naming it, which qemu-img
+/// reads as the raw bytes; an existing child is never overwritten.
+#[test]
+fn immutable_child_is_made_where_vboot_looks_and_raw_goes_through_a_flat_descriptor() {
+    let dir = TempDir::new("immutable-child");
+    for ext in ["vhd", "vdi", "vmdk"] {
+        let base = dir.file(&format!("base.{}", ext));
+        ok(&["create", &base, "--size", "16M"]);
+        let out = ok(&["immutable-child", &base, "--reserve", "4M"]);
+        let child = dir.file(&format!("base.immutable.{}", ext));
+        assert!(out.contains("is the throwaway child for `immutable`") && out.contains("4.0 MiB"), "{}", out);
+        let info = ok(&["info", "--json", &child]);
+        assert!(json_field(&info, "layers.1.file").ends_with(&format!("base.{}", ext)), "{}", info);
+        assert_eq!(json_field(&info, "layers.0.slack_bytes"), "4194304", "{}", info);
+        let e = err(&["immutable-child", &base]);
+        assert!(e.contains("already exists"), "{}", e);
+    }
+    let raw = dir.file("disk.img");
+    let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&raw, &bytes).unwrap();
+    let out = ok(&["immutable-child", &raw, "--reserve", "1M"]);
+    assert!(out.contains("disk.immutable-raw.vmdk, a VMDK descriptor naming the raw"), "{}", out);
+    let child = dir.file("disk.immutable.vmdk");
+    qemu_img(&["check", "-f", "vmdk", &child]);
+    let back = dir.file("disk.back");
+    qemu_img(&["convert", "-f", "vmdk", "-O", "raw", &child, &back]);
+    assert!(std::fs::read(&back).unwrap() == bytes, "qemu-img does not read the raw image through its child");
+    let other = ok(&["immutable-child", &raw, "--child", &dir.file("elsewhere.vmdk"), "--reserve", "1M"]);
+    assert!(other.contains("immutable_child="), "{}", other);
+}

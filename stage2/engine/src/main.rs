@@ -216,7 +216,7 @@ fn init(bytes: &[u8], stub: Stub, msg: &mut [u8]) -> u32 {
             // CDs and CD boot images are read-only already (and a CD's blocks are not 512 bytes).
             // The overlay gets what stage2 sized for it, never more than is still free once the
             // image tables are in place (they were allocated when the chain was opened).
-            if plan.immutable && !d.read_only {
+            if d.ram_overlay && !d.read_only {
                 let free = HEAP.lock().free();
                 Box::new(overlay::RamOverlay::new(disk, free.min(vboot::resident::IMMUTABLE_OVERLAY_BYTES as usize)))
             } else {

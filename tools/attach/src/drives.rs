@@ -101,6 +101,7 @@ pub fn serve_mode(drives: &[Drive], d: &Drive) -> String {
     match read_only_medium(drives, d) {
         Some(why) => format!("read-only ({})", why),
         None if d.write_mode == WriteMode::Immutable => String::from("read-write into a RAM overlay"),
+        None if d.write_mode == WriteMode::Throwaway => String::from("read-write into the throwaway child"),
         None => String::from("read-write"),
     }
 }

@@ -86,7 +86,14 @@ impl VirtualDisk {
             ));
         }
         let names: Vec<String> = disk.layers().iter().map(|l| format!("{} ({})", l.name(), l.format().as_str())).collect();
-        let description = format!("{} sectors, {}{}", disk.sectors(), names.join(" <- "), if immutable { ", immutable: writes stay in RAM" } else { "" });
+        // Throwaway: the leaf is `immutable`'s child on disk, written like any leaf (the engine
+        // wrote into it before Linux; the next start empties it).
+        let mode = match drive.write_mode {
+            WriteMode::Immutable => ", immutable: writes stay in RAM",
+            WriteMode::Throwaway => ", immutable: writes go into the throwaway child, emptied at the next start",
+            _ => "",
+        };
+        let description = format!("{} sectors, {}{}", disk.sectors(), names.join(" <- "), mode);
         let size_bytes = disk.sectors() * 512;
         Ok(VirtualDisk { medium: Medium::Chain(disk), size_bytes, host, overlay: immutable.then(HashMap::new), read_only, description })
     }
@@ -276,6 +283,27 @@ mod tests {
         assert_eq!(&buf[512..1536], &pattern(1024)[..]);
         d.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// Throwaway (`immutable` with its child on disk): the leaf in the table is that child, and
+    /// writes go into it like any leaf's, not into a RAM overlay of the tool's own.
+    #[test]
+    fn throwaway_writes_go_into_the_leaf_file() {
+        let vhd = vhd_bytes();
+        let (path, drive) = host_disk("throwaway", &vhd, WriteMode::Throwaway);
+        let before = std::fs::read(&path).unwrap();
+        let mut d = open(&path, &drive, true);
+        assert!(d.description.contains("immutable: writes go into the throwaway child"), "{}", d.description);
+        assert!(d.overlay.is_none(), "a throwaway drive has no RAM overlay");
+        d.write(3 << 20, &pattern(4096)).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        let mut d = open(&path, &drive, false);
+        let mut buf = vec![0u8; 4096];
+        d.read(3 << 20, &mut buf).unwrap();
+        assert_eq!(buf, pattern(4096));
+        assert_ne!(std::fs::read(&path).unwrap(), before, "the write reached the child file");
         let _ = std::fs::remove_file(&path);
     }
 

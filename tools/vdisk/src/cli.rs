@@ -123,6 +123,30 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         parent_dir: Option<String>,
     },
+    /// Make the throwaway differencing child vboot's `immutable` boots through (needed on NTFS
+    /// and ext hosts, where vboot makes no files)
+    #[command(
+        long_about = "Make the throwaway differencing child that vboot's `immutable` boots IMAGE through: \
+                      IMAGE's format, beside it as NAME.immutable.EXT (or --child PATH, which the \
+                      vboot line then names with immutable_child=). Every start of vboot empties it. On \
+                      FAT and exFAT vboot makes it itself at the first immutable boot; on NTFS and ext, \
+                      where vboot changes no filesystem metadata, make it here once. Its write slack \
+                      (--reserve) is how much one boot can write on such a host. A raw IMAGE gets a \
+                      VMDK child over NAME.immutable-raw.vmdk, a flat VMDK descriptor naming it."
+    )]
+    ImmutableChild {
+        /// The image (the leaf of its chain) that boots with `immutable`
+        image: String,
+        /// Where to make the child [default: beside IMAGE, NAME.immutable.EXT]
+        #[arg(long, value_name = "PATH")]
+        child: Option<String>,
+        /// Write slack to allocate in the child: the most one boot can write where vboot cannot grow the file (NTFS, ext)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+        reserve: u64,
+        /// Also look for parents in DIR
+        #[arg(long, value_name = "DIR")]
+        parent_dir: Option<String>,
+    },
     /// Copy the chain's content into a new image
     Convert {
         /// The image (the leaf of its chain) to copy

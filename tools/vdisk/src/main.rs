@@ -384,6 +384,40 @@ fn cmd_snapshot(image: &str, new: &str, reserve: u64, options: &ChainOptions) ->
     Ok(())
 }
 
+/// `immutable-child`: a snapshot of IMAGE under the name stage2 looks for (docs/usage.md,
+/// "Immutable"). A raw IMAGE gets a VMDK child over a flat VMDK descriptor naming it, as stage2
+/// makes them on FAT.
+fn cmd_immutable_child(image: &str, child: Option<&str>, reserve: u64, options: &ChainOptions) -> Result<(), String> {
+    let d = open_disk(image, options, false).map_err(|e| e.to_string())?;
+    let (format, sectors) = (d.layers()[0].format(), d.sectors());
+    drop(d);
+    let raw = format == Format::Raw;
+    let default_path = vboot::image::create::immutable_child_path(image, raw);
+    let path = child.unwrap_or(&default_path);
+    let parent = if raw {
+        let descriptor = vboot::image::create::raw_descriptor_path(image);
+        if !std::path::Path::new(&descriptor).exists() {
+            let raw_name = vboot::image::chain::basename(image);
+            let text = vboot::image::create::raw_flat_descriptor(raw_name, sectors, seed());
+            // create_new: never over a file that appeared meanwhile.
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&descriptor).map_err(|e| format!("{}: {}", descriptor, e))?;
+            f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {}", descriptor, e))?;
+            println!("created {}, a VMDK descriptor naming the raw {} (the child's parent; qemu-img reads the child through it)", descriptor, image);
+        }
+        descriptor
+    } else {
+        image.to_string()
+    };
+    cmd_snapshot(&parent, path, reserve, options)?;
+    println!(
+        "{} is the throwaway child for `immutable`: every start of vboot empties it; one boot can write {} into it on NTFS or ext{}",
+        path,
+        human_bytes(reserve),
+        if child.is_some() { String::from(" (name it in the vboot line with immutable_child=, as a path on its partition)") } else { String::new() }
+    );
+    Ok(())
+}
+
 fn cmd_convert(source: &str, target: &str, format: Option<Variant>, reserve: u64, options: &ChainOptions) -> Result<(), String> {
     let variant = match format {
         Some(v) => v,
@@ -644,6 +678,7 @@ fn main() -> ExitCode {
         },
         Command::Map { file, output, open } => cmd_map(file, output, open),
         Command::Snapshot { image, new, reserve, parent_dir } => cmd_snapshot(image, new, reserve.unwrap_or(0), &in_dir(parent_dir)),
+        Command::ImmutableChild { image, child, reserve, parent_dir } => cmd_immutable_child(image, child.as_deref(), *reserve, &in_dir(parent_dir)),
         Command::Convert { source, target, format, reserve, parent_dir, exact_size: _ } => cmd_convert(source, target, *format, reserve.unwrap_or(0), &in_dir(parent_dir)),
         Command::Merge { child, parent_dir } => cmd_merge(child, parent_dir),
         Command::Restore { child, open } => cmd_restore(child, open),

@@ -266,6 +266,7 @@ pub fn make() -> Result<(), String> {
         "cdrom=/iso/debian.iso floppy=/f.img floppy_b=/g.img boot=floppy immutable",
         "harddisk=/a.vdi restore pause boot_entry=3 config_file=(hd0,gpt2)/boot/grub/grub.cfg",
         "recover_mbr",
+        "harddisk=/vm/x.img immutable immutable_child=(hd0,1)/scratch/x.immutable.vmdk reserve=1G",
     ];
     for (i, l) in fixed_lines.iter().enumerate() {
         m.seed("vboot_line", &format!("line-{}", i), l.as_bytes())?;
