@@ -15,7 +15,6 @@ const T: Duration = Duration::from_secs(120);
 
 fn read_through_vboot(disk: &std::path::Path) -> (StubCounters, String) {
     let mut cfg = Config::disk(disk);
-    // Room for the 64 MiB RAM overlay of `immutable`.
     cfg.memory_mib = 256;
     let mut q = Qemu::start(&cfg);
     q.expect("READ-END", T);
@@ -67,19 +66,20 @@ fn a_dynamic_vhd_is_read_in_real_mode_where_its_blocks_are_allocated() {
 }
 
 #[test]
-fn immutable_keeps_every_call_in_the_engine() {
-    // Writes go to the RAM overlay, so no run is ever straight: the fast path stays off.
+fn immutable_reads_its_parent_through_the_throwaway_child_in_real_mode() {
+    // The child is empty: every sector comes from the parent's extents, read straight from the
+    // host. (Only the RAM overlay, where no child can be had, keeps every call in the engine.)
     let dir = TempDir::new("fast-immutable");
     let image = guests::reader_guest(&dir.path, SECTORS);
     let host = vboot_host(
         &dir,
         64,
-        "set timeout=0\nmenuentry 'reader' {\n vboot harddisk=/reader.img immutable\n}\n",
+        "set timeout=0\nmenuentry 'reader' {\n vboot harddisk=/reader.img immutable reserve=1M\n}\n",
         &[HostImage { path: "/reader.img", file: &image, pieces: 1 }],
     );
     let (c, out) = read_through_vboot(&host.disk);
-    assert_eq!(c.fast_calls, 0, "{:?}\n{}", c, out);
-    assert!(c.engine_calls >= READ_CALLS, "{:?}", c);
+    assert!(out.contains("immutable: /reader.immutable.vmdk made"), "{}", out);
+    assert!(c.fast_calls >= READ_CALLS - 20, "only {} of {} reads took the fast path: {:?}\n{}", c.fast_calls, READ_CALLS, c, out);
 }
 
 #[test]
