@@ -1197,6 +1197,7 @@ fn in_place_runs_are_exactly_what_a_write_changes() {
             assert_eq!(d.layers_mut()[0].in_place_run(untouched).unwrap(), None, "{:?}: an unallocated sector", v);
         }
     }
+}
 
 #[test]
 fn immutable_child_sits_beside_the_image_with_its_extension_last() {
