@@ -644,32 +644,34 @@ pub(crate) fn write_new_unit(
     data: &[u8],
     mut parent: Option<&mut dyn FnMut(u64, &mut [u8]) -> Result<(), ImageError>>,
 ) -> Result<(), ImageError> {
+    let data_off = data_off.min(unit_bytes);
+    let data_end = (data_off + data.len() as u64).min(unit_bytes);
     let mut buf = alloc::vec![0u8; FILL_CHUNK_BYTES.min(unit_bytes) as usize];
-    let data_end = data_off + data.len() as u64;
-    let mut off = 0u64;
-    while off < unit_bytes {
-        let n = FILL_CHUNK_BYTES.min(unit_bytes - off);
-        let chunk = &mut buf[..n as usize];
-        chunk.fill(0);
-        let covered = off >= data_off && off + n <= data_end;
-        if !covered {
+    // The unit's bytes `from..to` that are not the caller's data: the parent's, or zeros.
+    let mut fill = |file: &mut dyn ImageFile, from: u64, to: u64| -> Result<(), ImageError> {
+        let mut off = from;
+        while off < to {
+            let n = FILL_CHUNK_BYTES.min(to - off);
+            let chunk = &mut buf[..n as usize];
+            chunk.fill(0);
             if let Some(p) = parent.as_mut() {
                 let valid = valid_bytes.saturating_sub(off).min(n);
                 if valid > 0 {
                     p(first_sector + off / SECTOR_BYTES, &mut chunk[..valid as usize])?;
                 }
             }
+            file.write_at(at_bytes + off, chunk)?;
+            off += n;
         }
-        // Overlay the part of `data` inside this chunk.
-        let a = off.max(data_off);
-        let b = (off + n).min(data_end);
-        if a < b {
-            chunk[(a - off) as usize..(b - off) as usize].copy_from_slice(&data[(a - data_off) as usize..(b - data_off) as usize]);
-        }
-        file.write_at(at_bytes + off, chunk)?;
-        off += n;
+        Ok(())
+    };
+    fill(&mut *file, 0, data_off)?;
+    // The data itself in one write, from the caller's buffer: where that buffer also lies in
+    // guest memory, the boot engine can write it to the host without a copy.
+    if data_end > data_off {
+        file.write_at(at_bytes + data_off, &data[..(data_end - data_off) as usize])?;
     }
-    Ok(())
+    fill(&mut *file, data_end, unit_bytes)
 }
 
 /// Make room for `additional` more elements in `v`, or say which table of `image` did not fit.

@@ -151,11 +151,21 @@ impl EmulatedDisk for ChainDisk {
             }
             let n = (count - done).min(SCRATCH_SECTORS);
             let tmp = &mut self.scratch[..n as usize * 512];
-            mem.read(buf_linear + done * 512, tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
+            let linear = buf_linear + done * 512;
+            mem.read(linear, tmp).map_err(|_| fail(Status::BOUNDARY_ERROR))?;
             // New blocks (VHD), grains (VMDK) or blocks (VDI) are allocated here, inside the slack
             // the file already owns, in the order of invariant 3 (docs/architecture.md); no slack
-            // is a write fault.
-            self.disk.write(lba + done, tmp).map_err(|e| match e {
+            // is a write fault. Where the guest's buffer is real memory below 1 MiB, the data
+            // goes to the host from there (`with_guest_mirror`), not through the bounce buffer.
+            let tmp: &[u8] = tmp;
+            let direct = mem.is_physical() && linear + n * 512 <= 0x10_0000;
+            let disk = &mut self.disk;
+            let result = if direct {
+                crate::hostdisk::with_guest_mirror(tmp, linear as u32, || disk.write(lba + done, tmp))
+            } else {
+                disk.write(lba + done, tmp)
+            };
+            result.map_err(|e| match e {
                 ImageError::ReadOnly { .. } => fail(Status::WRITE_PROTECTED),
                 _ => fail(Status::WRITE_FAULT),
             })?;

@@ -38,6 +38,48 @@ pub fn return_init_bounce() {
     INIT_BOUNCE.store(0, core::sync::atomic::Ordering::SeqCst);
 }
 
+/// While a guest write goes through the image layer (`chain.rs`), the engine's copy of the
+/// guest's buffer and where that buffer lies in guest memory: a host write of bytes from the copy
+/// (a new block's data, `image::write_new_unit`) is made from the guest's buffer instead, with
+/// no bounce. (copy address, bytes, guest linear address); bytes 0: none.
+struct GuestMirror {
+    copy: core::sync::atomic::AtomicUsize,
+    bytes: core::sync::atomic::AtomicUsize,
+    linear: core::sync::atomic::AtomicU32,
+}
+static GUEST_MIRROR: GuestMirror = GuestMirror {
+    copy: core::sync::atomic::AtomicUsize::new(0),
+    bytes: core::sync::atomic::AtomicUsize::new(0),
+    linear: core::sync::atomic::AtomicU32::new(0),
+};
+
+/// Run `f` with `copy` known to hold the same bytes as guest memory at `linear` (real memory
+/// below 1 MiB, whole sectors, checked by the INT 13h layer as the guest's buffer).
+pub fn with_guest_mirror<R>(copy: &[u8], linear: u32, f: impl FnOnce() -> R) -> R {
+    use core::sync::atomic::Ordering::SeqCst;
+    GUEST_MIRROR.copy.store(copy.as_ptr() as usize, SeqCst);
+    GUEST_MIRROR.linear.store(linear, SeqCst);
+    GUEST_MIRROR.bytes.store(copy.len(), SeqCst);
+    let r = f();
+    GUEST_MIRROR.bytes.store(0, SeqCst);
+    r
+}
+
+/// No mirror: at the start of every call, so that one a panic abandoned (recover.rs) never
+/// outlives its call.
+pub fn forget_guest_mirror() {
+    GUEST_MIRROR.bytes.store(0, core::sync::atomic::Ordering::SeqCst);
+}
+
+/// Where `buf` lies in guest memory, if it is part of the mirrored copy and whole sectors.
+fn mirrored(buf: &[u8]) -> Option<u32> {
+    use core::sync::atomic::Ordering::SeqCst;
+    let bytes = GUEST_MIRROR.bytes.load(SeqCst);
+    let copy = GUEST_MIRROR.copy.load(SeqCst);
+    let at = (buf.as_ptr() as usize).checked_sub(copy)?;
+    (bytes != 0 && buf.len() % 512 == 0 && at.checked_add(buf.len())? <= bytes).then(|| GUEST_MIRROR.linear.load(SeqCst) + at as u32)
+}
+
 impl HostIo {
     /// The bounce buffer for host transfers now: the one stage2 lent during init, else the
     /// stub's own (linear address, bytes).
@@ -87,6 +129,16 @@ impl HostIo {
     /// Engine memory to host sectors, through the bounce buffer. Callers check invariant 1
     /// (docs/architecture.md) first.
     pub fn write_host(&self, host_lba: u64, buf: &[u8]) -> Result<(), Status> {
+        if let Some(linear) = mirrored(buf) {
+            let sectors = buf.len() as u64 / 512;
+            let mut done = 0u64;
+            while done < sectors {
+                let n = (sectors - done).min(MAX_SECTORS_PER_CALL);
+                self.call(true, host_lba + done, n, linear + done as u32 * 512)?;
+                done += n;
+            }
+            return Ok(());
+        }
         let (bounce, bytes) = self.bounce();
         for (i, chunk) in buf.chunks(bytes).enumerate() {
             lowmem::write(bounce, chunk);

@@ -251,6 +251,7 @@ unsafe extern "C" fn engine_dispatch(stub_linear: u32) {
     // Whatever this call does (a write that allocates, a panic), the stub must not go on
     // serving a run published before it.
     stub.clear_fast_run();
+    hostdisk::forget_guest_mirror();
     recover::guard_dispatch(stub, || {
         let mut regs = stub.frame();
         with_state(|st| {
