@@ -597,23 +597,11 @@ impl<D: BlockDevice> FatVolume<D> {
 
     /// Byte `offset` of the active FAT.
     fn fat_byte(&mut self, offset: u64) -> Result<u8, FsError> {
-        let sector = offset / SECTOR;
-        if sector >= self.geo.fat_sectors {
-            return Err(FsError::Corrupt(format!(
-                "FAT offset {} is past the end of the FAT",
-                offset
-            )));
-        }
-        self.load_fat_sector(sector)?;
-        let at = (offset - self.fat_cache_start * SECTOR) as usize;
-        self.fat_cache
-            .get(at)
-            .copied()
-            .ok_or_else(|| FsError::Corrupt(String::from("FAT cache miss")))
+        Ok(self.fat_entry_bytes::<1>(offset)?[0])
     }
 
-    /// The `N` bytes of the active FAT at `offset`, which lie in one sector (a FAT16 or FAT32
-    /// entry: entries are aligned to their size). One cache lookup for the whole entry: the
+    /// The `N` bytes of the active FAT at `offset`, which lie in one sector (a byte, or a FAT16
+    /// or FAT32 entry: entries are aligned to their size). One cache lookup for the whole entry: the
     /// firmware walks tens of thousands of entries when a file grows, and under TCG four
     /// byte-sized lookups per entry cost most of that.
     fn fat_entry_bytes<const N: usize>(&mut self, offset: u64) -> Result<[u8; N], FsError> {

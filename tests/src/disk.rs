@@ -109,6 +109,29 @@ pub fn mbr_fat32_disk(dir: &crate::TempDir, size_mib: u64, files: &[FileSpec]) -
     disk
 }
 
+/// A 64 MiB MBR disk whose one partition (from sector 2048, type 07h, active) is NTFS made by
+/// mkntfs and filled with ntfscp (which writes files out in full; mkfs.ext4 -d would leave
+/// holes): `/grub.cfg` with `grub_cfg`, and each (host file, path on the volume) of `files`;
+/// vboot installed by vboot-install.
+pub fn ntfs_vboot_disk(dir: &crate::TempDir, grub_cfg: &str, files: &[(&Path, &str)]) -> PathBuf {
+    let part = dir.join("part.img");
+    require_tool("mkntfs", "ntfs-3g");
+    blank(&part, 63);
+    sh(Command::new("mkntfs").args(["-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63"]).arg(&part));
+    let cfg_file = dir.join("grub.cfg");
+    std::fs::write(&cfg_file, grub_cfg).unwrap();
+    for (from, to) in std::iter::once((cfg_file.as_path(), "/grub.cfg")).chain(files.iter().copied()) {
+        sh(Command::new("ntfscp").arg("-f").arg(&part).arg(from).arg(to));
+    }
+    let host = dir.join("disk.img");
+    blank(&host, 64);
+    sfdisk(&host, "label: dos\nstart=2048, type=7, bootable\n");
+    write_at(&host, 2048, &part);
+    let (ok, out) = crate::vboot_install(&["install", host.to_str().unwrap()]);
+    assert!(ok, "{}", out);
+    host
+}
+
 /// SHA-256 of a file, by the system's sha256sum (an oracle we did not write).
 pub fn sha256(path: &Path) -> String {
     let out = sh(Command::new("sha256sum").arg(path));

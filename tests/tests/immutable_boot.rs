@@ -222,21 +222,11 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
     let grub = "set timeout=-1\nmenuentry 'reuse' {\n    vboot harddisk=/base.vmdk immutable\n}\nmenuentry 'none' {\n    vboot harddisk=/other.vdi immutable\n}\n\
                 menuentry 'elsewhere' {\n    vboot harddisk=/base.vmdk immutable immutable_child=/elsewhere.vmdk\n}\n\
                 menuentry 'wrong' {\n    vboot harddisk=/base.vmdk immutable immutable_child=/other.vdi\n}\n";
-    let part = dir.join("part.img");
-    vboot_tests::require_tool("mkntfs", "ntfs-3g");
-    disk::blank(&part, 63);
-    sh(Command::new("mkntfs").args(["-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63"]).arg(&part));
-    let cfg_file = dir.join("grub.cfg");
-    std::fs::write(&cfg_file, grub).unwrap();
-    for (from, to) in [(&cfg_file, "/grub.cfg"), (&base, "/base.vmdk"), (&child, "/base.immutable.vmdk"), (&other, "/other.vdi"), (&elsewhere, "/elsewhere.vmdk")] {
-        sh(Command::new("ntfscp").arg("-f").arg(&part).arg(from).arg(to));
-    }
-    let host = dir.join("disk.img");
-    disk::blank(&host, 64);
-    disk::sfdisk(&host, "label: dos\nstart=2048, type=7, bootable\n");
-    disk::write_at(&host, 2048, &part);
-    let (ok, out) = vboot_tests::vboot_install(&["install", host.to_str().unwrap()]);
-    assert!(ok, "{}", out);
+    let host = disk::ntfs_vboot_disk(
+        &dir,
+        grub,
+        &[(&base, "/base.vmdk"), (&child, "/base.immutable.vmdk"), (&other, "/other.vdi"), (&elsewhere, "/elsewhere.vmdk")],
+    );
     let start = || {
         let mut qcfg = vboot_tests::qemu::Config::disk(&host);
         qcfg.memory_mib = 256;

@@ -236,22 +236,7 @@ fn without_slack_on_ntfs_the_ram_overlay_is_offered() {
     let child = dir.join("child.vdi");
     sh(Command::new(vboot_tests::artifacts().vdisk).arg("snapshot").arg(&base).arg(&child));
     let grub = "set timeout=-1\nmenuentry 'child' {\n    vboot harddisk=/child.vdi\n}\n";
-    // NTFS, filled with ntfscp (which writes files out in full; mkfs.ext4 -d would leave holes).
-    let part = dir.join("part.img");
-    vboot_tests::require_tool("mkntfs", "ntfs-3g");
-    disk::blank(&part, 63);
-    sh(Command::new("mkntfs").args(["-F", "-Q", "-q", "-p", "2048", "-H", "255", "-S", "63"]).arg(&part));
-    let cfg_file = dir.join("grub.cfg");
-    std::fs::write(&cfg_file, grub).unwrap();
-    for (from, to) in [(&cfg_file, "/grub.cfg"), (&base, "/base.vdi"), (&child, "/child.vdi")] {
-        sh(Command::new("ntfscp").arg("-f").arg(&part).arg(from).arg(to));
-    }
-    let host = dir.join("disk.img");
-    disk::blank(&host, 64);
-    disk::sfdisk(&host, "label: dos\nstart=2048, type=7, bootable\n");
-    disk::write_at(&host, 2048, &part);
-    let (ok, out) = vboot_tests::vboot_install(&["install", host.to_str().unwrap()]);
-    assert!(ok, "{}", out);
+    let host = disk::ntfs_vboot_disk(&dir, grub, &[(&base, "/base.vdi"), (&child, "/child.vdi")]);
     let before = std::fs::read(&host).unwrap();
     let mut qcfg = vboot_tests::qemu::Config::disk(&host);
     qcfg.memory_mib = 256;

@@ -261,24 +261,11 @@ impl<D: BlockDevice> FatVolume<D> {
     }
 
     fn put_fat_byte(&mut self, offset: u64, value: u8) -> Result<(), FsError> {
-        let sector = offset / SECTOR;
-        if sector >= self.geo.fat_sectors {
-            return Err(FsError::Corrupt(format!(
-                "FAT offset {} is past the end of the FAT",
-                offset
-            )));
-        }
-        self.load_fat_sector(sector)?;
-        let at = (offset - self.fat_cache_start * SECTOR) as usize;
-        match self.fat_cache.get_mut(at) {
-            Some(b) => *b = value,
-            None => return Err(FsError::Corrupt(String::from("FAT cache miss"))),
-        }
-        self.fat_cache_dirty |= 1 << (sector - self.fat_cache_start);
-        Ok(())
+        self.put_fat_entry_bytes(offset, &[value])
     }
 
-    /// A FAT16 or FAT32 entry's bytes at `offset` (inside one sector: entries are aligned).
+    /// Bytes of the active FAT at `offset`, inside one sector: a byte (FAT12 entries are written
+    /// a byte at a time), or a FAT16 or FAT32 entry (entries are aligned to their size).
     fn put_fat_entry_bytes(&mut self, offset: u64, bytes: &[u8]) -> Result<(), FsError> {
         let sector = offset / SECTOR;
         if sector >= self.geo.fat_sectors {
