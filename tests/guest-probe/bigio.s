@@ -14,7 +14,8 @@
 # base = (low 32 bits of s) * 0x9E3779B1 xor tag (the chain guest's, chainer.s).
 #
 # Output: BIGIO-START; DISK <sectors as 16 hex digits> from AH=48h; one line per operation
-# ("OK W|F|P <lba> +<sectors>"); the benchmark's lines (below); BIGIO-PASS and exit code 0x10.
+# ("OK W|F|P <lba> +<sectors>", a write's line ending in " T=<TSC cycles its AH=43h call took,
+# 16 hex digits>"); the benchmark's lines (below); BIGIO-PASS and exit code 0x10.
 # A failure: "BIGIO-FAIL ..." (the INT 13h status and LBA, or the first differing dword) and
 # exit code 0x11.
 #
@@ -37,6 +38,7 @@
 .set bench_n,   0x61C
 .set marks,     0x620       # 4 x (u32 ticks, u32 tsc lo, u32 tsc hi): 48 bytes
 .set params,    0x660
+.set write_tsc, 0x680       # 8 bytes
 .set CONFIG,    0x7E00
 .set READ_SEG,  0x2000
 .set WRITE_SEG, 0x3000
@@ -131,6 +133,7 @@ ops_loop:
     jmp fail_msg
 op_next:
     call print_lba_count
+op_advance:
     addw $16, op_ptr
     decw op_left
     jmp ops_loop
@@ -138,17 +141,41 @@ op_next:
 op_write:
     call fill_write_buf
     movw $WRITE_SEG, seg
+    rdtsc
+    mov %eax, write_tsc
+    mov %edx, write_tsc+4
     mov $0x4300, %ax
     call disk_io
+    rdtsc
+    sub write_tsc, %eax
+    sbb write_tsc+4, %edx
+    mov %eax, write_tsc
+    mov %edx, write_tsc+4
+    # A write leaves its buffer as it was (vboot may lend it for a moment: docs/int13.md).
+    mov $WRITE_SEG, %ax
+    call verify_pattern_at
     mov $0xEE, %al
     call clear_read_buf
     movw $READ_SEG, seg
     mov $0x4200, %ax
     call disk_io
     call verify_pattern
+    # "OK W <lba> +<sectors> T=<TSC cycles of the AH=43h call, 16 hex digits>"
     mov $msg_okw, %si
     call puts
-    jmp op_next
+    call print_lba
+    mov $msg_plus, %si
+    call puts
+    movzwl cur_count, %eax
+    call print_hex32
+    mov $msg_t, %si
+    call puts
+    mov write_tsc+4, %eax
+    call print_hex32
+    mov write_tsc, %eax
+    call print_hex32
+    call newline
+    jmp op_advance
 
 op_fill:
     mov cur_fill, %al
@@ -344,8 +371,10 @@ clear_read_buf:
 
 # READ_SEG:0 must hold the tagged pattern of cur_count sectors from cur_lba.
 verify_pattern:
-    push %es
     mov $READ_SEG, %ax
+# The same at AX:0.
+verify_pattern_at:
+    push %es
     mov %ax, %es
     xor %bx, %bx
     mov cur_lba, %edx
@@ -538,6 +567,7 @@ magic:      .ascii "VBBIGIO1"
 msg_start:  .asciz "BIGIO-START\r\n"
 msg_disk:   .asciz "DISK "
 msg_okw:    .asciz "OK W "
+msg_t:      .asciz " T="
 msg_okf:    .asciz "OK F "
 msg_okp:    .asciz "OK P "
 msg_plus:   .asciz " +"

@@ -1,9 +1,17 @@
 # Benchmark guest: print READ-START, read the whole boot disk with INT 13h AH=42h (127 sectors
-# per call into 1000:0000), print READ-END (or READ-FAIL), then, if vboot's stub sits at the top
-# of conventional memory, its counters (docs/benchmarks.md, "Where a guest call's time goes"):
-# "STUB engine=N fast=N bios=N copied=N" in hex; end QEMU with the pass code. The header offsets
+# per call into 1000:0000), print READ-END and the TSC ticks the reads took ("TSC=" and 16 hex
+# digits; under QEMU's -icount, executed instructions: a figure load does not change), or exit
+# with 11h on an error; then, if vboot's stub sits at the top of conventional memory, its
+# counters (docs/benchmarks.md, "Where a guest call's time goes"): "STUB engine=N fast=N bios=N
+# copied=N" in hex; end QEMU with the pass code. The header offsets
 # S_* come from vboot::stub through `as --defsym` (tests/src/guests.rs).
 .code16
+# Scratch variables, in the sector after the boot sector (the 510 bytes are full).
+.set drive, 0x7e00
+.set lba, 0x7e04
+.set remaining, 0x7e08
+.set tsc_start, 0x7e0c
+.set params, 0x7e14
 .global _start
 _start:
     cli
@@ -26,6 +34,9 @@ _start:
     mov params+16, %eax
     mov %eax, remaining
     movl $0, lba
+    rdtsc
+    mov %eax, tsc_start
+    mov %edx, tsc_start+4
 1:  mov remaining, %eax
     test %eax, %eax
     jz done
@@ -46,7 +57,21 @@ _start:
     sub %eax, remaining
     jmp 1b
 done:
+    rdtsc
+    sub tsc_start, %eax
+    sbb tsc_start+4, %edx
+    push %eax
+    push %edx
     mov $msg_end, %si
+    call puts
+    # The TSC ticks the reads took: "TSC=" and 16 hex digits.
+    mov $msg_tsc, %si
+    call puts
+    pop %eax
+    call hex32
+    pop %eax
+    call hex32
+    mov $msg_crlf, %si
     call puts
     mov 0x413, %ax                          # conventional memory in KiB: the stub starts there
     shl $6, %ax
@@ -91,9 +116,7 @@ done:
     call puts
 7:  mov $0x10, %al
     jmp exit
-fail:
-    mov $msg_fail, %si
-    call puts
+fail:                                       # no message: the exit code says it
     mov $0x11, %al
 exit:
     mov $0xf4, %dx
@@ -107,6 +130,10 @@ counter:
     call puts
     pop %bx
     mov %es:(%bx), %eax
+    jmp hex32
+
+# EAX as 8 hex digits.
+hex32:
     mov $8, %bp
 8:  rol $4, %eax
     push %eax
@@ -137,7 +164,7 @@ puts:
 putc:
     mov %al, %bl
     mov $0x3fd, %dx
-    mov $0xffff, %cx
+    xor %cx, %cx                            # 65536 polls at most
 4:  in %dx, %al
     test $0x20, %al
     loopz 4b
@@ -146,7 +173,7 @@ putc:
     out %al, %dx
     ret
 5:  mov $0x3fd, %dx
-    mov $0xffff, %cx
+    xor %cx, %cx                            # 65536 polls at most
 6:  in %dx, %al
     test $0x40, %al
     loopz 6b
@@ -154,12 +181,12 @@ putc:
 
 msg_start: .asciz "READ-START\r\n"
 msg_end:   .asciz "READ-END\r\n"
-msg_fail:  .asciz "READ-FAIL\r\n"
 msg_engine: .asciz "STUB engine="
 msg_fast:  .asciz " fast="
 msg_bios:  .asciz " bios="
 msg_copied: .asciz " copied="
 msg_crlf:  .asciz "\r\n"
+msg_tsc:   .asciz "TSC="
 msg_guard: .asciz "STUB-GUARD "
 .balign 4
 dap:
@@ -169,10 +196,5 @@ dap_count:
     .word 0, 0x1000
 dap_lba:
     .long 0, 0
-drive: .byte 0
-.balign 4
-lba: .long 0
-remaining: .long 0
-params: .fill 0x1A, 1, 0
 .org 510
 .byte 0x55, 0xaa

@@ -80,7 +80,54 @@ fn mirrored(buf: &[u8]) -> Option<u32> {
     (bytes != 0 && buf.len() % 512 == 0 && at.checked_add(buf.len())? <= bytes).then(|| GUEST_MIRROR.linear.load(SeqCst) + at as u32)
 }
 
+/// The mirrored guest buffer now: (guest linear address, bytes), if a guest write is mirrored.
+fn mirror_region() -> Option<(u32, usize)> {
+    use core::sync::atomic::Ordering::SeqCst;
+    let bytes = GUEST_MIRROR.bytes.load(SeqCst);
+    (bytes != 0).then(|| (GUEST_MIRROR.linear.load(SeqCst), bytes))
+}
+
+/// Below this, low memory holds the interrupt vectors and the BIOS data area, which an interrupt
+/// during the host call reads: never borrowed.
+const FIRST_FREE_LINEAR: u32 = 0x500;
+
 impl HostIo {
+    /// Zeros of a new block or grain (`image::write_new_unit`) written from the guest's own
+    /// buffer, zeroed for the moment and put back after: one BIOS call per up to 127 sectors
+    /// instead of one per 3 sectors of the bounce buffer (a new 2 MiB VHD block: 33 calls with a
+    /// 64 KiB guest write instead of 1,366). Only while a guest write is mirrored (its buffer is
+    /// the guest's to lend for the length of its call), only for a buffer larger than the bounce
+    /// buffer and wholly in conventional memory between the BIOS data area and the stub (RAM
+    /// that no interrupt handler reads). `None`: not possible, use the bounce buffer. The guest's
+    /// bytes are saved first and written back whatever the host answered (docs/int13.md, "Zeros
+    /// from the guest's buffer").
+    fn write_zeros_from_guest_buffer(&self, host_lba: u64, sectors: u64) -> Option<Result<(), Status>> {
+        let (linear, bytes) = mirror_region()?;
+        let lend_sectors = ((bytes / 512) as u64).min(MAX_SECTORS_PER_CALL);
+        let lend_bytes = lend_sectors as usize * 512;
+        let end = linear.checked_add(lend_bytes as u32)?;
+        if lend_bytes <= BOUNCE_BYTES as usize || linear < FIRST_FREE_LINEAR || end > self.stub.linear() {
+            return None;
+        }
+        let mut saved = alloc::vec::Vec::new();
+        saved.try_reserve_exact(lend_bytes).ok()?;
+        saved.resize(lend_bytes, 0);
+        lowmem::read(linear, &mut saved);
+        lowmem::fill(linear, 0, lend_bytes);
+        let mut result = Ok(());
+        let mut done = 0u64;
+        while done < sectors {
+            let n = (sectors - done).min(lend_sectors);
+            if let Err(e) = self.call(true, host_lba + done, n, linear) {
+                result = Err(e);
+                break;
+            }
+            done += n;
+        }
+        lowmem::write(linear, &saved);
+        Some(result)
+    }
+
     /// The bounce buffer for host transfers now: the one stage2 lent during init, else the
     /// stub's own (linear address, bytes).
     fn bounce(&self) -> (u32, usize) {
@@ -138,6 +185,11 @@ impl HostIo {
                 done += n;
             }
             return Ok(());
+        }
+        if buf.len() > BOUNCE_BYTES as usize && buf.len() % 512 == 0 && buf.iter().all(|&b| b == 0) {
+            if let Some(result) = self.write_zeros_from_guest_buffer(host_lba, buf.len() as u64 / 512) {
+                return result;
+            }
         }
         let (bounce, bytes) = self.bounce();
         for (i, chunk) in buf.chunks(bytes).enumerate() {

@@ -107,6 +107,11 @@ impl Stub {
         map_field!(h.bounce_copied_bytes).update(|n| n.wrapping_add(bytes as u32));
     }
 
+    /// Where the stub starts: the top of the conventional memory the guest may use.
+    pub fn linear(&self) -> u32 {
+        self.linear
+    }
+
     pub fn bounce_linear(&self) -> u32 {
         let h = self.header();
         self.linear + map_field!(h.bounce_offset).read() as u32
