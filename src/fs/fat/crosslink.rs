@@ -71,12 +71,18 @@ impl<D: BlockDevice> FatVolume<D> {
         let fat_type = self.geo.fat_type;
         let max_cluster = self.geo.max_cluster() as u64;
         let bad = fat_type.bad_cluster() as u64;
+        // The files' lowest and highest cluster: nearly every entry of a volume lies outside them
+        // and needs no search (the pass costs its time per entry: 129,000 entries on a 64 MiB
+        // volume, 64 million on a 2 TiB one).
+        let lowest = clusters.ranges.first().map_or(u64::MAX, |r| r.0);
+        let past_highest = clusters.ranges.iter().map(|r| r.1).max().unwrap_or(0);
         let check = |cluster: u64, value: u64| -> Result<(), FsError> {
-            if (value == 0 || value == bad) && clusters.overlap(cluster, cluster + 1).is_some() {
+            let ours = |c: u64| c >= lowest && c < past_highest && clusters.overlap(c, c + 1).is_some();
+            if (value == 0 || value == bad) && ours(cluster) {
                 let state = if value == 0 { "free" } else { "bad" };
                 return Err(allocation_refusal(owner(cluster), format!("its cluster {} is marked {} in the FAT", cluster, state), REPAIR));
             }
-            if !(2..=max_cluster).contains(&value) || clusters.overlap(value, value + 1).is_none() {
+            if !(2..=max_cluster).contains(&value) || !ours(value) {
                 return Ok(());
             }
             let expected = match firsts.binary_search_by_key(&value, |f| f.0) {
@@ -117,11 +123,12 @@ impl<D: BlockDevice> FatVolume<D> {
                 if !(2..=max_cluster).contains(&cluster) {
                     continue;
                 }
-                let mut value = 0u64;
-                for (i, b) in raw.iter().enumerate() {
-                    value |= (*b as u64) << (8 * i);
-                }
-                check(cluster, value & 0x0FFF_FFFF)?;
+                let value = match *raw {
+                    [a, b] => u16::from_le_bytes([a, b]) as u32,
+                    [a, b, c, d] => u32::from_le_bytes([a, b, c, d]) & 0x0FFF_FFFF,
+                    _ => 0,
+                };
+                check(cluster, value as u64)?;
             }
             offset += bytes as u64;
         }
