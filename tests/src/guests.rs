@@ -1541,3 +1541,56 @@ pub fn parse_drives_report(output: &str) -> Option<DrivesReport> {
     }
     output.contains(DRIVES_DONE).then_some(report)
 }
+
+// ---- A write through INT 13h before Linux (tests/guest-probe/mbrwrite.s) ----------------------
+
+/// The sector the writing MBR marks, and what it writes there (the rest of the sector is zeros).
+pub const MBR_MARK_LBA: u64 = 40;
+pub const MBR_MARK: &str = "VBOOT-MBR-MARK-1";
+
+/// [`build_syslinux_linux_guest_with`] with tests/guest-probe/mbrwrite.s as its MBR: before
+/// SYSLINUX starts, the MBR prints whether sector [`MBR_MARK_LBA`] holds [`MBR_MARK`]
+/// ("MBR-MARK-SEEN" / "MBR-MARK-NONE") and writes it there through INT 13h AH=43h
+/// ("MBR-MARK-WRITTEN"). Linux's /init then attaches drive 0x80 with vboot-attach and prints the
+/// first bytes of that sector as /dev/nbd0 holds it ("LINUX-SAW <text>"), and ends QEMU with 33.
+pub fn build_mbr_write_attach_guest(dir: &Path) -> PathBuf {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd"], &[]);
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
+{load}
+dev=$(vboot-attach --timeout 20) || {{ echo "ATTACH-FAILED"; finish; }}
+i=0; while [ ! -b ${{dev}}p1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+echo "LINUX-SAW $(dd if=$dev bs=512 skip={lba} count=1 2>/dev/null | head -c 16 | tr -c 'A-Z0-9-' '.')"
+vboot-attach --detach $dev
+finish
+"#,
+        load = load,
+        lba = MBR_MARK_LBA
+    );
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
+    let initrd = busybox_initramfs_with(&dir.join("mbrwrite-initrd.img"), &init, &refs);
+    let disk = build_syslinux_linux_guest_with(dir, &initrd, &[]);
+    let obj = dir.join("mbrwrite.o");
+    let bin = dir.join("mbrwrite.bin");
+    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/mbrwrite.s")));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let code = std::fs::read(&bin).expect("read mbrwrite.bin");
+    assert_eq!(code.len(), 440, "mbrwrite.bin must be the MBR's 440 code bytes");
+    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
+    mbr[..440].copy_from_slice(&code);
+    let mbr_path = dir.join("mbrwrite-mbr.bin");
+    std::fs::write(&mbr_path, &mbr).unwrap();
+    crate::disk::write_at(&disk, 0, &mbr_path);
+    disk
+}
