@@ -9,9 +9,15 @@
 pub const DAP_ADDR: u32 = 0x0600;
 /// One E820 entry (24 bytes) and other small result buffers.
 pub const SMALL_BUF_ADDR: u32 = 0x0800;
-/// Bounce buffer for sector transfers: 0x1000..0x7000, 48 sectors.
-pub const BOUNCE_ADDR: u32 = 0x1000;
-pub const BOUNCE_BYTES: usize = 0x6000;
+/// Bounce buffer for sector transfers: 0x10000..0x1FE00, 127 sectors (EDD's most per call), in
+/// one 64 KiB DMA page. Every BIOS call costs far more than the bytes it moves (about a
+/// millisecond under TCG), so stage2's reads before boot (the FAT's cross-link pass, the engine,
+/// slack growth) take as few as they can (docs/benchmarks.md, "Where the time to the guest
+/// goes"). Free while stage2 runs: its low part ends below 0x10000, and what a Linux boot loader
+/// put there for vboot.lkrn is used up before stage2 starts; a CD's no-emulation image is staged
+/// over it only after stage2's last transfer.
+pub const BOUNCE_ADDR: u32 = 0x10000;
+pub const BOUNCE_BYTES: usize = 127 * 512;
 
 /// Registers in and out of a BIOS call: real mode's one register type, whose layout `bios_call`
 /// in entry.s takes from `vboot::realmode::regs_offset` (main.rs passes the offsets in).

@@ -167,12 +167,13 @@ copy_down:
 
 # stage1 loaded only the low part (__stage2_low_sectors); the rest of stage2 follows it on disk
 # and is linked at 0x110000, which real mode cannot reach. Read it the way stage1 read the disk
-# (AH=42h if BL said so, else AH=02h one sector at a time), through the bounce buffer at 0x1000,
-# and copy each piece up. A read error prints a line through the BIOS and halts: nothing else
+# (AH=42h if BL said so, else AH=02h one sector at a time), through the bounce buffer at 0x10000
+# (the same one the Rust code uses: bios.rs), and copy each piece up. A read error prints a line through the BIOS and halts: nothing else
 # of stage2 exists yet to report it.
-.set LOAD_BOUNCE, 0x1000
+.set LOAD_BOUNCE, 0x10000
+.set LOAD_BOUNCE_SEG, 0x1000
 .set LOAD_DAP, 0x0600
-.set LOAD_CHUNK_SECTORS, 48         # 24 KiB: the bounce buffer, inside one 64 KiB DMA page
+.set LOAD_CHUNK_SECTORS, 127        # EDD's most per call: the bounce buffer, in one 64 KiB DMA page
 # The register block's offsets (R_*, R_SIZE) and SAVE_GPRS/LOAD_GPRS: regs.s (vboot::realmode::Regs).
 load_high_part:
     movzwl stage_patch_ptr, %esi
@@ -220,8 +221,8 @@ load_read_lba:
 1:  movw $0x10, LOAD_DAP
     mov load_count, %eax
     mov %ax, LOAD_DAP+2
-    movw $LOAD_BOUNCE, LOAD_DAP+4
-    movw $0, LOAD_DAP+6
+    movw $0, LOAD_DAP+4
+    movw $LOAD_BOUNCE_SEG, LOAD_DAP+6
     mov load_lba, %eax
     mov %eax, LOAD_DAP+8
     mov load_lba+4, %eax
@@ -278,8 +279,8 @@ load_read_chs:
     movl $0x0201, load_regs+R_EAX
     mov load_done, %eax
     shl $9, %eax
-    add $LOAD_BOUNCE, %eax
     mov %eax, load_regs+R_EBX
+    movw $LOAD_BOUNCE_SEG, load_regs+R_ES
     mov $0x13, %eax
     call load_bios
     testw $1, load_regs+R_FLAGS
