@@ -1,0 +1,542 @@
+//! The pivot's system side (docs/vboot-attach.md, "The pivot"): the server's control socket
+//! (abstract `@vboot-attach/nbdN`), the file descriptors passed over it (SCM_RIGHTS), the
+//! extents the host filesystem gives (FS_IOC_FIEMAP, or FIBMAP where a filesystem has no
+//! FIEMAP), and `vboot-attach --pivot FILE`, the client.
+//!
+//! The exchange, one line each way at a time:
+//! 1. server: `hello ...` ([`Hello`]): device, host partition, state, whether it writes, files;
+//! 2. client: `pivot` with one read-only descriptor per file of the chain, leaf first (the client
+//!    opens them, in its own mount namespace and root: after switch-root the server's root is the
+//!    old initramfs); the server checks every file against the table;
+//! 3. server: `refused\tWHY`, or `pivoted\tWHAT` when it does not write the files (read-only,
+//!    immutable), or `remount` when it does: it has stopped serving and flushed the host disk;
+//! 4. client: remounts the filesystem read-write, sends `leaf` with the leaf opened read-write
+//!    (or `abort`); the server checks it is the same file, still at the same sectors, switches,
+//!    and answers `pivoted\tWHAT` or `refused\tWHY` (and serves from the host disk again).
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use vboot::fs::Extent;
+use vboot_attach::pivot::{self, Hello, Mount};
+
+use crate::vdisk::VirtualDisk;
+
+/// How long either side waits for the other's next line. The server stops serving between its
+/// `remount` and the client's `leaf`: past this it serves from the host disk again.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_FDS: usize = 64;
+
+/// `major:minor` of a device number, as /proc/self/mountinfo writes it.
+fn majmin(dev: u64) -> String {
+    format!("{}:{}", libc::major(dev), libc::minor(dev))
+}
+
+/// What the server tells clients about itself.
+pub struct ServerInfo {
+    pub device: String,
+    /// `major:minor` of the host partition.
+    pub partition: String,
+    pub partition_start_lba: u64,
+}
+
+/// The server's control socket, bound before it forks (so a second server for the same device
+/// is refused at once).
+pub fn listen(device: &str) -> Result<UnixListener, String> {
+    let name = pivot::socket_name(device);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| format!("@{}: {}", name, e))?;
+    let l = UnixListener::bind_addr(&addr).map_err(|e| format!("creating the control socket @{}: {} (another server for {}?)", name, e, device))?;
+    l.set_nonblocking(true).map_err(|e| format!("@{}: {}", name, e))?;
+    Ok(l)
+}
+
+/// `major:minor` of /sys/class/block/NAME.
+pub fn device_number(name: &str) -> Result<String, String> {
+    let p = format!("/sys/class/block/{}/dev", name);
+    std::fs::read_to_string(&p).map(|s| s.trim().to_string()).map_err(|e| format!("{}: {}", p, e))
+}
+
+fn send(s: &mut UnixStream, line: &str, fds: &[&File]) -> io::Result<()> {
+    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let mut iov = libc::iovec { iov_base: line.as_ptr() as *mut libc::c_void, iov_len: line.len() };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((raw.len() * 4) as u32) } as usize;
+    let mut control = vec![0u8; if raw.is_empty() { 0 } else { space }];
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len() as _;
+        // SAFETY: `msg` points at `control`, which has room (CMSG_SPACE) for one header and
+        // `raw.len()` descriptors; CMSG_FIRSTHDR is therefore not null and CMSG_DATA has room.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((raw.len() * 4) as u32) as _;
+            std::ptr::copy_nonoverlapping(raw.as_ptr() as *const u8, libc::CMSG_DATA(c), raw.len() * 4);
+        }
+    }
+    // SAFETY: `msg` and everything it points to (iov, line, control) live across the call.
+    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // A short line: the rest without descriptors.
+    s.write_all(&line.as_bytes()[n as usize..])
+}
+
+/// One line and the descriptors that came with it.
+fn receive(s: &mut UnixStream) -> io::Result<(String, Vec<File>)> {
+    let mut data = vec![0u8; 4096];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let mut control = vec![0u8; unsafe { libc::CMSG_SPACE((MAX_FDS * 4) as u32) } as usize];
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr() as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: `msg` points at `data` and `control`, both live and of the lengths given.
+    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut files = Vec::new();
+    // SAFETY: the kernel filled `control` up to msg_controllen; CMSG_FIRSTHDR/NXTHDR stay inside
+    // it, and an SCM_RIGHTS message carries (cmsg_len - CMSG_LEN(0)) / 4 descriptors that are
+    // now ours (each is owned by exactly one File).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                let p = libc::CMSG_DATA(c) as *const i32;
+                for i in 0..count {
+                    files.push(File::from_raw_fd(std::ptr::read_unaligned(p.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("more than {} descriptors", MAX_FDS)));
+    }
+    let mut line = data[..n as usize].to_vec();
+    while !line.ends_with(b"\n") {
+        let mut b = [0u8; 1];
+        if s.read(&mut b)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the other side went away"));
+        }
+        line.push(b[0]);
+    }
+    line.pop();
+    Ok((String::from_utf8_lossy(&line).into_owned(), files))
+}
+
+// linux/fiemap.h
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_FLAG_SYNC: u32 = 0x1;
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+/// Not where the data is, or not yet anywhere: UNKNOWN, DELALLOC, ENCODED, DATA_ENCRYPTED,
+/// NOT_ALIGNED, DATA_INLINE, DATA_TAIL.
+const FIEMAP_EXTENT_ELSEWHERE: u32 = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400;
+// linux/fs.h: FIBMAP and FIGETBSZ take a pointer to an int.
+const FIBMAP: libc::c_ulong = 1;
+const FIGETBSZ: libc::c_ulong = 2;
+const FIEMAP_EXTENTS: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; FIEMAP_EXTENTS],
+}
+
+/// The host sectors of `f` (`name` for messages) as the filesystem on the partition starting at
+/// `part_start_lba` places them.
+fn filesystem_extents(f: &File, name: &str, part_start_lba: u64) -> Result<Vec<Extent>, String> {
+    let mut out = Vec::new();
+    let mut m = Box::new(Fiemap { start: 0, length: 0, flags: 0, mapped_extents: 0, extent_count: 0, reserved: 0, extents: [FiemapExtent::default(); FIEMAP_EXTENTS] });
+    let mut start = 0u64;
+    loop {
+        m.start = start;
+        m.length = u64::MAX - start;
+        m.flags = FIEMAP_FLAG_SYNC;
+        m.extent_count = FIEMAP_EXTENTS as u32;
+        m.mapped_extents = 0;
+        // SAFETY: FS_IOC_FIEMAP reads and writes one struct fiemap followed by extent_count
+        // extents: `m` is exactly that, live and exclusively borrowed for the call.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, &mut *m as *mut Fiemap) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY)) && start == 0 {
+                return fibmap_extents(f, name, part_start_lba);
+            }
+            return Err(format!("{}: FIEMAP: {}", name, e));
+        }
+        let got = &m.extents[..(m.mapped_extents as usize).min(FIEMAP_EXTENTS)];
+        for e in got {
+            if e.flags & FIEMAP_EXTENT_ELSEWHERE != 0 {
+                return Err(format!("{}: the filesystem reports bytes {}..{} not at a fixed place on the disk (FIEMAP flags {:#x})", name, e.logical, e.logical + e.length, e.flags));
+            }
+            if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 {
+                return Err(format!(
+                    "{}: bytes {}..{} are preallocated but unwritten: the filesystem reads them as zeros, whatever the server wrote there",
+                    name,
+                    e.logical,
+                    e.logical + e.length
+                ));
+            }
+            if e.logical % 512 != 0 || e.physical % 512 != 0 {
+                return Err(format!("{}: an extent not on sector boundaries (byte {} at {})", name, e.logical, e.physical));
+            }
+            out.push(Extent { file_sector: e.logical / 512, lba: part_start_lba + e.physical / 512, sectors: e.length.div_ceil(512) });
+        }
+        match got.last() {
+            Some(l) if l.flags & FIEMAP_EXTENT_LAST == 0 => start = l.logical + l.length,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// FIBMAP, block by block, for a filesystem without FIEMAP.
+fn fibmap_extents(f: &File, name: &str, part_start_lba: u64) -> Result<Vec<Extent>, String> {
+    let mut block_bytes: libc::c_int = 0;
+    // SAFETY: FIGETBSZ writes one int through the pointer, which points at a live int.
+    if unsafe { libc::ioctl(f.as_raw_fd(), FIGETBSZ as _, &mut block_bytes as *mut libc::c_int) } < 0 || block_bytes < 512 || block_bytes % 512 != 0 {
+        return Err(format!("{}: the filesystem gives neither FIEMAP nor a block size for FIBMAP", name));
+    }
+    let block_sectors = block_bytes as u64 / 512;
+    let size = f.metadata().map_err(|e| format!("{}: {}", name, e))?.len();
+    let mut out: Vec<Extent> = Vec::new();
+    for b in 0..size.div_ceil(block_bytes as u64) {
+        let mut x = libc::c_int::try_from(b).map_err(|_| format!("{}: too large for FIBMAP", name))?;
+        // SAFETY: FIBMAP reads and writes one int through the pointer, which points at a live int.
+        if unsafe { libc::ioctl(f.as_raw_fd(), FIBMAP as _, &mut x as *mut libc::c_int) } < 0 {
+            return Err(format!("{}: FIBMAP: {}", name, io::Error::last_os_error()));
+        }
+        if x == 0 {
+            continue;
+        }
+        let lba = part_start_lba + x as u32 as u64 * block_sectors;
+        match out.last_mut() {
+            Some(l) if l.file_sector + l.sectors == b * block_sectors && l.lba + l.sectors == lba => l.sectors += block_sectors,
+            _ => out.push(Extent { file_sector: b * block_sectors, lba, sectors: block_sectors }),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `f` is the table's `layer`: a regular file on the host partition, of the table's
+/// size, at exactly the table's sectors.
+fn check_file(f: &File, layer: &vboot::handoff::Layer, info: &ServerInfo) -> Result<(), String> {
+    let name = &layer.path;
+    let md = f.metadata().map_err(|e| format!("{}: {}", name, e))?;
+    if !md.file_type().is_file() {
+        return Err(format!("the descriptor given for {} is not a regular file", name));
+    }
+    if majmin(md.dev()) != info.partition {
+        return Err(format!(
+            "the file given for {} is on device {}, not on the host partition ({}): the image must be the file vboot booted, on the host partition",
+            name,
+            majmin(md.dev()),
+            info.partition
+        ));
+    }
+    if md.len() != layer.size_bytes {
+        return Err(format!("the file given for {} is {} bytes, but {} at boot: not the same file, or it changed since", name, md.len(), layer.size_bytes));
+    }
+    let found = filesystem_extents(f, name, info.partition_start_lba)?;
+    pivot::compare_extents(&layer.extents, &found, layer.size_bytes).map_err(|e| {
+        format!("the file given for {} is not where the hand-off table says ({}): not the same file, or it was moved since boot", name, e)
+    })
+}
+
+/// Forget what the page cache holds of `f`: before the pivot it may hold pages read through the
+/// filesystem while the server wrote the raw sectors underneath.
+fn drop_cached_pages(f: &File) {
+    // SAFETY: posix_fadvise takes no pointer; a bad descriptor is an error, not undefined behaviour.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+/// The server: one client on `listener`, if one is waiting. Runs between two NBD requests (the
+/// ones after it wait in the socket), so the disk is idle throughout.
+pub fn handle(listener: &UnixListener, info: &ServerInfo, disk: &mut VirtualDisk, log: &mut dyn FnMut(String)) {
+    let mut s = match listener.accept() {
+        Ok((s, _)) => s,
+        Err(_) => return,
+    };
+    if let Err(m) = converse(&mut s, info, disk, log) {
+        log(format!("pivot refused: {}", m));
+        let _ = send(&mut s, &format!("refused\t{}\n", m.replace(['\t', '\n'], " ")), &[]);
+    }
+}
+
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred { pid: 0, uid: u32::MAX, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes one ucred (len bytes) through the pointer, which points at `cred`.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut libc::ucred as *mut libc::c_void, &mut len) };
+    (r == 0).then_some(cred.uid)
+}
+
+fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: &mut dyn FnMut(String)) -> Result<(), String> {
+    s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(REPLY_TIMEOUT))).map_err(|e| e.to_string())?;
+    if peer_uid(s) != Some(0) {
+        return Err(String::from("only root may pivot the server"));
+    }
+    let hello = Hello {
+        device: info.device.clone(),
+        partition: info.partition.clone(),
+        pivoted: disk.pivoted(),
+        writes: disk.writes_files(),
+        layers: disk.layers.iter().map(|l| l.path.clone()).collect(),
+    };
+    send(s, &hello.encode(), &[]).map_err(|e| format!("the client went away: {}", e))?;
+    let (line, mut files) = match receive(s) {
+        Ok(m) => m,
+        // A client that only asked who we are (another server's client looking for its own).
+        Err(_) => return Ok(()),
+    };
+    if line != "pivot" {
+        return Err(format!("unexpected request {:?}", line));
+    }
+    if disk.pivoted() {
+        return Err(format!("{} already serves {} through the host filesystem (pivoted before)", info.device, disk.layers[0].path));
+    }
+    if files.len() != disk.layers.len() {
+        return Err(format!("{} files given for a chain of {}", files.len(), disk.layers.len()));
+    }
+    for (f, l) in files.iter().zip(&disk.layers) {
+        check_file(f, l, info)?;
+    }
+    // From here the NBD requests wait: nothing is written to the host disk any more.
+    disk.flush_host()?;
+    if disk.writes_files() {
+        send(s, "remount\n", &[]).map_err(|e| format!("the client went away: {}", e))?;
+        let (line, leaf) = receive(s).map_err(|e| format!("no read-write leaf from the client within {} s ({}); serving from the host disk again", REPLY_TIMEOUT.as_secs(), e))?;
+        match (line.as_str(), &leaf[..]) {
+            ("leaf", [f]) => {
+                let (a, b) = (f.metadata().map_err(|e| e.to_string())?, files[0].metadata().map_err(|e| e.to_string())?);
+                if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                    return Err(format!("the read-write file given for {} is not the file checked before", disk.layers[0].path));
+                }
+                // SAFETY: F_GETFL takes no argument pointer.
+                let mode = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
+                if mode != libc::O_RDWR {
+                    return Err(format!("the file given for {} is not open read-write", disk.layers[0].path));
+                }
+                check_file(f, &disk.layers[0], info)?;
+            }
+            ("abort", _) => return Err(String::from("the client gave up (it could not remount the filesystem read-write); serving from the host disk again")),
+            _ => return Err(format!("unexpected answer {:?} with {} descriptors", line, leaf.len())),
+        }
+        files[0] = leaf.into_iter().next().unwrap();
+    }
+    for f in &files {
+        drop_cached_pages(f);
+    }
+    disk.pivot(files)?;
+    let what = format!(
+        "{} now serves {} through the host filesystem ({}); the host disk is closed",
+        info.device,
+        disk.layers.iter().map(|l| l.path.as_str()).collect::<Vec<_>>().join(" <- "),
+        if disk.writes_files() { "the leaf read-write" } else { "read-only" }
+    );
+    log(what.clone());
+    send(s, &format!("pivoted\t{}\n", what), &[]).map_err(|e| format!("the client went away after the pivot: {}", e))
+}
+
+/// A server that answered: its socket and what it said.
+struct Peer {
+    stream: UnixStream,
+    hello: Hello,
+}
+
+fn connect(device: &str) -> Option<Peer> {
+    let addr = SocketAddr::from_abstract_name(pivot::socket_name(device).as_bytes()).ok()?;
+    let mut stream = UnixStream::connect_addr(&addr).ok()?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok()?;
+    let (line, _) = receive(&mut stream).ok()?;
+    Some(Peer { stream, hello: Hello::decode(&line)? })
+}
+
+/// /dev/nbdN of every attached NBD device.
+fn attached_devices() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/block")
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("nbd") && Path::new(&format!("/sys/block/{}/pid", n)).exists()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v.into_iter().map(|n| format!("/dev/{}", n)).collect()
+}
+
+/// `mount -o remount,rw` (or `ro`) of `mount`, keeping its other per-mount flags. A system call,
+/// not the mount program: the server holds the NBD device's requests meanwhile, and the program
+/// may live on that device.
+fn remount(mount: &Mount, read_write: bool) -> Result<(), String> {
+    let mut flags = libc::MS_REMOUNT;
+    if !read_write {
+        flags |= libc::MS_RDONLY;
+    }
+    for o in &mount.options {
+        flags |= match o.as_str() {
+            "nosuid" => libc::MS_NOSUID,
+            "nodev" => libc::MS_NODEV,
+            "noexec" => libc::MS_NOEXEC,
+            "noatime" => libc::MS_NOATIME,
+            "nodiratime" => libc::MS_NODIRATIME,
+            "relatime" => libc::MS_RELATIME,
+            "strictatime" => libc::MS_STRICTATIME,
+            "sync" => libc::MS_SYNCHRONOUS,
+            _ => 0,
+        };
+    }
+    let target = CString::new(mount.point.as_str()).map_err(|_| format!("{}: a NUL in the path", mount.point))?;
+    // SAFETY: `target` is a NUL-terminated string that lives across the call; source, type and
+    // data may be null for MS_REMOUNT.
+    let r = unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
+    if r < 0 {
+        return Err(format!("remounting {} {}: {}", mount.point, if read_write { "read-write" } else { "read-only" }, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `vboot-attach --pivot FILE [--device DEVICE]`.
+pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
+    let canonical = std::fs::canonicalize(file).map_err(|e| format!("{}: {}", file.display(), e))?;
+    let md = std::fs::metadata(&canonical).map_err(|e| format!("{}: {}", file.display(), e))?;
+    if !md.file_type().is_file() || md.file_type().is_block_device() {
+        return Err(format!("{} is not a regular file: give the image file through the mounted host partition", file.display()));
+    }
+    let dev = majmin(md.dev());
+    let path = canonical.to_string_lossy().into_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {}", e))?;
+    let mount = pivot::mount_of(&mountinfo, &dev, &path).ok_or_else(|| format!("{} is on device {}, which /proc/self/mountinfo does not list", path, dev))?;
+    let in_fs = pivot::path_in_filesystem(&mount, &path).unwrap_or_else(|| path.clone());
+
+    let devices = match device {
+        Some(d) => vec![d.to_string()],
+        None => attached_devices(),
+    };
+    let peers: Vec<Peer> = devices.iter().filter_map(|d| connect(d)).collect();
+    if peers.is_empty() {
+        return Err(match device {
+            Some(d) => format!("no vboot-attach server answers for {} (is it attached, by this version of vboot-attach?)", d),
+            None => String::from("no vboot-attach server is running (no /dev/nbdN answers on its control socket): attach the drive first"),
+        });
+    }
+    let served: Vec<String> = peers.iter().map(|p| format!("{} {} on {}", p.hello.device, p.hello.layers[0], p.hello.partition)).collect();
+    let mut on_partition: Vec<Peer> = peers.into_iter().filter(|p| p.hello.partition == dev).collect();
+    if on_partition.len() > 1 {
+        on_partition.retain(|p| pivot::same_path(&p.hello.layers[0], &in_fs));
+    }
+    let mut peer = match on_partition.len() {
+        1 => on_partition.pop().unwrap(),
+        0 => {
+            return Err(format!(
+                "{} is on device {}, not on the host partition of a served drive ({}): give the image vboot booted, through its host partition",
+                path,
+                dev,
+                served.join("; ")
+            ))
+        }
+        _ => return Err(format!("several servers serve images on device {}: say which with --device", dev)),
+    };
+    let h = peer.hello.clone();
+    if h.pivoted {
+        return Err(format!("{} already serves {} through the host filesystem (pivoted before)", h.device, h.layers[0]));
+    }
+    if !pivot::same_path(&h.layers[0], &in_fs) {
+        eprintln!("vboot-attach: warning: {} serves {}, not {}: the server checks the file's sectors", h.device, h.layers[0], in_fs);
+    }
+    if h.writes && mount.read_write {
+        return Err(format!(
+            "{} is mounted read-write on {} while {} still writes the image's sectors on the disk: remount it read-only \
+             (mount -o remount,ro {}) and run --pivot again; it remounts it read-write itself once the server has switched",
+            dev, mount.point, h.device, mount.point
+        ));
+    }
+    // The files, read-only: the leaf, then the parents by the table's paths through the same mount.
+    let mut files = vec![File::open(&canonical).map_err(|e| format!("{}: {}", path, e))?];
+    for l in &h.layers[1..] {
+        let p = pivot::path_through_mount(&mount, l).ok_or_else(|| format!("the parent {} is outside {} (a mount of {} only)", l, mount.point, mount.root))?;
+        files.push(File::open(&p).map_err(|e| format!("the parent {} ({}): {}", l, p, e))?);
+    }
+    // The server stops serving between `remount` and `leaf`: nothing of this process may have to
+    // be read from the NBD device meanwhile.
+    // SAFETY: mlockall takes no pointer.
+    unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
+    let s = &mut peer.stream;
+    let io = |e: io::Error| format!("the server of {} went away: {}", h.device, e);
+    send(s, "pivot\n", &files.iter().collect::<Vec<_>>()).map_err(io)?;
+    let (line, _) = receive(s).map_err(io)?;
+    let mut remounted = false;
+    let (line, _) = if line == "remount" {
+        if let Err(e) = remount(&mount, true) {
+            let _ = send(s, "abort\n", &[]);
+            return Err(format!("{}; the server serves from the host disk again", e));
+        }
+        remounted = true;
+        let leaf = match OpenOptions::new().read(true).write(true).open(&canonical) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = send(s, "abort\n", &[]);
+                let _ = remount(&mount, false);
+                return Err(format!("{} (read-write): {}; remounted read-only again, the server serves from the host disk", path, e));
+            }
+        };
+        match send(s, "leaf\n", &[&leaf]).and_then(|_| receive(s)) {
+            Ok(m) => m,
+            Err(e) => {
+                let again = remount(&mount, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));
+                return Err(format!("{}{}", io(e), again));
+            }
+        }
+    } else {
+        (line, Vec::new())
+    };
+    match line.split_once('\t') {
+        Some(("pivoted", what)) => {
+            eprintln!("vboot-attach: {}", what);
+            if !h.writes {
+                eprintln!("vboot-attach: the server does not write the image; {} may be remounted read-write", mount.point);
+            }
+            Ok(())
+        }
+        Some(("refused", why)) => {
+            if remounted {
+                let again = remount(&mount, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));
+                return Err(format!("{}: {}{}", h.device, why, again));
+            }
+            Err(format!("{}: {}", h.device, why))
+        }
+        _ => Err(format!("the server of {} answered {:?}", h.device, line)),
+    }
+}
