@@ -197,6 +197,103 @@ fn immutable_writes_go_into_the_throwaway_child_and_the_image_is_unchanged() {
     check_guest_files(&dir, &child);
 }
 
+/// The pivot (issue 17): Linux booted from a dynamic VHD on a FAT32 host partition attaches it
+/// (raw host-disk extents, the host partition mounted read-only), has `--pivot` refused for a
+/// copy of the image (same size, other sectors), a file on a tmpfs and a read-write host mount,
+/// the server still serving after each; pivots to the image through /host, which is read-write
+/// afterwards, and a second pivot is refused; then writes 50 MiB of new files onto the host
+/// partition while it writes 50 MiB into its own disk. The host finds the host filesystem and
+/// the image clean, and every file the guest wrote with the SHA-256 the guest printed, read back
+/// by mtools (from the host partition, and from the image through qemu-img convert).
+#[test]
+fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
+    let dir = TempDir::new("attach-pivot");
+    let raw = guests::build_attach_pivot_guest(&dir.path, "vda1", "guest.vhd", "decoy.vhd");
+    let image = dir.join("guest.vhd");
+    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), image.to_str().unwrap()]);
+    // Slack for the 50 MiB the guest writes into its own disk, and their FAT's blocks.
+    sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("72M"));
+    let cfg = "set timeout=0\nmenuentry 'linux in an image' {\n    vboot harddisk=/vm/guest.vhd reserve=0\n}\n";
+    let host = vboot_host(&dir, 320, cfg, &[]);
+    sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    let bytes = std::fs::read(&image).unwrap();
+    disk::put_fragmented(&host.part, "/vm/guest.vhd", &bytes, 3);
+    // The decoy: the same bytes, elsewhere on the partition.
+    disk::put_fragmented(&host.part, "/vm/decoy.vhd", &bytes, 2);
+    drop(bytes);
+    let decoy_sha = disk::sha256(&image);
+    disk::write_at(&host.disk, 2048, &host.part);
+
+    let started = std::time::Instant::now();
+    let out = run_guest(&host.disk);
+    eprintln!("pivot guest ran {:?}", started.elapsed());
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.starts_with("SHA ") || l.starts_with("STILL-") || l.starts_with("HOST-MOUNT") || l.starts_with("WRITES-")) {
+        eprintln!("guest: {}", l);
+    }
+    assert!(!out.contains("ATTACH-FAILED"), "{}", out);
+    assert!(out.contains(guests::PIVOT_OK), "{}", out);
+    // Each refusal with its message, and the server serving after it.
+    assert!(out.contains("no vboot-attach server is running"), "no refusal without a server:\n{}", out);
+    assert!(out.contains("the file given for /vm/guest.vhd is not where the hand-off table says (file sector 0 is at host sector"), "no refusal of the decoy:\n{}", out);
+    assert!(out.contains("not on the host partition of a served drive"), "no refusal of a file on a tmpfs:\n{}", out);
+    assert!(out.contains("is mounted read-write on /host while /dev/nbd0 still writes the image's sectors"), "no refusal with /host read-write:\n{}", out);
+    for step in ["attach", "decoy", "tmpfs", "read-write", "pivot"] {
+        assert!(out.contains(&format!("STILL-SERVING after {}", step)), "{}", out);
+    }
+    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (the leaf read-write); the host disk is closed"), "{}", out);
+    assert!(out.contains("pivoted before"), "no refusal of a second pivot:\n{}", out);
+    assert!(out.contains("/dev/nbd0 detached"), "{}", out);
+    let sha: std::collections::HashMap<String, String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("SHA "))
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(p, h)| (p.to_string(), h.to_string()))
+        .collect();
+    assert_eq!(sha.len(), 4, "{}", out);
+
+    // The host partition: fsck.fat clean, the guest's files read back by mtools, the decoy
+    // unchanged.
+    let part_now = host.current_partition(&dir.join("part-after.img"));
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    let half_bytes = (guests::PIVOT_WRITE_MIB / 2) << 20;
+    for name in ["A.BIN", "B.BIN"] {
+        let got = dir.join(format!("host-{}", name));
+        disk::fat_get(&part_now, &format!("/new/{}", name), &got);
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), half_bytes, "/new/{}", name);
+        assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/host/new/{}", name)), "/new/{} on the host partition", name);
+        let _ = std::fs::remove_file(&got);
+    }
+    let decoy = dir.join("decoy-after.vhd");
+    disk::fat_get(&part_now, "/vm/decoy.vhd", &decoy);
+    assert_eq!(disk::sha256(&decoy), decoy_sha, "the decoy changed");
+
+    // The image: structurally clean, the guest's files in its second partition, fsck.fat clean.
+    let after = dir.join("after-guest.vhd");
+    disk::fat_get(&part_now, "/vm/guest.vhd", &after);
+    let _ = std::fs::remove_file(&part_now);
+    structure_check(&after, "vpc");
+    let raw_after = dir.join("guest-after.raw");
+    qemu_img(&["convert", "-O", "raw", after.to_str().unwrap(), raw_after.to_str().unwrap()]);
+    assert_eq!(file_in_raw(&raw_after, ATTACH_FILE), ATTACH_FILE_TEXT);
+    let part2 = dir.join("guest-part2.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&raw_after).unwrap();
+        let mut buf = vec![0u8; (guests::PIVOT_GUEST_PART2_MIB << 20) as usize];
+        f.read_exact_at(&mut buf, guests::PIVOT_GUEST_PART2_START_LBA * 512).unwrap();
+        std::fs::write(&part2, &buf).unwrap();
+    }
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part2).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the guest's second partition: {}", String::from_utf8_lossy(&fsck.stdout));
+    for name in ["G1.BIN", "G2.BIN"] {
+        let got = dir.join(format!("guest-{}", name));
+        disk::fat_get(&part2, &format!("/{}", name), &got);
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), half_bytes, "/{}", name);
+        assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/g/{}", name)), "/{} in the image", name);
+    }
+}
+
 #[test]
 fn without_vboot_there_is_no_table_to_attach() {
     let dir = TempDir::new("attach-native");

@@ -184,7 +184,7 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         if let Some(at) = host::mounted_read_write(name) {
             return Err(format!(
                 "/dev/{} is mounted read-write on {}: writing the image under a mounted filesystem would corrupt it; \
-                 unmount it or remount it read-only first",
+                 unmount it or remount it read-only first (after the attach, `vboot-attach --pivot FILE` lets it be used read-write)",
                 name, at
             ));
         }
