@@ -717,15 +717,18 @@ pub const PIVOT_WRITE_MIB: u64 = 50;
 /// [`PIVOT_GUEST_DISK_MIB`] whose initramfs, booted through vboot from `/vm/<image>` on the host
 /// partition `/dev/<host_partition>` (FAT), does:
 /// 1. with the host partition mounted read-only on /host and no server: `--pivot` refused;
-/// 2. attaches drive 0x80 on /dev/nbd0 (raw host-disk extents), reads [`ATTACH_FILE`];
+/// 2. attaches drive 0x80 on /dev/nbd0 (raw host-disk extents), reads [`ATTACH_FILE`]; reads
+///    the whole image through /host (into the page cache), then writes /PRE.BIN (4 MiB) into
+///    its own disk's second partition through the server, underneath that cache;
 /// 3. refusals, the server still serving after each: `--pivot /host/vm/<decoy>` (a copy of the
 ///    image, same size, other sectors), a file on a tmpfs, the host partition remounted
 ///    read-write before the pivot;
 /// 4. `--pivot /host/vm/<image>`: the server switches to the file; /host is now read-write;
-///    a second `--pivot` refused;
+///    the server's descriptors (`SERVER-FILES before/after`) show the host disk closed and the
+///    file open; a second `--pivot` refused;
 /// 5. at the same time, [`PIVOT_WRITE_MIB`] of new files onto /host and as much into its own
-///    disk's second partition (`SHA <path> <sha256>` for each, read back after dropping the
-///    caches); unmounts, detaches, unmounts /host.
+///    disk's second partition (`SHA <path> <sha256>` for each and /PRE.BIN, read back after
+///    dropping the caches); unmounts, detaches, unmounts /host.
 /// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`, the end [`PIVOT_OK`]; QEMU ends with 33.
 pub fn build_attach_pivot_guest(dir: &Path, host_partition: &str, image: &str, decoy: &str) -> PathBuf {
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"], &[]);
@@ -755,6 +758,14 @@ echo "ATTACHED $dev"
 wait_block /dev/nbd0p2 || fail "no /dev/nbd0p2"
 mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1"
 still_serving attach
+server=$(cat /sys/block/nbd0/pid)
+echo "SERVER-FILES before $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/{image}$' | sort -u | tr '\n' ' ')"
+# The page cache of the image through /host, then writes through the server underneath it: what
+# the server must forget at the pivot (the VHD's BAT and the new blocks change under the cache).
+cat /host/vm/{image} > /dev/null || fail "read the image through /host"
+mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2"
+dd if=/dev/urandom of=/g/PRE.BIN bs=1M count=4 2>/dev/null && sync || fail "write /g/PRE.BIN"
+echo "SHA /g/PRE.BIN $(sha256sum /g/PRE.BIN | cut -d' ' -f1)"
 echo "STEP refusals"
 vboot-attach --pivot /host/vm/{decoy} && fail "pivoted to another file"
 still_serving decoy
@@ -770,9 +781,9 @@ vboot-attach --pivot /host/vm/{image} || fail "vboot-attach --pivot"
 echo "HOST-MOUNT $(grep ' /host ' /proc/mounts)"
 grep -q ' /host vfat rw' /proc/mounts || fail "/host is not read-write after the pivot"
 still_serving pivot
+echo "SERVER-FILES after $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/{image}$' | sort -u | tr '\n' ' ')"
 vboot-attach --pivot /host/vm/{image} && fail "pivoted twice"
 echo "STEP writes"
-mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2"
 mkdir -p /host/new || fail "mkdir /host/new"
 dd if=/dev/urandom of=/tmp/src bs=1M count={half} 2>/dev/null || fail "make /tmp/src"
 read t0 rest < /proc/uptime
@@ -784,7 +795,7 @@ sync || fail sync
 read t1 rest < /proc/uptime
 echo "WRITES-DONE from=$t0 to=$t1"
 echo 3 > /proc/sys/vm/drop_caches
-for f in /host/new/A.BIN /host/new/B.BIN /g/G1.BIN /g/G2.BIN; do
+for f in /host/new/A.BIN /host/new/B.BIN /g/G1.BIN /g/G2.BIN /g/PRE.BIN; do
   echo "SHA $f $(sha256sum $f | cut -d' ' -f1)"
 done
 umount /g || fail "umount /g"

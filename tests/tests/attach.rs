@@ -198,7 +198,8 @@ fn immutable_writes_go_into_the_throwaway_child_and_the_image_is_unchanged() {
 }
 
 /// The pivot (issue 17): Linux booted from a dynamic VHD on a FAT32 host partition attaches it
-/// (raw host-disk extents, the host partition mounted read-only), has `--pivot` refused for a
+/// (raw host-disk extents, the host partition mounted read-only), reads the image through the
+/// mount and then writes 4 MiB through the server underneath that page cache, has `--pivot` refused for a
 /// copy of the image (same size, other sectors), a file on a tmpfs and a read-write host mount,
 /// the server still serving after each; pivots to the image through /host, which is read-write
 /// afterwards, and a second pivot is refused; then writes 50 MiB of new files onto the host
@@ -227,7 +228,7 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     let started = std::time::Instant::now();
     let out = run_guest(&host.disk);
     eprintln!("pivot guest ran {:?}", started.elapsed());
-    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.starts_with("SHA ") || l.starts_with("STILL-") || l.starts_with("HOST-MOUNT") || l.starts_with("WRITES-")) {
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.starts_with("SHA ") || l.starts_with("STILL-") || l.starts_with("SERVER-") || l.starts_with("HOST-MOUNT") || l.starts_with("WRITES-")) {
         eprintln!("guest: {}", l);
     }
     assert!(!out.contains("ATTACH-FAILED"), "{}", out);
@@ -249,7 +250,10 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
         .filter_map(|l| l.trim().split_once(' '))
         .map(|(p, h)| (p.to_string(), h.to_string()))
         .collect();
-    assert_eq!(sha.len(), 4, "{}", out);
+    assert_eq!(sha.len(), 5, "{}", out);
+    // The server's open files: the host disk before, the image file after.
+    assert!(out.contains("SERVER-FILES before /dev/vda \n"), "{}", out);
+    assert!(out.contains("SERVER-FILES after /host/vm/guest.vhd \n"), "{}", out);
 
     // The host partition: fsck.fat clean, the guest's files read back by mtools, the decoy
     // unchanged.
@@ -258,7 +262,7 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
     let half_bytes = (guests::PIVOT_WRITE_MIB / 2) << 20;
     for name in ["A.BIN", "B.BIN"] {
-        let got = dir.join(format!("host-{}", name));
+        let got = dir.join(&format!("host-{}", name));
         disk::fat_get(&part_now, &format!("/new/{}", name), &got);
         assert_eq!(std::fs::metadata(&got).unwrap().len(), half_bytes, "/new/{}", name);
         assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/host/new/{}", name)), "/new/{} on the host partition", name);
@@ -286,10 +290,11 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     }
     let fsck = Command::new("fsck.fat").arg("-n").arg(&part2).output().unwrap();
     assert!(fsck.status.success(), "fsck.fat -n on the guest's second partition: {}", String::from_utf8_lossy(&fsck.stdout));
-    for name in ["G1.BIN", "G2.BIN"] {
-        let got = dir.join(format!("guest-{}", name));
+    // PRE.BIN was written before the pivot, under the page cache of the image read through /host.
+    for name in ["G1.BIN", "G2.BIN", "PRE.BIN"] {
+        let got = dir.join(&format!("guest-{}", name));
         disk::fat_get(&part2, &format!("/{}", name), &got);
-        assert_eq!(std::fs::metadata(&got).unwrap().len(), half_bytes, "/{}", name);
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), if name == "PRE.BIN" { 4 << 20 } else { half_bytes }, "/{}", name);
         assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/g/{}", name)), "/{} in the image", name);
     }
 }
