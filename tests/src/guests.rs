@@ -718,14 +718,16 @@ pub const PIVOT_WRITE_MIB: u64 = 50;
 /// partition `/dev/<host_partition>` (FAT), does:
 /// 1. with the host partition mounted read-only on /host and no server: `--pivot` refused;
 /// 2. attaches drive 0x80 on /dev/nbd0 (raw host-disk extents), reads [`ATTACH_FILE`]; reads
-///    the whole image through /host (into the page cache), then writes /PRE.BIN (4 MiB) into
-///    its own disk's second partition through the server, underneath that cache;
+///    the whole image through /host (into the page cache), then writes /PRE.BIN (4 MiB, a copy
+///    of /tmp/pre) into its own disk's second partition through the server, underneath that
+///    cache;
 /// 3. refusals, the server still serving after each: `--pivot /host/vm/<decoy>` (a copy of the
 ///    image, same size, other sectors), a file on a tmpfs, the host partition remounted
 ///    read-write before the pivot;
 /// 4. `--pivot /host/vm/<image>`: the server switches to the file; /host is now read-write;
 ///    the server's descriptors (`SERVER-FILES before/after`) show the host disk closed and the
-///    file open; a second `--pivot` refused;
+///    file open; a second `--pivot` refused; four single sectors of /PRE.BIN and /tmp/pre
+///    rewritten alike, and the two compared (`SHA-EXPECTED /g/PRE.BIN <sha256>`);
 /// 5. at the same time, [`PIVOT_WRITE_MIB`] of new files onto /host and as much into its own
 ///    disk's second partition (`SHA <path> <sha256>` for each and /PRE.BIN, read back after
 ///    dropping the caches); unmounts, detaches, unmounts /host.
@@ -760,12 +762,6 @@ mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1"
 still_serving attach
 server=$(cat /sys/block/nbd0/pid)
 echo "SERVER-FILES before $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/{image}$' | sort -u | tr '\n' ' ')"
-# The page cache of the image through /host, then writes through the server underneath it: what
-# the server must forget at the pivot (the VHD's BAT and the new blocks change under the cache).
-cat /host/vm/{image} > /dev/null || fail "read the image through /host"
-mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2"
-dd if=/dev/urandom of=/g/PRE.BIN bs=1M count=4 2>/dev/null && sync || fail "write /g/PRE.BIN"
-echo "SHA /g/PRE.BIN $(sha256sum /g/PRE.BIN | cut -d' ' -f1)"
 echo "STEP refusals"
 vboot-attach --pivot /host/vm/{decoy} && fail "pivoted to another file"
 still_serving decoy
@@ -776,10 +772,28 @@ mount -o remount,rw /host || fail "remount /host read-write"
 vboot-attach --pivot /host/vm/{image} && fail "pivoted with /host read-write"
 mount -o remount,ro /host || fail "remount /host read-only"
 still_serving read-write
+# Last before the pivot (still_serving drops every cache): the page cache of the image through /host, then writes through the server underneath it: what the
+# server must forget at the pivot (the VHD's BAT and the new blocks change under the cache).
+dd if=/host/vm/{image} of=/dev/null bs=64k 2>/dev/null || fail "read the image through /host"
+mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2"
+dd if=/dev/urandom of=/tmp/pre bs=1M count=4 2>/dev/null && cp /tmp/pre /g/PRE.BIN && sync || fail "write /g/PRE.BIN"
 echo "STEP pivot"
 vboot-attach --pivot /host/vm/{image} || fail "vboot-attach --pivot"
 echo "HOST-MOUNT $(grep ' /host ' /proc/mounts)"
 grep -q ' /host vfat rw' /proc/mounts || fail "/host is not read-write after the pivot"
+# At once after the pivot, single sectors of PRE.BIN rewritten through the file: the server writes them into pages of the
+# image file that would be stale had it not dropped them (the rest of each page is PRE.BIN's
+# data, written underneath the cache before the pivot). /tmp/pre is the reference.
+dd if=/dev/urandom of=/tmp/patch bs=512 count=1 2>/dev/null
+for at in 1 801 4321 8190; do
+  for f in /tmp/pre /g/PRE.BIN; do dd if=/tmp/patch of=$f bs=512 seek=$at conv=notrunc 2>/dev/null || fail "patch $f"; done
+done
+# Read back through the server without dropping every cache (drop_caches would drop the image
+# file's stale pages too): /g unmounted and mounted again.
+sync
+umount /g && mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2 again"
+[ "$(sha256sum < /tmp/pre)" = "$(sha256sum < /g/PRE.BIN)" ] || fail "/g/PRE.BIN differs from /tmp/pre after sectors of it were rewritten after the pivot"
+echo "SHA-EXPECTED /g/PRE.BIN $(sha256sum /tmp/pre | cut -d' ' -f1)"
 still_serving pivot
 echo "SERVER-FILES after $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/{image}$' | sort -u | tr '\n' ' ')"
 vboot-attach --pivot /host/vm/{image} && fail "pivoted twice"
