@@ -180,8 +180,8 @@ struct Fiemap {
 }
 
 /// The host sectors of `f` (`name` for messages) as the filesystem on the partition starting at
-/// `part_start_lba` places them.
-fn filesystem_extents(f: &File, name: &str, part_start_lba: u64) -> Result<Vec<Extent>, String> {
+/// `part_start_lba` places them, and which call said so ("FIEMAP" or "FIBMAP").
+fn filesystem_extents(f: &File, name: &str, part_start_lba: u64) -> Result<(Vec<Extent>, &'static str), String> {
     let mut out = Vec::new();
     let mut m = Box::new(Fiemap { start: 0, length: 0, flags: 0, mapped_extents: 0, extent_count: 0, reserved: 0, extents: [FiemapExtent::default(); FIEMAP_EXTENTS] });
     let mut start = 0u64;
@@ -197,7 +197,7 @@ fn filesystem_extents(f: &File, name: &str, part_start_lba: u64) -> Result<Vec<E
         if r < 0 {
             let e = io::Error::last_os_error();
             if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOTTY)) && start == 0 {
-                return fibmap_extents(f, name, part_start_lba);
+                return fibmap_extents(f, name, part_start_lba).map(|v| (v, "FIBMAP"));
             }
             return Err(format!("{}: FIEMAP: {}", name, e));
         }
@@ -221,7 +221,7 @@ fn filesystem_extents(f: &File, name: &str, part_start_lba: u64) -> Result<Vec<E
         }
         match got.last() {
             Some(l) if l.flags & FIEMAP_EXTENT_LAST == 0 => start = l.logical + l.length,
-            _ => return Ok(out),
+            _ => return Ok((out, "FIEMAP")),
         }
     }
 }
@@ -255,8 +255,8 @@ fn fibmap_extents(f: &File, name: &str, part_start_lba: u64) -> Result<Vec<Exten
 }
 
 /// Whether `f` is the table's `layer`: a regular file on the host partition, of the table's
-/// size, at exactly the table's sectors.
-fn check_file(f: &File, layer: &vboot::handoff::Layer, info: &ServerInfo) -> Result<(), String> {
+/// size, at exactly the table's sectors. Ok: how the extents were found.
+fn check_file(f: &File, layer: &vboot::handoff::Layer, info: &ServerInfo) -> Result<&'static str, String> {
     let name = &layer.path;
     let md = f.metadata().map_err(|e| format!("{}: {}", name, e))?;
     if !md.file_type().is_file() {
@@ -273,10 +273,11 @@ fn check_file(f: &File, layer: &vboot::handoff::Layer, info: &ServerInfo) -> Res
     if md.len() != layer.size_bytes {
         return Err(format!("the file given for {} is {} bytes, but {} at boot: not the same file, or it changed since", name, md.len(), layer.size_bytes));
     }
-    let found = filesystem_extents(f, name, info.partition_start_lba)?;
+    let (found, how) = filesystem_extents(f, name, info.partition_start_lba)?;
     pivot::compare_extents(&layer.extents, &found, layer.size_bytes).map_err(|e| {
         format!("the file given for {} is not where the hand-off table says ({}): not the same file, or it was moved since boot", name, e)
-    })
+    })?;
+    Ok(how)
 }
 
 /// Forget what the page cache holds of `f`: before the pivot it may hold pages read through the
@@ -334,8 +335,9 @@ fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: 
     if files.len() != disk.layers.len() {
         return Err(format!("{} files given for a chain of {}", files.len(), disk.layers.len()));
     }
+    let mut how = "";
     for (f, l) in files.iter().zip(&disk.layers) {
-        check_file(f, l, info)?;
+        how = check_file(f, l, info)?;
     }
     // From here the NBD requests wait: nothing is written to the host disk any more.
     disk.flush_host()?;
@@ -365,10 +367,11 @@ fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: 
     }
     disk.pivot(files)?;
     let what = format!(
-        "{} now serves {} through the host filesystem ({}); the host disk is closed",
+        "{} now serves {} through the host filesystem ({}; extents checked with {}); the host disk is closed",
         info.device,
         disk.layers.iter().map(|l| l.path.as_str()).collect::<Vec<_>>().join(" <- "),
-        if disk.writes_files() { "the leaf read-write" } else { "read-only" }
+        if disk.writes_files() { "the leaf read-write" } else { "read-only" },
+        how
     );
     log(what.clone());
     send(s, &format!("pivoted\t{}\n", what), &[]).map_err(|e| format!("the client went away after the pivot: {}", e))
