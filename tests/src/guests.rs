@@ -730,7 +730,9 @@ pub const PIVOT_WRITE_MIB: u64 = 50;
 ///    rewritten alike, and the two compared (`SHA-EXPECTED /g/PRE.BIN <sha256>`);
 /// 5. at the same time, [`PIVOT_WRITE_MIB`] of new files onto /host and as much into its own
 ///    disk's second partition (`SHA <path> <sha256>` for each and /PRE.BIN, read back after
-///    dropping the caches); unmounts, detaches, unmounts /host.
+///    dropping the caches); unmounts, detaches;
+/// 6. /host read-only again, attaches with `--read-only` and pivots: the server switches without
+///    a remount (/host stays read-only) and serves; detaches, unmounts /host.
 /// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`, the end [`PIVOT_OK`]; QEMU ends with 33.
 pub fn build_attach_pivot_guest(dir: &Path, host_partition: &str, image: &str, decoy: &str) -> PathBuf {
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"], &[]);
@@ -815,6 +817,16 @@ done
 umount /g || fail "umount /g"
 umount /mnt || fail "umount /mnt"
 vboot-attach --detach $dev || fail "vboot-attach --detach"
+echo "STEP read-only"
+mount -o remount,ro /host || fail "remount /host read-only"
+dev=$(vboot-attach --read-only --timeout 20) || fail "vboot-attach --read-only"
+wait_block /dev/nbd0p1 || fail "no /dev/nbd0p1 (read-only)"
+vboot-attach --pivot /host/vm/{image} || fail "vboot-attach --pivot of a read-only drive"
+grep -q ' /host vfat ro' /proc/mounts || fail "/host was remounted for a read-only drive"
+mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1 (read-only)"
+still_serving read-only
+umount /mnt
+vboot-attach --detach $dev || fail "vboot-attach --detach (read-only)"
 umount /host || fail "umount /host"
 echo "{ok}"
 finish

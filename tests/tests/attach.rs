@@ -205,7 +205,8 @@ fn immutable_writes_go_into_the_throwaway_child_and_the_image_is_unchanged() {
 /// copy of the image (same size, other sectors), a file on a tmpfs and a read-write host mount,
 /// the server still serving after each; pivots to the image through /host, which is read-write
 /// afterwards, and a second pivot is refused; then writes 50 MiB of new files onto the host
-/// partition while it writes 50 MiB into its own disk. The host finds the host filesystem and
+/// partition while it writes 50 MiB into its own disk; then attaches read-only and pivots
+/// without a remount. The host finds the host filesystem and
 /// the image clean, and every file the guest wrote with the SHA-256 the guest printed, read back
 /// by mtools (from the host partition, and from the image through qemu-img convert).
 #[test]
@@ -247,6 +248,10 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     assert!(out.contains("); the host disk is closed"), "{}", out);
     assert!(out.contains("pivoted before"), "no refusal of a second pivot:\n{}", out);
     assert!(out.contains("/dev/nbd0 detached"), "{}", out);
+    // A read-only drive pivots without a remount.
+    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (read-only; extents checked with"), "{}", out);
+    assert!(out.contains("the server does not write the image; /host may be remounted read-write"), "{}", out);
+    assert!(out.contains("STILL-SERVING after read-only"), "{}", out);
     let sha: std::collections::HashMap<String, String> = out
         .lines()
         .filter_map(|l| l.strip_prefix("SHA "))
