@@ -244,12 +244,12 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     for step in ["attach", "decoy", "tmpfs", "read-write", "pivot"] {
         assert!(out.contains(&format!("STILL-SERVING after {}", step)), "{}", out);
     }
-    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (the leaf read-write; extents checked with FI"), "{}", out);
+    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (the leaf read-write; extents checked with FIBMAP in "), "{}", out);
     assert!(out.contains("); the host disk is closed"), "{}", out);
     assert!(out.contains("pivoted before"), "no refusal of a second pivot:\n{}", out);
     assert!(out.contains("/dev/nbd0 detached"), "{}", out);
     // A read-only drive pivots without a remount.
-    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (read-only; extents checked with"), "{}", out);
+    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (read-only; extents checked with FIBMAP in "), "{}", out);
     assert!(out.contains("the server does not write the image; /host may be remounted read-write"), "{}", out);
     assert!(out.contains("STILL-SERVING after read-only"), "{}", out);
     let sha: std::collections::HashMap<String, String> = out
