@@ -10,16 +10,18 @@
 //!    old initramfs); the server checks every file against the table;
 //! 3. server: `refused\tWHY`, or `pivoted\tWHAT` when it does not write the files (read-only,
 //!    immutable), or `remount` when it does: it has stopped serving and flushed the host disk;
-//! 4. client: remounts the filesystem read-write, sends `leaf` with the leaf opened read-write
-//!    (or `abort`); the server checks it is the same file, still at the same sectors, switches,
-//!    and answers `pivoted\tWHAT` or `refused\tWHY` (and serves from the host disk again).
+//! 4. client: remounts the filesystem read-write, sends `files` with the files opened again, the
+//!    leaf read-write (the others too where they can be: a split VMDK's extents are written), or
+//!    `abort`; the server checks they are the same files, the read-write ones still at the same
+//!    sectors, switches, and answers `pivoted\tWHAT` or `refused\tWHY` (and serves from the
+//!    host disk again).
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
@@ -376,28 +378,35 @@ fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: 
         how = check_file(f, l, info)?;
     }
     let checked_ms = started.elapsed().as_millis();
-    // From here the NBD requests wait: nothing is written to the host disk any more.
+    // The NBD requests have waited since this handler started, and wait until it returns: make
+    // what was written to the host disk durable before anything reads the files.
     disk.flush_host()?;
     if disk.writes_files() {
         send(s, "remount\n", &[]).map_err(|e| format!("the client went away: {}", e))?;
-        let (line, leaf) = receive(s).map_err(|e| format!("no read-write leaf from the client within {} s ({}); serving from the host disk again", REPLY_TIMEOUT.as_secs(), e))?;
-        match (line.as_str(), &leaf[..]) {
-            ("leaf", [f]) => {
-                let (a, b) = (f.metadata().map_err(|e| e.to_string())?, files[0].metadata().map_err(|e| e.to_string())?);
-                if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-                    return Err(format!("the read-write file given for {} is not the file checked before", disk.layers[0].path));
-                }
-                // SAFETY: F_GETFL takes no argument pointer.
-                let mode = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE;
-                if mode != libc::O_RDWR {
-                    return Err(format!("the file given for {} is not open read-write", disk.layers[0].path));
-                }
-                check_file(f, &disk.layers[0], info)?;
-            }
-            ("abort", _) => return Err(String::from("the client gave up (it could not remount the filesystem read-write); serving from the host disk again")),
-            _ => return Err(format!("unexpected answer {:?} with {} descriptors", line, leaf.len())),
+        let (line, reopened) = receive(s).map_err(|e| format!("no read-write files from the client within {} s ({}); serving from the host disk again", REPLY_TIMEOUT.as_secs(), e))?;
+        match line.as_str() {
+            "files" if reopened.len() == files.len() => {}
+            "abort" => return Err(String::from("the client gave up (it could not remount the filesystem read-write); serving from the host disk again")),
+            _ => return Err(format!("unexpected answer {:?} with {} descriptors", line, reopened.len())),
         }
-        files[0] = leaf.into_iter().next().unwrap();
+        // The same files, the leaf read-write (and every other file the leaf's layer may consist
+        // of, a split VMDK's extents, where it could be opened so): those are checked again.
+        for (i, (new, old)) in reopened.iter().zip(&files).enumerate() {
+            let name = &disk.layers[i].path;
+            let (a, b) = (new.metadata().map_err(|e| format!("{}: {}", name, e))?, old.metadata().map_err(|e| format!("{}: {}", name, e))?);
+            if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+                return Err(format!("the file given again for {} is not the file checked before", name));
+            }
+            // SAFETY: F_GETFL takes no argument pointer.
+            let read_write = unsafe { libc::fcntl(new.as_raw_fd(), libc::F_GETFL) } & libc::O_ACCMODE == libc::O_RDWR;
+            if i == 0 && !read_write {
+                return Err(format!("the file given for {} is not open read-write", name));
+            }
+            if read_write {
+                check_file(new, &disk.layers[i], info)?;
+            }
+        }
+        files = reopened;
     }
     for f in &files {
         drop_cached_pages(f);
@@ -473,7 +482,7 @@ fn remount(mount: &Mount, read_write: bool) -> Result<(), String> {
 pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
     let canonical = std::fs::canonicalize(file).map_err(|e| format!("{}: {}", file.display(), e))?;
     let md = std::fs::metadata(&canonical).map_err(|e| format!("{}: {}", file.display(), e))?;
-    if !md.file_type().is_file() || md.file_type().is_block_device() {
+    if !md.file_type().is_file() {
         return Err(format!("{} is not a regular file: give the image file through the mounted host partition", file.display()));
     }
     let dev = majmin(md.dev());
@@ -524,11 +533,15 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
             dev, mount.point, h.device, mount.point
         ));
     }
-    // The files, read-only: the leaf, then the parents by the table's paths through the same mount.
-    let mut files = vec![File::open(&canonical).map_err(|e| format!("{}: {}", path, e))?];
+    // The files, read-only: the leaf, then the table's other files (parents, a split VMDK's
+    // extents) by the table's paths through the same mount.
+    let mut paths = vec![path.clone()];
     for l in &h.layers[1..] {
-        let p = pivot::path_through_mount(&mount, l).ok_or_else(|| format!("the parent {} is outside {} (a mount of {} only)", l, mount.point, mount.root))?;
-        files.push(File::open(&p).map_err(|e| format!("the parent {} ({}): {}", l, p, e))?);
+        paths.push(pivot::path_through_mount(&mount, l).ok_or_else(|| format!("{} is outside {} (a mount of {} only)", l, mount.point, mount.root))?);
+    }
+    let mut files = Vec::new();
+    for (p, l) in paths.iter().zip(&h.layers) {
+        files.push(File::open(p).map_err(|e| format!("{} ({}): {}", l, p, e))?);
     }
     // The server stops serving between `remount` and `leaf`: nothing of this process may have to
     // be read from the NBD device meanwhile.
@@ -548,15 +561,21 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
             return Err(format!("{}; the server serves from the host disk again", e));
         }
         remounted = true;
-        let leaf = match OpenOptions::new().read(true).write(true).open(&canonical) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = send(s, "abort\n", &[]);
-                let _ = remount(&mount, false);
-                return Err(format!("{} (read-write): {}; remounted read-only again, the server serves from the host disk", path, e));
+        // The leaf read-write; the other files too where they can be (a split VMDK leaf's extents
+        // are written; a parent marked read-only stays so, the server never writes parents).
+        let mut reopened = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            match OpenOptions::new().read(true).write(true).open(p) {
+                Ok(f) => reopened.push(f),
+                Err(_) if i > 0 => reopened.push(File::open(p).map_err(|e| format!("{}: {}", p, e))?),
+                Err(e) => {
+                    let _ = send(s, "abort\n", &[]);
+                    let _ = remount(&mount, false);
+                    return Err(format!("{} (read-write): {}; remounted read-only again, the server serves from the host disk", p, e));
+                }
             }
-        };
-        match send(s, "leaf\n", &[&leaf]).and_then(|_| receive(s)) {
+        }
+        match send(s, "files\n", &reopened.iter().collect::<Vec<_>>()).and_then(|_| receive(s)) {
             Ok(m) => m,
             Err(e) => {
                 let again = remount(&mount, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));

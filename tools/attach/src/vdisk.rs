@@ -71,7 +71,8 @@ impl ImageFile for Switchable {
     }
     fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
         let mut f = self.inner.borrow_mut();
-        if offset_bytes.checked_add(buf.len() as u64).map_or(true, |end| end > f.len_bytes()) {
+        // The file through the filesystem could grow; in place (before the pivot) it refuses itself.
+        if f.can_grow() && offset_bytes.checked_add(buf.len() as u64).map_or(true, |end| end > f.len_bytes()) {
             return Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: String::from("a write past the end: vboot-attach never grows a file") });
         }
         f.write_at(offset_bytes, buf)
@@ -336,8 +337,14 @@ impl Backend for VirtualDisk {
         }
         match (&self.host, &self.pivoted) {
             (Some(h), _) => h.sync_data().map_err(|e| eio(format!("flushing the host disk: {}", e))),
-            // After the pivot only the leaf is written.
-            (None, Some(files)) => files[0].sync_data().map_err(|e| eio(format!("flushing {}: {}", self.layers[0].path, e))),
+            // After the pivot: every file (the leaf's layer may be several; fsync of a file
+            // nothing wrote is cheap).
+            (None, Some(files)) => {
+                for (f, l) in files.iter().zip(&self.layers) {
+                    f.sync_data().map_err(|e| eio(format!("flushing {}: {}", l.path, e)))?;
+                }
+                Ok(())
+            }
             (None, None) => Ok(()),
         }
     }
