@@ -763,7 +763,7 @@ wait_block /dev/nbd0p2 || fail "no /dev/nbd0p2"
 mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1"
 still_serving attach
 server=$(cat /sys/block/nbd0/pid)
-echo "SERVER-FILES before $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/{image}$' | sort -u | tr '\n' ' ')"
+echo "SERVER-FILES before $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/[^ ]*$' | sort -u | tr '\n' ' ')"
 echo "STEP refusals"
 vboot-attach --pivot /host/vm/{decoy} && fail "pivoted to another file"
 still_serving decoy
@@ -797,7 +797,7 @@ umount /g && mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2 again"
 [ "$(sha256sum < /tmp/pre)" = "$(sha256sum < /g/PRE.BIN)" ] || fail "/g/PRE.BIN differs from /tmp/pre after sectors of it were rewritten after the pivot"
 echo "SHA-EXPECTED /g/PRE.BIN $(sha256sum /tmp/pre | cut -d' ' -f1)"
 still_serving pivot
-echo "SERVER-FILES after $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/{image}$' | sort -u | tr '\n' ' ')"
+echo "SERVER-FILES after $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/[^ ]*$' | sort -u | tr '\n' ' ')"
 vboot-attach --pivot /host/vm/{image} && fail "pivoted twice"
 echo "STEP writes"
 mkdir -p /host/new || fail "mkdir /host/new"

@@ -197,18 +197,7 @@ fn immutable_writes_go_into_the_throwaway_child_and_the_image_is_unchanged() {
     check_guest_files(&dir, &child);
 }
 
-/// The pivot (issue 17): Linux booted from a dynamic VHD on a FAT32 host partition attaches it
-/// (raw host-disk extents, the host partition mounted read-only), reads the image through the
-/// mount and then writes 4 MiB through the server underneath that page cache (after the pivot
-/// single sectors of it are rewritten: without the pivot's page-cache drop the rest of their
-/// pages would come back stale), has `--pivot` refused for a
-/// copy of the image (same size, other sectors), a file on a tmpfs and a read-write host mount,
-/// the server still serving after each; pivots to the image through /host, which is read-write
-/// afterwards, and a second pivot is refused; then writes 50 MiB of new files onto the host
-/// partition while it writes 50 MiB into its own disk; then attaches read-only and pivots
-/// without a remount. The host finds the host filesystem and
-/// the image clean, and every file the guest wrote with the SHA-256 the guest printed, read back
-/// by mtools (from the host partition, and from the image through qemu-img convert).
+/// The pivot (issue 17), [`pivot_scenario`] with a dynamic VHD.
 #[test]
 fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     let dir = TempDir::new("attach-pivot");
@@ -217,16 +206,50 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), image.to_str().unwrap()]);
     // Slack for the 50 MiB the guest writes into its own disk, and their FAT's blocks.
     sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("72M"));
-    let cfg = "set timeout=0\nmenuentry 'linux in an image' {\n    vboot harddisk=/vm/guest.vhd reserve=0\n}\n";
-    let host = vboot_host(&dir, 320, cfg, &[]);
+    pivot_scenario(&dir, &[("guest.vhd", &image)], "vpc");
+}
+
+/// The pivot of a chain, [`pivot_scenario`] with a VMDK child over its parent: the server checks
+/// the parent's sectors too and serves both through the filesystem; the parent is unchanged.
+#[test]
+fn the_pivot_of_a_vmdk_chain_takes_the_parent_along() {
+    let dir = TempDir::new("attach-pivot-chain");
+    let raw = guests::build_attach_pivot_guest(&dir.path, "vda1", "child.vmdk", "decoy.vmdk");
+    let base = dir.join("base.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw.to_str().unwrap(), base.to_str().unwrap()]);
+    let child = dir.join("child.vmdk");
+    sh(Command::new(vdisk_bin()).arg("snapshot").arg(&base).arg(&child).args(["--reserve", "72M"]));
+    let base_sha = disk::sha256(&base);
+    let after = pivot_scenario(&dir, &[("child.vmdk", &child), ("base.vmdk", &base)], "vmdk");
+    assert_eq!(disk::sha256(&after[1]), base_sha, "the parent changed");
+}
+
+/// Linux booted from `images` (leaf first, in /vm/ on a FAT32 host partition; qemu-img's
+/// `format`) attaches it (raw host-disk extents, the host partition mounted read-only), reads the
+/// image through the mount and then writes 4 MiB through the server underneath that page cache
+/// (after the pivot single sectors of it are rewritten: without the pivot's page-cache drop the
+/// rest of their pages would come back stale), has `--pivot` refused for a copy of the leaf
+/// (same size, other sectors), a file on a tmpfs and a read-write host mount, the server still
+/// serving after each; pivots to the leaf through /host, which is read-write afterwards, and a
+/// second pivot is refused; then writes 50 MiB of new files onto the host partition while it
+/// writes 50 MiB into its own disk; then attaches read-only and pivots without a remount. The
+/// host finds the host filesystem and the image clean, and every file the guest wrote with the
+/// SHA-256 the guest printed, read back by mtools (from the host partition, and from the image
+/// through qemu-img convert). Gives the images as they are on the host partition afterwards.
+fn pivot_scenario(dir: &TempDir, images: &[(&str, &Path)], format: &str) -> Vec<PathBuf> {
+    let leaf = images[0].0;
+    let decoy_name = format!("decoy.{}", leaf.rsplit('.').next().unwrap());
+    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot harddisk=/vm/{} reserve=0\n}}\n", leaf);
+    let host = vboot_host(dir, 320, &cfg, &[]);
     sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
-    let bytes = std::fs::read(&image).unwrap();
-    disk::put_fragmented(&host.part, "/vm/guest.vhd", &bytes, 3);
-    // The decoy: the same bytes, elsewhere on the partition.
-    disk::put_fragmented(&host.part, "/vm/decoy.vhd", &bytes, 2);
-    drop(bytes);
-    let decoy_sha = disk::sha256(&image);
+    for (name, file) in images {
+        disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(file).unwrap(), 3);
+    }
+    // The decoy: the leaf's bytes, elsewhere on the partition.
+    disk::put_fragmented(&host.part, &format!("/vm/{}", decoy_name), &std::fs::read(images[0].1).unwrap(), 2);
+    let decoy_sha = disk::sha256(images[0].1);
     disk::write_at(&host.disk, 2048, &host.part);
+    let served = images.iter().map(|(n, _)| format!("/vm/{}", n)).collect::<Vec<_>>().join(" <- ");
 
     let started = std::time::Instant::now();
     let out = run_guest(&host.disk);
@@ -238,18 +261,21 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     assert!(out.contains(guests::PIVOT_OK), "{}", out);
     // Each refusal with its message, and the server serving after it.
     assert!(out.contains("no vboot-attach server is running"), "no refusal without a server:\n{}", out);
-    assert!(out.contains("the file given for /vm/guest.vhd is not where the hand-off table says (file sector 0 is at host sector"), "no refusal of the decoy:\n{}", out);
+    let decoy = format!("the file given for /vm/{} is not where the hand-off table says (file sector 0 is at host sector", leaf);
+    assert!(out.contains(&decoy), "no refusal of the decoy:\n{}", out);
     assert!(out.contains("not on the host partition of a served drive"), "no refusal of a file on a tmpfs:\n{}", out);
     assert!(out.contains("is mounted read-write on /host while /dev/nbd0 still writes the image's sectors"), "no refusal with /host read-write:\n{}", out);
     for step in ["attach", "decoy", "tmpfs", "read-write", "pivot"] {
         assert!(out.contains(&format!("STILL-SERVING after {}", step)), "{}", out);
     }
-    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (the leaf read-write; extents checked with FIBMAP in "), "{}", out);
+    let pivoted = format!("/dev/nbd0 now serves {} through the host filesystem (the leaf read-write; extents checked with FIBMAP in ", served);
+    assert!(out.contains(&pivoted), "{}", out);
     assert!(out.contains("); the host disk is closed"), "{}", out);
     assert!(out.contains("pivoted before"), "no refusal of a second pivot:\n{}", out);
     assert!(out.contains("/dev/nbd0 detached"), "{}", out);
     // A read-only drive pivots without a remount.
-    assert!(out.contains("/dev/nbd0 now serves /vm/guest.vhd through the host filesystem (read-only; extents checked with FIBMAP in "), "{}", out);
+    let pivoted = format!("/dev/nbd0 now serves {} through the host filesystem (read-only; extents checked with FIBMAP in ", served);
+    assert!(out.contains(&pivoted), "{}", out);
     assert!(out.contains("the server does not write the image; /host may be remounted read-write"), "{}", out);
     assert!(out.contains("STILL-SERVING after read-only"), "{}", out);
     let sha: std::collections::HashMap<String, String> = out
@@ -263,7 +289,9 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
     assert!(pre.is_some() && pre.as_ref() == sha.get("/g/PRE.BIN"), "{}", out);
     // The server's open files: the host disk before, the image file after.
     assert!(out.contains("SERVER-FILES before /dev/vda \n"), "{}", out);
-    assert!(out.contains("SERVER-FILES after /host/vm/guest.vhd \n"), "{}", out);
+    let mut open_after: Vec<String> = images.iter().map(|(n, _)| format!("/host/vm/{} ", n)).collect();
+    open_after.sort();
+    assert!(out.contains(&format!("SERVER-FILES after {}\n", open_after.concat())), "{}", out);
 
     // The host partition: fsck.fat clean, the guest's files read back by mtools, the decoy
     // unchanged.
@@ -278,17 +306,27 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
         assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/host/new/{}", name)), "/new/{} on the host partition", name);
         let _ = std::fs::remove_file(&got);
     }
-    let decoy = dir.join("decoy-after.vhd");
-    disk::fat_get(&part_now, "/vm/decoy.vhd", &decoy);
+    let decoy = dir.join("decoy-after");
+    disk::fat_get(&part_now, &format!("/vm/{}", decoy_name), &decoy);
     assert_eq!(disk::sha256(&decoy), decoy_sha, "the decoy changed");
 
-    // The image: structurally clean, the guest's files in its second partition, fsck.fat clean.
-    let after = dir.join("after-guest.vhd");
-    disk::fat_get(&part_now, "/vm/guest.vhd", &after);
+    // The images, under their own names in a directory of their own (qemu-img finds a parent
+    // beside its child): structurally clean, the guest's files in its second partition, fsck.fat
+    // clean.
+    let after_dir = dir.join("after");
+    std::fs::create_dir_all(&after_dir).unwrap();
+    let after: Vec<PathBuf> = images
+        .iter()
+        .map(|(name, _)| {
+            let p = after_dir.join(name);
+            disk::fat_get(&part_now, &format!("/vm/{}", name), &p);
+            p
+        })
+        .collect();
     let _ = std::fs::remove_file(&part_now);
-    structure_check(&after, "vpc");
+    structure_check(&after[0], format);
     let raw_after = dir.join("guest-after.raw");
-    qemu_img(&["convert", "-O", "raw", after.to_str().unwrap(), raw_after.to_str().unwrap()]);
+    qemu_img(&["convert", "-O", "raw", after[0].to_str().unwrap(), raw_after.to_str().unwrap()]);
     assert_eq!(file_in_raw(&raw_after, ATTACH_FILE), ATTACH_FILE_TEXT);
     let part2 = dir.join("guest-part2.img");
     {
@@ -307,6 +345,7 @@ fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
         assert_eq!(std::fs::metadata(&got).unwrap().len(), if name == "PRE.BIN" { 4 << 20 } else { half_bytes }, "/{}", name);
         assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/g/{}", name)), "/{} in the image", name);
     }
+    after
 }
 
 #[test]
