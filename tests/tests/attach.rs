@@ -449,9 +449,11 @@ fn debian_with_dracut_in_a_vhd_boots_to_a_login_prompt() {
 
 /// Debian bookworm (a cached debootstrap, [`guests::debian_rootfs_tarball`]) with the vboot
 /// package installed by `dpkg -i` and its initramfs made by `initramfs`, in a dynamic VHD booted
-/// through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, shows the root mount
-/// and the command line, writes a file and powers off through systemd; the host finds the file
-/// in the VHD and e2fsck finds the root filesystem clean.
+/// through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, mounts the host
+/// partition read-only and pivots (`vboot-attach --pivot`, the server started in the initramfs),
+/// writes a file onto the host partition, shows the root mount and the command line, writes a
+/// file and powers off through systemd; the host finds both files (the first on the host
+/// partition, the second in the VHD) and e2fsck finds the root filesystem clean.
 fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let started = std::time::Instant::now();
     let dracut = initramfs == DebianInitramfs::Dracut;
@@ -556,13 +558,20 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let mark = q.mark();
     q.send(b"root\n");
     q.expect_from(mark, "#", Duration::from_secs(120));
-    q.send(b"findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    // The pivot after switch-root, from the real root, with the server started in the initramfs
+    // (its root is the old one; the control socket is abstract and the files are passed as
+    // descriptors): the host partition mounted read-only, pivoted, then written.
+    q.send(b"mkdir -p /mnt/host && mount -o ro /dev/vda1 /mnt/host && vboot-attach --pivot /mnt/host/debian.vhd ; echo pivot-rc=$? ; echo host-was-here > /mnt/host/HOST.TXT ; findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
     let status = q.wait_exit(Duration::from_secs(300));
     let out = q.output();
     eprintln!("demo: QEMU ended with {:?} {:?} after it started", status, boot_at.elapsed());
     let shown = out.get(mark..).unwrap_or("");
+    for l in shown.lines().filter(|l| l.contains("vboot-attach") || l.starts_with("pivot-rc") || l.contains("/mnt/host")) {
+        eprintln!("guest: {}", l);
+    }
     assert!(shown.contains("\n/dev/nbd0p2"), "the root filesystem is not on the NBD device:\n{}", out);
     assert!(shown.contains("root=/dev/nbd0p2 vboot.attach=1"), "no kernel command line shown:\n{}", out);
+    assert!(shown.contains("now serves /debian.vhd through the host filesystem (the leaf read-write;") && shown.contains("pivot-rc=0"), "no pivot:\n{}", out);
     if dracut {
         // systemd's status line from dracut's initramfs: the initqueue that ran the attach.
         assert!(out.contains("dracut initqueue hook"), "not dracut's initramfs:\n{}", out);
@@ -572,6 +581,12 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let part_now = host.current_partition(&dir.join("host-part-after.img"));
     let vhd_after = dir.join("debian-after.vhd");
     disk::fat_get(&part_now, "/debian.vhd", &vhd_after);
+    let host_file = dir.join("host-after.txt");
+    disk::fat_get(&part_now, "/HOST.TXT", &host_file);
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host-was-here\n", "the file written onto the host partition after the pivot");
+    // systemd unmounted the host partition once the server had ended (after the root filesystem).
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
     let _ = std::fs::remove_file(&part_now);
     let raw_after = dir.join("debian-after.img");
     qemu_img(&["convert", "-O", "raw", vhd_after.to_str().unwrap(), raw_after.to_str().unwrap()]);

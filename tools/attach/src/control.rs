@@ -361,7 +361,11 @@ fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: 
     let (line, mut files) = match receive(s) {
         Ok(m) => m,
         // A client that only asked who we are (another server's client looking for its own).
-        Err(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            return Err(format!("the client sent no request within {} s", REPLY_TIMEOUT.as_secs()))
+        }
+        Err(e) => return Err(format!("reading the request: {}", e)),
     };
     if line != "pivot" {
         return Err(format!("unexpected request {:?}", line));
@@ -447,10 +451,11 @@ fn attached_devices() -> Vec<String> {
     v.into_iter().map(|n| format!("/dev/{}", n)).collect()
 }
 
-/// `mount -o remount,rw` (or `ro`) of `mount`, keeping its other per-mount flags. A system call,
-/// not the mount program: the server holds the NBD device's requests meanwhile, and the program
-/// may live on that device.
-fn remount(mount: &Mount, read_write: bool) -> Result<(), String> {
+/// `mount -o remount,rw` (or `ro`) of `mount`, keeping its other per-mount flags, through `point`
+/// (its directory, opened before the server stopped serving: /proc/self/fd/N needs no lookup on
+/// the root filesystem, which may be on the NBD device the server holds). A system call, not the
+/// mount program, for the same reason.
+fn remount(mount: &Mount, point: &File, read_write: bool) -> Result<(), String> {
     let mut flags = libc::MS_REMOUNT;
     if !read_write {
         flags |= libc::MS_RDONLY;
@@ -468,7 +473,7 @@ fn remount(mount: &Mount, read_write: bool) -> Result<(), String> {
             _ => 0,
         };
     }
-    let target = CString::new(mount.point.as_str()).map_err(|_| format!("{}: a NUL in the path", mount.point))?;
+    let target = CString::new(format!("/proc/self/fd/{}", point.as_raw_fd())).map_err(|_| String::from("a NUL in a number"))?;
     // SAFETY: `target` is a NUL-terminated string that lives across the call; source, type and
     // data may be null for MS_REMOUNT.
     let r = unsafe { libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) };
@@ -491,6 +496,16 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
     let mount = pivot::mount_of(&mountinfo, &dev, &path).ok_or_else(|| format!("{} is on device {}, which /proc/self/mountinfo does not list", path, dev))?;
     let in_fs = pivot::path_in_filesystem(&mount, &path).unwrap_or_else(|| path.clone());
 
+    // From the server's `hello` until its answer, it serves no NBD request: nothing of this
+    // process may have to be read from the NBD device meanwhile (the program, with the root
+    // filesystem on it): every page locked in now, while it still serves; the mount point and
+    // the files opened before too.
+    // SAFETY: mlockall takes no pointer.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+        eprintln!("vboot-attach: warning: mlockall: {}", io::Error::last_os_error());
+    }
+    let point = File::open(&mount.point).map_err(|e| format!("{}: {}", mount.point, e))?;
+    let leaf = File::open(&canonical).map_err(|e| format!("{}: {}", path, e))?;
     let devices = match device {
         Some(d) => vec![d.to_string()],
         None => attached_devices(),
@@ -533,30 +548,34 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
             dev, mount.point, h.device, mount.point
         ));
     }
-    // The files, read-only: the leaf, then the table's other files (parents, a split VMDK's
-    // extents) by the table's paths through the same mount.
+    // The files, read-only: the leaf (opened before), then the table's other files (parents, a
+    // split VMDK's extents) by the table's paths through the same mount, looked up from the
+    // mount point's descriptor (no lookup on the root filesystem while the server waits).
+    let via_point = Mount { point: format!("/proc/self/fd/{}", point.as_raw_fd()), ..mount.clone() };
     let mut paths = vec![path.clone()];
+    let mut files = vec![leaf];
     for l in &h.layers[1..] {
-        paths.push(pivot::path_through_mount(&mount, l).ok_or_else(|| format!("{} is outside {} (a mount of {} only)", l, mount.point, mount.root))?);
+        let outside = || format!("{} is outside {} (a mount of {} only)", l, mount.point, mount.root);
+        let (shown, p) = (pivot::path_through_mount(&mount, l).ok_or_else(outside)?, pivot::path_through_mount(&via_point, l).ok_or_else(outside)?);
+        files.push(File::open(&p).map_err(|e| format!("{} ({}): {}", l, shown, e))?);
+        paths.push(shown);
     }
-    let mut files = Vec::new();
-    for (p, l) in paths.iter().zip(&h.layers) {
-        files.push(File::open(p).map_err(|e| format!("{} ({}): {}", l, p, e))?);
-    }
-    // The server stops serving between `remount` and `leaf`: nothing of this process may have to
-    // be read from the NBD device meanwhile.
-    // SAFETY: mlockall takes no pointer.
-    unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
     let s = &mut peer.stream;
     let io = |e: io::Error| format!("the server of {} went away: {}", h.device, e);
-    send(s, "pivot\n", &files.iter().collect::<Vec<_>>()).map_err(io)?;
+    if let Err(e) = send(s, "pivot\n", &files.iter().collect::<Vec<_>>()) {
+        // The server may have said why it closed.
+        return Err(match receive(s) {
+            Ok((line, _)) if line.starts_with("refused\t") => format!("{}: {}", h.device, &line[8..]),
+            _ => io(e),
+        });
+    }
     // The check reads every file's extents: minutes for a big image on a filesystem without FIEMAP.
     let _ = s.set_read_timeout(Some(CHECK_TIMEOUT));
     let (line, _) = receive(s).map_err(io)?;
     let _ = s.set_read_timeout(Some(REPLY_TIMEOUT));
     let mut remounted = false;
     let (line, _) = if line == "remount" {
-        if let Err(e) = remount(&mount, true) {
+        if let Err(e) = remount(&mount, &point, true) {
             let _ = send(s, "abort\n", &[]);
             return Err(format!("{}; the server serves from the host disk again", e));
         }
@@ -564,13 +583,15 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
         // The leaf read-write; the other files too where they can be (a split VMDK leaf's extents
         // are written; a parent marked read-only stays so, the server never writes parents).
         let mut reopened = Vec::new();
-        for (i, p) in paths.iter().enumerate() {
-            match OpenOptions::new().read(true).write(true).open(p) {
+        // Through /proc/self/fd: the same files, and no path lookup.
+        for (i, (p, f)) in paths.iter().zip(&files).enumerate() {
+            let again = format!("/proc/self/fd/{}", f.as_raw_fd());
+            match OpenOptions::new().read(true).write(true).open(&again) {
                 Ok(f) => reopened.push(f),
-                Err(_) if i > 0 => reopened.push(File::open(p).map_err(|e| format!("{}: {}", p, e))?),
+                Err(_) if i > 0 => reopened.push(File::open(&again).map_err(|e| format!("{}: {}", p, e))?),
                 Err(e) => {
                     let _ = send(s, "abort\n", &[]);
-                    let _ = remount(&mount, false);
+                    let _ = remount(&mount, &point, false);
                     return Err(format!("{} (read-write): {}; remounted read-only again, the server serves from the host disk", p, e));
                 }
             }
@@ -578,7 +599,7 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
         match send(s, "files\n", &reopened.iter().collect::<Vec<_>>()).and_then(|_| receive(s)) {
             Ok(m) => m,
             Err(e) => {
-                let again = remount(&mount, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));
+                let again = remount(&mount, &point, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));
                 return Err(format!("{}{}", io(e), again));
             }
         }
@@ -595,7 +616,7 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
         }
         Some(("refused", why)) => {
             if remounted {
-                let again = remount(&mount, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));
+                let again = remount(&mount, &point, false).map_or_else(|e| format!("; {}", e), |_| format!("; {} remounted read-only again", mount.point));
                 return Err(format!("{}: {}{}", h.device, why, again));
             }
             Err(format!("{}: {}", h.device, why))
