@@ -19,7 +19,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
@@ -44,6 +44,7 @@ fn majmin(dev: u64) -> String {
 }
 
 /// What the server tells clients about itself.
+#[derive(Clone)]
 pub struct ServerInfo {
     pub device: String,
     /// `major:minor` of the host partition.
@@ -324,17 +325,100 @@ fn drop_cached_pages(f: &File) {
     unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
 }
 
-/// The server: one client on `listener`, if one is waiting. Runs between two NBD requests (the
-/// ones after it wait in the socket), so the disk is idle throughout.
-pub fn handle(listener: &UnixListener, info: &ServerInfo, disk: &mut VirtualDisk, log: &mut dyn FnMut(String)) {
-    let mut s = match listener.accept() {
-        Ok((s, _)) => s,
-        Err(_) => return,
-    };
-    if let Err(m) = converse(&mut s, info, disk, log) {
-        log(format!("pivot refused: {}", m));
-        let _ = send(&mut s, &format!("refused\t{}\n", m.replace(['\t', '\n'], " ")), &[]);
+/// A pivot whose files are being checked, on a thread, while the server goes on serving.
+struct Pending {
+    stream: UnixStream,
+    files: Vec<File>,
+    check: std::thread::JoinHandle<Result<(&'static str, u128), String>>,
+}
+
+/// The server's side of the pivot: the control socket, and a pivot being checked.
+pub struct Controller {
+    listener: UnixListener,
+    info: ServerInfo,
+    /// The check thread writes a byte into `done_tx` when it ends; `done_rx` is watched.
+    done_rx: UnixStream,
+    done_tx: UnixStream,
+    pending: Option<Pending>,
+}
+
+impl Controller {
+    pub fn new(listener: UnixListener, info: ServerInfo) -> Result<Controller, String> {
+        let (done_rx, done_tx) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
+        done_rx.set_nonblocking(true).map_err(|e| format!("socketpair: {}", e))?;
+        Ok(Controller { listener, info, done_rx, done_tx, pending: None })
     }
+
+    /// What the serving loop watches (nbd::Control).
+    pub fn fds(&self) -> Vec<RawFd> {
+        vec![self.listener.as_raw_fd(), self.done_rx.as_raw_fd()]
+    }
+
+    /// Runs between two NBD requests (the ones after it wait in the socket), so the disk is idle
+    /// throughout: a finished check goes on to the pivot; a new client gets the `hello`, and its
+    /// files are checked on a thread while the server serves.
+    pub fn handle(&mut self, disk: &mut VirtualDisk, log: &mut dyn FnMut(String)) {
+        // The thread's byte comes just before it returns: once it is here, join waits for no
+        // more than that return.
+        let mut byte = [0u8; 16];
+        let mut done = false;
+        while let Ok(n @ 1..) = self.done_rx.read(&mut byte) {
+            done |= n > 0;
+        }
+        if self.pending.is_some() && (done || self.pending.as_ref().is_some_and(|p| p.check.is_finished())) {
+            let p = self.pending.take().unwrap();
+            let mut stream = p.stream;
+            let checked = p.check.join().unwrap_or_else(|_| Err(String::from("the check of the files failed")));
+            if let Err(m) = checked.and_then(|(how, ms)| finish(&mut stream, p.files, how, ms, &self.info, disk, log)) {
+                refuse(&mut stream, &m, log);
+            }
+        }
+        while let Ok((mut stream, _)) = self.listener.accept() {
+            if self.pending.is_some() {
+                refuse(&mut stream, &format!("another pivot of {} is being checked", self.info.device), log);
+                continue;
+            }
+            match start(&mut stream, &self.info, disk) {
+                Ok(None) => {}
+                Ok(Some(files)) => match self.spawn_check(&files, disk) {
+                    Ok(check) => self.pending = Some(Pending { stream, files, check }),
+                    Err(m) => refuse(&mut stream, &m, log),
+                },
+                Err(m) => refuse(&mut stream, &m, log),
+            }
+        }
+    }
+
+    fn spawn_check(&self, files: &[File], disk: &VirtualDisk) -> Result<std::thread::JoinHandle<Result<(&'static str, u128), String>>, String> {
+        let files = files.iter().map(|f| f.try_clone()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("dup: {}", e))?;
+        let layers = disk.layers.clone();
+        let info = self.info.clone();
+        let mut done = self.done_tx.try_clone().map_err(|e| format!("dup: {}", e))?;
+        std::thread::Builder::new()
+            .name(String::from("pivot-check"))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let mut how = "";
+                let mut result = Ok(());
+                for (f, l) in files.iter().zip(&layers) {
+                    match check_file(f, l, &info) {
+                        Ok(h) => how = h,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                let _ = done.write_all(b"x");
+                result.map(|_| (how, started.elapsed().as_millis()))
+            })
+            .map_err(|e| format!("starting the check: {}", e))
+    }
+}
+
+fn refuse(s: &mut UnixStream, m: &str, log: &mut dyn FnMut(String)) {
+    log(format!("pivot refused: {}", m));
+    let _ = send(s, &format!("refused\t{}\n", m.replace(['\t', '\n'], " ")), &[]);
 }
 
 fn peer_uid(s: &UnixStream) -> Option<u32> {
@@ -345,7 +429,9 @@ fn peer_uid(s: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: &mut dyn FnMut(String)) -> Result<(), String> {
+/// The `hello`, and the client's request: the files to check, or nothing (a client that only
+/// asked who the server is).
+fn start(s: &mut UnixStream, info: &ServerInfo, disk: &VirtualDisk) -> Result<Option<Vec<File>>, String> {
     s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(REPLY_TIMEOUT))).map_err(|e| e.to_string())?;
     if peer_uid(s) != Some(0) {
         return Err(String::from("only root may pivot the server"));
@@ -358,10 +444,10 @@ fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: 
         layers: disk.layers.iter().map(|l| l.path.clone()).collect(),
     };
     send(s, &hello.encode(), &[]).map_err(|e| format!("the client went away: {}", e))?;
-    let (line, mut files) = match receive(s) {
+    let (line, files) = match receive(s) {
         Ok(m) => m,
         // A client that only asked who we are (another server's client looking for its own).
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
             return Err(format!("the client sent no request within {} s", REPLY_TIMEOUT.as_secs()))
         }
@@ -376,14 +462,13 @@ fn converse(s: &mut UnixStream, info: &ServerInfo, disk: &mut VirtualDisk, log: 
     if files.len() != disk.layers.len() {
         return Err(format!("{} files given for a chain of {}", files.len(), disk.layers.len()));
     }
-    let mut how = "";
-    let started = std::time::Instant::now();
-    for (f, l) in files.iter().zip(&disk.layers) {
-        how = check_file(f, l, info)?;
-    }
-    let checked_ms = started.elapsed().as_millis();
-    // The NBD requests have waited since this handler started, and wait until it returns: make
-    // what was written to the host disk durable before anything reads the files.
+    Ok(Some(files))
+}
+
+/// After the check passed (`how` gave the extents, in `checked_ms`): the pivot itself. The NBD
+/// requests wait from here to the end.
+fn finish(s: &mut UnixStream, mut files: Vec<File>, how: &str, checked_ms: u128, info: &ServerInfo, disk: &mut VirtualDisk, log: &mut dyn FnMut(String)) -> Result<(), String> {
+    // Make what was written to the host disk durable before anything reads the files.
     disk.flush_host()?;
     if disk.writes_files() {
         send(s, "remount\n", &[]).map_err(|e| format!("the client went away: {}", e))?;

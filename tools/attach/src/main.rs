@@ -264,8 +264,10 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
             unsafe { libc::signal(sig, libc::SIG_IGN) };
         }
     }
-    let mut pivot = |d: &mut vdisk::VirtualDisk| control::handle(&listener, &info, d, &mut |m| eprintln!("vboot-attach: {}: {}", info.device, m));
-    let control = nbd::Control { fd: listener.as_raw_fd(), handle: &mut pivot };
+    let mut controller = control::Controller::new(listener, info)?;
+    let fds = controller.fds();
+    let mut pivot = |d: &mut vdisk::VirtualDisk| controller.handle(d, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    let control = nbd::Control { fds, handle: &mut pivot };
     let result = match index {
         Some(index) => serve_through_netlink(&device, index, ours, theirs, sectors * 512, flags, &mut disk, control),
         None => serve_in_do_it(&device, fd, ours, theirs, &mut disk, control),

@@ -50,22 +50,23 @@ fn reply<S: Write>(s: &mut S, error: u32, handle: &[u8; 8], data: &[u8]) -> io::
     s.write_all(&r)
 }
 
-/// A second descriptor the server watches between requests (the pivot's control socket), and
-/// what to do when it is readable: `handle` runs between two requests, so the request before has
-/// been answered and the next ones wait in the socket until it returns.
+/// More descriptors the server watches between requests (the pivot's control socket and its
+/// check thread's notice), and what to do when one is readable: `handle` runs between two
+/// requests, so the request before has been answered and the next ones wait in the socket until
+/// it returns.
 pub struct Control<'a, B: ?Sized> {
-    pub fd: RawFd,
+    pub fds: Vec<RawFd>,
     pub handle: &'a mut dyn FnMut(&mut B),
 }
 
-/// Wait until `sock` or `control` is readable; true for `control`.
-fn control_ready(sock: RawFd, control: RawFd) -> io::Result<bool> {
-    let mut fds = [libc::pollfd { fd: control, events: libc::POLLIN, revents: 0 }, libc::pollfd { fd: sock, events: libc::POLLIN, revents: 0 }];
+/// Wait until `sock` or one of `control` is readable; true for `control`.
+fn control_ready(sock: RawFd, control: &[RawFd]) -> io::Result<bool> {
+    let mut fds: Vec<libc::pollfd> = control.iter().chain([&sock]).map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
     loop {
-        // SAFETY: `fds` is a live array of two pollfd structures, and its length is passed.
+        // SAFETY: `fds` is a live array of pollfd structures, and its length is passed.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if r >= 0 {
-            return Ok(fds[0].revents & libc::POLLIN != 0);
+            return Ok(fds[..control.len()].iter().any(|p| p.revents & libc::POLLIN != 0));
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -85,7 +86,7 @@ pub fn serve<S: Read + Write + AsRawFd, B: Backend + ?Sized>(
     let mut stats = Stats::default();
     loop {
         if let Some(c) = control.as_mut() {
-            if control_ready(s.as_raw_fd(), c.fd)? {
+            if control_ready(s.as_raw_fd(), &c.fds)? {
                 (c.handle)(disk);
                 continue;
             }
@@ -366,7 +367,7 @@ mod tests {
             m.bytes[..512].fill(0xEE);
             calls += 1;
         };
-        let stats = serve(&mut a, &mut mem, &mut |_| {}, Some(Control { fd, handle: &mut handle })).unwrap();
+        let stats = serve(&mut a, &mut mem, &mut |_| {}, Some(Control { fds: vec![fd], handle: &mut handle })).unwrap();
         t.join().unwrap();
         assert_eq!(calls, 1);
         assert_eq!(stats.reads, 2);
