@@ -7,7 +7,7 @@
 //! 1. server: `hello ...` ([`Hello`]): device, host partition, state, whether it writes, files;
 //! 2. client: `pivot` with one read-only descriptor per file of the chain, leaf first (the client
 //!    opens them, in its own mount namespace and root: after switch-root the server's root is the
-//!    old initramfs); the server checks every file against the table;
+//!    old initramfs); the server checks every file against the table, on a thread, serving on;
 //! 3. server: `refused\tWHY`, or `pivoted\tWHAT` when it does not write the files (read-only,
 //!    immutable), or `remount` when it does: it has stopped serving and flushed the host disk;
 //! 4. client: remounts the filesystem read-write, sends `files` with the files opened again, the
