@@ -524,6 +524,11 @@ fn connect(device: &str) -> Option<Peer> {
     let mut stream = UnixStream::connect_addr(&addr).ok()?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok()?;
     let (line, _) = receive(&mut stream).ok()?;
+    if let Some(why) = line.strip_prefix("refused\t") {
+        // Not root, or a pivot of it already being checked.
+        eprintln!("vboot-attach: {}: {}", device, why);
+        return None;
+    }
     Some(Peer { stream, hello: Hello::decode(&line)? })
 }
 
@@ -581,10 +586,10 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
     let mount = pivot::mount_of(&mountinfo, &dev, &path).ok_or_else(|| format!("{} is on device {}, which /proc/self/mountinfo does not list", path, dev))?;
     let in_fs = pivot::path_in_filesystem(&mount, &path).unwrap_or_else(|| path.clone());
 
-    // From the server's `hello` until its answer, it serves no NBD request: nothing of this
-    // process may have to be read from the NBD device meanwhile (the program, with the root
-    // filesystem on it): every page locked in now, while it still serves; the mount point and
-    // the files opened before too.
+    // From the server's `hello` until it has the request, and from its `remount` until its
+    // answer, it serves no NBD request: nothing of this process may have to be read from the NBD
+    // device meanwhile (the program, with the root filesystem on it): every page locked in now,
+    // while it still serves; the mount point and the leaf opened before too.
     // SAFETY: mlockall takes no pointer.
     if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
         eprintln!("vboot-attach: warning: mlockall: {}", io::Error::last_os_error());
