@@ -749,3 +749,159 @@ mod tests {
         assert!(a.iter().enumerate().all(|(i, e)| e.file_sector == i as u64 * 16 && e.sectors == 8 && e.lba >= 1000));
     }
 }
+
+/// The server's side of the pivot end to end, without QEMU: a VirtualDisk on a stand-in host disk
+/// (a sparse file holding the image at the very sectors FIEMAP gives for the image file in the
+/// temporary directory), the Controller in the NBD serving loop, and a client thread speaking the
+/// protocol as `--pivot` does (minus the remount). Skipped where the temporary directory's
+/// filesystem has no FIEMAP or the test does not run as root (SO_PEERCRED).
+#[cfg(test)]
+mod server_tests {
+    use super::*;
+    use crate::nbd::{self, Control};
+    use std::os::unix::fs::FileExt;
+    use vboot::handoff::{Drive, DriveKind, Filesystem, HostDisk, HostPartition, HostScheme, Layer, LayerFormat, WriteMode};
+    use vboot::image::create::{create, CreateOptions, Variant};
+    use vboot::image::{ImageError, MemFile};
+
+    fn request(command: u16, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+        let mut r = Vec::new();
+        r.extend_from_slice(&nbd::REQUEST_MAGIC.to_be_bytes());
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&command.to_be_bytes());
+        r.extend_from_slice(&handle.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&len.to_be_bytes());
+        r
+    }
+
+    fn reply(s: &mut UnixStream, data_len: usize) -> (u32, Vec<u8>) {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        let err = u32::from_be_bytes(h[4..8].try_into().unwrap());
+        let mut data = vec![0u8; if err == 0 { data_len } else { 0 }];
+        s.read_exact(&mut data).unwrap();
+        (err, data)
+    }
+
+    #[test]
+    fn a_pivot_through_the_control_socket_while_serving() {
+        // SAFETY: geteuid takes no argument and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return eprintln!("skipped: not root");
+        }
+        let tmp = std::env::temp_dir();
+        let tag = std::process::id();
+        let mut m = MemFile::new("/vm/d.vhd", Vec::new());
+        let opts = CreateOptions { size_bytes: 8 << 20, reserve_bytes: 4 << 20, exact_size: true, seed: 3, now_unix: 1_700_000_000 };
+        create(Variant::VhdDynamic, &mut m, "d.vhd", &opts, None, &mut |_| Err(ImageError::Invalid { detail: "one file".into() })).unwrap();
+        let image = tmp.join(format!("vboot-attach-pivot-image-{}", tag));
+        std::fs::write(&image, &m.bytes).unwrap();
+        let decoy = tmp.join(format!("vboot-attach-pivot-decoy-{}", tag));
+        std::fs::write(&decoy, &m.bytes).unwrap();
+        let f = File::open(&image).unwrap();
+        let extents = match filesystem_extents(&f, "image", 0) {
+            Ok((e, "FIEMAP")) => e,
+            _ => {
+                let _ = std::fs::remove_file(&image);
+                let _ = std::fs::remove_file(&decoy);
+                return eprintln!("skipped: no FIEMAP in the temporary directory");
+            }
+        };
+        // The stand-in host disk: the image's bytes at the sectors the filesystem gave.
+        let host_path = tmp.join(format!("vboot-attach-pivot-host-{}", tag));
+        let host = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&host_path).unwrap();
+        for e in &extents {
+            let start = (e.file_sector * 512) as usize;
+            let end = (start + (e.sectors * 512) as usize).min(m.bytes.len());
+            host.write_all_at(&m.bytes[start..end], e.lba * 512).unwrap();
+        }
+        host.set_len(extents.iter().map(|e| (e.lba + e.sectors) * 512).max().unwrap()).unwrap();
+        let drive = Drive {
+            bios_number: 0x80,
+            kind: DriveKind::HardDisk,
+            write_mode: WriteMode::Normal,
+            virtual_sectors: (8 << 20) / 512,
+            host: HostDisk { bios_drive: 0x80, scheme: HostScheme::Mbr, mbr_signature: 1, disk_guid: [0; 16], sectors: u64::MAX / 1024 },
+            partition: HostPartition { number: 1, start_lba: 0, sectors: u64::MAX / 1024, type_byte: 0x83, guid: [0; 16] },
+            filesystem: Filesystem::Ext,
+            overlay: None,
+            parent_dir: None,
+            layers: vec![Layer { format: LayerFormat::Vhd, size_bytes: m.bytes.len() as u64, path: "/vm/d.vhd".into(), extents }],
+        };
+        let host_rw = std::fs::OpenOptions::new().read(true).write(true).open(&host_path).unwrap();
+        let mut disk = crate::vdisk::VirtualDisk::open(&drive, host_rw, false).unwrap();
+        let device = format!("/dev/nbdtest{}", tag);
+        let info = ServerInfo { device: device.clone(), partition: majmin(f.metadata().unwrap().dev()), partition_start_lba: 0 };
+        let mut controller = Controller::new(listen(&device).unwrap(), info).unwrap();
+        let (mut ours, mut kernel) = UnixStream::pair().unwrap();
+        let (image2, decoy2, dev2) = (image.clone(), decoy.clone(), device.clone());
+        let client = std::thread::spawn(move || {
+            // A write before the pivot, through the host disk.
+            let mut w = request(nbd::CMD_WRITE, 1, 3 << 20, 4096);
+            w.extend_from_slice(&[0xA1; 4096]);
+            kernel.write_all(&w).unwrap();
+            assert_eq!(reply(&mut kernel, 0).0, 0);
+            // The decoy (same bytes, other sectors) is refused.
+            let mut p = connect(&dev2).expect("the server answers");
+            assert!(p.hello.writes && !p.hello.pivoted && p.hello.layers == ["/vm/d.vhd"]);
+            send(&mut p.stream, "pivot\n", &[&File::open(&decoy2).unwrap()]).unwrap();
+            let (line, _) = receive(&mut p.stream).unwrap();
+            assert!(line.starts_with("refused\tthe file given for /vm/d.vhd is not where the hand-off table says"), "{}", line);
+            // The image: checked, then `remount`, then the files again, read-write.
+            let mut p = connect(&dev2).expect("the server answers");
+            let ro = File::open(&image2).unwrap();
+            send(&mut p.stream, "pivot\n", &[&ro]).unwrap();
+            assert_eq!(receive(&mut p.stream).unwrap().0, "remount");
+            let rw = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/self/fd/{}", ro.as_raw_fd())).unwrap();
+            send(&mut p.stream, "files\n", &[&rw]).unwrap();
+            let (line, _) = receive(&mut p.stream).unwrap();
+            assert!(line.starts_with(&format!("pivoted\t{} now serves /vm/d.vhd through the host filesystem (the leaf read-write; extents checked with FIEMAP in ", dev2)), "{}", line);
+            // After it a write lands in the file and reads back (the stand-in host disk is not
+            // the file's device, so what was written before the pivot is not in the file: the
+            // QEMU tests check that part, tests/tests/attach.rs).
+            let mut w = request(nbd::CMD_WRITE, 3, (3 << 20) + 4096, 4096);
+            w.extend_from_slice(&[0xB2; 4096]);
+            kernel.write_all(&w).unwrap();
+            assert_eq!(reply(&mut kernel, 0).0, 0);
+            kernel.write_all(&request(nbd::CMD_READ, 2, (3 << 20) + 4096, 4096)).unwrap();
+            let (err, data) = reply(&mut kernel, 4096);
+            assert!(err == 0 && data == [0xB2; 4096], "the write after the pivot does not read back");
+            // Twice: refused.
+            let mut p = connect(&dev2).expect("the server answers");
+            assert!(p.hello.pivoted);
+            send(&mut p.stream, "pivot\n", &[&File::open(&image2).unwrap()]).unwrap();
+            assert!(receive(&mut p.stream).unwrap().0.contains("pivoted before"));
+            kernel.write_all(&request(nbd::CMD_DISC, 4, 0, 0)).unwrap();
+        });
+        let fds = controller.fds();
+        let mut log = Vec::new();
+        let mut handle = |d: &mut crate::vdisk::VirtualDisk| controller.handle(d, &mut |m| log.push(m));
+        let stats = nbd::serve(&mut ours, &mut disk, &mut |_| {}, Some(Control { fds, handle: &mut handle })).unwrap();
+        client.join().unwrap();
+        assert_eq!(stats.writes, 2);
+        drop(disk);
+        // The second write is in the file, not on the stand-in host disk.
+        let after = std::fs::read(&image).unwrap();
+        assert_eq!(after.len(), m.bytes.len(), "the file grew");
+        assert!(after.windows(4096).any(|w| w == [0xB2; 4096]), "the write after the pivot is not in the file");
+        // The stand-in host disk is sparse and as large as the temporary filesystem's device:
+        // only the image's sectors on it.
+        let host_after: Vec<u8> = drive.layers[0]
+            .extents
+            .iter()
+            .flat_map(|e| {
+                let mut b = vec![0u8; (e.sectors * 512) as usize];
+                host.read_exact_at(&mut b, e.lba * 512).unwrap();
+                b
+            })
+            .collect();
+        assert!(host_after.windows(4096).any(|w| w == [0xA1; 4096]), "the write before the pivot is not on the host disk");
+        assert!(!host_after.windows(4096).any(|w| w == [0xB2; 4096]), "the write after the pivot reached the host disk");
+        assert!(!after.windows(4096).any(|w| w == [0xA1; 4096]), "the write before the pivot reached the file");
+        assert!(log.iter().any(|l| l.contains("pivot refused: the file given for /vm/d.vhd")), "{:?}", log);
+        for p in [&image, &decoy, &host_path] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -357,6 +357,8 @@ mod tests {
             b.write_all(&request(CMD_READ, 2, 0, 512)).unwrap();
             assert_eq!(read_reply(&mut b, 512).2, vec![0xEE; 512]);
             b.write_all(&request(CMD_DISC, 3, 0, 0)).unwrap();
+            // Closed only after the server stopped (a closed end would be readable, at EOF).
+            ctl_client
         });
         let mut mem = disk(4096);
         let fd = ctl_server.as_raw_fd();
