@@ -701,6 +701,169 @@ finish
     build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)])
 }
 
+/// What the pivot guest prints when every step passed.
+pub const PIVOT_OK: &str = "VBOOT-PIVOT-OK";
+/// The pivot guest's own disk: [`build_syslinux_linux_guest_with`]'s 48 MiB, then a second FAT16
+/// partition of this many MiB at 48 MiB, which the guest writes its files into.
+pub const PIVOT_GUEST_PART2_START_LBA: u64 = 48 * 2048;
+pub const PIVOT_GUEST_PART2_MIB: u64 = 60;
+pub const PIVOT_GUEST_DISK_MIB: u64 = 112;
+/// The MiB of new files the pivot guest writes each way: half of it in each of two files onto
+/// the host partition (/new/A.BIN, a copy of a file in RAM, and /new/B.BIN) and half in each of
+/// two files into its own disk's second partition (/G1.BIN, /G2.BIN).
+pub const PIVOT_WRITE_MIB: u64 = 50;
+
+/// The pivot guest (issue 17: the host partition stays usable while Linux runs): a raw disk of
+/// [`PIVOT_GUEST_DISK_MIB`] whose initramfs, booted through vboot from `/vm/<image>` on the host
+/// partition `/dev/<host_partition>` (FAT), does:
+/// 1. with the host partition mounted read-only on /host and no server: `--pivot` refused;
+/// 2. attaches drive 0x80 on /dev/nbd0 (raw host-disk extents), reads [`ATTACH_FILE`]; reads
+///    the whole image through /host (into the page cache), then writes /PRE.BIN (4 MiB, a copy
+///    of /tmp/pre) into its own disk's second partition through the server, underneath that
+///    cache;
+/// 3. refusals, the server still serving after each: `--pivot /host/vm/<decoy>` (a copy of the
+///    image, same size, other sectors), a file on a tmpfs, the host partition remounted
+///    read-write before the pivot;
+/// 4. `--pivot /host/vm/<image>`: the server switches to the file; /host is now read-write;
+///    the server's descriptors (`SERVER-FILES before/after`) show the host disk closed and the
+///    file open; a second `--pivot` refused; four single sectors of /PRE.BIN and /tmp/pre
+///    rewritten alike, and the two compared (`SHA-EXPECTED /g/PRE.BIN <sha256>`);
+/// 5. at the same time, [`PIVOT_WRITE_MIB`] of new files onto /host and as much into its own
+///    disk's second partition (`SHA <path> <sha256>` for each and /PRE.BIN, read back after
+///    dropping the caches); unmounts, detaches;
+/// 6. /host read-only again, attaches with `--read-only` and pivots: the server switches without
+///    a remount (/host stays read-only) and serves; detaches, unmounts /host.
+/// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`, the end [`PIVOT_OK`]; QEMU ends with 33.
+pub fn build_attach_pivot_guest(dir: &Path, host_partition: &str, image: &str, decoy: &str) -> PathBuf {
+    let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"], &[]);
+    let half = PIVOT_WRITE_MIB / 2;
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys /mnt /host /g /t /tmp
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
+fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+still_serving() {{ echo 3 > /proc/sys/vm/drop_caches; [ "$(cat /mnt{file})" = "{text}" ] || fail "the server stopped serving after: $1"; echo "STILL-SERVING after $1"; }}
+echo "STEP modules"
+{load}
+wait_block /dev/{hp} || fail "no /dev/{hp}"
+mount -t vfat -o ro /dev/{hp} /host || fail "mount the host partition read-only"
+echo "STEP no-server"
+vboot-attach --pivot /host/vm/{image} && fail "pivoted without a server"
+echo "STEP attach"
+dev=$(vboot-attach --timeout 20) || fail "vboot-attach with the host partition mounted read-only"
+echo "ATTACHED $dev"
+wait_block /dev/nbd0p2 || fail "no /dev/nbd0p2"
+mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1"
+still_serving attach
+server=$(cat /sys/block/nbd0/pid)
+echo "SERVER-FILES before $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/[^ ]*$' | sort -u | tr '\n' ' ')"
+echo "STEP refusals"
+vboot-attach --pivot /host/vm/{decoy} && fail "pivoted to another file"
+still_serving decoy
+mount -t tmpfs tmpfs /t && head -c 4096 /host/vm/{image} > /t/{image} || fail "a file on a tmpfs"
+vboot-attach --pivot /t/{image} && fail "pivoted to a file on a tmpfs"
+still_serving tmpfs
+mount -o remount,rw /host || fail "remount /host read-write"
+vboot-attach --pivot /host/vm/{image} && fail "pivoted with /host read-write"
+mount -o remount,ro /host || fail "remount /host read-only"
+still_serving read-write
+# Last before the pivot (still_serving drops every cache): the page cache of the image through /host, then writes through the server underneath it: what the
+# server must forget at the pivot (the VHD's BAT and the new blocks change under the cache).
+dd if=/host/vm/{image} of=/dev/null bs=64k 2>/dev/null || fail "read the image through /host"
+mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2"
+dd if=/dev/urandom of=/tmp/pre bs=1M count=4 2>/dev/null && cp /tmp/pre /g/PRE.BIN && sync || fail "write /g/PRE.BIN"
+echo "STEP pivot"
+vboot-attach --pivot /host/vm/{image} || fail "vboot-attach --pivot"
+echo "HOST-MOUNT $(grep ' /host ' /proc/mounts)"
+grep -q ' /host vfat rw' /proc/mounts || fail "/host is not read-write after the pivot"
+# At once after the pivot, single sectors of PRE.BIN rewritten through the file: the server writes them into pages of the
+# image file that would be stale had it not dropped them (the rest of each page is PRE.BIN's
+# data, written underneath the cache before the pivot). /tmp/pre is the reference.
+dd if=/dev/urandom of=/tmp/patch bs=512 count=1 2>/dev/null
+for at in 1 801 4321 8190; do
+  for f in /tmp/pre /g/PRE.BIN; do dd if=/tmp/patch of=$f bs=512 seek=$at conv=notrunc 2>/dev/null || fail "patch $f"; done
+done
+# Read back through the server without dropping every cache (drop_caches would drop the image
+# file's stale pages too): /g unmounted and mounted again.
+sync
+umount /g && mount -t vfat /dev/nbd0p2 /g || fail "mount /dev/nbd0p2 again"
+[ "$(sha256sum < /tmp/pre)" = "$(sha256sum < /g/PRE.BIN)" ] || fail "/g/PRE.BIN differs from /tmp/pre after sectors of it were rewritten after the pivot"
+echo "SHA-EXPECTED /g/PRE.BIN $(sha256sum /tmp/pre | cut -d' ' -f1)"
+still_serving pivot
+echo "SERVER-FILES after $(ls -l /proc/$server/fd | grep -o '/dev/vda$\|/host/vm/[^ ]*$' | sort -u | tr '\n' ' ')"
+vboot-attach --pivot /host/vm/{image} && fail "pivoted twice"
+echo "STEP writes"
+mkdir -p /host/new || fail "mkdir /host/new"
+dd if=/dev/urandom of=/tmp/src bs=1M count={half} 2>/dev/null || fail "make /tmp/src"
+read t0 rest < /proc/uptime
+( cp /tmp/src /host/new/A.BIN && dd if=/dev/urandom of=/host/new/B.BIN bs=1M count={half} 2>/dev/null ) & host_pid=$!
+( dd if=/dev/urandom of=/g/G1.BIN bs=1M count={half} 2>/dev/null && dd if=/dev/urandom of=/g/G2.BIN bs=1M count={half} 2>/dev/null ) & guest_pid=$!
+wait $host_pid || fail "writing onto /host"
+wait $guest_pid || fail "writing into /dev/nbd0p2"
+sync || fail sync
+read t1 rest < /proc/uptime
+echo "WRITES-DONE from=$t0 to=$t1"
+echo 3 > /proc/sys/vm/drop_caches
+for f in /host/new/A.BIN /host/new/B.BIN /g/G1.BIN /g/G2.BIN /g/PRE.BIN; do
+  echo "SHA $f $(sha256sum $f | cut -d' ' -f1)"
+done
+umount /g || fail "umount /g"
+umount /mnt || fail "umount /mnt"
+vboot-attach --detach $dev || fail "vboot-attach --detach"
+echo "STEP read-only"
+mount -o remount,ro /host || fail "remount /host read-only"
+dev=$(vboot-attach --read-only --timeout 20) || fail "vboot-attach --read-only"
+wait_block /dev/nbd0p1 || fail "no /dev/nbd0p1 (read-only)"
+vboot-attach --pivot /host/vm/{image} || fail "vboot-attach --pivot of a read-only drive"
+grep -q ' /host vfat ro' /proc/mounts || fail "/host was remounted for a read-only drive"
+mount -t vfat -o ro /dev/nbd0p1 /mnt || fail "mount /dev/nbd0p1 (read-only)"
+still_serving read-only
+umount /mnt
+vboot-attach --detach $dev || fail "vboot-attach --detach (read-only)"
+umount /host || fail "umount /host"
+echo "{ok}"
+finish
+"#,
+        load = load,
+        hp = host_partition,
+        image = image,
+        decoy = decoy,
+        half = half,
+        file = ATTACH_FILE,
+        text = ATTACH_FILE_TEXT,
+        ok = PIVOT_OK
+    );
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
+    let initrd = busybox_initramfs_with(&dir.join("pivot-initrd.img"), &init, &refs);
+    let disk = build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)]);
+    // The second partition: an MBR entry (type 0x0E, FAT16 LBA) and a FAT16 volume.
+    let sectors = PIVOT_GUEST_PART2_MIB * 2048;
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.set_len(PIVOT_GUEST_DISK_MIB << 20).unwrap();
+    let mut entry = [0u8; 16];
+    entry[1..4].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+    entry[4] = 0x0E;
+    entry[5..8].copy_from_slice(&[0xFE, 0xFF, 0xFF]);
+    entry[8..12].copy_from_slice(&(PIVOT_GUEST_PART2_START_LBA as u32).to_le_bytes());
+    entry[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&entry, 0x1CE).unwrap();
+    drop(f);
+    let part2 = dir.join("pivot-part2.img");
+    crate::disk::fat_volume(&part2, sectors, 16, &[]);
+    crate::disk::write_at(&disk, PIVOT_GUEST_PART2_START_LBA, &part2);
+    let _ = std::fs::remove_file(&part2);
+    disk
+}
+
 /// What an attach guest's initramfs holds besides busybox: vboot-attach (target/vboot/, from
 /// `cargo xtask build`) in /bin and /sbin, and the Debian kernel's `modules` with their
 /// dependencies in /lib/modules/; and the script lines that insmod them in order, except `later`

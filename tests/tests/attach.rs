@@ -197,6 +197,157 @@ fn immutable_writes_go_into_the_throwaway_child_and_the_image_is_unchanged() {
     check_guest_files(&dir, &child);
 }
 
+/// The pivot (issue 17), [`pivot_scenario`] with a dynamic VHD.
+#[test]
+fn after_the_pivot_the_host_partition_is_usable_while_linux_runs() {
+    let dir = TempDir::new("attach-pivot");
+    let raw = guests::build_attach_pivot_guest(&dir.path, "vda1", "guest.vhd", "decoy.vhd");
+    let image = dir.join("guest.vhd");
+    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), image.to_str().unwrap()]);
+    // Slack for the 50 MiB the guest writes into its own disk, and their FAT's blocks.
+    sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("72M"));
+    pivot_scenario(&dir, &[("guest.vhd", &image)], "vpc");
+}
+
+/// The pivot of a chain, [`pivot_scenario`] with a VMDK child over its parent: the server checks
+/// the parent's sectors too and serves both through the filesystem; the parent is unchanged.
+#[test]
+fn the_pivot_of_a_vmdk_chain_takes_the_parent_along() {
+    let dir = TempDir::new("attach-pivot-chain");
+    let raw = guests::build_attach_pivot_guest(&dir.path, "vda1", "child.vmdk", "decoy.vmdk");
+    let base = dir.join("base.vmdk");
+    qemu_img(&["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", raw.to_str().unwrap(), base.to_str().unwrap()]);
+    let child = dir.join("child.vmdk");
+    sh(Command::new(vdisk_bin()).arg("snapshot").arg(&base).arg(&child).args(["--reserve", "72M"]));
+    let base_sha = disk::sha256(&base);
+    let after = pivot_scenario(&dir, &[("child.vmdk", &child), ("base.vmdk", &base)], "vmdk");
+    assert_eq!(disk::sha256(&after[1]), base_sha, "the parent changed");
+}
+
+/// Linux booted from `images` (leaf first, in /vm/ on a FAT32 host partition; qemu-img's
+/// `format`) attaches it (raw host-disk extents, the host partition mounted read-only), reads the
+/// image through the mount and then writes 4 MiB through the server underneath that page cache
+/// (after the pivot single sectors of it are rewritten: without the pivot's page-cache drop the
+/// rest of their pages would come back stale), has `--pivot` refused for a copy of the leaf
+/// (same size, other sectors), a file on a tmpfs and a read-write host mount, the server still
+/// serving after each; pivots to the leaf through /host, which is read-write afterwards, and a
+/// second pivot is refused; then writes 50 MiB of new files onto the host partition while it
+/// writes 50 MiB into its own disk; then attaches read-only and pivots without a remount. The
+/// host finds the host filesystem and the image clean, and every file the guest wrote with the
+/// SHA-256 the guest printed, read back by mtools (from the host partition, and from the image
+/// through qemu-img convert). Gives the images as they are on the host partition afterwards.
+fn pivot_scenario(dir: &TempDir, images: &[(&str, &Path)], format: &str) -> Vec<PathBuf> {
+    let leaf = images[0].0;
+    let decoy_name = format!("decoy.{}", leaf.rsplit('.').next().unwrap());
+    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot harddisk=/vm/{} reserve=0\n}}\n", leaf);
+    let host = vboot_host(dir, 320, &cfg, &[]);
+    sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    for (name, file) in images {
+        disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(file).unwrap(), 3);
+    }
+    // The decoy: the leaf's bytes, elsewhere on the partition.
+    disk::put_fragmented(&host.part, &format!("/vm/{}", decoy_name), &std::fs::read(images[0].1).unwrap(), 2);
+    let decoy_sha = disk::sha256(images[0].1);
+    disk::write_at(&host.disk, 2048, &host.part);
+    let served = images.iter().map(|(n, _)| format!("/vm/{}", n)).collect::<Vec<_>>().join(" <- ");
+
+    let started = std::time::Instant::now();
+    let out = run_guest(&host.disk);
+    eprintln!("pivot guest ran {:?}", started.elapsed());
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.contains("vboot-attach") || l.starts_with("SHA") || l.starts_with("STILL-") || l.starts_with("SERVER-") || l.starts_with("HOST-MOUNT") || l.starts_with("WRITES-")) {
+        eprintln!("guest: {}", l);
+    }
+    assert!(!out.contains("ATTACH-FAILED"), "{}", out);
+    assert!(out.contains(guests::PIVOT_OK), "{}", out);
+    // Each refusal with its message, and the server serving after it.
+    assert!(out.contains("no vboot-attach server is running"), "no refusal without a server:\n{}", out);
+    let decoy = format!("the file given for /vm/{} is not where the hand-off table says (file sector 0 is at host sector", leaf);
+    assert!(out.contains(&decoy), "no refusal of the decoy:\n{}", out);
+    assert!(out.contains("not on the host partition of a served drive"), "no refusal of a file on a tmpfs:\n{}", out);
+    assert!(out.contains("is mounted read-write on /host while /dev/nbd0 still writes the image's sectors"), "no refusal with /host read-write:\n{}", out);
+    for step in ["attach", "decoy", "tmpfs", "read-write", "pivot"] {
+        assert!(out.contains(&format!("STILL-SERVING after {}", step)), "{}", out);
+    }
+    let pivoted = format!("/dev/nbd0 now serves {} through the host filesystem (the leaf read-write; extents checked with FIBMAP in ", served);
+    assert!(out.contains(&pivoted), "{}", out);
+    assert!(out.contains("); the host disk is closed"), "{}", out);
+    assert!(out.contains("pivoted before"), "no refusal of a second pivot:\n{}", out);
+    assert!(out.contains("/dev/nbd0 detached"), "{}", out);
+    // A read-only drive pivots without a remount.
+    let pivoted = format!("/dev/nbd0 now serves {} through the host filesystem (read-only; extents checked with FIBMAP in ", served);
+    assert!(out.contains(&pivoted), "{}", out);
+    assert!(out.contains("the server does not write the image; /host may be remounted read-write"), "{}", out);
+    assert!(out.contains("STILL-SERVING after read-only"), "{}", out);
+    let sha: std::collections::HashMap<String, String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("SHA "))
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(p, h)| (p.to_string(), h.to_string()))
+        .collect();
+    assert_eq!(sha.len(), 5, "{}", out);
+    let pre = out.lines().find_map(|l| l.strip_prefix("SHA-EXPECTED /g/PRE.BIN ")).map(|h| h.trim().to_string());
+    assert!(pre.is_some() && pre.as_ref() == sha.get("/g/PRE.BIN"), "{}", out);
+    // The server's open files: the host disk before, the image file after.
+    assert!(out.contains("SERVER-FILES before /dev/vda \n"), "{}", out);
+    let mut open_after: Vec<String> = images.iter().map(|(n, _)| format!("/host/vm/{} ", n)).collect();
+    open_after.sort();
+    assert!(out.contains(&format!("SERVER-FILES after {}\n", open_after.concat())), "{}", out);
+
+    // The host partition: fsck.fat clean, the guest's files read back by mtools, the decoy
+    // unchanged.
+    let part_now = host.current_partition(&dir.join("part-after.img"));
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    let half_bytes = (guests::PIVOT_WRITE_MIB / 2) << 20;
+    for name in ["A.BIN", "B.BIN"] {
+        let got = dir.join(&format!("host-{}", name));
+        disk::fat_get(&part_now, &format!("/new/{}", name), &got);
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), half_bytes, "/new/{}", name);
+        assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/host/new/{}", name)), "/new/{} on the host partition", name);
+        let _ = std::fs::remove_file(&got);
+    }
+    let decoy = dir.join("decoy-after");
+    disk::fat_get(&part_now, &format!("/vm/{}", decoy_name), &decoy);
+    assert_eq!(disk::sha256(&decoy), decoy_sha, "the decoy changed");
+
+    // The images, under their own names in a directory of their own (qemu-img finds a parent
+    // beside its child): structurally clean, the guest's files in its second partition, fsck.fat
+    // clean.
+    let after_dir = dir.join("after");
+    std::fs::create_dir_all(&after_dir).unwrap();
+    let after: Vec<PathBuf> = images
+        .iter()
+        .map(|(name, _)| {
+            let p = after_dir.join(name);
+            disk::fat_get(&part_now, &format!("/vm/{}", name), &p);
+            p
+        })
+        .collect();
+    let _ = std::fs::remove_file(&part_now);
+    structure_check(&after[0], format);
+    let raw_after = dir.join("guest-after.raw");
+    qemu_img(&["convert", "-O", "raw", after[0].to_str().unwrap(), raw_after.to_str().unwrap()]);
+    assert_eq!(file_in_raw(&raw_after, ATTACH_FILE), ATTACH_FILE_TEXT);
+    let part2 = dir.join("guest-part2.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&raw_after).unwrap();
+        let mut buf = vec![0u8; (guests::PIVOT_GUEST_PART2_MIB << 20) as usize];
+        f.read_exact_at(&mut buf, guests::PIVOT_GUEST_PART2_START_LBA * 512).unwrap();
+        std::fs::write(&part2, &buf).unwrap();
+    }
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part2).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the guest's second partition: {}", String::from_utf8_lossy(&fsck.stdout));
+    // PRE.BIN was written before the pivot, under the page cache of the image read through /host.
+    for name in ["G1.BIN", "G2.BIN", "PRE.BIN"] {
+        let got = dir.join(&format!("guest-{}", name));
+        disk::fat_get(&part2, &format!("/{}", name), &got);
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), if name == "PRE.BIN" { 4 << 20 } else { half_bytes }, "/{}", name);
+        assert_eq!(Some(&disk::sha256(&got)), sha.get(&format!("/g/{}", name)), "/{} in the image", name);
+    }
+    after
+}
+
 #[test]
 fn without_vboot_there_is_no_table_to_attach() {
     let dir = TempDir::new("attach-native");
@@ -298,9 +449,11 @@ fn debian_with_dracut_in_a_vhd_boots_to_a_login_prompt() {
 
 /// Debian bookworm (a cached debootstrap, [`guests::debian_rootfs_tarball`]) with the vboot
 /// package installed by `dpkg -i` and its initramfs made by `initramfs`, in a dynamic VHD booted
-/// through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, shows the root mount
-/// and the command line, writes a file and powers off through systemd; the host finds the file
-/// in the VHD and e2fsck finds the root filesystem clean.
+/// through vboot with `root=/dev/nbd0p2`, to a login prompt; root logs in, mounts the host
+/// partition read-only and pivots (`vboot-attach --pivot`, the server started in the initramfs),
+/// writes a file onto the host partition, shows the root mount and the command line, writes a
+/// file and powers off through systemd; the host finds both files (the first on the host
+/// partition, the second in the VHD) and e2fsck finds the root filesystem clean.
 fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let started = std::time::Instant::now();
     let dracut = initramfs == DebianInitramfs::Dracut;
@@ -405,13 +558,20 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let mark = q.mark();
     q.send(b"root\n");
     q.expect_from(mark, "#", Duration::from_secs(120));
-    q.send(b"findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    // The pivot after switch-root, from the real root, with the server started in the initramfs
+    // (its root is the old one; the control socket is abstract and the files are passed as
+    // descriptors): the host partition mounted read-only, pivoted, then written.
+    q.send(b"mkdir -p /mnt/host && mount -o ro /dev/vda1 /mnt/host && vboot-attach --pivot /mnt/host/debian.vhd ; echo pivot-rc=$? ; echo host-was-here > /mnt/host/HOST.TXT ; findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
     let status = q.wait_exit(Duration::from_secs(300));
     let out = q.output();
     eprintln!("demo: QEMU ended with {:?} {:?} after it started", status, boot_at.elapsed());
     let shown = out.get(mark..).unwrap_or("");
+    for l in shown.lines().filter(|l| l.contains("vboot-attach") || l.starts_with("pivot-rc") || l.contains("/mnt/host")) {
+        eprintln!("guest: {}", l);
+    }
     assert!(shown.contains("\n/dev/nbd0p2"), "the root filesystem is not on the NBD device:\n{}", out);
     assert!(shown.contains("root=/dev/nbd0p2 vboot.attach=1"), "no kernel command line shown:\n{}", out);
+    assert!(shown.contains("now serves /debian.vhd through the host filesystem (the leaf read-write;") && shown.contains("pivot-rc=0"), "no pivot:\n{}", out);
     if dracut {
         // systemd's status line from dracut's initramfs: the initqueue that ran the attach.
         assert!(out.contains("dracut initqueue hook"), "not dracut's initramfs:\n{}", out);
@@ -421,6 +581,12 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let part_now = host.current_partition(&dir.join("host-part-after.img"));
     let vhd_after = dir.join("debian-after.vhd");
     disk::fat_get(&part_now, "/debian.vhd", &vhd_after);
+    let host_file = dir.join("host-after.txt");
+    disk::fat_get(&part_now, "/HOST.TXT", &host_file);
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host-was-here\n", "the file written onto the host partition after the pivot");
+    // systemd unmounted the host partition once the server had ended (after the root filesystem).
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
     let _ = std::fs::remove_file(&part_now);
     let raw_after = dir.join("debian-after.img");
     qemu_img(&["convert", "-O", "raw", vhd_after.to_str().unwrap(), raw_after.to_str().unwrap()]);

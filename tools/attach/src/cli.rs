@@ -9,6 +9,9 @@ use clap::Parser;
 
 use crate::drives::DriveSpec;
 
+/// What --pivot cannot go with (it takes --device).
+const PIVOT_CONFLICTS: [&str; 8] = ["info", "detach", "drive", "timeout", "read_only", "foreground", "all", "netlink"];
+
 /// Options that only make sense when attaching.
 const ATTACH_OPTIONS: [&str; 7] = ["drive", "device", "timeout", "read_only", "foreground", "all", "netlink"];
 
@@ -21,7 +24,12 @@ const ATTACH_OPTIONS: [&str; 7] = ["drive", "device", "timeout", "read_only", "f
                   Without --info or --detach: find vboot's hand-off table (through /dev/mem), the host \
                   disk, and serve one emulated drive (a hard disk, a CD from an ISO file, read-only, \
                   or a floppy image) on an NBD device; print the device name and go to the \
-                  background as @vboot-attach.",
+                  background as @vboot-attach.\n\n\
+                  With --pivot FILE: make the running server serve the image through the host \
+                  filesystem, mounted read-only, instead of the raw sectors of the host disk, after \
+                  checking that FILE (and its parents) are the files of the hand-off table, at the \
+                  same sectors; it remounts the filesystem read-write itself. Then the host \
+                  partition stays usable while Linux runs (docs/vboot-attach.md, \"The pivot\").",
     after_help = "Exit status: 0 on success, 1 when the work fails or is refused, 2 for a wrong command line."
 )]
 pub struct Cli {
@@ -31,6 +39,10 @@ pub struct Cli {
     /// Flush and stop serving DEVICE
     #[arg(long, value_name = "DEVICE", value_parser = parse_nbd_device, conflicts_with_all = ATTACH_OPTIONS)]
     pub detach: Option<String>,
+    /// Switch the running server to FILE, the image through the host partition mounted
+    /// read-only (a chain's leaf; the parents are the table's); with --device, that server
+    #[arg(long, value_name = "FILE", conflicts_with_all = PIVOT_CONFLICTS)]
+    pub pivot: Option<std::path::PathBuf>,
     /// The emulated drive to serve: a BIOS number (0x80, 0xE0, 0x00 ...) or a kind (harddisk,
     /// cdrom, floppy: the first drive of that kind) [default: 0x80, else the table's first drive]
     #[arg(long, value_name = "N|KIND", value_parser = DriveSpec::parse)]
@@ -92,7 +104,8 @@ mod tests {
         assert_eq!(parse(&["--drive", "cdrom"]).unwrap().drive, Some(DriveSpec::Kind(DriveKind::Cdrom)));
         assert_eq!(parse(&["--drive", "floppy", "--read-only"]).unwrap().drive, Some(DriveSpec::Kind(DriveKind::Floppy)));
         assert!(parse(&["--all"]).unwrap().all);
-        for bad in [&["--drive", "cd"][..], &["--all", "--drive", "0x80"], &["--all", "--device", "/dev/nbd1"], &["--info", "--all"], &["--info", "--drive", "cdrom"]] {
+        assert_eq!(parse(&["--pivot", "/host/vm/x.vhd", "--device", "/dev/nbd1"]).unwrap().pivot.as_deref(), Some(std::path::Path::new("/host/vm/x.vhd")));
+        for bad in [&["--pivot", "/x", "--drive", "0x80"][..], &["--pivot", "/x", "--detach", "/dev/nbd0"], &["--pivot", "/x", "--info"], &["--drive", "cd"], &["--all", "--drive", "0x80"], &["--all", "--device", "/dev/nbd1"], &["--info", "--all"], &["--info", "--drive", "cdrom"]] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{:?}: {}", bad, e);
         }

@@ -2,3 +2,4 @@
 //! drive of the hand-off table it serves.
 pub mod cli;
 pub mod drives;
+pub mod pivot;

@@ -6,6 +6,7 @@
 //! virtual disk as /dev/nbdN through the kernel's NBD driver, with the same core library the
 //! resident engine uses.
 
+mod control;
 mod host;
 mod nbd;
 mod netlink;
@@ -41,6 +42,8 @@ fn main() -> ExitCode {
         read_table().map(|t| print_table(&t))
     } else if let Some(device) = &cli.detach {
         detach(device)
+    } else if let Some(file) = &cli.pivot {
+        control::pivot(file, cli.device.as_deref())
     } else {
         become_root_storage_daemon();
         let o = Options {
@@ -181,7 +184,7 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         if let Some(at) = host::mounted_read_write(name) {
             return Err(format!(
                 "/dev/{} is mounted read-write on {}: writing the image under a mounted filesystem would corrupt it; \
-                 unmount it or remount it read-only first",
+                 unmount it or remount it read-only first (after the attach, `vboot-attach --pivot FILE` lets it be used read-write)",
                 name, at
             ));
         }
@@ -202,6 +205,10 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         Some(d) => d,
         None => free_nbd()?,
     };
+    // The pivot's control socket (control.rs), before the fork: a second server for the device is
+    // refused here.
+    let listener = control::listen(&device)?;
+    let info = control::ServerInfo { device: device.clone(), partition: control::device_number(&part_name)?, partition_start_lba: drive.partition.start_lba };
     let mut nbd = Some(OpenOptions::new().read(true).write(true).open(&device).map_err(|e| format!("opening {}: {} (is the nbd module loaded?)", device, e))?);
     let fd = nbd.as_ref().map_or(-1, |f| f.as_raw_fd());
     let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {}", e))?;
@@ -257,9 +264,13 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
             unsafe { libc::signal(sig, libc::SIG_IGN) };
         }
     }
+    let mut controller = control::Controller::new(listener, info)?;
+    let fds = controller.fds();
+    let mut pivot = |d: &mut vdisk::VirtualDisk| controller.handle(d, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    let control = nbd::Control { fds, handle: &mut pivot };
     let result = match index {
-        Some(index) => serve_through_netlink(&device, index, ours, theirs, sectors * 512, flags, &mut disk),
-        None => serve_in_do_it(&device, fd, ours, theirs, &mut disk),
+        Some(index) => serve_through_netlink(&device, index, ours, theirs, sectors * 512, flags, &mut disk, control),
+        None => serve_in_do_it(&device, fd, ours, theirs, &mut disk, control),
     };
     drop(nbd);
     let result = served(&device, result);
@@ -283,6 +294,7 @@ fn serve_through_netlink(
     size_bytes: u64,
     flags: u64,
     disk: &mut vdisk::VirtualDisk,
+    control: nbd::Control<vdisk::VirtualDisk>,
 ) -> std::io::Result<nbd::Stats> {
     // udev may still hold the device open (probing it after the module loaded): retry a while.
     let start = Instant::now();
@@ -296,14 +308,21 @@ fn serve_through_netlink(
         }
     }
     drop(theirs);
-    let result = nbd::serve(&mut ours, disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    let result = nbd::serve(&mut ours, disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m), Some(control));
     drop(ours);
     let _ = netlink::disconnect(index);
     result
 }
 
 /// The kernel's side runs in NBD_DO_IT until the socket closes; requests are served here.
-fn serve_in_do_it(device: &str, fd: i32, mut ours: UnixStream, theirs: UnixStream, disk: &mut vdisk::VirtualDisk) -> std::io::Result<nbd::Stats> {
+fn serve_in_do_it(
+    device: &str,
+    fd: i32,
+    mut ours: UnixStream,
+    theirs: UnixStream,
+    disk: &mut vdisk::VirtualDisk,
+    control: nbd::Control<vdisk::VirtualDisk>,
+) -> std::io::Result<nbd::Stats> {
     let theirs_fd = theirs.into_raw_fd();
     let kernel = std::thread::spawn(move || {
         let r = nbd::ioctl(fd, nbd::NBD_DO_IT, 0);
@@ -314,7 +333,7 @@ fn serve_in_do_it(device: &str, fd: i32, mut ours: UnixStream, theirs: UnixStrea
         unsafe { libc::close(theirs_fd) };
         r
     });
-    let result = nbd::serve(&mut ours, disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
+    let result = nbd::serve(&mut ours, disk, &mut |m| eprintln!("vboot-attach: {}: {}", device, m), Some(control));
     // Closing our end ends the kernel's NBD_DO_IT.
     drop(ours);
     let _ = kernel.join();

@@ -2,6 +2,7 @@
 //! NBD_SET_SOCK (no handshake: the size and flags go through ioctls), and those ioctls.
 
 use std::io::{self, Read, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
 
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const REPLY_MAGIC: u32 = 0x6744_6698;
@@ -55,13 +56,49 @@ fn reply<S: Write>(s: &mut S, error: u32, handle: &[u8; 8], data: &[u8]) -> io::
     Ok(())
 }
 
+/// More descriptors the server watches between requests (the pivot's control socket and its
+/// check thread's notice), and what to do when one is readable: `handle` runs between two
+/// requests, so the request before has been answered and the next ones wait in the socket until
+/// it returns.
+pub struct Control<'a, B: ?Sized> {
+    pub fds: Vec<RawFd>,
+    pub handle: &'a mut dyn FnMut(&mut B),
+}
+
+/// Wait until `sock` or one of `control` is readable; true for `control`.
+fn control_ready(sock: RawFd, control: &[RawFd]) -> io::Result<bool> {
+    let mut fds: Vec<libc::pollfd> = control.iter().chain([&sock]).map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    loop {
+        // SAFETY: `fds` is a live array of pollfd structures, and its length is passed.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r >= 0 {
+            return Ok(fds[..control.len()].iter().any(|p| p.revents & libc::POLLIN != 0));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Serve requests until NBD_CMD_DISC (flushing first) or the peer closes the socket. Backend
 /// errors are answered with an errno and reported through `log`; only socket errors end it.
-pub fn serve<S: Read + Write>(s: &mut S, disk: &mut dyn Backend, log: &mut dyn FnMut(String)) -> io::Result<Stats> {
+pub fn serve<S: Read + Write + AsRawFd, B: Backend + ?Sized>(
+    s: &mut S,
+    disk: &mut B,
+    log: &mut dyn FnMut(String),
+    mut control: Option<Control<B>>,
+) -> io::Result<Stats> {
     let mut stats = Stats::default();
     // One buffer for every request's data, grown to the largest request seen.
     let mut data: Vec<u8> = Vec::new();
     loop {
+        if let Some(c) = control.as_mut() {
+            if control_ready(s.as_raw_fd(), &c.fds)? {
+                (c.handle)(disk);
+                continue;
+            }
+        }
         let mut req = [0u8; 28];
         match s.read_exact(&mut req) {
             Ok(()) => {}
@@ -249,7 +286,7 @@ mod tests {
         let t = std::thread::spawn(move || client(&mut b));
         let mut mem = mem;
         let mut logged = Vec::new();
-        let stats = serve(&mut a, &mut mem, &mut |m| logged.push(m)).unwrap();
+        let stats = serve(&mut a, &mut mem, &mut |m| logged.push(m), None).unwrap();
         t.join().unwrap();
         (mem, stats, logged)
     }
@@ -316,6 +353,38 @@ mod tests {
         assert_eq!(mem.bytes, { let mut d = disk(4096); d.fail_at = None; d.bytes });
     }
 
+    /// The control descriptor is served between requests: a request sent after the control
+    /// event sees what the handler did, and the server goes on serving.
+    #[test]
+    fn control_runs_between_requests() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let (mut ctl_server, mut ctl_client) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            b.write_all(&request(CMD_READ, 1, 0, 512)).unwrap();
+            assert_eq!(read_reply(&mut b, 512).2, disk(4096).bytes[..512].to_vec());
+            // The event, then at once the next request: the handler runs first.
+            ctl_client.write_all(b"x").unwrap();
+            b.write_all(&request(CMD_READ, 2, 0, 512)).unwrap();
+            assert_eq!(read_reply(&mut b, 512).2, vec![0xEE; 512]);
+            b.write_all(&request(CMD_DISC, 3, 0, 0)).unwrap();
+            // Closed only after the server stopped (a closed end would be readable, at EOF).
+            ctl_client
+        });
+        let mut mem = disk(4096);
+        let fd = ctl_server.as_raw_fd();
+        let mut calls = 0;
+        let mut handle = |m: &mut Mem| {
+            let mut byte = [0u8; 1];
+            ctl_server.read_exact(&mut byte).unwrap();
+            m.bytes[..512].fill(0xEE);
+            calls += 1;
+        };
+        let stats = serve(&mut a, &mut mem, &mut |_| {}, Some(Control { fds: vec![fd], handle: &mut handle })).unwrap();
+        t.join().unwrap();
+        assert_eq!(calls, 1);
+        assert_eq!(stats.reads, 2);
+    }
+
     #[test]
     fn read_only_refuses_writes_and_bad_magic_ends() {
         let mut m = disk(4096);
@@ -334,7 +403,7 @@ mod tests {
         let mut r = request(CMD_READ, 1, 0, 512);
         r[0] ^= 1;
         b.write_all(&r).unwrap();
-        let err = serve(&mut a, &mut disk(4096), &mut |_| {}).unwrap_err();
+        let err = serve(&mut a, &mut disk(4096), &mut |_| {}, None).unwrap_err();
         assert!(err.to_string().contains("bad magic"));
     }
 }

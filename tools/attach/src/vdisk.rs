@@ -4,16 +4,23 @@
 //! `image::Disk` over it, so writes allocate in the files' slack exactly as at boot. A CD (the
 //! ISO, read-only, whole 2048-byte blocks) and a floppy image are one raw file each, served
 //! through the same `ExtentFile` directly.
+//!
+//! The pivot (`--pivot`, docs/vboot-attach.md): every file is opened through a [`Switchable`], so
+//! that the server can later put the same file, opened through the host filesystem
+//! (`vboot::image::StdFile`, as vdisk opens files), under the layers without reopening the chain:
+//! the layers keep their state, only where the bytes come from changes.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
 use vboot::block::{BlockDevice, BlockError};
 use vboot::fs::ExtentList;
-use vboot::handoff::{Drive, DriveKind, WriteMode};
-use vboot::image::{open_chain, ChainOptions, Disk, ExtentFile, ImageError, ImageFile, ListedFile, ListedFiles};
+use vboot::handoff::{Drive, DriveKind, Layer, WriteMode};
+use vboot::image::{open_chain, ChainOptions, Disk, ExtentFile, ImageError, ImageFile, ListedFile, ListedFiles, ParentLocator, StdFile};
 
 use crate::nbd::{eio, Backend};
 
@@ -38,17 +45,91 @@ impl BlockDevice for HostDevice {
     }
 }
 
+type Shared = Rc<RefCell<Box<dyn ImageFile>>>;
+
+/// One file of the drive as the layers see it: an `ExtentFile` on the host disk until the pivot,
+/// then a `StdFile` through the host filesystem. It never grows, before or after: writes allocate
+/// in the file's slack as at boot.
+#[derive(Clone)]
+struct Switchable {
+    inner: Shared,
+    name: String,
+}
+
+impl Switchable {
+    fn new(file: Box<dyn ImageFile>) -> Switchable {
+        Switchable { name: file.name().to_string(), inner: Rc::new(RefCell::new(file)) }
+    }
+}
+
+impl ImageFile for Switchable {
+    fn len_bytes(&self) -> u64 {
+        self.inner.borrow().len_bytes()
+    }
+    fn read_at(&mut self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), ImageError> {
+        self.inner.borrow_mut().read_at(offset_bytes, buf)
+    }
+    fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
+        let mut f = self.inner.borrow_mut();
+        // The file through the filesystem could grow; in place (before the pivot) it refuses itself.
+        if f.can_grow() && offset_bytes.checked_add(buf.len() as u64).map_or(true, |end| end > f.len_bytes()) {
+            return Err(ImageError::Io { image: self.name.clone(), offset_bytes, detail: String::from("a write past the end: vboot-attach never grows a file") });
+        }
+        f.write_at(offset_bytes, buf)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn flush(&mut self) -> Result<(), ImageError> {
+        self.inner.borrow_mut().flush()
+    }
+    fn mtime_unix(&self) -> Option<u64> {
+        self.inner.borrow().mtime_unix()
+    }
+    fn host_run(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.inner.borrow().host_run(offset_bytes)
+    }
+    fn host_run_writable(&self, offset_bytes: u64) -> Option<(u64, u64)> {
+        self.inner.borrow().host_run_writable(offset_bytes)
+    }
+}
+
+/// The table's files for the chain walker, each handed out as a [`Switchable`] that is remembered
+/// (weakly: a file the walker only probed and dropped is not pivoted).
+struct SwitchableFiles {
+    listed: ListedFiles<HostDevice>,
+    opened: Vec<Weak<RefCell<Box<dyn ImageFile>>>>,
+}
+
+impl ParentLocator for SwitchableFiles {
+    fn open(&mut self, path: &str) -> Option<Box<dyn ImageFile>> {
+        let s = Switchable::new(self.listed.open(path)?);
+        self.opened.push(Rc::downgrade(&s.inner));
+        Some(Box::new(s))
+    }
+    fn list_dir(&mut self, dir: &str) -> Vec<String> {
+        self.listed.list_dir(dir)
+    }
+}
+
 /// What the sectors come from: a hard disk's chain, or the one raw file of a CD or floppy.
 enum Medium {
     Chain(Disk),
-    File(ExtentFile<HostDevice>),
+    File(Switchable),
 }
 
 /// The disk the guest saw, served over NBD.
 pub struct VirtualDisk {
     medium: Medium,
     size_bytes: u64,
-    host: Arc<File>,
+    /// The host disk, until the pivot closes it.
+    host: Option<Arc<File>>,
+    /// Every file the medium reads and writes (for the pivot).
+    opened: Vec<Weak<RefCell<Box<dyn ImageFile>>>>,
+    /// The table's files, leaf first: what the pivot checks against.
+    pub layers: Vec<Layer>,
+    /// After the pivot: the files through the host filesystem, in the order of `layers`.
+    pivoted: Option<Vec<File>>,
     /// `immutable`: written sectors live here and the images never change.
     overlay: Option<HashMap<u64, Box<[u8; 512]>>>,
     read_only: bool,
@@ -70,7 +151,8 @@ impl VirtualDisk {
             .map(|l| ListedFile { path: l.path.clone(), size_bytes: l.size_bytes, extents: ExtentList { extents: l.extents.clone() } })
             .collect::<Vec<_>>();
         let leaf = files.first().ok_or("the drive has no image file")?.path.clone();
-        let mut locator = ListedFiles { files, device: HostDevice(host.clone()), writable: !read_only && !immutable };
+        let listed = ListedFiles { files, device: HostDevice(host.clone()), writable: !read_only && !immutable };
+        let mut locator = SwitchableFiles { listed, opened: Vec::new() };
         let (layers, warnings) = open_chain(&leaf, &mut locator, &ChainOptions { parent_dir: drive.parent_dir.clone(), lenient_cid: false })
             .map_err(|e| format!("opening {}: {}", leaf, e))?;
         for w in &warnings {
@@ -95,7 +177,17 @@ impl VirtualDisk {
         };
         let description = format!("{} sectors, {}{}", disk.sectors(), names.join(" <- "), mode);
         let size_bytes = disk.sectors() * 512;
-        Ok(VirtualDisk { medium: Medium::Chain(disk), size_bytes, host, overlay: immutable.then(HashMap::new), read_only, description })
+        Ok(VirtualDisk {
+            medium: Medium::Chain(disk),
+            size_bytes,
+            host: Some(host),
+            opened: locator.opened,
+            layers: drive.layers.clone(),
+            pivoted: None,
+            overlay: immutable.then(HashMap::new),
+            read_only,
+            description,
+        })
     }
 
     /// A CD or floppy: the image file's bytes as they are (a CD's whole 2048-byte blocks).
@@ -108,7 +200,8 @@ impl VirtualDisk {
             return Err(format!("{}: {} bytes, {} sectors at boot: not a {} image", l.path, l.size_bytes, drive.virtual_sectors, drive.kind.as_str()));
         }
         let extents = ExtentList { extents: l.extents.clone() };
-        let file = ExtentFile::new(HostDevice(host.clone()), l.path.clone(), l.size_bytes, extents, !read_only && !immutable);
+        let file = Switchable::new(Box::new(ExtentFile::new(HostDevice(host.clone()), l.path.clone(), l.size_bytes, extents, !read_only && !immutable)));
+        let opened = vec![Rc::downgrade(&file.inner)];
         let what = match drive.kind {
             DriveKind::Cdrom => format!("ISO {}, {} blocks of 2048 bytes", l.path, size_bytes / 2048),
             _ => format!("{} image {}, {} sectors", drive.kind.as_str(), l.path, size_bytes / 512),
@@ -124,7 +217,68 @@ impl VirtualDisk {
                 ""
             }
         );
-        Ok(VirtualDisk { medium: Medium::File(file), size_bytes, host, overlay: immutable.then(HashMap::new), read_only, description })
+        Ok(VirtualDisk {
+            medium: Medium::File(file),
+            size_bytes,
+            host: Some(host),
+            opened,
+            layers: drive.layers.clone(),
+            pivoted: None,
+            overlay: immutable.then(HashMap::new),
+            read_only,
+            description,
+        })
+    }
+
+    /// Whether the server writes the image files (the leaf): not read-only, not immutable.
+    pub fn writes_files(&self) -> bool {
+        !self.read_only && self.overlay.is_none()
+    }
+
+    pub fn pivoted(&self) -> bool {
+        self.pivoted.is_some()
+    }
+
+    /// Make every write so far durable on the host disk (before the pivot).
+    pub fn flush_host(&self) -> Result<(), String> {
+        match &self.host {
+            Some(h) if self.writes_files() => h.sync_all().map_err(|e| format!("flushing the host disk: {}", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The pivot itself, after the caller checked that `files` (the table's files through the
+    /// host filesystem, in the order of [`Self::layers`]) hold exactly the table's extents and
+    /// flushed the host disk: every layer's file becomes a `StdFile` over its own copy of the
+    /// descriptor, and the host disk is closed. Nothing is read or written here, so nothing can
+    /// fail half-way.
+    pub fn pivot(&mut self, files: Vec<File>) -> Result<(), String> {
+        if files.len() != self.layers.len() {
+            return Err(format!("{} files for the {} of the chain", files.len(), self.layers.len()));
+        }
+        // Every descriptor first (dup can fail), then the swap.
+        let mut swaps = Vec::new();
+        for w in &self.opened {
+            let Some(shared) = w.upgrade() else { continue };
+            let name = shared.borrow().name().to_string();
+            let i = self
+                .layers
+                .iter()
+                .position(|l| vboot_attach::pivot::same_path(&l.path, &name))
+                .ok_or_else(|| format!("{} is open but not in the hand-off table", name))?;
+            let file = files[i].try_clone().map_err(|e| format!("{}: {}", name, e))?;
+            swaps.push((shared, StdFile { file, name, len_bytes: self.layers[i].size_bytes }));
+        }
+        for (shared, file) in swaps {
+            *shared.borrow_mut() = Box::new(file);
+        }
+        self.pivoted = Some(files);
+        if let Some(host) = self.host.take() {
+            if Arc::strong_count(&host) > 1 {
+                eprintln!("vboot-attach: warning: the host disk is still open after the pivot ({} users)", Arc::strong_count(&host) - 1);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -178,10 +332,21 @@ impl Backend for VirtualDisk {
         })
     }
     fn flush(&mut self) -> Result<(), (u32, String)> {
-        if self.overlay.is_some() || self.read_only {
+        if !self.writes_files() {
             return Ok(());
         }
-        self.host.sync_data().map_err(|e| eio(format!("flushing the host disk: {}", e)))
+        match (&self.host, &self.pivoted) {
+            (Some(h), _) => h.sync_data().map_err(|e| eio(format!("flushing the host disk: {}", e))),
+            // After the pivot: every file (the leaf's layer may be several; fsync of a file
+            // nothing wrote is cheap).
+            (None, Some(files)) => {
+                for (f, l) in files.iter().zip(&self.layers) {
+                    f.sync_data().map_err(|e| eio(format!("flushing {}: {}", l.path, e)))?;
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
     }
 }
 
@@ -385,6 +550,78 @@ mod tests {
         let e = VirtualDisk::open(&two, File::open(&path).unwrap(), false).err().unwrap();
         assert!(e.contains("should have one"), "{}", e);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// The pivot: after it, reads and writes go to the file given (here a copy of the image's
+    /// bytes, as the host filesystem would show them) and the host disk is neither read nor
+    /// written; the layers kept their state (the block allocated before is found after).
+    #[test]
+    fn after_the_pivot_the_file_is_served_and_the_host_disk_is_left_alone() {
+        let vhd = vhd_bytes();
+        let (path, drive) = host_disk("pivot", &vhd, WriteMode::Normal);
+        let mut d = open(&path, &drive, true);
+        assert!(d.writes_files() && !d.pivoted());
+        d.write(3 << 20, &pattern(4096)).unwrap();
+        d.flush_host().unwrap();
+        // The file as the filesystem shows it: its bytes, out of the host disk's extents.
+        let host = File::open(&path).unwrap();
+        let mut bytes = vec![0u8; vhd.len()];
+        for e in &drive.layers[0].extents {
+            let start = (e.file_sector * 512) as usize;
+            let end = (start + (e.sectors * 512) as usize).min(bytes.len());
+            host.read_exact_at(&mut bytes[start..end], e.lba * 512).unwrap();
+        }
+        let file_path = std::env::temp_dir().join(format!("vboot-attach-test-pivot-file-{}", std::process::id()));
+        std::fs::write(&file_path, &bytes).unwrap();
+        let host_before = std::fs::read(&path).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&file_path).unwrap();
+        d.pivot(vec![f]).unwrap();
+        assert!(d.pivoted());
+        assert!(d.host.is_none(), "the host disk is closed");
+        let mut buf = vec![0u8; 4096];
+        d.read(3 << 20, &mut buf).unwrap();
+        assert_eq!(buf, pattern(4096), "written before the pivot, read after it");
+        // Into the block allocated before (the slack holds one block: allocation after the pivot
+        // is the QEMU test's, tests/tests/attach.rs).
+        d.write((3 << 20) + 4096, &pattern(4096)).unwrap();
+        d.write((3 << 20) + 65536, &pattern(8192)).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        assert_eq!(std::fs::read(&path).unwrap(), host_before, "the host disk was written after the pivot");
+        assert_eq!(std::fs::metadata(&file_path).unwrap().len(), vhd.len() as u64, "the file grew");
+        // The file, opened again as a plain VHD (the way vdisk opens files), has both writes.
+        let mut locator = vboot::image::chain::StdLocator { writable_leaf: false };
+        let (layers, _) = open_chain(file_path.to_str().unwrap(), &mut locator, &ChainOptions::default()).unwrap();
+        let mut disk = Disk::new(layers, Vec::new()).unwrap();
+        let mut buf = vec![0u8; 8192];
+        disk.read(((3 << 20) + 65536) / 512, &mut buf).unwrap();
+        assert_eq!(buf, pattern(8192));
+        disk.read(((3 << 20) + 4096) / 512, &mut buf[..4096]).unwrap();
+        assert_eq!(&buf[..4096], &pattern(4096)[..]);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&file_path);
+    }
+
+    /// A read-only drive pivots too; the file given may be read-only, and writes stay refused.
+    #[test]
+    fn a_read_only_drive_pivots_to_a_read_only_file() {
+        let vhd = vhd_bytes();
+        let (path, drive) = host_disk("pivot-ro", &vhd, WriteMode::Immutable);
+        let mut d = open(&path, &drive, false);
+        assert!(!d.writes_files());
+        d.write(0, &pattern(512)).unwrap();
+        let file_path = std::env::temp_dir().join(format!("vboot-attach-test-pivot-ro-{}", std::process::id()));
+        std::fs::write(&file_path, &vhd).unwrap();
+        d.pivot(vec![File::open(&file_path).unwrap()]).unwrap();
+        let mut buf = vec![0u8; 1024];
+        d.read(0, &mut buf).unwrap();
+        assert_eq!(&buf[..512], &pattern(512)[..], "the RAM overlay survives the pivot");
+        d.flush().unwrap();
+        assert_eq!(std::fs::read(&file_path).unwrap(), vhd);
+        let e = d.pivot(vec![]).unwrap_err();
+        assert!(e.contains("0 files"), "{}", e);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&file_path);
     }
 
     #[test]
