@@ -289,21 +289,22 @@ fn immutable_on_ntfs_reuses_the_child_vdisk_made_and_offers_ram_without_one() {
 }
 
 /// A raw image: stage2 makes a flat VMDK descriptor naming it and a VMDK child of that, which
-/// qemu-img reads (a user can look at what a boot wrote). Two boots: the second empties the child
+/// qemu-img reads (a user can look at what a boot wrote). Two boots, each writing 66 MiB: the second empties the child
 /// (the guest's hash at its start is the raw image's). The raw file is byte-identical throughout.
 #[test]
 fn immutable_on_a_raw_image_goes_through_a_vmdk_child_that_qemu_reads() {
     let src = TempDir::new("immutable-raw-src");
-    let cfg = small_writes();
-    let (raw_path, raw) = guest_raw(&src.path, SMALL_SECTORS, &cfg);
+    // 66 MiB at each boot, as for the other formats: more than the old RAM overlay held.
+    let cfg = ChainConfig { flags: CHAIN_HASH_BEFORE | CHAIN_HASH_AFTER, ..big_writes() };
+    let (raw_path, raw) = guest_raw(&src.path, SECTORS, &cfg);
     let mut written = raw.clone();
     cfg.apply(&mut written);
     let raw_sha = disk::sha256(&raw_path);
-    let entries = [("immutable", String::from("harddisk=/vm/disk.img immutable reserve=4M"))];
-    let rig = Rig::new("immutable-raw", 64, &menu(&entries), &[("disk.img", &raw_path)]);
+    let entries = [("immutable", String::from("harddisk=/vm/disk.img immutable reserve=72M"))];
+    let rig = Rig::new("immutable-raw", 200, &menu(&entries), &[("disk.img", &raw_path)]);
     for boot in 1..=2 {
         let what = format!("raw boot {}", boot);
-        let out = rig.start().boot_from_menu(&rig.last_title, b'1', guests::CHAIN_PASS, T);
+        let out = rig.start().boot_from_menu(&rig.last_title, b'1', guests::CHAIN_PASS, T_BIG);
         if boot == 1 {
             assert!(out.contains("immutable: /vm/disk.immutable-raw.vmdk made, a VMDK descriptor naming the raw /vm/disk.img"), "{}:\n{}", what, out);
             assert!(out.contains("immutable: /vm/disk.immutable.vmdk made, a throwaway VMDK child of /vm/disk.immutable-raw.vmdk"), "{}:\n{}", what, out);
@@ -323,6 +324,6 @@ fn immutable_on_a_raw_image_goes_through_a_vmdk_child_that_qemu_reads() {
         vboot_tests::qemu_img_check(&child, &what);
         let info = sh(Command::new("qemu-img").arg("info").arg(&child));
         assert!(info.contains("backing file: disk.immutable-raw.vmdk"), "{}: qemu-img info:\n{}", what, info);
-        assert!(chain_raw_sectors(&child, true, SMALL_SECTORS) == written, "{}: qemu-img does not read the child as the raw image plus the writes", what);
+        assert!(chain_raw_sectors(&child, true, SECTORS) == written, "{}: qemu-img does not read the child as the raw image plus the writes", what);
     }
 }
