@@ -695,9 +695,7 @@ finish
         big_bytes = ATTACH_BIG_BYTES,
         ok = ATTACH_OK
     );
-    std::fs::create_dir_all(dir).expect("create guest dir");
-    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
-    let initrd = busybox_initramfs_with(&dir.join("attach-initrd.img"), &init, &refs);
+    let initrd = attach_initramfs(dir, "attach-initrd.img", &init, &files);
     build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)])
 }
 
@@ -840,9 +838,7 @@ finish
         text = ATTACH_FILE_TEXT,
         ok = PIVOT_OK
     );
-    std::fs::create_dir_all(dir).expect("create guest dir");
-    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
-    let initrd = busybox_initramfs_with(&dir.join("pivot-initrd.img"), &init, &refs);
+    let initrd = attach_initramfs(dir, "pivot-initrd.img", &init, &files);
     let disk = build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)]);
     // The second partition: an MBR entry (type 0x0E, FAT16 LBA) and a FAT16 volume.
     let sectors = PIVOT_GUEST_PART2_MIB * 2048;
@@ -881,6 +877,14 @@ fn attach_tool_and_modules(modules: &[&str], later: &[&str]) -> (Vec<(String, Pa
         }
     }
     (files, load)
+}
+
+/// An attach guest's initramfs at `dir/name`: busybox, `init` as /init, and `files` (from
+/// [`attach_tool_and_modules`]).
+fn attach_initramfs(dir: &Path, name: &str, init: &str, files: &[(String, PathBuf)]) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
+    busybox_initramfs_with(&dir.join(name), init, &refs)
 }
 
 /// The file the live CD's guest reads from its own ISO through vboot-attach, and its content.
@@ -972,8 +976,7 @@ finish
         fd_new_text = LIVE_FLOPPY_NEW_TEXT,
         ok = ATTACH_OK
     );
-    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
-    let initrd = busybox_initramfs_with(&dir.join("live-initrd.img"), &init, &refs);
+    let initrd = attach_initramfs(dir, "live-initrd.img", &init, &files);
     isolinux_linux_iso_with(dir, &initrd, &[(LIVE_CD_FILE, LIVE_CD_TEXT.as_bytes()), big_file])
 }
 
@@ -1740,9 +1743,7 @@ finish
         load = load,
         lba = MBR_MARK_LBA
     );
-    std::fs::create_dir_all(dir).expect("create guest dir");
-    let refs: Vec<(&str, &Path)> = files.iter().map(|(a, b)| (a.as_str(), b.as_path())).collect();
-    let initrd = busybox_initramfs_with(&dir.join("mbrwrite-initrd.img"), &init, &refs);
+    let initrd = attach_initramfs(dir, "mbrwrite-initrd.img", &init, &files);
     let disk = build_syslinux_linux_guest_with(dir, &initrd, &[]);
     let obj = dir.join("mbrwrite.o");
     let bin = dir.join("mbrwrite.bin");
