@@ -154,24 +154,32 @@ impl ProbeConfig {
     }
 }
 
+/// Assemble the test guest tests/guest-probe/`name`.s (16-bit code linked at 0x7C00) into
+/// `build`/`name`.bin, with `defsyms` as `as --defsym` symbols; its bytes. The one way every
+/// guest below is built.
+pub fn assemble_guest(name: &str, build: &Path, defsyms: &[(&str, u64)]) -> Vec<u8> {
+    require_tool("as", "binutils");
+    require_tool("ld", "binutils");
+    std::fs::create_dir_all(build).unwrap_or_else(|e| panic!("create {}: {}", build.display(), e));
+    let obj = build.join(format!("{}.o", name));
+    let bin = build.join(format!("{}.bin", name));
+    let mut asm = Command::new("as");
+    asm.arg("--32");
+    for (symbol, value) in defsyms {
+        asm.arg("--defsym").arg(format!("{}={}", symbol, value));
+    }
+    sh(asm.arg("-o").arg(&obj).arg(crate::workspace_root().join(format!("tests/guest-probe/{}.s", name))));
+    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    std::fs::read(&bin).unwrap_or_else(|e| panic!("read {}: {}", bin.display(), e))
+}
+
 /// Assemble tests/guest-probe/probe.s into `out`/probe.bin (GNU as + ld from binutils) and
 /// return its path. The image is [`PROBE_SECTORS`] sectors: boot sector, placeholder config,
 /// body.
 pub fn build_probe(out: &Path) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    std::fs::create_dir_all(out).expect("create probe build dir");
-    let src = crate::workspace_root().join("tests/guest-probe/probe.s");
-    let obj = out.join("probe.o");
-    let bin = out.join("probe.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(&src));
-    sh(Command::new("ld")
-        .args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"])
-        .arg(&bin)
-        .arg(&obj));
-    let len = std::fs::metadata(&bin).expect("probe.bin").len();
+    let len = assemble_guest("probe", out, &[]).len() as u64;
     assert_eq!(len, PROBE_SECTORS * SECTOR_BYTES as u64, "probe.bin has an unexpected size");
-    bin
+    out.join("probe.bin")
 }
 
 /// Put the probe (`probe_bin` from [`build_probe`]) and `cfg` at the start of `disk`.
@@ -996,15 +1004,7 @@ pub fn key_guest(dir: &Path, name: &str, message: &str, sectors: u64) -> PathBuf
 }
 
 fn hello_guest_with(dir: &Path, name: &str, message: &str, sectors: u64, read_key: bool) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    let build = dir.join(format!("{}-build", name));
-    std::fs::create_dir_all(&build).unwrap();
-    let obj = build.join("hello.o");
-    let bin = build.join("hello.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/hello.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let mut sector = std::fs::read(&bin).unwrap();
+    let mut sector = assemble_guest("hello", &dir.join(format!("{}-build", name)), &[]);
     assert_eq!(sector.len(), 512);
     let text = format!("{}\r\n", message);
     assert!(text.len() < 0xFE);
@@ -1022,15 +1022,7 @@ fn hello_guest_with(dir: &Path, name: &str, message: &str, sectors: u64, read_ke
 /// call (AH=42h of LBA 1, which holds "VBFAULT1") must work; then FAULTER DONE, and a byte on
 /// COM1 ends QEMU with 33. In a raw image of `sectors` sectors.
 pub fn faulter_guest(dir: &Path, name: &str, fault_ah: u8, rounds: u8, sectors: u64) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    let build = dir.join(format!("{}-build", name));
-    std::fs::create_dir_all(&build).unwrap();
-    let obj = build.join("faulter.o");
-    let bin = build.join("faulter.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/faulter.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let mut sector = std::fs::read(&bin).unwrap();
+    let mut sector = assemble_guest("faulter", &dir.join(format!("{}-build", name)), &[]);
     assert_eq!(sector.len(), 512);
     sector[0x1F0] = fault_ah;
     sector[0x1F1] = rounds;
@@ -1046,28 +1038,19 @@ pub fn faulter_guest(dir: &Path, name: &str, fault_ah: u8, rounds: u8, sectors: 
 /// READ-START and READ-END, then exits QEMU with 33; in a raw image of `sectors` sectors filled
 /// with the probe pattern. Used by the benchmarks.
 pub fn reader_guest(dir: &Path, sectors: u64) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    let build = dir.join("reader-build");
-    std::fs::create_dir_all(&build).unwrap();
-    let obj = build.join("reader.o");
-    let bin = build.join("reader.bin");
     // The stub's counters, at offsets defined once in vboot::stub (src/stub.rs).
-    let mut asm = Command::new("as");
-    asm.arg("--32");
-    for (name, offset) in [
-        ("S_CALLS", vboot::stub::offset::CALLS),
-        ("S_FAST_CALLS", vboot::stub::offset::FAST_CALLS),
-        ("S_ENGINE_BIOS_CALLS", vboot::stub::offset::ENGINE_BIOS_CALLS),
-        ("S_BOUNCE_COPIED_BYTES", vboot::stub::offset::BOUNCE_COPIED_BYTES),
-    ] {
-        asm.arg("--defsym").arg(format!("{}={}", name, offset));
-    }
-    sh(asm.arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/reader.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
+    let code = assemble_guest(
+        "reader",
+        &dir.join("reader-build"),
+        &[
+            ("S_CALLS", vboot::stub::offset::CALLS as u64),
+            ("S_FAST_CALLS", vboot::stub::offset::FAST_CALLS as u64),
+            ("S_ENGINE_BIOS_CALLS", vboot::stub::offset::ENGINE_BIOS_CALLS as u64),
+            ("S_BOUNCE_COPIED_BYTES", vboot::stub::offset::BOUNCE_COPIED_BYTES as u64),
+        ],
+    );
     let img = dir.join("reader.img");
     make_pattern_disk(&img, sectors);
-    let code = std::fs::read(&bin).unwrap();
     let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     use std::io::Write;
     f.write_all(&code).unwrap();
@@ -1192,14 +1175,7 @@ pub fn chain_written_sector(lba: u64, tag: u32) -> [u8; SECTOR_BYTES] {
 
 /// Assemble chainer.s: [`CHAIN_GUEST_SECTORS`] sectors, with an empty configuration sector.
 pub fn build_chain_guest(out: &Path) -> Vec<u8> {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    std::fs::create_dir_all(out).expect("create chain guest build dir");
-    let obj = out.join("chainer.o");
-    let bin = out.join("chainer.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/chainer.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let code = std::fs::read(&bin).expect("read chainer.bin");
+    let code = assemble_guest("chainer", out, &[]);
     assert_eq!(code.len() as u64, CHAIN_GUEST_SECTORS * SECTOR_BYTES as u64, "chainer.bin has an unexpected size");
     code
 }
@@ -1349,15 +1325,7 @@ pub const FLOPPY_WRITE_MARKER: &[u8; 16] = b"VBFLOPPY-WRITTEN";
 /// [`pattern_sector`]: the guest checks the floppy answers of INT 13h (steps listed in floppy.s)
 /// and writes [`FLOPPY_WRITE_MARKER`] to [`FLOPPY_WRITE_LBA`].
 pub fn floppy_check_guest(dir: &Path) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    let build = dir.join("floppy-check-build");
-    std::fs::create_dir_all(&build).unwrap();
-    let obj = build.join("floppy.o");
-    let bin = build.join("floppy.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/floppy.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let code = std::fs::read(&bin).unwrap();
+    let code = assemble_guest("floppy", &dir.join("floppy-check-build"), &[]);
     assert_eq!(code.len(), 512, "floppy.s must assemble to one sector");
     let img = dir.join("floppy-check.img");
     make_pattern_disk(&img, FLOPPY_144_BYTES / 512);
@@ -1420,15 +1388,7 @@ pub fn make_iso(tree: &Path, iso: &Path, boot_args: &[&str]) -> PathBuf {
 /// the resident engine must each fail with their status, then a plain read must work; it prints
 /// HOSTILE DONE and ends QEMU with 33.
 pub fn hostile_iso(dir: &Path) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    let build = dir.join("hostile-build");
-    std::fs::create_dir_all(&build).unwrap();
-    let obj = build.join("hostile.o");
-    let bin = build.join("hostile.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/hostile.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let mut code = std::fs::read(&bin).unwrap();
+    let mut code = assemble_guest("hostile", &dir.join("hostile-build"), &[]);
     assert!(code.len() <= 2048, "the hostile guest is {} bytes; the catalog loads 2048", code.len());
     code.resize(2048, 0);
     let tree = dir.join("hostile-tree");
@@ -1630,14 +1590,7 @@ pub fn bigio_bench_list(lbas: &[u64]) -> Vec<u8> {
 
 /// Assemble bigio.s: [`BIGIO_SECTORS`] sectors, with an empty configuration sector.
 pub fn build_bigio_guest(out: &Path) -> Vec<u8> {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    std::fs::create_dir_all(out).expect("create big-disk guest build dir");
-    let obj = out.join("bigio.o");
-    let bin = out.join("bigio.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/bigio.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let code = std::fs::read(&bin).expect("read bigio.bin");
+    let code = assemble_guest("bigio", out, &[]);
     assert_eq!(code.len() as u64, BIGIO_SECTORS * SECTOR_BYTES as u64, "bigio.bin has an unexpected size");
     code
 }
@@ -1674,15 +1627,7 @@ pub struct DrivesReport {
 /// The guest of tests/guest-probe/drives.s in a raw image of `sectors` sectors with MBR disk
 /// signature `signature`: it lists the hard disks it sees (see [`parse_drives_report`]).
 pub fn drives_guest(dir: &Path, name: &str, signature: u32, sectors: u64) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
-    let build = dir.join(format!("{}-build", name));
-    std::fs::create_dir_all(&build).unwrap();
-    let obj = build.join("drives.o");
-    let bin = build.join("drives.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/drives.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let mut sector = std::fs::read(&bin).unwrap();
+    let mut sector = assemble_guest("drives", &dir.join(format!("{}-build", name)), &[]);
     assert_eq!(sector.len(), 512);
     sector[440..444].copy_from_slice(&signature.to_le_bytes());
     let img = dir.join(format!("{}.img", name));
@@ -1720,8 +1665,6 @@ pub const MBR_MARK: &str = "VBOOT-MBR-MARK-1";
 /// ("MBR-MARK-WRITTEN"). Linux's /init then attaches drive 0x80 with vboot-attach and prints the
 /// first bytes of that sector as /dev/nbd0 holds it ("LINUX-SAW <text>"), and ends QEMU with 33.
 pub fn build_mbr_write_attach_guest(dir: &Path) -> PathBuf {
-    require_tool("as", "binutils");
-    require_tool("ld", "binutils");
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd"], &[]);
     let init = format!(
         r#"#!/bin/busybox sh
@@ -1745,11 +1688,7 @@ finish
     );
     let initrd = attach_initramfs(dir, "mbrwrite-initrd.img", &init, &files);
     let disk = build_syslinux_linux_guest_with(dir, &initrd, &[]);
-    let obj = dir.join("mbrwrite.o");
-    let bin = dir.join("mbrwrite.bin");
-    sh(Command::new("as").arg("--32").arg("-o").arg(&obj).arg(crate::workspace_root().join("tests/guest-probe/mbrwrite.s")));
-    sh(Command::new("ld").args(["-m", "elf_i386", "-Ttext", "0x7c00", "--oformat", "binary", "-o"]).arg(&bin).arg(&obj));
-    let code = std::fs::read(&bin).expect("read mbrwrite.bin");
+    let code = assemble_guest("mbrwrite", &dir.join("mbrwrite-build"), &[]);
     assert_eq!(code.len(), 440, "mbrwrite.bin must be the MBR's 440 code bytes");
     let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
     mbr[..440].copy_from_slice(&code);
