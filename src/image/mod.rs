@@ -626,8 +626,10 @@ pub fn hex16(u: &[u8; 16]) -> String {
 }
 
 /// Bytes moved per step when a new block or grain is filled, so that a write at boot needs a
-/// bounded buffer whatever the block size.
-const FILL_CHUNK_BYTES: u64 = 64 * 1024;
+/// bounded buffer whatever the block size: 127 sectors, the most one BIOS call moves (EDD), so
+/// that the engine writes a step of zeros from a 127-sector guest buffer it borrows in one call,
+/// not two (docs/int13.md, "Zeros from the guest's buffer").
+const FILL_CHUNK_BYTES: u64 = 127 * 512;
 
 /// Write a newly allocated unit (VHD block, VDI block, VMDK grain) of `unit_bytes` at
 /// `at_bytes`: `data` lands at `data_off` inside it; the rest is copied from the layers below
