@@ -65,6 +65,8 @@ struct MemFs {
     opts: ChainOptions,
     /// Log every write to this file (offset, bytes), in order.
     record: Option<(String, WriteLog)>,
+    /// How many times the recorded file was flushed.
+    record_flushes: Rc<core::cell::Cell<usize>>,
 }
 
 type WriteLog = Rc<RefCell<Vec<(u64, Vec<u8>)>>>;
@@ -73,6 +75,7 @@ type WriteLog = Rc<RefCell<Vec<(u64, Vec<u8>)>>>;
 struct Recorder {
     file: Shared,
     log: WriteLog,
+    flushes: Rc<core::cell::Cell<usize>>,
 }
 
 impl ImageFile for Recorder {
@@ -85,6 +88,10 @@ impl ImageFile for Recorder {
     fn write_at(&mut self, offset_bytes: u64, buf: &[u8]) -> Result<(), ImageError> {
         self.file.write_at(offset_bytes, buf)?;
         self.log.borrow_mut().push((offset_bytes, buf.to_vec()));
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), ImageError> {
+        self.flushes.set(self.flushes.get() + 1);
         Ok(())
     }
     fn name(&self) -> &str {
@@ -137,7 +144,7 @@ impl ParentLocator for MemFs {
         let bytes = self.files.get(&chain::normalize(path))?.clone();
         let file = Shared { name: chain::normalize(path), bytes, can_grow: self.can_grow };
         match &self.record {
-            Some((p, log)) if *p == chain::normalize(path) => Some(Box::new(Recorder { file, log: log.clone() })),
+            Some((p, log)) if *p == chain::normalize(path) => Some(Box::new(Recorder { file, log: log.clone(), flushes: self.record_flushes.clone() })),
             _ => Some(Box::new(file)),
         }
     }
@@ -155,6 +162,35 @@ fn read_all(d: &mut Disk) -> Vec<u8> {
     let mut v = vec![0u8; (d.sectors() * 512) as usize];
     d.read(0, &mut v).unwrap();
     v
+}
+
+/// A write into sectors a dynamic VHD already holds, with their bitmap bits set, changes no
+/// metadata, so it has nothing to order and makes no flush (vboot-attach turns each flush into a
+/// sync of the host disk); one that sets bitmap bits flushes the data before the bitmap.
+#[test]
+fn vhd_in_place_write_flushes_only_to_order_the_bitmap() {
+    let mut fs = MemFs { can_grow: true, ..Default::default() };
+    fs.make("/img/a.vhd", Variant::VhdDynamic, 8 << 20, 4 << 20, None);
+    fs.disk("/img/a.vhd").unwrap().write(0, &pattern(1, 8 * 512)).unwrap();
+    let log: WriteLog = Rc::default();
+    fs.record = Some(("/img/a.vhd".into(), log.clone()));
+    let mut d = fs.disk("/img/a.vhd").unwrap();
+    d.write(0, &pattern(2, 8 * 512)).unwrap();
+    assert_eq!(fs.record_flushes.get(), 0, "a write into set bits flushed");
+    assert_eq!(log.borrow().len(), 1, "a write into set bits should be one file write");
+    // A block made by hand with a clear bit: the sector's bit is set after its data, flushed.
+    let bat_entry = {
+        let bytes = fs.file_bytes("/img/a.vhd");
+        let table = u64::from_be_bytes(bytes[512 + 16..512 + 24].try_into().unwrap()) as usize;
+        u32::from_be_bytes(bytes[table..table + 4].try_into().unwrap()) as usize
+    };
+    fs.files["/img/a.vhd"].borrow_mut()[bat_entry * 512] &= !0x01;
+    let mut d = fs.disk("/img/a.vhd").unwrap();
+    d.write(7, &pattern(3, 512)).unwrap();
+    assert!(fs.record_flushes.get() >= 2, "data, then bitmap, each flushed: {} flushes", fs.record_flushes.get());
+    let log = log.borrow();
+    assert_eq!(log[log.len() - 1].0, bat_entry as u64 * 512, "the bitmap is written last");
+    assert_eq!(read_all(&mut fs.disk("/img/a.vhd").unwrap())[7 * 512..8 * 512], pattern(3, 512)[..]);
 }
 
 /// Writes at awkward places: unaligned to blocks, crossing block/grain boundaries.

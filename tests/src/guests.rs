@@ -707,6 +707,82 @@ finish
     build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT)])
 }
 
+/// The part of the attach bench guest's disk it measures: MiB 16 to 48 of its 48 MiB, past most of
+/// the files of its partition.
+pub const ATTACH_BENCH_OFFSET_MIB: u64 = 16;
+pub const ATTACH_BENCH_LENGTH_MIB: u64 = 32;
+/// How many 4 KiB transfers each random measurement makes.
+pub const ATTACH_BENCH_RANDOM_COUNT: u64 = 1500;
+/// What the attach bench guest prints when every measurement ran.
+pub const ATTACH_BENCH_OK: &str = "VBOOT-ATTACH-BENCH-OK";
+
+/// tests/guest-probe/iobench.rs built statically (glibc, as vboot-attach is) into `dir`.
+pub fn build_iobench(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create guest dir");
+    let out = dir.join("iobench");
+    sh(Command::new("rustc")
+        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-C", "strip=symbols"])
+        .args(["--target", "x86_64-unknown-linux-gnu", "-o"])
+        .arg(&out)
+        .arg(crate::workspace_root().join("tests/guest-probe/iobench.rs")));
+    out
+}
+
+/// The attach bench guest: [`build_syslinux_linux_guest_with`] whose initramfs attaches its own
+/// disk with `vboot-attach` and measures it against a scratch disk of the same size attached
+/// natively as the second virtio disk (/dev/vdb): first one sequential write over
+/// [`ATTACH_BENCH_OFFSET_MIB`]..+[`ATTACH_BENCH_LENGTH_MIB`] of each (on a dynamic image it
+/// allocates the blocks), then `rounds` rounds of sequential read and write (1 MiB transfers,
+/// through the page cache) and random read and write ([`ATTACH_BENCH_RANDOM_COUNT`] 4 KiB
+/// transfers, O_DIRECT), each on the native disk and then on the attached one. Every measurement
+/// prints an `IOBENCH` line (tests/guest-probe/iobench.rs); the preparing writes come before the
+/// line `PREPARED`. Ends with [`ATTACH_BENCH_OK`], or `ATTACH-FAILED: ...`; QEMU ends with 33.
+pub fn build_attach_bench_guest(dir: &Path, rounds: u32) -> PathBuf {
+    let (mut files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd"], &[]);
+    files.push(("/bin/iobench".into(), build_iobench(dir)));
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
+fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+{load}
+dev=$(vboot-attach --timeout 20) || fail "vboot-attach"
+echo "ATTACHED $dev"
+[ -b /dev/vdb ] || fail "no scratch disk /dev/vdb"
+measure() {{ iobench $1 $2 {offset} {length} $3 $4 || fail "iobench $*"; }}
+measure seq-write /dev/vdb 1048576
+measure seq-write $dev 1048576
+echo PREPARED
+round=0
+while [ $round -lt {rounds} ]; do
+  for job in "seq-read 1048576" "seq-write 1048576" "rand-read 4096 {count}" "rand-write 4096 {count}"; do
+    set -- $job
+    measure $1 /dev/vdb $2 $3
+    measure $1 $dev $2 $3
+  done
+  round=$((round + 1))
+done
+vboot-attach --detach $dev || fail "vboot-attach --detach"
+echo "{ok}"
+finish
+"#,
+        load = load,
+        offset = ATTACH_BENCH_OFFSET_MIB,
+        length = ATTACH_BENCH_LENGTH_MIB,
+        count = ATTACH_BENCH_RANDOM_COUNT,
+        rounds = rounds,
+        ok = ATTACH_BENCH_OK
+    );
+    let initrd = attach_initramfs(dir, "attach-bench-initrd.img", &init, &files);
+    build_syslinux_linux_guest_with(dir, &initrd, &[])
+}
+
 /// What the pivot guest prints when every step passed.
 pub const PIVOT_OK: &str = "VBOOT-PIVOT-OK";
 /// The pivot guest's own disk: [`build_syslinux_linux_guest_with`]'s 48 MiB, then a second FAT16

@@ -154,5 +154,67 @@ fn bench(extra: &[String]) -> Result<(), String> {
     if extra.iter().any(|a| a == "--kvm") {
         cmd.env("VBOOT_QEMU_ACCEL", "kvm");
     }
-    run(&mut cmd)
+    run(&mut cmd)?;
+    record_bench_in_docs()
+}
+
+/// The bench's reports (target/bench*.md, one per bench test), in the order of docs/benchmarks.md's
+/// yardsticks, with what each holds.
+const BENCH_REPORTS: [(&str, &str); 9] = [
+    ("bench.md", "Sizes, memory, reads through the hook and at chain depth"),
+    ("bench-boot.md", "Time to the guest, image size, first boot growing slack"),
+    ("bench-timeline.md", "Where the time to the guest goes"),
+    ("bench-alloc.md", "Allocating writes"),
+    ("bench-attach.md", "Linux over vboot-attach"),
+    ("bench-formats.md", "Per format and chain depth"),
+    ("bench-large.md", "Scattered writes into a shuffled 64 GiB VMDK"),
+    ("bench-large-4g.md", "Scattered writes into a shuffled 4 GiB VMDK"),
+    ("bench-depth.md", "The chain walk at depth, on the host"),
+];
+const BENCH_BEGIN: &str = "<!-- cargo xtask bench: begin (generated, replaced by each run) -->";
+const BENCH_END: &str = "<!-- cargo xtask bench: end -->";
+
+/// Put this run's reports into docs/benchmarks.md between the markers, with the date and the
+/// machine, replacing the previous run's.
+fn record_bench_in_docs() -> Result<(), String> {
+    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map_err(|e| format!("date: {}", e))?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())).unwrap_or_else(|| "unknown processor".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut section = format!(
+        "{}\n## Latest run of `cargo xtask bench` ({}; {}, {} cores)\n\nWritten by `cargo xtask bench`; the sections above are earlier runs, kept with what changed between them.\n",
+        BENCH_BEGIN,
+        String::from_utf8_lossy(&date.stdout).trim(),
+        cpu,
+        cores
+    );
+    for (file, title) in BENCH_REPORTS {
+        let Ok(text) = std::fs::read_to_string(root().join("target").join(file)) else { continue };
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        // Each report is table rows, some with a leading sentence; give every table its header.
+        section.push_str(&format!("\n### {}\n\n", title));
+        let mut in_table = false;
+        for line in text.lines() {
+            let row = line.starts_with('|');
+            if row && !in_table && !line.starts_with("| what ") && !line.starts_with("|---") {
+                section.push_str("| what | figure |\n|---|---|\n");
+            }
+            in_table = row;
+            section.push_str(line);
+            section.push('\n');
+        }
+    }
+    section.push_str(BENCH_END);
+    let path = root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path).map_err(|e| format!("read {}: {}", path.display(), e))?;
+    let updated = match (doc.find(BENCH_BEGIN), doc.find(BENCH_END)) {
+        (Some(b), Some(e)) if e > b => format!("{}{}{}", &doc[..b], section, &doc[e + BENCH_END.len()..]),
+        _ => format!("{}\n{}\n", doc.trim_end(), section),
+    };
+    std::fs::write(&path, updated).map_err(|e| format!("write {}: {}", path.display(), e))?;
+    eprintln!("xtask: the figures are in docs/benchmarks.md, \"Latest run of `cargo xtask bench`\"");
+    Ok(())
 }
