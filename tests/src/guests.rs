@@ -737,8 +737,13 @@ pub fn build_iobench(dir: &Path) -> PathBuf {
 /// transfers, O_DIRECT), each on the native disk and then on the attached one. Every measurement
 /// prints an `IOBENCH` line (tests/guest-probe/iobench.rs); the preparing writes come before the
 /// line `PREPARED`. Ends with [`ATTACH_BENCH_OK`], or `ATTACH-FAILED: ...`; QEMU ends with 33.
-pub fn build_attach_bench_guest(dir: &Path, rounds: u32) -> PathBuf {
-    let (mut files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd"], &[]);
+///
+/// With `direct`, dm-mod is loaded and the disk attached with `vboot-attach --direct`: the
+/// attached device measured is /dev/mapper/vboot-nbd0, whose in-place runs go straight to the
+/// host disk.
+pub fn build_attach_bench_guest(dir: &Path, rounds: u32, direct: bool) -> PathBuf {
+    let modules: &[&str] = if direct { &["virtio_pci", "virtio_blk", "nbd", "dm_mod"] } else { &["virtio_pci", "virtio_blk", "nbd"] };
+    let (mut files, load) = attach_tool_and_modules(modules, &[]);
     files.push(("/bin/iobench".into(), build_iobench(dir)));
     let init = format!(
         r#"#!/bin/busybox sh
@@ -752,7 +757,7 @@ exec > /dev/ttyS0 2>&1
 finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
 fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
 {load}
-dev=$(vboot-attach --timeout 20) || fail "vboot-attach"
+dev=$(vboot-attach {direct}--timeout 20) || fail "vboot-attach {direct}"
 echo "ATTACHED $dev"
 [ -b /dev/vdb ] || fail "no scratch disk /dev/vdb"
 measure() {{ iobench $1 $2 {offset} {length} $3 $4 || fail "iobench $*"; }}
@@ -768,7 +773,7 @@ while [ $round -lt {rounds} ]; do
   done
   round=$((round + 1))
 done
-vboot-attach --detach $dev || fail "vboot-attach --detach"
+vboot-attach --detach /dev/nbd0 || fail "vboot-attach --detach"
 echo "{ok}"
 finish
 "#,
@@ -777,6 +782,7 @@ finish
         length = ATTACH_BENCH_LENGTH_MIB,
         count = ATTACH_BENCH_RANDOM_COUNT,
         rounds = rounds,
+        direct = if direct { "--direct " } else { "" },
         ok = ATTACH_BENCH_OK
     );
     let initrd = attach_initramfs(dir, "attach-bench-initrd.img", &init, &files);
