@@ -682,6 +682,7 @@ fn attach_io(boots: usize) -> String {
             .unwrap();
         }
         writeln!(report, "| Linux over {} / native, the first sequential write (allocates 16 VHD blocks) | **{:.2}** |", served, median(first_write)).unwrap();
+        eprintln!("{}", report);
     }
     report
 }
