@@ -731,8 +731,8 @@ pub fn build_iobench(dir: &Path) -> PathBuf {
 /// The attach bench guest: [`build_syslinux_linux_guest_with`] whose initramfs attaches its own
 /// disk with `vboot-attach` and measures it against a scratch disk of the same size attached
 /// natively as the second virtio disk (/dev/vdb): first one sequential write over
-/// [`ATTACH_BENCH_OFFSET_MIB`]..+[`ATTACH_BENCH_LENGTH_MIB`] of each (on a dynamic image it
-/// allocates the blocks), then `rounds` rounds of sequential read and write (1 MiB transfers,
+/// [`ATTACH_BENCH_OFFSET_MIB`]..+[`ATTACH_BENCH_LENGTH_MIB`] of each (the scratch disk's file
+/// then holds its blocks; a dynamic image should hold them before the boot), then `rounds` rounds of sequential read and write (1 MiB transfers,
 /// through the page cache) and random read and write ([`ATTACH_BENCH_RANDOM_COUNT`] 4 KiB
 /// transfers, O_DIRECT), each on the native disk and then on the attached one. Every measurement
 /// prints an `IOBENCH` line (tests/guest-probe/iobench.rs); the preparing writes come before the
