@@ -118,6 +118,13 @@ enum Medium {
     File(Switchable),
 }
 
+/// `--direct` looks for in-place sectors inside a leaf's run that is not in place (a partly
+/// written block) every this many sectors (a page: what filesystems write)...
+const DIRECT_PROBE_STEP_SECTORS: u64 = 8;
+/// ... at most this many times in all, so that a big leaf with nothing in place (a VMDK whose
+/// CID is unchanged) costs a bounded time: 256 Ki probes cover 1 GiB of such data.
+const DIRECT_PROBES: u64 = 1 << 18;
+
 /// The disk the guest saw, served over NBD.
 pub struct VirtualDisk {
     medium: Medium,
@@ -245,6 +252,106 @@ impl VirtualDisk {
             Some(h) if self.writes_files() => h.sync_all().map_err(|e| format!("flushing the host disk: {}", e)),
             _ => Ok(()),
         }
+    }
+
+    /// For `--direct`: the runs of the disk that may go straight to the host disk, in order. A
+    /// disk the server writes: only the leaf's runs where a write changes nothing but those
+    /// sectors (`Disk::in_place_run`: no allocation, no bitmap, no first-write metadata such as
+    /// a VMDK's CID), so that a write through the dm table is exactly the server's write. A
+    /// read-only disk: every run whose data lies in a file kept in place. Refused for a RAM
+    /// overlay (`immutable` without a child: the server holds the writes) and after the pivot.
+    pub fn direct_runs(&mut self) -> Result<Vec<vboot_attach::direct::DirectRun>, String> {
+        use vboot::image::disk::Source;
+        use vboot_attach::direct::DirectRun;
+        if self.overlay.is_some() {
+            return Err(String::from("--direct cannot serve this drive: its writes stay in the server's RAM (immutable without a throwaway child), which a direct mapping would bypass"));
+        }
+        if self.pivoted() {
+            return Err(String::from("--direct after the pivot: the host disk is closed"));
+        }
+        let mut runs: Vec<DirectRun> = Vec::new();
+        let push = |runs: &mut Vec<DirectRun>, r: DirectRun| match runs.last_mut() {
+            Some(last) if last.start_sector + last.sectors == r.start_sector && last.host_lba + last.sectors == r.host_lba => last.sectors += r.sectors,
+            _ => runs.push(r),
+        };
+        let writes = !self.read_only;
+        let size_sectors = self.size_bytes / 512;
+        match &mut self.medium {
+            Medium::Chain(d) => {
+                let mut sector = 0;
+                let mut probes_left = DIRECT_PROBES;
+                while sector < size_sectors {
+                    if writes && probes_left > 0 {
+                        probes_left -= 1;
+                        if let Some((host_lba, sectors)) = d.in_place_run(sector) {
+                            push(&mut runs, DirectRun { start_sector: sector, sectors, host_lba });
+                            sector += sectors;
+                            continue;
+                        }
+                    }
+                    let run = d.lookup(sector).map_err(|e| format!("mapping sector {}: {}", sector, e))?;
+                    let mut advance = run.sectors.max(1);
+                    match run.source {
+                        // The leaf's data, not in place here: a block whose bitmap has only
+                        // some sectors (a VHD block vboot allocated has the written sectors'
+                        // bits), or a VMDK whose CID the first write has not changed yet.
+                        // Look again a page further on, while the probes last.
+                        Source::Data { layer: 0, .. } if writes && probes_left > 0 => {
+                            advance = advance.min(DIRECT_PROBE_STEP_SECTORS - sector % DIRECT_PROBE_STEP_SECTORS);
+                        }
+                        Source::Data { layer, file, offset_bytes } if !writes && offset_bytes % 512 == 0 => {
+                            if let Some((host_lba, contiguous)) = d.host_run(layer, file, offset_bytes) {
+                                let sectors = contiguous.min(run.sectors);
+                                if sectors > 0 {
+                                    push(&mut runs, DirectRun { start_sector: sector, sectors, host_lba });
+                                    advance = sectors;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    sector += advance;
+                }
+                if writes && probes_left == 0 {
+                    eprintln!(
+                        "vboot-attach: --direct: the leaf's data is not in place in many places (a VMDK before its first write changes the CID?); after {} probes the rest of the disk from sector {} goes through NBD",
+                        DIRECT_PROBES, sector
+                    );
+                }
+            }
+            Medium::File(f) => {
+                // A CD or floppy: the file's extents (writable ones only where the file owns
+                // whole sectors).
+                let mut sector = 0;
+                while sector < size_sectors {
+                    let at = if writes { f.host_run_writable(sector * 512) } else { f.host_run(sector * 512) };
+                    let Some((host_lba, contiguous)) = at else { break };
+                    let sectors = contiguous.min(size_sectors - sector);
+                    if sectors == 0 {
+                        break;
+                    }
+                    push(&mut runs, DirectRun { start_sector: sector, sectors, host_lba });
+                    sector += sectors;
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The partitions of the virtual disk, read through the image (not the kernel), for
+    /// `--direct`'s per-partition devices; extended-partition containers left out. None when
+    /// the disk has no partition table.
+    pub fn partitions(&mut self) -> Vec<vboot_attach::direct::DiskPartition> {
+        let Medium::Chain(d) = &mut self.medium else { return Vec::new() };
+        let Ok(table) = vboot::part::read_partitions(d) else { return Vec::new() };
+        let disk_sectors = self.size_bytes / 512;
+        table
+            .partitions
+            .iter()
+            .filter(|p| !matches!(p.kind, vboot::part::PartitionKind::Mbr { type_byte, .. } if vboot::part::is_extended_type(type_byte)))
+            .filter(|p| p.sectors > 0 && p.start_lba.checked_add(p.sectors).is_some_and(|e| e <= disk_sectors))
+            .map(|p| vboot_attach::direct::DiskPartition { number: p.number, start_lba: p.start_lba, sectors: p.sectors })
+            .collect()
     }
 
     /// The pivot itself, after the caller checked that `files` (the table's files through the
@@ -449,6 +556,47 @@ mod tests {
         d.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before);
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// `--direct`'s runs: each lies where the server reads and writes the same sectors (the host
+    /// file holds at `host_lba` exactly what the disk reads), only the leaf's sectors a write
+    /// changes alone qualify (in a dynamic VHD's block, those whose bitmap bit is set), and a RAM
+    /// overlay is refused.
+    #[test]
+    fn direct_runs_are_the_sectors_the_server_reads_in_place() {
+        let vhd = vhd_bytes();
+        let (path, drive) = host_disk("direct", &vhd, WriteMode::Normal);
+        let mut d = open(&path, &drive, true);
+        assert_eq!(d.direct_runs().unwrap(), vec![], "an empty dynamic VHD has nothing in place");
+        // One block (2 MiB) allocated, partly written.
+        d.write(3 << 20, &pattern(8192)).unwrap();
+        d.flush().unwrap();
+        let runs = d.direct_runs().unwrap();
+        let total: u64 = runs.iter().map(|r| r.sectors).sum();
+        // The sectors written (their bitmap bits set), not the rest of the block.
+        assert_eq!(runs.len(), 1, "{:?}", runs);
+        assert_eq!((runs[0].start_sector, total), (6144, 16), "{:?}", runs);
+        let host = std::fs::read(&path).unwrap();
+        for r in &runs {
+            let mut through_disk = vec![0u8; (r.sectors * 512) as usize];
+            d.read(r.start_sector * 512, &mut through_disk).unwrap();
+            let on_host = &host[(r.host_lba * 512) as usize..((r.host_lba + r.sectors) * 512) as usize];
+            assert!(through_disk == on_host, "run {:?} is not where the server reads it", r);
+        }
+        // A sector written later in the block is in place from then on (its bit is set).
+        d.write((6144 + 104) * 512, &pattern(4096)).unwrap();
+        assert_eq!(d.direct_runs().unwrap().iter().map(|r| r.sectors).sum::<u64>(), 24);
+        drop(d);
+        let f = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
+        let mut ro = VirtualDisk::open(&drive, f, true).unwrap();
+        // Read-only: the allocated block whole (a dynamic VHD's block reads from the file).
+        assert_eq!(ro.direct_runs().unwrap().iter().map(|r| r.sectors).sum::<u64>(), 4096);
+        assert_eq!(ro.partitions(), vec![], "no partition table in this disk");
+        let (path2, drive2) = host_disk("direct-immutable", &vhd, WriteMode::Immutable);
+        let mut im = open(&path2, &drive2, false);
+        assert!(im.direct_runs().unwrap_err().contains("RAM"));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&path2);
     }
 
     /// Throwaway (`immutable` with its child on disk): the leaf in the table is that child, and

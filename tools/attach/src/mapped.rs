@@ -1,0 +1,150 @@
+//! `--direct`'s device-mapper devices (docs/vboot-attach.md, "--direct"): made once the NBD
+//! device serves, one for the whole disk (`/dev/mapper/vboot-nbd0`) and one per partition
+//! (`/dev/mapper/vboot-nbd0p1`), each a table of `linear` targets on the host partition (the
+//! runs that lie one for one on it) and on the NBD device (everything else); removed by
+//! `--detach` before the NBD device.
+
+use std::fs;
+use std::path::Path;
+
+use vboot_attach::direct::{self, DirectRun, DiskPartition, HostPartition};
+
+use crate::dm::{self, TargetLine};
+use crate::host;
+
+/// What the tables are made of, gathered from the open disk before the server forks.
+pub struct Plan {
+    pub runs: Vec<DirectRun>,
+    pub partitions: Vec<DiskPartition>,
+    pub disk_sectors: u64,
+    pub host: HostPartition,
+    /// The host partition's /sys/class/block name (`vda1`).
+    pub host_name: String,
+    /// The tables refuse writes (`--read-only`, a CD).
+    pub read_only: bool,
+}
+
+/// Make the devices for NBD device `nbd` (serving already). Gives the whole disk's device path.
+/// On a failure the devices made so far are removed again: all or none.
+pub fn set_up(nbd: &str, plan: &Plan) -> Result<String, String> {
+    let nbd_name = nbd.trim_start_matches("/dev/");
+    let nbd_dev = host::dev_numbers(nbd_name).ok_or_else(|| format!("{} has no device number in /sys/class/block", nbd))?;
+    let host_dev = host::dev_numbers(&plan.host_name).ok_or_else(|| format!("/dev/{} has no device number in /sys/class/block", plan.host_name))?;
+    let control = dm::Control::open()?;
+    let mut devices = vec![(direct::device_name(nbd, None), 0, plan.disk_sectors)];
+    for p in &plan.partitions {
+        devices.push((direct::device_name(nbd, Some(p.number)), p.start_lba, p.sectors));
+    }
+    let mut made: Vec<(String, (u32, u32))> = Vec::new();
+    let mut make = || -> Result<(), String> {
+        for (name, first_sector, sectors) in &devices {
+            let (targets, summary) = direct::build_table(&plan.runs, *first_sector, *sectors, plan.host, direct::MAX_TARGETS);
+            let lines: Vec<TargetLine> = targets
+                .iter()
+                .map(|t| TargetLine { start_sector: t.start_sector(), sectors: t.sectors(), target_type: "linear", params: t.linear_params(host_dev, nbd_dev) })
+                .collect();
+            let numbers = control.create(name).map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) => format!("creating the device-mapper device {}: it exists already (from an earlier attach? remove it with `dmsetup remove {}`)", name, name),
+                _ => format!("creating the device-mapper device {}: {}", name, e),
+            })?;
+            made.push((name.clone(), numbers));
+            control.load(name, &lines, plan.read_only).map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) => format!(
+                    "loading the table of {}: {} (/dev/{} or {} is claimed: mounted, or a partition of it mounted?)",
+                    name, e, plan.host_name, nbd
+                ),
+                _ => format!("loading the table of {} ({} targets): {}", name, lines.len(), e),
+            })?;
+            control.resume(name).map_err(|e| format!("resuming {}: {}", name, e))?;
+            let path = format!("/dev/mapper/{}", name);
+            // A busybox initramfs has no udev to make the node.
+            dm::make_node(&path, numbers.0, numbers.1).map_err(|e| format!("making the node {}: {}", path, e))?;
+            let dropped = match summary.runs_dropped {
+                0 => String::new(),
+                n => format!(", {} short runs left to {} to keep the table at {} targets", n, nbd, direct::MAX_TARGETS),
+            };
+            eprintln!(
+                "vboot-attach: {} ({}:{}): {} of {} sectors straight to /dev/{}, the rest through {} ({} targets{}{})",
+                path,
+                numbers.0,
+                numbers.1,
+                summary.direct_sectors,
+                sectors,
+                plan.host_name,
+                nbd,
+                summary.targets,
+                if plan.read_only { ", read-only" } else { "" },
+                dropped
+            );
+        }
+        Ok(())
+    };
+    if let Err(e) = make() {
+        for (name, (major, minor)) in made.iter().rev() {
+            let _ = control.remove(name);
+            dm::remove_node(&format!("/dev/mapper/{}", name), *major, *minor);
+        }
+        return Err(e);
+    }
+    Ok(format!("/dev/mapper/{}", direct::device_name(nbd, None)))
+}
+
+/// The dm devices holding NBD device `nbd`: (name, sysfs name `dm-N`).
+fn holders(nbd: &str) -> Vec<(String, String)> {
+    let dir = Path::new("/sys/block").join(nbd.trim_start_matches("/dev/")).join("holders");
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(String, String)> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .map(|sys| (fs::read_to_string(Path::new("/sys/block").join(&sys).join("dm/name")).unwrap_or_default().trim().to_string(), sys))
+        .collect();
+    // Partitions before the whole disk (the order does not matter to the kernel; it reads well).
+    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    out
+}
+
+/// `--direct`'s devices on `nbd` (for --pivot's refusal).
+pub fn direct_devices(nbd: &str) -> Vec<String> {
+    holders(nbd).into_iter().map(|(name, _)| name).filter(|name| direct::is_ours(name, nbd)).collect()
+}
+
+/// Remove `--direct`'s devices on `nbd` before it is detached: none is removed unless all can be
+/// (none open). A device holding `nbd` that is not ours is refused too: the detach would pull
+/// the disk from under it.
+pub fn remove_all(nbd: &str) -> Result<(), String> {
+    let held = holders(nbd);
+    if held.is_empty() {
+        return Ok(());
+    }
+    let (ours, others): (Vec<_>, Vec<_>) = held.into_iter().partition(|(name, _)| direct::is_ours(name, nbd));
+    if !others.is_empty() {
+        let names: Vec<String> = others.iter().map(|(n, s)| format!("{} ({})", if n.is_empty() { s } else { n }, s)).collect();
+        return Err(format!("{} is held by {}, not vboot-attach's: remove that first; nothing was detached", nbd, names.join(", ")));
+    }
+    let control = dm::Control::open()?;
+    let mut busy = Vec::new();
+    for (name, _) in &ours {
+        match control.open_count(name) {
+            Ok(0) => {}
+            Ok(n) => busy.push(format!("/dev/mapper/{} (open {} time{})", name, n, if n == 1 { "" } else { "s" })),
+            Err(e) => return Err(format!("the status of /dev/mapper/{}: {}; nothing was detached", name, e)),
+        }
+    }
+    if !busy.is_empty() {
+        return Err(format!("{} in use (mounted?): unmount first; nothing was detached", busy.join(", ")));
+    }
+    let mut removed = Vec::new();
+    for (name, sys) in &ours {
+        let numbers = host::dev_numbers(sys);
+        control.remove(name).map_err(|e| {
+            let before = if removed.is_empty() { String::from("nothing was detached") } else { format!("{} removed before, {} still attached", removed.join(", "), nbd) };
+            format!("removing /dev/mapper/{}: {}; {}", name, e, before)
+        })?;
+        if let Some((major, minor)) = numbers {
+            dm::remove_node(&format!("/dev/mapper/{}", name), major, minor);
+        }
+        removed.push(format!("/dev/mapper/{}", name));
+    }
+    eprintln!("vboot-attach: removed {}", removed.join(", "));
+    Ok(())
+}
