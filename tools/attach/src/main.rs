@@ -203,7 +203,21 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         .write(writable)
         .open(&found.dev)
         .map_err(|e| format!("opening {}: {}", found.dev.display(), e))?;
-    let mut disk = vdisk::VirtualDisk::open(drive, host_file, read_only)?;
+    // --direct on a disk the server writes: the server's own writes unbuffered (vdisk.rs,
+    // write_unbuffered, says why).
+    let unbuffered = if o.direct && writable {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&found.dev)
+            .map_err(|e| format!("opening {} with O_DIRECT (for --direct): {}", found.dev.display(), e))?;
+        Some(f)
+    } else {
+        None
+    };
+    let mut disk = vdisk::VirtualDisk::open_with(drive, host_file, unbuffered, read_only)?;
     eprintln!("vboot-attach: drive {:#04x} on {} partition {}: {}", drive.bios_number, found.dev.display(), part_name, disk.description);
 
     // --direct: the runs and partitions, from the disk as it is before anything is served (a

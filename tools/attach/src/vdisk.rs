@@ -26,9 +26,26 @@ use crate::nbd::{eio, Backend};
 
 /// The host disk as a sector device for the chain's files (`vboot::image::ExtentFile`, the
 /// type the engine uses at boot): positioned reads and writes, so the copies the locator hands
-/// out share one open file.
+/// out share one open file. With `--direct`, writes go through a second descriptor opened with
+/// O_DIRECT (`unbuffered`, see [`write_unbuffered`]).
 #[derive(Clone)]
-struct HostDevice(Arc<File>);
+struct HostDevice(Arc<File>, Option<Arc<File>>);
+
+/// Write `buf` at `lba` through `file`, opened with O_DIRECT: from a copy aligned to 4 KiB, as
+/// O_DIRECT needs. Why unbuffered with `--direct`: the page cache of the host disk holds the
+/// sectors around the image's metadata in blocks of up to 4 KiB, and a buffered write of one
+/// sector writes its whole block back later, neighbours included. A neighbour that the dm table
+/// wrote straight to the disk meanwhile (the data next to a VHD block's bitmap) would be put
+/// back as the cache had it. An O_DIRECT write writes only its sectors and drops the cached
+/// pages it touches.
+fn write_unbuffered(file: &File, lba: u64, buf: &[u8]) -> std::io::Result<()> {
+    const ALIGN: usize = 4096;
+    let mut bounce = vec![0u8; buf.len() + ALIGN];
+    let skip = bounce.as_ptr().align_offset(ALIGN);
+    let aligned = &mut bounce[skip..skip + buf.len()];
+    aligned.copy_from_slice(buf);
+    file.write_all_at(aligned, lba * 512)
+}
 
 impl BlockDevice for HostDevice {
     fn sector_count(&self) -> u64 {
@@ -38,7 +55,11 @@ impl BlockDevice for HostDevice {
         self.0.read_exact_at(buf, lba * 512).map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
-        self.0.write_all_at(buf, lba * 512).map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
+        match &self.1 {
+            Some(unbuffered) => write_unbuffered(unbuffered, lba, buf),
+            None => self.0.write_all_at(buf, lba * 512),
+        }
+        .map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
     fn flush(&mut self) -> Result<(), BlockError> {
         self.0.sync_data().map_err(|e| BlockError::Io { lba: 0, status: e.raw_os_error().unwrap_or(0) as u32 })
@@ -146,11 +167,19 @@ pub struct VirtualDisk {
 impl VirtualDisk {
     /// Open the drive's chain on `host` (the host disk, opened read-write unless the drive is
     /// read-only or immutable). A CD is always read-only.
+    #[cfg(test)]
     pub fn open(drive: &Drive, host: File, read_only: bool) -> Result<VirtualDisk, String> {
+        VirtualDisk::open_with(drive, host, None, read_only)
+    }
+
+    /// [`Self::open`], writing through `unbuffered` (the host disk opened with O_DIRECT) when
+    /// given: `--direct` (see [`write_unbuffered`]).
+    pub fn open_with(drive: &Drive, host: File, unbuffered: Option<File>, read_only: bool) -> Result<VirtualDisk, String> {
         let immutable = drive.write_mode == WriteMode::Immutable;
+        let unbuffered = unbuffered.map(Arc::new);
         let host = Arc::new(host);
         if drive.kind != DriveKind::HardDisk {
-            return VirtualDisk::open_file(drive, host, read_only || drive.kind == DriveKind::Cdrom, immutable);
+            return VirtualDisk::open_file(drive, HostDevice(host, unbuffered), read_only || drive.kind == DriveKind::Cdrom, immutable);
         }
         let files = drive
             .layers
@@ -158,7 +187,7 @@ impl VirtualDisk {
             .map(|l| ListedFile { path: l.path.clone(), size_bytes: l.size_bytes, extents: ExtentList { extents: l.extents.clone() } })
             .collect::<Vec<_>>();
         let leaf = files.first().ok_or("the drive has no image file")?.path.clone();
-        let listed = ListedFiles { files, device: HostDevice(host.clone()), writable: !read_only && !immutable };
+        let listed = ListedFiles { files, device: HostDevice(host.clone(), unbuffered), writable: !read_only && !immutable };
         let mut locator = SwitchableFiles { listed, opened: Vec::new() };
         let (layers, warnings) = open_chain(&leaf, &mut locator, &ChainOptions { parent_dir: drive.parent_dir.clone(), lenient_cid: false })
             .map_err(|e| format!("opening {}: {}", leaf, e))?;
@@ -198,7 +227,8 @@ impl VirtualDisk {
     }
 
     /// A CD or floppy: the image file's bytes as they are (a CD's whole 2048-byte blocks).
-    fn open_file(drive: &Drive, host: Arc<File>, read_only: bool, immutable: bool) -> Result<VirtualDisk, String> {
+    fn open_file(drive: &Drive, device: HostDevice, read_only: bool, immutable: bool) -> Result<VirtualDisk, String> {
+        let host = device.0.clone();
         let [l] = &drive.layers[..] else {
             return Err(format!("the {} drive {:#04x} has {} files in the table; it should have one", drive.kind.as_str(), drive.bios_number, drive.layers.len()));
         };
@@ -207,7 +237,7 @@ impl VirtualDisk {
             return Err(format!("{}: {} bytes, {} sectors at boot: not a {} image", l.path, l.size_bytes, drive.virtual_sectors, drive.kind.as_str()));
         }
         let extents = ExtentList { extents: l.extents.clone() };
-        let file = Switchable::new(Box::new(ExtentFile::new(HostDevice(host.clone()), l.path.clone(), l.size_bytes, extents, !read_only && !immutable)));
+        let file = Switchable::new(Box::new(ExtentFile::new(device, l.path.clone(), l.size_bytes, extents, !read_only && !immutable)));
         let opened = vec![Rc::downgrade(&file.inner)];
         let what = match drive.kind {
             DriveKind::Cdrom => format!("ISO {}, {} blocks of 2048 bytes", l.path, size_bytes / 2048),
