@@ -1720,10 +1720,10 @@ pub const DIRECT_FILL_BYTES: usize = 20 << 20;
 ///    printed; detached;
 /// 2. loads dm-mod; `--direct` with the host partition mounted read-only: refused;
 /// 3. `--direct`: prints /dev/mapper/vboot-nbd0 and makes /dev/mapper/vboot-nbd0p1 (its own
-///    nodes, no udev); prints each dm device's slaves (`DM <name> slaves: ...`) and times a read
-///    of the whole disk natively, through the dm device (with the sectors the host disk and the
-///    NBD device served meanwhile) and through /dev/nbd0 (`READ-NATIVE`, `READ-DIRECT`,
-///    `READ-NBD`);
+///    nodes, no udev); prints each dm device's slaves (`DM <name> slaves: ...`) and times five
+///    reads of the whole disk (the caches dropped before each) natively, through the dm device
+///    (with the sectors the host disk and the NBD device served meanwhile) and through
+///    /dev/nbd0 (`READ-NATIVE`, `READ-DIRECT`, `READ-NBD`);
 /// 4. mounts /dev/mapper/vboot-nbd0p1 (vfat), reads [`ATTACH_FILE`] and [`DIRECT_FILL_FILE`]; /dev/nbd0p1 and the host
 ///    partition cannot be mounted meanwhile (claimed); writes [`DIRECT_REWRITE`] over the start
 ///    of [`ATTACH_FILE`] in place, [`ATTACH_NEW_FILE`], and [`DIRECT_RANDOM_FILE`]; `--detach`
@@ -1747,7 +1747,7 @@ finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff 
 fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
 wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
 sectors_read() {{ set -- $(cat /sys/block/$1/stat); echo $3; }}
-timed_read() {{ read t0 rest < /proc/uptime; dd if=$1 of=/dev/null bs=1M $2 2>/dev/null || fail "read $1"; read t1 rest < /proc/uptime; }}
+timed_read() {{ read t0 rest < /proc/uptime; for r in 1 2 3 4 5; do echo 3 > /proc/sys/vm/drop_caches; dd if=$1 of=/dev/null bs=1M $2 2>/dev/null || fail "read $1"; done; read t1 rest < /proc/uptime; }}
 echo "STEP modules"
 {load}
 wait_block /dev/{hp} || fail "no /dev/{hp}"
@@ -1771,13 +1771,13 @@ for d in /sys/block/dm-*; do echo "DM $(cat $d/dm/name) slaves: $(ls $d/slaves |
 echo "STEP read"
 n=$(($(cat /sys/block/nbd0/size) / 2048))
 timed_read /dev/vda "count=$n"
-echo "READ-NATIVE mib=$n from=$t0 to=$t1"
+echo "READ-NATIVE mib=$((5*n)) from=$t0 to=$t1"
 v0=$(sectors_read vda); b0=$(sectors_read nbd0)
 timed_read $dev
 v1=$(sectors_read vda); b1=$(sectors_read nbd0)
-echo "READ-DIRECT mib=$n from=$t0 to=$t1 host-sectors=$((v1-v0)) nbd-sectors=$((b1-b0))"
+echo "READ-DIRECT mib=$((5*n)) from=$t0 to=$t1 host-sectors=$((v1-v0)) nbd-sectors=$((b1-b0))"
 timed_read /dev/nbd0
-echo "READ-NBD mib=$n from=$t0 to=$t1"
+echo "READ-NBD mib=$((5*n)) from=$t0 to=$t1"
 echo "STEP mount"
 mount -t vfat /dev/mapper/vboot-nbd0p1 /mnt || fail "mount /dev/mapper/vboot-nbd0p1"
 [ "$(cat /mnt{file})" = "{text}" ] || fail "read {file}: $(cat /mnt{file})"

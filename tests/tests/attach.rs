@@ -740,7 +740,7 @@ fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
             assert!(out.contains(&line), "no `{}`:\n{}", line, out);
         }
     }
-    // The whole disk read through the dm device: most of it from the host disk.
+    // The whole disk read (five times) through the dm device: most of it from the host disk.
     let direct = out.lines().find(|l| l.starts_with("READ-DIRECT ")).expect("READ-DIRECT");
     let field = |l: &str, k: &str| -> f64 { l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{}=", k))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{} in {}", k, l)) };
     let (host_sectors, nbd_sectors) = (field(direct, "host-sectors"), field(direct, "nbd-sectors"));
@@ -749,7 +749,7 @@ fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
     let words: Vec<&str> = whole.split_whitespace().collect();
     let (planned, disk_sectors): (f64, f64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
     assert!(planned > disk_sectors / 2.0, "only {} of the disk's sectors go direct:\n{}", planned, out);
-    assert!(host_sectors >= planned && host_sectors + nbd_sectors == disk_sectors, "the dm device read {} sectors from the host disk and {} through NBD, {} planned direct:\n{}", host_sectors, nbd_sectors, planned, out);
+    assert!(host_sectors >= 5.0 * planned && host_sectors + nbd_sectors == 5.0 * disk_sectors, "the dm device read {} sectors from the host disk and {} through NBD, {} planned direct:\n{}", host_sectors, nbd_sectors, planned, out);
     let secs = |tag: &str| {
         let l = out.lines().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("no {}", tag));
         field(l, "to") - field(l, "from")
