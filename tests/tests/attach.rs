@@ -713,16 +713,30 @@ fn a_write_through_int13h_before_linux_is_seen_by_linux_and_gone_at_the_next_sta
 /// clean on the guest's partition and on the host partition, new blocks came out of the slack.
 #[test]
 fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
-    let dir = TempDir::new("attach-direct");
+    direct_scenario("attach-direct", "vpc", "subformat=dynamic", "guest.vhd");
+}
+
+/// [`direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd`] with a VMDK, whose
+/// grains are in place only once the first write changed the CID: `--direct` makes it at attach.
+#[test]
+fn direct_maps_the_vmdk_grains_once_the_cid_changed() {
+    let out = direct_scenario("attach-direct-vmdk", "vmdk", "subformat=monolithicSparse", "guest.vmdk");
+    assert!(out.contains("the VMDK leaf's CID changed now"), "{}", out);
+}
+
+/// The `--direct` guest booted from `name` (the guest converted to `format` with `options`, 8 MiB
+/// of slack) and every check; gives the guest's output.
+fn direct_scenario(tag: &str, format: &str, options: &str, name: &str) -> String {
+    let dir = TempDir::new(tag);
     let raw = guests::build_attach_direct_guest(&dir.path, "vda1");
-    let image = dir.join("guest.vhd");
-    qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), image.to_str().unwrap()]);
+    let image = dir.join(name);
+    qemu_img(&["convert", "-f", "raw", "-O", format, "-o", options, raw.to_str().unwrap(), image.to_str().unwrap()]);
     sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("8M"));
     let slack_before = slack_bytes(&image);
-    let cfg = "set timeout=0\nmenuentry 'linux in an image' {\n    vboot harddisk=/vm/guest.vhd reserve=0\n}\n";
-    let host = vboot_host(&dir, 160, cfg, &[]);
+    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot harddisk=/vm/{} reserve=0\n}}\n", name);
+    let host = vboot_host(&dir, 160, &cfg, &[]);
     sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
-    disk::put_fragmented(&host.part, "/vm/guest.vhd", &std::fs::read(&image).unwrap(), 3);
+    disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(&image).unwrap(), 3);
     disk::write_at(&host.disk, 2048, &host.part);
     let out = run_guest(&host.disk);
     for l in out.lines().filter(|l| l.starts_with("STEP") || l.starts_with("READ-") || l.starts_with("DM") || l.starts_with("NO-DM") || l.contains("vboot-attach") || l.starts_with("SHA")) {
@@ -772,9 +786,9 @@ fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
     let part_now = host.current_partition(&dir.join("part-after.img"));
     let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
     assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
-    let after = dir.join("after-guest.vhd");
-    disk::fat_get(&part_now, "/vm/guest.vhd", &after);
-    structure_check(&after, "vpc");
+    let after = dir.join(&format!("after-{}", name));
+    disk::fat_get(&part_now, &format!("/vm/{}", name), &after);
+    structure_check(&after, format);
     assert!(slack_bytes(&after) < slack_before, "no block was allocated from the slack");
     let raw_after = dir.join("guest-after.raw");
     qemu_img(&["convert", "-O", "raw", after.to_str().unwrap(), raw_after.to_str().unwrap()]);
@@ -788,4 +802,5 @@ fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
     assert_eq!(disk::sha256(&random), sha, "{} in the image differs from what the guest wrote", guests::DIRECT_RANDOM_FILE);
     let fsck = Command::new("fsck.fat").arg("-n").arg(&part).output().unwrap();
     assert!(fsck.status.success(), "fsck.fat -n on the guest's partition: {}", String::from_utf8_lossy(&fsck.stdout));
+    out
 }

@@ -146,6 +146,32 @@ const DIRECT_PROBE_STEP_SECTORS: u64 = 8;
 /// CID is unchanged) costs a bounded time: 256 Ki probes cover 1 GiB of such data.
 const DIRECT_PROBES: u64 = 1 << 18;
 
+/// `--direct` on a VMDK leaf: the first write of a session changes the CID in the descriptor
+/// before anything else (docs/image-formats.md), so until then no sector of it is in place
+/// (`in_place_run` says none). Make that first write now, before anything is served: one
+/// sector the leaf holds written back with its own bytes. The image then says "modified" (a new
+/// CID) even if Linux writes nothing, as after any session that wrote; its content is the same.
+/// Other formats have no such first-write change.
+fn first_write_now(d: &mut Disk) -> Result<(), String> {
+    use vboot::image::disk::Source;
+    if d.layers().first().map(|l| l.format()) != Some(vboot::image::Format::Vmdk) {
+        return Ok(());
+    }
+    let mut sector = 0;
+    while sector < d.sectors() {
+        let run = d.lookup(sector).map_err(|e| format!("mapping sector {}: {}", sector, e))?;
+        if let Source::Data { layer: 0, .. } = run.source {
+            let mut own = [0u8; 512];
+            d.read(sector, &mut own).map_err(|e| format!("reading sector {}: {}", sector, e))?;
+            d.write(sector, &own).map_err(|e| format!("--direct: the VMDK's first write (its new CID) at sector {}: {}", sector, e))?;
+            eprintln!("vboot-attach: --direct: the VMDK leaf's CID changed now (its first write, sector {} rewritten as it was), so that its grains can go direct", sector);
+            return Ok(());
+        }
+        sector += run.sectors.max(1);
+    }
+    Ok(())
+}
+
 /// The disk the guest saw, served over NBD.
 pub struct VirtualDisk {
     medium: Medium,
@@ -308,6 +334,9 @@ impl VirtualDisk {
         let size_sectors = self.size_bytes / 512;
         match &mut self.medium {
             Medium::Chain(d) => {
+                if writes {
+                    first_write_now(d)?;
+                }
                 let mut sector = 0;
                 let mut probes_left = DIRECT_PROBES;
                 while sector < size_sectors {
@@ -627,6 +656,37 @@ mod tests {
         assert!(im.direct_runs().unwrap_err().contains("RAM"));
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&path2);
+    }
+
+    /// A VMDK leaf has nothing in place until its first write changed the CID: `--direct` makes
+    /// that write at attach (the sector keeps its bytes), and then its grains are in place.
+    #[test]
+    fn direct_runs_of_a_vmdk_after_its_first_write_at_attach() {
+        let mut f = MemFile::new("/img/d.vmdk", Vec::new());
+        let opts = CreateOptions { size_bytes: 8 << 20, reserve_bytes: 4 << 20, exact_size: true, seed: 7, now_unix: 1_700_000_000 };
+        create(Variant::VmdkMonolithicSparse, &mut f, "d.vmdk", &opts, None, &mut |_| Err(ImageError::Invalid { detail: "one file".into() })).unwrap();
+        let (path, mut drive) = host_disk("direct-vmdk", &f.bytes, WriteMode::Normal);
+        drive.layers[0].format = LayerFormat::Vmdk;
+        drive.layers[0].path = "/img/d.vmdk".into();
+        let mut d = open(&path, &drive, true);
+        d.write(1 << 20, &pattern(64 << 10)).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        let cid = |bytes: &[u8]| String::from_utf8_lossy(bytes).lines().find(|l| l.starts_with("CID=")).map(str::to_string);
+        let before = cid(&std::fs::read(&path).unwrap());
+        // A new session: nothing in place until the first write.
+        let mut d = open(&path, &drive, true);
+        if let Medium::Chain(disk) = &mut d.medium {
+            assert_eq!(disk.in_place_run(2048), None);
+        }
+        let runs = d.direct_runs().unwrap();
+        assert!(runs.iter().map(|r| r.sectors).sum::<u64>() >= 128, "{:?}", runs);
+        let mut buf = vec![0u8; 64 << 10];
+        d.read(1 << 20, &mut buf).unwrap();
+        assert_eq!(buf, pattern(64 << 10), "the content is unchanged");
+        d.flush().unwrap();
+        assert_ne!(cid(&std::fs::read(&path).unwrap()), before, "the CID changed");
+        let _ = std::fs::remove_file(&path);
     }
 
     /// Throwaway (`immutable` with its child on disk): the leaf in the table is that child, and
