@@ -1712,6 +1712,10 @@ pub const DIRECT_RANDOM_BYTES: usize = 3 << 20;
 /// 18); the guest prints `SHA /FILL.BIN <sha256>` of what it reads through the dm device.
 pub const DIRECT_FILL_FILE: &str = "/FILL.BIN";
 pub const DIRECT_FILL_BYTES: usize = 20 << 20;
+/// When vboot's entry has a CD too (`cdrom=`), the `--direct` guest attaches it with `--direct`
+/// (a read-only table over the ISO's extents), mounts it and prints `SHA-CD <file> <sha256>` of
+/// this file in it.
+pub const DIRECT_CD_FILE: &str = "/CD.BIN";
 
 /// The `--direct` guest (issue 18): [`build_syslinux_linux_guest_with`] whose initramfs, booted
 /// through vboot from an image on the host partition `/dev/<host_partition>` (FAT), does what a
@@ -1730,10 +1734,14 @@ pub const DIRECT_FILL_BYTES: usize = 20 << 20;
 ///    while mounted is refused with everything left attached; unmounts, drops the caches,
 ///    mounts again and prints the SHA-256 of what it reads back; unmounts, detaches (the dm
 ///    devices and /dev/nbd0 gone);
-/// 5. `--direct --read-only`: the dm devices are read-only; mounts read-only, reads; detaches.
+/// 5. `--direct --read-only`: the dm devices are read-only; mounts read-only, reads; detaches;
+/// 6. when the table has a CD (0xE0): `--direct --drive cdrom`, mounts it (iso9660), prints the
+///    SHA-256 of [`DIRECT_CD_FILE`]; times five reads of the CD's dm device (wholly direct) and
+///    of as many MiB of /dev/vda (`READ-CD-DIRECT`, `READ-CD-NATIVE`); detaches (no dm device
+///    left).
 /// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`, the end [`DIRECT_OK`]; QEMU ends with 33.
 pub fn build_attach_direct_guest(dir: &Path, host_partition: &str) -> PathBuf {
-    let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii", "dm_mod"], &["dm_mod.ko"]);
+    let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii", "isofs", "dm_mod"], &["dm_mod.ko"]);
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -1816,6 +1824,22 @@ mount -t vfat -o ro /dev/mapper/vboot-nbd0p1 /mnt || fail "mount read-only"
 dd if=/dev/zero of=/dev/mapper/vboot-nbd0 bs=512 count=1 seek=1 conv=notrunc 2>/dev/null && fail "wrote a read-only dm device"
 umount /mnt
 vboot-attach --detach /dev/nbd0 || fail "detach read-only"
+if vboot-attach --info | grep -q '^drive 0xe0'; then
+echo "STEP cdrom"
+cd=$(vboot-attach --direct --drive cdrom --timeout 20) || fail "vboot-attach --direct --drive cdrom"
+echo "CD-ON $cd"
+for d in /sys/block/dm-*; do echo "DM-CD $(cat $d/dm/name) slaves: $(ls $d/slaves | tr '\n' ' ')ro=$(cat $d/ro)"; done
+mount -t iso9660 -o ro $cd /mnt || fail "mount -t iso9660 $cd"
+echo "SHA-CD {cd_file} $(sha256sum /mnt{cd_file} | cut -d' ' -f1)"
+umount /mnt
+m=$(($(cat /sys/block/nbd0/size) / 2048))
+timed_read /dev/vda "count=$m"
+echo "READ-CD-NATIVE mib=$((5*m)) from=$t0 to=$t1"
+timed_read $cd "count=$m"
+echo "READ-CD-DIRECT mib=$((5*m)) from=$t0 to=$t1"
+vboot-attach --detach /dev/nbd0 || fail "detach the CD"
+ls /sys/block | grep -q dm- && fail "a dm device left after the CD"
+fi
 echo "{ok}"
 finish
 "#,
@@ -1829,6 +1853,7 @@ finish
         random_file = DIRECT_RANDOM_FILE,
         random_bytes = DIRECT_RANDOM_BYTES,
         fill_file = DIRECT_FILL_FILE,
+        cd_file = DIRECT_CD_FILE,
         ok = DIRECT_OK
     );
     let initrd = attach_initramfs(dir, "direct-initrd.img", &init, &files);

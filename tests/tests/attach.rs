@@ -713,30 +713,40 @@ fn a_write_through_int13h_before_linux_is_seen_by_linux_and_gone_at_the_next_sta
 /// clean on the guest's partition and on the host partition, new blocks came out of the slack.
 #[test]
 fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
-    direct_scenario("attach-direct", "vpc", "subformat=dynamic", "guest.vhd");
+    direct_scenario("attach-direct", "vpc", "subformat=dynamic", "guest.vhd", true);
 }
 
 /// [`direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd`] with a VMDK, whose
 /// grains are in place only once the first write changed the CID: `--direct` makes it at attach.
 #[test]
 fn direct_maps_the_vmdk_grains_once_the_cid_changed() {
-    let out = direct_scenario("attach-direct-vmdk", "vmdk", "subformat=monolithicSparse", "guest.vmdk");
+    let out = direct_scenario("attach-direct-vmdk", "vmdk", "subformat=monolithicSparse", "guest.vmdk", false);
     assert!(out.contains("the VMDK leaf's CID changed now"), "{}", out);
 }
 
 /// The `--direct` guest booted from `name` (the guest converted to `format` with `options`, 8 MiB
-/// of slack) and every check; gives the guest's output.
-fn direct_scenario(tag: &str, format: &str, options: &str, name: &str) -> String {
+/// of slack) and every check; with `cd`, the entry has an ISO too (`cdrom=`), which the guest
+/// attaches with `--direct` as well. Gives the guest's output.
+fn direct_scenario(tag: &str, format: &str, options: &str, name: &str, cd: bool) -> String {
     let dir = TempDir::new(tag);
     let raw = guests::build_attach_direct_guest(&dir.path, "vda1");
     let image = dir.join(name);
     qemu_img(&["convert", "-f", "raw", "-O", format, "-o", options, raw.to_str().unwrap(), image.to_str().unwrap()]);
     sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("8M"));
     let slack_before = slack_bytes(&image);
-    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot harddisk=/vm/{} reserve=0\n}}\n", name);
+    let cd_args = if cd { " cdrom=/vm/data.iso" } else { "" };
+    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot harddisk=/vm/{} reserve=0{}\n}}\n", name, cd_args);
     let host = vboot_host(&dir, 160, &cfg, &[]);
     sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
     disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(&image).unwrap(), 3);
+    let cd_bytes = guests::pseudo_random_bytes(24 << 20, 180);
+    if cd {
+        let tree = dir.join("cd-tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join(guests::DIRECT_CD_FILE.trim_start_matches('/')), &cd_bytes).unwrap();
+        let iso = guests::make_iso(&tree, &dir.join("data.iso"), &[]);
+        disk::put_fragmented(&host.part, "/vm/data.iso", &std::fs::read(&iso).unwrap(), 2);
+    }
     disk::write_at(&host.disk, 2048, &host.part);
     let out = run_guest(&host.disk);
     for l in out.lines().filter(|l| l.starts_with("STEP") || l.starts_with("READ-") || l.starts_with("DM") || l.starts_with("NO-DM") || l.contains("vboot-attach") || l.starts_with("SHA")) {
@@ -777,6 +787,15 @@ fn direct_scenario(tag: &str, format: &str, options: &str, name: &str) -> String
     let sha_of = |tag: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{} {} ", tag, guests::DIRECT_RANDOM_FILE))).map(|h| h.trim().to_string()).unwrap_or_else(|| panic!("no {}:\n{}", tag, out));
     let sha = sha_of("SHA");
     assert_eq!(sha, sha_of("SHA-WRITTEN"), "the random file read back differs from what was written");
+    if cd {
+        // The ISO wholly in place: a read-only table on the host partition alone.
+        assert!(out.contains("DM-CD vboot-nbd0 slaves: vda1 ro=1"), "{}", out);
+        let cd_file = dir.join("cd-file.bin");
+        std::fs::write(&cd_file, &cd_bytes).unwrap();
+        let want = format!("SHA-CD {} {}", guests::DIRECT_CD_FILE, disk::sha256(&cd_file));
+        assert!(out.contains(&want), "no `{}`:\n{}", want, out);
+        eprintln!("read {} MiB of the CD: native {:.2} s, --direct {:.2} s", field(out.lines().find(|l| l.starts_with("READ-CD-DIRECT ")).unwrap(), "mib"), secs("READ-CD-NATIVE "), secs("READ-CD-DIRECT "));
+    }
     let fill_sha = out.lines().find_map(|l| l.strip_prefix(&format!("SHA {} ", guests::DIRECT_FILL_FILE))).map(|h| h.trim().to_string());
     let fill = dir.join("fill.bin");
     std::fs::write(&fill, guests::pseudo_random_bytes(guests::DIRECT_FILL_BYTES, 18)).unwrap();

@@ -89,37 +89,52 @@ pub fn set_up(nbd: &str, plan: &Plan) -> Result<String, String> {
     Ok(format!("/dev/mapper/{}", direct::device_name(nbd, None)))
 }
 
-/// The dm devices holding NBD device `nbd`: (name, sysfs name `dm-N`).
-fn holders(nbd: &str) -> Vec<(String, String)> {
-    let dir = Path::new("/sys/block").join(nbd.trim_start_matches("/dev/")).join("holders");
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    let mut out: Vec<(String, String)> = entries
+/// Every dm device: (name, sysfs name `dm-N`).
+fn dm_devices() -> Vec<(String, String)> {
+    let Ok(entries) = fs::read_dir("/sys/block") else { return Vec::new() };
+    entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|sys| sys.starts_with("dm-"))
         .map(|sys| (fs::read_to_string(Path::new("/sys/block").join(&sys).join("dm/name")).unwrap_or_default().trim().to_string(), sys))
-        .collect();
-    // Partitions before the whole disk (the order does not matter to the kernel; it reads well).
-    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-    out
+        .collect()
+}
+
+/// `--direct`'s devices for `nbd`, found by name (a table wholly in place has no NBD target and
+/// does not hold `nbd`), partitions before the whole disk; and the sysfs names of the other
+/// devices holding `nbd`.
+fn ours_and_others(nbd: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let mut ours: Vec<(String, String)> = dm_devices().into_iter().filter(|(name, _)| direct::is_ours(name, nbd)).collect();
+    ours.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    let dir = Path::new("/sys/block").join(nbd.trim_start_matches("/dev/")).join("holders");
+    let others = fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|sys| !ours.iter().any(|(_, s)| s == sys)).collect())
+        .unwrap_or_default();
+    (ours, others)
 }
 
 /// `--direct`'s devices on `nbd` (for --pivot's refusal).
 pub fn direct_devices(nbd: &str) -> Vec<String> {
-    holders(nbd).into_iter().map(|(name, _)| name).filter(|name| direct::is_ours(name, nbd)).collect()
+    ours_and_others(nbd).0.into_iter().map(|(name, _)| name).collect()
 }
 
 /// Remove `--direct`'s devices on `nbd` before it is detached: none is removed unless all can be
 /// (none open). A device holding `nbd` that is not ours is refused too: the detach would pull
 /// the disk from under it.
 pub fn remove_all(nbd: &str) -> Result<(), String> {
-    let held = holders(nbd);
-    if held.is_empty() {
-        return Ok(());
-    }
-    let (ours, others): (Vec<_>, Vec<_>) = held.into_iter().partition(|(name, _)| direct::is_ours(name, nbd));
+    let (ours, others) = ours_and_others(nbd);
     if !others.is_empty() {
-        let names: Vec<String> = others.iter().map(|(n, s)| format!("{} ({})", if n.is_empty() { s } else { n }, s)).collect();
+        let names: Vec<String> = others
+            .iter()
+            .map(|sys| match fs::read_to_string(Path::new("/sys/block").join(sys).join("dm/name")) {
+                Ok(name) => format!("{} ({})", name.trim(), sys),
+                Err(_) => sys.clone(),
+            })
+            .collect();
         return Err(format!("{} is held by {}, not vboot-attach's: remove that first; nothing was detached", nbd, names.join(", ")));
+    }
+    if ours.is_empty() {
+        return Ok(());
     }
     let control = dm::Control::open()?;
     let mut busy = Vec::new();
