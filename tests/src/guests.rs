@@ -1722,7 +1722,10 @@ pub const DIRECT_CD_FILE: &str = "/CD.BIN";
 /// user would:
 /// 1. `vboot-attach --direct` before dm-mod is loaded: exit status 1, the NBD device kept and
 ///    printed; detached;
-/// 2. loads dm-mod; `--direct` with the host partition mounted read-only: refused;
+/// 2. the initramfs-tools local-top script (tools/attach/initramfs-tools, stand-ins for
+///    /scripts/functions) for `root=/dev/mapper/vboot-nbd0p1`: it loads dm-mod with modprobe and
+///    attaches with `--direct`; the partition's dm device mounts and reads; detached;
+///    `--direct` with the host partition mounted read-only: refused;
 /// 3. `--direct`: prints /dev/mapper/vboot-nbd0 and makes /dev/mapper/vboot-nbd0p1 (its own
 ///    nodes, no udev); prints each dm device's slaves (`DM <name> slaves: ...`) and times five
 ///    reads of the whole disk (the caches dropped before each) natively, through the dm device
@@ -1765,7 +1768,25 @@ echo "NO-DM status=$st out=$out"
 [ $st = 1 ] && [ "$out" = /dev/nbd0 ] || fail "--direct without dm-mod: status $st, printed $out"
 [ -e /sys/block/nbd0/pid ] || fail "the NBD device was not kept after --direct failed"
 vboot-attach --detach /dev/nbd0 || fail "detach after the failed --direct"
-insmod /lib/modules/dm_mod.ko || fail "insmod dm_mod.ko"
+echo "STEP initramfs-tools"
+mkdir -p /lib/modules/$(uname -r)/kernel/drivers/block /lib/modules/$(uname -r)/kernel/drivers/md /scripts/local-top
+cp /lib/modules/nbd.ko /lib/modules/$(uname -r)/kernel/drivers/block/ || fail "copy nbd.ko"
+cp /lib/modules/dm_mod.ko /lib/modules/$(uname -r)/kernel/drivers/md/ && depmod || fail "depmod"
+cat > /scripts/functions <<'END'
+log_begin_msg() {{ echo "Begin: $*"; }}
+log_end_msg() {{ echo "Done."; }}
+log_warning_msg() {{ echo "Warning: $*"; }}
+panic() {{ echo "panic: $*"; exit 1; }}
+wait_for_udev() {{ :; }}
+END
+ROOT=/dev/mapper/vboot-nbd0p1 sh /scripts/local-top/vboot-attach || fail "the initramfs-tools local-top script"
+grep -q '^dm_mod ' /proc/modules || fail "the local-top script did not load dm-mod"
+wait_block /dev/mapper/vboot-nbd0p1 || fail "no /dev/mapper/vboot-nbd0p1 after the local-top script"
+mount -t vfat -o ro /dev/mapper/vboot-nbd0p1 /mnt || fail "mount /dev/mapper/vboot-nbd0p1"
+[ "$(cat /mnt{file})" = "{text}" ] || fail "read through the local-top script's device"
+umount /mnt
+vboot-attach --detach /dev/nbd0 || fail "detach after the local-top script"
+echo "LOCAL-TOP-DIRECT-OK"
 echo "STEP host-mounted"
 mount -t vfat -o ro /dev/{hp} /host || fail "mount the host partition read-only"
 vboot-attach --direct --timeout 5 && fail "--direct with the host partition mounted"
@@ -1856,6 +1877,8 @@ finish
         cd_file = DIRECT_CD_FILE,
         ok = DIRECT_OK
     );
+    let mut files = files;
+    files.push(("/scripts/local-top/vboot-attach".into(), crate::workspace_root().join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach")));
     let initrd = attach_initramfs(dir, "direct-initrd.img", &init, &files);
     let fill = crate::disk::FileSpec::new(DIRECT_FILL_FILE, pseudo_random_bytes(DIRECT_FILL_BYTES, 18));
     build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT), fill])

@@ -757,6 +757,7 @@ fn direct_scenario(tag: &str, format: &str, options: &str, name: &str, cd: bool)
     // Without dm-mod: the NBD device kept, and said so.
     assert!(out.contains("--direct failed: opening /dev/mapper/control") && out.contains("/dev/nbd0 is attached without it"), "{}", out);
     assert!(out.contains("--direct: /dev/vda1 is mounted on /host"), "no refusal with the host partition mounted:\n{}", out);
+    assert!(out.contains("Begin: Attaching the vboot disk 0x80") && out.contains("LOCAL-TOP-DIRECT-OK"), "{}", out);
     // Both dm devices sit on the host partition and the NBD device, read-write, then read-only.
     for (prefix, ro) in [("DM", 0), ("DM-RO", 1)] {
         for name in ["vboot-nbd0", "vboot-nbd0p1"] {
