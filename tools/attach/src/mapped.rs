@@ -36,6 +36,10 @@ pub fn set_up(nbd: &str, plan: &Plan) -> Result<String, String> {
         devices.push((direct::device_name(nbd, Some(p.number)), p.start_lba, p.sectors));
     }
     let mut made: Vec<(String, (u32, u32))> = Vec::new();
+    // With udev running, its device-mapper rules (where installed) make /dev/mapper/NAME, and a
+    // node of ours there would keep it from making its link (which systemd waits for): give it
+    // a moment first, and make the node only when it did not.
+    let mut udev_may_make_nodes = Path::new("/run/udev/control").exists();
     let mut make = || -> Result<(), String> {
         for (name, first_sector, sectors) in &devices {
             let (targets, summary) = direct::build_table(&plan.runs, *first_sector, *sectors, plan.host, direct::MAX_TARGETS);
@@ -57,6 +61,13 @@ pub fn set_up(nbd: &str, plan: &Plan) -> Result<String, String> {
             })?;
             control.resume(name).map_err(|e| format!("resuming {}: {}", name, e))?;
             let path = format!("/dev/mapper/{}", name);
+            if udev_may_make_nodes {
+                let started = std::time::Instant::now();
+                while !Path::new(&path).exists() && started.elapsed() < std::time::Duration::from_secs(2) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                udev_may_make_nodes = Path::new(&path).exists();
+            }
             // A busybox initramfs has no udev to make the node.
             dm::make_node(&path, numbers.0, numbers.1).map_err(|e| format!("making the node {}: {}", path, e))?;
             let dropped = match summary.runs_dropped {
