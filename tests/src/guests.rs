@@ -1734,9 +1734,10 @@ pub const DIRECT_CD_FILE: &str = "/CD.BIN";
 /// 4. mounts /dev/mapper/vboot-nbd0p1 (vfat), reads [`ATTACH_FILE`] and [`DIRECT_FILL_FILE`]; /dev/nbd0p1 and the host
 ///    partition cannot be mounted meanwhile (claimed); writes [`DIRECT_REWRITE`] over the start
 ///    of [`ATTACH_FILE`] in place, [`ATTACH_NEW_FILE`], and [`DIRECT_RANDOM_FILE`]; `--detach`
-///    while mounted is refused with everything left attached; unmounts, drops the caches,
-///    mounts again and prints the SHA-256 of what it reads back; unmounts, detaches (the dm
-///    devices and /dev/nbd0 gone);
+///    while mounted is refused with everything left attached; waits 3 s (the server loads the
+///    tables again with the blocks it allocated); unmounts, drops the caches, mounts again and
+///    prints the SHA-256 of what it reads back and how many sectors the host disk served for it
+///    (`RAND-HOST-SECTORS`); unmounts, detaches (the dm devices and /dev/nbd0 gone);
 /// 5. `--direct --read-only`: the dm devices are read-only; mounts read-only, reads; detaches;
 /// 6. when the table has a CD (0xE0): `--direct --drive cdrom`, mounts it (iso9660), prints the
 ///    SHA-256 of [`DIRECT_CD_FILE`]; times five reads of the CD's dm device (wholly direct) and
@@ -1821,6 +1822,8 @@ echo -n "{new_text}" > /mnt{new_file} || fail "write {new_file}"
 head -c {random_bytes} /dev/urandom > /mnt{random_file} || fail "write {random_file}"
 echo "SHA-WRITTEN {random_file} $(sha256sum /mnt{random_file} | cut -d' ' -f1)"
 sync
+# The server loads the tables again within a second or two of the writes that allocated.
+sleep 3
 echo "STEP detach-mounted"
 vboot-attach --detach /dev/nbd0 && fail "detached while mounted"
 [ -b /dev/mapper/vboot-nbd0 ] && [ -b /dev/mapper/vboot-nbd0p1 ] && [ -e /sys/block/nbd0/pid ] || fail "the refused detach removed something"
@@ -1829,7 +1832,10 @@ echo 3 > /proc/sys/vm/drop_caches
 mount -t vfat /dev/mapper/vboot-nbd0p1 /mnt || fail "mount again"
 echo "REREAD {file} $(cat /mnt{file})"
 [ "$(cat /mnt{new_file})" = "{new_text}" ] || fail "the new file after a remount"
+v0=$(sectors_read vda)
 echo "SHA {random_file} $(sha256sum /mnt{random_file} | cut -d' ' -f1)"
+v1=$(sectors_read vda)
+echo "RAND-HOST-SECTORS $((v1-v0))"
 umount /mnt || fail "umount again"
 echo "STEP detach"
 vboot-attach --detach /dev/nbd0 || fail "vboot-attach --detach"

@@ -786,6 +786,13 @@ fn direct_scenario(tag: &str, format: &str, options: &str, name: &str, cd: bool)
     let rewritten = format!("{}{}", guests::DIRECT_REWRITE, &ATTACH_FILE_TEXT[guests::DIRECT_REWRITE.len()..]);
     assert!(out.contains(&format!("REREAD {} {}", ATTACH_FILE, rewritten)), "{}", out);
     let sha_of = |tag: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{} {} ", tag, guests::DIRECT_RANDOM_FILE))).map(|h| h.trim().to_string()).unwrap_or_else(|| panic!("no {}:\n{}", tag, out));
+    // The blocks the random file allocated through NBD went direct once the server loaded the
+    // tables again: it was read back from the host disk.
+    let reloaded = out.lines().filter(|l| l.contains("--direct: /dev/mapper/vboot-nbd0 loaded again: ")).last().unwrap_or_else(|| panic!("the tables were not loaded again:\n{}", out));
+    let after_reload: f64 = reloaded.split("loaded again: ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(after_reload > planned, "{}", reloaded);
+    let rand_host: f64 = out.lines().find_map(|l| l.strip_prefix("RAND-HOST-SECTORS ")).and_then(|n| n.trim().parse().ok()).expect("RAND-HOST-SECTORS");
+    assert!(rand_host >= (guests::DIRECT_RANDOM_BYTES / 512) as f64, "{} read back with {} sectors from the host disk", guests::DIRECT_RANDOM_FILE, rand_host);
     let sha = sha_of("SHA");
     assert_eq!(sha, sha_of("SHA-WRITTEN"), "the random file read back differs from what was written");
     if cd {

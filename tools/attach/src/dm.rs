@@ -51,6 +51,8 @@ const SPEC_BYTES: usize = std::mem::size_of::<DmTargetSpec>();
 /// Interface 4.x: the kernel accepts any minor up to its own.
 const DM_VERSION: [u32; 3] = [4, 0, 0];
 const DM_READONLY_FLAG: u32 = 1 << 0;
+const DM_SUSPEND_FLAG: u32 = 1 << 1;
+const DM_SKIP_LOCKFS_FLAG: u32 = 1 << 10;
 
 /// _IOWR(0xfd, nr, struct dm_ioctl).
 const fn dm_request(nr: u32) -> u32 {
@@ -150,6 +152,13 @@ impl Control {
         }
         let flags = if read_only { DM_READONLY_FLAG } else { 0 };
         self.call(DM_TABLE_LOAD, name, flags, targets.len() as u32, &payload).map(|_| ())
+    }
+
+    /// Hold the device's I/O (those in flight finish first) so that a loaded table can replace
+    /// the live one at [`Self::resume`]. The filesystem on it is not frozen (the tables
+    /// exchanged read the same data).
+    pub fn suspend(&self, name: &str) -> io::Result<()> {
+        self.call(DM_DEV_SUSPEND, name, DM_SUSPEND_FLAG | DM_SKIP_LOCKFS_FLAG, 0, &[]).map(|_| ())
     }
 
     /// Make the loaded table live (DM_DEV_SUSPEND without the suspend flag is "resume").

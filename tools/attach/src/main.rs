@@ -332,9 +332,28 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         }
     }
     let mut controller = control::Controller::new(listener, info)?;
-    let fds = controller.fds();
-    let mut pivot = |d: &mut vdisk::VirtualDisk| controller.handle(d, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
-    let control = nbd::Control { fds, handle: &mut pivot };
+    let mut fds = controller.fds();
+    // --direct: the server loads the tables again when its writes put more sectors in place.
+    let mut refresher = match direct_plan.as_ref().map(|plan| mapped::Refresher::new(&device, plan)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            // Serve anyway: the tables made at attach stay as they are.
+            eprintln!("vboot-attach: {}: warning: --direct: {}; blocks allocated from now on stay on NBD", device, e);
+            None
+        }
+        None => None,
+    };
+    if let Some(r) = &refresher {
+        fds.push(r.fd());
+    }
+    let mut between_requests = |d: &mut vdisk::VirtualDisk| {
+        let mut log = |m: String| eprintln!("vboot-attach: {}: {}", device, m);
+        controller.handle(d, &mut log);
+        if let Some(r) = refresher.as_mut() {
+            r.tick(d, &mut log);
+        }
+    };
+    let control = nbd::Control { fds, handle: &mut between_requests };
     let result = match index {
         Some(index) => serve_through_netlink(&device, index, ours, theirs, sectors * 512, flags, &mut disk, control),
         None => serve_in_do_it(&device, fd, ours, theirs, &mut disk, control),

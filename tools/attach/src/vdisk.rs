@@ -161,6 +161,10 @@ fn first_write_now(d: &mut Disk) -> Result<(), String> {
     while sector < d.sectors() {
         let run = d.lookup(sector).map_err(|e| format!("mapping sector {}: {}", sector, e))?;
         if let Source::Data { layer: 0, .. } = run.source {
+            if d.in_place_run(sector).is_some() {
+                // Made already (an earlier look, or Linux wrote).
+                return Ok(());
+            }
             let mut own = [0u8; 512];
             d.read(sector, &mut own).map_err(|e| format!("reading sector {}: {}", sector, e))?;
             d.write(sector, &own).map_err(|e| format!("--direct: the VMDK's first write (its new CID) at sector {}: {}", sector, e))?;
@@ -188,6 +192,8 @@ pub struct VirtualDisk {
     overlay: Option<HashMap<u64, Box<[u8; 512]>>>,
     read_only: bool,
     pub description: String,
+    /// Writes served so far (`--direct` looks at its tables again after some).
+    pub writes_served: u64,
 }
 
 impl VirtualDisk {
@@ -249,6 +255,7 @@ impl VirtualDisk {
             overlay: immutable.then(HashMap::new),
             read_only,
             description,
+            writes_served: 0,
         })
     }
 
@@ -290,6 +297,7 @@ impl VirtualDisk {
             overlay: immutable.then(HashMap::new),
             read_only,
             description,
+            writes_served: 0,
         })
     }
 
@@ -483,6 +491,7 @@ impl Backend for VirtualDisk {
             }
             return Ok(());
         }
+        self.writes_served += 1;
         match &mut self.medium {
             Medium::Chain(d) => d.write(offset / 512, buf),
             Medium::File(f) => f.write_at(offset, buf),
