@@ -319,7 +319,18 @@ pub fn remove_all(nbd: &str) -> Result<(), String> {
     let mut removed = Vec::new();
     for (name, sys) in &ours {
         let numbers = host::dev_numbers(sys);
-        control.remove(name).map_err(|e| {
+        // EBUSY with no opener: the server is loading the table again just now (Refresher).
+        let mut result = control.remove(name);
+        for _ in 0..50 {
+            match &result {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && control.open_count(name).is_ok_and(|n| n == 0) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    result = control.remove(name);
+                }
+                _ => break,
+            }
+        }
+        result.map_err(|e| {
             let before = if removed.is_empty() { String::from("nothing was detached") } else { format!("{} removed before, {} still attached", removed.join(", "), nbd) };
             format!("removing /dev/mapper/{}: {}; {}", name, e, before)
         })?;
