@@ -1,5 +1,5 @@
 //! The device-mapper ioctls (linux/dm-ioctl.h) on /dev/mapper/control, for `--direct`: create a
-//! device, load a table, resume it, ask its open count, remove it. Spoken directly so that an
+//! device, load a table, suspend and resume it, ask its open count, remove it. Spoken directly so that an
 //! initramfs needs no `dmsetup`. Every `unsafe` of `--direct` is in this module.
 
 use std::fs::{File, OpenOptions};
