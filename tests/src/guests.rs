@@ -1779,3 +1779,195 @@ finish
     crate::disk::write_at(&disk, 0, &mbr_path);
     disk
 }
+
+/// What the `--direct` guest prints when every step passed.
+pub const DIRECT_OK: &str = "VBOOT-DIRECT-OK";
+/// What the `--direct` guest writes over the first bytes of [`ATTACH_FILE`] in place (the
+/// file's cluster, in a block the image holds: a write straight to the host disk).
+pub const DIRECT_REWRITE: &str = "DIRECT";
+/// The file of random bytes the `--direct` guest writes (new blocks, through NBD); the guest
+/// prints `SHA /RAND.BIN <sha256>`.
+pub const DIRECT_RANDOM_FILE: &str = "/RAND.BIN";
+pub const DIRECT_RANDOM_BYTES: usize = 3 << 20;
+/// A file the host puts into the `--direct` guest's partition so that most of the image is
+/// allocated blocks (what goes direct): pseudo-random bytes ([`pseudo_random_bytes`] with seed
+/// 18); the guest prints `SHA /FILL.BIN <sha256>` of what it reads through the dm device.
+pub const DIRECT_FILL_FILE: &str = "/FILL.BIN";
+pub const DIRECT_FILL_BYTES: usize = 20 << 20;
+/// When vboot's entry has a CD too (`cdrom=`), the `--direct` guest attaches it with `--direct`
+/// (a read-only table over the ISO's extents), mounts it and prints `SHA-CD <file> <sha256>` of
+/// this file in it.
+pub const DIRECT_CD_FILE: &str = "/CD.BIN";
+
+/// The `--direct` guest (issue 18): [`build_syslinux_linux_guest_with`] whose initramfs, booted
+/// through vboot from an image on the host partition `/dev/<host_partition>` (FAT), does what a
+/// user would:
+/// 1. `vboot-attach --direct` before dm-mod is loaded: exit status 1, the NBD device kept and
+///    printed; detached;
+/// 2. the initramfs-tools local-top script (tools/attach/initramfs-tools, stand-ins for
+///    /scripts/functions) for `root=/dev/mapper/vboot-nbd0p1`: it loads dm-mod with modprobe and
+///    attaches with `--direct`; the partition's dm device mounts and reads; detached;
+///    `--direct` with the host partition mounted read-only: refused;
+/// 3. `--direct`: prints /dev/mapper/vboot-nbd0 and makes /dev/mapper/vboot-nbd0p1 (its own
+///    nodes, no udev); prints each dm device's slaves (`DM <name> slaves: ...`) and times five
+///    reads of the whole disk (the caches dropped before each) natively, through the dm device
+///    (with the sectors the host disk and the NBD device served meanwhile) and through
+///    /dev/nbd0 (`READ-NATIVE`, `READ-DIRECT`, `READ-NBD`);
+/// 4. mounts /dev/mapper/vboot-nbd0p1 (vfat), reads [`ATTACH_FILE`] and [`DIRECT_FILL_FILE`]; /dev/nbd0p1 and the host
+///    partition cannot be mounted meanwhile (claimed); writes [`DIRECT_REWRITE`] over the start
+///    of [`ATTACH_FILE`] in place, [`ATTACH_NEW_FILE`], and [`DIRECT_RANDOM_FILE`]; `--detach`
+///    while mounted is refused with everything left attached; waits 3 s (the server loads the
+///    tables again with the blocks it allocated); unmounts, drops the caches, mounts again and
+///    prints the SHA-256 of what it reads back and how many sectors the host disk served for it
+///    (`RAND-HOST-SECTORS`); unmounts, detaches (the dm devices and /dev/nbd0 gone);
+/// 5. `--direct --read-only`: the dm devices are read-only; mounts read-only, reads; detaches;
+/// 6. when the table has a CD (0xE0): `--direct --drive cdrom`, mounts it (iso9660), prints the
+///    SHA-256 of [`DIRECT_CD_FILE`]; times five reads of the CD's dm device (wholly direct) and
+///    of as many MiB of /dev/vda (`READ-CD-DIRECT`, `READ-CD-NATIVE`); detaches (no dm device
+///    left).
+/// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`, the end [`DIRECT_OK`]; QEMU ends with 33.
+pub fn build_attach_direct_guest(dir: &Path, host_partition: &str) -> PathBuf {
+    let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii", "isofs", "dm_mod"], &["dm_mod.ko"]);
+    let init = format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys /mnt /host
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
+fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+sectors_read() {{ set -- $(cat /sys/block/$1/stat); echo $3; }}
+timed_read() {{ read t0 rest < /proc/uptime; for r in 1 2 3 4 5; do echo 3 > /proc/sys/vm/drop_caches; dd if=$1 of=/dev/null bs=1M $2 2>/dev/null || fail "read $1"; done; read t1 rest < /proc/uptime; }}
+echo "STEP modules"
+{load}
+wait_block /dev/{hp} || fail "no /dev/{hp}"
+echo "STEP no-dm"
+out=$(vboot-attach --direct --timeout 20); st=$?
+echo "NO-DM status=$st out=$out"
+[ $st = 1 ] && [ "$out" = /dev/nbd0 ] || fail "--direct without dm-mod: status $st, printed $out"
+[ -e /sys/block/nbd0/pid ] || fail "the NBD device was not kept after --direct failed"
+vboot-attach --detach /dev/nbd0 || fail "detach after the failed --direct"
+echo "STEP initramfs-tools"
+mkdir -p /lib/modules/$(uname -r)/kernel/drivers/block /lib/modules/$(uname -r)/kernel/drivers/md /scripts/local-top
+cp /lib/modules/nbd.ko /lib/modules/$(uname -r)/kernel/drivers/block/ || fail "copy nbd.ko"
+cp /lib/modules/dm_mod.ko /lib/modules/$(uname -r)/kernel/drivers/md/ && depmod || fail "depmod"
+cat > /scripts/functions <<'END'
+log_begin_msg() {{ echo "Begin: $*"; }}
+log_end_msg() {{ echo "Done."; }}
+log_warning_msg() {{ echo "Warning: $*"; }}
+panic() {{ echo "panic: $*"; exit 1; }}
+wait_for_udev() {{ :; }}
+END
+ROOT=/dev/mapper/vboot-nbd0p1 sh /scripts/local-top/vboot-attach || fail "the initramfs-tools local-top script"
+grep -q '^dm_mod ' /proc/modules || fail "the local-top script did not load dm-mod"
+wait_block /dev/mapper/vboot-nbd0p1 || fail "no /dev/mapper/vboot-nbd0p1 after the local-top script"
+mount -t vfat -o ro /dev/mapper/vboot-nbd0p1 /mnt || fail "mount /dev/mapper/vboot-nbd0p1"
+[ "$(cat /mnt{file})" = "{text}" ] || fail "read through the local-top script's device"
+umount /mnt
+vboot-attach --detach /dev/nbd0 || fail "detach after the local-top script"
+echo "LOCAL-TOP-DIRECT-OK"
+echo "STEP host-mounted"
+mount -t vfat -o ro /dev/{hp} /host || fail "mount the host partition read-only"
+vboot-attach --direct --timeout 5 && fail "--direct with the host partition mounted"
+umount /host || fail "umount /host"
+echo "STEP attach"
+dev=$(vboot-attach --direct --timeout 20) || fail "vboot-attach --direct"
+echo "ATTACHED $dev"
+[ "$dev" = /dev/mapper/vboot-nbd0 ] || fail "printed $dev"
+wait_block /dev/mapper/vboot-nbd0p1 || fail "no /dev/mapper/vboot-nbd0p1"
+for d in /sys/block/dm-*; do echo "DM $(cat $d/dm/name) slaves: $(ls $d/slaves | tr '\n' ' ')ro=$(cat $d/ro)"; done
+echo "STEP read"
+n=$(($(cat /sys/block/nbd0/size) / 2048))
+timed_read /dev/vda "count=$n"
+echo "READ-NATIVE mib=$((5*n)) from=$t0 to=$t1"
+v0=$(sectors_read vda); b0=$(sectors_read nbd0)
+timed_read $dev
+v1=$(sectors_read vda); b1=$(sectors_read nbd0)
+echo "READ-DIRECT mib=$((5*n)) from=$t0 to=$t1 host-sectors=$((v1-v0)) nbd-sectors=$((b1-b0))"
+timed_read /dev/nbd0
+echo "READ-NBD mib=$((5*n)) from=$t0 to=$t1"
+echo "STEP mount"
+mount -t vfat /dev/mapper/vboot-nbd0p1 /mnt || fail "mount /dev/mapper/vboot-nbd0p1"
+[ "$(cat /mnt{file})" = "{text}" ] || fail "read {file}: $(cat /mnt{file})"
+echo "SHA {fill_file} $(sha256sum /mnt{fill_file} | cut -d' ' -f1)"
+echo "READ-OK"
+mount -t vfat -o ro /dev/nbd0p1 /host && fail "/dev/nbd0p1 mounted beside the dm device"
+mount -t vfat -o ro /dev/{hp} /host && fail "the host partition mounted while the dm tables hold it"
+echo "CLAIMED-OK"
+echo "STEP write"
+printf '{rewrite}' | dd of=/mnt{file} bs=1 conv=notrunc 2>/dev/null || fail "rewrite {file}"
+echo -n "{new_text}" > /mnt{new_file} || fail "write {new_file}"
+head -c {random_bytes} /dev/urandom > /mnt{random_file} || fail "write {random_file}"
+echo "SHA-WRITTEN {random_file} $(sha256sum /mnt{random_file} | cut -d' ' -f1)"
+sync
+# The server loads the tables again within a second or two of the writes that allocated.
+sleep 3
+echo "STEP detach-mounted"
+vboot-attach --detach /dev/nbd0 && fail "detached while mounted"
+[ -b /dev/mapper/vboot-nbd0 ] && [ -b /dev/mapper/vboot-nbd0p1 ] && [ -e /sys/block/nbd0/pid ] || fail "the refused detach removed something"
+umount /mnt || fail umount
+echo 3 > /proc/sys/vm/drop_caches
+mount -t vfat /dev/mapper/vboot-nbd0p1 /mnt || fail "mount again"
+echo "REREAD {file} $(cat /mnt{file})"
+[ "$(cat /mnt{new_file})" = "{new_text}" ] || fail "the new file after a remount"
+v0=$(sectors_read vda)
+echo "SHA {random_file} $(sha256sum /mnt{random_file} | cut -d' ' -f1)"
+v1=$(sectors_read vda)
+echo "RAND-HOST-SECTORS $((v1-v0))"
+umount /mnt || fail "umount again"
+echo "STEP detach"
+vboot-attach --detach /dev/nbd0 || fail "vboot-attach --detach"
+[ -e /dev/mapper/vboot-nbd0 ] || [ -e /dev/mapper/vboot-nbd0p1 ] && fail "a /dev/mapper node left"
+ls /sys/block | grep -q dm- && fail "a dm device left"
+[ -e /sys/block/nbd0/pid ] && fail "/dev/nbd0 still attached"
+echo "STEP read-only"
+dev=$(vboot-attach --direct --read-only --timeout 20) || fail "vboot-attach --direct --read-only"
+wait_block /dev/mapper/vboot-nbd0p1 || fail "no /dev/mapper/vboot-nbd0p1 read-only"
+for d in /sys/block/dm-*; do echo "DM-RO $(cat $d/dm/name) slaves: $(ls $d/slaves | tr '\n' ' ')ro=$(cat $d/ro)"; done
+mount -t vfat -o ro /dev/mapper/vboot-nbd0p1 /mnt || fail "mount read-only"
+[ "$(cat /mnt{new_file})" = "{new_text}" ] || fail "read-only: {new_file}"
+dd if=/dev/zero of=/dev/mapper/vboot-nbd0 bs=512 count=1 seek=1 conv=notrunc 2>/dev/null && fail "wrote a read-only dm device"
+umount /mnt
+vboot-attach --detach /dev/nbd0 || fail "detach read-only"
+if vboot-attach --info | grep -q '^drive 0xe0'; then
+echo "STEP cdrom"
+cd=$(vboot-attach --direct --drive cdrom --timeout 20) || fail "vboot-attach --direct --drive cdrom"
+echo "CD-ON $cd"
+for d in /sys/block/dm-*; do echo "DM-CD $(cat $d/dm/name) slaves: $(ls $d/slaves | tr '\n' ' ')ro=$(cat $d/ro)"; done
+mount -t iso9660 -o ro $cd /mnt || fail "mount -t iso9660 $cd"
+echo "SHA-CD {cd_file} $(sha256sum /mnt{cd_file} | cut -d' ' -f1)"
+umount /mnt
+m=$(($(cat /sys/block/nbd0/size) / 2048))
+timed_read /dev/vda "count=$m"
+echo "READ-CD-NATIVE mib=$((5*m)) from=$t0 to=$t1"
+timed_read $cd "count=$m"
+echo "READ-CD-DIRECT mib=$((5*m)) from=$t0 to=$t1"
+vboot-attach --detach /dev/nbd0 || fail "detach the CD"
+ls /sys/block | grep -q dm- && fail "a dm device left after the CD"
+fi
+echo "{ok}"
+finish
+"#,
+        load = load,
+        hp = host_partition,
+        file = ATTACH_FILE,
+        text = ATTACH_FILE_TEXT,
+        rewrite = DIRECT_REWRITE,
+        new_file = ATTACH_NEW_FILE,
+        new_text = ATTACH_NEW_TEXT,
+        random_file = DIRECT_RANDOM_FILE,
+        random_bytes = DIRECT_RANDOM_BYTES,
+        fill_file = DIRECT_FILL_FILE,
+        cd_file = DIRECT_CD_FILE,
+        ok = DIRECT_OK
+    );
+    let mut files = files;
+    files.push(("/scripts/local-top/vboot-attach".into(), crate::workspace_root().join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach")));
+    let initrd = attach_initramfs(dir, "direct-initrd.img", &init, &files);
+    let fill = crate::disk::FileSpec::new(DIRECT_FILL_FILE, pseudo_random_bytes(DIRECT_FILL_BYTES, 18));
+    build_syslinux_linux_guest_with(dir, &initrd, &[crate::disk::FileSpec::new(ATTACH_FILE, ATTACH_FILE_TEXT), fill])
+}

@@ -700,3 +700,134 @@ fn a_write_through_int13h_before_linux_is_seen_by_linux_and_gone_at_the_next_sta
     disk::fat_get(&part_now, "/vm/guest.vmdk", &look.join("guest.vmdk"));
     assert_eq!(disk::sha256(&look.join("guest.vmdk")), sha, "the immutable image changed");
 }
+
+/// `vboot-attach --direct` (issue 18): Linux, booted through vboot from a dynamic VHD on a FAT32
+/// host partition, gets /dev/mapper/vboot-nbd0 and vboot-nbd0p1, whose tables send the VHD's
+/// allocated blocks straight to the host partition and the rest through /dev/nbd0
+/// (`guests::build_attach_direct_guest` lists every step). In the guest: the dm devices' slaves
+/// are the host partition and the NBD device, and reading the whole disk through the dm device
+/// reads most of it from the host disk (the test fails if everything went through NBD); a
+/// rewrite in place, a new small file and a 3 MiB file of random bytes (new blocks, through
+/// NBD) read back after a remount. On the host: vhdiinfo and `vdisk check` clean, the files
+/// read out of the image by qemu-img and mtools with the SHA-256 the guest printed, fsck.fat
+/// clean on the guest's partition and on the host partition, new blocks came out of the slack.
+#[test]
+fn direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd() {
+    direct_scenario("attach-direct", "vpc", "subformat=dynamic", "guest.vhd", true);
+}
+
+/// [`direct_maps_the_vhd_blocks_onto_the_host_disk_and_the_rest_through_nbd`] with a VMDK, whose
+/// grains are in place only once the first write changed the CID: `--direct` makes it at attach.
+#[test]
+fn direct_maps_the_vmdk_grains_once_the_cid_changed() {
+    let out = direct_scenario("attach-direct-vmdk", "vmdk", "subformat=monolithicSparse", "guest.vmdk", false);
+    assert!(out.contains("the VMDK leaf's CID changed now"), "{}", out);
+}
+
+/// The `--direct` guest booted from `name` (the guest converted to `format` with `options`, 8 MiB
+/// of slack) and every check; with `cd`, the entry has an ISO too (`cdrom=`), which the guest
+/// attaches with `--direct` as well. Gives the guest's output.
+fn direct_scenario(tag: &str, format: &str, options: &str, name: &str, cd: bool) -> String {
+    let dir = TempDir::new(tag);
+    let raw = guests::build_attach_direct_guest(&dir.path, "vda1");
+    let image = dir.join(name);
+    qemu_img(&["convert", "-f", "raw", "-O", format, "-o", options, raw.to_str().unwrap(), image.to_str().unwrap()]);
+    sh(Command::new(vdisk_bin()).arg("reserve").arg(&image).arg("8M"));
+    let slack_before = slack_bytes(&image);
+    let cd_args = if cd { " cdrom=/vm/data.iso" } else { "" };
+    let cfg = format!("set timeout=0\nmenuentry 'linux in an image' {{\n    vboot harddisk=/vm/{} reserve=0{}\n}}\n", name, cd_args);
+    let host = vboot_host(&dir, 160, &cfg, &[]);
+    sh(Command::new("mmd").arg("-i").arg(&host.part).arg("::/vm").env("MTOOLS_SKIP_CHECK", "1"));
+    disk::put_fragmented(&host.part, &format!("/vm/{}", name), &std::fs::read(&image).unwrap(), 3);
+    let cd_bytes = guests::pseudo_random_bytes(24 << 20, 180);
+    if cd {
+        let tree = dir.join("cd-tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join(guests::DIRECT_CD_FILE.trim_start_matches('/')), &cd_bytes).unwrap();
+        let iso = guests::make_iso(&tree, &dir.join("data.iso"), &[]);
+        disk::put_fragmented(&host.part, "/vm/data.iso", &std::fs::read(&iso).unwrap(), 2);
+    }
+    disk::write_at(&host.disk, 2048, &host.part);
+    let out = run_guest(&host.disk);
+    for l in out.lines().filter(|l| l.starts_with("STEP") || l.starts_with("READ-") || l.starts_with("DM") || l.starts_with("NO-DM") || l.contains("vboot-attach") || l.starts_with("SHA")) {
+        eprintln!("guest: {}", l);
+    }
+    assert!(!out.contains("ATTACH-FAILED"), "{}", out);
+    assert!(out.contains(guests::DIRECT_OK), "{}", out);
+    // Without dm-mod: the NBD device kept, and said so.
+    assert!(out.contains("--direct failed: opening /dev/mapper/control") && out.contains("/dev/nbd0 is attached without it"), "{}", out);
+    assert!(out.contains("--direct: /dev/vda1 is mounted on /host"), "no refusal with the host partition mounted:\n{}", out);
+    assert!(out.contains("Begin: Attaching the vboot disk 0x80") && out.contains("LOCAL-TOP-DIRECT-OK"), "{}", out);
+    // Both dm devices sit on the host partition and the NBD device, read-write, then read-only.
+    for (prefix, ro) in [("DM", 0), ("DM-RO", 1)] {
+        for name in ["vboot-nbd0", "vboot-nbd0p1"] {
+            let line = format!("{} {} slaves: nbd0 vda1 ro={}", prefix, name, ro);
+            assert!(out.contains(&line), "no `{}`:\n{}", line, out);
+        }
+    }
+    // The whole disk read (five times) through the dm device: most of it from the host disk.
+    let direct = out.lines().find(|l| l.starts_with("READ-DIRECT ")).expect("READ-DIRECT");
+    let field = |l: &str, k: &str| -> f64 { l.split_whitespace().find_map(|w| w.strip_prefix(&format!("{}=", k))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{} in {}", k, l)) };
+    let (host_sectors, nbd_sectors) = (field(direct, "host-sectors"), field(direct, "nbd-sectors"));
+    // "/dev/mapper/vboot-nbd0 (253:0): N of M sectors straight to /dev/vda1, ..."
+    let whole = out.lines().find_map(|l| l.strip_prefix("vboot-attach: /dev/mapper/vboot-nbd0 (")).expect("the whole disk's table in the output");
+    let words: Vec<&str> = whole.split_whitespace().collect();
+    let (planned, disk_sectors): (f64, f64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+    assert!(planned > disk_sectors / 2.0, "only {} of the disk's sectors go direct:\n{}", planned, out);
+    assert!(host_sectors >= 5.0 * planned && host_sectors + nbd_sectors == 5.0 * disk_sectors, "the dm device read {} sectors from the host disk and {} through NBD, {} planned direct:\n{}", host_sectors, nbd_sectors, planned, out);
+    let secs = |tag: &str| {
+        let l = out.lines().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("no {}", tag));
+        field(l, "to") - field(l, "from")
+    };
+    eprintln!("read {} MiB: native {:.2} s, --direct {:.2} s, /dev/nbd0 {:.2} s", field(direct, "mib"), secs("READ-NATIVE "), secs("READ-DIRECT "), secs("READ-NBD "));
+    assert!(out.contains("CLAIMED-OK"), "{}", out);
+    assert!(out.contains("in use (mounted?): unmount first; nothing was detached"), "no refusal of --detach while mounted:\n{}", out);
+    assert!(out.contains("removed /dev/mapper/vboot-nbd0p1, /dev/mapper/vboot-nbd0") && out.contains("/dev/nbd0 detached"), "{}", out);
+    let rewritten = format!("{}{}", guests::DIRECT_REWRITE, &ATTACH_FILE_TEXT[guests::DIRECT_REWRITE.len()..]);
+    assert!(out.contains(&format!("REREAD {} {}", ATTACH_FILE, rewritten)), "{}", out);
+    let sha_of = |tag: &str| out.lines().find_map(|l| l.strip_prefix(&format!("{} {} ", tag, guests::DIRECT_RANDOM_FILE))).map(|h| h.trim().to_string()).unwrap_or_else(|| panic!("no {}:\n{}", tag, out));
+    // The blocks the random file allocated through NBD went direct once the server loaded the
+    // tables again: it was read back from the host disk.
+    let reloaded = out.lines().filter(|l| l.contains("--direct: /dev/mapper/vboot-nbd0 loaded again: ")).last().unwrap_or_else(|| panic!("the tables were not loaded again:\n{}", out));
+    let after_reload: f64 = reloaded.split("loaded again: ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(after_reload > planned, "{}", reloaded);
+    let rand_host: f64 = out.lines().find_map(|l| l.strip_prefix("RAND-HOST-SECTORS ")).and_then(|n| n.trim().parse().ok()).expect("RAND-HOST-SECTORS");
+    assert!(rand_host >= (guests::DIRECT_RANDOM_BYTES / 512) as f64, "{} read back with {} sectors from the host disk", guests::DIRECT_RANDOM_FILE, rand_host);
+    let sha = sha_of("SHA");
+    assert_eq!(sha, sha_of("SHA-WRITTEN"), "the random file read back differs from what was written");
+    if cd {
+        // The ISO wholly in place: a read-only table on the host partition alone.
+        assert!(out.contains("DM-CD vboot-nbd0 slaves: vda1 ro=1"), "{}", out);
+        let cd_file = dir.join("cd-file.bin");
+        std::fs::write(&cd_file, &cd_bytes).unwrap();
+        let want = format!("SHA-CD {} {}", guests::DIRECT_CD_FILE, disk::sha256(&cd_file));
+        assert!(out.contains(&want), "no `{}`:\n{}", want, out);
+        eprintln!("read {} MiB of the CD: native {:.2} s, --direct {:.2} s", field(out.lines().find(|l| l.starts_with("READ-CD-DIRECT ")).unwrap(), "mib"), secs("READ-CD-NATIVE "), secs("READ-CD-DIRECT "));
+    }
+    let fill_sha = out.lines().find_map(|l| l.strip_prefix(&format!("SHA {} ", guests::DIRECT_FILL_FILE))).map(|h| h.trim().to_string());
+    let fill = dir.join("fill.bin");
+    std::fs::write(&fill, guests::pseudo_random_bytes(guests::DIRECT_FILL_BYTES, 18)).unwrap();
+    assert_eq!(fill_sha, Some(disk::sha256(&fill)), "{} read through the dm device differs", guests::DIRECT_FILL_FILE);
+
+    // The host: the partition clean, the image clean and holding the guest's files.
+    let part_now = host.current_partition(&dir.join("part-after.img"));
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
+    let after = dir.join(&format!("after-{}", name));
+    disk::fat_get(&part_now, &format!("/vm/{}", name), &after);
+    structure_check(&after, format);
+    assert!(slack_bytes(&after) < slack_before, "no block was allocated from the slack");
+    let raw_after = dir.join("guest-after.raw");
+    qemu_img(&["convert", "-O", "raw", after.to_str().unwrap(), raw_after.to_str().unwrap()]);
+    assert_eq!(file_in_raw(&raw_after, ATTACH_FILE), rewritten);
+    assert_eq!(file_in_raw(&raw_after, ATTACH_NEW_FILE), ATTACH_NEW_TEXT);
+    let part = dir.join("guest-part.img");
+    disk::partition_of(&raw_after, 48 * 2048 - 2048, &part);
+    let random = dir.join("rand-after.bin");
+    disk::fat_get(&part, guests::DIRECT_RANDOM_FILE, &random);
+    assert_eq!(std::fs::metadata(&random).unwrap().len(), guests::DIRECT_RANDOM_BYTES as u64);
+    assert_eq!(disk::sha256(&random), sha, "{} in the image differs from what the guest wrote", guests::DIRECT_RANDOM_FILE);
+    let fsck = Command::new("fsck.fat").arg("-n").arg(&part).output().unwrap();
+    assert!(fsck.status.success(), "fsck.fat -n on the guest's partition: {}", String::from_utf8_lossy(&fsck.stdout));
+    out
+}

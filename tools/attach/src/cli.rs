@@ -10,10 +10,10 @@ use clap::Parser;
 use crate::drives::DriveSpec;
 
 /// What --pivot cannot go with (it takes --device).
-const PIVOT_CONFLICTS: [&str; 8] = ["info", "detach", "drive", "timeout", "read_only", "foreground", "all", "netlink"];
+const PIVOT_CONFLICTS: [&str; 9] = ["info", "detach", "drive", "timeout", "read_only", "foreground", "all", "netlink", "direct"];
 
 /// Options that only make sense when attaching.
-const ATTACH_OPTIONS: [&str; 7] = ["drive", "device", "timeout", "read_only", "foreground", "all", "netlink"];
+const ATTACH_OPTIONS: [&str; 8] = ["drive", "device", "timeout", "read_only", "foreground", "all", "netlink", "direct"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +66,12 @@ pub struct Cli {
     /// signal ends, such as the SIGSTOP systemd sends to all processes at switch-root)
     #[arg(long)]
     pub netlink: bool,
+    /// Also make device-mapper devices (/dev/mapper/vboot-nbdN, vboot-nbdNpM per partition) that
+    /// send the image's sectors lying in place on the host disk straight to it, and the rest
+    /// through the NBD device; print the whole disk's instead of /dev/nbdN. Needs dm-mod, and the
+    /// host partition unmounted (the tables claim it until --detach)
+    #[arg(long, conflicts_with = "foreground")]
+    pub direct: bool,
 }
 
 /// Decimal, or hexadecimal with 0x.
@@ -104,8 +110,9 @@ mod tests {
         assert_eq!(parse(&["--drive", "cdrom"]).unwrap().drive, Some(DriveSpec::Kind(DriveKind::Cdrom)));
         assert_eq!(parse(&["--drive", "floppy", "--read-only"]).unwrap().drive, Some(DriveSpec::Kind(DriveKind::Floppy)));
         assert!(parse(&["--all"]).unwrap().all);
+        assert!(parse(&["--direct", "--read-only"]).unwrap().direct);
         assert_eq!(parse(&["--pivot", "/host/vm/x.vhd", "--device", "/dev/nbd1"]).unwrap().pivot.as_deref(), Some(std::path::Path::new("/host/vm/x.vhd")));
-        for bad in [&["--pivot", "/x", "--drive", "0x80"][..], &["--pivot", "/x", "--detach", "/dev/nbd0"], &["--pivot", "/x", "--info"], &["--drive", "cd"], &["--all", "--drive", "0x80"], &["--all", "--device", "/dev/nbd1"], &["--info", "--all"], &["--info", "--drive", "cdrom"]] {
+        for bad in [&["--pivot", "/x", "--drive", "0x80"][..], &["--pivot", "/x", "--detach", "/dev/nbd0"], &["--pivot", "/x", "--info"], &["--drive", "cd"], &["--all", "--drive", "0x80"], &["--all", "--device", "/dev/nbd1"], &["--info", "--all"], &["--info", "--drive", "cdrom"], &["--direct", "--foreground"], &["--pivot", "/x", "--direct"], &["--detach", "/dev/nbd0", "--direct"]] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{:?}: {}", bad, e);
         }

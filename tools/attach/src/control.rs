@@ -628,6 +628,14 @@ pub fn pivot(file: &Path, device: Option<&str>) -> Result<(), String> {
     if h.pivoted {
         return Err(format!("{} already serves {} through the host filesystem (pivoted before)", h.device, h.layers[0]));
     }
+    let direct = crate::mapped::direct_devices(&h.device);
+    if !direct.is_empty() {
+        return Err(format!(
+            "{} was attached with --direct: its device-mapper devices ({}) hold the host partition, so it cannot be mounted and the server cannot pivot; attach without --direct to pivot",
+            h.device,
+            direct.join(", ")
+        ));
+    }
     if !pivot::same_path(&h.layers[0], &in_fs) {
         eprintln!("vboot-attach: warning: {} serves {}, not {}: the server checks the file's sectors", h.device, h.layers[0], in_fs);
     }

@@ -152,3 +152,22 @@ pub fn mounted_read_write(dev_name: &str) -> Option<String> {
         (f.len() > 5 && f[2] == majmin && f[5].split(',').any(|o| o == "rw")).then(|| f[4].to_string())
     })
 }
+
+/// The mount point of `dev_name` (a /sys/block name) if it is mounted at all (`--direct`: the
+/// dm table needs the host partition unclaimed).
+pub fn mounted(dev_name: &str) -> Option<String> {
+    let (major, minor) = dev_numbers(dev_name)?;
+    let majmin = format!("{}:{}", major, minor);
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 5 && f[2] == majmin).then(|| f[4].to_string())
+    })
+}
+
+/// The (major, minor) of block device `dev_name` (a /sys/class/block name: `vda1`, `nbd0`).
+pub fn dev_numbers(dev_name: &str) -> Option<(u32, u32)> {
+    let text = fs::read_to_string(Path::new("/sys/class/block").join(dev_name).join("dev")).ok()?;
+    let (major, minor) = text.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}

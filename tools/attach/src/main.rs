@@ -7,7 +7,9 @@
 //! resident engine uses.
 
 mod control;
+mod dm;
 mod host;
+mod mapped;
 mod nbd;
 mod netlink;
 mod vdisk;
@@ -33,6 +35,8 @@ struct Options {
     foreground: bool,
     /// Connect through netlink rather than staying in NBD_DO_IT (cli.rs says why).
     netlink: bool,
+    /// Make `--direct`'s device-mapper devices once the NBD device serves.
+    direct: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
             read_only: cli.read_only,
             foreground: cli.foreground,
             netlink: cli.netlink,
+            direct: cli.direct,
         };
         if cli.all {
             attach_all(o)
@@ -198,8 +203,55 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         .write(writable)
         .open(&found.dev)
         .map_err(|e| format!("opening {}: {}", found.dev.display(), e))?;
-    let mut disk = vdisk::VirtualDisk::open(drive, host_file, read_only)?;
+    // --direct on a disk the server writes: the server's own writes unbuffered (vdisk.rs,
+    // write_unbuffered, says why).
+    let unbuffered = if o.direct && writable {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&found.dev)
+            .map_err(|e| format!("opening {} with O_DIRECT (for --direct): {}", found.dev.display(), e))?;
+        Some(f)
+    } else {
+        None
+    };
+    let mut disk = vdisk::VirtualDisk::open_with(drive, host_file, unbuffered, read_only)?;
     eprintln!("vboot-attach: drive {:#04x} on {} partition {}: {}", drive.bios_number, found.dev.display(), part_name, disk.description);
+
+    // --direct: the runs and partitions, from the disk as it is before anything is served (a
+    // block the server allocates later stays on NBD).
+    let direct_plan = if o.direct {
+        if let Some(at) = host::mounted(&part_name) {
+            return Err(format!(
+                "--direct: /dev/{} is mounted on {}: the device-mapper tables claim the host partition, which cannot be mounted meanwhile; unmount it first (or attach without --direct)",
+                part_name, at
+            ));
+        }
+        let started = Instant::now();
+        let runs = disk.direct_runs()?;
+        let partitions = disk.partitions();
+        let run_sectors: u64 = runs.iter().map(|r| r.sectors).sum();
+        eprintln!(
+            "vboot-attach: --direct: {} of {} sectors in {} run(s) lie in place on the host disk, {} partition(s) ({} ms)",
+            run_sectors,
+            nbd::Backend::size_bytes(&disk) / 512,
+            runs.len(),
+            partitions.len(),
+            started.elapsed().as_millis()
+        );
+        Some(mapped::Plan {
+            runs,
+            partitions,
+            disk_sectors: nbd::Backend::size_bytes(&disk) / 512,
+            host: vboot_attach::direct::HostPartition { start_lba: drive.partition.start_lba, sectors: drive.partition.sectors },
+            host_name: part_name.clone(),
+            read_only: nbd::Backend::read_only(&disk),
+        })
+    } else {
+        None
+    };
 
     let device = match o.device.clone() {
         Some(d) => d,
@@ -244,7 +296,22 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         }
         if pid > 0 {
             drop(ours);
-            return wait_ready(&device, pid);
+            wait_ready(&device, pid)?;
+            let Some(plan) = &direct_plan else {
+                println!("{}", device);
+                return Ok(());
+            };
+            return match mapped::set_up(&device, plan) {
+                Ok(whole) => {
+                    println!("{}", whole);
+                    Ok(())
+                }
+                Err(e) => {
+                    // The disk stays served, slower: say so on stdout's device and in the status.
+                    println!("{}", device);
+                    Err(format!("--direct failed: {}; {} is attached without it (every sector through the server)", e, device))
+                }
+            };
         }
         // The server must not hold the caller's stdout: `dev=$(vboot-attach)` waits for it to
         // close. Messages still go to stderr.
@@ -265,9 +332,28 @@ fn attach(o: &Options, table: &Table, drive: &handoff::Drive) -> Result<(), Stri
         }
     }
     let mut controller = control::Controller::new(listener, info)?;
-    let fds = controller.fds();
-    let mut pivot = |d: &mut vdisk::VirtualDisk| controller.handle(d, &mut |m| eprintln!("vboot-attach: {}: {}", device, m));
-    let control = nbd::Control { fds, handle: &mut pivot };
+    let mut fds = controller.fds();
+    // --direct: the server loads the tables again when its writes put more sectors in place.
+    let mut refresher = match direct_plan.as_ref().map(|plan| mapped::Refresher::new(&device, plan)) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            // Serve anyway: the tables made at attach stay as they are.
+            eprintln!("vboot-attach: {}: warning: --direct: {}; blocks allocated from now on stay on NBD", device, e);
+            None
+        }
+        None => None,
+    };
+    if let Some(r) = &refresher {
+        fds.push(r.fd());
+    }
+    let mut between_requests = |d: &mut vdisk::VirtualDisk| {
+        let mut log = |m: String| eprintln!("vboot-attach: {}: {}", device, m);
+        controller.handle(d, &mut log);
+        if let Some(r) = refresher.as_mut() {
+            r.tick(d, &mut log);
+        }
+    };
+    let control = nbd::Control { fds, handle: &mut between_requests };
     let result = match index {
         Some(index) => serve_through_netlink(&device, index, ours, theirs, sectors * 512, flags, &mut disk, control),
         None => serve_in_do_it(&device, fd, ours, theirs, &mut disk, control),
@@ -354,8 +440,7 @@ fn served(device: &str, result: std::io::Result<nbd::Stats>) -> Result<(), Strin
     }
 }
 
-/// In the parent: wait until the kernel serves the device, make it read the partition table,
-/// print the device name.
+/// In the parent: wait until the kernel serves the device, make it read the partition table.
 fn wait_ready(device: &str, child: i32) -> Result<(), String> {
     let name = device.trim_start_matches("/dev/");
     let start = Instant::now();
@@ -374,7 +459,6 @@ fn wait_ready(device: &str, child: i32) -> Result<(), String> {
     if let Ok(f) = File::open(device) {
         let _ = nbd::ioctl(f.as_raw_fd(), nbd::BLKRRPART, 0);
     }
-    println!("{}", device);
     Ok(())
 }
 
@@ -383,6 +467,8 @@ fn detach(device: &str) -> Result<(), String> {
     let pid_path = format!("/sys/block/{}/pid", name);
     let pid = std::fs::read_to_string(&pid_path).map_err(|_| format!("{} is not attached (no {})", device, pid_path))?;
     let pid = pid.trim().to_string();
+    // --direct's devices hold the NBD device: they go first, all or none.
+    mapped::remove_all(device)?;
     let f = File::open(device).map_err(|e| format!("opening {}: {}", device, e))?;
     // Write back what the page cache holds for the device, then ask the kernel to disconnect:
     // it sends NBD_CMD_DISC after the requests in flight, and the server flushes and stops.

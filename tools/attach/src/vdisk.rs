@@ -26,9 +26,26 @@ use crate::nbd::{eio, Backend};
 
 /// The host disk as a sector device for the chain's files (`vboot::image::ExtentFile`, the
 /// type the engine uses at boot): positioned reads and writes, so the copies the locator hands
-/// out share one open file.
+/// out share one open file. With `--direct`, writes go through a second descriptor opened with
+/// O_DIRECT (`unbuffered`, see [`write_unbuffered`]).
 #[derive(Clone)]
-struct HostDevice(Arc<File>);
+struct HostDevice(Arc<File>, Option<Arc<File>>);
+
+/// Write `buf` at `lba` through `file`, opened with O_DIRECT: from a copy aligned to 4 KiB, as
+/// O_DIRECT needs. Why unbuffered with `--direct`: the page cache of the host disk holds the
+/// sectors around the image's metadata in blocks of up to 4 KiB, and a buffered write of one
+/// sector writes its whole block back later, neighbours included. A neighbour that the dm table
+/// wrote straight to the disk meanwhile (the data next to a VHD block's bitmap) would be put
+/// back as the cache had it. An O_DIRECT write writes only its sectors and drops the cached
+/// pages it touches.
+fn write_unbuffered(file: &File, lba: u64, buf: &[u8]) -> std::io::Result<()> {
+    const ALIGN: usize = 4096;
+    let mut bounce = vec![0u8; buf.len() + ALIGN];
+    let skip = bounce.as_ptr().align_offset(ALIGN);
+    let aligned = &mut bounce[skip..skip + buf.len()];
+    aligned.copy_from_slice(buf);
+    file.write_all_at(aligned, lba * 512)
+}
 
 impl BlockDevice for HostDevice {
     fn sector_count(&self) -> u64 {
@@ -38,7 +55,11 @@ impl BlockDevice for HostDevice {
         self.0.read_exact_at(buf, lba * 512).map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
     fn write_sectors(&mut self, lba: u64, buf: &[u8]) -> Result<(), BlockError> {
-        self.0.write_all_at(buf, lba * 512).map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
+        match &self.1 {
+            Some(unbuffered) => write_unbuffered(unbuffered, lba, buf),
+            None => self.0.write_all_at(buf, lba * 512),
+        }
+        .map_err(|e| BlockError::Io { lba, status: e.raw_os_error().unwrap_or(0) as u32 })
     }
     fn flush(&mut self) -> Result<(), BlockError> {
         self.0.sync_data().map_err(|e| BlockError::Io { lba: 0, status: e.raw_os_error().unwrap_or(0) as u32 })
@@ -118,6 +139,43 @@ enum Medium {
     File(Switchable),
 }
 
+/// `--direct` looks for in-place sectors inside a leaf's run that is not in place (a partly
+/// written block) every this many sectors (a page: what filesystems write)...
+const DIRECT_PROBE_STEP_SECTORS: u64 = 8;
+/// ... at most this many times in all, so that a big leaf with nothing in place (a VMDK whose
+/// CID is unchanged) costs a bounded time: 256 Ki probes cover 1 GiB of such data.
+const DIRECT_PROBES: u64 = 1 << 18;
+
+/// `--direct` on a VMDK leaf: the first write of a session changes the CID in the descriptor
+/// before anything else (docs/image-formats.md), so until then no sector of it is in place
+/// (`in_place_run` says none). Make that first write now, before anything is served: one
+/// sector the leaf holds written back with its own bytes. The image then says "modified" (a new
+/// CID) even if Linux writes nothing, as after any session that wrote; its content is the same.
+/// Other formats have no such first-write change.
+fn first_write_now(d: &mut Disk) -> Result<(), String> {
+    use vboot::image::disk::Source;
+    if d.layers().first().map(|l| l.format()) != Some(vboot::image::Format::Vmdk) {
+        return Ok(());
+    }
+    let mut sector = 0;
+    while sector < d.sectors() {
+        let run = d.lookup(sector).map_err(|e| format!("mapping sector {}: {}", sector, e))?;
+        if let Source::Data { layer: 0, .. } = run.source {
+            if d.in_place_run(sector).is_some() {
+                // Made already (an earlier look, or Linux wrote).
+                return Ok(());
+            }
+            let mut own = [0u8; 512];
+            d.read(sector, &mut own).map_err(|e| format!("reading sector {}: {}", sector, e))?;
+            d.write(sector, &own).map_err(|e| format!("--direct: the VMDK's first write (its new CID) at sector {}: {}", sector, e))?;
+            eprintln!("vboot-attach: --direct: the VMDK leaf's CID changed now (its first write, sector {} rewritten as it was), so that its grains can go direct", sector);
+            return Ok(());
+        }
+        sector += run.sectors.max(1);
+    }
+    Ok(())
+}
+
 /// The disk the guest saw, served over NBD.
 pub struct VirtualDisk {
     medium: Medium,
@@ -134,16 +192,26 @@ pub struct VirtualDisk {
     overlay: Option<HashMap<u64, Box<[u8; 512]>>>,
     read_only: bool,
     pub description: String,
+    /// Writes served so far (`--direct` looks at its tables again after some).
+    pub writes_served: u64,
 }
 
 impl VirtualDisk {
     /// Open the drive's chain on `host` (the host disk, opened read-write unless the drive is
     /// read-only or immutable). A CD is always read-only.
+    #[cfg(test)]
     pub fn open(drive: &Drive, host: File, read_only: bool) -> Result<VirtualDisk, String> {
+        VirtualDisk::open_with(drive, host, None, read_only)
+    }
+
+    /// [`Self::open`], writing through `unbuffered` (the host disk opened with O_DIRECT) when
+    /// given: `--direct` (see [`write_unbuffered`]).
+    pub fn open_with(drive: &Drive, host: File, unbuffered: Option<File>, read_only: bool) -> Result<VirtualDisk, String> {
         let immutable = drive.write_mode == WriteMode::Immutable;
+        let unbuffered = unbuffered.map(Arc::new);
         let host = Arc::new(host);
         if drive.kind != DriveKind::HardDisk {
-            return VirtualDisk::open_file(drive, host, read_only || drive.kind == DriveKind::Cdrom, immutable);
+            return VirtualDisk::open_file(drive, HostDevice(host, unbuffered), read_only || drive.kind == DriveKind::Cdrom, immutable);
         }
         let files = drive
             .layers
@@ -151,7 +219,7 @@ impl VirtualDisk {
             .map(|l| ListedFile { path: l.path.clone(), size_bytes: l.size_bytes, extents: ExtentList { extents: l.extents.clone() } })
             .collect::<Vec<_>>();
         let leaf = files.first().ok_or("the drive has no image file")?.path.clone();
-        let listed = ListedFiles { files, device: HostDevice(host.clone()), writable: !read_only && !immutable };
+        let listed = ListedFiles { files, device: HostDevice(host.clone(), unbuffered), writable: !read_only && !immutable };
         let mut locator = SwitchableFiles { listed, opened: Vec::new() };
         let (layers, warnings) = open_chain(&leaf, &mut locator, &ChainOptions { parent_dir: drive.parent_dir.clone(), lenient_cid: false })
             .map_err(|e| format!("opening {}: {}", leaf, e))?;
@@ -187,11 +255,13 @@ impl VirtualDisk {
             overlay: immutable.then(HashMap::new),
             read_only,
             description,
+            writes_served: 0,
         })
     }
 
     /// A CD or floppy: the image file's bytes as they are (a CD's whole 2048-byte blocks).
-    fn open_file(drive: &Drive, host: Arc<File>, read_only: bool, immutable: bool) -> Result<VirtualDisk, String> {
+    fn open_file(drive: &Drive, device: HostDevice, read_only: bool, immutable: bool) -> Result<VirtualDisk, String> {
+        let host = device.0.clone();
         let [l] = &drive.layers[..] else {
             return Err(format!("the {} drive {:#04x} has {} files in the table; it should have one", drive.kind.as_str(), drive.bios_number, drive.layers.len()));
         };
@@ -200,7 +270,7 @@ impl VirtualDisk {
             return Err(format!("{}: {} bytes, {} sectors at boot: not a {} image", l.path, l.size_bytes, drive.virtual_sectors, drive.kind.as_str()));
         }
         let extents = ExtentList { extents: l.extents.clone() };
-        let file = Switchable::new(Box::new(ExtentFile::new(HostDevice(host.clone()), l.path.clone(), l.size_bytes, extents, !read_only && !immutable)));
+        let file = Switchable::new(Box::new(ExtentFile::new(device, l.path.clone(), l.size_bytes, extents, !read_only && !immutable)));
         let opened = vec![Rc::downgrade(&file.inner)];
         let what = match drive.kind {
             DriveKind::Cdrom => format!("ISO {}, {} blocks of 2048 bytes", l.path, size_bytes / 2048),
@@ -227,6 +297,7 @@ impl VirtualDisk {
             overlay: immutable.then(HashMap::new),
             read_only,
             description,
+            writes_served: 0,
         })
     }
 
@@ -245,6 +316,109 @@ impl VirtualDisk {
             Some(h) if self.writes_files() => h.sync_all().map_err(|e| format!("flushing the host disk: {}", e)),
             _ => Ok(()),
         }
+    }
+
+    /// For `--direct`: the runs of the disk that may go straight to the host disk, in order. A
+    /// disk the server writes: only the leaf's runs where a write changes nothing but those
+    /// sectors (`Disk::in_place_run`: no allocation, no bitmap, no first-write metadata such as
+    /// a VMDK's CID), so that a write through the dm table is exactly the server's write. A
+    /// read-only disk: every run whose data lies in a file kept in place. Refused for a RAM
+    /// overlay (`immutable` without a child: the server holds the writes) and after the pivot.
+    pub fn direct_runs(&mut self) -> Result<Vec<vboot_attach::direct::DirectRun>, String> {
+        use vboot::image::disk::Source;
+        use vboot_attach::direct::DirectRun;
+        if self.overlay.is_some() {
+            return Err(String::from("--direct cannot serve this drive: its writes stay in the server's RAM (immutable without a throwaway child), which a direct mapping would bypass"));
+        }
+        if self.pivoted() {
+            return Err(String::from("--direct after the pivot: the host disk is closed"));
+        }
+        let mut runs: Vec<DirectRun> = Vec::new();
+        let push = |runs: &mut Vec<DirectRun>, r: DirectRun| match runs.last_mut() {
+            Some(last) if last.start_sector + last.sectors == r.start_sector && last.host_lba + last.sectors == r.host_lba => last.sectors += r.sectors,
+            _ => runs.push(r),
+        };
+        let writes = !self.read_only;
+        let size_sectors = self.size_bytes / 512;
+        match &mut self.medium {
+            Medium::Chain(d) => {
+                if writes {
+                    first_write_now(d)?;
+                }
+                let mut sector = 0;
+                let mut probes_left = DIRECT_PROBES;
+                while sector < size_sectors {
+                    if writes && probes_left > 0 {
+                        probes_left -= 1;
+                        if let Some((host_lba, sectors)) = d.in_place_run(sector) {
+                            push(&mut runs, DirectRun { start_sector: sector, sectors, host_lba });
+                            sector += sectors;
+                            continue;
+                        }
+                    }
+                    let run = d.lookup(sector).map_err(|e| format!("mapping sector {}: {}", sector, e))?;
+                    let mut advance = run.sectors.max(1);
+                    match run.source {
+                        // The leaf's data, not in place here: a block whose bitmap has only
+                        // some sectors (a VHD block vboot allocated has the written sectors'
+                        // bits), or a VMDK whose CID the first write has not changed yet.
+                        // Look again a page further on, while the probes last.
+                        Source::Data { layer: 0, .. } if writes && probes_left > 0 => {
+                            advance = advance.min(DIRECT_PROBE_STEP_SECTORS - sector % DIRECT_PROBE_STEP_SECTORS);
+                        }
+                        Source::Data { layer, file, offset_bytes } if !writes && offset_bytes % 512 == 0 => {
+                            if let Some((host_lba, contiguous)) = d.host_run(layer, file, offset_bytes) {
+                                let sectors = contiguous.min(run.sectors);
+                                if sectors > 0 {
+                                    push(&mut runs, DirectRun { start_sector: sector, sectors, host_lba });
+                                    advance = sectors;
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    sector += advance;
+                }
+                if writes && probes_left == 0 {
+                    eprintln!(
+                        "vboot-attach: --direct: the leaf's data is not in place in many places (a VMDK before its first write changes the CID?); after {} probes the rest of the disk from sector {} goes through NBD",
+                        DIRECT_PROBES, sector
+                    );
+                }
+            }
+            Medium::File(f) => {
+                // A CD or floppy: the file's extents (writable ones only where the file owns
+                // whole sectors).
+                let mut sector = 0;
+                while sector < size_sectors {
+                    let at = if writes { f.host_run_writable(sector * 512) } else { f.host_run(sector * 512) };
+                    let Some((host_lba, contiguous)) = at else { break };
+                    let sectors = contiguous.min(size_sectors - sector);
+                    if sectors == 0 {
+                        break;
+                    }
+                    push(&mut runs, DirectRun { start_sector: sector, sectors, host_lba });
+                    sector += sectors;
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The partitions of the virtual disk, read through the image (not the kernel), for
+    /// `--direct`'s per-partition devices; extended-partition containers left out. None when
+    /// the disk has no partition table.
+    pub fn partitions(&mut self) -> Vec<vboot_attach::direct::DiskPartition> {
+        let Medium::Chain(d) = &mut self.medium else { return Vec::new() };
+        let Ok(table) = vboot::part::read_partitions(d) else { return Vec::new() };
+        let disk_sectors = self.size_bytes / 512;
+        table
+            .partitions
+            .iter()
+            .filter(|p| !matches!(p.kind, vboot::part::PartitionKind::Mbr { type_byte, .. } if vboot::part::is_extended_type(type_byte)))
+            .filter(|p| p.sectors > 0 && p.start_lba.checked_add(p.sectors).is_some_and(|e| e <= disk_sectors))
+            .map(|p| vboot_attach::direct::DiskPartition { number: p.number, start_lba: p.start_lba, sectors: p.sectors })
+            .collect()
     }
 
     /// The pivot itself, after the caller checked that `files` (the table's files through the
@@ -317,6 +491,7 @@ impl Backend for VirtualDisk {
             }
             return Ok(());
         }
+        self.writes_served += 1;
         match &mut self.medium {
             Medium::Chain(d) => d.write(offset / 512, buf),
             Medium::File(f) => f.write_at(offset, buf),
@@ -448,6 +623,78 @@ mod tests {
         assert_eq!(&buf[512..1536], &pattern(1024)[..]);
         d.flush().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), before);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// `--direct`'s runs: each lies where the server reads and writes the same sectors (the host
+    /// file holds at `host_lba` exactly what the disk reads), only the leaf's sectors a write
+    /// changes alone qualify (in a dynamic VHD's block, those whose bitmap bit is set), and a RAM
+    /// overlay is refused.
+    #[test]
+    fn direct_runs_are_the_sectors_the_server_reads_in_place() {
+        let vhd = vhd_bytes();
+        let (path, drive) = host_disk("direct", &vhd, WriteMode::Normal);
+        let mut d = open(&path, &drive, true);
+        assert_eq!(d.direct_runs().unwrap(), vec![], "an empty dynamic VHD has nothing in place");
+        // One block (2 MiB) allocated, partly written.
+        d.write(3 << 20, &pattern(8192)).unwrap();
+        d.flush().unwrap();
+        let runs = d.direct_runs().unwrap();
+        let total: u64 = runs.iter().map(|r| r.sectors).sum();
+        // The sectors written (their bitmap bits set), not the rest of the block.
+        assert_eq!(runs.len(), 1, "{:?}", runs);
+        assert_eq!((runs[0].start_sector, total), (6144, 16), "{:?}", runs);
+        let host = std::fs::read(&path).unwrap();
+        for r in &runs {
+            let mut through_disk = vec![0u8; (r.sectors * 512) as usize];
+            d.read(r.start_sector * 512, &mut through_disk).unwrap();
+            let on_host = &host[(r.host_lba * 512) as usize..((r.host_lba + r.sectors) * 512) as usize];
+            assert!(through_disk == on_host, "run {:?} is not where the server reads it", r);
+        }
+        // A sector written later in the block is in place from then on (its bit is set).
+        d.write((6144 + 104) * 512, &pattern(4096)).unwrap();
+        assert_eq!(d.direct_runs().unwrap().iter().map(|r| r.sectors).sum::<u64>(), 24);
+        drop(d);
+        let f = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
+        let mut ro = VirtualDisk::open(&drive, f, true).unwrap();
+        // Read-only: the allocated block whole (a dynamic VHD's block reads from the file).
+        assert_eq!(ro.direct_runs().unwrap().iter().map(|r| r.sectors).sum::<u64>(), 4096);
+        assert_eq!(ro.partitions(), vec![], "no partition table in this disk");
+        let (path2, drive2) = host_disk("direct-immutable", &vhd, WriteMode::Immutable);
+        let mut im = open(&path2, &drive2, false);
+        assert!(im.direct_runs().unwrap_err().contains("RAM"));
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&path2);
+    }
+
+    /// A VMDK leaf has nothing in place until its first write changed the CID: `--direct` makes
+    /// that write at attach (the sector keeps its bytes), and then its grains are in place.
+    #[test]
+    fn direct_runs_of_a_vmdk_after_its_first_write_at_attach() {
+        let mut f = MemFile::new("/img/d.vmdk", Vec::new());
+        let opts = CreateOptions { size_bytes: 8 << 20, reserve_bytes: 4 << 20, exact_size: true, seed: 7, now_unix: 1_700_000_000 };
+        create(Variant::VmdkMonolithicSparse, &mut f, "d.vmdk", &opts, None, &mut |_| Err(ImageError::Invalid { detail: "one file".into() })).unwrap();
+        let (path, mut drive) = host_disk("direct-vmdk", &f.bytes, WriteMode::Normal);
+        drive.layers[0].format = LayerFormat::Vmdk;
+        drive.layers[0].path = "/img/d.vmdk".into();
+        let mut d = open(&path, &drive, true);
+        d.write(1 << 20, &pattern(64 << 10)).unwrap();
+        d.flush().unwrap();
+        drop(d);
+        let cid = |bytes: &[u8]| String::from_utf8_lossy(bytes).lines().find(|l| l.starts_with("CID=")).map(str::to_string);
+        let before = cid(&std::fs::read(&path).unwrap());
+        // A new session: nothing in place until the first write.
+        let mut d = open(&path, &drive, true);
+        if let Medium::Chain(disk) = &mut d.medium {
+            assert_eq!(disk.in_place_run(2048), None);
+        }
+        let runs = d.direct_runs().unwrap();
+        assert!(runs.iter().map(|r| r.sectors).sum::<u64>() >= 128, "{:?}", runs);
+        let mut buf = vec![0u8; 64 << 10];
+        d.read(1 << 20, &mut buf).unwrap();
+        assert_eq!(buf, pattern(64 << 10), "the content is unchanged");
+        d.flush().unwrap();
+        assert_ne!(cid(&std::fs::read(&path).unwrap()), before, "the CID changed");
         let _ = std::fs::remove_file(&path);
     }
 
