@@ -41,7 +41,8 @@ fn usage() -> ExitCode {
          test-i686        only the core library's unit tests as 32-bit code, with overflow checks\n\
          demo [--kvm] [--interactive]\n\
                           build a host disk with images, install vboot on it, boot it in QEMU\n\
-         bench [--kvm]    measure size, memory and speed figures\n\
+         bench [--kvm] [--record-only]\n\
+                          measure size, memory and speed figures into docs/benchmarks.md\n\
          demo-debian [--dracut]\n\
                           debootstrap Debian into a VHD, boot it through vboot with root on\n\
                           vboot-attach's /dev/nbd0 (as root; downloads Debian; ~3 min);\n\
@@ -144,6 +145,11 @@ fn test_core_i686() -> Result<(), String> {
 }
 
 fn bench(extra: &[String]) -> Result<(), String> {
+    // --record-only: put the reports of the bench tests run last (target/bench*.md) into the
+    // docs without running them again (after running one of them by hand, say).
+    if extra.iter().any(|a| a == "--record-only") {
+        return record_bench_in_docs();
+    }
     // The image layer on the host: lookups and reads at chain depth 1, 8 and 64.
     run(Command::new("cargo").current_dir(root()).args([
         "test", "--release", "-p", "vboot-tests", "--test", "image_formats", "bench_depth", "--", "--ignored", "--nocapture",
@@ -177,7 +183,13 @@ const BENCH_END: &str = "<!-- cargo xtask bench: end -->";
 /// Put this run's reports into docs/benchmarks.md between the markers, with the date and the
 /// machine, replacing the previous run's.
 fn record_bench_in_docs() -> Result<(), String> {
-    let date = Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map_err(|e| format!("date: {}", e))?;
+    // When the reports were written (the main one's time), which --record-only may follow later.
+    let main_report = root().join("target/bench.md");
+    let mut date_cmd = Command::new("date");
+    if main_report.exists() {
+        date_cmd.arg("-r").arg(&main_report);
+    }
+    let date = date_cmd.args(["-u", "+%Y-%m-%d %H:%M UTC"]).output().map_err(|e| format!("date: {}", e))?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())).unwrap_or_else(|| "unknown processor".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -194,15 +206,16 @@ fn record_bench_in_docs() -> Result<(), String> {
         if text.is_empty() {
             continue;
         }
-        // Each report is table rows, some with a leading sentence; give every table its header.
+        // Each report is table rows, some with a leading sentence and a header of their own;
+        // give a table without one the usual header.
         section.push_str(&format!("\n### {}\n\n", title));
-        let mut in_table = false;
-        for line in text.lines() {
-            let row = line.starts_with('|');
-            if row && !in_table && !line.starts_with("| what ") && !line.starts_with("|---") {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let starts_table = line.starts_with('|') && (i == 0 || !lines[i - 1].starts_with('|'));
+            let has_header = lines.get(i + 1).is_some_and(|next| next.starts_with("|---"));
+            if starts_table && !has_header {
                 section.push_str("| what | figure |\n|---|---|\n");
             }
-            in_table = row;
             section.push_str(line);
             section.push('\n');
         }
