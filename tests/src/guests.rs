@@ -609,17 +609,7 @@ pub fn build_attach_guest(dir: &Path, host_partition: &str) -> PathBuf {
     let local_top = crate::workspace_root().join("tools/attach/initramfs-tools/scripts/local-top/vboot-attach");
     files.push(("/scripts/local-top/vboot-attach".into(), local_top));
     let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /dev /proc /sys /mnt /host /scripts
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec > /dev/ttyS0 2>&1
-finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
-fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
-wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+        r#"{prologue}mkdir -p /mnt /host /scripts
 echo "STEP modules"
 {load}
 echo "STEP no-disk"
@@ -693,6 +683,7 @@ vboot-attach --info && fail "a stale table was accepted"
 echo "{ok}"
 finish
 "#,
+        prologue = ATTACH_INIT_PROLOGUE,
         load = load,
         host_partition = host_partition,
         file = ATTACH_FILE,
@@ -746,17 +737,7 @@ pub fn build_attach_bench_guest(dir: &Path, rounds: u32, direct: bool) -> PathBu
     let (mut files, load) = attach_tool_and_modules(modules, &[]);
     files.push(("/bin/iobench".into(), build_iobench(dir)));
     let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /dev /proc /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec > /dev/ttyS0 2>&1
-finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
-fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
-{load}
+        r#"{prologue}{load}
 dev=$(vboot-attach {direct}--timeout 20) || fail "vboot-attach {direct}"
 echo "ATTACHED $dev"
 [ -b /dev/vdb ] || fail "no scratch disk /dev/vdb"
@@ -777,6 +758,7 @@ vboot-attach --detach /dev/nbd0 || fail "vboot-attach --detach"
 echo "{ok}"
 finish
 "#,
+        prologue = ATTACH_INIT_PROLOGUE,
         load = load,
         offset = ATTACH_BENCH_OFFSET_MIB,
         length = ATTACH_BENCH_LENGTH_MIB,
@@ -826,17 +808,7 @@ pub fn build_attach_pivot_guest(dir: &Path, host_partition: &str, image: &str, d
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii"], &[]);
     let half = PIVOT_WRITE_MIB / 2;
     let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /dev /proc /sys /mnt /host /g /t /tmp
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec > /dev/ttyS0 2>&1
-finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
-fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
-wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+        r#"{prologue}mkdir -p /mnt /host /g /t /tmp
 still_serving() {{ echo 3 > /proc/sys/vm/drop_caches; [ "$(cat /mnt{file})" = "{text}" ] || fail "the server stopped serving after: $1"; echo "STILL-SERVING after $1"; }}
 echo "STEP modules"
 {load}
@@ -919,6 +891,7 @@ umount /host || fail "umount /host"
 echo "{ok}"
 finish
 "#,
+        prologue = ATTACH_INIT_PROLOGUE,
         load = load,
         hp = host_partition,
         image = image,
@@ -969,6 +942,23 @@ fn attach_tool_and_modules(modules: &[&str], later: &[&str]) -> (Vec<(String, Pa
     (files, load)
 }
 
+/// The start of every attach guest's /init: busybox's applets, /dev, /proc and /sys, output on
+/// the serial line, and the helpers `finish` (end QEMU through isa-debug-exit with 33),
+/// `fail MESSAGE` (print `ATTACH-FAILED: MESSAGE`, then finish) and `wait_block DEVICE` (up to
+/// 30 s for a block device node).
+const ATTACH_INIT_PROLOGUE: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mkdir -p /dev /proc /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec > /dev/ttyS0 2>&1
+finish() { printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }
+fail() { echo "ATTACH-FAILED: $1"; finish; }
+wait_block() { i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }
+"#;
+
 /// An attach guest's initramfs at `dir/name`: busybox, `init` as /init, and `files` (from
 /// [`attach_tool_and_modules`]).
 fn attach_initramfs(dir: &Path, name: &str, init: &str, files: &[(String, PathBuf)]) -> PathBuf {
@@ -1008,16 +998,7 @@ pub fn build_attach_live_cd(dir: &Path, big_file: (&str, &[u8])) -> PathBuf {
         crate::disk::sha256(&tmp)
     };
     let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /dev /proc /sys /mnt
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec > /dev/ttyS0 2>&1
-finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
-fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
+        r#"{prologue}mkdir -p /mnt
 echo "STEP modules"
 {load}
 insmod /lib/modules/nbd.ko nbds_max=4 max_part=8 || fail "insmod nbd.ko"
@@ -1055,6 +1036,7 @@ for d in $all; do vboot-attach --detach $d || fail "detach $d"; done
 echo "{ok}"
 finish
 "#,
+        prologue = ATTACH_INIT_PROLOGUE,
         load = load,
         cd_file = LIVE_CD_FILE,
         cd_text = LIVE_CD_TEXT,
@@ -1749,22 +1731,14 @@ pub const MBR_MARK: &str = "VBOOT-MBR-MARK-1";
 pub fn build_mbr_write_attach_guest(dir: &Path) -> PathBuf {
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd"], &[]);
     let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /dev /proc /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec > /dev/ttyS0 2>&1
-finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
-{load}
+        r#"{prologue}{load}
 dev=$(vboot-attach --timeout 20) || {{ echo "ATTACH-FAILED"; finish; }}
 i=0; while [ ! -b ${{dev}}p1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo "LINUX-SAW $(dd if=$dev bs=512 skip={lba} count=1 2>/dev/null | head -c 16 | tr -c 'A-Z0-9-' '.')"
 vboot-attach --detach $dev
 finish
 "#,
+        prologue = ATTACH_INIT_PROLOGUE,
         load = load,
         lba = MBR_MARK_LBA
     );
@@ -1829,17 +1803,7 @@ pub const DIRECT_CD_FILE: &str = "/CD.BIN";
 pub fn build_attach_direct_guest(dir: &Path, host_partition: &str) -> PathBuf {
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii", "isofs", "dm_mod"], &["dm_mod.ko"]);
     let init = format!(
-        r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mkdir -p /dev /proc /sys /mnt /host
-mount -t devtmpfs devtmpfs /dev
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-exec > /dev/ttyS0 2>&1
-finish() {{ printf '\020' | dd of=/dev/port bs=1 seek=244 2>/dev/null; poweroff -f; }}
-fail() {{ echo "ATTACH-FAILED: $1"; finish; }}
-wait_block() {{ i=0; while [ ! -b $1 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ -b $1 ]; }}
+        r#"{prologue}mkdir -p /mnt /host
 sectors_read() {{ set -- $(cat /sys/block/$1/stat); echo $3; }}
 timed_read() {{ read t0 rest < /proc/uptime; for r in 1 2 3 4 5; do echo 3 > /proc/sys/vm/drop_caches; dd if=$1 of=/dev/null bs=1M $2 2>/dev/null || fail "read $1"; done; read t1 rest < /proc/uptime; }}
 echo "STEP modules"
@@ -1952,6 +1916,7 @@ fi
 echo "{ok}"
 finish
 "#,
+        prologue = ATTACH_INIT_PROLOGUE,
         load = load,
         hp = host_partition,
         file = ATTACH_FILE,
