@@ -433,7 +433,27 @@ fn linux_attaches_an_image_on_the_second_disk() {
 /// package's hook and local-top script into the initramfs.
 #[test]
 fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
-    debian_in_a_vhd(DebianInitramfs::Tools);
+    debian_in_a_vhd(DebianInitramfs::Tools, RootDevice::Nbd);
+}
+
+/// The same Debian with `vboot.direct=1` and its root filesystem named by its device-mapper
+/// device (`root=/dev/mapper/vboot-nbd0p2`, and so in fstab): the package's local-top script
+/// loads dm-mod and attaches with `--direct`, udev and systemd run on a root whose in-place
+/// sectors go straight to the host disk, the host partition cannot be mounted beside it (the
+/// table holds it), and systemd powers off; the host finds the file in the VHD and e2fsck finds the
+/// filesystem clean.
+#[test]
+fn debian_with_its_root_on_the_direct_device_boots_to_a_login_prompt() {
+    debian_in_a_vhd(DebianInitramfs::Tools, RootDevice::Direct);
+}
+
+/// Which device the Debian's root filesystem is on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RootDevice {
+    /// /dev/nbd0p2: vboot-attach's NBD device.
+    Nbd,
+    /// /dev/mapper/vboot-nbd0p2: `vboot.direct=1`.
+    Direct,
 }
 
 /// The same Debian with Debian's `dracut` package instead of initramfs-tools: the vboot
@@ -444,7 +464,7 @@ fn debian_installed_in_a_vhd_boots_to_a_login_prompt() {
 #[test]
 #[ignore = "Debian with dracut: minutes of dracut under TCG; run by `cargo xtask demo-debian --dracut`"]
 fn debian_with_dracut_in_a_vhd_boots_to_a_login_prompt() {
-    debian_in_a_vhd(DebianInitramfs::Dracut);
+    debian_in_a_vhd(DebianInitramfs::Dracut, RootDevice::Nbd);
 }
 
 /// Debian bookworm (a cached debootstrap, [`guests::debian_rootfs_tarball`]) with the vboot
@@ -454,10 +474,13 @@ fn debian_with_dracut_in_a_vhd_boots_to_a_login_prompt() {
 /// writes a file onto the host partition, shows the root mount and the command line, writes a
 /// file and powers off through systemd; the host finds both files (the first on the host
 /// partition, the second in the VHD) and e2fsck finds the root filesystem clean.
-fn debian_in_a_vhd(initramfs: DebianInitramfs) {
+fn debian_in_a_vhd(initramfs: DebianInitramfs, root_device: RootDevice) {
     let started = std::time::Instant::now();
     let dracut = initramfs == DebianInitramfs::Dracut;
-    let dir = TempDir::new(if dracut { "attach-debian-dracut" } else { "attach-debian" });
+    let direct = root_device == RootDevice::Direct;
+    let root_dev = if direct { "/dev/mapper/vboot-nbd0p2" } else { "/dev/nbd0p2" };
+    let root_args = if direct { "root=/dev/mapper/vboot-nbd0p2 vboot.direct=1" } else { "root=/dev/nbd0p2 vboot.attach=1" };
+    let dir = TempDir::new(if dracut { "attach-debian-dracut" } else if direct { "attach-debian-direct" } else { "attach-debian" });
     let tarball = guests::debian_rootfs_tarball(initramfs);
     eprintln!("demo: root filesystem ready after {:?}", started.elapsed());
     let root = dir.join("rootfs");
@@ -473,7 +496,7 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     std::fs::remove_file(root.join("tmp/vboot.deb")).unwrap();
     let installed = sh(Command::new("chroot").arg(&root).args(["dpkg-query", "-W", "-f", "${Status} ${Version}", "vboot"]));
     assert!(installed.starts_with("install ok installed"), "{}", installed);
-    std::fs::write(root.join("etc/fstab"), "/dev/nbd0p2 / ext4 errors=remount-ro 0 1\n").unwrap();
+    std::fs::write(root.join("etc/fstab"), format!("{} / ext4 errors=remount-ro 0 1\n", root_dev)).unwrap();
     std::fs::write(root.join("etc/hostname"), "vboot-debian\n").unwrap();
     sh(Command::new("chroot").arg(&root).args(["passwd", "-d", "root"]));
     let make_initramfs: &[&str] =
@@ -515,7 +538,7 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let raw = dir.join("debian.img");
     disk::blank(&raw, 1 + boot_mib + root_mib);
     disk::sfdisk(&raw, &format!("label: dos\nstart=2048, size={}, type=6, bootable\nstart={}, type=83\n", boot_mib * 2048, 2048 + boot_mib * 2048));
-    let cfg = "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND root=/dev/nbd0p2 vboot.attach=1 console=ttyS0 panic=-1\n";
+    let cfg = format!("SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND {} console=ttyS0 panic=-1\n", root_args);
     let p1 = dir.join("p1.img");
     disk::fat_volume(
         &p1,
@@ -524,7 +547,7 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
         &[
             disk::FileSpec::new("/vmlinuz", std::fs::read(&vmlinuz).unwrap()),
             disk::FileSpec::new("/initrd.img", std::fs::read(&initrd).unwrap()),
-            disk::FileSpec::new("/syslinux.cfg", cfg),
+            disk::FileSpec::new("/syslinux.cfg", cfg.as_str()),
         ],
     );
     sh(Command::new("syslinux").arg("--install").arg(&p1));
@@ -561,7 +584,14 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     // The pivot after switch-root, from the real root, with the server started in the initramfs
     // (its root is the old one; the control socket is abstract and the files are passed as
     // descriptors): the host partition mounted read-only, pivoted, then written.
-    q.send(b"mkdir -p /mnt/host && mount -o ro /dev/vda1 /mnt/host && vboot-attach --pivot /mnt/host/debian.vhd ; echo pivot-rc=$? ; echo host-was-here > /mnt/host/HOST.TXT ; findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    if direct {
+        // The host partition cannot even be mounted read-only while the table holds it (so no
+        // pivot: attach without --direct for that); the dm device's slaves are the NBD device
+        // and the host partition.
+        q.send(b"mkdir -p /mnt/host ; mount -o ro /dev/vda1 /mnt/host ; echo mount-rc=$? ; for d in /sys/block/dm-*; do echo \"DM $(cat $d/dm/name) slaves: $(ls $d/slaves | tr '\\n' ' ')\"; done ; findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    } else {
+        q.send(b"mkdir -p /mnt/host && mount -o ro /dev/vda1 /mnt/host && vboot-attach --pivot /mnt/host/debian.vhd ; echo pivot-rc=$? ; echo host-was-here > /mnt/host/HOST.TXT ; findmnt -n -o SOURCE / ; cat /proc/cmdline ; echo debian-was-here > /root/hello.txt ; sync ; systemctl poweroff\n");
+    }
     let status = q.wait_exit(Duration::from_secs(300));
     let out = q.output();
     eprintln!("demo: QEMU ended with {:?} {:?} after it started", status, boot_at.elapsed());
@@ -569,9 +599,15 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     for l in shown.lines().filter(|l| l.contains("vboot-attach") || l.starts_with("pivot-rc") || l.contains("/mnt/host")) {
         eprintln!("guest: {}", l);
     }
-    assert!(shown.contains("\n/dev/nbd0p2"), "the root filesystem is not on the NBD device:\n{}", out);
-    assert!(shown.contains("root=/dev/nbd0p2 vboot.attach=1"), "no kernel command line shown:\n{}", out);
-    assert!(shown.contains("now serves /debian.vhd through the host filesystem (the leaf read-write;") && shown.contains("pivot-rc=0"), "no pivot:\n{}", out);
+    assert!(shown.contains(&format!("\n{}", root_dev)), "the root filesystem is not on {}:\n{}", root_dev, out);
+    assert!(shown.contains(root_args), "no kernel command line shown:\n{}", out);
+    if direct {
+        assert!(shown.contains("mount-rc=32") || shown.contains("mount-rc=1"), "the host partition was mounted beside the table:\n{}", out);
+        let slaves = shown.lines().find(|l| l.starts_with("DM vboot-nbd0p2 slaves:")).unwrap_or_else(|| panic!("no dm device for the root:\n{}", out));
+        assert!(slaves.contains("vda1"), "the root's dm device does not send sectors to the host partition: {}", slaves);
+    } else {
+        assert!(shown.contains("now serves /debian.vhd through the host filesystem (the leaf read-write;") && shown.contains("pivot-rc=0"), "no pivot:\n{}", out);
+    }
     if dracut {
         // systemd's status line from dracut's initramfs: the initqueue that ran the attach.
         assert!(out.contains("dracut initqueue hook"), "not dracut's initramfs:\n{}", out);
@@ -581,9 +617,11 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs) {
     let part_now = host.current_partition(&dir.join("host-part-after.img"));
     let vhd_after = dir.join("debian-after.vhd");
     disk::fat_get(&part_now, "/debian.vhd", &vhd_after);
-    let host_file = dir.join("host-after.txt");
-    disk::fat_get(&part_now, "/HOST.TXT", &host_file);
-    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host-was-here\n", "the file written onto the host partition after the pivot");
+    if !direct {
+        let host_file = dir.join("host-after.txt");
+        disk::fat_get(&part_now, "/HOST.TXT", &host_file);
+        assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host-was-here\n", "the file written onto the host partition after the pivot");
+    }
     // systemd unmounted the host partition once the server had ended (after the root filesystem).
     let fsck = Command::new("fsck.fat").arg("-n").arg(&part_now).output().unwrap();
     assert!(fsck.status.success(), "fsck.fat -n on the host partition: {}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
