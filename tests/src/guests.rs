@@ -1798,7 +1798,9 @@ pub const DIRECT_CD_FILE: &str = "/CD.BIN";
 /// 6. when the table has a CD (0xE0): `--direct --drive cdrom`, mounts it (iso9660), prints the
 ///    SHA-256 of [`DIRECT_CD_FILE`]; times five reads of the CD's dm device (wholly direct) and
 ///    of as many MiB of /dev/vda (`READ-CD-DIRECT`, `READ-CD-NATIVE`); detaches (no dm device
-///    left).
+///    left); then `--all --direct` (`ALL-ON` and the two dm devices, one per drive), mounts the
+///    disk's partition through its dm device and reads the rewritten file, detaches both
+///    (`ALL-DIRECT-OK`).
 /// Steps print `STEP ...`, a failure `ATTACH-FAILED: ...`, the end [`DIRECT_OK`]; QEMU ends with 33.
 pub fn build_attach_direct_guest(dir: &Path, host_partition: &str) -> PathBuf {
     let (files, load) = attach_tool_and_modules(&["virtio_pci", "virtio_blk", "nbd", "vfat", "nls_cp437", "nls_ascii", "isofs", "dm_mod"], &["dm_mod.ko"]);
@@ -1912,6 +1914,19 @@ timed_read $cd "count=$m"
 echo "READ-CD-DIRECT mib=$((5*m)) from=$t0 to=$t1"
 vboot-attach --detach /dev/nbd0 || fail "detach the CD"
 ls /sys/block | grep -q dm- && fail "a dm device left after the CD"
+echo "STEP all"
+all=$(vboot-attach --all --direct --timeout 20) || fail "vboot-attach --all --direct"
+echo "ALL-ON" $all
+[ "$(echo $all)" = "/dev/mapper/vboot-nbd0 /dev/mapper/vboot-nbd1" ] || fail "--all --direct printed $all"
+for d in $all; do [ -b $d ] || fail "no $d"; done
+# In the table's order: the CD (0xE0) came first in this entry, on nbd0; the disk on nbd1.
+wait_block /dev/mapper/vboot-nbd1p1 || fail "no /dev/mapper/vboot-nbd1p1 with --all"
+mount -t vfat -o ro /dev/mapper/vboot-nbd1p1 /mnt || fail "mount the disk's partition with --all"
+[ "$(head -c {rewrite_len} /mnt{file})" = "{rewrite}" ] || fail "the rewritten file with --all"
+umount /mnt
+vboot-attach --detach /dev/nbd0 && vboot-attach --detach /dev/nbd1 || fail "detach after --all --direct"
+ls /sys/block | grep -q dm- && fail "a dm device left after --all"
+echo "ALL-DIRECT-OK"
 fi
 echo "{ok}"
 finish
@@ -1922,6 +1937,7 @@ finish
         file = ATTACH_FILE,
         text = ATTACH_FILE_TEXT,
         rewrite = DIRECT_REWRITE,
+        rewrite_len = DIRECT_REWRITE.len(),
         new_file = ATTACH_NEW_FILE,
         new_text = ATTACH_NEW_TEXT,
         random_file = DIRECT_RANDOM_FILE,

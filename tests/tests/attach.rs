@@ -840,6 +840,8 @@ fn direct_scenario(tag: &str, format: &str, options: &str, name: &str, cd: bool)
         std::fs::write(&cd_file, &cd_bytes).unwrap();
         let want = format!("SHA-CD {} {}", guests::DIRECT_CD_FILE, disk::sha256(&cd_file));
         assert!(out.contains(&want), "no `{}`:\n{}", want, out);
+        // `--all --direct`: a device-mapper device for each drive, the disk's partition readable.
+        assert!(out.contains("ALL-ON /dev/mapper/vboot-nbd0 /dev/mapper/vboot-nbd1") && out.contains("ALL-DIRECT-OK"), "{}", out);
         eprintln!("read {} MiB of the CD: native {:.2} s, --direct {:.2} s", field(out.lines().find(|l| l.starts_with("READ-CD-DIRECT ")).unwrap(), "mib"), secs("READ-CD-NATIVE "), secs("READ-CD-DIRECT "));
     }
     let fill_sha = out.lines().find_map(|l| l.strip_prefix(&format!("SHA {} ", guests::DIRECT_FILL_FILE))).map(|h| h.trim().to_string());
