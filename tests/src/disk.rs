@@ -99,6 +99,14 @@ pub fn write_at(disk: &Path, start_lba: u64, image: &Path) {
     f.write_all(&bytes).unwrap();
 }
 
+/// Put `code` (at least the 440 bytes of an MBR's boot code; only those are used) at the start
+/// of `disk`, keeping its disk signature and partition table.
+pub fn write_mbr_code(disk: &Path, code: &[u8]) {
+    assert!(code.len() >= 440, "MBR boot code is 440 bytes; got {}", code.len());
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).expect("open disk");
+    f.write_all(&code[..440]).unwrap();
+}
+
 /// The usual test disk: MBR, one active FAT partition at 1 MiB filling the disk, with `files`:
 /// FAT32 from 64 MiB up (FAT32 needs 65525 clusters), FAT16 below.
 pub fn mbr_fat32_disk(dir: &crate::TempDir, size_mib: u64, files: &[FileSpec]) -> PathBuf {

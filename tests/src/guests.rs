@@ -564,12 +564,7 @@ pub fn build_syslinux_linux_guest_with(dir: &Path, initrd: &Path, extra: &[crate
     crate::disk::write_at(&disk, part_start_lba, &part);
     let _ = std::fs::remove_file(&part);
 
-    let code = std::fs::read(mbr_bin).expect("read mbr.bin");
-    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
-    mbr[..440].copy_from_slice(&code[..440]);
-    let mbr_path = dir.join("syslinux-mbr.bin");
-    std::fs::write(&mbr_path, &mbr).unwrap();
-    crate::disk::write_at(&disk, 0, &mbr_path);
+    crate::disk::write_mbr_code(&disk, &std::fs::read(mbr_bin).expect("read mbr.bin"));
     disk
 }
 
@@ -1746,11 +1741,7 @@ finish
     let disk = build_syslinux_linux_guest_with(dir, &initrd, &[]);
     let code = assemble_guest("mbrwrite", &dir.join("mbrwrite-build"), &[]);
     assert_eq!(code.len(), 440, "mbrwrite.bin must be the MBR's 440 code bytes");
-    let mut mbr = std::fs::read(&disk).expect("read disk")[..512].to_vec();
-    mbr[..440].copy_from_slice(&code);
-    let mbr_path = dir.join("mbrwrite-mbr.bin");
-    std::fs::write(&mbr_path, &mbr).unwrap();
-    crate::disk::write_at(&disk, 0, &mbr_path);
+    crate::disk::write_mbr_code(&disk, &code);
     disk
 }
 

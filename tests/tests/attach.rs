@@ -557,11 +557,7 @@ fn debian_in_a_vhd(initramfs: DebianInitramfs, root_device: RootDevice) {
     disk::write_at(&raw, 2048 + boot_mib * 2048, &p2);
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&p2);
-    let mbr_code = std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").unwrap();
-    let mut mbr = std::fs::read(&raw).unwrap()[..512].to_vec();
-    mbr[..440].copy_from_slice(&mbr_code[..440]);
-    std::fs::write(dir.join("mbr.bin"), &mbr).unwrap();
-    disk::write_at(&raw, 0, &dir.join("mbr.bin"));
+    disk::write_mbr_code(&raw, &std::fs::read("/usr/lib/syslinux/mbr/mbr.bin").unwrap());
     let vhd = dir.join("debian.vhd");
     qemu_img(&["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", raw.to_str().unwrap(), vhd.to_str().unwrap()]);
     let _ = std::fs::remove_file(&raw);

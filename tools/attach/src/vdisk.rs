@@ -140,11 +140,11 @@ enum Medium {
 }
 
 /// `--direct` looks for in-place sectors inside a leaf's run that is not in place (a partly
-/// written block) every this many sectors (a page: what filesystems write)...
-const DIRECT_PROBE_STEP_SECTORS: u64 = 8;
-/// ... at most this many times in all, so that a big leaf with nothing in place (a VMDK whose
-/// CID is unchanged) costs a bounded time: 256 Ki probes cover 1 GiB of such data.
-const DIRECT_PROBES: u64 = 1 << 18;
+/// written block: a VHD block whose bitmap has only the sectors written) sector by sector, since
+/// a guest may write single sectors anywhere (a probe every 8 sectors missed 7 of 8 of those);
+/// at most this many probes in all, so that the look stays bounded (each is a bitmap bit: 16 Mi
+/// probes, 4,096 partly written VHD blocks, take about a second).
+const DIRECT_PROBES: u64 = 1 << 24;
 
 /// `--direct` on a VMDK leaf: the first write of a session changes the CID in the descriptor
 /// before anything else (docs/image-formats.md), so until then no sector of it is in place
@@ -362,9 +362,9 @@ impl VirtualDisk {
                         // The leaf's data, not in place here: a block whose bitmap has only
                         // some sectors (a VHD block vboot allocated has the written sectors'
                         // bits), or a VMDK whose CID the first write has not changed yet.
-                        // Look again a page further on, while the probes last.
+                        // Look again at the next sector, while the probes last.
                         Source::Data { layer: 0, .. } if writes && probes_left > 0 => {
-                            advance = advance.min(DIRECT_PROBE_STEP_SECTORS - sector % DIRECT_PROBE_STEP_SECTORS);
+                            advance = 1;
                         }
                         Source::Data { layer, file, offset_bytes } if !writes && offset_bytes % 512 == 0 => {
                             if let Some((host_lba, contiguous)) = d.host_run(layer, file, offset_bytes) {
@@ -381,7 +381,7 @@ impl VirtualDisk {
                 }
                 if writes && probes_left == 0 {
                     eprintln!(
-                        "vboot-attach: --direct: the leaf's data is not in place in many places (a VMDK before its first write changes the CID?); after {} probes the rest of the disk from sector {} goes through NBD",
+                        "vboot-attach: --direct: the leaf's data is not in place in many places (many partly written blocks); after {} probes the rest of the disk from sector {} goes through NBD",
                         DIRECT_PROBES, sector
                     );
                 }
@@ -869,6 +869,85 @@ mod tests {
         assert!(e.contains("0 files"), "{}", e);
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(&file_path);
+    }
+
+    /// `--direct` at the sizes users have: a 2040 GiB dynamic VHD (the format's largest) in 1,000
+    /// fragments laid out of order on a host partition that starts past 2 TiB (host LBAs past
+    /// 2^32), with one sector written into each of 64 blocks spread over the whole disk. Every
+    /// written sector is a direct run whose host sector holds what the disk reads there, the
+    /// walk over the 4 Gi sectors stays quick, and the table sends each run to the right sector
+    /// of the host partition.
+    #[test]
+    fn direct_runs_of_a_2040_gib_vhd_in_a_thousand_fragments_past_2_tib() {
+        const BLOCKS_WRITTEN: u64 = 64;
+        const FRAGMENTS: u64 = 1000;
+        let size_bytes = 2040u64 << 30;
+        let mut f = MemFile::new("/img/big.vhd", Vec::new());
+        let opts = CreateOptions { size_bytes, reserve_bytes: (BLOCKS_WRITTEN + 1) * (2 << 20) + (1 << 20), exact_size: true, seed: 9, now_unix: 1_700_000_000 };
+        create(Variant::VhdDynamic, &mut f, "big.vhd", &opts, None, &mut |_| Err(ImageError::Invalid { detail: "one file".into() })).unwrap();
+        let file = f.bytes;
+        let file_sectors = (file.len() as u64).div_ceil(512);
+        // The partition from 2 TiB on; the fragments in it, each at the slot of another.
+        let part_start = 1u64 << 32;
+        let piece = file_sectors.div_ceil(FRAGMENTS);
+        let path = std::env::temp_dir().join(format!("vboot-attach-test-big-{}", std::process::id()));
+        let host = File::create(&path).unwrap();
+        host.set_len((part_start + 2048 + FRAGMENTS * piece) * 512).unwrap();
+        let mut extents = Vec::new();
+        for i in 0..FRAGMENTS {
+            let file_sector = i * piece;
+            if file_sector >= file_sectors {
+                break;
+            }
+            let n = piece.min(file_sectors - file_sector);
+            let slot = (i * 617) % FRAGMENTS; // 617 is prime to 1000: every slot once
+            let lba = part_start + 2048 + slot * piece;
+            let end = ((file_sector + n) * 512).min(file.len() as u64) as usize;
+            host.write_all_at(&file[(file_sector * 512) as usize..end], lba * 512).unwrap();
+            extents.push(Extent { file_sector, lba, sectors: n });
+        }
+        let partition_sectors = 2048 + FRAGMENTS * piece;
+        let (_, mut drive) = host_disk("big-template", &vhd_bytes(), WriteMode::Normal);
+        drive.virtual_sectors = size_bytes / 512;
+        drive.host.sectors = part_start + partition_sectors;
+        drive.partition.start_lba = part_start;
+        drive.partition.sectors = partition_sectors;
+        drive.layers[0] = Layer { format: LayerFormat::Vhd, size_bytes: file.len() as u64, path: "/img/big.vhd".into(), extents };
+        let mut d = open(&path, &drive, true);
+        let block_sectors = 4096u64;
+        let stride = drive.virtual_sectors / BLOCKS_WRITTEN / block_sectors * block_sectors;
+        let written: Vec<u64> = (0..BLOCKS_WRITTEN).map(|i| i * stride + 7 + i).collect();
+        for &s in &written {
+            d.write(s * 512, &pattern(512)).unwrap();
+        }
+        let started = std::time::Instant::now();
+        let runs = d.direct_runs().unwrap();
+        let walk = started.elapsed();
+        assert!(walk < std::time::Duration::from_secs(10), "the walk over 2040 GiB took {:?}", walk);
+        assert_eq!(runs.iter().map(|r| r.start_sector).collect::<Vec<_>>(), written, "one run per written sector");
+        assert!(runs.iter().all(|r| r.sectors == 1 && r.host_lba > part_start), "{:?}", &runs[..4]);
+        assert!(*written.last().unwrap() > drive.virtual_sectors - 2 * stride, "the last write is near the end of the 2040 GiB");
+        let host = File::open(&path).unwrap();
+        for r in &runs {
+            let mut on_host = vec![0u8; 512];
+            host.read_exact_at(&mut on_host, r.host_lba * 512).unwrap();
+            assert_eq!(on_host, pattern(512), "host sector {} of the run at sector {}", r.host_lba, r.start_sector);
+        }
+        let hp = vboot_attach::direct::HostPartition { start_lba: part_start, sectors: partition_sectors };
+        let (targets, summary) = vboot_attach::direct::build_table(&runs, 0, drive.virtual_sectors, hp, vboot_attach::direct::MAX_TARGETS);
+        assert_eq!(summary.direct_sectors, BLOCKS_WRITTEN);
+        assert_eq!(targets.iter().map(|t| t.sectors()).sum::<u64>(), drive.virtual_sectors, "the table covers the whole disk");
+        let host_targets: Vec<(u64, u64)> = targets
+            .iter()
+            .filter_map(|t| match *t {
+                vboot_attach::direct::Target::Host { start_sector, partition_sector, .. } => Some((start_sector, partition_sector)),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> = runs.iter().map(|r| (r.start_sector, r.host_lba - part_start)).collect();
+        assert_eq!(host_targets, expected);
+        drop(d);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
