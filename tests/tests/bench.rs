@@ -55,6 +55,13 @@ fn paired_reads(a: &Config, b: &Config, pairs: usize) -> PairedReads {
     PairedReads { ratio: median(ratios), low, high, a_secs: median(a_secs), b_secs: median(b_secs), b_out }
 }
 
+/// Print a bench test's report and keep it in target/`file`, where `cargo xtask bench` collects
+/// it into docs/benchmarks.md (xtask's BENCH_REPORTS names the files).
+fn publish(file: &str, report: &str) {
+    println!("{}", report);
+    std::fs::write(workspace_root().join("target").join(file), report).unwrap();
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -182,8 +189,7 @@ fn bench_all() {
     writeln!(report, "| QEMU start to the guest's first line, native (baseline) | {:.2} s |", median(native_boot.clone())).unwrap();
     writeln!(report, "| stage2 banner to the guest's first line (timeout=0) | {:.2} s |", median(to_guest)).unwrap();
 
-    println!("{}", report);
-    std::fs::write(workspace_root().join("target/bench.md"), &report).unwrap();
+    publish("bench.md", &report);
 }
 
 /// Where a guest call's time goes (docs/benchmarks.md): the stub's counters after the reader
@@ -262,8 +268,7 @@ fn bench_boot_times() {
         slack.push(median(t));
     }
     writeln!(report, "| first boot growing 256 MiB of slack on FAT32 (the default `reserve=`) | {:.2} s (**+{:.0} ms** over `reserve=0`, {:.2} s) |", slack[1], (slack[1] - slack[0]) * 1000.0, slack[0]).unwrap();
-    println!("{}", report);
-    std::fs::write(workspace_root().join("target/bench-boot.md"), report.as_bytes()).unwrap();
+    publish("bench-boot.md", &report);
 }
 
 fn qemu_version() -> String {
@@ -332,8 +337,7 @@ fn bench_formats() {
         }
         writeln!(report, "{}", row).unwrap();
     }
-    println!("{}", report);
-    std::fs::write(workspace_root().join("target/bench-formats.md"), &report).unwrap();
+    publish("bench-formats.md", &report);
 }
 
 /// Issue 13: scattered writes into a VMDK with many grains written in shuffled order (the
@@ -448,8 +452,7 @@ fn scattered_writes(tag: &str, bytes: u64, grains: usize) -> String {
 #[ignore]
 fn bench_scattered_writes_into_a_shuffled_64_gib_vmdk() {
     let r = scattered_writes("bench-shuffled-64g", 64 << 30, 100_000);
-    println!("{}", r);
-    std::fs::write(workspace_root().join("target/bench-large.md"), &r).unwrap();
+    publish("bench-large.md", &r);
 }
 
 /// The same on a 4 GiB VMDK with 4,000 shuffled grains: a baseline that boots on every version.
@@ -457,8 +460,7 @@ fn bench_scattered_writes_into_a_shuffled_64_gib_vmdk() {
 #[ignore]
 fn bench_scattered_writes_into_a_shuffled_4_gib_vmdk() {
     let r = scattered_writes("bench-shuffled-4g", 4 << 30, 4_000);
-    println!("{}", r);
-    std::fs::write(workspace_root().join("target/bench-large-4g.md"), &r).unwrap();
+    publish("bench-large-4g.md", &r);
 }
 
 /// The write TSC cycles the big-disk guest printed for its operations, in order ("OK W <lba>
@@ -542,8 +544,7 @@ fn allocating_writes() -> String {
 #[ignore]
 fn bench_allocating_writes() {
     let report = allocating_writes();
-    println!("{}", report);
-    std::fs::write(workspace_root().join("target/bench-alloc.md"), &report).unwrap();
+    publish("bench-alloc.md", &report);
 }
 
 /// Where the time to the guest goes: the host's clock when each of stage2's milestone lines
@@ -602,8 +603,7 @@ fn boot_timeline() -> String {
 #[ignore]
 fn bench_boot_timeline() {
     let report = boot_timeline();
-    println!("{}", report);
-    std::fs::write(workspace_root().join("target/bench-timeline.md"), &report).unwrap();
+    publish("bench-timeline.md", &report);
 }
 
 /// Issue 18's fifth row: Linux on its own disk through vboot-attach against a disk of the same
@@ -696,6 +696,5 @@ fn attach_io(boots: usize) -> String {
 #[ignore]
 fn bench_attach_io() {
     let report = attach_io(2);
-    println!("{}", report);
-    std::fs::write(workspace_root().join("target/bench-attach.md"), &report).unwrap();
+    publish("bench-attach.md", &report);
 }
